@@ -1,0 +1,108 @@
+"""Changes and the plan: ordered steps the executor runs, and nothing else.
+
+The plan is data. Each step carries everything its execution needs (the full spec to
+create or roll out, the instance count to scale to, the weights to set), so the executor
+never goes back to the specs to work out what was meant, and `--dry-run` shows exactly the
+steps that apply would run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.specs import (
+    DeploymentSpec,
+    EndpointSpec,
+    JsonValue,
+    ScaleSettings,
+    Weights,
+)
+
+
+class Action(str, Enum):
+    """Action names: a stable contract of the JSON output."""
+
+    CREATE_ENDPOINT = "create_endpoint"
+    UPDATE_ENDPOINT = "update_endpoint"
+    DELETE_ENDPOINT = "delete_endpoint"
+    CREATE_DEPLOYMENT = "create_deployment"
+    SCALE_DEPLOYMENT = "scale_deployment"
+    UPDATE_DEPLOYMENT = "update_deployment"
+    DELETE_DEPLOYMENT = "delete_deployment"
+    SET_TRAFFIC = "set_traffic"
+    SET_MIRROR_TRAFFIC = "set_mirror_traffic"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field that changes: a dotted path, its value before and after (None: absent)."""
+
+    path: str
+    before: JsonValue
+    after: JsonValue
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "from": self.before, "to": self.after}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One action on one endpoint or deployment, with its payload.
+
+    wait_healthy names the deployments that must be healthy before the step runs (the
+    traffic gate: capacity first). depends_on holds the indexes of earlier steps in the
+    plan that must have succeeded; a failed step skips its dependants.
+    """
+
+    action: Action
+    endpoint: str
+    deployment: str | None = None
+    changes: tuple[FieldChange, ...] = ()
+    reason: str = ""
+    endpoint_spec: EndpointSpec | None = None
+    deployment_spec: DeploymentSpec | None = None
+    instance_count: int | None = None
+    scale_settings: ScaleSettings | None = None
+    traffic: Weights | None = None
+    mirror_traffic: Weights | None = None
+    wait_healthy: tuple[str, ...] = ()
+    replace: bool = False  # instances are replaced (a field that cannot change in place)
+    prune: bool = False  # deleting something the repository no longer declares
+    depends_on: tuple[int, ...] = ()
+
+    @property
+    def target_name(self) -> str:
+        return self.endpoint if self.deployment is None else f"{self.endpoint}/{self.deployment}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "endpoint": self.endpoint,
+            "deployment": self.deployment,
+            "changes": [c.as_json() for c in self.changes],
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...] = ()
+    errors: tuple[Diagnostic, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "steps": [s.as_json() for s in self.steps],
+            "errors": [e.as_json() for e in self.errors],
+            "warnings": [w.as_json() for w in self.warnings],
+        }

@@ -1,0 +1,254 @@
+"""Desired specs of endpoints and deployments, normalised with every default filled in.
+
+Loading turns YAML into these values; diffing compares them; the plan carries them to the
+executor. Mappings are stored as sorted tuples of pairs so that specs are immutable and
+their canonical form (and so their digest) does not depend on the order in a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.model.keys import ResourceKey
+
+JsonValue = Any  # JSON-compatible value: None, bool, int, float, str, list, dict
+Pairs = tuple[tuple[str, str], ...]
+Weights = tuple[tuple[str, int], ...]
+
+MANAGED = "managed"
+KUBERNETES = "kubernetes"
+
+
+def pairs(mapping: Mapping[str, Any] | None) -> Pairs:
+    """A mapping as sorted (key, str(value)) pairs."""
+    if not mapping:
+        return ()
+    return tuple(sorted((str(k), _scalar_text(v)) for k, v in mapping.items()))
+
+
+def _scalar_text(value: Any) -> str:
+    # YAML turns `true` into True and `1` into 1; environment variables and tags are text.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def weights(mapping: Mapping[str, int] | None) -> Weights:
+    """Traffic weights as sorted pairs; 0 percent is the same as absent, so it is dropped."""
+    if not mapping:
+        return ()
+    return tuple(sorted((str(k), int(v)) for k, v in mapping.items() if int(v) != 0))
+
+
+def weight_of(table: Weights, deployment: str) -> int:
+    for name, percent in table:
+        if name == deployment:
+            return percent
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    """Where a spec was declared: a repository-relative POSIX path and a 1-based line."""
+
+    file: str
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleSettings:
+    type: str = "default"  # "default" or "target_utilization"
+    min_instances: int | None = None
+    max_instances: int | None = None
+    target_utilization_percentage: int | None = None
+    polling_interval: int | None = None
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.type == "target_utilization"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    initial_delay: int = 10
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Kubernetes requests and limits (cpu, memory, nvidia.com/gpu) as given, as text."""
+
+    requests: Pairs = ()
+    limits: Pairs = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    port: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """Routes of a custom container; such a container runs as it is."""
+
+    liveness_route: Route
+    readiness_route: Route
+    scoring_route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model: files in the repository, registered (a model file) or inline."""
+
+    name: str
+    version: str
+    path: str  # repository-relative file or folder
+    type: str = "custom_model"
+    digest: str = ""  # content digest of the files under path
+    registered: bool = False  # from a model file referenced as azureml:NAME:VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class CodeSpec:
+    path: str  # repository-relative folder
+    scoring_script: str  # relative to path
+    digest: str = ""  # content digest of every file under path
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentSpec:
+    name: str | None = None
+    version: str | None = None
+    image: str | None = None
+    conda_file: str | None = None  # repository-relative
+    build_context: str | None = None  # repository-relative folder
+    dockerfile_path: str = "Dockerfile"  # relative to build_context
+    inference_config: InferenceConfig | None = None
+    conda_packages: tuple[str, ...] = ()  # conda dependencies as written, pip excluded
+    pip_packages: tuple[str, ...] = ()  # the pip section of the conda file
+    python_version: str | None = None  # from a `python=3.x` conda dependency
+    digest: str = ""  # content digest: image, conda file, build context, inference config
+
+    @property
+    def custom_container(self) -> bool:
+        return self.inference_config is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    name: str
+    flavor: str = MANAGED  # managed or kubernetes
+    auth_mode: str = "key"
+    traffic: Weights = ()
+    mirror_traffic: Weights = ()
+    description: str | None = None
+    tags: Pairs = ()
+    compute: str | None = None
+    identity: str | None = None  # canonical JSON of the identity block; no meaning here
+    public_network_access: str = "enabled"
+    source: SourceLocation | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> ResourceKey:
+        return ResourceKey(self.name)
+
+
+# Fields whose change is a scaling, not an update of the running code (DESIGN rule 3).
+SCALE_FIELDS = ("instance_count", "scale_settings")
+# Fields that cannot change in place in Azure ML: the instances are replaced instead.
+REPLACE_FIELDS = ("instance_type",)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    endpoint_name: str
+    name: str
+    environment: EnvironmentSpec
+    flavor: str = MANAGED
+    model: ModelSpec | None = None
+    model_mount_path: str | None = None
+    code: CodeSpec | None = None
+    instance_type: str | None = None
+    instance_count: int = 1
+    scale_settings: ScaleSettings = ScaleSettings()
+    request_settings: RequestSettings = RequestSettings()
+    liveness_probe: ProbeSettings = ProbeSettings()
+    readiness_probe: ProbeSettings = ProbeSettings()
+    environment_variables: Pairs = ()
+    resources: Resources | None = None
+    app_insights_enabled: bool = False
+    egress_public_network_access: str = "enabled"
+    data_collector: str | None = None  # canonical JSON; accepted, no meaning on our targets
+    description: str | None = None
+    tags: Pairs = ()
+    source: SourceLocation | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> ResourceKey:
+        return ResourceKey(self.endpoint_name, self.name)
+
+    @property
+    def digest(self) -> str:
+        """Digest of what runs in an instance: everything but the scaling fields.
+
+        Like a pod-template hash: a change of it means a rolling update; a change of the
+        instance count alone does not.
+        """
+        return spec_digest(template_dict(self))
+
+
+def spec_dict(spec: EndpointSpec | DeploymentSpec) -> dict[str, JsonValue]:
+    """Canonical JSON-compatible form of a spec, without where it was declared."""
+    data = _to_json(spec)
+    assert isinstance(data, dict)
+    data.pop("source", None)
+    return data
+
+
+def template_dict(spec: DeploymentSpec) -> dict[str, JsonValue]:
+    data = spec_dict(spec)
+    for name in SCALE_FIELDS:
+        data.pop(name, None)
+    return data
+
+
+def spec_digest(data: Mapping[str, JsonValue]) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# Fields held as sorted pairs that stand for a mapping in the canonical form.
+MAPPING_FIELDS = frozenset(
+    {"traffic", "mirror_traffic", "tags", "environment_variables", "requests", "limits"}
+)
+
+
+def _to_json(value: Any) -> JsonValue:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, JsonValue] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name in MAPPING_FIELDS:
+                out[f.name] = {str(k): v for k, v in item}
+            else:
+                out[f.name] = _to_json(item)
+        return out
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    return value

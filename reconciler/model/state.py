@@ -1,0 +1,126 @@
+"""Desired state (from the repository) and live state (as a target shows it now)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.keys import ResourceKey
+from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights
+
+
+class ProvisioningState(str, Enum):
+    """Provisioning states of Azure ML endpoints and deployments (Scaling: deployments)."""
+
+    CREATING = "Creating"
+    UPDATING = "Updating"
+    SCALING = "Scaling"
+    DELETING = "Deleting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Every endpoint and deployment the repository declares, valid and normalised."""
+
+    endpoints: tuple[EndpointSpec, ...] = ()
+    deployments: tuple[DeploymentSpec, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
+    revision: str | None = None  # the commit the state was read from, when known
+
+    def endpoint(self, name: str) -> EndpointSpec | None:
+        for spec in self.endpoints:
+            if spec.name == name:
+                return spec
+        return None
+
+    def deployments_of(self, endpoint: str) -> tuple[DeploymentSpec, ...]:
+        return tuple(d for d in self.deployments if d.endpoint_name == endpoint)
+
+    def by_key(self) -> dict[ResourceKey, EndpointSpec | DeploymentSpec]:
+        table: dict[ResourceKey, EndpointSpec | DeploymentSpec] = {}
+        for e in self.endpoints:
+            table[e.key] = e
+        for d in self.deployments:
+            table[d.key] = d
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEndpoint:
+    """An endpoint as the target shows it; spec.traffic and mirror_traffic are observed."""
+
+    spec: EndpointSpec
+    provisioning_state: ProvisioningState = ProvisioningState.SUCCEEDED
+    scoring_uri: str | None = None
+    openapi_uri: str | None = None
+    # The target only knows the observed fields (auth, traffic, mirror), not the rest of the
+    # spec (description, tags): endpoint updates are then judged on what is known.
+    spec_known: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> ResourceKey:
+        return self.spec.key
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDeployment:
+    """A deployment as the target shows it.
+
+    digest is the template digest of the spec its instances run (DeploymentSpec.digest);
+    spec is that spec when the target can give it back in full, None when only the digest is
+    known (then a change shows as a digest change). instance_count is the count the target
+    is asked to keep now (an autoscaler may have moved it); ready_instances those that pass
+    their readiness probe.
+    """
+
+    key: ResourceKey
+    digest: str
+    instance_count: int
+    scale_settings: ScaleSettings = ScaleSettings()
+    spec: DeploymentSpec | None = None
+    ready_instances: int = 0
+    provisioning_state: ProvisioningState = ProvisioningState.SUCCEEDED
+    last_error: str | None = None
+    instance_type: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.key.endpoint
+
+    @property
+    def name(self) -> str:
+        assert self.key.deployment is not None
+        return self.key.deployment
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    endpoints: tuple[LiveEndpoint, ...] = ()
+    deployments: tuple[LiveDeployment, ...] = ()
+    target: str = ""
+    # Endpoints the target could not read; they are left out of the plan, never pruned.
+    unreadable: tuple[str, ...] = field(default=())
+
+    def endpoint(self, name: str) -> LiveEndpoint | None:
+        for e in self.endpoints:
+            if e.name == name:
+                return e
+        return None
+
+    def deployments_of(self, endpoint: str) -> tuple[LiveDeployment, ...]:
+        return tuple(d for d in self.deployments if d.endpoint == endpoint)
+
+    def traffic_of(self, endpoint: str) -> Weights:
+        live = self.endpoint(endpoint)
+        return live.spec.traffic if live else ()
