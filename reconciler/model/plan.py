@@ -9,7 +9,7 @@ steps that apply would run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from reconciler.model.diagnostics import Diagnostic
@@ -22,7 +22,7 @@ from reconciler.model.specs import (
 )
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """Action names: a stable contract of the JSON output."""
 
     CREATE_ENDPOINT = "create_endpoint"
@@ -34,9 +34,6 @@ class Action(str, Enum):
     DELETE_DEPLOYMENT = "delete_deployment"
     SET_TRAFFIC = "set_traffic"
     SET_MIRROR_TRAFFIC = "set_mirror_traffic"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +88,25 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointSummary:
+    """Traffic of one endpoint before and after the plan, for people reviewing it."""
+
+    endpoint: str
+    traffic_before: Weights = ()
+    traffic_after: Weights = ()
+    mirror_before: Weights = ()
+    mirror_after: Weights = ()
+    deployments: tuple[str, ...] = ()  # every deployment on either side, sorted
+    created: bool = False
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     steps: tuple[Step, ...] = ()
     errors: tuple[Diagnostic, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
+    endpoints: tuple[EndpointSummary, ...] = ()
 
     @property
     def empty(self) -> bool:

@@ -215,7 +215,7 @@ class DeploymentSpec:
 
 def spec_dict(spec: EndpointSpec | DeploymentSpec) -> dict[str, JsonValue]:
     """Canonical JSON-compatible form of a spec, without where it was declared."""
-    data = _to_json(spec)
+    data = to_json(spec)
     assert isinstance(data, dict)
     data.pop("source", None)
     return data
@@ -239,7 +239,8 @@ MAPPING_FIELDS = frozenset(
 )
 
 
-def _to_json(value: Any) -> JsonValue:
+def to_json(value: Any) -> JsonValue:
+    """Canonical JSON-compatible form of a spec value (dataclasses, tuples, scalars)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, JsonValue] = {}
         for f in dataclasses.fields(value):
@@ -247,8 +248,8 @@ def _to_json(value: Any) -> JsonValue:
             if f.name in MAPPING_FIELDS:
                 out[f.name] = {str(k): v for k, v in item}
             else:
-                out[f.name] = _to_json(item)
+                out[f.name] = to_json(item)
         return out
     if isinstance(value, tuple):
-        return [_to_json(item) for item in value]
+        return [to_json(item) for item in value]
     return value

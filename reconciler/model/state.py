@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.keys import ResourceKey
 from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights
 
 
-class ProvisioningState(str, Enum):
+class ProvisioningState(StrEnum):
     """Provisioning states of Azure ML endpoints and deployments (Scaling: deployments)."""
 
     CREATING = "Creating"
@@ -20,9 +20,6 @@ class ProvisioningState(str, Enum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     CANCELED = "Canceled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

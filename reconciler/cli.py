@@ -1,0 +1,310 @@
+"""The `reconcile` command: plan, apply, diff, validate, status.
+
+Picks the git source and the target, runs the engine, prints the plan. Exit codes are a
+contract (DESIGN.md): 0 nothing to change, 2 changes planned (dry-run and diff), 1 errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from reconciler import logs
+from reconciler.diffing import assume_applied
+from reconciler.engine import load, plan_pass, run_pass
+from reconciler.filetree import DirectoryTree, FileTree
+from reconciler.gitsource import GitSource, GitSourceError
+from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
+from reconciler.model.plan import Plan
+from reconciler.model.results import Outcome
+from reconciler.model.state import DesiredState, LiveState
+from reconciler.planning import make_plan
+from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
+from reconciler.repoconfig import RepoConfig, load_repo_config
+from reconciler.status import STATUS_DIR
+from reconciler.targets.base import Target, TargetError
+from reconciler.targets.status import StatusTarget
+
+EXIT_OK, EXIT_ERRORS, EXIT_CHANGES = 0, 1, 2
+STATUS_TARGET = "status"
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERRORS)
+
+
+@dataclass
+class Source:
+    """Where the desired state comes from: a revision of a git repository, or a folder."""
+
+    path: Path
+    git: GitSource | None
+    worktree: bool
+
+    def tree(self) -> tuple[FileTree, str | None]:
+        if self.git is None or self.worktree or not self.git.has_commits():
+            return DirectoryTree(self.path), None
+        commit = self.git.resolve("HEAD")
+        return self.git.tree(commit), commit
+
+    def tree_at(self, rev: str) -> tuple[FileTree, str]:
+        if self.git is None:
+            fail(f"{self.path} is not a git repository: cannot read revision {rev!r}")
+        try:
+            commit = self.git.resolve(rev)
+        except GitSourceError as exc:
+            fail(str(exc))
+        return self.git.tree(commit), commit
+
+
+def open_source(repo: str, *, worktree: bool = False) -> Source:
+    path = Path(repo)
+    if not path.is_dir():
+        fail(f"repository folder {repo} does not exist")
+    try:
+        git_source: GitSource | None = GitSource(path)
+    except GitSourceError:
+        git_source = None
+    return Source(path=path, git=git_source, worktree=worktree)
+
+
+def repo_config(tree: FileTree) -> RepoConfig:
+    try:
+        return load_repo_config(tree)
+    except DesiredStateInvalid as invalid:
+        for e in invalid.errors:
+            click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_ERRORS)
+
+
+def open_target(
+    name: str | None,
+    config: RepoConfig,
+    *,
+    source: Source,
+    status_dir: str | None,
+) -> Target:
+    """The target to plan against or apply to, by name."""
+    if name == STATUS_TARGET or status_dir is not None:
+        return _status_target(source, config=config, status_dir=status_dir)
+    chosen = config.target(name)
+    if chosen is None:
+        known = ", ".join([t.name for t in config.targets] + [STATUS_TARGET])
+        fail(f"no target named {name!r} in reconciler.yaml (known: {known})")
+    fail(
+        f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
+        f"plan against the status files with --target {STATUS_TARGET}"
+    )
+
+
+def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
+    files: dict[str, str] = {}
+    if status_dir is not None:
+        folder = Path(status_dir)
+        if not folder.is_dir():
+            fail(f"status folder {status_dir} does not exist")
+        files = {f"{STATUS_DIR}/{p.name}": p.read_text() for p in sorted(folder.glob("*.yaml"))}
+    elif source.git is not None:
+        _, files = source.git.read_status(config.status_branch)
+
+    cache: dict[str, DesiredState | None] = {}
+
+    def resolve(commit: str) -> DesiredState | None:
+        if commit not in cache:
+            cache[commit] = None
+            if source.git is not None:
+                try:
+                    desired, _ = load(source.git.tree(commit), revision=commit)
+                    cache[commit] = desired
+                except GitSourceError:
+                    pass
+        return cache[commit]
+
+    return StatusTarget(files, resolve_specs=resolve)
+
+
+def emit(plan: Plan, output: str) -> None:
+    click.echo(render_plan(plan, output), nl=False)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--repo", default=".", show_default=True, help="Folder of the GitOps repository.")
+@click.option(
+    "--target", "target_name", default=None, help="Target of reconciler.yaml, or 'status'."
+)
+@click.option("--dry-run", is_flag=True, help="Plan against the live target; change nothing.")
+@click.option("--prune", is_flag=True, help="Delete endpoints that no file declares.")
+@click.option("--output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True)
+@click.option("--worktree", is_flag=True, help="Use uncommitted edits instead of HEAD.")
+@click.option("--status-dir", default=None, help="Status files in a folder (status target).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    repo: str,
+    target_name: str | None,
+    dry_run: bool,
+    prune: bool,
+    output: str,
+    worktree: bool,
+    status_dir: str | None,
+    log_format: str,
+) -> None:
+    """Reconcile ML online endpoints from a git repository onto a target.
+
+    Without a sub-command: plan against the live target and apply (or only plan with
+    --dry-run). Exit codes: 0 nothing to change, 2 changes planned, 1 errors.
+    """
+    logs.configure(fmt=log_format, level="info" if ctx.invoked_subcommand is None else "warning")
+    if ctx.invoked_subcommand is not None:
+        return
+    source = open_source(repo, worktree=worktree)
+    tree, revision = source.tree()
+    config = repo_config(tree)
+    target = open_target(target_name, config, source=source, status_dir=status_dir)
+    try:
+        if dry_run:
+            live = target.observe()
+            plan, _ = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
+            emit(plan, output)
+            sys.exit(exit_code(plan))
+        result = run_pass(
+            tree, target, prune=prune or config.prune, dry_run=False, revision=revision
+        )
+    except TargetError as exc:
+        fail(f"target {target.name}: {exc}")
+    emit(result.plan, output)
+    failed = [r for r in result.results if r.outcome == Outcome.FAILED]
+    for r in failed:
+        step = result.plan.steps[r.index]
+        click.echo(
+            f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}", err=True
+        )
+    sys.exit(EXIT_ERRORS if result.plan.errors or failed else EXIT_OK)
+
+
+@main.command()
+@click.option("--repo", default=".", show_default=True)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate(repo: str, output: str) -> None:
+    """Check every file of the repository (working tree); exit 1 on errors."""
+    source = open_source(repo, worktree=True)
+    tree, _ = source.tree()
+    repo_config(tree)
+    desired, failed = load(tree)
+    errors = failed.errors if failed else ()
+    warnings = desired.warnings if desired else ()
+    if output == "json":
+        import json
+
+        click.echo(
+            json.dumps(
+                {
+                    "errors": [e.as_json() for e in errors],
+                    "warnings": [w.as_json() for w in warnings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for e in errors:
+            click.echo(f"error: {e}")
+        for w in warnings:
+            click.echo(f"warning: {w}")
+        if desired is not None:
+            click.echo(
+                f"valid: {len(desired.endpoints)} endpoint(s), "
+                f"{len(desired.deployments)} deployment(s)"
+            )
+    sys.exit(EXIT_ERRORS if errors else EXIT_OK)
+
+
+@main.command()
+@click.option("--base", required=True, help="Revision the plan starts from, as if applied.")
+@click.option("--head", default="HEAD", show_default=True, help="Revision to plan towards.")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--prune", is_flag=True, help="Plan deleting endpoints no file declares.")
+@click.option("--output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True)
+def diff(base: str, head: str, repo: str, prune: bool, output: str) -> None:
+    """Plan from the desired state at BASE to the one at HEAD; no target needed."""
+    source = open_source(repo)
+    base_tree, base_commit = source.tree_at(base)
+    head_tree, head_commit = source.tree_at(head)
+    config = repo_config(head_tree)
+    base_state, base_failed = load(base_tree, revision=base_commit)
+    warnings: tuple[Diagnostic, ...] = ()
+    if base_state is None:
+        assert base_failed is not None
+        warnings = (
+            Diagnostic(
+                "",
+                None,
+                "",
+                f"base {base} has {len(base_failed.errors)} error(s); "
+                "planned as if nothing of it were applied",
+            ),
+        )
+        base_state = DesiredState()
+    live: LiveState = assume_applied(base_state, target=f"base {base}")
+    head_state, head_failed = load(head_tree, revision=head_commit)
+    if head_state is None:
+        assert head_failed is not None
+        emit(head_failed, output)
+        sys.exit(EXIT_ERRORS)
+    plan = make_plan(head_state, live, prune=prune or config.prune, extra_warnings=warnings)
+    emit(plan, output)
+    sys.exit(exit_code(plan))
+
+
+@main.command()
+@click.option("--repo", default=".", show_default=True)
+@click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
+@click.option("--output", type=click.Choice(["text", "yaml"]), default="text", show_default=True)
+def status(repo: str, status_branch: str | None, output: str) -> None:
+    """Where each endpoint stands, read from the status branch (no target access needed)."""
+    source = open_source(repo)
+    if source.git is None:
+        fail(f"{repo} is not a git repository: there is no status branch to read")
+    tree, _ = source.tree()
+    branch = status_branch or repo_config(tree).status_branch
+    commit, files = source.git.read_status(branch)
+    if commit is None:
+        fail(f"no status branch {branch!r} yet: no pass has been recorded")
+    docs: list[Mapping[str, Any]] = [yaml.safe_load(files[p]) for p in sorted(files)]
+    if output == "yaml":
+        click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
+        return
+    for doc in docs:
+        traffic = ", ".join(f"{k} {v}%" for k, v in (doc.get("traffic") or {}).items()) or "none"
+        click.echo(
+            f"{doc['endpoint']}: {doc.get('provisioning_state')} ({doc.get('health')}) "
+            f"at {str(doc.get('commit'))[:12]} on {doc.get('target')}; traffic {traffic}"
+        )
+        if doc.get("scoring_uri"):
+            click.echo(f"  scoring_uri: {doc['scoring_uri']}")
+        for name, d in (doc.get("deployments") or {}).items():
+            click.echo(
+                f"  {name}: {d.get('provisioning_state')} "
+                f"{d.get('ready_instances')}/{d.get('instance_count')} ready"
+                + (
+                    f"; last error: {d['last_error'].splitlines()[0]}"
+                    if d.get("last_error")
+                    else ""
+                )
+            )
+        for e in doc.get("errors") or []:
+            click.echo(
+                f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
+            )

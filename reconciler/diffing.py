@@ -1,0 +1,284 @@
+"""Pairs desired and live resources by key and says what differs, field by field. PURE.
+
+The result is a tuple of EndpointDiff values: for each endpoint, the endpoint's own field
+changes, its traffic and mirror weights before and after, and a DeploymentDiff per
+deployment on either side. Planning decides the order; this module only says what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from deepdiff import DeepDiff
+
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import FieldChange
+from reconciler.model.specs import (
+    DeploymentSpec,
+    EndpointSpec,
+    JsonValue,
+    ScaleSettings,
+    Weights,
+    spec_dict,
+    template_dict,
+    to_json,
+)
+from reconciler.model.state import DesiredState, LiveDeployment, LiveEndpoint, LiveState
+
+# Endpoint fields the data plane owns: they become set_traffic / set_mirror_traffic steps.
+TRAFFIC_FIELDS = ("traffic", "mirror_traffic")
+# Endpoint fields a target can always observe; the others only when it knows the full spec.
+OBSERVED_ENDPOINT_FIELDS = ("auth_mode",)
+# Not a difference: where a spec was declared.
+_NOT_COMPARED = ("name",)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentDiff:
+    key: ResourceKey
+    desired: DeploymentSpec | None
+    live: LiveDeployment | None
+    scale_changes: tuple[FieldChange, ...] = ()
+    update_changes: tuple[FieldChange, ...] = ()
+    replace: bool = False  # instance_type changed: instances are replaced, not patched
+    count_before: int = 0
+    count_after: int = 0
+
+    @property
+    def name(self) -> str:
+        assert self.key.deployment is not None
+        return self.key.deployment
+
+    @property
+    def is_create(self) -> bool:
+        return self.live is None and self.desired is not None
+
+    @property
+    def is_delete(self) -> bool:
+        return self.desired is None and self.live is not None
+
+    @property
+    def scales_down(self) -> bool:
+        return bool(self.scale_changes) and self.count_after < self.count_before
+
+    @property
+    def changed(self) -> bool:
+        return self.is_create or self.is_delete or bool(self.scale_changes or self.update_changes)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointDiff:
+    name: str
+    desired: EndpointSpec | None
+    live: LiveEndpoint | None
+    endpoint_changes: tuple[FieldChange, ...] = ()
+    traffic_before: Weights = ()
+    traffic_after: Weights = ()
+    mirror_before: Weights = ()
+    mirror_after: Weights = ()
+    deployments: tuple[DeploymentDiff, ...] = ()
+    # Declared nowhere and pruning is off: reported, left alone.
+    kept_unpruned: bool = False
+
+    @property
+    def is_create(self) -> bool:
+        return self.live is None and self.desired is not None
+
+    @property
+    def is_delete(self) -> bool:
+        return self.desired is None and self.live is not None and not self.kept_unpruned
+
+
+def field_changes(
+    before: Mapping[str, JsonValue] | None, after: Mapping[str, JsonValue] | None
+) -> tuple[FieldChange, ...]:
+    """Field-level changes between two canonical dicts, as dotted paths, sorted.
+
+    A change inside a list is reported as the whole list: "pip_packages" from [...] to
+    [...] reads better in a review than an index.
+    """
+    found: dict[str, FieldChange] = {}
+    tree = DeepDiff(dict(before or {}), dict(after or {}), view="tree", ignore_order=False)
+    for levels in tree.values():
+        for level in levels:
+            path: list[str | int] = level.path(output_format="list")
+            cut = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
+            if cut is not None:
+                path = path[:cut]
+                old, new = _at(before, path), _at(after, path)
+            else:
+                old, new = _present(level.t1), _present(level.t2)
+            if not path:
+                # deepdiff names the root when every key differs: report key by key.
+                for name in set(before or {}) | set(after or {}):
+                    old, new = _at(before, [name]), _at(after, [name])
+                    if old != new:
+                        found[name] = FieldChange(name, old, new)
+                continue
+            dotted = ".".join(str(p) for p in path)
+            found[dotted] = FieldChange(dotted, old, new)
+    return tuple(found[k] for k in sorted(found))
+
+
+def _present(value: object) -> JsonValue:
+    # deepdiff marks a missing side with its own NotPresent object.
+    return None if type(value).__name__ == "NotPresent" else value
+
+
+def _at(data: Mapping[str, JsonValue] | None, path: Iterable[str | int]) -> JsonValue:
+    node: JsonValue = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _endpoint_fields(spec: EndpointSpec, *, only: tuple[str, ...] | None) -> dict[str, JsonValue]:
+    data = spec_dict(spec)
+    for name in (*TRAFFIC_FIELDS, *_NOT_COMPARED):
+        data.pop(name, None)
+    if only is not None:
+        data = {k: v for k, v in data.items() if k in only}
+    return data
+
+
+def target_count(desired: DeploymentSpec, live_count: int | None) -> int:
+    """The instance count a deployment should run.
+
+    With autoscaling, the autoscaler owns the count between min and max: we only pull it
+    back inside the bounds, never fight it.
+    """
+    scale = desired.scale_settings
+    if not scale.autoscaled:
+        return desired.instance_count
+    current = desired.instance_count if live_count is None else live_count
+    low = scale.min_instances if scale.min_instances is not None else 1
+    high = scale.max_instances if scale.max_instances is not None else max(low, current)
+    return min(max(current, low), high)
+
+
+def _scale_dict(count: int, settings: ScaleSettings) -> dict[str, JsonValue]:
+    return {"instance_count": count, "scale_settings": to_json(settings)}
+
+
+def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None) -> DeploymentDiff:
+    if desired is None and live is None:
+        raise ValueError("a deployment diff needs at least one side")
+    key = desired.key if desired is not None else live.key  # type: ignore[union-attr]
+    if live is None:
+        assert desired is not None
+        count = target_count(desired, None)
+        return DeploymentDiff(key, desired, None, count_after=count)
+    if desired is None:
+        return DeploymentDiff(key, None, live, count_before=live.instance_count)
+
+    count_after = target_count(desired, live.instance_count)
+    scale_changes = field_changes(
+        _scale_dict(live.instance_count, live.scale_settings),
+        _scale_dict(count_after, desired.scale_settings),
+    )
+    update_changes: tuple[FieldChange, ...] = ()
+    if desired.digest != live.digest:
+        if live.spec is not None:
+            update_changes = field_changes(template_dict(live.spec), template_dict(desired))
+        if not update_changes:
+            # Only the digest is known (or the canonical forms agree but the digest
+            # scheme differs): say that the running spec is not the declared one.
+            update_changes = (FieldChange("digest", live.digest, desired.digest),)
+    live_type = live.spec.instance_type if live.spec is not None else live.instance_type
+    replace = bool(update_changes) and live_type is not None and live_type != desired.instance_type
+    return DeploymentDiff(
+        key,
+        desired,
+        live,
+        scale_changes=scale_changes,
+        update_changes=update_changes,
+        replace=replace,
+        count_before=live.instance_count,
+        count_after=count_after,
+    )
+
+
+def diff_endpoint(
+    name: str,
+    desired: EndpointSpec | None,
+    live: LiveEndpoint | None,
+    *,
+    desired_deployments: tuple[DeploymentSpec, ...],
+    live_deployments: tuple[LiveDeployment, ...],
+    prune: bool,
+) -> EndpointDiff:
+    if desired is None and not prune:
+        return EndpointDiff(name, None, live, kept_unpruned=True)
+    wanted = {d.name: d for d in desired_deployments} if desired is not None else {}
+    running = {d.name: d for d in live_deployments}
+    deployments = tuple(
+        diff_deployment(wanted.get(n), running.get(n)) for n in sorted(wanted.keys() | running)
+    )
+    endpoint_changes: tuple[FieldChange, ...] = ()
+    if desired is not None and live is not None:
+        only = None if live.spec_known else OBSERVED_ENDPOINT_FIELDS
+        endpoint_changes = field_changes(
+            _endpoint_fields(live.spec, only=only), _endpoint_fields(desired, only=only)
+        )
+    elif desired is not None:
+        declared = _endpoint_fields(desired, only=None)
+        endpoint_changes = field_changes(
+            {}, {k: v for k, v in declared.items() if v not in (None, {}, [])}
+        )
+    return EndpointDiff(
+        name,
+        desired,
+        live,
+        endpoint_changes=endpoint_changes,
+        traffic_before=live.spec.traffic if live else (),
+        traffic_after=desired.traffic if desired else (),
+        mirror_before=live.spec.mirror_traffic if live else (),
+        mirror_after=desired.mirror_traffic if desired else (),
+        deployments=deployments,
+    )
+
+
+def diff(desired: DesiredState, live: LiveState, *, prune: bool) -> tuple[EndpointDiff, ...]:
+    """Every endpoint on either side, sorted by name.
+
+    Endpoints the target could not read are left out: never planned, never pruned.
+    """
+    names = {e.name for e in desired.endpoints} | {e.name for e in live.endpoints}
+    names |= {d.endpoint_name for d in desired.deployments} | {d.endpoint for d in live.deployments}
+    result = []
+    for name in sorted(names - set(live.unreadable)):
+        result.append(
+            diff_endpoint(
+                name,
+                desired.endpoint(name),
+                live.endpoint(name),
+                desired_deployments=desired.deployments_of(name),
+                live_deployments=live.deployments_of(name),
+                prune=prune,
+            )
+        )
+    return tuple(result)
+
+
+def assume_applied(desired: DesiredState, *, target: str = "") -> LiveState:
+    """The live state a target would show once `desired` is fully applied.
+
+    `reconcile diff` plans from BASE to HEAD with this as BASE's live state.
+    """
+    deployments = tuple(
+        LiveDeployment(
+            key=d.key,
+            digest=d.digest,
+            instance_count=target_count(d, None),
+            scale_settings=d.scale_settings,
+            spec=d,
+            ready_instances=target_count(d, None),
+            instance_type=d.instance_type,
+        )
+        for d in desired.deployments
+    )
+    endpoints = tuple(LiveEndpoint(spec=e) for e in desired.endpoints)
+    return LiveState(endpoints=endpoints, deployments=deployments, target=target)

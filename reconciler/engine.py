@@ -1,0 +1,115 @@
+"""One pass of the loop: load -> observe -> diff -> plan -> execute -> status.
+
+Level-based: a pass starts from the revision it is given and from what the target shows
+now, never from memory of an earlier pass. An invalid desired state yields a plan with
+errors and no steps; the target is not touched, and status still records the errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from reconciler.executor import DEFAULT_GATE, Gate, execute
+from reconciler.filetree import FileTree
+from reconciler.loading import load_desired_state
+from reconciler.model.diagnostics import DesiredStateInvalid
+from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.plan import Plan
+from reconciler.model.results import Outcome, StepResult
+from reconciler.model.state import DesiredState, LiveState
+from reconciler.planning import invalid_plan, make_plan
+from reconciler.status import build_status, render_status, status_path
+from reconciler.targets.base import Target
+
+log = structlog.get_logger("reconciler.engine")
+
+StatusWriter = Callable[[Mapping[str, str], str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    revision: str | None
+    plan: Plan
+    results: tuple[StepResult, ...]
+    status: Mapping[str, Mapping[str, Any]]  # endpoint -> status document
+    live_before: LiveState
+    live_after: LiveState
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.plan.errors) or any(r.outcome == Outcome.FAILED for r in self.results)
+
+
+def load(
+    tree: FileTree,
+    *,
+    revision: str | None = None,
+    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+) -> tuple[DesiredState | None, Plan | None]:
+    """The desired state, or (None, a plan holding its errors)."""
+    try:
+        return load_desired_state(tree, instance_types=instance_types, revision=revision), None
+    except DesiredStateInvalid as invalid:
+        return None, invalid_plan(invalid.errors)
+
+
+def plan_pass(
+    tree: FileTree,
+    live: LiveState,
+    *,
+    prune: bool,
+    revision: str | None = None,
+    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+) -> tuple[Plan, DesiredState | None]:
+    desired, failed = load(tree, revision=revision, instance_types=instance_types)
+    if desired is None:
+        assert failed is not None
+        return failed, None
+    return make_plan(desired, live, prune=prune, instance_types=instance_types), desired
+
+
+def run_pass(
+    tree: FileTree,
+    target: Target,
+    *,
+    prune: bool,
+    dry_run: bool,
+    revision: str | None = None,
+    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    gate: Gate = DEFAULT_GATE,
+    write_status: StatusWriter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> PassResult:
+    live = target.observe()
+    plan, desired = plan_pass(
+        tree, live, prune=prune, revision=revision, instance_types=instance_types
+    )
+    log.info(
+        "pass_planned",
+        revision=revision,
+        steps=len(plan.steps),
+        errors=len(plan.errors),
+        dry_run=dry_run,
+    )
+    results: tuple[StepResult, ...] = ()
+    live_after = live
+    if not dry_run and plan.steps:
+        results = execute(plan, target, gate=gate, should_stop=should_stop)
+        live_after = target.observe()
+    declared = tuple(e.name for e in desired.endpoints) if desired else ()
+    docs = build_status(
+        revision=revision,
+        target=target.name,
+        live=live_after,
+        plan=plan,
+        results=results,
+        declared=declared,
+    )
+    if write_status is not None and not dry_run:
+        files = {status_path(name): render_status(doc) for name, doc in docs.items()}
+        write_status(files, f"status of {revision or 'working tree'} on {target.name}")
+    return PassResult(revision, plan, results, docs, live, live_after)

@@ -1,0 +1,206 @@
+"""The only module that runs git: revisions as file trees, and status commits.
+
+A revision is read straight from the object database (`git ls-tree` once for the listing
+and the blob ids, `git cat-file --batch` through gitpython for contents), so reading a
+commit never touches the working tree, and the blob ids double as content ids for digests.
+Status commits are made with plumbing (hash-object, mktree, commit-tree, update-ref) on
+their own branch: the checkout, its index and its working tree are never touched, so the
+reconciler's own commits cannot look like a user's edit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import git
+from gitdb.base import IStream
+
+from reconciler.filetree import DirectoryTree
+
+DEFAULT_STATUS_BRANCH = "reconcile-status"
+COMMITTER_NAME = "reconciler"
+COMMITTER_EMAIL = "reconciler@localhost"
+
+
+class GitSourceError(Exception):
+    """A git repository or revision cannot be read; the message says which and why."""
+
+
+class GitTree:
+    """The files of one commit, read from the object database."""
+
+    def __init__(self, repo: git.Repo, commit: str) -> None:
+        self.repo = repo
+        self.commit = commit
+        self._blobs: dict[str, str] = {}
+        self._dirs: set[str] = {""}
+        listing = repo.git.ls_tree("-r", "-z", "--full-tree", commit)
+        for entry in listing.split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            mode, kind, sha = meta.split(" ")
+            # Submodules (commit) and symbolic links carry no content of ours.
+            if kind != "blob" or mode == "120000":
+                continue
+            self._blobs[path] = sha
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                self._dirs.add("/".join(parts[:i]))
+
+    def paths(self) -> Iterable[str]:
+        return self._blobs.keys()
+
+    def read(self, path: str) -> bytes:
+        data: bytes = self.repo.odb.stream(bytes.fromhex(self._blobs[path])).read()
+        return data
+
+    def blob_id(self, path: str) -> str:
+        return self._blobs[path]
+
+    def is_file(self, path: str) -> bool:
+        return path in self._blobs
+
+    def is_dir(self, path: str) -> bool:
+        return path.strip("/") in self._dirs
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCommit:
+    branch: str
+    commit: str | None  # None: the content was unchanged, no commit was made
+
+
+class GitSource:
+    """A local git repository: its revisions, its working tree, its status branch."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            self.repo = git.Repo(path, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise GitSourceError(f"{path} is not inside a git repository") from None
+        if self.repo.working_tree_dir is None:
+            raise GitSourceError(f"{path} is a bare repository; a checkout is needed")
+        self.root = Path(self.repo.working_tree_dir)
+        # The repository folder may be a sub-folder of the git checkout (example-repo/).
+        self.subdir = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        if self.subdir == ".":
+            self.subdir = ""
+
+    def resolve(self, rev: str) -> str:
+        """The full commit id of a revision, or an error that names it."""
+        try:
+            return str(self.repo.commit(rev).hexsha)
+        except (git.BadName, ValueError, git.GitCommandError):
+            raise GitSourceError(
+                f"revision {rev!r} is not in the repository at {self.root} "
+                "(a shallow clone may need `git fetch --deepen` or the base branch fetched)"
+            ) from None
+
+    def tree(self, rev: str) -> GitTree | SubTree:
+        commit = self.resolve(rev)
+        tree = GitTree(self.repo, commit)
+        return SubTree(tree, self.subdir) if self.subdir else tree
+
+    def working_tree(self) -> DirectoryTree:
+        return DirectoryTree(self.root / self.subdir)
+
+    def has_commits(self) -> bool:
+        try:
+            self.repo.head.commit  # noqa: B018 - raises on an unborn branch
+        except ValueError:
+            return False
+        return True
+
+    # --- the status branch ------------------------------------------------------------
+
+    def read_status(self, branch: str = DEFAULT_STATUS_BRANCH) -> tuple[str | None, dict[str, str]]:
+        """The status files on a branch: (its commit, {path: text}); (None, {}) if absent."""
+        ref = self._branch_commit(branch)
+        if ref is None:
+            return None, {}
+        tree = GitTree(self.repo, ref)
+        files = {p: tree.read(p).decode() for p in tree.paths() if p.endswith(".yaml")}
+        return ref, files
+
+    def write_status(
+        self, files: Mapping[str, str], *, message: str, branch: str = DEFAULT_STATUS_BRANCH
+    ) -> StatusCommit:
+        """Commit exactly these files to the status branch, if they differ from its tip."""
+        tree = self._make_tree({path: text.encode() for path, text in files.items()})
+        parent = self._branch_commit(branch)
+        if parent is not None and self.repo.commit(parent).tree.hexsha == tree:
+            return StatusCommit(branch, None)
+        env = {
+            "GIT_AUTHOR_NAME": COMMITTER_NAME,
+            "GIT_AUTHOR_EMAIL": COMMITTER_EMAIL,
+            "GIT_COMMITTER_NAME": COMMITTER_NAME,
+            "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
+        }
+        args = [tree, "-m", message] + (["-p", parent] if parent else [])
+        commit = self.repo.git.commit_tree(*args, env=env).strip()
+        # Compare-and-swap: a concurrent writer makes this fail instead of losing its commit.
+        self.repo.git.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
+        return StatusCommit(branch, commit)
+
+    def _branch_commit(self, branch: str) -> str | None:
+        try:
+            return str(self.repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{branch}"))
+        except git.GitCommandError:
+            return None
+
+    def _store_blob(self, data: bytes) -> str:
+        info = self.repo.odb.store(IStream("blob", len(data), BytesIO(data)))
+        return str(info.hexsha.decode() if isinstance(info.hexsha, bytes) else info.hexsha)
+
+    def _make_tree(self, files: Mapping[str, bytes]) -> str:
+        """A tree object holding files at nested paths; returns its id."""
+        children: dict[str, dict[str, bytes]] = {}
+        entries: list[str] = []
+        for path, data in files.items():
+            head, _, rest = path.partition("/")
+            if rest:
+                children.setdefault(head, {})[rest] = data
+            else:
+                entries.append(f"100644 blob {self._store_blob(data)}\t{head}")
+        for name, sub in children.items():
+            entries.append(f"040000 tree {self._make_tree(sub)}\t{name}")
+        listing = "".join(f"{e}\n" for e in sorted(entries, key=lambda e: e.split("\t")[1]))
+        done = subprocess.run(
+            ["git", "mktree"],
+            input=listing.encode(),
+            cwd=self.repo.git_dir,
+            capture_output=True,
+            check=True,
+        )
+        return done.stdout.decode().strip()
+
+
+class SubTree:
+    """A folder of another tree seen as a repository root (a repository in a sub-folder)."""
+
+    def __init__(self, tree: GitTree, prefix: str) -> None:
+        self.tree = tree
+        self.prefix = prefix.strip("/") + "/"
+        self.commit = tree.commit
+
+    def paths(self) -> Iterable[str]:
+        n = len(self.prefix)
+        return [p[n:] for p in self.tree.paths() if p.startswith(self.prefix)]
+
+    def read(self, path: str) -> bytes:
+        return self.tree.read(self.prefix + path)
+
+    def blob_id(self, path: str) -> str:
+        return self.tree.blob_id(self.prefix + path)
+
+    def is_file(self, path: str) -> bool:
+        return self.tree.is_file(self.prefix + path)
+
+    def is_dir(self, path: str) -> bool:
+        return self.tree.is_dir((self.prefix + path).rstrip("/"))

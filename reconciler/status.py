@@ -1,0 +1,214 @@
+"""Status documents: what each endpoint looks like after a pass, as stable YAML. PURE.
+
+One document per endpoint, written to `status/ENDPOINT.yaml` on the status branch. No
+timestamps and a fixed key order, so a pass that changes nothing writes the same bytes and
+makes no commit. Never a key or token: nothing here ever holds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from reconciler.health import Health, deployment_health, endpoint_health
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import Plan
+from reconciler.model.results import Outcome, StepResult
+from reconciler.model.specs import EndpointSpec, ScaleSettings, Weights, to_json, weights
+from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
+
+STATUS_DIR = "status"
+LOG_TAIL_LINES = 20
+
+
+def status_path(endpoint: str) -> str:
+    return f"{STATUS_DIR}/{endpoint}.yaml"
+
+
+def build_status(
+    *,
+    revision: str | None,
+    target: str,
+    live: LiveState,
+    plan: Plan,
+    results: Sequence[StepResult] = (),
+    declared: Sequence[str] = (),
+) -> dict[str, dict[str, Any]]:
+    """Status documents keyed by endpoint name.
+
+    live is the state observed after the pass; plan and results say what the pass tried;
+    declared lists the endpoints the desired state names (some may not exist yet).
+    Errors of an invalid desired state go into every document: whatever served before
+    still serves, and the status says why nothing changed.
+    """
+    failures = _failures_by_key(plan, results)
+    names = sorted({e.name for e in live.endpoints} | set(declared))
+    docs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        endpoint = live.endpoint(name)
+        docs[name] = _endpoint_doc(
+            name,
+            endpoint=endpoint,
+            live=live,
+            revision=revision,
+            target=target,
+            errors=plan.errors,
+            failures=failures,
+        )
+    return docs
+
+
+def _failures_by_key(plan: Plan, results: Sequence[StepResult]) -> dict[ResourceKey, StepResult]:
+    found: dict[ResourceKey, StepResult] = {}
+    for result in results:
+        if result.outcome != Outcome.FAILED:
+            continue
+        step = plan.steps[result.index]
+        found.setdefault(ResourceKey(step.endpoint, step.deployment), result)
+        found.setdefault(ResourceKey(step.endpoint), result)
+    return found
+
+
+def _endpoint_doc(
+    name: str,
+    *,
+    endpoint: LiveEndpoint | None,
+    live: LiveState,
+    revision: str | None,
+    target: str,
+    errors: tuple[Diagnostic, ...],
+    failures: Mapping[ResourceKey, StepResult],
+) -> dict[str, Any]:
+    failed = failures.get(ResourceKey(name))
+    if failed is not None:
+        state: str = str(ProvisioningState.FAILED)
+    elif endpoint is None:
+        state = str(ProvisioningState.CREATING)
+    else:
+        state = str(endpoint.provisioning_state)
+    health = endpoint_health(endpoint, live)
+    deployments = {
+        d.name: _deployment_doc(d, failures.get(d.key)) for d in live.deployments_of(name)
+    }
+    return {
+        "endpoint": name,
+        "commit": revision,
+        "target": target,
+        "provisioning_state": state,
+        "health": str(health if failed is None else max(health, Health.DEGRADED)),
+        "scoring_uri": endpoint.scoring_uri if endpoint else None,
+        "openapi_uri": endpoint.openapi_uri if endpoint else None,
+        "auth_mode": endpoint.spec.auth_mode if endpoint else None,
+        "traffic": dict(endpoint.spec.traffic) if endpoint else {},
+        "mirror_traffic": dict(endpoint.spec.mirror_traffic) if endpoint else {},
+        "deployments": deployments,
+        "last_error": _error_text(failed),
+        "errors": [e.as_json() for e in errors],
+    }
+
+
+def _deployment_doc(d: LiveDeployment, failed: StepResult | None) -> dict[str, Any]:
+    last_error = _error_text(failed) or d.last_error
+    return {
+        "provisioning_state": str(
+            ProvisioningState.FAILED if failed is not None else d.provisioning_state
+        ),
+        "health": str(deployment_health(d)),
+        "instance_type": d.instance_type,
+        "instance_count": d.instance_count,
+        "ready_instances": d.ready_instances,
+        "scale_settings": to_json(d.scale_settings),
+        "spec_digest": d.digest,
+        "last_error": last_error,
+    }
+
+
+def _error_text(result: StepResult | None) -> str | None:
+    if result is None:
+        return None
+    text = result.message
+    if result.error_code:
+        text = f"{result.error_code}: {text}"
+    if result.log_tail:
+        tail = "\n".join(result.log_tail.splitlines()[-LOG_TAIL_LINES:])
+        text = f"{text}\n{tail}"
+    return text
+
+
+def render_status(doc: Mapping[str, Any]) -> str:
+    """Stable YAML: the key order of the document, block style, no timestamps."""
+    return yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False, width=100)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStatus:
+    """An endpoint's status file read back: the live state it records, and its commit."""
+
+    endpoint: LiveEndpoint
+    deployments: tuple[LiveDeployment, ...]
+    revision: str | None
+    target: str
+
+
+def parse_status(text: str, *, file: str) -> ReadStatus:
+    """Read a status document back into live state. Raises ValueError naming the file."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("endpoint"), str):
+        raise ValueError(f"{file}: not a status document (no 'endpoint')")
+    name = doc["endpoint"]
+    spec = EndpointSpec(
+        name=name,
+        auth_mode=str(doc.get("auth_mode") or "key"),
+        traffic=_weights(doc.get("traffic")),
+        mirror_traffic=_weights(doc.get("mirror_traffic")),
+    )
+    endpoint = LiveEndpoint(
+        spec=spec,
+        provisioning_state=_state(doc.get("provisioning_state")),
+        scoring_uri=doc.get("scoring_uri"),
+        openapi_uri=doc.get("openapi_uri"),
+        spec_known=False,
+    )
+    deployments = []
+    for dep_name, d in sorted((doc.get("deployments") or {}).items()):
+        if not isinstance(d, dict):
+            raise ValueError(f"{file}: deployments.{dep_name} is not a mapping")
+        scale = d.get("scale_settings") or {}
+        deployments.append(
+            LiveDeployment(
+                key=ResourceKey(name, str(dep_name)),
+                digest=str(d.get("spec_digest") or ""),
+                instance_count=int(d.get("instance_count") or 0),
+                scale_settings=ScaleSettings(**scale)
+                if isinstance(scale, dict)
+                else ScaleSettings(),
+                ready_instances=int(d.get("ready_instances") or 0),
+                provisioning_state=_state(d.get("provisioning_state")),
+                last_error=d.get("last_error"),
+                instance_type=d.get("instance_type"),
+            )
+        )
+    return ReadStatus(
+        endpoint=endpoint,
+        deployments=tuple(deployments),
+        revision=doc.get("commit"),
+        target=str(doc.get("target") or ""),
+    )
+
+
+def _weights(value: Any) -> Weights:
+    return weights(value) if isinstance(value, dict) else ()
+
+
+def _state(value: Any) -> ProvisioningState:
+    try:
+        return ProvisioningState(value)
+    except ValueError:
+        return ProvisioningState.SUCCEEDED

@@ -1,0 +1,180 @@
+"""An in-memory target: the platform is a pair of dicts.
+
+For tests of the engine and executor where the platform is not what is being tested (as
+httpx's MockTransport is for clients), and for property tests that apply random plans. It
+follows the same contract as real targets: it applies only what a step says, and refuses
+what a real platform would refuse (traffic to a deployment that does not exist, deleting a
+deployment that still has traffic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import Action, Step
+from reconciler.model.specs import weight_of
+from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
+from reconciler.targets.base import ProgressCallback, TargetError
+
+
+@dataclass
+class MemoryTarget:
+    name: str = "memory"
+    endpoints: dict[str, LiveEndpoint] = field(default_factory=dict)
+    deployments: dict[ResourceKey, LiveDeployment] = field(default_factory=dict)
+    # Deployments whose instances never become ready (an init() that raises).
+    broken: set[ResourceKey] = field(default_factory=set)
+    applied: list[Step] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, state: LiveState, *, name: str = "memory") -> MemoryTarget:
+        return cls(
+            name=name,
+            endpoints={e.name: e for e in state.endpoints},
+            deployments={d.key: d for d in state.deployments},
+        )
+
+    def observe(self) -> LiveState:
+        return LiveState(
+            endpoints=tuple(self.endpoints[n] for n in sorted(self.endpoints)),
+            deployments=tuple(self.deployments[k] for k in sorted(self.deployments)),
+            target=self.name,
+        )
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+        key = ResourceKey(step.endpoint, step.deployment)
+        handler = _HANDLERS[step.action]
+        handler(self, step, key)
+        self.applied.append(step)
+        if progress is not None:
+            progress(f"{step.action} {step.target_name} applied")
+
+    # --- handlers: one per action -------------------------------------------------------
+
+    def _create_endpoint(self, step: Step, key: ResourceKey) -> None:
+        assert step.endpoint_spec is not None
+        if step.endpoint in self.endpoints:
+            raise TargetError(f"endpoint {step.endpoint} exists already")
+        self.endpoints[step.endpoint] = LiveEndpoint(spec=step.endpoint_spec)
+
+    def _update_endpoint(self, step: Step, key: ResourceKey) -> None:
+        current = self._endpoint(step.endpoint)
+        assert step.endpoint_spec is not None
+        # Traffic belongs to its own steps: keep what serves now.
+        spec = replace(
+            step.endpoint_spec,
+            traffic=current.spec.traffic,
+            mirror_traffic=current.spec.mirror_traffic,
+        )
+        self.endpoints[step.endpoint] = replace(current, spec=spec)
+
+    def _delete_endpoint(self, step: Step, key: ResourceKey) -> None:
+        self._endpoint(step.endpoint)
+        if any(k.endpoint == step.endpoint for k in self.deployments):
+            raise TargetError(f"endpoint {step.endpoint} still has deployments")
+        del self.endpoints[step.endpoint]
+
+    def _create_deployment(self, step: Step, key: ResourceKey) -> None:
+        self._endpoint(step.endpoint)
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        if key in self.deployments:
+            raise TargetError(f"deployment {key} exists already")
+        self.deployments[key] = self._running(key, spec.digest, step)
+
+    def _scale_deployment(self, step: Step, key: ResourceKey) -> None:
+        current = self._deployment(key)
+        assert step.instance_count is not None and step.scale_settings is not None
+        self.deployments[key] = replace(
+            current,
+            instance_count=step.instance_count,
+            scale_settings=step.scale_settings,
+            ready_instances=0 if key in self.broken else step.instance_count,
+        )
+
+    def _update_deployment(self, step: Step, key: ResourceKey) -> None:
+        self._deployment(key)
+        assert step.deployment_spec is not None
+        self.deployments[key] = self._running(key, step.deployment_spec.digest, step)
+
+    def _delete_deployment(self, step: Step, key: ResourceKey) -> None:
+        self._deployment(key)
+        endpoint = self._endpoint(step.endpoint)
+        assert key.deployment is not None
+        if weight_of(endpoint.spec.traffic, key.deployment) or weight_of(
+            endpoint.spec.mirror_traffic, key.deployment
+        ):
+            raise TargetError(f"deployment {key} still has traffic")
+        del self.deployments[key]
+
+    def _set_traffic(self, step: Step, key: ResourceKey) -> None:
+        endpoint = self._endpoint(step.endpoint)
+        assert step.traffic is not None
+        self._require_ready(step.endpoint, [n for n, _ in step.traffic])
+        if any(weight_of(step.traffic, n) for n, _ in endpoint.spec.mirror_traffic):
+            raise TargetError("a mirrored deployment cannot have live traffic")
+        self.endpoints[step.endpoint] = replace(
+            endpoint, spec=replace(endpoint.spec, traffic=step.traffic)
+        )
+
+    def _set_mirror_traffic(self, step: Step, key: ResourceKey) -> None:
+        endpoint = self._endpoint(step.endpoint)
+        assert step.mirror_traffic is not None
+        self._require_ready(step.endpoint, [n for n, _ in step.mirror_traffic])
+        if any(weight_of(endpoint.spec.traffic, n) for n, _ in step.mirror_traffic):
+            raise TargetError("a mirrored deployment cannot have live traffic")
+        self.endpoints[step.endpoint] = replace(
+            endpoint, spec=replace(endpoint.spec, mirror_traffic=step.mirror_traffic)
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _running(self, key: ResourceKey, digest: str, step: Step) -> LiveDeployment:
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        broken = key in self.broken
+        return LiveDeployment(
+            key=key,
+            digest=digest,
+            instance_count=step.instance_count,
+            scale_settings=spec.scale_settings,
+            spec=spec,
+            ready_instances=0 if broken else step.instance_count,
+            provisioning_state=ProvisioningState.FAILED if broken else ProvisioningState.SUCCEEDED,
+            last_error="init() failed" if broken else None,
+            instance_type=spec.instance_type,
+        )
+
+    def _endpoint(self, name: str) -> LiveEndpoint:
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise TargetError(f"endpoint {name} does not exist") from None
+
+    def _deployment(self, key: ResourceKey) -> LiveDeployment:
+        try:
+            return self.deployments[key]
+        except KeyError:
+            raise TargetError(f"deployment {key} does not exist") from None
+
+    def _require_ready(self, endpoint: str, names: list[str]) -> None:
+        for name in names:
+            live = self.deployments.get(ResourceKey(endpoint, name))
+            if live is None:
+                raise TargetError(f"deployment {endpoint}/{name} does not exist")
+            if live.provisioning_state == ProvisioningState.FAILED:
+                raise TargetError(f"deployment {endpoint}/{name} is not ready")
+
+
+_HANDLERS = {
+    Action.CREATE_ENDPOINT: MemoryTarget._create_endpoint,
+    Action.UPDATE_ENDPOINT: MemoryTarget._update_endpoint,
+    Action.DELETE_ENDPOINT: MemoryTarget._delete_endpoint,
+    Action.CREATE_DEPLOYMENT: MemoryTarget._create_deployment,
+    Action.SCALE_DEPLOYMENT: MemoryTarget._scale_deployment,
+    Action.UPDATE_DEPLOYMENT: MemoryTarget._update_deployment,
+    Action.DELETE_DEPLOYMENT: MemoryTarget._delete_deployment,
+    Action.SET_TRAFFIC: MemoryTarget._set_traffic,
+    Action.SET_MIRROR_TRAFFIC: MemoryTarget._set_mirror_traffic,
+}
