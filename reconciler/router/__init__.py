@@ -1,0 +1,49 @@
+"""The data plane of an endpoint: what azureml-fe is to Azure ML, for our Docker and Kubernetes.
+
+Started as `python -m reconciler.router --config FILE` (see `__main__`), one router per
+endpoint serves the endpoint's scoring URI: it checks the caller's key or token, picks a
+deployment by the traffic weights (or the one named by the `azureml-model-deployment`
+header), the least busy instance inside it, applies Azure ML's request limits, copies a
+share of requests to the mirror deployment, and exports Prometheus metrics.
+
+Modules:
+- `config`    the router's JSON config (`RouterConfig`, `load_config`, `dump_config`)
+- `tokens`    keys and aml_token tokens (`generate_key`, `hash_key`, `issue_token`,
+              `verify_token`); pure, for the reconciler's credentials commands too
+- `balancing` pure choices: weighted deployment, mirror draw, least busy instance
+- `upstream`  the keep-alive HTTP/1.1 client to backends
+- `runtime`   deployments, instances and admission; swaps configs without loss
+- `metrics`   Prometheus metric names and the utilisation formula
+- `logs`      structured JSON logs
+- `server`    the HTTP handlers, config watching, the admin call, shutdown
+"""
+
+from reconciler.router.config import (
+    ConfigError,
+    DeploymentRoute,
+    RouterConfig,
+    dump_config,
+    load_config,
+    parse_config,
+)
+from reconciler.router.tokens import (
+    generate_key,
+    generate_token_secret,
+    hash_key,
+    issue_token,
+    verify_token,
+)
+
+__all__ = [
+    "ConfigError",
+    "DeploymentRoute",
+    "RouterConfig",
+    "dump_config",
+    "generate_key",
+    "generate_token_secret",
+    "hash_key",
+    "issue_token",
+    "load_config",
+    "parse_config",
+    "verify_token",
+]

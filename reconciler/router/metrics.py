@@ -1,0 +1,190 @@
+"""Prometheus metrics of the router, served on their own port (`--metrics-port`, `GET /metrics`).
+
+Names and labels (a stable contract: dashboards and the autoscaler read them):
+
+| metric | type | labels |
+|---|---|---|
+| router_requests_total | counter | endpoint, deployment, kind, code |
+| router_request_duration_seconds | histogram | endpoint, deployment, kind |
+| router_in_flight_requests | gauge | endpoint, deployment |
+| router_queued_requests | gauge | endpoint, deployment |
+| router_busy_instances | gauge | endpoint, deployment |
+| router_instances | gauge | endpoint, deployment |
+| router_deployment_utilization | gauge | endpoint, deployment |
+| router_auth_failures_total | counter | endpoint, reason |
+| router_config_reloads_total | counter | endpoint, source, result |
+
+`kind` is `live` (the caller's request) or `mirror` (the background copy); `code` is the
+status the router gave (for mirror copies: the status the caller *would* have had, e.g. 200,
+424, 408, or 429 when the copy was dropped because the mirror deployment was full).
+Requests refused before a deployment was chosen (401, 404) carry `deployment=""`.
+
+    router_deployment_utilization = in_flight / (instances x max_concurrent_requests_per_instance)
+
+where in_flight counts the live and mirrored requests admitted to the deployment (waiting for
+or being served by an instance; not the queued ones). 1.0 means every instance is working at
+its configured concurrency; the admission limit sits at 2.0, so values above 1.0 mean that
+requests queue inside the instances. The autoscaler compares it with
+`target_utilization_percentage / 100`. 0 when the deployment has no instance.
+
+Gauges are sampled every `SAMPLE_INTERVAL_S` by the router (not on each request: that keeps
+the hot path to one counter and one histogram update).
+
+Several workers (`--workers N`). Metrics use prometheus_client's multiprocess mode: every
+worker writes its values to files in PROMETHEUS_MULTIPROC_DIR and the supervising process
+serves the sum. Gauges are `livesum` (a dead worker's values vanish), except
+router_instances (`livemax`: every worker sees every instance) and router_busy_instances
+(`livemax`: a lower bound; an instance busy in two workers counts once per worker).
+Utilisation sums correctly: each worker reports its own in-flight over the full capacity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SAMPLE_INTERVAL_S = 0.2
+LIVE = "live"
+MIRROR = "mirror"
+_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    180.0,
+)
+
+
+class RouterMetrics:
+    """The router's metric families, with label children cached for the hot path."""
+
+    def __init__(self, endpoint: str, registry: CollectorRegistry) -> None:
+        self.endpoint = endpoint
+        dep = ["endpoint", "deployment"]
+        self.requests = Counter(
+            "router_requests",
+            "Requests answered by the router, by deployment, kind and status code.",
+            [*dep, "kind", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "router_request_duration_seconds",
+            "Time from the request's arrival to the router's answer.",
+            [*dep, "kind"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "router_in_flight_requests",
+            "Requests admitted to the deployment and not yet answered (live and mirror).",
+            dep,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.queued = Gauge(
+            "router_queued_requests",
+            "Requests waiting for admission (at most max_queue_wait_ms).",
+            dep,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.busy_instances = Gauge(
+            "router_busy_instances",
+            "Instances with at least one request in flight from the router.",
+            dep,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.instances = Gauge(
+            "router_instances",
+            "Instances configured for the deployment.",
+            dep,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.utilization = Gauge(
+            "router_deployment_utilization",
+            "in_flight / (instances x max_concurrent_requests_per_instance).",
+            dep,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.auth_failures = Counter(
+            "router_auth_failures",
+            "Requests refused with 401, by reason (never shown to the caller).",
+            ["endpoint", "reason"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "router_config_reloads",
+            "Configuration changes seen, by source (file, admin, signal) and result.",
+            ["endpoint", "source", "result"],
+            registry=registry,
+        )
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._histograms: dict[tuple[str, str], Histogram] = {}
+        self._gauged: set[str] = set()
+
+    def observe(self, deployment: str, kind: str, code: int, seconds: float) -> None:
+        key = (deployment, kind, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self.requests.labels(self.endpoint, deployment, kind, str(code))
+            self._counters[key] = counter
+        counter.inc()
+        hkey = (deployment, kind)
+        histogram = self._histograms.get(hkey)
+        if histogram is None:
+            histogram = self.duration.labels(self.endpoint, deployment, kind)
+            self._histograms[hkey] = histogram
+        histogram.observe(seconds)
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(self.endpoint, reason).inc()
+
+    def config_reloaded(self, source: str, result: str) -> None:
+        self.config_reloads.labels(self.endpoint, source, result).inc()
+
+    def set_deployment(
+        self,
+        deployment: str,
+        *,
+        in_flight: int,
+        queued: int,
+        busy_instances: int,
+        instances: int,
+        capacity: int,
+    ) -> None:
+        labels = (self.endpoint, deployment)
+        self._gauged.add(deployment)
+        self.in_flight.labels(*labels).set(in_flight)
+        self.queued.labels(*labels).set(queued)
+        self.busy_instances.labels(*labels).set(busy_instances)
+        self.instances.labels(*labels).set(instances)
+        self.utilization.labels(*labels).set(in_flight / capacity if capacity else 0.0)
+
+    def drop_deployments_except(self, names: set[str]) -> None:
+        """A deployment left the config: its gauges go (counters stay, they are history)."""
+        for gone in self._gauged - names:
+            for gauge in (
+                self.in_flight,
+                self.queued,
+                self.busy_instances,
+                self.instances,
+                self.utilization,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.endpoint, gone)
+        self._gauged &= names
