@@ -24,8 +24,20 @@ import structlog
 _SECRET_WORDS = ("authorization", "key", "token", "secret", "password", "body")
 
 
+_suspect_names: dict[str, bool] = {}  # field name -> whether it must go; names are few
+
+
+def _suspect(name: str) -> bool:
+    suspect = _suspect_names.get(name)
+    if suspect is None:
+        suspect = any(word in name.lower() for word in _SECRET_WORDS)
+        if len(_suspect_names) < 10_000:  # field names are code, not data: bounded anyway
+            _suspect_names[name] = suspect
+    return suspect
+
+
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for name in [k for k in event if any(word in k.lower() for word in _SECRET_WORDS)]:
+    for name in [k for k in event if _suspect(k)]:
         del event[name]
     return event
 

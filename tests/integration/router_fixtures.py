@@ -1,0 +1,426 @@
+"""Real servers for the router's tests: backends (aiohttp apps), the router as a process, load.
+
+- `Backends`: aiohttp backend servers on 127.0.0.1 with ephemeral ports, all on one event
+  loop in one background thread. Each records its hits and can be slowed, made to fail or
+  killed (listening socket and open connections dropped, as a crashed container would).
+- `RouterProcess`: `python -m reconciler.router --config FILE --port 0 --metrics-port 0`, a
+  real process; its JSON log lines are collected (the port comes from the "listening" line).
+- `load`: many requests through a real client (aiohttp), concurrency bounded, results kept.
+
+No pytest-asyncio: tests are plain functions and drive async code with `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from reconciler.router.tokens import hash_key
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRIMARY_KEY = "primary-key-for-tests-0123456789abcdef"
+SECONDARY_KEY = "secondary-key-for-tests-0123456789abcdef"
+ADMIN_SECRET = "admin-secret-for-tests-0123456789"
+
+
+# ---------------------------------------------------------------------------- backends
+@dataclass
+class Backend:
+    """One backend instance; fields may be changed while it runs (read per request)."""
+
+    name: str
+    loop: asyncio.AbstractEventLoop
+    delay: float = 0.0
+    status: int = 200
+    port: int = 0
+    hits: int = 0
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _server: asyncio.Server | None = None
+    _http: web.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/":
+            return web.Response(text="Healthy")
+        if request.path == "/swagger.json":
+            return web.json_response({"swagger": "2.0", "deployment": self.name})
+        body = await request.read()
+        self.hits += 1
+        if len(self.seen_headers) < 50:
+            self.seen_headers.append(dict(request.headers))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        answer = {"deployment": self.name, "instance": self.address, "size": len(body)}
+        return web.json_response(
+            answer, status=self.status, headers={"x-backend": self.name, "x-model-note": "ok"}
+        )
+
+    async def _start(self) -> None:
+        self._http = web.Server(self._handle, access_log=None)
+        self._server = await self.loop.create_server(self._http, "127.0.0.1", self.port or 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _kill(self) -> None:
+        assert self._server is not None and self._http is not None
+        self._server.close()
+        for connection in list(self._http.connections):
+            transport = connection.transport
+            if transport is not None:
+                transport.abort()
+        await self._server.wait_closed()
+
+    def kill(self) -> None:
+        """Stop listening and reset every open connection, like a crashed container."""
+        asyncio.run_coroutine_threadsafe(self._kill(), self.loop).result(10)
+
+    def restart(self) -> None:
+        """Listen again on the same port."""
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+
+class Backends:
+    """Backend servers on one loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.started: list[Backend] = []
+
+    def start(self, name: str, *, delay: float = 0.0, status: int = 200) -> Backend:
+        backend = Backend(name=name, loop=self.loop, delay=delay, status=status)
+        asyncio.run_coroutine_threadsafe(backend._start(), self.loop).result(10)
+        self.started.append(backend)
+        return backend
+
+    def close(self) -> None:
+        async def stop_all() -> None:
+            for backend in self.started:
+                if backend._server is not None:
+                    backend._server.close()
+                if backend._http is not None:
+                    await backend._http.shutdown(0.1)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop_all(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    pool = Backends()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def dead_address() -> str:
+    """A loopback address where nothing listens (bound then closed, so refused at once)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+# ---------------------------------------------------------------------------- config
+def deployment(name: str, instances: Sequence[Backend | str], **settings: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "instances": [i if isinstance(i, str) else i.address for i in instances],
+        "max_concurrent_requests_per_instance": 50,
+    }
+    doc.update(settings)
+    return doc
+
+
+def router_config(
+    deployments: Sequence[Mapping[str, Any]],
+    *,
+    traffic: Mapping[str, int] | None = None,
+    mirror: Mapping[str, int] | None = None,
+    endpoint: str = "ep-test",
+    keys: Sequence[str] = (PRIMARY_KEY, SECONDARY_KEY),
+    **extra: Any,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "endpoint": endpoint,
+        "auth_mode": "key",
+        "key_hashes": [hash_key(k) for k in keys],
+        "admin_secret_hash": hash_key(ADMIN_SECRET),
+        "traffic": dict(traffic or {}),
+        "mirror_traffic": dict(mirror or {}),
+        "deployments": list(deployments),
+    }
+    doc.update(extra)
+    return doc
+
+
+def write_config(path: Path, doc: Mapping[str, Any]) -> None:
+    """Atomically, mode 0600 (as the reconciler writes it)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------- router
+class RouterProcess:
+    """The router as a real process on ephemeral ports."""
+
+    def __init__(self, config_path: Path, *, workers: int = 1, start_timeout: float = 20) -> None:
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self.port = 0
+        self.metrics_port = 0
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler.router",
+                "--config",
+                str(config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--workers",
+                str(workers),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(start_timeout):
+            self.stop()
+            raise RuntimeError("router did not start:\n" + "\n".join(self.lines[-30:]))
+        if workers > 1:
+            self.wait_ready(start_timeout)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if not self._listening.is_set() and '"listening"' in line:
+                event = json.loads(line)
+                if event.get("port") and event.get("metrics_port"):
+                    self.port = int(event["port"])
+                    self.metrics_port = int(event["metrics_port"])
+                    self._listening.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.lines):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if name is None or event.get("event") == name:
+                found.append(event)
+        return found
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.events(name)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {name} event in the router's log")
+            time.sleep(0.02)
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                status, _, _ = http_get(f"{self.url}/-/ready")
+                if status == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("router never became ready")
+
+    def metrics(self) -> str:
+        _, _, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return body.decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
+    started: list[RouterProcess] = []
+
+    def start(doc: Mapping[str, Any], *, workers: int = 1) -> RouterProcess:
+        path = tmp_path / "router.json"
+        write_config(path, doc)
+        router = RouterProcess(path, workers=workers)
+        started.append(router)
+        return router
+
+    yield start
+    for router in started:
+        router.stop()
+
+
+# ---------------------------------------------------------------------------- clients
+def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """A plain blocking GET (urllib): status, headers, body."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+@dataclass
+class Result:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    seconds: float
+
+    @property
+    def deployment(self) -> str | None:
+        return self.headers.get("azureml-model-deployment")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _one(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+) -> Result:
+    started = time.perf_counter()
+    try:
+        async with session.request(method, url, headers=headers, data=body) as response:
+            data = await response.read()
+            return Result(
+                response.status,
+                {k.lower(): v for k, v in response.headers.items()},
+                data,
+                time.perf_counter() - started,
+            )
+    except aiohttp.ClientError as error:
+        return Result(0, {"error": repr(error)}, b"", time.perf_counter() - started)
+
+
+async def load_async(
+    url: str,
+    count: int,
+    *,
+    concurrency: int = 16,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b'{"data": [1, 2, 3]}',
+    method: str = "POST",
+    at: Mapping[int, Callable[[], None]] | None = None,
+) -> list[Result]:
+    """`count` requests, `concurrency` at a time. `at[i]` runs (in a thread, the other
+    workers going on) when the i-th request is due: changes under load (reload, kill)."""
+    results: list[Result] = []
+    sent = 0
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < count:
+                index = sent
+                sent += 1
+                if at and index in at:
+                    await asyncio.to_thread(at[index])
+                results.append(await _one(session, method, url, all_headers, body))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+def load(url: str, count: int, **kwargs: Any) -> list[Result]:
+    return asyncio.run(load_async(url, count, **kwargs))
+
+
+def request(
+    url: str,
+    *,
+    method: str = "POST",
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = b'{"data": [1]}',
+) -> Result:
+    async def go() -> Result:
+        async with aiohttp.ClientSession() as session:
+            return await _one(session, method, url, dict(headers or {}), body)
+
+    return asyncio.run(go())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
