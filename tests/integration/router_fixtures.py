@@ -8,6 +8,8 @@
 - `load`: many requests through a real client (aiohttp), concurrency bounded, results kept.
 
 No pytest-asyncio: tests are plain functions and drive async code with `asyncio.run`.
+Test modules import the fixtures `backends_fixture` and `start_router_fixture` (named
+`backends` and `start_router` for tests), since tests/conftest.py belongs to the project.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ class Backends:
         self._thread.join(5)
 
 
-@pytest.fixture
-def backends() -> Iterator[Backends]:
+@pytest.fixture(name="backends")
+def backends_fixture() -> Iterator[Backends]:
     pool = Backends()
     try:
         yield pool
@@ -293,8 +295,8 @@ class RouterProcess:
         return self.process.returncode
 
 
-@pytest.fixture
-def start_router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
+@pytest.fixture(name="start_router")
+def start_router_fixture(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     started: list[RouterProcess] = []
 
     def start(doc: Mapping[str, Any], *, workers: int = 1) -> RouterProcess:

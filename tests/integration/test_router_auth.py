@@ -7,21 +7,21 @@ import json
 import time
 from pathlib import Path
 
-from router_fixtures import (
+from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     ADMIN_SECRET,
     PRIMARY_KEY,
     SECONDARY_KEY,
     Backends,
+    backends_fixture,
     bearer,
     deployment,
     http_get,
     request,
     router_config,
+    start_router_fixture,
 )
 
 from reconciler.router.tokens import generate_token_secret, issue_token
-
-pytest_plugins = ("router_fixtures",)  # the backends and start_router fixtures
 
 TOKEN_SECRET = generate_token_secret()
 

@@ -6,9 +6,10 @@ import math
 import re
 from collections import Counter
 
-from router_fixtures import (
+from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     PRIMARY_KEY,
     Backends,
+    backends_fixture,
     bearer,
     deployment,
     http_get,
@@ -16,9 +17,8 @@ from router_fixtures import (
     metric_value,
     request,
     router_config,
+    start_router_fixture,
 )
-
-pytest_plugins = ("router_fixtures",)  # the backends and start_router fixtures
 
 AUTH = bearer(PRIMARY_KEY)
 
