@@ -31,7 +31,7 @@ test: lint
 
 demo: setup
 	$(BIN)/reconcile validate --repo example-repo
-	$(BIN)/reconcile --repo example-repo
+	$(BIN)/reconcile --repo example-repo --dry-run --target status || test $$? -eq 2
 
 bench: setup
 	$(BIN)/python bench/plan_scale.py

@@ -308,3 +308,7 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
             )
+
+
+if __name__ == "__main__":
+    main()

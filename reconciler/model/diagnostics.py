@@ -24,8 +24,8 @@ class Diagnostic:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        field = f" {self.field}:" if self.field else ""
-        return f"{where}:{field} {self.message}"
+        parts = [p for p in (where, self.field) if p]
+        return ": ".join([*parts, self.message])
 
 
 class DesiredStateInvalid(Exception):
