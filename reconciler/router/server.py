@@ -177,6 +177,7 @@ class RouterServer:
         self.metrics = RouterMetrics(config.endpoint, registry)
         self.registry = registry
         self.log = logs.get_logger(endpoint=config.endpoint, pid=os.getpid())
+        self.access_log = logs.get_access_logger(endpoint=config.endpoint, pid=os.getpid())
         self._clock = clock
         self._draining = False
         self._mirror_tasks: set[asyncio.Task[None]] = set()
@@ -532,6 +533,7 @@ class RouterServer:
                     capacity=deployment.capacity,
                 )
             self.metrics.drop_deployments_except(set(deployments))
+            logs.flush()
             try:
                 async with asyncio.timeout(SAMPLE_INTERVAL_S):
                     await self._stop.wait()
@@ -554,7 +556,7 @@ class RouterServer:
     ) -> None:
         response = outcome.response if outcome is not None else None
         instance = outcome.instance if outcome is not None else None
-        self.log.info(
+        self.access_log.info(
             "request",
             request_id=request_id,
             method=request.method if request is not None else "POST",
@@ -639,6 +641,7 @@ class RouterServer:
             task.cancel()
         await asyncio.gather(*self._background, *self._mirror_tasks, return_exceptions=True)
         self.runtime.close()
+        logs.flush()
 
     def begin_drain(self) -> None:
         self._draining = True

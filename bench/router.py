@@ -1,0 +1,283 @@
+"""Benchmark of the endpoint router: direct vs our router vs nginx, on loopback.
+
+    .venv/bin/python bench/router.py [--duration 5] [--concurrency 8,32] [--repeat 1]
+
+For each backend (answers at once; takes 2 ms per request) and each concurrency, wrk (in its
+own process) drives POST /score with a small JSON body:
+- direct:     straight to the backend
+- ours:       through `python -m reconciler.router` (1 worker; key auth, metrics and the
+              JSON access log on, as in production)
+- ours x2:    the same with --workers 2 (SO_REUSEPORT)
+- nginx:      nginx as a plain reverse proxy (1 worker process, upstream keepalive)
+Backends are aiohttp + uvloop servers, one process each. The router's deployments allow
+plenty of concurrency so that admission never queues: this measures the proxy, not Azure's
+limits. It prints p50, p99 and requests/s per case, a markdown table, and writes
+bench/out/router.json. Not a test: figures vary with the machine and its neighbours.
+
+Needs wrk and nginx (Debian: `apt-get install -y wrk nginx`); without wrk it stops with a
+message, without nginx it skips that column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key-0123456789abcdef0123456789"
+BODY = '{"data": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]}'
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = 'BODY'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout
+  io.write(string.format("RESULT %d %d %.1f %d %d\\n", latency:percentile(50),
+    latency:percentile(99), summary.requests / (summary.duration / 1e6),
+    summary.errors.status, errors))
+end
+""".replace("BODY", BODY)
+
+
+def serve_backend(port: int, delay_ms: float) -> None:
+    """A backend process: aiohttp on uvloop, answers after `delay_ms`."""
+    import uvloop
+    from aiohttp import web
+
+    delay = delay_ms / 1000.0
+    answer = b'{"result": [0.5]}'
+
+    async def score(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(body=answer, content_type="application/json")
+
+    async def main() -> None:
+        server = web.Server(score, access_log=None)
+        await asyncio.get_running_loop().create_server(server, "127.0.0.1", port, backlog=1024)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], *, env: dict[str, str] | None = None) -> Iterator[None]:
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def router_config(folder: Path, name: str, backend_port: int) -> Path:
+    from reconciler.router.tokens import hash_key
+
+    doc = {
+        "endpoint": "bench",
+        "key_hashes": [hash_key(KEY)],
+        "traffic": {"model": 100},
+        "deployments": [
+            {
+                "name": "model",
+                "instances": [f"127.0.0.1:{backend_port}"],
+                "max_concurrent_requests_per_instance": 1000,
+                "request_timeout_ms": 60000,
+            }
+        ],
+    }
+    path = folder / f"{name}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle)
+    return path
+
+
+def nginx_config(folder: Path, routes: dict[int, int]) -> Path:
+    servers = "\n".join(
+        f"""  upstream b{listen} {{ server 127.0.0.1:{backend}; keepalive 512; }}
+  server {{ listen 127.0.0.1:{listen};
+    location / {{ proxy_pass http://b{listen}; proxy_http_version 1.1;
+      proxy_set_header Connection ""; }} }}"""
+        for listen, backend in routes.items()
+    )
+    text = f"""worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {folder}/body; proxy_temp_path {folder}/proxy;
+  fastcgi_temp_path {folder}/fcgi; uwsgi_temp_path {folder}/uwsgi; scgi_temp_path {folder}/scgi;
+{servers}
+}}
+"""
+    path = folder / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def run_wrk(
+    script: Path, port: int, *, concurrency: int, duration: float, auth: bool
+) -> tuple[float, float, float, int]:
+    """(p50 ms, p99 ms, requests/s, failed requests) of one wrk run."""
+    args = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "-s", str(script)]
+    if auth:
+        args += ["-H", f"Authorization: Bearer {KEY}"]
+    output = subprocess.run(
+        [*args, f"http://127.0.0.1:{port}/score"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 30,
+    ).stdout
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+    p50, p99, rps, bad_status, errors = line.split()[1:]
+    return float(p50) / 1000, float(p99) / 1000, float(rps), int(bad_status) + int(errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--concurrency", default="8,32", help="connections, comma-separated")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case (median kept)")
+    parser.add_argument("--serve-backend", nargs=2, metavar=("PORT", "DELAY_MS"))
+    args = parser.parse_args()
+    if args.serve_backend:
+        serve_backend(int(args.serve_backend[0]), float(args.serve_backend[1]))
+        return 0
+    if shutil.which("wrk") is None:
+        print("bench/router.py needs wrk: apt-get install -y wrk (and nginx for its column)")
+        return 1
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        print("nginx not found (apt-get install -y nginx): its column is skipped")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    python = sys.executable
+    delays = {"0 ms": 0.0, "2 ms": 2.0}
+    backend_ports = {label: free_port() for label in delays}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    results: list[dict[str, object]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-router-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        folder = Path(tmp)
+        script = folder / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        targets: dict[tuple[str, str], tuple[int, bool]] = {}
+        for label, delay in delays.items():
+            port = backend_ports[label]
+            stack.enter_context(
+                process([python, __file__, "--serve-backend", str(port), str(delay)], env=env)
+            )
+            targets[("direct", label)] = (port, False)
+            for name, workers in (("ours", 1), ("ours x2", 2)):
+                router_port = free_port()
+                config = router_config(folder, f"{name}-{port}".replace(" ", ""), port)
+                command = [python, "-m", "reconciler.router", "--config", str(config)]
+                command += ["--host", "127.0.0.1", "--port", str(router_port)]
+                command += ["--metrics-port", str(free_port()), "--workers", str(workers)]
+                stack.enter_context(process(command, env=env))
+                targets[(name, label)] = (router_port, True)
+        if nginx is not None:
+            nginx_ports = {label: free_port() for label in delays}
+            conf = nginx_config(
+                folder, {nginx_ports[label]: backend_ports[label] for label in delays}
+            )
+            stack.enter_context(process([nginx, "-c", str(conf)]))
+            for label in delays:
+                targets[("nginx", label)] = (nginx_ports[label], False)
+        for port, _ in targets.values():
+            wait_port(port)
+        time.sleep(1.0)  # the second router worker is still starting after the port opens
+        for port, auth in targets.values():  # warm up: connections, caches
+            run_wrk(script, port, concurrency=8, duration=1, auth=auth)
+        for concurrency in concurrencies:
+            for label in delays:
+                for name in ("direct", "ours", "ours x2", "nginx"):
+                    if (name, label) not in targets:
+                        continue
+                    port, auth = targets[(name, label)]
+                    runs = [
+                        run_wrk(
+                            script,
+                            port,
+                            concurrency=concurrency,
+                            duration=args.duration,
+                            auth=auth,
+                        )
+                        for _ in range(args.repeat)
+                    ]
+                    p50 = statistics.median(r[0] for r in runs)
+                    p99 = statistics.median(r[1] for r in runs)
+                    rps = statistics.median(r[2] for r in runs)
+                    failed = sum(r[3] for r in runs)
+                    row = {
+                        "target": name,
+                        "backend": label,
+                        "concurrency": concurrency,
+                        "p50_ms": round(p50, 3),
+                        "p99_ms": round(p99, 3),
+                        "rps": round(rps),
+                        "failed": failed,
+                    }
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print("| c | backend | target | p50 ms | p99 ms | req/s | vs direct | +p50 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    direct = {(r["concurrency"], r["backend"]): r for r in results if r["target"] == "direct"}
+    for row in results:
+        base = direct[(row["concurrency"], row["backend"])]
+        share = float(row["rps"]) / float(base["rps"])  # type: ignore[arg-type]
+        added = float(row["p50_ms"]) - float(base["p50_ms"])  # type: ignore[arg-type]
+        print(
+            f"| {row['concurrency']} | {row['backend']} | {row['target']} | {row['p50_ms']} "
+            f"| {row['p99_ms']} | {row['rps']} | {share:.0%} | {added:+.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
