@@ -7,6 +7,7 @@ deployment on either side. Planning decides the order; this module only says wha
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -98,8 +99,16 @@ def field_changes(
     A change inside a list is reported as the whole list: "pip_packages" from [...] to
     [...] reads better in a review than an index.
     """
+    before, after = before or {}, after or {}
+    # Only the top-level fields that differ go to deepdiff: equal ones are the common case,
+    # and deepdiff's cost grows with everything it is given.
+    differing = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    if not differing:
+        return ()
+    before = {k: before[k] for k in differing if k in before}
+    after = {k: after[k] for k in differing if k in after}
     found: dict[str, FieldChange] = {}
-    tree = DeepDiff(dict(before or {}), dict(after or {}), view="tree", ignore_order=False)
+    tree = DeepDiff(before, after, view="tree", ignore_order=False)
     for levels in tree.values():
         for level in levels:
             path: list[str | int] = level.path(output_format="list")
@@ -246,21 +255,27 @@ def diff(desired: DesiredState, live: LiveState, *, prune: bool) -> tuple[Endpoi
 
     Endpoints the target could not read are left out: never planned, never pruned.
     """
-    names = {e.name for e in desired.endpoints} | {e.name for e in live.endpoints}
-    names |= {d.endpoint_name for d in desired.deployments} | {d.endpoint for d in live.deployments}
-    result = []
-    for name in sorted(names - set(live.unreadable)):
-        result.append(
-            diff_endpoint(
-                name,
-                desired.endpoint(name),
-                live.endpoint(name),
-                desired_deployments=desired.deployments_of(name),
-                live_deployments=live.deployments_of(name),
-                prune=prune,
-            )
+    # Indexes once: a scan per endpoint would make a 1,000-endpoint diff quadratic.
+    wanted = {e.name: e for e in desired.endpoints}
+    running = {e.name: e for e in live.endpoints}
+    wanted_deps: dict[str, list[DeploymentSpec]] = defaultdict(list)
+    for spec in desired.deployments:
+        wanted_deps[spec.endpoint_name].append(spec)
+    running_deps: dict[str, list[LiveDeployment]] = defaultdict(list)
+    for dep in live.deployments:
+        running_deps[dep.endpoint].append(dep)
+    names = wanted.keys() | running.keys() | wanted_deps.keys() | running_deps.keys()
+    return tuple(
+        diff_endpoint(
+            name,
+            wanted.get(name),
+            running.get(name),
+            desired_deployments=tuple(wanted_deps.get(name, ())),
+            live_deployments=tuple(running_deps.get(name, ())),
+            prune=prune,
         )
-    return tuple(result)
+        for name in sorted(names - set(live.unreadable))
+    )
 
 
 def assume_applied(desired: DesiredState, *, target: str = "") -> LiveState:

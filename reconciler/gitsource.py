@@ -57,7 +57,18 @@ class GitTree:
         return self._blobs.keys()
 
     def read(self, path: str) -> bytes:
-        data: bytes = self.repo.odb.stream(bytes.fromhex(self._blobs[path])).read()
+        sha = self._blobs[path]
+        data = _BLOBS.get(sha)
+        if data is None:
+            # Loading reads every YAML file of a revision: fetch them all in one
+            # `git cat-file --batch` instead of one round trip per file.
+            wanted = [path]
+            if path.endswith((".yml", ".yaml")):
+                wanted = [p for p in self._blobs if p.endswith((".yml", ".yaml"))]
+            _read_blobs(self.repo, [self._blobs[p] for p in wanted])
+            data = _BLOBS.get(sha)
+            if data is None:
+                data = self.repo.odb.stream(bytes.fromhex(sha)).read()
         return data
 
     def blob_id(self, path: str) -> str:
@@ -68,6 +79,59 @@ class GitTree:
 
     def is_dir(self, path: str) -> bool:
         return path.strip("/") in self._dirs
+
+
+class _BlobCache:
+    """Blob contents by id, shared by every tree: revisions share most of their files.
+
+    Bounded by total size; YAML files are small, so a large repository's worth fits.
+    """
+
+    def __init__(self, limit_bytes: int = 256 * 1024 * 1024) -> None:
+        self.limit = limit_bytes
+        self.size = 0
+        self.items: dict[str, bytes] = {}
+
+    def get(self, sha: str) -> bytes | None:
+        return self.items.get(sha)
+
+    def put(self, sha: str, data: bytes) -> None:
+        if sha in self.items or len(data) > self.limit // 16:
+            return
+        while self.items and self.size + len(data) > self.limit:
+            _, dropped = self.items.popitem()
+            self.size -= len(dropped)
+        self.items[sha] = data
+        self.size += len(data)
+
+
+_BLOBS = _BlobCache()
+
+
+def _read_blobs(repo: git.Repo, shas: Iterable[str]) -> None:
+    """Reads blobs into the cache with a single `git cat-file --batch`."""
+    missing = sorted({sha for sha in shas if _BLOBS.get(sha) is None})
+    if not missing:
+        return
+    done = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        input="".join(f"{sha}\n" for sha in missing).encode(),
+        cwd=repo.git_dir,
+        capture_output=True,
+        check=True,
+    )
+    out = done.stdout
+    pos = 0
+    while pos < len(out):
+        header_end = out.index(b"\n", pos)
+        sha, kind, *rest = out[pos:header_end].decode().split(" ")
+        if kind == "missing" or not rest:
+            pos = header_end + 1
+            continue
+        size = int(rest[0])
+        start = header_end + 1
+        _BLOBS.put(sha, out[start : start + size])
+        pos = start + size + 1  # content is followed by a newline
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from reconciler.model.keys import ResourceKey
@@ -175,7 +176,9 @@ SCALE_FIELDS = ("instance_count", "scale_settings")
 REPLACE_FIELDS = ("instance_type",)
 
 
-@dataclass(frozen=True, slots=True)
+# Not slots: the digest is cached on the instance (a frozen value never changes), which
+# keeps a 3,000-deployment diff from hashing every spec several times.
+@dataclass(frozen=True)
 class DeploymentSpec:
     endpoint_name: str
     name: str
@@ -203,7 +206,7 @@ class DeploymentSpec:
     def key(self) -> ResourceKey:
         return ResourceKey(self.endpoint_name, self.name)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Digest of what runs in an instance: everything but the scaling fields.
 
@@ -241,15 +244,27 @@ MAPPING_FIELDS = frozenset(
 
 def to_json(value: Any) -> JsonValue:
     """Canonical JSON-compatible form of a spec value (dataclasses, tuples, scalars)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, JsonValue] = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.name in MAPPING_FIELDS:
-                out[f.name] = {str(k): v for k, v in item}
-            else:
-                out[f.name] = to_json(item)
-        return out
-    if isinstance(value, tuple):
-        return [to_json(item) for item in value]
-    return value
+    layout = _LAYOUTS.get(type(value))
+    if layout is None:
+        if isinstance(value, tuple):
+            return [to_json(item) for item in value]
+        if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            return value
+        layout = _LAYOUTS[type(value)] = tuple(
+            (f.name, f.name in MAPPING_FIELDS) for f in dataclasses.fields(value)
+        )
+    out: dict[str, JsonValue] = {}
+    for name, is_mapping in layout:
+        item = getattr(value, name)
+        if is_mapping:
+            out[name] = {str(k): v for k, v in item}
+        elif item is None or isinstance(item, (str, int, float, bool)):
+            out[name] = item
+        else:
+            out[name] = to_json(item)
+    return out
+
+
+# Field layout of each spec class, worked out once: to_json runs for every spec of a
+# large repository on every pass.
+_LAYOUTS: dict[type, tuple[tuple[str, bool], ...]] = {}
