@@ -1,0 +1,69 @@
+"""gitsource on real repositories: revisions as trees, status commits by plumbing."""
+
+from __future__ import annotations
+
+import pytest
+from repo_builder import RepoBuilder
+
+from reconciler.filetree import Digester, DirectoryTree
+from reconciler.gitsource import GitSource, GitSourceError
+
+
+def test_a_commit_and_its_checkout_have_the_same_digests(repo: RepoBuilder) -> None:
+    repo.basics()
+    repo.write("src/pkg/util.py", "X = 1\n")
+    commit = repo.commit("files")
+    source = GitSource(repo.root)
+    from_git, from_disk = Digester(source.tree(commit)), Digester(DirectoryTree(repo.root))
+    for path in ("src", "src/score.py", "models/sklearn-regression/v1", ""):
+        assert from_git.digest(path) == from_disk.digest(path), path
+
+
+def test_a_change_inside_a_folder_changes_its_digest_only(repo: RepoBuilder) -> None:
+    repo.basics()
+    first = repo.commit("one")
+    repo.code(version="2")
+    second = repo.commit("two")
+    source = GitSource(repo.root)
+    a, b = Digester(source.tree(first)), Digester(source.tree(second))
+    assert a.digest("src") != b.digest("src")
+    assert a.digest("models") == b.digest("models")
+
+
+def test_a_repository_in_a_sub_folder_reads_relative_paths(repo: RepoBuilder) -> None:
+    repo.write("gitops/endpoints/a.yml", "name: a\n")
+    repo.write("other.txt", "x\n")
+    repo.commit("nested")
+    tree = GitSource(repo.root / "gitops").tree("HEAD")
+    assert list(tree.paths()) == ["endpoints/a.yml"]
+    assert tree.read("endpoints/a.yml") == b"name: a\n"
+    assert tree.is_dir("endpoints") and not tree.is_dir("gitops")
+
+
+def test_an_unknown_revision_names_itself(repo: RepoBuilder) -> None:
+    repo.write("a.txt", "a")
+    repo.commit("a")
+    with pytest.raises(GitSourceError, match="nope"):
+        GitSource(repo.root).resolve("nope")
+
+
+def test_status_commits_touch_neither_the_index_nor_the_working_tree(repo: RepoBuilder) -> None:
+    repo.write("a.txt", "a")
+    head = repo.commit("a")
+    repo.write("dirty.txt", "uncommitted")
+    source = GitSource(repo.root)
+    first = source.write_status({"status/ep.yaml": "endpoint: ep\n"}, message="status of a")
+    assert first.commit is not None
+    assert source.write_status({"status/ep.yaml": "endpoint: ep\n"}, message="again").commit is None
+    second = source.write_status({"status/ep2.yaml": "endpoint: ep2\n"}, message="ep removed")
+    assert second.commit is not None
+    _, files = source.read_status()
+    assert files == {"status/ep2.yaml": "endpoint: ep2\n"}
+    assert repo.git("rev-parse", "HEAD") == head
+    assert repo.git("status", "--porcelain") == "?? dirty.txt"
+    assert repo.git("log", "-1", "--format=%s", "reconcile-status") == "ep removed"
+
+
+def test_a_folder_outside_git_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(GitSourceError, match="not inside a git repository"):
+        GitSource(tmp_path)

@@ -1,0 +1,108 @@
+"""diffing: pairing by key, field changes, scale versus update, autoscaling bounds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from specs_factory import deployment, endpoint
+
+from reconciler.diffing import assume_applied, diff, field_changes, target_count
+from reconciler.model.plan import FieldChange
+from reconciler.model.specs import CodeSpec, ScaleSettings
+from reconciler.model.state import DesiredState, LiveState
+
+
+def state(*specs: object) -> DesiredState:
+    eps = tuple(s for s in specs if type(s).__name__ == "EndpointSpec")
+    deps = tuple(s for s in specs if type(s).__name__ == "DeploymentSpec")
+    return DesiredState(eps, deps)  # type: ignore[arg-type]
+
+
+def test_field_changes_are_dotted_paths_sorted() -> None:
+    changes = field_changes(
+        {"a": 1, "env": {"image": "x", "digest": "d1"}},
+        {"a": 2, "env": {"image": "y", "digest": "d1"}},
+    )
+    assert changes == (FieldChange("a", 1, 2), FieldChange("env.image", "x", "y"))
+
+
+def test_a_change_inside_a_list_is_reported_as_the_whole_list() -> None:
+    changes = field_changes({"pip": ["numpy", "scipy"]}, {"pip": ["numpy", "pandas", "x"]})
+    assert changes == (FieldChange("pip", ["numpy", "scipy"], ["numpy", "pandas", "x"]),)
+
+
+def test_added_and_removed_fields_use_none_for_the_missing_side() -> None:
+    assert field_changes({"a": 1}, {"b": 2}) == (
+        FieldChange("a", 1, None),
+        FieldChange("b", None, 2),
+    )
+
+
+def test_equal_inputs_have_no_changes() -> None:
+    assert field_changes({"a": {"b": [1]}}, {"a": {"b": [1]}}) == ()
+
+
+def test_instance_count_is_a_scale_change_not_an_update() -> None:
+    old = state(endpoint(traffic={"blue": 100}), deployment())
+    new = state(endpoint(traffic={"blue": 100}), deployment(instance_count=3))
+    (ep,) = diff(new, assume_applied(old), prune=False)
+    (dep,) = ep.deployments
+    assert dep.scale_changes == (FieldChange("instance_count", 1, 3),)
+    assert dep.update_changes == ()
+    assert not dep.scales_down
+
+
+def test_a_code_digest_change_is_an_update() -> None:
+    old = state(endpoint(), deployment())
+    new = state(endpoint(), deployment(code=CodeSpec("src", "score.py", digest="sha256:c2")))
+    (dep,) = diff(new, assume_applied(old), prune=False)[0].deployments
+    assert dep.update_changes == (FieldChange("code.digest", "sha256:c1", "sha256:c2"),)
+    assert not dep.replace
+
+
+def test_an_instance_type_change_replaces_instances() -> None:
+    old = state(endpoint(), deployment())
+    new = state(endpoint(), deployment(instance_type="Standard_DS2_v2"))
+    (dep,) = diff(new, assume_applied(old), prune=False)[0].deployments
+    assert dep.replace
+    assert FieldChange("instance_type", "Standard_DS3_v2", "Standard_DS2_v2") in dep.update_changes
+
+
+def test_only_a_digest_is_known_then_the_change_is_a_digest_change() -> None:
+    old = state(endpoint(), deployment())
+    live = assume_applied(old)
+    live = replace(live, deployments=tuple(replace(d, spec=None) for d in live.deployments))
+    new = state(endpoint(), deployment(environment_variables=(("A", "1"),)))
+    (dep,) = diff(new, live, prune=False)[0].deployments
+    assert [c.path for c in dep.update_changes] == ["digest"]
+
+
+def test_autoscaler_count_inside_bounds_is_left_alone() -> None:
+    auto = ScaleSettings("target_utilization", 1, 5, 70, 1)
+    spec = deployment(scale_settings=auto, instance_count=1)
+    assert target_count(spec, 4) == 4
+    assert target_count(spec, 9) == 5
+    assert target_count(spec, 0) == 1
+
+
+def test_endpoint_declared_nowhere_is_kept_without_prune_and_deleted_with_it() -> None:
+    live = assume_applied(state(endpoint("old", traffic={"blue": 100}), deployment(endpoint="old")))
+    kept = diff(DesiredState(), live, prune=False)[0]
+    assert kept.kept_unpruned and not kept.is_delete and kept.deployments == ()
+    pruned = diff(DesiredState(), live, prune=True)[0]
+    assert pruned.is_delete and pruned.deployments[0].is_delete
+
+
+def test_unreadable_endpoints_are_never_planned() -> None:
+    live = replace(
+        assume_applied(state(endpoint("x"), deployment(endpoint="x"))), unreadable=("x",)
+    )
+    assert diff(DesiredState(), live, prune=True) == ()
+
+
+def test_endpoint_fields_unknown_to_the_target_are_not_compared() -> None:
+    desired = state(endpoint(description="new words", auth_mode="aml_token"))
+    live = assume_applied(state(endpoint(description="old words")))
+    live = LiveState(endpoints=tuple(replace(e, spec_known=False) for e in live.endpoints))
+    (ep,) = diff(desired, live, prune=False)
+    assert ep.endpoint_changes == (FieldChange("auth_mode", "key", "aml_token"),)

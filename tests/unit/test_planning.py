@@ -1,0 +1,112 @@
+"""planning: the order of steps for the situations the rules name, and the payloads."""
+
+from __future__ import annotations
+
+from specs_factory import deployment, endpoint
+
+from reconciler.diffing import assume_applied
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.plan import Action
+from reconciler.model.state import DesiredState
+from reconciler.planning import invalid_plan, make_plan
+
+
+def plan_of(
+    old: DesiredState, new: DesiredState, *, prune: bool = False
+) -> list[tuple[str, str | None]]:
+    plan = make_plan(new, assume_applied(old), prune=prune)
+    return [(s.action.value, s.deployment) for s in plan.steps]
+
+
+def test_create_endpoint_then_deployments_then_traffic() -> None:
+    new = DesiredState((endpoint(traffic={"blue": 100}),), (deployment(),))
+    plan = make_plan(new, assume_applied(DesiredState()), prune=False)
+    assert [s.action for s in plan.steps] == [
+        Action.CREATE_ENDPOINT,
+        Action.CREATE_DEPLOYMENT,
+        Action.SET_TRAFFIC,
+    ]
+    create, traffic = plan.steps[0], plan.steps[2]
+    assert create.endpoint_spec is not None and create.endpoint_spec.traffic == ()
+    assert traffic.traffic == (("blue", 100),) and traffic.wait_healthy == ("blue",)
+    assert [s.depends_on for s in plan.steps] == [(), (0,), (1,)]
+
+
+def test_steps_of_two_endpoints_do_not_depend_on_each_other() -> None:
+    new = DesiredState(
+        (endpoint("a", traffic={"blue": 100}), endpoint("b", traffic={"blue": 100})),
+        (deployment(endpoint="a"), deployment(endpoint="b")),
+    )
+    plan = make_plan(new, assume_applied(DesiredState()), prune=False)
+    first_of_b = next(i for i, s in enumerate(plan.steps) if s.endpoint == "b")
+    assert plan.steps[first_of_b].depends_on == ()
+
+
+def test_mirror_and_traffic_swapping_places_go_through_no_mirror() -> None:
+    old = DesiredState(
+        (endpoint(traffic={"blue": 100}, mirror={"green": 10}),),
+        (deployment(), deployment("green")),
+    )
+    new = DesiredState(
+        (endpoint(traffic={"green": 100}, mirror={"blue": 10}),),
+        (deployment(), deployment("green")),
+    )
+    plan = make_plan(new, assume_applied(old), prune=False)
+    assert [(s.action, s.traffic, s.mirror_traffic) for s in plan.steps] == [
+        (Action.SET_MIRROR_TRAFFIC, None, ()),
+        (Action.SET_TRAFFIC, (("green", 100),), None),
+        (Action.SET_MIRROR_TRAFFIC, None, (("blue", 10),)),
+    ]
+
+
+def test_mirror_leaves_before_the_shadow_gets_live_traffic() -> None:
+    old = DesiredState(
+        (endpoint(traffic={"blue": 100}, mirror={"green": 10}),),
+        (deployment(), deployment("green")),
+    )
+    new = DesiredState(
+        (endpoint(traffic={"blue": 50, "green": 50}),), (deployment(), deployment("green"))
+    )
+    assert plan_of(old, new) == [("set_mirror_traffic", None), ("set_traffic", None)]
+
+
+def test_scale_down_and_update_of_one_deployment_come_after_traffic() -> None:
+    old = DesiredState(
+        (endpoint(traffic={"blue": 100}),),
+        (deployment(instance_count=3), deployment("green", instance_count=1)),
+    )
+    new = DesiredState(
+        (endpoint(traffic={"blue": 20, "green": 80}),),
+        (
+            deployment(instance_count=1, instance_type="Standard_DS2_v2"),
+            deployment("green", instance_count=3),
+        ),
+    )
+    assert plan_of(old, new) == [
+        ("scale_deployment", "green"),
+        ("set_traffic", None),
+        ("scale_deployment", "blue"),
+        ("update_deployment", "blue"),
+    ]
+
+
+def test_prune_deletes_traffic_then_deployments_then_the_endpoint() -> None:
+    old = DesiredState((endpoint(traffic={"blue": 100}),), (deployment(),))
+    assert plan_of(old, DesiredState(), prune=True) == [
+        ("set_traffic", None),
+        ("delete_deployment", "blue"),
+        ("delete_endpoint", None),
+    ]
+    assert plan_of(old, DesiredState(), prune=False) == []
+
+
+def test_quota_figure_is_in_the_reason_of_scaling() -> None:
+    old = DesiredState((endpoint(),), (deployment(),))
+    new = DesiredState((endpoint(),), (deployment(instance_count=3),))
+    (step,) = make_plan(new, assume_applied(old), prune=False).steps
+    assert "ceil(1.2 x 3) x 4 cores = 16 cores" in step.reason
+
+
+def test_an_invalid_state_has_errors_and_no_steps() -> None:
+    plan = invalid_plan((Diagnostic("b.yml", 2, "x", "bad"), Diagnostic("a.yml", 1, "y", "bad")))
+    assert plan.steps == () and [e.file for e in plan.errors] == ["a.yml", "b.yml"]
