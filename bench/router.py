@@ -9,6 +9,8 @@ own process) drives POST /score with a small JSON body:
               JSON access log on, as in production)
 - ours x2:    the same with --workers 2 (SO_REUSEPORT)
 - nginx:      nginx as a plain reverse proxy (1 worker process, upstream keepalive)
+It also reports the CPU time per request of the proxy (of the backend for direct), read
+from /proc: on a shared machine, throughput depends on the neighbours, CPU per request less.
 Backends are aiohttp + uvloop servers, one process each. The router's deployments allow
 plenty of concurrency so that admission never queues: this measures the proxy, not Azure's
 limits. It prints p50, p99 and requests/s per case, a markdown table, and writes
@@ -90,13 +92,28 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(child) for child in children]
+    for one in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 @contextlib.contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(args: list[str], *, env: dict[str, str] | None = None) -> Iterator[int]:
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        yield
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -155,9 +172,10 @@ http {{
 
 
 def run_wrk(
-    script: Path, port: int, *, concurrency: int, duration: float, auth: bool
-) -> tuple[float, float, float, int]:
-    """(p50 ms, p99 ms, requests/s, failed requests) of one wrk run."""
+    script: Path, port: int, *, concurrency: int, duration: float, auth: bool, pid: int
+) -> tuple[float, float, float, int, float]:
+    """(p50 ms, p99 ms, requests/s, failed requests, CPU us per request of `pid`)."""
+    cpu_before = cpu_seconds(pid)
     args = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "-s", str(script)]
     if auth:
         args += ["-H", f"Authorization: Bearer {KEY}"]
@@ -168,15 +186,23 @@ def run_wrk(
         check=True,
         timeout=duration + 30,
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     line = next(x for x in output.splitlines() if x.startswith("RESULT "))
     p50, p99, rps, bad_status, errors = line.split()[1:]
-    return float(p50) / 1000, float(p99) / 1000, float(rps), int(bad_status) + int(errors)
+    requests = max(1.0, float(rps) * duration)
+    return (
+        float(p50) / 1000,
+        float(p99) / 1000,
+        float(rps),
+        int(bad_status) + int(errors),
+        cpu / requests * 1e6,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
-    parser.add_argument("--concurrency", default="8,32", help="connections, comma-separated")
+    parser.add_argument("--concurrency", default="4,8,32", help="connections, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (median kept)")
     parser.add_argument("--serve-backend", nargs=2, metavar=("PORT", "DELAY_MS"))
     args = parser.parse_args()
@@ -202,40 +228,40 @@ def main() -> int:
         folder = Path(tmp)
         script = folder / "post.lua"
         script.write_text(WRK_SCRIPT)
-        targets: dict[tuple[str, str], tuple[int, bool]] = {}
+        targets: dict[tuple[str, str], tuple[int, bool, int]] = {}  # port, auth, pid
         for label, delay in delays.items():
             port = backend_ports[label]
-            stack.enter_context(
+            backend_pid = stack.enter_context(
                 process([python, __file__, "--serve-backend", str(port), str(delay)], env=env)
             )
-            targets[("direct", label)] = (port, False)
+            targets[("direct", label)] = (port, False, backend_pid)
             for name, workers in (("ours", 1), ("ours x2", 2)):
                 router_port = free_port()
                 config = router_config(folder, f"{name}-{port}".replace(" ", ""), port)
                 command = [python, "-m", "reconciler.router", "--config", str(config)]
                 command += ["--host", "127.0.0.1", "--port", str(router_port)]
                 command += ["--metrics-port", str(free_port()), "--workers", str(workers)]
-                stack.enter_context(process(command, env=env))
-                targets[(name, label)] = (router_port, True)
+                router_pid = stack.enter_context(process(command, env=env))
+                targets[(name, label)] = (router_port, True, router_pid)
         if nginx is not None:
             nginx_ports = {label: free_port() for label in delays}
             conf = nginx_config(
                 folder, {nginx_ports[label]: backend_ports[label] for label in delays}
             )
-            stack.enter_context(process([nginx, "-c", str(conf)]))
+            nginx_pid = stack.enter_context(process([nginx, "-c", str(conf)]))
             for label in delays:
-                targets[("nginx", label)] = (nginx_ports[label], False)
-        for port, _ in targets.values():
+                targets[("nginx", label)] = (nginx_ports[label], False, nginx_pid)
+        for port, _, _ in targets.values():
             wait_port(port)
         time.sleep(1.0)  # the second router worker is still starting after the port opens
-        for port, auth in targets.values():  # warm up: connections, caches
-            run_wrk(script, port, concurrency=8, duration=1, auth=auth)
+        for port, auth, pid in targets.values():  # warm up: connections, caches
+            run_wrk(script, port, concurrency=8, duration=1, auth=auth, pid=pid)
         for concurrency in concurrencies:
             for label in delays:
                 for name in ("direct", "ours", "ours x2", "nginx"):
                     if (name, label) not in targets:
                         continue
-                    port, auth = targets[(name, label)]
+                    port, auth, pid = targets[(name, label)]
                     runs = [
                         run_wrk(
                             script,
@@ -243,6 +269,7 @@ def main() -> int:
                             concurrency=concurrency,
                             duration=args.duration,
                             auth=auth,
+                            pid=pid,
                         )
                         for _ in range(args.repeat)
                     ]
@@ -250,6 +277,7 @@ def main() -> int:
                     p99 = statistics.median(r[1] for r in runs)
                     rps = statistics.median(r[2] for r in runs)
                     failed = sum(r[3] for r in runs)
+                    cpu_us = statistics.median(r[4] for r in runs)
                     row = {
                         "target": name,
                         "backend": label,
@@ -258,6 +286,7 @@ def main() -> int:
                         "p99_ms": round(p99, 3),
                         "rps": round(rps),
                         "failed": failed,
+                        "cpu_us_per_request": round(cpu_us),
                     }
                     results.append(row)
                     print(json.dumps(row), flush=True)
@@ -265,8 +294,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print("| c | backend | target | p50 ms | p99 ms | req/s | vs direct | +p50 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("CPU us/req: of the backend for direct, of the proxy (all its processes) otherwise.")
+    print("| c | backend | target | p50 ms | p99 ms | req/s | vs direct | +p50 ms | CPU us/req |")
+    print("|---|---|---|---|---|---|---|---|---|")
     direct = {(r["concurrency"], r["backend"]): r for r in results if r["target"] == "direct"}
     for row in results:
         base = direct[(row["concurrency"], row["backend"])]
@@ -274,7 +304,8 @@ def main() -> int:
         added = float(row["p50_ms"]) - float(base["p50_ms"])  # type: ignore[arg-type]
         print(
             f"| {row['concurrency']} | {row['backend']} | {row['target']} | {row['p50_ms']} "
-            f"| {row['p99_ms']} | {row['rps']} | {share:.0%} | {added:+.2f} |"
+            f"| {row['p99_ms']} | {row['rps']} | {share:.0%} | {added:+.2f} "
+            f"| {row['cpu_us_per_request']} |"
         )
     return 0
 

