@@ -1,0 +1,1234 @@
+"""Loading: the files of a repository -> a validated, normalised DesiredState.
+
+Every YAML file of a FileTree is read; the four kinds that are ours (endpoint, deployment,
+model, environment: SPEC-REFERENCE.md "Kinds of file") are validated against schemas/*.json,
+normalised to the frozen specs of reconciler.model.specs with every default filled in, and
+checked across files: references (azureml:NAME:VERSION, local paths, conda files), traffic,
+names and limits. Every problem is reported at once, each with a file, a line and a field,
+so one `reconcile validate` shows all that a pull request must fix. Any error makes the
+whole state invalid (DesiredStateInvalid): applying half a repository could prune what the
+other half declares.
+
+Speed matters: the reconciler loads thousands of files on every pass and `reconcile diff`
+loads two revisions. Files are parsed with libyaml (reconciler.yamlsource); lines are found
+only for diagnostics; schemas are compiled once per process; and what one file gives on its
+own (parsed, validated, normalised) is cached per process by path and git blob id, so an
+unchanged file costs a dictionary lookup on the next pass or in the other revision. What
+depends on other files (digests of code, models and conda files, references, cross-file
+rules) is worked out on each load, with one Digester.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.resources
+import json
+import posixpath
+import re
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from reconciler.filetree import Digester, FileTree
+from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
+from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.specs import (
+    KUBERNETES,
+    MANAGED,
+    CodeSpec,
+    DeploymentSpec,
+    EndpointSpec,
+    EnvironmentSpec,
+    InferenceConfig,
+    ModelSpec,
+    ProbeSettings,
+    RequestSettings,
+    Resources,
+    Route,
+    ScaleSettings,
+    SourceLocation,
+    pairs,
+    spec_digest,
+    weight_of,
+    weights,
+)
+from reconciler.model.state import DesiredState
+from reconciler.yamlsource import (
+    FieldLines,
+    FieldPath,
+    YamlDocument,
+    field_name,
+    first_content_line,
+    load_yaml_document,
+)
+
+__all__ = [
+    "CACHE_SIZE",
+    "SCHEMA_FILES",
+    "YamlDocument",
+    "clear_cache",
+    "load_desired_state",
+    "load_yaml_document",
+    "schema",
+]
+
+ENDPOINT: Final = "endpoint"
+DEPLOYMENT: Final = "deployment"
+MODEL: Final = "model"
+ENVIRONMENT: Final = "environment"
+
+SCHEMA_FILES: Final[Mapping[tuple[str, str], str]] = {
+    (ENDPOINT, MANAGED): "managedOnlineEndpoint.schema.json",
+    (ENDPOINT, KUBERNETES): "kubernetesOnlineEndpoint.schema.json",
+    (DEPLOYMENT, MANAGED): "managedOnlineDeployment.schema.json",
+    (DEPLOYMENT, KUBERNETES): "kubernetesOnlineDeployment.schema.json",
+    (MODEL, ""): "model.schema.json",
+    (ENVIRONMENT, ""): "environment.schema.json",
+}
+# Our kinds by the last part of a `$schema` URL, in lower case (people vary the case).
+_KIND_BY_SCHEMA: Final = {name.lower(): kind for kind, name in SCHEMA_FILES.items()}
+
+# Never desired state: git internals, CI configuration, the status branch's files (they hold
+# name and traffic, so they would pass for endpoints) and the reconciler's own settings.
+_SKIPPED_PREFIXES: Final = (".git/", ".github/", ".gitlab/", "status/")
+_SKIPPED_FILES: Final = frozenset({".gitlab-ci.yml", "reconciler.yaml", "reconciler.yml"})
+
+MAX_DEPLOYMENTS_PER_ENDPOINT: Final = 20
+KUBERNETES_NAME_LENGTHS: Final = (6, 62)  # endpoint name + deployment name, together
+CACHE_SIZE: Final = 20_000
+# A YAML alias can repeat a subtree any number of times ("billion laughs"); none of our
+# documents holds this many values, so a bigger one is refused before it is validated.
+_MAX_VALUES: Final = 100_000
+
+_REFERENCE: Final = re.compile(r"^azureml:([a-zA-Z0-9][a-zA-Z0-9_.-]*)(?::([^:@/]+)|@latest)$")
+_PYTHON_PIN: Final = re.compile(r"^python\s*={1,2}\s*([0-9]+(?:\.[0-9]+)*)")
+# Whether a file that is not valid YAML looks like one of ours (see _analyse).
+_LOOKS_OURS: Final = re.compile(
+    rb"(?m)^\s*[\"']?(?:endpoint_name|auth_mode|traffic|mirror_traffic|code_configuration"
+    rb"|scoring_script|instance_type|instance_count|inference_config)[\"']?\s*:"
+    rb"|(?i:onlineendpoint|onlinedeployment|/model|/environment)\.schema\.json|azureml:"
+)
+
+
+# --------------------------------------------------------------------------------------
+# Schemas: jsonschema is the authority; a compiled check skips it for valid documents
+
+
+@functools.cache
+def schema(file_name: str) -> dict[str, Any]:
+    """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
+    text = importlib.resources.files("reconciler").joinpath("schemas", file_name).read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+Check = Callable[[Any], bool]
+_ANNOTATIONS: Final = frozenset({"$schema", "$id", "$defs", "title", "description", "default"})
+_TYPE_CHECKS: Final[Mapping[str, Check]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _compile(node: Any, root: Mapping[str, Any]) -> Check:
+    """A yes/no check with jsonschema's meaning, for the keywords our schemas use.
+
+    jsonschema spends ~200 microseconds on a deployment; this check ~15. It only decides
+    whether jsonschema must run: every error reported comes from jsonschema itself. A keyword
+    it does not know raises NotImplementedError, and jsonschema then checks every document;
+    tests/unit/test_schemas.py holds the two to the same answers.
+    """
+    if node is True or node == {}:
+        return lambda v: True
+    if node is False:
+        return lambda v: False
+    checks: list[Check] = []
+    properties = {k: _compile(v, root) for k, v in node.get("properties", {}).items()}
+    extra = node.get("additionalProperties", True)
+    extra_check = None if extra is True else _compile(extra, root)
+    if "properties" in node or "additionalProperties" in node:
+
+        def check_object(v: Any) -> bool:
+            if not isinstance(v, dict):
+                return True
+            for key, item in v.items():
+                own = properties.get(key)
+                if own is not None:
+                    if not own(item):
+                        return False
+                elif extra_check is not None and not extra_check(item):
+                    return False
+            return True
+
+        checks.append(check_object)
+    for keyword, value in node.items():
+        if keyword in _ANNOTATIONS or keyword in ("properties", "additionalProperties"):
+            continue
+        checks.append(_keyword(keyword, value, root))
+
+    def check_all(v: Any) -> bool:
+        # A plain loop: all() over a generator costs twice as much on this hot path.
+        for check in checks:  # noqa: SIM110
+            if not check(v):
+                return False
+        return True
+
+    return checks[0] if len(checks) == 1 else check_all
+
+
+def _keyword(keyword: str, value: Any, root: Mapping[str, Any]) -> Check:
+    if keyword == "$ref" and value.startswith("#/$defs/"):
+        return _compile(root["$defs"][value.removeprefix("#/$defs/")], root)
+    if keyword == "type" and isinstance(value, str):
+        return _TYPE_CHECKS[value]
+    if keyword == "type":
+        wanted = [_TYPE_CHECKS[t] for t in value]
+        return lambda v: any(t(v) for t in wanted)
+    if keyword == "required":
+        return lambda v: not isinstance(v, dict) or all(k in v for k in value)
+    if keyword in ("enum", "const") and all(isinstance(c, str) for c in _listed(value)):
+        choices = frozenset(_listed(value))
+        return lambda v: isinstance(v, str) and v in choices
+    if keyword == "minimum":
+        return lambda v: not _is_number(v) or v >= value
+    if keyword == "maximum":
+        return lambda v: not _is_number(v) or v <= value
+    if keyword == "minLength":
+        return lambda v: not isinstance(v, str) or len(v) >= value
+    if keyword == "maxLength":
+        return lambda v: not isinstance(v, str) or len(v) <= value
+    if keyword == "maxProperties":
+        return lambda v: not isinstance(v, dict) or len(v) <= value
+    if keyword == "pattern":
+        search = re.compile(value).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+    if keyword == "items":
+        item = _compile(value, root)
+        return lambda v: not isinstance(v, list) or all(item(i) for i in v)
+    raise NotImplementedError(f"schema keyword {keyword!r} has no compiled check")
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+@functools.cache
+def _validators(file_name: str) -> tuple[Check, Any]:
+    """(fast check, jsonschema validator) of one schema, built once per process."""
+    loaded = schema(file_name)
+    # No check_schema here: it costs more than all the rest of a CLI start-up's loading work,
+    # and tests/unit/test_schemas.py holds every shipped schema to Draft 2020-12.
+    full = Draft202012Validator(loaded)
+    try:
+        fast = _compile(loaded, loaded)
+    except NotImplementedError:
+        fast = lambda v: False  # noqa: E731 - always ask jsonschema
+    return fast, full
+
+
+_TYPE_WORDS: Final = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "empty",
+}
+_PATTERN_HINTS: Final = {
+    "^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$": (
+        "must start with a letter and hold only letters, digits and '-', not ending with '-'"
+    ),
+    "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$": "must hold only letters, digits, '_', '.' and '-'",
+}
+
+
+def _shown(value: Any, source: str | None) -> str:
+    """A value as a person wrote it: the YAML text when known (1.10 stays 1.10)."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return source if source is not None else str(value)
+
+
+def _schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[FieldPath, str]]:
+    """A jsonschema error as (field path, message) pairs that a person can act on."""
+    path: FieldPath = tuple(error.absolute_path)
+    keyword, value, instance = error.validator, error.validator_value, error.instance
+    got = _shown(instance, lines.source_text(path))
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        out = []
+        for key in instance:
+            if key in known:
+                continue
+            message = f"unknown field '{key}'"
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            elif path == () and key == "resources":
+                message += " (resources are for Kubernetes deployments: add type: kubernetes)"
+            out.append(((*path, key), message))
+        return out
+    if keyword == "required" and isinstance(instance, dict):
+        return [((*path, k), f"missing required field '{k}'") for k in value if k not in instance]
+    if keyword == "type":
+        wanted = [value] if isinstance(value, str) else list(value)
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        quote = (
+            f" (quote it: '{got}')" if isinstance(instance, float) and "string" in wanted else ""
+        )
+        return [(path, f"must be {words}, got {got}{quote}")]
+    if keyword == "enum":
+        return [(path, f"must be one of {', '.join(map(str, value))}; got {got}")]
+    if keyword == "const":
+        return [(path, f"must be {value!r} in this kind of file, got {got}")]
+    if keyword in ("minimum", "maximum"):
+        bound = "at least" if keyword == "minimum" else "at most"
+        return [(path, f"must be {bound} {value}, got {got}")]
+    if keyword in ("minLength", "maxLength") and isinstance(instance, str):
+        bound = "at least" if keyword == "minLength" else "at most"
+        return [(path, f"must be {bound} {value} characters long, got {got} ({len(instance)})")]
+    if keyword == "pattern":
+        hint = _PATTERN_HINTS.get(value)
+        if hint is None:
+            local = "a local path, " if path[-1:] == ("model",) else ""
+            hint = f"must be {local}azureml:NAME:VERSION or azureml:NAME@latest"
+        return [(path, f"{hint}, got {got}")]
+    if keyword == "maxProperties" and isinstance(instance, dict):
+        names = ", ".join(map(str, instance))
+        return [(path, f"at most {value} deployment may get mirrored traffic, got {names}")]
+    return [(path, error.message)]
+
+
+# --------------------------------------------------------------------------------------
+# One file: parse, classify, validate, normalise (cached by path and blob id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """azureml:NAME:VERSION (version set) or azureml:NAME@latest (version None)."""
+
+    text: str
+    name: str
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _DeploymentDraft:
+    """A deployment with what its own file says; model, code and environment come later."""
+
+    spec: DeploymentSpec  # its model, code and environment are placeholders
+    model: ModelSpec | _Reference | None
+    model_field: FieldPath
+    code: CodeSpec | None
+    environment: EnvironmentSpec | _Reference
+
+
+@dataclass(frozen=True, slots=True)
+class _FileResult:
+    kind: str | None = None  # None: not one of ours, ignored
+    flavor: str = ""
+    data: Mapping[str, Any] | None = None  # the parsed document; never mutated
+    errors: tuple[Diagnostic, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
+    # What the file declares, when it passed its schema:
+    endpoint: EndpointSpec | None = None
+    deployment: _DeploymentDraft | None = None
+    asset: ModelSpec | EnvironmentSpec | None = None  # a model or environment file
+
+
+_IGNORED: Final = _FileResult()
+
+
+class _FileCheck:
+    """The problems of one file; lines are looked up only when there is a problem."""
+
+    def __init__(self, path: str, data: bytes | None) -> None:
+        self.path = path
+        self.folder = posixpath.dirname(path)
+        self.lines = FieldLines(data)
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+
+    def _diagnostic(self, path: FieldPath, message: str) -> Diagnostic:
+        return Diagnostic(self.path, self.lines.line(path), field_name(path), message)
+
+    def error(self, path: FieldPath, message: str) -> None:
+        self.errors.append(self._diagnostic(path, message))
+
+    def no_effect(self, path: FieldPath, what: str) -> None:
+        self.warnings.append(self._diagnostic(path, f"{what}: accepted, no effect on this target"))
+
+    def warn(self, path: FieldPath, message: str) -> None:
+        self.warnings.append(self._diagnostic(path, message))
+
+    def repo_path(self, field: FieldPath, relative: str, *, what: str) -> str | None:
+        """A path written in this file as a repository-relative POSIX path ("." the root)."""
+        if "://" in relative:
+            self.error(field, f"{what} must be a path in the repository, got {relative!r}")
+            return None
+        if relative.startswith(("/", "~")):
+            self.error(field, f"{what} must be relative to this file's folder, got {relative!r}")
+            return None
+        joined = posixpath.normpath(posixpath.join(self.folder, relative))
+        if joined == ".." or joined.startswith("../"):
+            self.error(field, f"{what} {relative!r} is outside the repository")
+            return None
+        return joined
+
+
+def _classify(value: Any) -> tuple[str, str] | None:
+    """(kind, flavor) of a document, or None when it is not ours."""
+    if not isinstance(value, dict):
+        return None
+    declared = value.get("$schema")
+    by_schema: tuple[str, str] | None = None
+    if isinstance(declared, str) and declared.strip():
+        last = declared.strip().rsplit("/", 1)[-1].split("#", 1)[0].split("?", 1)[0]
+        by_schema = _KIND_BY_SCHEMA.get(last.lower())
+        if by_schema is None:
+            return None  # another schema (a job, a batch endpoint): not ours
+        kind = by_schema[0]
+    elif "endpoint_name" in value:
+        kind = DEPLOYMENT
+    elif "name" in value and ("auth_mode" in value or "traffic" in value):
+        kind = ENDPOINT
+    else:
+        return None
+    # Azure ML picks the variant by `type: kubernetes` or `compute:`; $schema decides only
+    # when neither is written, since schema lines are often copied from another example.
+    if kind == DEPLOYMENT and "type" in value:
+        return kind, KUBERNETES if value["type"] == KUBERNETES else MANAGED
+    if kind == ENDPOINT and "compute" in value:
+        return kind, KUBERNETES
+    if kind in (DEPLOYMENT, ENDPOINT):
+        return kind, by_schema[1] if by_schema else MANAGED
+    return kind, ""
+
+
+def _too_many_values(value: Any) -> bool:
+    """True when a document holds more than _MAX_VALUES values once aliases are expanded."""
+    budget = _MAX_VALUES
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _analyse(path: str, data: bytes) -> _FileResult:
+    """Everything about one file that depends on its bytes alone."""
+    parsed = load_yaml_document(data, path)
+    if parsed.error is not None:
+        # A file that is not YAML cannot be classified. When it looks like one of ours it is
+        # an error: a broken commit must never read as "no endpoints", which prune would act
+        # on. Otherwise (a Helm template, an encrypted file) it is a warning, so that a stray
+        # file cannot block every deployment, and it is still never skipped in silence.
+        if _LOOKS_OURS.search(data):
+            return _FileResult(errors=(parsed.error,))
+        message = f"{parsed.error.message}; ignored, as it does not look like an endpoint file"
+        return _FileResult(warnings=(replace(parsed.error, message=message),))
+    found = next(filter(None, map(_classify, parsed.documents)), None)
+    if found is None:
+        return _IGNORED
+    kind, flavor = found
+    line = first_content_line(data)
+    document = next(d for d in parsed.documents if _classify(d))
+    problem = parsed.unsupported_tag
+    if len(parsed.documents) > 1:
+        message = f"holds {len(parsed.documents)} YAML documents; a file of ours holds one"
+        problem = Diagnostic(path, line, "", message)
+    elif b"&" in data and _too_many_values(document):
+        message = f"holds more than {_MAX_VALUES} values once its YAML aliases are expanded"
+        problem = Diagnostic(path, line, "", message)
+    if problem is not None:
+        declared = document if isinstance(document, dict) else None
+        return _FileResult(kind, flavor, declared, errors=(problem,))
+    check = _FileCheck(path, data)
+    fast, full = _validators(SCHEMA_FILES[kind, flavor])
+    if not fast(document):
+        for error in full.iter_errors(document):
+            for field, message in _schema_problems(error, check.lines):
+                check.error(field, message)
+    endpoint: EndpointSpec | None = None
+    deployment: _DeploymentDraft | None = None
+    asset: ModelSpec | EnvironmentSpec | None = None
+    # A document that passed its schema is normalised even when a rule of its own then fails
+    # (a path outside the repository), so that its references are still checked and every
+    # error shows at once; a file with any error never reaches the desired state.
+    if not check.errors:
+        source = SourceLocation(path, line)
+        if kind == ENDPOINT:
+            endpoint = _endpoint(document, flavor, source, check)
+        elif kind == DEPLOYMENT:
+            deployment = _deployment(document, flavor, source, check)
+        elif kind == MODEL:
+            asset = _model(document, check, path_field=("path",), registered=True)
+        else:
+            asset = _environment(document, (), check)
+    return _FileResult(
+        kind,
+        flavor,
+        document,
+        errors=tuple(dict.fromkeys(check.errors)),
+        warnings=tuple(dict.fromkeys(check.warnings)),
+        endpoint=endpoint,
+        deployment=deployment,
+        asset=asset,
+    )
+
+
+def _canonical_json(value: Any) -> str | None:
+    """A free-form block (identity, data_collector) as stable text; keys made text first."""
+    if value is None:
+        return None
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {str(k): plain(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [plain(v) for v in item]
+        return item
+
+    return json.dumps(plain(value), sort_keys=True, default=str)
+
+
+def _endpoint(
+    doc: Mapping[str, Any], flavor: str, source: SourceLocation, check: _FileCheck
+) -> EndpointSpec:
+    auth_mode = doc.get("auth_mode", "key")
+    if auth_mode == "aad_token":
+        check.error(
+            ("auth_mode",),
+            "aad_token needs Microsoft Entra ID, which Docker and Kubernetes targets do not "
+            "have; use key or aml_token",
+        )
+    if "identity" in doc:
+        check.no_effect(("identity",), "identity")
+    if doc.get("public_network_access") == "disabled":
+        check.no_effect(("public_network_access",), "public_network_access disabled")
+    return EndpointSpec(
+        name=doc["name"],
+        flavor=flavor,
+        auth_mode=auth_mode,
+        traffic=weights(doc.get("traffic")),
+        mirror_traffic=weights(doc.get("mirror_traffic")),
+        description=doc.get("description"),
+        tags=pairs(doc.get("tags")),
+        compute=doc.get("compute"),
+        identity=_canonical_json(doc.get("identity")),
+        public_network_access=doc.get("public_network_access", "enabled"),
+        source=source,
+    )
+
+
+def _model(
+    model: Mapping[str, Any], check: _FileCheck, *, path_field: FieldPath, registered: bool
+) -> ModelSpec | None:
+    """An inline model, a local model path, or a model file; its digest comes later."""
+    path = check.repo_path(path_field, model["path"], what="model path")
+    if path is None:
+        return None
+    # An inline model with only a path is named after its file, as Azure ML names it.
+    stem = posixpath.splitext(posixpath.basename(path))[0] if path != "." else ""
+    return ModelSpec(
+        name=str(model.get("name") or stem or "model"),
+        version=str(model.get("version", "1")),
+        path=path,
+        type=model.get("type", "custom_model"),
+        registered=registered,
+    )
+
+
+def _environment(env: Mapping[str, Any], prefix: FieldPath, check: _FileCheck) -> EnvironmentSpec:
+    """An inline environment (prefix ("environment",)) or an environment file (prefix ())."""
+    image, build = env.get("image"), env.get("build")
+    if image is None and build is None:
+        message = "an environment needs an image or a build context (build.path)"
+        check.error(prefix or ("image",), message)
+    elif image is not None and build is not None:
+        message = "an environment has an image or a build context, not both"
+        check.error(prefix or ("build",), message)
+    if str(env.get("os_type", "linux")).lower() == "windows":
+        check.error((*prefix, "os_type"), "Windows environments cannot run on our targets")
+    conda = None
+    if "conda_file" in env:
+        conda = check.repo_path((*prefix, "conda_file"), env["conda_file"], what="conda file")
+    context, dockerfile = None, "Dockerfile"
+    if build is not None:
+        context = check.repo_path((*prefix, "build", "path"), build["path"], what="build path")
+        dockerfile = posixpath.normpath(build.get("dockerfile_path", "Dockerfile"))
+        if dockerfile == ".." or dockerfile.startswith(("../", "/")):
+            field = (*prefix, "build", "dockerfile_path")
+            check.error(field, f"must be inside the build context, got {dockerfile!r}")
+    config = env.get("inference_config")
+    inference = None
+    if config is not None:
+        inference = InferenceConfig(
+            *(Route(int(config[r]["port"]), config[r]["path"]) for r in _ROUTES),
+        )
+    # An environment file without a version is version 1; an inline one has none.
+    version = env.get("version", None if prefix else "1")
+    return EnvironmentSpec(
+        name=env.get("name"),
+        version=None if version is None else str(version),
+        image=image,
+        conda_file=conda,
+        build_context=context,
+        dockerfile_path=dockerfile,
+        inference_config=inference,
+    )
+
+
+_ROUTES: Final = ("liveness_route", "readiness_route", "scoring_route")
+
+
+def _integers(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A settings block with its numbers as int: JSON Schema takes 2.0 for an integer."""
+    return {k: int(v) if isinstance(v, float) else v for k, v in (block or {}).items()}
+
+
+def _scale_settings(doc: Mapping[str, Any], check: _FileCheck) -> ScaleSettings:
+    given = _integers(doc.get("scale_settings"))
+    if given.get("type", "default") == "default":
+        for key in sorted(set(given) - {"type"}):
+            message = f"{key} applies only when scale_settings.type is target_utilization"
+            check.error(("scale_settings", key), message)
+        return ScaleSettings()
+    settings = ScaleSettings(
+        type="target_utilization",
+        min_instances=given.get("min_instances", 1),
+        max_instances=given.get("max_instances", 1),
+        target_utilization_percentage=given.get("target_utilization_percentage", 70),
+        polling_interval=given.get("polling_interval", 1),
+    )
+    low, high = settings.min_instances or 0, settings.max_instances or 0
+    count = doc.get("instance_count")
+    count = int(count) if isinstance(count, float) else count
+    if low > high:
+        default = "" if "max_instances" in given else " (the default)"
+        message = f"min_instances {low} is greater than max_instances {high}{default}"
+        check.error(("scale_settings", "min_instances"), message)
+    elif count is not None and not low <= count <= high:
+        # Azure ML takes instance_count as the starting count; the autoscaler corrects it.
+        check.warn(
+            ("instance_count",),
+            f"instance_count {count} is outside min_instances..max_instances ({low}..{high}); "
+            "the autoscaler will bring it into that range",
+        )
+    return settings
+
+
+def _reference(text: str) -> _Reference | None:
+    match = _REFERENCE.match(text)
+    return None if match is None else _Reference(text, match.group(1), match.group(2))
+
+
+def _deployment(
+    doc: Mapping[str, Any], flavor: str, source: SourceLocation, check: _FileCheck
+) -> _DeploymentDraft | None:
+    model: ModelSpec | _Reference | None = None
+    model_field: FieldPath = ("model",)
+    given = doc.get("model")
+    if isinstance(given, str):
+        model = _reference(given) or _model(
+            {"path": given}, check, path_field=model_field, registered=False
+        )
+    elif isinstance(given, dict):
+        model_field = ("model", "path")
+        model = _model(given, check, path_field=model_field, registered=False)
+
+    code = None
+    if "code_configuration" in doc:
+        config = doc["code_configuration"]
+        folder = check.repo_path(("code_configuration", "code"), config["code"], what="code folder")
+        script = posixpath.normpath(config["scoring_script"] or ".")
+        if script in (".", "..") or script.startswith(("../", "/")):
+            field = ("code_configuration", "scoring_script")
+            check.error(field, f"must be a file inside the code folder, got {script!r}")
+        elif folder is not None:
+            code = CodeSpec(path=folder, scoring_script=script)
+
+    environment: EnvironmentSpec | _Reference | None
+    if isinstance(doc["environment"], str):
+        environment = _reference(doc["environment"])
+    else:
+        environment = _environment(doc["environment"], ("environment",), check)
+
+    mount = doc.get("model_mount_path")
+    if mount is not None and not mount.startswith("/"):
+        check.error(("model_mount_path",), f"must be an absolute path, got {mount!r}")
+    if doc.get("app_insights_enabled"):
+        check.no_effect(("app_insights_enabled",), "app_insights_enabled true")
+    if "data_collector" in doc:
+        check.no_effect(("data_collector",), "data_collector")
+    if doc.get("egress_public_network_access") == "disabled":
+        check.no_effect(("egress_public_network_access",), "egress_public_network_access disabled")
+    scale = _scale_settings(doc, check)
+    resources = None
+    if "resources" in doc:
+        given_resources = doc["resources"]
+        resources = Resources(
+            requests=pairs(given_resources.get("requests")),
+            limits=pairs(given_resources.get("limits")),
+        )
+    if environment is None:
+        return None
+    spec = DeploymentSpec(
+        endpoint_name=doc["endpoint_name"],
+        name=doc["name"],
+        environment=EnvironmentSpec(),
+        flavor=flavor,
+        model_mount_path=mount,
+        instance_type=doc.get("instance_type"),
+        # Without instance_count, an autoscaled deployment starts at its minimum.
+        instance_count=int(doc.get("instance_count", scale.min_instances or 1)),
+        scale_settings=scale,
+        request_settings=RequestSettings(**_integers(doc.get("request_settings"))),
+        liveness_probe=ProbeSettings(**_integers(doc.get("liveness_probe"))),
+        readiness_probe=ProbeSettings(**_integers(doc.get("readiness_probe"))),
+        environment_variables=pairs(doc.get("environment_variables")),
+        resources=resources,
+        app_insights_enabled=doc.get("app_insights_enabled", False),
+        egress_public_network_access=doc.get("egress_public_network_access", "enabled"),
+        data_collector=_canonical_json(doc.get("data_collector")),
+        description=doc.get("description"),
+        tags=pairs(doc.get("tags")),
+        source=source,
+    )
+    return _DeploymentDraft(spec, model, model_field, code, environment)
+
+
+@dataclass(frozen=True, slots=True)
+class _CondaInfo:
+    conda_packages: tuple[str, ...] = ()
+    pip_packages: tuple[str, ...] = ()
+    python_version: str | None = None
+    errors: tuple[Diagnostic, ...] = ()
+
+
+def _conda_info(path: str, data: bytes) -> _CondaInfo:
+    """Packages of a conda file: text entries are conda packages, a `pip:` list pip ones."""
+    parsed = load_yaml_document(data, path)
+    if parsed.error is not None:
+        return _CondaInfo(errors=(parsed.error,))
+    check = _FileCheck(path, data)
+    doc = parsed.value
+    dependencies = doc.get("dependencies") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        check.error((), "a conda file must be a mapping with a dependencies list")
+    elif not isinstance(dependencies, list | None):
+        check.error(("dependencies",), f"must be a list, got {_shown(dependencies, None)}")
+    conda: list[str] = []
+    pip: list[str] = []
+    python = None
+    for index, item in enumerate(dependencies if isinstance(dependencies, list) else []):
+        if isinstance(item, str):
+            conda.append(item)
+            pinned = _PYTHON_PIN.match(item.strip())
+            python = pinned.group(1) if pinned else python
+        elif (
+            isinstance(item, dict)
+            and list(item) == ["pip"]
+            and isinstance(item["pip"], list)
+            and all(isinstance(p, str) for p in item["pip"])
+        ):
+            pip.extend(item["pip"])
+        else:
+            message = "must be a package (text) or a `pip:` list of packages"
+            check.error(("dependencies", index), message)
+    return _CondaInfo(tuple(conda), tuple(pip), python, tuple(check.errors))
+
+
+# --------------------------------------------------------------------------------------
+# Per-process cache of what one file gives on its own
+
+
+_CACHE: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(key: tuple[str, str, str], compute: Callable[[], Any]) -> Any:
+    """An LRU of CACHE_SIZE entries: a blob seen in another pass or revision is reused."""
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def clear_cache() -> None:
+    """Forget every cached file (for tests and benchmarks)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# --------------------------------------------------------------------------------------
+# One load: every file of a tree, resolved and checked together
+
+
+def _is_candidate(path: str) -> bool:
+    return (
+        path.lower().endswith((".yml", ".yaml"))
+        and not path.startswith(_SKIPPED_PREFIXES)
+        and path not in _SKIPPED_FILES
+    )
+
+
+def _by_version(versions: Iterable[str]) -> list[str]:
+    """Versions in order: as numbers when every one is an integer, else as text."""
+    listed = list(versions)
+    if all(v.isdigit() for v in listed):
+        return sorted(listed, key=int)
+    return sorted(listed)
+
+
+def _percentages(value: Any) -> dict[str, int]:
+    """The well-formed entries of a traffic table (the schema reports the others)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k): int(v)
+        for k, v in value.items()
+        if _is_number(v) and float(v).is_integer()  # JSON Schema takes 50.0 for an integer
+    }
+
+
+def _order(item: Diagnostic) -> tuple[str, int, str, str]:
+    return (item.file, item.line or 0, item.field, item.message)
+
+
+Assets = dict[str, dict[str, tuple[str, Any]]]  # name -> version -> (file, resolved or None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Content:
+    """An environment with its packages and digest, or what keeps it from having them."""
+
+    resolved: EnvironmentSpec | None
+    problems: tuple[tuple[FieldPath, str], ...] = ()  # in the file that names the environment
+    conda_errors: tuple[Diagnostic, ...] = ()  # in the conda file itself
+
+
+class _Load:
+    """The work of one load_desired_state call."""
+
+    def __init__(self, tree: FileTree, instance_types: Mapping[str, InstanceType]) -> None:
+        self.tree = tree
+        self.instance_types = instance_types
+        self.digester = Digester(tree)
+        self.paths = sorted(tree.paths())
+        self.files = set(self.paths)
+        self.dirs = {"."}
+        for path in self.paths:
+            folder = posixpath.dirname(path)
+            while folder and folder not in self.dirs:
+                self.dirs.add(folder)
+                folder = posixpath.dirname(folder)
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+        self.results: dict[str, _FileResult] = {}  # our files, in path order
+        # Files with errors whose names cannot be read: they may declare what seems missing.
+        self.unreadable: list[str] = []
+        self._lines: dict[str, FieldLines] = {}
+        self._environments: dict[EnvironmentSpec, _Content] = {}
+
+    def line(self, path: str, field: FieldPath) -> int | None:
+        if path not in self._lines:
+            try:
+                self._lines[path] = FieldLines(self.tree.read(path))
+            except Exception:
+                self._lines[path] = FieldLines(None)
+        return self._lines[path].line(field)
+
+    def error(self, path: str, field: FieldPath, message: str) -> None:
+        self.errors.append(Diagnostic(path, self.line(path, field), field_name(field), message))
+
+    def warn(self, path: str, field: FieldPath, message: str) -> None:
+        self.warnings.append(Diagnostic(path, self.line(path, field), field_name(field), message))
+
+    def digest(self, path: str) -> str:
+        return self.digester.digest("" if path == "." else path)
+
+    def of_kind(self, kind: str) -> list[tuple[str, _FileResult]]:
+        return [(path, r) for path, r in self.results.items() if r.kind == kind]
+
+    # -- files
+
+    def read_all(self) -> None:
+        for path in self.paths:
+            if _is_candidate(path):
+                result = self._cached_file(path, "file", _analyse, _FileResult)
+                self.errors.extend(result.errors)
+                self.warnings.extend(result.warnings)
+                if result.kind is not None:
+                    self.results[path] = result
+                data = result.data or {}
+                names = ("name", "endpoint_name") if result.kind == DEPLOYMENT else ("name",)
+                if result.errors and not all(isinstance(data.get(n), str) for n in names):
+                    self.unreadable.append(path)
+
+    def perhaps_in(self) -> str:
+        """A hint for "not declared" errors when a broken file may be the one declaring it."""
+        if not self.unreadable:
+            return ""
+        return f"; {', '.join(self.unreadable[:3])} could not be read and may declare it"
+
+    def _cached_file(
+        self, path: str, kind: str, analyse: Callable[[str, bytes], Any], failed: Any
+    ) -> Any:
+        try:
+            key = (kind, path, self.tree.blob_id(path))
+            return _cached(key, lambda: analyse(path, self.tree.read(path)))
+        except Exception as exc:  # unreadable, or a bug: reported, never a traceback
+            message = f"could not be loaded: {type(exc).__name__}: {exc}"
+            return failed(errors=(Diagnostic(path, None, "", message),))
+
+    # -- models and environments of model and environment files
+
+    def assets(self, kind: str) -> Assets:
+        """name -> version -> (file, resolved asset or None when the file is invalid)."""
+        table: Assets = defaultdict(dict)
+        for path, result in self.of_kind(kind):
+            data = result.data or {}
+            name, version = data.get("name"), data.get("version", "1")
+            if not isinstance(name, str) or not isinstance(version, str | int):
+                continue
+            version = str(version)
+            if version in table[name]:
+                first = table[name][version][0]
+                message = f"{kind} '{name}' version {version} is already declared in {first}"
+                self.error(path, ("version",) if "version" in data else ("name",), message)
+                continue
+            # References to an invalid file resolve to None: its own errors say enough.
+            asset = None if result.errors else result.asset
+            if isinstance(asset, ModelSpec):
+                asset = self.local_model(asset, path, ("path",))
+            elif isinstance(asset, EnvironmentSpec):
+                asset = self.environment(asset, path, ())
+            table[name][version] = (path, asset)
+        return table
+
+    def lookup(self, reference: _Reference, table: Assets, *, kind: str, owner: str) -> Any:
+        """The asset a reference names; None (and an error when it is missing) otherwise."""
+        versions = table.get(reference.name)
+        if not versions:
+            message = (
+                f"{kind} '{reference.name}' ({reference.text}) is not declared in this repository"
+            )
+            close = difflib.get_close_matches(reference.name, sorted(table), n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            elif reference.name.lower().startswith("azureml-"):
+                message += "; curated Azure ML environments are not available here"
+            self.error(owner, (kind,), message)
+            return None
+        version = reference.version or _by_version(versions)[-1]
+        if version not in versions:
+            listed = ", ".join(_by_version(versions))
+            message = f"{kind} '{reference.name}' has no version {version}; declared: {listed}"
+            self.error(owner, (kind,), message)
+            return None
+        return versions[version][1]
+
+    def local_model(self, model: ModelSpec, owner: str, field: FieldPath) -> ModelSpec | None:
+        if model.path not in self.files and model.path not in self.dirs:
+            self.error(owner, field, f"model path '{model.path}' does not exist")
+            return None
+        return replace(model, digest=self.digest(model.path))
+
+    def environment(
+        self, env: EnvironmentSpec, owner: str, prefix: FieldPath
+    ) -> EnvironmentSpec | None:
+        """An environment with its conda packages and content digest; problems reported.
+
+        Deployments often share one inline environment, so the work is done once per
+        distinct environment, while problems are still reported in each file that has them.
+        """
+        content = self._environments.get(env)
+        if content is None:
+            content = self._environments[env] = self._environment_content(env)
+        for field, message in content.problems:
+            self.error(owner, (*prefix, *field), message)
+        self.errors.extend(content.conda_errors)
+        return content.resolved
+
+    def _environment_content(self, env: EnvironmentSpec) -> _Content:
+        problems: list[tuple[FieldPath, str]] = []
+        info = _CondaInfo()
+        if env.conda_file is not None:
+            if env.conda_file not in self.files:
+                problems.append((("conda_file",), f"conda file '{env.conda_file}' does not exist"))
+            else:
+                info = self._cached_file(env.conda_file, "conda", _conda_info, _CondaInfo)
+        if env.build_context is not None:
+            dockerfile = posixpath.join(env.build_context, env.dockerfile_path)
+            if env.build_context not in self.dirs:
+                message = f"build context folder '{env.build_context}' does not exist"
+                problems.append((("build", "path"), message))
+            elif posixpath.normpath(dockerfile) not in self.files:
+                message = f"no {env.dockerfile_path} in build context '{env.build_context}'"
+                problems.append((("build", "dockerfile_path"), message))
+        if problems or info.errors:
+            return _Content(None, tuple(problems), info.errors)
+        config = env.inference_config
+        content = {
+            "image": env.image,
+            "conda_file": self.digest(env.conda_file) if env.conda_file else None,
+            "build": self.digest(env.build_context) if env.build_context else None,
+            "dockerfile_path": env.dockerfile_path if env.build_context else None,
+            "inference_config": None
+            if config is None
+            else [[r.port, r.path] for r in (getattr(config, name) for name in _ROUTES)],
+        }
+        resolved = replace(
+            env,
+            conda_packages=info.conda_packages,
+            pip_packages=info.pip_packages,
+            python_version=info.python_version,
+            digest=spec_digest(content),
+        )
+        return _Content(resolved)
+
+    # -- deployments
+
+    def deployments(self, models: Assets, environments: Assets) -> list[DeploymentSpec]:
+        out = []
+        for path, result in self.of_kind(DEPLOYMENT):
+            if result.deployment is not None:
+                spec = self.deployment(path, result, models, environments)
+                if spec is not None and not result.errors:
+                    out.append(spec)
+        return out
+
+    def deployment(
+        self, path: str, result: _FileResult, models: Assets, environments: Assets
+    ) -> DeploymentSpec | None:
+        draft = result.deployment
+        assert draft is not None
+        complete = True
+        model = None
+        if isinstance(draft.model, _Reference):
+            model = self.lookup(draft.model, models, kind=MODEL, owner=path)
+            complete = model is not None
+        elif draft.model is not None:
+            model = self.local_model(draft.model, path, draft.model_field)
+            complete = model is not None
+        code = draft.code
+        if code is not None:
+            code = self.code(code, path)
+            complete = complete and code is not None
+        if isinstance(draft.environment, _Reference):
+            environment = self.lookup(draft.environment, environments, kind=ENVIRONMENT, owner=path)
+        else:
+            environment = self.environment(draft.environment, path, ("environment",))
+        if environment is None or not complete:
+            return None
+        if draft.spec.model_mount_path is not None and not environment.custom_container:
+            message = "applies only to custom containers (an environment with inference_config)"
+            self.error(path, ("model_mount_path",), message)
+        no_code_needed = environment.custom_container or (
+            model is not None and model.type == "mlflow_model"
+        )
+        if code is None and not no_code_needed and not result.errors:
+            self.error(
+                path,
+                ("code_configuration",),
+                "missing required field 'code_configuration': a scoring script is needed "
+                "unless the environment is a custom container or the model an mlflow_model",
+            )
+        return replace(draft.spec, model=model, code=code, environment=environment)
+
+    def code(self, code: CodeSpec, owner: str) -> CodeSpec | None:
+        if code.path not in self.dirs:
+            what = "is a file, not a folder" if code.path in self.files else "does not exist"
+            self.error(owner, ("code_configuration", "code"), f"code folder '{code.path}' {what}")
+            return None
+        script = posixpath.normpath(posixpath.join(code.path, code.scoring_script))
+        if script not in self.files:
+            message = f"scoring script '{code.scoring_script}' does not exist in '{code.path}'"
+            self.error(owner, ("code_configuration", "scoring_script"), message)
+            return None
+        return replace(code, digest=self.digest(code.path))
+
+    # -- rules across files
+
+    def declared(self) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
+        """Endpoints and deployments declared, valid or not, with the name rules checked.
+
+        Invalid files count as declared, so that one mistake is reported once and does not
+        also show up as traffic to an undeclared deployment, and so on.
+        """
+        endpoints: dict[str, list[str]] = defaultdict(list)
+        for path, result in self.of_kind(ENDPOINT):
+            name = (result.data or {}).get("name")
+            if isinstance(name, str):
+                if name in endpoints:
+                    first = endpoints[name][0]
+                    self.error(path, ("name",), f"endpoint '{name}' is already declared in {first}")
+                endpoints[name].append(path)
+        deployments: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for path, result in self.of_kind(DEPLOYMENT):
+            data = result.data or {}
+            endpoint, name = data.get("endpoint_name"), data.get("name")
+            if not isinstance(endpoint, str):
+                continue
+            if endpoint not in endpoints:
+                message = f"no endpoint named '{endpoint}' is declared in this repository"
+                close = difflib.get_close_matches(endpoint, sorted(endpoints), n=1)
+                message += f" (did you mean '{close[0]}'?)" if close else self.perhaps_in()
+                self.error(path, ("endpoint_name",), message)
+            if not isinstance(name, str):
+                continue
+            if name in deployments[endpoint]:
+                first = deployments[endpoint][name][0]
+                message = f"deployment '{name}' of '{endpoint}' is already declared in {first}"
+                self.error(path, ("name",), message)
+            deployments[endpoint][name].append(path)
+            low, high = KUBERNETES_NAME_LENGTHS
+            if result.flavor == KUBERNETES and not low <= len(endpoint) + len(name) <= high:
+                self.error(
+                    path,
+                    ("name",),
+                    f"on Kubernetes, the endpoint and deployment names together must be {low} "
+                    f"to {high} characters long, got {len(endpoint) + len(name)}",
+                )
+        for endpoint, names in deployments.items():
+            if len(names) > MAX_DEPLOYMENTS_PER_ENDPOINT and endpoint in endpoints:
+                self.error(
+                    endpoints[endpoint][0],
+                    ("name",),
+                    f"endpoint '{endpoint}' has {len(names)} deployments; at most "
+                    f"{MAX_DEPLOYMENTS_PER_ENDPOINT} are allowed",
+                )
+        return endpoints, deployments
+
+    def check_traffic(self, declared: Mapping[str, Mapping[str, list[str]]]) -> None:
+        for path, result in self.of_kind(ENDPOINT):
+            data = result.data or {}
+            name = data.get("name")
+            if not isinstance(name, str):
+                continue
+            own = declared.get(name, {})
+            traffic = _percentages(data.get("traffic"))
+            mirror = _percentages(data.get("mirror_traffic"))
+            for key, table in (("traffic", traffic), ("mirror_traffic", mirror)):
+                for deployment in table:
+                    if deployment not in own:
+                        self.error(
+                            path,
+                            (key, deployment),
+                            f"no deployment '{deployment}' of endpoint '{name}' is declared in "
+                            f"this repository (declared: {', '.join(sorted(own)) or 'none'})"
+                            + self.perhaps_in(),
+                        )
+            total = sum(traffic.values())
+            if total not in (0, 100):
+                message = f"traffic adds up to {total} percent; it must be 0 or 100"
+                self.error(path, ("traffic",), message)
+            for deployment, percent in mirror.items():
+                if percent > 0 and traffic.get(deployment, 0) > 0:
+                    self.error(
+                        path,
+                        ("mirror_traffic", deployment),
+                        f"deployment '{deployment}' has {traffic[deployment]} percent of live "
+                        "traffic; mirrored traffic must go to a deployment without live traffic",
+                    )
+
+    def check_deployments(self, endpoints: Mapping[str, EndpointSpec]) -> None:
+        """Rules between a deployment and its endpoint, and the instance-type table."""
+        known = sorted(self.instance_types)
+        drafts = (r.deployment for _, r in self.of_kind(DEPLOYMENT))
+        for spec in (d.spec for d in drafts if d is not None):
+            path = spec.source.file if spec.source else ""
+            endpoint = endpoints.get(spec.endpoint_name)
+            if endpoint is not None and endpoint.flavor != spec.flavor:
+                wanted = "type: kubernetes" if endpoint.flavor == KUBERNETES else "no type"
+                message = (
+                    f"endpoint '{endpoint.name}' is a {endpoint.flavor} endpoint; its "
+                    f"deployments need {wanted}"
+                )
+                self.error(path, ("type",), message)
+            if spec.instance_type is not None and spec.instance_type not in self.instance_types:
+                close = difflib.get_close_matches(spec.instance_type, known, n=3, cutoff=0.5)
+                message = (
+                    f"unknown instance type '{spec.instance_type}'; valid names include "
+                    + ", ".join(close or known[:5])
+                )
+                self.error(path, ("instance_type",), message)
+            percent = weight_of(endpoint.traffic, spec.name) if endpoint else 0
+            if percent and spec.instance_count == 0 and not spec.scale_settings.autoscaled:
+                where = endpoint.source.file if endpoint and endpoint.source else path
+                message = f"'{spec.name}' gets {percent} percent of traffic with instance_count 0"
+                self.warn(where, ("traffic", spec.name), message)
+
+
+def load_desired_state(
+    tree: FileTree,
+    *,
+    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    revision: str | None = None,
+) -> DesiredState:
+    """Every endpoint and deployment a tree declares, validated and normalised.
+
+    Raises DesiredStateInvalid with every error found, sorted by file, line and field.
+    Warnings (fields accepted with no effect here, and the like) are in the state's warnings.
+    """
+    load = _Load(tree, instance_types)
+    load.read_all()
+    models = load.assets(MODEL)
+    environments = load.assets(ENVIRONMENT)
+    _, declared = load.declared()
+    load.check_traffic(declared)
+    endpoints: dict[str, EndpointSpec] = {}
+    for _, result in load.of_kind(ENDPOINT):
+        if result.endpoint is not None:
+            endpoints.setdefault(result.endpoint.name, result.endpoint)
+    deployments = load.deployments(models, environments)
+    load.check_deployments(endpoints)
+    if load.errors:
+        raise DesiredStateInvalid(tuple(sorted(set(load.errors), key=_order)))
+    return DesiredState(
+        endpoints=tuple(sorted(endpoints.values(), key=lambda e: e.name)),
+        deployments=tuple(sorted(deployments, key=lambda d: (d.endpoint_name, d.name))),
+        warnings=tuple(sorted(set(load.warnings), key=_order)),
+        revision=revision,
+    )

@@ -1,0 +1,609 @@
+"""Loading: repositories -> DesiredState, with every default filled and every error reported.
+
+Valid repositories are built in memory (MemoryTree) or on disk (DirectoryTree); the invalid
+ones live in tests/invalid/NN-name/, each with an expected.yaml of the errors it must give.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler import loading
+from reconciler.filetree import Digester, DirectoryTree, MemoryTree
+from reconciler.loading import load_desired_state, load_yaml_document
+from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
+from reconciler.model.instance_types import InstanceType
+from reconciler.model.specs import (
+    CodeSpec,
+    DeploymentSpec,
+    EndpointSpec,
+    EnvironmentSpec,
+    InferenceConfig,
+    ModelSpec,
+    ProbeSettings,
+    RequestSettings,
+    Resources,
+    Route,
+    ScaleSettings,
+    SourceLocation,
+)
+from reconciler.model.state import DesiredState
+
+AZURE = "https://azuremlschemas.azureedge.net/latest/"
+SCORE = "def init():\n    pass\n\n\ndef run(data):\n    return data\n"
+CONDA = "name: env\ndependencies:\n  - python=3.10\n  - pip\n  - pip:\n      - numpy==1.26.4\n"
+INVALID = Path(__file__).parent.parent / "invalid"
+
+
+def text(block: str) -> bytes:
+    return dedent(block).lstrip("\n").encode()
+
+
+ENDPOINT = text(
+    f"""
+    $schema: {AZURE}managedOnlineEndpoint.schema.json
+    name: my-endpoint
+    auth_mode: key
+    tags:
+      team: ml
+      replicas: 3
+    traffic:
+      blue: 90
+      green: 10
+    """
+)
+
+
+def deployment(
+    name: str = "blue", *, extra: str = "", endpoint: str = "my-endpoint", root: str = ""
+) -> bytes:
+    """A deployment file; root is the way from its folder to the repository's root."""
+    body = f"""
+    $schema: {AZURE}managedOnlineDeployment.schema.json
+    name: {name}
+    endpoint_name: {endpoint}
+    model:
+      path: {root}model/model.pkl
+    code_configuration:
+      code: {root}src
+      scoring_script: score.py
+    environment:
+      image: python:3.11-slim
+      conda_file: {root}conda.yml
+    instance_type: Standard_DS2_v2
+    """
+    return text(body) + text(extra)
+
+
+def files(**overrides: bytes | str | None) -> dict[str, bytes]:
+    """A small valid repository; keyword names use '__' for '/' and '_dot_' for '.'."""
+    tree: dict[str, bytes] = {
+        "endpoint.yml": ENDPOINT,
+        "blue.yml": deployment("blue"),
+        "green.yml": deployment("green", extra="instance_count: 2\n"),
+        "src/score.py": SCORE.encode(),
+        "model/model.pkl": b"weights",
+        "conda.yml": CONDA.encode(),
+    }
+    for key, content in overrides.items():
+        path = key.replace("__", "/").replace("_dot_", ".")
+        if content is None:
+            tree.pop(path, None)
+        else:
+            tree[path] = content.encode() if isinstance(content, str) else content
+    return tree
+
+
+def load(tree: Mapping[str, bytes], **kwargs: Any) -> DesiredState:
+    return load_desired_state(MemoryTree(dict(tree)), **kwargs)
+
+
+def errors_of(tree: Mapping[str, bytes]) -> tuple[Diagnostic, ...]:
+    with pytest.raises(DesiredStateInvalid) as caught:
+        load(tree)
+    return caught.value.errors
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    loading.clear_cache()
+
+
+# --- valid repositories --------------------------------------------------------------
+
+
+def test_a_small_repository_loads_with_every_default_filled() -> None:
+    tree = files()
+    state = load(tree, revision="abc123")
+    digester = Digester(MemoryTree(tree))
+
+    assert state.revision == "abc123"
+    assert state.endpoints == (
+        EndpointSpec(
+            name="my-endpoint",
+            flavor="managed",
+            auth_mode="key",
+            traffic=(("blue", 90), ("green", 10)),
+            tags=(("replicas", "3"), ("team", "ml")),
+        ),
+    )
+    assert state.endpoints[0].source == SourceLocation("endpoint.yml", 1)
+    blue = state.deployments[0]
+    environment = blue.environment
+    assert environment.digest.startswith("sha256:")
+    assert environment == EnvironmentSpec(
+        image="python:3.11-slim",
+        conda_file="conda.yml",
+        conda_packages=("python=3.10", "pip"),
+        pip_packages=("numpy==1.26.4",),
+        python_version="3.10",
+        digest=environment.digest,
+    )
+    assert blue == DeploymentSpec(
+        endpoint_name="my-endpoint",
+        name="blue",
+        environment=environment,
+        flavor="managed",
+        model=ModelSpec(
+            name="model",
+            version="1",
+            path="model/model.pkl",
+            type="custom_model",
+            digest=digester.digest("model/model.pkl"),
+        ),
+        code=CodeSpec(path="src", scoring_script="score.py", digest=digester.digest("src")),
+        instance_type="Standard_DS2_v2",
+        instance_count=1,
+        scale_settings=ScaleSettings(),
+        request_settings=RequestSettings(5000, 1, 500),
+        liveness_probe=ProbeSettings(10, 10, 2, 1, 30),
+        readiness_probe=ProbeSettings(10, 10, 2, 1, 30),
+    )
+    assert blue.source == SourceLocation("blue.yml", 1)
+    assert [d.name for d in state.deployments] == ["blue", "green"]
+    assert state.deployments[1].instance_count == 2
+    assert state.warnings == ()
+
+
+def test_paths_are_relative_to_the_file_and_stored_repository_relative() -> None:
+    tree = files(
+        blue_dot_yml=None,
+        green_dot_yml=None,
+        endpoint_dot_yml=ENDPOINT.replace(b"  green: 10\n", b"").replace(b"90", b"100"),
+        endpoints__my__blue_dot_yml=deployment(root="./../.././"),
+    )
+    (blue,) = load(tree).deployments
+    assert blue.model is not None and blue.model.path == "model/model.pkl"
+    assert blue.code is not None and blue.code.path == "src"
+    assert blue.environment.conda_file == "conda.yml"
+    assert blue.source == SourceLocation("endpoints/my/blue.yml", 1)
+
+
+def test_the_document_start_skips_comments_and_blank_lines() -> None:
+    commented = b"# The blue deployment.\n\n---\n" + deployment()
+    state = load(files(blue_dot_yml=commented))
+    assert state.deployments[0].source == SourceLocation("blue.yml", 4)
+
+
+def test_registered_models_and_environments_resolve_by_version_and_latest() -> None:
+    model_file = "$schema: {s}model.schema.json\nname: sk\nversion: {v}\npath: {p}\n"
+    env_file = "$schema: {s}environment.schema.json\nname: env\nversion: {v}\nimage: {i}\n"
+    tree = files(
+        models__sk2_dot_yml=model_file.format(s=AZURE, v=2, p="../model/model.pkl"),
+        models__sk10_dot_yml=model_file.format(s=AZURE, v=10, p="../model"),
+        envs__a_dot_yml=env_file.format(s=AZURE, v="'1.9'", i="python:3.9"),
+        envs__b_dot_yml=env_file.format(s=AZURE, v="'1.10'", i="python:3.10"),
+        blue_dot_yml=deployment(extra="")
+        .replace(b"model:\n  path: model/model.pkl", b"model: azureml:sk:2")
+        .replace(
+            b"environment:\n  image: python:3.11-slim\n  conda_file: conda.yml",
+            b"environment: azureml:env:1.9",
+        ),
+        green_dot_yml=deployment("green")
+        .replace(b"model:\n  path: model/model.pkl", b"model: azureml:sk@latest")
+        .replace(
+            b"environment:\n  image: python:3.11-slim\n  conda_file: conda.yml",
+            b"environment: azureml:env@latest",
+        ),
+    )
+    blue, green = load(tree).deployments
+    assert blue.model is not None and green.model is not None
+    assert (blue.model.name, blue.model.version, blue.model.path) == ("sk", "2", "model/model.pkl")
+    assert blue.model.registered
+    # Integer versions compare as numbers: 10 is later than 2.
+    assert (green.model.version, green.model.path) == ("10", "model")
+    assert blue.environment.version == "1.9"
+    # Versions that are not all integers compare as text: "1.9" sorts after "1.10".
+    assert (green.environment.version, green.environment.image) == ("1.9", "python:3.9")
+
+
+def test_a_code_change_changes_the_deployment_digest_and_nothing_else() -> None:
+    before = load(files())
+    after = load(files(src__score_dot_py=SCORE + "\n# tuned\n"))
+    assert before.endpoints == after.endpoints
+    assert before.deployments[0].digest != after.deployments[0].digest
+    assert before.deployments[0].environment == after.deployments[0].environment
+    assert before.deployments[0].model == after.deployments[0].model
+
+
+def test_a_conda_change_changes_the_environment_digest() -> None:
+    before = load(files())
+    after = load(files(conda_dot_yml=CONDA + "      - pandas\n"))
+    old, new = before.deployments[0].environment, after.deployments[0].environment
+    assert old.digest != new.digest
+    assert new.pip_packages == ("numpy==1.26.4", "pandas")
+
+
+def test_an_instance_count_change_keeps_the_template_digest() -> None:
+    before = load(files())
+    after = load(files(blue_dot_yml=deployment(extra="instance_count: 3\n")))
+    assert before.deployments[0].digest == after.deployments[0].digest
+    assert after.deployments[0].instance_count == 3
+
+
+def test_numbers_written_with_a_point_are_integers() -> None:
+    endpoint = ENDPOINT.replace(b"blue: 90", b"blue: 90.0")
+    extra = "instance_count: 2.0\nrequest_settings:\n  request_timeout_ms: 3000.0\n"
+    state = load(files(endpoint_dot_yml=endpoint, blue_dot_yml=deployment(extra=extra)))
+    blue = state.deployments[0]
+    assert state.endpoints[0].traffic == (("blue", 90), ("green", 10))
+    assert (blue.instance_count, blue.request_settings.request_timeout_ms) == (2, 3000)
+    assert type(blue.instance_count) is int
+    assert type(blue.request_settings.request_timeout_ms) is int
+
+
+def test_yaml_that_is_not_ours_is_ignored() -> None:
+    state = load(
+        files(
+            **{
+                ".github__workflows__ci_dot_yml": "on: push\njobs: {}\n",
+                ".gitlab-ci_dot_yml": "name: x\ntraffic: 1\n",
+                "reconciler_dot_yaml": "name: settings\ntraffic: policy\n",
+                "status__my-endpoint_dot_yaml": "name: my-endpoint\ntraffic: {blue: 90}\n",
+                "k8s__manifest_dot_yaml": "kind: Service\n---\nkind: Deployment\n",
+                "sample-request_dot_yml": "data: [[1, 2, 3]]\n",
+                "jobs__train_dot_yml": f"$schema: {AZURE}commandJob.schema.json\nname: j\n",
+                "batch__dep_dot_yml": (
+                    f"$schema: {AZURE}batchDeployment.schema.json\nendpoint_name: b\n"
+                ),
+                "cfn__stack_dot_yml": "Resources:\n  Bucket: !Ref Name\n",
+                "empty_dot_yml": "",
+                "comment_dot_yml": "# nothing here\n",
+            }
+        )
+    )
+    assert [e.name for e in state.endpoints] == ["my-endpoint"]
+    assert len(state.deployments) == 2
+    assert state.warnings == ()
+
+
+def test_a_broken_file_that_is_not_ours_is_a_warning_not_an_error() -> None:
+    state = load(files(charts__templates__svc_dot_yaml="port: {{ .Values.port }}\n"))
+    (warning,) = state.warnings
+    assert warning.file == "charts/templates/svc.yaml"
+    assert "does not look like an endpoint file" in warning.message
+
+
+def test_a_kubernetes_endpoint_and_deployment() -> None:
+    tree = files(
+        endpoint_dot_yml=ENDPOINT.replace(b"auth_mode: key\n", b"compute: azureml:k8s\n"),
+        blue_dot_yml=deployment(extra="type: kubernetes\n")
+        .replace(b"instance_type: Standard_DS2_v2\n", b"")
+        .replace(b"managedOnline", b"kubernetesOnline")
+        + text(
+            """
+            resources:
+              requests: {cpu: 1, memory: 2Gi}
+              limits: {nvidia.com/gpu: 1}
+            """
+        ),
+        green_dot_yml=deployment("green", extra="type: kubernetes\ninstance_count: 60\n"),
+    )
+    state = load(tree)
+    (endpoint,) = state.endpoints
+    assert (endpoint.flavor, endpoint.compute) == ("kubernetes", "azureml:k8s")
+    blue, green = state.deployments
+    assert blue.flavor == green.flavor == "kubernetes"
+    assert blue.instance_type is None
+    assert blue.resources == Resources(
+        requests=(("cpu", "1"), ("memory", "2Gi")), limits=(("nvidia.com/gpu", "1"),)
+    )
+    assert green.resources is None
+    assert green.instance_count == 60  # the managed bound of 50 does not apply
+
+
+def test_autoscaling_defaults_and_the_starting_count() -> None:
+    autoscaled = "scale_settings:\n  type: target_utilization\n  max_instances: 4\n"
+    state = load(
+        files(
+            blue_dot_yml=deployment(extra=autoscaled),
+            green_dot_yml=deployment("green", extra=autoscaled + "instance_count: 9\n"),
+        )
+    )
+    blue, green = state.deployments
+    assert blue.scale_settings == ScaleSettings("target_utilization", 1, 4, 70, 1)
+    assert blue.instance_count == 1  # starts at min_instances
+    assert green.instance_count == 9
+    (warning,) = state.warnings
+    assert (warning.file, warning.field, warning.line) == ("green.yml", "instance_count", 16)
+    assert "outside min_instances..max_instances (1..4)" in warning.message
+
+
+def test_fields_without_effect_are_accepted_with_a_warning() -> None:
+    endpoint = ENDPOINT + text(
+        """
+        public_network_access: disabled
+        identity:
+          type: user_assigned
+          user_assigned_identities:
+            - resource_id: /sub/x
+        """
+    )
+    extra = """
+    app_insights_enabled: true
+    egress_public_network_access: disabled
+    data_collector:
+      sampling_rate: 0.5
+      collections:
+        model_inputs:
+          enabled: 'True'
+    """
+    state = load(files(endpoint_dot_yml=endpoint, blue_dot_yml=deployment(extra=extra)))
+    fields = [(w.file, w.field) for w in state.warnings]
+    assert fields == [
+        ("blue.yml", "app_insights_enabled"),
+        ("blue.yml", "egress_public_network_access"),
+        ("blue.yml", "data_collector"),
+        ("endpoint.yml", "public_network_access"),
+        ("endpoint.yml", "identity"),
+    ]
+    assert all("accepted, no effect on this target" in w.message for w in state.warnings)
+    identity = {"type": "user_assigned", "user_assigned_identities": [{"resource_id": "/sub/x"}]}
+    assert state.endpoints[0].identity == json.dumps(identity, sort_keys=True)
+    blue = state.deployments[0]
+    assert blue.data_collector == (
+        '{"collections": {"model_inputs": {"enabled": "True"}}, "sampling_rate": 0.5}'
+    )
+    assert (blue.app_insights_enabled, blue.egress_public_network_access) == (True, "disabled")
+
+
+def test_a_custom_container_needs_no_code_and_may_mount_the_model() -> None:
+    custom = text(
+        f"""
+        $schema: {AZURE}managedOnlineDeployment.schema.json
+        name: blue
+        endpoint_name: my-endpoint
+        model: model
+        model_mount_path: /models
+        environment:
+          image: ghcr.io/example/server:1
+          inference_config:
+            liveness_route: {{port: 8000, path: /health}}
+            readiness_route: {{port: 8000, path: /ready}}
+            scoring_route: {{port: 8000, path: /predict}}
+        instance_type: Standard_DS2_v2
+        """
+    )
+    blue = load(files(blue_dot_yml=custom)).deployments[0]
+    assert blue.code is None
+    assert blue.model_mount_path == "/models"
+    assert blue.model is not None and (blue.model.name, blue.model.path) == ("model", "model")
+    assert blue.environment.inference_config == InferenceConfig(
+        Route(8000, "/health"), Route(8000, "/ready"), Route(8000, "/predict")
+    )
+    assert blue.environment.custom_container
+
+
+def test_a_build_context_environment_digests_the_context() -> None:
+    built = "environment:\n  build:\n    path: docker\n    dockerfile_path: images/Dockerfile\n"
+    blue = deployment().replace(
+        b"environment:\n  image: python:3.11-slim\n  conda_file: conda.yml\n", built.encode()
+    )
+    tree = files(blue_dot_yml=blue, docker__images__Dockerfile="FROM python:3.11\n")
+    first = load(tree).deployments[0].environment
+    assert (first.build_context, first.dockerfile_path, first.image) == (
+        "docker",
+        "images/Dockerfile",
+        None,
+    )
+    tree["docker/images/Dockerfile"] = b"FROM python:3.12\n"
+    assert load(tree).deployments[0].environment.digest != first.digest
+
+
+def test_an_unchanged_file_is_analysed_once_across_loads() -> None:
+    first = load(files())
+    second = load(files(green_dot_yml=deployment("green", extra="instance_count: 5\n")))
+    # The same blob gives the very same spec object: the work was cached, not redone.
+    assert second.endpoints[0] is first.endpoints[0]
+    assert second.deployments[1].instance_count == 5
+    assert second.deployments[0] == first.deployments[0]
+
+
+def test_a_directory_tree_loads_like_a_memory_tree(tmp_path: Path) -> None:
+    tree = files()
+    for path, content in tree.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(content)
+    from_disk = load_desired_state(DirectoryTree(tmp_path))
+    loading.clear_cache()
+    assert from_disk == load(tree)
+    assert [d.digest for d in from_disk.deployments] == [d.digest for d in load(tree).deployments]
+
+
+def test_the_instance_type_table_is_the_callers() -> None:
+    table = {"gpu-small": InstanceType("gpu-small", 4, 16, gpus=1)}
+    tree = files(
+        blue_dot_yml=deployment().replace(b"Standard_DS2_v2", b"gpu-small"),
+        green_dot_yml=None,
+        endpoint_dot_yml=ENDPOINT.replace(b"  green: 10\n", b"").replace(b"90", b"100"),
+    )
+    assert load(tree, instance_types=table).deployments[0].instance_type == "gpu-small"
+    with pytest.raises(DesiredStateInvalid) as caught:
+        load(tree)
+    assert [e.field for e in caught.value.errors] == ["instance_type"]
+
+
+def test_endpoints_and_deployments_come_out_sorted() -> None:
+    other = ENDPOINT.replace(b"my-endpoint", b"alpha").replace(b"  green: 10\n", b"")
+    other = other.replace(b"90", b"100")
+    state = load(
+        files(
+            z_dot_yml=other,
+            a__zeta_dot_yml=deployment("zeta", endpoint="alpha", root="../"),
+            a__blue_dot_yml=deployment("blue", endpoint="alpha", root="../"),
+        )
+    )
+    assert [e.name for e in state.endpoints] == ["alpha", "my-endpoint"]
+    keys = [(d.endpoint_name, d.name) for d in state.deployments]
+    assert keys == [
+        ("alpha", "blue"),
+        ("alpha", "zeta"),
+        ("my-endpoint", "blue"),
+        ("my-endpoint", "green"),
+    ]
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_every_error_is_reported_at_once_and_sorted() -> None:
+    errors = errors_of(
+        files(
+            blue_dot_yml=deployment(extra="instance_cout: 2\nliveness_probe:\n  period: 0\n"),
+            green_dot_yml=deployment("green").replace(b"code: src", b"code: nowhere"),
+            endpoint_dot_yml=ENDPOINT.replace(b"green: 10", b"green: 20"),
+        )
+    )
+    assert [(e.file, e.line, e.field) for e in errors] == [
+        ("blue.yml", 13, "instance_cout"),
+        ("blue.yml", 15, "liveness_probe.period"),
+        ("endpoint.yml", 7, "traffic"),
+        ("green.yml", 7, "code_configuration.code"),
+    ]
+    assert errors[0].message == "unknown field 'instance_cout' (did you mean 'instance_count'?)"
+    assert errors[1].message == "must be at least 1, got 0"
+
+
+def test_an_error_names_the_versions_that_exist() -> None:
+    model_file = f"$schema: {AZURE}model.schema.json\nname: sk\nversion: 3\npath: model\n"
+    tree = files(
+        sk_dot_yml=model_file,
+        blue_dot_yml=deployment().replace(
+            b"model:\n  path: model/model.pkl", b"model: azureml:sk:9"
+        ),
+    )
+    (error,) = errors_of(tree)
+    assert (error.file, error.line, error.field) == ("blue.yml", 4, "model")
+    assert error.message == "model 'sk' has no version 9; declared: 3"
+
+
+def _invalid_cases() -> list[Path]:
+    return sorted(p for p in INVALID.iterdir() if p.is_dir())
+
+
+def test_there_are_at_least_thirty_invalid_repositories() -> None:
+    assert len(_invalid_cases()) >= 30
+
+
+@pytest.mark.parametrize("case", _invalid_cases(), ids=lambda p: p.name)
+def test_invalid_repository(case: Path) -> None:
+    expected = yaml.safe_load((case / "expected.yaml").read_text())
+    tree = {
+        p.relative_to(case).as_posix(): p.read_bytes()
+        for p in case.rglob("*")
+        if p.is_file() and p.name != "expected.yaml"
+    }
+    errors = errors_of(tree)
+    # Exactly the expected (file, field) pairs: no error missing, and no noise either.
+    assert sorted({(e.file, e.field) for e in errors}) == sorted(
+        {(item["file"], item["field"]) for item in expected}
+    )
+    for item in expected:
+        matching = [e for e in errors if (e.file, e.field) == (item["file"], item["field"])]
+        if "line" in item:
+            assert item["line"] in [e.line for e in matching], (item, matching)
+        if "message_contains" in item:
+            assert any(item["message_contains"] in e.message for e in matching), (item, matching)
+    assert list(errors) == sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
+
+
+# --- robustness ------------------------------------------------------------------------
+
+
+def test_load_yaml_document_never_raises() -> None:
+    assert load_yaml_document(b"", "a.yml").documents == (None,)
+    assert load_yaml_document(b"a: 1\n---\nb: 2\n", "a.yml").documents == ({"a": 1}, {"b": 2})
+    broken = load_yaml_document(b"a: [1, 2\n", "a.yml")
+    assert broken.error is not None and broken.error.line == 2
+    assert load_yaml_document(b"\xff\xfe\x00junk", "a.yml").error is not None
+    assert load_yaml_document(b"[" * 100_000 + b"]" * 100_000, "a.yml").error is not None
+    assert load_yaml_document(b"when: 2024-13-45\n", "a.yml").error is not None
+    tagged = load_yaml_document(b"a: !Ref b\n", "a.yml")
+    assert tagged.value == {"a": "b"} and tagged.unsupported_tag is not None
+
+
+def test_an_alias_bomb_is_refused_quickly() -> None:
+    lines = ["name: blue", "endpoint_name: my-endpoint", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    errors = errors_of(files(blue_dot_yml="\n".join(lines) + "\n"))
+    assert any("YAML aliases" in e.message for e in errors)
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 200_000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["azureml:sk:1", "azureml:x@latest", "../..", "/abs", "src", "key"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_keys = st.sampled_from(
+    [
+        "name", "endpoint_name", "model", "code_configuration", "environment", "instance_type",
+        "instance_count", "scale_settings", "request_settings", "liveness_probe", "resources",
+        "environment_variables", "model_mount_path", "type", "traffic", "mirror_traffic",
+        "auth_mode", "identity", "data_collector", "tags", "compute", "$schema",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(_keys, _values, max_size=4), which=st.sampled_from(["blue", "ep"]))
+def test_any_document_gives_a_state_or_errors_never_a_traceback(
+    changes: dict[str, Any], which: str
+) -> None:
+    path = "blue.yml" if which == "blue" else "endpoint.yml"
+    tree = files()
+    document = yaml.safe_load(tree[path])
+    document.update(changes)
+    tree[path] = yaml.safe_dump(document).encode()
+    try:
+        load(tree)
+    except DesiredStateInvalid as exc:
+        assert exc.errors
+        assert all(isinstance(e, Diagnostic) and e.file for e in exc.errors)
+
+
+@settings(max_examples=100, deadline=None)
+@given(junk=st.binary(max_size=200))
+def test_any_bytes_give_a_state_or_errors_never_a_traceback(junk: bytes) -> None:
+    try:
+        load(files(blue_dot_yml=b"endpoint_name: my-endpoint\n" + junk))
+    except DesiredStateInvalid as exc:
+        assert exc.errors
