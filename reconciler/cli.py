@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from reconciler import logs
+from reconciler import logs as logging_setup
 from reconciler.diffing import assume_applied
 from reconciler.engine import load, plan_pass, run_pass
 from reconciler.filetree import DirectoryTree, FileTree
@@ -98,6 +98,16 @@ def open_target(
     if chosen is None:
         known = ", ".join([t.name for t in config.targets] + [STATUS_TARGET])
         fail(f"no target named {name!r} in reconciler.yaml (known: {known})")
+    if chosen.type == "docker":
+        # Imported here: `reconcile diff` and `validate` never pay for the Docker SDK.
+        from reconciler.targets.docker.options import DockerOptions
+        from reconciler.targets.docker.target import DockerTarget
+
+        try:
+            options = DockerOptions.from_config(chosen.name, chosen.options)
+        except TargetError as exc:
+            fail(str(exc))
+        return DockerTarget(options, repo_root=source.path.resolve())
     fail(
         f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
         f"plan against the status files with --target {STATUS_TARGET}"
@@ -167,7 +177,9 @@ def main(
     Without a sub-command: plan against the live target and apply (or only plan with
     --dry-run). Exit codes: 0 nothing to change, 2 changes planned, 1 errors.
     """
-    logs.configure(fmt=log_format, level="info" if ctx.invoked_subcommand is None else "warning")
+    logging_setup.configure(
+        fmt=log_format, level="info" if ctx.invoked_subcommand is None else "warning"
+    )
     if ctx.invoked_subcommand is not None:
         return
     source = open_source(repo, worktree=worktree)
@@ -180,12 +192,39 @@ def main(
             plan, _ = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
             emit(plan, output)
             sys.exit(exit_code(plan))
+        if source.git is not None and not source.worktree and source.git.dirty_paths():
+            # Images are built from the files on disk: they must be the commit's files.
+            changed = ", ".join(source.git.dirty_paths()[:5])
+            fail(
+                f"uncommitted changes under {source.path} ({changed}); commit them, "
+                "or pass --worktree to apply the working tree as it is"
+            )
+        writer = None
+        if source.git is not None and revision is not None:
+            git = source.git
+
+            def writer(files: Mapping[str, str], message: str) -> None:
+                git.write_status(files, message=message, branch=config.status_branch)
+
         result = run_pass(
-            tree, target, prune=prune or config.prune, dry_run=False, revision=revision
+            tree,
+            target,
+            prune=prune or config.prune,
+            dry_run=False,
+            revision=revision,
+            write_status=writer,
         )
     except TargetError as exc:
         fail(f"target {target.name}: {exc}")
     emit(result.plan, output)
+    if output == "text":
+        for name, doc in sorted(result.status.items()):
+            if doc.get("scoring_uri"):
+                click.echo(
+                    f"{name}: {doc['provisioning_state']}, scoring_uri {doc['scoring_uri']}\n"
+                    f"  key:    reconcile credentials {name} --repo {repo}\n"
+                    f"  invoke: reconcile invoke {name} --repo {repo} --request-file FILE"
+                )
     failed = [r for r in result.results if r.outcome == Outcome.FAILED]
     for r in failed:
         step = result.plan.steps[r.index]
@@ -308,6 +347,138 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
             )
+
+
+def _operated_target(repo: str, target_name: str | None) -> Any:
+    """The target for a command that operates on a running endpoint (not the status one)."""
+    source = open_source(repo, worktree=True)
+    tree, _ = source.tree()
+    config = repo_config(tree)
+    target = open_target(target_name, config, source=source, status_dir=None)
+    if isinstance(target, StatusTarget):
+        fail("this command needs a real target, not the status files")
+    return target
+
+
+def _needs(target: Any, method: str, what: str) -> None:
+    if not hasattr(target, method):
+        fail(f"target {target.name} cannot {what}")
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+@click.option("--ttl", default=3600, show_default=True, help="aml_token mode: seconds valid.")
+def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> None:
+    """Print an endpoint's keys (key mode) or a fresh token (aml_token mode), as JSON."""
+    import json
+    import time
+
+    target = _operated_target(repo, target_name)
+    _needs(target, "endpoint_credentials", "give credentials")
+    try:
+        live = target.observe().endpoint(endpoint)
+        if live is None:
+            fail(f"endpoint {endpoint} does not exist on target {target.name}")
+        if live.spec.auth_mode == "aml_token":
+            click.echo(json.dumps(target.token(endpoint, now=time.time(), ttl_s=ttl), indent=2))
+            return
+        creds = target.endpoint_credentials(endpoint)
+    except TargetError as exc:
+        fail(str(exc))
+    click.echo(
+        json.dumps({"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}, indent=2)
+    )
+
+
+@main.command("regenerate-key")
+@click.argument("endpoint")
+@click.option("--key", "which", type=click.Choice(["primary", "secondary"]), required=True)
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def regenerate_key(endpoint: str, which: str, repo: str, target_name: str | None) -> None:
+    """Replace one key; the other stays valid. The new key is shown by `credentials`."""
+    target = _operated_target(repo, target_name)
+    _needs(target, "regenerate_key", "regenerate keys")
+    try:
+        target.regenerate_key(endpoint, which)
+    except TargetError as exc:
+        fail(str(exc))
+    other = "secondary" if which == "primary" else "primary"
+    click.echo(f"{which} key of {endpoint} regenerated; the {other} key still works")
+
+
+@main.command("logs")
+@click.argument("endpoint")
+@click.argument("deployment")
+@click.option("--instance", type=int, default=None, help="Only this instance (index).")
+@click.option("--lines", type=int, default=100, show_default=True)
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def show_logs(
+    endpoint: str,
+    deployment: str,
+    instance: int | None,
+    lines: int,
+    repo: str,
+    target_name: str | None,
+) -> None:
+    """The last lines of a deployment's container logs."""
+    target = _operated_target(repo, target_name)
+    _needs(target, "logs", "show logs")
+    try:
+        click.echo(target.logs(endpoint, deployment, instance=instance, lines=lines), nl=False)
+    except TargetError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--request-file", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--deployment", default=None, help="Send to this deployment (header pin).")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def invoke(
+    endpoint: str, request_file: str, deployment: str | None, repo: str, target_name: str | None
+) -> None:
+    """POST a request file to the endpoint's scoring URI with its credentials."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    target = _operated_target(repo, target_name)
+    _needs(target, "endpoint_credentials", "invoke endpoints")
+    try:
+        live = target.observe().endpoint(endpoint)
+        if live is None or not live.scoring_uri:
+            fail(f"endpoint {endpoint} does not exist on target {target.name}")
+        if live.spec.auth_mode == "aml_token":
+            secret = target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"]
+        else:
+            secret = target.endpoint_credentials(endpoint).primary_key
+    except TargetError as exc:
+        fail(str(exc))
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    if deployment:
+        headers["azureml-model-deployment"] = deployment
+    request = urllib.request.Request(
+        live.scoring_uri, data=Path(request_file).read_bytes(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            body = answer.read().decode(errors="replace")
+            who = answer.headers.get("azureml-model-deployment", "?")
+    except urllib.error.HTTPError as err:
+        fail(f"{err.code} from {live.scoring_uri}: {err.read().decode(errors='replace')[:500]}")
+    except OSError as err:
+        fail(f"{live.scoring_uri} did not answer: {err}")
+    click.echo(f"deployment: {who}", err=True)
+    try:
+        click.echo(json.dumps(json.loads(body), indent=2))
+    except ValueError:
+        click.echo(body)
 
 
 if __name__ == "__main__":

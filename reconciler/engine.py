@@ -23,7 +23,7 @@ from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import Target
+from reconciler.targets.base import Settling, Target
 
 log = structlog.get_logger("reconciler.engine")
 
@@ -84,6 +84,8 @@ def run_pass(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> PassResult:
+    if not dry_run and isinstance(target, Settling):
+        target.settle()
     live = target.observe()
     plan, desired = plan_pass(
         tree, live, prune=prune, revision=revision, instance_types=instance_types

@@ -174,6 +174,11 @@ class GitSource:
     def working_tree(self) -> DirectoryTree:
         return DirectoryTree(self.root / self.subdir)
 
+    def dirty_paths(self) -> list[str]:
+        """Uncommitted changes (tracked or not) under the repository folder."""
+        out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
+        return [line[3:] for line in out.splitlines() if line.strip()]
+
     def has_commits(self) -> bool:
         try:
             self.repo.head.commit  # noqa: B018 - raises on an unborn branch

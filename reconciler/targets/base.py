@@ -64,3 +64,10 @@ class Target(Protocol):
         health gates.
         """
         ...
+
+
+@runtime_checkable
+class Settling(Protocol):
+    """A target with derived data-plane state to bring in line before a pass (routers)."""
+
+    def settle(self) -> None: ...

@@ -297,6 +297,7 @@ def build_environment_image(
     image_map: Mapping[str, str] | None = None,
     pull: bool = True,
     labels: Mapping[str, str] | None = None,
+    inference_server: bool = True,
 ) -> str:
     """The tag of the environment image of `env`, built unless an image of it exists.
 
@@ -304,7 +305,8 @@ def build_environment_image(
     `image_map` maps image name patterns (fnmatch, e.g. "mcr.microsoft.com/azureml/*") to
     local images, for environments naming images that cannot be pulled here. `labels` are
     put on images and containers made by this call (they are no part of an image's
-    identity: an image built earlier is reused whatever its labels).
+    identity: an image built earlier is reused whatever its labels). `inference_server`
+    False installs the pip packages alone (the router's image needs no inference server).
     Raises ImageBuildError (with the tail of the output) or CondaMappingError.
     """
     image_map = dict(image_map or {})
@@ -319,7 +321,9 @@ def build_environment_image(
             labels=extra_labels,
         )
     # Before anything slow: an unmappable conda file fails at once, with no Docker call.
-    requirements = () if env.custom_container else environment_requirements(env)
+    requirements: tuple[str, ...] = ()
+    if not env.custom_container:
+        requirements = environment_requirements(env) if inference_server else env.pip_packages
     base_name, base_id = _environment_base(
         client, env, base_image=base_image, image_map=image_map, pull=pull, progress=progress
     )

@@ -1,0 +1,89 @@
+"""Settings of a Docker target, from its entry in reconciler.yaml.
+
+```yaml
+targets:
+  local:
+    type: docker
+    base_image: reconciler/python-base:bookworm   # built locally when it cannot be pulled
+    image_map: {"mcr.microsoft.com/azureml/*": reconciler/python-base:bookworm}
+    resource_scale: 0.25          # instance types' cores and memory scaled for a small host
+    state_dir: ~/.local/state/ml-endpoint-reconciler/docker   # keys (0600), router configs
+    router_port_range: [18000, 18999]
+    ready_timeout_s: 300
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.targets.base import TargetError
+from reconciler.targets.docker.baseimage import BASE_IMAGE
+
+DEFAULT_IMAGE_MAP = {
+    # Azure ML's curated images cannot be pulled where there is no registry access; the
+    # local Python base stands in (the environment's packages are installed on top).
+    "mcr.microsoft.com/azureml/*": BASE_IMAGE,
+    "python:3.11*": BASE_IMAGE,
+}
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ml-endpoint-reconciler" / "docker"
+
+
+@dataclass(frozen=True)
+class DockerOptions:
+    name: str = "local"
+    base_image: str = BASE_IMAGE
+    image_map: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGE_MAP))
+    resource_scale: float = 0.25
+    state_dir: Path = field(default_factory=default_state_dir)
+    wheel_cache: Path = field(
+        default_factory=lambda: Path.home() / ".cache" / "ml-endpoint-reconciler" / "wheels"
+    )
+    router_port_range: tuple[int, int] = (18000, 18999)
+    ready_timeout_s: float = 300.0
+    drain_s: float = 1.0  # how long a removed instance keeps serving requests in flight
+
+    @classmethod
+    def from_config(cls, name: str, options: Mapping[str, Any]) -> DockerOptions:
+        known = {
+            "base_image",
+            "image_map",
+            "resource_scale",
+            "state_dir",
+            "wheel_cache",
+            "router_port_range",
+            "ready_timeout_s",
+            "drain_s",
+        }
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TargetError(
+                f"reconciler.yaml: targets.{name}: unknown option(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})",
+                code="InvalidTargetConfig",
+            )
+        values: dict[str, Any] = {"name": name}
+        if "base_image" in options:
+            values["base_image"] = str(options["base_image"])
+        if "image_map" in options:
+            values["image_map"] = {**DEFAULT_IMAGE_MAP, **dict(options["image_map"])}
+        if "resource_scale" in options:
+            values["resource_scale"] = float(options["resource_scale"])
+        for key in ("state_dir", "wheel_cache"):
+            if key in options:
+                values[key] = Path(os.path.expanduser(str(options[key])))
+        if "router_port_range" in options:
+            low, high = options["router_port_range"]
+            values["router_port_range"] = (int(low), int(high))
+        for key in ("ready_timeout_s", "drain_s"):
+            if key in options:
+                values[key] = float(options[key])
+        return cls(**values)

@@ -1,0 +1,928 @@
+"""The Docker target: endpoints as containers on one Docker Engine.
+
+Per endpoint: an internal network (deployments publish no port and reach nothing outside),
+and a router container on a stable port of 127.0.0.1 (the scoring URI). Per deployment:
+one container per instance, of an image built for it (environment layer cached by content,
+thin code + model layer on top).
+
+The target is its own record: observe() rebuilds the live state from container labels
+(endpoint, deployment, digest, the applied spec), container health, and the router's
+config. Only the keys live outside Docker, in a 0600 file of the state folder, and the
+router's config (which holds key hashes, never keys) sits beside them.
+
+Readiness: a container is ready when the inference server answers GET / inside it.
+Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; while a step waits
+for new instances it asks them directly (docker exec), because Docker 20.10 runs the first
+health check only after a full probe period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import structlog
+
+from reconciler.model.codec import deployment_from_json, endpoint_from_json
+from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import Action, Step
+from reconciler.model.specs import (
+    DeploymentSpec,
+    EndpointSpec,
+    ScaleSettings,
+    Weights,
+    spec_digest,
+    to_json,
+)
+from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
+from reconciler.router.config import (
+    DeploymentRoute,
+    RouterConfig,
+    config_to_dict,
+    dump_config,
+    parse_config,
+)
+from reconciler.router.tokens import hash_key, issue_token
+from reconciler.targets.base import ProgressCallback, TargetError, TargetUnavailable
+from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
+from reconciler.targets.docker.condamap import CondaMappingError
+from reconciler.targets.docker.credentials import (
+    CredentialStore,
+    EndpointCredentials,
+    new_credentials,
+    write_private,
+)
+from reconciler.targets.docker.images import (
+    SERVER_PORT,
+    build_deployment_image,
+    build_environment_image,
+)
+from reconciler.targets.docker.options import DockerOptions
+from reconciler.targets.docker.routerimage import ensure_router_image
+
+log = structlog.get_logger("reconciler.docker")
+
+L = "reconciler."  # label prefix
+MANAGED = f"{L}managed-by"
+MANAGER = "ml-endpoint-reconciler"
+ROUTER_CONFIG_DIR = "/etc/reconciler-router"
+ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
+LOG_TAIL = 30
+_PROBE = (
+    "import sys,urllib.request\n"
+    "try:\n"
+    "    urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout={timeout})\n"
+    "except Exception:\n"
+    "    sys.exit(1)\n"
+)
+
+
+def _probe_command(port: int, path: str, timeout: int) -> list[str]:
+    script = _PROBE.format(port=port, path=path, timeout=timeout)
+    return ["/opt/venv/bin/python", "-c", script]
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One deployment container as observed."""
+
+    container: Any
+    endpoint: str
+    deployment: str
+    digest: str
+    index: int
+    state: str  # running, exited, restarting, created, ...
+    health: str | None  # healthy, unhealthy, starting, None (no health check)
+    restarts: int
+
+    @property
+    def name(self) -> str:
+        return str(self.container.name)
+
+    @property
+    def address(self) -> str:
+        return f"{self.name}:{SERVER_PORT}"
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("exited", "dead") or self.restarts > 0 or self.health == "unhealthy"
+
+
+class DockerTarget:
+    """Target protocol on the local Docker Engine."""
+
+    def __init__(
+        self,
+        options: DockerOptions,
+        *,
+        repo_root: Path,
+        client: docker.DockerClient | None = None,
+        instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    ) -> None:
+        self.options = options
+        self.name = options.name
+        self.repo_root = repo_root
+        self.instance_types = instance_types
+        self.credentials = CredentialStore(options.state_dir)
+        self._client = client
+        self._router_image: str | None = None
+
+    # --- connection ------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=120)
+                self._client.ping()
+            except docker.errors.DockerException as exc:
+                self._client = None
+                raise TargetUnavailable(f"Docker Engine not reachable: {exc}") from None
+        return self._client
+
+    def _containers(self, **labels: str) -> list[Any]:
+        filters = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
+        filters += [f"{L}{k}={v}" for k, v in labels.items()]
+        try:
+            return list(self.client.containers.list(all=True, filters={"label": filters}))
+        except docker.errors.DockerException as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+
+    # --- observe ---------------------------------------------------------------------
+
+    def observe(self) -> LiveState:
+        routers = {c.labels[f"{L}endpoint"]: c for c in self._containers(role="router")}
+        instances: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
+        for c in self._containers(role="instance"):
+            inst = _instance(c)
+            instances[(inst.endpoint, inst.deployment)].append(inst)
+        endpoints = []
+        for name in sorted(routers):
+            live = self._observe_endpoint(name, routers[name])
+            if live is not None:
+                endpoints.append(live)
+        deployments = [
+            self._observe_deployment(endpoint, deployment, group)
+            for (endpoint, deployment), group in sorted(instances.items())
+        ]
+        return LiveState(
+            endpoints=tuple(endpoints), deployments=tuple(deployments), target=self.name
+        )
+
+    def _observe_endpoint(self, name: str, router: Any) -> LiveEndpoint | None:
+        folder = self.credentials.folder(name)
+        try:
+            spec = endpoint_from_json(json.loads((folder / "endpoint.json").read_text()))
+        except FileNotFoundError:
+            spec = EndpointSpec(name)
+        config = self._read_router_config(name)
+        if config is not None:
+            spec = replace(
+                spec,
+                auth_mode=config.auth_mode,
+                traffic=config.traffic,
+                mirror_traffic=config.mirror_traffic,
+            )
+        creds = self.credentials.load(name)
+        running = router.status == "running"
+        state = ProvisioningState.SUCCEEDED if running and config else ProvisioningState.FAILED
+        uri = f"http://127.0.0.1:{creds.port}" if creds else None
+        return LiveEndpoint(
+            spec=spec,
+            provisioning_state=state,
+            scoring_uri=f"{uri}/score" if uri else None,
+            openapi_uri=f"{uri}/swagger.json" if uri else None,
+        )
+
+    def _observe_deployment(
+        self, endpoint: str, deployment: str, group: list[_Instance]
+    ) -> LiveDeployment:
+        key = ResourceKey(endpoint, deployment)
+        digests = {i.digest for i in group}
+        newest = max(group, key=lambda i: str(i.container.attrs.get("Created", "")))
+        spec: DeploymentSpec | None = None
+        digest = newest.digest
+        if len(digests) == 1:
+            with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
+                spec = deployment_from_json(json.loads(newest.container.labels[f"{L}spec"]))
+        else:
+            # A rollout stopped half-way: report a digest no spec has, so the next plan
+            # finishes the rollout.
+            digest = spec_digest({"mixed": sorted(digests)})
+        scale = ScaleSettings()
+        recorded = self.credentials.folder(endpoint) / "scale" / f"{deployment}.json"
+        with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
+            text = (
+                recorded.read_text() if recorded.exists() else newest.container.labels[f"{L}scale"]
+            )
+            scale = ScaleSettings(**json.loads(text))
+        routed = self._routed_instances(endpoint, deployment)
+        ready = [i for i in group if self._ready(i) and i.address in routed]
+        failed = [i for i in group if i.failed]
+        if failed:
+            state = ProvisioningState.FAILED
+        elif len(ready) < len(group):
+            state = ProvisioningState.UPDATING
+        else:
+            state = ProvisioningState.SUCCEEDED
+        last_error = None
+        if failed:
+            last_error = f"{failed[0].name}: {failed[0].state}/{failed[0].health}\n" + _tail(
+                failed[0].container
+            )
+        return LiveDeployment(
+            key=key,
+            digest=digest,
+            instance_count=len(group),
+            scale_settings=scale,
+            spec=spec,
+            ready_instances=len(ready),
+            provisioning_state=state,
+            last_error=last_error,
+            instance_type=newest.container.labels.get(f"{L}instance-type") or None,
+        )
+
+    def _ready(self, inst: _Instance) -> bool:
+        if inst.state != "running" or inst.failed:
+            return False
+        if inst.health == "healthy" or inst.health is None:
+            return True
+        return self._probe(inst.container)  # starting: ask it directly
+
+    def _probe(self, container: Any) -> bool:
+        try:
+            result = container.exec_run(_probe_command(SERVER_PORT, "/", 2))
+        except docker.errors.APIError:
+            return False
+        return int(result.exit_code) == 0
+
+    # --- router configuration ----------------------------------------------------------
+
+    def _router_dir(self, endpoint: str) -> Path:
+        return self.credentials.folder(endpoint) / "router"
+
+    def _read_router_config(self, endpoint: str) -> RouterConfig | None:
+        try:
+            return parse_config((self._router_dir(endpoint) / "router.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _routed_instances(self, endpoint: str, deployment: str) -> set[str]:
+        config = self._read_router_config(endpoint)
+        route = config.deployment(deployment) if config else None
+        return set(route.instances) if route else set()
+
+    def _write_router_config(self, endpoint: str, config: RouterConfig) -> None:
+        """Write the config (the router watches its folder) and push it through the admin
+        call, so the change is live when this returns."""
+        write_private(self._router_dir(endpoint) / "router.json", dump_config(config))
+        creds = self.credentials.load(endpoint)
+        if creds is None:
+            return
+        body = json.dumps(config_to_dict(config)).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{creds.port}/-/config",
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {creds.admin_secret}",
+                "Content-Type": "application/json",
+            },
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise TargetError(
+                        f"router of {endpoint} did not take its new config: {exc}",
+                        code="RouterUnavailable",
+                    ) from None
+            time.sleep(0.2)
+
+    def _router_config(self, endpoint: str) -> RouterConfig:
+        config = self._read_router_config(endpoint)
+        if config is None:
+            raise TargetError(f"endpoint {endpoint} has no router config", code="NotFound")
+        return config
+
+    def _with_route(
+        self,
+        config: RouterConfig,
+        deployment: str,
+        instances: Iterable[str],
+        spec: DeploymentSpec | None,
+    ) -> RouterConfig:
+        routes = {r.name: r for r in config.deployments}
+        current = routes.get(deployment)
+        if spec is not None:
+            rs = spec.request_settings
+            scoring_path, liveness_path = _routes_of(spec)
+            current = DeploymentRoute(
+                name=deployment,
+                request_timeout_ms=rs.request_timeout_ms,
+                max_concurrent_requests_per_instance=rs.max_concurrent_requests_per_instance,
+                max_queue_wait_ms=rs.max_queue_wait_ms,
+                scoring_path=scoring_path,
+                liveness_path=liveness_path,
+            )
+        if current is None:
+            current = DeploymentRoute(name=deployment)
+        routes[deployment] = replace(current, instances=tuple(sorted(instances)))
+        return replace(config, deployments=tuple(routes[n] for n in sorted(routes)))
+
+    # --- apply -----------------------------------------------------------------------
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+        def say(message: str) -> None:
+            if progress is not None:
+                progress(message)
+
+        handler = {
+            Action.CREATE_ENDPOINT: self._create_endpoint,
+            Action.UPDATE_ENDPOINT: self._update_endpoint,
+            Action.DELETE_ENDPOINT: self._delete_endpoint,
+            Action.CREATE_DEPLOYMENT: self._create_deployment,
+            Action.SCALE_DEPLOYMENT: self._scale_deployment,
+            Action.UPDATE_DEPLOYMENT: self._update_deployment,
+            Action.DELETE_DEPLOYMENT: self._delete_deployment,
+            Action.SET_TRAFFIC: self._set_traffic,
+            Action.SET_MIRROR_TRAFFIC: self._set_mirror_traffic,
+        }[step.action]
+        try:
+            handler(step, say)
+        except (ImageBuildError, CondaMappingError) as exc:
+            tail = getattr(exc, "log_tail", "")
+            raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None
+        except docker.errors.DockerException as exc:
+            raise TargetError(f"Docker Engine: {exc}", code="DockerError") from None
+
+    # endpoints
+
+    def _network(self, endpoint: str) -> str:
+        return f"rcl-{endpoint}"
+
+    def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.endpoint_spec
+        assert spec is not None
+        endpoint = spec.name
+        creds = self.credentials.load(endpoint)
+        if creds is None:
+            port, metrics = self._free_ports()
+            creds = new_credentials(port=port, metrics_port=metrics)
+            self.credentials.save(endpoint, creds)
+            say(f"keys generated for {endpoint} (kept in the state folder, mode 0600)")
+        write_private(
+            self.credentials.folder(endpoint) / "endpoint.json", json.dumps(to_json(spec))
+        )
+        self._ensure_network(endpoint)
+        config = self._read_router_config(endpoint) or RouterConfig(endpoint=endpoint)
+        config = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
+        write_private(self._router_dir(endpoint) / "router.json", dump_config(config))
+        self._ensure_router(endpoint, creds, say)
+
+    def _credentials_config(self, config: RouterConfig, creds: EndpointCredentials) -> RouterConfig:
+        return replace(
+            config,
+            key_hashes=(hash_key(creds.primary_key), hash_key(creds.secondary_key)),
+            token_secret=creds.token_secret_bytes,
+            admin_secret_hash=hash_key(creds.admin_secret),
+            port=ROUTER_PORT,
+            metrics_port=ROUTER_METRICS_PORT,
+            host="0.0.0.0",
+        )
+
+    def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.endpoint_spec
+        assert spec is not None
+        write_private(
+            self.credentials.folder(spec.name) / "endpoint.json", json.dumps(to_json(spec))
+        )
+        config = self._router_config(spec.name)
+        if config.auth_mode != spec.auth_mode:
+            self._write_router_config(spec.name, replace(config, auth_mode=spec.auth_mode))
+            say(f"auth_mode of {spec.name} is now {spec.auth_mode}")
+
+    def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        endpoint = step.endpoint
+        for c in self._containers(endpoint=endpoint):
+            c.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.networks.get(self._network(endpoint)).remove()
+        self.credentials.delete(endpoint)
+        say(f"endpoint {endpoint}: router, network and keys removed")
+
+    def _ensure_network(self, endpoint: str) -> None:
+        name = self._network(endpoint)
+        if not self.client.networks.list(names=[name]):
+            self.client.networks.create(
+                name,
+                driver="bridge",
+                internal=True,
+                labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}endpoint": endpoint},
+            )
+
+    def _free_ports(self) -> tuple[int, int]:
+        used = self.credentials.ports_in_use()
+        low, high = self.options.router_port_range
+        found = []
+        for port in range(low, high + 1):
+            if port in used:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            found.append(port)
+            if len(found) == 2:
+                return found[0], found[1]
+        raise TargetError(f"no free port in {low}-{high} for a router", code="NoFreePort")
+
+    def _ensure_router(
+        self, endpoint: str, creds: EndpointCredentials, say: ProgressCallback
+    ) -> None:
+        existing = self._containers(role="router", endpoint=endpoint)
+        if existing and existing[0].status == "running":
+            return
+        for c in existing:
+            c.remove(force=True)
+        image = self._router_image_tag(say)
+        container = self.client.containers.create(
+            image,
+            name=f"rcl-{endpoint}-router",
+            labels={
+                MANAGED: MANAGER,
+                f"{L}target": self.name,
+                f"{L}role": "router",
+                f"{L}endpoint": endpoint,
+            },
+            volumes={str(self._router_dir(endpoint)): {"bind": ROUTER_CONFIG_DIR, "mode": "ro"}},
+            ports={
+                f"{ROUTER_PORT}/tcp": ("127.0.0.1", creds.port),
+                f"{ROUTER_METRICS_PORT}/tcp": ("127.0.0.1", creds.metrics_port),
+            },
+            user="root",  # reads the 0600 config of the state folder
+            restart_policy={"Name": "unless-stopped"},
+            detach=True,
+        )
+        self.client.networks.get(self._network(endpoint)).connect(container)
+        container.start()
+        say(f"router of {endpoint} on 127.0.0.1:{creds.port}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{creds.port}/-/ready", timeout=2
+                ) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            container.reload()
+            if container.status == "exited":
+                break
+            time.sleep(0.2)
+        raise TargetError(
+            f"router of {endpoint} did not become ready",
+            code="RouterUnavailable",
+            log_tail=_tail(container),
+        )
+
+    def _router_image_tag(self, say: ProgressCallback) -> str:
+        if self._router_image is None:
+            base = self._base_image(say)
+            self._router_image = ensure_router_image(
+                self.client,
+                base_image=base,
+                wheel_cache=self.options.wheel_cache,
+                progress=_progress(say),
+            )
+        return self._router_image
+
+    def _base_image(self, say: ProgressCallback) -> str:
+        return ensure_base_image(self.client, self.options.base_image, progress=_progress(say))
+
+    # deployments
+
+    def _build(self, spec: DeploymentSpec, say: ProgressCallback) -> str:
+        base = self._base_image(say)
+        env_image = build_environment_image(
+            self.client,
+            spec.environment,
+            repo_root=self.repo_root,
+            base_image=base,
+            wheel_cache=self.options.wheel_cache,
+            progress=_progress(say),
+            image_map=self.options.image_map,
+        )
+        return build_deployment_image(
+            self.client,
+            spec,
+            env_image=env_image,
+            repo_root=self.repo_root,
+            progress=_progress(say),
+        )
+
+    def _instances(self, endpoint: str, deployment: str) -> list[_Instance]:
+        return sorted(
+            (
+                _instance(c)
+                for c in self._containers(endpoint=endpoint, deployment=deployment, role="instance")
+            ),
+            key=lambda i: i.index,
+        )
+
+    def _start_instances(
+        self,
+        spec: DeploymentSpec,
+        *,
+        image: str,
+        count: int,
+        first_index: int,
+        scale: ScaleSettings,
+        say: ProgressCallback,
+    ) -> list[_Instance]:
+        started = []
+        for index in range(first_index, first_index + count):
+            container = self.client.containers.create(
+                image,
+                name=f"rcl-{spec.endpoint_name}-{spec.name}-{spec.digest[7:15]}-{index}",
+                labels=self._instance_labels(spec, index=index, scale=scale),
+                environment=_environment(spec),
+                network=self._network(spec.endpoint_name),
+                healthcheck=_healthcheck(spec),
+                restart_policy={"Name": "unless-stopped"},
+                **self._limits(spec),
+            )
+            container.start()
+            started.append(_instance(container))
+        say(f"{count} instance(s) of {spec.key} started; waiting until ready")
+        self._wait_ready(spec, started)
+        return started
+
+    def _instance_labels(
+        self, spec: DeploymentSpec, *, index: int, scale: ScaleSettings
+    ) -> dict[str, str]:
+        return {
+            MANAGED: MANAGER,
+            f"{L}target": self.name,
+            f"{L}role": "instance",
+            f"{L}endpoint": spec.endpoint_name,
+            f"{L}deployment": spec.name,
+            f"{L}digest": spec.digest,
+            f"{L}index": str(index),
+            f"{L}instance-type": spec.instance_type or "",
+            f"{L}scale": json.dumps(to_json(scale)),
+            f"{L}spec": json.dumps(to_json(spec), sort_keys=True),
+        }
+
+    def _limits(self, spec: DeploymentSpec) -> dict[str, Any]:
+        kind = self.instance_types.get(spec.instance_type or "")
+        if kind is None:
+            return {}
+        scale = self.options.resource_scale
+        limits: dict[str, Any] = {
+            "nano_cpus": max(int(kind.cores * scale * 1e9), int(0.1e9)),
+            "mem_limit": max(int(kind.memory_gb * scale * 1024**3), 256 * 1024**2),
+        }
+        if kind.gpus:
+            limits["device_requests"] = [
+                docker.types.DeviceRequest(count=kind.gpus, capabilities=[["gpu"]])
+            ]
+        return limits
+
+    def _wait_ready(self, spec: DeploymentSpec, instances: list[_Instance]) -> None:
+        probe = spec.readiness_probe
+        budget = min(
+            self.options.ready_timeout_s,
+            probe.initial_delay + probe.period * probe.failure_threshold + 30,
+        )
+        deadline = time.monotonic() + budget
+        waiting = {i.name: i for i in instances}
+        while waiting:
+            for name, inst in list(waiting.items()):
+                inst.container.reload()
+                state = inst.container.attrs.get("State", {})
+                if (
+                    state.get("Status") in ("exited", "dead")
+                    or int(inst.container.attrs.get("RestartCount", 0)) > 0
+                    or state.get("Restarting")
+                ):
+                    raise TargetError(
+                        f"instance {name} of {spec.key} stopped while starting "
+                        "(init() failed or the server crashed)",
+                        code="DeploymentNotReady",
+                        log_tail=_tail(inst.container),
+                    )
+                if self._probe(inst.container):
+                    del waiting[name]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                first = next(iter(waiting.values()))
+                raise TargetError(
+                    f"{len(waiting)} instance(s) of {spec.key} not ready after {budget:.0f} s",
+                    code="Timeout",
+                    log_tail=_tail(first.container),
+                )
+            time.sleep(0.25)
+
+    def _route_instances(
+        self, endpoint: str, deployment: str, addresses: Iterable[str], spec: DeploymentSpec | None
+    ) -> None:
+        config = self._router_config(endpoint)
+        self._write_router_config(endpoint, self._with_route(config, deployment, addresses, spec))
+
+    def _remove(self, instances: Iterable[_Instance]) -> None:
+        for inst in instances:
+            with contextlib.suppress(docker.errors.NotFound):
+                inst.container.remove(force=True)
+
+    def _drain(self) -> None:
+        # Requests already sent to a removed instance finish; new ones go elsewhere.
+        time.sleep(self.options.drain_s)
+
+    def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        self._router_config(spec.endpoint_name)  # the endpoint must exist
+        # Left-overs of an earlier failed attempt go first: they are not serving.
+        self._remove(self._instances(spec.endpoint_name, spec.name))
+        image = self._build(spec, say)
+        scale = step.scale_settings or spec.scale_settings
+        started = self._start_instances(
+            spec, image=image, count=step.instance_count, first_index=0, scale=scale, say=say
+        )
+        self._route_instances(spec.endpoint_name, spec.name, [i.address for i in started], spec)
+
+    def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        current = [i for i in self._instances(step.endpoint, spec.name) if not i.failed]
+        want = step.instance_count
+        scale = step.scale_settings or spec.scale_settings
+        if want > len(current):
+            digest = current[0].digest if current else spec.digest
+            running_spec = spec
+            if current and digest != spec.digest:
+                # Scaling comes before an update: add instances of what runs now.
+                running_spec = deployment_from_json(
+                    json.loads(current[0].container.labels[f"{L}spec"])
+                )
+            image = current[0].container.image.id if current else self._build(running_spec, say)
+            first = max((i.index for i in current), default=-1) + 1
+            started = self._start_instances(
+                running_spec,
+                image=image,
+                count=want - len(current),
+                first_index=first,
+                scale=scale,
+                say=say,
+            )
+            keep = current + started
+            self._route_instances(step.endpoint, spec.name, [i.address for i in keep], None)
+        elif want < len(current):
+            keep, drop = current[:want], current[want:]
+            self._route_instances(step.endpoint, spec.name, [i.address for i in keep], None)
+            self._drain()
+            self._remove(drop)
+            say(f"{len(drop)} instance(s) of {spec.key} removed")
+        self._relabel_scale(step.endpoint, spec.name, scale)
+
+    def _relabel_scale(self, endpoint: str, deployment: str, scale: ScaleSettings) -> None:
+        """Containers carry the scale settings they were started with, and labels cannot
+        change on a running container: a change of settings alone is recorded in the state
+        folder, which observe prefers."""
+        path = self.credentials.folder(endpoint) / "scale" / f"{deployment}.json"
+        write_private(path, json.dumps(to_json(scale)))
+
+    def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
+        """Rolling update: 20% of the instances at a time (at least one); each new batch
+        ready and routed before the same number of old ones leaves the router."""
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        all_current = self._instances(step.endpoint, spec.name)
+        old = [i for i in all_current if i.digest != spec.digest]
+        kept_new = [i for i in all_current if i.digest == spec.digest and not i.failed]
+        stale_new = [i for i in all_current if i.digest == spec.digest and i.failed]
+        self._remove(stale_new)
+        image = self._build(spec, say)
+        target = step.instance_count
+        batch = max(1, int(target * 0.2))
+        next_index = max((i.index for i in all_current), default=-1) + 1
+        serving_old = [i for i in old if not i.failed]
+        self._remove([i for i in old if i.failed])
+        new = list(kept_new)
+        while len(new) < target or serving_old:
+            count = min(batch, target - len(new))
+            if count > 0:
+                started = self._start_instances(
+                    spec,
+                    image=image,
+                    count=count,
+                    first_index=next_index,
+                    scale=step.scale_settings or spec.scale_settings,
+                    say=say,
+                )
+                next_index += count
+                new.extend(started)
+            retire = serving_old[: max(count, 1)] if len(new) >= target or count > 0 else []
+            serving_old = serving_old[len(retire) :]
+            self._route_instances(
+                step.endpoint,
+                spec.name,
+                [i.address for i in new + serving_old],
+                spec,
+            )
+            if retire:
+                self._drain()
+                self._remove(retire)
+            say(f"{spec.key}: {len(new)}/{target} instances updated")
+
+    def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
+        assert step.deployment is not None
+        config = self._read_router_config(step.endpoint)
+        if config is not None and config.deployment(step.deployment) is not None:
+            routes = tuple(r for r in config.deployments if r.name != step.deployment)
+            self._write_router_config(step.endpoint, replace(config, deployments=routes))
+            self._drain()
+        self._remove(self._instances(step.endpoint, step.deployment))
+        say(f"deployment {step.endpoint}/{step.deployment} removed")
+
+    def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
+        assert step.traffic is not None
+        config = self._router_config(step.endpoint)
+        self._check_routes(config, step.traffic)
+        self._write_router_config(step.endpoint, replace(config, traffic=step.traffic))
+        say(f"traffic of {step.endpoint}: {dict(step.traffic)}")
+
+    def _set_mirror_traffic(self, step: Step, say: ProgressCallback) -> None:
+        assert step.mirror_traffic is not None
+        config = self._router_config(step.endpoint)
+        self._check_routes(config, step.mirror_traffic)
+        self._write_router_config(
+            step.endpoint, replace(config, mirror_traffic=step.mirror_traffic)
+        )
+        say(f"mirror traffic of {step.endpoint}: {dict(step.mirror_traffic)}")
+
+    def _check_routes(self, config: RouterConfig, weights: Weights) -> None:
+        for name, _ in weights:
+            route = config.deployment(name)
+            if route is None or not route.instances:
+                raise TargetError(
+                    f"deployment {config.endpoint}/{name} has no ready instance in the router",
+                    code="DeploymentNotHealthy",
+                )
+
+    # --- operations beyond the plan ----------------------------------------------------
+
+    def settle(self) -> None:
+        """Bring the routers in line with what runs: ready instances in, gone ones out.
+
+        Called at the start of a pass: heals a router whose instance list drifted (an
+        instance removed by hand, a reconciler killed between starting instances and
+        routing them), and restarts instances whose liveness failed.
+        """
+        for router in self._containers(role="router"):
+            endpoint = router.labels[f"{L}endpoint"]
+            if router.status != "running":
+                creds = self.credentials.load(endpoint)
+                if creds is not None:
+                    router.remove(force=True)
+                    self._ensure_router(endpoint, creds, lambda _m: None)
+            config = self._read_router_config(endpoint)
+            if config is None:
+                continue
+            changed = config
+            for route in config.deployments:
+                group = self._instances(endpoint, route.name)
+                for inst in group:
+                    if inst.health == "unhealthy" and inst.state == "running":
+                        log.warning("instance_restarted", instance=inst.name, reason="liveness")
+                        inst.container.restart()
+                alive = {i.address for i in group if i.state == "running" and not i.failed}
+                routed = [a for a in route.instances if a in alive]
+                digests = {i.digest for i in group if i.address in routed}
+                # Instances of the routed version that run but are not routed (a pass
+                # killed between start and route) are added once they answer.
+                extra = [
+                    i.address
+                    for i in group
+                    if i.address not in routed
+                    and i.digest in digests
+                    and i.state == "running"
+                    and self._ready(i)
+                ]
+                if routed + extra != list(route.instances):
+                    changed = self._with_route(changed, route.name, routed + extra, None)
+            if changed != config:
+                log.info("router_settled", endpoint=endpoint)
+                self._write_router_config(endpoint, changed)
+
+    def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
+        creds = self.credentials.load(endpoint)
+        if creds is None:
+            raise TargetError(f"endpoint {endpoint} has no credentials on target {self.name}")
+        return creds
+
+    def token(self, endpoint: str, *, now: float, ttl_s: int = 3600) -> dict[str, Any]:
+        creds = self.endpoint_credentials(endpoint)
+        return issue_token(creds.token_secret_bytes, endpoint, now=now, ttl_s=ttl_s)
+
+    def regenerate_key(self, endpoint: str, which: str) -> None:
+        creds = self.endpoint_credentials(endpoint).regenerated(which)
+        self.credentials.save(endpoint, creds)
+        config = self._credentials_config(self._router_config(endpoint), creds)
+        self._write_router_config(endpoint, config)
+
+    def logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        group = self._instances(endpoint, deployment)
+        if instance is not None:
+            group = [i for i in group if i.index == instance]
+        if not group:
+            raise TargetError(f"no instance of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for inst in group:
+            text = inst.container.logs(tail=lines).decode(errors="replace")
+            chunks.append(f"==> {inst.name} <==\n{text}")
+        return "\n".join(chunks)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _instance(container: Any) -> _Instance:
+    labels = container.labels
+    state = container.attrs.get("State", {})
+    health = (state.get("Health") or {}).get("Status")
+    return _Instance(
+        container=container,
+        endpoint=labels[f"{L}endpoint"],
+        deployment=labels[f"{L}deployment"],
+        digest=labels.get(f"{L}digest", ""),
+        index=int(labels.get(f"{L}index", "0")),
+        state=str(state.get("Status", container.status)),
+        health=health,
+        restarts=int(container.attrs.get("RestartCount", 0)),
+    )
+
+
+def _tail(container: Any, lines: int = LOG_TAIL) -> str:
+    try:
+        return bytes(container.logs(tail=lines)).decode(errors="replace")
+    except docker.errors.APIError:
+        return ""
+
+
+def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
+    """Scoring and liveness paths: the inference server's, or a custom container's own."""
+    config = spec.environment.inference_config
+    if config is None:
+        return "/score", "/"
+    return config.scoring_route.path, config.liveness_route.path
+
+
+def _environment(spec: DeploymentSpec) -> dict[str, str]:
+    env = {"WORKER_COUNT": str(spec.request_settings.max_concurrent_requests_per_instance)}
+    # The user's variables come last: they override ours (SPEC-REFERENCE.md).
+    env.update(dict(spec.environment_variables))
+    return env
+
+
+def _healthcheck(spec: DeploymentSpec) -> dict[str, Any] | None:
+    if spec.environment.custom_container:
+        return None
+    probe = spec.readiness_probe
+    second = 1_000_000_000
+    return {
+        "test": ["CMD", *_probe_command(SERVER_PORT, "/", probe.timeout)],
+        "interval": probe.period * second,
+        "timeout": probe.timeout * second,
+        "retries": probe.failure_threshold,
+        "start_period": probe.initial_delay * second,
+    }
+
+
+def _progress(say: ProgressCallback) -> Any:
+    def callback(event: str, message: str) -> None:
+        say(message)
+
+    return callback
