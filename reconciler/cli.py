@@ -481,5 +481,106 @@ def invoke(
         click.echo(body)
 
 
+@main.command()
+@click.option("--repo", default=None, help="A local checkout (default: the current folder).")
+@click.option("--url", default=None, help="A remote repository to clone and fetch.")
+@click.option("--branch", default="main", show_default=True, help="With --url: the branch.")
+@click.option("--subdir", default="", help="With --url: the repository's folder in it.")
+@click.option("--target", "target_name", default=None)
+@click.option("--interval", default=30.0, show_default=True, help="Seconds between passes.")
+@click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
+@click.option("--worktree", is_flag=True, help="Reconcile uncommitted edits too (local dev).")
+@click.option("--prune", is_flag=True)
+@click.option("--metrics-port", type=int, default=None, help="Health, readiness, metrics.")
+@click.option("--webhook-port", type=int, default=None, help="GitHub/GitLab push webhooks.")
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Shared secret of the webhook (or RECONCILER_WEBHOOK_SECRET).",
+)
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address of the ports.")
+@click.option("--cache-dir", default=None, help="Where remote repositories are cloned.")
+def watch(
+    repo: str | None,
+    url: str | None,
+    branch: str,
+    subdir: str,
+    target_name: str | None,
+    interval: float,
+    status_branch: str | None,
+    worktree: bool,
+    prune: bool,
+    metrics_port: int | None,
+    webhook_port: int | None,
+    webhook_secret_file: str | None,
+    listen: str,
+    cache_dir: str | None,
+) -> None:
+    """Reconcile continuously: on every commit, webhook and interval; write status to git."""
+    import os
+
+    from reconciler.daemon import (
+        Daemon,
+        LocalSource,
+        RemoteSource,
+        WatchOptions,
+        default_lock_path,
+    )
+
+    if url and repo:
+        fail("give --repo or --url, not both")
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    work = state_home / "ml-endpoint-reconciler"
+    try:
+        if url:
+            source: LocalSource | RemoteSource = RemoteSource(
+                url,
+                branch=branch,
+                cache_dir=Path(cache_dir) if cache_dir else work / "clones",
+                subdir=subdir,
+            )
+            source.refresh()
+        else:
+            path = Path(repo or ".").resolve()
+            import hashlib
+
+            build_dir = work / "builds" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+            source = LocalSource(path, worktree=worktree, build_dir=build_dir)
+        tree, _, root = source.current()
+    except GitSourceError as exc:
+        fail(str(exc))
+    config = repo_config(tree)
+    target = open_target(
+        target_name,
+        config,
+        source=Source(path=root, git=source.git, worktree=True),
+        status_dir=None,
+    )
+    if isinstance(target, StatusTarget):
+        fail("watch needs a real target, not the status files")
+    secret = os.environ.get("RECONCILER_WEBHOOK_SECRET")
+    if webhook_secret_file:
+        secret = Path(webhook_secret_file).read_text().strip()
+    if webhook_port is not None and not secret:
+        fail("a webhook port needs a secret: --webhook-secret-file or RECONCILER_WEBHOOK_SECRET")
+    daemon = Daemon(
+        source,
+        target,
+        WatchOptions(
+            interval_s=interval,
+            prune=prune or config.prune,
+            status_branch=status_branch or config.status_branch,
+            lock_path=default_lock_path(target.name),
+            metrics_port=metrics_port,
+            webhook_port=webhook_port,
+            webhook_secret=secret,
+            host=listen,
+        ),
+    )
+    daemon.install_signal_handlers()
+    daemon.run()
+
+
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ reconciler's own commits cannot look like a user's edit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,14 @@ from reconciler.filetree import DirectoryTree
 DEFAULT_STATUS_BRANCH = "reconcile-status"
 COMMITTER_NAME = "reconciler"
 COMMITTER_EMAIL = "reconciler@localhost"
+
+
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": COMMITTER_NAME,
+    "GIT_AUTHOR_EMAIL": COMMITTER_EMAIL,
+    "GIT_COMMITTER_NAME": COMMITTER_NAME,
+    "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
+}
 
 
 class GitSourceError(Exception):
@@ -171,6 +180,20 @@ class GitSource:
         tree = GitTree(self.repo, commit)
         return SubTree(tree, self.subdir) if self.subdir else tree
 
+    def export(self, commit: str, dest: Path) -> Path:
+        """A private linked worktree at `dest`, checked out at `commit`; returns the
+        repository folder in it. Builds read these files: exactly the commit's, whatever
+        is uncommitted in the user's checkout."""
+        if not (dest / ".git").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.repo.git.worktree("prune")
+            self.repo.git.worktree("add", "--detach", "--force", str(dest), commit)
+        else:
+            other = git.Repo(dest)
+            other.git.checkout("--force", "--detach", commit)
+            other.git.clean("-ffdx", "--quiet")
+        return dest / self.subdir if self.subdir else dest
+
     def working_tree(self) -> DirectoryTree:
         return DirectoryTree(self.root / self.subdir)
 
@@ -205,14 +228,8 @@ class GitSource:
         parent = self._branch_commit(branch)
         if parent is not None and self.repo.commit(parent).tree.hexsha == tree:
             return StatusCommit(branch, None)
-        env = {
-            "GIT_AUTHOR_NAME": COMMITTER_NAME,
-            "GIT_AUTHOR_EMAIL": COMMITTER_EMAIL,
-            "GIT_COMMITTER_NAME": COMMITTER_NAME,
-            "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
-        }
         args = [tree, "-m", message] + (["-p", parent] if parent else [])
-        commit = self.repo.git.commit_tree(*args, env=env).strip()
+        commit = self.repo.git.commit_tree(*args, env=_IDENTITY).strip()
         # Compare-and-swap: a concurrent writer makes this fail instead of losing its commit.
         self.repo.git.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
         return StatusCommit(branch, commit)
@@ -248,6 +265,84 @@ class GitSource:
             check=True,
         )
         return done.stdout.decode().strip()
+
+
+class PushRejected(GitSourceError):
+    """The remote refused the status branch (moved on, a hook, or it is unreachable)."""
+
+
+class RemoteCheckout(GitSource):
+    """A clone of a remote repository kept in a cache folder, fetched on demand.
+
+    Its working tree is checked out (detached) at the reconciled commit: images are built
+    from these files, which are exactly the commit's. Nobody edits this clone by hand.
+    """
+
+    def __init__(self, url: str, *, branch: str, cache_dir: Path, subdir: str = "") -> None:
+        self.url = url
+        self.branch = branch
+        name = hashlib.sha256(url.encode()).hexdigest()[:16]
+        folder = cache_dir / name
+        if not (folder / ".git").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                git.Repo.clone_from(url, folder, branch=branch, no_checkout=True)
+            except git.GitCommandError as exc:
+                raise GitSourceError(
+                    f"cannot clone {url} (branch {branch}): {_first_line(exc)}"
+                ) from None
+        super().__init__(folder)
+        # The sub-folder may not be checked out yet: it is a path inside the tree.
+        self.subdir = subdir.strip("/")
+
+    def fetch(self) -> str:
+        """Fetch the branch (and the status branch's remote tip); returns the branch's commit."""
+        try:
+            self.repo.git.fetch(
+                "--prune", "origin", f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"
+            )
+        except git.GitCommandError as exc:
+            raise GitSourceError(f"cannot fetch {self.url}: {_first_line(exc)}") from None
+        return self.resolve(f"refs/remotes/origin/{self.branch}")
+
+    def checkout(self, commit: str) -> None:
+        self.repo.git.checkout("--force", "--detach", commit)
+        self.repo.git.clean("-ffdx", "--quiet")
+
+    def push_status(self, branch: str = DEFAULT_STATUS_BRANCH) -> None:
+        """Push the local status branch; on rejection, replay its files onto the remote's
+        tip (the remote moved on) so that the next try is a fast-forward."""
+        local = self._branch_commit(branch)
+        if local is None:
+            return
+        try:
+            self.repo.git.push("origin", f"refs/heads/{branch}:refs/heads/{branch}")
+            return
+        except git.GitCommandError as exc:
+            reason = _first_line(exc)
+        # Rebase our files onto whatever the remote has, for the next attempt.
+        try:
+            self.repo.git.fetch("origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+            remote_tip = self.resolve(f"refs/remotes/origin/{branch}")
+        except (git.GitCommandError, GitSourceError):
+            raise PushRejected(f"status push to {self.url} failed: {reason}") from None
+        _, files = self.read_status(branch)
+        message = str(self.repo.commit(local).message)
+        tree = self._make_tree({p: t.encode() for p, t in files.items()})
+        if self.repo.commit(remote_tip).tree.hexsha != tree:
+            commit = self.repo.git.commit_tree(
+                tree, "-m", message, "-p", remote_tip, env=_IDENTITY
+            ).strip()
+        else:
+            commit = remote_tip
+        self.repo.git.update_ref(f"refs/heads/{branch}", commit, local)
+        raise PushRejected(f"status push to {self.url} rejected ({reason}); replayed onto its tip")
+
+
+def _first_line(exc: git.GitCommandError) -> str:
+    text = str(exc.stderr or exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "stderr:" not in line]
+    return lines[-1] if lines else text[:200]
 
 
 class SubTree:

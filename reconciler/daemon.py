@@ -1,0 +1,545 @@
+"""`reconcile watch`: the loop of DESIGN.md for as long as the process lives.
+
+Triggers (a commit in the local checkout, a fetch interval, a webhook, the periodic drift
+pass) only set a flag; one pass thread runs passes one at a time, and triggers that arrive
+during a pass collapse into one next pass, which starts from the newest commit. Every pass
+is level-based (newest commit + what the target shows now), so a newer commit supersedes a
+failing one and a restart at any moment converges to the same end state: nothing of the
+daemon's own state is needed after a restart.
+
+One writer per target: a file lock; a second daemon waits (and says so in its log and on
+its health endpoint) until the first one stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from reconciler.engine import PassResult, run_pass
+from reconciler.filetree import DirectoryTree, FileTree
+from reconciler.gitsource import (
+    DEFAULT_STATUS_BRANCH,
+    GitSource,
+    GitSourceError,
+    PushRejected,
+    RemoteCheckout,
+)
+from reconciler.model.results import Outcome
+from reconciler.status import render_status
+from reconciler.targets.base import Target, TargetError, TargetUnavailable
+
+log = structlog.get_logger("reconciler.daemon")
+
+MAX_BACKOFF_S = 300.0
+
+
+# --- sources ------------------------------------------------------------------------
+
+
+class LocalSource:
+    """A checkout on this machine. HEAD of its branch by default; the working tree (with
+    uncommitted edits) when `worktree` is set, for local development."""
+
+    def __init__(self, path: Path, *, worktree: bool, build_dir: Path) -> None:
+        self.git = GitSource(path)
+        self.path = path
+        self.worktree = worktree
+        self.build_dir = build_dir
+
+    def refresh(self) -> None:
+        """Nothing to fetch: the checkout is the source."""
+
+    def current(self) -> tuple[FileTree, str | None, Path]:
+        """The tree to reconcile, its commit, and the folder images are built from."""
+        if self.worktree or not self.git.has_commits():
+            return DirectoryTree(self.path), None, self.path.resolve()
+        commit = self.git.resolve("HEAD")
+        root = self.git.export(commit, self.build_dir)
+        return self.git.tree(commit), commit, root
+
+    def watch_paths(self) -> list[Path]:
+        if self.worktree:
+            return [self.path]
+        return [Path(self.git.repo.git_dir)]
+
+    def is_trigger(self, path: str, status_branch: str) -> bool:
+        """A change the daemon must react to; its own status commits are not one."""
+        if self.worktree:
+            return "/.git/" not in path and not path.endswith("/.git")
+        name = Path(path).name
+        if status_branch in path or "worktrees" in path or name.endswith(".lock"):
+            return False
+        return name in ("HEAD", "packed-refs", "ORIG_HEAD") or "/refs/heads/" in path
+
+    def push_status(self, branch: str) -> None:
+        """A local checkout keeps its status branch locally."""
+
+
+class RemoteSource:
+    """A remote repository: cloned into a cache folder, fetched on every refresh."""
+
+    def __init__(self, url: str, *, branch: str, cache_dir: Path, subdir: str = "") -> None:
+        self.git = RemoteCheckout(url, branch=branch, cache_dir=cache_dir, subdir=subdir)
+        self.commit: str | None = None
+
+    def refresh(self) -> None:
+        self.commit = self.git.fetch()
+
+    def current(self) -> tuple[FileTree, str | None, Path]:
+        if self.commit is None:
+            self.refresh()
+        assert self.commit is not None
+        self.git.checkout(self.commit)
+        root = self.git.root / self.git.subdir if self.git.subdir else self.git.root
+        return self.git.tree(self.commit), self.commit, root
+
+    def watch_paths(self) -> list[Path]:
+        return []
+
+    def is_trigger(self, path: str, status_branch: str) -> bool:
+        return False
+
+    def push_status(self, branch: str) -> None:
+        self.git.push_status(branch)
+
+
+Source = LocalSource | RemoteSource
+
+
+# --- metrics and health ---------------------------------------------------------------
+
+
+@dataclass
+class DaemonState:
+    """What the health endpoint and the metrics report; written by the pass thread."""
+
+    started: float = field(default_factory=time.time)
+    phase: str = "starting"  # starting, waiting_for_lock, idle, reconciling, stopping
+    last_success: float | None = None
+    last_commit: str | None = None
+    last_error: str | None = None
+    target_reachable: bool = True
+    pending_push: bool = False
+
+
+class Metrics:
+    def __init__(self, state: DaemonState) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.passes = Counter("reconciler_passes", "Passes run", ["result"], registry=r)
+        self.duration = Histogram(
+            "reconciler_pass_duration_seconds",
+            "Duration of a pass",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.errors = Counter("reconciler_errors", "Errors of passes", ["kind"], registry=r)
+        self.drift = Counter(
+            "reconciler_drift_corrections", "Steps applied with no new commit", registry=r
+        )
+        self.info = Gauge(
+            "reconciler_last_reconciled_commit_info",
+            "The commit of the last successful pass",
+            ["commit"],
+            registry=r,
+        )
+        since = Gauge(
+            "reconciler_seconds_since_last_success",
+            "Seconds since the last successful pass (since start if none)",
+            registry=r,
+        )
+        since.set_function(lambda: time.time() - (state.last_success or state.started))
+        reachable = Gauge("reconciler_target_reachable", "1 when the target answers", registry=r)
+        reachable.set_function(lambda: 1.0 if state.target_reachable else 0.0)
+
+
+# --- the daemon ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    interval_s: float = 30.0
+    prune: bool = False
+    status_branch: str = DEFAULT_STATUS_BRANCH
+    lock_path: Path | None = None
+    metrics_port: int | None = None
+    webhook_port: int | None = None
+    webhook_secret: str | None = None
+    host: str = "127.0.0.1"
+
+
+class Daemon:
+    def __init__(
+        self,
+        source: Source,
+        target: Target,
+        options: WatchOptions,
+        *,
+        on_pass: Callable[[PassResult], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.options = options
+        self.state = DaemonState()
+        self.metrics = Metrics(self.state)
+        self.on_pass = on_pass
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._fetch_wanted = threading.Event()
+        self._servers: list[ThreadingHTTPServer] = []
+        self._threads: list[threading.Thread] = []
+        self.trigger_times: list[tuple[str, float]] = []  # for the benchmark: (why, when)
+        self.pass_starts: list[float] = []
+
+    # triggers
+
+    def trigger(self, why: str, *, fetch: bool = False) -> None:
+        self.trigger_times.append((why, time.monotonic()))
+        if fetch:
+            self._fetch_wanted.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self.state.phase = "stopping"
+        self._stop.set()
+        self._wake.set()
+
+    # running
+
+    def run(self) -> None:
+        """Run until stop(): serve, hold the lock, pass whenever triggered or due."""
+        self._serve()
+        self._watch_files()
+        try:
+            with self._leader_lock():
+                if self._stop.is_set():
+                    return
+                self._loop()
+        finally:
+            for server in self._servers:
+                server.shutdown()
+            self.state.phase = "stopped"
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    @contextlib.contextmanager
+    def _leader_lock(self) -> Iterator[None]:
+        path = self.options.lock_path
+        if path is None:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            said = False
+            while not self._stop.is_set():
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not said:
+                        log.warning(
+                            "waiting_for_lock",
+                            lock=str(path),
+                            reason="another daemon applies to this target",
+                        )
+                        said = True
+                    self.state.phase = "waiting_for_lock"
+                    self._stop.wait(0.5)
+            else:
+                yield
+                return
+            log.info("lock_acquired", lock=str(path))
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        next_due = 0.0  # the first pass runs at once
+        while not self._stop.is_set():
+            wait = max(0.0, next_due - time.monotonic())
+            self.state.phase = "idle"
+            woke = self._wake.wait(timeout=wait)
+            if self._stop.is_set():
+                break
+            self._wake.clear()
+            reason = "trigger" if woke else "interval"
+            ok = self._one_pass(reason, fetch=self._fetch_wanted.is_set() or not woke)
+            self._fetch_wanted.clear()
+            if ok:
+                backoff = 0.0
+                next_due = time.monotonic() + self.options.interval_s
+            else:
+                backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
+                next_due = time.monotonic() + min(backoff, self.options.interval_s)
+                log.info("retry_scheduled", in_s=round(backoff, 1))
+
+    def _one_pass(self, reason: str, *, fetch: bool) -> bool:
+        started = time.monotonic()
+        self.pass_starts.append(started)
+        self.state.phase = "reconciling"
+        log.info("pass_started", reason=reason)
+        try:
+            if fetch:
+                self.source.refresh()
+            tree, revision, root = self.source.current()
+            if hasattr(self.target, "repo_root"):
+                # A building target reads the commit's own files (a private checkout of
+                # it), never the user's uncommitted edits.
+                self.target.repo_root = root
+            result = run_pass(
+                tree,
+                self.target,
+                prune=self.options.prune,
+                dry_run=False,
+                revision=revision,
+                write_status=self._write_status,
+                should_stop=self._stop.is_set,
+            )
+        except TargetUnavailable as exc:
+            self._failed("target_unreachable", str(exc), started)
+            self.state.target_reachable = False
+            return False
+        except (TargetError, GitSourceError) as exc:
+            self._failed("pass_error", str(exc), started)
+            return False
+        self.state.target_reachable = True
+        seconds = time.monotonic() - started
+        self.metrics.duration.observe(seconds)
+        applied = sum(1 for r in result.results if r.outcome == Outcome.SUCCEEDED)
+        if revision is not None and revision == self.state.last_commit and applied:
+            self.metrics.drift.inc(applied)
+            log.info("drift_corrected", steps=applied, commit=revision)
+        failed = result.failed
+        self.metrics.passes.labels("failed" if failed else "succeeded").inc()
+        if result.plan.errors:
+            self.metrics.errors.labels("invalid_desired_state").inc()
+            self.state.last_error = f"{len(result.plan.errors)} error(s) in {revision}"
+        elif failed:
+            self.metrics.errors.labels("step_failed").inc()
+            self.state.last_error = "a step failed"
+        else:
+            self.state.last_error = None
+            self.state.last_success = time.time()
+            self.metrics.info.clear()
+            self.metrics.info.labels(revision or "working-tree").set(1)
+        self.state.last_commit = revision
+        log.info(
+            "pass_finished",
+            commit=revision,
+            steps=len(result.plan.steps),
+            errors=len(result.plan.errors),
+            failed=failed,
+            seconds=round(seconds, 3),
+        )
+        if self.on_pass is not None:
+            self.on_pass(result)
+        self._push_status()
+        # An invalid commit is not retried sooner: only a new commit can fix it.
+        return not failed or bool(result.plan.errors)
+
+    def _failed(self, kind: str, message: str, started: float) -> None:
+        self.metrics.errors.labels(kind).inc()
+        self.metrics.passes.labels("failed").inc()
+        self.metrics.duration.observe(time.monotonic() - started)
+        self.state.last_error = message
+        log.warning("pass_failed", kind=kind, error=message)
+        if kind == "target_unreachable":
+            self._record_unreachable(message)
+
+    def _record_unreachable(self, message: str) -> None:
+        """Status says the target cannot be reached, keeping what was last observed."""
+        git_source = self.source.git
+        try:
+            _, files = git_source.read_status(self.options.status_branch)
+            updated = {}
+            for path, text in files.items():
+                doc = yaml.safe_load(text) or {}
+                doc["target_reachable"] = False
+                doc["last_error"] = f"TargetUnavailable: {message}"
+                updated[path] = render_status(doc)
+            if updated:
+                self._write_status(updated, f"target {self.target.name} unreachable")
+                self._push_status()
+        except (GitSourceError, OSError) as exc:
+            log.warning("status_not_written", error=str(exc))
+
+    def _write_status(self, files: Mapping[str, str], message: str) -> None:
+        commit = self.source.git.write_status(
+            files, message=message, branch=self.options.status_branch
+        )
+        if commit.commit is not None:
+            log.info("status_committed", commit=commit.commit, branch=commit.branch)
+            self.state.pending_push = True
+
+    def _push_status(self) -> None:
+        if not self.state.pending_push:
+            return
+        try:
+            self.source.push_status(self.options.status_branch)
+            self.state.pending_push = False
+        except (PushRejected, GitSourceError) as exc:
+            # Kept locally; the next pass (soon, with backoff) tries again.
+            log.warning("status_push_failed", error=str(exc))
+            self._wake_after(2.0)
+
+    def _wake_after(self, seconds: float) -> None:
+        timer = threading.Timer(seconds, self._wake.set)
+        timer.daemon = True
+        timer.start()
+
+    # file watching
+
+    def _watch_files(self) -> None:
+        paths = self.source.watch_paths()
+        if not paths:
+            return
+        import watchfiles
+
+        def watch() -> None:
+            for changes in watchfiles.watch(
+                *paths,
+                stop_event=self._stop,
+                # watchfiles' default filter drops everything under .git: our own filter
+                # (is_trigger) decides instead.
+                watch_filter=None,
+                debounce=50,
+                step=20,
+                yield_on_timeout=False,
+                rust_timeout=1000,
+                raise_interrupt=False,
+            ):
+                relevant = [
+                    p for _, p in changes if self.source.is_trigger(p, self.options.status_branch)
+                ]
+                if relevant:
+                    self.trigger(f"change:{Path(relevant[0]).name}")
+
+        thread = threading.Thread(target=watch, name="watch", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # HTTP: health, readiness, metrics; webhooks
+
+    def _serve(self) -> None:
+        if self.options.metrics_port is not None:
+            self._start_server(self.options.metrics_port, _ops_handler(self))
+        if self.options.webhook_port is not None:
+            self._start_server(self.options.webhook_port, _webhook_handler(self))
+
+    def _start_server(self, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        server = ThreadingHTTPServer((self.options.host, port), handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True)
+        thread.start()
+        self._servers.append(server)
+        self._threads.append(thread)
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(s.server_address[1]) for s in self._servers]
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access logs of health checks would drown the daemon's own."""
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _ops_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
+    class Ops(_Quiet):
+        def do_GET(self) -> None:
+            state = daemon.state
+            if self.path == "/metrics":
+                self._send(
+                    200, generate_latest(daemon.metrics.registry), "text/plain; version=0.0.4"
+                )
+            elif self.path == "/healthz":
+                body = {
+                    "phase": state.phase,
+                    "last_commit": state.last_commit,
+                    "last_error": state.last_error,
+                    "target_reachable": state.target_reachable,
+                    "seconds_since_last_success": None
+                    if state.last_success is None
+                    else round(time.time() - state.last_success, 1),
+                }
+                self._send(200, json.dumps(body).encode())
+            elif self.path == "/readyz":
+                ready = state.phase in ("idle", "reconciling") and state.last_success is not None
+                self._send(
+                    200 if ready else 503,
+                    json.dumps({"ready": ready, "phase": state.phase}).encode(),
+                )
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+    return Ops
+
+
+def verify_webhook(headers: Mapping[str, str], body: bytes, secret: str) -> bool:
+    """GitHub (X-Hub-Signature-256: sha256=HMAC) or GitLab (X-Gitlab-Token) deliveries."""
+    signature = headers.get("X-Hub-Signature-256")
+    if signature is not None:
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(signature.encode(), expected.encode())
+    token = headers.get("X-Gitlab-Token")
+    if token is not None:
+        return hmac.compare_digest(token.encode(), secret.encode())
+    return False
+
+
+def _webhook_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
+    class Webhook(_Quiet):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 25 * 1024 * 1024:
+                self._send(413, b'{"error": "too large"}')
+                return
+            body = self.rfile.read(length)
+            secret = daemon.options.webhook_secret
+            headers = {k: v for k, v in self.headers.items()}
+            if not secret or not verify_webhook(headers, body, secret):
+                log.warning("webhook_refused", client=self.client_address[0])
+                self._send(401, b'{"error": "unauthorized"}')
+                return
+            event = self.headers.get("X-GitHub-Event") or self.headers.get("X-Gitlab-Event")
+            daemon.trigger(f"webhook:{event}", fetch=True)
+            self._send(202, b'{"accepted": true}')
+
+    return Webhook
+
+
+def default_lock_path(target_name: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ml-endpoint-reconciler" / "locks" / f"{target_name}.lock"

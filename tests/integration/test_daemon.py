@@ -1,0 +1,341 @@
+"""The daemon against real git repositories (a bare remote and clones in temporary
+folders), applying to the in-memory target: triggers, status commits, failures, locks,
+webhooks. The Docker-backed cases (drift, SIGKILL mid-rollout) are in test_daemon_docker.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from repo_builder import RepoBuilder
+
+from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions, verify_webhook
+from reconciler.gitsource import DEFAULT_STATUS_BRANCH
+from reconciler.model.specs import weight_of
+from reconciler.targets.memory import MemoryTarget
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def blue_green(repo: RepoBuilder, *, blue: int = 90, green: int = 10) -> None:
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint("my-endpoint", traffic={"blue": blue, "green": green})
+    repo.deployment("my-endpoint", "blue")
+    repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
+
+
+class Running:
+    """A daemon in a thread, stopped at the end of the test."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.thread = threading.Thread(target=daemon.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def make(
+        source: LocalSource | RemoteSource, target: MemoryTarget, **options: object
+    ) -> Running:
+        opts = WatchOptions(**{"interval_s": 60.0, **options})  # type: ignore[arg-type]
+        r = Running(Daemon(source, target, opts))
+        running.append(r)
+        return r
+
+    yield make
+    for r in running:
+        r.stop()
+
+
+def status_doc(repo: RepoBuilder, endpoint: str = "my-endpoint") -> dict[str, object] | None:
+    try:
+        text = repo.git("show", f"{DEFAULT_STATUS_BRANCH}:status/{endpoint}.yaml")
+    except subprocess.CalledProcessError:
+        return None
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def local(repo: RepoBuilder, tmp_path: Path) -> LocalSource:
+    return LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
+
+
+def test_a_commit_is_applied_and_its_status_commit_appears(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    first = repo.commit("blue and green")
+    target = MemoryTarget()
+    start(local(repo, tmp_path), target)
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == first, what="first status")
+    assert target.observe().traffic_of("my-endpoint") == (("blue", 90), ("green", 10))
+
+    repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
+    second = repo.commit("50/50")
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == second, what="second status")
+    doc = status_doc(repo)
+    assert doc is not None and doc["traffic"] == {"blue": 50, "green": 50}
+    message = repo.git("log", "-1", "--format=%s", DEFAULT_STATUS_BRANCH)
+    assert second in message
+    # The status commit did not move the user's branch nor trigger a pass of its own.
+    assert repo.git("rev-parse", "HEAD") == second
+    count = len(repo.git("rev-list", DEFAULT_STATUS_BRANCH).split())
+    time.sleep(1.0)
+    assert len(repo.git("rev-list", DEFAULT_STATUS_BRANCH).split()) == count
+
+
+def test_an_invalid_commit_changes_nothing_and_status_names_the_error(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    first = repo.commit("good")
+    target = MemoryTarget()
+    start(local(repo, tmp_path), target)
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == first)
+    before = target.observe()
+    repo.endpoint("my-endpoint", traffic={"blue": 70, "green": 70})
+    bad = repo.commit("bad traffic")
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == bad)
+    doc = status_doc(repo)
+    assert doc is not None
+    errors = doc["errors"]
+    assert isinstance(errors, list) and errors
+    assert errors[0]["file"] == "endpoints/my-endpoint/endpoint.yml"
+    assert errors[0]["line"] is not None
+    assert target.observe() == before  # the last good state keeps serving
+
+    # The next good commit supersedes the broken one.
+    repo.endpoint("my-endpoint", traffic={"blue": 20, "green": 80})
+    fixed = repo.commit("fixed")
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == fixed)
+    assert weight_of(target.observe().traffic_of("my-endpoint"), "green") == 80
+
+
+def test_two_quick_commits_end_in_the_state_of_the_second(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    target = MemoryTarget()
+    r = start(local(repo, tmp_path), target)
+    wait_for(lambda: status_doc(repo) is not None)
+    passes_before = len(r.daemon.pass_starts)
+    repo.endpoint("my-endpoint", traffic={"blue": 60, "green": 40})
+    repo.commit("one")
+    repo.endpoint("my-endpoint", traffic={"blue": 30, "green": 70})
+    last = repo.commit("two")
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == last)
+    assert target.observe().traffic_of("my-endpoint") == (("blue", 30), ("green", 70))
+    # Triggers during a pass collapse: far fewer passes than file events.
+    assert len(r.daemon.pass_starts) - passes_before <= 3
+
+
+def test_drift_is_healed_by_the_periodic_pass(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    first = repo.commit("base")
+    target = MemoryTarget()
+    r = start(local(repo, tmp_path), target, interval_s=0.5)
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == first)
+    # Someone changes the weights by hand on the target.
+    endpoint = target.endpoints["my-endpoint"]
+    from dataclasses import replace
+
+    target.endpoints["my-endpoint"] = replace(
+        endpoint, spec=replace(endpoint.spec, traffic=(("blue", 100),))
+    )
+    wait_for(lambda: target.observe().traffic_of("my-endpoint") == (("blue", 90), ("green", 10)))
+    metrics = r.daemon.metrics.registry.get_sample_value("reconciler_drift_corrections_total")
+    assert metrics is not None and metrics >= 1
+
+
+def test_status_is_pushed_to_the_remote_and_a_rejected_push_is_retried(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(remote)], check=True)
+    # The remote refuses the first push of the status branch, then accepts.
+    marker = tmp_path / "refuse-once"
+    marker.write_text("x")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        f"#!/bin/sh\nif [ -f {marker} ]; then rm {marker}; echo refused >&2; exit 1; fi\nexit 0\n"
+    )
+    hook.chmod(0o755)
+    source = RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache")
+    start(source, MemoryTarget())
+
+    def remote_status() -> str | None:
+        done = subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                str(remote),
+                "show",
+                f"{DEFAULT_STATUS_BRANCH}:status/my-endpoint.yaml",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout if done.returncode == 0 else None
+
+    wait_for(lambda: remote_status() is not None, timeout=30, what="status on the remote")
+    assert not marker.exists()  # it was refused once, then landed
+    doc = yaml.safe_load(remote_status() or "")
+    assert doc["traffic"] == {"blue": 90, "green": 10}
+
+
+def test_a_webhook_triggers_a_fetch_and_a_bad_signature_is_refused(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(remote)], check=True)
+    repo.git("remote", "add", "origin", str(remote))
+    target = MemoryTarget()
+    secret = "s3cret"
+    r = start(
+        RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache"),
+        target,
+        webhook_port=0,
+        webhook_secret=secret,
+        interval_s=3600,
+    )
+    wait_for(lambda: bool(r.daemon.ports), what="webhook port")
+    wait_for(lambda: target.observe().endpoint("my-endpoint") is not None)
+    port = r.daemon.ports[0]
+    repo.endpoint("my-endpoint", traffic={"blue": 10, "green": 90})
+    repo.commit("shift")
+    repo.git("push", "-q", "origin", "main")
+
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+
+    def post(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert post({"X-Hub-Signature-256": "sha256=" + "0" * 64}) == 401
+    assert post({"X-Gitlab-Token": "wrong"}) == 401
+    assert post({}) == 401
+    time.sleep(0.5)
+    assert weight_of(target.observe().traffic_of("my-endpoint"), "green") == 10  # not fetched
+    good = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert post({"X-Hub-Signature-256": good, "X-GitHub-Event": "push"}) == 202
+    wait_for(lambda: weight_of(target.observe().traffic_of("my-endpoint"), "green") == 90)
+
+
+def test_webhook_signatures() -> None:
+    body = b'{"a": 1}'
+    sig = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert verify_webhook({"X-Hub-Signature-256": sig}, body, "k")
+    assert not verify_webhook({"X-Hub-Signature-256": sig}, body + b" ", "k")
+    assert verify_webhook({"X-Gitlab-Token": "k"}, body, "k")
+    assert not verify_webhook({}, body, "k")
+
+
+class CountingTarget(MemoryTarget):
+    """Records overlapping applies across daemons sharing it."""
+
+    active = 0
+    overlap = False
+    lock = threading.Lock()
+
+    def apply(self, step, *, progress=None):  # type: ignore[no-untyped-def]
+        with CountingTarget.lock:
+            CountingTarget.active += 1
+            if CountingTarget.active > 1:
+                CountingTarget.overlap = True
+        try:
+            time.sleep(0.05)
+            super().apply(step, progress=progress)
+        finally:
+            with CountingTarget.lock:
+                CountingTarget.active -= 1
+
+
+def test_two_daemons_on_one_target_never_apply_at_once(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    target = CountingTarget()
+    lock = tmp_path / "locks" / "memory.lock"
+    first = start(local(repo, tmp_path), target, lock_path=lock, metrics_port=0)
+    second = start(
+        LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build2"),
+        target,
+        lock_path=lock,
+        metrics_port=0,
+    )
+    wait_for(
+        lambda: first.daemon.state.phase != "starting" and second.daemon.state.phase != "starting"
+    )
+    wait_for(lambda: "waiting_for_lock" in (first.daemon.state.phase, second.daemon.state.phase))
+    waiting = first if first.daemon.state.phase == "waiting_for_lock" else second
+    health = json.loads(
+        urllib.request.urlopen(f"http://127.0.0.1:{waiting.daemon.ports[0]}/healthz").read()
+    )
+    assert health["phase"] == "waiting_for_lock"
+    for traffic in ({"blue": 40, "green": 60}, {"blue": 80, "green": 20}):
+        repo.endpoint("my-endpoint", traffic=traffic)
+        repo.commit(f"shift {traffic}")
+    wait_for(lambda: target.observe().traffic_of("my-endpoint") == (("blue", 80), ("green", 20)))
+    assert not CountingTarget.overlap
+    # When the leader stops, the other takes over.
+    leader = second if waiting is first else first
+    leader.stop()
+    wait_for(lambda: waiting.daemon.state.phase in ("idle", "reconciling"))
+
+
+def test_health_readiness_and_metrics_endpoints(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    r = start(local(repo, tmp_path), MemoryTarget(), metrics_port=0)
+    wait_for(lambda: r.daemon.state.last_success is not None)
+    port = r.daemon.ports[0]
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz")
+    assert ready.status == 200
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'reconciler_passes_total{result="succeeded"}' in metrics
+    assert "reconciler_seconds_since_last_success" in metrics
+    assert "reconciler_last_reconciled_commit_info" in metrics
