@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Debian packages the Docker tests and the demo use: debootstrap builds the local Python
+# base image where no image can be pulled; docker-registry serves image-push tests.
+SYSTEM_PACKAGES ?= debootstrap docker-registry
 
-.PHONY: setup test lint unit integration demo bench clean
+.PHONY: setup system-deps test lint unit integration demo bench clean
 
 $(BIN)/reconcile: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +14,19 @@ $(BIN)/reconcile: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/reconcile
+# Installs missing Debian packages when this runs as root with apt; otherwise says what
+# is missing (the tests that need them skip with a message).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed (tests that need them will skip):$$missing"; fi; \
+	fi
+
+setup: $(BIN)/reconcile system-deps
 
 lint: setup
 	$(BIN)/ruff check reconciler tests bench
@@ -29,12 +44,16 @@ integration: setup
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# The README's main command: example-repo onto the local Docker Engine, then a request.
 demo: setup
 	$(BIN)/reconcile validate --repo example-repo
-	$(BIN)/reconcile --repo example-repo --dry-run --target status || test $$? -eq 2
+	$(BIN)/reconcile --repo example-repo
+	$(BIN)/reconcile invoke my-endpoint --repo example-repo --request-file example-repo/sample-request.json
+	$(BIN)/reconcile status --repo example-repo || true
 
 bench: setup
 	$(BIN)/python bench/plan_scale.py
+	$(BIN)/python bench/daemon.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
