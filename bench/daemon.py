@@ -131,6 +131,11 @@ def idle_cost(tmp: Path, seconds: int) -> tuple[float, float] | None:
     example = Path(__file__).resolve().parent.parent / "example-repo"
     repo = tmp / "idle"
     shutil.copytree(example, repo)
+    # A target of its own: nothing the benchmark does touches another run's endpoints.
+    (repo / "reconciler.yaml").write_text(
+        "targets:\n  bench-idle:\n    type: docker\n    router_port_range: [18900, 18999]\n"
+        "default_target: bench-idle\n"
+    )
     for args in (["init", "-q", "-b", "main"], ["add", "-A"]):
         subprocess.run(["git", *args], cwd=repo, check=True)
     subprocess.run(
@@ -197,6 +202,10 @@ def idle_cost(tmp: Path, seconds: int) -> tuple[float, float] | None:
                     text=True,
                 ).stdout.split(),
             ],
+            capture_output=True,
+        )
+        subprocess.run(
+            ["docker", "network", "prune", "-f", "--filter", "label=reconciler.target=bench-idle"],
             capture_output=True,
         )
 
