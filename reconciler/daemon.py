@@ -203,6 +203,8 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._fetch_wanted = threading.Event()
+        # Held by a pass and by the autoscaler: one writer inside the process as well.
+        self.apply_lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.trigger_times: list[tuple[str, float]] = []  # for the benchmark: (why, when)
@@ -231,6 +233,7 @@ class Daemon:
             with self._leader_lock():
                 if self._stop.is_set():
                     return
+                self._autoscale()
                 self._loop()
         finally:
             for server in self._servers:
@@ -311,15 +314,16 @@ class Daemon:
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
                 self.target.repo_root = root
-            result = run_pass(
-                tree,
-                self.target,
-                prune=self.options.prune,
-                dry_run=False,
-                revision=revision,
-                write_status=self._write_status,
-                should_stop=self._stop.is_set,
-            )
+            with self.apply_lock:
+                result = run_pass(
+                    tree,
+                    self.target,
+                    prune=self.options.prune,
+                    dry_run=False,
+                    revision=revision,
+                    write_status=self._write_status,
+                    should_stop=self._stop.is_set,
+                )
         except TargetUnavailable as exc:
             self._failed("target_unreachable", str(exc), started)
             self.state.target_reachable = False
@@ -411,6 +415,24 @@ class Daemon:
         timer = threading.Timer(seconds, self._wake.set)
         timer.daemon = True
         timer.start()
+
+    # autoscaling
+
+    def _autoscale(self) -> None:
+        """Targets that can autoscale (target_utilization) get a loop of their own."""
+        make = getattr(self.target, "autoscaler", None)
+        if make is None:
+            return
+        scaler = make(self.apply_lock)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                scaler.tick()
+                self._stop.wait(scaler.interval())
+
+        thread = threading.Thread(target=loop, name="autoscaler", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     # file watching
 

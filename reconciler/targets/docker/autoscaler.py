@@ -1,0 +1,127 @@
+"""The autoscaler of the Docker target: router utilisation in, scale steps out.
+
+Every `polling_interval` it reads `router_deployment_utilization` from each endpoint's
+router metrics (127.0.0.1), keeps a minute of samples per autoscaled deployment, asks
+reconciler.autoscaling for a decision, and applies a scale step through the target itself
+(holding the caller's lock, so it never applies while a pass does). Each decision that
+changes the count is logged with its reason and kept for status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict, deque
+from typing import Any
+
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.autoscaling import DOWN_AFTER_S, Decision, Sample, decide
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import Action, Step
+from reconciler.model.state import LiveDeployment
+from reconciler.targets.base import TargetError
+from reconciler.targets.docker.credentials import write_private
+
+log = structlog.get_logger("reconciler.autoscaler")
+
+OBSERVE_EVERY_S = 5.0  # how often the list of autoscaled deployments is refreshed
+
+
+class DockerAutoscaler:
+    def __init__(self, target: Any, lock: threading.Lock) -> None:
+        self.target = target
+        self.lock = lock
+        self.samples: dict[ResourceKey, deque[Sample]] = defaultdict(lambda: deque(maxlen=2000))
+        self.deployments: list[LiveDeployment] = []
+        self._observed_at = -1e9
+        self.decisions: list[tuple[ResourceKey, Decision]] = []
+
+    def tick(self, now: float | None = None) -> None:
+        """One round: sample, decide, maybe scale. Never raises (it runs beside passes)."""
+        now = time.monotonic() if now is None else now
+        try:
+            if now - self._observed_at >= OBSERVE_EVERY_S:
+                with self.lock:
+                    live = self.target.observe()
+                self.deployments = [
+                    d for d in live.deployments if d.scale_settings.autoscaled and d.spec
+                ]
+                self._observed_at = now
+            for endpoint in sorted({d.endpoint for d in self.deployments}):
+                self._sample(endpoint, now)
+            for deployment in self.deployments:
+                self._decide(deployment, now)
+        except (TargetError, OSError) as exc:
+            log.warning("autoscaler_tick_failed", error=str(exc))
+
+    def interval(self) -> float:
+        """The shortest polling_interval of the autoscaled deployments (1 s by default)."""
+        values = [d.scale_settings.polling_interval or 1 for d in self.deployments]
+        return float(min(values, default=1))
+
+    def _sample(self, endpoint: str, now: float) -> None:
+        creds = self.target.credentials.load(endpoint)
+        if creds is None:
+            return
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{creds.metrics_port}/metrics", timeout=2
+            ) as answer:
+                text = answer.read().decode()
+        except (urllib.error.URLError, OSError):
+            return
+        utilization: dict[str, float] = {}
+        instances: dict[str, int] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.labels.get("deployment", "")
+                if sample.name == "router_deployment_utilization":
+                    utilization[name] = float(sample.value)
+                elif sample.name == "router_instances":
+                    instances[name] = int(sample.value)
+        for d in self.deployments:
+            if d.endpoint == endpoint and d.name in utilization:
+                count = instances.get(d.name, d.instance_count)
+                self.samples[d.key].append(Sample(now, utilization[d.name], count))
+
+    def _decide(self, deployment: LiveDeployment, now: float) -> None:
+        history = [s for s in self.samples[deployment.key] if now - s.at <= DOWN_AFTER_S]
+        decision = decide(
+            history, deployment.scale_settings, current=deployment.instance_count, now=now
+        )
+        if not decision.changes(deployment.instance_count):
+            return
+        log.info(
+            "autoscale",
+            endpoint=deployment.endpoint,
+            deployment=deployment.name,
+            instances=decision.instances,
+            reason=decision.reason,
+        )
+        step = Step(
+            Action.SCALE_DEPLOYMENT,
+            deployment.endpoint,
+            deployment.name,
+            reason=f"autoscale: {decision.reason}",
+            deployment_spec=deployment.spec,
+            instance_count=decision.instances,
+            scale_settings=deployment.scale_settings,
+        )
+        with self.lock:
+            self.target.apply(step)
+        self.decisions.append((deployment.key, decision))
+        self._record(deployment, decision)
+        self.samples[deployment.key].clear()  # a new count: judge it on fresh samples
+        self._observed_at = -1e9  # observe the new count on the next tick
+
+    def _record(self, deployment: LiveDeployment, decision: Decision) -> None:
+        folder = self.target.credentials.folder(deployment.endpoint) / "scale"
+        write_private(
+            folder / f"{deployment.name}.decision.json",
+            json.dumps({"instances": decision.instances, "reason": decision.reason}),
+        )

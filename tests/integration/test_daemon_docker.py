@@ -1,0 +1,279 @@
+"""`reconcile watch` as its own process on the real Docker Engine: drift is healed, and a
+daemon killed with SIGKILL in the middle of a blue to green rollout, then started again,
+converges, leaves no orphan containers and never sends traffic to an instance that is not
+ready (requests keep succeeding throughout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from repo_builder import RepoBuilder
+
+docker = pytest.importorskip("docker")
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _engine() -> object | None:
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception:
+        return None
+
+
+CLIENT = _engine()
+if CLIENT is None:
+    pytest.skip("no Docker Engine answers on this machine", allow_module_level=True)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Watch:
+    """`reconcile watch` in a process of its own, as an operator runs it."""
+
+    def __init__(self, repo: Path, state: Path, *, interval: float) -> None:
+        self.log = state / f"daemon-{uuid.uuid4().hex[:6]}.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler.cli",
+                "--log-format",
+                "json",
+                "watch",
+                "--repo",
+                str(repo),
+                "--interval",
+                str(interval),
+            ],
+            env={**os.environ, "XDG_STATE_HOME": str(state)},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+        )
+
+    def events(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[RepoBuilder, Path, str, list[Watch]]]:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    repo = RepoBuilder(tmp_path / "repo")
+    state = tmp_path / "state"
+    state.mkdir()
+    repo.write_yaml(
+        "reconciler.yaml",
+        {
+            "targets": {
+                name: {
+                    "type": "docker",
+                    "state_dir": str(state / "docker"),
+                    "drain_s": 0.5,
+                }
+            },
+            "default_target": name,
+        },
+    )
+    low = 20000 + uuid.UUID(int=int(name[1:], 16)).int % 90 * 10
+    config = yaml.safe_load((repo.root / "reconciler.yaml").read_text())
+    config["targets"][name]["router_port_range"] = [low, low + 9]
+    repo.write_yaml("reconciler.yaml", config)
+    watches: list[Watch] = []
+    yield repo, state, name, watches
+    for w in watches:
+        w.stop()
+    assert CLIENT is not None
+    for c in CLIENT.containers.list(all=True, filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
+        c.remove(force=True)
+    for n in CLIENT.networks.list(filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
+        n.remove()
+
+
+def containers(name: str, **labels: str) -> list[object]:
+    assert CLIENT is not None
+    filters = [f"reconciler.target={name}"] + [f"reconciler.{k}={v}" for k, v in labels.items()]
+    return list(CLIENT.containers.list(all=True, filters={"label": filters}))  # type: ignore[attr-defined]
+
+
+def status(repo: RepoBuilder) -> dict[str, object]:
+    try:
+        return yaml.safe_load(repo.git("show", "reconcile-status:status/my-endpoint.yaml")) or {}
+    except subprocess.CalledProcessError:
+        return {}
+
+
+def credentials(state: Path, name: str) -> dict[str, object]:
+    path = state / "docker" / "endpoints" / "my-endpoint" / "credentials.json"
+    return dict(json.loads(path.read_text()))
+
+
+class Load:
+    """Requests sent one after another to the scoring URI; every answer recorded."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.url = f"http://127.0.0.1:{port}/score"
+        self.key = key
+        self.codes: list[int] = []
+        self.by: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            request = urllib.request.Request(
+                self.url,
+                data=b'{"x": 1}',
+                method="POST",
+                headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    self.codes.append(answer.status)
+                    self.by.append(answer.headers.get("azureml-model-deployment", ""))
+            except urllib.error.HTTPError as err:
+                self.codes.append(err.code)
+            except OSError:
+                self.codes.append(-1)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=60)
+
+
+def base_repo(repo: RepoBuilder, *, blue: int = 100, green: int | None = None) -> str:
+    repo.basics()
+    traffic = {"blue": blue} if green is None else {"blue": blue, "green": green}
+    repo.endpoint("my-endpoint", traffic=traffic)
+    repo.deployment("my-endpoint", "blue", instance_count=2)
+    return repo.commit("blue")
+
+
+def test_drift_is_healed_by_the_periodic_pass(
+    setup: tuple[RepoBuilder, Path, str, list[Watch]],
+) -> None:
+    repo, state, name, watches = setup
+    first = base_repo(repo)
+    watches.append(Watch(repo.root, state, interval=2))
+    wait_for(
+        lambda: status(repo).get("commit") == first and status(repo).get("health") == "Healthy",
+        600,
+        "the first pass",
+    )
+    victims = containers(name, role="instance", deployment="blue")
+    assert len(victims) == 2
+    victims[0].remove(force=True)  # type: ignore[attr-defined]
+    # Weights changed by hand, through the router's own admin call.
+    creds = credentials(state, name)
+    config_path = state / "docker" / "endpoints" / "my-endpoint" / "router" / "router.json"
+    config = json.loads(config_path.read_text())
+    config["traffic"] = {}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{creds['port']}/-/config",
+        data=json.dumps(config).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {creds['admin_secret']}"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+    wait_for(
+        lambda: (
+            len([c for c in containers(name, role="instance", deployment="blue")]) == 2
+            and json.loads(config_path.read_text()).get("traffic") == {"blue": 100}
+        ),
+        180,
+        "the drift to be healed",
+    )
+    events = [e.get("event") for e in watches[0].events()]
+    assert "drift_corrected" in events
+
+
+def test_sigkill_mid_rollout_then_restart_converges_without_failed_requests(
+    setup: tuple[RepoBuilder, Path, str, list[Watch]],
+) -> None:
+    repo, state, name, watches = setup
+    first = base_repo(repo)
+    watches.append(Watch(repo.root, state, interval=2))
+    wait_for(
+        lambda: status(repo).get("commit") == first and status(repo).get("health") == "Healthy",
+        600,
+        "the first pass",
+    )
+    creds = credentials(state, name)
+    load = Load(int(creds["port"]), str(creds["primary_key"]))  # type: ignore[arg-type]
+    try:
+        # Blue to green in one commit: green created with 3 instances, traffic moves, blue goes.
+        repo.code(version="2")
+        repo.deployment("my-endpoint", "green", instance_count=3)
+        repo.endpoint("my-endpoint", traffic={"green": 100})
+        repo.remove("endpoints/my-endpoint/blue.yml")
+        switch = repo.commit("switch to green")
+        wait_for(
+            lambda: len(containers(name, role="instance", deployment="green")) >= 1,
+            300,
+            "green's first instance",
+        )
+        watches[0].kill()  # in the middle of creating green
+        time.sleep(1)
+        watches.append(Watch(repo.root, state, interval=2))
+        wait_for(
+            lambda: (
+                status(repo).get("commit") == switch
+                and status(repo).get("traffic") == {"green": 100}
+                and status(repo).get("health") == "Healthy"
+            ),
+            600,
+            "convergence after restart",
+        )
+        time.sleep(2)  # a few requests on the final state
+    finally:
+        load.stop()
+    assert containers(name, role="instance", deployment="blue") == []  # no orphans
+    greens = containers(name, role="instance", deployment="green")
+    assert len(greens) == 3
+    assert len(containers(name, role="router")) == 1
+    failures = [c for c in load.codes if c != 200]
+    assert load.codes and not failures, (
+        f"{len(failures)} failed of {len(load.codes)}: {set(failures)}"
+    )
+    assert load.by[-1] == "green"
