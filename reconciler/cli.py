@@ -108,6 +108,16 @@ def open_target(
         except TargetError as exc:
             fail(str(exc))
         return DockerTarget(options, repo_root=source.path.resolve())
+    if chosen.type == "kubernetes":
+        # Imported here, like Docker's: only this target pays for the kubernetes client.
+        from reconciler.targets.kubernetes.options import KubernetesOptions
+        from reconciler.targets.kubernetes.target import KubernetesTarget
+
+        try:
+            k8s_options = KubernetesOptions.from_config(chosen.name, chosen.options)
+        except TargetError as exc:
+            fail(str(exc))
+        return KubernetesTarget(k8s_options, repo_root=source.path.resolve())
     fail(
         f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
         f"plan against the status files with --target {STATUS_TARGET}"
@@ -580,6 +590,63 @@ def watch(
     )
     daemon.install_signal_handlers()
     daemon.run()
+
+
+@main.command("render")
+@click.option("--repo", default=".", show_default=True)
+@click.option(
+    "--target",
+    "target_name",
+    default=None,
+    help="A kubernetes target of reconciler.yaml; 'kubernetes' alone: the defaults.",
+)
+@click.option("--worktree", is_flag=True, help="Use uncommitted edits instead of HEAD.")
+@click.option("--namespace", default=None, help="Overrides the target's namespace.")
+@click.option("--no-secrets", is_flag=True, help="Leave out the Secrets (keys, router config).")
+@click.option("--push-images", is_flag=True, help="Build and push the images first (needs Docker).")
+def render_manifests(
+    repo: str,
+    target_name: str | None,
+    worktree: bool,
+    namespace: str | None,
+    no_secrets: bool,
+    push_images: bool,
+) -> None:
+    """Print the Kubernetes manifests of the desired state (like `helm template`)."""
+    from reconciler.repoconfig import TargetConfig
+    from reconciler.targets.kubernetes.options import KubernetesOptions
+    from reconciler.targets.kubernetes.render import render_yaml
+
+    source = open_source(repo, worktree=worktree)
+    tree, revision = source.tree()
+    config = repo_config(tree)
+    kube = [t for t in config.targets if t.type == "kubernetes"]
+    chosen = config.target(target_name) if target_name else None
+    if chosen is None and target_name in (None, "kubernetes"):
+        default = config.target(None)
+        chosen = default if default is not None and default.type == "kubernetes" else None
+        chosen = chosen or (kube[0] if kube else TargetConfig("kubernetes", "kubernetes"))
+    if chosen is None or chosen.type != "kubernetes":
+        fail(f"target {target_name!r} is not a kubernetes target of reconciler.yaml")
+    desired, failed = load(tree, revision=revision)
+    if desired is None:
+        assert failed is not None
+        emit(failed, "text")
+        sys.exit(EXIT_ERRORS)
+    try:
+        options = KubernetesOptions.from_config(chosen.name, chosen.options)
+        text = render_yaml(
+            desired,
+            options,
+            namespace=namespace,
+            secrets=not no_secrets,
+            push=push_images,
+            repo_root=source.path.resolve(),
+            say=lambda message: click.echo(message, err=True),
+        )
+    except TargetError as exc:
+        fail(str(exc))
+    click.echo(text, nl=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""The few API calls the target makes, over the `kubernetes` client's ApiClient.
+
+One generic path per verb instead of a typed API class per kind: server-side apply
+(`PATCH` with `application/apply-patch+yaml`, our field manager, force), GET, LIST by label
+selector, DELETE, JSON merge patches (the scale subresource) and pod logs. The ApiClient
+still does what matters: configuration (kubeconfig, in-cluster), TLS, authentication,
+connection pooling.
+
+Connection settings come from the usual places: an explicit kubeconfig and context, else
+$KUBECONFIG, else the pod's service account when the process runs in a cluster, else
+~/.kube/config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from reconciler.targets.base import TargetError, TargetUnavailable
+from reconciler.targets.kubernetes.manifests import MANAGER
+from reconciler.targets.kubernetes.options import KubernetesOptions
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+REQUEST_TIMEOUT = (5.0, 60.0)  # connect, read
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    def base(self, namespace: str) -> str:
+        root = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        return f"{root}/namespaces/{urllib.parse.quote(namespace)}/{self.plural}"
+
+
+KINDS: Mapping[str, Kind] = {
+    k.kind: k
+    for k in (
+        Kind("v1", "Pod", "pods"),
+        Kind("v1", "Service", "services"),
+        Kind("v1", "Secret", "secrets"),
+        Kind("v1", "ConfigMap", "configmaps"),
+        Kind("apps/v1", "Deployment", "deployments"),
+        Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+        Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    )
+}
+
+
+class NotFound(TargetError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="NotFound")
+
+
+@dataclass(frozen=True)
+class Connection:
+    api_client: kclient.ApiClient
+    namespace: str
+    in_cluster: bool
+
+
+def connect(options: KubernetesOptions) -> Connection:
+    """An ApiClient and the namespace, from the usual places (see the module docstring)."""
+    configuration = kclient.Configuration()
+    explicit = options.kubeconfig or (
+        Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+        if os.environ.get("KUBECONFIG")
+        else None
+    )
+    token = SERVICE_ACCOUNT_DIR / "token"
+    in_cluster = explicit is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    in_cluster = in_cluster and token.exists()
+    try:
+        if in_cluster:
+            kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            namespace = options.namespace or _pod_namespace()
+        else:
+            path = explicit or Path.home() / ".kube" / "config"
+            if not path.exists():
+                raise TargetUnavailable(
+                    f"no kubeconfig at {path} and not running in a cluster; set kubeconfig "
+                    f"in reconciler.yaml (targets.{options.name}) or KUBECONFIG"
+                )
+            kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(path),
+                context=options.context,
+                client_configuration=configuration,
+            )
+            namespace = options.namespace or _context_namespace(path, options.context)
+    except ConfigException as exc:
+        raise TargetUnavailable(f"Kubernetes configuration: {exc}") from None
+    # Bounded retries: an unreachable API server is reported, not waited on for minutes.
+    configuration.retries = 1
+    return Connection(kclient.ApiClient(configuration), namespace, in_cluster)
+
+
+def _pod_namespace() -> str:
+    try:
+        return (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _context_namespace(path: Path, context: str | None) -> str:
+    contexts, active = kconfig.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+        config_file=str(path)
+    )
+    chosen = active
+    if context is not None:
+        chosen = next((c for c in contexts if c.get("name") == context), active)
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
+class KubeClient:
+    """Verbs on namespaced objects of the kinds in KINDS."""
+
+    def __init__(self, api_client: kclient.ApiClient, namespace: str) -> None:
+        self.api = api_client
+        self.namespace = namespace
+
+    @classmethod
+    def for_host(cls, host: str, namespace: str) -> KubeClient:
+        """A client of an API server without authentication (tests, `kubectl proxy`)."""
+        configuration = kclient.Configuration(host=host)
+        configuration.retries = 1
+        return cls(kclient.ApiClient(configuration), namespace)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:
+        headers = {"Accept": accept}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        try:
+            _method, url, header_params, serialized, _post = self.api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.api.call_api(
+                method,
+                url,
+                header_params=header_params,
+                body=serialized,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            data = response.read()  # type: ignore[no-untyped-call]
+            status = int(response.status)
+        except ApiException as exc:
+            if exc.status == 0:
+                raise TargetUnavailable(f"Kubernetes API: {exc.reason}") from None
+            status, data = int(exc.status), (exc.body or b"")
+            if isinstance(data, str):
+                data = data.encode()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TargetUnavailable(
+                f"Kubernetes API at {self.api.configuration.host} not reachable: {exc}"
+            ) from None
+        if status in (401, 403):
+            raise TargetError(
+                f"Kubernetes API refused {method} {path}: {_message(data)}", code="Forbidden"
+            )
+        if status == 404:
+            raise NotFound(f"{path}: {_message(data)}")
+        if status >= 400:
+            raise TargetError(
+                f"Kubernetes API: {method} {path} failed ({status}): {_message(data)}",
+                code="KubernetesApiError",
+            )
+        return status, data
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        _, data = self._request(method, path, **kwargs)
+        result = json.loads(data) if data else {}
+        assert isinstance(result, dict)
+        return result
+
+    def _path(self, kind: str, name: str | None = None, sub: str | None = None) -> str:
+        path = KINDS[kind].base(self.namespace)
+        if name is not None:
+            path += f"/{urllib.parse.quote(name)}"
+        if sub is not None:
+            path += f"/{sub}"
+        return path
+
+    # --- verbs -------------------------------------------------------------------------
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply under our field manager. force: we own what we render, and a
+        field someone changed by hand (kubectl edit) is taken back, as Flux and Argo do."""
+        name = str(manifest["metadata"]["name"])
+        return self._json(
+            "PATCH",
+            self._path(str(manifest["kind"]), name),
+            query=[("fieldManager", MANAGER), ("force", "true")],
+            body=dict(manifest),
+            content_type="application/apply-patch+yaml",
+        )
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._json("GET", self._path(kind, name))
+        except NotFound:
+            return None
+
+    def list(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of a kind matching a label selector; NotFound when the API has no such
+        kind (a CRD that is not installed)."""
+        doc = self._json("GET", self._path(kind), query=[("labelSelector", selector)])
+        items = doc.get("items") or []
+        return sorted(items, key=lambda o: str(o["metadata"]["name"]))
+
+    def delete(self, kind: str, name: str) -> bool:
+        """Delete an object (dependants in the background); False when it was gone."""
+        try:
+            self._request(
+                "DELETE",
+                self._path(kind, name),
+                body={"propagationPolicy": "Background"},
+                content_type="application/json",
+            )
+        except NotFound:
+            return False
+        return True
+
+    def scale(self, kind: str, name: str, replicas: int) -> None:
+        """Set replicas through the scale subresource: a change of the count that does not
+        make us the owner of the field in server-side apply (the autoscaler keeps it)."""
+        self._json(
+            "PATCH",
+            self._path(kind, name, "scale"),
+            query=[("fieldManager", f"{MANAGER}-scale")],
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+        )
+
+    def pod_log(self, name: str, *, container: str | None = None, lines: int = 100) -> str:
+        query: list[tuple[str, Any]] = [("tailLines", lines)]
+        if container is not None:
+            query.append(("container", container))
+        _, data = self._request(
+            "GET", self._path("Pod", name, "log"), query=query, accept="text/plain"
+        )
+        return data.decode(errors="replace")
+
+
+def _message(data: bytes) -> str:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")[:300]
+    if isinstance(doc, dict) and doc.get("message"):
+        return str(doc["message"])
+    return json.dumps(doc)[:300]

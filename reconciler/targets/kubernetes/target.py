@@ -1,0 +1,804 @@
+"""The Kubernetes target: endpoints as objects of one namespace of a cluster.
+
+It applies the manifests of `manifests` with server-side apply under our field manager and
+reads everything back by our labels: the cluster is the record. A deployment's applied
+spec and digest are annotations of its Deployment; an endpoint's declared settings are a
+ConfigMap; traffic is what the router's config (builtin) or the HTTPRoute (gateway-api)
+says; health is the Deployment's status (`rollout`). Objects without our labels are never
+changed or deleted.
+
+Steps that start instances return when the rollout is complete (every replica of the new
+template available), or raise when it fails: the executor's health gates rely on it.
+
+Router config changes (traffic, mirror, routes, keys) are written to the router's Secret.
+When the reconciler runs in the cluster it also posts the new config to each router pod's
+admin path, so the change is live when the step returns; from outside the cluster pod
+addresses are not reachable, and the step waits `config_propagation_s` for the kubelet to
+refresh the mounted Secret (see options).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler.model.codec import deployment_from_json, endpoint_from_json
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import Action, Step
+from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights, weight_of
+from reconciler.model.state import (
+    DesiredState,
+    LiveDeployment,
+    LiveEndpoint,
+    LiveState,
+    ProvisioningState,
+)
+from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
+from reconciler.router.tokens import issue_token
+from reconciler.targets.base import ProgressCallback, TargetError
+from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
+from reconciler.targets.kubernetes import manifests as m
+from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
+from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, router_reference
+from reconciler.targets.kubernetes.options import KubernetesOptions
+from reconciler.targets.kubernetes.rollout import Rollout, rollout
+
+log = structlog.get_logger("reconciler.kubernetes")
+
+INSTANCE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy")
+LOG_TAIL = 30
+
+
+class KubernetesTarget:
+    """Target protocol on one namespace of a Kubernetes cluster."""
+
+    def __init__(
+        self,
+        options: KubernetesOptions,
+        *,
+        repo_root: Path,
+        client: KubeClient | None = None,
+        images: ImageSource | None = None,
+        in_cluster: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.name = options.name
+        self.repo_root = repo_root
+        self._client = client
+        self.images: ImageSource = images or RegistryImages(options, repo_root=repo_root)
+        self.in_cluster = in_cluster
+        self.router_admin_port = m.ROUTER_PORT
+        self.sleep = sleep
+        self.clock = clock
+
+    # --- connection --------------------------------------------------------------------
+
+    @property
+    def client(self) -> KubeClient:
+        if self._client is None:
+            connection = connect(self.options)
+            self._client = KubeClient(connection.api_client, connection.namespace)
+            self.in_cluster = connection.in_cluster
+        return self._client
+
+    def context(self, router_image: str | None = None) -> m.RenderContext:
+        return m.RenderContext(
+            namespace=self.client.namespace,
+            options=self.options,
+            router_image=router_image or router_reference(self.options),
+        )
+
+    def _list(self, kind: str, **labels: str) -> list[dict[str, Any]]:
+        selector = m.managed_selector(self.context(), **labels)
+        try:
+            return self.client.list(kind, selector)
+        except NotFound:
+            if kind == "HTTPRoute":
+                raise TargetError(
+                    "router: gateway-api, but the cluster has no HTTPRoute API "
+                    "(install the Gateway API CRDs)",
+                    code="GatewayApiMissing",
+                ) from None
+            raise
+
+    # --- observe -----------------------------------------------------------------------
+
+    def observe(self) -> LiveState:
+        role = m.ROLE_LABEL
+        records = {
+            _label(o, m.ENDPOINT_LABEL): o
+            for o in self._list("ConfigMap", **{role: m.ROLE_ENDPOINT})
+        }
+        routers: dict[str, dict[str, Any]] = {}
+        instances: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for d in self._list("Deployment"):
+            if _label(d, role) == m.ROLE_ROUTER:
+                routers[_label(d, m.ENDPOINT_LABEL)] = d
+            elif _label(d, role) == m.ROLE_INSTANCE:
+                instances[_label(d, m.ENDPOINT_LABEL)].append(d)
+        pods: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for pod in self._list("Pod", **{role: m.ROLE_INSTANCE}):
+            pods[(_label(pod, m.ENDPOINT_LABEL), _label(pod, m.DEPLOYMENT_LABEL))].append(pod)
+        configs: dict[str, RouterConfig | None] = {}
+        routes: dict[str, dict[str, Any]] = {}
+        if self.options.gateway_api:
+            for route in self._list("HTTPRoute", **{role: m.ROLE_ROUTER}):
+                if route["metadata"]["name"] == m.route_name(_label(route, m.ENDPOINT_LABEL)):
+                    routes[_label(route, m.ENDPOINT_LABEL)] = route
+        else:
+            for secret in self._list("Secret", **{role: m.ROLE_ROUTER}):
+                configs[_label(secret, m.ENDPOINT_LABEL)] = _parse_router_secret(secret)
+        names = set(records) | set(routers) | set(configs) | set(routes)
+        deployments: list[LiveDeployment] = []
+        for endpoint in sorted(instances):
+            for d in instances[endpoint]:
+                name = _label(d, m.DEPLOYMENT_LABEL)
+                deployments.append(self._observe_deployment(d, pods.get((endpoint, name), [])))
+        endpoints = []
+        for endpoint in sorted(names):
+            services = {
+                m.deployment_object_name(endpoint, _label(d, m.DEPLOYMENT_LABEL)): _label(
+                    d, m.DEPLOYMENT_LABEL
+                )
+                for d in instances.get(endpoint, [])
+            }
+            endpoints.append(
+                self._observe_endpoint(
+                    endpoint,
+                    record=records.get(endpoint),
+                    router=routers.get(endpoint),
+                    config=configs.get(endpoint),
+                    route=routes.get(endpoint),
+                    services=services,
+                )
+            )
+        deployments.sort(key=lambda d: d.key)
+        return LiveState(
+            endpoints=tuple(endpoints), deployments=tuple(deployments), target=self.name
+        )
+
+    def _observe_endpoint(
+        self,
+        name: str,
+        *,
+        record: Mapping[str, Any] | None,
+        router: Mapping[str, Any] | None,
+        config: RouterConfig | None,
+        route: Mapping[str, Any] | None,
+        services: Mapping[str, str],
+    ) -> LiveEndpoint:
+        spec, known = EndpointSpec(name), False
+        if record is not None:
+            try:
+                text = (record.get("data") or {})[m.ENDPOINT_RECORD]
+                spec, known = endpoint_from_json(json.loads(text)), True
+            except (KeyError, ValueError, TypeError):
+                pass
+        state = ProvisioningState.SUCCEEDED
+        if self.options.gateway_api:
+            if route is None:
+                state = ProvisioningState.FAILED
+            else:
+                traffic, mirror = m.route_traffic(route, services)
+                spec = replace(spec, traffic=traffic, mirror_traffic=mirror)
+                if _route_refused(route):
+                    state = ProvisioningState.FAILED
+            service = m.route_name(name)
+        else:
+            if config is not None:
+                spec = replace(
+                    spec,
+                    auth_mode=config.auth_mode,
+                    traffic=config.traffic,
+                    mirror_traffic=config.mirror_traffic,
+                )
+            if config is None or router is None:
+                state = ProvisioningState.FAILED
+            else:
+                state = rollout(router).state
+                if state == ProvisioningState.SCALING:
+                    state = ProvisioningState.UPDATING  # endpoints have no Scaling state
+            service = m.router_name(name)
+        base = self.options.scoring_url.format(
+            service=service, namespace=self.client.namespace, endpoint=name
+        ).rstrip("/")
+        return LiveEndpoint(
+            spec=spec,
+            provisioning_state=state,
+            scoring_uri=f"{base}/score",
+            openapi_uri=f"{base}/swagger.json",
+            spec_known=known,
+        )
+
+    def _observe_deployment(
+        self, obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+    ) -> LiveDeployment:
+        key = ResourceKey(_label(obj, m.ENDPOINT_LABEL), _label(obj, m.DEPLOYMENT_LABEL))
+        annotations = obj["metadata"].get("annotations") or {}
+        digest = str(annotations.get(m.DIGEST_ANNOTATION, ""))
+        spec = _recorded_spec(obj)
+        current = [p for p in pods if _annotation(p, m.DIGEST_ANNOTATION) == digest]
+        status = rollout(obj, current)
+        if spec is not None and spec.digest != digest:
+            spec = None  # written by another version of the recipe: trust the digest only
+        return LiveDeployment(
+            key=key,
+            digest=digest,
+            instance_count=status.replicas,
+            scale_settings=spec.scale_settings if spec is not None else ScaleSettings(),
+            spec=spec,
+            ready_instances=status.ready,
+            provisioning_state=status.state,
+            last_error=status.error,
+            instance_type=spec.instance_type if spec is not None else None,
+        )
+
+    # --- apply -------------------------------------------------------------------------
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+        def say(message: str) -> None:
+            if progress is not None:
+                progress(message)
+
+        handler = {
+            Action.CREATE_ENDPOINT: self._create_endpoint,
+            Action.UPDATE_ENDPOINT: self._update_endpoint,
+            Action.DELETE_ENDPOINT: self._delete_endpoint,
+            Action.CREATE_DEPLOYMENT: self._create_deployment,
+            Action.SCALE_DEPLOYMENT: self._scale_deployment,
+            Action.UPDATE_DEPLOYMENT: self._update_deployment,
+            Action.DELETE_DEPLOYMENT: self._delete_deployment,
+            Action.SET_TRAFFIC: self._set_traffic,
+            Action.SET_MIRROR_TRAFFIC: self._set_mirror_traffic,
+        }[step.action]
+        handler(step, say)
+
+    def _apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> None:
+        for manifest in manifests:
+            self.client.apply(manifest)
+
+    def _prune(
+        self, keep: Iterable[Mapping[str, Any]], kinds: Sequence[str], **labels: str
+    ) -> None:
+        """Delete objects with our labels (and these) that are not in `keep`."""
+        wanted = {m.object_key(k) for k in keep}
+        for kind in kinds:
+            try:
+                found = self._list(kind, **labels)
+            except (NotFound, TargetError) as exc:
+                # Without the Gateway API there are no HTTPRoutes to prune.
+                if kind == "HTTPRoute" and exc.code in ("NotFound", "GatewayApiMissing"):
+                    continue
+                raise
+            for obj in found:
+                if (kind, obj["metadata"]["name"]) not in wanted:
+                    self.client.delete(kind, obj["metadata"]["name"])
+
+    # endpoints
+
+    def _credentials(self, endpoint: str) -> EndpointCredentials | None:
+        secret = self.client.get("Secret", m.keys_secret_name(endpoint))
+        if secret is None or not _ours(secret):
+            return None
+        try:
+            return m.credentials_from_secret(secret.get("data") or {})
+        except (KeyError, ValueError):
+            return None
+
+    def _endpoint_objects(
+        self,
+        spec: EndpointSpec,
+        creds: EndpointCredentials,
+        config: RouterConfig | None,
+        ctx: m.RenderContext,
+    ) -> list[dict[str, Any]]:
+        names = self._deployment_names(spec.name)
+        traffic, mirror = self._route_weights(spec.name)
+        return m.endpoint_manifests(
+            ctx,
+            replace(spec, traffic=traffic, mirror_traffic=mirror),
+            creds=creds,
+            config=config,
+            deployments=names,
+        )
+
+    def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.endpoint_spec
+        assert spec is not None
+        creds = self._credentials(spec.name)
+        if creds is None:
+            creds = new_credentials(port=m.ROUTER_PORT, metrics_port=m.ROUTER_METRICS_PORT)
+            say(f"keys generated for {spec.name} (Secret {m.keys_secret_name(spec.name)})")
+        self._write_endpoint(spec, creds, say)
+
+    def _write_endpoint(
+        self, spec: EndpointSpec, creds: EndpointCredentials, say: ProgressCallback
+    ) -> None:
+        config: RouterConfig | None = None
+        router_image = None
+        if not self.options.gateway_api:
+            current = self._router_config(spec.name)
+            base = current or m.router_config(spec, creds)
+            config = replace(m.with_credentials(base, creds), auth_mode=spec.auth_mode)
+            router_image = self.images.router_image(say)
+        ctx = self.context(router_image)
+        objects = self._endpoint_objects(spec, creds, config, ctx)
+        self._apply_all(objects)
+        role = m.ROLE_LABEL
+        for own_role in (m.ROLE_ENDPOINT, m.ROLE_ROUTER):
+            self._prune(
+                objects,
+                ("Secret", "ConfigMap", "Deployment", "Service", "NetworkPolicy", "HTTPRoute"),
+                **{m.ENDPOINT_LABEL: spec.name, role: own_role},
+            )
+        if not self.options.gateway_api:
+            say(f"router of {spec.name}: waiting until it is ready")
+            self._wait_rolled_out(m.router_name(spec.name), what=f"router of {spec.name}")
+            if config is not None:
+                self._push_config(spec.name, config, creds)
+
+    def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.endpoint_spec
+        assert spec is not None
+        creds = self._credentials(spec.name)
+        if creds is None:
+            raise TargetError(f"endpoint {spec.name} has no keys Secret", code="NotFound")
+        self._write_endpoint(spec, creds, say)
+
+    def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        kinds = (*INSTANCE_KINDS, "HTTPRoute", "Secret", "ConfigMap")
+        self._prune((), kinds, **{m.ENDPOINT_LABEL: step.endpoint})
+        say(f"endpoint {step.endpoint}: every object with its labels deleted")
+
+    # router configuration and routes
+
+    def _router_config(self, endpoint: str) -> RouterConfig | None:
+        secret = self.client.get("Secret", m.router_config_name(endpoint))
+        return _parse_router_secret(secret) if secret is not None and _ours(secret) else None
+
+    def _required_config(self, endpoint: str) -> RouterConfig:
+        config = self._router_config(endpoint)
+        if config is None:
+            raise TargetError(f"endpoint {endpoint} has no router config", code="NotFound")
+        return config
+
+    def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> None:
+        if self._router_config(config.endpoint) == config:
+            return
+        self.client.apply(m.router_config_manifest(self.context(), config))
+        creds = self._credentials(config.endpoint)
+        if creds is None or not self._push_config(config.endpoint, config, creds):
+            wait = self.options.config_propagation_s
+            if wait > 0:
+                say(f"router config of {config.endpoint} written; {wait:.0f} s for the kubelet")
+                self.sleep(wait)
+
+    def _push_config(self, endpoint: str, config: RouterConfig, creds: EndpointCredentials) -> bool:
+        """Post the config to every ready router pod; True when each took it.
+
+        Only from inside the cluster: pod addresses are not reachable from elsewhere.
+        """
+        if not self.in_cluster:
+            return False
+        pods = self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER})
+        body = json.dumps(config_to_dict(config)).encode()
+        all_took = True
+        for pod in pods:
+            address = (pod.get("status") or {}).get("podIP")
+            if not address or not _pod_ready(pod):
+                continue
+            request = urllib.request.Request(
+                f"http://{address}:{self.router_admin_port}/-/config",
+                data=body,
+                method="POST",
+                headers={
+                    "Authorization": f"Bearer {creds.admin_secret}",
+                    "Content-Type": "application/json",
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    all_took = all_took and answer.status == 200
+            except (urllib.error.URLError, OSError) as exc:
+                log.warning("router_push_failed", pod=pod["metadata"]["name"], error=str(exc))
+                all_took = False
+        return all_took
+
+    def _route_weights(self, endpoint: str) -> tuple[Weights, Weights]:
+        """Traffic and mirror as the data plane has them now."""
+        if self.options.gateway_api:
+            route = self.client.get("HTTPRoute", m.route_name(endpoint))
+            if route is None or not _ours(route):
+                return (), ()
+            services = {
+                m.deployment_object_name(endpoint, n): n for n in self._deployment_names(endpoint)
+            }
+            return m.route_traffic(route, services)
+        config = self._router_config(endpoint)
+        return (config.traffic, config.mirror_traffic) if config is not None else ((), ())
+
+    def _deployment_names(self, endpoint: str) -> list[str]:
+        found = self._list(
+            "Deployment", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_INSTANCE}
+        )
+        return sorted(_label(d, m.DEPLOYMENT_LABEL) for d in found)
+
+    def _write_routes(
+        self,
+        endpoint: str,
+        *,
+        deployments: Sequence[str],
+        traffic: Weights,
+        mirror: Weights,
+    ) -> None:
+        ctx = self.context()
+        routes = m.http_route_manifests(
+            ctx, endpoint, deployments=deployments, traffic=traffic, mirror_traffic=mirror
+        )
+        self._apply_all(routes)
+        self._prune(
+            routes, ("HTTPRoute",), **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}
+        )
+
+    def _route_deployment(
+        self, spec: DeploymentSpec, *, replicas: int, say: ProgressCallback
+    ) -> None:
+        """Make a deployment reachable through the endpoint: its route in the router's
+        config, or its pin rule in the HTTPRoute."""
+        endpoint = spec.endpoint_name
+        if self.options.gateway_api:
+            traffic, mirror = self._route_weights(endpoint)
+            names = sorted(set(self._deployment_names(endpoint)) | {spec.name})
+            self._write_routes(endpoint, deployments=names, traffic=traffic, mirror=mirror)
+            return
+        config = self._required_config(endpoint)
+        route = m.deployment_route(self.context(), spec, replicas=replicas)
+        others = [r for r in config.deployments if r.name != spec.name]
+        self._write_router_config(replace(config, deployments=tuple([*others, route])), say)
+
+    # deployments
+
+    def _endpoint_exists(self, endpoint: str) -> None:
+        if self.client.get("ConfigMap", m.record_name(endpoint)) is None:
+            raise TargetError(f"endpoint {endpoint} does not exist", code="NotFound")
+
+    def _instance_labels(self, endpoint: str, deployment: str) -> dict[str, str]:
+        return {
+            m.ENDPOINT_LABEL: endpoint,
+            m.DEPLOYMENT_LABEL: deployment,
+            m.ROLE_LABEL: m.ROLE_INSTANCE,
+        }
+
+    def _apply_deployment(
+        self,
+        spec: DeploymentSpec,
+        *,
+        replicas: int,
+        image: m.DeploymentImage,
+        service_first: bool,
+    ) -> None:
+        """Apply a deployment's objects, prune the ones it no longer has, wait for the
+        rollout. service_first: the Service (its slots) before the Deployment, when the
+        count falls; after it, when it rises (a slot is only listed once pods serve it)."""
+        ctx = self.context()
+        objects = m.deployment_manifests(ctx, spec, replicas=replicas, image=image)
+        deployment = objects[0]
+        rest = objects[1:]
+        name = m.deployment_object_name(spec.endpoint_name, spec.name)
+        if service_first:
+            self._apply_all(rest)
+        self.client.apply(deployment)
+        if spec.scale_settings.autoscaled:
+            live = self.client.get("Deployment", name)
+            if live is not None and int(live["spec"].get("replicas", 1)) != replicas:
+                self.client.scale("Deployment", name, replicas)
+        self._wait_rolled_out(name, what=str(spec.key), digest=spec.digest)
+        if not service_first:
+            self._apply_all(rest)
+        self._prune(objects, INSTANCE_KINDS, **self._instance_labels(spec.endpoint_name, spec.name))
+
+    def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        self._endpoint_exists(spec.endpoint_name)
+        spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
+        image = self.images.deployment_image(spec, say)
+        say(f"{spec.key}: {step.instance_count} instance(s) of {image.image}")
+        self._apply_deployment(spec, replicas=step.instance_count, image=image, service_first=False)
+        self._route_deployment(spec, replicas=step.instance_count, say=say)
+        say(f"{spec.key} ready and routed")
+
+    def _running(self, endpoint: str, deployment: str) -> tuple[dict[str, Any], DeploymentSpec]:
+        obj = self.client.get("Deployment", m.deployment_object_name(endpoint, deployment))
+        if obj is None or not _ours(obj):
+            raise TargetError(f"deployment {endpoint}/{deployment} does not exist", code="NotFound")
+        spec = _recorded_spec(obj)
+        if spec is None:
+            raise TargetError(
+                f"deployment {endpoint}/{deployment} has no readable spec annotation",
+                code="InvalidState",
+            )
+        return obj, spec
+
+    def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
+        """Change the count of what runs now; scaling comes before an update (rule 3), so
+        the template stays the running one and no rollout starts."""
+        assert step.deployment is not None and step.instance_count is not None
+        obj, running = self._running(step.endpoint, step.deployment)
+        scale = step.scale_settings or running.scale_settings
+        spec = replace(running, instance_count=step.instance_count, scale_settings=scale)
+        image = _image_of(obj)
+        growing = step.instance_count >= int(obj["spec"].get("replicas", 1))
+        if not growing:
+            # Fewer slots in the router before pods go.
+            self._route_deployment(spec, replicas=step.instance_count, say=say)
+        self._apply_deployment(
+            spec, replicas=step.instance_count, image=image, service_first=not growing
+        )
+        if growing:
+            self._route_deployment(spec, replicas=step.instance_count, say=say)
+        say(f"{spec.key}: {step.instance_count} instance(s)")
+
+    def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
+        """A rolling update by the deployment controller: maxSurge 20%, none unavailable."""
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        self._running(spec.endpoint_name, spec.name)
+        spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
+        image = self.images.deployment_image(spec, say)
+        say(f"{spec.key}: rolling update to {image.image}")
+        self._apply_deployment(spec, replicas=step.instance_count, image=image, service_first=False)
+        self._route_deployment(spec, replicas=step.instance_count, say=say)
+
+    def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
+        assert step.deployment is not None
+        traffic, mirror = self._route_weights(step.endpoint)
+        if weight_of(traffic, step.deployment) or weight_of(mirror, step.deployment):
+            raise TargetError(
+                f"deployment {step.endpoint}/{step.deployment} still has traffic",
+                code="HasTraffic",
+            )
+        if self.options.gateway_api:
+            names = [n for n in self._deployment_names(step.endpoint) if n != step.deployment]
+            self._write_routes(step.endpoint, deployments=names, traffic=traffic, mirror=mirror)
+        else:
+            config = self._router_config(step.endpoint)
+            if config is not None and config.deployment(step.deployment) is not None:
+                routes = tuple(r for r in config.deployments if r.name != step.deployment)
+                self._write_router_config(replace(config, deployments=routes), say)
+        self._prune((), INSTANCE_KINDS, **self._instance_labels(step.endpoint, step.deployment))
+        say(f"deployment {step.endpoint}/{step.deployment} deleted")
+
+    # traffic
+
+    def _check_serving(self, endpoint: str, weights: Weights) -> None:
+        for name, _ in weights:
+            obj = self.client.get("Deployment", m.deployment_object_name(endpoint, name))
+            routed = obj is not None and _ours(obj)
+            if routed and not self.options.gateway_api:
+                config = self._required_config(endpoint)
+                route = config.deployment(name)
+                routed = route is not None and bool(route.instances)
+            if not routed:
+                raise TargetError(
+                    f"deployment {endpoint}/{name} is not routed by the endpoint",
+                    code="DeploymentNotHealthy",
+                )
+
+    def _set_weights(
+        self, endpoint: str, *, traffic: Weights, mirror: Weights, say: ProgressCallback
+    ) -> None:
+        if self.options.gateway_api:
+            self._write_routes(
+                endpoint,
+                deployments=self._deployment_names(endpoint),
+                traffic=traffic,
+                mirror=mirror,
+            )
+            return
+        config = self._required_config(endpoint)
+        self._write_router_config(replace(config, traffic=traffic, mirror_traffic=mirror), say)
+
+    def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
+        assert step.traffic is not None
+        self._check_serving(step.endpoint, step.traffic)
+        _, mirror = self._route_weights(step.endpoint)
+        self._set_weights(step.endpoint, traffic=step.traffic, mirror=mirror, say=say)
+        say(f"traffic of {step.endpoint}: {dict(step.traffic)}")
+
+    def _set_mirror_traffic(self, step: Step, say: ProgressCallback) -> None:
+        assert step.mirror_traffic is not None
+        self._check_serving(step.endpoint, step.mirror_traffic)
+        traffic, _ = self._route_weights(step.endpoint)
+        self._set_weights(step.endpoint, traffic=traffic, mirror=step.mirror_traffic, say=say)
+        say(f"mirror traffic of {step.endpoint}: {dict(step.mirror_traffic)}")
+
+    # waiting
+
+    def _wait_rolled_out(self, name: str, *, what: str, digest: str | None = None) -> Rollout:
+        deadline = self.clock() + self.options.ready_timeout_s
+        while True:
+            obj = self.client.get("Deployment", name)
+            if obj is None:
+                raise TargetError(f"{what}: Deployment {name} disappeared", code="NotFound")
+            pods = self._pods_of(obj)
+            if digest is not None:
+                pods = [p for p in pods if _annotation(p, m.DIGEST_ANNOTATION) == digest]
+            status = rollout(obj, pods)
+            if status.complete:
+                return status
+            if status.state == ProvisioningState.FAILED:
+                tail = self._log_tail(status.failing_pod) if status.failing_pod else ""
+                raise TargetError(
+                    f"{what} did not become ready: {status.error}",
+                    code="DeploymentNotReady",
+                    log_tail=tail,
+                )
+            if self.clock() > deadline:
+                raise TargetError(
+                    f"{what}: {status.ready}/{status.replicas} instances ready after "
+                    f"{self.options.ready_timeout_s:.0f} s",
+                    code="Timeout",
+                )
+            self.sleep(self.options.poll_s)
+
+    def _pods_of(self, deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+        match = deployment["spec"]["selector"]["matchLabels"]
+        selector = ",".join(f"{k}={v}" for k, v in match.items())
+        return self.client.list("Pod", selector)
+
+    def _log_tail(self, pod: str, lines: int = LOG_TAIL) -> str:
+        try:
+            return self.client.pod_log(pod, lines=lines)
+        except TargetError:
+            return ""
+
+    # --- operations beyond the plan ----------------------------------------------------
+
+    def settle(self) -> None:
+        """Bring routers in line with what runs (builtin router): a deployment whose
+        rollout is complete but that the router does not list (a reconciler stopped between
+        the two) is routed, with as many slots as it has replicas; the route of a
+        deployment that is gone, and has no traffic, is dropped."""
+        if self.options.gateway_api:
+            return
+        instances: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for d in self._list("Deployment", **{m.ROLE_LABEL: m.ROLE_INSTANCE}):
+            instances[_label(d, m.ENDPOINT_LABEL)][_label(d, m.DEPLOYMENT_LABEL)] = d
+        for secret in self._list("Secret", **{m.ROLE_LABEL: m.ROLE_ROUTER}):
+            config = _parse_router_secret(secret)
+            if config is None:
+                continue
+            running = instances.get(config.endpoint, {})
+            routes = {r.name: r for r in config.deployments}
+            for name, obj in running.items():
+                spec = _recorded_spec(obj)
+                status = rollout(obj)
+                if spec is None or not status.complete:
+                    continue
+                route = m.deployment_route(self.context(), spec, replicas=status.replicas)
+                if routes.get(name) is None or (
+                    not spec.scale_settings.autoscaled
+                    and len(routes[name].instances) != len(route.instances)
+                ):
+                    routes[name] = route
+            busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
+            for name in list(routes):
+                if name not in running and name not in busy:
+                    del routes[name]
+            settled = replace(config, deployments=tuple(routes[n] for n in sorted(routes)))
+            if settled != config:
+                log.info("router_settled", endpoint=config.endpoint)
+                self._write_router_config(settled, lambda _m: None)
+
+    def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
+        creds = self._credentials(endpoint)
+        if creds is None:
+            raise TargetError(f"endpoint {endpoint} has no keys on target {self.name}")
+        return creds
+
+    def token(self, endpoint: str, *, now: float, ttl_s: int = 3600) -> dict[str, Any]:
+        creds = self.endpoint_credentials(endpoint)
+        return issue_token(creds.token_secret_bytes, endpoint, now=now, ttl_s=ttl_s)
+
+    def regenerate_key(self, endpoint: str, which: str) -> None:
+        creds = self.endpoint_credentials(endpoint).regenerated(which)
+        self.client.apply(m.keys_secret_manifest(self.context(), endpoint, creds))
+        if not self.options.gateway_api:
+            config = self._required_config(endpoint)
+            self._write_router_config(m.with_credentials(config, creds), lambda _m: None)
+
+    def logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
+        pods = self.client.list("Pod", selector)
+        if instance is not None:
+            pods = pods[instance : instance + 1]
+        if not pods:
+            raise TargetError(f"no pod of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            chunks.append(f"==> {name} <==\n{self.client.pod_log(name, lines=lines)}")
+        return "\n".join(chunks)
+
+    def render(
+        self,
+        desired: DesiredState,
+        *,
+        credentials: Mapping[str, EndpointCredentials] | None,
+    ) -> list[dict[str, Any]]:
+        """Manifests of a desired state with this target's namespace and images."""
+        return m.render_desired(self.context(), desired, credentials=credentials)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _label(obj: Mapping[str, Any], key: str) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(key, ""))
+
+
+def _annotation(obj: Mapping[str, Any], key: str) -> str:
+    return str(((obj.get("metadata") or {}).get("annotations") or {}).get(key, ""))
+
+
+def _ours(obj: Mapping[str, Any]) -> bool:
+    return _label(obj, m.MANAGED_BY) == m.MANAGER
+
+
+def _recorded_spec(obj: Mapping[str, Any]) -> DeploymentSpec | None:
+    text = _annotation(obj, m.SPEC_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return deployment_from_json(json.loads(text))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _parse_router_secret(secret: Mapping[str, Any]) -> RouterConfig | None:
+    import base64
+
+    encoded = (secret.get("data") or {}).get(m.ROUTER_CONFIG_FILE)
+    if not encoded:
+        return None
+    try:
+        return parse_config(base64.b64decode(encoded))
+    except (ConfigError, ValueError):
+        return None
+
+
+def _image_of(deployment: Mapping[str, Any]) -> m.DeploymentImage:
+    """The images a live Deployment runs: a scale step keeps them exactly."""
+    pod = deployment["spec"]["template"]["spec"]
+    model = next(
+        (c["image"] for c in pod.get("initContainers") or [] if c.get("name") == "model"), None
+    )
+    return m.DeploymentImage(image=str(pod["containers"][0]["image"]), model_image=model)
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _route_refused(route: Mapping[str, Any]) -> bool:
+    """Whether a gateway said it does not accept the route."""
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for condition in parent.get("conditions") or []:
+            if condition.get("type") == "Accepted" and condition.get("status") == "False":
+                return True
+    return False
