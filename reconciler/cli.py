@@ -6,9 +6,11 @@ contract (DESIGN.md): 0 nothing to change, 2 changes planned (dry-run and diff),
 
 from __future__ import annotations
 
+import functools
 import sys
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,9 +26,11 @@ from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
 from reconciler.model.plan import Plan
 from reconciler.model.results import Outcome
 from reconciler.model.state import DesiredState, LiveState
-from reconciler.planning import make_plan
+from reconciler.planning import invalid_plan, make_plan
+from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
 from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
 from reconciler.repoconfig import RepoConfig, load_repo_config
+from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.status import StatusTarget
@@ -248,13 +252,21 @@ def main(
 @click.option("--repo", default=".", show_default=True)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def validate(repo: str, output: str) -> None:
-    """Check every file of the repository (working tree); exit 1 on errors."""
+    """Check every file of the repository (working tree) and the policies that need no
+    base (min_instances_with_traffic, the syntax of all); exit 1 on errors."""
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
-    repo_config(tree)
+    config: RepoConfig | None = None
+    errors: tuple[Diagnostic, ...] = ()
+    try:
+        config = load_repo_config(tree)
+    except DesiredStateInvalid as invalid:
+        errors = invalid.errors
     desired, failed = load(tree)
-    errors = failed.errors if failed else ()
+    errors += failed.errors if failed else ()
     warnings = desired.warnings if desired else ()
+    if desired is not None and config is not None:
+        errors += check_policies(None, desired, policies=config.policies)
     if output == "json":
         import json
 
@@ -272,7 +284,7 @@ def validate(repo: str, output: str) -> None:
             click.echo(f"error: {e}")
         for w in warnings:
             click.echo(f"warning: {w}")
-        if desired is not None:
+        if desired is not None and not errors:
             click.echo(
                 f"valid: {len(desired.endpoints)} endpoint(s), "
                 f"{len(desired.deployments)} deployment(s)"
@@ -286,12 +298,65 @@ def validate(repo: str, output: str) -> None:
 @click.option("--repo", default=".", show_default=True)
 @click.option("--prune", is_flag=True, help="Plan deleting endpoints no file declares.")
 @click.option("--output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True)
-def diff(base: str, head: str, repo: str, prune: bool, output: str) -> None:
-    """Plan from the desired state at BASE to the one at HEAD; no target needed."""
+@click.option(
+    "--target",
+    "target_name",
+    default=None,
+    help="Target whose capacity_cores the quota figure is held against (default_target).",
+)
+@click.option(
+    "--approve",
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Approve changes of an endpoint that require_approval names (repeatable).",
+)
+def diff(
+    base: str,
+    head: str,
+    repo: str,
+    prune: bool,
+    output: str,
+    target_name: str | None,
+    approve: tuple[str, ...],
+) -> None:
+    """Plan from the desired state at BASE to the one at HEAD; no target needed.
+
+    Checks the policies of BASE's reconciler.yaml (a change is judged by the rules it
+    merges into, so it cannot relax them for itself); a violation is an error (exit 1).
+    A BASE missing from a shallow CI clone is fetched from the remote first.
+    """
     source = open_source(repo)
-    base_tree, base_commit = source.tree_at(base)
+    if source.git is None:
+        source.tree_at(base)  # fails with the reason
+    git_source = source.git
+    assert git_source is not None
+    try:
+        base_commit = git_source.resolve(base)
+    except GitSourceError:
+        try:
+            base_commit = git_source.fetch_revision(base)
+        except GitSourceError as exc:
+            remote, _, branch = base.partition("/")
+            hint = f"git fetch {remote} {branch}" if branch else f"git fetch origin {base}"
+            fail(
+                f"cannot find BASE {base!r} in {source.path} ({exc}); fetch it with `{hint}` "
+                "(in CI: check out with full history, e.g. fetch-depth: 0)"
+            )
+    base_tree = git_source.tree(base_commit)
     head_tree, head_commit = source.tree_at(head)
-    config = repo_config(head_tree)
+    try:
+        config = load_repo_config(head_tree)
+    except DesiredStateInvalid as invalid:
+        emit(invalid_plan(invalid.errors), output)
+        sys.exit(EXIT_ERRORS)
+    try:
+        policies = load_repo_config(base_tree).policies
+    except DesiredStateInvalid:
+        policies = config.policies  # BASE's file is broken: HEAD's rules are all there is
+    target = config.target(target_name)
+    if target is None:
+        known = ", ".join(t.name for t in config.targets)
+        fail(f"no target named {target_name!r} in reconciler.yaml (known: {known})")
     base_state, base_failed = load(base_tree, revision=base_commit)
     warnings: tuple[Diagnostic, ...] = ()
     if base_state is None:
@@ -313,7 +378,38 @@ def diff(base: str, head: str, repo: str, prune: bool, output: str) -> None:
         emit(head_failed, output)
         sys.exit(EXIT_ERRORS)
     plan = make_plan(head_state, live, prune=prune or config.prune, extra_warnings=warnings)
-    emit(plan, output)
+    review = review_changes(
+        plan,
+        base_tree,
+        head_tree,
+        base=base_state,
+        head=head_state,
+        target=target.name,
+        capacity_cores=target.capacity_cores,
+    )
+    violations: tuple[Diagnostic, ...] = ()
+    if not policies.empty:
+        approvals = frozenset(approve)
+        if policies.require_approval is not None:
+            messages = git_source.commit_messages(base_commit, head_commit)
+            approvals |= approvals_from_messages(messages)
+        history = None
+        mirrored = mirror_history_needed(base_state, head_state, policies=policies)
+        if mirrored:
+            # How long they have been mirrored is in the base branch's history only.
+            commits, complete = git_source.first_parent_log(base_commit)
+            history = mirror_history(
+                ((when, functools.partial(git_source.tree, sha)) for sha, when in commits),
+                base=base_state,
+                deployments=mirrored,
+                now=time.time(),
+                complete=complete,
+            )
+        violations = check_policies(
+            base_state, head_state, policies=policies, approvals=approvals, history=history
+        )
+    plan = replace(plan, errors=violations, warnings=plan.warnings + quota_warnings(review))
+    click.echo(render_plan(plan, output, review=review), nl=False)
     sys.exit(exit_code(plan))
 
 

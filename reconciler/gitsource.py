@@ -209,6 +209,72 @@ class GitSource:
             return False
         return True
 
+    # --- review: a base a CI clone lacks, the base branch's history, approvals ----------
+
+    def is_shallow(self) -> bool:
+        return str(self.repo.git.rev_parse("--is-shallow-repository")).strip() == "true"
+
+    def fetch_revision(self, rev: str, *, depth: int = 50) -> str:
+        """Fetch a revision that a CI clone lacks, then resolve it; for `reconcile diff`.
+
+        `REMOTE/BRANCH` (a remote-tracking name such as origin/main) fetches that branch
+        into its remote-tracking ref, so the name resolves afterwards; anything else is
+        fetched by name from `origin` (or the only remote) and resolved as FETCH_HEAD. A
+        shallow clone fetches `depth` commits; a complete clone is fetched in full, since
+        a --depth fetch would make it shallow.
+        """
+        remotes = [r.name for r in self.repo.remotes]
+        head, _, branch = rev.removeprefix("refs/remotes/").partition("/")
+        if branch and head in remotes:
+            remote = head
+            refspec = f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"
+            fetched = f"refs/remotes/{remote}/{branch}"
+        elif remotes:
+            remote = "origin" if "origin" in remotes else remotes[0]
+            refspec, fetched = rev, "FETCH_HEAD"
+        else:
+            raise GitSourceError(
+                f"revision {rev!r} is not in the repository at {self.root}, "
+                "which has no remote to fetch it from"
+            )
+        args = [f"--depth={depth}"] if self.is_shallow() else []
+        try:
+            self.repo.git.fetch(*args, remote, refspec)
+        except git.GitCommandError as exc:
+            raise GitSourceError(
+                f"cannot fetch {rev!r} from {remote}: {_first_line(exc)}"
+            ) from None
+        return self.resolve(fetched)
+
+    def first_parent_log(self, rev: str, *, limit: int = 500) -> tuple[list[tuple[str, int]], bool]:
+        """(commit, committer time) back from `rev` along first parents, newest first, and
+        whether that is the whole history (False: cut by `limit` or a shallow boundary).
+
+        First parents, because on a main branch they are the states it was in one after
+        the other (merge commits carry their merge time); a merged branch's own commits
+        never were the state of main.
+        """
+        out = str(
+            self.repo.git.log("--first-parent", f"--max-count={limit}", "--format=%H %ct %P", rev)
+        )
+        commits: list[tuple[str, int]] = []
+        parents = ""
+        for line in out.splitlines():
+            sha, when, *rest = line.split(" ")
+            commits.append((sha, int(when)))
+            parents = " ".join(rest)
+        if not commits:
+            return commits, True
+        shallow_file = Path(self.repo.git_dir) / "shallow"
+        shallow = set(shallow_file.read_text().split()) if shallow_file.is_file() else set()
+        complete = not parents.strip() and commits[-1][0] not in shallow
+        return commits, complete
+
+    def commit_messages(self, base: str, head: str) -> list[str]:
+        """Messages of the commits in base..head (those that head adds to base)."""
+        out = str(self.repo.git.log("-z", "--format=%B", f"{base}..{head}"))
+        return [m for m in out.split("\0") if m.strip()]
+
     # --- the status branch ------------------------------------------------------------
 
     def read_status(self, branch: str = DEFAULT_STATUS_BRANCH) -> tuple[str | None, dict[str, str]]:

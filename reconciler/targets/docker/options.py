@@ -10,7 +10,9 @@ targets:
     state_dir: ~/.local/state/ml-endpoint-reconciler/docker   # keys (0600), router configs
     router_port_range: [18000, 18999]
     ready_timeout_s: 300
+    capacity_cores: 16            # core quota the review holds ceil(1.2 x n) x cores against
 ```
+`capacity_cores` is read by reconciler.repoconfig (any target type), not by the driver.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class DockerOptions:
             "router_port_range",
             "ready_timeout_s",
             "drain_s",
+            "capacity_cores",  # the review's quota figure (repoconfig); no effect here
         }
         unknown = sorted(set(options) - known)
         if unknown:
