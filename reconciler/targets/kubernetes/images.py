@@ -14,6 +14,7 @@ into the pod.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import urllib.error
@@ -45,8 +46,12 @@ class ImageSource(Protocol):
     def deployment_image(self, spec: DeploymentSpec, say: ProgressCallback) -> DeploymentImage: ...
 
 
+@functools.cache
 def router_tag() -> str:
-    """Content address of the router image: the reconciler's code and the pinned packages."""
+    """Content address of the router image: the reconciler's code and the pinned packages.
+
+    Worked out once per process: the code a process runs does not change under it.
+    """
     # routerimage imports the Docker SDK; render runs where only the names are needed, so
     # the digest is computed here from the same inputs.
     import reconciler

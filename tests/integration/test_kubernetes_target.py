@@ -1,0 +1,490 @@
+"""The Kubernetes target with the real `kubernetes` client over HTTP against the fake API
+server: create, scale, update, traffic, mirror, delete and prune; rollouts observed through
+Deployment status so that the health gates are exercised; the gateway-api variant."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kube_fake import FakeKubernetes, serve
+from kube_support import (
+    NAMESPACE,
+    apply_rev,
+    failures,
+    gateway_options,
+    make_target,
+    plan_rev,
+)
+from repo_builder import RepoBuilder
+
+from reconciler.health import Health, deployment_health
+from reconciler.model.results import Outcome
+from reconciler.model.state import ProvisioningState
+from reconciler.router.config import parse_config
+from reconciler.router.tokens import hash_key
+from reconciler.targets.base import TargetError, TargetUnavailable
+from reconciler.targets.kubernetes import manifests as m
+from reconciler.targets.kubernetes.client import KubeClient
+
+EP = "my-endpoint"
+BLUE = m.deployment_object_name(EP, "blue")
+GREEN = m.deployment_object_name(EP, "green")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKubernetes]:
+    with serve() as running:
+        yield running
+
+
+def blue_green(repo: RepoBuilder, *, blue: int = 90, green: int = 10, **green_extra: Any) -> None:
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint(EP, traffic={"blue": blue, "green": green})
+    repo.deployment(EP, "blue")
+    repo.deployment(EP, "green", model="azureml:sklearn-regression:2", **green_extra)
+
+
+def router_config(fake: FakeKubernetes) -> Any:
+    secret = fake.get("secrets", m.router_config_name(EP))
+    assert secret is not None
+    return parse_config(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE]))
+
+
+def test_create_applies_every_object_server_side_with_our_labels(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("blue and green")
+    result = apply_rev(repo, make_target(fake))
+    assert not failures(result), failures(result)
+
+    assert sorted(fake.names("deployments")) == sorted([BLUE, GREEN, m.router_name(EP)])
+    assert sorted(fake.names("services")) == sorted([BLUE, GREEN, m.router_name(EP)])
+    assert sorted(fake.names("secrets")) == [m.keys_secret_name(EP), m.router_config_name(EP)]
+    assert fake.names("configmaps") == [m.record_name(EP)]
+    for plural in ("deployments", "services", "secrets", "configmaps"):
+        for obj in fake.list(plural):
+            assert obj["metadata"]["labels"][m.MANAGED_BY] == m.MANAGER
+            assert obj["metadata"]["labels"][m.ENDPOINT_LABEL] == EP
+    writes = [r for r in fake.requests if r.method == "PATCH"]
+    assert writes and all(
+        r.content_type == "application/apply-patch+yaml"
+        and r.query == {"fieldManager": m.MANAGER, "force": "true"}
+        for r in writes
+    )
+    blue = fake.get("deployments", BLUE)
+    assert blue is not None
+    annotations = blue["metadata"]["annotations"]
+    assert json.loads(annotations[m.SPEC_ANNOTATION])["name"] == "blue"
+    assert annotations[m.DIGEST_ANNOTATION].startswith("sha256:")
+    assert blue["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "20%", "maxUnavailable": 0}
+
+    config = router_config(fake)
+    assert config.traffic == (("blue", 90), ("green", 10))
+    assert config.deployment("blue").instances == (f"{BLUE}.{NAMESPACE}.svc:5001",)
+    creds = make_target(fake).endpoint_credentials(EP)
+    assert config.key_hashes == (hash_key(creds.primary_key), hash_key(creds.secondary_key))
+
+    live = make_target(fake).observe()
+    endpoint = live.endpoint(EP)
+    assert endpoint is not None and endpoint.provisioning_state == ProvisioningState.SUCCEEDED
+    assert endpoint.scoring_uri == f"http://{m.router_name(EP)}.{NAMESPACE}.svc.cluster.local/score"
+    assert all(deployment_health(d) == Health.HEALTHY for d in live.deployments)
+    # Keys never leave the Secret: not in labels, annotations or the router config.
+    everything = json.dumps([fake.list(p) for p in ("deployments", "configmaps", "services")])
+    assert creds.primary_key not in everything
+
+
+def test_scale_update_traffic_and_mirror(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+    blue_green(repo, blue=100, green=0)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    blue_before = fake.get("deployments", BLUE)
+    assert blue_before is not None
+
+    # Scale: replicas, one Service slot per instance, router lists each slot.
+    repo.deployment(EP, "blue", instance_count=3)
+    repo.commit("scale blue")
+    assert not failures(apply_rev(repo, target))
+    blue = fake.get("deployments", BLUE)
+    assert blue is not None and blue["spec"]["replicas"] == 3
+    assert blue["spec"]["template"] == blue_before["spec"]["template"]  # no rollout
+    service = fake.get("services", BLUE)
+    assert service is not None and [p["port"] for p in service["spec"]["ports"]] == [
+        5001,
+        5002,
+        5003,
+    ]
+    assert len(router_config(fake).deployment("blue").instances) == 3
+
+    # Update: a code change rolls the template out (new image tag, new digest).
+    repo.code(version="2")
+    repo.commit("code v2")
+    assert not failures(apply_rev(repo, target))
+    blue_after = fake.get("deployments", BLUE)
+    assert blue_after is not None
+    assert blue_after["spec"]["template"] != blue["spec"]["template"]
+    assert blue_after["metadata"]["generation"] > blue["metadata"]["generation"]
+
+    # Traffic and mirror.
+    repo.endpoint(EP, traffic={"blue": 70, "green": 30})
+    repo.commit("canary")
+    assert not failures(apply_rev(repo, target))
+    assert router_config(fake).traffic == (("blue", 70), ("green", 30))
+    repo.endpoint(EP, traffic={"blue": 100, "green": 0}, mirror={"green": 20})
+    repo.commit("mirror")
+    assert not failures(apply_rev(repo, target))
+    config = router_config(fake)
+    assert config.traffic == (("blue", 100),)
+    assert config.mirror_traffic == (("green", 20),)
+    assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_delete_moves_traffic_first_and_prune_removes_only_ours(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.endpoint("old-endpoint", traffic={"main": 100})
+    repo.deployment("old-endpoint", "main")
+    repo.commit("two endpoints")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    # Someone else's objects with look-alike labels, in the same namespace.
+    foreign_labels = {m.ENDPOINT_LABEL: "old-endpoint"}
+    fake.put(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "not-ours", "namespace": NAMESPACE, "labels": foreign_labels},
+            "data": {},
+        }
+    )
+
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.remove("endpoints/old-endpoint/endpoint.yml")
+    repo.remove("endpoints/old-endpoint/main.yml")
+    repo.commit("green and old-endpoint gone")
+    result = apply_rev(repo, target, prune=True)
+    assert not failures(result), failures(result)
+    actions = [(s.action.value, s.target_name) for s in result.plan.steps]
+    assert actions.index(("set_traffic", EP)) < actions.index(("delete_deployment", f"{EP}/green"))
+    assert GREEN not in fake.names("deployments")
+    assert GREEN not in fake.names("services")
+    assert router_config(fake).deployment("green") is None
+    assert not fake.list("deployments", f"{m.ENDPOINT_LABEL}=old-endpoint")
+    assert not fake.list("secrets", f"{m.ENDPOINT_LABEL}=old-endpoint")
+    assert fake.names("configmaps", f"{m.ENDPOINT_LABEL}=old-endpoint") == ["not-ours"]
+
+
+def test_a_deployment_with_traffic_is_never_deleted(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    from reconciler.model.plan import Action, Step
+
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    with pytest.raises(TargetError, match="still has traffic"):
+        target.apply(Step(Action.DELETE_DEPLOYMENT, EP, "green"))
+    assert GREEN in fake.names("deployments")
+
+
+def _wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_rollout_progress_gates_the_traffic_step(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.deployment(EP, "blue")
+    repo.commit("blue")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+
+    repo.model(version=2, weights="2")
+    repo.deployment(EP, "green", instance_count=2, model="azureml:sklearn-regression:2")
+    repo.endpoint(EP, traffic={"blue": 50, "green": 50})
+    repo.commit("green canary")
+    fake.hold(GREEN)
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=apply_rev(repo, make_target(fake))))
+    thread.start()
+    try:
+        _wait_for(lambda: fake.get("deployments", GREEN) is not None)
+        green = next(d for d in target.observe().deployments if d.name == "green")
+        assert green.provisioning_state == ProvisioningState.CREATING
+        assert deployment_health(green) == Health.PROGRESSING
+
+        # One of two new pods available: still progressing, traffic not moved.
+        generation = fake.get("deployments", GREEN)["metadata"]["generation"]  # type: ignore[index]
+        fake.set_status(
+            "deployments",
+            GREEN,
+            {
+                "observedGeneration": generation,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": 1,
+                "availableReplicas": 1,
+            },
+        )
+        green = next(d for d in target.observe().deployments if d.name == "green")
+        assert green.ready_instances == 1 and deployment_health(green) == Health.PROGRESSING
+        time.sleep(0.2)
+        assert thread.is_alive()
+        assert router_config(fake).traffic == (("blue", 100),)
+
+        fake.set_status(
+            "deployments",
+            GREEN,
+            {
+                "observedGeneration": generation,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": 2,
+                "availableReplicas": 2,
+                "conditions": [{"type": "Available", "status": "True"}],
+            },
+        )
+    finally:
+        thread.join(timeout=20)
+    assert not failures(outcome["r"]), failures(outcome["r"])
+    assert router_config(fake).traffic == (("blue", 50), ("green", 50))
+
+
+def test_a_crash_looping_deployment_fails_fast_and_keeps_traffic(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.deployment(EP, "blue")
+    repo.commit("blue")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+
+    repo.model(version=2, weights="2")
+    repo.deployment(EP, "green", model="azureml:sklearn-regression:2")
+    repo.endpoint(EP, traffic={"blue": 50, "green": 50})
+    repo.commit("green canary")
+    fake.break_deployment(GREEN)
+    started = time.monotonic()
+    result = apply_rev(repo, target)
+    assert time.monotonic() - started < 10
+    outcomes = {s.action.value: r for s, r in zip(result.plan.steps, result.results, strict=True)}
+    create = outcomes["create_deployment"]
+    assert create.outcome == Outcome.FAILED and create.error_code == "DeploymentNotReady"
+    assert "CrashLoopBackOff" in create.message
+    assert "log of" in create.log_tail
+    assert outcomes["set_traffic"].outcome == Outcome.SKIPPED
+    assert router_config(fake).traffic == (("blue", 100),)
+    green = next(d for d in target.observe().deployments if d.name == "green")
+    assert green.provisioning_state == ProvisioningState.FAILED
+    assert "CrashLoopBackOff" in (green.last_error or "")
+
+
+def test_stalled_rollout_reported_failed_after_its_deadline(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.deployment(EP, "blue")
+    repo.commit("blue")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    fake.set_status(
+        "deployments",
+        BLUE,
+        {
+            "observedGeneration": 1,
+            "replicas": 1,
+            "updatedReplicas": 0,
+            "availableReplicas": 1,
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": 'ReplicaSet "x" has timed out progressing.',
+                }
+            ],
+        },
+    )
+    blue = target.observe().deployments[0]
+    assert blue.provisioning_state == ProvisioningState.FAILED
+    assert "timed out" in (blue.last_error or "")
+
+
+def test_autoscaled_deployment_gets_an_hpa_and_the_count_from_the_scale_subresource(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.deployment(
+        EP,
+        "blue",
+        instance_count=2,
+        scale_settings={
+            "type": "target_utilization",
+            "min_instances": 2,
+            "max_instances": 5,
+            "target_utilization_percentage": 60,
+        },
+    )
+    repo.commit("autoscaled")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    hpa = fake.get("horizontalpodautoscalers", BLUE)
+    assert hpa is not None
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    metric = hpa["spec"]["metrics"][0]["resource"]["target"]
+    assert metric == {"type": "Utilization", "averageUtilization": 60}
+    blue = fake.get("deployments", BLUE)
+    assert blue is not None and blue["spec"]["replicas"] == 2
+    assert any(r.path.endswith("/scale") for r in fake.requests)
+    # The router is sized for the most instances the autoscaler may run.
+    assert len(router_config(fake).deployment("blue").instances) == 5
+
+    # The autoscaler moves the count: the reconciler does not fight it.
+    KubeClient.for_host(fake.url, NAMESPACE).scale("Deployment", BLUE, 4)
+    assert plan_rev(repo, target).plan.steps == ()
+
+    # Back to a fixed count: the HPA is pruned, replicas are ours again.
+    repo.deployment(EP, "blue", instance_count=3)
+    repo.commit("fixed")
+    assert not failures(apply_rev(repo, target))
+    assert fake.get("horizontalpodautoscalers", BLUE) is None
+    assert fake.get("deployments", BLUE)["spec"]["replicas"] == 3  # type: ignore[index]
+
+
+def test_network_policies_follow_the_access_settings(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100}, public_network_access="disabled")
+    repo.deployment(EP, "blue", egress_public_network_access="disabled")
+    repo.commit("private")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    ingress = fake.get("networkpolicies", m.ingress_policy_name(EP))
+    assert ingress is not None
+    assert ingress["spec"]["podSelector"]["matchLabels"][m.ROLE_LABEL] == m.ROLE_ROUTER
+    assert fake.get("networkpolicies", m.egress_policy_name(EP, "blue")) is not None
+
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.deployment(EP, "blue")
+    repo.commit("public again")
+    result = apply_rev(repo, target)
+    assert not failures(result), failures(result)
+    assert fake.names("networkpolicies") == []
+
+
+def test_gateway_api_routes_weights_mirror_and_pins(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo, blue=100, green=0)
+    repo.endpoint(EP, traffic={"blue": 100, "green": 0}, mirror={"green": 20})
+    repo.commit("mirror")
+    target = make_target(fake, gateway_options())
+    result = apply_rev(repo, target)
+    assert not failures(result), failures(result)
+    assert m.router_name(EP) not in fake.names("deployments")
+    route = fake.get("httproutes", m.route_name(EP))
+    assert route is not None
+    assert route["spec"]["parentRefs"][0]["name"] == "ml-gateway"
+    weighted, *pins = route["spec"]["rules"]
+    assert weighted["backendRefs"] == [
+        {"group": "", "kind": "Service", "name": BLUE, "port": 5001, "weight": 100}
+    ]
+    mirror = weighted["filters"][0]
+    assert mirror["type"] == "RequestMirror"
+    assert mirror["requestMirror"]["percent"] == 20
+    assert mirror["requestMirror"]["backendRef"]["name"] == GREEN
+    assert [p["matches"][0]["headers"][0]["value"] for p in pins] == ["blue", "green"]
+    assert all(p["matches"][0]["headers"][0]["name"] == m.PIN_HEADER for p in pins)
+
+    repo.endpoint(EP, traffic={"blue": 60, "green": 40})
+    repo.commit("split")
+    assert not failures(apply_rev(repo, target))
+    live = target.observe().endpoint(EP)
+    assert live is not None
+    assert live.spec.traffic == (("blue", 60), ("green", 40))
+    assert live.spec.mirror_traffic == ()
+    assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_gateway_api_without_the_crds_is_a_clear_error(repo: RepoBuilder) -> None:
+    with serve(FakeKubernetes(gateway_api=False)) as fake:
+        target = make_target(fake, gateway_options())
+        with pytest.raises(TargetError, match="Gateway API"):
+            target.observe()
+
+
+def test_settle_routes_a_deployment_left_unrouted(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    # A reconciler stopped between rolling green out and routing it.
+    config = router_config(fake)
+    from dataclasses import replace
+
+    stale = replace(config, deployments=tuple(r for r in config.deployments if r.name != "green"))
+    stale = replace(stale, traffic=(("blue", 100),))
+    KubeClient.for_host(fake.url, NAMESPACE).apply(
+        m.router_config_manifest(target.context(), stale)
+    )
+    target.settle()
+    assert router_config(fake).deployment("green") == config.deployment("green")
+
+
+def test_regenerate_one_key_keeps_the_other(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    before = target.endpoint_credentials(EP)
+    target.regenerate_key(EP, "primary")
+    after = target.endpoint_credentials(EP)
+    assert after.primary_key != before.primary_key
+    assert after.secondary_key == before.secondary_key
+    assert router_config(fake).key_hashes == (
+        hash_key(after.primary_key),
+        hash_key(after.secondary_key),
+    )
+    # A later pass keeps the keys it finds.
+    repo.endpoint(EP, traffic={"blue": 50, "green": 50}, description="changed")
+    repo.commit("endpoint settings")
+    assert not failures(apply_rev(repo, target))
+    assert target.endpoint_credentials(EP) == after
+
+
+def test_unreachable_api_server_is_target_unavailable() -> None:
+    target = make_target(FakeKubernetes(url="http://127.0.0.1:9"))
+    with pytest.raises(TargetUnavailable):
+        target.observe()
+
+
+def test_an_api_error_fails_the_step_not_the_pass(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    fake.fail_next["PATCH"] = 500
+    result = apply_rev(repo, target)
+    first = result.results[0]
+    assert first.outcome == Outcome.FAILED and first.error_code == "KubernetesApiError"
+    # The next pass converges.
+    assert not failures(apply_rev(repo, target))
+    assert plan_rev(repo, target).plan.steps == ()
