@@ -146,11 +146,13 @@ def plan_text(plan: Plan) -> str:
             f"Policy violations ({len(violations)}): this change breaks the repository's policies"
         )
         lines.extend(f"  {_diagnostic_line(v)}" for v in violations)
-        lines.append("")
     if errors:
+        if lines:
+            lines.append("")
         lines.append(f"Errors ({len(errors)}): nothing will be applied")
         lines.extend(f"  {_diagnostic_line(e)}" for e in errors)
     elif not plan.steps:
+        lines.extend([""] if lines else [])
         lines.append("No changes: the target matches the repository.")
     else:
         current = None

@@ -122,6 +122,40 @@ def no_change(r: RepoBuilder) -> tuple[list[str], int]:
     return [], 0
 
 
+def model_environment_and_size(r: RepoBuilder) -> tuple[list[str], int]:
+    """What a reviewer must see of a deployment change: model, code, packages, quota."""
+    two_deployments(r)
+    r.write_yaml(
+        "reconciler.yaml", {"targets": {"local": {"type": "docker", "capacity_cores": 24}}}
+    )
+    r.commit("base")
+    r.environment(version=2, packages=("numpy==2.1.0", "pandas>=2"))
+    r.model(version=3, weights="3")
+    r.deployment(
+        "my-endpoint",
+        "green",
+        model="azureml:sklearn-regression:3",
+        environment="azureml:sklearn-env:2",
+        instance_type="Standard_DS4_v2",
+        instance_count=2,
+    )
+    r.code(version="3")
+    return [], 2
+
+
+def policy_violations(r: RepoBuilder) -> tuple[list[str], int]:
+    """A 40-point shift where 20 are allowed, on an endpoint that needs approval: exit 1,
+    and the plan is still shown so that the reviewer sees what was asked for."""
+    two_deployments(r)
+    r.write_yaml(
+        "reconciler.yaml",
+        {"policies": {"max_traffic_shift": 20, "require_approval": ["my-endpoint"]}},
+    )
+    r.commit("base")
+    r.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
+    return [], 1
+
+
 SCENARIOS: dict[str, Callable[[RepoBuilder], tuple[list[str], int]]] = {
     f.__name__: f
     for f in (
@@ -136,6 +170,8 @@ SCENARIOS: dict[str, Callable[[RepoBuilder], tuple[list[str], int]]] = {
         prune_on,
         prune_off,
         no_change,
+        model_environment_and_size,
+        policy_violations,
     )
 }
 
