@@ -7,9 +7,9 @@ apply pushes, without building anything, and a tag that the registry already has
 built again: CI can push the images and the in-cluster daemon (which has no Docker Engine)
 only checks that they are there (`build_images: false`).
 
-Custom-container environments run their own image as it is; when such a deployment has a
-model, a small image holding the model files is pushed, and an init container copies them
-into the pod.
+Custom-container environments run their own image as it is (unless the deployment adds
+code, which goes into a thin layer on top); when such a deployment has a model, a small
+image holding the model files is pushed, and an init container copies them into the pod.
 """
 
 from __future__ import annotations

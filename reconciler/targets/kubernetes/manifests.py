@@ -195,8 +195,8 @@ def canonical_json(data: Any) -> str:
 class DeploymentImage:
     """The images a deployment's pods run.
 
-    image: the container's image. model_image: for a custom container with a model, an
-    image holding the model files that an init container copies into the pod (the custom
+    image: the container's image. model_image: for a custom container (without code) with a
+    model, an image holding the model files that an init container copies into the pod (the custom
     image itself runs as it is). built: made and pushed by us; False for a user's image.
     """
 
@@ -236,7 +236,9 @@ def model_image_key(spec: DeploymentSpec, *, salt: str) -> str:
 def plan_image(spec: DeploymentSpec, options: KubernetesOptions) -> DeploymentImage:
     salt = build_salt(options)
     env = spec.environment
-    if env.custom_container and env.image and not env.build_context:
+    # With code to add, a custom image gets the thin code layer like any other (the Docker
+    # target's builder); without, it runs as it is.
+    if env.custom_container and env.image and not env.build_context and spec.code is None:
         model_image = None
         if spec.model is not None:
             model_image = image_name(options, "reconciler-model", model_image_key(spec, salt=salt))

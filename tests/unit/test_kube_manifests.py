@@ -1,0 +1,283 @@
+"""Manifests of the Kubernetes target: valid against the official schemas of two
+Kubernetes versions (kubernetes-validate, strict: unknown fields are errors), deterministic,
+and saying what the specs say.
+
+HTTPRoute is a CRD (Gateway API) that kubernetes-validate does not ship: its manifests are
+checked field by field here instead of against a schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from specs_factory import deployment, endpoint
+
+from reconciler.model.codec import deployment_from_json
+from reconciler.model.specs import (
+    EnvironmentSpec,
+    InferenceConfig,
+    Resources,
+    Route,
+    ScaleSettings,
+    weights,
+)
+from reconciler.model.state import DesiredState
+from reconciler.router.config import parse_config
+from reconciler.targets.docker.credentials import EndpointCredentials
+from reconciler.targets.kubernetes import manifests as m
+from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+VERSIONS = ("1.29.0", "1.33.0")
+CREDS = EndpointCredentials(
+    "primary-key", "secondary-key", "c2VjcmV0LXRva2VuLWJ5dGVzLTEyMzQ", "admin", 0, 0
+)
+OPTIONS = KubernetesOptions(name="cluster", namespace="ml", registry="127.0.0.1:5000/ml")
+CTX = m.RenderContext("ml", OPTIONS, "127.0.0.1:5000/ml/reconciler-router:abc")
+GATEWAY_CTX = m.RenderContext(
+    "ml",
+    replace(OPTIONS, router="gateway-api", gateway=GatewayRef("gw", "gateway-system")),
+    "unused",
+)
+
+CUSTOM = EnvironmentSpec(
+    name="custom",
+    version="1",
+    image="example.invalid/server:2",
+    inference_config=InferenceConfig(
+        Route(8000, "/live"), Route(8000, "/ready"), Route(8000, "/p")
+    ),
+    digest="sha256:x",
+)
+
+
+def _desired() -> DesiredState:
+    return DesiredState(
+        endpoints=(
+            endpoint(
+                "ep", {"blue": 80, "green": 20}, mirror=None, public_network_access="disabled"
+            ),
+            endpoint("Other-Ep", {"main": 100}, mirror=None, auth_mode="aml_token"),
+        ),
+        deployments=(
+            deployment("blue", "ep", instance_count=3, egress_public_network_access="disabled"),
+            deployment(
+                "green",
+                "ep",
+                instance_type="Standard_NC6s_v3",
+                scale_settings=ScaleSettings("target_utilization", 2, 6, 50, 1),
+            ),
+            deployment(
+                "main",
+                "Other-Ep",
+                environment=CUSTOM,
+                code=None,
+                model_mount_path="/models",
+                resources=Resources(requests=(("cpu", "500m"),), limits=(("memory", "1Gi"),)),
+            ),
+        ),
+    )
+
+
+def _all(ctx: m.RenderContext = CTX) -> list[dict[str, Any]]:
+    desired = _desired()
+    return m.render_desired(ctx, desired, credentials={e.name: CREDS for e in desired.endpoints})
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_is_valid_for_two_kubernetes_versions(version: str) -> None:
+    manifests = _all() + [d for d in _all(GATEWAY_CTX) if d["kind"] != "HTTPRoute"]
+    kinds = {d["kind"] for d in manifests}
+    assert kinds == {
+        "Secret",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    }
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_render_is_deterministic_and_names_are_dns_labels() -> None:
+    first, second = _all(), _all()
+    assert json.dumps(first) == json.dumps(second)
+    for manifest in first:
+        name = manifest["metadata"]["name"]
+        assert len(name) <= 63 and name == name.lower()
+    names = [m.object_key(d) for d in first]
+    assert len(names) == len(set(names))
+
+
+def test_names_of_look_alike_pairs_differ() -> None:
+    assert m.deployment_object_name("a-b", "cde") != m.deployment_object_name("a", "b-cde")
+    assert m.dns_name("My-Ep") != m.dns_name("my-ep")
+    long = m.deployment_object_name("e" * 32, "d" * 32)
+    assert len(long) <= 63
+
+
+def _find(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_deployment_carries_spec_digest_probes_resources_and_contract_variables() -> None:
+    manifests = _all()
+    blue_spec = _desired().deployments[0]
+    blue = _find(manifests, "Deployment", m.deployment_object_name("ep", "blue"))
+    meta = blue["metadata"]
+    assert meta["labels"][m.MANAGED_BY] == "ml-endpoint-reconciler"
+    assert meta["labels"][m.ENDPOINT_LABEL] == "ep"
+    assert meta["labels"][m.DEPLOYMENT_LABEL] == "blue"
+    assert meta["annotations"][m.DIGEST_ANNOTATION] == blue_spec.digest
+    recorded = deployment_from_json(json.loads(meta["annotations"][m.SPEC_ANNOTATION]))
+    assert recorded.digest == blue_spec.digest and recorded.instance_count == 3
+    spec = blue["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": "20%", "maxUnavailable": 0}
+    assert spec["template"]["metadata"]["annotations"] == {m.DIGEST_ANNOTATION: blue_spec.digest}
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["AZUREML_MODEL_DIR"] == "/var/azureml-app/azureml-models/m/1"
+    assert env["AZUREML_ENTRY_SCRIPT"] == "score.py"
+    assert env["AML_APP_ROOT"] == "/var/azureml-app/src"
+    assert env["WORKER_COUNT"] == "1"
+    assert container["resources"]["limits"] == {"cpu": "4000m", "memory": "14336Mi"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/", "port": 5001}
+    assert container["readinessProbe"]["failureThreshold"] == 30
+    assert container["image"].startswith("127.0.0.1:5000/ml/reconciler-app:")
+
+
+def test_user_variables_override_ours_and_gpus_are_limits() -> None:
+    spec = deployment(
+        "gpu",
+        "ep",
+        instance_type="Standard_NC12s_v3",
+        environment_variables=(("WORKER_COUNT", "8"), ("EXTRA", "1")),
+    )
+    (manifest, *_) = m.deployment_manifests(
+        CTX, spec, replicas=1, image=m.plan_image(spec, OPTIONS)
+    )
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["WORKER_COUNT"] == "8" and env["EXTRA"] == "1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_autoscaled_deployment_leaves_replicas_to_its_hpa() -> None:
+    manifests = _all()
+    name = m.deployment_object_name("ep", "green")
+    green = _find(manifests, "Deployment", name)
+    assert "replicas" not in green["spec"]
+    hpa = _find(manifests, "HorizontalPodAutoscaler", name)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == name
+    # The router lists as many slots as the autoscaler may run instances.
+    service = _find(manifests, "Service", name)
+    assert len(service["spec"]["ports"]) == 6
+
+
+def test_custom_container_runs_its_own_image_with_its_routes() -> None:
+    manifests = _all()
+    main = _find(manifests, "Deployment", m.deployment_object_name("Other-Ep", "main"))
+    pod = main["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "example.invalid/server:2"
+    assert container["ports"][0]["containerPort"] == 8000
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": 8000}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8000}
+    assert container["resources"] == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
+    assert {e["name"] for e in container["env"]} == {"AZUREML_MODEL_DIR"}
+    init = pod["initContainers"][0]
+    assert init["image"].startswith("127.0.0.1:5000/ml/reconciler-model:")
+    assert container["volumeMounts"][0]["mountPath"] == "/models"
+
+
+def test_router_config_secret_holds_hashes_routes_and_traffic() -> None:
+    manifests = _all()
+    secret = _find(manifests, "Secret", m.router_config_name("ep"))
+    config = parse_config(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE]))
+    assert config.traffic == (("blue", 80), ("green", 20))
+    assert "primary-key" not in json.dumps(manifests[2:])
+    blue = config.deployment("blue")
+    assert blue is not None
+    service = m.deployment_object_name("ep", "blue")
+    assert blue.instances == tuple(f"{service}.ml.svc:{5001 + i}" for i in range(3))
+    keys = _find(manifests, "Secret", m.keys_secret_name("ep"))
+    assert m.credentials_from_secret(keys["data"]) == replace(CREDS, port=8080, metrics_port=9090)
+    router = _find(manifests, "Deployment", m.router_name("ep"))
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/opt/venv/bin/python", "-m", "reconciler.router"]
+    assert container["args"] == ["--config", "/etc/reconciler-router/router.json"]
+
+
+def test_private_endpoint_gets_network_policies() -> None:
+    manifests = _all()
+    ingress = _find(manifests, "NetworkPolicy", m.ingress_policy_name("ep"))
+    assert ingress["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    egress = _find(manifests, "NetworkPolicy", m.egress_policy_name("ep", "blue"))
+    assert egress["spec"]["policyTypes"] == ["Egress"]
+    assert not any(
+        d["kind"] == "NetworkPolicy" and d["metadata"]["labels"][m.ENDPOINT_LABEL] == "Other-Ep"
+        for d in manifests
+    )
+
+
+def test_http_route_weights_mirror_pins_and_round_trip() -> None:
+    names = [f"d{i:02d}" for i in range(20)]
+    routes = m.http_route_manifests(
+        GATEWAY_CTX,
+        "ep",
+        deployments=names,
+        traffic=weights({"d00": 70, "d01": 30}),
+        mirror_traffic=weights({"d02": 10}),
+    )
+    # 16 rules at most per HTTPRoute: the pins spill into a second route.
+    assert [len(r["spec"]["rules"]) for r in routes] == [16, 5]
+    for route in routes:
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"]["parentRefs"] == [
+            {
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": "gw",
+                "namespace": "gateway-system",
+            }
+        ]
+    weighted = routes[0]["spec"]["rules"][0]
+    assert [b["weight"] for b in weighted["backendRefs"]] == [70, 30]
+    assert weighted["filters"][0]["requestMirror"]["percent"] == 10
+    services = {m.deployment_object_name("ep", n): n for n in names}
+    assert m.route_traffic(routes[0], services) == (
+        (("d00", 70), ("d01", 30)),
+        (("d02", 10),),
+    )
+    pins = [
+        r for route in routes for r in route["spec"]["rules"][(1 if route is routes[0] else 0) :]
+    ]
+    assert [p["matches"][0]["headers"][0]["value"] for p in pins] == names
+
+
+def test_a_custom_container_with_code_gets_a_thin_layer() -> None:
+    spec = deployment("main", "ep", environment=CUSTOM)
+    planned = m.plan_image(spec, OPTIONS)
+    assert planned.built and planned.model_image is None
+    assert planned.image.startswith("127.0.0.1:5000/ml/reconciler-app:")
+
+
+def test_image_tags_are_content_addresses() -> None:
+    spec = deployment("blue", "ep")
+    same = replace(spec, instance_count=9, liveness_probe=replace(spec.liveness_probe, period=3))
+    assert m.plan_image(spec, OPTIONS) == m.plan_image(same, OPTIONS)
+    from reconciler.model.specs import CodeSpec
+
+    new_code = replace(spec, code=CodeSpec("src", "score.py", digest="sha256:c2"))
+    assert m.plan_image(new_code, OPTIONS) != m.plan_image(spec, OPTIONS)
+    other_base = replace(OPTIONS, base_image="python:3.12")
+    assert m.plan_image(spec, other_base) != m.plan_image(spec, OPTIONS)
+    local = m.plan_image(spec, replace(OPTIONS, registry=None))
+    assert local.image.startswith("reconciler-app:")
