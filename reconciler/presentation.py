@@ -53,7 +53,7 @@ class DeploymentReview:
 
     endpoint: str
     deployment: str
-    status: str  # new, changed, deleted
+    status: str  # new, changed, deleted; traffic: only its traffic or mirror share changes
     model_before: str | None = None  # name:version
     model_after: str | None = None
     model_digest_before: str | None = None
@@ -77,6 +77,10 @@ class DeploymentReview:
     cores_after: int | None = None
     quota_before: int | None = None  # ceil(1.2 x instances) x cores
     quota_after: int | None = None
+    traffic_before: int = 0  # percent of live traffic
+    traffic_after: int = 0
+    mirror_before: int = 0  # percent of live traffic copied to it
+    mirror_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +282,7 @@ def _md_code(value: JsonValue) -> str:
 def _what_changes(review: Review) -> list[str]:
     out = ["### What changes", ""]
     for r in review.deployments:
-        status = "" if r.status == "changed" else f" ({r.status})"
+        status = {"changed": "", "traffic": " (traffic only)"}.get(r.status, f" ({r.status})")
         out.append(f"#### `{r.endpoint}/{r.deployment}`{status}")
         out.append("")
         out.extend(f"- {line}" for line in _deployment_lines(r))
@@ -332,14 +336,24 @@ def _instances_line(r: DeploymentReview) -> str:
     else:
         text = f"{kind}{r.instance_count_after} (unchanged)"
     if r.quota_after is None or r.cores_after is None:
-        return f"**instances** {text}; no quota figure (instance type not in the table)"
+        return f"**instances** {text}; no quota figure (instance type not in the table){_share(r)}"
     text += (
         f"; quota ceil(1.2 x {r.instance_count_after}) x {r.cores_after} = "
         f"**{r.quota_after} cores**"
     )
     if r.quota_before is not None and r.quota_before != r.quota_after:
         text += f" (was {r.quota_before})"
-    return f"**instances** {text}"
+    return f"**instances** {text}{_share(r)}"
+
+
+def _share(r: DeploymentReview) -> str:
+    """The traffic these instances will serve, when it changes: capacity against load."""
+    parts = []
+    if r.traffic_before != r.traffic_after:
+        parts.append(f"; live traffic {r.traffic_before}% → **{r.traffic_after}%**")
+    if r.mirror_before != r.mirror_after:
+        parts.append(f"; mirror {r.mirror_before}% → **{r.mirror_after}%**")
+    return "".join(parts)
 
 
 def _digest(value: str | None) -> str:

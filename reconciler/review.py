@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Final
 
 import yaml
@@ -31,7 +32,7 @@ from reconciler.filetree import Digester, FileTree
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType, quota_cores
 from reconciler.model.plan import Action, Plan
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec
+from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, weight_of
 from reconciler.model.state import DesiredState
 from reconciler.policies import POLICY_FILE, MirrorHistory, MirrorSince
 from reconciler.presentation import (
@@ -64,17 +65,37 @@ def review_changes(
     """The review of every deployment the plan has a step for."""
     old = {(d.endpoint_name, d.name): d for d in base.deployments}
     new = {(d.endpoint_name, d.name): d for d in head.deployments}
+    stepped = {(s.endpoint, s.deployment) for s in plan.steps if s.deployment is not None}
+    # Shares as the plan sees them: an endpoint that pruning leaves alone keeps its traffic.
+    shares: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+    for summary in plan.endpoints:
+        for name in summary.deployments:
+            shares[(summary.endpoint, name)] = (
+                weight_of(summary.traffic_before, name),
+                weight_of(summary.traffic_after, name),
+                weight_of(summary.mirror_before, name),
+                weight_of(summary.mirror_after, name),
+            )
+    # Deployments whose share moves are reviewed too: their instances meet the new load.
+    moved = {k for k, (tb, ta, mb, ma) in shares.items() if (tb, mb) != (ta, ma)}
     # Sorted by name rather than in plan order: a reviewer looks a deployment up.
-    keys = sorted({(s.endpoint, s.deployment) for s in plan.steps if s.deployment is not None})
+    keys = sorted(stepped | moved)
     old_digester = Digester(base_tree) if base_tree is not None else None
     new_digester = Digester(head_tree)
     reviews = tuple(
-        _review_one(
-            old.get(key),
-            new.get(key),
-            key=key,
-            digesters=(old_digester, new_digester),
-            instance_types=instance_types,
+        replace(
+            _review_one(
+                old.get(key),
+                new.get(key),
+                key=key,
+                digesters=(old_digester, new_digester),
+                instance_types=instance_types,
+            ),
+            status="traffic" if key not in stepped else _status(old.get(key), new.get(key)),
+            traffic_before=shares.get(key, (0, 0, 0, 0))[0],
+            traffic_after=shares.get(key, (0, 0, 0, 0))[1],
+            mirror_before=shares.get(key, (0, 0, 0, 0))[2],
+            mirror_after=shares.get(key, (0, 0, 0, 0))[3],
         )
         for key in keys
     )
@@ -96,6 +117,10 @@ def review_changes(
         quota_before=_quota_total(base.deployments, instance_types),
         quota_after=_quota_total((*head.deployments, *kept), instance_types),
     )
+
+
+def _status(before: DeploymentSpec | None, after: DeploymentSpec | None) -> str:
+    return "new" if before is None else "deleted" if after is None else "changed"
 
 
 def quota_warnings(review: Review) -> tuple[Diagnostic, ...]:
@@ -139,7 +164,7 @@ def _review_one(
     digesters: tuple[Digester | None, Digester],
     instance_types: Mapping[str, InstanceType],
 ) -> DeploymentReview:
-    status = "new" if before is None else "deleted" if after is None else "changed"
+    status = _status(before, after)
 
     def instances(spec: DeploymentSpec | None) -> tuple[int | None, int | None, int | None]:
         if spec is None:

@@ -24,7 +24,7 @@ EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "example-repo"
 SCORE_SCRIPT = EXAMPLE_REPO / "src" / "score.py"
 MODELS = EXAMPLE_REPO / "models"
 SAMPLE_REQUEST = (EXAMPLE_REPO / "sample-request.json").read_text(encoding="utf-8")
-SCHEMA_BASE = "https://azuremlschemas.azureedge.net/latest/"
+SCHEMAS = EXAMPLE_REPO.parent / "schemas"
 
 
 def load_score_module() -> ModuleType:
@@ -145,13 +145,22 @@ def read_yaml(relative: str) -> dict[str, Any]:
     return content
 
 
+def assert_schema(relative: str, schema_file: str) -> None:
+    """The file's `$schema` is a relative path to this project's schema (for editors)."""
+    declared = read_yaml(relative)["$schema"]
+    resolved = ((EXAMPLE_REPO / relative).parent / declared).resolve()
+    assert resolved == SCHEMAS / schema_file
+    schema = json.loads(resolved.read_text(encoding="utf-8"))
+    assert schema["$id"].endswith("/" + schema_file)
+
+
 def test_files_reference_each_other_consistently() -> None:
     endpoint = read_yaml("endpoints/my-endpoint/endpoint.yml")
-    assert endpoint["$schema"] == SCHEMA_BASE + "managedOnlineEndpoint.schema.json"
+    assert_schema("endpoints/my-endpoint/endpoint.yml", "managedOnlineEndpoint.schema.json")
     assert endpoint["traffic"] == {"blue": 90, "green": 10}
     for name, version in (("blue", 1), ("green", 2)):
         deployment = read_yaml(f"endpoints/my-endpoint/{name}.yml")
-        assert deployment["$schema"] == SCHEMA_BASE + "managedOnlineDeployment.schema.json"
+        assert_schema(f"endpoints/my-endpoint/{name}.yml", "managedOnlineDeployment.schema.json")
         assert (deployment["name"], deployment["endpoint_name"]) == (name, endpoint["name"])
         assert deployment["model"] == f"azureml:sklearn-regression:{version}"
         code = EXAMPLE_REPO / "endpoints/my-endpoint" / deployment["code_configuration"]["code"]
@@ -159,7 +168,7 @@ def test_files_reference_each_other_consistently() -> None:
             SCORE_SCRIPT
         )
         model = read_yaml(f"models/sklearn-regression-{version}.yml")
-        assert model["$schema"] == SCHEMA_BASE + "model.schema.json"
+        assert_schema(f"models/sklearn-regression-{version}.yml", "model.schema.json")
         assert (model["name"], model["version"]) == ("sklearn-regression", version)
         assert (MODELS / model["path"] / "model.json").is_file()
         weights = json.loads((MODELS / model["path"] / "model.json").read_text())
@@ -167,7 +176,7 @@ def test_files_reference_each_other_consistently() -> None:
         # The model file's description quotes the training figures of its weights.
         assert f"training R^2 {weights['training']['r2_train']:.3f}" in model["description"]
     environment = read_yaml("environments/sklearn-env.yml")
-    assert environment["$schema"] == SCHEMA_BASE + "environment.schema.json"
+    assert_schema("environments/sklearn-env.yml", "environment.schema.json")
     assert (EXAMPLE_REPO / "environments" / environment["conda_file"]).is_file()
     config = read_yaml("reconciler.yaml")
     assert config["default_target"] in config["targets"]
