@@ -19,6 +19,7 @@ from kube_support import (
     failures,
     gateway_options,
     make_target,
+    options,
     plan_rev,
 )
 from repo_builder import RepoBuilder
@@ -488,3 +489,51 @@ def test_an_api_error_fails_the_step_not_the_pass(repo: RepoBuilder, fake: FakeK
     # The next pass converges.
     assert not failures(apply_rev(repo, target))
     assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_router_config_reaches_router_pods_at_once_in_cluster_else_after_the_kubelet(
+    repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any
+) -> None:
+    import os
+
+    from router_fixtures import RouterProcess, http_get
+
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    # A real router process stands in for the router pods (the fake gives them 127.0.0.1).
+    path = tmp_path / "router.json"
+    secret = fake.get("secrets", m.router_config_name(EP))
+    assert secret is not None
+    path.write_bytes(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE]))
+    os.chmod(path, 0o600)
+    router = RouterProcess(path)
+    try:
+        router.wait_ready()
+        admin = {
+            "Authorization": f"Bearer {make_target(fake).endpoint_credentials(EP).admin_secret}"
+        }
+
+        outside = make_target(fake, options(config_propagation_s=30.0))
+        waits: list[float] = []
+        outside.sleep = waits.append
+        repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+        repo.commit("split")
+        assert not failures(apply_rev(repo, outside))
+        assert waits == [30.0]  # no pod address from outside: the kubelet's delay is waited
+        _, _, body = http_get(f"{router.url}/-/config", admin)
+        assert json.loads(body)["traffic"] == {"blue": 90, "green": 10}  # not yet
+
+        inside = make_target(fake, options(config_propagation_s=30.0))
+        inside.in_cluster = True
+        inside.router_admin_port = router.port
+        waits.clear()
+        inside.sleep = waits.append
+        repo.endpoint(EP, traffic={"blue": 20, "green": 80})
+        repo.commit("more green")
+        assert not failures(apply_rev(repo, inside))
+        assert waits == []  # every ready router pod took the config
+        _, _, body = http_get(f"{router.url}/-/config", admin)
+        assert json.loads(body)["traffic"] == {"blue": 20, "green": 80}
+    finally:
+        router.stop()

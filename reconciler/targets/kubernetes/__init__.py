@@ -1,6 +1,23 @@
 """The Kubernetes target: endpoints as Deployments, Services, Secrets and routes.
 
-manifests (pure: specs -> manifests), options (reconciler.yaml settings), images (build
-with the Docker target's builder, push to the target's registry), client (server-side
-apply and label-selected lists over the `kubernetes` client), target (observe and apply).
+Modules: options (reconciler.yaml settings), manifests (PURE: specs -> manifests), rollout
+(PURE: Deployment status -> provisioning state), images (build with the Docker target's
+builder, push to the target's registry under content-addressed tags), client (server-side
+apply and label-selected lists over the `kubernetes` client), target (observe and apply),
+render (`reconcile render`).
+
+What differs from the Docker target, and why:
+- Instances are pods of a Deployment; the deployment controller does the rolling update
+  (maxSurge 20%, maxUnavailable 0), and the step waits for the rollout to complete.
+- The router reaches a deployment through its Service, one port per instance slot, so the
+  router's per-instance admission limit counts the right number of instances while pods
+  come and go without the reconciler (see manifests).
+- A router config change is live at once when the reconciler runs in the cluster (posted
+  to each router pod); from outside, it waits for the kubelet to refresh the mounted Secret
+  (options.config_propagation_s).
+- With `router: gateway-api`, the Gateway carries the data plane: weights, mirror percent
+  and the pin header are HTTPRoute rules, but keys and tokens are not checked by a plain
+  HTTPRoute (authentication is the gateway implementation's policy), request limits
+  (408/429) are the gateway's, and a custom container's scoring path is not rewritten to
+  /score. Set `scoring_url` to the gateway's address: the default names cluster DNS.
 """
