@@ -191,9 +191,9 @@ def main(
     Without a sub-command: plan against the live target and apply (or only plan with
     --dry-run). Exit codes: 0 nothing to change, 2 changes planned, 1 errors.
     """
-    logging_setup.configure(
-        fmt=log_format, level="info" if ctx.invoked_subcommand is None else "warning"
-    )
+    # Applying and watching report their progress; reading commands only their warnings.
+    progress = ctx.invoked_subcommand in (None, "watch")
+    logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
     if ctx.invoked_subcommand is not None:
         return
     source = open_source(repo, worktree=worktree)
