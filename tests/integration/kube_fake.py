@@ -1,4 +1,5 @@
-"""A small stateful Kubernetes API server for tests, on 127.0.0.1, in a thread.
+"""A small stateful Kubernetes API server for tests, on 127.0.0.1, in a thread; and the
+Kubernetes target configured against it (make_target, apply_rev, plan_rev) at the end.
 
 It speaks the part of the API the target uses, over real HTTP, so the real `kubernetes`
 client runs unchanged against it: GET and LIST with a labelSelector, PATCH with
@@ -562,3 +563,80 @@ def serve(fake: FakeKubernetes | None = None) -> Iterator[FakeKubernetes]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# --- the target on the fake, for the tests of the Kubernetes target ----------------------
+
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from repo_builder import RepoBuilder  # noqa: E402
+
+from reconciler.engine import PassResult, run_pass  # noqa: E402
+from reconciler.executor import Gate  # noqa: E402
+from reconciler.gitsource import GitSource  # noqa: E402
+from reconciler.model.results import Outcome  # noqa: E402
+from reconciler.targets.kubernetes.client import KubeClient  # noqa: E402
+from reconciler.targets.kubernetes.images import PlannedImages  # noqa: E402
+from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions  # noqa: E402
+
+NAMESPACE = "ml"
+FAST_GATE = Gate(timeout_s=20.0, poll_s=0.02)
+
+
+def options(**overrides: Any) -> KubernetesOptions:
+    base = KubernetesOptions(
+        name="cluster",
+        namespace=NAMESPACE,
+        registry="127.0.0.1:5000/ml",
+        poll_s=0.01,
+        ready_timeout_s=20.0,
+        config_propagation_s=0.0,
+    )
+    return replace(base, **overrides)
+
+
+def gateway_options(**overrides: Any) -> KubernetesOptions:
+    return options(
+        router="gateway-api", gateway=GatewayRef("ml-gateway", "gateway-system"), **overrides
+    )
+
+
+def make_target(fake: FakeKubernetes, opts: KubernetesOptions | None = None) -> Any:
+    from reconciler.targets.kubernetes.target import KubernetesTarget
+
+    opts = opts or options()
+    return KubernetesTarget(
+        opts,
+        repo_root=Path("."),
+        client=KubeClient.for_host(fake.url, NAMESPACE),
+        images=PlannedImages(opts),
+    )
+
+
+def apply_rev(
+    repo: RepoBuilder, target: Any, rev: str = "HEAD", *, prune: bool = False
+) -> PassResult:
+    source = GitSource(repo.root)
+    commit = source.resolve(rev)
+    return run_pass(
+        source.tree(commit), target, prune=prune, dry_run=False, revision=commit, gate=FAST_GATE
+    )
+
+
+def plan_rev(
+    repo: RepoBuilder, target: Any, rev: str = "HEAD", *, prune: bool = False
+) -> PassResult:
+    source = GitSource(repo.root)
+    commit = source.resolve(rev)
+    return run_pass(
+        source.tree(commit), target, prune=prune, dry_run=True, revision=commit, gate=FAST_GATE
+    )
+
+
+def failures(result: PassResult) -> list[str]:
+    return [
+        f"{result.plan.steps[r.index].action} {result.plan.steps[r.index].target_name}: {r.message}"
+        for r in result.results
+        if r.outcome != Outcome.SUCCEEDED
+    ]

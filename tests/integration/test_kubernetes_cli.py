@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from kube_fake import FakeKubernetes, serve
-from kube_support import apply_rev, failures, make_target
+from kube_fake import FakeKubernetes, apply_rev, failures, make_target, serve
 from repo_builder import RepoBuilder
 
 from reconciler.cli import main

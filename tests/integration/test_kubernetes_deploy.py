@@ -14,8 +14,15 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_fake import FakeKubernetes, Request, serve
-from kube_support import apply_rev, failures, gateway_options, make_target
+from kube_fake import (
+    FakeKubernetes,
+    Request,
+    apply_rev,
+    failures,
+    gateway_options,
+    make_target,
+    serve,
+)
 from repo_builder import RepoBuilder
 
 from reconciler.cli import main

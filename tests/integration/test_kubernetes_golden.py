@@ -14,8 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_fake import FakeKubernetes, serve
-from kube_support import apply_rev, failures, gateway_options, make_target, options, plan_rev
+from kube_fake import (
+    FakeKubernetes,
+    apply_rev,
+    failures,
+    gateway_options,
+    make_target,
+    options,
+    plan_rev,
+    serve,
+)
 from repo_builder import RepoBuilder
 from test_diff_golden import SCENARIOS
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import options
+from kube_fake import options
 
 from reconciler.model.specs import (
     DeploymentSpec,

@@ -12,15 +12,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kube_fake import FakeKubernetes, serve
-from kube_support import (
+from kube_fake import (
     NAMESPACE,
+    FakeKubernetes,
     apply_rev,
     failures,
     gateway_options,
     make_target,
     options,
     plan_rev,
+    serve,
 )
 from repo_builder import RepoBuilder
 
