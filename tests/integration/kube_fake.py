@@ -24,11 +24,21 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import yaml
+from repo_builder import RepoBuilder
+
+from reconciler.engine import PassResult, run_pass
+from reconciler.executor import Gate
+from reconciler.gitsource import GitSource
+from reconciler.model.results import Outcome
+from reconciler.targets.kubernetes.client import KubeClient
+from reconciler.targets.kubernetes.images import PlannedImages
+from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions
 
 # (group, version, plural) -> kind; "" is the core group.
 RESOURCES: dict[tuple[str, str, str], str] = {
@@ -567,18 +577,6 @@ def serve(fake: FakeKubernetes | None = None) -> Iterator[FakeKubernetes]:
 
 # --- the target on the fake, for the tests of the Kubernetes target ----------------------
 
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from repo_builder import RepoBuilder  # noqa: E402
-
-from reconciler.engine import PassResult, run_pass  # noqa: E402
-from reconciler.executor import Gate  # noqa: E402
-from reconciler.gitsource import GitSource  # noqa: E402
-from reconciler.model.results import Outcome  # noqa: E402
-from reconciler.targets.kubernetes.client import KubeClient  # noqa: E402
-from reconciler.targets.kubernetes.images import PlannedImages  # noqa: E402
-from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions  # noqa: E402
 
 NAMESPACE = "ml"
 FAST_GATE = Gate(timeout_s=20.0, poll_s=0.02)
