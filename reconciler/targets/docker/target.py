@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -45,9 +46,11 @@ from reconciler.model.specs import (
     Weights,
     spec_digest,
     to_json,
+    weight_of,
 )
 from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
 from reconciler.router.config import (
+    ConfigError,
     DeploymentRoute,
     RouterConfig,
     config_to_dict,
@@ -80,23 +83,37 @@ MANAGER = "ml-endpoint-reconciler"
 ROUTER_CONFIG_DIR = "/etc/reconciler-router"
 ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
+# A probe is a GET that must answer 2xx within the timeout; run with the Python of the
+# container it runs in (instances and the router both have /opt/venv).
 _PROBE = (
     "import sys,urllib.request\n"
     "try:\n"
-    "    urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout={timeout})\n"
+    "    urllib.request.urlopen({url!r}, timeout={timeout})\n"
     "except Exception:\n"
     "    sys.exit(1)\n"
 )
+# The inference server answers its liveness and readiness on GET / (SPEC-REFERENCE.md).
+SERVER_READY_URL = f"http://127.0.0.1:{SERVER_PORT}/"
 
 
-def _probe_command(port: int, path: str, timeout: int) -> list[str]:
-    script = _PROBE.format(port=port, path=path, timeout=timeout)
-    return ["/opt/venv/bin/python", "-c", script]
+def _probe_command(url: str, timeout: int) -> list[str]:
+    return ["/opt/venv/bin/python", "-c", _PROBE.format(url=url, timeout=timeout)]
+
+
+def _safe_name(text: str) -> str:
+    """Text usable in a container or network name."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", text)
 
 
 @dataclass(frozen=True)
 class _Instance:
-    """One deployment container as observed."""
+    """One deployment container as observed.
+
+    address is where the router sends requests (a network alias of the endpoint's
+    network and the scoring port); probe_url is asked from inside the instance itself, or
+    from the router's container when probe_from_router (a custom container's image may
+    hold no Python to probe with).
+    """
 
     container: Any
     endpoint: str
@@ -106,18 +123,43 @@ class _Instance:
     state: str  # running, exited, restarting, created, ...
     health: str | None  # healthy, unhealthy, starting, None (no health check)
     restarts: int
+    address: str
+    probe_url: str
+    probe_from_router: bool
 
     @property
     def name(self) -> str:
         return str(self.container.name)
 
     @property
-    def address(self) -> str:
-        return f"{self.name}:{SERVER_PORT}"
+    def created(self) -> str:
+        return str(self.container.attrs.get("Created", ""))
 
     @property
     def failed(self) -> bool:
-        return self.state in ("exited", "dead") or self.restarts > 0 or self.health == "unhealthy"
+        """Not serving and not about to: stopped, crash-looping, or its liveness failed.
+
+        A container the restart policy brought back once is failed only until it proves
+        healthy again: one crash (an OOM kill) heals itself, a crash loop does not.
+        """
+        if self.state in ("exited", "dead", "restarting") or self.health == "unhealthy":
+            return True
+        return self.restarts > 0 and self.health == "starting"
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What new instances of a deployment run: a spec, its digest and its image.
+
+    The digest and spec label are carried as they were written, so that instances added to
+    a running version (scaling before an update) carry exactly its labels, whatever a
+    round trip of the spec through JSON would give.
+    """
+
+    spec: DeploymentSpec
+    digest: str
+    spec_label: str
+    image: str
 
 
 class DockerTarget:
@@ -210,8 +252,13 @@ class DockerTarget:
         self, endpoint: str, deployment: str, group: list[_Instance]
     ) -> LiveDeployment:
         key = ResourceKey(endpoint, deployment)
-        digests = {i.digest for i in group}
-        newest = max(group, key=lambda i: str(i.container.attrs.get("Created", "")))
+        serving = [i for i in group if not i.failed]
+        failed = [i for i in group if i.failed]
+        # Failed instances (a rollout whose new instances did not start) say nothing of
+        # what runs: the digest and spec are those of the serving ones.
+        basis = serving or group
+        digests = {i.digest for i in basis}
+        newest = max(basis, key=lambda i: i.created)
         spec: DeploymentSpec | None = None
         digest = newest.digest
         if len(digests) == 1:
@@ -229,11 +276,10 @@ class DockerTarget:
             )
             scale = ScaleSettings(**json.loads(text))
         routed = self._routed_instances(endpoint, deployment)
-        ready = [i for i in group if self._ready(i) and i.address in routed]
-        failed = [i for i in group if i.failed]
+        ready = [i for i in serving if i.address in routed and self._ready(i)]
         if failed:
             state = ProvisioningState.FAILED
-        elif len(ready) < len(group):
+        elif len(ready) < len(serving):
             state = ProvisioningState.UPDATING
         else:
             state = ProvisioningState.SUCCEEDED
@@ -245,7 +291,8 @@ class DockerTarget:
         return LiveDeployment(
             key=key,
             digest=digest,
-            instance_count=len(group),
+            # Failed instances are not part of the count: the next pass replaces them.
+            instance_count=len(serving),
             scale_settings=scale,
             spec=spec,
             ready_instances=len(ready),
@@ -257,13 +304,21 @@ class DockerTarget:
     def _ready(self, inst: _Instance) -> bool:
         if inst.state != "running" or inst.failed:
             return False
-        if inst.health == "healthy" or inst.health is None:
+        if inst.health == "healthy":
             return True
-        return self._probe(inst.container)  # starting: ask it directly
+        # Starting (Docker runs its first check only after a full period), or no health
+        # check at all (a custom container): ask it directly.
+        return self._probe(inst)
 
-    def _probe(self, container: Any) -> bool:
+    def _probe(self, inst: _Instance) -> bool:
+        where = inst.container
+        if inst.probe_from_router:
+            routers = self._containers(role="router", endpoint=inst.endpoint)
+            if not routers:
+                return False
+            where = routers[0]
         try:
-            result = container.exec_run(_probe_command(SERVER_PORT, "/", 2))
+            result = where.exec_run(_probe_command(inst.probe_url, 2))
         except docker.errors.APIError:
             return False
         return int(result.exit_code) == 0
@@ -287,7 +342,16 @@ class DockerTarget:
     def _write_router_config(self, endpoint: str, config: RouterConfig) -> None:
         """Write the config (the router watches its folder) and push it through the admin
         call, so the change is live when this returns."""
-        write_private(self._router_dir(endpoint) / "router.json", dump_config(config))
+        text = dump_config(config)
+        try:
+            # The router would refuse it, and a file it cannot read would leave the
+            # endpoint without a config on its next start: check before writing.
+            parse_config(text)
+        except ConfigError as exc:
+            raise TargetError(
+                f"router config of {endpoint} would be invalid: {exc}", code="InvalidRouterConfig"
+            ) from None
+        write_private(self._router_dir(endpoint) / "router.json", text)
         creds = self.credentials.load(endpoint)
         if creds is None:
             return
@@ -304,15 +368,24 @@ class DockerTarget:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=10) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                if time.monotonic() > deadline:
+                with urllib.request.urlopen(request, timeout=10):
+                    return
+            except urllib.error.HTTPError as exc:
+                # A refusal is an answer: asking again gets the same one.
+                if exc.code < 500:
+                    detail = exc.read().decode(errors="replace")[:300]
                     raise TargetError(
-                        f"router of {endpoint} did not take its new config: {exc}",
+                        f"router of {endpoint} refused its new config: {exc.code} {detail}",
                         code="RouterUnavailable",
                     ) from None
+                problem: Exception = exc
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                problem = exc
+            if time.monotonic() > deadline:
+                raise TargetError(
+                    f"router of {endpoint} did not take its new config: {problem}",
+                    code="RouterUnavailable",
+                )
             time.sleep(0.2)
 
     def _router_config(self, endpoint: str) -> RouterConfig:
@@ -327,10 +400,14 @@ class DockerTarget:
         deployment: str,
         instances: Iterable[str],
         spec: DeploymentSpec | None,
+        *,
+        settings_if_new: bool = False,
     ) -> RouterConfig:
+        """config with `deployment` routed to `instances`; with a spec, its request
+        settings and paths too (settings_if_new: only for a route not there yet)."""
         routes = {r.name: r for r in config.deployments}
         current = routes.get(deployment)
-        if spec is not None:
+        if spec is not None and not (settings_if_new and current is not None):
             rs = spec.request_settings
             scoring_path, liveness_path = _routes_of(spec)
             current = DeploymentRoute(
@@ -374,8 +451,20 @@ class DockerTarget:
 
     # endpoints
 
+    def _prefix(self, endpoint: str) -> str:
+        """Start of the names of an endpoint's containers and network.
+
+        The target's name is part of it: two targets on one engine (a second state
+        folder, a test run beside a user's endpoints) may both have an endpoint `main`.
+        """
+        return f"rcl-{_safe_name(self.name)}-{endpoint}"
+
     def _network(self, endpoint: str) -> str:
-        return f"rcl-{endpoint}"
+        """The endpoint's network: the one labelled for it (whatever its name), else the
+        name a new one gets."""
+        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
+        found = self.client.networks.list(filters={"label": labels})
+        return str(found[0].name) if found else self._prefix(endpoint)
 
     def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
         spec = step.endpoint_spec
@@ -428,10 +517,12 @@ class DockerTarget:
         say(f"endpoint {endpoint}: router, network and keys removed")
 
     def _ensure_network(self, endpoint: str) -> None:
-        name = self._network(endpoint)
-        if not self.client.networks.list(names=[name]):
+        # Found by labels: Docker's name filter matches parts of names, so the network
+        # of endpoint `a` would seem to exist once `a-b`'s does.
+        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
+        if not self.client.networks.list(filters={"label": labels}):
             self.client.networks.create(
-                name,
+                self._prefix(endpoint),
                 driver="bridge",
                 internal=True,
                 labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}endpoint": endpoint},
@@ -465,7 +556,7 @@ class DockerTarget:
         image = self._router_image_tag(say)
         container = self.client.containers.create(
             image,
-            name=f"rcl-{endpoint}-router",
+            name=f"{self._prefix(endpoint)}-router",
             labels={
                 MANAGED: MANAGER,
                 f"{L}target": self.name,
@@ -548,49 +639,88 @@ class DockerTarget:
             key=lambda i: i.index,
         )
 
+    def _desired_version(self, spec: DeploymentSpec, say: ProgressCallback) -> _Version:
+        return _Version(
+            spec=spec,
+            digest=spec.digest,
+            spec_label=json.dumps(to_json(spec), sort_keys=True),
+            image=self._build(spec, say),
+        )
+
+    @staticmethod
+    def _running_version(inst: _Instance) -> _Version:
+        """The version an instance runs, read back from its labels and image."""
+        label = str(inst.container.labels[f"{L}spec"])
+        return _Version(
+            spec=deployment_from_json(json.loads(label)),
+            digest=inst.digest,
+            spec_label=label,
+            image=str(inst.container.image.id),
+        )
+
     def _start_instances(
         self,
-        spec: DeploymentSpec,
+        version: _Version,
         *,
-        image: str,
         count: int,
         first_index: int,
         scale: ScaleSettings,
         say: ProgressCallback,
     ) -> list[_Instance]:
-        started = []
-        for index in range(first_index, first_index + count):
-            container = self.client.containers.create(
-                image,
-                name=f"rcl-{spec.endpoint_name}-{spec.name}-{spec.digest[7:15]}-{index}",
-                labels=self._instance_labels(spec, index=index, scale=scale),
-                environment=_environment(spec),
-                network=self._network(spec.endpoint_name),
-                healthcheck=_healthcheck(spec),
-                restart_policy={"Name": "unless-stopped"},
-                **self._limits(spec),
-            )
-            container.start()
-            started.append(_instance(container))
-        say(f"{count} instance(s) of {spec.key} started; waiting until ready")
-        self._wait_ready(spec, started)
-        return started
+        """Start `count` instances and return once all are ready.
 
-    def _instance_labels(
-        self, spec: DeploymentSpec, *, index: int, scale: ScaleSettings
-    ) -> dict[str, str]:
-        return {
-            MANAGED: MANAGER,
-            f"{L}target": self.name,
-            f"{L}role": "instance",
-            f"{L}endpoint": spec.endpoint_name,
-            f"{L}deployment": spec.name,
-            f"{L}digest": spec.digest,
-            f"{L}index": str(index),
-            f"{L}instance-type": spec.instance_type or "",
-            f"{L}scale": json.dumps(to_json(scale)),
-            f"{L}spec": json.dumps(to_json(spec), sort_keys=True),
-        }
+        On failure the batch is stopped, not removed: it is routed nowhere, a crash loop
+        would only burn CPU, and its logs stay readable (`reconcile logs`) until the next
+        pass clears it away.
+        """
+        spec = version.spec
+        network = self._network(spec.endpoint_name)
+        port, probe_url, probe_from_router = _serving(spec)
+        started: list[_Instance] = []
+        try:
+            for index in range(first_index, first_index + count):
+                # The router reaches an instance by a short alias on the endpoint's network:
+                # a container name with the target and endpoint in it may exceed the 63
+                # characters a DNS label can have.
+                alias = _alias(spec.name, version.digest, index)
+                labels = {
+                    MANAGED: MANAGER,
+                    f"{L}target": self.name,
+                    f"{L}role": "instance",
+                    f"{L}endpoint": spec.endpoint_name,
+                    f"{L}deployment": spec.name,
+                    f"{L}digest": version.digest,
+                    f"{L}index": str(index),
+                    f"{L}address": f"{alias}:{port}",
+                    f"{L}probe": probe_url.replace("{alias}", alias),
+                    f"{L}probe-from": "router" if probe_from_router else "instance",
+                    f"{L}instance-type": spec.instance_type or "",
+                    f"{L}scale": json.dumps(to_json(scale)),
+                    f"{L}spec": version.spec_label,
+                }
+                container = self.client.containers.create(
+                    version.image,
+                    name=f"{self._prefix(spec.endpoint_name)}-{alias}",
+                    labels=labels,
+                    environment=_environment(spec),
+                    network=network,
+                    networking_config={
+                        network: self.client.api.create_endpoint_config(aliases=[alias])
+                    },
+                    healthcheck=_healthcheck(spec),
+                    restart_policy={"Name": "unless-stopped"},
+                    **self._limits(spec),
+                )
+                started.append(_instance(container))
+                container.start()
+            say(f"{count} instance(s) of {spec.key} started; waiting until ready")
+            self._wait_ready(spec, started)
+        except Exception:
+            for inst in started:
+                with contextlib.suppress(docker.errors.APIError):
+                    inst.container.stop(timeout=1)
+            raise
+        return started
 
     def _limits(self, spec: DeploymentSpec) -> dict[str, Any]:
         kind = self.instance_types.get(spec.instance_type or "")
@@ -630,7 +760,7 @@ class DockerTarget:
                         code="DeploymentNotReady",
                         log_tail=_tail(inst.container),
                     )
-                if self._probe(inst.container):
+                if self._probe(inst):
                     del waiting[name]
             if not waiting:
                 return
@@ -644,19 +774,44 @@ class DockerTarget:
             time.sleep(0.25)
 
     def _route_instances(
-        self, endpoint: str, deployment: str, addresses: Iterable[str], spec: DeploymentSpec | None
+        self,
+        endpoint: str,
+        deployment: str,
+        instances: Iterable[_Instance],
+        spec: DeploymentSpec | None,
+        *,
+        settings_if_new: bool = False,
     ) -> None:
         config = self._router_config(endpoint)
-        self._write_router_config(endpoint, self._with_route(config, deployment, addresses, spec))
+        addresses = [i.address for i in instances]
+        routed = self._with_route(
+            config, deployment, addresses, spec, settings_if_new=settings_if_new
+        )
+        if routed != config:
+            self._write_router_config(endpoint, routed)
 
     def _remove(self, instances: Iterable[_Instance]) -> None:
         for inst in instances:
             with contextlib.suppress(docker.errors.NotFound):
                 inst.container.remove(force=True)
 
-    def _drain(self) -> None:
-        # Requests already sent to a removed instance finish; new ones go elsewhere.
-        time.sleep(self.options.drain_s)
+    def _retire(
+        self,
+        endpoint: str,
+        deployment: str,
+        *,
+        keep: list[_Instance],
+        drop: list[_Instance],
+        spec: DeploymentSpec | None,
+        settings_if_new: bool = False,
+    ) -> None:
+        """Route `keep` only, let requests in flight to `drop` finish, then remove them."""
+        self._route_instances(endpoint, deployment, keep, spec, settings_if_new=settings_if_new)
+        if drop:
+            # The router sends nothing new to them from now on; what it sent already
+            # has drain_s to finish.
+            time.sleep(self.options.drain_s)
+            self._remove(drop)
 
     def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
         spec = step.deployment_spec
@@ -664,105 +819,136 @@ class DockerTarget:
         self._router_config(spec.endpoint_name)  # the endpoint must exist
         # Left-overs of an earlier failed attempt go first: they are not serving.
         self._remove(self._instances(spec.endpoint_name, spec.name))
-        image = self._build(spec, say)
+        version = self._desired_version(spec, say)
         scale = step.scale_settings or spec.scale_settings
         started = self._start_instances(
-            spec, image=image, count=step.instance_count, first_index=0, scale=scale, say=say
+            version, count=step.instance_count, first_index=0, scale=scale, say=say
         )
-        self._route_instances(spec.endpoint_name, spec.name, [i.address for i in started], spec)
+        self._route_instances(spec.endpoint_name, spec.name, started, spec)
+        self._record_scale(step.endpoint, spec.name, scale)
 
     def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
+        """Add or remove instances of what runs now.
+
+        Scaling comes before an update of the same deployment (SPEC-REFERENCE.md), so
+        instances added to a deployment whose running version is not the declared one are
+        of the running version; the update that follows replaces them with the rest.
+        """
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
-        current = [i for i in self._instances(step.endpoint, spec.name) if not i.failed]
+        group = self._instances(step.endpoint, spec.name)
+        failed = [i for i in group if i.failed]
+        live = [i for i in group if not i.failed]
         want = step.instance_count
         scale = step.scale_settings or spec.scale_settings
-        if want > len(current):
-            digest = current[0].digest if current else spec.digest
-            running_spec = spec
-            if current and digest != spec.digest:
-                # Scaling comes before an update: add instances of what runs now.
-                running_spec = deployment_from_json(
-                    json.loads(current[0].container.labels[f"{L}spec"])
-                )
-            image = current[0].container.image.id if current else self._build(running_spec, say)
-            first = max((i.index for i in current), default=-1) + 1
+        if want > len(live):
+            running = [i for i in live if i.digest != spec.digest]
+            if running and len(running) == len(live):
+                version = self._running_version(max(running, key=lambda i: i.created))
+            else:
+                version = self._desired_version(spec, say)
             started = self._start_instances(
-                running_spec,
-                image=image,
-                count=want - len(current),
-                first_index=first,
+                version,
+                count=want - len(live),
+                # Past every index in use, failed ones included: names and aliases stay
+                # unique while those are still there.
+                first_index=max((i.index for i in group), default=-1) + 1,
                 scale=scale,
                 say=say,
             )
-            keep = current + started
-            self._route_instances(step.endpoint, spec.name, [i.address for i in keep], None)
-        elif want < len(current):
-            keep, drop = current[:want], current[want:]
-            self._route_instances(step.endpoint, spec.name, [i.address for i in keep], None)
-            self._drain()
-            self._remove(drop)
-            say(f"{len(drop)} instance(s) of {spec.key} removed")
-        self._relabel_scale(step.endpoint, spec.name, scale)
+            self._retire(
+                step.endpoint,
+                spec.name,
+                keep=live + started,
+                drop=failed,
+                spec=version.spec,
+                settings_if_new=True,
+            )
+            say(f"{len(started)} instance(s) of {spec.key} added")
+        else:
+            # The declared version stays longest, then the oldest instances.
+            order = sorted(live, key=lambda i: (i.digest != spec.digest, i.index))
+            keep, drop = order[:want], order[want:]
+            # One of an interrupted rollout may be kept that the router never had: it
+            # is routed only once it answers.
+            routed = self._routed_instances(step.endpoint, spec.name)
+            self._wait_ready(spec, [i for i in keep if i.address not in routed])
+            self._retire(step.endpoint, spec.name, keep=keep, drop=drop + failed, spec=None)
+            if drop:
+                say(f"{len(drop)} instance(s) of {spec.key} removed")
+        self._record_scale(step.endpoint, spec.name, scale)
 
-    def _relabel_scale(self, endpoint: str, deployment: str, scale: ScaleSettings) -> None:
+    def _record_scale(self, endpoint: str, deployment: str, scale: ScaleSettings) -> None:
         """Containers carry the scale settings they were started with, and labels cannot
-        change on a running container: a change of settings alone is recorded in the state
-        folder, which observe prefers."""
+        change on a running container: the settings applied last are recorded in the
+        state folder, which observe prefers."""
         path = self.credentials.folder(endpoint) / "scale" / f"{deployment}.json"
         write_private(path, json.dumps(to_json(scale)))
 
     def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
-        """Rolling update: 20% of the instances at a time (at least one); each new batch
-        ready and routed before the same number of old ones leaves the router."""
+        """Rolling update: new instances in batches of 20% of the count (at least one),
+        each batch ready and routed before old ones leave the router, and old ones leave
+        only as far as the new ones make up for them: the ready count never falls below
+        the declared one (or below what ran, when fewer ran).
+        """
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
-        all_current = self._instances(step.endpoint, spec.name)
-        old = [i for i in all_current if i.digest != spec.digest]
-        kept_new = [i for i in all_current if i.digest == spec.digest and not i.failed]
-        stale_new = [i for i in all_current if i.digest == spec.digest and i.failed]
-        self._remove(stale_new)
-        image = self._build(spec, say)
+        group = self._instances(step.endpoint, spec.name)
+        # Failed instances serve nothing; the router already passes over them.
+        self._remove([i for i in group if i.failed])
+        live = [i for i in group if not i.failed]
+        new = [i for i in live if i.digest == spec.digest]
+        old = [i for i in live if i.digest != spec.digest]
+        version = self._desired_version(spec, say)
+        # New instances of an interrupted rollout, started but never routed, are routed
+        # below with the rest: they must be ready too.
+        routed = self._routed_instances(step.endpoint, spec.name)
+        self._wait_ready(spec, [i for i in new if i.address not in routed])
         target = step.instance_count
         batch = max(1, int(target * 0.2))
-        next_index = max((i.index for i in all_current), default=-1) + 1
-        serving_old = [i for i in old if not i.failed]
-        self._remove([i for i in old if i.failed])
-        new = list(kept_new)
-        while len(new) < target or serving_old:
-            count = min(batch, target - len(new))
-            if count > 0:
-                started = self._start_instances(
-                    spec,
-                    image=image,
-                    count=count,
-                    first_index=next_index,
-                    scale=step.scale_settings or spec.scale_settings,
-                    say=say,
+        next_index = max((i.index for i in group), default=-1) + 1
+        scale = step.scale_settings or spec.scale_settings
+        while True:
+            missing = target - len(new)
+            if missing <= 0 and not old:
+                break
+            if missing > 0:
+                count = min(batch, missing)
+                new += self._start_instances(
+                    version, count=count, first_index=next_index, scale=scale, say=say
                 )
                 next_index += count
-                new.extend(started)
-            retire = serving_old[: max(count, 1)] if len(new) >= target or count > 0 else []
-            serving_old = serving_old[len(retire) :]
-            self._route_instances(
-                step.endpoint,
-                spec.name,
-                [i.address for i in new + serving_old],
-                spec,
-            )
-            if retire:
-                self._drain()
-                self._remove(retire)
-            say(f"{spec.key}: {len(new)}/{target} instances updated")
+            surplus = max(0, len(new) + len(old) - target)
+            retire, old = old[:surplus], old[surplus:]
+            self._retire(step.endpoint, spec.name, keep=new + old, drop=retire, spec=spec)
+            say(f"{spec.key}: {min(len(new), target)}/{target} instances updated")
+        if len(new) > target:
+            # More of the new version than declared (a rollout that ran at a higher
+            # count): the newest go.
+            self._retire(step.endpoint, spec.name, keep=new[:target], drop=new[target:], spec=spec)
+        self._record_scale(step.endpoint, spec.name, scale)
 
     def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
         assert step.deployment is not None
         config = self._read_router_config(step.endpoint)
-        if config is not None and config.deployment(step.deployment) is not None:
-            routes = tuple(r for r in config.deployments if r.name != step.deployment)
-            self._write_router_config(step.endpoint, replace(config, deployments=routes))
-            self._drain()
+        if config is not None:
+            if weight_of(config.traffic, step.deployment) or weight_of(
+                config.mirror_traffic, step.deployment
+            ):
+                # The plan moves traffic first (DESIGN.md rule 5); never drop requests
+                # because a plan was made against a stale view.
+                raise TargetError(
+                    f"deployment {step.endpoint}/{step.deployment} still has traffic; "
+                    "it is deleted once its traffic has moved",
+                    code="DeploymentHasTraffic",
+                )
+            if config.deployment(step.deployment) is not None:
+                routes = tuple(r for r in config.deployments if r.name != step.deployment)
+                self._write_router_config(step.endpoint, replace(config, deployments=routes))
+                time.sleep(self.options.drain_s)
         self._remove(self._instances(step.endpoint, step.deployment))
+        with contextlib.suppress(FileNotFoundError):
+            (self.credentials.folder(step.endpoint) / "scale" / f"{step.deployment}.json").unlink()
         say(f"deployment {step.endpoint}/{step.deployment} removed")
 
     def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
@@ -797,43 +983,88 @@ class DockerTarget:
 
         Called at the start of a pass: heals a router whose instance list drifted (an
         instance removed by hand, a reconciler killed between starting instances and
-        routing them), and restarts instances whose liveness failed.
+        routing them), restarts instances whose liveness failed, and clears away stopped
+        or crash-looping ones (the pass's plan then replaces them: they no longer count).
         """
+        groups: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
+        for c in self._containers(role="instance"):
+            inst = _instance(c)
+            groups[(inst.endpoint, inst.deployment)].append(inst)
         for router in self._containers(role="router"):
             endpoint = router.labels[f"{L}endpoint"]
-            if router.status != "running":
-                creds = self.credentials.load(endpoint)
-                if creds is not None:
-                    router.remove(force=True)
-                    self._ensure_router(endpoint, creds, lambda _m: None)
-            config = self._read_router_config(endpoint)
-            if config is None:
+            try:
+                self._settle_endpoint(endpoint, router, groups)
+            except (TargetError, docker.errors.DockerException) as exc:
+                # One endpoint's trouble must not stop the pass for the others: its own
+                # steps fail, with the reason, if it matters to them.
+                log.warning("settle_failed", endpoint=endpoint, error=str(exc))
+
+    def _settle_endpoint(
+        self, endpoint: str, router: Any, groups: Mapping[tuple[str, str], list[_Instance]]
+    ) -> None:
+        if router.status != "running":
+            creds = self.credentials.load(endpoint)
+            if creds is not None:
+                router.remove(force=True)
+                self._ensure_router(endpoint, creds, lambda _m: None)
+        config = self._read_router_config(endpoint)
+        if config is None:
+            return
+        changed = config
+        names = {r.name for r in config.deployments} | {d for e, d in groups if e == endpoint}
+        for name in sorted(names):
+            group = groups.get((endpoint, name), [])
+            route = config.deployment(name)
+            before = list(route.instances) if route else []
+            broken = []
+            for inst in group:
+                if inst.state == "running" and inst.health == "unhealthy":
+                    # Liveness failed: restarted in place (as Kubernetes does), routed
+                    # again by a later settle once it answers.
+                    log.warning("instance_restarted", instance=inst.name, reason="liveness")
+                    inst.container.restart(timeout=2)
+                elif inst.failed:
+                    broken.append(inst)
+            if broken:
+                log.warning(
+                    "instances_removed",
+                    instances=[i.name for i in broken],
+                    reason="stopped or crash-looping",
+                )
+                self._remove(broken)
+            alive = [i for i in group if not i.failed]
+            alive_addresses = {i.address for i in alive}
+            routed = [a for a in before if a in alive_addresses]
+            digests = {i.digest for i in alive if i.address in routed}
+            if not digests and alive:
+                # Nothing of it is routed (a pass killed between starting a deployment's
+                # instances and routing them): its newest version is.
+                digests = {max(alive, key=lambda i: i.created).digest}
+            # No step runs while a pass settles: an instance no router knows was left by
+            # a pass that stopped half-way. Of the routed version and answering, it is
+            # routed; answering but of another version, it is left to the update that
+            # the plan will hold; not answering, it goes (the plan replaces it, and
+            # waits for its replacement properly).
+            unrouted = [i for i in alive if i.address not in routed]
+            answering = [i for i in unrouted if self._ready(i)]
+            orphans = [i for i in unrouted if i not in answering]
+            if orphans:
+                log.warning(
+                    "instances_removed", instances=[i.name for i in orphans], reason="orphan"
+                )
+                self._remove(orphans)
+            extra = [i for i in answering if i.digest in digests]
+            addresses = sorted(routed + [i.address for i in extra])
+            if addresses == before or (route is None and not addresses):
                 continue
-            changed = config
-            for route in config.deployments:
-                group = self._instances(endpoint, route.name)
-                for inst in group:
-                    if inst.health == "unhealthy" and inst.state == "running":
-                        log.warning("instance_restarted", instance=inst.name, reason="liveness")
-                        inst.container.restart()
-                alive = {i.address for i in group if i.state == "running" and not i.failed}
-                routed = [a for a in route.instances if a in alive]
-                digests = {i.digest for i in group if i.address in routed}
-                # Instances of the routed version that run but are not routed (a pass
-                # killed between start and route) are added once they answer.
-                extra = [
-                    i.address
-                    for i in group
-                    if i.address not in routed
-                    and i.digest in digests
-                    and i.state == "running"
-                    and self._ready(i)
-                ]
-                if routed + extra != list(route.instances):
-                    changed = self._with_route(changed, route.name, routed + extra, None)
-            if changed != config:
-                log.info("router_settled", endpoint=endpoint)
-                self._write_router_config(endpoint, changed)
+            spec = None
+            if route is None:
+                with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
+                    spec = deployment_from_json(json.loads(extra[0].container.labels[f"{L}spec"]))
+            changed = self._with_route(changed, name, addresses, spec)
+        if changed != config:
+            log.info("router_settled", endpoint=endpoint)
+            self._write_router_config(endpoint, changed)
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         creds = self.credentials.load(endpoint)
@@ -882,7 +1113,32 @@ def _instance(container: Any) -> _Instance:
         state=str(state.get("Status", container.status)),
         health=health,
         restarts=int(container.attrs.get("RestartCount", 0)),
+        # Containers started before these labels existed were reached by name, on the
+        # inference server's port.
+        address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
+        probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
+        probe_from_router=labels.get(f"{L}probe-from") == "router",
     )
+
+
+def _alias(deployment: str, digest: str, index: int) -> str:
+    """An instance's name on its endpoint's network: unique there, at most 53 characters."""
+    return f"{deployment}-{digest.removeprefix('sha256:')[:8]}-{index}"
+
+
+def _serving(spec: DeploymentSpec) -> tuple[int, str, bool]:
+    """Port the router sends requests to, the readiness URL ({alias} stands for the
+    instance's alias), and whether the router's container asks it.
+
+    The inference server listens on its port and is asked inside its own container. A
+    custom container listens where its inference_config says, and is asked from the
+    router, over the network the requests take.
+    """
+    config = spec.environment.inference_config
+    if config is None:
+        return SERVER_PORT, SERVER_READY_URL, False
+    ready = config.readiness_route
+    return config.scoring_route.port, f"http://{{alias}}:{ready.port}{ready.path}", True
 
 
 def _tail(container: Any, lines: int = LOG_TAIL) -> str:
@@ -913,7 +1169,7 @@ def _healthcheck(spec: DeploymentSpec) -> dict[str, Any] | None:
     probe = spec.readiness_probe
     second = 1_000_000_000
     return {
-        "test": ["CMD", *_probe_command(SERVER_PORT, "/", probe.timeout)],
+        "test": ["CMD", *_probe_command(SERVER_READY_URL, probe.timeout)],
         "interval": probe.period * second,
         "timeout": probe.timeout * second,
         "retries": probe.failure_threshold,
