@@ -260,7 +260,7 @@ def _code_changes(
 def _environment_packages(
     before: EnvironmentSpec | None, after: EnvironmentSpec | None
 ) -> tuple[PackageChange, ...]:
-    if after is None:
+    if after is None or (before is not None and before.digest == after.digest):
         return ()
     if before is None:
         # A new deployment: every package is new; the reviewer sees the list.

@@ -208,6 +208,10 @@ def test_the_hook_through_pre_commit(repo: RepoBuilder, tmp_path: Path) -> None:
             env=env,
         )
 
+    manifest = subprocess.run(
+        [PRE_COMMIT, "validate-manifest", str(HOOKS)], capture_output=True, text=True, env=env
+    )
+    assert manifest.returncode == 0, manifest.stdout + manifest.stderr
     ok = run()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     break_it(repo)
