@@ -5,10 +5,10 @@ names; policy violations are among its errors. Text is for a terminal and for `-
 in CI logs. Markdown is the pull-request comment a reviewer reads in ten seconds: policy
 violations first (they stop the merge), then per endpoint a table of live traffic (with a
 bar) and mirror share before and after, then the steps in order, then "What changes": per
-deployment with a step, what the change touches (model and its digest, code files,
-environment packages, instances and the quota figure ceil(1.2 x n) x cores against the
-target's capacity), then warnings. All three print the same steps in the same order: what
-apply would run.
+deployment with a step or whose share moves, what the change touches (model and its digest,
+code files, environment packages, instances and the quota figure ceil(1.2 x n) x cores
+against the target's capacity), then warnings. All three print the same steps in the same
+order: what apply would run.
 
 The review details are plain values (Review, DeploymentReview, ...) defined here, where
 they are rendered; reconciler.review works them out from the two revisions' files.

@@ -1,13 +1,14 @@
 """What a change touches, per deployment, for the people reviewing a pull request.
 
 `reconcile diff` plans from BASE to HEAD; this module adds what a reviewer needs beyond the
-steps, for each deployment that has a step: the model (name:version and content digest,
-before and after), the files of the code folder that changed (by git blob id, so nothing is
-read but the listing), the environment's packages added, removed, upgraded or downgraded
-(pip requirements parsed with `packaging` when it is installed, conda match specs by hand),
-and the instances with the quota figure ceil(1.2 x instance_count) x cores (Azure ML's rule)
-for the deployment and summed over the repository, against the target's `capacity_cores`
-in reconciler.yaml, with a warning when the sum exceeds it.
+steps, for each deployment that has a step or whose traffic share moves: the model
+(name:version and content digest, before and after), the files of the code folder that
+changed (by git blob id, so nothing is read but the listing), the environment's packages
+added, removed, upgraded or downgraded (pip requirements parsed with `packaging` when it is
+installed, conda match specs by hand), and the instances with the quota figure ceil(1.2 x
+instance_count) x cores (Azure ML's rule) for the deployment and summed over the
+repository, against the target's `capacity_cores` in reconciler.yaml, with a warning when
+the sum exceeds it.
 
 It also works out, from the base branch's history, since when a deployment has been
 mirrored (for the mirror_before_traffic policy): given the commits of a first-parent walk
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Final
 
 import yaml
@@ -62,7 +62,7 @@ def review_changes(
     capacity_cores: int | None = None,
     instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
 ) -> Review:
-    """The review of every deployment the plan has a step for."""
+    """The review of every deployment the plan has a step for or whose share moves."""
     old = {(d.endpoint_name, d.name): d for d in base.deployments}
     new = {(d.endpoint_name, d.name): d for d in head.deployments}
     stepped = {(s.endpoint, s.deployment) for s in plan.steps if s.deployment is not None}
@@ -83,19 +83,14 @@ def review_changes(
     old_digester = Digester(base_tree) if base_tree is not None else None
     new_digester = Digester(head_tree)
     reviews = tuple(
-        replace(
-            _review_one(
-                old.get(key),
-                new.get(key),
-                key=key,
-                digesters=(old_digester, new_digester),
-                instance_types=instance_types,
-            ),
-            status="traffic" if key not in stepped else _status(old.get(key), new.get(key)),
-            traffic_before=shares.get(key, (0, 0, 0, 0))[0],
-            traffic_after=shares.get(key, (0, 0, 0, 0))[1],
-            mirror_before=shares.get(key, (0, 0, 0, 0))[2],
-            mirror_after=shares.get(key, (0, 0, 0, 0))[3],
+        _review_one(
+            old.get(key),
+            new.get(key),
+            key=key,
+            status=_status(old.get(key), new.get(key)) if key in stepped else "traffic",
+            share=shares.get(key, (0, 0, 0, 0)),
+            digesters=(old_digester, new_digester),
+            instance_types=instance_types,
         )
         for key in keys
     )
@@ -105,11 +100,7 @@ def review_changes(
     declared = {e.name for e in head.endpoints}
     # Endpoints that no file declares any more but that pruning leaves alone keep running:
     # they still hold their quota after the change.
-    kept = [
-        d
-        for key, d in old.items()
-        if d.endpoint_name not in declared and key not in deleted and key not in new
-    ]
+    kept = [d for key, d in old.items() if d.endpoint_name not in declared and key not in deleted]
     return Review(
         deployments=reviews,
         target=target,
@@ -161,10 +152,11 @@ def _review_one(
     after: DeploymentSpec | None,
     *,
     key: tuple[str, str],
+    status: str,
+    share: tuple[int, int, int, int],  # traffic before, after; mirror before, after
     digesters: tuple[Digester | None, Digester],
     instance_types: Mapping[str, InstanceType],
 ) -> DeploymentReview:
-    status = _status(before, after)
 
     def instances(spec: DeploymentSpec | None) -> tuple[int | None, int | None, int | None]:
         if spec is None:
@@ -217,6 +209,10 @@ def _review_one(
         cores_after=cores_after,
         quota_before=quota_before,
         quota_after=quota_after,
+        traffic_before=share[0],
+        traffic_after=share[1],
+        mirror_before=share[2],
+        mirror_after=share[3],
     )
 
 
