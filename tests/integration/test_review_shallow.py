@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from repo_builder import RepoBuilder
 
 from reconciler.cli import main
+from reconciler.gitsource import GitSource
 
 
 @pytest.fixture
@@ -93,3 +94,14 @@ def test_a_repository_without_a_remote_says_so(origin: RepoBuilder) -> None:
     code, printed = diff(origin.root, "origin/main")
     assert code == 1
     assert "no remote to fetch it from" in printed
+
+
+def test_first_parent_history_knows_where_it_is_cut(origin: RepoBuilder, tmp_path: Path) -> None:
+    full = GitSource(origin.root)
+    commits, complete = full.first_parent_log("main")
+    assert (len(commits), complete) == (4, True)
+    assert commits[0][0] == origin.git("rev-parse", "main")
+    assert full.first_parent_log("main", limit=2)[1] is False
+    shallow = GitSource(clone(origin, tmp_path / "ci", "--depth", "1"))
+    commits, complete = shallow.first_parent_log("HEAD")
+    assert (len(commits), complete) == (1, False)
