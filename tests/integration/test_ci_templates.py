@@ -124,6 +124,15 @@ def test_templates_call_only_command_lines_the_cli_accepts(
     assert diff[diff.index("--base") + 1].startswith("origin/")
 
 
+@pytest.mark.parametrize("scripts", [github_scripts, gitlab_scripts], ids=["github", "gitlab"])
+def test_template_scripts_are_valid_bash(scripts: Any) -> None:
+    for script in scripts():
+        # GitHub replaces its ${{ }} expressions before the shell sees the script.
+        text = _EXPRESSIONS.sub("main", script)
+        checked = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
+        assert checked.returncode == 0, (script, checked.stderr)
+
+
 def test_the_command_line_check_catches_a_wrong_option() -> None:
     import click
 
