@@ -20,6 +20,7 @@ rules) is worked out on each load, with one Digester.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import importlib.resources
@@ -150,7 +151,9 @@ def _validators(file_name: str) -> tuple[Check, Any]:
     # and tests/unit/test_schemas.py holds every shipped schema to Draft 2020-12.
     full = Draft202012Validator(loaded)
     # use_default=False: fastjsonschema would otherwise write the defaults into the document.
-    compiled = fastjsonschema.compile(loaded, use_default=False)
+    # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and `loaded`
+    # is the cached schema others read.
+    compiled = fastjsonschema.compile(copy.deepcopy(loaded), use_default=False)
 
     def fast(value: Any) -> bool:
         try:
