@@ -6,9 +6,12 @@ Access log fields: event="request", request_id, method, path, status, deployment
 built from named fields only, and `_drop_secrets` removes any field whose name suggests a
 credential, as a second line of defence against a future careless `log.info(..., **x)`.
 
-Access lines are written in batches (at most 0.2 s late); other events at once:
-"listening", "config.applied", "config.invalid", "config.persist_failed",
-"mirror.failed", "shutdown".
+Access lines come from `AccessLog`, which formats its fixed fields itself instead of going
+through structlog: structlog's processors and renderer cost about 15 us a line, more than
+the rest of the router's work on a request. The field names are fixed in code, and a test
+holds them to `_drop_secrets`'s rule. They are written in batches (at most 0.2 s late);
+other events (structlog) at once: "listening", "config.applied", "config.invalid",
+"config.persist_failed", "mirror.failed", "shutdown".
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
+from json.encoder import encode_basestring_ascii as _quote  # C; escapes and quotes
 from typing import Any, TextIO
 
 import structlog
@@ -117,6 +121,7 @@ def configure(stream: TextIO | None = None, *, level: int = logging.INFO) -> Non
     """Send JSON lines to `stream` (stdout by default); call once per process."""
     factory = _Factory(stream or sys.stdout)
     _loggers["access"] = factory._buffered
+    _level[0] = level
     structlog.configure(
         processors=[
             _stamp,
@@ -137,6 +142,81 @@ def get_logger(**context: Any) -> Any:
 def get_access_logger(**context: Any) -> Any:
     """The access log: batched, see `flush`."""
     return structlog.get_logger("access", **context)
+
+
+_level = [logging.INFO]
+ACCESS_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "deployment",
+    "kind",
+    "instance",
+    "backend_status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "reason",
+)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+class AccessLog:
+    """The access log: one JSON line a request, batched with the other access lines.
+
+    Same line as structlog would write for `get_access_logger(**context).info("request",
+    ...)` (context, fields, "event", "level", "ts"), at a tenth of its cost.
+    """
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, **context: Any) -> None:
+        inner = _dumps({k: v for k, v in context.items() if not _suspect(k)})[1:-1]
+        self._prefix = "{" + inner + ("," if inner else "")
+
+    def request(
+        self,
+        request_id: bytes,
+        method: bytes,
+        path: str | None,
+        status: int,
+        deployment: str,
+        kind: str,
+        instance: str | None,
+        backend_status: int | None,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+        reason: str,
+    ) -> None:
+        """One access line (fields in `ACCESS_FIELDS` order; empty texts are written null).
+
+        Positional, and taking the request's bytes as they are: on the hot path a call
+        with a dozen keywords costs as much as formatting the line.
+        """
+        if _level[0] > logging.INFO:
+            return
+        sink = _loggers.get("access")
+        if sink is None:  # configure() not called: a test or an embedding; keep the lines
+            sink = _loggers["access"] = _BufferedLogger(sys.stdout)
+        sink.msg(
+            f'{self._prefix}"request_id":{_quote(request_id.decode("utf-8", "replace"))},'
+            f'"method":{_quote(method.decode("latin-1"))},"path":{_text(path)},'
+            f'"status":{status},"deployment":{_quote(deployment) if deployment else "null"},'
+            f'"kind":{_quote(kind)},"instance":{_text(instance)},'
+            f'"backend_status":{_number(backend_status)},"duration_ms":{seconds * 1000.0:.3f},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+            f'"reason":{_quote(reason) if reason else "null"},'
+            f'"event":"request","level":"info","ts":{time.time():.6f}}}'
+        )
 
 
 def flush() -> None:

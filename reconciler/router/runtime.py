@@ -164,6 +164,10 @@ class Deployment:
     # instances
     def pick_instance(self, tried: tuple[Instance, ...], now: float) -> Instance | None:
         """The least busy instance not tried yet by this request; None when all were tried."""
+        if not tried and len(self.instances) == 1:
+            # The common case, without the lists below: one instance is the least busy one
+            # (down or not: with every instance down, all are considered again).
+            return self.instances[0]
         candidates = [i for i in self.instances if i not in tried] if tried else self.instances
         if not candidates:
             return None

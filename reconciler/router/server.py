@@ -1,4 +1,4 @@
-"""The router's HTTP server: authentication, routing, mirroring, limits, admin and health paths.
+"""The router's handlers: authentication, routing, mirroring, limits, admin and health paths.
 
 Paths on the scoring port:
 
@@ -14,13 +14,18 @@ Paths on the scoring port:
 Answers (Azure ML's): 401 no valid credentials (one body for every cause); 404 no deployment
 has traffic and none is pinned, or the pinned one does not exist; 408 request_timeout_ms
 passed (counted from admission, so queue time is bounded separately by max_queue_wait_ms);
-429 the deployment is full and no slot came within max_queue_wait_ms; 424 the backend
-answered with a non-2xx status, carried in `ms-azureml-model-error-statuscode` (and the
-reason phrase in `ms-azureml-model-error-reason`), its body and content type passed on; 502
-no instance could be reached (each instance is tried once) or the answer broke off; 503 the
-deployment has no instance at all. 2xx answers pass through with their headers, except
-hop-by-hop ones. Every answer carries `x-request-id` (the caller's, or a new UUID) and, once
-a deployment was chosen, `azureml-model-deployment`.
+413 the body is over max_body_bytes; 429 the deployment is full and no slot came within
+max_queue_wait_ms; 424 the backend answered with a non-2xx status, carried in
+`ms-azureml-model-error-statuscode` (and the reason phrase in
+`ms-azureml-model-error-reason`), its body and content type passed on; 502 no instance
+could be reached (each instance is tried once) or the answer broke off; 503 the deployment
+has no instance at all. 2xx answers pass through with their headers, except hop-by-hop
+ones. Every answer but the health paths' carries `x-request-id` (the caller's, or a new
+UUID-shaped id) and, once a deployment was chosen, `azureml-model-deployment`. The checks
+run in that order: credentials, deployment, body size. A request with `Expect:
+100-continue` gets "100 Continue" only once its credentials and deployment are good, so a
+refused caller never uploads its body. Malformed requests, over-long heads and stalled
+uploads are answered by the HTTP layer's rules (`http`: 400, 414, 431, 408).
 
 Retry rule: a request goes to the next instance only when the previous one gave no byte of
 an answer (refused, reset, closed), so an instance dying under load costs callers nothing;
@@ -39,29 +44,34 @@ swap (`Runtime.apply`), so no request sees half a config and none is dropped. Th
 call also writes the file (atomically, mode 0600) so that a restart keeps the change; with
 several workers that file is how the others learn it, so there the call fails with 409 when
 the file cannot be written.
+
+Cost per request. The scoring path is the one hot path; everything in it is chosen for CPU
+per request (a proxy's throughput on a busy host is its CPU per request): the HTTP layer is
+`http` (httptools, one object a request, one write an answer), refusals are answered
+without a task, the caller's headers are read in one pass into the bytes forwarded as they
+are, header lines are built as bytes, the request id is a counter behind a random prefix
+(not `uuid4`, which reads the OS's random source each time), the timeout is one timer on
+the backend connection, and the access log line is formatted directly (`logs.AccessLog`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
+import itertools
+import json
 import os
 import random
 import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import watchfiles
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -75,10 +85,16 @@ from reconciler.router.config import (
     parse_config,
     public_view,
 )
+from reconciler.router.http import HttpRequest, HttpServer, Reply
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
-from reconciler.router.tokens import TokenCheck, check_token, hash_key, key_matches
-from reconciler.router.upstream import BackendUnreachable, BadResponse, UpstreamResponse
+from reconciler.router.tokens import TokenCheck, check_token, hash_key, key_bytes_match
+from reconciler.router.upstream import (
+    BackendUnreachable,
+    BadResponse,
+    Deadlines,
+    UpstreamResponse,
+)
 
 PIN_HEADER = "azureml-model-deployment"
 REQUEST_ID_HEADER = "x-request-id"
@@ -86,56 +102,125 @@ ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 SCORE_PATHS = frozenset(("/score", "/score/"))
 
-# Not forwarded to a backend: hop-by-hop headers, those the router sets itself, and the
+# What each of the caller's headers (names come lowercased) means to the router. Not
+# forwarded to a backend (_SKIP): hop-by-hop headers, those the router sets itself, and the
 # caller's credentials (a model never sees the endpoint's key or token).
-_SKIP_REQUEST_HEADERS = frozenset(
+_SKIP, _AUTHORIZATION, _REQUEST_ID, _PIN = 0, 1, 2, 3
+_REQUEST_HEADERS: dict[bytes, int] = dict.fromkeys(
     b"connection keep-alive proxy-connection proxy-authorization te trailer transfer-encoding "
-    b"upgrade host content-length expect authorization x-request-id".split()
+    b"upgrade host content-length expect".split(),
+    _SKIP,
 )
-# Not passed back to the caller: hop-by-hop, framing, and what aiohttp or the router set.
+_REQUEST_HEADERS.update({b"authorization": _AUTHORIZATION, b"x-request-id": _REQUEST_ID})
+_REQUEST_HEADERS[PIN_HEADER.encode()] = _PIN  # read, and forwarded as well
+# Not passed back to the caller: hop-by-hop, framing, and what the HTTP layer or we set.
 _SKIP_RESPONSE_HEADERS = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "date",
-        "server",
-        "x-request-id",
-        "azureml-model-deployment",
-    )
+    b"connection keep-alive proxy-authenticate te trailer transfer-encoding upgrade "
+    b"content-length date server x-request-id azureml-model-deployment".split()
 )
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
+_METRICS_MAX_BODY = 64 * 1024
+
+_JSON = b"Content-Type: application/json; charset=utf-8\r\n"
+_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
+_HEALTHY = Reply(200, _TEXT, b"ok")
+_READY = Reply(200, _TEXT, b"ready")
+_DRAINING = Reply(503, _TEXT, b"draining")
+_OUTCOME_MESSAGES = {
+    408: "request timed out (request_timeout_ms)",
+    429: "too many requests for this deployment",
+    502: "no instance of the deployment could be reached",
+    503: "the deployment has no instance",
+}
+_PROTOCOL_ERRORS = {
+    400: ("bad request", "bad_request"),
+    408: ("request not received in time", "client_timeout"),
+    414: ("request target too long", "target_too_long"),
+    431: ("request header fields too large", "head_too_large"),
+}
+
+# Request ids we make: unique, not secret (callers may send their own), so a random prefix
+# per process and a counter, in UUID shape, instead of uuid4's OS random read per request.
+_ID_PREFIX = str(uuid.uuid4())[:24].encode("ascii")
+_id_counter = itertools.count(int.from_bytes(os.urandom(6), "big"))
 
 
-def _json_error(status: int, message: str, request_id: str, deployment: str = "") -> web.Response:
-    headers = {REQUEST_ID_HEADER: request_id}
+def _new_request_id() -> bytes:
+    return b"%s%012x" % (_ID_PREFIX, next(_id_counter) & 0xFFFFFFFFFFFF)
+
+
+def _request_id(given: bytes | None) -> bytes:
+    """The caller's id if it is short printable text (it goes into headers and logs)."""
+    if given and len(given) <= 4 * _MAX_REQUEST_ID:
+        text = given.decode("utf-8", "surrogateescape")
+        if len(text) <= _MAX_REQUEST_ID and text.isprintable():
+            return given
+    return _new_request_id()
+
+
+_error_bodies: dict[str, bytes] = {}
+
+
+def _error_body(message: str) -> bytes:
+    body = _error_bodies.get(message)
+    if body is None:
+        body = json.dumps({"message": message}).encode()
+        if len(_error_bodies) < 256:  # the fixed messages; config errors vary, rarely
+            _error_bodies[message] = body
+    return body
+
+
+def _json_error(
+    status: int, message: str, request_id: bytes, deployment: str = "", *, allow: bytes = b""
+) -> Reply:
+    head = [_JSON, b"x-request-id: ", request_id, b"\r\n"]
     if deployment:
-        headers[PIN_HEADER] = deployment
+        head += (b"azureml-model-deployment: ", deployment.encode(), b"\r\n")
     if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return web.json_response({"message": message}, status=status, headers=headers)
+        head.append(b"WWW-Authenticate: Bearer\r\n")
+    if allow:
+        head += (b"Allow: ", allow, b"\r\n")
+    return Reply(status, b"".join(head), _error_body(message))
 
 
-def _request_id(request: web.BaseRequest) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER)
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
-        return given
-    return str(uuid.uuid4())
+def _json_reply(doc: Any, request_id: bytes) -> Reply:
+    return Reply(200, _JSON + b"x-request-id: %s\r\n" % request_id, json.dumps(doc).encode())
 
 
-def _bearer(request: web.BaseRequest) -> str | None:
-    header = request.headers.get("Authorization")
-    if not header:
+def _inspect(
+    request: HttpRequest,
+) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes]]:
+    """One pass over the caller's headers: (authorization, pin, request id, forwarded).
+
+    The forwarded part starts the header lines after Host; the caller adds its own.
+    """
+    authorization = pin = given_id = None
+    forward = [b"\r\n"]
+    kinds = _REQUEST_HEADERS
+    for name, value in request.headers:
+        kind = kinds.get(name)
+        if kind is None:
+            forward += (name, b": ", value, b"\r\n")
+        elif kind == _AUTHORIZATION:
+            if authorization is None:
+                authorization = value
+        elif kind == _REQUEST_ID:
+            if given_id is None:
+                given_id = value
+        elif kind == _PIN:
+            if pin is None:
+                pin = value
+            forward += (name, b": ", value, b"\r\n")
+    return authorization, pin, given_id, forward
+
+
+def _credential(authorization: bytes | None) -> bytes | None:
+    if not authorization:
         return None
-    scheme, _, credential = header.partition(" ")
+    scheme, _, credential = authorization.partition(b" ")
     credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
+    if scheme.lower() != b"bearer" or not credential:
         return None
     return credential
 
@@ -177,115 +262,178 @@ class RouterServer:
         self.metrics = RouterMetrics(config.endpoint, registry)
         self.registry = registry
         self.log = logs.get_logger(endpoint=config.endpoint, pid=os.getpid())
-        self.access_log = logs.get_access_logger(endpoint=config.endpoint, pid=os.getpid())
+        self.access_log = logs.AccessLog(endpoint=config.endpoint, pid=os.getpid())
         self._clock = clock
         self._draining = False
+        self._key_hashes = tuple(h.encode() for h in config.key_hashes)
+        self._access_log = config.access_log
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        self._servers: list[asyncio.Server] = []
-        self._http: web.Server | None = None
+        self._http: HttpServer | None = None
+        self._metrics_http: HttpServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: Deadlines | None = None
 
     # ------------------------------------------------------------------ dispatch
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def handle(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+        """The scoring port's handler (see `http.Handler`): a reply, or work to await."""
+        if request.error:
+            return self._protocol_error(request)
         path = request.path
         if path in SCORE_PATHS:
-            if request.method != "POST":
-                return _json_error(405, "use POST", _request_id(request))
-            return await self._score(request)
+            if request.method != b"POST":
+                return _json_error(405, "use POST", _given_id(request), allow=b"POST")
+            return self._score(request)
         if path == "/swagger.json":
-            return await self._swagger(request)
+            return self._swagger(request)
         if path == "/-/healthy":
-            return web.Response(text="ok")
+            return _HEALTHY
         if path == "/-/ready":
-            if self._draining:
-                return web.Response(status=503, text="draining")
-            return web.Response(text="ready")
+            return _DRAINING if self._draining else _READY
         if path == "/-/config":
-            return await self._admin(request)
-        return _json_error(404, "not found", _request_id(request))
+            return self._admin(request)
+        return _json_error(404, "not found", _given_id(request))
+
+    def expect(self, request: HttpRequest) -> Reply | None:
+        """`Expect: 100-continue`: None to let the body come, or the refusal to send instead."""
+        if request.path in SCORE_PATHS and request.method == b"POST":
+            refused = self._route(request, time.perf_counter())
+            return refused if isinstance(refused, Reply) else None
+        if request.path == "/-/config" and not self._admin_allowed(request):
+            self.metrics.auth_failed("admin")
+            return _json_error(401, "unauthorized", _given_id(request))
+        return None
+
+    def _protocol_error(self, request: HttpRequest) -> Reply:
+        message, reason = _PROTOCOL_ERRORS.get(request.error, ("bad request", "bad_request"))
+        request_id = _new_request_id()
+        started = time.perf_counter()
+        self._record(request, started, request_id, request.error, "", LIVE, None, 0, reason)
+        return _json_error(request.error, message, request_id)
 
     # ------------------------------------------------------------------ auth
-    def _auth_failure(self, request: web.BaseRequest) -> str | None:
+    def _auth_failure(self, authorization: bytes | None) -> str | None:
         """None when the caller is allowed; else the reason, for logs and metrics only."""
-        credential = _bearer(request)
+        credential = _credential(authorization)
         if credential is None:
             return "missing"
         config = self.runtime.config
         if config.auth_mode == "key":
-            return None if key_matches(credential, config.key_hashes) else "wrong_key"
+            return None if key_bytes_match(credential, self._key_hashes) else "wrong_key"
         check = check_token(
-            config.token_secret, credential, endpoint=config.endpoint, now=self._clock()
+            config.token_secret,
+            credential.decode("utf-8", "surrogateescape"),
+            endpoint=config.endpoint,
+            now=self._clock(),
         )
         return None if check is TokenCheck.VALID else check.value
 
     # ------------------------------------------------------------------ scoring
-    async def _score(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = _request_id(request)
+    def _route(
+        self, request: HttpRequest, started: float
+    ) -> Reply | tuple[Deployment, bytes, bool, list[bytes]]:
+        """Credentials, then the deployment: (deployment, request id, pinned, forwarded
+        header lines), or the refusal (401, 404), recorded."""
+        authorization, pin, given_id, forward = _inspect(request)
+        request_id = _request_id(given_id)
+        failure = self._auth_failure(authorization)
+        if failure is not None:
+            self.metrics.auth_failed(failure)
+            return self._refuse(request, started, request_id, 401, "unauthorized", failure)
         runtime = self.runtime
-        deployment_name = ""
-        outcome: _Outcome | None = None
-        reason = ""
-        bytes_in = 0
-        try:
-            failure = self._auth_failure(request)
-            if failure is not None:
-                self.metrics.auth_failed(failure)
-                reason = failure
-                outcome = _Outcome(401)
-                return _json_error(401, "unauthorized", request_id)
-            pinned = request.headers.get(PIN_HEADER)
-            if pinned:
-                deployment = runtime.deployments.get(pinned)
-                if deployment is None:
-                    reason = "unknown_deployment"
-                    outcome = _Outcome(404)
-                    return _json_error(404, "no such deployment", request_id)
-            else:
-                name = runtime.chooser.pick(random.random())
-                if name is None:
-                    reason = "no_traffic"
-                    outcome = _Outcome(404)
-                    return _json_error(404, "no deployment has traffic", request_id)
-                deployment = runtime.deployments[name]
-            deployment_name = deployment.name
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                reason = "body_too_large"
-                outcome = _Outcome(413)
-                return _json_error(413, "request body too large", request_id, deployment_name)
-            bytes_in = len(body)
-            head_rest = _forward_headers(request, request_id, len(body))
-            query = _query(request)
-            if not pinned and runtime.mirror is not None:
-                mirror, percent = runtime.mirror
-                if mirror_hit(percent, random.random()):
-                    self._spawn_mirror(mirror, query, head_rest, body, request_id)
-            outcome = await self._admitted(
-                deployment, b"POST", deployment.scoring_path + query, head_rest, body
-            )
-            reason = outcome.reason
-            return _caller_response(outcome, deployment_name, request_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            status = outcome.status if outcome is not None else 500
-            self.metrics.observe(deployment_name, LIVE, status, elapsed)
-            if runtime.config.access_log:
-                self._access(
-                    request,
-                    request_id=request_id,
-                    status=status,
-                    deployment=deployment_name,
-                    kind=LIVE,
-                    outcome=outcome,
-                    elapsed=elapsed,
-                    bytes_in=bytes_in,
-                    reason=reason,
+        if pin:
+            deployment = runtime.deployments.get(pin.decode("latin-1"))
+            if deployment is None:
+                return self._refuse(
+                    request, started, request_id, 404, "no such deployment", "unknown_deployment"
                 )
+        else:
+            name = runtime.chooser.pick(random.random())
+            if name is None:
+                return self._refuse(
+                    request, started, request_id, 404, "no deployment has traffic", "no_traffic"
+                )
+            deployment = runtime.deployments[name]
+        return deployment, request_id, bool(pin), forward
+
+    def _score(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+        started = time.perf_counter()
+        routed = self._route(request, started)
+        if isinstance(routed, Reply):
+            return routed
+        deployment, request_id, pinned, forward = routed
+        if request.too_large:
+            return self._refuse(
+                request,
+                started,
+                request_id,
+                413,
+                "request body too large",
+                "body_too_large",
+                deployment.name,
+            )
+        body = request.body
+        forward += (b"x-request-id: ", request_id, b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        head_rest = b"".join(forward)
+        query = request.query
+        mirror = self.runtime.mirror
+        if mirror is not None and not pinned and mirror_hit(mirror[1], random.random()):
+            self._spawn_mirror(mirror[0], query, head_rest, body, request_id)
+        return self._forward(request, started, request_id, deployment, query, head_rest, body)
+
+    def _refuse(
+        self,
+        request: HttpRequest,
+        started: float,
+        request_id: bytes,
+        status: int,
+        message: str,
+        reason: str,
+        deployment: str = "",
+    ) -> Reply:
+        self._record(request, started, request_id, status, deployment, LIVE, None, 0, reason)
+        return _json_error(status, message, request_id, deployment)
+
+    async def _forward(
+        self,
+        request: HttpRequest,
+        started: float,
+        request_id: bytes,
+        deployment: Deployment,
+        query: bytes,
+        head_rest: bytes,
+        body: bytes,
+    ) -> Reply:
+        outcome: _Outcome | None = None
+        try:
+            # `_admitted` inlined: one coroutine frame less on the hot path.
+            if not deployment.instances:
+                outcome = _Outcome(503, reason="no_instance")
+            elif deployment.try_admit() or await deployment.admit(
+                deployment.route.max_queue_wait_ms / 1000.0
+            ):
+                try:
+                    outcome = await self._exchange(
+                        deployment, b"POST", deployment.scoring_path + query, head_rest, body
+                    )
+                finally:
+                    deployment.release()
+            else:
+                outcome = _Outcome(429, reason="too_many_requests")
+            return _caller_reply(outcome, deployment.name, request_id)
+        finally:
+            self._record(
+                request,
+                started,
+                request_id,
+                _caller_status(outcome) if outcome is not None else 500,
+                deployment.name,
+                LIVE,
+                outcome,
+                len(body),
+                outcome.reason if outcome is not None else "error",
+            )
 
     async def _admitted(
         self,
@@ -298,8 +446,9 @@ class RouterServer:
         """Admission, then the exchange with one instance (or the next ones)."""
         if not deployment.instances:
             return _Outcome(503, reason="no_instance")
-        wait_s = deployment.route.max_queue_wait_ms / 1000.0
-        if not await deployment.admit(wait_s):
+        if not deployment.try_admit() and not await deployment.admit(
+            deployment.route.max_queue_wait_ms / 1000.0
+        ):
             return _Outcome(429, reason="too_many_requests")
         try:
             return await self._exchange(deployment, method, target, head_rest, body)
@@ -316,45 +465,48 @@ class RouterServer:
     ) -> _Outcome:
         head = b"%s %s HTTP/1.1\r\nHost: " % (method, target)
         max_body = self.runtime.config.max_body_bytes
+        deadlines = self._deadlines
+        assert deadlines is not None, "start() first"
+        loop = deadlines.loop
+        # One deadline for the whole exchange, connects and retries included.
+        deadline = loop.time() + deployment.timeout_s
         tried: tuple[Instance, ...] = ()
         instance: Instance | None = None
-        try:
-            async with asyncio.timeout(deployment.timeout_s):
-                while True:
-                    instance = deployment.pick_instance(tried, time.monotonic())
-                    if instance is None:
-                        return _Outcome(
-                            502, instance=tried[-1] if tried else None, reason="unreachable"
-                        )
-                    instance.busy += 1
-                    try:
-                        response = await instance.pool.request(
-                            head + instance.host_header + head_rest + body, max_body=max_body
-                        )
-                        return _Outcome(response.status, response=response, instance=instance)
-                    except BackendUnreachable:
-                        instance.down_until = time.monotonic() + DOWN_FOR_S
-                        tried += (instance,)
-                    except BadResponse:
-                        return _Outcome(502, instance=instance, reason="bad_response")
-                    finally:
-                        instance.finished()
-        except TimeoutError:
-            return _Outcome(408, instance=instance, reason="timeout")
+        while True:
+            instance = deployment.pick_instance(tried, loop.time())
+            if instance is None:
+                return _Outcome(502, instance=tried[-1] if tried else None, reason="unreachable")
+            instance.busy += 1
+            try:
+                response = await instance.pool.request(
+                    head + instance.host_header + head_rest + body,
+                    max_body=max_body,
+                    deadline=deadline,
+                    deadlines=deadlines,
+                )
+                return _Outcome(response.status, response=response, instance=instance)
+            except BackendUnreachable:
+                instance.down_until = loop.time() + DOWN_FOR_S
+                tried += (instance,)
+            except BadResponse:
+                return _Outcome(502, instance=instance, reason="bad_response")
+            except TimeoutError:
+                return _Outcome(408, instance=instance, reason="timeout")
+            finally:
+                instance.finished()
 
     # ------------------------------------------------------------------ mirroring
     def _spawn_mirror(
-        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: str
+        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: bytes
     ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._mirror(mirror, query, head_rest, body, request_id)
-        )
+        assert self._loop is not None
+        task = self._loop.create_task(self._mirror(mirror, query, head_rest, body, request_id))
         # The loop keeps only weak references to tasks: hold them until they end.
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
 
     async def _mirror(
-        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: str
+        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: bytes
     ) -> None:
         started = time.perf_counter()
         outcome = _Outcome(429, reason="mirror_full")
@@ -370,73 +522,65 @@ class RouterServer:
                 outcome = _Outcome(503, reason="no_instance")
         except Exception as error:  # a copy must never take the router down
             outcome = _Outcome(502, reason="mirror_error")
-            self.log.warning("mirror.failed", request_id=request_id, error=type(error).__name__)
+            self.log.warning(
+                "mirror.failed", request_id=request_id.decode(), error=type(error).__name__
+            )
         finally:
-            elapsed = time.perf_counter() - started
             status = _caller_status(outcome)
-            self.metrics.observe(mirror.name, MIRROR, status, elapsed)
-            if self.runtime.config.access_log:
-                self._access(
-                    None,
-                    request_id=request_id,
-                    status=status,
-                    deployment=mirror.name,
-                    kind=MIRROR,
-                    outcome=outcome,
-                    elapsed=elapsed,
-                    bytes_in=len(body),
-                    reason=outcome.reason,
-                )
+            self._record(None, started, request_id, status, mirror.name, MIRROR, outcome, len(body))
 
     # ------------------------------------------------------------------ swagger
-    async def _swagger(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = _request_id(request)
-        if request.method != "GET":
-            return _json_error(405, "use GET", request_id)
-        failure = self._auth_failure(request)
+    def _swagger(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+        authorization, pin, given_id, forward = _inspect(request)
+        request_id = _request_id(given_id)
+        if request.method != b"GET":
+            return _json_error(405, "use GET", request_id, allow=b"GET")
+        failure = self._auth_failure(authorization)
         if failure is not None:
             self.metrics.auth_failed(failure)
             return _json_error(401, "unauthorized", request_id)
         runtime = self.runtime
-        pinned = request.headers.get(PIN_HEADER)
-        name = pinned or runtime.chooser.pick(random.random())
+        name = pin.decode("latin-1") if pin else runtime.chooser.pick(random.random())
         deployment = runtime.deployments.get(name) if name else None
         if deployment is None:
             return _json_error(404, "no deployment has traffic", request_id)
+        forward += (b"x-request-id: ", request_id, b"\r\nContent-Length: 0\r\n\r\n")
+        return self._fetch_swagger(deployment, request.query, b"".join(forward), request_id)
+
+    async def _fetch_swagger(
+        self, deployment: Deployment, query: bytes, head_rest: bytes, request_id: bytes
+    ) -> Reply:
         outcome = await self._admitted(
-            deployment,
-            b"GET",
-            deployment.swagger_path + _query(request),
-            _forward_headers(request, request_id, 0),
-            b"",
+            deployment, b"GET", deployment.swagger_path + query, head_rest, b""
         )
-        return _caller_response(outcome, deployment.name, request_id)
+        return _caller_reply(outcome, deployment.name, request_id)
 
     # ------------------------------------------------------------------ admin
-    def _admin_allowed(self, request: web.BaseRequest) -> bool:
+    def _admin_allowed(self, request: HttpRequest) -> bool:
         expected = self.runtime.config.admin_secret_hash
-        credential = _bearer(request)
+        credential = _credential(request.header(b"authorization"))
         if expected is None or credential is None:
             return False
-        return hmac.compare_digest(hash_key(credential).encode(), expected.encode())
+        text = credential.decode("utf-8", "surrogateescape")
+        return hmac.compare_digest(hash_key(text).encode(), expected.encode())
 
-    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = _request_id(request)
+    def _admin(self, request: HttpRequest) -> Reply:
+        request_id = _given_id(request)
         if not self._admin_allowed(request):
             self.metrics.auth_failed("admin")
             return _json_error(401, "unauthorized", request_id)
-        if request.method == "GET":
-            return web.json_response(public_view(self.runtime.config))
-        if request.method != "POST":
-            return _json_error(405, "use GET or POST", request_id)
+        if request.method == b"GET":
+            return _json_reply(public_view(self.runtime.config), request_id)
+        if request.method != b"POST":
+            return _json_error(405, "use GET or POST", request_id, allow=b"GET, POST")
+        if request.too_large:
+            return _json_error(413, "config too large", request_id)
         try:
-            config = parse_config(await request.read())
+            config = parse_config(request.body)
         except ConfigError as error:
             self.metrics.config_reloaded("admin", "invalid")
             self.log.warning("config.invalid", source="admin", error=str(error))
             return _json_error(400, str(error), request_id)
-        except web.HTTPRequestEntityTooLarge:
-            return _json_error(413, "config too large", request_id)
         if config.endpoint != self.runtime.config.endpoint:
             return _json_error(400, "endpoint: a router serves one endpoint", request_id)
         persisted = self._persist(config)
@@ -447,7 +591,7 @@ class RouterServer:
                 409, "config file not writable; other workers not updated", request_id
             )
         self.apply(config, source="admin")
-        return web.json_response({"applied": True, "digest": config.digest()})
+        return _json_reply({"applied": True, "digest": config.digest()}, request_id)
 
     def _persist(self, config: RouterConfig) -> bool:
         path = self.config_path
@@ -477,6 +621,10 @@ class RouterServer:
         if config == current:
             return False
         self.runtime.apply(config)
+        self._key_hashes = tuple(h.encode() for h in config.key_hashes)
+        self._access_log = config.access_log
+        if self._http is not None:
+            self._http.max_body = config.max_body_bytes
         self.metrics.config_reloaded(source, "applied")
         self.log.info(
             "config.applied",
@@ -543,106 +691,103 @@ class RouterServer:
             except TimeoutError:
                 pass
 
-    # ------------------------------------------------------------------ logs
-    def _access(
+    # ------------------------------------------------------------------ metrics and logs
+    def _record(
         self,
-        request: web.BaseRequest | None,
-        *,
-        request_id: str,
+        request: HttpRequest | None,
+        started: float,
+        request_id: bytes,
         status: int,
         deployment: str,
         kind: str,
         outcome: _Outcome | None,
-        elapsed: float,
         bytes_in: int,
-        reason: str,
+        reason: str = "",
     ) -> None:
-        response = outcome.response if outcome is not None else None
-        instance = outcome.instance if outcome is not None else None
-        self.access_log.info(
-            "request",
-            request_id=request_id,
-            method=request.method if request is not None else "POST",
-            path=request.path if request is not None else None,
-            status=status,
-            deployment=deployment or None,
-            kind=kind,
-            instance=instance.address if instance is not None else None,
-            backend_status=response.status if response is not None else None,
-            duration_ms=round(elapsed * 1000.0, 3),
-            bytes_in=bytes_in,
-            bytes_out=len(response.body) if response is not None else 0,
-            reason=reason or None,
+        """Metrics and the access line of one answered request (or mirrored copy)."""
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(deployment, kind, status, elapsed)
+        if not self._access_log:
+            return
+        if outcome is None:
+            address = backend_status = None
+            bytes_out = 0
+        else:
+            reason = reason or outcome.reason
+            instance = outcome.instance
+            address = instance.address if instance is not None else None
+            response = outcome.response
+            if response is None:
+                backend_status = None
+                bytes_out = 0
+            else:
+                backend_status = response.status
+                bytes_out = len(response.body)
+        if request is None:
+            method, path = b"POST", None
+        else:
+            method, path = request.method, request.path
+        self.access_log.request(
+            request_id,
+            method,
+            path,
+            status,
+            deployment,
+            kind,
+            address,
+            backend_status,
+            elapsed,
+            bytes_in,
+            bytes_out,
+            reason,
         )
 
     # ------------------------------------------------------------------ lifecycle
-    def _make_request(
-        self,
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
-        return web.BaseRequest(
-            message,
-            payload,
-            protocol,
-            writer,
-            task,
-            asyncio.get_running_loop(),
-            client_max_size=self.runtime.config.max_body_bytes,
-        )
-
     async def start(
         self, *, host: str, port: int, metrics_port: int | None, reuse_port: bool = False
     ) -> tuple[int, int | None]:
         """Listen; returns the bound ports (useful with port 0). No metrics port: None."""
-        loop = asyncio.get_running_loop()
-        self._http = web.Server(
-            self.handle,
-            request_factory=self._make_request,
-            access_log=None,
-            keepalive_timeout=75.0,  # above common client and load-balancer idle timeouts
+        # Kept rather than asked for: in Python 3.11 asyncio.get_running_loop() costs a
+        # getpid() system call.
+        self._loop = loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(loop)
+        self._http = HttpServer(
+            self.handle, max_body=self.runtime.config.max_body_bytes, expect=self.expect
         )
-        server = await loop.create_server(
-            self._http, host, port, reuse_port=reuse_port or None, backlog=1024
-        )
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()[1]
+        bound = await self._http.listen(host, port, reuse_port=reuse_port)
         metrics_bound: int | None = None
         if metrics_port is not None:
-            metrics_server = await loop.create_server(
-                web.Server(self._metrics_handler, access_log=None), host, metrics_port
-            )
-            self._servers.append(metrics_server)
-            metrics_bound = metrics_server.sockets[0].getsockname()[1]
+            self._metrics_http = HttpServer(self._metrics_handler, max_body=_METRICS_MAX_BODY)
+            metrics_bound = await self._metrics_http.listen(host, metrics_port)
         self._background = [
             loop.create_task(self._watch_config()),
             loop.create_task(self._sample_metrics()),
         ]
         return bound, metrics_bound
 
-    async def _metrics_handler(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _metrics_handler(self, request: HttpRequest) -> Reply:
+        if request.error:
+            return Reply(request.error, _TEXT, b"bad request")
         if request.path != "/metrics":
-            return web.Response(status=404, text="metrics are at /metrics")
-        response = web.Response(body=generate_latest(self.registry))
-        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return response
+            return Reply(404, _TEXT, b"metrics are at /metrics")
+        content_type = b"Content-Type: %s\r\n" % METRICS_CONTENT_TYPE.encode("ascii")
+        return Reply(200, content_type, generate_latest(self.registry))
 
     async def stop(self) -> None:
         """Drain: fail readiness, stop accepting, let requests in flight finish."""
         self._draining = True
         self._stop.set()
-        for server in self._servers:
-            server.close()
         if self._http is not None:
             await self._http.shutdown(_DRAIN_TIMEOUT_S)
+        if self._metrics_http is not None:
+            await self._metrics_http.shutdown(1.0)
         for task in self._background:
             task.cancel()
         for task in list(self._mirror_tasks):
             task.cancel()
         await asyncio.gather(*self._background, *self._mirror_tasks, return_exceptions=True)
+        if self._deadlines is not None:
+            self._deadlines.close()
         self.runtime.close()
         logs.flush()
 
@@ -650,22 +795,9 @@ class RouterServer:
         self._draining = True
 
 
-def _query(request: web.BaseRequest) -> bytes:
-    raw = request.raw_path
-    mark = raw.find("?")
-    return raw[mark:].encode("latin-1") if mark >= 0 else b""
-
-
-def _forward_headers(request: web.BaseRequest, request_id: str, body_size: int) -> bytes:
-    """The header lines after Host, ending the head: the caller's, filtered, plus ours."""
-    parts = [b"\r\n"]
-    for name, value in request.raw_headers:
-        if name.lower() in _SKIP_REQUEST_HEADERS:
-            continue
-        parts += (name, b": ", value, b"\r\n")
-    parts += (b"x-request-id: ", request_id.encode("utf-8"), b"\r\n")
-    parts.append(b"Content-Length: %d\r\n\r\n" % body_size)
-    return b"".join(parts)
+def _given_id(request: HttpRequest) -> bytes:
+    """The request id of a request off the scoring path (no single pass over the headers)."""
+    return _request_id(request.header(b"x-request-id"))
 
 
 def _caller_status(outcome: _Outcome) -> int:
@@ -674,30 +806,33 @@ def _caller_status(outcome: _Outcome) -> int:
     return outcome.status
 
 
-def _caller_response(outcome: _Outcome, deployment: str, request_id: str) -> web.Response:
+def _caller_reply(outcome: _Outcome, deployment: str, request_id: bytes) -> Reply:
     response = outcome.response
     if response is None:
-        messages = {
-            408: "request timed out (request_timeout_ms)",
-            429: "too many requests for this deployment",
-            502: "no instance of the deployment could be reached",
-            503: "the deployment has no instance",
-        }
-        message = messages.get(outcome.status, "error")
+        message = _OUTCOME_MESSAGES.get(outcome.status, "error")
         return _json_error(outcome.status, message, request_id, deployment)
-    headers: CIMultiDict[str] = CIMultiDict()
+    parts: list[bytes] = []
+    skip = _SKIP_RESPONSE_HEADERS
     for name, value in response.headers:
-        text = name.decode("latin-1")
-        if text.lower() not in _SKIP_RESPONSE_HEADERS:
-            headers.add(text, value.decode("latin-1"))
-    headers[PIN_HEADER] = deployment
-    headers[REQUEST_ID_HEADER] = request_id
+        if name.lower() not in skip:
+            parts += (name, b": ", value, b"\r\n")
+    parts += (
+        b"azureml-model-deployment: ",
+        deployment.encode(),
+        b"\r\nx-request-id: ",
+        request_id,
+        b"\r\n",
+    )
     status = response.status
     if not 200 <= status < 300:
-        headers[ERROR_STATUS_HEADER] = str(status)
-        headers[ERROR_REASON_HEADER] = response.reason.decode("latin-1").strip()
+        parts += (
+            b"ms-azureml-model-error-statuscode: %d\r\n" % status,
+            b"ms-azureml-model-error-reason: ",
+            response.reason.strip(),
+            b"\r\n",
+        )
         status = 424
-    return web.Response(status=status, body=response.body, headers=headers)
+    return Reply(status, b"".join(parts), response.body)
 
 
 def run_single(
@@ -741,6 +876,10 @@ def server_loop(
         bound, metrics_bound = await server.start(
             host=host, port=port, metrics_port=metrics_port, reuse_port=reuse_port
         )
+        # Everything made so far (modules, config, metrics) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it (11 ms each,
+        # every few thousand requests; seen at p99).
+        gc.freeze()
         server.log.info(
             "listening",
             host=host,

@@ -1,0 +1,580 @@
+"""The router's HTTP/1.1 server: asyncio protocols and httptools' C parser, and nothing else.
+
+Why not aiohttp's server: measured on loopback, its request and response objects, header
+multidicts, stream readers and per-request tasks cost the router more CPU than everything
+else it does per request. This server does only what a reverse proxy in front of models
+needs, with one small object per request and one write per answer.
+
+Contract (what `server` relies on; the tests in tests/integration/test_router_http.py):
+
+- A request reaches the handler whole, as an `HttpRequest`: method, path (percent-decoded),
+  raw query (with its "?"), headers (names lowercased, values as sent), and the body
+  (Content-Length or chunked, de-chunked). `handler(request)` returns a `Reply` (answered
+  at once, without a task) or a coroutine that returns one (run in a task).
+- Answers leave in the order the requests came: a connection handles one request at a time,
+  and requests pipelined behind it wait, parsed, in a queue; reading pauses while
+  `MAX_PIPELINED` wait, or while the client does not read its answers (write buffer full).
+- Keep-alive: HTTP/1.1 unless `Connection: close`; HTTP/1.0 with `Connection: keep-alive`
+  (echoed). An answer that ends a connection carries `Connection: close`.
+- `Expect: 100-continue`: once the request is next to be answered (never ahead of an earlier
+  answer), `expect(request)` (if given) sees its head: None sends "100 Continue" and the
+  body is read; a `Reply` is the final answer, sent without reading the body, and the
+  connection closes after it (so a caller with a wrong key never uploads its body). A
+  Content-Length over the limit gets no "100 Continue" either (see the next point).
+- A body over `max_body` bytes (announced or received) is not read further: the request
+  reaches the handler at once with `too_large` set and an empty body (so the handler's own
+  checks, such as authentication, still come first), and the connection closes after the
+  answer, the rest of the body unread.
+- Malformed request: 400; request line over `MAX_URL_BYTES`: 414; more than `MAX_HEAD_BYTES`
+  of head or `MAX_HEADERS` fields: 431. These reach the handler with `error` set (it adds
+  its own headers) once the earlier answers are out, and the connection closes.
+- Timeouts, checked every second: an idle keep-alive connection is closed after
+  `KEEPALIVE_S`; a request whose head is not in `HEAD_TIMEOUT_S` after its first byte, or
+  whose body stalls for `BODY_STALL_S`, is answered 408 (`error`) and the connection closed.
+- HEAD: the headers of the answer (with the Content-Length of its body), without the body.
+- `shutdown(timeout)`: stop accepting, close idle connections, answer the requests already
+  received (with `Connection: close`), wait for them up to `timeout`, then abort the rest.
+  A handler is never cancelled because its client went away: its answer is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+KEEPALIVE_S = 75.0  # above common client and load-balancer idle timeouts (as aiohttp's was)
+HEAD_TIMEOUT_S = 30.0
+BODY_STALL_S = 30.0
+MAX_URL_BYTES = 8192
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 128
+MAX_PIPELINED = 16
+_LARGE_BODY = 64 * 1024  # written apart from the head rather than copied into one buffer
+
+_log = logging.getLogger(__name__)
+
+
+class HttpRequest:
+    """One request as the handler sees it. Mutable only while it is being parsed."""
+
+    __slots__ = (
+        "_chunks",
+        "_started",
+        "body",
+        "content_length",
+        "early",
+        "echo_keep_alive",
+        "error",
+        "expect_continue",
+        "headers",
+        "is_head",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "received",
+        "target",
+        "too_large",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.method = b""
+        self.target = b""  # the request target as sent, until parsed into path and query
+        self.path = ""
+        self.query = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self._chunks: list[bytes] = []
+        self.received = 0
+        self.content_length = -1
+        self.keep_alive = False
+        self.echo_keep_alive = False
+        self.expect_continue = False
+        self.is_head = False
+        self.too_large = False
+        self.error = 0  # a status the server decided on (400, 408, 414, 431), else 0
+        self.early: Reply | None = None  # the answer `expect` gave instead of 100 Continue
+        self._started = started
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (`name` lowercase); for rare paths, not the hot one."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Reply:
+    """An answer: status, header lines (each ending CRLF, no framing headers), body."""
+
+    __slots__ = ("body", "close", "headers", "status")
+
+    def __init__(
+        self, status: int, headers: bytes = b"", body: bytes = b"", *, close: bool = False
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.close = close
+
+
+Handler = Callable[[HttpRequest], Reply | Coroutine[Any, Any, Reply]]
+ExpectHook = Callable[[HttpRequest], Reply | None]
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Status"
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+_STATUS_LINES = {int(status): _status_line(int(status)) for status in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+# Headers the connection itself reads; all are also passed on to the handler.
+_CONTENT_LENGTH = b"content-length"
+_EXPECT = b"expect"
+_CONNECTION = b"connection"
+_FRAMING = frozenset((_CONTENT_LENGTH, _EXPECT, _CONNECTION))
+
+
+def _date_line() -> bytes:
+    return b"Date: %s\r\n" % email.utils.formatdate(usegmt=True).encode("ascii")
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, queue, hand to the handler in order, write answers."""
+
+    __slots__ = (
+        "_busy",
+        "_closing",
+        "_eof",
+        "_last_io",
+        "_parser",
+        "_paused_reading",
+        "_paused_writing",
+        "_queue",
+        "_request",
+        "_server",
+        "_stopped",
+        "_task",
+        "_transport",
+        "head_bytes",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._request: HttpRequest | None = None  # being parsed
+        self._queue: deque[HttpRequest] = deque()  # parsed, waiting for their turn
+        self._busy = False  # a request is being handled; its answer is not written yet
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False  # close once the answers owed are written
+        self._stopped = False  # read no more: the stream cannot be parsed any further
+        self._eof = False
+        self._paused_reading = False
+        self._paused_writing = False
+        self._last_io = 0.0
+        self.head_bytes = 0
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._last_io = self._server.now
+        self._server.connections.add(self)
+        if self._server.draining:
+            self._closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._stopped = True
+        self._queue.clear()
+        self._request = None
+        self._transport = None
+        self._server.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._last_io = self._server.now
+        request = self._request
+        if request is not None and request._started >= 0:
+            # The parser keeps a header it has not seen the end of: bound what it may hold
+            # (to the limit and one read; the bytes of this read may end the head).
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(431)
+                self._next()
+                return
+            self.head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A protocol switch we do not offer: answer what came, read nothing after it.
+            self._stopped = True
+            self._closing = True
+        except httptools.HttpParserError:
+            if not self._stopped:
+                self._fail(400)
+        if not self._busy and self._queue:
+            self._next()
+
+    def eof_received(self) -> bool:
+        # The client will send no more; it may still wait for answers owed.
+        self._eof = True
+        self._stopped = True
+        if self._busy or self._queue:
+            self._closing = True
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if not self._busy:
+            self._next()
+
+    # ------------------------------------------------------------------ httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._stopped:
+            return
+        self._request = HttpRequest(self._server.now)
+        self.head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        request = self._request
+        if request is None:
+            return
+        request.target += url
+        if len(request.target) > MAX_URL_BYTES:
+            self._fail(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._request
+        if request is None:
+            return
+        name = name.lower()
+        headers = request.headers
+        headers.append((name, value))
+        if name in _FRAMING:
+            if name == _CONTENT_LENGTH:
+                with contextlib.suppress(ValueError):  # the parser refuses a bad one
+                    request.content_length = int(value)
+            elif name == _EXPECT:
+                request.expect_continue = value.lower() == b"100-continue"
+            elif b"keep-alive" in value.lower():
+                request.echo_keep_alive = True
+        if len(headers) > MAX_HEADERS:
+            self._fail(431)
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        if request is None:
+            return
+        parser = self._parser
+        request._started = -1.0  # the head is in: from now on only body stalls count
+        request.method = method = parser.get_method()
+        request.is_head = method == b"HEAD"
+        request.keep_alive = parser.should_keep_alive()
+        request.echo_keep_alive = request.echo_keep_alive and request.keep_alive
+        target = request.target
+        mark = target.find(b"?")
+        if mark >= 0:
+            request.query = target[mark:]
+            target = target[:mark]
+        if target[:1] != b"/":
+            # absolute-form ("http://host/path") or authority/asterisk form
+            try:
+                target = httptools.parse_url(request.target).path or b"/"
+            except httptools.HttpParserInvalidURLError:
+                target = b"/"
+        path = target.decode("latin-1")
+        request.path = unquote(path, errors="surrogateescape") if "%" in path else path
+        if request.content_length > self._server.max_body:
+            self._too_large(request)
+        elif request.expect_continue and not self._busy and not self._queue:
+            self._continue(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._request
+        if request is None:
+            return
+        request.received += len(body)
+        if request.received > self._server.max_body:
+            self._too_large(request)
+            return
+        request._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        if request is None:
+            return
+        self._request = None
+        chunks = request._chunks
+        if chunks:
+            request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            request._chunks = []
+        self._enqueue(request)
+
+    # ------------------------------------------------------------------ requests in order
+    def _enqueue(self, request: HttpRequest) -> None:
+        self._queue.append(request)
+        if len(self._queue) >= MAX_PIPELINED and not self._paused_reading:
+            self._set_reading(False)
+
+    def _too_large(self, request: HttpRequest) -> None:
+        """Stop reading; the handler answers (413 after its own checks), then we close."""
+        request.too_large = True
+        request.body = b""
+        request._chunks = []
+        self._request = None
+        self._stopped = True
+        self._closing = True
+        self._enqueue(request)
+
+    def _fail(self, status: int) -> None:
+        """The stream cannot be parsed further: answer `status` in turn, then close."""
+        request = self._request or HttpRequest(self._server.now)
+        request.error = status
+        request.keep_alive = False
+        self._request = None
+        self._stopped = True
+        self._closing = True
+        self._enqueue(request)
+
+    def _continue(self, request: HttpRequest) -> None:
+        """The request being read is next in line and waits for 100 Continue, or not."""
+        request.expect_continue = False
+        expect = self._server.expect
+        early = None
+        if expect is not None:
+            try:
+                early = expect(request)
+            except Exception:
+                _log.exception("expect hook failed")
+        if early is None:
+            if self._transport is not None:
+                self._transport.write(_CONTINUE)
+            return
+        # Answered on its head alone: the body that may follow is not ours to parse.
+        request.early = early
+        self._request = None
+        self._stopped = True
+        self._closing = True
+        self._enqueue(request)
+
+    def _next(self) -> None:
+        """Start the requests waiting, in order, while their answers come without waiting."""
+        queue = self._queue
+        handler = self._server.handler
+        while queue and not self._busy and not self._paused_writing:
+            request = queue.popleft()
+            self._busy = True
+            if request.early is not None:
+                self._answer(request, request.early)
+                continue
+            try:
+                result = handler(request)
+            except Exception:
+                _log.exception("handler failed")
+                result = Reply(500, close=True)
+            if isinstance(result, Reply):
+                self._answer(request, result)
+            else:
+                self._task = self._server.loop.create_task(self._run(request, result))
+        if self._paused_reading and len(queue) < MAX_PIPELINED // 2 and not self._stopped:
+            self._set_reading(True)
+        if not self._busy and not queue:
+            pending = self._request
+            if pending is not None and pending.expect_continue and pending._started < 0:
+                self._continue(pending)
+                if queue:  # answered early
+                    self._next()
+
+    async def _run(self, request: HttpRequest, work: Coroutine[Any, Any, Reply]) -> None:
+        try:
+            reply = await work
+        except Exception:
+            _log.exception("handler failed")
+            reply = Reply(500, close=True)
+        self._task = None
+        self._answer(request, reply)
+        self._next()  # the next request, or the 100 Continue the one being read waits for
+
+    def _answer(self, request: HttpRequest, reply: Reply) -> None:
+        self._busy = False
+        transport = self._transport
+        if transport is None:
+            return  # the client went away; the answer has nobody to go to
+        server = self._server
+        self._last_io = server.now
+        status = reply.status
+        body = reply.body
+        keep = request.keep_alive and not reply.close and not (self._closing and not self._queue)
+        if not keep:
+            connection = _CLOSE
+        elif request.echo_keep_alive:
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        if status == 204 or status == 304 or status < 200:
+            length = b""
+            body = b""
+        else:
+            length = b"Content-Length: %d\r\n" % len(body)
+            if request.is_head:
+                body = b""
+        status_line = _STATUS_LINES.get(status) or _status_line(status)
+        if len(body) < _LARGE_BODY:
+            transport.write(
+                b"".join(
+                    (
+                        status_line,
+                        server.date_line,
+                        reply.headers,
+                        length,
+                        connection,
+                        b"\r\n",
+                        body,
+                    )
+                )
+            )
+        else:
+            transport.write(
+                b"".join(
+                    (status_line, server.date_line, reply.headers, length, connection, b"\r\n")
+                )
+            )
+            transport.write(body)
+        if not keep:
+            self._stopped = True
+            self._queue.clear()
+            transport.close()  # after the buffer is written
+
+    def _set_reading(self, on: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        with contextlib.suppress(RuntimeError):  # already closing
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+        self._paused_reading = not on
+
+    # ------------------------------------------------------------------ housekeeping
+    def check_timeouts(self, now: float) -> None:
+        request = self._request
+        if self._busy or self._queue or self._transport is None:
+            return  # the client waits for us, not we for it
+        if request is None:
+            if now - self._last_io > KEEPALIVE_S:
+                self.close()
+        elif request._started >= 0:
+            if now - request._started > HEAD_TIMEOUT_S:
+                self._fail(408)
+                self._next()
+        elif now - self._last_io > BODY_STALL_S:
+            self._fail(408)
+            self._next()
+
+    def drain(self) -> None:
+        """Shutdown: close now if nothing is owed, else after the answers owed."""
+        self._closing = True
+        if not self._busy and not self._queue and self._request is None:
+            self.close()
+
+    def close(self) -> None:
+        self._stopped = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._stopped = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class HttpServer:
+    """Listening sockets, the open connections, their clock and timeouts, and shutdown."""
+
+    def __init__(
+        self, handler: Handler, *, max_body: int, expect: ExpectHook | None = None
+    ) -> None:
+        self.handler = handler
+        self.expect = expect
+        self.max_body = max_body  # may be changed while serving (a new config)
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self.loop = asyncio.get_running_loop()
+        self.now = time.monotonic()
+        self.date_line = _date_line()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._all_closed: asyncio.Event | None = None
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port; returns the bound port (useful with port 0)."""
+        server = await self.loop.create_server(
+            lambda: HttpConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        self._servers.append(server)
+        if self._housekeeping is None:
+            self._housekeeping = self.loop.create_task(self._tick())
+        sockets = server.sockets
+        bound: int = sockets[0].getsockname()[1]
+        for sock in sockets:
+            # Small requests and answers: Nagle's algorithm would hold them back.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return bound
+
+    async def _tick(self) -> None:
+        # One timer for all connections, not one per request: the clock, the Date header
+        # and timeouts only need to be right to about a second.
+        while True:
+            await asyncio.sleep(1.0)
+            self.now = now = time.monotonic()
+            self.date_line = _date_line()
+            for connection in list(self.connections):
+                connection.check_timeouts(now)
+
+    def connection_closed(self) -> None:
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting; answer what was received; abort what is left after `timeout`."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        self._all_closed = asyncio.Event()
+        for connection in list(self.connections):
+            connection.drain()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._all_closed.wait()
+        for connection in list(self.connections):
+            connection.abort()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
