@@ -173,14 +173,30 @@ def test_blue_green_split_switch_and_delete_under_load(docker_world: DockerWorld
     assert len(load.answers) >= 5, "the load ran during the pass"
     assert {world.score("split-ep").deployment for _ in range(20)} == {"green"}
 
-    # Back to blue and green deleted in one commit: traffic leaves green before its
-    # containers go, and no request fails.
+    # Blue, without traffic, scaled to zero: no container left, yet still a deployment
+    # whose state matches its file (the next pass plans nothing).
+    world.repo.deployment("split-ep", "blue", code="../../src-blue", instance_count=0)
+    world.repo.commit("blue at zero")
+    result = world.apply()
+    assert actions(world) == [(Action.SCALE_DEPLOYMENT, "blue")]
+    assert world.containers("split-ep", "blue") == []
+    blue = result.status["split-ep"]["deployments"]["blue"]
+    assert (blue["provisioning_state"], blue["instance_count"]) == ("Succeeded", 0)
+    assert world.apply().plan.steps == ()
+
+    # Back to blue, and green deleted, in one commit: blue's capacity comes first, then
+    # traffic leaves green before its containers go, and no request fails.
+    world.repo.deployment("split-ep", "blue", code="../../src-blue", instance_count=1)
     world.repo.endpoint("split-ep", traffic={"blue": 100})
     world.repo.remove("endpoints/split-ep/green.yml")
     world.repo.commit("blue 100, no green")
     with world.load("split-ep") as load:
         result = world.apply()
-    assert actions(world) == [(Action.SET_TRAFFIC, None), (Action.DELETE_DEPLOYMENT, "green")]
+    assert actions(world) == [
+        (Action.SCALE_DEPLOYMENT, "blue"),
+        (Action.SET_TRAFFIC, None),
+        (Action.DELETE_DEPLOYMENT, "green"),
+    ]
     assert load.failures == []
     assert world.containers("split-ep", "green") == []
     assert set(result.status["split-ep"]["deployments"]) == {"blue"}

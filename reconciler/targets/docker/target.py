@@ -3,17 +3,29 @@
 Per endpoint: an internal network (deployments publish no port and reach nothing outside),
 and a router container on a stable port of 127.0.0.1 (the scoring URI). Per deployment:
 one container per instance, of an image built for it (environment layer cached by content,
-thin code + model layer on top).
+thin code + model layer on top). Names of containers and networks start with
+`rcl-TARGET-ENDPOINT`, so two targets on one engine never collide; the router reaches an
+instance by a short alias on the endpoint's network (`DEPLOYMENT-DIGEST8-INDEX`), on the
+inference server's port or on the port a custom container's inference_config names.
 
 The target is its own record: observe() rebuilds the live state from container labels
-(endpoint, deployment, digest, the applied spec), container health, and the router's
-config. Only the keys live outside Docker, in a 0600 file of the state folder, and the
-router's config (which holds key hashes, never keys) sits beside them.
+(endpoint, deployment, digest, the applied spec, the instance's address), container
+health, and the router's config. Outside Docker, in the state folder: the keys (a 0600
+file), the router's config (key hashes, never keys), and per deployment a record of the
+scale settings and the version applied last, which stands in for the labels of a
+deployment scaled to zero.
 
-Readiness: a container is ready when the inference server answers GET / inside it.
-Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; while a step waits
-for new instances it asks them directly (docker exec), because Docker 20.10 runs the first
-health check only after a full probe period.
+Readiness: a container is ready when the inference server answers GET / inside it (a
+custom container: when its readiness route answers the router's container, since its image
+may have no Python). Docker's HEALTHCHECK (from readiness_probe) keeps watching it
+afterwards; while a step waits for new instances it asks them directly (docker exec),
+because Docker 20.10 runs the first health check only after a full probe period.
+
+Failure: an instance that stopped, crash-loops or failed its liveness is failed; it does
+not count, settle() clears it away at the start of the next pass (a liveness failure is
+restarted in place instead), and the plan replaces it. An instance Docker restarted once
+counts again as soon as it is healthy. A batch of new instances that cannot start is
+stopped (kept for its logs until the next pass); the instances already serving stay.
 """
 
 from __future__ import annotations
@@ -219,6 +231,12 @@ class DockerTarget:
             self._observe_deployment(endpoint, deployment, group)
             for (endpoint, deployment), group in sorted(instances.items())
         ]
+        # A deployment scaled to zero has no container to read it back from: its record
+        # in the state folder stands in.
+        for endpoint, deployment, record in self._records():
+            if (endpoint, deployment) not in instances:
+                deployments.append(self._observe_empty(endpoint, deployment, record))
+        deployments.sort(key=lambda d: (d.endpoint, d.name))
         return LiveState(
             endpoints=tuple(endpoints), deployments=tuple(deployments), target=self.name
         )
@@ -268,13 +286,12 @@ class DockerTarget:
             # A rollout stopped half-way: report a digest no spec has, so the next plan
             # finishes the rollout.
             digest = spec_digest({"mixed": sorted(digests)})
-        scale = ScaleSettings()
-        recorded = self.credentials.folder(endpoint) / "scale" / f"{deployment}.json"
-        with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
-            text = (
-                recorded.read_text() if recorded.exists() else newest.container.labels[f"{L}scale"]
-            )
-            scale = ScaleSettings(**json.loads(text))
+        record = self._read_record(endpoint, deployment)
+        scale = _scale_of(record.get("scale"))
+        if "scale" not in record:
+            # Containers carry the scale settings they were started with.
+            with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
+                scale = _scale_of(json.loads(newest.container.labels[f"{L}scale"]))
         routed = self._routed_instances(endpoint, deployment)
         ready = [i for i in serving if i.address in routed and self._ready(i)]
         if failed:
@@ -300,6 +317,63 @@ class DockerTarget:
             last_error=last_error,
             instance_type=newest.container.labels.get(f"{L}instance-type") or None,
         )
+
+    def _observe_empty(
+        self, endpoint: str, deployment: str, record: Mapping[str, Any]
+    ) -> LiveDeployment:
+        """A deployment with no instance, as its record says: nothing to wait for."""
+        spec: DeploymentSpec | None = None
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            spec = deployment_from_json(record["spec"])
+        return LiveDeployment(
+            key=ResourceKey(endpoint, deployment),
+            digest=str(record.get("digest", "")),
+            instance_count=0,
+            scale_settings=_scale_of(record.get("scale")),
+            spec=spec,
+            ready_instances=0,
+            provisioning_state=ProvisioningState.SUCCEEDED,
+            instance_type=spec.instance_type if spec is not None else None,
+        )
+
+    # --- records of deployments ---------------------------------------------------------
+
+    def _record_path(self, endpoint: str, deployment: str) -> Path:
+        return self.credentials.folder(endpoint) / "deployments" / f"{deployment}.json"
+
+    def _read_record(self, endpoint: str, deployment: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self._record_path(endpoint, deployment).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        found = []
+        for path in sorted(self.credentials.root.glob("*/deployments/*.json")):
+            endpoint, deployment = path.parent.parent.name, path.stem
+            record = self._read_record(endpoint, deployment)
+            if record.get("spec") is not None:
+                found.append((endpoint, deployment, record))
+        return found
+
+    def _record(
+        self,
+        endpoint: str,
+        deployment: str,
+        *,
+        scale: ScaleSettings,
+        version: _Version | None = None,
+    ) -> None:
+        """Record what a step applied: the scale settings (labels cannot change on a
+        running container, and observe prefers this record), and the version, which
+        observe needs for a deployment scaled to zero."""
+        record = self._read_record(endpoint, deployment)
+        record["scale"] = to_json(scale)
+        if version is not None:
+            record["digest"] = version.digest
+            record["spec"] = json.loads(version.spec_label)
+        write_private(self._record_path(endpoint, deployment), json.dumps(record, sort_keys=True))
 
     def _ready(self, inst: _Instance) -> bool:
         if inst.state != "running" or inst.failed:
@@ -825,7 +899,7 @@ class DockerTarget:
             version, count=step.instance_count, first_index=0, scale=scale, say=say
         )
         self._route_instances(spec.endpoint_name, spec.name, started, spec)
-        self._record_scale(step.endpoint, spec.name, scale)
+        self._record(step.endpoint, spec.name, scale=scale, version=version)
 
     def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
         """Add or remove instances of what runs now.
@@ -865,6 +939,7 @@ class DockerTarget:
                 settings_if_new=True,
             )
             say(f"{len(started)} instance(s) of {spec.key} added")
+            self._record(step.endpoint, spec.name, scale=scale, version=version)
         else:
             # The declared version stays longest, then the oldest instances.
             order = sorted(live, key=lambda i: (i.digest != spec.digest, i.index))
@@ -876,14 +951,7 @@ class DockerTarget:
             self._retire(step.endpoint, spec.name, keep=keep, drop=drop + failed, spec=None)
             if drop:
                 say(f"{len(drop)} instance(s) of {spec.key} removed")
-        self._record_scale(step.endpoint, spec.name, scale)
-
-    def _record_scale(self, endpoint: str, deployment: str, scale: ScaleSettings) -> None:
-        """Containers carry the scale settings they were started with, and labels cannot
-        change on a running container: the settings applied last are recorded in the
-        state folder, which observe prefers."""
-        path = self.credentials.folder(endpoint) / "scale" / f"{deployment}.json"
-        write_private(path, json.dumps(to_json(scale)))
+            self._record(step.endpoint, spec.name, scale=scale)
 
     def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
         """Rolling update: new instances in batches of 20% of the count (at least one),
@@ -926,7 +994,7 @@ class DockerTarget:
             # More of the new version than declared (a rollout that ran at a higher
             # count): the newest go.
             self._retire(step.endpoint, spec.name, keep=new[:target], drop=new[target:], spec=spec)
-        self._record_scale(step.endpoint, spec.name, scale)
+        self._record(step.endpoint, spec.name, scale=scale, version=version)
 
     def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
         assert step.deployment is not None
@@ -947,8 +1015,7 @@ class DockerTarget:
                 self._write_router_config(step.endpoint, replace(config, deployments=routes))
                 time.sleep(self.options.drain_s)
         self._remove(self._instances(step.endpoint, step.deployment))
-        with contextlib.suppress(FileNotFoundError):
-            (self.credentials.folder(step.endpoint) / "scale" / f"{step.deployment}.json").unlink()
+        self._record_path(step.endpoint, step.deployment).unlink(missing_ok=True)
         say(f"deployment {step.endpoint}/{step.deployment} removed")
 
     def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
@@ -1119,6 +1186,14 @@ def _instance(container: Any) -> _Instance:
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
     )
+
+
+def _scale_of(data: Any) -> ScaleSettings:
+    """Scale settings from their JSON form; the defaults for anything unreadable."""
+    try:
+        return ScaleSettings(**data) if isinstance(data, dict) else ScaleSettings()
+    except TypeError:
+        return ScaleSettings()
 
 
 def _alias(deployment: str, digest: str, index: int) -> str:
