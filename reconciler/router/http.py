@@ -256,7 +256,7 @@ class HttpConnection(asyncio.Protocol):
         if self._stopped:
             return
         self._request = HttpRequest(self._server.now)
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes of later reads while the head is incomplete
 
     def on_url(self, url: bytes) -> None:
         request = self._request
@@ -273,6 +273,11 @@ class HttpConnection(asyncio.Protocol):
         name = name.lower()
         headers = request.headers
         headers.append((name, value))
+        # A whole head in one read passes the check in data_received: count it here too.
+        request.received += len(name) + len(value)
+        if request.received > MAX_HEAD_BYTES:
+            self._fail(431)
+            return
         if name in _FRAMING:
             if name == _CONTENT_LENGTH:
                 with contextlib.suppress(ValueError):  # the parser refuses a bad one
@@ -290,6 +295,7 @@ class HttpConnection(asyncio.Protocol):
             return
         parser = self._parser
         request._started = -1.0  # the head is in: from now on only body stalls count
+        request.received = 0  # from now on: body bytes
         request.method = method = parser.get_method()
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()

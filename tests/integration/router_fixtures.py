@@ -6,6 +6,8 @@
 - `RouterProcess`: `python -m reconciler.router --config FILE --port 0 --metrics-port 0`, a
   real process; its JSON log lines are collected (the port comes from the "listening" line).
 - `load`: many requests through a real client (aiohttp), concurrency bounded, results kept.
+- `RawConnection`: one plain socket to the router, for what HTTP clients hide (pipelining,
+  100-continue, chunked uploads, malformed requests, the connection being closed).
 
 No pytest-asyncio: tests are plain functions and drive async code with `asyncio.run`.
 Test modules import the fixtures `backends_fixture` and `start_router_fixture` (named
@@ -414,6 +416,83 @@ def request(
             return await _one(session, method, url, dict(headers or {}), body)
 
     return asyncio.run(go())
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # names lowercased; a repeated header keeps its last value
+    body: bytes
+
+
+class RawConnection:
+    """A socket to the router, written and read by hand (bytes in, parsed answers out)."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buffer = b""
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            return False
+        self._buffer += chunk
+        return bool(chunk)
+
+    def read(self, *, head: bool = False) -> RawResponse | None:
+        """The next answer (its head only for a HEAD request); None if the router closed."""
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._fill():
+                assert not self._buffer, f"connection closed mid-answer: {self._buffer!r}"
+                return None
+        raw_head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head or status < 200 else int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            assert self._fill(), "connection closed mid-body"
+            rest = self._buffer.partition(b"\r\n\r\n")[2]
+        self._buffer = rest[length:]
+        return RawResponse(status, headers, rest[:length])
+
+    def closed_by_peer(self) -> bool:
+        """Whether the router closed the connection (waits up to the socket timeout)."""
+        if self._buffer:
+            return False
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def post_score(
+    body: bytes = b'{"data": [1]}',
+    *,
+    key: str = PRIMARY_KEY,
+    headers: Mapping[str, str] | None = None,
+    path: str = "/score",
+) -> bytes:
+    """A whole POST request as bytes, Content-Length framed."""
+    lines = [f"POST {path} HTTP/1.1", "Host: router", f"Authorization: Bearer {key}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

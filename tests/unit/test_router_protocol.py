@@ -1,0 +1,198 @@
+"""The router's HTTP layer in process: timeouts, backpressure, deadlines, the access line.
+
+A fake transport records what the connection writes; time is driven by calling
+`check_timeouts` with chosen clock values, so no test waits for a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+
+from reconciler.router import http, logs
+from reconciler.router.upstream import Deadlines, UpstreamPool, _Connection
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def _connection(
+    handler: http.Handler,
+) -> tuple[http.HttpServer, http.HttpConnection, FakeTransport]:
+    server = http.HttpServer(handler, max_body=1024)
+    connection = http.HttpConnection(server)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    return server, connection, transport
+
+
+def _ok(request: http.HttpRequest) -> http.Reply:
+    if request.error:
+        return http.Reply(request.error, b"", b"error")
+    return http.Reply(200, b"", b"ok")
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    async def scenario() -> None:
+        server, connection, transport = _connection(_ok)
+        connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+        start = server.now
+        connection.check_timeouts(start + http.KEEPALIVE_S - 1)
+        assert not transport.closed
+        connection.check_timeouts(start + http.KEEPALIVE_S + 1)
+        assert transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_slow_head_and_stalled_body_are_408() -> None:
+    async def scenario() -> None:
+        server, connection, transport = _connection(_ok)
+        connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # head unfinished
+        connection.check_timeouts(server.now + http.HEAD_TIMEOUT_S + 1)
+        assert transport.written.startswith(b"HTTP/1.1 408 ")
+        assert b"Connection: close\r\n" in transport.written and transport.closed
+
+        server, connection, transport = _connection(_ok)
+        connection.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        connection.check_timeouts(server.now + http.BODY_STALL_S - 1)
+        assert transport.written == b""
+        connection.check_timeouts(server.now + http.BODY_STALL_S + 1)
+        assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_client_waiting_for_its_answer_is_not_timed_out() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: http.HttpRequest) -> http.Reply:
+            await release.wait()
+            return http.Reply(200, b"", b"late")
+
+        server, connection, transport = _connection(slow)
+        connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.check_timeouts(server.now + http.KEEPALIVE_S * 10)
+        assert not transport.closed
+        release.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert transport.written.endswith(b"late") and not transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_reading_pauses_while_too_many_requests_wait_behind_a_slow_one() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: http.HttpRequest) -> http.Reply:
+            await release.wait()
+            return http.Reply(200, b"", request.path.encode())
+
+        _, connection, transport = _connection(slow)
+        pipelined = b"".join(
+            b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(http.MAX_PIPELINED + 2)
+        )
+        connection.data_received(pipelined)
+        assert not transport.reading
+        release.set()
+        for _ in range(5 * http.MAX_PIPELINED):
+            await asyncio.sleep(0)
+        assert transport.reading
+        bodies = [
+            part.rpartition(b"\r\n\r\n")[2] for part in transport.written.split(b"HTTP/1.1")[1:]
+        ]
+        assert bodies == [b"/%d" % i for i in range(http.MAX_PIPELINED + 2)]
+
+    asyncio.run(scenario())
+
+
+def test_percent_encoded_path_and_query() -> None:
+    async def scenario() -> None:
+        seen: list[http.HttpRequest] = []
+
+        def keep(request: http.HttpRequest) -> http.Reply:
+            seen.append(request)
+            return http.Reply(204)
+
+        _, connection, transport = _connection(keep)
+        connection.data_received(b"GET /sc%6Fre?x=%20y HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.data_received(
+            b"GET http://router:8080/-/healthy?a=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert [(r.path, r.query) for r in seen] == [
+            ("/score", b"?x=%20y"),
+            ("/-/healthy", b"?a=1"),
+        ]
+        assert b"Content-Length" not in transport.written  # 204: no body, no length
+
+    asyncio.run(scenario())
+
+
+def test_deadlines_time_out_late_exchanges_with_one_timer() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop)
+        pool = UpstreamPool("127.0.0.1:1", connect_timeout=1.0)
+        quick, late, later = (_Connection(pool) for _ in range(3))
+        for conn in (quick, late, later):
+            conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        now = loop.time()
+        late_answer = late.start(b"", max_body=10, deadline=now + 0.05, deadlines=deadlines)
+        armed = deadlines._timer
+        later_answer = later.start(b"", max_body=10, deadline=now + 0.5, deadlines=deadlines)
+        assert deadlines._timer is armed  # a later deadline does not re-arm the timer
+        quick_answer = quick.start(b"", max_body=10, deadline=now + 0.02, deadlines=deadlines)
+        assert deadlines._timer is not armed  # an earlier one does
+        quick.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert (await quick_answer).body == b"ok"
+        await asyncio.sleep(0.1)
+        assert isinstance(late_answer.exception(), TimeoutError) and late.closed
+        assert not later_answer.done()
+        deadlines.close()
+        assert deadlines._armed_for == math.inf
+        later.abort()
+
+    asyncio.run(scenario())
+
+
+def test_access_line_is_json_with_the_documented_fields_and_no_secret_names() -> None:
+    stream = io.StringIO()
+    logs.configure(stream)
+    access = logs.AccessLog(endpoint="ep", pid=7, api_key="dropped")
+    access.request(
+        b'id-"1"', b"POST", "/score", 424, "blue", "live", "10.0.0.5:5001", 500, 0.0123, 10, 20, ""
+    )
+    access.request(b"id-2", b"GET", None, 401, "", "live", None, None, 0.0, 0, 0, "missing")
+    logs.flush()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["request_id"] == 'id-"1"' and first["duration_ms"] == 12.3
+    assert first["backend_status"] == 500 and first["reason"] is None
+    assert (second["deployment"], second["instance"], second["reason"]) == (None, None, "missing")
+    assert "api_key" not in first  # a suspicious context field is dropped, as structlog's is
+    assert set(logs.ACCESS_FIELDS) | {"endpoint", "pid", "event", "level", "ts"} == set(first)
+    assert not any(logs._suspect(name) for name in logs.ACCESS_FIELDS)
