@@ -303,7 +303,7 @@ class DockerWorld:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[docker.DockerClient]:
+def docker_engine() -> Iterator[docker.DockerClient]:
     """The machine's Docker Engine with the local base image; skips when none answers."""
     try:
         client = docker.from_env(timeout=120)
@@ -332,7 +332,7 @@ WorldFactory = Callable[..., DockerWorld]
 @pytest.fixture
 def docker_worlds(
     tmp_path: Path,
-    engine: docker.DockerClient,
+    docker_engine: docker.DockerClient,
     router_ports: tuple[int, int],
 ) -> Iterator[WorldFactory]:
     """make(folder="repo", **options): a world with a repository in tmp_path/folder and a
@@ -353,7 +353,7 @@ def docker_worlds(
         repo = RepoBuilder(tmp_path / folder)
         world = DockerWorld(
             repo=repo,
-            client=engine,
+            client=docker_engine,
             options=options,
             target=DockerTarget(options, repo_root=repo.root),
         )

@@ -139,6 +139,23 @@ def test_create_from_empty_then_keys_cli_and_a_restarted_reconciler(
     invoked = runner.invoke(main, ["invoke", "keys-ep", *repo, "--request-file", request])
     assert invoked.exit_code == 0, invoked.output
 
+    # The endpoint's files removed, and pruning on: traffic leaves, then the deployment,
+    # then the endpoint goes with its router, network and keys.
+    world.repo.remove("endpoints/keys-ep/endpoint.yml")
+    world.repo.remove("endpoints/keys-ep/blue.yml")
+    world.repo.commit("no endpoint")
+    result = world.apply(prune=True)
+    assert actions(world) == [
+        (Action.SET_TRAFFIC, None),
+        (Action.DELETE_DEPLOYMENT, "blue"),
+        (Action.DELETE_ENDPOINT, None),
+    ]
+    label = f"reconciler.target={world.options.name}"
+    assert world.client.containers.list(all=True, filters={"label": label}) == []
+    assert world.client.networks.list(filters={"label": label}) == []
+    assert world.target.observe().endpoints == ()
+    assert not world.target.credentials.path("keys-ep").exists()
+
 
 def test_blue_green_split_switch_and_delete_under_load(docker_world: DockerWorld) -> None:
     world = docker_world

@@ -210,7 +210,13 @@ class DockerTarget:
         filters = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
         filters += [f"{L}{k}={v}" for k, v in labels.items()]
         try:
-            return list(self.client.containers.list(all=True, filters={"label": filters}))
+            # ignore_removed: a container removed between the listing and its inspection
+            # (by hand, by a step) is simply not there, rather than an engine error.
+            return list(
+                self.client.containers.list(
+                    all=True, filters={"label": filters}, ignore_removed=True
+                )
+            )
         except docker.errors.DockerException as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
@@ -917,9 +923,13 @@ class DockerTarget:
         scale = step.scale_settings or spec.scale_settings
         if want > len(live):
             running = [i for i in live if i.digest != spec.digest]
+            version: _Version | None = None
             if running and len(running) == len(live):
-                version = self._running_version(max(running, key=lambda i: i.created))
-            else:
+                # Containers of an older reconciler may lack a readable spec label: then
+                # the new instances are of the declared version (the update follows).
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    version = self._running_version(max(running, key=lambda i: i.created))
+            if version is None:
                 version = self._desired_version(spec, say)
             started = self._start_instances(
                 version,
