@@ -16,6 +16,10 @@ plenty of concurrency so that admission never queues: this measures the proxy, n
 limits. It prints p50, p99 and requests/s per case, a markdown table, and writes
 bench/out/router.json. Not a test: figures vary with the machine and its neighbours.
 
+With --repeat N, each round runs every target once, in turn, so that a burst of load from
+neighbours falls on all of them alike; the medians are kept (CPU per request too), and each
+row records the 1-minute load average seen when its runs started.
+
 Needs wrk and nginx (Debian: `apt-get install -y wrk nginx`); without wrk it stops with a
 message, without nginx it skips that column.
 """
@@ -258,21 +262,26 @@ def main() -> int:
             run_wrk(script, port, concurrency=8, duration=1, auth=auth, pid=pid)
         for concurrency in concurrencies:
             for label in delays:
-                for name in ("direct", "ours", "ours x2", "nginx"):
-                    if (name, label) not in targets:
-                        continue
-                    port, auth, pid = targets[(name, label)]
-                    runs = [
-                        run_wrk(
-                            script,
-                            port,
-                            concurrency=concurrency,
-                            duration=args.duration,
-                            auth=auth,
-                            pid=pid,
+                names = [n for n in ("direct", "ours", "ours x2", "nginx") if (n, label) in targets]
+                rounds: dict[str, list[tuple[float, float, float, int, float]]] = {
+                    name: [] for name in names
+                }
+                load = os.getloadavg()[0]
+                for _ in range(args.repeat):
+                    for name in names:
+                        port, auth, pid = targets[(name, label)]
+                        rounds[name].append(
+                            run_wrk(
+                                script,
+                                port,
+                                concurrency=concurrency,
+                                duration=args.duration,
+                                auth=auth,
+                                pid=pid,
+                            )
                         )
-                        for _ in range(args.repeat)
-                    ]
+                for name in names:
+                    runs = rounds[name]
                     p50 = statistics.median(r[0] for r in runs)
                     p99 = statistics.median(r[1] for r in runs)
                     rps = statistics.median(r[2] for r in runs)
@@ -287,6 +296,7 @@ def main() -> int:
                         "rps": round(rps),
                         "failed": failed,
                         "cpu_us_per_request": round(cpu_us),
+                        "load_1m": round(load, 2),
                     }
                     results.append(row)
                     print(json.dumps(row), flush=True)
@@ -295,8 +305,11 @@ def main() -> int:
     (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print("CPU us/req: of the backend for direct, of the proxy (all its processes) otherwise.")
-    print("| c | backend | target | p50 ms | p99 ms | req/s | vs direct | +p50 ms | CPU us/req |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| c | backend | target | p50 ms | p99 ms | req/s | vs direct | +p50 ms | CPU us/req "
+        "| load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     direct = {(r["concurrency"], r["backend"]): r for r in results if r["target"] == "direct"}
     for row in results:
         base = direct[(row["concurrency"], row["backend"])]
@@ -305,7 +318,7 @@ def main() -> int:
         print(
             f"| {row['concurrency']} | {row['backend']} | {row['target']} | {row['p50_ms']} "
             f"| {row['p99_ms']} | {row['rps']} | {share:.0%} | {added:+.2f} "
-            f"| {row['cpu_us_per_request']} |"
+            f"| {row['cpu_us_per_request']} | {row['load_1m']} |"
         )
     return 0
 

@@ -11,11 +11,14 @@ Modules:
 - `tokens`    keys and aml_token tokens (`generate_key`, `hash_key`, `issue_token`,
               `verify_token`); pure, for the reconciler's credentials commands too
 - `balancing` pure choices: weighted deployment, mirror draw, least busy instance
-- `upstream`  the keep-alive HTTP/1.1 client to backends
+- `http`      the HTTP/1.1 server (asyncio protocols, httptools): keep-alive, pipelining,
+              limits, timeouts, drain
+- `upstream`  the keep-alive HTTP/1.1 client to backends, and their deadlines
 - `runtime`   deployments, instances and admission; swaps configs without loss
 - `metrics`   Prometheus metric names and the utilisation formula
-- `logs`      structured JSON logs
-- `server`    the HTTP handlers, config watching, the admin call, shutdown
+- `logs`      structured JSON logs, and the access log's own fast line writer
+- `server`    the handlers, config watching, the admin call, shutdown
+- `workers`   several worker processes on one port (SO_REUSEPORT), under a supervisor
 """
 
 from reconciler.router.config import (

@@ -199,7 +199,8 @@ class HttpConnection(asyncio.Protocol):
         self._last_io = self._server.now
         self._server.connections.add(self)
         if self._server.draining:
-            self._closing = True
+            # Accepted just before the listener closed: as if it had stayed in the backlog.
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)

@@ -88,7 +88,13 @@ from reconciler.router.config import (
 from reconciler.router.http import HttpRequest, HttpServer, Reply
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
-from reconciler.router.tokens import TokenCheck, check_token, hash_key, key_bytes_match
+from reconciler.router.tokens import (
+    TokenCheck,
+    check_token,
+    hash_key,
+    key_bytes_match,
+    key_digests,
+)
 from reconciler.router.upstream import (
     BackendUnreachable,
     BadResponse,
@@ -265,7 +271,7 @@ class RouterServer:
         self.access_log = logs.AccessLog(endpoint=config.endpoint, pid=os.getpid())
         self._clock = clock
         self._draining = False
-        self._key_hashes = tuple(h.encode() for h in config.key_hashes)
+        self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -320,7 +326,7 @@ class RouterServer:
             return "missing"
         config = self.runtime.config
         if config.auth_mode == "key":
-            return None if key_bytes_match(credential, self._key_hashes) else "wrong_key"
+            return None if key_bytes_match(credential, self._key_digests) else "wrong_key"
         check = check_token(
             config.token_secret,
             credential.decode("utf-8", "surrogateescape"),
@@ -621,7 +627,7 @@ class RouterServer:
         if config == current:
             return False
         self.runtime.apply(config)
-        self._key_hashes = tuple(h.encode() for h in config.key_hashes)
+        self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         if self._http is not None:
             self._http.max_body = config.max_body_bytes
