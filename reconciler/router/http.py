@@ -30,7 +30,9 @@ Contract (what `server` relies on; the tests in tests/integration/test_router_ht
   its own headers) once the earlier answers are out, and the connection closes.
 - Timeouts, checked every second: an idle keep-alive connection is closed after
   `KEEPALIVE_S`; a request whose head is not in `HEAD_TIMEOUT_S` after its first byte, or
-  whose body stalls for `BODY_STALL_S`, is answered 408 (`error`) and the connection closed.
+  whose body stalls for `BODY_STALL_S`, is answered 408 (`error`) and the connection closed;
+  a client that reads none of its answers for `SEND_STALL_S` (while they fill the send
+  buffer) is cut off (abort: closing would wait for it to read).
 - HEAD: the headers of the answer (with the Content-Length of its body), without the body.
 - `shutdown(timeout)`: stop accepting, close idle connections, answer the requests already
   received (with `Connection: close`), wait for them up to `timeout`, then abort the rest.
@@ -56,6 +58,7 @@ import httptools
 KEEPALIVE_S = 75.0  # above common client and load-balancer idle timeouts (as aiohttp's was)
 HEAD_TIMEOUT_S = 30.0
 BODY_STALL_S = 30.0
+SEND_STALL_S = 30.0
 MAX_URL_BYTES = 8192
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
@@ -162,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_closing",
-        "_eof",
+        "_head_bytes",
         "_last_io",
         "_parser",
         "_paused_reading",
@@ -173,7 +176,6 @@ class HttpConnection(asyncio.Protocol):
         "_stopped",
         "_task",
         "_transport",
-        "head_bytes",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -183,14 +185,14 @@ class HttpConnection(asyncio.Protocol):
         self._request: HttpRequest | None = None  # being parsed
         self._queue: deque[HttpRequest] = deque()  # parsed, waiting for their turn
         self._busy = False  # a request is being handled; its answer is not written yet
+        # The task of the request being handled: the loop keeps only weak references.
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # close once the answers owed are written
         self._stopped = False  # read no more: the stream cannot be parsed any further
-        self._eof = False
         self._paused_reading = False
         self._paused_writing = False
-        self._last_io = 0.0
-        self.head_bytes = 0
+        self._last_io = 0.0  # server.now at the last read, answer or drained send buffer
+        self._head_bytes = 0
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,11 +220,11 @@ class HttpConnection(asyncio.Protocol):
         if request is not None and request._started >= 0:
             # The parser keeps a header it has not seen the end of: bound what it may hold
             # (to the limit and one read; the bytes of this read may end the head).
-            if self.head_bytes > MAX_HEAD_BYTES:
+            if self._head_bytes > MAX_HEAD_BYTES:
                 self._fail(431)
                 self._next()
                 return
-            self.head_bytes += len(data)
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -237,7 +239,6 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client will send no more; it may still wait for answers owed.
-        self._eof = True
         self._stopped = True
         if self._busy or self._queue:
             self._closing = True
@@ -249,6 +250,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._last_io = self._server.now
         if not self._busy:
             self._next()
 
@@ -257,7 +259,7 @@ class HttpConnection(asyncio.Protocol):
         if self._stopped:
             return
         self._request = HttpRequest(self._server.now)
-        self.head_bytes = 0  # bytes of later reads while the head is incomplete
+        self._head_bytes = 0  # bytes of later reads while the head is incomplete
 
     def on_url(self, url: bytes) -> None:
         request = self._request
@@ -489,7 +491,13 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ housekeeping
     def check_timeouts(self, now: float) -> None:
         request = self._request
-        if self._busy or self._queue or self._transport is None:
+        if self._transport is None:
+            return
+        if self._paused_writing:
+            if now - self._last_io > SEND_STALL_S:
+                self.abort()
+            return
+        if self._busy or self._queue:
             return  # the client waits for us, not we for it
         if request is None:
             if now - self._last_io > KEEPALIVE_S:

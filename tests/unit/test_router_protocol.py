@@ -85,6 +85,32 @@ def test_slow_head_and_stalled_body_are_408() -> None:
     asyncio.run(scenario())
 
 
+def test_a_client_that_reads_no_answers_is_cut_off() -> None:
+    async def scenario() -> None:
+        server, connection, transport = _connection(_ok)
+        connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.pause_writing()  # the transport's buffer is full: the client reads nothing
+        connection.check_timeouts(server.now + http.SEND_STALL_S - 1)
+        assert not transport.closed
+        connection.check_timeouts(server.now + http.SEND_STALL_S + 1)
+        assert transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_upgrade_request_is_answered_then_the_connection_closed() -> None:
+    async def scenario() -> None:
+        _, connection, transport = _connection(_ok)
+        connection.data_received(
+            b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"\x81\x05hello"  # already the other protocol's bytes
+        )
+        assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Connection: close\r\n" in transport.written and transport.closed
+
+    asyncio.run(scenario())
+
+
 def test_a_client_waiting_for_its_answer_is_not_timed_out() -> None:
     async def scenario() -> None:
         release = asyncio.Event()
