@@ -163,6 +163,7 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse, queue, hand to the handler in order, write answers."""
 
     __slots__ = (
+        "_big_read",
         "_busy",
         "_closing",
         "_head_bytes",
@@ -193,6 +194,7 @@ class HttpConnection(asyncio.Protocol):
         self._paused_writing = False
         self._last_io = 0.0  # server.now at the last read, answer or drained send buffer
         self._head_bytes = 0
+        self._big_read = False  # this read may hold a whole head over the limit
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,6 +227,7 @@ class HttpConnection(asyncio.Protocol):
                 self._next()
                 return
             self._head_bytes += len(data)
+        self._big_read = len(data) > MAX_HEAD_BYTES
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -270,35 +273,40 @@ class HttpConnection(asyncio.Protocol):
             self._fail(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called for every header of every request: as little as possible here. Limits are
+        # checked once the head is complete (see on_headers_complete).
         request = self._request
-        if request is None:
-            return
-        name = name.lower()
-        headers = request.headers
-        headers.append((name, value))
-        # A whole head in one read passes the check in data_received: count it here too.
-        request.received += len(name) + len(value)
-        if request.received > MAX_HEAD_BYTES:
-            self._fail(431)
-            return
-        if name in _FRAMING:
-            if name == _CONTENT_LENGTH:
-                with contextlib.suppress(ValueError):  # the parser refuses a bad one
-                    request.content_length = int(value)
-            elif name == _EXPECT:
-                request.expect_continue = value.lower() == b"100-continue"
-            elif b"keep-alive" in value.lower():
-                request.echo_keep_alive = True
-        if len(headers) > MAX_HEADERS:
-            self._fail(431)
+        if request is not None:
+            name = name.lower()
+            request.headers.append((name, value))
+            size = len(name)
+            if (size == 14 or size == 10 or size == 6) and name in _FRAMING:
+                self._framing(request, name, value)
+
+    def _framing(self, request: HttpRequest, name: bytes, value: bytes) -> None:
+        if name == _CONTENT_LENGTH:
+            with contextlib.suppress(ValueError):  # the parser refuses a bad one
+                request.content_length = int(value)
+        elif name == _EXPECT:
+            request.expect_continue = value.lower() == b"100-continue"
+        elif b"keep-alive" in value.lower():
+            request.echo_keep_alive = True
 
     def on_headers_complete(self) -> None:
         request = self._request
         if request is None:
             return
+        headers = request.headers
+        # A head that came in one ordinary read is smaller than the limit: only a head read
+        # in several pieces (bounded meanwhile by data_received) or a big read is measured.
+        if len(headers) > MAX_HEADERS or (
+            (self._big_read or self._head_bytes)
+            and sum(len(name) + len(value) for name, value in headers) > MAX_HEAD_BYTES
+        ):
+            self._fail(431)
+            return
         parser = self._parser
         request._started = -1.0  # the head is in: from now on only body stalls count
-        request.received = 0  # from now on: body bytes
         request.method = method = parser.get_method()
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()

@@ -111,6 +111,23 @@ def test_upgrade_request_is_answered_then_the_connection_closed() -> None:
     asyncio.run(scenario())
 
 
+def test_head_over_the_limit_is_431_however_it_is_split() -> None:
+    async def scenario() -> None:
+        half = b"a" * (http.MAX_HEAD_BYTES // 2 + 100)
+        for reads in (
+            [b"GET / HTTP/1.1\r\nX-A: " + half + b"\r\nX-B: " + half + b"\r\n\r\n"],
+            [b"GET / HTTP/1.1\r\nX-A: " + half, b"\r\nX-B: " + half + b"\r\n\r\n"],
+            [b"GET / HTTP/1.1\r\n"] + [b"X-%d: y\r\n" % i for i in range(200)] + [b"\r\n"],
+        ):
+            _, connection, transport = _connection(_ok)
+            for data in reads:
+                connection.data_received(data)
+            assert transport.written.startswith(b"HTTP/1.1 431 "), reads[0][:40]
+            assert transport.closed
+
+    asyncio.run(scenario())
+
+
 def test_a_client_waiting_for_its_answer_is_not_timed_out() -> None:
     async def scenario() -> None:
         release = asyncio.Event()
