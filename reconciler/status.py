@@ -124,6 +124,7 @@ def _deployment_doc(d: LiveDeployment, failed: StepResult | None) -> dict[str, A
         "scale_settings": to_json(d.scale_settings),
         "spec_digest": d.digest,
         "last_error": last_error,
+        **({"autoscale": d.autoscale} if d.autoscale else {}),
     }
 
 

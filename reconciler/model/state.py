@@ -90,6 +90,7 @@ class LiveDeployment:
     provisioning_state: ProvisioningState = ProvisioningState.SUCCEEDED
     last_error: str | None = None
     instance_type: str | None = None
+    autoscale: str | None = None  # the autoscaler's last decision and its reason
 
     @property
     def endpoint(self) -> str:

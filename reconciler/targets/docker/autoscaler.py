@@ -33,9 +33,12 @@ OBSERVE_EVERY_S = 5.0  # how often the list of autoscaled deployments is refresh
 
 
 class DockerAutoscaler:
-    def __init__(self, target: Any, lock: threading.Lock) -> None:
+    def __init__(
+        self, target: Any, lock: threading.Lock, *, down_after_s: float = DOWN_AFTER_S
+    ) -> None:
         self.target = target
         self.lock = lock
+        self.down_after_s = down_after_s
         self.samples: dict[ResourceKey, deque[Sample]] = defaultdict(lambda: deque(maxlen=2000))
         self.deployments: list[LiveDeployment] = []
         self._observed_at = -1e9
@@ -90,9 +93,13 @@ class DockerAutoscaler:
                 self.samples[d.key].append(Sample(now, utilization[d.name], count))
 
     def _decide(self, deployment: LiveDeployment, now: float) -> None:
-        history = [s for s in self.samples[deployment.key] if now - s.at <= DOWN_AFTER_S]
+        history = [s for s in self.samples[deployment.key] if now - s.at <= self.down_after_s]
         decision = decide(
-            history, deployment.scale_settings, current=deployment.instance_count, now=now
+            history,
+            deployment.scale_settings,
+            current=deployment.instance_count,
+            now=now,
+            down_after_s=self.down_after_s,
         )
         if not decision.changes(deployment.instance_count):
             return

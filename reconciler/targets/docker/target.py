@@ -34,6 +34,7 @@ import contextlib
 import json
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,7 @@ from reconciler.router.config import (
 )
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import ProgressCallback, TargetError, TargetUnavailable
+from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
 from reconciler.targets.docker.credentials import (
@@ -322,7 +324,16 @@ class DockerTarget:
             provisioning_state=state,
             last_error=last_error,
             instance_type=newest.container.labels.get(f"{L}instance-type") or None,
+            autoscale=self._autoscale_note(endpoint, deployment),
         )
+
+    def _autoscale_note(self, endpoint: str, deployment: str) -> str | None:
+        """The autoscaler's last decision for the deployment, for status."""
+        path = self.credentials.folder(endpoint) / "scale" / f"{deployment}.decision.json"
+        try:
+            return str(json.loads(path.read_text())["reason"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _observe_empty(
         self, endpoint: str, deployment: str, record: Mapping[str, Any]
@@ -643,7 +654,9 @@ class DockerTarget:
                 f"{L}role": "router",
                 f"{L}endpoint": endpoint,
             },
-            volumes={str(self._router_dir(endpoint)): {"bind": ROUTER_CONFIG_DIR, "mode": "ro"}},
+            # Writable: a change made through the router's admin call is saved there too,
+            # so observe sees it (drift) and a restarted router keeps it.
+            volumes={str(self._router_dir(endpoint)): {"bind": ROUTER_CONFIG_DIR, "mode": "rw"}},
             ports={
                 f"{ROUTER_PORT}/tcp": ("127.0.0.1", creds.port),
                 f"{ROUTER_METRICS_PORT}/tcp": ("127.0.0.1", creds.metrics_port),
@@ -1152,6 +1165,10 @@ class DockerTarget:
     def token(self, endpoint: str, *, now: float, ttl_s: int = 3600) -> dict[str, Any]:
         creds = self.endpoint_credentials(endpoint)
         return issue_token(creds.token_secret_bytes, endpoint, now=now, ttl_s=ttl_s)
+
+    def autoscaler(self, lock: threading.Lock) -> DockerAutoscaler:
+        """The loop that scales target_utilization deployments (run by the daemon)."""
+        return DockerAutoscaler(self, lock)
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
         creds = self.endpoint_credentials(endpoint).regenerated(which)
