@@ -224,8 +224,12 @@ def test_drift_is_healed_by_the_periodic_pass(
         180,
         "the drift to be healed",
     )
-    events = [e.get("event") for e in watches[0].events()]
-    assert "drift_corrected" in events
+    # The pass logs its corrections once it returns: wait for that line too.
+    wait_for(
+        lambda: "drift_corrected" in [e.get("event") for e in watches[0].events()],
+        60,
+        "the correction to be logged",
+    )
 
 
 def test_sigkill_mid_rollout_then_restart_converges_without_failed_requests(
