@@ -71,3 +71,19 @@ class Settling(Protocol):
     """A target with derived data-plane state to bring in line before a pass (routers)."""
 
     def settle(self) -> None: ...
+
+
+def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> None:
+    """Run a step through the target's handler named after its action.
+
+    Targets name their handlers `_<action>(step, say)` (`_create_endpoint`,
+    `_set_traffic`, ...), so adding an action to the plan shows at once, as an
+    AttributeError, in every target that does not handle it yet.
+    """
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    handler: Callable[[Step, ProgressCallback], None] = getattr(target, f"_{step.action.value}")
+    handler(step, say)

@@ -51,7 +51,7 @@ import structlog
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Action, Step
+from reconciler.model.plan import Step
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -71,7 +71,12 @@ from reconciler.router.config import (
     parse_config,
 )
 from reconciler.router.tokens import hash_key, issue_token
-from reconciler.targets.base import ProgressCallback, TargetError, TargetUnavailable
+from reconciler.targets.base import (
+    ProgressCallback,
+    TargetError,
+    TargetUnavailable,
+    dispatch,
+)
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
@@ -517,23 +522,8 @@ class DockerTarget:
     # --- apply -----------------------------------------------------------------------
 
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
-        def say(message: str) -> None:
-            if progress is not None:
-                progress(message)
-
-        handler = {
-            Action.CREATE_ENDPOINT: self._create_endpoint,
-            Action.UPDATE_ENDPOINT: self._update_endpoint,
-            Action.DELETE_ENDPOINT: self._delete_endpoint,
-            Action.CREATE_DEPLOYMENT: self._create_deployment,
-            Action.SCALE_DEPLOYMENT: self._scale_deployment,
-            Action.UPDATE_DEPLOYMENT: self._update_deployment,
-            Action.DELETE_DEPLOYMENT: self._delete_deployment,
-            Action.SET_TRAFFIC: self._set_traffic,
-            Action.SET_MIRROR_TRAFFIC: self._set_mirror_traffic,
-        }[step.action]
         try:
-            handler(step, say)
+            dispatch(self, step, progress)
         except (ImageBuildError, CondaMappingError) as exc:
             tail = getattr(exc, "log_tail", "")
             raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None

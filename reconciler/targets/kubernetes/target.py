@@ -33,7 +33,7 @@ import structlog
 
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Action, Step
+from reconciler.model.plan import Step
 from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights, weight_of
 from reconciler.model.state import (
     DesiredState,
@@ -44,7 +44,7 @@ from reconciler.model.state import (
 )
 from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
 from reconciler.router.tokens import issue_token
-from reconciler.targets.base import ProgressCallback, TargetError
+from reconciler.targets.base import ProgressCallback, TargetError, dispatch
 from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
@@ -247,22 +247,7 @@ class KubernetesTarget:
     # --- apply -------------------------------------------------------------------------
 
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
-        def say(message: str) -> None:
-            if progress is not None:
-                progress(message)
-
-        handler = {
-            Action.CREATE_ENDPOINT: self._create_endpoint,
-            Action.UPDATE_ENDPOINT: self._update_endpoint,
-            Action.DELETE_ENDPOINT: self._delete_endpoint,
-            Action.CREATE_DEPLOYMENT: self._create_deployment,
-            Action.SCALE_DEPLOYMENT: self._scale_deployment,
-            Action.UPDATE_DEPLOYMENT: self._update_deployment,
-            Action.DELETE_DEPLOYMENT: self._delete_deployment,
-            Action.SET_TRAFFIC: self._set_traffic,
-            Action.SET_MIRROR_TRAFFIC: self._set_mirror_traffic,
-        }[step.action]
-        handler(step, say)
+        dispatch(self, step, progress)
 
     def _apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> None:
         for manifest in manifests:
