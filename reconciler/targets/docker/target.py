@@ -854,7 +854,7 @@ class DockerTarget:
                     code="Timeout",
                     log_tail=_tail(first.container),
                 )
-            time.sleep(0.25)
+            time.sleep(0.05)  # a probe (docker exec) itself takes ~0.1-0.4 s
 
     def _route_instances(
         self,
