@@ -411,7 +411,6 @@ class RouterServer:
         head_rest: bytes,
         body: bytes,
     ) -> Reply:
-        outcome: _Outcome | None = None
         try:
             # `_admitted` inlined: one coroutine frame less on the hot path.
             if not deployment.instances:
@@ -427,19 +426,25 @@ class RouterServer:
                     deployment.release()
             else:
                 outcome = _Outcome(429, reason="too_many_requests")
-            return _caller_reply(outcome, deployment.name, request_id)
-        finally:
-            self._record(
-                request,
-                started,
-                request_id,
-                _caller_status(outcome) if outcome is not None else 500,
-                deployment.name,
-                LIVE,
-                outcome,
-                len(body),
-                outcome.reason if outcome is not None else "error",
-            )
+            reply = _caller_reply(outcome, deployment.name, request_id)
+        except BaseException:
+            self._record(request, started, request_id, 500, deployment.name, LIVE, None, 0, "error")
+            raise
+        # Metrics and the access line once the answer is written (call_soon runs after the
+        # HTTP layer's write, in the same loop pass): off the caller's latency.
+        assert self._loop is not None
+        self._loop.call_soon(
+            self._record,
+            request,
+            started,
+            request_id,
+            _caller_status(outcome),
+            deployment.name,
+            LIVE,
+            outcome,
+            len(body),
+        )
+        return reply
 
     async def _admitted(
         self,

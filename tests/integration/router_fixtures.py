@@ -236,6 +236,7 @@ class RouterProcess:
             self.stop()
             raise RuntimeError("router did not start:\n" + "\n".join(self.lines[-30:]))
         if workers > 1:
+            self.wait_for_workers(workers, start_timeout)
             self.wait_ready(start_timeout)
 
     def _read(self) -> None:
@@ -268,7 +269,22 @@ class RouterProcess:
         deadline = time.monotonic() + timeout
         while len(self.events(name)) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {name} event in the router's log")
+                others = [line for line in self.lines if '"event":"request"' not in line]
+                raise AssertionError(
+                    f"no {name} event (x{count}) in the router's log; its other lines:\n"
+                    + "\n".join(others[-15:])
+                )
+            time.sleep(0.02)
+
+    def wait_for_workers(self, workers: int, timeout: float = 20) -> None:
+        """Until every worker process logged that it listens (spawned ones start late)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = {e["pid"] for e in self.events("listening") if e.get("role") != "supervisor"}
+            if len(pids) >= workers:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pids)} of {workers} workers started")
             time.sleep(0.02)
 
     def wait_ready(self, timeout: float = 10) -> None:
@@ -333,6 +349,7 @@ class Result:
     headers: Mapping[str, str]
     body: bytes
     seconds: float
+    sent: float = 0.0  # time.monotonic() when the request was sent
 
     @property
     def deployment(self) -> str | None:
@@ -353,6 +370,7 @@ async def _one(
     headers: Mapping[str, str],
     body: bytes | None,
 ) -> Result:
+    sent = time.monotonic()
     started = time.perf_counter()
     try:
         async with session.request(method, url, headers=headers, data=body) as response:
@@ -362,9 +380,10 @@ async def _one(
                 {k.lower(): v for k, v in response.headers.items()},
                 data,
                 time.perf_counter() - started,
+                sent,
             )
     except aiohttp.ClientError as error:
-        return Result(0, {"error": repr(error)}, b"", time.perf_counter() - started)
+        return Result(0, {"error": repr(error)}, b"", time.perf_counter() - started, sent)
 
 
 async def load_async(
@@ -376,10 +395,15 @@ async def load_async(
     body: bytes = b'{"data": [1, 2, 3]}',
     method: str = "POST",
     at: Mapping[int, Callable[[], None]] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Result]:
     """`count` requests, `concurrency` at a time. `at[i]` runs (in a thread, the other
-    workers going on) when the i-th request is due: changes under load (reload, kill)."""
+    workers going on) when the i-th request is due: changes under load (reload, kill).
+    Hooks run one after another, in order: one that comes due while an earlier one still
+    runs waits for it (its worker with it), so that changes never overlap. `stop()` true:
+    no further request is sent (a load that lasts as long as something else takes)."""
     results: list[Result] = []
+    hooks = asyncio.Lock()
     sent = 0
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -389,11 +413,12 @@ async def load_async(
 
         async def worker() -> None:
             nonlocal sent
-            while sent < count:
+            while sent < count and not (stop is not None and stop()):
                 index = sent
                 sent += 1
                 if at and index in at:
-                    await asyncio.to_thread(at[index])
+                    async with hooks:
+                        await asyncio.to_thread(at[index])
                 results.append(await _one(session, method, url, all_headers, body))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

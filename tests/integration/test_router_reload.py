@@ -13,6 +13,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     ADMIN_SECRET,
     PRIMARY_KEY,
     Backends,
+    Result,
     backends_fixture,
     bearer,
     deployment,
@@ -45,18 +46,32 @@ def test_file_changes_under_load_fail_no_request(backends: Backends, start_route
         config({"green": 100}, blue[1:], green[1:]),  # instances removed while busy
         config({"blue": 100}, blue, green[1:]),  # and back
     ]
-    applied = iter(range(1, len(steps) + 1))
-
-    def change(doc: dict) -> None:  # type: ignore[type-arg]
-        write_config(router.config_path, doc)
-        router.wait_for_event("config.applied", count=next(applied))
-
-    n = 1600
-    at = {n * (i + 1) // (len(steps) + 1): (lambda d=doc: change(d)) for i, doc in enumerate(steps)}
-    results = load(f"{router.url}/score", n, concurrency=16, headers=AUTH, at=at)
-    assert Counter(r.status for r in results) == {200: n}
+    # Steady load in a thread for as long as the changes take, and a while after.
+    stop = threading.Event()
+    results: list[Result] = []
+    loader = threading.Thread(
+        target=lambda: results.extend(
+            load(f"{router.url}/score", 10**6, concurrency=16, headers=AUTH, stop=stop.is_set)
+        )
+    )
+    loader.start()
+    try:
+        time.sleep(0.3)
+        for count, doc in enumerate(steps, 1):
+            write_config(router.config_path, doc)
+            router.wait_for_event("config.applied", count=count)
+            last_applied = time.monotonic()
+            time.sleep(0.2)  # some load on each config
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        loader.join(30)
+    assert len(results) > 1000
+    assert Counter(r.status for r in results) == {200: len(results)}
     assert {r.deployment for r in results} == {"blue", "green"}
-    assert all(r.deployment == "blue" for r in results[-100:])
+    after_last = [r for r in results if r.sent > last_applied]
+    assert len(after_last) >= 100
+    assert all(r.deployment == "blue" for r in after_last)
     assert blue[0].hits > 0 and green[0].hits > 0 and green[1].hits > 0
     sources = [e["source"] for e in router.events("config.applied")]
     assert sources == ["file"] * len(steps)
