@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = config.port if args.port is None else args.port
     metrics_port = config.metrics_port if args.metrics_port is None else args.metrics_port
     try:
-        import httptools  # noqa: F401  (the backend client's parser)
+        import httptools  # noqa: F401  (the HTTP server's and the backend client's parser)
     except ImportError:
         log.error("dependency.missing", package="httptools", fix="pip install httptools")
         return 2
