@@ -400,15 +400,13 @@ def build_environment_image(
                 build_log=BuildLog("image_build_step", progress, tag=tag),
                 summary=f"{len(wheels)} wheels, {_megabytes(wheels)}",
             )
-        seconds = round(time.monotonic() - started, 1)
-        report(
-            progress,
-            "environment_image_built",
-            f"{tag} built in {seconds:.0f}s",
-            tag=tag,
-            seconds=seconds,
-        )
+        _report_built(progress, "environment_image_built", tag, started)
     return tag
+
+
+def _report_built(progress: ProgressCallback | None, event: str, tag: str, started: float) -> None:
+    seconds = round(time.monotonic() - started, 1)
+    report(progress, event, f"{tag} built in {seconds:.1f}s", tag=tag, seconds=seconds)
 
 
 def _megabytes(paths: Iterable[Path]) -> str:
@@ -616,14 +614,7 @@ def _build_context_image(
         _docker_build(
             client, None, tag=tag, progress=progress, path=str(context), dockerfile=str(rewritten)
         )
-    seconds = round(time.monotonic() - started, 1)
-    report(
-        progress,
-        "environment_image_built",
-        f"{tag} built in {seconds:.0f}s",
-        tag=tag,
-        seconds=seconds,
-    )
+    _report_built(progress, "environment_image_built", tag, started)
     return tag
 
 
@@ -805,14 +796,7 @@ def build_deployment_image(
             build_log=build_log,
             summary=f"code and model, {count} entries, {size / 1e6:.1f} MB",
         )
-    seconds = round(time.monotonic() - started, 1)
-    report(
-        progress,
-        "deployment_image_built",
-        f"{tag} built in {seconds:.1f}s",
-        tag=tag,
-        seconds=seconds,
-    )
+    _report_built(progress, "deployment_image_built", tag, started)
     return tag
 
 
