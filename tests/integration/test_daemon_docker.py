@@ -190,10 +190,8 @@ def base_repo(repo: RepoBuilder, *, blue: int = 100, green: int | None = None) -
     return repo.commit("blue")
 
 
-def test_drift_is_healed_by_the_periodic_pass(
-    setup: tuple[RepoBuilder, Path, str, list[Watch]],
-) -> None:
-    repo, state, name, watches = setup
+def serve_blue(repo: RepoBuilder, state: Path, watches: list[Watch]) -> None:
+    """Blue at 100%, served by a `reconcile watch` started for it: its first pass done."""
     first = base_repo(repo)
     watches.append(Watch(repo.root, state, interval=2))
     wait_for(
@@ -201,6 +199,13 @@ def test_drift_is_healed_by_the_periodic_pass(
         600,
         "the first pass",
     )
+
+
+def test_drift_is_healed_by_the_periodic_pass(
+    setup: tuple[RepoBuilder, Path, str, list[Watch]],
+) -> None:
+    repo, state, name, watches = setup
+    serve_blue(repo, state, watches)
     victims = containers(name, role="instance", deployment="blue")
     assert len(victims) == 2
     victims[0].remove(force=True)  # type: ignore[attr-defined]
@@ -236,13 +241,7 @@ def test_sigkill_mid_rollout_then_restart_converges_without_failed_requests(
     setup: tuple[RepoBuilder, Path, str, list[Watch]],
 ) -> None:
     repo, state, name, watches = setup
-    first = base_repo(repo)
-    watches.append(Watch(repo.root, state, interval=2))
-    wait_for(
-        lambda: status(repo).get("commit") == first and status(repo).get("health") == "Healthy",
-        600,
-        "the first pass",
-    )
+    serve_blue(repo, state, watches)
     creds = credentials(state, name)
     load = Load(int(creds["port"]), str(creds["primary_key"]))  # type: ignore[arg-type]
     try:
