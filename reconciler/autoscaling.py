@@ -87,8 +87,9 @@ def decide(
                 f"{current} -> {wanted}",
             )
     # Down: the highest recommendation over the whole window, and only once the window
-    # is full (the deployment has been below target for down_after_s).
-    spans = now - recent[0].at >= down_after_s * 0.95
+    # is full: some sample is at least down_after_s old (samples come oldest first and
+    # may be older than the window), whatever the spacing of the samples.
+    spans = samples[0].at <= now - down_after_s
     highest = max(recommend(s, settings) for s in recent)
     if spans and highest < current:
         return Decision(

@@ -84,11 +84,20 @@ def test_scales_up_under_load_and_down_after_it_stops(docker_world: DockerWorld)
                 load.__exit__(None, None, None)
         assert all(not load.failures for load in loads), [load.failures[:3] for load in loads]
         assert len(world.containers("auto-ep", "blue")) <= 3  # never above max_instances
-        world.wait_for(
-            lambda: len(world.containers("auto-ep", "blue")) == 1,
-            what="scale down to min_instances once the load stopped",
-            timeout=120,
-        )
+        try:
+            world.wait_for(
+                lambda: len(world.containers("auto-ep", "blue")) == 1,
+                what="scale down to min_instances once the load stopped",
+                timeout=120,
+            )
+        except AssertionError as failed:
+            # What the autoscaler decided and last hit, as of now: the why of a failure.
+            reasons = [d.reason for _, d in scaler.decisions]
+            samples = next(iter(scaler.samples.values()), [])
+            raise AssertionError(
+                f"{failed}; decisions {reasons}; {scaler.last_error}; "
+                f"last samples {list(samples)[-3:]}"
+            ) from None
     finally:
         stop.set()
         thread.join(timeout=30)

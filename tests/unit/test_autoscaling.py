@@ -50,3 +50,10 @@ def test_scale_down_waits_a_minute_below_target() -> None:
 def test_a_count_outside_the_bounds_is_pulled_back() -> None:
     assert decide([], AUTO, current=9, now=0).instances == 5
     assert decide([], AUTO, current=0, now=0).instances == 1
+
+
+def test_scale_down_does_not_depend_on_the_spacing_of_samples() -> None:
+    # Samples 0.505 s apart never span exactly the window; a minute of them still counts.
+    quiet = [Sample(i * 0.505, 0.0, 3) for i in range(200)]
+    decision = decide(quiet, AUTO, current=3, now=quiet[-1].at, down_after_s=60)
+    assert decision.instances == 1

@@ -43,6 +43,7 @@ class DockerAutoscaler:
         self.deployments: list[LiveDeployment] = []
         self._observed_at = -1e9
         self.decisions: list[tuple[ResourceKey, Decision]] = []
+        self.last_error: str | None = None
 
     def tick(self, now: float | None = None) -> None:
         """One round: sample, decide, maybe scale. Never raises (it runs beside passes)."""
@@ -60,7 +61,11 @@ class DockerAutoscaler:
             for deployment in self.deployments:
                 self._decide(deployment, now)
         except (TargetError, OSError) as exc:
+            self.last_error = str(exc)
             log.warning("autoscaler_tick_failed", error=str(exc))
+        except Exception as exc:
+            self.last_error = repr(exc)
+            log.exception("autoscaler_tick_crashed", error=repr(exc))
 
     def interval(self) -> float:
         """The shortest polling_interval of the autoscaled deployments (1 s by default)."""
@@ -93,9 +98,8 @@ class DockerAutoscaler:
                 self.samples[d.key].append(Sample(now, utilization[d.name], count))
 
     def _decide(self, deployment: LiveDeployment, now: float) -> None:
-        history = [s for s in self.samples[deployment.key] if now - s.at <= self.down_after_s]
         decision = decide(
-            history,
+            list(self.samples[deployment.key]),
             deployment.scale_settings,
             current=deployment.instance_count,
             now=now,
