@@ -27,6 +27,8 @@ from typing import Any
 
 import docker
 
+from reconciler.targets.docker.state import CREDENTIALS, read_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from repo_builder import RepoBuilder
@@ -50,11 +52,15 @@ def reconcile(repo: Path, state: Path) -> float:
     return started
 
 
-def credentials(state: Path, endpoint: str) -> dict[str, Any]:
-    path = state / "docker" / "endpoints" / endpoint / "credentials.json"
-    if not path.exists():  # the default state folder layout of the Docker target
-        path = next(state.rglob(f"endpoints/{endpoint}/credentials.json"))
-    return dict(json.loads(path.read_text()))
+def credentials(endpoint: str) -> dict[str, Any]:
+    """The endpoint's keys and port, from its state volume (as the target reads them)."""
+    labels = [
+        f"reconciler.target={TARGET}",
+        f"reconciler.endpoint={endpoint}",
+        "reconciler.role=state",
+    ]
+    holder = docker.from_env().containers.list(all=True, filters={"label": labels})[0]
+    return dict(json.loads(read_files(holder)[CREDENTIALS]))
 
 
 def answers(port: int, key: str, *, deployment: str, version: str) -> bool:
@@ -76,7 +82,7 @@ def answers(port: int, key: str, *, deployment: str, version: str) -> bool:
 
 
 def until_answers(started: float, state: Path, *, deployment: str, version: str) -> float:
-    creds = credentials(state, "bench-push-ep")
+    creds = credentials("bench-push-ep")
     while time.monotonic() - started < 600:
         if answers(
             int(creds["port"]), str(creds["primary_key"]), deployment=deployment, version=version
@@ -181,6 +187,8 @@ def main() -> None:
                 c.remove(force=True)
             for net in client.networks.list(filters={"label": f"reconciler.target={TARGET}"}):
                 net.remove()
+            for volume in client.volumes.list(filters={"label": f"reconciler.target={TARGET}"}):
+                volume.remove(force=True)
 
     def row(label: str, ours: list[float], hand: list[float]) -> str:
         o, h = statistics.median(ours), statistics.median(hand)

@@ -45,7 +45,7 @@ def endpoint_health(endpoint: LiveEndpoint | None, state: LiveState) -> Health:
     """Worst health of the deployments that serve (live or mirrored traffic)."""
     if endpoint is None:
         return Health.MISSING
-    if endpoint.provisioning_state == ProvisioningState.FAILED:
+    if endpoint.provisioning_state == ProvisioningState.FAILED or endpoint.repair is not None:
         return Health.DEGRADED
     serving = [
         d

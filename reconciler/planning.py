@@ -149,7 +149,18 @@ def _endpoint_steps(d: EndpointDiff, instance_types: Mapping[str, InstanceType])
                 endpoint_spec=replace(d.desired, traffic=(), mirror_traffic=()),
             ),
         )
-    elif d.desired is not None and d.endpoint_changes:
+    if d.desired is not None and d.live is not None and d.live.repair is not None:
+        # Before anything else of the endpoint: every later step needs a working router.
+        add(
+            _Phase.ENDPOINT,
+            Step(
+                Action.REPAIR_ENDPOINT,
+                d.name,
+                reason=f"repair: {d.live.repair}",
+                endpoint_spec=d.desired,
+            ),
+        )
+    if not d.is_create and d.desired is not None and d.endpoint_changes:
         add(
             _Phase.ENDPOINT,
             Step(

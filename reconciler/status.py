@@ -106,7 +106,8 @@ def _endpoint_doc(
         "traffic": dict(endpoint.spec.traffic) if endpoint else {},
         "mirror_traffic": dict(endpoint.spec.mirror_traffic) if endpoint else {},
         "deployments": deployments,
-        "last_error": _error_text(failed),
+        # A failed step says why first; else what the target found broken (a repair).
+        "last_error": _error_text(failed) or (endpoint.repair if endpoint else None),
         "errors": [e.as_json() for e in errors],
     }
 

@@ -34,6 +34,8 @@ class Action(StrEnum):
     DELETE_DEPLOYMENT = "delete_deployment"
     SET_TRAFFIC = "set_traffic"
     SET_MIRROR_TRAFFIC = "set_mirror_traffic"
+    # Added after the first release: consumers of the JSON ignore actions they do not know.
+    REPAIR_ENDPOINT = "repair_endpoint"
 
 
 @dataclass(frozen=True, slots=True)

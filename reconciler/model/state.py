@@ -60,6 +60,9 @@ class LiveEndpoint:
     # The target only knows the observed fields (auth, traffic, mirror), not the rest of the
     # spec (description, tags): endpoint updates are then judged on what is known.
     spec_known: bool = True
+    # Why the endpoint does not serve as it should although its settings match (its router
+    # stopped, its port dead, its keys or router config lost): the plan repairs it.
+    repair: str | None = None
 
     @property
     def name(self) -> str:

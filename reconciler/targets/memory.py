@@ -69,6 +69,13 @@ class MemoryTarget:
         )
         self.endpoints[step.endpoint] = replace(current, spec=spec)
 
+    def _repair_endpoint(self, step: Step, key: ResourceKey) -> None:
+        self._update_endpoint(step, key)
+        current = self._endpoint(step.endpoint)
+        self.endpoints[step.endpoint] = replace(
+            current, repair=None, provisioning_state=ProvisioningState.SUCCEEDED
+        )
+
     def _delete_endpoint(self, step: Step, key: ResourceKey) -> None:
         self._endpoint(step.endpoint)
         if any(k.endpoint == step.endpoint for k in self.deployments):
@@ -170,6 +177,7 @@ class MemoryTarget:
 _HANDLERS = {
     Action.CREATE_ENDPOINT: MemoryTarget._create_endpoint,
     Action.UPDATE_ENDPOINT: MemoryTarget._update_endpoint,
+    Action.REPAIR_ENDPOINT: MemoryTarget._repair_endpoint,
     Action.DELETE_ENDPOINT: MemoryTarget._delete_endpoint,
     Action.CREATE_DEPLOYMENT: MemoryTarget._create_deployment,
     Action.SCALE_DEPLOYMENT: MemoryTarget._scale_deployment,

@@ -291,7 +291,7 @@ class DockerWorld:
             time.sleep(0.2)
 
     def cleanup(self) -> None:
-        """Remove every container and network of this target (labels, not names)."""
+        """Remove every container, network and volume of this target (labels, not names)."""
         label = f"reconciler.target={self.options.name}"
         with contextlib.suppress(docker.errors.DockerException):
             for container in self.client.containers.list(all=True, filters={"label": label}):
@@ -300,6 +300,9 @@ class DockerWorld:
             for network in self.client.networks.list(filters={"label": label}):
                 with contextlib.suppress(docker.errors.APIError):
                     network.remove()
+            for volume in self.client.volumes.list(filters={"label": label}):
+                with contextlib.suppress(docker.errors.APIError):
+                    volume.remove(force=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,9 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import docker_state
 import pytest
 import yaml
 from repo_builder import RepoBuilder
@@ -127,6 +129,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[RepoBuilder, Path, str, list[Watch]]
         c.remove(force=True)
     for n in CLIENT.networks.list(filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
         n.remove()
+    for v in CLIENT.volumes.list(filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
+        v.remove(force=True)
 
 
 def containers(name: str, **labels: str) -> list[object]:
@@ -142,9 +146,14 @@ def status(repo: RepoBuilder) -> dict[str, object]:
         return {}
 
 
-def credentials(state: Path, name: str) -> dict[str, object]:
-    path = state / "docker" / "endpoints" / "my-endpoint" / "credentials.json"
-    return dict(json.loads(path.read_text()))
+def credentials(state: Path, name: str) -> dict[str, Any]:
+    assert CLIENT is not None
+    return docker_state.credentials(CLIENT, name, "my-endpoint")
+
+
+def router_config(name: str) -> dict[str, Any]:
+    assert CLIENT is not None
+    return docker_state.router_config(CLIENT, name, "my-endpoint")
 
 
 class Load:
@@ -211,8 +220,7 @@ def test_drift_is_healed_by_the_periodic_pass(
     victims[0].remove(force=True)  # type: ignore[attr-defined]
     # Weights changed by hand, through the router's own admin call.
     creds = credentials(state, name)
-    config_path = state / "docker" / "endpoints" / "my-endpoint" / "router" / "router.json"
-    config = json.loads(config_path.read_text())
+    config = router_config(name)
     config["traffic"] = {}
     request = urllib.request.Request(
         f"http://127.0.0.1:{creds['port']}/-/config",
@@ -224,7 +232,7 @@ def test_drift_is_healed_by_the_periodic_pass(
     wait_for(
         lambda: (
             len([c for c in containers(name, role="instance", deployment="blue")]) == 2
-            and json.loads(config_path.read_text()).get("traffic") == {"blue": 100}
+            and router_config(name).get("traffic") == {"blue": 100}
         ),
         180,
         "the drift to be healed",

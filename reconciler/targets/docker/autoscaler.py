@@ -9,7 +9,6 @@ changes the count is logged with its reason and kept for status.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -25,7 +24,6 @@ from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Action, Step
 from reconciler.model.state import LiveDeployment
 from reconciler.targets.base import TargetError
-from reconciler.targets.docker.credentials import write_private
 
 log = structlog.get_logger("reconciler.autoscaler")
 
@@ -73,12 +71,12 @@ class DockerAutoscaler:
         return float(min(values, default=1))
 
     def _sample(self, endpoint: str, now: float) -> None:
-        creds = self.target.credentials.load(endpoint)
-        if creds is None:
+        ports = self.target.router_ports(endpoint)
+        if ports is None:
             return
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{creds.metrics_port}/metrics", timeout=2
+                f"http://127.0.0.1:{ports[1]}/metrics", timeout=2
             ) as answer:
                 text = answer.read().decode()
         except (urllib.error.URLError, OSError):
@@ -131,8 +129,8 @@ class DockerAutoscaler:
         self._observed_at = -1e9  # observe the new count on the next tick
 
     def _record(self, deployment: LiveDeployment, decision: Decision) -> None:
-        folder = self.target.credentials.folder(deployment.endpoint) / "scale"
-        write_private(
-            folder / f"{deployment.name}.decision.json",
-            json.dumps({"instances": decision.instances, "reason": decision.reason}),
+        self.target.record_autoscale(
+            deployment.endpoint,
+            deployment.name,
+            {"instances": decision.instances, "reason": decision.reason},
         )

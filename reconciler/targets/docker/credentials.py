@@ -1,16 +1,18 @@
-"""Endpoint credentials on the Docker host: keys, token secret, admin secret, ports.
+"""Endpoint credentials of the Docker target: keys, token secret, admin secret, ports.
 
-One file per endpoint, `STATE/endpoints/NAME/credentials.json`, mode 0600 in folders of
-mode 0700, outside the repository. Keys never go into labels, status, logs or the router's
-config (which holds only their hashes). Regenerating one key leaves the other valid.
+One JSON document per endpoint, kept in the endpoint's state volume (state.py), mode 0600.
+Keys never go into labels, status, logs or the router's config (which holds only their
+hashes). Regenerating one key leaves the other valid.
+
+`LegacyStore` reads the host folder where earlier versions kept them
+(`STATE/endpoints/NAME/credentials.json`), so an endpoint made by one of those moves into
+its volume with its keys and port unchanged.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -42,6 +44,35 @@ class EndpointCredentials:
         raise ValueError(f"key must be primary or secondary, not {which!r}")
 
 
+def credentials_from_json(text: bytes | str) -> EndpointCredentials:
+    """Parse the stored document; ValueError naming what is wrong (never a secret)."""
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc.__class__.__name__}, truncated or corrupt)") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    texts = ("primary_key", "secondary_key", "token_secret", "admin_secret")
+    for name in texts:
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ValueError(f"{name} missing")
+    for name in ("port", "metrics_port"):
+        if not isinstance(data.get(name), int) or not 0 < data[name] < 65536:
+            raise ValueError(f"{name} missing or not a port")
+    creds = EndpointCredentials(**{n: data[n] for n in (*texts, "port", "metrics_port")})
+    try:
+        secret = creds.token_secret_bytes
+    except ValueError:
+        raise ValueError("token_secret is not base64url") from None
+    if len(secret) < 16:
+        raise ValueError("token_secret too short")
+    return creds
+
+
+def credentials_to_json(creds: EndpointCredentials) -> bytes:
+    return json.dumps(asdict(creds), indent=2).encode()
+
+
 def new_credentials(*, port: int, metrics_port: int) -> EndpointCredentials:
     return EndpointCredentials(
         primary_key=generate_key(),
@@ -53,52 +84,45 @@ def new_credentials(*, port: int, metrics_port: int) -> EndpointCredentials:
     )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, atomically (rename in the same folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+class LegacyStore:
+    """The host folder of earlier versions, read once to move an endpoint into its volume."""
 
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder  # STATE/endpoints/NAME
 
-class CredentialStore:
-    def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir / "endpoints"
-
-    def folder(self, endpoint: str) -> Path:
-        return self.root / endpoint
-
-    def path(self, endpoint: str) -> Path:
-        return self.folder(endpoint) / "credentials.json"
-
-    def load(self, endpoint: str) -> EndpointCredentials | None:
+    def _read(self, relative: str) -> bytes | None:
+        path = self.folder / relative
         try:
-            data = json.loads(self.path(endpoint).read_text())
-        except FileNotFoundError:
+            # Regular files only: never block on a FIFO someone left there.
+            return path.read_bytes() if path.is_file() else None
+        except OSError:
             return None
-        return EndpointCredentials(**data)
 
-    def save(self, endpoint: str, creds: EndpointCredentials) -> None:
-        write_private(self.path(endpoint), json.dumps(asdict(creds), indent=2))
-
-    def delete(self, endpoint: str) -> None:
-        folder = self.folder(endpoint)
-        if folder.exists():
-            for child in sorted(folder.rglob("*"), reverse=True):
-                child.unlink() if child.is_file() else child.rmdir()
-            folder.rmdir()
-
-    def ports_in_use(self) -> set[int]:
-        used: set[int] = set()
-        if self.root.exists():
-            for file in self.root.glob("*/credentials.json"):
-                data = json.loads(file.read_text())
-                used.update((int(data["port"]), int(data["metrics_port"])))
-        return used
+    def files(self) -> dict[str, bytes]:
+        """What the folder holds, as `state.py` paths (router.json, state/...)."""
+        found: dict[str, bytes] = {}
+        for relative, target in (
+            ("credentials.json", "state/credentials.json"),
+            ("endpoint.json", "state/endpoint.json"),
+            ("router/router.json", "router.json"),
+        ):
+            content = self._read(relative)
+            if content is not None:
+                found[target] = content
+        records: dict[str, object] = {}
+        decisions: dict[str, object] = {}
+        for table, pattern, suffix in (
+            (records, "deployments/*.json", ".json"),
+            (decisions, "scale/*.decision.json", ".decision.json"),
+        ):
+            for path in sorted(self.folder.glob(pattern)):
+                content = self._read(str(path.relative_to(self.folder)))
+                try:
+                    table[path.name.removesuffix(suffix)] = json.loads(content or b"")
+                except ValueError:
+                    continue
+        if records:
+            found["state/deployments.json"] = json.dumps(records, sort_keys=True).encode()
+        if decisions:
+            found["state/autoscale.json"] = json.dumps(decisions, sort_keys=True).encode()
+        return found

@@ -8,12 +8,20 @@ thin code + model layer on top). Names of containers and networks start with
 instance by a short alias on the endpoint's network (`DEPLOYMENT-DIGEST8-INDEX`), on the
 inference server's port or on the port a custom container's inference_config names.
 
-The target is its own record: observe() rebuilds the live state from container labels
-(endpoint, deployment, digest, the applied spec, the instance's address), container
-health, and the router's config. Outside Docker, in the state folder: the keys (a 0600
-file), the router's config (key hashes, never keys), and per deployment a record of the
-scale settings and the version applied last, which stands in for the labels of a
-deployment scaled to zero.
+The target is its own record, and Docker holds all of it: observe() rebuilds the live
+state from container labels (endpoint, deployment, digest, the applied spec, the instance's
+address), container health, and each endpoint's state volume (state.py: keys, the router's
+config, records of deployments, which stand in for the labels of one scaled to zero).
+Nothing lives in a host folder; everything carries the target's label, so two targets on
+one engine never see each other.
+
+Observe also checks that each endpoint serves: a router that is missing, stopped or whose
+published port does not answer, lost or unreadable keys or config, and an endpoint of an
+earlier version's layout are named in LiveEndpoint.repair; the plan's repair_endpoint step
+makes every missing or broken part again and keeps the rest (keys survive anything but the
+loss of the volume; then new ones are issued and said so). The router sits on two networks
+of its endpoint: the internal one of the instances, and an edge bridge of its own for its
+published port (not Docker's shared default bridge).
 
 Readiness: a container is ready when the inference server answers GET / inside it (a
 custom container: when its readiness route answers the router's container, since its image
@@ -81,10 +89,11 @@ from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
 from reconciler.targets.docker.credentials import (
-    CredentialStore,
     EndpointCredentials,
+    LegacyStore,
+    credentials_from_json,
+    credentials_to_json,
     new_credentials,
-    write_private,
 )
 from reconciler.targets.docker.images import (
     SERVER_PORT,
@@ -93,13 +102,20 @@ from reconciler.targets.docker.images import (
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.routerimage import ensure_router_image
+from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
+from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
+from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE
+from reconciler.targets.docker.state import ENDPOINT as ENDPOINT_FILE
+from reconciler.targets.docker.state import MOUNT as STATE_MOUNT
+from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
+from reconciler.targets.docker.state import read_files as read_state
+from reconciler.targets.docker.state import write_files as write_state
 
 log = structlog.get_logger("reconciler.docker")
 
 L = "reconciler."  # label prefix
 MANAGED = f"{L}managed-by"
 MANAGER = "ml-endpoint-reconciler"
-ROUTER_CONFIG_DIR = "/etc/reconciler-router"
 ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
 # A probe is a GET that must answer 2xx within the timeout; run with the Python of the
@@ -196,8 +212,9 @@ class DockerTarget:
         self.name = options.name
         self.repo_root = repo_root
         self.instance_types = instance_types
-        self.credentials = CredentialStore(options.state_dir)
         self._client = client
+        # The state files of endpoints, read once a pass (see _state).
+        self._state_cache: dict[str, dict[str, bytes]] = {}
         self._router_image: str | None = None
 
     # --- connection ------------------------------------------------------------------
@@ -230,37 +247,90 @@ class DockerTarget:
     # --- observe ---------------------------------------------------------------------
 
     def observe(self) -> LiveState:
-        routers = {c.labels[f"{L}endpoint"]: c for c in self._containers(role="router")}
+        # Each pass reads the state afresh: the router's admin call may have changed it.
+        self._state_cache.clear()
+        containers = self._containers()
+        volumes = self._state_volumes()
+        routers: dict[str, Any] = {}
+        holders: dict[str, Any] = {}
         instances: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
-        for c in self._containers(role="instance"):
-            inst = _instance(c)
-            instances[(inst.endpoint, inst.deployment)].append(inst)
-        endpoints = []
-        for name in sorted(routers):
-            live = self._observe_endpoint(name, routers[name])
-            if live is not None:
-                endpoints.append(live)
+        for c in containers:
+            role = c.labels.get(f"{L}role")
+            endpoint = c.labels.get(f"{L}endpoint", "")
+            if role == "router":
+                routers[endpoint] = c
+            elif role == "state":
+                holders[endpoint] = c
+            elif role == "instance":
+                inst = _instance(c)
+                instances[(inst.endpoint, inst.deployment)].append(inst)
+        names = set(routers) | set(holders) | set(volumes) | {e for e, _ in instances}
+        endpoints = [
+            self._observe_endpoint(
+                name,
+                router=routers.get(name),
+                holder=holders.get(name),
+                volume=volumes.get(name),
+            )
+            for name in sorted(names)
+        ]
         deployments = [
             self._observe_deployment(endpoint, deployment, group)
             for (endpoint, deployment), group in sorted(instances.items())
         ]
         # A deployment scaled to zero has no container to read it back from: its record
-        # in the state folder stands in.
-        for endpoint, deployment, record in self._records():
-            if (endpoint, deployment) not in instances:
-                deployments.append(self._observe_empty(endpoint, deployment, record))
+        # in the endpoint's state stands in.
+        for name in sorted(names):
+            for deployment, record in sorted(self._records_of(name).items()):
+                if (name, deployment) not in instances and record.get("spec") is not None:
+                    deployments.append(self._observe_empty(name, deployment, record))
         deployments.sort(key=lambda d: (d.endpoint, d.name))
         return LiveState(
             endpoints=tuple(endpoints), deployments=tuple(deployments), target=self.name
         )
 
-    def _observe_endpoint(self, name: str, router: Any) -> LiveEndpoint | None:
-        folder = self.credentials.folder(name)
+    def _observe_endpoint(
+        self, name: str, *, router: Any | None, holder: Any | None, volume: Any | None
+    ) -> LiveEndpoint:
+        """The endpoint as its state and router show it, with what needs repair, if any.
+
+        Every problem found is named, so that `--dry-run` and status say why the endpoint
+        does not serve, and the plan's repair step fixes it.
+        """
+        problems: list[str] = []
+        files: dict[str, bytes] = {}
+        legacy = router is not None and _legacy_router(router)
+        if volume is None and not legacy:
+            problems.append(
+                "its state (keys, router config) is gone: new keys will be issued"
+                if router is None and holder is None
+                else "its state volume is missing: new keys will be issued"
+            )
+        else:
+            try:
+                files = self._state(name)
+            except StateUnreadable as exc:
+                problems.append(f"its state cannot be read ({exc})")
+        if legacy:
+            problems.append(
+                "its router uses the layout of an earlier version (host state folder, shared "
+                "bridge network): moved into a state volume and an isolated network"
+            )
+        elif volume is not None and holder is None:
+            problems.append("the container holding its state volume is missing")
+        spec_known = True
         try:
-            spec = endpoint_from_json(json.loads((folder / "endpoint.json").read_text()))
-        except FileNotFoundError:
-            spec = EndpointSpec(name)
-        config = self._read_router_config(name)
+            spec = endpoint_from_json(json.loads(files[ENDPOINT_FILE]))
+        except (KeyError, ValueError, TypeError):
+            spec, spec_known = EndpointSpec(name), False
+        config: RouterConfig | None = None
+        if ROUTER_CONFIG in files:
+            try:
+                config = parse_config(files[ROUTER_CONFIG])
+            except ConfigError as exc:
+                problems.append(f"its router config is unreadable ({exc})")
+        elif files or legacy:
+            problems.append("its router config is missing")
         if config is not None:
             spec = replace(
                 spec,
@@ -268,15 +338,29 @@ class DockerTarget:
                 traffic=config.traffic,
                 mirror_traffic=config.mirror_traffic,
             )
-        creds = self.credentials.load(name)
-        running = router.status == "running"
-        state = ProvisioningState.SUCCEEDED if running and config else ProvisioningState.FAILED
-        uri = f"http://127.0.0.1:{creds.port}" if creds else None
+        if not legacy and (files or volume is not None):
+            problem = _credentials_problem(files)
+            if problem is not None:
+                problems.append(problem)
+        ports = _volume_ports(volume) if volume is not None else _router_ports(router)
+        if router is None:
+            problems.append("its router container is missing")
+        elif router.status != "running":
+            problems.append(f"its router container is {router.status}")
+        elif ports is not None and not legacy:
+            dead = _port_problem(ports[0])
+            if dead is not None:
+                problems.append(dead)
+        uri = f"http://127.0.0.1:{ports[0]}" if ports else None
         return LiveEndpoint(
             spec=spec,
-            provisioning_state=state,
+            provisioning_state=(
+                ProvisioningState.FAILED if problems else ProvisioningState.SUCCEEDED
+            ),
             scoring_uri=f"{uri}/score" if uri else None,
             openapi_uri=f"{uri}/swagger.json" if uri else None,
+            spec_known=spec_known,
+            repair="; ".join(problems) or None,
         )
 
     def _observe_deployment(
@@ -334,11 +418,16 @@ class DockerTarget:
 
     def _autoscale_note(self, endpoint: str, deployment: str) -> str | None:
         """The autoscaler's last decision for the deployment, for status."""
-        path = self.credentials.folder(endpoint) / "scale" / f"{deployment}.decision.json"
-        try:
-            return str(json.loads(path.read_text())["reason"])
-        except (OSError, ValueError, KeyError):
-            return None
+        decision = self._state_json(endpoint, AUTOSCALE_FILE).get(deployment)
+        return (
+            str(decision["reason"]) if isinstance(decision, dict) and "reason" in decision else None
+        )
+
+    def record_autoscale(self, endpoint: str, deployment: str, decision: Mapping[str, Any]) -> None:
+        """Keep the autoscaler's last decision with the endpoint's state (status shows it)."""
+        decisions = self._state_json(endpoint, AUTOSCALE_FILE)
+        decisions[deployment] = dict(decision)
+        self._put(endpoint, {AUTOSCALE_FILE: _json_bytes(decisions)})
 
     def _observe_empty(
         self, endpoint: str, deployment: str, record: Mapping[str, Any]
@@ -358,26 +447,65 @@ class DockerTarget:
             instance_type=spec.instance_type if spec is not None else None,
         )
 
-    # --- records of deployments ---------------------------------------------------------
+    # --- the endpoint's state (a volume: see state.py) ----------------------------------
 
-    def _record_path(self, endpoint: str, deployment: str) -> Path:
-        return self.credentials.folder(endpoint) / "deployments" / f"{deployment}.json"
-
-    def _read_record(self, endpoint: str, deployment: str) -> dict[str, Any]:
+    def _state_volumes(self) -> dict[str, Any]:
+        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=state"]
         try:
-            data = json.loads(self._record_path(endpoint, deployment).read_text())
-        except (OSError, ValueError):
+            found = self.client.volumes.list(filters={"label": labels})
+        except docker.errors.DockerException as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+        return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
+
+    def _state_handle(self, endpoint: str) -> Any | None:
+        """A container that mounts the endpoint's state: its holder, else its router."""
+        for role in ("state", "router"):
+            for container in self._containers(role=role, endpoint=endpoint):
+                return container
+        return None
+
+    def _state(self, endpoint: str) -> dict[str, bytes]:
+        """The endpoint's state files (read once a pass; writes keep the copy current).
+
+        Raises StateUnreadable when the engine cannot give them; {} when nothing holds them.
+        """
+        if endpoint not in self._state_cache:
+            handle = self._state_handle(endpoint)
+            try:
+                files = read_state(handle) if handle is not None else {}
+            except docker.errors.DockerException as exc:
+                raise StateUnreadable(str(exc)) from None
+            self._state_cache[endpoint] = files
+        return self._state_cache[endpoint]
+
+    def _state_json(self, endpoint: str, path: str) -> dict[str, Any]:
+        """A JSON object of the state; {} when missing or unreadable."""
+        try:
+            data = json.loads(self._state(endpoint).get(path, b"{}"))
+        except (StateUnreadable, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _records(self) -> list[tuple[str, str, dict[str, Any]]]:
-        found = []
-        for path in sorted(self.credentials.root.glob("*/deployments/*.json")):
-            endpoint, deployment = path.parent.parent.name, path.stem
-            record = self._read_record(endpoint, deployment)
-            if record.get("spec") is not None:
-                found.append((endpoint, deployment, record))
-        return found
+    def _put(self, endpoint: str, files: Mapping[str, bytes]) -> None:
+        handle = self._state_handle(endpoint)
+        if handle is None:
+            raise TargetError(
+                f"endpoint {endpoint} has no state on target {self.name}", code="NotFound"
+            )
+        try:
+            write_state(handle, files)
+        except StateUnreadable as exc:
+            raise TargetError(str(exc), code="DockerError") from None
+        cached = self._state_cache.get(endpoint)
+        if cached is not None:
+            cached.update(files)
+
+    def _records_of(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        records = self._state_json(endpoint, DEPLOYMENTS_FILE)
+        return {k: v for k, v in records.items() if isinstance(v, dict)}
+
+    def _read_record(self, endpoint: str, deployment: str) -> dict[str, Any]:
+        return self._records_of(endpoint).get(deployment, {})
 
     def _record(
         self,
@@ -390,12 +518,47 @@ class DockerTarget:
         """Record what a step applied: the scale settings (labels cannot change on a
         running container, and observe prefers this record), and the version, which
         observe needs for a deployment scaled to zero."""
-        record = self._read_record(endpoint, deployment)
+        records = self._records_of(endpoint)
+        record = records.setdefault(deployment, {})
         record["scale"] = to_json(scale)
         if version is not None:
             record["digest"] = version.digest
             record["spec"] = json.loads(version.spec_label)
-        write_private(self._record_path(endpoint, deployment), json.dumps(record, sort_keys=True))
+        self._put(endpoint, {DEPLOYMENTS_FILE: _json_bytes(records)})
+
+    def _forget(self, endpoint: str, deployment: str) -> None:
+        records = self._records_of(endpoint)
+        decisions = self._state_json(endpoint, AUTOSCALE_FILE)
+        if records.pop(deployment, None) is not None or decisions.pop(deployment, None):
+            self._put(
+                endpoint,
+                {DEPLOYMENTS_FILE: _json_bytes(records), AUTOSCALE_FILE: _json_bytes(decisions)},
+            )
+
+    def _credentials(self, endpoint: str) -> EndpointCredentials | None:
+        """The endpoint's keys; None when it has none; TargetError when they are unreadable."""
+        try:
+            raw = self._state(endpoint).get(CREDENTIALS_FILE)
+        except StateUnreadable as exc:
+            raise TargetError(
+                f"state of endpoint {endpoint} on target {self.name} cannot be read: {exc}",
+                code="StateUnreadable",
+            ) from None
+        if raw is None:
+            return None
+        try:
+            return credentials_from_json(raw)
+        except ValueError as exc:
+            raise TargetError(
+                f"keys of endpoint {endpoint} on target {self.name} are unreadable ({exc}); "
+                "the next `reconcile` pass issues new ones",
+                code="StateUnreadable",
+            ) from None
+
+    def router_ports(self, endpoint: str) -> tuple[int, int] | None:
+        """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels."""
+        volume = self._state_volumes().get(endpoint)
+        return _volume_ports(volume) if volume is not None else None
 
     def _ready(self, inst: _Instance) -> bool:
         if inst.state != "running" or inst.failed:
@@ -421,13 +584,11 @@ class DockerTarget:
 
     # --- router configuration ----------------------------------------------------------
 
-    def _router_dir(self, endpoint: str) -> Path:
-        return self.credentials.folder(endpoint) / "router"
-
     def _read_router_config(self, endpoint: str) -> RouterConfig | None:
         try:
-            return parse_config((self._router_dir(endpoint) / "router.json").read_text())
-        except (FileNotFoundError, ValueError):
+            raw = self._state(endpoint).get(ROUTER_CONFIG)
+            return parse_config(raw) if raw is not None else None
+        except (StateUnreadable, ConfigError):
             return None
 
     def _routed_instances(self, endpoint: str, deployment: str) -> set[str]:
@@ -435,9 +596,12 @@ class DockerTarget:
         route = config.deployment(deployment) if config else None
         return set(route.instances) if route else set()
 
-    def _write_router_config(self, endpoint: str, config: RouterConfig) -> None:
-        """Write the config (the router watches its folder) and push it through the admin
-        call, so the change is live when this returns."""
+    def _write_router_config(
+        self, endpoint: str, config: RouterConfig, *, patience_s: float = 30
+    ) -> None:
+        """Give the router its new config: through the admin call when it runs (it saves
+        the config in its state volume itself, and the change is live when this returns),
+        else into the volume, where it reads it when it starts."""
         text = dump_config(config)
         try:
             # The router would refuse it, and a file it cannot read would leave the
@@ -447,9 +611,10 @@ class DockerTarget:
             raise TargetError(
                 f"router config of {endpoint} would be invalid: {exc}", code="InvalidRouterConfig"
             ) from None
-        write_private(self._router_dir(endpoint) / "router.json", text)
-        creds = self.credentials.load(endpoint)
-        if creds is None:
+        routers = self._containers(role="router", endpoint=endpoint)
+        creds = self._credentials(endpoint)
+        if not routers or routers[0].status != "running" or creds is None:
+            self._put(endpoint, {ROUTER_CONFIG: text.encode()})
             return
         body = json.dumps(config_to_dict(config)).encode()
         request = urllib.request.Request(
@@ -461,11 +626,11 @@ class DockerTarget:
                 "Content-Type": "application/json",
             },
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience_s
         while True:
             try:
                 with urllib.request.urlopen(request, timeout=10):
-                    return
+                    break
             except urllib.error.HTTPError as exc:
                 # A refusal is an answer: asking again gets the same one.
                 if exc.code < 500:
@@ -483,11 +648,18 @@ class DockerTarget:
                     code="RouterUnavailable",
                 )
             time.sleep(0.2)
+        cached = self._state_cache.get(endpoint)
+        if cached is not None:
+            cached[ROUTER_CONFIG] = text.encode()
 
     def _router_config(self, endpoint: str) -> RouterConfig:
         config = self._read_router_config(endpoint)
         if config is None:
-            raise TargetError(f"endpoint {endpoint} has no router config", code="NotFound")
+            raise TargetError(
+                f"endpoint {endpoint} has no readable router config on target {self.name}; "
+                "the next pass repairs it",
+                code="NotFound",
+            )
         return config
 
     def _with_route(
@@ -533,40 +705,191 @@ class DockerTarget:
     # endpoints
 
     def _prefix(self, endpoint: str) -> str:
-        """Start of the names of an endpoint's containers and network.
+        """Start of the names of an endpoint's containers, networks and volume.
 
-        The target's name is part of it: two targets on one engine (a second state
-        folder, a test run beside a user's endpoints) may both have an endpoint `main`.
+        The target's name is part of it: two targets on one engine (a second repository, a
+        test run beside a user's endpoints) may both have an endpoint `main`.
         """
         return f"rcl-{_safe_name(self.name)}-{endpoint}"
 
-    def _network(self, endpoint: str) -> str:
-        """The endpoint's network: the one labelled for it (whatever its name), else the
-        name a new one gets."""
+    def _labels(self, endpoint: str, role: str) -> dict[str, str]:
+        return {
+            MANAGED: MANAGER,
+            f"{L}target": self.name,
+            f"{L}endpoint": endpoint,
+            f"{L}role": role,
+        }
+
+    def _endpoint_networks(self, endpoint: str) -> dict[str, Any]:
+        """The endpoint's networks by role: `internal` (instances and router) and `edge`
+        (the router alone, for its published port). Found by labels: Docker's name filter
+        matches parts of names, so the network of `a` would seem to exist once `a-b`'s does.
+        """
         labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
-        found = self.client.networks.list(filters={"label": labels})
-        return str(found[0].name) if found else self._prefix(endpoint)
+        found: dict[str, Any] = {}
+        for network in self.client.networks.list(filters={"label": labels}):
+            # Networks of earlier versions carry no role: they are the internal one.
+            found.setdefault(network.attrs["Labels"].get(f"{L}role", "internal"), network)
+        return found
+
+    def _network(self, endpoint: str) -> str:
+        """The endpoint's internal network: the one labelled for it, else a new one's name."""
+        network = self._endpoint_networks(endpoint).get("internal")
+        return str(network.name) if network is not None else self._prefix(endpoint)
+
+    def _ensure_networks(self, endpoint: str) -> None:
+        found = self._endpoint_networks(endpoint)
+        if "internal" not in found:
+            # Instances reach nothing outside, and nothing outside reaches them.
+            self.client.networks.create(
+                self._prefix(endpoint),
+                driver="bridge",
+                internal=True,
+                labels=self._labels(endpoint, "internal"),
+            )
+        if "edge" not in found:
+            # The router's own bridge for its published port: not Docker's shared default
+            # bridge, where every other container could reach its metrics and admin ports.
+            self.client.networks.create(
+                f"{self._prefix(endpoint)}-edge",
+                driver="bridge",
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels=self._labels(endpoint, "edge"),
+            )
 
     def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        spec = step.endpoint_spec
-        assert spec is not None
+        assert step.endpoint_spec is not None
+        self._provision_endpoint(step.endpoint_spec, say)
+
+    def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        assert step.endpoint_spec is not None
+        say(f"repairing endpoint {step.endpoint}: {step.reason.removeprefix('repair: ')}")
+        self._provision_endpoint(step.endpoint_spec, say)
+
+    def _provision_endpoint(self, spec: EndpointSpec, say: ProgressCallback) -> None:
+        """Make every part of the endpoint exist and work, keeping whatever still does.
+
+        Creating and repairing are one routine: the state volume (with the router's
+        ports), the container holding it, the networks, the keys, the router's config and
+        the router itself are each made only when missing or broken. Keys survive anything
+        but the loss of the volume; then new ones are issued, said in one line here, in the
+        log and in the step's result.
+        """
         endpoint = spec.name
-        creds = self.credentials.load(endpoint)
-        if creds is None:
-            port, metrics = self._free_ports()
-            creds = new_credentials(port=port, metrics_port=metrics)
-            self.credentials.save(endpoint, creds)
-            say(f"keys generated for {endpoint} (kept in the state folder, mode 0600)")
-        write_private(
-            self.credentials.folder(endpoint) / "endpoint.json", json.dumps(to_json(spec))
+        self._state_cache.pop(endpoint, None)
+        legacy_router = next(
+            (c for c in self._containers(role="router", endpoint=endpoint) if _legacy_router(c)),
+            None,
         )
-        self._ensure_network(endpoint)
-        config = self._read_router_config(endpoint) or RouterConfig(endpoint=endpoint)
+        # An endpoint of an earlier version: its keys, port and config move into the volume.
+        legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
+        image = self._router_image_tag(say)
+        volume = self._state_volumes().get(endpoint)
+        had_state = volume is not None or bool(legacy)
+        if volume is None:
+            volume = self._create_state_volume(endpoint, legacy, legacy_router)
+        ports = _volume_ports(volume)
+        assert ports is not None
+        self._ensure_holder(endpoint, image, volume)
+        self._ensure_networks(endpoint)
+        try:
+            files = dict(self._state(endpoint))
+        except StateUnreadable as exc:
+            raise TargetError(str(exc), code="StateUnreadable") from None
+        for path, content in legacy.items():
+            files.setdefault(path, content)
+        try:
+            creds: EndpointCredentials | None = credentials_from_json(files[CREDENTIALS_FILE])
+            lost = None
+        except KeyError:
+            creds, lost = None, "its keys were lost"
+        except ValueError as exc:
+            creds, lost = None, f"its keys were unreadable ({exc})"
+        if creds is None:
+            creds = new_credentials(port=ports[0], metrics_port=ports[1])
+            if had_state:
+                log.warning("keys_reissued", endpoint=endpoint, target=self.name, reason=lost)
+                say(
+                    f"NEW KEYS issued for {endpoint}: {lost}; callers need the new ones "
+                    f"(`reconcile credentials {endpoint}`)"
+                )
+            else:
+                say(f"keys generated for {endpoint} (kept in its state volume, mode 0600)")
+        creds = replace(creds, port=ports[0], metrics_port=ports[1])
+        try:
+            config = parse_config(files[ROUTER_CONFIG])
+        except (KeyError, ConfigError):
+            config = RouterConfig(endpoint=endpoint)
         config = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
-        write_private(self._router_dir(endpoint) / "router.json", dump_config(config))
-        self._ensure_router(endpoint, creds, say)
+        router = next(iter(self._containers(role="router", endpoint=endpoint)), None)
+        # A router that runs is kept (no request lost), unless its keys were issued anew:
+        # it answers its admin call only to the admin secret that was lost, so it starts
+        # again from its config, with the new keys' hashes.
+        serving = (
+            lost is None
+            and router is not None
+            and router is not legacy_router
+            and router.status == "running"
+            and _port_problem(ports[0]) is None
+        )
+        updates = {
+            CREDENTIALS_FILE: credentials_to_json(creds),
+            ENDPOINT_FILE: json.dumps(to_json(spec)).encode(),
+        }
+        for path in (DEPLOYMENTS_FILE, AUTOSCALE_FILE):
+            if path in legacy and path not in self._state(endpoint):
+                updates[path] = legacy[path]
+        if not serving:
+            updates[ROUTER_CONFIG] = dump_config(config).encode()
+        self._put(endpoint, updates)
+        if serving:
+            if self._read_router_config(endpoint) != config:
+                self._write_router_config(endpoint, config)
+        else:
+            self._start_router(endpoint, image, volume, ports, say)
+            if legacy_router is not None:
+                say(f"endpoint {endpoint}: state moved into volume {volume.name}")
+        # Instances that run but that a lost or rebuilt config does not route are routed
+        # again (of the version the router routed, or the newest).
+        self._settle_endpoint(endpoint, self._instance_groups())
+
+    def _create_state_volume(
+        self, endpoint: str, legacy: Mapping[str, bytes], legacy_router: Any | None
+    ) -> Any:
+        """A new state volume, labelled with the router's ports: those of the endpoint's
+        earlier router when it had one (its scoring URI stays), else free ones."""
+        ports: tuple[int, int] | None = None
+        with contextlib.suppress(KeyError, ValueError):
+            old = credentials_from_json(legacy[CREDENTIALS_FILE])
+            ports = (old.port, old.metrics_port)
+        if ports is None and legacy_router is not None:
+            ports = _router_ports(legacy_router)
+        if ports is None:
+            ports = self._free_ports()
+        labels = {
+            **self._labels(endpoint, "state"),
+            f"{L}port": str(ports[0]),
+            f"{L}metrics-port": str(ports[1]),
+        }
+        return self.client.volumes.create(f"{self._prefix(endpoint)}-state", labels=labels)
+
+    def _ensure_holder(self, endpoint: str, image: str, volume: Any) -> None:
+        if self._containers(role="state", endpoint=endpoint):
+            return
+        # Never started: a handle on the volume for Docker's archive API, whatever state
+        # the router is in, and a user of the volume, so Docker will not remove it.
+        self.client.containers.create(
+            image,
+            command=["true"],
+            name=f"{self._prefix(endpoint)}-state",
+            labels=self._labels(endpoint, "state"),
+            volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
+            network_mode="none",
+        )
 
     def _credentials_config(self, config: RouterConfig, creds: EndpointCredentials) -> RouterConfig:
+        # The token secret is always part of the config (the router ignores it in key mode),
+        # so switching auth_mode either way needs nothing but the mode.
         return replace(
             config,
             key_hashes=(hash_key(creds.primary_key), hash_key(creds.secondary_key)),
@@ -580,37 +903,45 @@ class DockerTarget:
     def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
         spec = step.endpoint_spec
         assert spec is not None
-        write_private(
-            self.credentials.folder(spec.name) / "endpoint.json", json.dumps(to_json(spec))
-        )
+        self._put(spec.name, {ENDPOINT_FILE: json.dumps(to_json(spec)).encode()})
         config = self._router_config(spec.name)
+        creds = self._credentials(spec.name)
+        if creds is None:
+            raise TargetError(f"endpoint {spec.name} has no keys; the next pass repairs it")
+        wanted = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
+        if wanted != config:
+            self._write_router_config(spec.name, wanted)
         if config.auth_mode != spec.auth_mode:
-            self._write_router_config(spec.name, replace(config, auth_mode=spec.auth_mode))
             say(f"auth_mode of {spec.name} is now {spec.auth_mode}")
 
     def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
         endpoint = step.endpoint
         for c in self._containers(endpoint=endpoint):
             c.remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.networks.get(self._network(endpoint)).remove()
-        self.credentials.delete(endpoint)
-        say(f"endpoint {endpoint}: router, network and keys removed")
-
-    def _ensure_network(self, endpoint: str) -> None:
-        # Found by labels: Docker's name filter matches parts of names, so the network
-        # of endpoint `a` would seem to exist once `a-b`'s does.
-        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
-        if not self.client.networks.list(filters={"label": labels}):
-            self.client.networks.create(
-                self._prefix(endpoint),
-                driver="bridge",
-                internal=True,
-                labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}endpoint": endpoint},
-            )
+        for network in self._endpoint_networks(endpoint).values():
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+        volume = self._state_volumes().get(endpoint)
+        if volume is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                volume.remove(force=True)
+        self._state_cache.pop(endpoint, None)
+        say(f"endpoint {endpoint}: router, networks, keys and state removed")
 
     def _free_ports(self) -> tuple[int, int]:
-        used = self.credentials.ports_in_use()
+        """Two ports of the range that no container on the engine publishes, that no
+        endpoint's state (of any target, running or not) holds, and that nothing listens on."""
+        used: set[int] = set()
+        for container in self.client.containers.list(all=True, ignore_removed=True):
+            bindings = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
+            for binding in bindings.values():
+                for entry in binding or []:
+                    with contextlib.suppress(TypeError, ValueError):
+                        used.add(int(entry.get("HostPort") or 0))
+        for volume in self.client.volumes.list(filters={"label": f"{MANAGED}={MANAGER}"}):
+            ports = _volume_ports(volume)
+            if ports is not None:
+                used.update(ports)
         low, high = self.options.router_port_range
         found = []
         for port in range(low, high + 1):
@@ -626,48 +957,41 @@ class DockerTarget:
                 return found[0], found[1]
         raise TargetError(f"no free port in {low}-{high} for a router", code="NoFreePort")
 
-    def _ensure_router(
-        self, endpoint: str, creds: EndpointCredentials, say: ProgressCallback
+    def _start_router(
+        self,
+        endpoint: str,
+        image: str,
+        volume: Any,
+        ports: tuple[int, int],
+        say: ProgressCallback,
     ) -> None:
-        existing = self._containers(role="router", endpoint=endpoint)
-        if existing and existing[0].status == "running":
-            return
-        for c in existing:
+        """A new router container (any old one goes first: it holds the port)."""
+        for c in self._containers(role="router", endpoint=endpoint):
             c.remove(force=True)
-        image = self._router_image_tag(say)
+        networks = self._endpoint_networks(endpoint)
         container = self.client.containers.create(
             image,
             name=f"{self._prefix(endpoint)}-router",
-            labels={
-                MANAGED: MANAGER,
-                f"{L}target": self.name,
-                f"{L}role": "router",
-                f"{L}endpoint": endpoint,
-            },
+            labels=self._labels(endpoint, "router"),
             # Writable: a change made through the router's admin call is saved there too,
             # so observe sees it (drift) and a restarted router keeps it.
-            volumes={str(self._router_dir(endpoint)): {"bind": ROUTER_CONFIG_DIR, "mode": "rw"}},
+            volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
             ports={
-                f"{ROUTER_PORT}/tcp": ("127.0.0.1", creds.port),
-                f"{ROUTER_METRICS_PORT}/tcp": ("127.0.0.1", creds.metrics_port),
+                f"{ROUTER_PORT}/tcp": ("127.0.0.1", ports[0]),
+                f"{ROUTER_METRICS_PORT}/tcp": ("127.0.0.1", ports[1]),
             },
-            user="root",  # reads the 0600 config of the state folder
+            network=str(networks["edge"].name),
+            user="root",  # reads the 0600 files of the state volume
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )
-        self.client.networks.get(self._network(endpoint)).connect(container)
+        networks["internal"].connect(container)
         container.start()
-        say(f"router of {endpoint} on 127.0.0.1:{creds.port}")
+        say(f"router of {endpoint} on 127.0.0.1:{ports[0]}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{creds.port}/-/ready", timeout=2
-                ) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if _port_problem(ports[0]) is None:
+                return
             container.reload()
             if container.status == "exited":
                 break
@@ -1028,7 +1352,7 @@ class DockerTarget:
                 self._write_router_config(step.endpoint, replace(config, deployments=routes))
                 time.sleep(self.options.drain_s)
         self._remove(self._instances(step.endpoint, step.deployment))
-        self._record_path(step.endpoint, step.deployment).unlink(missing_ok=True)
+        self._forget(step.endpoint, step.deployment)
         say(f"deployment {step.endpoint}/{step.deployment} removed")
 
     def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
@@ -1066,27 +1390,33 @@ class DockerTarget:
         routing them), restarts instances whose liveness failed, and clears away stopped
         or crash-looping ones (the pass's plan then replaces them: they no longer count).
         """
-        groups: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
-        for c in self._containers(role="instance"):
-            inst = _instance(c)
-            groups[(inst.endpoint, inst.deployment)].append(inst)
+        self._state_cache.clear()
+        groups = self._instance_groups()
         for router in self._containers(role="router"):
             endpoint = router.labels[f"{L}endpoint"]
+            if router.status != "running" or _legacy_router(router):
+                continue  # the plan's repair_endpoint step deals with it, visibly
             try:
-                self._settle_endpoint(endpoint, router, groups)
-            except (TargetError, docker.errors.DockerException) as exc:
+                self._settle_endpoint(endpoint, groups, patience_s=2)
+            except (TargetError, StateUnreadable, docker.errors.DockerException) as exc:
                 # One endpoint's trouble must not stop the pass for the others: its own
                 # steps fail, with the reason, if it matters to them.
                 log.warning("settle_failed", endpoint=endpoint, error=str(exc))
 
+    def _instance_groups(self) -> dict[tuple[str, str], list[_Instance]]:
+        groups: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
+        for c in self._containers(role="instance"):
+            inst = _instance(c)
+            groups[(inst.endpoint, inst.deployment)].append(inst)
+        return groups
+
     def _settle_endpoint(
-        self, endpoint: str, router: Any, groups: Mapping[tuple[str, str], list[_Instance]]
+        self,
+        endpoint: str,
+        groups: Mapping[tuple[str, str], list[_Instance]],
+        *,
+        patience_s: float = 30,
     ) -> None:
-        if router.status != "running":
-            creds = self.credentials.load(endpoint)
-            if creds is not None:
-                router.remove(force=True)
-                self._ensure_router(endpoint, creds, lambda _m: None)
         config = self._read_router_config(endpoint)
         if config is None:
             return
@@ -1144,10 +1474,11 @@ class DockerTarget:
             changed = self._with_route(changed, name, addresses, spec)
         if changed != config:
             log.info("router_settled", endpoint=endpoint)
-            self._write_router_config(endpoint, changed)
+            self._write_router_config(endpoint, changed, patience_s=patience_s)
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
-        creds = self.credentials.load(endpoint)
+        self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
+        creds = self._credentials(endpoint)
         if creds is None:
             raise TargetError(f"endpoint {endpoint} has no credentials on target {self.name}")
         return creds
@@ -1162,7 +1493,7 @@ class DockerTarget:
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
         creds = self.endpoint_credentials(endpoint).regenerated(which)
-        self.credentials.save(endpoint, creds)
+        self._put(endpoint, {CREDENTIALS_FILE: credentials_to_json(creds)})
         config = self._credentials_config(self._router_config(endpoint), creds)
         self._write_router_config(endpoint, config)
 
@@ -1203,6 +1534,84 @@ def _instance(container: Any) -> _Instance:
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
     )
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def _mount_of(container: Any) -> Mapping[str, Any] | None:
+    for mount in container.attrs.get("Mounts") or []:
+        if mount.get("Destination") == STATE_MOUNT:
+            return dict(mount)
+    return None
+
+
+def _legacy_router(container: Any) -> bool:
+    """A router of an earlier version: its config bind-mounted from a host folder."""
+    mount = _mount_of(container)
+    return mount is not None and mount.get("Type") == "bind"
+
+
+def _legacy_files(router: Any) -> dict[str, bytes]:
+    """The host folder an earlier version's router mounts (STATE/endpoints/NAME/router):
+    its endpoint's keys, spec, records and router config, as state volume paths. Found
+    through the router's own mount, never by endpoint name alone: another target's
+    endpoint of the same name may have a folder of that name too."""
+    mount = _mount_of(router)
+    if mount is None or not mount.get("Source"):
+        return {}
+    return LegacyStore(Path(str(mount["Source"])).parent).files()
+
+
+def _volume_ports(volume: Any) -> tuple[int, int] | None:
+    labels = volume.attrs.get("Labels") or {}
+    try:
+        return int(labels[f"{L}port"]), int(labels[f"{L}metrics-port"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _router_ports(router: Any | None) -> tuple[int, int] | None:
+    """The host ports a router container publishes (running or not)."""
+    if router is None:
+        return None
+    bindings = router.attrs.get("HostConfig", {}).get("PortBindings") or {}
+    try:
+        scoring = bindings[f"{ROUTER_PORT}/tcp"][0]["HostPort"]
+        metrics = bindings[f"{ROUTER_METRICS_PORT}/tcp"][0]["HostPort"]
+        return int(scoring), int(metrics)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
+    if CREDENTIALS_FILE not in files:
+        return "its keys are missing: new keys will be issued"
+    try:
+        credentials_from_json(files[CREDENTIALS_FILE])
+    except ValueError as exc:
+        return f"its keys are unreadable ({exc}): new keys will be issued"
+    return None
+
+
+def _port_problem(port: int) -> str | None:
+    """None when the router answers on its published port, else what went wrong.
+
+    Asked from the host, as callers do: a router container can be "Up" while Docker's port
+    proxy in front of it has died (thousands of idle connections kill it).
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as answer:
+            if answer.status == 200:
+                return None
+            status = f"status {answer.status}"
+    except urllib.error.HTTPError as exc:
+        status = f"status {exc.code}"
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        status = str(reason) or reason.__class__.__name__
+    return f"its router does not answer on 127.0.0.1:{port} ({status})"
 
 
 def _scale_of(data: Any) -> ScaleSettings:
