@@ -5,6 +5,7 @@ origin, fetching it when the clone lacks it, and say so when there is none at al
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -206,3 +207,63 @@ def test_a_remote_that_cannot_be_read_is_named_in_the_warning(remote: Path, tmp_
     assert warning["message"].startswith(NO_STATUS)
     assert "cannot fetch reconcile-status from origin: fatal:" in warning["message"]
     assert "does not appear to be a git repository" in warning["message"]
+
+
+@pytest.mark.parametrize(("offset", "wins"), [(3600, "local"), (-3600, "origin")])
+def test_diverged_local_and_origin_status_the_later_commit_wins(
+    remote: Path, tmp_path: Path, offset: int, wins: str
+) -> None:
+    daemon_pass(remote, tmp_path / "cache", MemoryTarget())
+    path = clone(remote, tmp_path / "ci", "--no-local")
+    origin_tip = git(path, "rev-parse", f"origin/{DEFAULT_STATUS_BRANCH}")
+    when = int(git(path, "log", "-1", "--format=%ct", origin_tip)) + offset
+    # A local status branch of its own history (another daemon's), an hour apart.
+    text = git(path, "show", f"{origin_tip}:status/my-endpoint.yaml").replace(
+        "blue: 90", "blue: 30"
+    )
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"],
+        cwd=path,
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    inner = subprocess.run(
+        ["git", "mktree"],
+        cwd=path,
+        input=f"100644 blob {blob}\tmy-endpoint.yaml\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = subprocess.run(
+        ["git", "mktree"],
+        cwd=path,
+        input=f"040000 tree {inner}\tstatus\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "GIT_COMMITTER_DATE": f"{when} +0000",
+        "GIT_AUTHOR_DATE": f"{when} +0000",
+        "PATH": os.environ["PATH"],
+    }
+    local = subprocess.run(
+        ["git", "commit-tree", tree, "-m", "other daemon"],
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    git(path, "update-ref", f"refs/heads/{DEFAULT_STATUS_BRANCH}", local)
+    found = GitSource(path).find_status(DEFAULT_STATUS_BRANCH)
+    assert found.commit == (local if wins == "local" else origin_tip)
+    blue = "blue: 30" if wins == "local" else "blue: 90"
+    assert blue in found.files["status/my-endpoint.yaml"]
