@@ -130,13 +130,20 @@ def open_target(
 
 def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
     files: dict[str, str] = {}
+    warnings: tuple[Diagnostic, ...] = ()
     if status_dir is not None:
         folder = Path(status_dir)
         if not folder.is_dir():
             fail(f"status folder {status_dir} does not exist")
         files = {f"{STATUS_DIR}/{p.name}": p.read_text() for p in sorted(folder.glob("*.yaml"))}
     elif source.git is not None:
-        _, files = source.git.read_status(config.status_branch)
+        # The local branch or origin's (fetched when a CI clone lacks it), the newer.
+        found = source.git.find_status(config.status_branch)
+        files = found.files
+        if found.ref is None:
+            warnings = (_no_status_warning(config.status_branch, found.problem),)
+    else:
+        warnings = (_no_status_warning(config.status_branch, "not a git repository"),)
 
     cache: dict[str, DesiredState | None] = {}
 
@@ -151,7 +158,16 @@ def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None
                     pass
         return cache[commit]
 
-    return StatusTarget(files, resolve_specs=resolve)
+    return StatusTarget(files, resolve_specs=resolve, warnings=warnings)
+
+
+def _no_status_warning(branch: str, problem: str) -> Diagnostic:
+    """Planning against no status plans everything from nothing: never silently."""
+    message = (
+        f"no status found on branch {branch} (local or origin): "
+        "planning as if the target were empty"
+    )
+    return Diagnostic("", None, "", f"{message} ({problem})" if problem else message)
 
 
 def emit(plan: Plan, output: str) -> None:
@@ -204,6 +220,8 @@ def main(
         if dry_run:
             live = target.observe()
             plan, _ = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
+            if isinstance(target, StatusTarget) and target.warnings:
+                plan = replace(plan, warnings=target.warnings + plan.warnings)
             emit(plan, output)
             sys.exit(exit_code(plan))
         if source.git is not None and not source.worktree and source.git.dirty_paths():
@@ -338,9 +356,13 @@ def diff(
         except GitSourceError as exc:
             remote, _, branch = base.partition("/")
             hint = f"git fetch {remote} {branch}" if branch else f"git fetch origin {base}"
+            # git's whole message: its last line alone ("and the repository exists.")
+            # says nothing of what went wrong.
+            said = "".join(f"\n  {line}" for line in exc.git_said.splitlines())
             fail(
                 f"cannot find BASE {base!r} in {source.path} ({exc}); fetch it with `{hint}` "
                 "(in CI: check out with full history, e.g. fetch-depth: 0)"
+                + (f"\ngit said:{said}" if said else "")
             )
     base_tree = git_source.tree(base_commit)
     head_tree, head_commit = source.tree_at(head)
@@ -424,9 +446,13 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
         fail(f"{repo} is not a git repository: there is no status branch to read")
     tree, _ = source.tree()
     branch = status_branch or repo_config(tree).status_branch
-    commit, files = source.git.read_status(branch)
-    if commit is None:
-        fail(f"no status branch {branch!r} yet: no pass has been recorded")
+    found = source.git.find_status(branch)
+    if found.ref is None:
+        fail(
+            f"no status found on branch {branch} (local or origin): no pass has been recorded"
+            + (f" ({found.problem})" if found.problem else "")
+        )
+    files = found.files
     docs: list[Mapping[str, Any]] = [yaml.safe_load(files[p]) for p in sorted(files)]
     if output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
@@ -453,6 +479,9 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
             )
+        for p in doc.get("pending_steps") or []:
+            on = "/".join(n for n in (doc["endpoint"], p.get("deployment")) if n)
+            click.echo(f"  left undone: {p.get('action')} {on} ({p.get('why')})")
 
 
 def _operated_target(repo: str, target_name: str | None) -> Any:

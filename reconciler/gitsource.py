@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from reconciler.filetree import DirectoryTree
 DEFAULT_STATUS_BRANCH = "reconcile-status"
 COMMITTER_NAME = "reconciler"
 COMMITTER_EMAIL = "reconciler@localhost"
+# A fetch in CI must fail, not wait for a password nobody will type.
+_NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}
 
 
 _IDENTITY = {
@@ -37,7 +40,14 @@ _IDENTITY = {
 
 
 class GitSourceError(Exception):
-    """A git repository or revision cannot be read; the message says which and why."""
+    """A git repository or revision cannot be read; the message says which and why.
+
+    git_said: git's own message in full (credentials in URLs masked), when git failed.
+    """
+
+    def __init__(self, message: str, *, git_said: str = "") -> None:
+        super().__init__(message)
+        self.git_said = git_said
 
 
 class GitTree:
@@ -144,6 +154,19 @@ def _read_blobs(repo: git.Repo, shas: Iterable[str]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class FoundStatus:
+    """Status files as a reader finds them, and where: `ref` is refs/heads/BRANCH or
+    refs/remotes/REMOTE/BRANCH, None when there is no status at all. `problem` says why
+    the remote's could not be read, when it could not (unreachable, refused)."""
+
+    branch: str
+    ref: str | None
+    commit: str | None
+    files: dict[str, str]
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusCommit:
     branch: str
     commit: str | None  # None: the content was unchanged, no commit was made
@@ -239,10 +262,11 @@ class GitSource:
             )
         args = [f"--depth={depth}"] if self.is_shallow() else []
         try:
-            self.repo.git.fetch(*args, remote, refspec)
+            self.repo.git.fetch(*args, remote, refspec, env=_NO_PROMPT)
         except git.GitCommandError as exc:
+            said = git_message(exc)
             raise GitSourceError(
-                f"cannot fetch {rev!r} from {remote}: {_first_line(exc)}"
+                f"cannot fetch {rev!r} from {remote}: {_gist(said)}", git_said=said
             ) from None
         return self.resolve(fetched)
 
@@ -285,6 +309,80 @@ class GitSource:
         tree = GitTree(self.repo, ref)
         files = {p: tree.read(p).decode() for p in tree.paths() if p.endswith(".yaml")}
         return ref, files
+
+    def find_status(
+        self, branch: str = DEFAULT_STATUS_BRANCH, *, fetch: bool = True
+    ) -> FoundStatus:
+        """The newest status this checkout can know of, for readers (`--target status`,
+        `reconcile status`): the local branch or the remote's, whichever is newer.
+
+        A CI clone has only the remote's, if that: a clone with history of all branches
+        has `refs/remotes/origin/BRANCH`; a shallow or single-branch clone has neither, and
+        then the branch is fetched from origin (or the only remote) into that ref, one commit
+        deep in a shallow clone (the tip's files are all a reader needs), in full otherwise
+        (a --depth fetch would make a complete clone shallow). When both exist, the one that
+        contains the other wins (the daemon commits locally, then pushes: a local branch
+        ahead of origin is a local daemon's newer status, one behind it is stale); if they
+        diverged, the later commit time, origin on a tie.
+        """
+        local = self._branch_commit(branch)
+        remotes = [r.name for r in self.repo.remotes]
+        remote = "origin" if "origin" in remotes else (remotes[0] if remotes else None)
+        remote_ref = f"refs/remotes/{remote}/{branch}" if remote else None
+        remote_commit = self._ref_commit(remote_ref) if remote_ref else None
+        problem = ""
+        # Fetched only when neither is there: a local daemon's user, whose remote never
+        # gets status, is not made to wait for the network on every read.
+        neither = local is None and remote_commit is None
+        if fetch and neither and remote is not None and remote_ref is not None:
+            args = ["--depth=1"] if self.is_shallow() else []
+            try:
+                self.repo.git.fetch(
+                    *args, remote, f"+refs/heads/{branch}:{remote_ref}", env=_NO_PROMPT
+                )
+                remote_commit = self._ref_commit(remote_ref)
+            except git.GitCommandError as exc:
+                said = git_message(exc)
+                # A remote without the branch is the common case of "no status yet";
+                # anything else (unreachable, refused) is worth saying.
+                if "couldn't find remote ref" not in said:
+                    problem = f"cannot fetch {branch} from {remote}: {_gist(said)}"
+        chosen: tuple[str, str] | None = None
+        if local is not None and remote_commit is not None and remote_ref is not None:
+            if local == remote_commit or self._is_ancestor(local, remote_commit):
+                local_wins = False
+            elif self._is_ancestor(remote_commit, local):
+                local_wins = True
+            else:  # diverged: the later commit, origin on a tie
+                local_wins = self._commit_time(local) > self._commit_time(remote_commit)
+            chosen = (f"refs/heads/{branch}", local) if local_wins else (remote_ref, remote_commit)
+        elif local is not None:
+            chosen = (f"refs/heads/{branch}", local)
+        elif remote_commit is not None and remote_ref is not None:
+            chosen = (remote_ref, remote_commit)
+        if chosen is None:
+            return FoundStatus(branch, None, None, {}, problem)
+        ref, commit = chosen
+        tree = GitTree(self.repo, commit)
+        files = {p: tree.read(p).decode() for p in tree.paths() if p.endswith(".yaml")}
+        return FoundStatus(branch, ref, commit, files, problem)
+
+    def _ref_commit(self, ref: str) -> str | None:
+        try:
+            return str(self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}"))
+        except git.GitCommandError:
+            return None
+
+    def _is_ancestor(self, older: str, newer: str) -> bool:
+        # False also where a shallow clone lacks the history to tell.
+        try:
+            self.repo.git.merge_base("--is-ancestor", older, newer)
+        except git.GitCommandError:
+            return False
+        return True
+
+    def _commit_time(self, commit: str) -> int:
+        return int(str(self.repo.git.log("-1", "--format=%ct", commit)).strip())
 
     def write_status(
         self, files: Mapping[str, str], *, message: str, branch: str = DEFAULT_STATUS_BRANCH
@@ -354,8 +452,10 @@ class RemoteCheckout(GitSource):
             try:
                 git.Repo.clone_from(url, folder, branch=branch, no_checkout=True)
             except git.GitCommandError as exc:
+                said = git_message(exc)
                 raise GitSourceError(
-                    f"cannot clone {url} (branch {branch}): {_first_line(exc)}"
+                    f"cannot clone {redact(url)} (branch {branch}): {_gist(said)}",
+                    git_said=said,
                 ) from None
         super().__init__(folder)
         # The sub-folder may not be checked out yet: it is a path inside the tree.
@@ -368,7 +468,10 @@ class RemoteCheckout(GitSource):
                 "--prune", "origin", f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"
             )
         except git.GitCommandError as exc:
-            raise GitSourceError(f"cannot fetch {self.url}: {_first_line(exc)}") from None
+            said = git_message(exc)
+            raise GitSourceError(
+                f"cannot fetch {redact(self.url)}: {_gist(said)}", git_said=said
+            ) from None
         return self.resolve(f"refs/remotes/origin/{self.branch}")
 
     def checkout(self, commit: str) -> None:
@@ -385,13 +488,13 @@ class RemoteCheckout(GitSource):
             self.repo.git.push("origin", f"refs/heads/{branch}:refs/heads/{branch}")
             return
         except git.GitCommandError as exc:
-            reason = _first_line(exc)
+            reason = _gist(git_message(exc))
         # Rebase our files onto whatever the remote has, for the next attempt.
         try:
             self.repo.git.fetch("origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
             remote_tip = self.resolve(f"refs/remotes/origin/{branch}")
         except (git.GitCommandError, GitSourceError):
-            raise PushRejected(f"status push to {self.url} failed: {reason}") from None
+            raise PushRejected(f"status push to {redact(self.url)} failed: {reason}") from None
         _, files = self.read_status(branch)
         message = str(self.repo.commit(local).message)
         tree = self._make_tree({p: t.encode() for p, t in files.items()})
@@ -402,13 +505,44 @@ class RemoteCheckout(GitSource):
         else:
             commit = remote_tip
         self.repo.git.update_ref(f"refs/heads/{branch}", commit, local)
-        raise PushRejected(f"status push to {self.url} rejected ({reason}); replayed onto its tip")
+        raise PushRejected(
+            f"status push to {redact(self.url)} rejected ({reason}); replayed onto its tip"
+        )
 
 
-def _first_line(exc: git.GitCommandError) -> str:
-    text = str(exc.stderr or exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "stderr:" not in line]
-    return lines[-1] if lines else text[:200]
+# user:password@ (or token@) in a URL: a remote URL may embed a CI token.
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def redact(text: str) -> str:
+    """The text with credentials of any URL in it masked: https://***@host/..."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def git_message(exc: git.GitCommandError) -> str:
+    """git's whole message of a failed command (its stderr, not gitpython's wrapping),
+    credentials in URLs masked: `fatal: ... does not appear to be a git repository`
+    and the lines that say why, not only the last one."""
+    text = str(exc.stderr or "").strip()
+    # gitpython wraps stderr as "stderr: '...'".
+    if text.startswith("stderr:"):
+        text = text.removeprefix("stderr:").strip()
+        if len(text) >= 2 and text[0] == text[-1] == "'":
+            text = text[1:-1]
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        lines = [f"git exited with status {exc.status}"]
+    return redact("\n".join(lines))
+
+
+def _gist(said: str) -> str:
+    """The line of git's message that says what went wrong: its first `fatal:` or
+    `error:` line (the last line is often only advice, "and the repository exists.")."""
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[-1] if lines else said
 
 
 class SubTree:

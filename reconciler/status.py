@@ -46,6 +46,7 @@ def build_status(
     still serves, and the status says why nothing changed.
     """
     failures = _failures_by_key(plan, results)
+    pending = _pending_by_endpoint(plan, results)
     names = sorted({e.name for e in live.endpoints} | set(declared))
     docs: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -58,8 +59,25 @@ def build_status(
             target=target,
             errors=plan.errors,
             failures=failures,
+            pending=pending.get(name, []),
         )
     return docs
+
+
+def _pending_by_endpoint(
+    plan: Plan, results: Sequence[StepResult]
+) -> dict[str, list[dict[str, Any]]]:
+    """Steps of the pass that were not run (a stop request, or a step before them that
+    failed), per endpoint, in plan order: the work the next pass still has to do."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        if result.outcome != Outcome.SKIPPED:
+            continue
+        step = plan.steps[result.index]
+        found.setdefault(step.endpoint, []).append(
+            {"action": str(step.action), "deployment": step.deployment, "why": result.message}
+        )
+    return found
 
 
 def _failures_by_key(plan: Plan, results: Sequence[StepResult]) -> dict[ResourceKey, StepResult]:
@@ -82,17 +100,24 @@ def _endpoint_doc(
     target: str,
     errors: tuple[Diagnostic, ...],
     failures: Mapping[ResourceKey, StepResult],
+    pending: list[dict[str, Any]],
 ) -> dict[str, Any]:
     failed = failures.get(ResourceKey(name))
     if failed is not None:
         state: str = str(ProvisioningState.FAILED)
     elif endpoint is None:
         state = str(ProvisioningState.CREATING)
+    elif pending:
+        # Steps left undone (the reconciler stopped mid-pass): not Succeeded, whatever
+        # the target shows of the steps that did run.
+        state = str(ProvisioningState.UPDATING)
     else:
         state = str(endpoint.provisioning_state)
     health = endpoint_health(endpoint, live)
+    undone = {p["deployment"] for p in pending if p["deployment"]}
     deployments = {
-        d.name: _deployment_doc(d, failures.get(d.key)) for d in live.deployments_of(name)
+        d.name: _deployment_doc(d, failures.get(d.key), pending=d.name in undone)
+        for d in live.deployments_of(name)
     }
     return {
         "endpoint": name,
@@ -109,15 +134,21 @@ def _endpoint_doc(
         # A failed step says why first; else what the target found broken (a repair).
         "last_error": _error_text(failed) or (endpoint.repair if endpoint else None),
         "errors": [e.as_json() for e in errors],
+        "pending_steps": pending,
     }
 
 
-def _deployment_doc(d: LiveDeployment, failed: StepResult | None) -> dict[str, Any]:
+def _deployment_doc(
+    d: LiveDeployment, failed: StepResult | None, *, pending: bool = False
+) -> dict[str, Any]:
     last_error = _error_text(failed) or d.last_error
+    state = d.provisioning_state
+    if failed is not None:
+        state = ProvisioningState.FAILED
+    elif pending and state == ProvisioningState.SUCCEEDED:
+        state = ProvisioningState.UPDATING
     return {
-        "provisioning_state": str(
-            ProvisioningState.FAILED if failed is not None else d.provisioning_state
-        ),
+        "provisioning_state": str(state),
         "health": str(deployment_health(d)),
         "instance_type": d.instance_type,
         "instance_count": d.instance_count,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Step
 from reconciler.model.state import DesiredState, LiveDeployment, LiveEndpoint, LiveState
 from reconciler.status import parse_status
@@ -29,10 +30,14 @@ class StatusTarget:
         *,
         resolve_specs: SpecResolver | None = None,
         name: str = "status",
+        warnings: tuple[Diagnostic, ...] = (),
     ) -> None:
         self.name = name
         self.files = dict(files)
         self.resolve_specs = resolve_specs
+        # For the plan's warnings: where the files came from, when that is worth saying
+        # (no status found anywhere: the plan starts from nothing).
+        self.warnings = warnings
 
     def observe(self) -> LiveState:
         endpoints: list[LiveEndpoint] = []

@@ -3,6 +3,7 @@ command lines that the CLI accepts, and the hook passes and fails a real reposit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -53,6 +54,7 @@ def gitlab_scripts() -> list[str]:
 def reconcile_commands(script: str) -> list[list[str]]:
     """Every `reconcile ...` command of a shell script, as argument lists."""
     script = script.replace("\\\n", " ")
+    script = re.sub(r"\s\d>", " >", script)  # 2> file: a redirection, not an argument
     script = _ARRAYS.sub("--approve my-endpoint", script)
     script = _EXPRESSIONS.sub("main", script)
     script = _VARIABLES.sub("value", script)
@@ -228,3 +230,202 @@ def test_the_hook_through_pre_commit(repo: RepoBuilder, tmp_path: Path) -> None:
     broken = run()
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "traffic" in broken.stdout
+
+
+# --- the template scripts run: a CI clone, the real `reconcile`, a local comment API ---
+
+
+@pytest.fixture
+def ci_clone(repo: RepoBuilder, tmp_path: Path) -> Path:
+    """A shallow CI checkout of a pull request's branch; its base, main, is not in it."""
+    valid_repository(repo)
+    repo.commit("valid")
+    repo.git("checkout", "-q", "-b", "feature")
+    repo.write("README.md", "notes\n")
+    repo.commit("notes")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(remote)], check=True)
+    path = tmp_path / "ci"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", "--branch", "feature", remote.as_uri(), str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def lose_the_remote(path: Path, tmp_path: Path) -> str:
+    """The origin of a shallow clone moved away: BASE cannot be fetched."""
+    missing = tmp_path / "moved-away.git"
+    subprocess.run(["git", "remote", "set-url", "origin", str(missing)], cwd=path, check=True)
+    return f"fatal: '{missing}' does not appear to be a git repository"
+
+
+def ci_env(**variables: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        # The `reconcile` of this checkout, as pip would have installed it.
+        "PATH": f"{RECONCILE.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "RECONCILER_REPO": ".",
+        **variables,
+    }
+
+
+def run_github_plan_step(path: Path) -> tuple[int, str, str]:
+    """The Plan step as GitHub runs it (bash -eo pipefail); (exit code, plan.md, summary)."""
+    (plan_step,) = [s for s in load(GITHUB)["jobs"]["review"]["steps"] if s.get("id") == "plan"]
+    summary = path.parent / "summary.md"
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", plan_step["run"]],
+        cwd=path,
+        env=ci_env(BASE_REF="main", LABELS="", GITHUB_STEP_SUMMARY=str(summary)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    plan = (path / "plan.md").read_text() if (path / "plan.md").exists() else ""
+    return done.returncode, plan, summary.read_text() if summary.exists() else ""
+
+
+NODE = shutil.which("node")
+
+
+def run_github_comment_step(path: Path) -> list[str]:
+    """The comment step's script with a recording stand-in for GitHub's client."""
+    assert NODE is not None
+    (step,) = [
+        s
+        for s in load(GITHUB)["jobs"]["review"]["steps"]
+        if s.get("uses", "").startswith("actions/github-script@")
+    ]
+    harness = f"""
+const posted = [];
+const record = async (args) => {{ posted.push(args.body); }};
+const github = {{
+  paginate: async () => [],
+  rest: {{ issues: {{ listComments: null, createComment: record, updateComment: record }} }},
+}};
+const context = {{ repo: {{ owner: 'o', repo: 'r' }}, issue: {{ number: 1 }} }};
+const core = {{ warning: (m) => console.error('warning: ' + m) }};
+(async () => {{
+{step["with"]["script"]}
+}})().then(() => console.log(JSON.stringify(posted)));
+"""
+    done = subprocess.run(
+        [NODE, "-e", harness], cwd=path, capture_output=True, text=True, timeout=60, check=True
+    )
+    posted = json.loads(done.stdout)
+    assert isinstance(posted, list)
+    return [str(body) for body in posted]
+
+
+def test_github_plan_step_fails_and_shows_why_when_base_cannot_be_fetched(
+    ci_clone: Path, tmp_path: Path
+) -> None:
+    said = lose_the_remote(ci_clone, tmp_path)
+    code, plan, summary = run_github_plan_step(ci_clone)
+    assert code != 0  # the step fails, so the check does
+    assert plan.strip(), "an empty plan.md"
+    assert said in plan and said in summary
+    assert "cannot find BASE 'origin/main'" in plan
+    if NODE is not None:
+        (comment,) = run_github_comment_step(ci_clone)
+        assert comment.startswith("<!-- reconcile-review -->")
+        assert said in comment
+
+
+def test_github_plan_step_passes_with_a_plan(ci_clone: Path) -> None:
+    code, plan, summary = run_github_plan_step(ci_clone)
+    assert code == 0, plan
+    assert plan.startswith("## Reconciler plan") and plan in summary
+    assert "cannot find BASE" not in plan
+
+
+class NotesApi:
+    """GitLab's notes API of one merge request, on a real socket: records what is posted."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        import urllib.parse
+
+        posted: list[tuple[str, str, str]] = []
+        self.posted = posted
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._answer(b"[]")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                token = self.headers.get("PRIVATE-TOKEN") or ""
+                posted.append((self.path, token, form.get("body", [""])[0]))
+                self._answer(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v4"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def notes_api() -> Any:
+    api = NotesApi()
+    yield api
+    api.close()
+
+
+def run_gitlab_script(path: Path, api: NotesApi) -> tuple[int, str]:
+    job = load(GITLAB)["reconcile-review"]
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", "\n".join(job["script"])],
+        cwd=path,
+        env=ci_env(
+            CI_MERGE_REQUEST_TARGET_BRANCH_NAME="main",
+            CI_MERGE_REQUEST_LABELS="",
+            CI_API_V4_URL=api.url,
+            CI_PROJECT_ID="7",
+            CI_MERGE_REQUEST_IID="3",
+            RECONCILER_GITLAB_TOKEN="glpat-test",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_gitlab_job_fails_and_posts_why_when_base_cannot_be_fetched(
+    ci_clone: Path, tmp_path: Path, notes_api: NotesApi
+) -> None:
+    said = lose_the_remote(ci_clone, tmp_path)
+    code, log = run_gitlab_script(ci_clone, notes_api)
+    assert code != 0, log
+    assert said in log
+    [(where, token, body)] = notes_api.posted
+    assert where == "/api/v4/projects/7/merge_requests/3/notes"
+    assert token == "glpat-test"
+    assert body.startswith("<!-- reconcile-review -->\n")
+    assert said in body
+
+
+def test_gitlab_job_passes_and_posts_the_plan(ci_clone: Path, notes_api: NotesApi) -> None:
+    code, log = run_gitlab_script(ci_clone, notes_api)
+    assert code == 0, log
+    [(_, _, body)] = notes_api.posted
+    assert "## Reconciler plan" in body

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from repo_builder import RepoBuilder
 
+from reconciler.cli import main
 from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions, verify_webhook
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH
+from reconciler.model.plan import Step
 from reconciler.model.specs import weight_of
+from reconciler.targets.base import ProgressCallback
 from reconciler.targets.memory import MemoryTarget
 
 
@@ -345,3 +349,72 @@ def test_health_readiness_and_metrics_endpoints(
     assert 'reconciler_passes_total{result="succeeded"}' in metrics
     assert "reconciler_seconds_since_last_success" in metrics
     assert "reconciler_last_reconciled_commit_info" in metrics
+
+
+STATUS_FILE = "status/my-endpoint.yaml"
+
+
+class StopDuring(MemoryTarget):
+    """The in-memory platform; a stop request (as SIGTERM's handler makes) arrives while
+    one action is being applied."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.action = action
+        self.stop: Callable[[], None] = lambda: None
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+        super().apply(step, progress=progress)
+        if str(step.action) == self.action:
+            self.stop()
+            self.action = ""  # once
+
+
+def test_a_stop_in_the_middle_of_a_pass_is_recorded_as_work_left_undone(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint("my-endpoint", traffic={"blue": 100, "green": 0}, mirror={"green": 10})
+    repo.deployment("my-endpoint", "blue")
+    repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
+    repo.commit("blue serves, green mirrored")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(remote)], check=True)
+    target = StopDuring("set_mirror_traffic")
+    r = start(RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache"), target)
+    target.stop = r.daemon.stop
+    r.thread.join(timeout=30)
+    assert not r.thread.is_alive()
+    assert [str(s.action) for s in target.applied][-1] == "set_mirror_traffic"
+
+    # What a CI clone of the remote reads: the pass did not finish.
+    ci = tmp_path / "ci"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", remote.as_uri(), str(ci)],
+        check=True,
+        capture_output=True,
+    )
+    shown = CliRunner().invoke(main, ["status", "--repo", str(ci)])
+    assert shown.exit_code == 0, shown.output
+    assert "my-endpoint: Updating" in shown.output
+    assert "left undone: set_traffic my-endpoint (skipped: the reconciler is stopping)" in (
+        shown.output
+    )
+
+    # Started again, the daemon finishes the job and status says Succeeded.
+    start(RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache"), target)
+
+    def remote_doc() -> dict[str, object]:
+        shown = subprocess.run(
+            ["git", "--git-dir", str(remote), "show", f"{DEFAULT_STATUS_BRANCH}:{STATUS_FILE}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        doc = yaml.safe_load(shown.stdout)
+        assert isinstance(doc, dict)
+        return doc
+
+    wait_for(lambda: remote_doc()["provisioning_state"] == "Succeeded", what="finished pass")
+    assert remote_doc()["pending_steps"] == []

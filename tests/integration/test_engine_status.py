@@ -128,3 +128,73 @@ def test_an_invalid_commit_changes_nothing_and_records_its_errors(repo: RepoBuil
     assert doc["commit"] == bad
     assert doc["traffic"] == {"blue": 90, "green": 10}  # still serving as before
     assert any(e["field"].endswith("instance_cout") for e in doc["errors"])
+
+
+class StopAfter:
+    """should_stop as SIGTERM makes it: false for the first `steps` steps, then true."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_a_pass_stopped_before_its_last_step_says_what_is_left_undone(
+    repo: RepoBuilder,
+) -> None:
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint("my-endpoint", traffic={"blue": 100, "green": 0}, mirror={"green": 10})
+    repo.deployment("my-endpoint", "blue")
+    repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
+    commit = repo.commit("blue serves, green mirrored")
+    source = GitSource(repo.root)
+    target = MemoryTarget()
+
+    def write(files: object, message: str) -> None:
+        source.write_status(files, message=message)  # type: ignore[arg-type]
+
+    result = run_pass(
+        source.tree(commit),
+        target,
+        prune=False,
+        dry_run=False,
+        revision=commit,
+        write_status=write,
+        should_stop=StopAfter(4),
+    )
+    actions = [str(s.action) for s in result.plan.steps]
+    assert actions[-2:] == ["set_mirror_traffic", "set_traffic"]
+    assert [str(r.outcome) for r in result.results][-1] == "skipped"
+    _, files = source.read_status()
+    doc = yaml.safe_load(files["status/my-endpoint.yaml"])
+    assert doc["provisioning_state"] == "Updating"
+    assert doc["pending_steps"] == [
+        {
+            "action": "set_traffic",
+            "deployment": None,
+            "why": "skipped: the reconciler is stopping",
+        }
+    ]
+    shown = CliRunner().invoke(main, ["status", "--repo", str(repo.root)])
+    assert shown.exit_code == 0, shown.output
+    assert "my-endpoint: Updating" in shown.output
+    assert "left undone: set_traffic my-endpoint" in shown.output
+
+    # The next pass finishes the job, and status says so.
+    run_pass(
+        source.tree(commit),
+        target,
+        prune=False,
+        dry_run=False,
+        revision=commit,
+        write_status=write,
+    )
+    _, files = source.read_status()
+    doc = yaml.safe_load(files["status/my-endpoint.yaml"])
+    assert doc["provisioning_state"] == "Succeeded"
+    assert doc["pending_steps"] == []
+    assert doc["traffic"] == {"blue": 100}
+    assert doc["mirror_traffic"] == {"green": 10}

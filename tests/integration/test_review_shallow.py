@@ -105,3 +105,37 @@ def test_first_parent_history_knows_where_it_is_cut(origin: RepoBuilder, tmp_pat
     shallow = GitSource(clone(origin, tmp_path / "ci", "--depth", "1"))
     commits, complete = shallow.first_parent_log("HEAD")
     assert (len(commits), complete) == (1, False)
+
+
+def test_a_base_that_cannot_be_fetched_shows_all_git_said(
+    origin: RepoBuilder, tmp_path: Path
+) -> None:
+    path = clone(origin, tmp_path / "ci", "--depth", "1")
+    missing = tmp_path / "moved-away.git"
+    git(path, "remote", "set-url", "origin", str(missing))
+    code, printed = diff(path, "origin/main")
+    assert code == 1
+    # The line that says what went wrong, not only git's closing advice.
+    assert f"fatal: '{missing}' does not appear to be a git repository" in printed
+    assert "Could not read from remote repository." in printed
+    assert "and the repository exists." in printed
+    assert "fetch it with `git fetch origin main`" in printed
+    assert "Traceback" not in printed
+
+
+def test_a_token_in_the_remote_url_is_never_printed(origin: RepoBuilder, tmp_path: Path) -> None:
+    path = clone(origin, tmp_path / "ci", "--depth", "1")
+    # Port 1 of the loopback: nothing listens, the fetch fails at once.
+    git(path, "remote", "set-url", "origin", "https://x-access-token:ghs_S3CRET@127.0.0.1:1/r.git")
+    code, printed = diff(path, "origin/main")
+    assert code == 1
+    assert "127.0.0.1" in printed  # git's message is there
+    assert "ghs_S3CRET" not in printed
+
+
+def test_credentials_of_urls_are_masked() -> None:
+    from reconciler.gitsource import redact
+
+    text = "fatal: repository 'https://oauth2:glpat-abc@gitlab.example/g/r.git/' not found"
+    assert redact(text) == "fatal: repository 'https://***@gitlab.example/g/r.git/' not found"
+    assert redact("ssh://git@host/r.git and /plain/path") == "ssh://***@host/r.git and /plain/path"

@@ -75,3 +75,32 @@ def test_parse_status_names_the_file_on_bad_input() -> None:
         "endpoint": "x",
         "traffic": {},
     }
+
+
+def test_steps_left_undone_are_pending_and_the_endpoint_is_not_succeeded() -> None:
+    live = assume_applied(_live())
+    plan = Plan(
+        steps=(
+            Step(Action.SCALE_DEPLOYMENT, "ep", "green"),
+            Step(Action.UPDATE_DEPLOYMENT, "ep", "green"),
+            Step(Action.SET_TRAFFIC, "ep"),
+        )
+    )
+    stopping = "skipped: the reconciler is stopping"
+    results = [
+        StepResult(0, Outcome.SUCCEEDED),
+        StepResult(1, Outcome.SKIPPED, stopping),
+        StepResult(2, Outcome.SKIPPED, stopping),
+    ]
+    doc = build_status(revision="abc", target="t", live=live, plan=plan, results=results)["ep"]
+    assert doc["provisioning_state"] == "Updating"
+    assert doc["pending_steps"] == [
+        {"action": "update_deployment", "deployment": "green", "why": stopping},
+        {"action": "set_traffic", "deployment": None, "why": stopping},
+    ]
+    assert doc["deployments"]["green"]["provisioning_state"] == "Updating"
+    assert doc["deployments"]["blue"]["provisioning_state"] == "Succeeded"
+    assert parse_status(render_status(doc), file="status/ep.yaml").revision == "abc"
+    done = build_status(revision="abc", target="t", live=live, plan=plan, results=results[:1])
+    assert done["ep"]["provisioning_state"] == "Succeeded"
+    assert done["ep"]["pending_steps"] == []
