@@ -111,7 +111,10 @@ def open_target(
             options = DockerOptions.from_config(chosen.name, chosen.options)
         except TargetError as exc:
             fail(str(exc))
-        return DockerTarget(options, repo_root=source.path.resolve())
+        repository = (
+            source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
+        )
+        return DockerTarget(options, repo_root=source.path.resolve(), repository=repository)
     if chosen.type == "kubernetes":
         # Imported here, like Docker's: only this target pays for the kubernetes client.
         from reconciler.targets.kubernetes.options import KubernetesOptions

@@ -10,6 +10,7 @@ reconciler's own commits cannot look like a user's edit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -187,6 +188,21 @@ class GitSource:
         self.subdir = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
         if self.subdir == ".":
             self.subdir = ""
+
+    def identity(self) -> str:
+        """Which repository this is, the same in each of its clones (a user's checkout,
+        the daemon's cache clone): its origin's URL without scheme, credentials or `.git`
+        (`github.com/org/repo`), or the checkout's folder when it has no remote; with the
+        sub-folder when the repository is one. Targets shared by two repositories tell
+        their endpoints apart by it."""
+        remotes = {r.name: r for r in self.repo.remotes}
+        remote = remotes.get("origin") or next(iter(remotes.values()), None)
+        url = None
+        if remote is not None:
+            with contextlib.suppress(Exception):  # a remote with no URL configured
+                url = str(remote.url)
+        base = normalise_url(url) if url else f"path:{self.root.resolve()}"
+        return f"{base}//{self.subdir}" if self.subdir else base
 
     def resolve(self, rev: str) -> str:
         """The full commit id of a revision, or an error that names it."""
@@ -512,6 +528,26 @@ class RemoteCheckout(GitSource):
 
 # user:password@ (or token@) in a URL: a remote URL may embed a CI token.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def normalise_url(url: str) -> str:
+    """A remote's URL as one text for all the ways of writing it: `host/path`.
+
+    https://user:token@GitHub.com/org/repo.git, git@github.com:org/repo and
+    ssh://git@github.com/org/repo/ are all `github.com/org/repo`; a local path stays a path.
+    """
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        text = rest
+    elif re.match(r"^[^/]+@[^/:]+:", text) or re.match(r"^[A-Za-z0-9.-]+:(?!/)", text):
+        text = text.replace(":", "/", 1)  # scp-like: git@host:org/repo
+    text = text.rsplit("@", 1)[-1] if "@" in text.split("/", 1)[0] else text
+    text = text.rstrip("/").removesuffix(".git")
+    if sep and scheme != "file":
+        host, slash, path = text.partition("/")
+        text = host.lower().split(":")[0] + slash + path
+    return text
 
 
 def redact(text: str) -> str:

@@ -67,7 +67,7 @@ def make_plan(
     return plan_from_diffs(
         diffs,
         instance_types=instance_types,
-        warnings=desired.warnings + extra_warnings + _unpruned_warnings(diffs),
+        warnings=desired.warnings + live.warnings + extra_warnings + _unpruned_warnings(diffs),
     )
 
 

@@ -112,6 +112,9 @@ class LiveState:
     target: str = ""
     # Endpoints the target could not read; they are left out of the plan, never pruned.
     unreadable: tuple[str, ...] = field(default=())
+    # What the target wants said in every plan made against it (an endpoint of the same
+    # name that another repository manages there, ...).
+    warnings: tuple[Diagnostic, ...] = field(default=())
 
     def endpoint(self, name: str) -> LiveEndpoint | None:
         for e in self.endpoints:

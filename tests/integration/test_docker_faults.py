@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from reconciler.cli import main
 from reconciler.model.plan import Action, Step
 from reconciler.targets.docker.state import CREDENTIALS, write_files
+from reconciler.targets.docker.target import DockerTarget
 
 if TYPE_CHECKING:
     # Only for annotations: the module is loaded as a plugin (pytest rewrites its asserts).
@@ -285,3 +286,37 @@ def test_auth_mode_switches_both_ways_and_old_credentials_stop_working(
     world.apply()
     assert world.score("auth-ep", key=key).status == 200
     assert world.score("auth-ep", key=token).status == 401
+
+
+def test_two_repositories_naming_their_targets_alike_leave_each_others_endpoints_alone(
+    docker_worlds: WorldFactory,
+) -> None:
+    a = docker_worlds("repo-a")
+    # The same target name and state folder: two repositories that both kept `local`.
+    b = docker_worlds("repo-b", name=a.options.name, state_dir=a.options.state_dir)
+    for world, identity in ((a, "github.com/org/a"), (b, "github.com/org/b")):
+        world.target = DockerTarget(world.options, repo_root=world.repo.root, repository=identity)
+    serve(a, "shared-ep")
+    key = a.key("shared-ep")
+    # b declares an endpoint of the same name and one of its own, and prunes.
+    serve(b, "own-ep")
+    b.repo.endpoint("shared-ep", traffic={"blue": 100})
+    b.repo.deployment("shared-ep", "blue", code="../../src")
+    b.repo.commit("shared too")
+    plan = b.plan()
+    assert plan.steps == ()
+    assert [w.message for w in plan.warnings if "shared-ep" in w.message] == [
+        "endpoint 'shared-ep' on target "
+        f"{a.options.name!r} is managed by another repository (github.com/org/a); this "
+        "repository leaves it alone. To run an endpoint of that name from here, give this "
+        "repository's target another name"
+    ]
+    b.repo.remove("endpoints/own-ep/endpoint.yml")
+    b.repo.remove("endpoints/own-ep/blue.yml")
+    b.repo.commit("nothing of its own")
+    b.apply(prune=True)
+    assert [e.name for e in b.target.observe().endpoints] == []
+    assert [e.name for e in a.target.observe().endpoints] == ["shared-ep"]
+    assert a.key("shared-ep") == key
+    assert a.score("shared-ep").status == 200
+    assert a.plan().steps == ()

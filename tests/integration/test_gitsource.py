@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 from repo_builder import RepoBuilder
 
@@ -67,3 +70,30 @@ def test_status_commits_touch_neither_the_index_nor_the_working_tree(repo: RepoB
 def test_a_folder_outside_git_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(GitSourceError, match="not inside a git repository"):
         GitSource(tmp_path)
+
+
+def test_a_repository_is_the_same_one_in_each_clone_and_by_each_way_of_naming_its_url(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    repo.write("a.txt", "a")
+    repo.commit("first")
+    # No remote: the checkout's folder.
+    assert GitSource(repo.root).identity() == f"path:{repo.root.resolve()}"
+    repo.git("remote", "add", "origin", "https://example.invalid/placeholder")
+    for url in (
+        "https://user:secret@GitHub.com/org/models.git",
+        "git@github.com:org/models",
+        "ssh://git@github.com/org/models/",
+    ):
+        repo.git("remote", "set-url", "origin", url)
+        assert GitSource(repo.root).identity() == "github.com/org/models"
+    # A repository in a sub-folder of a checkout is that folder of it.
+    (repo.root / "deploy").mkdir()
+    assert GitSource(repo.root / "deploy").identity() == "github.com/org/models//deploy"
+    # The daemon's cache clone of the remote is the same repository as the checkout.
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(bare)], check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(bare), str(clone)], check=True)
+    repo.git("remote", "set-url", "origin", f"file://{bare}")
+    assert GitSource(clone).identity() == GitSource(repo.root).identity() == str(bare)[:-4]

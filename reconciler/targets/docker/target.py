@@ -57,6 +57,7 @@ import docker.errors
 import structlog
 
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
+from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
@@ -207,8 +208,13 @@ class DockerTarget:
         repo_root: Path,
         client: docker.DockerClient | None = None,
         instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+        repository: str | None = None,
     ) -> None:
         self.options = options
+        # Which repository applies (GitSource.identity): two repositories that name their
+        # targets alike (`local`) share the target, and each manages only the endpoints it
+        # made. None: every endpoint of the target is this one's (tests, the API).
+        self.repository = repository
         self.name = options.name
         self.repo_root = repo_root
         self.instance_types = instance_types
@@ -265,6 +271,9 @@ class DockerTarget:
                 inst = _instance(c)
                 instances[(inst.endpoint, inst.deployment)].append(inst)
         names = set(routers) | set(holders) | set(volumes) | {e for e, _ in instances}
+        foreign = self._foreign(volumes)
+        names -= set(foreign)
+        instances = {k: v for k, v in instances.items() if k[0] not in foreign}
         endpoints = [
             self._observe_endpoint(
                 name,
@@ -286,7 +295,25 @@ class DockerTarget:
                     deployments.append(self._observe_empty(name, deployment, record))
         deployments.sort(key=lambda d: (d.endpoint, d.name))
         return LiveState(
-            endpoints=tuple(endpoints), deployments=tuple(deployments), target=self.name
+            endpoints=tuple(endpoints),
+            deployments=tuple(deployments),
+            target=self.name,
+            # Never planned, never pruned: another repository's.
+            unreadable=tuple(sorted(foreign)),
+            warnings=tuple(
+                Diagnostic(
+                    file="reconciler.yaml",
+                    line=None,
+                    field=f"targets.{self.name}",
+                    message=(
+                        f"endpoint {name!r} on target {self.name!r} is managed by another "
+                        f"repository ({owner}); this repository leaves it alone. To run an "
+                        "endpoint of that name from here, give this repository's target "
+                        "another name"
+                    ),
+                )
+                for name, owner in sorted(foreign.items())
+            ),
         )
 
     def _observe_endpoint(
@@ -456,6 +483,16 @@ class DockerTarget:
         except docker.errors.DockerException as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
+
+    def _foreign(self, volumes: Mapping[str, Any]) -> dict[str, str]:
+        """Endpoints of this target that another repository made: name -> repository."""
+        if self.repository is None:
+            return {}
+        return {
+            name: owner
+            for name, volume in volumes.items()
+            if (owner := _owner(volume)) is not None and owner != self.repository
+        }
 
     def _state_handle(self, endpoint: str) -> Any | None:
         """A container that mounts the endpoint's state: its holder, else its router."""
@@ -785,6 +822,13 @@ class DockerTarget:
         legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
         image = self._router_image_tag(say)
         volume = self._state_volumes().get(endpoint)
+        owner = _owner(volume) if volume is not None else None
+        if owner is not None and self.repository is not None and owner != self.repository:
+            raise TargetError(
+                f"endpoint {endpoint} on target {self.name} is managed by another repository "
+                f"({owner}); give this repository's target another name in reconciler.yaml",
+                code="OwnedElsewhere",
+            )
         had_state = volume is not None or bool(legacy)
         if volume is None:
             volume = self._create_state_volume(endpoint, legacy, legacy_router)
@@ -871,6 +915,8 @@ class DockerTarget:
             f"{L}port": str(ports[0]),
             f"{L}metrics-port": str(ports[1]),
         }
+        if self.repository is not None:
+            labels[f"{L}repository"] = self.repository
         return self.client.volumes.create(f"{self._prefix(endpoint)}-state", labels=labels)
 
     def _ensure_holder(self, endpoint: str, image: str, volume: Any) -> None:
@@ -1392,10 +1438,13 @@ class DockerTarget:
         """
         self._state_cache.clear()
         groups = self._instance_groups()
+        foreign = self._foreign(self._state_volumes())
         for router in self._containers(role="router"):
             endpoint = router.labels[f"{L}endpoint"]
-            if router.status != "running" or _legacy_router(router):
-                continue  # the plan's repair_endpoint step deals with it, visibly
+            if router.status != "running" or _legacy_router(router) or endpoint in foreign:
+                # A broken router is the plan's repair_endpoint step's, visibly; another
+                # repository's endpoint is its own.
+                continue
             try:
                 self._settle_endpoint(endpoint, groups, patience_s=2)
             except (TargetError, StateUnreadable, docker.errors.DockerException) as exc:
@@ -1562,6 +1611,11 @@ def _legacy_files(router: Any) -> dict[str, bytes]:
     if mount is None or not mount.get("Source"):
         return {}
     return LegacyStore(Path(str(mount["Source"])).parent).files()
+
+
+def _owner(volume: Any) -> str | None:
+    """The repository that made the endpoint of this state volume, when recorded."""
+    return (volume.attrs.get("Labels") or {}).get(f"{L}repository") or None
 
 
 def _volume_ports(volume: Any) -> tuple[int, int] | None:
