@@ -10,9 +10,13 @@ body is forwarded whole and the connection goes on.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import time
+from pathlib import Path
 
+import pytest
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     PRIMARY_KEY,
     Backend,
@@ -447,3 +451,37 @@ def test_upgrade_offers_pipelined_over_the_limit_malformed_and_connect(
         assert answer is not None and answer.status >= 400
         assert conn.closed_by_peer()
     assert blue.hits == 3
+
+
+def test_curl_http2_over_plain_http_reaches_the_model_with_its_body(
+    backends: Backends, start_router, tmp_path: Path
+) -> None:
+    """The real client of the report: `curl --http2` offers h2c on a plain http:// URL."""
+    curl = shutil.which("curl")
+    if (
+        curl is None
+        or "HTTP2"
+        not in subprocess.run(
+            [curl, "--version"], capture_output=True, text=True, check=True
+        ).stdout
+    ):
+        pytest.skip("no curl with HTTP/2 support")
+    blue = backends.start("blue")
+    router = start_router(router_config([deployment("blue", [blue])], traffic={"blue": 100}))
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"data": "' + b"c" * 5000 + b'"}')
+    command = [curl, "-sS", "--http2", "--max-time", "20"]
+    command += ["-w", "\\n%{http_version} %{http_code}", "--data-binary", f"@{body}"]
+    command += ["-H", f"Authorization: Bearer {PRIMARY_KEY}", "-H", "Content-Type: text/json"]
+    done = subprocess.run(
+        [*command, f"{router.url}/score"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    answer, _, tail = done.stdout.rpartition("\n")
+    assert tail == "1.1 200"  # the offer declined, answered over HTTP/1.1
+    assert json.loads(answer)["size"] == body.stat().st_size
+    seen = _forwarded_headers(blue, 0)
+    assert "upgrade" not in seen and "http2-settings" not in seen
