@@ -730,17 +730,29 @@ def watch(
 )
 @click.option("--worktree", is_flag=True, help="Use uncommitted edits instead of HEAD.")
 @click.option("--namespace", default=None, help="Overrides the target's namespace.")
-@click.option("--no-secrets", is_flag=True, help="Leave out the Secrets (keys, router config).")
+@click.option(
+    "--include-secrets",
+    is_flag=True,
+    help="Also print the Secrets (fresh keys, router config), e.g. to pipe to kubectl.",
+)
+@click.option(
+    "--no-secrets", is_flag=True, help="Leave out the Secrets: the default (kept for scripts)."
+)
 @click.option("--push-images", is_flag=True, help="Build and push the images first (needs Docker).")
 def render_manifests(
     repo: str,
     target_name: str | None,
     worktree: bool,
     namespace: str | None,
+    include_secrets: bool,
     no_secrets: bool,
     push_images: bool,
 ) -> None:
-    """Print the Kubernetes manifests of the desired state (like `helm template`)."""
+    """Print the Kubernetes manifests of the desired state (like `helm template`).
+
+    No Secret is printed unless --include-secrets: the output goes to reviews and git."""
+    if include_secrets and no_secrets:
+        fail("--include-secrets and --no-secrets contradict each other: give one")
     from reconciler.repoconfig import TargetConfig
     from reconciler.targets.kubernetes.options import KubernetesOptions
     from reconciler.targets.kubernetes.render import render_yaml
@@ -767,13 +779,19 @@ def render_manifests(
             desired,
             options,
             namespace=namespace,
-            secrets=not no_secrets,
+            secrets=include_secrets,
             push=push_images,
             repo_root=source.path.resolve(),
             say=lambda message: click.echo(message, err=True),
         )
     except TargetError as exc:
         fail(str(exc))
+    if include_secrets:
+        click.echo(
+            "warning: the output holds secrets (endpoint keys, token and admin secrets, "
+            "base64 in its Secrets): pipe it to kubectl; keep it out of files, logs and git",
+            err=True,
+        )
     click.echo(text, nl=False)
 
 

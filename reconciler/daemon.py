@@ -530,12 +530,16 @@ def _ops_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
 
 
 def verify_webhook(headers: Mapping[str, str], body: bytes, secret: str) -> bool:
-    """GitHub (X-Hub-Signature-256: sha256=HMAC) or GitLab (X-Gitlab-Token) deliveries."""
-    signature = headers.get("X-Hub-Signature-256")
+    """GitHub (X-Hub-Signature-256: sha256=HMAC) or GitLab (X-Gitlab-Token) deliveries.
+
+    Header names are case-insensitive (RFC 9110; HTTP/2 proxies forward them lower-cased),
+    so `headers` may spell them in any case."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    signature = lowered.get("x-hub-signature-256")
     if signature is not None:
         expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         return hmac.compare_digest(signature.encode(), expected.encode())
-    token = headers.get("X-Gitlab-Token")
+    token = lowered.get("x-gitlab-token")
     if token is not None:
         return hmac.compare_digest(token.encode(), secret.encode())
     return False
@@ -544,13 +548,20 @@ def verify_webhook(headers: Mapping[str, str], body: bytes, secret: str) -> bool
 def _webhook_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
     class Webhook(_Quiet):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            # self.headers (an email.message.Message) looks names up case-insensitively.
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:  # read(-1) would wait for the client to close
+                self._send(400, b'{"error": "bad Content-Length"}')
+                return
             if length > 25 * 1024 * 1024:
                 self._send(413, b'{"error": "too large"}')
                 return
             body = self.rfile.read(length)
             secret = daemon.options.webhook_secret
-            headers = {k: v for k, v in self.headers.items()}
+            headers = dict(self.headers.items())
             if not secret or not verify_webhook(headers, body, secret):
                 log.warning("webhook_refused", client=self.client_address[0])
                 self._send(401, b'{"error": "unauthorized"}')

@@ -33,6 +33,9 @@ Contract (what `server` relies on; the tests in tests/integration/test_router_ht
   whose body stalls for `BODY_STALL_S`, is answered 408 (`error`) and the connection closed;
   a client that reads none of its answers for `SEND_STALL_S` (while they fill the send
   buffer) is cut off (abort: closing would wait for it to read).
+- An offer to switch protocols (`Connection: Upgrade`, `Upgrade: h2c` or `websocket`) is
+  ignored: the request, body included, is handled as any other and answered over HTTP/1.1,
+  and the connection goes on (see `_ignore_upgrade`). CONNECT is answered, then closed.
 - HEAD: the headers of the answer (with the Content-Length of its body), without the body.
 - `shutdown(timeout)`: stop accepting, close idle connections, answer the requests already
   received (with `Connection: close`), wait for them up to `timeout`, then abort the rest.
@@ -152,6 +155,7 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONTENT_LENGTH = b"content-length"
 _EXPECT = b"expect"
 _CONNECTION = b"connection"
+_TRANSFER_ENCODING = b"transfer-encoding"
 _FRAMING = frozenset((_CONTENT_LENGTH, _EXPECT, _CONNECTION))
 
 
@@ -173,6 +177,7 @@ class HttpConnection(asyncio.Protocol):
         "_paused_writing",
         "_queue",
         "_request",
+        "_resumed",
         "_server",
         "_stopped",
         "_task",
@@ -184,6 +189,8 @@ class HttpConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._request: HttpRequest | None = None  # being parsed
+        # A request whose Upgrade offer was ignored: its body comes next (_ignore_upgrade).
+        self._resumed: HttpRequest | None = None
         self._queue: deque[HttpRequest] = deque()  # parsed, waiting for their turn
         self._busy = False  # a request is being handled; its answer is not written yet
         # The task of the request being handled: the loop keeps only weak references.
@@ -230,10 +237,8 @@ class HttpConnection(asyncio.Protocol):
         self._big_read = len(data) > MAX_HEAD_BYTES
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # A protocol switch we do not offer: answer what came, read nothing after it.
-            self._stopped = True
-            self._closing = True
+        except httptools.HttpParserUpgrade as upgrade:
+            self._ignore_upgrade(data, upgrade)
         except httptools.HttpParserError:
             if not self._stopped:
                 self._fail(400)
@@ -295,6 +300,13 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self._request
         if request is None:
+            resumed = self._resumed
+            if resumed is not None:
+                # The end of the made-up head of _ignore_upgrade (read with _stopped set, so
+                # no request was made for it): the body that follows is the resumed one's.
+                self._request = resumed
+                self._resumed = None
+                self._stopped = False
             return
         headers = request.headers
         # A head that came in one ordinary read is smaller than the limit: only a head read
@@ -349,6 +361,58 @@ class HttpConnection(asyncio.Protocol):
             request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             request._chunks = []
         self._enqueue(request)
+
+    def _ignore_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        """A request offered to switch protocols (`Connection: Upgrade` with `Upgrade: h2c`,
+        as `curl --http2` sends, or `websocket`): the offer is ignored and the request,
+        body included, is answered over HTTP/1.1, as RFC 9110 7.8 allows and RFC 7540 3.2
+        asks of a server without h2c. (The Upgrade and Connection headers are hop-by-hop:
+        the handler does not forward them, so no backend is asked to switch either.)
+
+        httptools stops such a request at the end of its head: it hands it over with no
+        body (on_message_complete) and raises HttpParserUpgrade with the offset where the
+        other protocol would begin. So the request is taken back from the queue and a new
+        parser is fed a made-up head carrying only the request's own framing headers
+        (Content-Length or Transfer-Encoding, as sent, so the same rules apply to them),
+        then the bytes from the offset on: its body reaches the request (on_headers_complete
+        switches to it), and the requests pipelined behind it are parsed as usual. Only
+        CONNECT keeps the old rule: answered, then the connection closes."""
+        while True:
+            offset = int(upgrade.args[0]) if upgrade.args else len(data)
+            queue = self._queue
+            # Stopped: the request was refused on its head (too large, an early answer to
+            # Expect, a head over the limits): the body is not read, as without Upgrade.
+            if self._stopped or not queue or queue[-1].method == b"CONNECT":
+                self._stopped = True
+                self._closing = True
+                return
+            request = queue.pop()
+            framing = b"".join(
+                b"%s: %s\r\n" % (name, value)
+                for name, value in request.headers
+                if name in (_CONTENT_LENGTH, _TRANSFER_ENCODING)
+            )
+            # While the made-up head is parsed, _stopped keeps the callbacks from making a
+            # request of it; its on_headers_complete resumes this one. (So the hot path
+            # pays nothing for this rare one.)
+            self._request = None
+            self._resumed = request
+            self._stopped = True
+            self._parser = httptools.HttpRequestParser(self)
+            data = b"POST / HTTP/1.1\r\n%s\r\n%s" % (framing, data[offset:])
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as again:  # a pipelined offer behind it
+                upgrade = again
+            except httptools.HttpParserError:
+                if self._resumed is not None:  # its framing headers were refused
+                    self._resumed = None
+                    self._request = request
+                    self._stopped = False
+                if not self._stopped:
+                    self._fail(400)
+                return
 
     # ------------------------------------------------------------------ requests in order
     def _enqueue(self, request: HttpRequest) -> None:

@@ -110,11 +110,13 @@ SCORE_PATHS = frozenset(("/score", "/score/"))
 
 # What each of the caller's headers (names come lowercased) means to the router. Not
 # forwarded to a backend (_SKIP): hop-by-hop headers, those the router sets itself, and the
-# caller's credentials (a model never sees the endpoint's key or token).
+# caller's credentials (a model never sees the endpoint's key or token). An Upgrade offer
+# (h2c, websocket) is ignored by the router, so none of its headers go on: a backend must
+# not switch protocols on a request whose answer the router reads as HTTP/1.1.
 _SKIP, _AUTHORIZATION, _REQUEST_ID, _PIN = 0, 1, 2, 3
 _REQUEST_HEADERS: dict[bytes, int] = dict.fromkeys(
     b"connection keep-alive proxy-connection proxy-authorization te trailer transfer-encoding "
-    b"upgrade host content-length expect".split(),
+    b"upgrade http2-settings host content-length expect".split(),
     _SKIP,
 )
 _REQUEST_HEADERS.update({b"authorization": _AUTHORIZATION, b"x-request-id": _REQUEST_ID})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import subprocess
 import threading
@@ -272,12 +273,60 @@ def test_a_webhook_triggers_a_fetch_and_a_bad_signature_is_refused(
     wait_for(lambda: weight_of(target.observe().traffic_of("my-endpoint"), "green") == 90)
 
 
+def test_webhook_header_names_are_case_insensitive(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """HTTP/2 proxies forward header names lower-cased: a correct signature is accepted
+    whatever the case of `X-Hub-Signature-256`, `X-GitHub-Event` or `X-Gitlab-Token`."""
+    blue_green(repo)
+    repo.commit("base")
+    secret = "s3cret"
+    r = start(local(repo, tmp_path), MemoryTarget(), webhook_port=0, webhook_secret=secret)
+    wait_for(lambda: bool(r.daemon.ports), what="webhook port")
+    port = r.daemon.ports[0]
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    good = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+    def post(headers: list[tuple[str, str]]) -> int:
+        # http.client sends header names exactly as given (urllib would title-case them).
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.putrequest("POST", "/", skip_accept_encoding=True)
+            for name, value in [*headers, ("content-length", str(len(body)))]:
+                conn.putheader(name, value)
+            conn.endheaders(body)
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+        finally:
+            conn.close()
+
+    assert post([("x-hub-signature-256", good), ("x-github-event", "push")]) == 202
+    assert post([("X-HUB-SIGNATURE-256", good), ("X-GITHUB-EVENT", "ping")]) == 202
+    assert post([("x-gitlab-token", secret), ("x-gitlab-event", "Push Hook")]) == 202
+    # Case-insensitive does not mean lenient: a wrong signature is still refused.
+    assert post([("x-hub-signature-256", "sha256=" + "0" * 64)]) == 401
+    assert post([("x-gitlab-token", "wrong")]) == 401
+    # A Content-Length that is not a length: 400, not a dropped connection.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/", skip_accept_encoding=True)
+    conn.putheader("content-length", "-5")
+    conn.endheaders()
+    assert conn.getresponse().status == 400
+    conn.close()
+    reasons = [why for why, _ in r.daemon.trigger_times]
+    assert {"webhook:push", "webhook:ping", "webhook:Push Hook"} <= set(reasons)
+    assert len([why for why in reasons if why.startswith("webhook:")]) == 3
+
+
 def test_webhook_signatures() -> None:
     body = b'{"a": 1}'
     sig = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
     assert verify_webhook({"X-Hub-Signature-256": sig}, body, "k")
     assert not verify_webhook({"X-Hub-Signature-256": sig}, body + b" ", "k")
     assert verify_webhook({"X-Gitlab-Token": "k"}, body, "k")
+    assert verify_webhook({"x-hub-signature-256": sig}, body, "k")
+    assert verify_webhook({"x-gitlab-token": "k"}, body, "k")
     assert not verify_webhook({}, body, "k")
 
 

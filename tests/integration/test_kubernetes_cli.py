@@ -53,10 +53,19 @@ def test_render_prints_valid_manifests_of_the_example_repo() -> None:
     import kubernetes_validate
 
     result = CliRunner().invoke(
-        main, ["render", "--target", "kubernetes", "--repo", str(EXAMPLE_REPO), "--worktree"]
+        main,
+        [
+            "render",
+            "--target",
+            "kubernetes",
+            "--repo",
+            str(EXAMPLE_REPO),
+            "--worktree",
+            "--include-secrets",
+        ],
     )
     assert result.exit_code == 0, result.output
-    documents = [d for d in yaml.safe_load_all(result.output) if d]
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = sorted(d["kind"] for d in documents)
     assert (
         kinds
@@ -66,7 +75,7 @@ def test_render_prints_valid_manifests_of_the_example_repo() -> None:
     for document in documents:
         for version in ("1.29.0", "1.33.0"):
             kubernetes_validate.validate(document, version, strict=True)
-    assert "Secrets hold freshly generated keys" in result.output
+    assert "Secrets hold freshly generated keys" in result.stdout
 
 
 def test_render_without_secrets_is_deterministic() -> None:
@@ -77,6 +86,88 @@ def test_render_without_secrets_is_deterministic() -> None:
     assert "kind: Secret" not in first.output
     assert first.output == CliRunner().invoke(main, args).output
     assert "namespace: team-a" in second.output and "namespace: default" in first.output
+    # --no-secrets is the default now: the same output without it.
+    assert first.stdout == CliRunner().invoke(main, args[:-1]).stdout
+
+
+def several_deployments(repo: RepoBuilder) -> None:
+    repo.basics()
+    repo.endpoint("alpha", traffic={"blue": 70, "green": 30})
+    repo.deployment("alpha", "blue", instance_count=2)
+    repo.deployment("alpha", "green")
+    repo.endpoint("beta", traffic={"main": 100}, public_network_access="disabled")
+    repo.deployment("beta", "main", instance_count=3)
+    repo.commit("two endpoints, three deployments")
+
+
+def _no_anchors_or_aliases(text: str) -> None:
+    for event in yaml.parse(text):
+        assert not isinstance(event, yaml.AliasEvent), event
+        assert getattr(event, "anchor", None) is None, event
+    assert "&id0" not in text and "*id0" not in text
+
+
+def test_render_prints_no_secret_material_by_default(repo: RepoBuilder) -> None:
+    """Rendered manifests end up in pull requests and in git: by default they hold no key,
+    token secret or admin secret, and say which Secrets the target makes itself."""
+    several_deployments(repo)
+    args = ["render", "--target", "kubernetes", "--repo", str(repo.root)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "Secret" not in {d["kind"] for d in documents}
+    for word in ("primaryKey", "secondaryKey", "tokenSecret", "adminSecret", "router.json:"):
+        assert word not in result.stdout
+    # The header names each Secret left out, who makes it, and how to get it printed.
+    for endpoint in ("alpha", "beta"):
+        assert f"# - {m.keys_secret_name(endpoint)}" in result.stdout
+        assert f"# - {m.router_config_name(endpoint)}" in result.stdout
+    assert "--include-secrets" in result.stdout
+    # The routers still mount their config Secret by name (what the target writes).
+    routers = [d for d in documents if d["metadata"]["name"] == m.router_name("alpha")]
+    volumes = routers[0]["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["secret"]["secretName"] == m.router_config_name("alpha")
+    # Nothing random is left: the same commit renders the same bytes.
+    assert CliRunner().invoke(main, args).stdout == result.stdout
+
+
+def test_render_include_secrets_prints_them_and_warns(repo: RepoBuilder) -> None:
+    several_deployments(repo)
+    args = ["render", "--target", "kubernetes", "--repo", str(repo.root), "--include-secrets"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "holds secrets" in result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
+    assert set(secrets) == {m.keys_secret_name(e) for e in ("alpha", "beta")} | {
+        m.router_config_name(e) for e in ("alpha", "beta")
+    }
+    creds = m.credentials_from_secret(secrets[m.keys_secret_name("alpha")]["data"])
+    assert len(creds.primary_key) >= 32
+    # Both flags at once contradict each other: refused, nothing printed.
+    both = CliRunner().invoke(main, [*args, "--no-secrets"])
+    assert both.exit_code == 1
+    assert both.stdout == "" and "--include-secrets" in both.stderr
+
+
+def test_rendered_yaml_has_no_anchors_and_loads_back_equal(repo: RepoBuilder) -> None:
+    several_deployments(repo)
+    base = ["render", "--target", "kubernetes", "--repo", str(repo.root)]
+    for args in (base, [*base, "--include-secrets"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        _no_anchors_or_aliases(result.stdout)
+        documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+        assert len(documents) >= 10
+        # Plain YAML says the same as PyYAML's own (aliased) dump of the same documents.
+        again = yaml.safe_dump_all(documents, sort_keys=False)
+        assert [d for d in yaml.safe_load_all(again) if d] == documents
+        # A label map repeated in one object is written out each time it appears.
+        router = next(d for d in documents if d["metadata"]["name"] == m.router_name("alpha"))
+        own = router["metadata"]["labels"]
+        assert router["spec"]["selector"]["matchLabels"] == own
+        assert router["spec"]["template"]["metadata"]["labels"] == own
 
 
 def test_render_refuses_a_docker_target() -> None:

@@ -2,18 +2,24 @@
 
 Keep-alive reuse, pipelined requests answered in order, chunked uploads, Expect:
 100-continue (granted only to callers that would be served), the body size limit (413, then
-the connection closes), malformed and over-long requests (400, 431, then closed), HEAD, and
-HTTP/1.0.
+the connection closes), malformed and over-long requests (400, 431, then closed), HEAD,
+HTTP/1.0, and offers to switch protocols (Upgrade: h2c or websocket), which are ignored: the
+body is forwarded whole and the connection goes on.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import time
+from pathlib import Path
 
+import pytest
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     PRIMARY_KEY,
+    Backend,
     Backends,
     RawConnection,
     backends_fixture,
@@ -277,3 +283,205 @@ def test_shutdown_closes_idle_connections_and_answers_the_busy_ones(
         assert answer.headers["connection"] == "close"
         assert busy.closed_by_peer()
     assert router.process.wait(10) == 0
+
+
+# What `curl --http2` sends over plain HTTP (RFC 7540 3.2): an offer to switch to h2c.
+H2C_OFFER = {
+    "Connection": "Upgrade, HTTP2-Settings",
+    "Upgrade": "h2c",
+    "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA",
+}
+HOP_BY_HOP = ("upgrade", "http2-settings", "connection")
+
+
+def _forwarded_headers(backend: Backend, index: int) -> dict[str, str]:
+    return {k.lower(): v for k, v in backend.seen_headers[index].items()}
+
+
+def test_an_h2c_upgrade_offer_is_ignored_and_the_whole_body_reaches_the_model(
+    backends: Backends, start_router
+) -> None:
+    blue = backends.start("blue")
+    router = start_router(router_config([deployment("blue", [blue])], traffic={"blue": 100}))
+    body = b'{"data": "' + b"x" * 8000 + b'"}'
+    with RawConnection(router.port) as conn:
+        # The offer, its body of some KB, and a request pipelined behind it, in one write.
+        conn.send(
+            post_score(body, headers={**H2C_OFFER, "x-request-id": "h2c"})
+            + post_score(headers={"x-request-id": "after"})
+        )
+        first, second = conn.read(), conn.read()
+        # Answered over HTTP/1.1 (no 101): the server does not take up the offer.
+        assert first is not None and first.status == 200, first
+        assert "upgrade" not in first.headers
+        assert first.headers["x-request-id"] == "h2c"
+        assert json.loads(first.body)["size"] == len(body)
+        assert second is not None and second.status == 200
+        assert second.headers["x-request-id"] == "after"
+        # The connection stays open for more.
+        conn.send(post_score(headers={"x-request-id": "third"}))
+        third = conn.read()
+        assert third is not None and third.status == 200
+    assert blue.hits == 3
+    # The backend is never asked to switch protocols itself.
+    seen = _forwarded_headers(blue, 0)
+    for name in HOP_BY_HOP:
+        assert name not in seen or "upgrade" not in seen[name].lower(), seen
+    assert "upgrade" not in seen and "http2-settings" not in seen
+
+
+def test_an_upgrade_with_a_chunked_body_over_several_reads_is_forwarded_whole(
+    backends: Backends, start_router
+) -> None:
+    blue = backends.start("blue")
+    router = start_router(router_config([deployment("blue", [blue])], traffic={"blue": 100}))
+    parts = [b'{"data": [', b"1, 2, 3, " * 700, b"4]}"]
+    with RawConnection(router.port) as conn:
+        conn.send(
+            b"POST /score HTTP/1.1\r\nHost: router\r\n"
+            + f"Authorization: Bearer {PRIMARY_KEY}\r\n".encode()
+            + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            + b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(parts[0]), parts[0])  # the first chunk with the head
+        )
+        for part in parts[1:]:  # the rest in later reads
+            time.sleep(0.02)
+            conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+        time.sleep(0.02)
+        # The last chunk and a pipelined request in one write.
+        conn.send(b"0\r\n\r\n" + post_score(headers={"x-request-id": "after"}))
+        answer, after = conn.read(), conn.read()
+        assert answer is not None and answer.status == 200, answer
+        assert json.loads(answer.body)["size"] == sum(len(p) for p in parts)
+        assert after is not None and after.status == 200
+        assert after.headers["x-request-id"] == "after"
+    seen = _forwarded_headers(blue, 0)
+    assert "upgrade" not in seen and "transfer-encoding" not in seen
+    assert seen["content-length"] == str(sum(len(p) for p in parts))
+    assert "upgrade" not in seen.get("connection", "").lower()
+
+
+def test_upgrade_offers_with_a_late_body_without_body_and_with_100_continue(
+    backends: Backends, start_router
+) -> None:
+    blue = backends.start("blue")
+    router = start_router(router_config([deployment("blue", [blue])], traffic={"blue": 100}))
+    body = b'{"data": "' + b"y" * 3000 + b'"}'
+    request = post_score(body, headers=H2C_OFFER)
+    with RawConnection(router.port) as conn:
+        # The head alone, then the body in a later read.
+        conn.send(request[: -len(body)])
+        time.sleep(0.05)
+        conn.send(body)
+        answer = conn.read()
+        assert answer is not None and answer.status == 200
+        assert json.loads(answer.body)["size"] == len(body)
+        # No body at all (GET), a request pipelined behind it.
+        conn.send(
+            b"GET /-/healthy HTTP/1.1\r\nHost: router\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n" + post_score(headers={"x-request-id": "after-get"})
+        )
+        healthy, after = conn.read(), conn.read()
+        assert healthy is not None and (healthy.status, healthy.body) == (200, b"ok")
+        assert after is not None and after.headers["x-request-id"] == "after-get"
+        # Expect: 100-continue with the offer: 100, then the body is read and forwarded.
+        expecting = post_score(body, headers={**H2C_OFFER, "Expect": "100-continue"})
+        conn.send(expecting[: -len(body)])
+        interim = conn.read()
+        assert interim is not None and interim.status == 100
+        conn.send(body)
+        final = conn.read()
+        assert final is not None and final.status == 200
+        assert json.loads(final.body)["size"] == len(body)
+    assert blue.hits == 3
+
+
+def test_upgrade_offers_pipelined_over_the_limit_malformed_and_connect(
+    backends: Backends, start_router
+) -> None:
+    blue = backends.start("blue")
+    router = start_router(
+        router_config([deployment("blue", [blue])], traffic={"blue": 100}, max_body_bytes=4096)
+    )
+    with RawConnection(router.port) as conn:
+        # Several offers pipelined in one write: each body goes to its own request.
+        conn.send(
+            b"".join(
+                post_score(b"z" * size, headers={**H2C_OFFER, "x-request-id": f"n{size}"})
+                for size in (100, 2000, 4000)
+            )
+        )
+        answers = [conn.read() for _ in range(3)]
+        assert [a.headers["x-request-id"] for a in answers if a is not None] == [
+            "n100",
+            "n2000",
+            "n4000",
+        ]
+        assert [json.loads(a.body)["size"] for a in answers if a is not None] == [100, 2000, 4000]
+    # A body over the limit is refused as without the offer: 413, then closed.
+    with RawConnection(router.port) as conn:
+        conn.send(post_score(b"z" * 5000, headers=H2C_OFFER))
+        answer = conn.read()
+        assert answer is not None and answer.status == 413
+        assert conn.closed_by_peer()
+    with RawConnection(router.port) as conn:
+        conn.send(
+            b"POST /score HTTP/1.1\r\nHost: router\r\n"
+            + f"Authorization: Bearer {PRIMARY_KEY}\r\n".encode()
+            + b"Connection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"400\r\n" + b"w" * 0x400 + b"\r\n" for _ in range(5))
+        )
+        answer = conn.read()
+        assert answer is not None and answer.status == 413
+        assert conn.closed_by_peer()
+    # Framing the router would refuse without the offer is refused with it: 400, closed.
+    with RawConnection(router.port) as conn:
+        conn.send(
+            b"POST /score HTTP/1.1\r\nHost: router\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"Transfer-Encoding: gzip\r\n\r\nabc"
+        )
+        answer = conn.read()
+        assert answer is not None and answer.status == 400
+        assert conn.closed_by_peer()
+    # CONNECT (a tunnel, not an offer) is answered and the connection closed.
+    with RawConnection(router.port) as conn:
+        conn.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        answer = conn.read()
+        assert answer is not None and answer.status >= 400
+        assert conn.closed_by_peer()
+    assert blue.hits == 3
+
+
+def test_curl_http2_over_plain_http_reaches_the_model_with_its_body(
+    backends: Backends, start_router, tmp_path: Path
+) -> None:
+    """The real client of the report: `curl --http2` offers h2c on a plain http:// URL."""
+    curl = shutil.which("curl")
+    if (
+        curl is None
+        or "HTTP2"
+        not in subprocess.run(
+            [curl, "--version"], capture_output=True, text=True, check=True
+        ).stdout
+    ):
+        pytest.skip("no curl with HTTP/2 support")
+    blue = backends.start("blue")
+    router = start_router(router_config([deployment("blue", [blue])], traffic={"blue": 100}))
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"data": "' + b"c" * 5000 + b'"}')
+    command = [curl, "-sS", "--http2", "--max-time", "20"]
+    command += ["-w", "\\n%{http_version} %{http_code}", "--data-binary", f"@{body}"]
+    command += ["-H", f"Authorization: Bearer {PRIMARY_KEY}", "-H", "Content-Type: text/json"]
+    done = subprocess.run(
+        [*command, f"{router.url}/score"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    answer, _, tail = done.stdout.rpartition("\n")
+    assert tail == "1.1 200"  # the offer declined, answered over HTTP/1.1
+    assert json.loads(answer)["size"] == body.stat().st_size
+    seen = _forwarded_headers(blue, 0)
+    assert "upgrade" not in seen and "http2-settings" not in seen

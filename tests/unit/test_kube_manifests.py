@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import yaml
 from specs_factory import deployment, endpoint
 
 from reconciler.model.codec import deployment_from_json
@@ -281,3 +282,35 @@ def test_image_tags_are_content_addresses() -> None:
     assert m.plan_image(spec, other_base) != m.plan_image(spec, OPTIONS)
     local = m.plan_image(spec, replace(OPTIONS, registry=None))
     assert local.image.startswith("reconciler-app:")
+
+
+def test_rendered_yaml_is_plain_and_loads_back_equal() -> None:
+    """PyYAML writes a dict used twice (a label map) as an anchor and an alias
+    (`&id001` / `*id001`); render writes it out each time."""
+    from reconciler.targets.kubernetes.render import dump_manifests
+
+    for documents in (_all(), _all(GATEWAY_CTX)):
+        text = dump_manifests(documents)
+        events = list(yaml.parse(text))
+        assert not [e for e in events if isinstance(e, yaml.AliasEvent)]
+        assert not [e for e in events if getattr(e, "anchor", None) is not None]
+        assert "&id0" not in text and "*id0" not in text
+        assert list(yaml.safe_load_all(text)) == documents
+
+
+def test_render_without_credentials_has_no_secret_and_names_those_left_out() -> None:
+    from reconciler.targets.kubernetes.render import secret_names
+
+    desired = _desired()
+    plain = m.render_desired(CTX, desired, credentials=None)
+    assert "Secret" not in {d["kind"] for d in plain}
+    assert "primary-key" not in json.dumps(plain)
+    assert secret_names(desired, OPTIONS) == [
+        (m.keys_secret_name("Other-Ep"), "keys of endpoint Other-Ep"),
+        (m.router_config_name("Other-Ep"), "router config of Other-Ep"),
+        (m.keys_secret_name("ep"), "keys of endpoint ep"),
+        (m.router_config_name("ep"), "router config of ep"),
+    ]
+    # With the Gateway API there is no router, so no router config Secret.
+    gateway = [name for name, _ in secret_names(desired, GATEWAY_CTX.options)]
+    assert gateway == [m.keys_secret_name("Other-Ep"), m.keys_secret_name("ep")]

@@ -825,8 +825,8 @@ def endpoint_manifests(
     config: RouterConfig | None,
     deployments: Sequence[str],
 ) -> list[Manifest]:
-    """Every object of one endpoint but its deployments'. Without creds (render
-    --no-secrets) the two Secrets are left out."""
+    """Every object of one endpoint but its deployments'. Without creds (render, unless
+    --include-secrets) the two Secrets are left out."""
     result: list[Manifest] = []
     if creds is not None:
         result.append(keys_secret_manifest(ctx, spec.name, creds))

@@ -1,16 +1,22 @@
 """`reconcile render`: the manifests of a desired state as multi-document YAML, like
 `helm template`, for review or for `kubectl apply -f -`.
 
-Nothing is read from a cluster. Secrets get freshly generated keys (applying the output
-twice rotates them; the reconciler itself keeps the keys it finds), or are left out with
-`secrets=False` for a review diff. Image names are the content-addressed ones apply
-pushes; `push=True` builds and pushes them first (CI, where Docker runs).
+Nothing is read from a cluster. Rendered manifests end up in pull requests and in git, so
+by default no Secret is printed: the header names the Secrets the target makes itself (the
+keys, the router's config) and `kubectl apply` of the output leaves the cluster's Secrets as
+they are. With `secrets=True` (`--include-secrets`) they are printed with freshly generated
+keys (applying the output twice rotates them; the reconciler itself keeps the keys it
+finds). The YAML is plain: no anchors or aliases, whatever tool or reviewer reads it. Image
+names are the content-addressed ones apply pushes; `push=True` builds and pushes them first
+(CI, where Docker runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,6 +34,40 @@ HEADER = """\
 SECRETS_NOTE = """\
 # The Secrets hold freshly generated keys: applying this output again replaces them.
 """
+NO_SECRETS_NOTE = """\
+# No Secret is printed: this output is for review and for git. The target makes its Secrets
+# itself on `reconcile --target {target}`: an endpoint's keys Secret once (fresh keys, kept
+# from then on) and its router's config Secret (traffic split, key hashes) on every change.
+# `kubectl apply` of this output leaves the Secrets in the cluster as they are; on a cluster
+# without them, a router starts once the reconciler has written its config. Left out:
+{names}# `reconcile render --include-secrets` prints them too, with fresh keys: applying that
+# output replaces the keys in use.
+"""
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases (`&id001` / `*id001`, PyYAML's way of writing a
+    label map used twice in one manifest): each is written out where it is used."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # manifests are trees, never cyclic: this always terminates
+
+
+def dump_manifests(documents: Sequence[m.Manifest]) -> str:
+    """Multi-document plain YAML, keys in the order the manifests give them."""
+    return yaml.dump_all(
+        documents, Dumper=_PlainDumper, sort_keys=False, explicit_start=True, width=100
+    )
+
+
+def secret_names(desired: DesiredState, options: KubernetesOptions) -> list[tuple[str, str]]:
+    """(name, what it holds) of every Secret the target makes for these endpoints."""
+    names: list[tuple[str, str]] = []
+    for endpoint in sorted(desired.endpoints, key=lambda e: e.name):
+        names.append((m.keys_secret_name(endpoint.name), f"keys of endpoint {endpoint.name}"))
+        if not options.gateway_api:
+            names.append((m.router_config_name(endpoint.name), f"router config of {endpoint.name}"))
+    return names
 
 
 def render_yaml(
@@ -60,4 +100,7 @@ def render_yaml(
     text = HEADER.format(target=options.name, namespace=chosen_namespace)
     if secrets:
         text += SECRETS_NOTE
-    return text + yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True, width=100)
+    else:
+        names = "".join(f"# - {name} ({what})\n" for name, what in secret_names(desired, options))
+        text += NO_SECRETS_NOTE.format(target=options.name, names=names or "# (none)\n")
+    return text + dump_manifests(documents)
