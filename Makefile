@@ -54,6 +54,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

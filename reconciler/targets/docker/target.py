@@ -19,9 +19,11 @@ Observe also checks that each endpoint serves: a router that is missing, stopped
 published port does not answer, lost or unreadable keys or config, and an endpoint of an
 earlier version's layout are named in LiveEndpoint.repair; the plan's repair_endpoint step
 makes every missing or broken part again and keeps the rest (keys survive anything but the
-loss of the volume; then new ones are issued and said so). The router sits on two networks
-of its endpoint: the internal one of the instances, and an edge bridge of its own for its
-published port (not Docker's shared default bridge).
+loss of the volume; then new ones are issued and said so). A router sits on two networks:
+its endpoint's internal one, and the target's edge bridge for its published port, where
+containers cannot reach each other (not Docker's shared default bridge, where any
+container reaches its admin and metrics ports). One edge network per target, not per
+endpoint: Docker's default address pools hold about 30 networks.
 
 Readiness: a container is ready when the inference server answers GET / inside it (a
 custom container: when its readiness route answers the router's container, since its image
@@ -758,16 +760,25 @@ class DockerTarget:
         }
 
     def _endpoint_networks(self, endpoint: str) -> dict[str, Any]:
-        """The endpoint's networks by role: `internal` (instances and router) and `edge`
-        (the router alone, for its published port). Found by labels: Docker's name filter
-        matches parts of names, so the network of `a` would seem to exist once `a-b`'s does.
+        """The endpoint's networks by role: `internal` (instances and router), and the
+        target's `edge` network (routers only, for their published ports). Found by labels:
+        Docker's name filter matches parts of names, so the network of `a` would seem to
+        exist once `a-b`'s does.
         """
         labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
         found: dict[str, Any] = {}
         for network in self.client.networks.list(filters={"label": labels}):
             # Networks of earlier versions carry no role: they are the internal one.
             found.setdefault(network.attrs["Labels"].get(f"{L}role", "internal"), network)
+        edge = self._edge_network()
+        if edge is not None:
+            found["edge"] = edge
         return found
+
+    def _edge_network(self) -> Any | None:
+        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=edge"]
+        found = self.client.networks.list(filters={"label": labels})
+        return found[0] if found else None
 
     def _network(self, endpoint: str) -> str:
         """The endpoint's internal network: the one labelled for it, else a new one's name."""
@@ -785,13 +796,13 @@ class DockerTarget:
                 labels=self._labels(endpoint, "internal"),
             )
         if "edge" not in found:
-            # The router's own bridge for its published port: not Docker's shared default
-            # bridge, where every other container could reach its metrics and admin ports.
+            # The routers' bridge for their published ports. No traffic between the
+            # containers on it (enable_icc false): a router reaches no other endpoint's.
             self.client.networks.create(
-                f"{self._prefix(endpoint)}-edge",
+                f"rcl-{_safe_name(self.name)}-edge",
                 driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
-                labels=self._labels(endpoint, "edge"),
+                labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}role": "edge"},
             )
 
     def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
@@ -964,7 +975,10 @@ class DockerTarget:
         endpoint = step.endpoint
         for c in self._containers(endpoint=endpoint):
             c.remove(force=True)
-        for network in self._endpoint_networks(endpoint).values():
+        for role, network in self._endpoint_networks(endpoint).items():
+            network.reload()
+            if role == "edge" and network.attrs.get("Containers"):
+                continue  # other endpoints' routers are still on it
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
         volume = self._state_volumes().get(endpoint)
