@@ -23,7 +23,7 @@ from pathlib import Path
 import git
 from gitdb.base import IStream
 
-from reconciler.filetree import DirectoryTree
+from reconciler.filetree import DirectoryTree, resolve_links
 
 DEFAULT_STATUS_BRANCH = "reconcile-status"
 COMMITTER_NAME = "reconciler"
@@ -52,23 +52,32 @@ class GitSourceError(Exception):
 
 
 class GitTree:
-    """The files of one commit, read from the object database."""
+    """The files of one commit, read from the object database.
+
+    Symbolic links (mode 120000, a blob holding the target) are listed like files and
+    resolved as reconciler.filetree resolves them on disk, so a commit and its checkout read
+    the same: a link inside the repository reads as the file it names, any other raises.
+    """
 
     def __init__(self, repo: git.Repo, commit: str) -> None:
         self.repo = repo
         self.commit = commit
         self._blobs: dict[str, str] = {}
+        self._links: dict[str, str] = {}  # path -> blob id of the link's target text
         self._dirs: set[str] = {""}
+        self._sizes: dict[str, int] | None = None
         listing = repo.git.ls_tree("-r", "-z", "--full-tree", commit)
         for entry in listing.split("\0"):
             if not entry:
                 continue
             meta, path = entry.split("\t", 1)
             mode, kind, sha = meta.split(" ")
-            # Submodules (commit) and symbolic links carry no content of ours.
-            if kind != "blob" or mode == "120000":
+            # Submodules (commit) carry no content of ours.
+            if kind != "blob":
                 continue
             self._blobs[path] = sha
+            if mode == "120000":
+                self._links[path] = sha
             parts = path.split("/")
             for i in range(1, len(parts)):
                 self._dirs.add("/".join(parts[:i]))
@@ -76,29 +85,91 @@ class GitTree:
     def paths(self) -> Iterable[str]:
         return self._blobs.keys()
 
+    def _link_target(self, path: str) -> str | None:
+        sha = self._links.get(path)
+        if sha is None:
+            return None
+        return self._raw(sha).decode(errors="replace")
+
+    def _resolve(self, path: str) -> str:
+        if path not in self._links:
+            if path not in self._blobs:
+                raise KeyError(path)
+            return path
+        return resolve_links(
+            path,
+            link_target=self._link_target,
+            is_regular=lambda p: p in self._blobs and p not in self._links,
+            is_dir=lambda p: p in self._dirs,
+        )
+
+    def _raw(self, sha: str) -> bytes:
+        data = _BLOBS.get(sha)
+        if data is None:
+            data = self.repo.odb.stream(bytes.fromhex(sha)).read()
+        return data
+
     def read(self, path: str) -> bytes:
-        sha = self._blobs[path]
+        sha = self._blobs[self._resolve(path)]
         data = _BLOBS.get(sha)
         if data is None:
             # Loading reads every YAML file of a revision: fetch them all in one
-            # `git cat-file --batch` instead of one round trip per file.
-            wanted = [path]
+            # `git cat-file --batch` instead of one round trip per file; files larger than
+            # the blob cache keeps are left out (a data file of gigabytes named *.yaml).
+            wanted = [sha]
             if path.endswith((".yml", ".yaml")):
-                wanted = [p for p in self._blobs if p.endswith((".yml", ".yaml"))]
-            _read_blobs(self.repo, [self._blobs[p] for p in wanted])
+                sizes = self._yaml_sizes()
+                wanted = [self._blobs[p] for p, n in sizes.items() if n <= _BLOBS.largest] + [sha]
+            _read_blobs(self.repo, wanted)
             data = _BLOBS.get(sha)
             if data is None:
                 data = self.repo.odb.stream(bytes.fromhex(sha)).read()
         return data
 
+    def _yaml_sizes(self) -> dict[str, int]:
+        """Sizes of the YAML files (links left out), from one `git cat-file --batch-check`."""
+        if self._sizes is None:
+            paths = [
+                p for p in self._blobs if p.endswith((".yml", ".yaml")) and p not in self._links
+            ]
+            self._sizes = _blob_sizes(self.repo, {p: self._blobs[p] for p in paths})
+        return self._sizes
+
+    def size(self, path: str) -> int:
+        resolved = self._resolve(path)
+        known = self._yaml_sizes().get(resolved)
+        if known is not None:
+            return known
+        return int(self.repo.odb.info(bytes.fromhex(self._blobs[resolved])).size)
+
     def blob_id(self, path: str) -> str:
-        return self._blobs[path]
+        return self._blobs[self._resolve(path)]
 
     def is_file(self, path: str) -> bool:
         return path in self._blobs
 
     def is_dir(self, path: str) -> bool:
         return path.strip("/") in self._dirs
+
+
+def _blob_sizes(repo: git.Repo, shas: Mapping[str, str]) -> dict[str, int]:
+    """path -> size of each blob, read with a single `git cat-file --batch-check`."""
+    if not shas:
+        return {}
+    unique = sorted(set(shas.values()))
+    done = subprocess.run(
+        ["git", "cat-file", "--batch-check"],
+        input="".join(f"{sha}\n" for sha in unique).encode(),
+        cwd=repo.git_dir,
+        capture_output=True,
+        check=True,
+    )
+    by_sha: dict[str, int] = {}
+    for line in done.stdout.decode().splitlines():
+        sha, kind, *rest = line.split(" ")
+        if kind != "missing" and rest:
+            by_sha[sha] = int(rest[0])
+    return {p: by_sha[sha] for p, sha in shas.items() if sha in by_sha}
 
 
 class _BlobCache:
@@ -109,6 +180,7 @@ class _BlobCache:
 
     def __init__(self, limit_bytes: int = 256 * 1024 * 1024) -> None:
         self.limit = limit_bytes
+        self.largest = limit_bytes // 16  # the largest blob kept
         self.size = 0
         self.items: dict[str, bytes] = {}
 
@@ -116,7 +188,7 @@ class _BlobCache:
         return self.items.get(sha)
 
     def put(self, sha: str, data: bytes) -> None:
-        if sha in self.items or len(data) > self.limit // 16:
+        if sha in self.items or len(data) > self.largest:
             return
         while self.items and self.size + len(data) > self.limit:
             _, dropped = self.items.popitem()
@@ -582,7 +654,11 @@ def _gist(said: str) -> str:
 
 
 class SubTree:
-    """A folder of another tree seen as a repository root (a repository in a sub-folder)."""
+    """A folder of another tree seen as a repository root (a repository in a sub-folder).
+
+    Links are resolved within the folder, as on disk in DirectoryTree(folder): a link to
+    elsewhere in the enclosing repository is outside this one.
+    """
 
     def __init__(self, tree: GitTree, prefix: str) -> None:
         self.tree = tree
@@ -593,11 +669,29 @@ class SubTree:
         n = len(self.prefix)
         return [p[n:] for p in self.tree.paths() if p.startswith(self.prefix)]
 
+    def _full(self, path: str) -> str:
+        """The enclosing tree's path of the regular file `path` is or links to."""
+        full = self.prefix + path
+        if full not in self.tree._links:
+            return full
+        resolved = resolve_links(
+            path,
+            link_target=lambda p: self.tree._link_target(self.prefix + p),
+            is_regular=lambda p: (
+                self.tree.is_file(self.prefix + p) and self.prefix + p not in self.tree._links
+            ),
+            is_dir=lambda p: self.tree.is_dir(self.prefix + p),
+        )
+        return self.prefix + resolved
+
     def read(self, path: str) -> bytes:
-        return self.tree.read(self.prefix + path)
+        return self.tree.read(self._full(path))
 
     def blob_id(self, path: str) -> str:
-        return self.tree.blob_id(self.prefix + path)
+        return self.tree.blob_id(self._full(path))
+
+    def size(self, path: str) -> int:
+        return self.tree.size(self._full(path))
 
     def is_file(self, path: str) -> bool:
         return self.tree.is_file(self.prefix + path)

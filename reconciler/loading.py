@@ -20,10 +20,7 @@ rules) is worked out on each load, with one Digester.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
-import importlib.resources
 import json
 import posixpath
 import re
@@ -33,11 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import fastjsonschema
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-
-from reconciler.filetree import Digester, FileTree
+from reconciler.filetree import Digester, FileTree, TreeEntryError
+from reconciler.jsonschemas import schema, schema_problems, shown, validators
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.specs import (
@@ -62,16 +56,23 @@ from reconciler.model.specs import (
 )
 from reconciler.model.state import DesiredState
 from reconciler.yamlsource import (
+    MAX_NESTING_OF_OURS,
+    MAX_YAML_BYTES,
     FieldLines,
     FieldPath,
     YamlDocument,
+    document_limits,
+    duplicate_key_diagnostics,
     field_name,
     first_content_line,
     load_yaml_document,
+    might_exceed_limits,
 )
 
 __all__ = [
     "CACHE_SIZE",
+    "MAX_NESTING_OF_OURS",
+    "MAX_YAML_BYTES",
     "SCHEMA_FILES",
     "YamlDocument",
     "clear_cache",
@@ -104,9 +105,6 @@ _SKIPPED_FILES: Final = frozenset({".gitlab-ci.yml", "reconciler.yaml", "reconci
 MAX_DEPLOYMENTS_PER_ENDPOINT: Final = 20
 KUBERNETES_NAME_LENGTHS: Final = (6, 62)  # endpoint name + deployment name, together
 CACHE_SIZE: Final = 20_000
-# A YAML alias can repeat a subtree any number of times ("billion laughs"); none of our
-# documents holds this many values, so a bigger one is refused before it is validated.
-_MAX_VALUES: Final = 100_000
 
 _REFERENCE: Final = re.compile(r"^azureml:([a-zA-Z0-9][a-zA-Z0-9_.-]*)(?::([^:@/]+)|@latest)$")
 _PYTHON_PIN: Final = re.compile(r"^python\s*={1,2}\s*([0-9]+(?:\.[0-9]+)*)")
@@ -118,133 +116,13 @@ _LOOKS_OURS: Final = re.compile(
 )
 
 
-# --------------------------------------------------------------------------------------
-# Schemas: jsonschema is the authority; a compiled check skips it for valid documents
-
-
-@functools.cache
-def schema(file_name: str) -> dict[str, Any]:
-    """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
-    text = importlib.resources.files("reconciler").joinpath("schemas", file_name).read_text()
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-Check = Callable[[Any], bool]
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@functools.cache
-def _validators(file_name: str) -> tuple[Check, Any]:
-    """(fast check, jsonschema validator) of one schema, built once per process.
-
-    The fast check is fastjsonschema's compiled validator (about 10 microseconds on a
-    deployment, where jsonschema takes ~300): it only decides whether jsonschema must run,
-    and every error reported comes from jsonschema itself, with its paths and messages.
-    tests/unit/test_schemas.py holds the two to the same answers.
-    """
-    loaded = schema(file_name)
-    # No check_schema here: it costs more than all the rest of a CLI start-up's loading work,
-    # and tests/unit/test_schemas.py holds every shipped schema to Draft 2020-12.
-    full = Draft202012Validator(loaded)
-    # use_default=False: fastjsonschema would otherwise write the defaults into the document.
-    # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and `loaded`
-    # is the cached schema others read.
-    compiled = fastjsonschema.compile(copy.deepcopy(loaded), use_default=False)
-
-    def fast(value: Any) -> bool:
-        try:
-            compiled(value)
-        except fastjsonschema.JsonSchemaException:
-            return False
-        return True
-
-    return fast, full
-
-
-_TYPE_WORDS: Final = {
-    "integer": "an integer",
-    "number": "a number",
-    "string": "a string",
-    "boolean": "true or false",
-    "object": "a mapping",
-    "array": "a list",
-    "null": "empty",
-}
-_PATTERN_HINTS: Final = {
-    "^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$": (
-        "must start with a letter and hold only letters, digits and '-', not ending with '-'"
-    ),
-    "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$": "must hold only letters, digits, '_', '.' and '-'",
-}
-
-
-def _shown(value: Any, source: str | None) -> str:
-    """A value as a person wrote it: the YAML text when known (1.10 stays 1.10)."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    return source if source is not None else str(value)
-
-
-def _schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[FieldPath, str]]:
-    """A jsonschema error as (field path, message) pairs that a person can act on."""
-    path: FieldPath = tuple(error.absolute_path)
-    keyword, value, instance = error.validator, error.validator_value, error.instance
-    got = _shown(instance, lines.source_text(path))
-    if keyword == "additionalProperties" and isinstance(instance, dict):
-        known = sorted(error.schema.get("properties", {}))
-        out = []
-        for key in instance:
-            if key in known:
-                continue
-            message = f"unknown field '{key}'"
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            if close:
-                message += f" (did you mean '{close[0]}'?)"
-            elif path == () and key == "resources":
-                message += " (resources are for Kubernetes deployments: add type: kubernetes)"
-            out.append(((*path, key), message))
-        return out
-    if keyword == "required" and isinstance(instance, dict):
-        return [((*path, k), f"missing required field '{k}'") for k in value if k not in instance]
-    if keyword == "type":
-        wanted = [value] if isinstance(value, str) else list(value)
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
-        quote = (
-            f" (quote it: '{got}')" if isinstance(instance, float) and "string" in wanted else ""
-        )
-        return [(path, f"must be {words}, got {got}{quote}")]
-    if keyword == "enum":
-        return [(path, f"must be one of {', '.join(map(str, value))}; got {got}")]
-    if keyword == "const":
-        return [(path, f"must be {value!r} in this kind of file, got {got}")]
-    if keyword in ("minimum", "maximum"):
-        bound = "at least" if keyword == "minimum" else "at most"
-        return [(path, f"must be {bound} {value}, got {got}")]
-    if keyword in ("minLength", "maxLength") and isinstance(instance, str):
-        bound = "at least" if keyword == "minLength" else "at most"
-        return [(path, f"must be {bound} {value} characters long, got {got} ({len(instance)})")]
-    if keyword == "pattern":
-        hint = _PATTERN_HINTS.get(value)
-        if hint is None:
-            local = "a local path, " if path[-1:] == ("model",) else ""
-            hint = f"must be {local}azureml:NAME:VERSION or azureml:NAME@latest"
-        return [(path, f"{hint}, got {got}")]
-    if keyword == "maxProperties" and isinstance(instance, dict):
-        names = ", ".join(map(str, instance))
-        return [(path, f"at most {value} deployment may get mirrored traffic, got {names}")]
-    return [(path, error.message)]
+# Kept under their old names: tests and tools read them from here.
+_validators = validators
+_shown = shown
 
 
 # --------------------------------------------------------------------------------------
@@ -353,22 +231,6 @@ def _classify(value: Any) -> tuple[str, str] | None:
     return kind, ""
 
 
-def _too_many_values(value: Any) -> bool:
-    """True when a document holds more than _MAX_VALUES values once aliases are expanded."""
-    budget = _MAX_VALUES
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
 def _analyse(path: str, data: bytes) -> _FileResult:
     """Everything about one file that depends on its bytes alone."""
     parsed = load_yaml_document(data, path)
@@ -388,20 +250,24 @@ def _analyse(path: str, data: bytes) -> _FileResult:
     line = first_content_line(data)
     document = next(d for d in parsed.documents if _classify(d))
     problem = parsed.unsupported_tag
+    too_big = might_exceed_limits(data) and document_limits(document)
     if len(parsed.documents) > 1:
         message = f"holds {len(parsed.documents)} YAML documents; a file of ours holds one"
         problem = Diagnostic(path, line, "", message)
-    elif b"&" in data and _too_many_values(document):
-        message = f"holds more than {_MAX_VALUES} values once its YAML aliases are expanded"
-        problem = Diagnostic(path, line, "", message)
+    elif too_big:
+        problem = Diagnostic(path, line, "", too_big)
+    declared = document if isinstance(document, dict) else None
     if problem is not None:
-        declared = document if isinstance(document, dict) else None
         return _FileResult(kind, flavor, declared, errors=(problem,))
+    if parsed.duplicate_keys:
+        # The values read are the last ones, which a reviewer of the first would not expect:
+        # nothing else of the file is checked until each key is written once.
+        return _FileResult(kind, flavor, declared, errors=duplicate_key_diagnostics(data, parsed))
     check = _FileCheck(path, data)
     fast, full = _validators(SCHEMA_FILES[kind, flavor])
     if not fast(document):
         for error in full.iter_errors(document):
-            for field, message in _schema_problems(error, check.lines):
+            for field, message in schema_problems(error, check.lines):
                 check.error(field, message)
     endpoint: EndpointSpec | None = None
     deployment: _DeploymentDraft | None = None
@@ -665,6 +531,8 @@ def _conda_info(path: str, data: bytes) -> _CondaInfo:
     parsed = load_yaml_document(data, path)
     if parsed.error is not None:
         return _CondaInfo(errors=(parsed.error,))
+    if parsed.duplicate_keys:
+        return _CondaInfo(errors=duplicate_key_diagnostics(data, parsed))
     check = _FileCheck(path, data)
     doc = parsed.value
     dependencies = doc.get("dependencies") if isinstance(doc, dict) else None
@@ -817,7 +685,7 @@ class _Load:
     def read_all(self) -> None:
         for path in self.paths:
             if _is_candidate(path):
-                result = self._cached_file(path, "file", _analyse, _FileResult)
+                result = self._sized_file(path)
                 self.errors.extend(result.errors)
                 self.warnings.extend(result.warnings)
                 if result.kind is not None:
@@ -826,6 +694,24 @@ class _Load:
                 names = ("name", "endpoint_name") if result.kind == DEPLOYMENT else ("name",)
                 if result.errors and not all(isinstance(data.get(n), str) for n in names):
                     self.unreadable.append(path)
+
+    def _sized_file(self, path: str) -> _FileResult:
+        """One YAML file, unless it is too large to parse or is not a file to read."""
+        try:
+            size = self.tree.size(path)
+        except TreeEntryError as exc:
+            return _FileResult(errors=(Diagnostic(path, None, "", exc.message),))
+        if size > MAX_YAML_BYTES:
+            # Not read at all: a data file must not cost a gigabyte on every pass. A warning,
+            # as a file this size is not one of ours, and never skipped in silence.
+            message = (
+                f"not read: {size:,} bytes, more than the {MAX_YAML_BYTES:,} a YAML file may "
+                "hold; ignored, as no endpoint, deployment, model or environment file is "
+                "this large"
+            )
+            return _FileResult(warnings=(Diagnostic(path, None, "", message),))
+        result: _FileResult = self._cached_file(path, "file", _analyse, _FileResult)
+        return result
 
     def perhaps_in(self) -> str:
         """A hint for "not declared" errors when a broken file may be the one declaring it."""
@@ -839,6 +725,8 @@ class _Load:
         try:
             key = (kind, path, self.tree.blob_id(path))
             return _cached(key, lambda: analyse(path, self.tree.read(path)))
+        except TreeEntryError as exc:  # a link out of the repository, a FIFO...
+            return failed(errors=(Diagnostic(path, None, "", exc.message),))
         except Exception as exc:  # unreadable, or a bug: reported, never a traceback
             message = f"could not be loaded: {type(exc).__name__}: {exc}"
             return failed(errors=(Diagnostic(path, None, "", message),))
@@ -894,7 +782,11 @@ class _Load:
         if model.path not in self.files and model.path not in self.dirs:
             self.error(owner, field, f"model path '{model.path}' does not exist")
             return None
-        return replace(model, digest=self.digest(model.path))
+        try:
+            return replace(model, digest=self.digest(model.path))
+        except TreeEntryError as exc:
+            self.error(owner, field, exc.message)
+            return None
 
     def environment(
         self, env: EnvironmentSpec, owner: str, prefix: FieldPath
@@ -915,11 +807,17 @@ class _Load:
     def _environment_content(self, env: EnvironmentSpec) -> _Content:
         problems: list[tuple[FieldPath, str]] = []
         info = _CondaInfo()
+        conda_digest = build_digest = None
         if env.conda_file is not None:
             if env.conda_file not in self.files:
                 problems.append((("conda_file",), f"conda file '{env.conda_file}' does not exist"))
             else:
-                info = self._cached_file(env.conda_file, "conda", _conda_info, _CondaInfo)
+                try:  # first: a conda file that is a link out of the repository is never read
+                    conda_digest = self.digest(env.conda_file)
+                except TreeEntryError as exc:
+                    problems.append((("conda_file",), exc.message))
+                else:
+                    info = self._cached_file(env.conda_file, "conda", _conda_info, _CondaInfo)
         if env.build_context is not None:
             dockerfile = posixpath.join(env.build_context, env.dockerfile_path)
             if env.build_context not in self.dirs:
@@ -928,13 +826,18 @@ class _Load:
             elif posixpath.normpath(dockerfile) not in self.files:
                 message = f"no {env.dockerfile_path} in build context '{env.build_context}'"
                 problems.append((("build", "dockerfile_path"), message))
+            else:
+                try:
+                    build_digest = self.digest(env.build_context)
+                except TreeEntryError as exc:
+                    problems.append((("build", "path"), exc.message))
         if problems or info.errors:
             return _Content(None, tuple(problems), info.errors)
         config = env.inference_config
         content = {
             "image": env.image,
-            "conda_file": self.digest(env.conda_file) if env.conda_file else None,
-            "build": self.digest(env.build_context) if env.build_context else None,
+            "conda_file": conda_digest,
+            "build": build_digest,
             "dockerfile_path": env.dockerfile_path if env.build_context else None,
             "inference_config": None
             if config is None
@@ -1008,7 +911,12 @@ class _Load:
             message = f"scoring script '{code.scoring_script}' does not exist in '{code.path}'"
             self.error(owner, ("code_configuration", "scoring_script"), message)
             return None
-        return replace(code, digest=self.digest(code.path))
+        try:
+            return replace(code, digest=self.digest(code.path))
+        except TreeEntryError as exc:
+            field = "scoring_script" if exc.path == script else "code"
+            self.error(owner, ("code_configuration", field), exc.message)
+            return None
 
     # -- rules across files
 

@@ -9,24 +9,38 @@ like every other error of the desired state.
 quota the review compares ceil(1.2 x instances) x cores with, so it is taken out of the
 target's options into TargetConfig.capacity_cores. `policies:` is parsed by
 reconciler.policies into frozen rules (see that module for their meaning).
+
+The file is read like every YAML file of ours (reconciler.yamlsource: size and nesting
+limits, duplicate keys) and checked against schemas/reconciler.schema.json, which holds
+every option of every target type: what `reconcile validate` passes, opening the target
+accepts. The few rules a schema cannot say (a port range's low end below its high end, a
+Kubernetes target's name being a label) are checked here, with a line too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
-from reconciler.filetree import FileTree
+from reconciler.filetree import FileTree, TreeEntryError
+from reconciler.jsonschemas import schema_problems, validators
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
 from reconciler.policies import POLICY_FILE, Policies, parse_policies
+from reconciler.yamlsource import (
+    MAX_YAML_BYTES,
+    FieldLines,
+    FieldPath,
+    document_limits,
+    duplicate_key_diagnostics,
+    field_name,
+    load_yaml_document,
+)
 
 CONFIG_FILE = POLICY_FILE
 TARGET_TYPES = ("docker", "kubernetes")
-_TOP_KEYS = ("targets", "default_target", "prune", "status_branch", "policies")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,113 +64,100 @@ class RepoConfig:
         return next((t for t in self.targets if t.name == wanted), None)
 
 
-def _line_of(node: yaml.Node | None, key: str) -> int | None:
-    if isinstance(node, yaml.MappingNode):
-        for k, _ in node.value:
-            if getattr(k, "value", None) == key:
-                return int(k.start_mark.line) + 1
-    return None
+# What a Kubernetes label value may be (a Kubernetes target's name labels its objects).
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+SCHEMA_FILE = "reconciler.schema.json"
 
 
-def _line_at(node: yaml.Node | None, path: tuple[str, ...]) -> int | None:
-    """The line of the deepest key of `path` found in a mapping node (1-based)."""
-    line = None
-    for key in path:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for k, v in node.value:
-            if getattr(k, "value", None) == key:
-                line = int(k.start_mark.line) + 1
-                node = v
-                break
-        else:
-            break
-    return line
+def _parsed(tree: FileTree) -> tuple[bytes, Any]:
+    """The file's text and document; DesiredStateInvalid when it cannot be read as one."""
+
+    def invalid(line: int | None, field: str, message: str) -> DesiredStateInvalid:
+        return DesiredStateInvalid((Diagnostic(CONFIG_FILE, line, field, message),))
+
+    try:
+        if tree.size(CONFIG_FILE) > MAX_YAML_BYTES:
+            raise invalid(
+                None, "", f"is larger than the {MAX_YAML_BYTES:,} bytes a YAML file may hold"
+            )
+        text = tree.read(CONFIG_FILE)
+    except TreeEntryError as exc:
+        raise invalid(None, "", exc.message) from None
+    parsed = load_yaml_document(text, CONFIG_FILE)
+    if parsed.error is not None:
+        raise DesiredStateInvalid((parsed.error,))
+    if parsed.unsupported_tag is not None:
+        raise DesiredStateInvalid((parsed.unsupported_tag,))
+    if len(parsed.documents) != 1:
+        raise invalid(1, "", f"holds {len(parsed.documents)} YAML documents; it must hold one")
+    if parsed.duplicate_keys:
+        raise DesiredStateInvalid(duplicate_key_diagnostics(text, parsed))
+    data = parsed.value
+    problem = document_limits(data)
+    if problem is not None:
+        raise invalid(1, "", problem)
+    return text, data
 
 
 def load_repo_config(tree: FileTree) -> RepoConfig:
     if not tree.is_file(CONFIG_FILE):
         return RepoConfig()
-    text = tree.read(CONFIG_FILE)
+    text, data = _parsed(tree)
+    data = {} if data is None else data
+    lines = FieldLines(text)
     errors: list[Diagnostic] = []
 
-    def error(fieldname: str, message: str, line: int | None = None) -> None:
-        errors.append(Diagnostic(CONFIG_FILE, line, fieldname, message))
+    def error(path: FieldPath, message: str) -> None:
+        errors.append(Diagnostic(CONFIG_FILE, lines.line(path), field_name(path), message))
 
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise DesiredStateInvalid(
-            (Diagnostic(CONFIG_FILE, line, "", f"not valid YAML: {exc}"),)
-        ) from None
+    fast, full = validators(SCHEMA_FILE)
+    if not fast(data):
+        for problem in full.iter_errors(data):
+            for path, message in schema_problems(problem, lines):
+                error(path, message)
     if not isinstance(data, dict):
-        raise DesiredStateInvalid((Diagnostic(CONFIG_FILE, 1, "", "must be a mapping"),))
-    for key in data:
-        if key not in _TOP_KEYS:
-            error(
-                str(key),
-                f"unknown field {key!r} (known: {', '.join(_TOP_KEYS)})",
-                _line_of(node, str(key)),
-            )
+        raise DesiredStateInvalid(tuple(errors))
     targets: list[TargetConfig] = []
-    raw_targets = data.get("targets") or {}
-    if not isinstance(raw_targets, dict):
-        error(
-            "targets", "must be a mapping of target name to its settings", _line_of(node, "targets")
-        )
-        raw_targets = {}
-    for name, options in raw_targets.items():
+    raw_targets = data.get("targets")
+    for name, options in (raw_targets if isinstance(raw_targets, dict) else {}).items():
         if not isinstance(options, dict):
-            error(f"targets.{name}", "must be a mapping with at least `type`")
-            continue
+            continue  # the schema said why
         kind = options.get("type", "docker")
+        where: FieldPath = ("targets", str(name))
+        ports = options.get("router_port_range")
+        if kind == "docker" and isinstance(ports, list) and len(ports) == 2:
+            low, high = ports
+            if isinstance(low, int) and isinstance(high, int) and low > high:
+                message = f"low port {low} is above high port {high}: write [low, high]"
+                error((*where, "router_port_range"), message)
+        if kind == "kubernetes" and (not _LABEL_VALUE.match(str(name)) or len(str(name)) > 63):
+            error(where, "a Kubernetes target's name must be a valid label value (63 characters)")
         if kind not in TARGET_TYPES:
-            error(f"targets.{name}.type", f"must be one of {', '.join(TARGET_TYPES)}, got {kind!r}")
             continue
         rest = {k: v for k, v in options.items() if k not in ("type", "capacity_cores")}
         capacity = options.get("capacity_cores")
-        if capacity is not None and (
-            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
-        ):
-            error(
-                f"targets.{name}.capacity_cores",
-                f"must be a whole number of cores, at least 1, got {capacity!r}",
-                _line_at(node, ("targets", str(name), "capacity_cores")),
-            )
-            capacity = None
+        capacity = (
+            capacity if isinstance(capacity, int) and not isinstance(capacity, bool) else None
+        )
         targets.append(TargetConfig(str(name), kind, MappingProxyType(rest), capacity))
     if not targets:
         targets = [TargetConfig("local", "docker")]
     default = data.get("default_target", targets[0].name)
-    if default not in {t.name for t in targets}:
-        error(
-            "default_target",
-            f"names no target of `targets` ({default!r})",
-            _line_of(node, "default_target"),
+    if isinstance(default, str) and default not in {t.name for t in targets}:
+        error(("default_target",), f"names no target of `targets` ({default!r})")
+    raw_policies = data.get("policies")
+    policies = Policies()
+    if isinstance(raw_policies, dict):
+        policies, policy_errors = parse_policies(
+            raw_policies, line_at=lambda path: lines.line(("policies", *path))
         )
-    prune = data.get("prune", False)
-    if not isinstance(prune, bool):
-        error("prune", "must be true or false", _line_of(node, "prune"))
-    branch = data.get("status_branch", "reconcile-status")
-    if not isinstance(branch, str) or not branch:
-        error("status_branch", "must be a branch name", _line_of(node, "status_branch"))
-    raw_policies = data.get("policies") or {}
-    if not isinstance(raw_policies, dict):
-        error("policies", "must be a mapping", _line_of(node, "policies"))
-        raw_policies = {}
-    policies, policy_errors = parse_policies(
-        raw_policies, line_at=lambda path: _line_at(node, ("policies", *path))
-    )
-    errors.extend(policy_errors)
+        errors.extend(policy_errors)
     if errors:
-        raise DesiredStateInvalid(tuple(errors))
+        raise DesiredStateInvalid(tuple(sorted(set(errors), key=lambda e: (e.line or 0, e.field))))
     return RepoConfig(
         targets=tuple(targets),
         default_target=str(default),
-        prune=bool(prune),
-        status_branch=str(branch),
+        prune=bool(data.get("prune", False)),
+        status_branch=str(data.get("status_branch", "reconcile-status")),
         policies=policies,
     )

@@ -28,7 +28,7 @@ from typing import Final
 import yaml
 
 from reconciler.diffing import target_count
-from reconciler.filetree import Digester, FileTree
+from reconciler.filetree import Digester, FileTree, TreeEntryError
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType, quota_cores
 from reconciler.model.plan import Action, Plan
@@ -441,7 +441,7 @@ def _mirror_in(tree: FileTree, path: str) -> dict[str, int]:
         return {}
     try:
         doc = yaml.safe_load(tree.read(path))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, TreeEntryError):  # a link out of the repository, a FIFO
         return {}
     mirror = doc.get("mirror_traffic") if isinstance(doc, dict) else None
     if not isinstance(mirror, dict):

@@ -4,12 +4,20 @@ Loading parses every file with libyaml's loader, which gives plain values and no
 Positions are needed only for a diagnostic, so FieldLines composes the file again (nodes
 with marks) the first time a line is asked for: a valid repository never pays for them.
 Nothing here raises on bad input: a broken file becomes a Diagnostic.
+
+Limits (README "Limits"): a file of more than MAX_YAML_BYTES is not parsed (libyaml's
+objects take some 30 times the text, and a data file of 50 MB cost 1.6 GB); nesting deeper
+than MAX_NESTING is refused before libyaml composes it (its composer recurses on the C
+stack); a document of ours may nest MAX_NESTING_OF_OURS levels and hold MAX_VALUES values
+once aliases are expanded (document_limits). A key written twice in one mapping is recorded
+with both lines (YamlDocument.duplicate_keys): PyYAML keeps the last silently, so a reviewer
+reading the first would approve what is not applied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -21,33 +29,67 @@ except ImportError:  # PyYAML built without libyaml: the same results, only slow
     from yaml import SafeLoader as FastLoader  # type: ignore[assignment]
 
 __all__ = [
+    "MAX_NESTING",
+    "MAX_NESTING_OF_OURS",
+    "MAX_VALUES",
+    "MAX_YAML_BYTES",
+    "DuplicateKey",
     "FastLoader",
     "FieldLines",
     "FieldPath",
     "YamlDocument",
+    "document_limits",
+    "duplicate_key_diagnostics",
     "field_name",
     "first_content_line",
     "load_yaml_document",
+    "might_exceed_limits",
 ]
 
 FieldPath = tuple[str | int, ...]
 
 # libyaml's composer recurses on the C stack: a file of a few dozen kilobytes of "[" crashes
 # the process (not an exception). No file of ours nests more than a dozen levels.
-MAX_NESTING = 500
+MAX_NESTING: Final = 500
+# Ours nest 5 levels at most (a deployment's environment.build.path); a hundred leaves room
+# for free-form blocks (tags, data_collector) and keeps validation's recursion shallow.
+MAX_NESTING_OF_OURS: Final = 100
+# A YAML alias can repeat a subtree any number of times ("billion laughs"); none of our
+# documents holds this many values, so a bigger one is refused before it is validated.
+MAX_VALUES: Final = 100_000
+# Our files are a few kilobytes; parsing takes some 30 times a file's size in memory and
+# about a second per megabyte, so a larger file (a data dump, a bundle of CRDs) is not
+# parsed at all.
+MAX_YAML_BYTES: Final = 1024 * 1024
 # Every level of nesting opens with one of these characters, so their count bounds the depth.
 _ALL_BUT_OPENERS = bytes(range(256)).translate(None, b"[{-?:")
 
 
 def field_name(path: FieldPath) -> str:
-    """A field path as people write it: `traffic.blue`, `dependencies[2]`."""
+    """A field path as people write it: `traffic.blue`, `dependencies[2]`, `env[""]`."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "":
+            out += '[""]'
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateKey:
+    """A key written a second time in one mapping: where, and where it was first."""
+
+    key: str
+    index: int  # character offset of the second key in the text
+    line: int  # 1-based, of the second key
+    first_line: int
+
+    @property
+    def message(self) -> str:
+        return f"duplicate key `{self.key}` (first at line {self.first_line})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +106,7 @@ class YamlDocument:
     documents: tuple[Any, ...] = ()
     error: Diagnostic | None = None
     unsupported_tag: Diagnostic | None = None
+    duplicate_keys: tuple[DuplicateKey, ...] = ()
 
     @property
     def value(self) -> Any:
@@ -71,7 +114,45 @@ class YamlDocument:
         return self.documents[0] if len(self.documents) == 1 else None
 
 
-class _TagTolerantLoader(FastLoader):
+class _Loader(FastLoader):
+    """libyaml's loader, recording keys written twice in a mapping (the last still wins)."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self.duplicates: list[DuplicateKey] = []
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        # The mapping's own pairs: merging (`<<: *base`) deletes its keys from this very list
+        # and puts the merged pairs in a new one, which may repeat a key of ours rightly.
+        own = node.value if isinstance(node, yaml.MappingNode) else None
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+        # A duplicate makes the mapping smaller than its pairs: that costs one comparison, and
+        # the pairs are looked at only then, or when keys were merged in.
+        if own is not None and (own is not node.value or len(mapping) < len(own)):
+            self._record_duplicates(own)
+        return mapping
+
+    def _record_duplicates(self, pairs: list[tuple[yaml.Node, yaml.Node]]) -> None:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in pairs:
+            key = self.construct_object(key_node)  # built already: a lookup
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: PyYAML reports it
+            if earlier is not key_node:
+                text = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key)
+                self.duplicates.append(
+                    DuplicateKey(
+                        str(text),
+                        key_node.start_mark.index,
+                        key_node.start_mark.line + 1,
+                        earlier.start_mark.line + 1,
+                    )
+                )
+
+
+class _TagTolerantLoader(_Loader):
     """Reads YAML with unknown tags (CloudFormation's `!Ref`, GitLab's `!reference`)."""
 
     first_unknown_tag: tuple[str, int] | None = None
@@ -91,21 +172,46 @@ def _construct_untagged(loader: _TagTolerantLoader, suffix: str, node: yaml.Node
 _TagTolerantLoader.add_multi_constructor("", _construct_untagged)
 
 
+def _construct(
+    data: bytes, loader_class: type[_Loader], *, single: bool
+) -> tuple[tuple[Any, ...], _Loader]:
+    """The documents of a text, and the loader that read them (its findings)."""
+    loader = loader_class(data)
+    try:
+        if single:
+            return (loader.get_single_data(),), loader
+        documents = []
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            documents.append(loader.get_data())
+        return tuple(documents), loader
+    finally:
+        loader.dispose()
+
+
+def _document(file: str, documents: tuple[Any, ...], loader: _Loader) -> YamlDocument:
+    return YamlDocument(file, documents, duplicate_keys=tuple(loader.duplicates))
+
+
 def load_yaml_document(data: bytes, file: str) -> YamlDocument:
     """Parse one file; never raises, whatever the bytes (binary junk included).
 
     A file with no content reads as one document, None.
     """
+    if len(data) > MAX_YAML_BYTES:
+        message = (
+            f"not read: {len(data):,} bytes, more than the {MAX_YAML_BYTES:,} a YAML file may hold"
+        )
+        return YamlDocument(file, error=Diagnostic(file, None, "", message))
     if _too_deep(data):
         message = f"not readable: the YAML nests more than {MAX_NESTING} levels deep"
         return YamlDocument(file, error=Diagnostic(file, None, "", message))
     try:
-        return YamlDocument(file, (yaml.load(data, Loader=FastLoader),))
+        return _document(file, *_construct(data, _Loader, single=True))
     except yaml.composer.ComposerError as exc:
         if exc.problem != "but found another document":
             return YamlDocument(file, error=_yaml_error(exc, file))
         try:
-            return YamlDocument(file, tuple(yaml.load_all(data, Loader=FastLoader)))
+            return _document(file, *_construct(data, _Loader, single=False))
         except Exception as inner:
             return YamlDocument(file, error=_yaml_error(inner, file))
     except yaml.constructor.ConstructorError as exc:
@@ -135,19 +241,86 @@ def _too_deep(data: bytes) -> bool:
 
 
 def _load_tolerant(data: bytes, file: str) -> YamlDocument:
-    loader = _TagTolerantLoader(data)
     try:
-        value = loader.get_single_data()
+        (value,), loader = _construct(data, _TagTolerantLoader, single=True)
     except Exception as exc:
         return YamlDocument(file, error=_yaml_error(exc, file))
-    finally:
-        loader.dispose()
+    assert isinstance(loader, _TagTolerantLoader)
     tag = loader.first_unknown_tag
     problem = None
     if tag is not None:
         message = f"YAML tag '{tag[0]}' is not supported in endpoint and deployment files"
         problem = Diagnostic(file, tag[1], "", message)
-    return YamlDocument(file, (value,), unsupported_tag=problem)
+    return YamlDocument(
+        file, (value,), unsupported_tag=problem, duplicate_keys=tuple(loader.duplicates)
+    )
+
+
+def duplicate_key_diagnostics(data: bytes, document: YamlDocument) -> tuple[Diagnostic, ...]:
+    """An error per duplicate key: the line of the second, its field path, the first line.
+
+    The path is found by composing the text again (nodes keep their offsets): this is paid
+    only by a file that has a duplicate.
+    """
+    if not document.duplicate_keys:
+        return ()
+    paths = _key_paths(data, {d.index for d in document.duplicate_keys})
+    return tuple(
+        Diagnostic(document.file, d.line, field_name(paths.get(d.index, (d.key,))), d.message)
+        for d in document.duplicate_keys
+    )
+
+
+def _key_paths(data: bytes, wanted: set[int]) -> dict[int, FieldPath]:
+    """Field paths of the mapping keys that start at the offsets `wanted`."""
+    found: dict[int, FieldPath] = {}
+    try:
+        roots = list(yaml.compose_all(data, Loader=FastLoader))
+    except Exception:
+        return found
+    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ()) for root in roots if root is not None]
+    seen: set[int] = set()
+    while stack and len(found) < len(wanted):
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue  # an alias: visited where it was anchored
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name: str | int = key.value if isinstance(key, yaml.ScalarNode) else str(key.tag)
+                if key.start_mark.index in wanted:
+                    found[key.start_mark.index] = (*path, name)
+                stack.append((value, (*path, name)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
+    return found
+
+
+def might_exceed_limits(data: bytes) -> bool:
+    """Whether document_limits must look at a text's document: only an alias can expand
+    a document, and only as many openers as levels can nest it (one pass in C)."""
+    return b"&" in data or len(data.translate(None, _ALL_BUT_OPENERS)) > MAX_NESTING_OF_OURS
+
+
+def document_limits(value: Any) -> str | None:
+    """Why a document of ours is refused for its size (depth or values), or None.
+
+    Iterative, so any depth is safe to measure; aliases count once per use, as they are
+    expanded in the document.
+    """
+    budget = MAX_VALUES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return f"holds more than {MAX_VALUES:,} values once its YAML aliases are expanded"
+        if isinstance(item, dict | list):
+            if depth >= MAX_NESTING_OF_OURS:
+                return f"nests deeper than {MAX_NESTING_OF_OURS} levels; a file of ours needs a few"
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _yaml_error(exc: BaseException, file: str) -> Diagnostic:

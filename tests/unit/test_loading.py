@@ -607,3 +607,132 @@ def test_any_bytes_give_a_state_or_errors_never_a_traceback(junk: bytes) -> None
         load(files(blue_dot_yml=b"endpoint_name: my-endpoint\n" + junk))
     except DesiredStateInvalid as exc:
         assert exc.errors
+
+
+# --- limits, links and special files (issue 10, defects 8 to 10) -------------------------
+
+
+def on_disk(root: Path, tree: Mapping[str, bytes]) -> DirectoryTree:
+    for path, content in tree.items():
+        full = root / path
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_bytes(content)
+    return DirectoryTree(root)
+
+
+def disk_errors(tree: DirectoryTree) -> tuple[Diagnostic, ...]:
+    with pytest.raises(DesiredStateInvalid) as caught:
+        load_desired_state(tree)
+    return caught.value.errors
+
+
+def test_a_scoring_script_linked_outside_the_repository_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "host-secret.txt"
+    outside.write_text("root:x:0:0\n")
+    tree = on_disk(tmp_path / "repo", files(src__score_dot_py=None))
+    (tmp_path / "repo" / "src").mkdir()
+    (tmp_path / "repo" / "src" / "score.py").symlink_to(outside)
+    errors = disk_errors(tree)
+    assert {(e.file, e.field) for e in errors} == {
+        ("blue.yml", "code_configuration.scoring_script"),
+        ("green.yml", "code_configuration.scoring_script"),
+    }
+    message = errors[0].message
+    assert "'src/score.py' is a symbolic link to" in message and str(outside) in message
+    assert "outside the repository" in message
+
+
+def test_a_model_file_linked_outside_the_repository_is_refused(tmp_path: Path) -> None:
+    tree = on_disk(tmp_path / "repo", files(model__model_dot_pkl=None))
+    (tmp_path / "repo" / "model").mkdir()
+    (tmp_path / "repo" / "model" / "model.pkl").symlink_to("../../elsewhere/model.pkl")
+    errors = disk_errors(tree)
+    assert {(e.file, e.field, e.line) for e in errors} == {
+        ("blue.yml", "model.path", 5),
+        ("green.yml", "model.path", 5),
+    }
+    assert errors[0].message == (
+        "'model/model.pkl' is a symbolic link to '../../elsewhere/model.pkl', outside the "
+        "repository: links are followed only inside it"
+    )
+
+
+def test_a_link_inside_the_repository_reads_as_the_file_it_names(tmp_path: Path) -> None:
+    tree = on_disk(tmp_path / "repo", files(model__model_dot_pkl=None, weights_dot_bin=b"w1"))
+    (tmp_path / "repo" / "model").mkdir()
+    (tmp_path / "repo" / "model" / "model.pkl").symlink_to("../weights.bin")
+    state = load_desired_state(tree)
+    model = state.deployments[0].model
+    assert model is not None
+    same = Digester(MemoryTree({"model/model.pkl": b"w1"})).digest("model/model.pkl")
+    assert model.digest == same
+
+
+@pytest.mark.timeout(60)  # a guard: before the fix, this read blocked forever
+def test_a_fifo_where_a_model_file_is_expected_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    tree = on_disk(tmp_path / "repo", files(model__model_dot_pkl=None))
+    (tmp_path / "repo" / "model").mkdir()
+    os.mkfifo(tmp_path / "repo" / "model" / "model.pkl")
+    errors = disk_errors(tree)
+    assert {(e.file, e.field) for e in errors} == {
+        ("blue.yml", "model.path"),
+        ("green.yml", "model.path"),
+    }
+    assert errors[0].message == (
+        "'model/model.pkl' is a named pipe (FIFO), not a regular file: it is never read"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_named_like_a_yaml_file_is_reported_and_never_opened(tmp_path: Path) -> None:
+    import os
+
+    tree = on_disk(tmp_path / "repo", files())
+    os.mkfifo(tmp_path / "repo" / "pipe.yml")
+    errors = disk_errors(tree)
+    assert [(e.file, e.message) for e in errors] == [
+        ("pipe.yml", "'pipe.yml' is a named pipe (FIFO), not a regular file: it is never read")
+    ]
+
+
+def test_a_big_model_file_is_digested_without_being_read_whole(tmp_path: Path) -> None:
+    import subprocess
+    import tracemalloc
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as handle:  # sparse: 64 MiB that take no room on disk
+        handle.truncate(64 * 1024 * 1024)
+    tree = DirectoryTree(tmp_path)
+    tracemalloc.start()
+    try:
+        blob = tree.blob_id("big.bin")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = subprocess.run(
+        ["git", "hash-object", str(big)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert blob == expected
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held to digest a 64 MiB file"
+
+
+def test_a_yaml_file_above_the_size_limit_is_not_parsed() -> None:
+    big = b"rows:\n" + b"  - [1, 2, 3, 4, 5, 6, 7, 8]\n" * (loading.MAX_YAML_BYTES // 28 + 1)
+    assert len(big) > loading.MAX_YAML_BYTES
+    state = load(files(data__rows_dot_yaml=big))
+    assert [(w.file, w.line, w.field) for w in state.warnings] == [("data/rows.yaml", None, "")]
+    assert state.warnings[0].message.startswith(
+        f"not read: {len(big):,} bytes, more than the {loading.MAX_YAML_BYTES:,} a YAML file "
+        "may hold; ignored"
+    )
+
+
+def test_a_document_of_ours_nested_deeper_than_the_limit_is_refused() -> None:
+    deep = "deep:\n" + "".join(f"{'  ' * (i + 1)}k{i}:\n" for i in range(150)) + "  " * 151 + "x\n"
+    errors = errors_of(files(endpoint_dot_yml=ENDPOINT + deep.encode()))
+    assert [(e.file, e.field) for e in errors] == [("endpoint.yml", "")]
+    assert errors[0].message == (
+        f"nests deeper than {loading.MAX_NESTING_OF_OURS} levels; a file of ours needs a few"
+    )

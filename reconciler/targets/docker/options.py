@@ -74,19 +74,29 @@ class DockerOptions:
                 code="InvalidTargetConfig",
             )
         values: dict[str, Any] = {"name": name}
-        if "base_image" in options:
-            values["base_image"] = str(options["base_image"])
-        if "image_map" in options:
-            values["image_map"] = {**DEFAULT_IMAGE_MAP, **dict(options["image_map"])}
-        if "resource_scale" in options:
-            values["resource_scale"] = float(options["resource_scale"])
-        for key in ("state_dir", "wheel_cache"):
+        # reconciler.yaml's schema (repoconfig) has checked every value with its line; this
+        # is for options given another way, which must still fail as an error, not a crash.
+        try:
+            key = "base_image"
             if key in options:
-                values[key] = Path(os.path.expanduser(str(options[key])))
-        if "router_port_range" in options:
-            low, high = options["router_port_range"]
-            values["router_port_range"] = (int(low), int(high))
-        for key in ("ready_timeout_s", "drain_s"):
+                values[key] = str(options[key])
+            key = "image_map"
             if key in options:
-                values[key] = float(options[key])
+                values[key] = {**DEFAULT_IMAGE_MAP, **dict(options["image_map"])}
+            for key in ("resource_scale", "ready_timeout_s", "drain_s"):
+                if key in options:
+                    values[key] = float(options[key])
+            for key in ("state_dir", "wheel_cache"):
+                if key in options:
+                    values[key] = Path(os.path.expanduser(str(options[key])))
+            key = "router_port_range"
+            if key in options:
+                low, high = (int(port) for port in options[key])
+                if not 1024 <= low <= high <= 65535:
+                    raise ValueError(f"need 1024 <= low <= high <= 65535, got [{low}, {high}]")
+                values[key] = (low, high)
+        except (TypeError, ValueError) as exc:
+            raise TargetError(
+                f"reconciler.yaml: targets.{name}.{key}: {exc}", code="InvalidTargetConfig"
+            ) from None
         return cls(**values)

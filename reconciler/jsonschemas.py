@@ -1,0 +1,168 @@
+"""JSON Schemas of the repository's files (schemas/*.json): validators and readable errors.
+
+jsonschema is the authority; a compiled check (fastjsonschema) only decides whether it must
+run, so a valid document costs microseconds. Errors become (field path, message) pairs a
+person can act on. Used by loading (the four kinds) and repoconfig (reconciler.yaml).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import importlib.resources
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+import fastjsonschema
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from reconciler.yamlsource import FieldLines, FieldPath
+
+__all__ = ["Check", "schema", "schema_problems", "shown", "validators"]
+
+
+@functools.cache
+def schema(file_name: str) -> dict[str, Any]:
+    """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
+    text = importlib.resources.files("reconciler").joinpath("schemas", file_name).read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+Check = Callable[[Any], bool]
+
+
+@functools.cache
+def validators(file_name: str) -> tuple[Check, Any]:
+    """(fast check, jsonschema validator) of one schema, built once per process.
+
+    The fast check is fastjsonschema's compiled validator (about 10 microseconds on a
+    deployment, where jsonschema takes ~300): it only decides whether jsonschema must run,
+    and every error reported comes from jsonschema itself, with its paths and messages.
+    tests/unit/test_schemas.py holds the two to the same answers.
+    """
+    loaded = schema(file_name)
+    # No check_schema here: it costs more than all the rest of a CLI start-up's loading work,
+    # and tests/unit/test_schemas.py holds every shipped schema to Draft 2020-12.
+    full = Draft202012Validator(loaded)
+    # use_default=False: fastjsonschema would otherwise write the defaults into the document.
+    # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and `loaded`
+    # is the cached schema others read.
+    compiled = fastjsonschema.compile(copy.deepcopy(loaded), use_default=False)
+
+    def fast(value: Any) -> bool:
+        try:
+            compiled(value)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
+    return fast, full
+
+
+_TYPE_WORDS: Final = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "empty",
+}
+_PATTERN_HINTS: Final = {
+    "^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$": (
+        "must start with a letter and hold only letters, digits and '-', not ending with '-'"
+    ),
+    "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$": "must hold only letters, digits, '_', '.' and '-'",
+}
+
+
+def shown(value: Any, source: str | None) -> str:
+    """A value as a person wrote it: the YAML text when known (1.10 stays 1.10)."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return source if source is not None else str(value)
+
+
+def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[FieldPath, str]]:
+    """A jsonschema error as (field path, message) pairs that a person can act on."""
+    path: FieldPath = tuple(error.absolute_path)
+    keyword, value, instance = error.validator, error.validator_value, error.instance
+    schema_of = error.schema if isinstance(error.schema, dict) else {}
+    got = shown(instance, lines.source_text(path))
+    if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
+        # The instance is a key of the mapping at `path`; its own line is the one to show.
+        if path[-1:] == ("environment_variables",):
+            if instance == "":
+                return [((*path, instance), "an environment variable needs a name")]
+            return [
+                (
+                    (*path, instance),
+                    f"{instance!r} is not a valid environment variable name: it must start "
+                    "with a letter, '_', '-' or '.' and hold only letters, digits, '_', '-' "
+                    "and '.' (no '=')",
+                )
+            ]
+        return [((*path, instance), f"{instance!r} is not a valid key here: {error.message}")]
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        out = []
+        for key in instance:
+            if key in known:
+                continue
+            message = f"unknown field '{key}'"
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            elif path == () and key == "resources":
+                message += " (resources are for Kubernetes deployments: add type: kubernetes)"
+            out.append(((*path, key), message))
+        return out
+    if keyword == "required" and isinstance(instance, dict):
+        return [((*path, k), f"missing required field '{k}'") for k in value if k not in instance]
+    if keyword == "type":
+        wanted = [value] if isinstance(value, str) else list(value)
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        quote = (
+            f" (quote it: '{got}')" if isinstance(instance, float) and "string" in wanted else ""
+        )
+        return [(path, f"must be {words}, got {got}{quote}")]
+    if keyword == "enum":
+        return [(path, f"must be one of {', '.join(map(str, value))}; got {got}")]
+    if keyword == "const":
+        return [(path, f"must be {value!r} in this kind of file, got {got}")]
+    if keyword in ("minimum", "maximum"):
+        bound = "at least" if keyword == "minimum" else "at most"
+        return [(path, f"must be {bound} {value}, got {got}")]
+    if keyword in ("exclusiveMinimum", "exclusiveMaximum"):
+        bound = "more than" if keyword == "exclusiveMinimum" else "less than"
+        return [(path, f"must be {bound} {value}, got {got}")]
+    if keyword in ("minItems", "maxItems") and isinstance(instance, list):
+        if schema_of.get("minItems") == schema_of.get("maxItems"):
+            return [(path, f"must hold {value} items, got {len(instance)}")]
+        bound = "at least" if keyword == "minItems" else "at most"
+        return [(path, f"must hold {bound} {value} items, got {len(instance)}")]
+    if keyword in ("minLength", "maxLength") and isinstance(instance, str):
+        bound = "at least" if keyword == "minLength" else "at most"
+        return [(path, f"must be {bound} {value} characters long, got {got} ({len(instance)})")]
+    if keyword == "pattern":
+        hint = _PATTERN_HINTS.get(value)
+        if hint is None:
+            local = "a local path, " if path[-1:] == ("model",) else ""
+            hint = f"must be {local}azureml:NAME:VERSION or azureml:NAME@latest"
+        return [(path, f"{hint}, got {got}")]
+    if keyword == "maxProperties" and isinstance(instance, dict):
+        names = ", ".join(map(str, instance))
+        return [(path, f"at most {value} deployment may get mirrored traffic, got {names}")]
+    return [(path, error.message)]
