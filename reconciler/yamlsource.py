@@ -296,10 +296,17 @@ def _key_paths(data: bytes, wanted: set[int]) -> dict[int, FieldPath]:
     return found
 
 
+# Every value after the first of a collection follows one of these (`- `, `key: `, `, `).
+_ALL_BUT_MARKS = bytes(range(256)).translate(None, b"[{-?:,")
+
+
 def might_exceed_limits(data: bytes) -> bool:
-    """Whether document_limits must look at a text's document: only an alias can expand
-    a document, and only as many openers as levels can nest it (one pass in C)."""
-    return b"&" in data or len(data.translate(None, _ALL_BUT_OPENERS)) > MAX_NESTING_OF_OURS
+    """Whether document_limits must look at a text's document (one pass in C).
+
+    Only an alias can expand a document; without one, a document nests at most as many
+    levels as it has openers and holds about as many values as it has marks.
+    """
+    return b"&" in data or len(data.translate(None, _ALL_BUT_MARKS)) > MAX_NESTING_OF_OURS
 
 
 def document_limits(value: Any) -> str | None:

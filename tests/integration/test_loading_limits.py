@@ -8,6 +8,7 @@ error (file, line, field) in the working tree and in a commit, from `reconcile v
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,19 @@ def test_traffic_written_twice_is_an_error_in_validate_and_diff(repo: RepoBuilde
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["errors"] == [wanted] and report["steps"] == []
+
+
+@pytest.mark.timeout(120)  # a guard: before the fix, reading the pipe blocked forever
+def test_validate_reports_a_fifo_model_file_and_returns(repo: RepoBuilder) -> None:
+    one_deployment(repo)
+    weights = repo.root / "models" / "sklearn-regression" / "v1" / "model.json"
+    weights.unlink()
+    os.mkfifo(weights)
+    result = run("validate", "--repo", str(repo.root), "--output", "json")
+    assert result.exit_code == 1
+    (error,) = json.loads(result.output)["errors"]
+    assert (error["file"], error["field"]) == ("models/sklearn-regression-1.yml", "path")
+    assert error["message"] == (
+        "'models/sklearn-regression/v1/model.json' is a named pipe (FIFO), not a regular "
+        "file: it is never read"
+    )

@@ -37,6 +37,7 @@ from reconciler.model.specs import (
     SourceLocation,
 )
 from reconciler.model.state import DesiredState
+from reconciler.yamlsource import duplicate_key_diagnostics
 
 AZURE = "https://azuremlschemas.azureedge.net/latest/"
 SCORE = "def init():\n    pass\n\n\ndef run(data):\n    return data\n"
@@ -735,4 +736,19 @@ def test_a_document_of_ours_nested_deeper_than_the_limit_is_refused() -> None:
     assert [(e.file, e.field) for e in errors] == [("endpoint.yml", "")]
     assert errors[0].message == (
         f"nests deeper than {loading.MAX_NESTING_OF_OURS} levels; a file of ours needs a few"
+    )
+
+
+def test_merge_keys_may_override_but_a_key_of_the_mapping_itself_may_not_repeat() -> None:
+    merged = load_yaml_document(b"base: &b {a: 1, b: 2}\nuse:\n  <<: *b\n  b: 3\n", "m.yml")
+    assert merged.duplicate_keys == () and merged.value["use"] == {"a": 1, "b": 3}
+    twice = load_yaml_document(b"base: &b {a: 1}\nuse:\n  <<: *b\n  b: 3\n  b: 4\n", "m.yml")
+    (duplicate,) = twice.duplicate_keys
+    assert (duplicate.key, duplicate.line, duplicate.first_line) == ("b", 5, 4)
+    deep = load_yaml_document(b"x:\n  - y:\n      k: 1\n      k: 2\n", "m.yml")
+    (found,) = duplicate_key_diagnostics(b"x:\n  - y:\n      k: 1\n      k: 2\n", deep)
+    assert (found.line, found.field, found.message) == (
+        4,
+        "x[0].y.k",
+        "duplicate key `k` (first at line 3)",
     )
