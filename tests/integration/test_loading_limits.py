@@ -157,3 +157,20 @@ def test_validate_reports_a_fifo_model_file_and_returns(repo: RepoBuilder) -> No
         "'models/sklearn-regression/v1/model.json' is a named pipe (FIFO), not a regular "
         "file: it is never read"
     )
+
+
+def test_an_image_holds_what_loading_digested_for_a_link_inside_the_repository(
+    tmp_path: Path,
+) -> None:
+    # Loading reads a link inside the repository as the file it names; the image's layer
+    # must hold that file too, not a link that dangles once the folder is copied alone.
+    from reconciler.targets.docker.images import _add_tree, _context_tar
+
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "score.py").write_text("def run(data):\n    return data\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "score.py").symlink_to("../shared/score.py")
+    with _context_tar() as (handle, tar):
+        _add_tree(tar, tmp_path / "src", "var/azureml-app/src")
+        member = tar.getmember("var/azureml-app/src/score.py")
+    assert member.isfile() and member.size == len("def run(data):\n    return data\n")

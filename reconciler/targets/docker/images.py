@@ -51,7 +51,7 @@ import docker
 import docker.errors
 import structlog
 
-from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, git_blob_id
+from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, file_blob_id
 from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, spec_digest
 from reconciler.targets.docker.baseimage import (
     BASE_IMAGE,
@@ -713,8 +713,9 @@ def _thin_changes(
 def _folder_digest(repo_root: Path, path: str) -> str:
     full = repo_root / path
     if full.is_file():
-        # The same value Digester gives a file: loading's digests and ours agree.
-        blob = git_blob_id(full.read_bytes())
+        # The same value Digester gives a file: loading's digests and ours agree. Hashed in
+        # chunks: a model of gigabytes is never read whole.
+        blob, _ = file_blob_id(full.resolve())
         return "sha256:" + hashlib.sha256(f"\0{blob}\n".encode()).hexdigest()
     return Digester(DirectoryTree(full)).digest("")
 
@@ -922,10 +923,12 @@ def _run_to_end(container: Any, build_log: BuildLog, *, tag: str) -> None:
 @contextlib.contextmanager
 def _context_tar() -> Iterator[tuple[IO[bytes], tarfile.TarFile]]:
     # The context is written as a tar straight from the repository's files: no copy of
-    # model weights into a temporary folder first.
+    # model weights into a temporary folder first. dereference: loading reads a link inside
+    # the repository as the file it names (and refuses any other), so the image holds that
+    # file, not a link that would dangle in it.
     with (
         tempfile.TemporaryFile(prefix="reconciler-context-") as handle,
-        tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar,
     ):
         yield handle, tar
 
