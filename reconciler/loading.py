@@ -903,8 +903,14 @@ class _Load:
 
     def code(self, code: CodeSpec, owner: str) -> CodeSpec | None:
         if code.path not in self.dirs:
-            what = "is a file, not a folder" if code.path in self.files else "does not exist"
-            self.error(owner, ("code_configuration", "code"), f"code folder '{code.path}' {what}")
+            message = f"code folder '{code.path}' does not exist"
+            if code.path in self.files:
+                message = f"code folder '{code.path}' is a file, not a folder"
+                try:
+                    self.tree.blob_id(code.path)
+                except TreeEntryError as exc:  # a link: to a folder, or out of the repository
+                    message = exc.message
+            self.error(owner, ("code_configuration", "code"), message)
             return None
         script = posixpath.normpath(posixpath.join(code.path, code.scoring_script))
         if script not in self.files:

@@ -170,7 +170,7 @@ def test_an_image_holds_what_loading_digested_for_a_link_inside_the_repository(
     (tmp_path / "shared" / "score.py").write_text("def run(data):\n    return data\n")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "score.py").symlink_to("../shared/score.py")
-    with _context_tar() as (handle, tar):
+    with _context_tar() as (_handle, tar):
         _add_tree(tar, tmp_path / "src", "var/azureml-app/src")
         member = tar.getmember("var/azureml-app/src/score.py")
     assert member.isfile() and member.size == len("def run(data):\n    return data\n")

@@ -752,3 +752,16 @@ def test_merge_keys_may_override_but_a_key_of_the_mapping_itself_may_not_repeat(
         "x[0].y.k",
         "duplicate key `k` (first at line 3)",
     )
+
+
+def test_a_code_folder_that_is_a_link_to_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    tree = on_disk(tmp_path / "repo", files(src__score_dot_py=None, real__score_dot_py=SCORE))
+    (tmp_path / "repo" / "src").symlink_to("real")
+    errors = disk_errors(tree)
+    assert {(e.file, e.field) for e in errors} == {
+        ("blue.yml", "code_configuration.code"),
+        ("green.yml", "code_configuration.code"),
+    }
+    assert errors[0].message == (
+        "'src' is a symbolic link to the folder 'real': links to folders are not followed"
+    )
