@@ -174,3 +174,25 @@ def test_an_image_holds_what_loading_digested_for_a_link_inside_the_repository(
         _add_tree(tar, tmp_path / "src", "var/azureml-app/src")
         member = tar.getmember("var/azureml-app/src/score.py")
     assert member.isfile() and member.size == len("def run(data):\n    return data\n")
+
+
+def test_a_repository_in_a_sub_folder_reads_links_as_its_checkout_does(tmp_path: Path) -> None:
+    # The repository is ml/ of the checkout: a link to a file of the checkout outside ml/
+    # is outside the repository, in the commit as on disk.
+    checkout = RepoBuilder(tmp_path / "checkout")
+    sub = RepoBuilder.__new__(RepoBuilder)  # writes files into ml/, no `git init` of its own
+    sub.root = checkout.root / "ml"
+    one_deployment(sub)
+    checkout.write("shared/score.py", "def run(data):\n    return data\n")
+    (sub.root / "src" / "score.py").unlink()
+    (sub.root / "src" / "score.py").symlink_to("../../shared/score.py")
+    checkout.commit("ml/ is the repository")
+    source = GitSource(sub.root)
+    message = (
+        "'src/score.py' is a symbolic link to '../../shared/score.py', outside the "
+        "repository: links are followed only inside it"
+    )
+    for tree in (source.tree("HEAD"), source.working_tree()):
+        with pytest.raises(DesiredStateInvalid) as caught:
+            load_desired_state(tree)
+        assert [e.message for e in caught.value.errors] == [message]
