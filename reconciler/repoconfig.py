@@ -131,7 +131,11 @@ def load_repo_config(tree: FileTree) -> RepoConfig:
                 message = f"low port {low} is above high port {high}: write [low, high]"
                 error((*where, "router_port_range"), message)
         if kind == "kubernetes" and (not _LABEL_VALUE.match(str(name)) or len(str(name)) > 63):
-            error(where, "a Kubernetes target's name must be a valid label value (63 characters)")
+            error(
+                where,
+                "a Kubernetes target's name labels its objects: at most 63 letters, digits, "
+                "'-', '_' and '.', starting and ending with a letter or digit",
+            )
         if kind not in TARGET_TYPES:
             continue
         rest = {k: v for k, v in options.items() if k not in ("type", "capacity_cores")}

@@ -123,3 +123,15 @@ def test_docker_options_given_another_way_fail_as_an_error_not_a_crash(
     with pytest.raises(TargetError) as raised:
         DockerOptions.from_config("local", options)
     assert str(raised.value).startswith(f"reconciler.yaml: targets.local.{next(iter(options))}: ")
+
+
+def test_a_kubernetes_target_name_must_be_a_label_value() -> None:
+    text = "targets:\n  local: {type: docker}\n  prod cluster!:\n    type: kubernetes\n"
+    assert errors(text) == [
+        (
+            3,
+            "targets.prod cluster!",
+            "a Kubernetes target's name labels its objects: at most 63 letters, digits, "
+            "'-', '_' and '.', starting and ending with a letter or digit",
+        )
+    ]
