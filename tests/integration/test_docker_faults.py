@@ -140,7 +140,7 @@ def test_the_host_state_folder_removed_loses_nothing(docker_world: DockerWorld) 
     assert world.apply(target=fresh).plan.steps == ()
     # A restarted router reads its config from its volume: it serves with the same keys.
     router(world, "folder-ep").restart(timeout=2)  # type: ignore[attr-defined]
-    world.wait_for(lambda: world.score("folder-ep").status == 200, what="the router back")
+    world.wait_for(lambda: status_of(world, "folder-ep") == 200, what="the router back")
     assert (
         fresh.endpoint_credentials("folder-ep").primary_key,
         world.key("folder-ep", "secondary"),

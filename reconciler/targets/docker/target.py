@@ -900,6 +900,16 @@ class DockerTarget:
         if serving:
             if self._read_router_config(endpoint) != config:
                 self._write_router_config(endpoint, config)
+        elif router is not None and self._current_layout(router, volume):
+            # Stopped, or up behind a dead port proxy: a restart (a new proxy with it) is
+            # quicker than a new container, and keeps everything else as it is.
+            try:
+                router.restart(timeout=1)
+                self._await_router(router, endpoint, ports[0])
+                say(f"router of {endpoint} restarted on 127.0.0.1:{ports[0]}")
+            except (TargetError, docker.errors.APIError) as exc:
+                log.warning("router_restart_failed", endpoint=endpoint, error=str(exc))
+                self._start_router(endpoint, image, volume, ports, say)
         else:
             self._start_router(endpoint, image, volume, ports, say)
             if legacy_router is not None:
@@ -1048,14 +1058,28 @@ class DockerTarget:
         networks["internal"].connect(container)
         container.start()
         say(f"router of {endpoint} on 127.0.0.1:{ports[0]}")
+        self._await_router(container, endpoint, ports[0])
+
+    def _current_layout(self, router: Any, volume: Any) -> bool:
+        """Whether a router container is of this version's layout: the state volume
+        mounted, on the endpoint's internal network and the target's edge network."""
+        mount = _mount_of(router)
+        if mount is None or mount.get("Type") != "volume" or mount.get("Name") != volume.name:
+            return False
+        attached = set((router.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+        endpoint = router.labels.get(f"{L}endpoint", "")
+        return {str(n.name) for n in self._endpoint_networks(endpoint).values()} <= attached
+
+    def _await_router(self, container: Any, endpoint: str, port: int) -> None:
+        """Return once the router answers on its published port, as callers reach it."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if _port_problem(ports[0]) is None:
+            if _port_problem(port) is None:
                 return
             container.reload()
             if container.status == "exited":
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise TargetError(
             f"router of {endpoint} did not become ready",
             code="RouterUnavailable",
