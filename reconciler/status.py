@@ -119,7 +119,7 @@ def _endpoint_doc(
         d.name: _deployment_doc(d, failures.get(d.key), pending=d.name in undone)
         for d in live.deployments_of(name)
     }
-    return {
+    doc: dict[str, Any] = {
         "endpoint": name,
         "commit": revision,
         "target": target,
@@ -136,6 +136,10 @@ def _endpoint_doc(
         "errors": [e.as_json() for e in errors],
         "pending_steps": pending,
     }
+    if endpoint is not None and endpoint.notes:
+        # Only when there are some: status files of endpoints without notes stay as they were.
+        doc["notes"] = list(endpoint.notes)
+    return doc
 
 
 def _deployment_doc(

@@ -63,6 +63,9 @@ class LiveEndpoint:
     # Why the endpoint does not serve as it should although its settings match (its router
     # stopped, its port dead, its keys or router config lost): the plan repairs it.
     repair: str | None = None
+    # What people must know of the endpoint's past that its settings do not show (keys
+    # issued anew after the old ones were lost, ...); status shows them.
+    notes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

@@ -236,6 +236,11 @@ def test_truncated_keys_are_a_clear_error_then_new_keys_said_once(
     applied = runner.invoke(main, [*repo])
     assert applied.exit_code == 0, applied.output
     assert applied.output.count("NEW KEYS issued for trunc-ep") == 1, applied.output
+    status = yaml.safe_load(world.repo.git("show", "reconcile-status:status/trunc-ep.yaml"))
+    assert status["notes"] == [
+        "NEW KEYS issued for trunc-ep: its keys were unreadable (not JSON (JSONDecodeError, "
+        "truncated or corrupt)); callers need the new ones (`reconcile credentials trunc-ep`)"
+    ]
     new = world.key("trunc-ep")
     assert new != old
     assert world.score("trunc-ep", key=old).status == 401
@@ -261,7 +266,10 @@ def test_a_lost_state_volume_is_rebuilt_with_new_keys_and_the_running_instances(
     assert actions(plan.steps) == [Action.REPAIR_ENDPOINT, Action.SET_TRAFFIC]
     assert "new keys will be issued" in plan.steps[0].reason
     instances = {c.id for c in world.containers("lost-ep")}
-    world.apply()
+    result = world.apply()
+    assert [n.split(":")[0] for n in result.status["lost-ep"]["notes"]] == [
+        "NEW KEYS issued for lost-ep"
+    ]
     assert {c.id for c in world.containers("lost-ep")} == instances  # kept, routed again
     assert world.key("lost-ep") != old
     assert world.score("lost-ep").status == 200

@@ -11,6 +11,7 @@ and the router's ports, and named `rcl-TARGET-ENDPOINT-state`:
     state/endpoint.json         the endpoint spec applied last
     state/deployments.json      per deployment: scale settings, the version applied last
     state/autoscale.json        per deployment: the autoscaler's last decision
+    state/notes.json            what status must tell people (keys issued anew, and why)
 
 The volume is mounted at /etc/reconciler-router in the router (which reads router.json and
 saves there what the admin call changes) and in a holder container that never runs
@@ -39,6 +40,7 @@ CREDENTIALS = "state/credentials.json"
 ENDPOINT = "state/endpoint.json"
 DEPLOYMENTS = "state/deployments.json"
 AUTOSCALE = "state/autoscale.json"
+NOTES = "state/notes.json"
 # A state volume larger than this is not ours to read whole (hostile or broken).
 MAX_STATE_BYTES = 16 * 1024 * 1024
 

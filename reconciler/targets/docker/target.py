@@ -110,6 +110,7 @@ from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
 from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE
 from reconciler.targets.docker.state import ENDPOINT as ENDPOINT_FILE
 from reconciler.targets.docker.state import MOUNT as STATE_MOUNT
+from reconciler.targets.docker.state import NOTES as NOTES_FILE
 from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
 from reconciler.targets.docker.state import read_files as read_state
 from reconciler.targets.docker.state import write_files as write_state
@@ -390,6 +391,7 @@ class DockerTarget:
             openapi_uri=f"{uri}/swagger.json" if uri else None,
             spec_known=spec_known,
             repair="; ".join(problems) or None,
+            notes=tuple(str(v) for _, v in sorted(self._state_json(name, NOTES_FILE).items())),
         )
 
     def _observe_deployment(
@@ -807,14 +809,16 @@ class DockerTarget:
 
     def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
         assert step.endpoint_spec is not None
-        self._provision_endpoint(step.endpoint_spec, say)
+        self._provision_endpoint(step.endpoint_spec, say, repair=False)
 
     def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
         assert step.endpoint_spec is not None
         say(f"repairing endpoint {step.endpoint}: {step.reason.removeprefix('repair: ')}")
-        self._provision_endpoint(step.endpoint_spec, say)
+        self._provision_endpoint(step.endpoint_spec, say, repair=True)
 
-    def _provision_endpoint(self, spec: EndpointSpec, say: ProgressCallback) -> None:
+    def _provision_endpoint(
+        self, spec: EndpointSpec, say: ProgressCallback, *, repair: bool
+    ) -> None:
         """Make every part of the endpoint exist and work, keeping whatever still does.
 
         Creating and repairing are one routine: the state volume (with the router's
@@ -840,7 +844,9 @@ class DockerTarget:
                 f"({owner}); give this repository's target another name in reconciler.yaml",
                 code="OwnedElsewhere",
             )
-        had_state = volume is not None or bool(legacy)
+        # Keys made for an endpoint that had some (a repair, a volume or an old layout)
+        # replace lost ones: that is said loudly. A new endpoint's are just generated.
+        had_state = repair or volume is not None or bool(legacy)
         if volume is None:
             volume = self._create_state_volume(endpoint, legacy, legacy_router)
         ports = _volume_ports(volume)
@@ -864,10 +870,14 @@ class DockerTarget:
             creds = new_credentials(port=ports[0], metrics_port=ports[1])
             if had_state:
                 log.warning("keys_reissued", endpoint=endpoint, target=self.name, reason=lost)
-                say(
+                notice = (
                     f"NEW KEYS issued for {endpoint}: {lost}; callers need the new ones "
                     f"(`reconcile credentials {endpoint}`)"
                 )
+                say(notice)
+                notes = self._state_json(endpoint, NOTES_FILE)
+                notes["keys"] = notice
+                self._put(endpoint, {NOTES_FILE: _json_bytes(notes)})
             else:
                 say(f"keys generated for {endpoint} (kept in its state volume, mode 0600)")
         creds = replace(creds, port=ports[0], metrics_port=ports[1])
@@ -1580,7 +1590,12 @@ class DockerTarget:
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
         creds = self.endpoint_credentials(endpoint).regenerated(which)
-        self._put(endpoint, {CREDENTIALS_FILE: credentials_to_json(creds)})
+        notes = self._state_json(endpoint, NOTES_FILE)
+        notes.pop("keys", None)  # a key chosen anew: the note on lost keys has had its day
+        self._put(
+            endpoint,
+            {CREDENTIALS_FILE: credentials_to_json(creds), NOTES_FILE: _json_bytes(notes)},
+        )
         config = self._credentials_config(self._router_config(endpoint), creds)
         self._write_router_config(endpoint, config)
 
