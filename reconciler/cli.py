@@ -19,7 +19,7 @@ import yaml
 
 from reconciler import logs as logging_setup
 from reconciler.diffing import assume_applied
-from reconciler.engine import load, plan_pass, run_pass
+from reconciler.engine import load, plan_pass, run_pass, targets_instance_types
 from reconciler.filetree import DirectoryTree, FileTree
 from reconciler.gitsource import GitSource, GitSourceError
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
@@ -457,7 +457,15 @@ def diff(
         assert head_failed is not None
         emit(head_failed, output)
         sys.exit(EXIT_ERRORS)
-    plan = make_plan(head_state, live, prune=prune or config.prune, extra_warnings=warnings)
+    # The quota figures know each Kubernetes target's own instance types too.
+    instance_types = targets_instance_types(config)
+    plan = make_plan(
+        head_state,
+        live,
+        prune=prune or config.prune,
+        extra_warnings=warnings,
+        instance_types=instance_types,
+    )
     review = review_changes(
         plan,
         base_tree,
@@ -466,6 +474,7 @@ def diff(
         head=head_state,
         target=target.name,
         capacity_cores=target.capacity_cores,
+        instance_types=instance_types,
     )
     violations: tuple[Diagnostic, ...] = ()
     if not policies.empty:

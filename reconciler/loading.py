@@ -701,9 +701,16 @@ class _Content:
 class _Load:
     """The work of one load_desired_state call."""
 
-    def __init__(self, tree: FileTree, instance_types: Mapping[str, InstanceType]) -> None:
+    def __init__(
+        self,
+        tree: FileTree,
+        instance_types: Mapping[str, InstanceType],
+        target_names: tuple[str, ...] = (),
+    ) -> None:
         self.tree = tree
         self.instance_types = instance_types
+        # The targets of reconciler.yaml whose types make up instance_types, for errors.
+        self.target_names = target_names
         self.digester = Digester(tree)
         self.paths = sorted(tree.paths())
         self.files = set(self.paths)
@@ -1114,8 +1121,13 @@ class _Load:
             written = spec.instance_type
             if written is not None and self.instance_type(spec) is None:
                 close = difflib.get_close_matches(written, known, n=3, cutoff=0.5)
-                message = f"unknown instance type '{written}'; valid names include " + ", ".join(
-                    close or known[:5]
+                where = (
+                    f" (no target of reconciler.yaml has it: {', '.join(self.target_names)})"
+                    if self.target_names
+                    else ""
+                )
+                message = f"unknown instance type '{written}'{where}; valid names include " + (
+                    ", ".join(close or known[:5])
                 )
                 if written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
                     message = (
@@ -1136,13 +1148,15 @@ def load_desired_state(
     *,
     instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
     revision: str | None = None,
+    target_names: tuple[str, ...] = (),
 ) -> DesiredState:
     """Every endpoint and deployment a tree declares, validated and normalised.
 
     Raises DesiredStateInvalid with every error found, sorted by file, line and field.
     Warnings (fields accepted with no effect here, and the like) are in the state's warnings.
+    `target_names`: the targets instance_types come from, named by an unknown type's error.
     """
-    load = _Load(tree, instance_types)
+    load = _Load(tree, instance_types, target_names)
     load.read_all()
     models = load.assets(MODEL)
     environments = load.assets(ENVIRONMENT)
