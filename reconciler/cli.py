@@ -19,7 +19,7 @@ import yaml
 
 from reconciler import logs as logging_setup
 from reconciler.diffing import assume_applied
-from reconciler.engine import load, plan_pass, run_pass
+from reconciler.engine import load, plan_pass, run_pass, targets_instance_types
 from reconciler.filetree import DirectoryTree, FileTree
 from reconciler.gitsource import GitSource, GitSourceError
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
@@ -29,11 +29,12 @@ from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
 from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
-from reconciler.repoconfig import RepoConfig, load_repo_config
+from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.status import StatusTarget
+from reconciler.yamlsource import FieldLines, FieldPath
 
 EXIT_OK, EXIT_ERRORS, EXIT_CHANGES = 0, 1, 2
 STATUS_TARGET = "status"
@@ -222,9 +223,14 @@ def main(
     try:
         if dry_run:
             live = target.observe()
-            plan, _ = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
+            plan, desired = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
             if isinstance(target, StatusTarget) and target.warnings:
                 plan = replace(plan, warnings=target.warnings + plan.warnings)
+            if desired is not None:
+                chosen = config.target(target_name)
+                plan = replace(
+                    plan, warnings=plan.warnings + target_warnings(tree, desired, chosen)
+                )
             emit(plan, output)
             sys.exit(exit_code(plan))
         if source.git is not None and not source.worktree and source.git.dirty_paths():
@@ -269,12 +275,54 @@ def main(
     sys.exit(EXIT_ERRORS if result.plan.errors or failed else EXIT_OK)
 
 
+def target_warnings(
+    tree: FileTree, desired: DesiredState, chosen: TargetConfig | None
+) -> tuple[Diagnostic, ...]:
+    """What a Docker target does differently from Azure ML (an image replaced by its
+    image_map, another Python than the conda file pins, Kubernetes resources as limits),
+    said before anything is applied, each with the file and line of its field."""
+    if chosen is None or chosen.type != "docker" or not desired.deployments:
+        return ()
+    # Imported here, as in open_target: only a Docker target pays for the Docker SDK.
+    from reconciler.targets.docker.options import DockerOptions
+    from reconciler.targets.docker.preflight import preflight_warnings
+
+    try:
+        options = DockerOptions.from_config(chosen.name, chosen.options)
+    except TargetError:
+        return ()  # reconciler.yaml's own errors say what is wrong with it
+    lines: dict[str, FieldLines] = {}
+
+    def line_of(file: str, field: FieldPath) -> int | None:
+        if file not in lines:
+            try:
+                lines[file] = FieldLines(tree.read(file))
+            except Exception:  # a file gone since loading: the document's line stands
+                lines[file] = FieldLines(None)
+        return lines[file].line(field)
+
+    return preflight_warnings(
+        desired.deployments,
+        target=chosen.name,
+        base_image=options.base_image,
+        image_map=options.image_map,
+        line_of=line_of,
+    )
+
+
 @main.command()
 @click.option("--repo", default=".", show_default=True)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def validate(repo: str, output: str) -> None:
+@click.option(
+    "--target",
+    "target_name",
+    default=None,
+    help="Also say what this target of reconciler.yaml does differently (image_map, ...).",
+)
+def validate(repo: str, output: str, target_name: str | None) -> None:
     """Check every file of the repository (working tree) and the policies that need no
-    base (min_instances_with_traffic, the syntax of all); exit 1 on errors."""
+    base (min_instances_with_traffic, the syntax of all); exit 1 on errors. With --target,
+    warn of what that target changes (an image replaced, another Python, resources)."""
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
     config: RepoConfig | None = None
@@ -288,6 +336,13 @@ def validate(repo: str, output: str) -> None:
     warnings = desired.warnings if desired else ()
     if desired is not None and config is not None:
         errors += check_policies(None, desired, policies=config.policies)
+    if target_name is not None and config is not None:
+        chosen = config.target(target_name)
+        if chosen is None:
+            known = ", ".join(t.name for t in config.targets)
+            fail(f"no target named {target_name!r} in reconciler.yaml (known: {known})")
+        if desired is not None:
+            warnings += target_warnings(tree, desired, chosen)
     if output == "json":
         import json
 
@@ -402,7 +457,15 @@ def diff(
         assert head_failed is not None
         emit(head_failed, output)
         sys.exit(EXIT_ERRORS)
-    plan = make_plan(head_state, live, prune=prune or config.prune, extra_warnings=warnings)
+    # The quota figures know each Kubernetes target's own instance types too.
+    instance_types = targets_instance_types(config)
+    plan = make_plan(
+        head_state,
+        live,
+        prune=prune or config.prune,
+        extra_warnings=warnings,
+        instance_types=instance_types,
+    )
     review = review_changes(
         plan,
         base_tree,
@@ -411,6 +474,7 @@ def diff(
         head=head_state,
         target=target.name,
         capacity_cores=target.capacity_cores,
+        instance_types=instance_types,
     )
     violations: tuple[Diagnostic, ...] = ()
     if not policies.empty:
@@ -433,7 +497,13 @@ def diff(
         violations = check_policies(
             base_state, head_state, policies=policies, approvals=approvals, history=history
         )
-    plan = replace(plan, errors=violations, warnings=plan.warnings + quota_warnings(review))
+    # Named with --target: what that target changes is part of the review (Docker only).
+    changed_by_target = target_warnings(head_tree, head_state, target) if target_name else ()
+    plan = replace(
+        plan,
+        errors=violations,
+        warnings=plan.warnings + quota_warnings(review) + changed_by_target,
+    )
     click.echo(render_plan(plan, output, review=review), nl=False)
     sys.exit(exit_code(plan))
 

@@ -22,8 +22,10 @@ from reconciler.model.plan import Plan
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
+from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import Settling, Target
+from reconciler.targets.base import Settling, Target, TargetError
+from reconciler.targets.kubernetes.options import KubernetesOptions
 
 log = structlog.get_logger("reconciler.engine")
 
@@ -44,15 +46,58 @@ class PassResult:
         return bool(self.plan.errors) or any(r.outcome == Outcome.FAILED for r in self.results)
 
 
+def targets_instance_types(config: RepoConfig) -> dict[str, InstanceType]:
+    """Instance types some target of reconciler.yaml has: Azure's sizes (every target) and
+    each Kubernetes target's own `instance_types` (a cluster defines its types)."""
+    table = dict(DEFAULT_INSTANCE_TYPES)
+    for target in config.targets:
+        if target.type == "kubernetes":
+            try:
+                table.update(
+                    KubernetesOptions.from_config(target.name, target.options).instance_types
+                )
+            except TargetError:
+                continue  # reconciler.yaml's own errors say what is wrong with it
+    return table
+
+
+def repository_instance_types(tree: FileTree) -> tuple[dict[str, InstanceType], tuple[str, ...]]:
+    """(instance types of the targets of the tree's reconciler.yaml, the targets' names)."""
+    try:
+        config = load_repo_config(tree)
+    except DesiredStateInvalid:
+        config = RepoConfig()  # its errors are reported by whoever reads it for its targets
+    return targets_instance_types(config), tuple(t.name for t in config.targets)
+
+
 def load(
     tree: FileTree,
     *,
     revision: str | None = None,
-    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    instance_types: Mapping[str, InstanceType] | None = None,
 ) -> tuple[DesiredState | None, Plan | None]:
-    """The desired state, or (None, a plan holding its errors)."""
+    """The desired state, or (None, a plan holding its errors).
+
+    Without `instance_types`, those of the targets of the tree's reconciler.yaml: a
+    Kubernetes target's own types are valid, and an unknown type names the targets.
+    """
+    names: tuple[str, ...] = ()
+    if instance_types is None:
+        instance_types, names = repository_instance_types(tree)
+    return _load(tree, revision, instance_types, names)
+
+
+def _load(
+    tree: FileTree,
+    revision: str | None,
+    instance_types: Mapping[str, InstanceType],
+    target_names: tuple[str, ...],
+) -> tuple[DesiredState | None, Plan | None]:
     try:
-        return load_desired_state(tree, instance_types=instance_types, revision=revision), None
+        desired = load_desired_state(
+            tree, instance_types=instance_types, revision=revision, target_names=target_names
+        )
+        return desired, None
     except DesiredStateInvalid as invalid:
         return None, invalid_plan(invalid.errors)
 
@@ -63,9 +108,12 @@ def plan_pass(
     *,
     prune: bool,
     revision: str | None = None,
-    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    instance_types: Mapping[str, InstanceType] | None = None,
 ) -> tuple[Plan, DesiredState | None]:
-    desired, failed = load(tree, revision=revision, instance_types=instance_types)
+    names: tuple[str, ...] = ()
+    if instance_types is None:
+        instance_types, names = repository_instance_types(tree)
+    desired, failed = _load(tree, revision, instance_types, names)
     if desired is None:
         assert failed is not None
         return failed, None
@@ -79,7 +127,7 @@ def run_pass(
     prune: bool,
     dry_run: bool,
     revision: str | None = None,
-    instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
+    instance_types: Mapping[str, InstanceType] | None = None,
     gate: Gate = DEFAULT_GATE,
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,

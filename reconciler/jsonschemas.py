@@ -101,6 +101,10 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
     keyword, value, instance = error.validator, error.validator_value, error.instance
     schema_of = error.schema if isinstance(error.schema, dict) else {}
     got = shown(instance, lines.source_text(path))
+    custom = schema_of.get("x-message")
+    if isinstance(custom, str) and keyword in ("type", "enum"):
+        # A rule the schema explains itself (a value Azure reads as text, say).
+        return [(path, f"{custom}, got {got}")]
     if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
         # The instance is a key of the mapping at `path`; its own line is the one to show.
         if path[-1:] == ("environment_variables",):

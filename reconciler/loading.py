@@ -32,8 +32,14 @@ from typing import Any, Final
 
 from reconciler.filetree import Digester, FileTree, TreeEntryError
 from reconciler.jsonschemas import schema, schema_problems, shown, validators
+from reconciler.model import azureyaml
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
-from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.instance_types import (
+    DEFAULT_INSTANCE_TYPES,
+    KUBERNETES_DEFAULT_INSTANCE_TYPE,
+    InstanceType,
+    canonical_instance_type,
+)
 from reconciler.model.specs import (
     KUBERNETES,
     MANAGED,
@@ -106,7 +112,8 @@ MAX_DEPLOYMENTS_PER_ENDPOINT: Final = 20
 KUBERNETES_NAME_LENGTHS: Final = (6, 62)  # endpoint name + deployment name, together
 CACHE_SIZE: Final = 20_000
 
-_REFERENCE: Final = re.compile(r"^azureml:([a-zA-Z0-9][a-zA-Z0-9_.-]*)(?::([^:@/]+)|@latest)$")
+# azureml:NAME:VERSION, azureml:NAME@latest, or azureml:NAME (the latest too, as in Azure).
+_REFERENCE: Final = re.compile(r"^azureml:([a-zA-Z0-9][a-zA-Z0-9_.-]*)(?::([^:@/]+)|@latest)?$")
 _PYTHON_PIN: Final = re.compile(r"^python\s*={1,2}\s*([0-9]+(?:\.[0-9]+)*)")
 # Whether a file that is not valid YAML looks like one of ours (see _analyse).
 _LOOKS_OURS: Final = re.compile(
@@ -223,7 +230,9 @@ def _classify(value: Any) -> tuple[str, str] | None:
     # Azure ML picks the variant by `type: kubernetes` or `compute:`; $schema decides only
     # when neither is written, since schema lines are often copied from another example.
     if kind == DEPLOYMENT and "type" in value:
-        return kind, KUBERNETES if value["type"] == KUBERNETES else MANAGED
+        written = value["type"]
+        snake = azureyaml.camel_to_snake(written) if isinstance(written, str) else written
+        return kind, KUBERNETES if snake == KUBERNETES else MANAGED
     if kind == ENDPOINT and "compute" in value:
         return kind, KUBERNETES
     if kind in (DEPLOYMENT, ENDPOINT):
@@ -263,6 +272,10 @@ def _analyse(path: str, data: bytes) -> _FileResult:
         # The values read are the last ones, which a reviewer of the first would not expect:
         # nothing else of the file is checked until each key is written once.
         return _FileResult(kind, flavor, declared, errors=duplicate_key_diagnostics(data, parsed))
+    if isinstance(document, dict):
+        # Enumerations as Azure's loaders match them (auth_mode: Key, type: Kubernetes...),
+        # in their canonical form before the schema sees them and in the state after.
+        document = azureyaml.normalised(document, kind)
     check = _FileCheck(path, data)
     fast, full = _validators(SCHEMA_FILES[kind, flavor])
     if not fast(document):
@@ -277,6 +290,7 @@ def _analyse(path: str, data: bytes) -> _FileResult:
     # error shows at once; a file with any error never reaches the desired state.
     if not check.errors:
         source = SourceLocation(path, line)
+        _reported_by_azure(document, kind, (), check)
         if kind == ENDPOINT:
             endpoint = _endpoint(document, flavor, source, check)
         elif kind == DEPLOYMENT:
@@ -312,6 +326,16 @@ def _canonical_json(value: Any) -> str | None:
     return json.dumps(plain(value), sort_keys=True, default=str)
 
 
+def _reported_by_azure(
+    doc: Mapping[str, Any], kind: str, prefix: FieldPath, check: _FileCheck
+) -> None:
+    """Fields Azure fills in or keeps for itself (a file exported from a workspace has them):
+    accepted, each with a warning that it has no effect here."""
+    for field, what in azureyaml.REPORTED_BY_AZURE[kind].items():
+        if field in doc:
+            check.no_effect((*prefix, field), what)
+
+
 def _endpoint(
     doc: Mapping[str, Any], flavor: str, source: SourceLocation, check: _FileCheck
 ) -> EndpointSpec:
@@ -337,6 +361,7 @@ def _endpoint(
         compute=doc.get("compute"),
         identity=_canonical_json(doc.get("identity")),
         public_network_access=doc.get("public_network_access", "enabled"),
+        properties=pairs(doc.get("properties")),
         source=source,
     )
 
@@ -356,6 +381,7 @@ def _model(
         path=path,
         type=model.get("type", "custom_model"),
         registered=registered,
+        properties=pairs(model.get("properties")),
     )
 
 
@@ -438,9 +464,28 @@ def _scale_settings(doc: Mapping[str, Any], check: _FileCheck) -> ScaleSettings:
     return settings
 
 
+def _quantities(given: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Kubernetes quantities; Azure's `gpu` is Kubernetes' nvidia.com/gpu."""
+    if not given or "gpu" not in given:
+        return given
+    return {("nvidia.com/gpu" if key == "gpu" else key): value for key, value in given.items()}
+
+
 def _reference(text: str) -> _Reference | None:
     match = _REFERENCE.match(text)
-    return None if match is None else _Reference(text, match.group(1), match.group(2))
+    if match is not None:
+        return _Reference(text, match.group(1), match.group(2))
+    # The repository stands for the workspace, so an asset's ARM id names it by name too.
+    by_id = azureyaml.arm_id_reference(text)
+    return None if by_id is None else _Reference(text, *by_id)
+
+
+def _registry_reference(text: Any, field: FieldPath, check: _FileCheck) -> bool:
+    """True (and an error saying what to do instead) when text names a registry asset."""
+    found = azureyaml.registry_reference(text) if isinstance(text, str) else None
+    if found is not None:
+        check.error(field, azureyaml.registry_message(found))
+    return found is not None
 
 
 def _deployment(
@@ -449,13 +494,19 @@ def _deployment(
     model: ModelSpec | _Reference | None = None
     model_field: FieldPath = ("model",)
     given = doc.get("model")
-    if isinstance(given, str):
+    if _registry_reference(given, model_field, check):
+        pass
+    elif isinstance(given, str):
         model = _reference(given) or _model(
             {"path": given}, check, path_field=model_field, registered=False
         )
     elif isinstance(given, dict):
         model_field = ("model", "path")
         model = _model(given, check, path_field=model_field, registered=False)
+        reported = {k: v for k, v in azureyaml.REPORTED_BY_AZURE[MODEL].items() if k != "id"}
+        for name, what in reported.items():
+            if name in given:
+                check.no_effect(("model", name), what)
 
     code = None
     if "code_configuration" in doc:
@@ -469,10 +520,15 @@ def _deployment(
             code = CodeSpec(path=folder, scoring_script=script)
 
     environment: EnvironmentSpec | _Reference | None
-    if isinstance(doc["environment"], str):
+    if _registry_reference(doc["environment"], ("environment",), check):
+        environment = None
+    elif isinstance(doc["environment"], str):
         environment = _reference(doc["environment"])
     else:
         environment = _environment(doc["environment"], ("environment",), check)
+        if "datastore" in doc["environment"]:
+            what = azureyaml.REPORTED_BY_AZURE[ENVIRONMENT]["datastore"]
+            check.no_effect(("environment", "datastore"), what)
 
     mount = doc.get("model_mount_path")
     if mount is not None and not mount.startswith("/"):
@@ -488,8 +544,8 @@ def _deployment(
     if "resources" in doc:
         given_resources = doc["resources"]
         resources = Resources(
-            requests=pairs(given_resources.get("requests")),
-            limits=pairs(given_resources.get("limits")),
+            requests=pairs(_quantities(given_resources.get("requests"))),
+            limits=pairs(_quantities(given_resources.get("limits"))),
         )
     if environment is None:
         return None
@@ -513,6 +569,7 @@ def _deployment(
         data_collector=_canonical_json(doc.get("data_collector")),
         description=doc.get("description"),
         tags=pairs(doc.get("tags")),
+        properties=pairs(doc.get("properties")),
         source=source,
     )
     return _DeploymentDraft(spec, model, model_field, code, environment)
@@ -524,6 +581,9 @@ class _CondaInfo:
     pip_packages: tuple[str, ...] = ()
     python_version: str | None = None
     errors: tuple[Diagnostic, ...] = ()
+    # The file's content as canonical JSON: what the environment's image is keyed by, so
+    # that files differing only in layout or comments share one image.
+    canonical: str = ""
 
 
 def _conda_info(path: str, data: bytes) -> _CondaInfo:
@@ -558,7 +618,8 @@ def _conda_info(path: str, data: bytes) -> _CondaInfo:
         else:
             message = "must be a package (text) or a `pip:` list of packages"
             check.error(("dependencies", index), message)
-    return _CondaInfo(tuple(conda), tuple(pip), python, tuple(check.errors))
+    canonical = _canonical_json(doc) or ""
+    return _CondaInfo(tuple(conda), tuple(pip), python, tuple(check.errors), canonical)
 
 
 # --------------------------------------------------------------------------------------
@@ -640,9 +701,16 @@ class _Content:
 class _Load:
     """The work of one load_desired_state call."""
 
-    def __init__(self, tree: FileTree, instance_types: Mapping[str, InstanceType]) -> None:
+    def __init__(
+        self,
+        tree: FileTree,
+        instance_types: Mapping[str, InstanceType],
+        target_names: tuple[str, ...] = (),
+    ) -> None:
         self.tree = tree
         self.instance_types = instance_types
+        # The targets of reconciler.yaml whose types make up instance_types, for errors.
+        self.target_names = target_names
         self.digester = Digester(tree)
         self.paths = sorted(tree.paths())
         self.files = set(self.paths)
@@ -768,6 +836,13 @@ class _Load:
                 message += f" (did you mean '{close[0]}'?)"
             elif reference.name.lower().startswith("azureml-"):
                 message += "; curated Azure ML environments are not available here"
+            else:
+                # The repository stands for the workspace: its assets are files here.
+                version = f", version: {reference.version}" if reference.version else ""
+                message += (
+                    f"; declare it with a {kind} file ($schema ...{kind}.schema.json, "
+                    f"name: {reference.name}{version})"
+                )
             self.error(owner, (kind,), message)
             return None
         version = reference.version or _by_version(versions)[-1]
@@ -807,17 +882,19 @@ class _Load:
     def _environment_content(self, env: EnvironmentSpec) -> _Content:
         problems: list[tuple[FieldPath, str]] = []
         info = _CondaInfo()
-        conda_digest = build_digest = None
+        conda_digest: str | None = None
+        build_digest: str | None = None
         if env.conda_file is not None:
             if env.conda_file not in self.files:
                 problems.append((("conda_file",), f"conda file '{env.conda_file}' does not exist"))
             else:
                 try:  # first: a conda file that is a link out of the repository is never read
-                    conda_digest = self.digest(env.conda_file)
+                    self.digest(env.conda_file)
                 except TreeEntryError as exc:
                     problems.append((("conda_file",), exc.message))
                 else:
                     info = self._cached_file(env.conda_file, "conda", _conda_info, _CondaInfo)
+                    conda_digest = spec_digest({"conda": info.canonical})
         if env.build_context is not None:
             dockerfile = posixpath.join(env.build_context, env.dockerfile_path)
             if env.build_context not in self.dirs:
@@ -899,7 +976,26 @@ class _Load:
                 "missing required field 'code_configuration': a scoring script is needed "
                 "unless the environment is a custom container or the model an mlflow_model",
             )
-        return replace(draft.spec, model=model, code=code, environment=environment)
+        instance_type = self.instance_type(draft.spec) or draft.spec.instance_type
+        return replace(
+            draft.spec,
+            model=model,
+            code=code,
+            environment=environment,
+            instance_type=instance_type,
+        )
+
+    def instance_type(self, spec: DeploymentSpec) -> str | None:
+        """The table's spelling of the instance type (Azure matches it without regard to
+        case); None when the table has no such type."""
+        written = spec.instance_type
+        if written is None:
+            return None
+        # Azure ML's Kubernetes extension gives every cluster this type; a cluster's other
+        # types come from the target's instance_types.
+        if spec.flavor == KUBERNETES and written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
+            return KUBERNETES_DEFAULT_INSTANCE_TYPE
+        return canonical_instance_type(written, self.instance_types)
 
     def code(self, code: CodeSpec, owner: str) -> CodeSpec | None:
         if code.path not in self.dirs:
@@ -1022,12 +1118,23 @@ class _Load:
                     f"deployments need {wanted}"
                 )
                 self.error(path, ("type",), message)
-            if spec.instance_type is not None and spec.instance_type not in self.instance_types:
-                close = difflib.get_close_matches(spec.instance_type, known, n=3, cutoff=0.5)
-                message = (
-                    f"unknown instance type '{spec.instance_type}'; valid names include "
-                    + ", ".join(close or known[:5])
+            written = spec.instance_type
+            if written is not None and self.instance_type(spec) is None:
+                close = difflib.get_close_matches(written, known, n=3, cutoff=0.5)
+                where = (
+                    f" (no target of reconciler.yaml has it: {', '.join(self.target_names)})"
+                    if self.target_names
+                    else ""
                 )
+                message = f"unknown instance type '{written}'{where}; valid names include " + (
+                    ", ".join(close or known[:5])
+                )
+                if written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
+                    message = (
+                        f"'{written}' is the default instance type of Kubernetes compute; a "
+                        "managed deployment needs a VM size such as "
+                        + ", ".join(close or known[:3])
+                    )
                 self.error(path, ("instance_type",), message)
             percent = weight_of(endpoint.traffic, spec.name) if endpoint else 0
             if percent and spec.instance_count == 0 and not spec.scale_settings.autoscaled:
@@ -1041,13 +1148,15 @@ def load_desired_state(
     *,
     instance_types: Mapping[str, InstanceType] = DEFAULT_INSTANCE_TYPES,
     revision: str | None = None,
+    target_names: tuple[str, ...] = (),
 ) -> DesiredState:
     """Every endpoint and deployment a tree declares, validated and normalised.
 
     Raises DesiredStateInvalid with every error found, sorted by file, line and field.
     Warnings (fields accepted with no effect here, and the like) are in the state's warnings.
+    `target_names`: the targets instance_types come from, named by an unknown type's error.
     """
-    load = _Load(tree, instance_types)
+    load = _Load(tree, instance_types, target_names)
     load.read_all()
     models = load.assets(MODEL)
     environments = load.assets(ENVIRONMENT)

@@ -123,6 +123,7 @@ class ModelSpec:
     type: str = "custom_model"
     digest: str = ""  # content digest of the files under path
     registered: bool = False  # from a model file referenced as azureml:NAME:VERSION
+    properties: Pairs = ()  # Azure's free-form asset properties, as text
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class EndpointSpec:
     compute: str | None = None
     identity: str | None = None  # canonical JSON of the identity block; no meaning here
     public_network_access: str = "enabled"
+    properties: Pairs = ()  # Azure's free-form properties, as text, like tags
     source: SourceLocation | None = field(default=None, compare=False)
 
     @property
@@ -200,6 +202,7 @@ class DeploymentSpec:
     data_collector: str | None = None  # canonical JSON; accepted, no meaning on our targets
     description: str | None = None
     tags: Pairs = ()
+    properties: Pairs = ()  # Azure's free-form properties, as text, like tags
     source: SourceLocation | None = field(default=None, compare=False)
 
     @property
@@ -238,8 +241,20 @@ def spec_digest(data: Mapping[str, JsonValue]) -> str:
 
 # Fields held as sorted pairs that stand for a mapping in the canonical form.
 MAPPING_FIELDS = frozenset(
-    {"traffic", "mirror_traffic", "tags", "environment_variables", "requests", "limits"}
+    {
+        "traffic",
+        "mirror_traffic",
+        "tags",
+        "environment_variables",
+        "requests",
+        "limits",
+        "properties",
+    }
 )
+# Fields added after specs were first stored and digested: left out of the canonical form
+# while empty, so that a spec without them keeps the digest it always had (an upgrade of the
+# reconciler must not restart every deployment).
+OMITTED_WHEN_EMPTY = frozenset({"properties"})
 
 
 def to_json(value: Any) -> JsonValue:
@@ -251,11 +266,14 @@ def to_json(value: Any) -> JsonValue:
         if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
             return value
         layout = _LAYOUTS[type(value)] = tuple(
-            (f.name, f.name in MAPPING_FIELDS) for f in dataclasses.fields(value)
+            (f.name, f.name in MAPPING_FIELDS, f.name in OMITTED_WHEN_EMPTY)
+            for f in dataclasses.fields(value)
         )
     out: dict[str, JsonValue] = {}
-    for name, is_mapping in layout:
+    for name, is_mapping, omitted_when_empty in layout:
         item = getattr(value, name)
+        if omitted_when_empty and not item:
+            continue
         if is_mapping:
             out[name] = {str(k): v for k, v in item}
         elif item is None or isinstance(item, (str, int, float, bool)):
@@ -267,4 +285,4 @@ def to_json(value: Any) -> JsonValue:
 
 # Field layout of each spec class, worked out once: to_json runs for every spec of a
 # large repository on every pass.
-_LAYOUTS: dict[type, tuple[tuple[str, bool], ...]] = {}
+_LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}

@@ -104,6 +104,7 @@ from reconciler.targets.docker.images import (
     build_environment_image,
 )
 from reconciler.targets.docker.options import DockerOptions
+from reconciler.targets.docker.preflight import resource_limits
 from reconciler.targets.docker.routerimage import ensure_router_image
 from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
 from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
@@ -1224,6 +1225,15 @@ class DockerTarget:
         return started
 
     def _limits(self, spec: DeploymentSpec) -> dict[str, Any]:
+        cores, memory = resource_limits(spec.resources)
+        if cores is not None or memory is not None:
+            # Kubernetes resources, written for this deployment: applied as they are.
+            given: dict[str, Any] = {}
+            if cores is not None:
+                given["nano_cpus"] = max(int(cores * 1e9), int(0.01e9))
+            if memory is not None:
+                given["mem_limit"] = max(memory, 6 * 1024**2)
+            return given
         kind = self.instance_types.get(spec.instance_type or "")
         if kind is None:
             return {}
