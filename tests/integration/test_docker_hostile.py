@@ -300,10 +300,14 @@ def test_a_stray_big_file_in_the_state_volume_does_not_lock_out_the_keys(
     holder = docker_state.holder(world.client, world.options.name, "big-ep")
     write_files(holder, {"core.dump": b"\0" * (17 * 1024 * 1024)})
     fresh = world.new_target()
+    # The error is kept as text only: the exception's frames hold the archive stream, and
+    # while it is open the engine answers nothing about the holder.
+    got, problem = None, ""
     try:
-        assert fresh.endpoint_credentials("big-ep").primary_key == key
+        got = fresh.endpoint_credentials("big-ep").primary_key
     except TargetError as exc:
-        pytest.fail(f"keys intact but unreadable: {exc}")
+        problem = str(exc)
+    assert got == key, f"keys intact but unreadable: {problem}"
     world.apply(target=fresh)
     assert world.key("big-ep") == key
     assert world.score("big-ep").status == 200
@@ -360,3 +364,75 @@ def test_targets_whose_names_run_into_endpoint_names_never_share_state(
     # a's endpoint is still a-bcd to a (its state not overwritten by b's spec).
     assert [e.name for e in a.new_target().observe().endpoints] == ["a-bcd"]
     assert a.key("a-bcd") == a_key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: with the holder and the router gone but the volume intact, nothing "
+    "mounts the volume, so observe says 'its keys are missing: new keys will be issued' and "
+    "`reconcile credentials` says 'no credentials', though the keys are there (and kept)",
+)
+def test_keys_in_a_volume_nothing_mounts_are_not_called_missing(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    serve(world, "orphan-ep")
+    key = world.key("orphan-ep")
+    for name in ("router", "state"):
+        for c in role(world, "orphan-ep", name):
+            c.remove(force=True)
+    (endpoint,) = world.new_target().observe().endpoints
+    assert endpoint.repair is not None
+    assert "new keys will be issued" not in endpoint.repair, endpoint.repair
+    got, problem = None, ""
+    try:
+        got = world.new_target().endpoint_credentials("orphan-ep").primary_key
+    except TargetError as exc:
+        problem = str(exc)
+    assert got == key, f"keys in the volume said to be absent: {problem}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: _observe_endpoint takes the endpoint's name from state/endpoint.json, "
+    "not from the labels: a spoiled (or another target's) endpoint.json renames the live "
+    "endpoint, the plan creates the real one again and --prune deletes the phantom",
+)
+def test_the_endpoint_name_comes_from_the_labels_not_from_the_state_file(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    serve(world, "name-ep")
+    holder = docker_state.holder(world.client, world.options.name, "name-ep")
+    files = docker_state.state_files(world.client, world.options.name, "name-ep")
+    spec = json.loads(files[ENDPOINT])
+    write_files(holder, {ENDPOINT: json.dumps({**spec, "name": "phantom"}).encode()})
+    assert [e.name for e in world.new_target().observe().endpoints] == ["name-ep"]
+    assert Action.CREATE_ENDPOINT not in [s.action for s in world.plan().steps]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a volume of the state volume's name without our labels (made by hand, "
+    "or another target's) is taken as ours by volumes.create; with no port labels "
+    "_provision_endpoint fails `assert ports is not None`: a traceback from `reconcile`",
+)
+def test_a_foreign_volume_of_the_state_volumes_name_is_a_clear_error(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    world.basics()
+    world.code("src", "1")
+    world.repo.endpoint("vol-ep", traffic={"blue": 100})
+    world.repo.deployment("vol-ep", "blue", code="../../src")
+    world.repo.commit("vol-ep")
+    name = f"rcl-{world.options.name}-vol-ep-state"
+    # Labelled with the target (so that the fixture removes it), not as a state volume.
+    world.client.volumes.create(name, labels={"reconciler.target": world.options.name})
+    try:
+        result = world.apply(ok=False)
+    except AssertionError as exc:
+        pytest.fail(f"an assertion of the target escaped: {exc!r}")
+    assert result.failed
+    message = " ".join(r.message or "" for r in result.results)
+    assert name in message, message
