@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import yaml
 
-from reconciler.model.specs import EnvironmentSpec, ModelSpec, spec_digest
+from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, spec_digest
 
 __all__ = [
     "MLFLOW_MODEL",
@@ -33,6 +33,7 @@ __all__ = [
     "GeneratedCode",
     "MlflowEnvironment",
     "MlflowModelError",
+    "generated_code",
     "mlflow_environment",
     "scoring_code",
 ]
@@ -92,6 +93,18 @@ def scoring_code() -> GeneratedCode:
         content=data,
         digest="sha256:" + hashlib.sha256(data).hexdigest(),
     )
+
+
+def generated_code(deployment: DeploymentSpec) -> GeneratedCode | None:
+    """The scoring script the reconciler writes for `deployment`, if it needs one: an
+    mlflow_model with no code_configuration (a custom container runs as it is).
+    """
+    model = deployment.model
+    if deployment.code is not None or deployment.environment.custom_container:
+        return None
+    if model is None or model.type != MLFLOW_MODEL:
+        return None
+    return scoring_code()
 
 
 def _yaml_mapping(read: Reader, path: str, what: str) -> dict[str, Any] | None:

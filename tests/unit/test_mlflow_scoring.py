@@ -15,10 +15,8 @@ network (or if the install fails) the tests are skipped with the reason.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,58 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_models import clean_env, log_models, venv_python
 
 from reconciler.model.specs import ModelSpec
 from reconciler.nocode.mlflowmodel import mlflow_environment, scoring_code
 
 # Seconds of CPU: MLflow is imported by three processes (log, score, serve).
 pytestmark = pytest.mark.slow
-
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reconciler-tests"
-VENV = CACHE / "mlflow-venv"
-PACKAGES = ("mlflow-skinny", "scikit-learn", "pandas", "azureml-inference-server-http")
-
-LOG_MODELS = r"""
-import sys
-from pathlib import Path
-
-import mlflow.pyfunc
-import mlflow.sklearn
-import numpy as np
-import pandas as pd
-from mlflow.models import infer_signature
-from sklearn.linear_model import LinearRegression, LogisticRegression
-
-root = Path(sys.argv[1])
-# y = 2a + 3b, exactly: answers can be compared as numbers.
-frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.0, 1.0, 0.0, 1.0]})
-linear = LinearRegression().fit(frame, 2 * frame["a"] + 3 * frame["b"])
-mlflow.sklearn.save_model(
-    linear, root / "linear" / "linear-model",
-    signature=infer_signature(frame, linear.predict(frame)),
-    serialization_format="cloudpickle",
-)
-points = np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [6.0, 5.0]])
-logistic = LogisticRegression().fit(points, np.array([0, 0, 1, 1]))
-mlflow.sklearn.save_model(
-    logistic, root / "logistic" / "logistic-model",
-    signature=infer_signature(points, logistic.predict(points)),
-    serialization_format="cloudpickle",
-)
-
-
-class Doubler(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        x = np.asarray(model_input["x"], dtype=np.float64)
-        return pd.DataFrame({"double": x * 2, "positive": x > 0})
-
-
-example = {"x": np.array([1.0, -2.0])}
-mlflow.pyfunc.save_model(
-    root / "custom" / "custom-model", python_model=Doubler(),
-    signature=infer_signature(example, pd.DataFrame({"double": [2.0], "positive": [True]})),
-)
-"""
 
 DRIVER = r"""
 import importlib.util, json, os, sys
@@ -101,52 +54,10 @@ for index, (model_dir, requests) in enumerate(models):
 """
 
 
-def _venv_python() -> Path:
-    python = VENV / "bin" / "python"
-    marker = VENV / ".complete"
-    if marker.exists():
-        return python
-    CACHE.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--clear", str(VENV)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-    except (subprocess.SubprocessError, OSError) as error:
-        pytest.skip(f"cannot install {', '.join(PACKAGES)} into {VENV}: {error}")
-    marker.write_text(" ".join(PACKAGES) + "\n")
-    return python
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    # The reconciler's PYTHONPATH must not leak into the model's Python.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    return {**env, "MLFLOW_TRACKING_URI": "file:///nonexistent", **extra}
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """linear, logistic, custom: each an AZUREML_MODEL_DIR holding one model folder."""
-    python = _venv_python()
-    root = tmp_path_factory.mktemp("mlflow-models")
-    proc = subprocess.run(
-        [str(python), "-c", LOG_MODELS, str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_clean_env(),
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {name: root / name for name in ("linear", "logistic", "custom")}
+    return log_models(tmp_path_factory.mktemp("mlflow-models"))
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +76,11 @@ def _score(script: Path, cases: list[tuple[Path, list[Any]]]) -> list[list[list[
         ]
     )
     proc = subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", DRIVER, str(script), payload],
+        [str(venv_python()), "-c", DRIVER, str(script), payload],
         capture_output=True,
         text=True,
         timeout=300,
-        env=_clean_env(),
+        env=clean_env(),
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -264,9 +175,15 @@ def infsrv(models: dict[str, Path], script: Path) -> Iterator[str]:
     """The real azmlinfsrv serving the linear model with the generated script."""
     port = _free_port()
     process = subprocess.Popen(
-        [str(VENV / "bin" / "azmlinfsrv"), "--entry_script", script.name, "--port", str(port)],
+        [
+            str(venv_python().parent / "azmlinfsrv"),
+            "--entry_script",
+            script.name,
+            "--port",
+            str(port),
+        ],
         cwd=script.parent,
-        env=_clean_env(AZUREML_MODEL_DIR=str(models["linear"])),
+        env=clean_env(AZUREML_MODEL_DIR=str(models["linear"])),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
