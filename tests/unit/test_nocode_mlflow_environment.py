@@ -189,3 +189,27 @@ def test_triton_models_are_refused_with_the_reason() -> None:
     message = refusal("triton_model")
     assert message is not None and "nvidia-pytriton" in message and "custom container" in message
     assert refusal("mlflow_model") is None and refusal("custom_model") is None
+
+
+def test_the_generated_script_has_its_place_in_the_runtime_contract() -> None:
+    # Docker and Kubernetes share the layout (and the image builder): both start azmlinfsrv
+    # on the generated score.py, with the model where AZUREML_MODEL_DIR says.
+    from specs_factory import deployment
+
+    from reconciler.targets.docker.images import deployment_layout
+    from reconciler.targets.kubernetes.manifests import environment_of
+
+    model = ModelSpec("credit", "3", "models/credit-model", type="mlflow_model", digest="d")
+    no_code = deployment(code=None, model=model)
+    layout = deployment_layout(no_code)
+    assert (layout.code_dir, layout.app_root, layout.entry_script) == (
+        "/var/azureml-app/mlflow-nocode",
+        "/var/azureml-app/mlflow-nocode",
+        "score.py",
+    )
+    assert layout.model_target == "/var/azureml-app/azureml-models/credit/3/credit-model"
+    variables = {item["name"]: item["value"] for item in environment_of(no_code)}
+    assert variables["AML_APP_ROOT"] == "/var/azureml-app/mlflow-nocode"
+    assert variables["AZUREML_ENTRY_SCRIPT"] == "score.py"
+    # A custom model with no code gets no script: loading refuses it, and so would a build.
+    assert deployment_layout(deployment(code=None)).entry_script is None
