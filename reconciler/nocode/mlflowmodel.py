@@ -47,6 +47,9 @@ CODE_FOLDER: Final = "mlflow-nocode"
 # so environments derived the old way are rebuilt.
 RECIPE: Final = "1"
 
+# What the generated scoring script imports, beside the inference server.
+SCRIPT_PACKAGES: Final = ("mlflow-skinny", "pandas", "numpy")
+_NAME: Final = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _PYTHON_PIN: Final = re.compile(r"^python\s*(?:={1,2}|>=|~=)?\s*([0-9]+\.[0-9]+)")
 # `mlflow==3.1.0`, `mlflow>=2`, `mlflow`; not `mlflow[extras]`, `mlflow-skinny`, ...
 _MLFLOW_LINE: Final = re.compile(r"^\s*mlflow\s*(?=$|[<>=!~;\s])", re.IGNORECASE)
@@ -120,6 +123,10 @@ def _yaml_mapping(read: Reader, path: str, what: str) -> dict[str, Any] | None:
     return value
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _requirement_lines(read: Reader, path: str, *, depth: int = 0) -> list[str]:
     """Lines of a pip requirements file, `-r FILE` inlined (relative to that file)."""
     data = read(path)
@@ -151,11 +158,13 @@ def _expanded(read: Reader, owner: str, line: str, *, depth: int) -> list[str]:
 
 
 def _skinny(lines: list[str]) -> tuple[list[str], list[str]]:
-    """`mlflow` requirements as `mlflow-skinny` of the same version, and notes saying so.
+    """`mlflow` requirements as `mlflow-skinny` of the same version, plus what the scoring
+    script imports when the model does not name it; and notes saying so.
 
     Loading a pyfunc model needs only mlflow-skinny; the full package adds the tracking
-    server, its UI and database drivers (pyarrow, matplotlib, SQLAlchemy, ...), hundreds of
-    megabytes in every image that serve no purpose here.
+    server, its UI and database drivers (pyarrow, matplotlib, SQLAlchemy, ...), about 95 MB
+    of wheels in every image that serve no purpose here. It also brings pandas and numpy,
+    which the scoring script needs: they are added when the model does not name them.
     """
     out, notes = [], []
     for line in lines:
@@ -165,6 +174,13 @@ def _skinny(lines: list[str]) -> tuple[list[str], list[str]]:
             notes.append(f"'{line}' is installed as '{swapped}' (enough to load pyfunc models)")
         else:
             out.append(line)
+    named = {_canonical(match.group(1)) for line in out if (match := _NAME.match(line))}
+    if "mlflow" in named:  # mlflow[extras]: the full package, which brings skinny
+        named.add("mlflow-skinny")
+    for package in SCRIPT_PACKAGES:
+        if package not in named:
+            out.append(package)
+            notes.append(f"'{package}' is added: the scoring script needs it")
     return out, notes
 
 

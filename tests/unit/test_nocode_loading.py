@@ -88,9 +88,10 @@ def test_an_mlflow_model_deploys_with_no_environment_and_no_code() -> None:
     assert blue.code is None
     assert blue.model is not None and blue.model.type == "mlflow_model"
     env = blue.environment
-    assert env.pip_packages == ("mlflow-skinny==3.17.2", "scikit-learn==1.9.1")
+    assert env.pip_packages == ("mlflow-skinny==3.17.2", "scikit-learn==1.9.1", "pandas", "numpy")
     assert env.python_version == "3.11" and env.digest.startswith("sha256:")
-    (warning,) = state.warnings
+    warning, *added = state.warnings
+    assert [w.message.rsplit(": ", 1)[-1] for w in added] == ["the scoring script needs it"] * 2
     assert warning.file == "blue.yml" and warning.field == "model.path"
     assert "model/sklearn-model/conda.yaml" in warning.message
     assert "mlflow-skinny==3.17.2" in warning.message

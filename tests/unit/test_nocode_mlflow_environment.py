@@ -82,6 +82,8 @@ def test_conda_file_named_by_mlmodel_gives_the_packages() -> None:
         "mlflow-skinny==3.17.2",
         "cloudpickle==3.1.3",
         "scikit-learn==1.9.1",
+        "pandas",
+        "numpy",
     )
     assert env.conda_packages == ("python=3.11.7", "pip<=23.2.1")
     assert env.python_version == "3.11"
@@ -90,6 +92,8 @@ def test_conda_file_named_by_mlmodel_gives_the_packages() -> None:
     assert env.digest.startswith("sha256:")
     assert result.notes == (
         "'mlflow==3.17.2' is installed as 'mlflow-skinny==3.17.2' (enough to load pyfunc models)",
+        "'pandas' is added: the scoring script needs it",
+        "'numpy' is added: the scoring script needs it",
     )
 
 
@@ -98,16 +102,23 @@ def test_python_env_and_its_requirements_file_when_there_is_no_conda_file() -> N
         MLmodel=MLMODEL, python_env_dot_yaml=PYTHON_ENV, requirements_dot_txt=REQUIREMENTS
     )
     env = mlflow_environment(MODEL, reader(files)).environment
-    assert env.pip_packages == ("mlflow-skinny==3.17.2", "cloudpickle==3.1.3", "lightgbm==4.7.0")
+    assert env.pip_packages[:3] == (
+        "mlflow-skinny==3.17.2",
+        "cloudpickle==3.1.3",
+        "lightgbm==4.7.0",
+    )
     assert env.conda_packages == ()
     assert env.python_version == "3.10"
 
 
 def test_requirements_file_alone_and_the_python_of_mlmodel() -> None:
-    files = folder(MLmodel=MLMODEL, requirements_dot_txt=b"mlflow\nscikit-learn>=1.3 # why\n")
+    requirements = b"mlflow\nscikit-learn>=1.3 # why\nPandas==2.2\nnumpy<2\n"
+    files = folder(MLmodel=MLMODEL, requirements_dot_txt=requirements)
     result = mlflow_environment(MODEL, reader(files))
     assert result.source == "models/credit/requirements.txt"
-    assert result.environment.pip_packages == ("mlflow-skinny", "scikit-learn>=1.3")
+    # pandas and numpy as the model names them (any spelling): nothing added.
+    expected = ("mlflow-skinny", "scikit-learn>=1.3", "Pandas==2.2", "numpy<2")
+    assert result.environment.pip_packages == expected
     assert result.environment.python_version == "3.11"
 
 
@@ -117,14 +128,23 @@ def test_old_mlmodel_env_as_a_file_name() -> None:
     assert mlflow_environment(MODEL, reader(files)).source == "models/credit/my_env.yaml"
 
 
-@pytest.mark.parametrize(
-    "line", ["mlflow[genai]==3.1", "mlflow-skinny==3.1", "mlflowx", "mlflow_tracing"]
-)
+@pytest.mark.parametrize("line", ["mlflow[genai]==3.1", "mlflow-skinny==3.1"])
 def test_only_the_plain_mlflow_package_becomes_skinny(line: str) -> None:
-    files = folder(MLmodel=MLMODEL, requirements_dot_txt=line.encode())
+    files = folder(MLmodel=MLMODEL, requirements_dot_txt=f"{line}\npandas\nnumpy\n".encode())
     result = mlflow_environment(MODEL, reader(files))
-    assert result.environment.pip_packages == (line,)
+    assert result.environment.pip_packages == (line, "pandas", "numpy")
     assert result.notes == ()
+
+
+def test_what_the_scoring_script_imports_is_added_when_the_model_does_not_name_it() -> None:
+    # As in Azure's own samples: `mlflow` unpinned, no pandas (full mlflow brought it).
+    conda = b"dependencies:\n- python=3.12\n- pip:\n  - mlflow\n  - mlflowx\n  - scikit-learn\n"
+    files = folder(MLmodel=MLMODEL, conda_dot_yaml=conda)
+    result = mlflow_environment(MODEL, reader(files))
+    expected = ("mlflow-skinny", "mlflowx", "scikit-learn", "pandas", "numpy")
+    assert result.environment.pip_packages == expected
+    assert result.environment.python_version == "3.12"
+    assert len(result.notes) == 3
 
 
 def test_digest_follows_the_packages_not_the_formatting() -> None:
@@ -143,7 +163,7 @@ def test_nested_requirements_files_are_inlined() -> None:
         **{"extra/more_dot_txt": b"pandas==2.2\n"},
     )
     env = mlflow_environment(MODEL, reader(files)).environment
-    assert env.pip_packages == ("pandas==2.2", "numpy")
+    assert env.pip_packages == ("pandas==2.2", "numpy", "mlflow-skinny")
 
 
 @pytest.mark.parametrize(
