@@ -61,6 +61,8 @@ from reconciler.model.specs import (
     weights,
 )
 from reconciler.model.state import DesiredState
+from reconciler.nocode.mlflowmodel import MLFLOW_MODEL, MlflowModelError, mlflow_environment
+from reconciler.nocode.triton import refusal as triton_refusal
 from reconciler.yamlsource import (
     MAX_NESTING_OF_OURS,
     MAX_YAML_BYTES,
@@ -153,7 +155,7 @@ class _DeploymentDraft:
     model: ModelSpec | _Reference | None
     model_field: FieldPath
     code: CodeSpec | None
-    environment: EnvironmentSpec | _Reference
+    environment: EnvironmentSpec | _Reference | None  # None: derived from the model
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,12 +521,13 @@ def _deployment(
         elif folder is not None:
             code = CodeSpec(path=folder, scoring_script=script)
 
-    environment: EnvironmentSpec | _Reference | None
-    if _registry_reference(doc["environment"], ("environment",), check):
+    # No environment: a no-code deployment (an MLflow model brings its own), checked later.
+    environment: EnvironmentSpec | _Reference | None = None
+    if "environment" in doc and _registry_reference(doc["environment"], ("environment",), check):
         environment = None
-    elif isinstance(doc["environment"], str):
+    elif isinstance(doc.get("environment"), str):
         environment = _reference(doc["environment"])
-    else:
+    elif "environment" in doc:
         environment = _environment(doc["environment"], ("environment",), check)
         if "datastore" in doc["environment"]:
             what = azureyaml.REPORTED_BY_AZURE[ENVIRONMENT]["datastore"]
@@ -547,7 +550,7 @@ def _deployment(
             requests=pairs(_quantities(given_resources.get("requests"))),
             limits=pairs(_quantities(given_resources.get("limits"))),
         )
-    if environment is None:
+    if environment is None and "environment" in doc:
         return None
     spec = DeploymentSpec(
         endpoint_name=doc["endpoint_name"],
@@ -959,8 +962,12 @@ class _Load:
             complete = complete and code is not None
         if isinstance(draft.environment, _Reference):
             environment = self.lookup(draft.environment, environments, kind=ENVIRONMENT, owner=path)
-        else:
+        elif draft.environment is not None:
             environment = self.environment(draft.environment, path, ("environment",))
+        elif complete:
+            environment = self.no_code_environment(path, model, code, draft.model_field)
+        else:
+            environment = None
         if environment is None or not complete:
             return None
         if draft.spec.model_mount_path is not None and not environment.custom_container:
@@ -996,6 +1003,33 @@ class _Load:
         if spec.flavor == KUBERNETES and written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
             return KUBERNETES_DEFAULT_INSTANCE_TYPE
         return canonical_instance_type(written, self.instance_types)
+
+    def no_code_environment(
+        self, owner: str, model: ModelSpec | None, code: CodeSpec | None, model_field: FieldPath
+    ) -> EnvironmentSpec | None:
+        """The environment of a deployment that names none: its MLflow model's own."""
+        if model is not None and code is None and (refused := triton_refusal(model.type)):
+            self.error(owner, model_field[:1], refused)
+            return None
+        if model is None or model.type != MLFLOW_MODEL or code is not None:
+            message = (
+                "missing required field 'environment': only a deployment of an mlflow_model "
+                "with no code_configuration may leave it out (the model's files name its "
+                "packages)"
+            )
+            self.error(owner, ("environment",), message)
+            return None
+        try:
+            derived = mlflow_environment(model, self._read_if_file)
+        except MlflowModelError as error:
+            self.error(owner, model_field, f"{error.file}: {error.message}")
+            return None
+        for note in derived.notes:
+            self.warn(owner, model_field, f"environment from {derived.source}: {note}")
+        return derived.environment
+
+    def _read_if_file(self, path: str) -> bytes | None:
+        return self.tree.read(path) if path in self.files else None
 
     def code(self, code: CodeSpec, owner: str) -> CodeSpec | None:
         if code.path not in self.dirs:

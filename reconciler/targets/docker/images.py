@@ -53,6 +53,7 @@ import structlog
 
 from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, file_blob_id
 from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, spec_digest
+from reconciler.nocode.mlflowmodel import generated_code
 from reconciler.targets.docker.baseimage import (
     BASE_IMAGE,
     DEFAULT_PATH,
@@ -652,6 +653,10 @@ def deployment_layout(deployment: DeploymentSpec) -> DeploymentLayout:
         code_dir = f"{APP_ROOT}/{code_name}"
         script = PurePosixPath(code_dir) / code.scoring_script
         app_root, entry_script = str(script.parent), script.name
+    elif (generated := generated_code(deployment)) is not None:
+        # A no-code MLflow deployment: the reconciler's scoring script, in a folder of its own.
+        code_dir = app_root = f"{APP_ROOT}/{generated.folder}"
+        entry_script = generated.scoring_script
     model = deployment.model
     if deployment.environment.custom_container and deployment.model_mount_path:
         model_dir = deployment.model_mount_path.rstrip("/") or "/"
@@ -740,7 +745,12 @@ def build_deployment_image(
     committing it: one commit, where a Dockerfile's COPY, ENV, WORKDIR, CMD and LABEL are
     one commit each (about three seconds apiece on fuse-overlayfs).
     """
-    if deployment.code is None and not deployment.environment.custom_container:
+    generated = generated_code(deployment)
+    if (
+        deployment.code is None
+        and generated is None
+        and not deployment.environment.custom_container
+    ):
         raise ImageBuildError(
             f"deployment {deployment.endpoint_name}/{deployment.name} has no "
             "code_configuration; the Docker target serves a scoring script (or a custom "
@@ -753,6 +763,7 @@ def build_deployment_image(
     code = deployment.code
     model = deployment.model
     code_digest = (code.digest or _folder_digest(repo_root, code.path)) if code else ""
+    code_digest = generated.digest if generated is not None else code_digest
     model_digest = (model.digest or _folder_digest(repo_root, model.path)) if model else ""
     content_labels = {
         f"{LABEL_PREFIX}kind": "deployment",
@@ -779,6 +790,10 @@ def build_deployment_image(
     with _context_tar() as (layer, tar):
         if layout.code_dir and code is not None:
             _add_tree(tar, repo_root / code.path, layout.code_dir.lstrip("/"))
+        elif layout.code_dir and generated is not None:
+            _add_folder(tar, layout.code_dir.lstrip("/"))
+            name = f"{layout.code_dir.lstrip('/')}/{generated.scoring_script}"
+            _add_bytes(tar, name, generated.content)
         if layout.model_dir.strip("/"):
             # The model folder exists even without a model: the server reads it.
             _add_folder(tar, layout.model_dir.lstrip("/"))
