@@ -158,6 +158,11 @@ class Load:
         return bad + self.errors
 
 
+def identity(repo: RepoBuilder) -> str:
+    """The repository's identity as the command line gives it to the target."""
+    return GitSource(repo.root).identity()
+
+
 @dataclass
 class DockerWorld:
     """A git repository, a Docker target of its own, and ways to look at both."""
@@ -185,7 +190,7 @@ class DockerWorld:
 
     def new_target(self) -> DockerTarget:
         """A target with no memory of this one: what a restarted reconciler would make."""
-        return DockerTarget(self.options, repo_root=self.repo.root)
+        return DockerTarget(self.options, repo_root=self.repo.root, repository=identity(self.repo))
 
     def apply(
         self,
@@ -358,7 +363,7 @@ def docker_worlds(
             repo=repo,
             client=docker_engine,
             options=options,
-            target=DockerTarget(options, repo_root=repo.root),
+            target=DockerTarget(options, repo_root=repo.root, repository=identity(repo)),
         )
         made.append(world)
         return world

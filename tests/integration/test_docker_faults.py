@@ -312,15 +312,20 @@ def test_two_repositories_naming_their_targets_alike_leave_each_others_endpoints
     b.repo.deployment("shared-ep", "blue", code="../../src")
     b.repo.commit("shared too")
     plan = b.plan()
-    assert plan.steps == ()
     assert [w.message for w in plan.warnings if "shared-ep" in w.message] == [
         "endpoint 'shared-ep' on target "
         f"{a.options.name!r} is managed by another repository (github.com/org/a); this "
-        "repository leaves it alone. To run an endpoint of that name from here, give this "
-        "repository's target another name"
+        "repository can neither change nor prune it. To run an endpoint of that name from "
+        "here, give this repository's target another name"
     ]
-    b.repo.remove("endpoints/own-ep/endpoint.yml")
-    b.repo.remove("endpoints/own-ep/blue.yml")
+    # Declared here too: its creation fails, naming the owner; nothing of a's changes.
+    failed = b.apply(ok=False)
+    (result,) = [r for r in failed.results if r.message and "another repository" in r.message]
+    assert failed.plan.steps[result.index].action == Action.CREATE_ENDPOINT
+    assert "github.com/org/a" in result.message
+    for endpoint in ("own-ep", "shared-ep"):
+        b.repo.remove(f"endpoints/{endpoint}/endpoint.yml")
+        b.repo.remove(f"endpoints/{endpoint}/blue.yml")
     b.repo.commit("nothing of its own")
     b.apply(prune=True)
     assert [e.name for e in b.target.observe().endpoints] == []

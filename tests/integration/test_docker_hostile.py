@@ -5,9 +5,8 @@ endpoint of the earlier host-folder layout, two repositories naming their target
 a network removed by hand, a router config or state volume spoiled, names that run into
 each other) and says what the product must do: a visible repair that converges, keys and
 port kept, or a clear error; never "No changes" over an endpoint that does not serve, never
-one target reading another's keys. Tests of defects not fixed yet are marked
-xfail(strict=True) with the defect in their reason: they fail today, and pass (turning the
-suite red until the mark goes) once the defect is fixed.
+one target reading another's keys. Each failed before its fix (a hostile review of the
+state volume design).
 """
 
 from __future__ import annotations
@@ -152,12 +151,6 @@ def legacy_layout(world: DockerWorld, endpoint: str, *, uri: str, key: str) -> P
     return folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _provision_endpoint compares `router is not legacy_router` (two "
-    "Container objects of two listings, never identical), so the earlier version's router "
-    "is kept, its config goes to the host folder, and every pass plans repair_endpoint again",
-)
 def test_an_endpoint_of_the_earlier_layout_moves_into_a_volume_in_one_pass(
     docker_world: DockerWorld,
 ) -> None:
@@ -180,11 +173,6 @@ def test_an_endpoint_of_the_earlier_layout_moves_into_a_volume_in_one_pass(
     assert world.score("old-ep").status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: two repositories naming their target `local` (the default) share the "
-    "label namespace; the second silently updates the first's deployment with its code",
-)
 def test_two_repositories_with_one_target_name_do_not_clobber_each_other(
     docker_worlds: WorldFactory,
 ) -> None:
@@ -203,11 +191,6 @@ def test_two_repositories_with_one_target_name_do_not_clobber_each_other(
     assert a.score("shared-ep").version == "A"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: `reconcile --prune` in another repository whose target is also named "
-    "`local` deletes the first repository's endpoints",
-)
 def test_prune_in_another_repository_with_one_target_name_deletes_nothing_of_ours(
     docker_worlds: WorldFactory,
 ) -> None:
@@ -222,11 +205,6 @@ def test_prune_in_another_repository_with_one_target_name_deletes_nothing_of_our
     assert Action.DELETE_ENDPOINT not in [s.action for s in plan.steps], actions(plan.steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: observe never checks the endpoint's internal network; with it removed "
-    "the router answers 502 (no instance reachable) and the plan says No changes",
-)
 def test_a_removed_internal_network_is_a_visible_repair(docker_world: DockerWorld) -> None:
     world = docker_world
     serve(world, "inet-ep")
@@ -241,11 +219,6 @@ def test_a_removed_internal_network_is_a_visible_repair(docker_world: DockerWorl
     assert world.plan().steps == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: observe never checks the target's edge network; with it removed Docker "
-    "publishes the port from the internal network until the router restarts, then nothing",
-)
 def test_a_removed_edge_network_is_a_visible_repair(docker_world: DockerWorld) -> None:
     world = docker_world
     serve(world, "edge-ep")
@@ -258,13 +231,6 @@ def test_a_removed_edge_network_is_a_visible_repair(docker_world: DockerWorld) -
     world.wait_for(lambda: status_of(world, "edge-ep") == 200, what="the router back")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: after any earlier repair (endpoint.json then holds the desired traffic), "
-    "repairing an unreadable router config rebuilds it with no traffic and pushes it to the "
-    "router that was serving: callers get 'no deployment has traffic' until the next pass, "
-    "and the pass reports Succeeded",
-)
 def test_repairing_an_unreadable_router_config_keeps_the_traffic(
     docker_world: DockerWorld,
 ) -> None:
@@ -285,11 +251,6 @@ def test_repairing_an_unreadable_router_config_keeps_the_traffic(
     assert world.plan().steps == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: read_files reads the whole volume and gives up beyond 16 MB, so one "
-    "stray big file makes intact keys unreadable and every repair fail",
-)
 def test_a_stray_big_file_in_the_state_volume_does_not_lock_out_the_keys(
     docker_world: DockerWorld,
 ) -> None:
@@ -312,12 +273,6 @@ def test_a_stray_big_file_in_the_state_volume_does_not_lock_out_the_keys(
     assert world.score("big-ep").status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an endpoint named `edge` has its internal network named like the "
-    "target's edge network (rcl-T-edge); Docker then refuses to start its router: 'network "
-    "rcl-T-edge is ambiguous (2 matches found on name)'",
-)
 def test_an_endpoint_named_edge_beside_the_targets_edge_network(
     docker_world: DockerWorld,
 ) -> None:
@@ -333,12 +288,6 @@ def test_an_endpoint_named_edge_beside_the_targets_edge_network(
     assert world.score("other").status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: names are rcl-TARGET-ENDPOINT, so target T/endpoint a-bcd and target "
-    "T-a/endpoint bcd share every name; Docker's volume create returns the existing volume, "
-    "and the second target reads the first's keys and overwrites its endpoint.json",
-)
 def test_targets_whose_names_run_into_endpoint_names_never_share_state(
     docker_worlds: WorldFactory,
 ) -> None:
@@ -367,12 +316,6 @@ def test_targets_whose_names_run_into_endpoint_names_never_share_state(
     assert a.key("a-bcd") == a_key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: with the holder and the router gone but the volume intact, nothing "
-    "mounts the volume, so observe says 'its keys are missing: new keys will be issued' and "
-    "`reconcile credentials` says 'no credentials', though the keys are there (and kept)",
-)
 def test_keys_in_a_volume_nothing_mounts_are_not_called_missing(
     docker_world: DockerWorld,
 ) -> None:
@@ -393,12 +336,6 @@ def test_keys_in_a_volume_nothing_mounts_are_not_called_missing(
     assert got == key, f"keys in the volume said to be absent: {problem}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _observe_endpoint takes the endpoint's name from state/endpoint.json, "
-    "not from the labels: a spoiled (or another target's) endpoint.json renames the live "
-    "endpoint, the plan creates the real one again and --prune deletes the phantom",
-)
 def test_the_endpoint_name_comes_from_the_labels_not_from_the_state_file(
     docker_world: DockerWorld,
 ) -> None:
@@ -412,12 +349,6 @@ def test_the_endpoint_name_comes_from_the_labels_not_from_the_state_file(
     assert Action.CREATE_ENDPOINT not in [s.action for s in world.plan().steps]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a volume of the state volume's name without our labels (made by hand, "
-    "or another target's) is taken as ours by volumes.create; with no port labels "
-    "_provision_endpoint fails `assert ports is not None`: a traceback from `reconcile`",
-)
 def test_a_foreign_volume_of_the_state_volumes_name_is_a_clear_error(
     docker_world: DockerWorld,
 ) -> None:
@@ -427,7 +358,7 @@ def test_a_foreign_volume_of_the_state_volumes_name_is_a_clear_error(
     world.repo.endpoint("vol-ep", traffic={"blue": 100})
     world.repo.deployment("vol-ep", "blue", code="../../src")
     world.repo.commit("vol-ep")
-    name = f"rcl-{world.options.name}-vol-ep-state"
+    name = f"{world.target._prefix('vol-ep')}-state"
     # Labelled with the target (so that the fixture removes it), not as a state volume.
     world.client.volumes.create(name, labels={"reconciler.target": world.options.name})
     try:

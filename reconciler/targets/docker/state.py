@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import docker.errors
@@ -41,38 +41,62 @@ ENDPOINT = "state/endpoint.json"
 DEPLOYMENTS = "state/deployments.json"
 AUTOSCALE = "state/autoscale.json"
 NOTES = "state/notes.json"
-# A state volume larger than this is not ours to read whole (hostile or broken).
-MAX_STATE_BYTES = 16 * 1024 * 1024
+# A state file larger than this is not ours (a stray dump, or hostile): passed over.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 class StateUnreadable(Exception):
     """The state files could not be read from the engine (the message says why)."""
 
 
+class _Chunks(io.RawIOBase):
+    """A file-like reader over the chunks of an HTTP answer (the archive as it arrives)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
 def read_files(container: Any) -> dict[str, bytes]:
-    """Every regular file of the state volume, by path relative to the volume's root."""
+    """The state files (router.json and those under state/), by path relative to the
+    volume's root. Read as the archive streams: anything else in the volume, or a file
+    larger than MAX_FILE_BYTES (a stray dump, a hostile file), is passed over, never held."""
     try:
         stream, _ = container.get_archive(f"{MOUNT}/")
-        data = bytearray()
-        for chunk in stream:
-            data += chunk
-            if len(data) > MAX_STATE_BYTES:
-                raise StateUnreadable(f"state of {container.name} exceeds {MAX_STATE_BYTES} bytes")
     except docker.errors.NotFound as exc:
         raise StateUnreadable(f"{container.name}: {exc.explanation or exc}") from None
     files: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(bytes(data))) as archive:
-            for member in archive.getmembers():
-                if not member.isfile():
-                    continue
+        with tarfile.open(fileobj=io.BufferedReader(_Chunks(iter(stream))), mode="r|") as archive:
+            for member in archive:
                 # The archive's root folder is the mount's own name.
                 _, _, relative = member.name.partition("/")
+                wanted = relative == ROUTER_CONFIG or relative.startswith("state/")
+                if not (wanted and member.isfile()) or member.size > MAX_FILE_BYTES:
+                    continue
                 handle = archive.extractfile(member)
-                if relative and handle is not None:
+                if handle is not None:
                     files[relative] = handle.read()
     except tarfile.TarError as exc:
         raise StateUnreadable(f"{container.name}: unreadable archive ({exc})") from None
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # frees the engine's connection even when reading stopped half-way
     return files
 
 

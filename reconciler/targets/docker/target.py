@@ -41,6 +41,7 @@ stopped (kept for its logs until the next pass); the instances already serving s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -77,6 +78,7 @@ from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
     RouterConfig,
+    config_from_dict,
     config_to_dict,
     dump_config,
     parse_config,
@@ -278,12 +280,15 @@ class DockerTarget:
         foreign = self._foreign(volumes)
         names -= set(foreign)
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
+        networks, edge = self._networks_by_endpoint()
         endpoints = [
             self._observe_endpoint(
                 name,
                 router=routers.get(name),
                 holder=holders.get(name),
                 volume=volumes.get(name),
+                instances=[i for (e, _), group in instances.items() if e == name for i in group],
+                networks={**networks.get(name, {}), **({"edge": edge} if edge else {})},
             )
             for name in sorted(names)
         ]
@@ -302,8 +307,8 @@ class DockerTarget:
             endpoints=tuple(endpoints),
             deployments=tuple(deployments),
             target=self.name,
-            # Never planned, never pruned: another repository's.
-            unreadable=tuple(sorted(foreign)),
+            # Never changed, never pruned: another repository's. One that this repository
+            # declares too is planned as new, and its creation fails naming the owner.
             warnings=tuple(
                 Diagnostic(
                     file="reconciler.yaml",
@@ -311,9 +316,9 @@ class DockerTarget:
                     field=f"targets.{self.name}",
                     message=(
                         f"endpoint {name!r} on target {self.name!r} is managed by another "
-                        f"repository ({owner}); this repository leaves it alone. To run an "
-                        "endpoint of that name from here, give this repository's target "
-                        "another name"
+                        f"repository ({owner}); this repository can neither change nor prune "
+                        "it. To run an endpoint of that name from here, give this "
+                        "repository's target another name"
                     ),
                 )
                 for name, owner in sorted(foreign.items())
@@ -321,7 +326,14 @@ class DockerTarget:
         )
 
     def _observe_endpoint(
-        self, name: str, *, router: Any | None, holder: Any | None, volume: Any | None
+        self,
+        name: str,
+        *,
+        router: Any | None,
+        holder: Any | None,
+        volume: Any | None,
+        instances: list[_Instance],
+        networks: Mapping[str, Any],
     ) -> LiveEndpoint:
         """The endpoint as its state and router show it, with what needs repair, if any.
 
@@ -337,6 +349,11 @@ class DockerTarget:
                 if router is None and holder is None
                 else "its state volume is missing: new keys will be issued"
             )
+        elif volume is not None and holder is None and router is None:
+            problems.append(
+                f"no container holds its state volume {volume.name} (its router and holder "
+                "are gone): both are made again, keys kept"
+            )
         else:
             try:
                 files = self._state(name)
@@ -347,11 +364,12 @@ class DockerTarget:
                 "its router uses the layout of an earlier version (host state folder, shared "
                 "bridge network): moved into a state volume and an isolated network"
             )
-        elif volume is not None and holder is None:
+        elif volume is not None and holder is None and router is not None:
             problems.append("the container holding its state volume is missing")
         spec_known = True
         try:
-            spec = endpoint_from_json(json.loads(files[ENDPOINT_FILE]))
+            # The name is the labels', whatever the file says.
+            spec = replace(endpoint_from_json(json.loads(files[ENDPOINT_FILE])), name=name)
         except (KeyError, ValueError, TypeError):
             spec, spec_known = EndpointSpec(name), False
         config: RouterConfig | None = None
@@ -362,17 +380,21 @@ class DockerTarget:
                 problems.append(f"its router config is unreadable ({exc})")
         elif files or legacy:
             problems.append("its router config is missing")
-        if config is not None:
-            spec = replace(
-                spec,
-                auth_mode=config.auth_mode,
-                traffic=config.traffic,
-                mirror_traffic=config.mirror_traffic,
-            )
-        if not legacy and (files or volume is not None):
+        # Traffic is what the router's config says, or unknown (none): never the spec
+        # file's, which says what was asked, not what serves.
+        spec = replace(
+            spec,
+            auth_mode=config.auth_mode if config is not None else spec.auth_mode,
+            traffic=config.traffic if config is not None else (),
+            mirror_traffic=config.mirror_traffic if config is not None else (),
+        )
+        if not legacy and files:
             problem = _credentials_problem(files)
             if problem is not None:
                 problems.append(problem)
+        problems += _network_problems(
+            router=router if not legacy else None, instances=instances, networks=networks
+        )
         ports = _volume_ports(volume) if volume is not None else _router_ports(router)
         if router is None:
             problems.append("its router container is missing")
@@ -746,13 +768,19 @@ class DockerTarget:
 
     # endpoints
 
-    def _prefix(self, endpoint: str) -> str:
-        """Start of the names of an endpoint's containers, networks and volume.
+    def _target_prefix(self) -> str:
+        """Start of the names of everything of this target: its name, and a short digest
+        of it, so that target `t` with endpoint `a-b` and target `t-a` with endpoint `b`
+        never share a name (and `t` with endpoint `edge` not its edge network's)."""
+        digest = hashlib.sha256(self.name.encode()).hexdigest()[:6]
+        return f"rcl-{_safe_name(self.name)}-{digest}"
 
-        The target's name is part of it: two targets on one engine (a second repository, a
-        test run beside a user's endpoints) may both have an endpoint `main`.
+    def _prefix(self, endpoint: str) -> str:
+        """Start of the names of an endpoint's containers, network and volume.
+
+        Names only matter when a thing is made: everything is found again by its labels.
         """
-        return f"rcl-{_safe_name(self.name)}-{endpoint}"
+        return f"{self._target_prefix()}-{endpoint}"
 
     def _labels(self, endpoint: str, role: str) -> dict[str, str]:
         return {
@@ -778,15 +806,50 @@ class DockerTarget:
             found["edge"] = edge
         return found
 
+    def _networks_by_endpoint(self) -> tuple[dict[str, dict[str, Any]], Any | None]:
+        """Every endpoint's networks by role, and the target's edge network: one listing."""
+        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
+        found: dict[str, dict[str, Any]] = defaultdict(dict)
+        edge = None
+        for network in self.client.networks.list(filters={"label": labels}):
+            net_labels = network.attrs.get("Labels") or {}
+            role = net_labels.get(f"{L}role", "internal")
+            if role == "edge":
+                edge = network
+            elif f"{L}endpoint" in net_labels:
+                found[net_labels[f"{L}endpoint"]].setdefault(role, network)
+        return found, edge
+
+    def _reconnect_instances(self, endpoint: str) -> None:
+        """Put the endpoint's instances back on its internal network, by their aliases
+        (a network removed and made again by a repair has none of them on it)."""
+        network = self._endpoint_networks(endpoint)["internal"]
+        network.reload()
+        attached = set(network.attrs.get("Containers") or {})
+        for c in self._containers(role="instance", endpoint=endpoint):
+            if c.id in attached:
+                continue
+            alias = c.labels.get(f"{L}address", "").rpartition(":")[0] or c.name
+            with contextlib.suppress(docker.errors.APIError):
+                network.connect(c, aliases=[alias])
+                log.warning("instance_reconnected", instance=c.name, network=network.name)
+
     def _edge_network(self) -> Any | None:
         labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=edge"]
         found = self.client.networks.list(filters={"label": labels})
         return found[0] if found else None
 
     def _network(self, endpoint: str) -> str:
-        """The endpoint's internal network: the one labelled for it, else a new one's name."""
+        """The endpoint's internal network, by id (a name may be ambiguous: Docker lets
+        two networks share one)."""
         network = self._endpoint_networks(endpoint).get("internal")
-        return str(network.name) if network is not None else self._prefix(endpoint)
+        if network is None:
+            raise TargetError(
+                f"endpoint {endpoint} has no internal network on target {self.name}; "
+                "the next pass repairs it",
+                code="NotFound",
+            )
+        return str(network.id)
 
     def _ensure_networks(self, endpoint: str) -> None:
         found = self._endpoint_networks(endpoint)
@@ -802,7 +865,8 @@ class DockerTarget:
             # The routers' bridge for their published ports. No traffic between the
             # containers on it (enable_icc false): a router reaches no other endpoint's.
             self.client.networks.create(
-                f"rcl-{_safe_name(self.name)}-edge",
+                # `_` is in no endpoint name: no endpoint's network can be called so.
+                f"{self._target_prefix()}_edge",
                 driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}role": "edge"},
@@ -885,16 +949,26 @@ class DockerTarget:
         try:
             config = parse_config(files[ROUTER_CONFIG])
         except (KeyError, ConfigError):
-            config = RouterConfig(endpoint=endpoint)
+            # Lost or spoiled in the volume: the router that serves still holds it.
+            config = (
+                self._config_served(creds, ports[0]) if lost is None else None
+            ) or RouterConfig(endpoint=endpoint)
         config = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
         router = next(iter(self._containers(role="router", endpoint=endpoint)), None)
+        internal = self._endpoint_networks(endpoint)["internal"]
+        old_layout = router is not None and _legacy_router(router)
+        if router is not None and not old_layout and internal.name not in _attached(router):
+            # Its internal network made again: the router joins it where it runs.
+            internal.connect(router)
+            router.reload()
         # A router that runs is kept (no request lost), unless its keys were issued anew:
         # it answers its admin call only to the admin secret that was lost, so it starts
         # again from its config, with the new keys' hashes.
         serving = (
             lost is None
             and router is not None
-            and router is not legacy_router
+            and not _legacy_router(router)
+            and self._current_layout(router, volume)
             and router.status == "running"
             and _port_problem(ports[0]) is None
         )
@@ -911,7 +985,11 @@ class DockerTarget:
         if serving:
             if self._read_router_config(endpoint) != config:
                 self._write_router_config(endpoint, config)
-        elif router is not None and self._current_layout(router, volume):
+        elif (
+            router is not None
+            and not _legacy_router(router)
+            and self._current_layout(router, volume)
+        ):
             # Stopped, or up behind a dead port proxy: a restart (a new proxy with it) is
             # quicker than a new container, and keeps everything else as it is.
             try:
@@ -925,9 +1003,27 @@ class DockerTarget:
             self._start_router(endpoint, image, volume, ports, say)
             if legacy_router is not None:
                 say(f"endpoint {endpoint}: state moved into volume {volume.name}")
+        self._reconnect_instances(endpoint)
         # Instances that run but that a lost or rebuilt config does not route are routed
         # again (of the version the router routed, or the newest).
         self._settle_endpoint(endpoint, self._instance_groups())
+
+    def _config_served(self, creds: EndpointCredentials, port: int) -> RouterConfig | None:
+        """The config a running router serves, asked through its admin call (which shows
+        everything but the secrets, which come from the keys); None when it cannot say."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/-/config",
+            headers={"Authorization": f"Bearer {creds.admin_secret}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                doc = json.loads(answer.read())
+            doc.pop("digest", None)
+            doc["key_hashes"] = [hash_key(creds.primary_key), hash_key(creds.secondary_key)]
+            doc["token_secret"] = creds.token_secret
+            return self._credentials_config(config_from_dict(doc), creds)
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return None
 
     def _create_state_volume(
         self, endpoint: str, legacy: Mapping[str, bytes], legacy_router: Any | None
@@ -949,7 +1045,17 @@ class DockerTarget:
         }
         if self.repository is not None:
             labels[f"{L}repository"] = self.repository
-        return self.client.volumes.create(f"{self._prefix(endpoint)}-state", labels=labels)
+        name = f"{self._prefix(endpoint)}-state"
+        # Docker hands back an existing volume of the name as if it made it.
+        volume = self.client.volumes.create(name, labels=labels)
+        found = volume.attrs.get("Labels") or {}
+        if any(found.get(k) != v for k, v in self._labels(endpoint, "state").items()):
+            raise TargetError(
+                f"a volume named {name} exists that is not the state of endpoint {endpoint} "
+                f"of target {self.name} (labels {found}); remove or rename it",
+                code="NameConflict",
+            )
+        return volume
 
     def _ensure_holder(self, endpoint: str, image: str, volume: Any) -> None:
         if self._containers(role="state", endpoint=endpoint):
@@ -1029,6 +1135,8 @@ class DockerTarget:
             if port in used:
                 continue
             with socket.socket() as s:
+                # As Docker binds: a port whose old connections linger in TIME_WAIT is free.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
@@ -1061,7 +1169,7 @@ class DockerTarget:
                 f"{ROUTER_PORT}/tcp": ("127.0.0.1", ports[0]),
                 f"{ROUTER_METRICS_PORT}/tcp": ("127.0.0.1", ports[1]),
             },
-            network=str(networks["edge"].name),
+            network=str(networks["edge"].id),
             user="root",  # reads the 0600 files of the state volume
             restart_policy={"Name": "unless-stopped"},
             detach=True,
@@ -1585,6 +1693,17 @@ class DockerTarget:
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
+        volume = self._state_volumes().get(endpoint)
+        if volume is not None and self._state_handle(endpoint) is None:
+            # Its router and holder are gone, its keys are not: a holder again to read them
+            # (what the next pass's repair does anyway).
+            try:
+                self._ensure_holder(endpoint, self.options.base_image, volume)
+            except docker.errors.ImageNotFound:
+                raise TargetError(
+                    f"endpoint {endpoint}: no container holds its state; `reconcile` repairs it",
+                    code="NotFound",
+                ) from None
         creds = self._credentials(endpoint)
         if creds is None:
             raise TargetError(f"endpoint {endpoint} has no credentials on target {self.name}")
@@ -1700,6 +1819,33 @@ def _router_ports(router: Any | None) -> tuple[int, int] | None:
         return int(scoring), int(metrics)
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+def _network_problems(
+    *, router: Any | None, instances: list[_Instance], networks: Mapping[str, Any]
+) -> list[str]:
+    """What is missing of the endpoint's networks, or cut off from them."""
+    problems = []
+    for role, what in (("internal", "internal network"), ("edge", "target's edge network")):
+        network = networks.get(role)
+        if network is None:
+            problems.append(f"its {what} is missing")
+        elif router is not None and network.name not in _attached(router):
+            problems.append(f"its router is not on its {what}")
+    internal = networks.get("internal")
+    if internal is not None:
+        cut = [
+            i
+            for i in instances
+            if i.state == "running" and internal.name not in _attached(i.container)
+        ]
+        if cut:
+            problems.append(f"{len(cut)} instance(s) are cut off from its internal network")
+    return problems
+
+
+def _attached(container: Any) -> set[str]:
+    return set((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
 
 
 def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
