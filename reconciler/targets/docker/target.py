@@ -102,6 +102,8 @@ from reconciler.targets.docker.images import (
     SERVER_PORT,
     build_deployment_image,
     build_environment_image,
+    build_labels,
+    remove_stale_build_containers,
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.routerimage import ensure_router_image
@@ -1094,6 +1096,7 @@ class DockerTarget:
                 base_image=base,
                 wheel_cache=self.options.wheel_cache,
                 progress=_progress(say),
+                labels=build_labels(self.name),
             )
         return self._router_image
 
@@ -1112,6 +1115,7 @@ class DockerTarget:
             wheel_cache=self.options.wheel_cache,
             progress=_progress(say),
             image_map=self.options.image_map,
+            labels=build_labels(self.name),
         )
         return build_deployment_image(
             self.client,
@@ -1119,6 +1123,7 @@ class DockerTarget:
             env_image=env_image,
             repo_root=self.repo_root,
             progress=_progress(say),
+            labels=build_labels(self.name),
         )
 
     def _instances(self, endpoint: str, deployment: str) -> list[_Instance]:
@@ -1474,6 +1479,7 @@ class DockerTarget:
         routing them), restarts instances whose liveness failed, and clears away stopped
         or crash-looping ones (the pass's plan then replaces them: they no longer count).
         """
+        remove_stale_build_containers(self.client, self.name)  # left by a killed build
         self._state_cache.clear()
         groups = self._instance_groups()
         foreign = self._foreign(self._state_volumes())
