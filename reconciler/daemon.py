@@ -328,6 +328,12 @@ class Daemon:
         except (TargetError, GitSourceError) as exc:
             self._failed("pass_error", str(exc), started)
             return False
+        except Exception as exc:
+            # Whatever a pass meets (a client error no target translated), the daemon lives
+            # on: the pass failed, the next one (after the backoff) starts afresh.
+            log.exception("pass_crashed")
+            self._failed("pass_error", f"{type(exc).__name__}: {exc}", started)
+            return False
         self.state.target_reachable = True
         seconds = time.monotonic() - started
         self.metrics.duration.observe(seconds)

@@ -56,6 +56,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 import structlog
 
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
@@ -251,7 +252,8 @@ class DockerTarget:
                     all=True, filters={"label": filters}, ignore_removed=True
                 )
             )
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            # A client that worked loses its engine as a ConnectionError of requests.
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
     # --- observe ---------------------------------------------------------------------
@@ -742,6 +744,8 @@ class DockerTarget:
             raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None
         except docker.errors.DockerException as exc:
             raise TargetError(f"Docker Engine: {exc}", code="DockerError") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
     # endpoints
 
@@ -1491,7 +1495,12 @@ class DockerTarget:
                 continue
             try:
                 self._settle_endpoint(endpoint, groups, patience_s=2)
-            except (TargetError, StateUnreadable, docker.errors.DockerException) as exc:
+            except (
+                TargetError,
+                StateUnreadable,
+                docker.errors.DockerException,
+                requests.exceptions.ConnectionError,
+            ) as exc:
                 # One endpoint's trouble must not stop the pass for the others: its own
                 # steps fail, with the reason, if it matters to them.
                 log.warning("settle_failed", endpoint=endpoint, error=str(exc))
