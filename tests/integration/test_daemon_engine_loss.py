@@ -219,6 +219,7 @@ def test_the_daemon_backs_off_while_the_engine_is_away_and_recovers(
         ]
 
     def unreachable_passes() -> list[dict[str, Any]]:
+        assert daemon.poll() is None, f"the daemon died:\n{log.read_text()[-3000:]}"
         return [e for e in events("pass_failed") if e.get("kind") == "target_unreachable"]
 
     try:
