@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 # Large enough that copying it into the build container and committing it take a while
 # (the window in which the process is killed); zeros, so writing it costs nothing.
-MODEL_BYTES = 96 * 1024 * 1024
+MODEL_BYTES = 256 * 1024 * 1024
 
 CUSTOM_SERVER = """\
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,7 +54,15 @@ class World:
         return DockerOptions(name=self.name, state_dir=self.state / "docker")
 
     def of_our_image(self) -> list[Any]:
-        return list(self.client.containers.list(all=True, filters={"ancestor": self.image_id}))
+        return list(
+            self.client.containers.list(
+                all=True, filters={"ancestor": self.image_id}, ignore_removed=True
+            )
+        )
+
+    def any_of_our_image(self) -> bool:
+        # One request, no inspection of each: polled while a build runs.
+        return bool(self.client.api.containers(all=True, filters={"ancestor": self.image_id}))
 
 
 @pytest.fixture
@@ -163,6 +171,7 @@ def kill_mid_build(world: World, signum: signal.Signals) -> Any:
             "--worktree",
         ],
         env={**os.environ, "XDG_STATE_HOME": str(world.state)},
+        cwd=world.state.parent,  # not the project's folder: PYTHONPATH decides the package
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
@@ -170,7 +179,7 @@ def kill_mid_build(world: World, signum: signal.Signals) -> Any:
         # The router is built and started first; the first container of our image is the
         # thin layer's build container (a custom container needs no environment build).
         deadline = time.monotonic() + 600
-        while not world.of_our_image() and process.poll() is None:
+        while not world.any_of_our_image() and process.poll() is None:
             assert time.monotonic() < deadline, "no build started within 600 s"
             time.sleep(0.02)
         process.send_signal(signum)
