@@ -486,7 +486,7 @@ class DockerTarget:
         labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=state"]
         try:
             found = self.client.volumes.list(filters={"label": labels})
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
 
