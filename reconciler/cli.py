@@ -6,10 +6,11 @@ contract (DESIGN.md): 0 nothing to change, 2 changes planned (dry-run and diff),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,10 +35,13 @@ from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.status import StatusTarget
+from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
 from reconciler.yamlsource import FieldLines, FieldPath
 
 EXIT_OK, EXIT_ERRORS, EXIT_CHANGES = 0, 1, 2
 STATUS_TARGET = "status"
+# How long a one-shot command waits for another writer of its target (--lock-timeout).
+DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
 def fail(message: str) -> NoReturn:
@@ -174,6 +178,39 @@ def _no_status_warning(branch: str, problem: str) -> Diagnostic:
     return Diagnostic("", None, "", f"{message} ({problem})" if problem else message)
 
 
+@contextlib.contextmanager
+def writer_lock(target_name: str, *, command: str, timeout_s: float) -> Iterator[None]:
+    """Hold the target's writer lock (the one `reconcile watch` holds) for the body.
+
+    Waits up to `timeout_s`, saying who holds it; then exits 1 naming the holder.
+    """
+    path = lock_path(target_name)
+
+    def waiting(holder: Holder | None) -> None:
+        if timeout_s > 0:
+            click.echo(
+                f"target {target_name} is being changed by {describe(holder)}; "
+                f"waiting up to {timeout_s:g} s for it to finish (--lock-timeout)...",
+                err=True,
+            )
+
+    try:
+        with writing(path, command=command, timeout_s=timeout_s, on_wait=waiting):
+            yield
+    except LockTimeout as timeout:
+        fail(
+            f"target {target_name} is being changed by {describe(timeout.holder)}; "
+            f"gave up after {timeout.waited_s:.0f} s (--lock-timeout {timeout_s:g}): "
+            f"let it finish or stop it, then run this again (lock file {path})"
+        )
+
+
+LOCK_TIMEOUT_HELP = (
+    "Seconds to wait while another writer (reconcile watch, another reconcile) changes the "
+    "target; 0 fails at once."
+)
+
+
 def emit(plan: Plan, output: str) -> None:
     click.echo(render_plan(plan, output), nl=False)
 
@@ -188,6 +225,13 @@ def emit(plan: Plan, output: str) -> None:
 @click.option("--output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True)
 @click.option("--worktree", is_flag=True, help="Use uncommitted edits instead of HEAD.")
 @click.option("--status-dir", default=None, help="Status files in a folder (status target).")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT_S,
+    show_default=True,
+    help=LOCK_TIMEOUT_HELP,
+)
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
@@ -204,6 +248,7 @@ def main(
     output: str,
     worktree: bool,
     status_dir: str | None,
+    lock_timeout: float,
     log_format: str,
 ) -> None:
     """Reconcile ML online endpoints from a git repository onto a target.
@@ -247,14 +292,17 @@ def main(
             def writer(files: Mapping[str, str], message: str) -> None:
                 git.write_status(files, message=message, branch=config.status_branch)
 
-        result = run_pass(
-            tree,
-            target,
-            prune=prune or config.prune,
-            dry_run=False,
-            revision=revision,
-            write_status=writer,
-        )
+        # One writer per target: a running `reconcile watch` (or another apply) would undo
+        # this one's steps as it makes them. A dry run changes nothing and takes no lock.
+        with writer_lock(target.name, command="reconcile", timeout_s=lock_timeout):
+            result = run_pass(
+                tree,
+                target,
+                prune=prune or config.prune,
+                dry_run=False,
+                revision=revision,
+                write_status=writer,
+            )
     except TargetError as exc:
         fail(f"target {target.name}: {exc}")
     emit(result.plan, output)
@@ -605,12 +653,24 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
 @click.option("--key", "which", type=click.Choice(["primary", "secondary"]), required=True)
 @click.option("--repo", default=".", show_default=True)
 @click.option("--target", "target_name", default=None)
-def regenerate_key(endpoint: str, which: str, repo: str, target_name: str | None) -> None:
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT_S,
+    show_default=True,
+    help=LOCK_TIMEOUT_HELP,
+)
+def regenerate_key(
+    endpoint: str, which: str, repo: str, target_name: str | None, lock_timeout: float
+) -> None:
     """Replace one key; the other stays valid. The new key is shown by `credentials`."""
     target = _operated_target(repo, target_name)
     _needs(target, "regenerate_key", "regenerate keys")
     try:
-        target.regenerate_key(endpoint, which)
+        # It rewrites the endpoint's router configuration, as a pass does: one writer.
+        command = f"reconcile regenerate-key {endpoint}"
+        with writer_lock(target.name, command=command, timeout_s=lock_timeout):
+            target.regenerate_key(endpoint, which)
     except TargetError as exc:
         fail(str(exc))
     other = "secondary" if which == "primary" else "primary"
@@ -728,13 +788,7 @@ def watch(
     """Reconcile continuously: on every commit, webhook and interval; write status to git."""
     import os
 
-    from reconciler.daemon import (
-        Daemon,
-        LocalSource,
-        RemoteSource,
-        WatchOptions,
-        default_lock_path,
-    )
+    from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions
 
     if url and repo:
         fail("give --repo or --url, not both")
@@ -779,7 +833,7 @@ def watch(
             interval_s=interval,
             prune=prune or config.prune,
             status_branch=status_branch or config.status_branch,
-            lock_path=default_lock_path(target.name),
+            lock_path=lock_path(target.name),
             metrics_port=metrics_port,
             webhook_port=webhook_port,
             webhook_secret=secret,

@@ -14,11 +14,9 @@ its health endpoint) until the first one stops.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import signal
 import threading
 import time
@@ -44,6 +42,7 @@ from reconciler.gitsource import (
 from reconciler.model.results import Outcome
 from reconciler.status import render_status
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
+from reconciler.writerlock import Holder, WriterLock, describe, lock_path
 
 log = structlog.get_logger("reconciler.daemon")
 
@@ -137,6 +136,7 @@ class DaemonState:
     last_error: str | None = None
     target_reachable: bool = True
     pending_push: bool = False
+    lock_holder: str | None = None  # who holds the target's lock while this one waits
 
 
 class Metrics:
@@ -250,35 +250,32 @@ class Daemon:
 
     @contextlib.contextmanager
     def _leader_lock(self) -> Iterator[None]:
+        """The target's writer lock (writerlock.py), for the daemon's whole life."""
         path = self.options.lock_path
         if path is None:
             yield
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            said = False
-            while not self._stop.is_set():
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not said:
-                        log.warning(
-                            "waiting_for_lock",
-                            lock=str(path),
-                            reason="another daemon applies to this target",
-                        )
-                        said = True
-                    self.state.phase = "waiting_for_lock"
-                    self._stop.wait(0.5)
-            else:
-                yield
-                return
-            log.info("lock_acquired", lock=str(path))
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        lock = WriterLock(path, command="reconcile watch")
+
+        def waiting(holder: Holder | None) -> None:
+            self.state.phase = "waiting_for_lock"
+            self.state.lock_holder = describe(holder)
+            log.warning(
+                "waiting_for_lock",
+                lock=str(path),
+                holder=describe(holder),
+                reason=f"target {self.target.name} is being changed by {describe(holder)}",
+            )
+
+        if not lock.acquire(timeout_s=None, on_wait=waiting, should_stop=self._stop.is_set):
+            yield  # stopped while waiting: run() returns at once
+            return
+        self.state.lock_holder = None
+        log.info("lock_acquired", lock=str(path))
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _loop(self) -> None:
         backoff = 0.0
@@ -330,6 +327,12 @@ class Daemon:
             return False
         except (TargetError, GitSourceError) as exc:
             self._failed("pass_error", str(exc), started)
+            return False
+        except Exception as exc:
+            # Whatever a pass meets (a client error no target translated), the daemon lives
+            # on: the pass failed, the next one (after the backoff) starts afresh.
+            log.exception("pass_crashed")
+            self._failed("pass_error", f"{type(exc).__name__}: {exc}", started)
             return False
         self.state.target_reachable = True
         seconds = time.monotonic() - started
@@ -512,6 +515,7 @@ def _ops_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
                     "last_commit": state.last_commit,
                     "last_error": state.last_error,
                     "target_reachable": state.target_reachable,
+                    "lock_holder": state.lock_holder,
                     "seconds_since_last_success": None
                     if state.last_success is None
                     else round(time.time() - state.last_success, 1),
@@ -574,5 +578,5 @@ def _webhook_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
 
 
 def default_lock_path(target_name: str) -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "ml-endpoint-reconciler" / "locks" / f"{target_name}.lock"
+    """The writer lock of a target (writerlock.lock_path; kept for callers of this name)."""
+    return lock_path(target_name)

@@ -467,3 +467,29 @@ def test_a_stop_in_the_middle_of_a_pass_is_recorded_as_work_left_undone(
 
     wait_for(lambda: remote_doc()["provisioning_state"] == "Succeeded", what="finished pass")
     assert remote_doc()["pending_steps"] == []
+
+
+class OnceBrokenTarget(MemoryTarget):
+    """Its first observe fails with an error no target translated (a client's own)."""
+
+    failures = 0
+
+    def observe(self):  # type: ignore[no-untyped-def]
+        if OnceBrokenTarget.failures == 0:
+            OnceBrokenTarget.failures += 1
+            raise ConnectionResetError("connection reset by the platform's client")
+        return super().observe()
+
+
+def test_an_unexpected_error_of_a_pass_does_not_end_the_daemon(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    first = repo.commit("blue and green")
+    target = OnceBrokenTarget()
+    running = start(local(repo, tmp_path), target, metrics_port=0)
+    # The failed pass is retried after the backoff's first second, and applies.
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == first, what="the retried pass")
+    assert running.thread.is_alive()
+    assert OnceBrokenTarget.failures == 1
+    assert running.daemon.state.last_error is None

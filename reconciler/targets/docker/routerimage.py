@@ -8,6 +8,7 @@ image and an unchanged one reuses it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from reconciler.targets.docker.images import (
     _add_tree,
     _commit_layer,
     _context_tar,
+    _label_line,
     build_environment_image,
+    image_labels,
 )
 
 ROUTER_REPOSITORY = "reconciler-router"
@@ -72,8 +75,12 @@ def ensure_router_image(
     base_image: str,
     wheel_cache: Path,
     progress: ProgressCallback | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
+    """The tag of the router image, built unless it exists. `labels` go on the containers
+    the build makes (images.build_labels: the target's, for the cleanup of a killed build)."""
     requirements = router_requirements()
+    extra_labels = dict(labels or {})
     env = EnvironmentSpec(
         name="reconciler-router",
         version="1",
@@ -90,6 +97,7 @@ def ensure_router_image(
         progress=progress,
         pull=False,
         inference_server=False,
+        labels=extra_labels,
     )
     env_id = local_image_id(client, env_image)
     assert env_id is not None
@@ -113,8 +121,9 @@ def ensure_router_image(
                 'ENTRYPOINT ["/opt/venv/bin/python", "-m", "reconciler.router"]',
                 'CMD ["--config", "/etc/reconciler-router/router.json"]',
                 "LABEL reconciler.kind=router",
+                *([_label_line(image_labels(extra_labels))] if extra_labels else []),
             ],
-            labels={},
+            labels=extra_labels,
             build_log=BuildLog("image_build_step", progress, tag=tag),
             summary="the reconciler package",
         )

@@ -57,6 +57,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 import structlog
 
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
@@ -104,6 +105,8 @@ from reconciler.targets.docker.images import (
     SERVER_PORT,
     build_deployment_image,
     build_environment_image,
+    build_labels,
+    remove_stale_build_containers,
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
@@ -253,7 +256,8 @@ class DockerTarget:
                     all=True, filters={"label": filters}, ignore_removed=True
                 )
             )
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            # A client that worked loses its engine as a ConnectionError of requests.
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
     # --- observe ---------------------------------------------------------------------
@@ -507,7 +511,7 @@ class DockerTarget:
         labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=state"]
         try:
             found = self.client.volumes.list(filters={"label": labels})
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
 
@@ -765,6 +769,8 @@ class DockerTarget:
             raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None
         except docker.errors.DockerException as exc:
             raise TargetError(f"Docker Engine: {exc}", code="DockerError") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
     # endpoints
 
@@ -1213,6 +1219,7 @@ class DockerTarget:
                 base_image=base,
                 wheel_cache=self.options.wheel_cache,
                 progress=_progress(say),
+                labels=build_labels(self.name),
             )
         return self._router_image
 
@@ -1231,6 +1238,7 @@ class DockerTarget:
             wheel_cache=self.options.wheel_cache,
             progress=_progress(say),
             image_map=self.options.image_map,
+            labels=build_labels(self.name),
         )
         return build_deployment_image(
             self.client,
@@ -1238,6 +1246,7 @@ class DockerTarget:
             env_image=env_image,
             repo_root=self.repo_root,
             progress=_progress(say),
+            labels=build_labels(self.name),
         )
 
     def _instances(self, endpoint: str, deployment: str) -> list[_Instance]:
@@ -1602,6 +1611,7 @@ class DockerTarget:
         routing them), restarts instances whose liveness failed, and clears away stopped
         or crash-looping ones (the pass's plan then replaces them: they no longer count).
         """
+        remove_stale_build_containers(self.client, self.name)  # left by a killed build
         self._state_cache.clear()
         groups = self._instance_groups()
         foreign = self._foreign(self._state_volumes())
@@ -1613,7 +1623,12 @@ class DockerTarget:
                 continue
             try:
                 self._settle_endpoint(endpoint, groups, patience_s=2)
-            except (TargetError, StateUnreadable, docker.errors.DockerException) as exc:
+            except (
+                TargetError,
+                StateUnreadable,
+                docker.errors.DockerException,
+                requests.exceptions.ConnectionError,
+            ) as exc:
                 # One endpoint's trouble must not stop the pass for the others: its own
                 # steps fail, with the reason, if it matters to them.
                 log.warning("settle_failed", endpoint=endpoint, error=str(exc))
