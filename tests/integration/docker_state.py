@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import docker
+import docker.errors
 
 from reconciler.targets.docker.state import CREDENTIALS, ROUTER_CONFIG, read_files
 
@@ -32,3 +34,18 @@ def credentials(client: docker.DockerClient, target: str, endpoint: str) -> dict
 
 def router_config(client: docker.DockerClient, target: str, endpoint: str) -> dict[str, Any]:
     return dict(json.loads(state_files(client, target, endpoint)[ROUTER_CONFIG]))
+
+
+def remove_target(client: docker.DockerClient, target: str) -> None:
+    """Remove everything of a target from the engine, found by its label (labels, not
+    names): containers first (they hold networks and volumes), then networks and volumes."""
+    label = {"label": f"reconciler.target={target}"}
+    for container in client.containers.list(all=True, filters=label):
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    for network in client.networks.list(filters=label):
+        with contextlib.suppress(docker.errors.APIError):
+            network.remove()
+    for volume in client.volumes.list(filters=label):
+        with contextlib.suppress(docker.errors.APIError):
+            volume.remove(force=True)

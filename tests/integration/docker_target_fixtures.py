@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import docker_state
 import pytest
 from repo_builder import RepoBuilder
 
@@ -297,17 +298,8 @@ class DockerWorld:
 
     def cleanup(self) -> None:
         """Remove every container, network and volume of this target (labels, not names)."""
-        label = f"reconciler.target={self.options.name}"
         with contextlib.suppress(docker.errors.DockerException):
-            for container in self.client.containers.list(all=True, filters={"label": label}):
-                with contextlib.suppress(docker.errors.APIError):
-                    container.remove(force=True)
-            for network in self.client.networks.list(filters={"label": label}):
-                with contextlib.suppress(docker.errors.APIError):
-                    network.remove()
-            for volume in self.client.volumes.list(filters={"label": label}):
-                with contextlib.suppress(docker.errors.APIError):
-                    volume.remove(force=True)
+            docker_state.remove_target(self.client, self.options.name)
 
 
 @pytest.fixture(scope="session")

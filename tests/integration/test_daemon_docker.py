@@ -125,12 +125,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[RepoBuilder, Path, str, list[Watch]]
     for w in watches:
         w.stop()
     assert CLIENT is not None
-    for c in CLIENT.containers.list(all=True, filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
-        c.remove(force=True)
-    for n in CLIENT.networks.list(filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
-        n.remove()
-    for v in CLIENT.volumes.list(filters={"label": f"reconciler.target={name}"}):  # type: ignore[attr-defined]
-        v.remove(force=True)
+    docker_state.remove_target(CLIENT, name)
 
 
 def containers(name: str, **labels: str) -> list[object]:

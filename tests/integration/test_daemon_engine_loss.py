@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker_state
 import pytest
 from repo_builder import RepoBuilder
 
@@ -158,10 +159,7 @@ def world(tmp_path: Path) -> Iterator[tuple[RepoBuilder, str, SocketProxy, Path]
     proxy.stop()
     with contextlib.suppress(OSError):
         sockets.rmdir()
-    for c in CLIENT.containers.list(all=True, filters={"label": f"reconciler.target={name}"}):
-        c.remove(force=True)
-    for n in CLIENT.networks.list(filters={"label": f"reconciler.target={name}"}):
-        n.remove()
+    docker_state.remove_target(CLIENT, name)
 
 
 def test_the_daemon_backs_off_while_the_engine_is_away_and_recovers(

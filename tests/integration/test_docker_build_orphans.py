@@ -20,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker_state
 import pytest
 import yaml
 
@@ -136,9 +137,7 @@ def world(docker_client: docker.DockerClient, base_image: str, tmp_path: Path) -
     ) + docker_client.containers.list(all=True, filters={"ancestor": str(image.id)}):
         with _gone():
             container.remove(force=True)
-    for network in docker_client.networks.list(filters={"label": f"reconciler.target={name}"}):
-        with _gone():
-            network.remove()
+    docker_state.remove_target(docker_client, name)
     for built in docker_client.images.list(filters={"label": f"reconciler.test.id={name}"}):
         with _gone():
             docker_client.images.remove(built.id, force=True)

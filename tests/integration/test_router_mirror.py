@@ -105,7 +105,8 @@ def test_a_bad_shadow_changes_nothing_for_callers(
     p50, p99 = _latencies(mirrored)
     assert max(r.seconds for r in mirrored) < 1.0
     assert p50 < base_p50 * 2 + 0.005, (p50, base_p50)
-    assert p99 < base_p99 * 3 + 0.05, (p99, base_p99)
+    # Loose: a p99 of a few hundred requests on a shared machine moves by tenths of a second.
+    assert p99 < base_p99 * 3 + 0.25, (p99, base_p99)
     text = router.metrics()
     expected_code = {"slow": "429", "failing": "424", "down": "502"}[shadow_kind]
     # slow: the shadow holds its 2 x 50 slots for 5 s, so further copies are dropped (429).
