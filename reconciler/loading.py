@@ -40,6 +40,7 @@ from reconciler.model.instance_types import (
     InstanceType,
     canonical_instance_type,
 )
+from reconciler.model.secrets import MalformedReference, mentions_reference, parse_reference
 from reconciler.model.specs import (
     KUBERNETES,
     MANAGED,
@@ -60,7 +61,6 @@ from reconciler.model.specs import (
     weight_of,
     weights,
 )
-from reconciler.model.secrets import MalformedReference, mentions_reference, parse_reference
 from reconciler.model.state import DesiredState
 from reconciler.nocode.mlflowmodel import MLFLOW_MODEL, MlflowModelError, mlflow_environment
 from reconciler.nocode.triton import refusal as triton_refusal

@@ -96,7 +96,9 @@ def test_a_deployment_keeps_the_reference_and_the_helper_finds_it() -> None:
 
 
 def test_a_malformed_reference_is_an_error_with_file_line_and_field() -> None:
-    extra = vars_block(OK="x", BAD="${{azureml://connections/}}", ODD="${{azureml://connections/a/b}}")
+    extra = vars_block(
+        OK="x", BAD="${{azureml://connections/}}", ODD="${{azureml://connections/a/b}}"
+    )
     errors = errors_of(files(blue_dot_yml=deployment("blue", extra=extra)))
     found = {e.field: e for e in errors}
     bad, odd = found["environment_variables.BAD"], found["environment_variables.ODD"]
