@@ -4,7 +4,9 @@ plans; a missing connection warns at dry-run and fails its deployment alone."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -133,6 +135,31 @@ def test_a_secret_reaches_the_instance_only_and_a_missing_one_fails_its_deployme
         {"name": "openai", "target": URL, "credentials": ["api-key"], "metadata": []}
     ]
     assert SECRET not in listed.output
+    # Kept in the target's own volume, behind a holder that never runs, file mode 0600.
+    holder = world.client.containers.get(f"rcl-{name}-connections")
+    assert holder.status == "created"
+    assert holder.labels["reconciler.role"] == "connections"
+    stream, _ = holder.get_archive("/etc/reconciler-router/connections/openai.json")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+        (member,) = archive.getmembers()
+        assert member.mode & 0o777 == 0o600
+    # More keys from a file and metadata on the command line: the stdin one is kept.
+    extra = world.repo.root.parent / "other-key.txt"
+    extra.write_text("from-a-file\n")
+    more = ["--credential-file", f"other={extra}", "--metadata", "ApiVersion=2024-02-01"]
+    added = runner.invoke(main, ["connection", "set", "openai", *repo, *more])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["connection", "list", *repo, "--output", "json"])
+    assert json.loads(listed.stdout) == [
+        {
+            "name": "openai",
+            "target": URL,
+            "credentials": ["api-key", "other"],
+            "metadata": ["ApiVersion"],
+        }
+    ]
+    bad = runner.invoke(main, ["connection", "set", "a/b", *repo, "--target-url", URL])
+    assert bad.exit_code == 1 and "connection name 'a/b' is not valid" in bad.output
     # Two values from one stdin would be ambiguous: refused.
     refused = runner.invoke(
         main,
