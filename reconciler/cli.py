@@ -268,7 +268,9 @@ def main(
     try:
         if dry_run:
             live = target.observe()
-            plan, desired = plan_pass(tree, live, prune=prune or config.prune, revision=revision)
+            plan, desired = plan_pass(
+                tree, live, prune=prune or config.prune, revision=revision, target=target
+            )
             if isinstance(target, StatusTarget) and target.warnings:
                 plan = replace(plan, warnings=target.warnings + plan.warnings)
             if desired is not None:
@@ -921,3 +923,148 @@ def render_manifests(
 
 if __name__ == "__main__":
     main()
+
+
+# --- connections: secrets that environment variables reference ----------------------------
+
+
+@main.group("connection")
+def connection() -> None:
+    """Connections of a target: the secrets `${{azureml://connections/...}}` references.
+
+    Values live with the target (the Docker target: a volume of its own, files 0600),
+    never in git; `list` shows names and keys only."""
+
+
+def _connection_store(repo: str, target_name: str | None) -> Any:
+    target = _operated_target(repo, target_name)
+    _needs(target, "connections", "store connections (on Kubernetes, create the Secrets)")
+    return target.connections()
+
+
+def _secret_text(raw: bytes | str, what: str) -> str:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    # `echo` and editors end a file with one newline that is no part of the secret.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        fail(f"{what} is empty")
+    return text
+
+
+@connection.command("set")
+@click.argument("name")
+@click.option("--target-url", default=None, help="The connection's target (a URL), not secret.")
+@click.option(
+    "--credential",
+    "stdin_keys",
+    multiple=True,
+    help="KEY whose value is read from stdin (hidden prompt on a terminal). At most one.",
+)
+@click.option(
+    "--credential-file",
+    "file_keys",
+    multiple=True,
+    help="KEY=PATH: the value is the file's content (one trailing newline dropped).",
+)
+@click.option("--metadata", multiple=True, help="KEY=VALUE, not secret (…/metadata/KEY).")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def connection_set(
+    name: str,
+    target_url: str | None,
+    stdin_keys: tuple[str, ...],
+    file_keys: tuple[str, ...],
+    metadata: tuple[str, ...],
+    repo: str,
+    target_name: str | None,
+) -> None:
+    """Create or update a connection; keys not given keep their values.
+
+    Values never come from the command line, so they never sit in shell history:
+    `--credential KEY` reads stdin, `--credential-file KEY=PATH` a file."""
+    from reconciler.targets.docker.connections import Connection
+
+    if len(stdin_keys) > 1:
+        fail("only one --credential can read stdin; give the others as --credential-file KEY=PATH")
+    credentials: dict[str, str] = {}
+    for item in file_keys:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            fail(f"--credential-file wants KEY=PATH, got {item!r}")
+        try:
+            credentials[key] = _secret_text(Path(path).read_bytes(), f"credential file {path}")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"credential file {path}: {exc.__class__.__name__}: cannot read it as text")
+    for key in stdin_keys:
+        if key in credentials:
+            fail(f"credential {key} given twice")
+        if sys.stdin.isatty():
+            value = click.prompt(f"value of {key}", hide_input=True, err=True)
+        else:
+            value = sys.stdin.read()
+        credentials[key] = _secret_text(value, f"the value of {key} on stdin")
+    meta: dict[str, str] = {}
+    for item in metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--metadata wants KEY=VALUE, got {item!r}")
+        meta[key] = value
+    if target_url is None and not credentials and not meta:
+        fail("nothing to set: give --target-url, --credential, --credential-file or --metadata")
+    store = _connection_store(repo, target_name)
+    try:
+        stored = store.set(Connection(name, target_url, credentials, meta))
+    except ValueError as exc:
+        fail(str(exc))
+    except TargetError as exc:
+        fail(f"target {store.target_name}: {exc}")
+    keys = ", ".join(sorted(stored.credentials)) or "none"
+    click.echo(f"connection {name} set on target {store.target_name} (credentials: {keys})")
+
+
+@connection.command("list")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def connection_list(repo: str, target_name: str | None, output: str) -> None:
+    """Connections of the target: names, target URLs and keys; never a credential's value."""
+    import json
+
+    store = _connection_store(repo, target_name)
+    try:
+        found = store.read()
+    except TargetError as exc:
+        fail(f"target {store.target_name}: {exc}")
+    rows = [
+        {
+            "name": conn.name,
+            "target": conn.target,
+            "credentials": sorted(conn.credentials),
+            "metadata": sorted(conn.metadata),
+        }
+        for conn in sorted(found.values(), key=lambda c: c.name)
+    ]
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no connections on target {store.target_name}")
+    for row in rows:
+        keys = ", ".join(row["credentials"]) or "-"
+        click.echo(f"{row['name']}  target: {row['target'] or '-'}  credentials: {keys}")
+
+
+@connection.command("delete")
+@click.argument("name")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def connection_delete(name: str, repo: str, target_name: str | None) -> None:
+    """Forget a connection. Running instances keep the values they started with."""
+    store = _connection_store(repo, target_name)
+    try:
+        deleted = store.delete(name)
+    except TargetError as exc:
+        fail(f"target {store.target_name}: {exc}")
+    if not deleted:
+        fail(f"no connection {name} on target {store.target_name}")
+    click.echo(f"connection {name} deleted from target {store.target_name}")

@@ -24,7 +24,7 @@ from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import Settling, Target, TargetError
+from reconciler.targets.base import ChecksDesired, Settling, Target, TargetError
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
 log = structlog.get_logger("reconciler.engine")
@@ -109,7 +109,10 @@ def plan_pass(
     prune: bool,
     revision: str | None = None,
     instance_types: Mapping[str, InstanceType] | None = None,
+    target: object | None = None,
 ) -> tuple[Plan, DesiredState | None]:
+    """Load and plan; a target that checks the desired state (ChecksDesired) adds its
+    warnings (a deployment referencing a connection the target lacks)."""
     names: tuple[str, ...] = ()
     if instance_types is None:
         instance_types, names = repository_instance_types(tree)
@@ -117,7 +120,11 @@ def plan_pass(
     if desired is None:
         assert failed is not None
         return failed, None
-    return make_plan(desired, live, prune=prune, instance_types=instance_types), desired
+    extra = target.desired_warnings(desired) if isinstance(target, ChecksDesired) else ()
+    plan = make_plan(
+        desired, live, prune=prune, instance_types=instance_types, extra_warnings=extra
+    )
+    return plan, desired
 
 
 def run_pass(
@@ -136,7 +143,7 @@ def run_pass(
         target.settle()
     live = target.observe()
     plan, desired = plan_pass(
-        tree, live, prune=prune, revision=revision, instance_types=instance_types
+        tree, live, prune=prune, revision=revision, instance_types=instance_types, target=target
     )
     log.info(
         "pass_planned",

@@ -40,6 +40,7 @@ from reconciler.model.instance_types import (
     InstanceType,
     canonical_instance_type,
 )
+from reconciler.model.secrets import MalformedReference, mentions_reference, parse_reference
 from reconciler.model.specs import (
     KUBERNETES,
     MANAGED,
@@ -533,6 +534,7 @@ def _deployment(
             what = azureyaml.REPORTED_BY_AZURE[ENVIRONMENT]["datastore"]
             check.no_effect(("environment", "datastore"), what)
 
+    _check_secret_references(doc.get("environment_variables"), check)
     mount = doc.get("model_mount_path")
     if mount is not None and not mount.startswith("/"):
         check.error(("model_mount_path",), f"must be an absolute path, got {mount!r}")
@@ -576,6 +578,27 @@ def _deployment(
         source=source,
     )
     return _DeploymentDraft(spec, model, model_field, code, environment)
+
+
+def _check_secret_references(variables: Mapping[str, Any] | None, check: _FileCheck) -> None:
+    """Secret references in environment variables (reconciler.model.secrets): a broken
+    one is an error; one among other text is passed as written, as Azure does, with a
+    warning. The spec keeps the reference itself; the target resolves it."""
+    for name, value in (variables or {}).items():
+        if not isinstance(value, str):
+            continue
+        field: FieldPath = ("environment_variables", str(name))
+        try:
+            parse_reference(value)
+        except MalformedReference as exc:
+            check.error(field, str(exc))
+            continue
+        if mentions_reference(value):
+            check.warn(
+                field,
+                "holds a secret reference among other text: only a value that is exactly "
+                "one reference is resolved, so this one is passed as written",
+            )
 
 
 @dataclass(frozen=True, slots=True)

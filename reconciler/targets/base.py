@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Step
 from reconciler.model.results import Outcome, StepResult
-from reconciler.model.state import LiveState
+from reconciler.model.state import DesiredState, LiveState
 
 ProgressCallback = Callable[[str], None]
 
 __all__ = [
+    "ChecksDesired",
     "Outcome",
     "ProgressCallback",
     "StepResult",
@@ -71,6 +73,14 @@ class Settling(Protocol):
     """A target with derived data-plane state to bring in line before a pass (routers)."""
 
     def settle(self) -> None: ...
+
+
+@runtime_checkable
+class ChecksDesired(Protocol):
+    """A target that can say, before any step, what in the desired state it cannot do
+    (references to connections it lacks): warnings for dry-run and apply's plan."""
+
+    def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...
 
 
 def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> None:

@@ -314,3 +314,67 @@ def test_render_without_credentials_has_no_secret_and_names_those_left_out() -> 
     # With the Gateway API there is no router, so no router config Secret.
     gateway = [name for name, _ in secret_names(desired, GATEWAY_CTX.options)]
     assert gateway == [m.keys_secret_name("Other-Ep"), m.keys_secret_name("ep")]
+
+
+# --- secret references: secretKeyRefs to connection Secrets the target never writes -------
+
+
+def test_secret_references_render_as_secret_key_refs_to_connection_secrets() -> None:
+    variables = (
+        ("API_KEY", "${{azureml://connections/OpenAI_Prod/credentials/api-key}}"),
+        ("API_URL", "${{azureml://connections/openai/target}}"),
+        ("API_VERSION", "${{azureml://connections/openai/metadata/ApiVersion}}"),
+        ("MIXED", "Bearer ${{azureml://connections/openai/target}}"),
+        ("PLAIN", "p"),
+    )
+    desired = DesiredState(
+        endpoints=(endpoint("ep", {"blue": 100}, mirror=None),),
+        deployments=(deployment("blue", "ep", environment_variables=variables),),
+    )
+    manifests = m.render_desired(CTX, desired, credentials={"ep": CREDS})
+    name = m.deployment_object_name("ep", "blue")
+    (container,) = _find(manifests, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    prod = m.connection_secret_name("OpenAI_Prod")
+    assert prod.startswith("conn-openai-prod-") and prod != m.connection_secret_name("openai-prod")
+    assert m.connection_secret_name("openai") == "conn-openai"
+    assert m.connection_secret_name("a.b-").startswith("conn-a-b-")
+    assert env["API_KEY"] == {
+        "name": "API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": prod, "key": "api-key"}},
+    }
+    assert env["API_URL"]["valueFrom"]["secretKeyRef"] == {"name": "conn-openai", "key": "target"}
+    assert env["API_VERSION"]["valueFrom"]["secretKeyRef"] == {
+        "name": "conn-openai",
+        "key": "metadata.ApiVersion",
+    }
+    # Only a whole-value reference is one (as in Azure ML); the rest are plain values.
+    assert env["MIXED"] == {"name": "MIXED", "value": variables[3][1]}
+    assert env["PLAIN"] == {"name": "PLAIN", "value": "p"}
+    # The target writes no Secret of a connection.
+    assert not [
+        d
+        for d in manifests
+        if d["kind"] == "Secret" and d["metadata"]["name"] in {prod, "conn-openai"}
+    ]
+    assert m.connection_secrets(desired) == [
+        ("conn-openai", ("metadata.ApiVersion", "target")),
+        (prod, ("api-key",)),
+    ]
+    for version in VERSIONS:
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_render_names_the_connection_secrets_that_must_exist() -> None:
+    from reconciler.targets.kubernetes.render import render_yaml
+
+    variables = (("API_KEY", "${{azureml://connections/openai/credentials/api-key}}"),)
+    desired = DesiredState(
+        endpoints=(endpoint("ep", {"blue": 100}, mirror=None),),
+        deployments=(deployment("blue", "ep", environment_variables=variables),),
+    )
+    text = render_yaml(desired, OPTIONS, namespace=None, secrets=False)
+    header = text.split("\n---", 1)[0]
+    assert "# - conn-openai (keys: api-key)" in header
+    assert "never writes them" in header

@@ -74,7 +74,13 @@ from reconciler.model.specs import (
     to_json,
     weight_of,
 )
-from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
+from reconciler.model.state import (
+    DesiredState,
+    LiveDeployment,
+    LiveEndpoint,
+    LiveState,
+    ProvisioningState,
+)
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
@@ -94,6 +100,7 @@ from reconciler.targets.base import (
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
+from reconciler.targets.docker.connections import ConnectionStore
 from reconciler.targets.docker.credentials import (
     EndpointCredentials,
     LegacyStore,
@@ -259,6 +266,15 @@ class DockerTarget:
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             # A client that worked loses its engine as a ConnectionError of requests.
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
+
+    # --- connections (secrets environment variables reference: connections.py) --------
+
+    def connections(self) -> ConnectionStore:
+        return ConnectionStore(self.client, self.name, lambda: self._base_image(lambda _: None))
+
+    def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]:
+        """References to connections or keys this target lacks (ChecksDesired)."""
+        return self.connections().missing(desired.deployments)
 
     # --- observe ---------------------------------------------------------------------
 
@@ -1295,6 +1311,9 @@ class DockerTarget:
         spec = version.spec
         network = self._network(spec.endpoint_name)
         port, probe_url, probe_from_router = _serving(spec)
+        # Secret references resolved now (connections.py): MissingConnection fails this
+        # deployment only, before any container exists.
+        resolved = self.connections().resolve(spec)
         started: list[_Instance] = []
         try:
             for index in range(first_index, first_index + count):
@@ -1321,7 +1340,7 @@ class DockerTarget:
                     version.image,
                     name=f"{self._prefix(spec.endpoint_name)}-{alias}",
                     labels=labels,
-                    environment=_environment(spec),
+                    environment=_environment(spec, resolved),
                     network=network,
                     networking_config={
                         network: self.client.api.create_endpoint_config(aliases=[alias])
@@ -1935,10 +1954,11 @@ def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
     return config.scoring_route.path, config.liveness_route.path
 
 
-def _environment(spec: DeploymentSpec) -> dict[str, str]:
+def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str, str]:
+    """variables: the spec's environment variables with secret references resolved."""
     env = {"WORKER_COUNT": str(spec.request_settings.max_concurrent_requests_per_instance)}
     # The user's variables come last: they override ours (SPEC-REFERENCE.md).
-    env.update(dict(spec.environment_variables))
+    env.update(variables)
     return env
 
 

@@ -30,12 +30,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.diffing import target_count
 from reconciler.model.keys import ResourceKey
+from reconciler.model.secrets import CREDENTIALS, METADATA, SecretRef
+from reconciler.model.secrets import references as secret_references
+from reconciler.model.secrets import variables as secret_variables
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -322,14 +326,60 @@ def resources_of(spec: DeploymentSpec, options: KubernetesOptions) -> dict[str, 
     return {"requests": amounts, "limits": limits}
 
 
-def environment_of(spec: DeploymentSpec) -> list[dict[str, str]]:
-    """The runtime contract's variables, then the user's (which override ours)."""
+def environment_of(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    """The runtime contract's variables, then the user's (which override ours).
+
+    A secret reference becomes a `secretKeyRef` to the connection's Secret, which the
+    target never writes (connection_secret_name, connection_secret_key)."""
     layout = deployment_layout(spec)
     values: dict[str, str] = dict(layout.environment())
     if not spec.environment.custom_container:
         values["WORKER_COUNT"] = str(spec.request_settings.max_concurrent_requests_per_instance)
     values.update(dict(spec.environment_variables))
-    return [{"name": k, "value": v} for k, v in values.items()]
+    refs = dict(secret_variables(spec))
+    env: list[dict[str, Any]] = []
+    for name, value in values.items():
+        ref = refs.get(name)
+        if ref is None:
+            env.append({"name": name, "value": value})
+            continue
+        key_ref = {
+            "name": connection_secret_name(ref.connection),
+            "key": connection_secret_key(ref),
+        }
+        env.append({"name": name, "valueFrom": {"secretKeyRef": key_ref}})
+    return env
+
+
+def connection_secret_name(connection: str) -> str:
+    """The Secret holding a connection: `conn-NAME`, lowercased, '_' and '.' as '-'; a
+    hash of the name follows when that changed it (so `OpenAI` and `openai` stay apart)
+    or when it ends with '-'."""
+    readable = re.sub(r"[^a-z0-9-]", "-", connection.lower())
+    if readable == connection and not readable.endswith("-"):
+        return f"conn-{readable}"
+    return f"conn-{readable[:200]}".rstrip("-") + f"-{_short(connection, 8)}"
+
+
+def connection_secret_key(ref: SecretRef) -> str:
+    """The key in the connection's Secret: KEY for a credential, `target` for the target,
+    `metadata.KEY` for a metadata value."""
+    if ref.kind == CREDENTIALS:
+        return str(ref.key)
+    if ref.kind == METADATA:
+        return f"metadata.{ref.key}"
+    return "target"
+
+
+def connection_secrets(desired: DesiredState) -> list[tuple[str, tuple[str, ...]]]:
+    """(Secret name, keys) of every connection Secret the deployments reference."""
+    keys: dict[str, set[str]] = {}
+    for spec in desired.deployments:
+        for ref in secret_references(spec):
+            keys.setdefault(connection_secret_name(ref.connection), set()).add(
+                connection_secret_key(ref)
+            )
+    return [(name, tuple(sorted(found))) for name, found in sorted(keys.items())]
 
 
 def _progress_deadline(spec: DeploymentSpec) -> int:

@@ -53,6 +53,13 @@ class _PlainDumper(yaml.SafeDumper):
         return True  # manifests are trees, never cyclic: this always terminates
 
 
+CONNECTIONS_NOTE = """\
+# Secrets of connections that environment variables reference (secretKeyRef): the target
+# never writes them; create each in the namespace before applying, for example
+# `kubectl create secret generic NAME --from-file=KEY=PATH`. Pods wait until they exist.
+"""
+
+
 def dump_manifests(documents: Sequence[m.Manifest]) -> str:
     """Multi-document plain YAML, keys in the order the manifests give them."""
     return yaml.dump_all(
@@ -103,4 +110,9 @@ def render_yaml(
     else:
         names = "".join(f"# - {name} ({what})\n" for name, what in secret_names(desired, options))
         text += NO_SECRETS_NOTE.format(target=options.name, names=names or "# (none)\n")
+    needed = m.connection_secrets(desired)
+    if needed:
+        text += CONNECTIONS_NOTE + "".join(
+            f"# - {name} (keys: {', '.join(keys)})\n" for name, keys in needed
+        )
     return text + dump_manifests(documents)

@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
+from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
 from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights, weight_of
@@ -48,6 +49,7 @@ from reconciler.targets.base import ProgressCallback, TargetError, dispatch
 from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
+from reconciler.targets.kubernetes.connections import missing_keys, missing_warnings
 from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, router_reference
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.rollout import Rollout, rollout
@@ -462,6 +464,14 @@ class KubernetesTarget:
         if self.client.get("ConfigMap", m.record_name(endpoint)) is None:
             raise TargetError(f"endpoint {endpoint} does not exist", code="NotFound")
 
+    def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]:
+        """Connection Secrets (or keys) the deployments reference and the namespace lacks."""
+        return missing_warnings(
+            desired.deployments,
+            lambda name: self.client.get("Secret", name),
+            self.client.namespace,
+        )
+
     def _instance_labels(self, endpoint: str, deployment: str) -> dict[str, str]:
         return {
             m.ENDPOINT_LABEL: endpoint,
@@ -480,6 +490,13 @@ class KubernetesTarget:
         """Apply a deployment's objects, prune the ones it no longer has, wait for the
         rollout. service_first: the Service (its slots) before the Deployment, when the
         count falls; after it, when it rises (a slot is only listed once pods serve it)."""
+        missing = missing_keys(spec, lambda name: self.client.get("Secret", name))
+        if missing:
+            variable, what = missing[0]
+            raise TargetError(
+                f"{spec.key}: environment variable {variable} needs {what}",
+                code="MissingConnection",
+            )
         ctx = self.context()
         objects = m.deployment_manifests(ctx, spec, replicas=replicas, image=image)
         deployment = objects[0]

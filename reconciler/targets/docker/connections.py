@@ -1,0 +1,301 @@
+"""Connections of the Docker target: the secrets that environment variables reference.
+
+A deployment's variable may be `${{azureml://connections/NAME/credentials/KEY}}` (or
+`.../metadata/KEY`, `.../target`: reconciler.model.secrets). The values live with the
+target, never in git: in one Docker volume per target, `rcl-TARGET-connections`
+(labels reconciler.managed-by, reconciler.target, reconciler.role=connections), one file
+per connection, mode 0600:
+
+    connections/NAME.json   {"target": URL or null, "credentials": {KEY: VALUE},
+                             "metadata": {KEY: VALUE}}
+
+As with an endpoint's state volume (state.py), a holder container of the same name that
+never runs mounts the volume at state.MOUNT: the handle for Docker's archive API and a user
+of the volume, so Docker will not remove it. The archive API cannot delete a file, so a
+deleted connection is an empty file, which reads as absent.
+
+Resolved values go into an instance's environment and nowhere else: not into labels (an
+instance's carry the spec, which holds the reference), logs, status, plans, or the router.
+Instances get the values current when they start; a changed value reaches a deployment
+when its instances are next replaced (README "Secrets in environment variables").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.secrets import (
+    CREDENTIALS,
+    KEY_PATTERN,
+    METADATA,
+    NAME_PATTERN,
+    SecretRef,
+    variables,
+)
+from reconciler.model.specs import DeploymentSpec
+from reconciler.targets.base import TargetError, TargetUnavailable
+from reconciler.targets.docker.state import MOUNT, StateUnreadable, read_files, write_files
+
+L = "reconciler."
+MANAGED = f"{L}managed-by"
+MANAGER = "ml-endpoint-reconciler"
+ROLE = "connections"
+FOLDER = "connections"
+_NAME = re.compile(NAME_PATTERN)
+_KEY = re.compile(KEY_PATTERN)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One connection: a target URL, credentials (secret) and metadata (not secret)."""
+
+    name: str
+    target: str | None = None
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"Connection({self.name!r}, credentials={sorted(self.credentials)})"
+
+    def value(self, ref: SecretRef) -> str | None:
+        if ref.kind == CREDENTIALS:
+            return self.credentials.get(ref.key or "")
+        if ref.kind == METADATA:
+            return self.metadata.get(ref.key or "")
+        return self.target
+
+    def merged(self, other: Connection) -> Connection:
+        """This connection with what `other` gives replacing what it had."""
+        return Connection(
+            self.name,
+            other.target if other.target is not None else self.target,
+            {**self.credentials, **other.credentials},
+            {**self.metadata, **other.metadata},
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "target": self.target,
+                "credentials": dict(self.credentials),
+                "metadata": dict(self.metadata),
+            },
+            sort_keys=True,
+        ).encode()
+
+
+def check_connection(conn: Connection) -> None:
+    """ValueError naming what is wrong (a name or key, never a value)."""
+    if not _NAME.fullmatch(conn.name):
+        raise ValueError(
+            f"connection name {conn.name!r} is not valid: letters, digits, '_', '.' and '-', "
+            "at most 128, not starting with '.' or '-'"
+        )
+    for kind, table in (("credential", conn.credentials), ("metadata", conn.metadata)):
+        for key, value in table.items():
+            if not _KEY.fullmatch(key):
+                raise ValueError(f"{kind} key {key!r} is not valid: letters, digits, '_', '.', '-'")
+            if "\0" in value:
+                raise ValueError(f"{kind} {key} holds a NUL byte, which no environment can")
+    if conn.target is not None and "\0" in conn.target:
+        raise ValueError("the target URL holds a NUL byte")
+
+
+def _connection_from_json(name: str, content: bytes) -> Connection | None:
+    if not content.strip():
+        return None  # deleted
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise StateUnreadable(f"connection {name}: not JSON (truncated or corrupt)") from None
+    if not isinstance(data, dict):
+        raise StateUnreadable(f"connection {name}: not a JSON object")
+    target = data.get("target")
+    tables: list[dict[str, str]] = []
+    for part in ("credentials", "metadata"):
+        table = data.get(part) or {}
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+        ):
+            raise StateUnreadable(f"connection {name}: {part} is not a table of texts")
+        tables.append(table)
+    if target is not None and not isinstance(target, str):
+        raise StateUnreadable(f"connection {name}: target is not a text")
+    return Connection(name, target, tables[0], tables[1])
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", text)
+
+
+class ConnectionStore:
+    """The connections of one Docker target, in its `rcl-TARGET-connections` volume.
+
+    image names (or gives, when called) the image of the holder container, needed only
+    the first time a connection is written.
+    """
+
+    def __init__(self, client: Any, target_name: str, image: str | Callable[[], str]) -> None:
+        self.client = client
+        self.target_name = target_name
+        self.image = image
+        self.name = f"rcl-{_safe_name(target_name)}-connections"
+
+    def _labels(self) -> dict[str, str]:
+        return {MANAGED: MANAGER, f"{L}target": self.target_name, f"{L}role": ROLE}
+
+    def _holder(self) -> Any | None:
+        filters = [f"{k}={v}" for k, v in self._labels().items()]
+        try:
+            found = self.client.containers.list(
+                all=True, filters={"label": filters}, ignore_removed=True
+            )
+        except docker.errors.DockerException as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+        return found[0] if found else None
+
+    def _ensure_holder(self) -> Any:
+        holder = self._holder()
+        if holder is not None:
+            return holder
+        try:
+            volume = self.client.volumes.get(self.name)
+        except docker.errors.NotFound:
+            volume = self.client.volumes.create(self.name, labels=self._labels())
+        image = self.image if isinstance(self.image, str) else self.image()
+        # Never started: only a handle on the volume (state.py's holders do the same).
+        return self.client.containers.create(
+            image,
+            command=["true"],
+            name=self.name,
+            labels=self._labels(),
+            volumes={volume.name: {"bind": MOUNT, "mode": "rw"}},
+            network_mode="none",
+        )
+
+    def read(self) -> dict[str, Connection]:
+        """Every connection of the target, by name (none before the first is set)."""
+        holder = self._holder()
+        if holder is None:
+            return {}
+        try:
+            files = read_files(holder)
+        except StateUnreadable as exc:
+            raise TargetError(
+                f"connections unreadable: {exc}", code="ConnectionsUnreadable"
+            ) from None
+        found: dict[str, Connection] = {}
+        for path, content in files.items():
+            folder, _, file_name = path.rpartition("/")
+            name = file_name.removesuffix(".json")
+            if folder != FOLDER or not file_name.endswith(".json") or not _NAME.fullmatch(name):
+                continue
+            try:
+                conn = _connection_from_json(name, content)
+            except StateUnreadable as exc:
+                raise TargetError(str(exc), code="ConnectionsUnreadable") from None
+            if conn is not None:
+                found[name] = conn
+        return found
+
+    def set(self, conn: Connection) -> Connection:
+        """Create a connection, or merge into the one of that name; returns the result."""
+        check_connection(conn)
+        current = self.read().get(conn.name)
+        merged = current.merged(conn) if current is not None else conn
+        try:
+            write_files(self._ensure_holder(), {f"{FOLDER}/{conn.name}.json": merged.to_json()})
+        except (StateUnreadable, docker.errors.DockerException) as exc:
+            raise TargetError(f"connection {conn.name} not written: {exc}") from None
+        return merged
+
+    def delete(self, name: str) -> bool:
+        """Forget a connection (its file is emptied); False if there was none."""
+        if name not in self.read():
+            return False
+        holder = self._holder()
+        assert holder is not None
+        try:
+            write_files(holder, {f"{FOLDER}/{name}.json": b""})
+        except (StateUnreadable, docker.errors.DockerException) as exc:
+            raise TargetError(f"connection {name} not deleted: {exc}") from None
+        return True
+
+    # --- for the target -------------------------------------------------------------
+
+    def resolve(self, spec: DeploymentSpec) -> dict[str, str]:
+        """The spec's environment variables with each reference replaced by its value.
+
+        TargetError(code="MissingConnection") for a reference this target cannot resolve,
+        naming the connection, the key and the command that sets it (never a value).
+        """
+        refs = variables(spec)
+        resolved = dict(spec.environment_variables)
+        if not refs:
+            return resolved
+        found = self.read()
+        for variable, ref in refs:
+            value = _value(found, ref)
+            if value is None:
+                raise TargetError(
+                    f"{spec.key}: environment variable {variable} references "
+                    f"{_missing(found, ref, self.target_name)}",
+                    code="MissingConnection",
+                )
+            resolved[variable] = value
+        return resolved
+
+    def missing(self, deployments: Iterable[DeploymentSpec]) -> tuple[Diagnostic, ...]:
+        """A warning for each reference to a connection or key this target lacks."""
+        specs = [(spec, refs) for spec in deployments if (refs := variables(spec))]
+        if not specs:
+            return ()
+        try:
+            found = self.read()
+        except TargetUnavailable:
+            raise
+        except TargetError as exc:
+            return (Diagnostic("reconciler.yaml", None, f"targets.{self.target_name}", str(exc)),)
+        warnings: list[Diagnostic] = []
+        for spec, refs in specs:
+            for variable, ref in refs:
+                if _value(found, ref) is not None:
+                    continue
+                where = spec.source
+                warnings.append(
+                    Diagnostic(
+                        where.file if where else "",
+                        where.line if where else None,
+                        f"environment_variables.{variable}",
+                        f"{spec.key} references {_missing(found, ref, self.target_name)}; "
+                        "the deployment will fail to start until then",
+                    )
+                )
+        return tuple(warnings)
+
+
+def _value(found: Mapping[str, Connection], ref: SecretRef) -> str | None:
+    conn = found.get(ref.connection)
+    return conn.value(ref) if conn is not None else None
+
+
+def _missing(found: Mapping[str, Connection], ref: SecretRef, target: str) -> str:
+    """`<what>, which target T does not have: set it with <command>`."""
+    command = f"reconcile connection set {ref.connection} --target {target}"
+    note = ""
+    if ref.kind == CREDENTIALS:
+        command += f" --credential {ref.key}"
+        note = " (it reads the value from stdin)"
+    elif ref.kind == METADATA:
+        command += f" --metadata {ref.key}=VALUE"
+    else:
+        command += " --target-url URL"
+    what = f"connection {ref.connection}" if ref.connection not in found else f"the {ref.what}"
+    return f"{what}, which target {target} does not have: set it with `{command}`{note}"
