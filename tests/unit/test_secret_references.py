@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_loading import deployment, errors_of, files, load
 
 from reconciler import loading
 from reconciler.model.secrets import (
@@ -14,7 +15,6 @@ from reconciler.model.secrets import (
     references,
     variables,
 )
-from tests.unit.test_loading import deployment, errors_of, files, load
 
 KEY = "${{azureml://connections/openai/credentials/api-key}}"
 URL = "${{azureml://connections/openai/target}}"

@@ -186,7 +186,7 @@ class ConnectionStore:
         if holder is None:
             return {}
         try:
-            files = read_files(holder)
+            files = read_files(holder, lambda path: path.startswith("connections/"))
         except StateUnreadable as exc:
             raise TargetError(
                 f"connections unreadable: {exc}", code="ConnectionsUnreadable"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import docker.errors
@@ -71,10 +71,15 @@ class _Chunks(io.RawIOBase):
         return size
 
 
-def read_files(container: Any) -> dict[str, bytes]:
-    """The state files (router.json and those under state/), by path relative to the
-    volume's root. Read as the archive streams: anything else in the volume, or a file
-    larger than MAX_FILE_BYTES (a stray dump, a hostile file), is passed over, never held."""
+def _endpoint_file(relative: str) -> bool:
+    return relative == ROUTER_CONFIG or relative.startswith("state/")
+
+
+def read_files(container: Any, wanted: Callable[[str], bool] = _endpoint_file) -> dict[str, bytes]:
+    """The files `wanted` names (by default an endpoint's: router.json and those under
+    state/), by path relative to the volume's root. Read as the archive streams: anything
+    else in the volume, or a file larger than MAX_FILE_BYTES (a stray dump, a hostile
+    file), is passed over, never held."""
     try:
         stream, _ = container.get_archive(f"{MOUNT}/")
     except docker.errors.NotFound as exc:
@@ -85,8 +90,7 @@ def read_files(container: Any) -> dict[str, bytes]:
             for member in archive:
                 # The archive's root folder is the mount's own name.
                 _, _, relative = member.name.partition("/")
-                wanted = relative == ROUTER_CONFIG or relative.startswith("state/")
-                if not (wanted and member.isfile()) or member.size > MAX_FILE_BYTES:
+                if not (wanted(relative) and member.isfile()) or member.size > MAX_FILE_BYTES:
                     continue
                 handle = archive.extractfile(member)
                 if handle is not None:
