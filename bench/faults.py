@@ -36,7 +36,9 @@ from typing import Any
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
+from docker_state import remove_target
 from repo_builder import RepoBuilder
 
 from reconciler.engine import run_pass
@@ -214,14 +216,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
             load.stop()
         finally:
-            for c in client.containers.list(
-                all=True, filters={"label": f"reconciler.target={name}"}
-            ):
-                c.remove(force=True)
-            for n in client.networks.list(filters={"label": f"reconciler.target={name}"}):
-                n.remove()
-            for v in client.volumes.list(filters={"label": f"reconciler.target={name}"}):
-                v.remove(force=True)
+            remove_target(client, name)
     header = (
         "| fault | plan of the next pass | failed/sent while broken | failed/sent during the "
         "pass | pass s | s from pass start to the first 200 | keys kept |\n"

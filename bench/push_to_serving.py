@@ -27,10 +27,11 @@ from typing import Any
 
 import docker
 
-from reconciler.targets.docker.state import CREDENTIALS, read_files
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
+import docker_state
+from docker_state import remove_target
 from repo_builder import RepoBuilder
 
 TARGET = "bench-push"
@@ -54,13 +55,7 @@ def reconcile(repo: Path, state: Path) -> float:
 
 def credentials(endpoint: str) -> dict[str, Any]:
     """The endpoint's keys and port, from its state volume (as the target reads them)."""
-    labels = [
-        f"reconciler.target={TARGET}",
-        f"reconciler.endpoint={endpoint}",
-        "reconciler.role=state",
-    ]
-    holder = docker.from_env().containers.list(all=True, filters={"label": labels})[0]
-    return dict(json.loads(read_files(holder)[CREDENTIALS]))
+    return docker_state.credentials(docker.from_env(), TARGET, endpoint)
 
 
 def answers(port: int, key: str, *, deployment: str, version: str) -> bool:
@@ -181,14 +176,7 @@ def main() -> None:
                 repo.commit(f"remove {name}")
                 reconcile(root, state)
         finally:
-            for c in client.containers.list(
-                all=True, filters={"label": f"reconciler.target={TARGET}"}
-            ):
-                c.remove(force=True)
-            for net in client.networks.list(filters={"label": f"reconciler.target={TARGET}"}):
-                net.remove()
-            for volume in client.volumes.list(filters={"label": f"reconciler.target={TARGET}"}):
-                volume.remove(force=True)
+            remove_target(client, TARGET)
 
     def row(label: str, ours: list[float], hand: list[float]) -> str:
         o, h = statistics.median(ours), statistics.median(hand)
