@@ -307,7 +307,12 @@ def main(
             )
     except TargetError as exc:
         fail(f"target {target.name}: {exc}")
-    emit(result.plan, output)
+    shown = result.plan
+    if result.desired is not None:
+        # The same warnings as --dry-run printed for this plan.
+        changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
+        shown = replace(shown, warnings=shown.warnings + changed_by_target)
+    emit(shown, output)
     if output == "text":
         for name, doc in sorted(result.status.items()):
             if doc.get("scoring_uri"):

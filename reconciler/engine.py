@@ -40,6 +40,7 @@ class PassResult:
     status: Mapping[str, Mapping[str, Any]]  # endpoint -> status document
     live_before: LiveState
     live_after: LiveState
+    desired: DesiredState | None = None  # None when the revision was invalid
 
     @property
     def failed(self) -> bool:
@@ -169,4 +170,4 @@ def run_pass(
     if write_status is not None and not dry_run:
         files = {status_path(name): render_status(doc) for name, doc in docs.items()}
         write_status(files, f"status of {revision or 'working tree'} on {target.name}")
-    return PassResult(revision, plan, results, docs, live, live_after)
+    return PassResult(revision, plan, results, docs, live, live_after, desired)

@@ -236,6 +236,10 @@ def test_truncated_keys_are_a_clear_error_then_new_keys_said_once(
     applied = runner.invoke(main, [*repo])
     assert applied.exit_code == 0, applied.output
     assert applied.output.count("NEW KEYS issued for trunc-ep") == 1, applied.output
+    # The plan apply prints warns as the dry run did (the image the target substitutes).
+    warned = [line for line in planned.output.splitlines() if "environment.image" in line]
+    assert warned
+    assert [line for line in applied.output.splitlines() if "environment.image" in line] == warned
     status = yaml.safe_load(world.repo.git("show", "reconcile-status:status/trunc-ep.yaml"))
     assert status["notes"] == [
         "NEW KEYS issued for trunc-ep: its keys were unreadable (not JSON (JSONDecodeError, "
