@@ -252,15 +252,18 @@ class DockerTarget:
                 raise TargetUnavailable(f"Docker Engine not reachable: {exc}") from None
         return self._client
 
+    def _label_filter(self, **labels: str) -> dict[str, list[str]]:
+        """A listing filter for what this target made, with `labels` (reconciler.KEY)."""
+        ours = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
+        return {"label": ours + [f"{L}{k}={v}" for k, v in labels.items()]}
+
     def _containers(self, **labels: str) -> list[Any]:
-        filters = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
-        filters += [f"{L}{k}={v}" for k, v in labels.items()]
         try:
             # ignore_removed: a container removed between the listing and its inspection
             # (by hand, by a step) is simply not there, rather than an engine error.
             return list(
                 self.client.containers.list(
-                    all=True, filters={"label": filters}, ignore_removed=True
+                    all=True, filters=self._label_filter(**labels), ignore_removed=True
                 )
             )
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
@@ -300,7 +303,7 @@ class DockerTarget:
         foreign = self._foreign(volumes)
         names -= set(foreign)
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
-        networks, edge = self._networks_by_endpoint()
+        networks = self._networks_by_endpoint()
         endpoints = [
             self._observe_endpoint(
                 name,
@@ -308,7 +311,7 @@ class DockerTarget:
                 holder=holders.get(name),
                 volume=volumes.get(name),
                 instances=[i for (e, _), group in instances.items() if e == name for i in group],
-                networks={**networks.get(name, {}), **({"edge": edge} if edge else {})},
+                networks=networks.get(name) or networks.get("", {}),
             )
             for name in sorted(names)
         ]
@@ -524,9 +527,8 @@ class DockerTarget:
     # --- the endpoint's state (a volume: see state.py) ----------------------------------
 
     def _state_volumes(self) -> dict[str, Any]:
-        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=state"]
         try:
-            found = self.client.volumes.list(filters={"label": labels})
+            found = self.client.volumes.list(filters=self._label_filter(role="state"))
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
@@ -814,33 +816,29 @@ class DockerTarget:
 
     def _endpoint_networks(self, endpoint: str) -> dict[str, Any]:
         """The endpoint's networks by role: `internal` (instances and router), and the
-        target's `edge` network (routers only, for their published ports). Found by labels:
-        Docker's name filter matches parts of names, so the network of `a` would seem to
-        exist once `a-b`'s does.
-        """
-        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}endpoint={endpoint}"]
-        found: dict[str, Any] = {}
-        for network in self.client.networks.list(filters={"label": labels}):
-            # Networks of earlier versions carry no role: they are the internal one.
-            found.setdefault(network.attrs["Labels"].get(f"{L}role", "internal"), network)
-        edge = self._edge_network()
-        if edge is not None:
-            found["edge"] = edge
-        return found
+        target's `edge` network (routers only, for their published ports)."""
+        networks = self._networks_by_endpoint()
+        return networks.get(endpoint) or networks.get("", {})
 
-    def _networks_by_endpoint(self) -> tuple[dict[str, dict[str, Any]], Any | None]:
-        """Every endpoint's networks by role, and the target's edge network: one listing."""
-        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}"]
+    def _networks_by_endpoint(self) -> dict[str, dict[str, Any]]:
+        """Every endpoint's networks by role, the target's edge network in each (and alone
+        under ""): one listing. Found by labels: Docker's name filter matches parts of
+        names, so the network of `a` would seem to exist once `a-b`'s does."""
         found: dict[str, dict[str, Any]] = defaultdict(dict)
         edge = None
-        for network in self.client.networks.list(filters={"label": labels}):
+        for network in self.client.networks.list(filters=self._label_filter()):
             net_labels = network.attrs.get("Labels") or {}
+            # Networks of earlier versions carry no role: they are the internal one.
             role = net_labels.get(f"{L}role", "internal")
             if role == "edge":
                 edge = network
             elif f"{L}endpoint" in net_labels:
                 found[net_labels[f"{L}endpoint"]].setdefault(role, network)
-        return found, edge
+        if edge is not None:
+            for roles in found.values():
+                roles["edge"] = edge
+            found[""] = {"edge": edge}
+        return dict(found)
 
     def _reconnect_instances(self, endpoint: str) -> None:
         """Put the endpoint's instances back on its internal network, by their aliases
@@ -855,11 +853,6 @@ class DockerTarget:
             with contextlib.suppress(docker.errors.APIError):
                 network.connect(c, aliases=[alias])
                 log.warning("instance_reconnected", instance=c.name, network=network.name)
-
-    def _edge_network(self) -> Any | None:
-        labels = [f"{MANAGED}={MANAGER}", f"{L}target={self.name}", f"{L}role=edge"]
-        found = self.client.networks.list(filters={"label": labels})
-        return found[0] if found else None
 
     def _network(self, endpoint: str) -> str:
         """The endpoint's internal network, by id (a name may be ambiguous: Docker lets
