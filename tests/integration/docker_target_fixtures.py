@@ -249,6 +249,26 @@ class DockerWorld:
         secret = self.key(endpoint) if key is True else key if isinstance(key, str) else None
         return post(self.scoring_uri(endpoint), key=secret, deployment=deployment)
 
+    def status(self, endpoint: str, *, key: str | None = None) -> int:
+        """The status of one request (the primary key unless `key`); 0 when the
+        connection itself failed (a router down, a port proxy dead)."""
+        try:
+            return self.score(endpoint, key=key or True).status
+        except OSError:
+            return 0
+
+    def serve(self, endpoint: str, *, version: str = "1") -> None:
+        """The endpoint with deployment blue (code in src) at 100%, applied and answering
+        `version`."""
+        self.basics()
+        self.code("src", version)
+        self.repo.endpoint(endpoint, traffic={"blue": 100})
+        self.repo.deployment(endpoint, "blue", code="../../src")
+        self.repo.commit(f"{endpoint} blue")
+        self.apply()
+        answer = self.score(endpoint)
+        assert (answer.status, answer.version) == (200, version), answer
+
     def load(self, endpoint: str) -> Load:
         url, key = self.scoring_uri(endpoint), self.key(endpoint)
         return Load(lambda: post(url, key=key))

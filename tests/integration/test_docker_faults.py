@@ -39,25 +39,6 @@ def actions(plan_steps: tuple[Step, ...]) -> list[str]:
     return [str(s.action) for s in plan_steps]
 
 
-def serve(world: DockerWorld, endpoint: str) -> None:
-    """The endpoint with deployment blue at 100%, applied and answering."""
-    world.basics()
-    world.code("src", "1")
-    world.repo.endpoint(endpoint, traffic={"blue": 100})
-    world.repo.deployment(endpoint, "blue", code="../../src")
-    world.repo.commit(f"{endpoint} blue")
-    world.apply()
-    assert world.score(endpoint).status == 200
-
-
-def status_of(world: DockerWorld, endpoint: str, *, key: str | None = None) -> int:
-    """The status of one request; 0 when the connection itself failed."""
-    try:
-        return world.score(endpoint, key=key or True).status
-    except OSError:
-        return 0
-
-
 def router(world: DockerWorld, endpoint: str) -> object:
     found = world.client.containers.list(
         all=True,
@@ -103,11 +84,11 @@ def test_two_targets_with_one_endpoint_name_and_one_state_folder_stay_apart(
     a = docker_worlds("repo-a2", state_dir=shared)
     b = docker_worlds("repo-b", state_dir=shared)
     for world in (a, b):
-        serve(world, "same-ep")
+        world.serve("same-ep")
     # Each its own keys and port; neither key opens the other.
     assert a.scoring_uri("same-ep") != b.scoring_uri("same-ep")
     assert a.key("same-ep") != b.key("same-ep")
-    assert status_of(a, "same-ep", key=b.key("same-ep")) == 401
+    assert a.status("same-ep", key=b.key("same-ep")) == 401
     # Routers sit on their endpoint's own networks only, never Docker's shared bridge.
     for world in (a, b):
         networks = set(router(world, "same-ep").attrs["NetworkSettings"]["Networks"])  # type: ignore[attr-defined]
@@ -132,7 +113,7 @@ def test_two_targets_with_one_endpoint_name_and_one_state_folder_stay_apart(
 
 def test_the_host_state_folder_removed_loses_nothing(docker_world: DockerWorld) -> None:
     world = docker_world
-    serve(world, "folder-ep")
+    world.serve("folder-ep")
     keys = (world.key("folder-ep"), world.key("folder-ep", "secondary"))
     shutil.rmtree(world.options.state_dir, ignore_errors=True)
     fresh = world.new_target()
@@ -140,7 +121,7 @@ def test_the_host_state_folder_removed_loses_nothing(docker_world: DockerWorld) 
     assert world.apply(target=fresh).plan.steps == ()
     # A restarted router reads its config from its volume: it serves with the same keys.
     router(world, "folder-ep").restart(timeout=2)  # type: ignore[attr-defined]
-    world.wait_for(lambda: status_of(world, "folder-ep") == 200, what="the router back")
+    world.wait_for(lambda: world.status("folder-ep") == 200, what="the router back")
     assert (
         fresh.endpoint_credentials("folder-ep").primary_key,
         world.key("folder-ep", "secondary"),
@@ -154,7 +135,7 @@ def test_the_host_state_folder_removed_loses_nothing(docker_world: DockerWorld) 
 
 def test_a_stopped_router_is_a_visible_repair_and_is_repaired(docker_world: DockerWorld) -> None:
     world = docker_world
-    serve(world, "stop-ep")
+    world.serve("stop-ep")
     key = world.key("stop-ep")
     router(world, "stop-ep").stop(timeout=1)  # type: ignore[attr-defined]
     repo = use_target_in_cli(world)
@@ -195,16 +176,16 @@ def test_a_port_proxy_killed_by_idle_connections_is_seen_and_repaired(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "idle-ep")
+    world.serve("idle-ep")
     key = world.key("idle-ep")
     port = int(world.scoring_uri("idle-ep").split(":")[2].split("/")[0])
     with idle_connections(port, 4000):
         time.sleep(1)
-        if status_of(world, "idle-ep") == 200:
+        if world.status("idle-ep") == 200:
             pytest.skip("this engine's port proxy survived 4,000 idle connections")
     # The router container is still "Up"; callers get nothing.
     assert router(world, "idle-ep").status == "running"  # type: ignore[attr-defined]
-    assert status_of(world, "idle-ep") != 200
+    assert world.status("idle-ep") != 200
     live = world.target.observe()
     assert live.endpoints[0].repair is not None
     assert f"does not answer on 127.0.0.1:{port}" in live.endpoints[0].repair
@@ -219,7 +200,7 @@ def test_truncated_keys_are_a_clear_error_then_new_keys_said_once(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "trunc-ep")
+    world.serve("trunc-ep")
     old = world.key("trunc-ep")
     holder = docker_state.holder(world.client, world.options.name, "trunc-ep")
     whole = docker_state.state_files(world.client, world.options.name, "trunc-ep")[CREDENTIALS]
@@ -255,7 +236,7 @@ def test_a_lost_state_volume_is_rebuilt_with_new_keys_and_the_running_instances(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "lost-ep")
+    world.serve("lost-ep")
     old = world.key("lost-ep")
     label = [f"reconciler.target={world.options.name}", "reconciler.endpoint=lost-ep"]
     for role in ("router", "state"):
@@ -284,7 +265,7 @@ def test_auth_mode_switches_both_ways_and_old_credentials_stop_working(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "auth-ep")
+    world.serve("auth-ep")
     key = world.key("auth-ep")
     world.repo.endpoint("auth-ep", traffic={"blue": 100}, auth_mode="aml_token")
     world.repo.commit("tokens")
@@ -308,10 +289,10 @@ def test_two_repositories_naming_their_targets_alike_leave_each_others_endpoints
     b = docker_worlds("repo-b", name=a.options.name, state_dir=a.options.state_dir)
     for world, identity in ((a, "github.com/org/a"), (b, "github.com/org/b")):
         world.target = DockerTarget(world.options, repo_root=world.repo.root, repository=identity)
-    serve(a, "shared-ep")
+    a.serve("shared-ep")
     key = a.key("shared-ep")
     # b declares an endpoint of the same name and one of its own, and prunes.
-    serve(b, "own-ep")
+    b.serve("own-ep")
     b.repo.endpoint("shared-ep", traffic={"blue": 100})
     b.repo.deployment("shared-ep", "blue", code="../../src")
     b.repo.commit("shared too")

@@ -45,25 +45,6 @@ def actions(plan_steps: tuple[Step, ...]) -> list[str]:
     return [str(s.action) for s in plan_steps]
 
 
-def serve(world: DockerWorld, endpoint: str, *, version: str = "1") -> None:
-    """The endpoint with deployment blue at 100%, applied and answering `version`."""
-    world.basics()
-    world.code("src", version)
-    world.repo.endpoint(endpoint, traffic={"blue": 100})
-    world.repo.deployment(endpoint, "blue", code="../../src")
-    world.repo.commit(f"{endpoint} blue")
-    world.apply()
-    assert world.score(endpoint).version == version
-
-
-def status_of(world: DockerWorld, endpoint: str, *, key: str | None = None) -> int:
-    """The status of one request; 0 when the connection itself failed."""
-    try:
-        return world.score(endpoint, key=key or True).status
-    except OSError:
-        return 0
-
-
 def status_at(uri: str, key: str) -> int:
     """The status of one request to a scoring URI on 127.0.0.1; 0 when none came."""
     assert uri.startswith("http://127.0.0.1:"), uri
@@ -155,7 +136,7 @@ def test_an_endpoint_of_the_earlier_layout_moves_into_a_volume_in_one_pass(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "old-ep")
+    world.serve("old-ep")
     key, uri = world.key("old-ep"), world.scoring_uri("old-ep")
     legacy_layout(world, "old-ep", uri=uri, key=key)
     plan = world.plan()
@@ -179,7 +160,7 @@ def test_two_repositories_with_one_target_name_do_not_clobber_each_other(
     name = f"hostile-{secrets.token_hex(3)}"
     a = docker_worlds("repo-a", name=name)
     b = docker_worlds("repo-b", name=name)
-    serve(a, "shared-ep", version="A")
+    a.serve("shared-ep", version="A")
     b.basics()
     b.code("src", "B")
     b.repo.endpoint("shared-ep", traffic={"blue": 100})
@@ -197,7 +178,7 @@ def test_prune_in_another_repository_with_one_target_name_deletes_nothing_of_our
     name = f"hostile-{secrets.token_hex(3)}"
     a = docker_worlds("repo-a", name=name)
     b = docker_worlds("repo-b", name=name)
-    serve(a, "mine-ep")
+    a.serve("mine-ep")
     b.basics()
     b.repo.commit("b has no endpoint (yet)")
     source = GitSource(b.repo.root)
@@ -207,10 +188,10 @@ def test_prune_in_another_repository_with_one_target_name_deletes_nothing_of_our
 
 def test_a_removed_internal_network_is_a_visible_repair(docker_world: DockerWorld) -> None:
     world = docker_world
-    serve(world, "inet-ep")
+    world.serve("inet-ep")
     key = world.key("inet-ep")
     remove_network(world, network(world, "inet-ep", "internal"))
-    assert status_of(world, "inet-ep") != 200  # callers are broken
+    assert world.status("inet-ep") != 200  # callers are broken
     plan = world.plan()
     assert plan.steps != (), "No changes over an endpoint whose instances cannot be reached"
     world.apply()
@@ -221,21 +202,21 @@ def test_a_removed_internal_network_is_a_visible_repair(docker_world: DockerWorl
 
 def test_a_removed_edge_network_is_a_visible_repair(docker_world: DockerWorld) -> None:
     world = docker_world
-    serve(world, "edge-ep")
+    world.serve("edge-ep")
     remove_network(world, network(world, "edge-ep", "edge"))
     (endpoint,) = world.target.observe().endpoints
     assert endpoint.repair is not None and "network" in endpoint.repair
     world.apply()
     (router,) = role(world, "edge-ep", "router")
     router.restart(timeout=2)
-    world.wait_for(lambda: status_of(world, "edge-ep") == 200, what="the router back")
+    world.wait_for(lambda: world.status("edge-ep") == 200, what="the router back")
 
 
 def test_repairing_an_unreadable_router_config_keeps_the_traffic(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "conf-ep")
+    world.serve("conf-ep")
     # Any repair first (its holder pruned): it writes the endpoint's whole spec, traffic
     # included, into state/endpoint.json, which observe falls back on without a config.
     docker_state.holder(world.client, world.options.name, "conf-ep").remove()
@@ -255,7 +236,7 @@ def test_a_stray_big_file_in_the_state_volume_does_not_lock_out_the_keys(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "big-ep")
+    world.serve("big-ep")
     key = world.key("big-ep")
     holder = docker_state.holder(world.client, world.options.name, "big-ep")
     write_files(holder, {"core.dump": b"\0" * (17 * 1024 * 1024)})
@@ -295,7 +276,7 @@ def test_targets_whose_names_run_into_endpoint_names_never_share_state(
     # b first: its holder must go before a's volume when the fixture cleans up.
     b = docker_worlds("repo-b", name=f"{name}-a")
     a = docker_worlds("repo-a", name=name)
-    serve(a, "a-bcd")
+    a.serve("a-bcd")
     a_key = a.key("a-bcd")
     # `docker container prune` removes the never-started holder (it is "Created").
     for c in role(a, "a-bcd", "state"):
@@ -320,7 +301,7 @@ def test_keys_in_a_volume_nothing_mounts_are_not_called_missing(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "orphan-ep")
+    world.serve("orphan-ep")
     key = world.key("orphan-ep")
     for name in ("router", "state"):
         for c in role(world, "orphan-ep", name):
@@ -340,7 +321,7 @@ def test_the_endpoint_name_comes_from_the_labels_not_from_the_state_file(
     docker_world: DockerWorld,
 ) -> None:
     world = docker_world
-    serve(world, "name-ep")
+    world.serve("name-ep")
     holder = docker_state.holder(world.client, world.options.name, "name-ep")
     files = docker_state.state_files(world.client, world.options.name, "name-ep")
     spec = json.loads(files[ENDPOINT])
