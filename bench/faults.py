@@ -104,7 +104,9 @@ class Load:
 def containers(client: docker.DockerClient, target: str, role: str) -> list[Any]:
     labels = [f"reconciler.target={target}", f"reconciler.endpoint={ENDPOINT}"]
     return list(
-        client.containers.list(all=True, filters={"label": [*labels, f"reconciler.role={role}"]})
+        client.containers.list(
+            all=True, filters={"label": [*labels, f"reconciler.role={role}"]}, ignore_removed=True
+        )
     )
 
 

@@ -123,7 +123,9 @@ def by_hand(client: docker.DockerClient, repo: Path, *, env_image: str, version:
 
 
 def env_image_of(client: docker.DockerClient) -> str:
-    for c in client.containers.list(filters={"label": f"reconciler.target={TARGET}"}):
+    for c in client.containers.list(
+        filters={"label": f"reconciler.target={TARGET}"}, ignore_removed=True
+    ):
         if c.labels.get("reconciler.role") == "instance":
             parent = c.image.attrs.get("Parent") or ""
             labels = c.image.labels

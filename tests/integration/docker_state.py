@@ -19,7 +19,7 @@ def holder(client: docker.DockerClient, target: str, endpoint: str) -> Any:
         f"reconciler.endpoint={endpoint}",
         "reconciler.role=state",
     ]
-    found = client.containers.list(all=True, filters={"label": labels})
+    found = client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
     assert found, f"no state holder of {target}/{endpoint}"
     return found[0]
 
@@ -40,7 +40,7 @@ def remove_target(client: docker.DockerClient, target: str) -> None:
     """Remove everything of a target from the engine, found by its label (labels, not
     names): containers first (they hold networks and volumes), then networks and volumes."""
     label = {"label": f"reconciler.target={target}"}
-    for container in client.containers.list(all=True, filters=label):
+    for container in client.containers.list(all=True, filters=label, ignore_removed=True):
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
     for network in client.networks.list(filters=label):

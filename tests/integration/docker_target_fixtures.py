@@ -281,7 +281,9 @@ class DockerWorld:
             labels.append("reconciler.role=instance")
         else:
             labels.append(f"reconciler.deployment={deployment}")
-        found = self.client.containers.list(all=True, filters={"label": labels})
+        found = self.client.containers.list(
+            all=True, filters={"label": labels}, ignore_removed=True
+        )
         return sorted(found, key=lambda c: int(c.labels.get("reconciler.index", "0")))
 
     def answers_inside(self, container: Any) -> bool:

@@ -131,7 +131,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[RepoBuilder, Path, str, list[Watch]]
 def containers(name: str, **labels: str) -> list[object]:
     assert CLIENT is not None
     filters = [f"reconciler.target={name}"] + [f"reconciler.{k}={v}" for k, v in labels.items()]
-    return list(CLIENT.containers.list(all=True, filters={"label": filters}))  # type: ignore[attr-defined]
+    return list(CLIENT.containers.list(all=True, filters={"label": filters}, ignore_removed=True))  # type: ignore[attr-defined]
 
 
 def status(repo: RepoBuilder) -> dict[str, object]:

@@ -212,7 +212,7 @@ def test_the_daemon_backs_off_while_the_engine_is_away_and_recovers(
         labels = [f"reconciler.target={name}", "reconciler.role=router"]
         return [
             c
-            for c in CLIENT.containers.list(filters={"label": labels})
+            for c in CLIENT.containers.list(filters={"label": labels}, ignore_removed=True)
             if c.labels.get("reconciler.endpoint") == endpoint
         ]
 

@@ -133,8 +133,10 @@ def world(docker_client: docker.DockerClient, base_image: str, tmp_path: Path) -
     (repo / "server.py").write_text(CUSTOM_SERVER)
     yield World(docker_client, name, str(image.id), repo, tmp_path / "state")
     for container in docker_client.containers.list(
-        all=True, filters={"label": f"reconciler.target={name}"}
-    ) + docker_client.containers.list(all=True, filters={"ancestor": str(image.id)}):
+        all=True, filters={"label": f"reconciler.target={name}"}, ignore_removed=True
+    ) + docker_client.containers.list(
+        all=True, filters={"ancestor": str(image.id)}, ignore_removed=True
+    ):
         with _gone():
             container.remove(force=True)
     docker_state.remove_target(docker_client, name)

@@ -49,6 +49,7 @@ def router(world: DockerWorld, endpoint: str) -> object:
                 "reconciler.role=router",
             ]
         },
+        ignore_removed=True,
     )
     assert len(found) == 1
     return found[0]
@@ -241,7 +242,7 @@ def test_a_lost_state_volume_is_rebuilt_with_new_keys_and_the_running_instances(
     label = [f"reconciler.target={world.options.name}", "reconciler.endpoint=lost-ep"]
     for role in ("router", "state"):
         for c in world.client.containers.list(
-            all=True, filters={"label": [*label, f"reconciler.role={role}"]}
+            all=True, filters={"label": [*label, f"reconciler.role={role}"]}, ignore_removed=True
         ):
             c.remove(force=True)
     for volume in world.client.volumes.list(filters={"label": label}):

@@ -69,7 +69,9 @@ def role(world: DockerWorld, endpoint: str, name: str) -> list[Any]:
         f"reconciler.endpoint={endpoint}",
         f"reconciler.role={name}",
     ]
-    return list(world.client.containers.list(all=True, filters={"label": labels}))
+    return list(
+        world.client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
+    )
 
 
 def network(world: DockerWorld, endpoint: str, name: str) -> Any:

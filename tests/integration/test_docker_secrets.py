@@ -64,7 +64,9 @@ def everything_docker_shows(world: DockerWorld) -> str:
     holders' full `docker inspect`, as one text."""
     label = f"reconciler.target={world.options.name}"
     texts: list[Any] = []
-    for container in world.client.containers.list(all=True, filters={"label": label}):
+    for container in world.client.containers.list(
+        all=True, filters={"label": label}, ignore_removed=True
+    ):
         texts.append(container.labels)
         if container.labels.get("reconciler.role") != "instance":
             texts.append(container.attrs)

@@ -151,7 +151,9 @@ def test_create_from_empty_then_keys_cli_and_a_restarted_reconciler(
         (Action.DELETE_ENDPOINT, None),
     ]
     label = f"reconciler.target={world.options.name}"
-    assert world.client.containers.list(all=True, filters={"label": label}) == []
+    assert (
+        world.client.containers.list(all=True, filters={"label": label}, ignore_removed=True) == []
+    )
     assert world.client.networks.list(filters={"label": label}) == []
     assert world.client.volumes.list(filters={"label": label}) == []
     assert world.target.observe().endpoints == ()
