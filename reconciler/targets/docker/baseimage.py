@@ -42,7 +42,14 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # python3-venv brings ensurepip and its bundled pip wheel, so `python3 -m venv` works
 # offline in every image built on this one.
-PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+# libgomp1: OpenMP runtime that LightGBM and XGBoost wheels link against (an MLflow
+# LightGBM model fails to import without it). libpython3.11: the shared libpython that
+# embedding servers (Triton's Python backend stub) load.
+PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "libgomp1", "libpython3.11")
+# Recorded on the image: a base image we built from another package list is rebuilt, so a
+# machine that built it before a package was added gets the package (environment images
+# are keyed by the base image's id, so they follow).
+PACKAGES_LABEL = "reconciler.base.packages"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL_HINT = "apt-get install -y debootstrap (as root), or `make base-image`"
 LOG_TAIL_LINES = 30
@@ -226,7 +233,7 @@ def ensure_base_image(
     defaults to the host's Debian mirror; `workdir` is where the root file system is made
     (a temporary folder under /var/tmp by default: it holds ~400 MB for a minute).
     """
-    found = local_image_id(client, name)
+    found = _current_base_id(client, name)
     if found is not None:
         return found
     if pull and (pulled := _try_pull(client, name, progress)) is not None:
@@ -234,13 +241,36 @@ def ensure_base_image(
     lock_path = lock_path or Path(tempfile.gettempdir()) / "reconciler-base-image.lock"
     with exclusive(lock_path, progress, name):
         # Another process may have built it while this one waited for the lock.
-        found = local_image_id(client, name)
+        found = _current_base_id(client, name)
         if found is not None:
             report(progress, "base_image_ready", f"{name} built by another process", image=name)
             return found
         return _build(
             client, name, mirror=mirror or host_debian_mirror(), workdir=workdir, progress=progress
         )
+
+
+def _current_base_id(client: docker.DockerClient, name: str) -> str | None:
+    """The id of `name` unless it is a base image we built from another package list.
+
+    An image that is not ours (pulled, or made by the user) is taken as it is.
+    """
+    try:
+        image = client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    if labels.get("reconciler.kind") == "base" and labels.get(PACKAGES_LABEL) != ",".join(
+        PACKAGES
+    ):
+        log.info(
+            "base_image_outdated",
+            image=name,
+            packages=labels.get(PACKAGES_LABEL, ""),
+            wanted=",".join(PACKAGES),
+        )
+        return None
+    return str(image.id)
 
 
 def _try_pull(
@@ -412,6 +442,7 @@ def _import(client: docker.DockerClient, rootfs: Path, name: str) -> str:
         "ENV LANG=C.UTF-8",
         "LABEL reconciler.kind=base",
         f"LABEL reconciler.base.suite={SUITE}",
+        f"LABEL {PACKAGES_LABEL}={','.join(PACKAGES)}",
     ]
     # Devices, /proc and /sys are provided by the runtime; their nodes only break import.
     tar = subprocess.Popen(
