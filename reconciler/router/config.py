@@ -24,7 +24,11 @@ Format (version 1); every field but `endpoint` and `deployments` has a default::
          "max_queue_wait_ms": 500,
          "scoring_path": "/score",
          "liveness_path": "/",
-         "swagger_path": "/swagger.json"}
+         "swagger_path": "/swagger.json",
+         "readiness_probe": {"port": 8000, "path": "/ready", "period": 10, "timeout": 2,
+                             "success_threshold": 1, "failure_threshold": 30},
+         "liveness_probe": {"port": 8001, "path": "/live", "period": 10, "timeout": 2,
+                            "success_threshold": 1, "failure_threshold": 30}}
       ],
       "host": "0.0.0.0", "port": 8080, "metrics_port": 9090,
       "max_body_bytes": 16777216,
@@ -37,6 +41,13 @@ holds a key, only what it needs to check one. Only hashes of the *current* keys 
 so regenerating a key is a config change that drops the old hash. An `instances` entry is
 `host:port` (an `http://` prefix is accepted and dropped; backends are plain HTTP on a
 private network). Weights are integer percents; traffic sums to 0 or 100.
+
+`readiness_probe` and `liveness_probe` (optional, and left out of the document when absent,
+so a config without them reads in routers that predate them) make the router ask each
+instance itself: GET `path` on the instance's host at `port` every `period` seconds, an
+answer 200-399 within `timeout` seconds a success. A custom container gets them (Azure's
+readiness_route and liveness_route with the deployment's probe settings); the inference
+server is watched by its container's own health check instead. See `probes.py`.
 
 `parse_config` and `dump_config` are pure; `load_config` only adds reading the file.
 """
@@ -65,6 +76,18 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """An HTTP check the router runs against every instance of a deployment (seconds)."""
+
+    port: int
+    path: str
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentRoute:
     """Where one deployment's instances listen and the request settings that bound them."""
 
@@ -76,6 +99,8 @@ class DeploymentRoute:
     scoring_path: str = "/score"
     liveness_path: str = "/"
     swagger_path: str = "/swagger.json"
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
 
     @property
     def max_in_flight(self) -> int:
@@ -134,6 +159,39 @@ def _path(doc: Mapping[str, Any], key: str, default: str, *, where: str) -> str:
     return value
 
 
+def _probe(doc: Mapping[str, Any], key: str, *, where: str) -> Probe | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    inner = f"{where}{key}."
+    if not isinstance(value, Mapping):
+        raise _fail(f"{where}{key}", "must be an object")
+    unknown = sorted(set(value) - set(Probe.__dataclass_fields__))
+    if unknown:
+        raise _fail(f"{inner}{unknown[0]}", "unknown key")
+    if "path" not in value or "port" not in value:
+        raise _fail(f"{where}{key}", "needs a port and a path")
+    return Probe(
+        port=_int(value, "port", 0, where=inner, low=1, high=65535),
+        path=_path(value, "path", "/", where=inner),
+        period=_int(value, "period", 10, where=inner, low=1, high=3600),
+        timeout=_int(value, "timeout", 2, where=inner, low=1, high=3600),
+        success_threshold=_int(value, "success_threshold", 1, where=inner, low=1, high=1000),
+        failure_threshold=_int(value, "failure_threshold", 30, where=inner, low=1, high=1000),
+    )
+
+
+def _probe_dict(probe: Probe) -> dict[str, Any]:
+    return {
+        "port": probe.port,
+        "path": probe.path,
+        "period": probe.period,
+        "timeout": probe.timeout,
+        "success_threshold": probe.success_threshold,
+        "failure_threshold": probe.failure_threshold,
+    }
+
+
 def normalise_instance(text: str) -> str:
     """`http://host:port/` or `host:port` -> `host:port`; ConfigError when neither."""
     match = _INSTANCE.match(text.strip()) if isinstance(text, str) else None
@@ -173,6 +231,8 @@ def _deployment(doc: Any, index: int) -> DeploymentRoute:
         scoring_path=_path(doc, "scoring_path", "/score", where=where),
         liveness_path=_path(doc, "liveness_path", "/", where=where),
         swagger_path=_path(doc, "swagger_path", "/swagger.json", where=where),
+        readiness_probe=_probe(doc, "readiness_probe", where=where),
+        liveness_probe=_probe(doc, "liveness_probe", where=where),
     )
 
 
@@ -295,19 +355,7 @@ def config_to_dict(cfg: RouterConfig) -> dict[str, Any]:
         "admin_secret_hash": cfg.admin_secret_hash,
         "traffic": dict(cfg.traffic),
         "mirror_traffic": dict(cfg.mirror_traffic),
-        "deployments": [
-            {
-                "name": d.name,
-                "instances": list(d.instances),
-                "request_timeout_ms": d.request_timeout_ms,
-                "max_concurrent_requests_per_instance": d.max_concurrent_requests_per_instance,
-                "max_queue_wait_ms": d.max_queue_wait_ms,
-                "scoring_path": d.scoring_path,
-                "liveness_path": d.liveness_path,
-                "swagger_path": d.swagger_path,
-            }
-            for d in cfg.deployments
-        ],
+        "deployments": [_deployment_dict(d) for d in cfg.deployments],
         "host": cfg.host,
         "port": cfg.port,
         "metrics_port": cfg.metrics_port,
@@ -317,6 +365,25 @@ def config_to_dict(cfg: RouterConfig) -> dict[str, Any]:
     }
     if cfg.auth_mode == "aml_token":
         doc["token_secret"] = base64.urlsafe_b64encode(cfg.token_secret).decode().rstrip("=")
+    return doc
+
+
+def _deployment_dict(route: DeploymentRoute) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": route.name,
+        "instances": list(route.instances),
+        "request_timeout_ms": route.request_timeout_ms,
+        "max_concurrent_requests_per_instance": route.max_concurrent_requests_per_instance,
+        "max_queue_wait_ms": route.max_queue_wait_ms,
+        "scoring_path": route.scoring_path,
+        "liveness_path": route.liveness_path,
+        "swagger_path": route.swagger_path,
+    }
+    # Only when set: a router that predates probes refuses keys it does not know.
+    if route.readiness_probe is not None:
+        doc["readiness_probe"] = _probe_dict(route.readiness_probe)
+    if route.liveness_probe is not None:
+        doc["liveness_probe"] = _probe_dict(route.liveness_probe)
     return doc
 
 

@@ -20,6 +20,13 @@ Instances. Inside a deployment the least busy instance (fewest requests in fligh
 router) serves; ties rotate. An instance that cannot be reached is marked down for
 `DOWN_FOR_S` and skipped meanwhile (unless every instance is down), so an instance that
 died costs one failed connect per second instead of one per request.
+
+Readiness. A deployment with a readiness probe (a custom container's readiness_route) serves
+from its *ready* instances only: `members` are the instances the config lists, `instances`
+those of them whose readiness holds (probes.py decides, from the router's own checks). An
+instance is ready when it joins (the reconciler routes an instance only once it answered
+its readiness route) and leaves after failure_threshold failed checks in a row, to come
+back after success_threshold good ones; with none ready, the deployment answers 503.
 """
 
 from __future__ import annotations
@@ -36,17 +43,37 @@ DOWN_FOR_S = 1.0
 
 
 class Instance:
-    """One backend address of one deployment, with its connection pool."""
+    """One backend address of one deployment, with its connection pool and probe record."""
 
-    __slots__ = ("address", "busy", "down_until", "host_header", "pool", "retired")
+    __slots__ = (
+        "address",
+        "busy",
+        "down_until",
+        "host",
+        "host_header",
+        "liveness_failures",
+        "pool",
+        "probing",
+        "readiness_failures",
+        "readiness_successes",
+        "ready",
+        "retired",
+    )
 
     def __init__(self, address: str, *, connect_timeout: float) -> None:
         self.address = address
+        self.host = address.rpartition(":")[0].strip("[]")
         self.host_header = address.encode("ascii")
         self.pool = UpstreamPool(address, connect_timeout=connect_timeout)
         self.busy = 0
         self.down_until = 0.0
         self.retired = False
+        # Probe record (probes.py): consecutive results, and which checks are under way.
+        self.ready = True
+        self.readiness_failures = 0
+        self.readiness_successes = 0
+        self.liveness_failures = 0
+        self.probing: set[str] = set()
 
     def retire(self) -> None:
         self.retired = True
@@ -68,6 +95,7 @@ class Deployment:
         "in_flight",
         "instances",
         "limit",
+        "members",
         "name",
         "route",
         "scoring_path",
@@ -77,7 +105,8 @@ class Deployment:
 
     def __init__(self, route: DeploymentRoute, *, workers: int, connect_timeout: float) -> None:
         self.name = route.name
-        self.instances: tuple[Instance, ...] = ()
+        self.members: tuple[Instance, ...] = ()  # every instance of the config
+        self.instances: tuple[Instance, ...] = ()  # those that serve: the ready members
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._rotation = 0
@@ -90,7 +119,7 @@ class Deployment:
         self.scoring_path = route.scoring_path.encode("ascii")
         self.swagger_path = route.swagger_path.encode("ascii")
         self.limit = math.ceil(route.max_in_flight / workers)
-        kept = {instance.address: instance for instance in self.instances}
+        kept = {instance.address: instance for instance in self.members}
         instances = []
         for address in route.instances:
             instance = kept.pop(address, None)
@@ -98,15 +127,24 @@ class Deployment:
                 instance = Instance(address, connect_timeout=connect_timeout)
             else:
                 instance.pool.connect_timeout = connect_timeout
+            if route.readiness_probe is None:
+                # Nothing decides otherwise: every instance of the config serves.
+                instance.ready = True
             instances.append(instance)
         for gone in kept.values():
             gone.retire()
-        self.instances = tuple(instances)
+        self.members = tuple(instances)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Serve from the ready members (after a config change or a readiness change)."""
+        self.instances = tuple(i for i in self.members if i.ready)
         self._wake_waiters()
 
     def retire(self) -> None:
-        for instance in self.instances:
+        for instance in self.members:
             instance.retire()
+        self.members = ()
         self.instances = ()
         self.limit = 0
 

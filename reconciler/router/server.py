@@ -10,6 +10,7 @@ Paths on the scoring port:
 | `GET /-/ready` | readiness: 200 once a valid config is applied and until shutdown starts |
 | `POST /-/config` | replace the whole config (`Authorization: Bearer ADMIN_SECRET`) |
 | `GET /-/config` | the current config without secrets, and its digest (admin secret) |
+| `GET /-/instances` | each instance's probe record: ready, failed checks in a row (admin secret) |
 
 Answers (Azure ML's): 401 no valid credentials (one body for every cause); 404 no deployment
 has traffic and none is pinned, or the pinned one does not exist; 408 request_timeout_ms
@@ -19,9 +20,10 @@ max_queue_wait_ms; 424 the backend answered with a non-2xx status, carried in
 `ms-azureml-model-error-statuscode` (and the reason phrase in
 `ms-azureml-model-error-reason`), its body and content type passed on; 502 no instance
 could be reached (each instance is tried once) or the answer broke off; 503 the deployment
-has no instance at all. 2xx answers pass through with their headers, except hop-by-hop
-ones. Every answer but the health paths' carries `x-request-id` (the caller's, or a new
-UUID-shaped id) and, once a deployment was chosen, `azureml-model-deployment`. The checks
+has no instance at all, or none ready (its readiness probe, probes.py). 2xx answers pass
+through with their headers, except hop-by-hop ones. Every answer but the health paths'
+carries `x-request-id` (the caller's, or a new UUID-shaped id) and, once a deployment was
+chosen, `azureml-model-deployment`. The checks
 run in that order: credentials, deployment, body size. A request with `Expect:
 100-continue` gets "100 Continue" only once its credentials and deployment are good, so a
 refused caller never uploads its body. Malformed requests, over-long heads and stalled
@@ -87,6 +89,7 @@ from reconciler.router.config import (
 )
 from reconciler.router.http import HttpRequest, HttpServer, Reply
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
+from reconciler.router.probes import Prober, health_view
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
 from reconciler.router.tokens import (
     TokenCheck,
@@ -141,6 +144,7 @@ _OUTCOME_MESSAGES = {
     502: "no instance of the deployment could be reached",
     503: "the deployment has no instance",
 }
+_REASON_MESSAGES = {"no_ready_instance": "no instance of the deployment is ready"}
 _PROTOCOL_ERRORS = {
     400: ("bad request", "bad_request"),
     408: ("request not received in time", "client_timeout"),
@@ -301,6 +305,8 @@ class RouterServer:
             return _DRAINING if self._draining else _READY
         if path == "/-/config":
             return self._admin(request)
+        if path == "/-/instances":
+            return self._instances(request)
         return _json_error(404, "not found", _given_id(request))
 
     def expect(self, request: HttpRequest) -> Reply | None:
@@ -308,7 +314,7 @@ class RouterServer:
         if request.path in SCORE_PATHS and request.method == b"POST":
             refused = self._route(request, time.perf_counter())
             return refused if isinstance(refused, Reply) else None
-        if request.path == "/-/config" and not self._admin_allowed(request):
+        if request.path in ("/-/config", "/-/instances") and not self._admin_allowed(request):
             self.metrics.auth_failed("admin")
             return _json_error(401, "unauthorized", _given_id(request))
         return None
@@ -416,7 +422,7 @@ class RouterServer:
         try:
             # `_admitted` inlined: one coroutine frame less on the hot path.
             if not deployment.instances:
-                outcome = _Outcome(503, reason="no_instance")
+                outcome = _no_instance(deployment)
             elif deployment.try_admit() or await deployment.admit(
                 deployment.route.max_queue_wait_ms / 1000.0
             ):
@@ -458,7 +464,7 @@ class RouterServer:
     ) -> _Outcome:
         """Admission, then the exchange with one instance (or the next ones)."""
         if not deployment.instances:
-            return _Outcome(503, reason="no_instance")
+            return _no_instance(deployment)
         if not deployment.try_admit() and not await deployment.admit(
             deployment.route.max_queue_wait_ms / 1000.0
         ):
@@ -532,7 +538,7 @@ class RouterServer:
                 finally:
                     mirror.release()
             elif not mirror.instances:
-                outcome = _Outcome(503, reason="no_instance")
+                outcome = _no_instance(mirror)
         except Exception as error:  # a copy must never take the router down
             outcome = _Outcome(502, reason="mirror_error")
             self.log.warning(
@@ -605,6 +611,15 @@ class RouterServer:
             )
         self.apply(config, source="admin")
         return _json_reply({"applied": True, "digest": config.digest()}, request_id)
+
+    def _instances(self, request: HttpRequest) -> Reply:
+        request_id = _given_id(request)
+        if not self._admin_allowed(request):
+            self.metrics.auth_failed("admin")
+            return _json_error(401, "unauthorized", request_id)
+        if request.method != b"GET":
+            return _json_error(405, "use GET", request_id, allow=b"GET")
+        return _json_reply(health_view(self.runtime), request_id)
 
     def _persist(self, config: RouterConfig) -> bool:
         path = self.config_path
@@ -772,9 +787,11 @@ class RouterServer:
         if metrics_port is not None:
             self._metrics_http = HttpServer(self._metrics_handler, max_body=_METRICS_MAX_BODY)
             metrics_bound = await self._metrics_http.listen(host, metrics_port)
+        prober = Prober(self.runtime, log=self.log, clock=loop.time)
         self._background = [
             loop.create_task(self._watch_config()),
             loop.create_task(self._sample_metrics()),
+            loop.create_task(prober.run(self._stop)),
         ]
         return bound, metrics_bound
 
@@ -813,6 +830,12 @@ def _given_id(request: HttpRequest) -> bytes:
     return _request_id(request.header(b"x-request-id"))
 
 
+def _no_instance(deployment: Deployment) -> _Outcome:
+    # Instances listed but none ready (their readiness route fails) is not the same news
+    # as none at all: the caller's message says which.
+    return _Outcome(503, reason="no_ready_instance" if deployment.members else "no_instance")
+
+
 def _caller_status(outcome: _Outcome) -> int:
     if outcome.response is not None and not 200 <= outcome.status < 300:
         return 424
@@ -822,7 +845,9 @@ def _caller_status(outcome: _Outcome) -> int:
 def _caller_reply(outcome: _Outcome, deployment: str, request_id: bytes) -> Reply:
     response = outcome.response
     if response is None:
-        message = _OUTCOME_MESSAGES.get(outcome.status, "error")
+        message = _REASON_MESSAGES.get(outcome.reason) or _OUTCOME_MESSAGES.get(
+            outcome.status, "error"
+        )
         return _json_error(outcome.status, message, request_id, deployment)
     parts: list[bytes] = []
     skip = _SKIP_RESPONSE_HEADERS

@@ -56,14 +56,22 @@ class Backend:
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    host: str = "127.0.0.1"
+    # GET answers of probe paths (readiness, liveness routes): path -> status, and the
+    # GETs each path received.
+    probe_status: dict[str, int] = field(default_factory=dict)
+    probe_hits: dict[str, int] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _http: web.Server | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path in self.probe_status:
+            self.probe_hits[request.path] = self.probe_hits.get(request.path, 0) + 1
+            return web.Response(status=self.probe_status[request.path], text=request.path)
         if request.path == "/":
             return web.Response(text="Healthy")
         if request.path == "/swagger.json":
@@ -86,7 +94,7 @@ class Backend:
 
     async def _start(self) -> None:
         self._http = web.Server(self._handle, access_log=None)
-        self._server = await self.loop.create_server(self._http, "127.0.0.1", self.port or 0)
+        self._server = await self.loop.create_server(self._http, self.host, self.port or 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _kill(self) -> None:
@@ -116,8 +124,26 @@ class Backends:
         self._thread.start()
         self.started: list[Backend] = []
 
-    def start(self, name: str, *, delay: float = 0.0, status: int = 200) -> Backend:
-        backend = Backend(name=name, loop=self.loop, delay=delay, status=status)
+    def start(
+        self,
+        name: str,
+        *,
+        delay: float = 0.0,
+        status: int = 200,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        probes: Mapping[str, int] | None = None,
+    ) -> Backend:
+        """A backend on host:port (port 0: any free one); `probes` its probe paths."""
+        backend = Backend(
+            name=name,
+            loop=self.loop,
+            delay=delay,
+            status=status,
+            host=host,
+            port=port,
+            probe_status=dict(probes or {}),
+        )
         asyncio.run_coroutine_threadsafe(backend._start(), self.loop).result(10)
         self.started.append(backend)
         return backend

@@ -12,6 +12,7 @@ import pytest
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
+    Probe,
     RouterConfig,
     dump_config,
     load_config,
@@ -112,6 +113,23 @@ def test_invalid_documents_name_the_field(overrides: dict[str, Any], field: str 
         ({"name": "blue", "request_timeout_ms": 180001}, "deployments[0].request_timeout_ms"),
         ({"name": "blue", "scoring_path": "score"}, "deployments[0].scoring_path"),
         ({"name": "blue", "replicas": 2}, "deployments[0].replicas"),
+        ({"name": "blue", "readiness_probe": {"path": "/r"}}, "deployments[0].readiness_probe"),
+        (
+            {"name": "blue", "liveness_probe": {"port": 0, "path": "/l"}},
+            "deployments[0].liveness_probe.port",
+        ),
+        (
+            {"name": "blue", "liveness_probe": {"port": 80, "path": "l"}},
+            "deployments[0].liveness_probe.path",
+        ),
+        (
+            {"name": "blue", "readiness_probe": {"port": 80, "path": "/r", "period": 0}},
+            "deployments[0].readiness_probe.period",
+        ),
+        (
+            {"name": "blue", "readiness_probe": {"port": 80, "path": "/r", "delay": 1}},
+            "deployments[0].readiness_probe.delay",
+        ),
     ],
 )
 def test_invalid_deployments_name_the_field(deployment: dict[str, Any], field: str) -> None:
@@ -137,3 +155,40 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     assert isinstance(load_config(path), RouterConfig)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.json")
+
+
+def test_probes_round_trip_and_are_left_out_when_absent() -> None:
+    """A config without probes dumps as before: a router that predates them reads it."""
+    plain = dump_config(parse_config(json.dumps(_doc())))
+    assert "probe" not in plain
+    probed = _doc(
+        traffic={"blue": 100},
+        deployments=[
+            {
+                "name": "blue",
+                "instances": ["blue-0:8000"],
+                "readiness_probe": {"port": 8000, "path": "/ready", "period": 3},
+                "liveness_probe": {
+                    "port": 8001,
+                    "path": "/live",
+                    "timeout": 5,
+                    "failure_threshold": 4,
+                },
+            }
+        ],
+    )
+    config = parse_config(json.dumps(probed))
+    route = config.deployment("blue")
+    assert route is not None
+    assert route.readiness_probe == Probe(port=8000, path="/ready", period=3)
+    assert route.liveness_probe == Probe(port=8001, path="/live", timeout=5, failure_threshold=4)
+    text = dump_config(config)
+    assert parse_config(text) == config
+    assert json.loads(text)["deployments"][0]["readiness_probe"] == {
+        "port": 8000,
+        "path": "/ready",
+        "period": 3,
+        "timeout": 2,
+        "success_threshold": 1,
+        "failure_threshold": 30,
+    }
