@@ -43,6 +43,11 @@ ROUTER_PACKAGES = (
     "watchfiles",
 )
 CODE_DIR = "/opt/reconciler"
+# What a router image can do, on its label: the target replaces a router that cannot do
+# what an endpoint needs (one from before the label is level 1).
+ROUTER_LEVEL_LABEL = "reconciler.router-level"
+PROBING_LEVEL = 2  # runs the readiness and liveness checks of custom containers
+ROUTER_LEVEL = PROBING_LEVEL
 
 
 def router_requirements() -> tuple[str, ...]:
@@ -120,7 +125,7 @@ def ensure_router_image(
                 "ENV PYTHONUNBUFFERED=1",
                 'ENTRYPOINT ["/opt/venv/bin/python", "-m", "reconciler.router"]',
                 'CMD ["--config", "/etc/reconciler-router/router.json"]',
-                "LABEL reconciler.kind=router",
+                f"LABEL reconciler.kind=router {ROUTER_LEVEL_LABEL}={ROUTER_LEVEL}",
                 *([_label_line(image_labels(extra_labels))] if extra_labels else []),
             ],
             labels=extra_labels,

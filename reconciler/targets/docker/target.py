@@ -30,6 +30,10 @@ custom container: when its readiness route answers the router's container, since
 may have no Python). Docker's HEALTHCHECK (from readiness_probe) keeps watching it
 afterwards; while a step waits for new instances it asks them directly (docker exec),
 because Docker 20.10 runs the first health check only after a full probe period.
+A custom container is watched by the router instead (router/probes.py), with its own routes
+and the deployment's probe settings: its readiness route decides whether it gets traffic,
+and an instance whose liveness route failed failure_threshold times in a row is restarted
+by settle(). A router too old to run these checks is replaced by a repair_endpoint step.
 
 Failure: an instance that stopped, crash-loops or failed its liveness is failed; it does
 not count, settle() clears it away at the start of the next pass (a liveness failure is
@@ -41,6 +45,7 @@ stopped (kept for its logs until the next pass); the instances already serving s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import re
@@ -84,6 +89,7 @@ from reconciler.model.state import (
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
+    Probe,
     RouterConfig,
     config_from_dict,
     config_to_dict,
@@ -117,7 +123,11 @@ from reconciler.targets.docker.images import (
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
-from reconciler.targets.docker.routerimage import ensure_router_image
+from reconciler.targets.docker.routerimage import (
+    PROBING_LEVEL,
+    ROUTER_LEVEL_LABEL,
+    ensure_router_image,
+)
 from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
 from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
 from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE
@@ -427,6 +437,11 @@ class DockerTarget:
             dead = _port_problem(ports[0])
             if dead is not None:
                 problems.append(dead)
+        if router is not None and not legacy and _outdated_router(router, instances):
+            problems.append(
+                "its router predates the readiness and liveness checks of custom containers: "
+                "replaced by the current router (keys and port kept)"
+            )
         uri = f"http://127.0.0.1:{ports[0]}" if ports else None
         return LiveEndpoint(
             spec=spec,
@@ -698,6 +713,16 @@ class DockerTarget:
                 f"router config of {endpoint} would be invalid: {exc}", code="InvalidRouterConfig"
             ) from None
         routers = self._containers(role="router", endpoint=endpoint)
+        probed = any(r.readiness_probe or r.liveness_probe for r in config.deployments)
+        if probed and routers and _router_level(routers[0]) < PROBING_LEVEL:
+            # It would refuse the config (keys it does not know); its instances exist now,
+            # so the next pass's observe sees the need and plans the repair.
+            raise TargetError(
+                f"the router of {endpoint} predates the readiness and liveness checks of "
+                "custom containers; the next pass replaces it (repair_endpoint) and routes "
+                "this deployment",
+                code="RouterOutdated",
+            )
         creds = self._credentials(endpoint)
         if not routers or routers[0].status != "running" or creds is None:
             self._put(endpoint, {ROUTER_CONFIG: text.encode()})
@@ -764,6 +789,7 @@ class DockerTarget:
         if spec is not None and not (settings_if_new and current is not None):
             rs = spec.request_settings
             scoring_path, liveness_path = _routes_of(spec)
+            readiness, liveness = _router_probes(spec)
             current = DeploymentRoute(
                 name=deployment,
                 request_timeout_ms=rs.request_timeout_ms,
@@ -771,6 +797,8 @@ class DockerTarget:
                 max_queue_wait_ms=rs.max_queue_wait_ms,
                 scoring_path=scoring_path,
                 liveness_path=liveness_path,
+                readiness_probe=readiness,
+                liveness_probe=liveness,
             )
         if current is None:
             current = DeploymentRoute(name=deployment)
@@ -972,6 +1000,11 @@ class DockerTarget:
         router = next(iter(self._containers(role="router", endpoint=endpoint)), None)
         internal = self._endpoint_networks(endpoint)["internal"]
         old_layout = router is not None and _legacy_router(router)
+        outdated = (
+            router is not None
+            and not old_layout
+            and _outdated_router(router, self._instances_of(endpoint))
+        )
         if router is not None and not old_layout and internal.name not in _attached(router):
             # Its internal network made again: the router joins it where it runs.
             internal.connect(router)
@@ -982,6 +1015,7 @@ class DockerTarget:
         serving = (
             lost is None
             and router is not None
+            and not outdated
             and not _legacy_router(router)
             and self._current_layout(router, volume)
             and router.status == "running"
@@ -1002,6 +1036,7 @@ class DockerTarget:
                 self._write_router_config(endpoint, config)
         elif (
             router is not None
+            and not outdated
             and not _legacy_router(router)
             and self._current_layout(router, volume)
         ):
@@ -1669,11 +1704,21 @@ class DockerTarget:
             route = config.deployment(name)
             before = list(route.instances) if route else []
             broken = []
+            not_live = self._liveness_failed(endpoint, group)
             for inst in group:
                 if inst.state == "running" and inst.health == "unhealthy":
                     # Liveness failed: restarted in place (as Kubernetes does), routed
                     # again by a later settle once it answers.
                     log.warning("instance_restarted", instance=inst.name, reason="liveness")
+                    inst.container.restart(timeout=2)
+                elif inst.name in not_live:
+                    # A custom container's liveness route, as the router checks it.
+                    log.warning(
+                        "instance_restarted",
+                        instance=inst.name,
+                        reason="liveness",
+                        failures=not_live[inst.name],
+                    )
                     inst.container.restart(timeout=2)
                 elif inst.failed:
                     broken.append(inst)
@@ -1717,6 +1762,63 @@ class DockerTarget:
         if changed != config:
             log.info("router_settled", endpoint=endpoint)
             self._write_router_config(endpoint, changed, patience_s=patience_s)
+
+    def _instances_of(self, endpoint: str) -> list[_Instance]:
+        return [_instance(c) for c in self._containers(role="instance", endpoint=endpoint)]
+
+    def _router_health(self, endpoint: str) -> dict[str, Mapping[str, Any]]:
+        """Each routed instance's probe record as the router keeps it (address -> record,
+        router/probes.py); empty when the router cannot say."""
+        creds = self._credentials(endpoint)
+        if creds is None:
+            return {}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{creds.port}/-/instances",
+            headers={"Authorization": f"Bearer {creds.admin_secret}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                doc = json.loads(answer.read())
+            return {
+                str(record["address"]): record
+                for deployment in doc["deployments"].values()
+                for record in deployment["instances"]
+            }
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("router_health_unreadable", endpoint=endpoint, error=str(exc))
+            return {}
+
+    def _liveness_failed(self, endpoint: str, group: Iterable[_Instance]) -> dict[str, int]:
+        """Custom-container instances to restart (name -> failed checks in a row): the
+        router counted failure_threshold failures of the liveness route in a row, and the
+        container has run long enough since it last started for that many to be its own
+        (initial_delay + period x failure_threshold: a restart is not repeated before the
+        restarted container had its chance, as Kubernetes' kubelet does)."""
+        custom = [i for i in group if i.probe_from_router and i.state == "running"]
+        if not custom:
+            return {}
+        health = self._router_health(endpoint)
+        failed: dict[str, int] = {}
+        now = time.time()
+        for inst in custom:
+            record = health.get(inst.address)
+            if record is None:
+                continue
+            try:
+                spec = deployment_from_json(json.loads(inst.container.labels[f"{L}spec"]))
+            except (KeyError, ValueError, TypeError):
+                continue
+            probe = spec.liveness_probe
+            failures = int(record.get("liveness_failures", 0))
+            started = _started_at(inst.container)
+            settled = probe.initial_delay + probe.period * probe.failure_threshold
+            if (
+                failures >= probe.failure_threshold
+                and started is not None
+                and now - started >= settled
+            ):
+                failed[inst.name] = failures
+        return failed
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
@@ -1945,6 +2047,53 @@ def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
     if config is None:
         return "/score", "/"
     return config.scoring_route.path, config.liveness_route.path
+
+
+def _router_probes(spec: DeploymentSpec) -> tuple[Probe | None, Probe | None]:
+    """The checks the router runs on a custom container's instances: its readiness and
+    liveness routes with the deployment's probe settings (Azure's). None for the
+    inference server, which its container's health check watches."""
+    config = spec.environment.inference_config
+    if config is None:
+        return None, None
+
+    def probe(route: Any, settings: Any) -> Probe:
+        return Probe(
+            port=route.port,
+            path=route.path,
+            period=settings.period,
+            timeout=settings.timeout,
+            success_threshold=settings.success_threshold,
+            failure_threshold=settings.failure_threshold,
+        )
+
+    return (
+        probe(config.readiness_route, spec.readiness_probe),
+        probe(config.liveness_route, spec.liveness_probe),
+    )
+
+
+def _outdated_router(router: Any, instances: Iterable[_Instance]) -> bool:
+    """A router that cannot check the custom containers of its endpoint."""
+    return _router_level(router) < PROBING_LEVEL and any(i.probe_from_router for i in instances)
+
+
+def _router_level(router: Any) -> int:
+    """What a router container's image can do (routerimage.ROUTER_LEVEL); 1 before levels."""
+    try:
+        return int((router.labels or {}).get(ROUTER_LEVEL_LABEL, "1"))
+    except ValueError:
+        return 1
+
+
+def _started_at(container: Any) -> float | None:
+    """When the container last started, in seconds since the epoch (None when unknown)."""
+    text = str((container.attrs.get("State") or {}).get("StartedAt") or "")
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?", text)
+    if match is None or text.startswith("0001-"):
+        return None
+    moment = datetime.datetime.fromisoformat(match.group(1)).replace(tzinfo=datetime.UTC)
+    return moment.timestamp() + float(match.group(2) or 0)
 
 
 def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str, str]:
