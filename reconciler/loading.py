@@ -413,7 +413,7 @@ def _environment(env: Mapping[str, Any], prefix: FieldPath, check: _FileCheck) -
     inference = None
     if config is not None:
         inference = InferenceConfig(
-            *(Route(int(config[r]["port"]), config[r]["path"]) for r in _ROUTES),
+            *(_route(config[r], (*prefix, "inference_config", r), check) for r in _ROUTES),
         )
     # An environment file without a version is version 1; an inline one has none.
     version = env.get("version", None if prefix else "1")
@@ -429,6 +429,16 @@ def _environment(env: Mapping[str, Any], prefix: FieldPath, check: _FileCheck) -
 
 
 _ROUTES: Final = ("liveness_route", "readiness_route", "scoring_route")
+
+
+def _route(route: Mapping[str, Any], field: FieldPath, check: _FileCheck) -> Route:
+    """A route of a custom container; a path without its leading '/' is taken from the
+    server's root, as a client resolves it against http://host:port/ (said as a warning)."""
+    path = str(route["path"])
+    if not path.startswith("/"):
+        check.warn((*field, "path"), f"path {path!r} is taken from the server's root: '/{path}'")
+        path = "/" + path
+    return Route(int(route["port"]), path)
 
 
 def _integers(block: Mapping[str, Any] | None) -> dict[str, Any]:

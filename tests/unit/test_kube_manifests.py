@@ -17,6 +17,8 @@ import pytest
 import yaml
 from specs_factory import deployment, endpoint
 
+from reconciler.filetree import MemoryTree
+from reconciler.loading import load_desired_state
 from reconciler.model.codec import deployment_from_json
 from reconciler.model.specs import (
     EnvironmentSpec,
@@ -378,3 +380,110 @@ def test_render_names_the_connection_secrets_that_must_exist() -> None:
     header = text.split("\n---", 1)[0]
     assert "# - conn-openai (keys: api-key)" in header
     assert "never writes them" in header
+
+
+BYOC_DEPLOYMENT = b"""\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json
+name: byoc
+endpoint_name: byoc-ep
+model: {name: weights, version: 3, path: models/weights}
+model_mount_path: /srv/models
+environment_variables: {GREETING: hello, WORKER_COUNT: "7"}
+environment:
+  build: {path: server, dockerfile_path: docker/serve.Dockerfile}
+  inference_config:
+    liveness_route: {port: 8082, path: /healthz}
+    readiness_route: {port: 8081, path: /v1/ready}
+    scoring_route: {port: 8081, path: /v1/predict}
+instance_type: Standard_DS2_v2
+readiness_probe:
+  {initial_delay: 4, period: 3, timeout: 2, success_threshold: 2, failure_threshold: 5}
+liveness_probe: {initial_delay: 20, period: 7, timeout: 3, failure_threshold: 6}
+"""
+BYOC_ENDPOINT = b"""\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json
+name: byoc-ep
+traffic: {byoc: 100}
+"""
+
+
+def _byoc(deployment_yaml: bytes = BYOC_DEPLOYMENT) -> tuple[DesiredState, list[dict[str, Any]]]:
+    tree = MemoryTree(
+        {
+            "endpoint.yml": BYOC_ENDPOINT,
+            "byoc.yml": deployment_yaml,
+            "server/docker/serve.Dockerfile": b"FROM python:3.11-slim\nCOPY app.py /srv/\n",
+            "server/app.py": b"print('serving')\n",
+            "models/weights/w.txt": b"0.25 0.75\n",
+        }
+    )
+    desired = load_desired_state(tree)
+    creds = {e.name: CREDS for e in desired.endpoints}
+    return desired, m.render_desired(CTX, desired, credentials=creds)
+
+
+def test_a_custom_container_from_yaml_renders_its_routes_probe_settings_variables_and_model() -> (
+    None
+):
+    desired, manifests = _byoc()
+    name = m.deployment_object_name("byoc-ep", "byoc")
+    pod = _find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The build context is built and pushed, model inside (no init container needed).
+    assert container["image"].startswith("127.0.0.1:5000/ml/reconciler-app:")
+    assert "initContainers" not in pod
+    assert container["ports"] == [{"name": "http", "containerPort": 8081, "protocol": "TCP"}]
+    # Each probe on its own route and port, with the deployment's settings (Azure's).
+    assert container["readinessProbe"] == {
+        "httpGet": {"path": "/v1/ready", "port": 8081},
+        "initialDelaySeconds": 4,
+        "periodSeconds": 3,
+        "timeoutSeconds": 2,
+        "successThreshold": 2,
+        "failureThreshold": 5,
+    }
+    assert container["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": 8082},
+        "initialDelaySeconds": 20,
+        "periodSeconds": 7,
+        "timeoutSeconds": 3,
+        "successThreshold": 1,
+        "failureThreshold": 6,
+    }
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"AZUREML_MODEL_DIR": "/srv/models", "GREETING": "hello", "WORKER_COUNT": "7"}
+    # The Service sends the router's requests to the scoring port; the router asks the
+    # scoring path; readiness is the kubelet's (no router checks on Kubernetes).
+    service = _find(manifests, "Service", name)
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    secret = _find(manifests, "Secret", m.router_config_name("byoc-ep"))
+    route = parse_config(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE])).deployment("byoc")
+    assert route is not None and route.scoring_path == "/v1/predict"
+    assert route.readiness_probe is None and route.liveness_probe is None
+    for version in VERSIONS:
+        kubernetes_validate.validate(_find(manifests, "Deployment", name), version, strict=True)
+    # Where the model goes is part of the image: another mount path is another image.
+    (spec,) = desired.deployments
+    moved = replace(spec, model_mount_path="/opt/model")
+    assert m.plan_image(moved, OPTIONS).image != m.plan_image(spec, OPTIONS).image
+
+
+def test_a_custom_image_gets_its_model_at_the_mount_path_through_an_init_container() -> None:
+    yaml_text = BYOC_DEPLOYMENT.replace(
+        b"  build: {path: server, dockerfile_path: docker/serve.Dockerfile}\n",
+        b"  image: registry.example/server:7\n",
+    )
+    _, manifests = _byoc(yaml_text)
+    pod = _find(manifests, "Deployment", m.deployment_object_name("byoc-ep", "byoc"))["spec"][
+        "template"
+    ]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/server:7"  # runs as it is
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("127.0.0.1:5000/ml/reconciler-model:")
+    # The model image holds the files at the mount path (the folder keeps its name there);
+    # the init container copies them into the volume mounted there.
+    assert init["command"] == ["/bin/sh", "-c", "cp -a /srv/models/. /mnt/model/"]
+    assert container["volumeMounts"] == [
+        {"name": "model", "mountPath": "/srv/models", "readOnly": True}
+    ]

@@ -404,6 +404,32 @@ def test_a_custom_container_needs_no_code_and_may_mount_the_model() -> None:
     assert blue.environment.custom_container
 
 
+def test_a_route_path_without_its_slash_is_taken_from_the_root_with_a_warning() -> None:
+    custom = text(
+        f"""
+        $schema: {AZURE}managedOnlineDeployment.schema.json
+        name: blue
+        endpoint_name: my-endpoint
+        environment:
+          image: ghcr.io/example/server:1
+          inference_config:
+            liveness_route: {{port: 8000, path: /health}}
+            readiness_route: {{port: 8000, path: /ready}}
+            scoring_route: {{port: 8000, path: v1/predict}}
+        instance_type: Standard_DS2_v2
+        """
+    )
+    state = load(files(blue_dot_yml=custom))
+    config = state.deployments[0].environment.inference_config
+    assert config is not None and config.scoring_route == Route(8000, "/v1/predict")
+    (warning,) = state.warnings
+    assert (warning.file, warning.field) == (
+        "blue.yml",
+        "environment.inference_config.scoring_route.path",
+    )
+    assert "'/v1/predict'" in warning.message
+
+
 def test_a_build_context_environment_digests_the_context() -> None:
     built = "environment:\n  build:\n    path: docker\n    dockerfile_path: images/Dockerfile\n"
     blue = deployment().replace(
