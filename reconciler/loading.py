@@ -170,6 +170,8 @@ class _FileResult:
     endpoint: EndpointSpec | None = None
     deployment: _DeploymentDraft | None = None
     asset: ModelSpec | EnvironmentSpec | None = None  # a model or environment file
+    # A model package spec (`az ml model package --file`): the environment it makes.
+    package_environment: str | None = None
 
 
 _IGNORED: Final = _FileResult()
@@ -243,6 +245,15 @@ def _classify(value: Any) -> tuple[str, str] | None:
     return kind, ""
 
 
+def _package_environment(value: Any) -> str | None:
+    """The environment a model package spec makes (its target_environment), else None."""
+    if not isinstance(value, dict) or not isinstance(value.get("$schema"), str):
+        return None
+    last = value["$schema"].strip().rsplit("/", 1)[-1].lower()
+    target = value.get("target_environment")
+    return target if last == "modelversionpackage.json" and isinstance(target, str) else None
+
+
 def _analyse(path: str, data: bytes) -> _FileResult:
     """Everything about one file that depends on its bytes alone."""
     parsed = load_yaml_document(data, path)
@@ -257,7 +268,8 @@ def _analyse(path: str, data: bytes) -> _FileResult:
         return _FileResult(warnings=(replace(parsed.error, message=message),))
     found = next(filter(None, map(_classify, parsed.documents)), None)
     if found is None:
-        return _IGNORED
+        made = next(filter(None, map(_package_environment, parsed.documents)), None)
+        return _IGNORED if made is None else _FileResult(package_environment=made)
     kind, flavor = found
     line = first_content_line(data)
     document = next(d for d in parsed.documents if _classify(d))
@@ -761,6 +773,7 @@ class _Load:
         self.results: dict[str, _FileResult] = {}  # our files, in path order
         # Files with errors whose names cannot be read: they may declare what seems missing.
         self.unreadable: list[str] = []
+        self.packages: dict[str, str] = {}  # environment made by a package spec -> its file
         self._lines: dict[str, FieldLines] = {}
         self._environments: dict[EnvironmentSpec, _Content] = {}
 
@@ -794,6 +807,8 @@ class _Load:
                 self.warnings.extend(result.warnings)
                 if result.kind is not None:
                     self.results[path] = result
+                if result.package_environment is not None:
+                    self.packages.setdefault(result.package_environment, path)
                 data = result.data or {}
                 names = ("name", "endpoint_name") if result.kind == DEPLOYMENT else ("name",)
                 if result.errors and not all(isinstance(data.get(n), str) for n in names):
@@ -868,7 +883,17 @@ class _Load:
                 f"{kind} '{reference.name}' ({reference.text}) is not declared in this repository"
             )
             close = difflib.get_close_matches(reference.name, sorted(table), n=1)
-            if close:
+            package = self.packages.get(reference.name) if kind == ENVIRONMENT else None
+            if package is not None:
+                # A local limit, said as one: the package step has no counterpart here.
+                message += (
+                    f": it is the environment a model package makes ({package}, "
+                    "target_environment), which `az ml model package` builds in an Azure ML "
+                    "workspace; model packages are not built here. Deploy the model with its "
+                    "environment and scoring script instead (model:, environment:, "
+                    "code_configuration:)"
+                )
+            elif close:
                 message += f" (did you mean '{close[0]}'?)"
             elif reference.name.lower().startswith("azureml-"):
                 message += "; curated Azure ML environments are not available here"
@@ -876,7 +901,9 @@ class _Load:
                 # The repository stands for the workspace: its assets are files here.
                 version = f", version: {reference.version}" if reference.version else ""
                 message += (
-                    f"; declare it with a {kind} file ($schema ...{kind}.schema.json, "
+                    " (assets registered in an Azure ML workspace are not available here)"
+                    f"; declare it with {'an' if kind == ENVIRONMENT else 'a'} {kind} file "
+                    f"($schema ...{kind}.schema.json, "
                     f"name: {reference.name}{version})"
                 )
             self.error(owner, (kind,), message)

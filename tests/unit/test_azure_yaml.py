@@ -488,6 +488,7 @@ def test_a_reference_to_an_undeclared_asset_says_how_to_declare_it() -> None:
     assert (error.file, error.line, error.field) == ("blue.yml", 4, "model")
     assert "is not declared in this repository" in error.message
     assert "declare it with a model file" in error.message
+    assert "registered in an Azure ML workspace are not available here" in error.message
     assert "name: iris_mlflow_model" in error.message
 
 

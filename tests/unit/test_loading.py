@@ -430,6 +430,37 @@ def test_a_route_path_without_its_slash_is_taken_from_the_root_with_a_warning() 
     assert "'/v1/predict'" in warning.message
 
 
+def test_an_environment_made_by_a_model_package_is_refused_as_a_local_limit() -> None:
+    """`az ml model package --file package.yml` makes the environment target_environment
+    names in a workspace; a deployment naming it cannot run here, and the error says why
+    and what to write instead (not merely "declare it")."""
+    package = text(
+        """
+        $schema: http://azureml/sdk-2-0/ModelVersionPackage.json
+        target_environment: regression-pkg
+        inferencing_server:
+          type: azureml_online
+        """
+    )
+    packaged = text(
+        f"""
+        $schema: {AZURE}managedOnlineDeployment.schema.json
+        name: blue
+        endpoint_name: my-endpoint
+        environment: azureml:regression-pkg@latest
+        instance_type: Standard_DS3_v2
+        """
+    )
+    (error,) = errors_of(files(blue_dot_yml=packaged, package_dot_yml=package))
+    assert (error.file, error.field) == ("blue.yml", "environment")
+    assert "a model package makes (package.yml, target_environment)" in error.message
+    assert "model packages are not built here" in error.message
+    assert "model:, environment:, code_configuration:" in error.message
+    # Without the package spec in the repository it is an undeclared environment, as before.
+    (plain,) = errors_of(files(blue_dot_yml=packaged))
+    assert "declare it with an environment file" in plain.message
+
+
 def test_a_build_context_environment_digests_the_context() -> None:
     built = "environment:\n  build:\n    path: docker\n    dockerfile_path: images/Dockerfile\n"
     blue = deployment().replace(
