@@ -1183,9 +1183,14 @@ class _Load:
                     if self.target_names
                     else ""
                 )
-                message = f"unknown instance type '{written}'{where}; valid names include " + (
-                    ", ".join(close or known[:5])
-                )
+                # Compared without case, "_" and "-": Standard_DS3v2 and standard-ds3-v2
+                # both mean Standard_DS3_v2.
+                squeezed = {_squeeze(k): k for k in known}
+                nearest = squeezed.get(_squeeze(written)) or (close[0] if close else None)
+                message = f"unknown instance type '{written}'"
+                if nearest is not None:
+                    message += f" (did you mean '{nearest}'?)"
+                message += f"{where}; valid names include " + ", ".join(close or known[:5])
                 if written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
                     message = (
                         f"'{written}' is the default instance type of Kubernetes compute; a "
@@ -1233,3 +1238,8 @@ def load_desired_state(
         warnings=tuple(sorted(set(load.warnings), key=_order)),
         revision=revision,
     )
+
+
+def _squeeze(name: str) -> str:
+    """An instance type's name without case, underscores and hyphens, to find near misses."""
+    return name.casefold().replace("_", "").replace("-", "")

@@ -351,11 +351,17 @@ class RouterServer:
             return self._refuse(request, started, request_id, 401, "unauthorized", failure)
         runtime = self.runtime
         if pin:
-            deployment = runtime.deployments.get(pin.decode("latin-1"))
+            asked = pin.decode("latin-1")
+            deployment = runtime.deployments.get(asked)
             if deployment is None:
-                return self._refuse(
-                    request, started, request_id, 404, "no such deployment", "unknown_deployment"
+                self._record(
+                    request, started, request_id, 404, "", LIVE, None, 0, "unknown_deployment"
                 )
+                # The caller's own header, named back (cut short), so a typo is seen at
+                # once; the message is not cached: callers choose it.
+                shown = asked if len(asked) <= 64 else asked[:64] + "..."
+                body = json.dumps({"message": f"no deployment named '{shown}'"}).encode()
+                return Reply(404, b"".join((_JSON, b"x-request-id: ", request_id, b"\r\n")), body)
         else:
             name = runtime.chooser.pick(random.random())
             if name is None:
