@@ -49,11 +49,15 @@ __all__ = [
     "ServedModel",
     "TritonModelError",
     "TritonRepository",
+    "entries_digest",
     "image_entries",
+    "model_files",
+    "onnx_model_script",
     "read_repository",
     "server_command",
     "server_environment",
     "serves_triton",
+    "site_packages",
     "triton_environment",
 ]
 

@@ -985,9 +985,9 @@ def _triton_parts(
     model = deployment.model
     assert model is not None and layout.code_dir is not None and layout.model_target
     folder = model.path.strip("/")
-    root = repo_root / folder
+    prefix = "" if folder in ("", ".") else f"{folder}/"
     # The files as loading saw them: regular files, the folders loading skips left out.
-    relative = [f"{folder}/{path}" for path in _files_under(root)]
+    relative = [f"{prefix}{path}" for path in _files_under(repo_root / folder)]
     try:
         repository = triton.read_repository(
             folder, relative, lambda path: (repo_root / path).read_bytes()
