@@ -25,11 +25,12 @@ containers cannot reach each other (not Docker's shared default bridge, where an
 container reaches its admin and metrics ports). One edge network per target, not per
 endpoint: Docker's default address pools hold about 30 networks.
 
-Readiness: a container is ready when the inference server answers GET / inside it (a
-custom container: when its readiness route answers the router's container, since its image
-may have no Python). Docker's HEALTHCHECK (from readiness_probe) keeps watching it
-afterwards; while a step waits for new instances it asks them directly (docker exec),
-because Docker 20.10 runs the first health check only after a full probe period.
+Readiness: a container is ready when the inference server answers GET / inside it (Triton,
+serving a no-code triton_model: GET /v2/health/ready; a custom container: when its
+readiness route answers the router's container, since its image may have no Python).
+Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; while a step
+waits for new instances it asks them directly (docker exec), because Docker 20.10 runs the
+first health check only after a full probe period.
 
 Failure: an instance that stopped, crash-loops or failed its liveness is failed; it does
 not count, settle() clears it away at the start of the next pass (a liveness failure is
@@ -81,6 +82,7 @@ from reconciler.model.state import (
     LiveState,
     ProvisioningState,
 )
+from reconciler.nocode.triton import serves_triton
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
@@ -114,6 +116,7 @@ from reconciler.targets.docker.images import (
     build_environment_image,
     build_labels,
     remove_stale_build_containers,
+    serving,
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
@@ -1248,6 +1251,8 @@ class DockerTarget:
             progress=_progress(say),
             image_map=self.options.image_map,
             labels=build_labels(self.name),
+            # Triton serves a no-code triton_model: no Azure ML inference server in its image.
+            inference_server=not serves_triton(spec),
         )
         return build_deployment_image(
             self.client,
@@ -1921,15 +1926,16 @@ def _serving(spec: DeploymentSpec) -> tuple[int, str, bool]:
     """Port the router sends requests to, the readiness URL ({alias} stands for the
     instance's alias), and whether the router's container asks it.
 
-    The inference server listens on its port and is asked inside its own container. A
-    custom container listens where its inference_config says, and is asked from the
-    router, over the network the requests take.
+    The inference server (or Triton, for a no-code triton_model) listens on its port and
+    is asked inside its own container. A custom container listens where its
+    inference_config says, and is asked from the router, over the network the requests
+    take: its image may have no Python.
     """
-    config = spec.environment.inference_config
-    if config is None:
-        return SERVER_PORT, SERVER_READY_URL, False
-    ready = config.readiness_route
-    return config.scoring_route.port, f"http://{{alias}}:{ready.port}{ready.path}", True
+    routes = serving(spec)
+    ready = routes.readiness
+    if spec.environment.custom_container:
+        return routes.scoring.port, f"http://{{alias}}:{ready.port}{ready.path}", True
+    return routes.scoring.port, f"http://127.0.0.1:{ready.port}{ready.path}", False
 
 
 def _tail(container: Any, lines: int = LOG_TAIL) -> str:
@@ -1940,11 +1946,10 @@ def _tail(container: Any, lines: int = LOG_TAIL) -> str:
 
 
 def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
-    """Scoring and liveness paths: the inference server's, or a custom container's own."""
-    config = spec.environment.inference_config
-    if config is None:
-        return "/score", "/"
-    return config.scoring_route.path, config.liveness_route.path
+    """Scoring and liveness paths: the inference server's, Triton's, or a custom
+    container's own."""
+    routes = serving(spec)
+    return routes.scoring.path, routes.liveness.path
 
 
 def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str, str]:
@@ -1958,10 +1963,11 @@ def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str
 def _healthcheck(spec: DeploymentSpec) -> dict[str, Any] | None:
     if spec.environment.custom_container:
         return None
+    _, ready_url, _ = _serving(spec)
     probe = spec.readiness_probe
     second = 1_000_000_000
     return {
-        "test": ["CMD", *_probe_command(SERVER_READY_URL, probe.timeout)],
+        "test": ["CMD", *_probe_command(ready_url, probe.timeout)],
         "interval": probe.period * second,
         "timeout": probe.timeout * second,
         "retries": probe.failure_threshold,

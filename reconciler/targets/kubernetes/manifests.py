@@ -51,7 +51,7 @@ from reconciler.model.state import DesiredState
 from reconciler.router.config import DeploymentRoute, RouterConfig, dump_config
 from reconciler.router.tokens import hash_key
 from reconciler.targets.docker.credentials import EndpointCredentials
-from reconciler.targets.docker.images import SERVER_PORT, deployment_layout
+from reconciler.targets.docker.images import SERVER_PORT, deployment_layout, serving
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
 Manifest = dict[str, Any]
@@ -265,17 +265,16 @@ def slot_count(spec: DeploymentSpec, replicas: int, options: KubernetesOptions) 
 
 
 def _server_ports(spec: DeploymentSpec) -> tuple[int, str, int, str, int, str]:
-    """(scoring port, path, liveness port, path, readiness port, path)."""
-    config = spec.environment.inference_config
-    if config is None:
-        return SERVER_PORT, "/score", SERVER_PORT, "/", SERVER_PORT, "/"
+    """(scoring port, path, liveness port, path, readiness port, path): the inference
+    server's, Triton's (a no-code triton_model), or a custom container's."""
+    routes = serving(spec)
     return (
-        config.scoring_route.port,
-        config.scoring_route.path,
-        config.liveness_route.port,
-        config.liveness_route.path,
-        config.readiness_route.port,
-        config.readiness_route.path,
+        routes.scoring.port,
+        routes.scoring.path,
+        routes.liveness.port,
+        routes.liveness.path,
+        routes.readiness.port,
+        routes.readiness.path,
     )
 
 
