@@ -66,6 +66,7 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
+from reconciler.model.secrets import variables as secret_variables
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -81,6 +82,7 @@ from reconciler.model.state import (
     LiveEndpoint,
     LiveState,
     ProvisioningState,
+    ResolvedConnection,
 )
 from reconciler.nocode.triton import serves_triton
 from reconciler.router.config import (
@@ -102,7 +104,7 @@ from reconciler.targets.base import (
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
-from reconciler.targets.docker.connections import ConnectionStore
+from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
 from reconciler.targets.docker.credentials import (
     EndpointCredentials,
     LegacyStore,
@@ -181,10 +183,18 @@ class _Instance:
     address: str
     probe_url: str
     probe_from_router: bool
+    # Per connection, the keyed digest of the values the instance was started with.
+    connections: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
         return str(self.container.name)
+
+    def started_with(self, current: Mapping[str, str | None]) -> bool:
+        """Whether it has the connections' values `current` gives (None: missing now,
+        which no instance is replaced for)."""
+        recorded = dict(self.connections)
+        return all(recorded.get(n) == d for n, d in current.items() if d is not None)
 
     @property
     def created(self) -> str:
@@ -329,6 +339,7 @@ class DockerTarget:
                 if (name, deployment) not in instances and record.get("spec") is not None:
                     deployments.append(self._observe_empty(name, deployment, record))
         deployments.sort(key=lambda d: (d.endpoint, d.name))
+        deployments = self._with_connections(deployments, instances)
         return LiveState(
             endpoints=tuple(endpoints),
             deployments=tuple(deployments),
@@ -495,6 +506,39 @@ class DockerTarget:
             instance_type=newest.container.labels.get(f"{L}instance-type") or None,
             autoscale=self._autoscale_note(endpoint, deployment),
         )
+
+    def _with_connections(
+        self,
+        deployments: list[LiveDeployment],
+        instances: Mapping[tuple[str, str], list[_Instance]],
+    ) -> list[LiveDeployment]:
+        """Deployments whose spec references connections, with what their instances were
+        started with against what new ones would get now (one read of the connections).
+
+        Unreadable connections change nothing here: the plan's warnings say so, and no
+        deployment is rolled on values that cannot be read.
+        """
+        referencing = [d for d in deployments if d.spec is not None and secret_variables(d.spec)]
+        if not referencing:
+            return deployments
+        try:
+            now = self.connections().digests_now(d.spec for d in referencing if d.spec)
+        except TargetUnavailable:
+            raise
+        except TargetError as exc:
+            log.warning("connections_unreadable", error=str(exc))
+            return deployments
+        table = {d.key: current for d, current in zip(referencing, now, strict=True)}
+        out = []
+        for d in deployments:
+            current = table.get(d.key)
+            group = instances.get((d.endpoint, d.name), [])
+            # Failed instances say nothing of what runs (as for the digest).
+            basis = [i for i in group if not i.failed] or group
+            if current is not None and basis:
+                d = replace(d, connections=_resolved_connections(basis, current))
+            out.append(d)
+        return out
 
     def _autoscale_note(self, endpoint: str, deployment: str) -> str | None:
         """The autoscaler's last decision for the deployment, for status."""
@@ -1311,7 +1355,7 @@ class DockerTarget:
         port, probe_url, probe_from_router = _serving(spec)
         # Secret references resolved now (connections.py): MissingConnection fails this
         # deployment only, before any container exists.
-        resolved = self.connections().resolve(spec)
+        resolved, digests = self.connections().resolve(spec)
         started: list[_Instance] = []
         try:
             for index in range(first_index, first_index + count):
@@ -1334,6 +1378,9 @@ class DockerTarget:
                     f"{L}scale": json.dumps(to_json(scale)),
                     f"{L}spec": version.spec_label,
                 }
+                if digests:
+                    # Keyed digests of the values, never the values (connections.py).
+                    labels[DIGESTS_LABEL] = json.dumps(digests, sort_keys=True)
                 container = self.client.containers.create(
                     version.image,
                     name=f"{self._prefix(spec.endpoint_name)}-{alias}",
@@ -1516,8 +1563,13 @@ class DockerTarget:
             say(f"{len(started)} instance(s) of {spec.key} added")
             self._record(step.endpoint, spec.name, scale=scale, version=version)
         else:
-            # The declared version stays longest, then the oldest instances.
-            order = sorted(live, key=lambda i: (i.digest != spec.digest, i.index))
+            # The declared version (with the connections' values of now) stays longest,
+            # then the oldest instances.
+            current = self._values_now(spec)
+            order = sorted(
+                live,
+                key=lambda i: (i.digest != spec.digest or not i.started_with(current), i.index),
+            )
             keep, drop = order[:want], order[want:]
             # One of an interrupted rollout may be kept that the router never had: it
             # is routed only once it answers.
@@ -1540,8 +1592,11 @@ class DockerTarget:
         # Failed instances serve nothing; the router already passes over them.
         self._remove([i for i in group if i.failed])
         live = [i for i in group if not i.failed]
-        new = [i for i in live if i.digest == spec.digest]
-        old = [i for i in live if i.digest != spec.digest]
+        # An instance is of the declared version when it runs the spec with the values
+        # its connections hold now: a changed secret makes every running one old.
+        current = self._values_now(spec)
+        new = [i for i in live if i.digest == spec.digest and i.started_with(current)]
+        old = [i for i in live if i not in new]
         version = self._desired_version(spec, say)
         # New instances of an interrupted rollout, started but never routed, are routed
         # below with the rest: they must be ready too.
@@ -1570,6 +1625,18 @@ class DockerTarget:
             # count): the newest go.
             self._retire(step.endpoint, spec.name, keep=new[:target], drop=new[target:], spec=spec)
         self._record(step.endpoint, spec.name, scale=scale, version=version)
+
+    def _values_now(self, spec: DeploymentSpec) -> dict[str, str | None]:
+        """Per connection the spec references, the keyed digest of its values now (None
+        for a missing one); empty when the connections cannot be read: then no instance
+        counts as old for their sake (starting new ones fails, naming why)."""
+        try:
+            (current,) = self.connections().digests_now([spec])
+        except TargetUnavailable:
+            raise
+        except TargetError:
+            return {}
+        return current
 
     def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
         assert step.deployment is not None
@@ -1796,7 +1863,37 @@ def _instance(container: Any) -> _Instance:
         address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
+        connections=_recorded_digests(labels.get(DIGESTS_LABEL)),
     )
+
+
+def _recorded_digests(label: str | None) -> tuple[tuple[str, str], ...]:
+    """The label of the connections' digests, read; nothing when absent or unreadable."""
+    try:
+        data = json.loads(label) if label else {}
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in data.items() if isinstance(v, str)))
+
+
+def _resolved_connections(
+    instances: list[_Instance], current: Mapping[str, str | None]
+) -> tuple[ResolvedConnection, ...]:
+    """Per connection, what the instances were started with against `current` (shown
+    digests: full ones stay in the labels)."""
+    out = []
+    for name, digest in sorted(current.items()):
+        started = {dict(i.connections).get(name) for i in instances}
+        if len(started) == 1:
+            (one,) = started
+            was = shown(one) if one else None
+        else:
+            # Instances of a rollout stopped half-way: the plan finishes it.
+            was = f"mixed ({len(started)} values)"
+        out.append(ResolvedConnection(name, was, shown(digest) if digest else None))
+    return tuple(out)
 
 
 def _json_bytes(data: Any) -> bytes:
