@@ -329,7 +329,7 @@ def test_stalled_rollout_reported_failed_after_its_deadline(
     assert "timed out" in (blue.last_error or "")
 
 
-def test_autoscaled_deployment_gets_an_hpa_and_the_count_from_the_scale_subresource(
+def test_autoscaled_deployment_gets_an_hpa_and_starts_at_its_count(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:
     repo.basics()
@@ -355,12 +355,12 @@ def test_autoscaled_deployment_gets_an_hpa_and_the_count_from_the_scale_subresou
     assert metric == {"type": "Utilization", "averageUtilization": 60}
     blue = fake.get("deployments", BLUE)
     assert blue is not None and blue["spec"]["replicas"] == 2
-    assert any(r.path.endswith("/scale") for r in fake.requests)
+    assert fake.replicas_history[BLUE] == [2]  # never the default of 1 on the way
     # The router is sized for the most instances the autoscaler may run.
     assert len(router_config(fake).deployment("blue").instances) == 5
 
     # The autoscaler moves the count: the reconciler does not fight it.
-    KubeClient.for_host(fake.url, NAMESPACE).scale("Deployment", BLUE, 4)
+    fake.autoscale(BLUE, 4)
     assert plan_rev(repo, target).plan.steps == ()
 
     # Back to a fixed count: the HPA is pruned, replicas are ours again.

@@ -45,7 +45,14 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # libgomp1: OpenMP runtime that LightGBM and XGBoost wheels link against (an MLflow
 # LightGBM model fails to import without it). libpython3.11: the shared libpython that
 # embedding servers (Triton's Python backend stub) load.
-PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "libgomp1", "libpython3.11")
+PACKAGES = (
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "ca-certificates",
+    "libgomp1",
+    "libpython3.11",
+)
 # Recorded on the image: a base image we built from another package list is rebuilt, so a
 # machine that built it before a package was added gets the package (environment images
 # are keyed by the base image's id, so they follow).
@@ -260,9 +267,7 @@ def _current_base_id(client: docker.DockerClient, name: str) -> str | None:
     except docker.errors.ImageNotFound:
         return None
     labels = (image.attrs.get("Config") or {}).get("Labels") or {}
-    if labels.get("reconciler.kind") == "base" and labels.get(PACKAGES_LABEL) != ",".join(
-        PACKAGES
-    ):
+    if labels.get("reconciler.kind") == "base" and labels.get(PACKAGES_LABEL) != ",".join(PACKAGES):
         log.info(
             "base_image_outdated",
             image=name,

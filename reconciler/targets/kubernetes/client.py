@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import urllib3
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
@@ -30,6 +31,8 @@ from kubernetes.config.config_exception import ConfigException
 from reconciler.targets.base import TargetError, TargetUnavailable
 from reconciler.targets.kubernetes.manifests import MANAGER
 from reconciler.targets.kubernetes.options import KubernetesOptions
+
+log = structlog.get_logger("reconciler.kubernetes")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = (5.0, 60.0)  # connect, read
@@ -185,7 +188,17 @@ class KubeClient:
                 f"Kubernetes API refused {method} {path}: {_message(data)}", code="Forbidden"
             )
         if status == 404:
+            missing = _missing_namespace(data)
+            if missing is not None:
+                raise TargetError(
+                    f"namespace {missing} does not exist on the cluster: create it "
+                    f"(kubectl create namespace {missing}); the target does not create "
+                    "namespaces",
+                    code="NamespaceMissing",
+                )
             raise NotFound(f"{path}: {_message(data)}")
+        if status == 409:
+            raise TargetError(f"Kubernetes API: {method} {path}: {_message(data)}", code="Conflict")
         if status >= 400:
             raise TargetError(
                 f"Kubernetes API: {method} {path} failed ({status}): {_message(data)}",
@@ -209,14 +222,20 @@ class KubeClient:
 
     # --- verbs -------------------------------------------------------------------------
 
-    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply under our field manager. force: we own what we render, and a
-        field someone changed by hand (kubectl edit) is taken back, as Flux and Argo do."""
+    def apply(
+        self, manifest: Mapping[str, Any], *, manager: str = MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply; the object as the server has it after.
+
+        By default under our field manager with force: we own what we render, and a field
+        someone changed by hand (kubectl edit) is taken back, as Flux and Argo do. Without
+        force, a field another manager owns with another value fails with code Conflict.
+        """
         name = str(manifest["metadata"]["name"])
         return self._json(
             "PATCH",
             self._path(str(manifest["kind"]), name),
-            query=[("fieldManager", MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true" if force else "false")],
             body=dict(manifest),
             content_type="application/apply-patch+yaml",
         )
@@ -228,10 +247,24 @@ class KubeClient:
             return None
 
     def list(self, kind: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of a kind matching a label selector; NotFound when the API has no such
-        kind (a CRD that is not installed)."""
+        """Objects of a kind matching a label selector (`k=v,...`); NotFound when the API
+        has no such kind (a CRD that is not installed).
+
+        The labels are checked here too: whatever a server (or a proxy, or a webhook, or a
+        bug) returns, an object without them is never handed on, so nothing downstream
+        (prune above all) acts on an object that is not ours.
+        """
+        wanted = _equality_terms(selector)
         doc = self._json("GET", self._path(kind), query=[("labelSelector", selector)])
-        items = doc.get("items") or []
+        found = doc.get("items") or []
+        items = [o for o in found if _has_labels(o, wanted)]
+        if len(items) != len(found):
+            log.warning(
+                "kubernetes_list_ignored_selector",
+                kind=kind,
+                selector=selector,
+                dropped=len(found) - len(items),
+            )
         return sorted(items, key=lambda o: str(o["metadata"]["name"]))
 
     def delete(self, kind: str, name: str) -> bool:
@@ -266,6 +299,34 @@ class KubeClient:
             "GET", self._path("Pod", name, "log"), query=query, accept="text/plain"
         )
         return data.decode(errors="replace")
+
+
+def _equality_terms(selector: str) -> dict[str, str]:
+    """`k=v,k2=v2` as a mapping; the only selectors this client sends."""
+    terms: dict[str, str] = {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, equals, value = term.partition("=")
+        if not equals or not key or key.endswith("!") or value.startswith("="):
+            raise ValueError(f"only k=v selectors are sent: {selector!r}")
+        terms[key] = value
+    return terms
+
+
+def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _missing_namespace(data: bytes) -> str | None:
+    """The namespace a 404 says is missing (a write into a namespace that does not exist)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    details = doc.get("details") if isinstance(doc, dict) else None
+    if isinstance(details, dict) and details.get("kind") == "namespaces":
+        return str(details.get("name"))
+    return None
 
 
 def _message(data: bytes) -> str:

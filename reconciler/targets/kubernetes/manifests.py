@@ -57,6 +57,8 @@ from reconciler.targets.kubernetes.options import KubernetesOptions
 Manifest = dict[str, Any]
 
 MANAGER = "ml-endpoint-reconciler"
+# Applies only a Deployment's replicas, to share the field before our manager drops it.
+HANDOVER_MANAGER = f"{MANAGER}-handover"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PREFIX = "reconciler.dev/"
 TARGET_LABEL = f"{PREFIX}target"

@@ -269,6 +269,10 @@ class KubernetesTarget:
                     continue
                 raise
             for obj in found:
+                # The list was asked for our labels; they are checked again on the object
+                # itself before it goes, whatever the server answered.
+                if not _carries(obj, {m.TARGET_LABEL: self.name, **labels}):
+                    continue
                 if (kind, obj["metadata"]["name"]) not in wanted:
                     self.client.delete(kind, obj["metadata"]["name"])
 
@@ -502,17 +506,50 @@ class KubernetesTarget:
         deployment = objects[0]
         rest = objects[1:]
         name = m.deployment_object_name(spec.endpoint_name, spec.name)
+        labels = self._instance_labels(spec.endpoint_name, spec.name)
+        autoscaled = spec.scale_settings.autoscaled
+        if not autoscaled:
+            # The autoscaler stops before replicas is ours again, not after.
+            self._prune(objects, ("HorizontalPodAutoscaler",), **labels)
         if service_first:
             self._apply_all(rest)
-        self.client.apply(deployment)
-        if spec.scale_settings.autoscaled:
+        if autoscaled:
             live = self.client.get("Deployment", name)
-            if live is not None and int(live["spec"].get("replicas", 1)) != replicas:
-                self.client.scale("Deployment", name, replicas)
+            if live is None:
+                # Created at its start count; the field is handed over on a later apply.
+                deployment = {**deployment, "spec": {"replicas": replicas, **deployment["spec"]}}
+            elif _sole_owner_of_replicas(live):
+                self._hand_over_replicas(live)
+        applied = self.client.apply(deployment)
+        if autoscaled and int(applied["spec"].get("replicas", 1)) != replicas:
+            self.client.scale("Deployment", name, replicas)
         self._wait_rolled_out(name, what=str(spec.key), digest=spec.digest)
         if not service_first:
             self._apply_all(rest)
-        self._prune(objects, INSTANCE_KINDS, **self._instance_labels(spec.endpoint_name, spec.name))
+        self._prune(objects, INSTANCE_KINDS, **labels)
+
+    def _hand_over_replicas(self, live: Mapping[str, Any]) -> None:
+        """Make `spec.replicas` shared before our manifests stop carrying it.
+
+        Server-side apply removes a field its last owner stops applying, and the
+        Deployment's default then sets replicas to 1 until the next scale: every pod but
+        one would go. So a second field manager applies the current count first (the
+        "transferring ownership" recipe of the Kubernetes docs); dropping the field from
+        our apply then leaves the count as it is, and the autoscaler (or our scale
+        subresource calls) moves it from there. A conflict means another manager already
+        changed the count, and so owns it: nothing to hand over.
+        """
+        handover = {
+            "apiVersion": live["apiVersion"],
+            "kind": live["kind"],
+            "metadata": {"name": live["metadata"]["name"], "namespace": self.client.namespace},
+            "spec": {"replicas": int(live["spec"].get("replicas", 1))},
+        }
+        try:
+            self.client.apply(handover, manager=m.HANDOVER_MANAGER, force=False)
+        except TargetError as exc:
+            if exc.code != "Conflict":
+                raise
 
     def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
         spec = step.deployment_spec
@@ -763,6 +800,21 @@ def _annotation(obj: Mapping[str, Any], key: str) -> str:
 
 def _ours(obj: Mapping[str, Any]) -> bool:
     return _label(obj, m.MANAGED_BY) == m.MANAGER
+
+
+def _carries(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Ours (managed-by) and every one of these labels."""
+    return _ours(obj) and all(_label(obj, k) == v for k, v in labels.items())
+
+
+def _sole_owner_of_replicas(deployment: Mapping[str, Any]) -> bool:
+    """Whether our apply is the only owner of spec.replicas (managedFields)."""
+    owners = [
+        (entry.get("manager"), entry.get("operation"))
+        for entry in (deployment.get("metadata") or {}).get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    return owners == [(m.MANAGER, "Apply")]
 
 
 def _recorded_spec(obj: Mapping[str, Any]) -> DeploymentSpec | None:
