@@ -1196,7 +1196,7 @@ def options(**overrides: Any) -> KubernetesOptions:
         registry="127.0.0.1:5000/ml",
         poll_s=0.01,
         ready_timeout_s=20.0,
-        config_propagation_s=0.0,
+        config_propagation_s=10.0,
     )
     return replace(base, **overrides)
 

@@ -2,7 +2,8 @@
 
 One generic path per verb instead of a typed API class per kind: server-side apply
 (`PATCH` with `application/apply-patch+yaml`, our field manager, force), GET, LIST by label
-selector, DELETE, JSON merge patches (the scale subresource) and pod logs. The ApiClient
+selector (the labels checked again on what comes back), DELETE, JSON merge patches (the
+scale subresource, annotations), pod logs and GETs through the pod proxy. The ApiClient
 still does what matters: configuration (kubeconfig, in-cluster), TLS, authentication,
 connection pooling.
 
@@ -151,7 +152,10 @@ class KubeClient:
         body: Any = None,
         content_type: str | None = None,
         accept: str = "application/json",
+        errors_returned: bool = False,
     ) -> tuple[int, bytes]:
+        """(status, body); an error status raises, unless errors_returned (then only 401
+        and 403 do)."""
         headers = {"Accept": accept}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -187,6 +191,8 @@ class KubeClient:
             raise TargetError(
                 f"Kubernetes API refused {method} {path}: {_message(data)}", code="Forbidden"
             )
+        if errors_returned:
+            return status, data
         if status == 404:
             missing = _missing_namespace(data)
             if missing is not None:
@@ -290,6 +296,36 @@ class KubeClient:
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
+
+    def annotate(self, kind: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Set annotations of an object with a merge patch under our field manager (an
+        Update: we own those annotations, nothing else)."""
+        self._json(
+            "PATCH",
+            self._path(kind, name),
+            query=[("fieldManager", MANAGER)],
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type="application/merge-patch+json",
+        )
+
+    def pod_proxy_get(self, name: str, port: int, path: str) -> tuple[int, Any]:
+        """GET `path` on a pod's port through the API server's pod proxy: reachable from
+        wherever the API server is, inside the cluster or not. The API server strips our
+        Authorization header before it forwards, so only unauthenticated paths answer.
+
+        (status, JSON body or None): what the pod answered, or the API server's own
+        Status when it could not ask the pod (the pod is gone: 404, not reachable: 503).
+        Forbidden (RBAC) raises."""
+        status, data = self._request(
+            "GET",
+            f"{self._path('Pod', name)}:{int(port)}/proxy{path}",
+            accept="application/json, */*",
+            errors_returned=True,
+        )
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, None
 
     def pod_log(self, name: str, *, container: str | None = None, lines: int = 100) -> str:
         query: list[tuple[str, Any]] = [("tailLines", lines)]

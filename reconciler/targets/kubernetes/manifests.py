@@ -67,6 +67,10 @@ DEPLOYMENT_LABEL = f"{PREFIX}deployment"
 ROLE_LABEL = f"{PREFIX}role"
 SPEC_ANNOTATION = f"{PREFIX}spec"
 DIGEST_ANNOTATION = f"{PREFIX}digest"
+# On router pods: the digest of the router config they should serve. Setting it makes the
+# kubelet sync the pod, and so refresh its Secret volume at once (see target).
+ROUTER_CONFIG_ANNOTATION = f"{PREFIX}router-config"
+ROUTER_DIGEST_PATH = "/-/config-digest"
 ENDPOINT_RECORD = "endpoint.json"
 ROUTER_CONFIG_FILE = "router.json"
 ROUTER_CONFIG_DIR = "/etc/reconciler-router"

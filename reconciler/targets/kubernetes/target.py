@@ -10,11 +10,12 @@ changed or deleted.
 Steps that start instances return when the rollout is complete (every replica of the new
 template available), or raise when it fails: the executor's health gates rely on it.
 
-Router config changes (traffic, mirror, routes, keys) are written to the router's Secret.
-When the reconciler runs in the cluster it also posts the new config to each router pod's
-admin path, so the change is live when the step returns; from outside the cluster pod
-addresses are not reachable, and the step waits `config_propagation_s` for the kubelet to
-refresh the mounted Secret (see options).
+Router config changes (traffic, mirror, routes, keys) are written to the router's Secret,
+and a step returns once every ready router pod says (through the API server's pod proxy)
+that it serves the new config's digest. Pods that lag are annotated with that digest, which
+makes their kubelet refresh the mounted Secret at once instead of at its next periodic
+sync; when the reconciler runs in the cluster it also posts the new config to each router
+pod's admin path, which makes it live at once (see _await_config_served).
 """
 
 from __future__ import annotations
@@ -337,7 +338,10 @@ class KubernetesTarget:
             say(f"router of {spec.name}: waiting until it is ready")
             self._wait_rolled_out(m.router_name(spec.name), what=f"router of {spec.name}")
             if config is not None:
+                # Routers that kept running (no new template) read the new config only
+                # when their Secret volume is refreshed.
                 self._push_config(spec.name, config, creds)
+                self._await_config_served(config, say)
 
     def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
         spec = step.endpoint_spec
@@ -369,15 +373,106 @@ class KubernetesTarget:
         return config
 
     def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> None:
-        if self._router_config(config.endpoint) == config:
-            return
-        self.client.apply(m.router_config_manifest(self.context(), config))
-        creds = self._credentials(config.endpoint)
-        if creds is None or not self._push_config(config.endpoint, config, creds):
-            wait = self.options.config_propagation_s
-            if wait > 0:
-                say(f"router config of {config.endpoint} written; {wait:.0f} s for the kubelet")
-                self.sleep(wait)
+        """Write the router's config and return once every router pod serves it.
+
+        Also when the Secret already holds it: a pass stopped after the write (or a step
+        that failed waiting) is not taken for done until the routers serve it.
+        """
+        if self._router_config(config.endpoint) != config:
+            self.client.apply(m.router_config_manifest(self.context(), config))
+            creds = self._credentials(config.endpoint)
+            if creds is not None:
+                self._push_config(config.endpoint, config, creds)
+        self._await_config_served(config, say)
+
+    def _await_config_served(self, config: RouterConfig, say: ProgressCallback) -> None:
+        """Until every ready router pod of the endpoint says (`/-/config-digest`, read
+        through the API server's pod proxy) that it serves `config`; a TargetError
+        (RouterConfigNotServed) naming the pods that do not after `config_propagation_s`.
+
+        A router reloads its config file when the file changes, and the kubelet refreshes
+        a mounted Secret when it syncs the pod: about once a minute, or at once when the
+        pod changes. So a router pod still serving an older config gets an annotation
+        with the new digest, which makes its kubelet sync it now: the change is live in
+        about a second instead of a minute or more. Where the pods cannot say what they
+        serve (RBAC refuses the pod proxy, or routers of an older image), the step waits
+        `config_propagation_s` instead, as it always did.
+        """
+        endpoint, digest = config.endpoint, config.digest()
+        deadline = self.clock() + self.options.config_propagation_s
+        announced = False
+        while True:
+            lagging: list[str] = []
+            for pod in self._list(
+                "Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}
+            ):
+                name = str(pod["metadata"]["name"])
+                if (pod.get("metadata") or {}).get("deletionTimestamp"):
+                    continue  # leaving: it gets no new request
+                nudged = _annotation(pod, m.ROUTER_CONFIG_ANNOTATION) == digest
+                if not _pod_ready(pod):
+                    # Gets no request yet; refreshed before it does.
+                    if not nudged:
+                        self._nudge_kubelet(name, digest)
+                    continue
+                served = self._served_digest(name)
+                if served == _UNREPORTED:
+                    self._wait_blind(endpoint, say)
+                    return
+                if served == digest:
+                    continue
+                lagging.append(f"{name} ({'serves ' + served[:12] if served else 'no answer'})")
+                if not nudged:
+                    self._nudge_kubelet(name, digest)
+            if not lagging:
+                return
+            if not announced:
+                say(f"router config of {endpoint} written; waiting until its routers serve it")
+                announced = True
+            if self.clock() >= deadline:
+                raise TargetError(
+                    f"router config {digest[:12]} of {endpoint} not served after "
+                    f"{self.options.config_propagation_s:.0f} s by: {', '.join(lagging)}",
+                    code="RouterConfigNotServed",
+                )
+            self.sleep(min(self.options.poll_s, 0.25))
+
+    def _served_digest(self, pod: str) -> str | None:
+        """The digest a router pod says it serves; None when it does not answer (yet);
+        _UNREPORTED when it cannot be asked (pod proxy forbidden) or cannot say (a router
+        image older than /-/config-digest answers 404 itself)."""
+        try:
+            status, doc = self.client.pod_proxy_get(pod, m.ROUTER_PORT, m.ROUTER_DIGEST_PATH)
+        except TargetError as exc:
+            if exc.code == "Forbidden":
+                return _UNREPORTED
+            raise
+        if not isinstance(doc, dict):
+            return None
+        if doc.get("kind") == "Status":
+            return None  # the API server's: the pod is not reachable, or gone
+        if status == 404:
+            return _UNREPORTED
+        digest = doc.get("digest")
+        return str(digest) if status == 200 and digest else None
+
+    def _nudge_kubelet(self, pod: str, digest: str) -> None:
+        try:
+            self.client.annotate("Pod", pod, {m.ROUTER_CONFIG_ANNOTATION: digest})
+        except NotFound:
+            pass  # gone meanwhile
+        except TargetError as exc:
+            if exc.code != "Forbidden":
+                raise
+            log.warning("router_pod_annotate_forbidden", pod=pod)
+
+    def _wait_blind(self, endpoint: str, say: ProgressCallback) -> None:
+        wait = self.options.config_propagation_s
+        say(
+            f"router config of {endpoint} written; its routers cannot say what they serve "
+            f"(pod proxy forbidden, or an older router image): {wait:.0f} s for the kubelet"
+        )
+        self.sleep(wait)
 
     def _push_config(self, endpoint: str, config: RouterConfig, creds: EndpointCredentials) -> bool:
         """Post the config to every ready router pod; True when each took it.
@@ -846,6 +941,9 @@ def _image_of(deployment: Mapping[str, Any]) -> m.DeploymentImage:
         (c["image"] for c in pod.get("initContainers") or [] if c.get("name") == "model"), None
     )
     return m.DeploymentImage(image=str(pod["containers"][0]["image"]), model_image=model)
+
+
+_UNREPORTED = "<unreported>"  # a router that cannot be asked what it serves
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
