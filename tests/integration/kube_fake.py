@@ -324,6 +324,7 @@ class FakeKubernetes:
     stalled_kubelets: set[str] = field(default_factory=set)
     kubelet_syncs: list[str] = field(default_factory=list)
     attached: dict[str, AttachedRouter] = field(default_factory=dict)
+    old_router_image: bool = False  # routers from before /-/config-digest (they answer 404)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _version: int = 0
     _dirty_now: set[tuple[str, str]] = field(default_factory=set)
@@ -563,13 +564,13 @@ class FakeKubernetes:
             raise refused
         if path == "/-/ready":
             return 200, "ready"
-        if path == "/-/config-digest":
+        if path == "/-/config-digest" and not self.old_router_image:
             try:
                 config = parse_config(content or b"")
             except ConfigError:
                 raise refused from None  # a router without a valid config does not start
             return 200, json.dumps({"digest": config.digest()})
-        return 404, json.dumps({"error": {"code": "NotFound", "message": "not found"}})
+        return 404, json.dumps({"message": "not found"})  # the router's own 404
 
     # --- the controller stand-in -------------------------------------------------------
 

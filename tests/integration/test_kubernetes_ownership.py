@@ -372,3 +372,35 @@ def test_an_autoscaled_deployment_back_to_a_fixed_count_takes_the_field_back(
     assert f"{m.MANAGER}/Apply" in fake.owners("deployments", BLUE, "spec", "replicas")
     # Created at its start count (not at the default of 1, then scaled).
     assert fake.replicas_history[BLUE] == [2, 4]
+
+
+def test_objects_on_the_server_after_the_merges_are_valid_for_the_official_schema(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """What server-side apply made of our manifests (merged, defaulted, handed over,
+    scaled) is still valid, as the API server would have checked."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    repo.basics()
+    repo.endpoint(EP, traffic={"blue": 100}, public_network_access="disabled")
+    repo.deployment(EP, "blue", instance_count=3, egress_public_network_access="disabled")
+    repo.commit("fixed")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    _autoscaled(repo, 3)
+    repo.commit("autoscaled")
+    assert not failures(apply_rev(repo, target))
+    fake.autoscale(BLUE, 4)
+    kinds = set()
+    plurals = ("deployments", "services", "secrets", "configmaps", "horizontalpodautoscalers")
+    for plural in (*plurals, "networkpolicies"):
+        for obj in fake.list(plural):
+            kinds.add(obj["kind"])
+            kubernetes_validate.validate(obj, "1.33.0", strict=True)
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "Secret",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    }

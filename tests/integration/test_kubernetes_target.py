@@ -576,13 +576,17 @@ def test_a_router_pod_that_never_serves_the_config_fails_the_step_naming_it(
     assert not failures(apply_rev(repo, make_target(fake)))
 
 
+@pytest.mark.parametrize("why", ["pods/proxy forbidden", "older router image"])
 def test_routers_that_cannot_say_what_they_serve_get_the_kubelet_period(
-    repo: RepoBuilder, fake: FakeKubernetes
+    repo: RepoBuilder, fake: FakeKubernetes, why: str
 ) -> None:
     blue_green(repo)
     repo.commit("base")
     assert not failures(apply_rev(repo, make_target(fake)))
-    fake.forbidden.add(("pods/proxy", "get"))  # RBAC without pods/proxy
+    if why == "pods/proxy forbidden":
+        fake.forbidden.add(("pods/proxy", "get"))  # RBAC without pods/proxy
+    else:
+        fake.old_router_image = True
     target = make_target(fake, options(config_propagation_s=30.0))
     waits: list[float] = []
     target.sleep = waits.append

@@ -287,8 +287,10 @@ class KubeClient:
         return True
 
     def scale(self, kind: str, name: str, replicas: int) -> None:
-        """Set replicas through the scale subresource: a change of the count that does not
-        make us the owner of the field in server-side apply (the autoscaler keeps it)."""
+        """Set replicas through the scale subresource, as an Update of a manager of its
+        own (`ml-endpoint-reconciler-scale`): our applies, which leave an autoscaled
+        deployment's replicas out, never drop it, and the autoscaler's next scale (an
+        Update too) takes the field over without a conflict."""
         self._json(
             "PATCH",
             self._path(kind, name, "scale"),
