@@ -670,3 +670,25 @@ def test_a_missing_namespace_is_a_clear_error_and_the_target_creates_none(
         fake.namespaces.add(NAMESPACE)
         assert not failures(apply_rev(repo, target))
         assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_no_propagation_wait_at_all_still_hurries_the_kubelets(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    target = make_target(fake, options(config_propagation_s=0.0))
+    waits: list[float] = []
+    target.sleep = waits.append
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    assert not failures(apply_rev(repo, target))  # 0: the step does not wait
+    assert waits == []
+    pod = fake.get("pods", stuck)
+    assert pod is not None
+    assert (
+        pod["metadata"]["annotations"][m.ROUTER_CONFIG_ANNOTATION] == router_config(fake).digest()
+    )

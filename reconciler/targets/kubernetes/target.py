@@ -424,8 +424,8 @@ class KubernetesTarget:
                 lagging.append(f"{name} ({'serves ' + served[:12] if served else 'no answer'})")
                 if not nudged:
                     self._nudge_kubelet(name, digest)
-            if not lagging:
-                return
+            if not lagging or self.options.config_propagation_s <= 0:
+                return  # 0: no wait at all (the lagging pods are hurried all the same)
             if not announced:
                 say(f"router config of {endpoint} written; waiting until its routers serve it")
                 announced = True
@@ -468,6 +468,8 @@ class KubernetesTarget:
 
     def _wait_blind(self, endpoint: str, say: ProgressCallback) -> None:
         wait = self.options.config_propagation_s
+        if wait <= 0:
+            return
         say(
             f"router config of {endpoint} written; its routers cannot say what they serve "
             f"(pod proxy forbidden, or an older router image): {wait:.0f} s for the kubelet"
