@@ -11,6 +11,7 @@ Paths on the scoring port:
 | `GET /-/ready` | readiness: 200 once a valid config is applied and until shutdown starts |
 | `POST /-/config` | replace the whole config (`Authorization: Bearer ADMIN_SECRET`) |
 | `GET /-/config` | the current config without secrets, and its digest (admin secret) |
+| `GET /-/config-digest` | `{"digest": ...}` of the config it serves (no auth: reveals no secret) |
 
 Answers (Azure ML's): 401 no valid credentials (one body for every cause); 404 no deployment
 has traffic and none is pinned, or the pinned one does not exist; 408 request_timeout_ms
@@ -205,6 +206,12 @@ def _json_reply(doc: Any, request_id: bytes) -> Reply:
     return Reply(200, _JSON + b"x-request-id: %s\r\n" % request_id, json.dumps(doc).encode())
 
 
+def _digest_reply(config: RouterConfig) -> Reply:
+    """The answer of `/-/config-digest`, made once per config (unauthenticated callers
+    must not make the router serialise its config per request)."""
+    return Reply(200, _JSON, json.dumps({"digest": config.digest()}).encode())
+
+
 def _inspect(
     request: HttpRequest,
 ) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes]]:
@@ -284,6 +291,7 @@ class RouterServer:
         self._draining = False
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
+        self._digest_reply = _digest_reply(config)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -312,6 +320,8 @@ class RouterServer:
             return _DRAINING if self._draining else _READY
         if path == "/-/config":
             return self._admin(request)
+        if path == "/-/config-digest":
+            return self._digest_reply
         return _json_error(404, "not found", _given_id(request))
 
     def expect(self, request: HttpRequest) -> Reply | None:
@@ -704,6 +714,7 @@ class RouterServer:
         if config == current:
             return False
         self.runtime.apply(config)
+        self._digest_reply = _digest_reply(config)
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         if self._http is not None:

@@ -57,6 +57,8 @@ from reconciler.targets.kubernetes.options import KubernetesOptions
 Manifest = dict[str, Any]
 
 MANAGER = "ml-endpoint-reconciler"
+# Applies only a Deployment's replicas, to share the field before our manager drops it.
+HANDOVER_MANAGER = f"{MANAGER}-handover"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PREFIX = "reconciler.dev/"
 TARGET_LABEL = f"{PREFIX}target"
@@ -65,6 +67,10 @@ DEPLOYMENT_LABEL = f"{PREFIX}deployment"
 ROLE_LABEL = f"{PREFIX}role"
 SPEC_ANNOTATION = f"{PREFIX}spec"
 DIGEST_ANNOTATION = f"{PREFIX}digest"
+# On router pods: the digest of the router config they should serve. Setting it makes the
+# kubelet sync the pod, and so refresh its Secret volume at once (see target).
+ROUTER_CONFIG_ANNOTATION = f"{PREFIX}router-config"
+ROUTER_DIGEST_PATH = "/-/config-digest"
 ENDPOINT_RECORD = "endpoint.json"
 ROUTER_CONFIG_FILE = "router.json"
 ROUTER_CONFIG_DIR = "/etc/reconciler-router"
