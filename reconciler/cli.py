@@ -726,9 +726,16 @@ def invoke(
     target = _operated_target(repo, target_name)
     _needs(target, "endpoint_credentials", "invoke endpoints")
     try:
-        live = target.observe().endpoint(endpoint)
+        state = target.observe()
+        live = state.endpoint(endpoint)
         if live is None or not live.scoring_uri:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
+        names = sorted(d.name for d in state.deployments_of(endpoint))
+        if deployment and deployment not in names:
+            fail(
+                f"endpoint {endpoint} has no deployment named {deployment!r} on target "
+                f"{target.name}; its deployments: {', '.join(names) or 'none'}"
+            )
         if live.spec.auth_mode == "aml_token":
             secret = target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"]
         else:

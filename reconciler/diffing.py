@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import FieldChange
+from reconciler.model.secrets import connections as referenced_connections
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -31,6 +32,8 @@ TRAFFIC_FIELDS = ("traffic", "mirror_traffic")
 OBSERVED_ENDPOINT_FIELDS = ("auth_mode",)
 # Not a difference: where a spec was declared.
 _NOT_COMPARED = ("name",)
+# Changes of a connection's values show as `connections.NAME` (no spec field has the name).
+CONNECTIONS = "connections"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,11 @@ def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None)
             # Only the digest is known (or the canonical forms agree but the digest
             # scheme differs): say that the running spec is not the declared one.
             update_changes = (FieldChange("digest", live.digest, desired.digest),)
+    connection_changes = _connection_changes(desired, live)
+    if connection_changes:
+        update_changes = tuple(
+            sorted(update_changes + connection_changes, key=lambda change: change.path)
+        )
     live_type = live.spec.instance_type if live.spec is not None else live.instance_type
     replace = bool(update_changes) and live_type is not None and live_type != desired.instance_type
     return DeploymentDiff(
@@ -214,6 +222,21 @@ def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None)
         replace=replace,
         count_before=live.instance_count,
         count_after=count_after,
+    )
+
+
+def _connection_changes(desired: DeploymentSpec, live: LiveDeployment) -> tuple[FieldChange, ...]:
+    """Connections whose values changed since the instances started: part of what a
+    deployment runs, as a secret-hash annotation is part of a Kubernetes pod template.
+
+    Only connections the declared spec still references count (one it dropped goes with
+    the spec change); the values are keyed digests the target gave, never values.
+    """
+    referenced = set(referenced_connections(desired))
+    return tuple(
+        FieldChange(f"{CONNECTIONS}.{c.name}", c.started, c.current)
+        for c in live.connections
+        if c.changed and c.name in referenced
     )
 
 

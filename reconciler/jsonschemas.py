@@ -143,7 +143,11 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
         )
         return [(path, f"must be {words}, got {got}{quote}")]
     if keyword == "enum":
-        return [(path, f"must be one of {', '.join(map(str, value))}; got {got}")]
+        message = f"must be one of {', '.join(map(str, value))}; got {got}"
+        if isinstance(instance, str):
+            close = difflib.get_close_matches(instance, [str(v) for v in value], n=1, cutoff=0.6)
+            message += f" (did you mean '{close[0]}'?)" if close else ""
+        return [(path, message)]
     if keyword == "const":
         return [(path, f"must be {value!r} in this kind of file, got {got}")]
     if keyword in ("minimum", "maximum"):

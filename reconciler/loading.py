@@ -63,7 +63,13 @@ from reconciler.model.specs import (
 )
 from reconciler.model.state import DesiredState
 from reconciler.nocode.mlflowmodel import MLFLOW_MODEL, MlflowModelError, mlflow_environment
-from reconciler.nocode.triton import refusal as triton_refusal
+from reconciler.nocode.triton import (
+    TRITON_MODEL,
+    TritonModelError,
+    model_files,
+    read_repository,
+    triton_environment,
+)
 from reconciler.yamlsource import (
     MAX_NESTING_OF_OURS,
     MAX_YAML_BYTES,
@@ -1034,15 +1040,24 @@ class _Load:
             message = "applies only to custom containers (an environment with inference_config)"
             self.error(path, ("model_mount_path",), message)
         no_code_needed = environment.custom_container or (
-            model is not None and model.type == "mlflow_model"
+            model is not None
+            and (
+                model.type == MLFLOW_MODEL
+                # Triton serves it, in an environment of its own.
+                or (model.type == TRITON_MODEL and draft.environment is None)
+            )
         )
         if code is None and not no_code_needed and not result.errors:
-            self.error(
-                path,
-                ("code_configuration",),
+            message = (
                 "missing required field 'code_configuration': a scoring script is needed "
-                "unless the environment is a custom container or the model an mlflow_model",
+                "unless the environment is a custom container or the model an mlflow_model"
             )
+            if model is not None and model.type == TRITON_MODEL:
+                message += (
+                    " (a triton_model with no code_configuration names no environment "
+                    "either: Triton Inference Server serves it)"
+                )
+            self.error(path, ("code_configuration",), message)
         instance_type = self.instance_type(draft.spec) or draft.spec.instance_type
         return replace(
             draft.spec,
@@ -1067,15 +1082,15 @@ class _Load:
     def no_code_environment(
         self, owner: str, model: ModelSpec | None, code: CodeSpec | None, model_field: FieldPath
     ) -> EnvironmentSpec | None:
-        """The environment of a deployment that names none: its MLflow model's own."""
-        if model is not None and code is None and (refused := triton_refusal(model.type)):
-            self.error(owner, model_field[:1], refused)
-            return None
+        """The environment of a deployment that names none: its MLflow model's own, or
+        Triton Inference Server's for a triton_model."""
+        if model is not None and code is None and model.type == TRITON_MODEL:
+            return self.triton_environment(owner, model, model_field)
         if model is None or model.type != MLFLOW_MODEL or code is not None:
             message = (
                 "missing required field 'environment': only a deployment of an mlflow_model "
-                "with no code_configuration may leave it out (the model's files name its "
-                "packages)"
+                "or a triton_model with no code_configuration may leave it out (the model's "
+                "files say what serves it)"
             )
             self.error(owner, ("environment",), message)
             return None
@@ -1087,6 +1102,29 @@ class _Load:
         for note in derived.notes:
             self.warn(owner, model_field, f"environment from {derived.source}: {note}")
         return derived.environment
+
+    def triton_environment(
+        self, owner: str, model: ModelSpec, model_field: FieldPath
+    ) -> EnvironmentSpec | None:
+        """Triton's environment, once the model repository is checked (a validate error
+        naming the file, and line, of the first problem)."""
+        if model.path in self.files:
+            message = (
+                f"{model.path}: a triton_model is a folder (a model repository: "
+                "MODEL/config.pbtxt, MODEL/1/model.onnx), not a file"
+            )
+            self.error(owner, model_field, message)
+            return None
+        try:
+            repository = read_repository(
+                model.path, model_files(model.path, self.files), self._read_if_file
+            )
+        except TritonModelError as error:
+            self.error(owner, model_field, str(error))
+            return None
+        for note in repository.warnings:
+            self.warn(owner, model_field, note)
+        return triton_environment(model)
 
     def _read_if_file(self, path: str) -> bytes | None:
         return self.tree.read(path) if path in self.files else None
@@ -1220,9 +1258,14 @@ class _Load:
                     if self.target_names
                     else ""
                 )
-                message = f"unknown instance type '{written}'{where}; valid names include " + (
-                    ", ".join(close or known[:5])
-                )
+                # Compared without case, "_" and "-": Standard_DS3v2 and standard-ds3-v2
+                # both mean Standard_DS3_v2.
+                squeezed = {_squeeze(k): k for k in known}
+                nearest = squeezed.get(_squeeze(written)) or (close[0] if close else None)
+                message = f"unknown instance type '{written}'"
+                if nearest is not None:
+                    message += f" (did you mean '{nearest}'?)"
+                message += f"{where}; valid names include " + ", ".join(close or known[:5])
                 if written.casefold() == KUBERNETES_DEFAULT_INSTANCE_TYPE:
                     message = (
                         f"'{written}' is the default instance type of Kubernetes compute; a "
@@ -1270,3 +1313,8 @@ def load_desired_state(
         warnings=tuple(sorted(set(load.warnings), key=_order)),
         revision=revision,
     )
+
+
+def _squeeze(name: str) -> str:
+    """An instance type's name without case, underscores and hyphens, to find near misses."""
+    return name.casefold().replace("_", "").replace("-", "")

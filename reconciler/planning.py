@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from reconciler.diffing import DeploymentDiff, EndpointDiff, diff
+from reconciler.diffing import CONNECTIONS, DeploymentDiff, EndpointDiff, diff
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType, quota_cores
 from reconciler.model.plan import Action, EndpointSummary, FieldChange, Plan, Step
@@ -285,6 +285,7 @@ def _deployment_steps(
             )
         else:
             reason = "rolling update, 20% of instances at a time, each new one healthy first"
+        reason = _connections_reason(dep.update_changes) + reason
         steps.append(
             (
                 _Phase.UPDATE_AFTER_SCALE_DOWN if dep.scales_down else _Phase.UPDATE,
@@ -302,6 +303,27 @@ def _deployment_steps(
             )
         )
     return steps
+
+
+def _connections_reason(changes: tuple[FieldChange, ...]) -> str:
+    """`connection openai changed: ` when the update is (also) for changed secrets."""
+    changed: list[str] = []
+    unrecorded: list[str] = []
+    for change in changes:
+        head, _, name = change.path.partition(".")
+        if head == CONNECTIONS and name:
+            (unrecorded if change.before is None else changed).append(name)
+    said = ""
+    if changed:
+        word = "connection" if len(changed) == 1 else "connections"
+        said += f"{word} {', '.join(changed)} changed: "
+    if unrecorded:
+        word = "connection" if len(unrecorded) == 1 else "connections"
+        said += (
+            f"what its instances got of {word} {', '.join(unrecorded)} is not recorded "
+            "(started by an earlier version): "
+        )
+    return said
 
 
 def _summary(spec: DeploymentSpec, count: int) -> tuple[FieldChange, ...]:

@@ -1,31 +1,55 @@
 """Real MLflow models for tests, logged by MLflow in a virtual environment of its own.
 
-MLflow, scikit-learn, pandas and azureml-inference-server-http are what the image of a
-no-code MLflow deployment holds, not what the reconciler needs, so they live in
-~/.cache/reconciler-tests/mlflow-venv, made once (a few minutes; later runs find it). Without
-network, or if the install fails, the tests that need it are skipped with the reason.
+MLflow, scikit-learn, LightGBM, pandas and azureml-inference-server-http are what the image
+of a no-code MLflow deployment holds, not what the reconciler needs, so they live in
+~/.cache/reconciler-tests/mlflow-venv, made once (a few minutes; later runs find it; a venv
+made for a shorter package list gets the missing packages added). Without network, or if
+the install fails, the tests that need it are skipped with the reason.
+
+The models are logged once per venv and logging script, into the venv's folder: every test
+of a session (and later sessions) reads the same files, so MLflow is not run twice and the
+images of deployments made from them are found by content. Tests copy them before any
+change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reconciler-tests"
 VENV = CACHE / "mlflow-venv"
-PACKAGES = ("mlflow-skinny", "scikit-learn", "pandas", "azureml-inference-server-http")
-MODELS = ("linear", "logistic", "custom")
+PACKAGES = ("mlflow-skinny", "scikit-learn", "lightgbm", "pandas", "azureml-inference-server-http")
+MODELS = ("linear", "logistic", "custom", "lightgbm")
+# The LightGBM model's own predictions of three rows, computed where it was trained:
+# {"columns": [...], "rows": [[...]], "predictions": [...]}, beside the model folders.
+LIGHTGBM_EXPECTED = "lightgbm-expected.json"
 
 # Each model in ROOT/NAME/NAME-model: ROOT/NAME is an AZUREML_MODEL_DIR holding one model
 # folder, as a registered folder sits in a container.
+#
+# The two models deployed on Docker (linear, lightgbm) name the same requirements, what
+# MLflow infers for each put together (pip_requirements, as a team pins one environment
+# for its models): one environment image serves both, so the LightGBM deployment costs
+# no environment build of its own.
 LOG_MODELS = r"""
+import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
+import lightgbm
+import mlflow
+import mlflow.lightgbm
 import mlflow.pyfunc
 import mlflow.sklearn
 import numpy as np
@@ -34,6 +58,11 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 root = Path(sys.argv[1])
+shared = [
+    f"mlflow=={mlflow.__version__}",
+    *(f"{name}=={version(name)}" for name in ("cloudpickle", "lightgbm", "pandas", "psutil")),
+    f"scikit-learn=={version('scikit-learn')}",
+]
 # y = 2a + 3b, exactly: answers can be compared as numbers.
 frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.0, 1.0, 0.0, 1.0]})
 linear = LinearRegression().fit(frame, 2 * frame["a"] + 3 * frame["b"])
@@ -41,7 +70,29 @@ mlflow.sklearn.save_model(
     linear, root / "linear" / "linear-model",
     signature=infer_signature(frame, linear.predict(frame)),
     serialization_format="cloudpickle",
+    pip_requirements=shared,
 )
+
+# A LightGBM booster (the native flavor, loaded by mlflow.lightgbm) on three columns,
+# trained deterministically on one thread.
+rng = np.random.default_rng(7)
+features = pd.DataFrame(rng.uniform(-2, 2, size=(200, 3)), columns=["f0", "f1", "f2"])
+label = 3 * features["f0"] - 2 * features["f1"] + (features["f2"] > 0)
+params = {
+    "objective": "regression", "num_leaves": 7, "min_data_in_leaf": 5, "learning_rate": 0.3,
+    "deterministic": True, "num_threads": 1, "seed": 0, "verbose": -1,
+}
+booster = lightgbm.train(params, lightgbm.Dataset(features, label), num_boost_round=20)
+mlflow.lightgbm.save_model(
+    booster, root / "lightgbm" / "lightgbm-model",
+    signature=infer_signature(features, booster.predict(features)),
+    pip_requirements=shared,
+)
+rows = [[0.1, 0.2, 0.3], [1.5, -0.5, -1.0], [-1.8, 1.9, 0.7]]
+expected = booster.predict(pd.DataFrame(rows, columns=list(features.columns)))
+(root / sys.argv[2]).write_text(json.dumps(
+    {"columns": list(features.columns), "rows": rows, "predictions": expected.tolist()}
+))
 points = np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [6.0, 5.0]])
 logistic = LogisticRegression().fit(points, np.array([0, 0, 1, 1]))
 mlflow.sklearn.save_model(
@@ -66,29 +117,57 @@ mlflow.pyfunc.save_model(
 
 
 def venv_python() -> Path:
-    """The Python of the MLflow virtual environment, made on first use."""
+    """The Python of the MLflow virtual environment, made on first use.
+
+    Test sessions run side by side on one machine: the first to need the venv makes it
+    under a lock while the others wait for it (two makers would clear each other's
+    half-made venv). A venv without its pyvenv.cfg is broken, whatever its marker says.
+    """
     python = VENV / "bin" / "python"
-    marker = VENV / ".complete"
-    if marker.exists():
+    if _installed() is not None and set(PACKAGES) <= set(_installed() or ()):
         return python
-    CACHE.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--clear", str(VENV)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-    except (subprocess.SubprocessError, OSError) as error:
-        pytest.skip(f"cannot install {', '.join(PACKAGES)} into {VENV}: {error}")
-    marker.write_text(" ".join(PACKAGES) + "\n")
+    with _locked():
+        installed = _installed()
+        if installed is not None and set(PACKAGES) <= set(installed):
+            return python  # made while this session waited
+        marker = VENV / ".complete"
+        try:
+            if installed is None:
+                subprocess.run(
+                    [sys.executable, "-m", "venv", "--clear", str(VENV)],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+            # A venv of an earlier, shorter list keeps what it has: pip adds the rest.
+            marker.unlink(missing_ok=True)
+            subprocess.run(
+                [str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
+        except (subprocess.SubprocessError, OSError) as error:
+            pytest.skip(f"cannot install {', '.join(PACKAGES)} into {VENV}: {error}")
+        marker.write_text(" ".join(PACKAGES) + "\n")
     return python
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """The cache's lock, held while the venv or the models are made."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "mlflow-venv.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _installed() -> list[str] | None:
+    """The packages the venv was made with; None when it is absent or broken."""
+    marker = VENV / ".complete"
+    if not marker.exists() or not (VENV / "pyvenv.cfg").exists():
+        return None
+    return marker.read_text().split()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -98,10 +177,27 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": "file:///nonexistent", **extra}
 
 
-def log_models(root: Path) -> dict[str, Path]:
-    """linear, logistic, custom: each an AZUREML_MODEL_DIR holding its model folder."""
+def log_models() -> dict[str, Path]:
+    """linear, logistic, custom, lightgbm: each an AZUREML_MODEL_DIR holding its model
+    folder (read them, copy them to change them); beside them LIGHTGBM_EXPECTED holds the
+    LightGBM model's own predictions. Logged on first use (a venv made anew logs anew)."""
+    python = venv_python()
+    script = hashlib.sha256(f"{LOG_MODELS}{LIGHTGBM_EXPECTED}".encode()).hexdigest()[:16]
+    root = VENV / f"models-{script}"
+    if not (root / ".complete").exists():
+        with _locked():
+            if not (root / ".complete").exists():
+                _log_into(python, root)
+    return {name: root / name for name in MODELS}
+
+
+def _log_into(python: Path, root: Path) -> None:
+    """Log the models into a folder beside `root`, then rename it: `root` is whole or absent."""
+    making = root.with_name(f"{root.name}.making")
+    shutil.rmtree(making, ignore_errors=True)
+    making.mkdir(parents=True)
     proc = subprocess.run(
-        [str(venv_python()), "-c", LOG_MODELS, str(root)],
+        [str(python), "-c", LOG_MODELS, str(making), LIGHTGBM_EXPECTED],
         capture_output=True,
         text=True,
         timeout=600,
@@ -109,4 +205,6 @@ def log_models(root: Path) -> dict[str, Path]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {name: root / name for name in MODELS}
+    (making / ".complete").write_text("")
+    shutil.rmtree(root, ignore_errors=True)
+    making.rename(root)

@@ -77,6 +77,33 @@ class LiveEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolvedConnection:
+    """One connection a deployment references: what its instances were started with
+    against what the target would give new instances now.
+
+    Both are keyed digests of the referenced values (HMAC-SHA256 under a random key the
+    target keeps with its own state, shortened for display): equal values give equal
+    digests, and nobody without the key can test a guess of a value against one. Never a
+    value, never a plain hash of one. started is None when the instances recorded nothing
+    (started by an earlier version), or a text saying they disagree (a rollout stopped
+    half-way); current is None when the connection or a referenced key is missing now.
+    """
+
+    name: str
+    started: str | None
+    current: str | None
+
+    @property
+    def changed(self) -> bool:
+        """New instances would get other values than the running ones have.
+
+        A connection missing now is no change: new instances could not start, and the
+        running ones keep serving with what they have (the plan warns of it).
+        """
+        return self.current is not None and self.started != self.current
+
+
+@dataclass(frozen=True, slots=True)
 class LiveDeployment:
     """A deployment as the target shows it.
 
@@ -84,7 +111,9 @@ class LiveDeployment:
     spec is that spec when the target can give it back in full, None when only the digest is
     known (then a change shows as a digest change). instance_count is the count the target
     is asked to keep now (an autoscaler may have moved it); ready_instances those that pass
-    their readiness probe.
+    their readiness probe. connections: per connection the spec references, the values
+    its instances started with against those the target holds now (a Kubernetes pod
+    template's secret-hash annotation, kept by the target: a change rolls the deployment).
     """
 
     key: ResourceKey
@@ -97,6 +126,7 @@ class LiveDeployment:
     last_error: str | None = None
     instance_type: str | None = None
     autoscale: str | None = None  # the autoscaler's last decision and its reason
+    connections: tuple[ResolvedConnection, ...] = ()
 
     @property
     def endpoint(self) -> str:

@@ -5,11 +5,13 @@ Paths on the scoring port:
 | path | what |
 |---|---|
 | `POST /score`, `POST /score/` | scored by a deployment (auth required) |
+| `GET`, `POST` `/v2`, `/v2/...` | KServe v2 (Triton): passed to a deployment as sent (auth) |
 | `GET /swagger.json` | the swagger of a deployment with traffic, or of the pinned one (auth) |
 | `GET /-/healthy` | liveness: 200 while the event loop answers |
 | `GET /-/ready` | readiness: 200 once a valid config is applied and until shutdown starts |
 | `POST /-/config` | replace the whole config (`Authorization: Bearer ADMIN_SECRET`) |
 | `GET /-/config` | the current config without secrets, and its digest (admin secret) |
+| `GET /-/config-digest` | `{"digest": ...}` of the config it serves (no auth: reveals no secret) |
 | `GET /-/instances` | each instance's probe record: ready, failed checks in a row (admin secret) |
 
 Answers (Azure ML's): 401 no valid credentials (one body for every cause); 404 no deployment
@@ -21,12 +23,16 @@ max_queue_wait_ms; 424 the backend answered with a non-2xx status, carried in
 `ms-azureml-model-error-reason`), its body and content type passed on; 502 no instance
 could be reached (each instance is tried once) or the answer broke off; 503 the deployment
 has no instance at all, or none ready (its readiness probe, probes.py). 2xx answers pass
-through with their headers, except hop-by-hop ones. Every answer but the health paths'
-carries `x-request-id` (the caller's, or a new UUID-shaped id) and, once a deployment was
-chosen, `azureml-model-deployment`. The checks
-run in that order: credentials, deployment, body size. A request with `Expect:
-100-continue` gets "100 Continue" only once its credentials and deployment are good, so a
-refused caller never uploads its body. Malformed requests, over-long heads and stalled
+through with their headers, except hop-by-hop ones. A `/v2` request (a Triton deployment's
+`/v2/health/ready`, `/v2/models/NAME/infer`, ...) is routed as a scoring request is
+(credentials, pin header or traffic split, limits, mirroring of POSTs) and forwarded with its
+method, path and query as sent; its answers follow the same rules (a Triton 400 reaches the
+caller as 424 carrying 400). Every answer but the health paths' carries `x-request-id` (the
+caller's, or a new UUID-shaped id) and, once a deployment was chosen,
+`azureml-model-deployment`. The checks run in that order: credentials, deployment, body
+size. A request with `Expect: 100-continue` gets "100 Continue" only once its credentials
+and deployment are good, so a refused caller never uploads its body. Malformed requests,
+over-long heads and stalled
 uploads are answered by the HTTP layer's rules (`http`: 400, 414, 431, 408).
 
 Retry rule: a request goes to the next instance only when the previous one gave no byte of
@@ -72,6 +78,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import watchfiles
 from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
@@ -110,6 +117,9 @@ REQUEST_ID_HEADER = "x-request-id"
 ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 SCORE_PATHS = frozenset(("/score", "/score/"))
+# The KServe v2 protocol's paths (Triton Inference Server): `/v2` (server metadata) and
+# everything under `/v2/`.
+V2_PATH = "/v2"
 
 # What each of the caller's headers (names come lowercased) means to the router. Not
 # forwarded to a backend (_SKIP): hop-by-hop headers, those the router sets itself, and the
@@ -200,6 +210,12 @@ def _json_reply(doc: Any, request_id: bytes) -> Reply:
     return Reply(200, _JSON + b"x-request-id: %s\r\n" % request_id, json.dumps(doc).encode())
 
 
+def _digest_reply(config: RouterConfig) -> Reply:
+    """The answer of `/-/config-digest`, made once per config (unauthenticated callers
+    must not make the router serialise its config per request)."""
+    return Reply(200, _JSON, json.dumps({"digest": config.digest()}).encode())
+
+
 def _inspect(
     request: HttpRequest,
 ) -> tuple[bytes | None, bytes | None, bytes | None, list[bytes]]:
@@ -279,6 +295,7 @@ class RouterServer:
         self._draining = False
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
+        self._digest_reply = _digest_reply(config)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -297,6 +314,8 @@ class RouterServer:
             if request.method != b"POST":
                 return _json_error(405, "use POST", _given_id(request), allow=b"POST")
             return self._score(request)
+        if _is_v2(path):
+            return self._v2(request)
         if path == "/swagger.json":
             return self._swagger(request)
         if path == "/-/healthy":
@@ -305,13 +324,15 @@ class RouterServer:
             return _DRAINING if self._draining else _READY
         if path == "/-/config":
             return self._admin(request)
+        if path == "/-/config-digest":
+            return self._digest_reply
         if path == "/-/instances":
             return self._instances(request)
         return _json_error(404, "not found", _given_id(request))
 
     def expect(self, request: HttpRequest) -> Reply | None:
         """`Expect: 100-continue`: None to let the body come, or the refusal to send instead."""
-        if request.path in SCORE_PATHS and request.method == b"POST":
+        if request.method == b"POST" and (request.path in SCORE_PATHS or _is_v2(request.path)):
             refused = self._route(request, time.perf_counter())
             return refused if isinstance(refused, Reply) else None
         if request.path in ("/-/config", "/-/instances") and not self._admin_allowed(request):
@@ -357,11 +378,17 @@ class RouterServer:
             return self._refuse(request, started, request_id, 401, "unauthorized", failure)
         runtime = self.runtime
         if pin:
-            deployment = runtime.deployments.get(pin.decode("latin-1"))
+            asked = pin.decode("latin-1")
+            deployment = runtime.deployments.get(asked)
             if deployment is None:
-                return self._refuse(
-                    request, started, request_id, 404, "no such deployment", "unknown_deployment"
+                self._record(
+                    request, started, request_id, 404, "", LIVE, None, 0, "unknown_deployment"
                 )
+                # The caller's own header, named back (cut short), so a typo is seen at
+                # once; the message is not cached: callers choose it.
+                shown = asked if len(asked) <= 64 else asked[:64] + "..."
+                body = json.dumps({"message": f"no deployment named '{shown}'"}).encode()
+                return Reply(404, b"".join((_JSON, b"x-request-id: ", request_id, b"\r\n")), body)
         else:
             name = runtime.chooser.pick(random.random())
             if name is None:
@@ -393,8 +420,50 @@ class RouterServer:
         query = request.query
         mirror = self.runtime.mirror
         if mirror is not None and not pinned and mirror_hit(mirror[1], random.random()):
-            self._spawn_mirror(mirror[0], query, head_rest, body, request_id)
-        return self._forward(request, started, request_id, deployment, query, head_rest, body)
+            self._spawn_mirror(
+                mirror[0], b"POST", mirror[0].scoring_path + query, head_rest, body, request_id
+            )
+        target = deployment.scoring_path + query
+        return self._forward(
+            request, started, request_id, deployment, b"POST", target, head_rest, body
+        )
+
+    def _v2(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+        """A KServe v2 request: routed as a scoring request, forwarded as it was sent."""
+        method = request.method
+        if method not in (b"GET", b"POST"):
+            return _json_error(405, "use GET or POST", _given_id(request), allow=b"GET, POST")
+        started = time.perf_counter()
+        routed = self._route(request, started)
+        if isinstance(routed, Reply):
+            return routed
+        deployment, request_id, pinned, forward = routed
+        if request.too_large:
+            return self._refuse(
+                request,
+                started,
+                request_id,
+                413,
+                "request body too large",
+                "body_too_large",
+                deployment.name,
+            )
+        body = request.body
+        forward += (b"x-request-id: ", request_id, b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        head_rest = b"".join(forward)
+        target = _forwarded_target(request)
+        mirror = self.runtime.mirror
+        # Inference is mirrored; a health or metadata GET would tell the mirror nothing.
+        if (
+            method == b"POST"
+            and mirror is not None
+            and not pinned
+            and mirror_hit(mirror[1], random.random())
+        ):
+            self._spawn_mirror(mirror[0], method, target, head_rest, body, request_id)
+        return self._forward(
+            request, started, request_id, deployment, method, target, head_rest, body
+        )
 
     def _refuse(
         self,
@@ -415,7 +484,8 @@ class RouterServer:
         started: float,
         request_id: bytes,
         deployment: Deployment,
-        query: bytes,
+        method: bytes,
+        target: bytes,
         head_rest: bytes,
         body: bytes,
     ) -> Reply:
@@ -427,9 +497,7 @@ class RouterServer:
                 deployment.route.max_queue_wait_ms / 1000.0
             ):
                 try:
-                    outcome = await self._exchange(
-                        deployment, b"POST", deployment.scoring_path + query, head_rest, body
-                    )
+                    outcome = await self._exchange(deployment, method, target, head_rest, body)
                 finally:
                     deployment.release()
             else:
@@ -516,25 +584,37 @@ class RouterServer:
 
     # ------------------------------------------------------------------ mirroring
     def _spawn_mirror(
-        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: bytes
+        self,
+        mirror: Deployment,
+        method: bytes,
+        target: bytes,
+        head_rest: bytes,
+        body: bytes,
+        request_id: bytes,
     ) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(self._mirror(mirror, query, head_rest, body, request_id))
+        task = self._loop.create_task(
+            self._mirror(mirror, method, target, head_rest, body, request_id)
+        )
         # The loop keeps only weak references to tasks: hold them until they end.
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
 
     async def _mirror(
-        self, mirror: Deployment, query: bytes, head_rest: bytes, body: bytes, request_id: bytes
+        self,
+        mirror: Deployment,
+        method: bytes,
+        target: bytes,
+        head_rest: bytes,
+        body: bytes,
+        request_id: bytes,
     ) -> None:
         started = time.perf_counter()
         outcome = _Outcome(429, reason="mirror_full")
         try:
             if mirror.instances and mirror.try_admit():
                 try:
-                    outcome = await self._exchange(
-                        mirror, b"POST", mirror.scoring_path + query, head_rest, body
-                    )
+                    outcome = await self._exchange(mirror, method, target, head_rest, body)
                 finally:
                     mirror.release()
             elif not mirror.instances:
@@ -649,6 +729,7 @@ class RouterServer:
         if config == current:
             return False
         self.runtime.apply(config)
+        self._digest_reply = _digest_reply(config)
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         if self._http is not None:
@@ -823,6 +904,20 @@ class RouterServer:
 
     def begin_drain(self) -> None:
         self._draining = True
+
+
+def _is_v2(path: str) -> bool:
+    return path == V2_PATH or path.startswith("/v2/")
+
+
+def _forwarded_target(request: HttpRequest) -> bytes:
+    """The request target a v2 request is forwarded with: as the caller sent it (its
+    percent-encoding kept), or built from the path of an absolute-form target."""
+    target = request.target
+    if target[:1] == b"/":
+        return target
+    path = request.path.encode("utf-8", "surrogateescape")
+    return quote(path, safe="/:@!$&'()*+,;=-._~").encode("ascii") + request.query
 
 
 def _given_id(request: HttpRequest) -> bytes:

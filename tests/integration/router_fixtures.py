@@ -54,6 +54,7 @@ class Backend:
     port: int = 0
     hits: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    seen_targets: list[tuple[str, str]] = field(default_factory=list)  # (method, raw path)
     in_flight: int = 0
     max_in_flight: int = 0
     host: str = "127.0.0.1"
@@ -80,6 +81,8 @@ class Backend:
         self.hits += 1
         if len(self.seen_headers) < 50:
             self.seen_headers.append(dict(request.headers))
+        if len(self.seen_targets) < 1000:
+            self.seen_targets.append((request.method, request.raw_path))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -8,6 +8,7 @@ The first tests need no engine: they check the pure parts (mirror, tags, layout)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import threading
 import time
@@ -230,6 +231,53 @@ def test_base_image_has_python_3_11(
         docker_client.images.get(base_image).id
     )
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.docker
+def test_base_image_carries_the_native_libraries_wheels_link_against(
+    base_image: str, run_once: Callable[..., bytes]
+) -> None:
+    # LightGBM and XGBoost wheels need the OpenMP runtime; embedding servers need libpython.
+    output = run_once(
+        base_image,
+        [
+            "python3",
+            "-c",
+            "import ctypes; ctypes.CDLL('libgomp.so.1'); "
+            "ctypes.CDLL('libpython3.11.so.1.0'); print('loaded')",
+        ],
+    )
+    assert output.decode().strip() == "loaded"
+
+
+@pytest.mark.docker
+def test_a_base_image_built_from_another_package_list_is_not_taken(
+    docker_client: docker.DockerClient, base_image: str
+) -> None:
+    # A machine that built the base image before a package was added must rebuild it;
+    # an image that is not ours (pulled, or the user's) is taken as it is.
+    def tagged(labels: dict[str, str]) -> str:
+        digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:12]
+        tag = f"reconciler-test/base-variant:{digest}"
+        dockerfile = f"FROM {base_image}\n" + "".join(
+            f'LABEL {k}="{v}"\n' for k, v in labels.items()
+        )
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+        return tag
+
+    old = tagged({baseimage.PACKAGES_LABEL: "python3,python3-venv,python3-pip,ca-certificates"})
+    users = tagged({"reconciler.kind": "theirs", baseimage.PACKAGES_LABEL: ""})
+    try:
+        assert baseimage._current_base_id(docker_client, old) is None
+        assert (
+            baseimage._current_base_id(docker_client, users) == docker_client.images.get(users).id
+        )
+        assert baseimage._current_base_id(docker_client, base_image) == (
+            docker_client.images.get(base_image).id
+        )
+    finally:
+        for tag in (old, users):
+            docker_client.images.remove(tag, force=True)
 
 
 @pytest.mark.docker

@@ -1,14 +1,21 @@
 """Secret references on the real Docker Engine: connections set with the CLI (stdin),
 resolved into the instance's environment only, never into labels, the router, status or
-plans; a missing connection warns at dry-run and fails its deployment alone."""
+plans; a missing connection warns at dry-run and fails its deployment alone; a changed one
+rolls the deployments that take it (a keyed digest of the values on each instance).
+
+Scoring scripts answer a SHA-256 of the secret they see, never the secret: a failing
+assertion prints no secret either."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from typing import TYPE_CHECKING, Any
 
+import docker.errors
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -25,7 +32,9 @@ if TYPE_CHECKING:
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+# API_KEY as a SHA-256 (None when unset); the others as they are (not secret).
 ENV_SCORE = """\
+import hashlib
 import os
 
 
@@ -34,13 +43,29 @@ def init():
 
 
 def run(raw_data):
-    return {name: os.environ.get(name) for name in ("API_KEY", "API_URL", "PLAIN")}
+    key = os.environ.get("API_KEY")
+    return {
+        "API_KEY": hashlib.sha256(key.encode()).hexdigest() if key is not None else None,
+        "API_URL": os.environ.get("API_URL"),
+        "PLAIN": os.environ.get("PLAIN"),
+    }
 """
 KEY_REF = "${{azureml://connections/openai/credentials/api-key}}"
 URL_REF = "${{azureml://connections/openai/target}}"
 SECRET = "s3cr3t-Value-9f2c1"
 NEW_SECRET = "n3w-s3cr3t-77ab0"
 URL = "https://openai.example.test/"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def set_connection(world: DockerWorld, repo: list[str], *args: str, value: str) -> None:
+    """`reconcile connection set openai ARGS` with `value` on stdin, as a user types it."""
+    done = CliRunner().invoke(main, ["connection", "set", "openai", *repo, *args], input=value)
+    assert done.exit_code == 0, done.output
+    assert value not in done.output
 
 
 def cli_repo(world: DockerWorld) -> list[str]:
@@ -179,7 +204,7 @@ def test_a_secret_reaches_the_instance_only_and_a_missing_one_fails_its_deployme
     result = world.apply()
     answer = world.score("sec-ep")
     assert answer.status == 200, answer
-    assert answer.body == {"API_KEY": SECRET, "API_URL": URL, "PLAIN": "plain"}
+    assert answer.body == {"API_KEY": sha(SECRET), "API_URL": URL, "PLAIN": "plain"}
 
     # Nowhere but in the instance's environment: not in labels (the instance's spec label
     # holds the reference), the router's or a holder's inspect, status or the plan.
@@ -187,7 +212,8 @@ def test_a_secret_reaches_the_instance_only_and_a_missing_one_fails_its_deployme
     assert SECRET not in shown_by_docker
     assert KEY_REF in shown_by_docker
     (instance,) = world.containers("sec-ep", "blue")
-    assert f"API_KEY={SECRET}" in instance.attrs["Config"]["Env"]
+    given = [sha(v) for v in instance.attrs["Config"]["Env"] if v.startswith("API_KEY=")]
+    assert given == [sha(f"API_KEY={SECRET}")]
     status = json.dumps(result.status)
     assert SECRET not in status
     assert SECRET not in json.dumps([str(s) for s in result.plan.steps])
@@ -197,34 +223,88 @@ def test_a_secret_reaches_the_instance_only_and_a_missing_one_fails_its_deployme
     )
     assert plan_now.steps == () and not plan_now.warnings
 
-    # A new value: instances keep the one they started with until they are replaced
-    # (README: a changed secret needs a change of the deployment to roll).
-    changed = runner.invoke(
-        main,
-        ["connection", "set", "openai", *repo, "--credential", "api-key"],
-        input=NEW_SECRET,
-    )
-    assert changed.exit_code == 0, changed.output
-    assert world.apply().plan.steps == ()
-    assert world.score("sec-ep").body["API_KEY"] == SECRET
-    world.repo.deployment(
-        "sec-ep",
-        "blue",
-        code="../../secret-src",
-        environment_variables={
-            "API_KEY": KEY_REF,
-            "API_URL": URL_REF,
-            "PLAIN": "plain",
-            "SECRET_VERSION": "2",
-        },
-    )
-    world.repo.commit("roll blue for the new secret")
-    world.apply()
-    assert world.score("sec-ep").body == {"API_KEY": NEW_SECRET, "API_URL": URL, "PLAIN": "plain"}
-    assert NEW_SECRET not in everything_docker_shows(world)
-
     deleted = runner.invoke(main, ["connection", "delete", "openai", *repo])
     assert deleted.exit_code == 0, deleted.output
     listed = runner.invoke(main, ["connection", "list", *repo, "--output", "json"])
     assert json.loads(listed.stdout) == []
     assert name in deleted.output
+
+
+def test_a_changed_connection_rolls_the_deployment_taking_it_with_no_request_lost(
+    docker_world: DockerWorld,
+) -> None:
+    """As Kubernetes with a secret-hash annotation: a new value of a connection is a change
+    of each deployment that takes that value, shown by --dry-run with its reason and
+    rolled by apply; a deployment taking another value of the connection stays."""
+    world = docker_world
+    world.basics()
+    world.repo.write("secret-src/score.py", ENV_SCORE)
+    world.repo.endpoint("roll-ep", traffic={"blue": 100})
+    world.repo.deployment(
+        "roll-ep",
+        "blue",
+        code="../../secret-src",
+        environment_variables={"API_KEY": KEY_REF, "API_URL": URL_REF},
+    )
+    world.repo.deployment(
+        "roll-ep", "green", code="../../secret-src", environment_variables={"API_URL": URL_REF}
+    )
+    repo = cli_repo(world)
+    world.repo.commit("blue takes the key and the URL of openai, green the URL only")
+    set_connection(world, repo, "--target-url", URL, "--credential", "api-key", value=SECRET)
+    world.apply()
+    assert world.score("roll-ep").body["API_KEY"] == sha(SECRET)
+    (old_blue,) = world.containers("roll-ep", "blue")
+    (green,) = world.containers("roll-ep", "green")
+    # The instance records a keyed digest of what it was given, never the value or a
+    # plain hash of it.
+    recorded = json.loads(old_blue.labels["reconciler.connections"])
+    assert list(recorded) == ["openai"] and len(recorded["openai"]) == 64
+    assert recorded["openai"] not in (sha(SECRET), sha(URL))
+
+    set_connection(world, repo, "--credential", "api-key", value=NEW_SECRET)
+    runner = CliRunner()
+    planned = runner.invoke(main, [*repo, "--dry-run", "--output", "json"])
+    assert planned.exit_code == 2, planned.output
+    (step,) = json.loads(planned.stdout)["steps"]
+    assert (step["action"], step["endpoint"], step["deployment"]) == (
+        "update_deployment",
+        "roll-ep",
+        "blue",
+    )
+    assert step["reason"].startswith("connection openai changed: rolling update"), step
+    (change,) = step["changes"]
+    assert change["path"] == "connections.openai"
+    assert change["from"] == f"hmac-sha256:{recorded['openai'][:16]}"
+    assert change["to"].startswith("hmac-sha256:") and change["to"] != change["from"]
+    text = runner.invoke(main, [*repo, "--dry-run"])
+    assert "update_deployment roll-ep/blue" in text.output, text.output
+    assert "connection openai changed" in text.output
+    assert world.score("roll-ep").body["API_KEY"] == sha(SECRET)  # the dry-run changed nothing
+
+    # Apply, as `reconcile` runs it (status written to the status branch), under load.
+    with world.load("roll-ep") as load:
+        applied = runner.invoke(main, repo)
+    assert applied.exit_code == 0, applied.output
+    assert load.answers and not load.failures, load.failures[:5]
+    (new_blue,) = world.containers("roll-ep", "blue")
+    assert new_blue.id != old_blue.id
+    with pytest.raises(docker.errors.NotFound):
+        world.client.containers.get(old_blue.id)
+    assert world.score("roll-ep").body["API_KEY"] == sha(NEW_SECRET)
+    assert world.score_inside(new_blue)["API_KEY"] == sha(NEW_SECRET)
+    assert [c.id for c in world.containers("roll-ep", "green")] == [green.id]
+    planned = runner.invoke(main, [*repo, "--dry-run", "--output", "json"])
+    assert planned.exit_code == 0 and json.loads(planned.stdout)["steps"] == [], planned.output
+
+    # No value, and no plain hash of one, in labels, inspect, status, plans or output.
+    status = subprocess.run(
+        ["git", "-C", str(world.repo.root), "show", "reconcile-status:status/roll-ep.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "deployments:" in status
+    shown = everything_docker_shows(world) + status + applied.output + text.output
+    for secret in (SECRET, NEW_SECRET):
+        assert secret not in shown and sha(secret) not in shown

@@ -124,6 +124,13 @@ def test_create_from_empty_then_keys_cli_and_a_restarted_reconciler(
     assert invoked.exit_code == 0, invoked.output
     assert json.loads(invoked.stdout) == {"version": "1", "echo": {"data": [[1, 2]]}}
     assert "deployment: blue" in invoked.stderr
+    # A deployment that does not exist is named, with the ones that do.
+    mistyped = runner.invoke(
+        main, ["invoke", "keys-ep", *repo, "--request-file", request, "--deployment", "bleu"]
+    )
+    assert mistyped.exit_code == 1
+    assert "endpoint keys-ep has no deployment named 'bleu'" in mistyped.stderr
+    assert "its deployments: blue" in mistyped.stderr
 
     # A new primary key: the old one is refused at once, the secondary still works.
     old_primary, secondary = world.key("keys-ep"), world.key("keys-ep", "secondary")

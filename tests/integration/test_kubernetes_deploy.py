@@ -98,7 +98,7 @@ def test_git_credentials_come_from_the_secret() -> None:
 
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/[^/]+/(?P<plural>[^/]+)"
-    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+)(?P<proxied>/.*)?)?)?$"
 )
 
 
@@ -106,6 +106,7 @@ def _needed(request: Request) -> tuple[str, str, str]:
     """(API group, resource[/subresource], verb) that RBAC checks for a request."""
     match = _PATH.match(request.path)
     assert match is not None, request.path
+    assert not match.group("proxied") or match.group("sub") == "proxy", request.path
     group = match.group("group") or ""
     resource = match.group("plural")
     if match.group("sub"):
@@ -155,6 +156,16 @@ def test_the_role_grants_every_request_of_the_target(
         assert not failures(apply_rev(repo, target))
         target.logs("rbac-ep", "green")
         target.regenerate_key("rbac-ep", "secondary")
+    # The autoscaled deployment's count pulled into new bounds: the scale subresource.
+    repo.deployment(
+        "rbac-ep",
+        "blue",
+        instance_count=2,
+        scale_settings={"type": "target_utilization", "min_instances": 3, "max_instances": 3},
+    )
+    repo.commit("at least three")
+    result = apply_rev(repo, make_target(fake))
+    assert not failures(result) and result.plan.steps, failures(result)
     repo.remove("endpoints/rbac-ep/green.yml")
     repo.remove("endpoints/rbac-ep/blue.yml")
     repo.remove("endpoints/rbac-ep/endpoint.yml")
@@ -163,7 +174,8 @@ def test_the_role_grants_every_request_of_the_target(
 
     needed = {_needed(r) for r in fake.requests}
     # Server-side apply may create the object: RBAC then checks create as well as patch.
-    needed |= {(g, r, "create") for g, r, v in needed if v == "patch" and "/" not in r}
+    applies = [q for q in fake.requests if q.content_type == "application/apply-patch+yaml"]
+    needed |= {(g, r, "create") for g, r, _ in map(_needed, applies)}
     granted = _granted()
     assert needed <= granted, sorted(needed - granted)
     # And nothing beyond the kinds the target uses.

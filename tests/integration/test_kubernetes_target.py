@@ -75,11 +75,19 @@ def test_create_applies_every_object_server_side_with_our_labels(
         for obj in fake.list(plural):
             assert obj["metadata"]["labels"][m.MANAGED_BY] == m.MANAGER
             assert obj["metadata"]["labels"][m.ENDPOINT_LABEL] == EP
-    writes = [r for r in fake.requests if r.method == "PATCH"]
+    writes = [r for r in fake.requests if r.method == "PATCH" and "/pods/" not in r.path]
     assert writes and all(
         r.content_type == "application/apply-patch+yaml"
         and r.query == {"fieldManager": m.MANAGER, "force": "true"}
         for r in writes
+    )
+    # Pods are only ever annotated (router pods, with the config they should serve).
+    pod_writes = [r for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path]
+    assert all(
+        r.content_type == "application/merge-patch+json"
+        and r.query == {"fieldManager": m.MANAGER}
+        and "/pods/" + m.router_name(EP) in r.path
+        for r in pod_writes
     )
     blue = fake.get("deployments", BLUE)
     assert blue is not None
@@ -329,7 +337,7 @@ def test_stalled_rollout_reported_failed_after_its_deadline(
     assert "timed out" in (blue.last_error or "")
 
 
-def test_autoscaled_deployment_gets_an_hpa_and_the_count_from_the_scale_subresource(
+def test_autoscaled_deployment_gets_an_hpa_and_starts_at_its_count(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:
     repo.basics()
@@ -355,12 +363,12 @@ def test_autoscaled_deployment_gets_an_hpa_and_the_count_from_the_scale_subresou
     assert metric == {"type": "Utilization", "averageUtilization": 60}
     blue = fake.get("deployments", BLUE)
     assert blue is not None and blue["spec"]["replicas"] == 2
-    assert any(r.path.endswith("/scale") for r in fake.requests)
+    assert fake.replicas_history[BLUE] == [2]  # never the default of 1 on the way
     # The router is sized for the most instances the autoscaler may run.
     assert len(router_config(fake).deployment("blue").instances) == 5
 
     # The autoscaler moves the count: the reconciler does not fight it.
-    KubeClient.for_host(fake.url, NAMESPACE).scale("Deployment", BLUE, 4)
+    fake.autoscale(BLUE, 4)
     assert plan_rev(repo, target).plan.steps == ()
 
     # Back to a fixed count: the HPA is pruned, replicas are ours again.
@@ -492,7 +500,103 @@ def test_an_api_error_fails_the_step_not_the_pass(repo: RepoBuilder, fake: FakeK
     assert plan_rev(repo, target).plan.steps == ()
 
 
-def test_router_config_reaches_router_pods_at_once_in_cluster_else_after_the_kubelet(
+def _router_pods(fake: FakeKubernetes) -> list[str]:
+    return fake.names("pods", f"{m.ENDPOINT_LABEL}={EP},{m.ROLE_LABEL}={m.ROLE_ROUTER}")
+
+
+def _served(fake: FakeKubernetes, pod: str) -> str:
+    """What a router pod says it serves, asked as the target asks: the pod proxy."""
+    client = KubeClient.for_host(fake.url, NAMESPACE)
+    status, doc = client.pod_proxy_get(pod, m.ROUTER_PORT, m.ROUTER_DIGEST_PATH)
+    assert status == 200, doc
+    return str(doc["digest"])
+
+
+def test_a_router_config_step_returns_once_every_router_pod_serves_it(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    first, second = _router_pods(fake)
+    old = router_config(fake).digest()
+    assert _served(fake, first) == _served(fake, second) == old
+    # One pod's kubelet does not refresh its Secret volume for now.
+    fake.stall_kubelet(second)
+    target = make_target(fake, options(config_propagation_s=60.0))
+    naps: list[float] = []
+    target.sleep = lambda s: (naps.append(s), time.sleep(s))  # type: ignore[func-returns-value]
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=apply_rev(repo, target)))
+    thread.start()
+    try:
+        _wait_for(lambda: router_config(fake).traffic == (("blue", 40), ("green", 60)))
+        new = router_config(fake).digest()
+        # The pod whose kubelet synced at once serves it: annotated with the digest, the
+        # kubelet refreshed its volume (it would wait for its periodic sync otherwise).
+        _wait_for(lambda: _served(fake, first) == new)
+        time.sleep(0.3)
+        assert thread.is_alive() and _served(fake, second) == old
+        pod = fake.get("pods", second)
+        assert pod is not None
+        assert pod["metadata"]["annotations"][m.ROUTER_CONFIG_ANNOTATION] == new
+        fake.unstall_kubelet(second)
+        fake.kubelet_sync(second)
+    finally:
+        thread.join(timeout=20)
+    assert not failures(outcome["r"]), failures(outcome["r"])
+    assert _served(fake, second) == new
+    # Polls, never the kubelet's whole period.
+    assert naps and max(naps) <= 0.25
+
+
+def test_a_router_pod_that_never_serves_the_config_fails_the_step_naming_it(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    result = apply_rev(repo, make_target(fake, options(config_propagation_s=0.5)))
+    (failed,) = [r for r in result.results if r.outcome == Outcome.FAILED]
+    assert failed.error_code == "RouterConfigNotServed"
+    assert stuck in failed.message and "serves " in failed.message
+
+    # The kubelet catches up (its periodic sync): the next step that writes the config
+    # finds every pod serving it.
+    fake.unstall_kubelet(stuck)
+    fake.kubelet_sync()
+    repo.endpoint(EP, traffic={"blue": 30, "green": 70})
+    repo.commit("more green")
+    assert not failures(apply_rev(repo, make_target(fake)))
+
+
+@pytest.mark.parametrize("why", ["pods/proxy forbidden", "older router image"])
+def test_routers_that_cannot_say_what_they_serve_get_the_kubelet_period(
+    repo: RepoBuilder, fake: FakeKubernetes, why: str
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    if why == "pods/proxy forbidden":
+        fake.forbidden.add(("pods/proxy", "get"))  # RBAC without pods/proxy
+    else:
+        fake.old_router_image = True
+    target = make_target(fake, options(config_propagation_s=30.0))
+    waits: list[float] = []
+    target.sleep = waits.append
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    assert not failures(apply_rev(repo, target))
+    assert waits == [30.0]  # as before there was a way to see what routers serve
+
+
+def test_router_config_reaches_real_router_processes_in_a_second_or_at_once_in_cluster(
     repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any
 ) -> None:
     import os
@@ -501,8 +605,11 @@ def test_router_config_reaches_router_pods_at_once_in_cluster_else_after_the_kub
 
     blue_green(repo)
     repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    # A real router process stands in for the router pods (the fake gives them 127.0.0.1).
+    single = options(router_replicas=1, config_propagation_s=20.0)
+    assert not failures(apply_rev(repo, make_target(fake, single)))
+    # A real router process stands in for the router pod: the API server's pod proxy
+    # asks it, and the kubelet stand-in writes its config file when it syncs the pod.
+    (pod,) = _router_pods(fake)
     path = tmp_path / "router.json"
     secret = fake.get("secrets", m.router_config_name(EP))
     assert secret is not None
@@ -511,30 +618,77 @@ def test_router_config_reaches_router_pods_at_once_in_cluster_else_after_the_kub
     router = RouterProcess(path)
     try:
         router.wait_ready()
+        fake.attach_router(pod, router.url, path)
         admin = {
             "Authorization": f"Bearer {make_target(fake).endpoint_credentials(EP).admin_secret}"
         }
 
-        outside = make_target(fake, options(config_propagation_s=30.0))
-        waits: list[float] = []
-        outside.sleep = waits.append
+        outside = make_target(fake, single)
         repo.endpoint(EP, traffic={"blue": 40, "green": 60})
         repo.commit("split")
+        started = time.monotonic()
         assert not failures(apply_rev(repo, outside))
-        assert waits == [30.0]  # no pod address from outside: the kubelet's delay is waited
+        took = time.monotonic() - started
         _, _, body = http_get(f"{router.url}/-/config", admin)
-        assert json.loads(body)["traffic"] == {"blue": 90, "green": 10}  # not yet
+        served = json.loads(body)
+        assert served["traffic"] == {"blue": 40, "green": 60}
+        assert served["digest"] == router_config(fake).digest()
+        assert took < 10, took  # the router's reload, not the kubelet's period
 
-        inside = make_target(fake, options(config_propagation_s=30.0))
+        inside = make_target(fake, single)
         inside.in_cluster = True
         inside.router_admin_port = router.port
-        waits.clear()
-        inside.sleep = waits.append
+        patches = len([r for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path])
         repo.endpoint(EP, traffic={"blue": 20, "green": 80})
         repo.commit("more green")
         assert not failures(apply_rev(repo, inside))
-        assert waits == []  # every ready router pod took the config
         _, _, body = http_get(f"{router.url}/-/config", admin)
         assert json.loads(body)["traffic"] == {"blue": 20, "green": 80}
+        # Posted to the pod and served at once: no kubelet to hurry.
+        assert patches == len(
+            [r for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path]
+        )
     finally:
         router.stop()
+
+
+def test_a_missing_namespace_is_a_clear_error_and_the_target_creates_none(
+    repo: RepoBuilder,
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    with serve(FakeKubernetes(namespaces=set())) as fake:
+        target = make_target(fake)
+        result = apply_rev(repo, target)
+        first, *rest = result.results
+        assert first.outcome == Outcome.FAILED and first.error_code == "NamespaceMissing"
+        assert f"namespace {NAMESPACE} does not exist" in first.message
+        assert f"kubectl create namespace {NAMESPACE}" in first.message
+        assert all(r.outcome != Outcome.SUCCEEDED for r in rest)
+        assert fake.objects == {}
+        # Once someone creates it, the next pass does the rest.
+        fake.namespaces.add(NAMESPACE)
+        assert not failures(apply_rev(repo, target))
+        assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_no_propagation_wait_at_all_still_hurries_the_kubelets(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    target = make_target(fake, options(config_propagation_s=0.0))
+    waits: list[float] = []
+    target.sleep = waits.append
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    assert not failures(apply_rev(repo, target))  # 0: the step does not wait
+    assert waits == []
+    pod = fake.get("pods", stuck)
+    assert pod is not None
+    assert (
+        pod["metadata"]["annotations"][m.ROUTER_CONFIG_ANNOTATION] == router_config(fake).digest()
+    )

@@ -134,3 +134,24 @@ def test_sigterm_drains_requests_in_flight(backends: Backends, start_router) -> 
     assert results == [200]
     assert router.process.wait(10) == 0
     assert http_get  # the router is gone; nothing listens any more
+
+
+def test_config_digest_names_the_config_served_without_credentials(
+    backends: Backends, start_router
+) -> None:
+    from reconciler.router.config import parse_config
+
+    blue = backends.start("blue")
+    first = router_config([deployment("blue", [blue])], traffic={"blue": 100})
+    router = start_router(first)
+    status, _, body = http_get(f"{router.url}/-/config-digest")
+    assert status == 200
+    assert json.loads(body) == {"digest": parse_config(json.dumps(first).encode()).digest()}
+    second = router_config(
+        [deployment("blue", [blue])], traffic={"blue": 100}, max_body_bytes=12345
+    )
+    write_config(router.config_path, second)
+    router.wait_for_event("config.applied")
+    _, _, body = http_get(f"{router.url}/-/config-digest")
+    assert json.loads(body) == {"digest": parse_config(json.dumps(second).encode()).digest()}
+    assert json.loads(body) != {"digest": parse_config(json.dumps(first).encode()).digest()}

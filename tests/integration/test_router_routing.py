@@ -62,7 +62,8 @@ def test_pin_header_reaches_a_deployment_without_traffic(backends: Backends, sta
     assert {(r.status, r.deployment) for r in pinned} == {(200, "green")}
     assert green.hits == 50 and blue.hits == 0
     unknown = request(url, headers={**AUTH, "azureml-model-deployment": "purple"})
-    assert unknown.status == 404
+    # The 404 names the deployment asked for, so a typo is seen at once.
+    assert (unknown.status, unknown.json()) == (404, {"message": "no deployment named 'purple'"})
     trailing_slash = request(f"{router.url}/score/", headers=AUTH)
     assert (trailing_slash.status, trailing_slash.deployment) == (200, "blue")
 

@@ -215,6 +215,12 @@ def test_a_size_azure_does_not_list_is_still_an_error_with_close_names() -> None
     assert "Standard_DS3_v2" in error.message
 
 
+@pytest.mark.parametrize("written", ["Standard_DS3v2", "standard-ds3-v2", "Standard_DS3_v3"])
+def test_an_instance_type_close_to_a_valid_one_gets_it_as_did_you_mean(written: str) -> None:
+    (error,) = errors_of(repo(blue_dot_yml=deployment(instance_type=written)))
+    assert f"unknown instance type '{written}' (did you mean 'Standard_DS3_v2'?)" in error.message
+
+
 def test_canonical_instance_type_prefers_an_exact_entry_of_the_table() -> None:
     table = {"gpu-small": InstanceType("gpu-small", 4, 16, 1)}
     assert canonical_instance_type("GPU-Small", table) == "gpu-small"

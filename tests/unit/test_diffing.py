@@ -8,8 +8,8 @@ from specs_factory import deployment, endpoint
 
 from reconciler.diffing import assume_applied, diff, field_changes, target_count
 from reconciler.model.plan import FieldChange
-from reconciler.model.specs import CodeSpec, ScaleSettings
-from reconciler.model.state import DesiredState, LiveState
+from reconciler.model.specs import CodeSpec, DeploymentSpec, ScaleSettings
+from reconciler.model.state import DesiredState, LiveState, ResolvedConnection
 
 
 def state(*specs: object) -> DesiredState:
@@ -106,3 +106,62 @@ def test_endpoint_fields_unknown_to_the_target_are_not_compared() -> None:
     live = LiveState(endpoints=tuple(replace(e, spec_known=False) for e in live.endpoints))
     (ep,) = diff(desired, live, prune=False)
     assert ep.endpoint_changes == (FieldChange("auth_mode", "key", "aml_token"),)
+
+
+KEY_REF = "${{azureml://connections/openai/credentials/api-key}}"
+
+
+def live_with_connections(spec: DeploymentSpec, *found: ResolvedConnection) -> LiveState:
+    """`spec` running, its connections as a target reports them."""
+    applied = assume_applied(state(endpoint(), spec))
+    (dep,) = applied.deployments
+    return replace(applied, deployments=(replace(dep, connections=found),))
+
+
+def test_a_connection_whose_values_changed_is_an_update_of_the_same_spec() -> None:
+    spec = deployment(environment_variables=(("API_KEY", KEY_REF), ("PLAIN", "x")))
+    changed = ResolvedConnection("openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb")
+    live = live_with_connections(spec, changed)
+    (dep,) = diff(state(endpoint(), spec), live, prune=False)[0].deployments
+    assert dep.update_changes == (
+        FieldChange("connections.openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb"),
+    )
+    assert dep.scale_changes == () and not dep.replace
+
+
+def test_a_connection_change_is_listed_among_the_spec_changes_by_path() -> None:
+    spec = deployment(environment_variables=(("API_KEY", KEY_REF),))
+    live = live_with_connections(
+        spec, ResolvedConnection("openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb")
+    )
+    newer = replace(spec, code=CodeSpec("src", "score.py", digest="sha256:c2"))
+    (dep,) = diff(state(endpoint(), newer), live, prune=False)[0].deployments
+    assert [c.path for c in dep.update_changes] == ["code.digest", "connections.openai"]
+
+
+def test_unchanged_missing_or_no_longer_referenced_connections_change_nothing() -> None:
+    spec = deployment(environment_variables=(("API_KEY", KEY_REF),))
+    same = ResolvedConnection("openai", "hmac-sha256:aaaa", "hmac-sha256:aaaa")
+    # Deleted since: new instances could not start; the running ones keep serving.
+    missing = ResolvedConnection("openai", "hmac-sha256:aaaa", None)
+    for found in (same, missing):
+        (dep,) = diff(state(endpoint(), spec), live_with_connections(spec, found), prune=False)[
+            0
+        ].deployments
+        assert not dep.changed, found
+    # The declared spec no longer names it: the spec change alone is the update.
+    plain = replace(spec, environment_variables=())
+    changed = ResolvedConnection("openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb")
+    (dep,) = diff(state(endpoint(), plain), live_with_connections(spec, changed), prune=False)[
+        0
+    ].deployments
+    assert [c.path for c in dep.update_changes] == ["environment_variables.API_KEY"]
+
+
+def test_instances_that_recorded_no_values_are_changed_once_values_can_be_compared() -> None:
+    spec = deployment(environment_variables=(("API_KEY", KEY_REF),))
+    unrecorded = ResolvedConnection("openai", None, "hmac-sha256:bbbb")
+    (dep,) = diff(state(endpoint(), spec), live_with_connections(spec, unrecorded), prune=False)[
+        0
+    ].deployments
+    assert dep.update_changes == (FieldChange("connections.openai", None, "hmac-sha256:bbbb"),)

@@ -23,12 +23,14 @@ from reconciler.model.codec import deployment_from_json
 from reconciler.model.specs import (
     EnvironmentSpec,
     InferenceConfig,
+    ModelSpec,
     Resources,
     Route,
     ScaleSettings,
     weights,
 )
 from reconciler.model.state import DesiredState
+from reconciler.nocode.triton import triton_environment
 from reconciler.router.config import parse_config
 from reconciler.targets.docker.credentials import EndpointCredentials
 from reconciler.targets.kubernetes import manifests as m
@@ -487,3 +489,23 @@ def test_a_custom_image_gets_its_model_at_the_mount_path_through_an_init_contain
     assert container["volumeMounts"] == [
         {"name": "model", "mountPath": "/srv/models", "readOnly": True}
     ]
+
+
+def test_a_no_code_triton_deployment_renders_with_tritons_port_and_probes() -> None:
+    # The same image as on Docker (the builder is shared): tritonserver on 8000, probed at
+    # its KServe v2 health paths; the router sends /v2 requests to the Service as they are.
+    model = ModelSpec("tiny", "1", "models/triton", type="triton_model", digest="sha256:m")
+    triton = deployment("tri", "ep", code=None, model=model, environment=triton_environment(model))
+    desired = DesiredState(endpoints=(endpoint("ep", {"tri": 100}),), deployments=(triton,))
+    manifests = m.render_desired(CTX, desired, credentials={"ep": CREDS})
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, VERSIONS[-1], strict=True)
+    found = _find(manifests, "Deployment", m.deployment_object_name("ep", "tri"))
+    (container,) = found["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("127.0.0.1:5000/ml/reconciler-app:")
+    assert container["ports"][0]["containerPort"] == 8000
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
+    secret = _find(manifests, "Secret", m.router_config_name("ep"))
+    route = parse_config(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE])).deployment("tri")
+    assert route is not None and route.liveness_path == "/v2/health/live"

@@ -1,10 +1,11 @@
 """The generated scoring script of no-code MLflow deployments, on real MLflow models.
 
 Models are logged by MLflow itself in the test (scikit-learn LinearRegression on named
-columns, LogisticRegression on a tensor, and a custom pyfunc python_model on a named
-tensor), each with its signature. The script (reconciler/nocode/mlflow_score.py) then runs
-as in a container: with AZUREML_MODEL_DIR pointing at a folder holding the model folder,
-its init() and run() called in a subprocess, and once under the real azmlinfsrv over HTTP.
+columns, LogisticRegression on a tensor, a custom pyfunc python_model on a named tensor,
+and a LightGBM booster on named columns), each with its signature. The script
+(reconciler/nocode/mlflow_score.py) then runs as in a container: with AZUREML_MODEL_DIR
+pointing at a folder holding the model folder, its init() and run() called in a
+subprocess, and once under the real azmlinfsrv over HTTP.
 
 MLflow, scikit-learn, pandas and azureml-inference-server-http live in their own virtual
 environment in a cache folder (~/.cache/reconciler-tests/mlflow-venv), made once, as the
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_models import clean_env, log_models, venv_python
+from mlflow_models import LIGHTGBM_EXPECTED, clean_env, log_models, venv_python
 
 from reconciler.model.specs import ModelSpec
 from reconciler.nocode.mlflowmodel import mlflow_environment, scoring_code
@@ -55,9 +56,10 @@ for index, (model_dir, requests) in enumerate(models):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """linear, logistic, custom: each an AZUREML_MODEL_DIR holding one model folder."""
-    return log_models(tmp_path_factory.mktemp("mlflow-models"))
+def models() -> dict[str, Path]:
+    """linear, logistic, custom, lightgbm: each an AZUREML_MODEL_DIR holding one model
+    folder."""
+    return log_models()
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +121,26 @@ CUSTOM_OK = [{"input_data": {"x": [1.5, -1.0]}}, {"inputs": {"x": [1.5, -1.0]}}]
 @pytest.fixture(scope="module")
 def answers(models: dict[str, Path], script: Path) -> dict[str, list[list[Any]]]:
     """Every request of this file, scored in one process (MLflow takes seconds to import)."""
-    linear, bad, logistic, custom = _score(
+    expected = json.loads((models["lightgbm"].parent / LIGHTGBM_EXPECTED).read_text())
+    table = {"columns": expected["columns"], "data": expected["rows"]}
+    linear, bad, logistic, custom, lightgbm = _score(
         script,
         [
             (models["linear"], LINEAR_OK),
             (models["linear"], [body for body, _ in LINEAR_BAD]),
             (models["logistic"], LOGISTIC_OK),
             (models["custom"], CUSTOM_OK),
+            (models["lightgbm"], [{"input_data": table}, {"dataframe_split": table}]),
         ],
     )
-    return {"linear": linear, "bad": bad, "logistic": logistic, "custom": custom}
+    return {
+        "linear": linear,
+        "bad": bad,
+        "logistic": logistic,
+        "custom": custom,
+        "lightgbm": lightgbm,
+        "lightgbm_expected": [[200, expected["predictions"]]],
+    }
 
 
 def test_every_input_format_gives_the_predictions(answers: dict[str, list[list[Any]]]) -> None:
@@ -138,6 +150,14 @@ def test_every_input_format_gives_the_predictions(answers: dict[str, list[list[A
     assert answers["logistic"] == [[200, [0, 1]]] * len(LOGISTIC_OK)
     expected = [{"double": 3.0, "positive": True}, {"double": -2.0, "positive": False}]
     assert answers["custom"] == [[200, expected]] * len(CUSTOM_OK)
+
+
+def test_a_lightgbm_model_answers_its_own_predictions(answers: dict[str, list[list[Any]]]) -> None:
+    # The booster's predictions where it was trained, against the script's through pyfunc.
+    ((status, predictions),) = answers["lightgbm_expected"]
+    for answer in answers["lightgbm"]:
+        assert answer == [status, pytest.approx(predictions, rel=1e-9)]
+    assert len(answers["lightgbm"]) == 2
 
 
 def test_a_request_that_does_not_fit_the_signature_is_a_400_naming_the_column(

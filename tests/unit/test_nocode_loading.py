@@ -1,8 +1,9 @@
 """Loading no-code deployments: an mlflow_model with no environment and no code.
 
 Azure ML deploys an MLflow model with neither: the environment comes from the model's own
-files and the scoring is generated. Triton model repositories without code are refused
-here, at validate time, with the reason.
+files and the scoring is generated. A Triton model repository with neither is served by
+Triton Inference Server; what Triton here cannot serve is refused at validate time, naming
+the file.
 """
 
 from __future__ import annotations
@@ -134,8 +135,60 @@ def test_a_custom_model_still_needs_an_environment() -> None:
     assert "missing required field 'environment'" in error.message
 
 
-def test_a_no_code_triton_model_is_refused_at_validate_time() -> None:
-    triton = "  path: model/sklearn-model\n  type: triton_model\n"
-    (error,) = errors(tree(blue_dot_yml=deployment(triton)))
-    assert (error.file, error.field) == ("blue.yml", "model")
-    assert "triton_model deployments are not supported" in error.message
+TRITON_INLINE = "  path: model/triton\n  type: triton_model\n"
+ONNX_CONFIG = (
+    'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+    'input [ { name: "x", data_type: TYPE_FP32, dims: [ 3 ] } ]\n'
+    'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+)
+TRITON_FILES = {
+    "model/triton/tiny/config.pbtxt": ONNX_CONFIG,
+    "model/triton/tiny/1/model.onnx": "onnx",
+}
+
+
+def test_a_triton_model_deploys_with_no_environment_and_no_code() -> None:
+    state = load(tree(TRITON_FILES, blue_dot_yml=deployment(TRITON_INLINE)))
+    (blue,) = state.deployments
+    assert blue.code is None and blue.model is not None and blue.model.type == "triton_model"
+    assert blue.environment.name == "triton-triton"
+    assert "nvidia-pytriton==0.7.0" in blue.environment.pip_packages
+    assert state.warnings == ()
+    # A change of the repository's files is a change of the deployment.
+    changed = {**TRITON_FILES, "model/triton/tiny/1/model.onnx": "other weights"}
+    after = load(tree(changed, blue_dot_yml=deployment(TRITON_INLINE))).deployments[0]
+    assert after.digest != blue.digest
+
+
+def test_a_triton_model_of_another_backend_is_an_error_naming_its_config_line() -> None:
+    tensorrt = {**TRITON_FILES, "model/triton/tiny/config.pbtxt": 'platform: "tensorrt_plan"\n'}
+    (error,) = errors(tree(tensorrt, blue_dot_yml=deployment(TRITON_INLINE)))
+    assert (error.file, error.field, error.line) == ("blue.yml", "model.path", 5)
+    assert error.message.startswith(
+        "model/triton/tiny/config.pbtxt:1: platform 'tensorrt_plan' (TensorRT) is not served here"
+    )
+
+
+def test_a_python_backend_model_loads_with_a_warning_about_its_packages() -> None:
+    python = {
+        **TRITON_FILES,
+        "model/triton/double/config.pbtxt": 'backend: "python"\n',
+        "model/triton/double/1/model.py": "class TritonPythonModel: ...\n",
+    }
+    state = load(tree(python, blue_dot_yml=deployment(TRITON_INLINE)))
+    (warning,) = state.warnings
+    assert (warning.file, warning.field) == ("blue.yml", "model.path")
+    assert "Python-backend model 'double' runs with the packages" in warning.message
+
+
+def test_a_triton_model_with_an_environment_but_no_code_is_refused() -> None:
+    extra = "environment:\n  image: python:3.11-slim\n"
+    (error,) = errors(tree(TRITON_FILES, blue_dot_yml=deployment(TRITON_INLINE, extra)))
+    assert (error.file, error.field) == ("blue.yml", "code_configuration")
+    assert "a triton_model with no code_configuration names no environment" in error.message
+
+
+def test_a_triton_model_that_is_a_file_is_refused() -> None:
+    single = "  path: model/triton/tiny/1/model.onnx\n  type: triton_model\n"
+    (error,) = errors(tree(TRITON_FILES, blue_dot_yml=deployment(single)))
+    assert "a triton_model is a folder (a model repository" in error.message

@@ -16,7 +16,6 @@ from reconciler.nocode.mlflowmodel import (
     mlflow_environment,
     scoring_code,
 )
-from reconciler.nocode.triton import refusal
 
 MLMODEL = b"""\
 flavors:
@@ -203,12 +202,6 @@ def test_scoring_script_is_shipped_with_init_and_run() -> None:
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert {"init", "run"} <= functions
     assert code.digest.startswith("sha256:") and len(code.digest) == 71
-
-
-def test_triton_models_are_refused_with_the_reason() -> None:
-    message = refusal("triton_model")
-    assert message is not None and "nvidia-pytriton" in message and "custom container" in message
-    assert refusal("mlflow_model") is None and refusal("custom_model") is None
 
 
 def test_the_generated_script_has_its_place_in_the_runtime_contract() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from specs_factory import deployment, endpoint
 
 from reconciler.diffing import assume_applied
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Action
-from reconciler.model.state import DesiredState
+from reconciler.model.state import DesiredState, ResolvedConnection
 from reconciler.planning import invalid_plan, make_plan
 
 
@@ -110,3 +112,29 @@ def test_quota_figure_is_in_the_reason_of_scaling() -> None:
 def test_an_invalid_state_has_errors_and_no_steps() -> None:
     plan = invalid_plan((Diagnostic("b.yml", 2, "x", "bad"), Diagnostic("a.yml", 1, "y", "bad")))
     assert plan.steps == () and [e.file for e in plan.errors] == ["a.yml", "b.yml"]
+
+
+def test_a_changed_connection_plans_a_rolling_update_naming_it() -> None:
+    ref = "${{azureml://connections/openai/credentials/api-key}}"
+    spec = deployment(environment_variables=(("API_KEY", ref),))
+    desired = DesiredState((endpoint(traffic={"blue": 100}),), (spec,))
+    applied = assume_applied(desired)
+    changed = ResolvedConnection("openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb")
+    live = replace(applied, deployments=(replace(applied.deployments[0], connections=(changed,)),))
+    (step,) = make_plan(desired, live, prune=False).steps
+    assert (step.action, step.deployment, step.instance_count) == (
+        Action.UPDATE_DEPLOYMENT,
+        "blue",
+        1,
+    )
+    assert step.reason.startswith("connection openai changed: rolling update")
+    assert [(c.path, c.before, c.after) for c in step.changes] == [
+        ("connections.openai", "hmac-sha256:aaaa", "hmac-sha256:bbbb")
+    ]
+    # Instances of an earlier version recorded nothing: said so, rolled once.
+    unrecorded = replace(changed, started=None)
+    live = replace(
+        applied, deployments=(replace(applied.deployments[0], connections=(unrecorded,)),)
+    )
+    (step,) = make_plan(desired, live, prune=False).steps
+    assert "of connection openai is not recorded" in step.reason

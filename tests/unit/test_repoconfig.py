@@ -135,3 +135,14 @@ def test_a_kubernetes_target_name_must_be_a_label_value() -> None:
             "'-', '_' and '.', starting and ending with a letter or digit",
         )
     ]
+
+
+def test_a_misspelt_target_type_is_one_error_with_the_near_type() -> None:
+    text = "targets:\n  local:\n    type: dockr\ndefault_target: local\n"
+    assert errors(text) == [
+        (
+            3,
+            "targets.local.type",
+            "must be one of docker, kubernetes; got 'dockr' (did you mean 'docker'?)",
+        )
+    ]

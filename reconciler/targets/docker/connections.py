@@ -8,6 +8,7 @@ per connection, mode 0600:
 
     connections/NAME.json   {"target": URL or null, "credentials": {KEY: VALUE},
                              "metadata": {KEY: VALUE}}
+    digest-key              32 random bytes (hex): the key of the values' digests
 
 As with an endpoint's state volume (state.py), a holder container of the same name that
 never runs mounts the volume at state.MOUNT: the handle for Docker's archive API and a user
@@ -16,14 +17,21 @@ deleted connection is an empty file, which reads as absent.
 
 Resolved values go into an instance's environment and nowhere else: not into labels (an
 instance's carry the spec, which holds the reference), logs, status, plans, or the router.
-Instances get the values current when they start; a changed value reaches a deployment
-when its instances are next replaced (README "Secrets in environment variables").
+An instance's label `reconciler.connections` records, per connection, a keyed digest of the
+values it was started with: HMAC-SHA256 under the target's own random key (digest-key,
+made with the first connection), never a plain hash, which anyone could test guesses of a
+short secret against. Observe compares it with the digest of the values held now, so a
+changed connection shows as a change of the deployment and is rolled like any other (as
+Kubernetes rolls a pod template whose secret-hash annotation changed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +56,11 @@ MANAGED = f"{L}managed-by"
 MANAGER = "ml-endpoint-reconciler"
 ROLE = "connections"
 FOLDER = "connections"
+KEY_FILE = "digest-key"
+# The instance label of the values' digests, and how long a digest is shown (16 hex digits:
+# 64 bits tell two values apart; the label keeps all 64).
+DIGESTS_LABEL = f"{L}connections"
+SHOWN_HEX = 16
 _NAME = re.compile(NAME_PATTERN)
 _KEY = re.compile(KEY_PATTERN)
 
@@ -131,6 +144,31 @@ def _connection_from_json(name: str, content: bytes) -> Connection | None:
     return Connection(name, target, tables[0], tables[1])
 
 
+def value_digests(
+    spec: DeploymentSpec, found: Mapping[str, Connection], key: bytes
+) -> dict[str, str | None]:
+    """Per connection `spec` references, the HMAC-SHA256 (hex) under `key` of the values
+    it takes from it (its references and their values, canonical JSON); None when one
+    of them is missing. Only referenced values count: a change of a key no variable
+    names rolls nothing."""
+    taken: dict[str, list[tuple[str, str | None]]] = {}
+    for _, ref in variables(spec):
+        taken.setdefault(ref.connection, []).append((ref.text, _value(found, ref)))
+    digests: dict[str, str | None] = {}
+    for name, pairs in sorted(taken.items()):
+        if any(value is None for _, value in pairs):
+            digests[name] = None
+            continue
+        message = json.dumps(sorted(set(pairs)), separators=(",", ":")).encode()
+        digests[name] = hmac.new(key, message, hashlib.sha256).hexdigest()
+    return digests
+
+
+def shown(digest: str) -> str:
+    """A keyed digest as plans and status show it."""
+    return f"hmac-sha256:{digest[:SHOWN_HEX]}"
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", text)
 
@@ -182,15 +220,22 @@ class ConnectionStore:
 
     def read(self) -> dict[str, Connection]:
         """Every connection of the target, by name (none before the first is set)."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[dict[str, Connection], bytes | None]:
+        """The connections and the digest key (None before one is made), in one read."""
         holder = self._holder()
         if holder is None:
-            return {}
+            return {}, None
         try:
-            files = read_files(holder, lambda path: path.startswith("connections/"))
+            files = read_files(
+                holder, lambda path: path.startswith(f"{FOLDER}/") or path == KEY_FILE
+            )
         except StateUnreadable as exc:
             raise TargetError(
                 f"connections unreadable: {exc}", code="ConnectionsUnreadable"
             ) from None
+        key = _key_from(files.pop(KEY_FILE, None))
         found: dict[str, Connection] = {}
         for path, content in files.items():
             folder, _, file_name = path.rpartition("/")
@@ -203,15 +248,19 @@ class ConnectionStore:
                 raise TargetError(str(exc), code="ConnectionsUnreadable") from None
             if conn is not None:
                 found[name] = conn
-        return found
+        return found, key
 
     def set(self, conn: Connection) -> Connection:
         """Create a connection, or merge into the one of that name; returns the result."""
         check_connection(conn)
-        current = self.read().get(conn.name)
+        found, key = self._read()
+        current = found.get(conn.name)
         merged = current.merged(conn) if current is not None else conn
+        files = {f"{FOLDER}/{conn.name}.json": merged.to_json()}
+        if key is None:
+            files[KEY_FILE] = _new_key()
         try:
-            write_files(self._ensure_holder(), {f"{FOLDER}/{conn.name}.json": merged.to_json()})
+            write_files(self._ensure_holder(), files)
         except (StateUnreadable, docker.errors.DockerException) as exc:
             raise TargetError(f"connection {conn.name} not written: {exc}") from None
         return merged
@@ -230,8 +279,9 @@ class ConnectionStore:
 
     # --- for the target -------------------------------------------------------------
 
-    def resolve(self, spec: DeploymentSpec) -> dict[str, str]:
-        """The spec's environment variables with each reference replaced by its value.
+    def resolve(self, spec: DeploymentSpec) -> tuple[dict[str, str], dict[str, str]]:
+        """The spec's environment variables with each reference replaced by its value, and
+        per connection the keyed digest of the values taken (for DIGESTS_LABEL).
 
         TargetError(code="MissingConnection") for a reference this target cannot resolve,
         naming the connection, the key and the command that sets it (never a value).
@@ -239,8 +289,8 @@ class ConnectionStore:
         refs = variables(spec)
         resolved = dict(spec.environment_variables)
         if not refs:
-            return resolved
-        found = self.read()
+            return resolved, {}
+        found, key = self._read()
         for variable, ref in refs:
             value = _value(found, ref)
             if value is None:
@@ -250,7 +300,33 @@ class ConnectionStore:
                     code="MissingConnection",
                 )
             resolved[variable] = value
-        return resolved
+        if key is None:
+            # Connections set by an earlier version: the key comes with the first digest.
+            stored = _new_key()
+            self._write_key(stored)
+            key = _key_from(stored)
+            assert key is not None
+        digests = value_digests(spec, found, key)
+        return resolved, {name: digest for name, digest in digests.items() if digest}
+
+    def digests_now(self, specs: Iterable[DeploymentSpec]) -> list[dict[str, str | None]]:
+        """For each spec, what resolve() would record now (None: a missing value), from
+        one read; nothing is written. Without a key yet (connections of an earlier
+        version) the digests are under a key of this call: no instance recorded any."""
+        specs = list(specs)
+        if not any(variables(spec) for spec in specs):
+            return [{} for _ in specs]
+        found, key = self._read()
+        key = key or secrets.token_bytes(32)
+        return [value_digests(spec, found, key) for spec in specs]
+
+    def _write_key(self, key: bytes) -> None:
+        holder = self._holder()
+        assert holder is not None  # a value was resolved: there are connections
+        try:
+            write_files(holder, {KEY_FILE: key})
+        except (StateUnreadable, docker.errors.DockerException) as exc:
+            raise TargetError(f"the connections' digest key not written: {exc}") from None
 
     def missing(self, deployments: Iterable[DeploymentSpec]) -> tuple[Diagnostic, ...]:
         """A warning for each reference to a connection or key this target lacks."""
@@ -279,6 +355,20 @@ class ConnectionStore:
                     )
                 )
         return tuple(warnings)
+
+
+def _new_key() -> bytes:
+    return secrets.token_hex(32).encode()
+
+
+def _key_from(content: bytes | None) -> bytes | None:
+    """The digest key of its file (hex); None for none, or one unreadable (made anew:
+    instances then roll once, as for a lost key)."""
+    try:
+        key = bytes.fromhex(content.decode()) if content else b""
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) >= 16 else None
 
 
 def _value(found: Mapping[str, Connection], ref: SecretRef) -> str | None:

@@ -61,7 +61,8 @@ import docker.errors
 import structlog
 
 from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, file_blob_id
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, spec_digest
+from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, Route, spec_digest
+from reconciler.nocode import triton
 from reconciler.nocode.mlflowmodel import generated_code
 from reconciler.targets.docker.baseimage import (
     BASE_IMAGE,
@@ -84,12 +85,14 @@ __all__ = [
     "DeploymentLayout",
     "ImageBuildError",
     "ImagePython",
+    "Serving",
     "build_deployment_image",
     "build_environment_image",
     "build_labels",
     "deployment_layout",
     "environment_requirements",
     "remove_stale_build_containers",
+    "serving",
 ]
 
 log = structlog.get_logger(__name__)
@@ -752,6 +755,9 @@ def deployment_layout(deployment: DeploymentSpec) -> DeploymentLayout:
         # A no-code MLflow deployment: the reconciler's scoring script, in a folder of its own.
         code_dir = app_root = f"{APP_ROOT}/{generated.folder}"
         entry_script = generated.scoring_script
+    elif triton.serves_triton(deployment):
+        # A no-code Triton deployment: the model repository Triton serves, generated.
+        code_dir = app_root = f"{APP_ROOT}/{triton.CODE_FOLDER}"
     model = deployment.model
     if deployment.environment.custom_container and deployment.model_mount_path:
         model_dir = deployment.model_mount_path.rstrip("/") or "/"
@@ -783,6 +789,33 @@ SERVER_COMMAND = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Where a deployment's server answers: requests, liveness and readiness (port, path)."""
+
+    scoring: Route
+    liveness: Route
+    readiness: Route
+
+
+def serving(spec: DeploymentSpec) -> Serving:
+    """The routes of a deployment's server: the inference server's (SPEC-REFERENCE.md),
+    Triton's for a no-code triton_model, or those a custom container's inference_config
+    names. Both targets route requests and probe instances by them.
+    """
+    config = spec.environment.inference_config
+    if config is not None:
+        return Serving(config.scoring_route, config.liveness_route, config.readiness_route)
+    if triton.serves_triton(spec):
+        # Triton answers the KServe v2 paths, which the router passes on as they are;
+        # `/score` reaches it as `/score` (and gets its 404).
+        port = triton.HTTP_PORT
+        return Serving(
+            Route(port, "/score"), Route(port, triton.LIVE_PATH), Route(port, triton.READY_PATH)
+        )
+    return Serving(Route(SERVER_PORT, "/score"), Route(SERVER_PORT, "/"), Route(SERVER_PORT, "/"))
+
+
 def _label_line(labels: Mapping[str, str]) -> str:
     # One LABEL instruction: each instruction of the classic builder is a commit of its own,
     # seconds apiece on some storage drivers.
@@ -791,19 +824,33 @@ def _label_line(labels: Mapping[str, str]) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Server:
+    """What starts a thin image's server, and what it needs in its environment."""
+
+    command: tuple[str, ...] = SERVER_COMMAND
+    port: int = SERVER_PORT
+    variables: tuple[tuple[str, str], ...] = ()
+
+
 def _thin_changes(
-    deployment: DeploymentSpec, layout: DeploymentLayout, labels: Mapping[str, str]
+    deployment: DeploymentSpec,
+    layout: DeploymentLayout,
+    labels: Mapping[str, str],
+    server: _Server,
 ) -> list[str]:
     """The Dockerfile instructions (as `docker commit` changes) of a thin image's config."""
-    variables = " ".join(f"{key}={json.dumps(value)}" for key, value in layout.environment())
+    variables = " ".join(
+        f"{key}={json.dumps(value)}" for key, value in (*layout.environment(), *server.variables)
+    )
     changes = [f"ENV {variables}"]
     if not deployment.environment.custom_container:
         assert layout.app_root is not None
         # --entry_script is resolved against the working folder, so that is the app root.
         changes += [
             f"WORKDIR {layout.app_root}",
-            f"EXPOSE {SERVER_PORT}",
-            f"CMD {json.dumps(list(SERVER_COMMAND))}",
+            f"EXPOSE {server.port}",
+            f"CMD {json.dumps(list(server.command))}",
         ]
     # A custom container keeps its own command, entrypoint and working folder.
     changes.append(_label_line(labels))
@@ -841,9 +888,11 @@ def build_deployment_image(
     one commit each (about three seconds apiece on fuse-overlayfs).
     """
     generated = generated_code(deployment)
+    served_by_triton = triton.serves_triton(deployment)
     if (
         deployment.code is None
         and generated is None
+        and not served_by_triton
         and not deployment.environment.custom_container
     ):
         raise ImageBuildError(
@@ -859,6 +908,13 @@ def build_deployment_image(
     model = deployment.model
     code_digest = (code.digest or _folder_digest(repo_root, code.path)) if code else ""
     code_digest = generated.digest if generated is not None else code_digest
+    server = _Server()
+    triton_entries: tuple[triton.ImageEntry, ...] = ()
+    if served_by_triton:
+        triton_entries, server = _triton_parts(
+            client, deployment, layout, env_image=env_image, repo_root=repo_root, labels=labels
+        )
+        code_digest = triton.entries_digest(triton_entries)
     model_digest = (model.digest or _folder_digest(repo_root, model.path)) if model else ""
     content_labels = {
         f"{LABEL_PREFIX}kind": "deployment",
@@ -869,7 +925,7 @@ def build_deployment_image(
     tag = f"{APP_REPOSITORY}:" + _short_hash(
         {
             "recipe": RECIPE,
-            "changes": _thin_changes(deployment, layout, content_labels),
+            "changes": _thin_changes(deployment, layout, content_labels, server),
             "code_dir": layout.code_dir,
             "model_target": layout.model_target,
         }
@@ -880,7 +936,9 @@ def build_deployment_image(
     started = time.monotonic()
     report(progress, "deployment_image_build", f"thin layer of {deployment.key}", tag=tag)
     extra_labels = dict(labels or {})
-    changes = _thin_changes(deployment, layout, {**content_labels, **image_labels(extra_labels)})
+    changes = _thin_changes(
+        deployment, layout, {**content_labels, **image_labels(extra_labels)}, server
+    )
     build_log = BuildLog("image_build_step", progress, tag=tag)
     with _context_tar() as (layer, tar):
         if layout.code_dir and code is not None:
@@ -894,6 +952,8 @@ def build_deployment_image(
             _add_folder(tar, layout.model_dir.lstrip("/"))
         if model is not None and layout.model_target is not None:
             _add_tree(tar, repo_root / model.path, layout.model_target.lstrip("/"))
+        for entry in triton_entries:
+            _add_entry(tar, entry)
         count, size = len(tar.getmembers()), sum(m.size for m in tar.getmembers())
         tar.close()
         layer.seek(0)
@@ -909,6 +969,56 @@ def build_deployment_image(
         )
     _report_built(progress, "deployment_image_built", tag, started)
     return tag
+
+
+def _triton_parts(
+    client: docker.DockerClient,
+    deployment: DeploymentSpec,
+    layout: DeploymentLayout,
+    *,
+    env_image: str,
+    repo_root: Path,
+    labels: Mapping[str, str] | None,
+) -> tuple[tuple[triton.ImageEntry, ...], _Server]:
+    """The generated model repository and backend links of a no-code Triton deployment, and
+    the tritonserver command, for the environment image's Python."""
+    model = deployment.model
+    assert model is not None and layout.code_dir is not None and layout.model_target
+    folder = model.path.strip("/")
+    prefix = "" if folder in ("", ".") else f"{folder}/"
+    # The files as loading saw them: regular files, the folders loading skips left out.
+    relative = [f"{prefix}{path}" for path in _files_under(repo_root / folder)]
+    try:
+        repository = triton.read_repository(
+            folder, relative, lambda path: (repo_root / path).read_bytes()
+        )
+    except triton.TritonModelError as err:
+        raise ImageBuildError(f"model {model.name}: {err}") from None
+    python = image_python(client, env_image, labels=dict(labels or {})).version
+    site = triton.site_packages(VENV, python)
+    entries = triton.image_entries(
+        repository,
+        code_dir=layout.code_dir,
+        model_copy=layout.model_target,
+        site_packages=site,
+        python=python,
+    )
+    server = _Server(
+        command=triton.server_command(code_dir=layout.code_dir, site_packages=site),
+        port=triton.HTTP_PORT,
+        variables=triton.server_environment(site_packages=site),
+    )
+    return entries, server
+
+
+def _files_under(root: Path) -> list[str]:
+    """Paths of the files under `root`, relative to it (POSIX), as _add_tree copies them."""
+    found: list[str] = []
+    for current, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS)
+        rel = Path(current).relative_to(root).as_posix()
+        found.extend(name if rel == "." else f"{rel}/{name}" for name in sorted(files))
+    return found
 
 
 def _commit_layer(
@@ -1059,6 +1169,20 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+
+
+def _add_entry(tar: tarfile.TarFile, entry: triton.ImageEntry) -> None:
+    name = entry.path.lstrip("/")
+    if entry.kind == "dir":
+        _add_folder(tar, name)
+    elif entry.kind == "file":
+        _add_bytes(tar, name, entry.content)
+    else:
+        info = _normalize(tarfile.TarInfo(name))
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target
+        info.mode = 0o777
+        tar.addfile(info)
 
 
 def _add_folder(tar: tarfile.TarFile, name: str) -> None:

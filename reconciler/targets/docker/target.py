@@ -25,15 +25,16 @@ containers cannot reach each other (not Docker's shared default bridge, where an
 container reaches its admin and metrics ports). One edge network per target, not per
 endpoint: Docker's default address pools hold about 30 networks.
 
-Readiness: a container is ready when the inference server answers GET / inside it (a
-custom container: when its readiness route answers the router's container, since its image
-may have no Python). Docker's HEALTHCHECK (from readiness_probe) keeps watching it
-afterwards; while a step waits for new instances it asks them directly (docker exec),
-because Docker 20.10 runs the first health check only after a full probe period.
-A custom container is watched by the router instead (router/probes.py), with its own routes
-and the deployment's probe settings: its readiness route decides whether it gets traffic,
-and an instance whose liveness route failed failure_threshold times in a row is restarted
-by settle(). A router too old to run these checks is replaced by a repair_endpoint step.
+Readiness: a container is ready when the inference server answers GET / inside it (Triton,
+serving a no-code triton_model: GET /v2/health/ready; a custom container: when its
+readiness route answers the router's container, since its image may have no Python).
+Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; while a step
+waits for new instances it asks them directly (docker exec), because Docker 20.10 runs the
+first health check only after a full probe period. A custom container is watched by the
+router instead (router/probes.py), with its own routes and the deployment's probe settings:
+its readiness route decides whether it gets traffic, and an instance whose liveness route
+failed failure_threshold times in a row is restarted by settle(). A router too old to run
+these checks is replaced by a repair_endpoint step.
 
 Failure: an instance that stopped, crash-loops or failed its liveness is failed; it does
 not count, settle() clears it away at the start of the next pass (a liveness failure is
@@ -70,6 +71,7 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
+from reconciler.model.secrets import variables as secret_variables
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -85,7 +87,9 @@ from reconciler.model.state import (
     LiveEndpoint,
     LiveState,
     ProvisioningState,
+    ResolvedConnection,
 )
+from reconciler.nocode.triton import serves_triton
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
@@ -106,7 +110,7 @@ from reconciler.targets.base import (
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
 from reconciler.targets.docker.condamap import CondaMappingError
-from reconciler.targets.docker.connections import ConnectionStore
+from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
 from reconciler.targets.docker.credentials import (
     EndpointCredentials,
     LegacyStore,
@@ -120,6 +124,7 @@ from reconciler.targets.docker.images import (
     build_environment_image,
     build_labels,
     remove_stale_build_containers,
+    serving,
 )
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
@@ -188,10 +193,18 @@ class _Instance:
     address: str
     probe_url: str
     probe_from_router: bool
+    # Per connection, the keyed digest of the values the instance was started with.
+    connections: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
         return str(self.container.name)
+
+    def started_with(self, current: Mapping[str, str | None]) -> bool:
+        """Whether it has the connections' values `current` gives (None: missing now,
+        which no instance is replaced for)."""
+        recorded = dict(self.connections)
+        return all(recorded.get(n) == d for n, d in current.items() if d is not None)
 
     @property
     def created(self) -> str:
@@ -336,6 +349,7 @@ class DockerTarget:
                 if (name, deployment) not in instances and record.get("spec") is not None:
                     deployments.append(self._observe_empty(name, deployment, record))
         deployments.sort(key=lambda d: (d.endpoint, d.name))
+        deployments = self._with_connections(deployments, instances)
         return LiveState(
             endpoints=tuple(endpoints),
             deployments=tuple(deployments),
@@ -507,6 +521,39 @@ class DockerTarget:
             instance_type=newest.container.labels.get(f"{L}instance-type") or None,
             autoscale=self._autoscale_note(endpoint, deployment),
         )
+
+    def _with_connections(
+        self,
+        deployments: list[LiveDeployment],
+        instances: Mapping[tuple[str, str], list[_Instance]],
+    ) -> list[LiveDeployment]:
+        """Deployments whose spec references connections, with what their instances were
+        started with against what new ones would get now (one read of the connections).
+
+        Unreadable connections change nothing here: the plan's warnings say so, and no
+        deployment is rolled on values that cannot be read.
+        """
+        referencing = [d for d in deployments if d.spec is not None and secret_variables(d.spec)]
+        if not referencing:
+            return deployments
+        try:
+            now = self.connections().digests_now(d.spec for d in referencing if d.spec)
+        except TargetUnavailable:
+            raise
+        except TargetError as exc:
+            log.warning("connections_unreadable", error=str(exc))
+            return deployments
+        table = {d.key: current for d, current in zip(referencing, now, strict=True)}
+        out = []
+        for d in deployments:
+            current = table.get(d.key)
+            group = instances.get((d.endpoint, d.name), [])
+            # Failed instances say nothing of what runs (as for the digest).
+            basis = [i for i in group if not i.failed] or group
+            if current is not None and basis:
+                d = replace(d, connections=_resolved_connections(basis, current))
+            out.append(d)
+        return out
 
     def _autoscale_note(self, endpoint: str, deployment: str) -> str | None:
         """The autoscaler's last decision for the deployment, for status."""
@@ -1283,6 +1330,8 @@ class DockerTarget:
             progress=_progress(say),
             image_map=self.options.image_map,
             labels=build_labels(self.name),
+            # Triton serves a no-code triton_model: no Azure ML inference server in its image.
+            inference_server=not serves_triton(spec),
         )
         return build_deployment_image(
             self.client,
@@ -1341,7 +1390,7 @@ class DockerTarget:
         port, probe_url, probe_from_router = _serving(spec)
         # Secret references resolved now (connections.py): MissingConnection fails this
         # deployment only, before any container exists.
-        resolved = self.connections().resolve(spec)
+        resolved, digests = self.connections().resolve(spec)
         started: list[_Instance] = []
         try:
             for index in range(first_index, first_index + count):
@@ -1364,6 +1413,9 @@ class DockerTarget:
                     f"{L}scale": json.dumps(to_json(scale)),
                     f"{L}spec": version.spec_label,
                 }
+                if digests:
+                    # Keyed digests of the values, never the values (connections.py).
+                    labels[DIGESTS_LABEL] = json.dumps(digests, sort_keys=True)
                 container = self.client.containers.create(
                     version.image,
                     name=f"{self._prefix(spec.endpoint_name)}-{alias}",
@@ -1546,8 +1598,13 @@ class DockerTarget:
             say(f"{len(started)} instance(s) of {spec.key} added")
             self._record(step.endpoint, spec.name, scale=scale, version=version)
         else:
-            # The declared version stays longest, then the oldest instances.
-            order = sorted(live, key=lambda i: (i.digest != spec.digest, i.index))
+            # The declared version (with the connections' values of now) stays longest,
+            # then the oldest instances.
+            current = self._values_now(spec)
+            order = sorted(
+                live,
+                key=lambda i: (i.digest != spec.digest or not i.started_with(current), i.index),
+            )
             keep, drop = order[:want], order[want:]
             # One of an interrupted rollout may be kept that the router never had: it
             # is routed only once it answers.
@@ -1570,8 +1627,11 @@ class DockerTarget:
         # Failed instances serve nothing; the router already passes over them.
         self._remove([i for i in group if i.failed])
         live = [i for i in group if not i.failed]
-        new = [i for i in live if i.digest == spec.digest]
-        old = [i for i in live if i.digest != spec.digest]
+        # An instance is of the declared version when it runs the spec with the values
+        # its connections hold now: a changed secret makes every running one old.
+        current = self._values_now(spec)
+        new = [i for i in live if i.digest == spec.digest and i.started_with(current)]
+        old = [i for i in live if i not in new]
         version = self._desired_version(spec, say)
         # New instances of an interrupted rollout, started but never routed, are routed
         # below with the rest: they must be ready too.
@@ -1600,6 +1660,18 @@ class DockerTarget:
             # count): the newest go.
             self._retire(step.endpoint, spec.name, keep=new[:target], drop=new[target:], spec=spec)
         self._record(step.endpoint, spec.name, scale=scale, version=version)
+
+    def _values_now(self, spec: DeploymentSpec) -> dict[str, str | None]:
+        """Per connection the spec references, the keyed digest of its values now (None
+        for a missing one); empty when the connections cannot be read: then no instance
+        counts as old for their sake (starting new ones fails, naming why)."""
+        try:
+            (current,) = self.connections().digests_now([spec])
+        except TargetUnavailable:
+            raise
+        except TargetError:
+            return {}
+        return current
 
     def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
         assert step.deployment is not None
@@ -1893,7 +1965,37 @@ def _instance(container: Any) -> _Instance:
         address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
+        connections=_recorded_digests(labels.get(DIGESTS_LABEL)),
     )
+
+
+def _recorded_digests(label: str | None) -> tuple[tuple[str, str], ...]:
+    """The label of the connections' digests, read; nothing when absent or unreadable."""
+    try:
+        data = json.loads(label) if label else {}
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in data.items() if isinstance(v, str)))
+
+
+def _resolved_connections(
+    instances: list[_Instance], current: Mapping[str, str | None]
+) -> tuple[ResolvedConnection, ...]:
+    """Per connection, what the instances were started with against `current` (shown
+    digests: full ones stay in the labels)."""
+    out = []
+    for name, digest in sorted(current.items()):
+        started = {dict(i.connections).get(name) for i in instances}
+        if len(started) == 1:
+            (one,) = started
+            was = shown(one) if one else None
+        else:
+            # Instances of a rollout stopped half-way: the plan finishes it.
+            was = f"mixed ({len(started)} values)"
+        out.append(ResolvedConnection(name, was, shown(digest) if digest else None))
+    return tuple(out)
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -2023,15 +2125,16 @@ def _serving(spec: DeploymentSpec) -> tuple[int, str, bool]:
     """Port the router sends requests to, the readiness URL ({alias} stands for the
     instance's alias), and whether the router's container asks it.
 
-    The inference server listens on its port and is asked inside its own container. A
-    custom container listens where its inference_config says, and is asked from the
-    router, over the network the requests take.
+    The inference server (or Triton, for a no-code triton_model) listens on its port and
+    is asked inside its own container. A custom container listens where its
+    inference_config says, and is asked from the router, over the network the requests
+    take: its image may have no Python.
     """
-    config = spec.environment.inference_config
-    if config is None:
-        return SERVER_PORT, SERVER_READY_URL, False
-    ready = config.readiness_route
-    return config.scoring_route.port, f"http://{{alias}}:{ready.port}{ready.path}", True
+    routes = serving(spec)
+    ready = routes.readiness
+    if spec.environment.custom_container:
+        return routes.scoring.port, f"http://{{alias}}:{ready.port}{ready.path}", True
+    return routes.scoring.port, f"http://127.0.0.1:{ready.port}{ready.path}", False
 
 
 def _tail(container: Any, lines: int = LOG_TAIL) -> str:
@@ -2042,20 +2145,19 @@ def _tail(container: Any, lines: int = LOG_TAIL) -> str:
 
 
 def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
-    """Scoring and liveness paths: the inference server's, or a custom container's own."""
-    config = spec.environment.inference_config
-    if config is None:
-        return "/score", "/"
-    return config.scoring_route.path, config.liveness_route.path
+    """Scoring and liveness paths: the inference server's, Triton's, or a custom
+    container's own."""
+    routes = serving(spec)
+    return routes.scoring.path, routes.liveness.path
 
 
 def _router_probes(spec: DeploymentSpec) -> tuple[Probe | None, Probe | None]:
     """The checks the router runs on a custom container's instances: its readiness and
     liveness routes with the deployment's probe settings (Azure's). None for the
-    inference server, which its container's health check watches."""
-    config = spec.environment.inference_config
-    if config is None:
+    inference server and Triton, which their containers' health checks watch."""
+    if not spec.environment.custom_container:
         return None, None
+    routes = serving(spec)
 
     def probe(route: Any, settings: Any) -> Probe:
         return Probe(
@@ -2068,8 +2170,8 @@ def _router_probes(spec: DeploymentSpec) -> tuple[Probe | None, Probe | None]:
         )
 
     return (
-        probe(config.readiness_route, spec.readiness_probe),
-        probe(config.liveness_route, spec.liveness_probe),
+        probe(routes.readiness, spec.readiness_probe),
+        probe(routes.liveness, spec.liveness_probe),
     )
 
 
@@ -2107,10 +2209,11 @@ def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str
 def _healthcheck(spec: DeploymentSpec) -> dict[str, Any] | None:
     if spec.environment.custom_container:
         return None
+    _, ready_url, _ = _serving(spec)
     probe = spec.readiness_probe
     second = 1_000_000_000
     return {
-        "test": ["CMD", *_probe_command(SERVER_READY_URL, probe.timeout)],
+        "test": ["CMD", *_probe_command(ready_url, probe.timeout)],
         "interval": probe.period * second,
         "timeout": probe.timeout * second,
         "retries": probe.failure_threshold,

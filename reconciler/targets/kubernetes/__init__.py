@@ -12,9 +12,11 @@ What differs from the Docker target, and why:
 - The router reaches a deployment through its Service, one port per instance slot, so the
   router's per-instance admission limit counts the right number of instances while pods
   come and go without the reconciler (see manifests).
-- A router config change is live at once when the reconciler runs in the cluster (posted
-  to each router pod); from outside, it waits for the kubelet to refresh the mounted Secret
-  (options.config_propagation_s).
+- A router config change is a Secret that the kubelet refreshes in the router pods; each
+  router pod says which config it serves (read through the API server's pod proxy), and a
+  step returns once every one serves the new config. Lagging pods are annotated, which
+  makes their kubelet refresh the Secret at once; in the cluster the config is also posted
+  to each router pod.
 - With `router: gateway-api`, the Gateway carries the data plane: weights, mirror percent
   and the pin header are HTTPRoute rules, but keys and tokens are not checked by a plain
   HTTPRoute (authentication is the gateway implementation's policy), request limits

@@ -2,7 +2,8 @@
 
 One generic path per verb instead of a typed API class per kind: server-side apply
 (`PATCH` with `application/apply-patch+yaml`, our field manager, force), GET, LIST by label
-selector, DELETE, JSON merge patches (the scale subresource) and pod logs. The ApiClient
+selector (the labels checked again on what comes back), DELETE, JSON merge patches (the
+scale subresource, annotations), pod logs and GETs through the pod proxy. The ApiClient
 still does what matters: configuration (kubeconfig, in-cluster), TLS, authentication,
 connection pooling.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import urllib3
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
@@ -30,6 +32,8 @@ from kubernetes.config.config_exception import ConfigException
 from reconciler.targets.base import TargetError, TargetUnavailable
 from reconciler.targets.kubernetes.manifests import MANAGER
 from reconciler.targets.kubernetes.options import KubernetesOptions
+
+log = structlog.get_logger("reconciler.kubernetes")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = (5.0, 60.0)  # connect, read
@@ -148,7 +152,10 @@ class KubeClient:
         body: Any = None,
         content_type: str | None = None,
         accept: str = "application/json",
+        errors_returned: bool = False,
     ) -> tuple[int, bytes]:
+        """(status, body); an error status raises, unless errors_returned (then only 401
+        and 403 do)."""
         headers = {"Accept": accept}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -184,8 +191,20 @@ class KubeClient:
             raise TargetError(
                 f"Kubernetes API refused {method} {path}: {_message(data)}", code="Forbidden"
             )
+        if errors_returned:
+            return status, data
         if status == 404:
+            missing = _missing_namespace(data)
+            if missing is not None:
+                raise TargetError(
+                    f"namespace {missing} does not exist on the cluster: create it "
+                    f"(kubectl create namespace {missing}); the target does not create "
+                    "namespaces",
+                    code="NamespaceMissing",
+                )
             raise NotFound(f"{path}: {_message(data)}")
+        if status == 409:
+            raise TargetError(f"Kubernetes API: {method} {path}: {_message(data)}", code="Conflict")
         if status >= 400:
             raise TargetError(
                 f"Kubernetes API: {method} {path} failed ({status}): {_message(data)}",
@@ -209,14 +228,20 @@ class KubeClient:
 
     # --- verbs -------------------------------------------------------------------------
 
-    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply under our field manager. force: we own what we render, and a
-        field someone changed by hand (kubectl edit) is taken back, as Flux and Argo do."""
+    def apply(
+        self, manifest: Mapping[str, Any], *, manager: str = MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply; the object as the server has it after.
+
+        By default under our field manager with force: we own what we render, and a field
+        someone changed by hand (kubectl edit) is taken back, as Flux and Argo do. Without
+        force, a field another manager owns with another value fails with code Conflict.
+        """
         name = str(manifest["metadata"]["name"])
         return self._json(
             "PATCH",
             self._path(str(manifest["kind"]), name),
-            query=[("fieldManager", MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true" if force else "false")],
             body=dict(manifest),
             content_type="application/apply-patch+yaml",
         )
@@ -228,10 +253,24 @@ class KubeClient:
             return None
 
     def list(self, kind: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of a kind matching a label selector; NotFound when the API has no such
-        kind (a CRD that is not installed)."""
+        """Objects of a kind matching a label selector (`k=v,...`); NotFound when the API
+        has no such kind (a CRD that is not installed).
+
+        The labels are checked here too: whatever a server (or a proxy, or a webhook, or a
+        bug) returns, an object without them is never handed on, so nothing downstream
+        (prune above all) acts on an object that is not ours.
+        """
+        wanted = _equality_terms(selector)
         doc = self._json("GET", self._path(kind), query=[("labelSelector", selector)])
-        items = doc.get("items") or []
+        found = doc.get("items") or []
+        items = [o for o in found if _has_labels(o, wanted)]
+        if len(items) != len(found):
+            log.warning(
+                "kubernetes_list_ignored_selector",
+                kind=kind,
+                selector=selector,
+                dropped=len(found) - len(items),
+            )
         return sorted(items, key=lambda o: str(o["metadata"]["name"]))
 
     def delete(self, kind: str, name: str) -> bool:
@@ -248,8 +287,10 @@ class KubeClient:
         return True
 
     def scale(self, kind: str, name: str, replicas: int) -> None:
-        """Set replicas through the scale subresource: a change of the count that does not
-        make us the owner of the field in server-side apply (the autoscaler keeps it)."""
+        """Set replicas through the scale subresource, as an Update of a manager of its
+        own (`ml-endpoint-reconciler-scale`): our applies, which leave an autoscaled
+        deployment's replicas out, never drop it, and the autoscaler's next scale (an
+        Update too) takes the field over without a conflict."""
         self._json(
             "PATCH",
             self._path(kind, name, "scale"),
@@ -257,6 +298,36 @@ class KubeClient:
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
+
+    def annotate(self, kind: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Set annotations of an object with a merge patch under our field manager (an
+        Update: we own those annotations, nothing else)."""
+        self._json(
+            "PATCH",
+            self._path(kind, name),
+            query=[("fieldManager", MANAGER)],
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type="application/merge-patch+json",
+        )
+
+    def pod_proxy_get(self, name: str, port: int, path: str) -> tuple[int, Any]:
+        """GET `path` on a pod's port through the API server's pod proxy: reachable from
+        wherever the API server is, inside the cluster or not. The API server strips our
+        Authorization header before it forwards, so only unauthenticated paths answer.
+
+        (status, JSON body or None): what the pod answered, or the API server's own
+        Status when it could not ask the pod (the pod is gone: 404, not reachable: 503).
+        Forbidden (RBAC) raises."""
+        status, data = self._request(
+            "GET",
+            f"{self._path('Pod', name)}:{int(port)}/proxy{path}",
+            accept="application/json, */*",
+            errors_returned=True,
+        )
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, None
 
     def pod_log(self, name: str, *, container: str | None = None, lines: int = 100) -> str:
         query: list[tuple[str, Any]] = [("tailLines", lines)]
@@ -266,6 +337,34 @@ class KubeClient:
             "GET", self._path("Pod", name, "log"), query=query, accept="text/plain"
         )
         return data.decode(errors="replace")
+
+
+def _equality_terms(selector: str) -> dict[str, str]:
+    """`k=v,k2=v2` as a mapping; the only selectors this client sends."""
+    terms: dict[str, str] = {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, equals, value = term.partition("=")
+        if not equals or not key or key.endswith("!") or value.startswith("="):
+            raise ValueError(f"only k=v selectors are sent: {selector!r}")
+        terms[key] = value
+    return terms
+
+
+def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _missing_namespace(data: bytes) -> str | None:
+    """The namespace a 404 says is missing (a write into a namespace that does not exist)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    details = doc.get("details") if isinstance(doc, dict) else None
+    if isinstance(details, dict) and details.get("kind") == "namespaces":
+        return str(details.get("name"))
+    return None
 
 
 def _message(data: bytes) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.model.specs import DeploymentSpec
+from reconciler.nocode.triton import serves_triton
 from reconciler.targets.base import ProgressCallback, TargetError
 from reconciler.targets.kubernetes.manifests import DeploymentImage, image_name, plan_image
 from reconciler.targets.kubernetes.options import KubernetesOptions
@@ -220,6 +221,8 @@ class RegistryImages:
                 wheel_cache=self.options.wheel_cache,
                 progress=_progress(say),
                 image_map={**DEFAULT_IMAGE_MAP, **dict(self.options.image_map)},
+                # Triton serves a no-code triton_model: no Azure ML inference server in it.
+                inference_server=not serves_triton(spec),
             )
             return build_deployment_image(
                 client, spec, env_image=env_image, repo_root=self.repo_root, progress=_progress(say)

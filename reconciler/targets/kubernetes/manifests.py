@@ -51,12 +51,14 @@ from reconciler.model.state import DesiredState
 from reconciler.router.config import DeploymentRoute, RouterConfig, dump_config
 from reconciler.router.tokens import hash_key
 from reconciler.targets.docker.credentials import EndpointCredentials
-from reconciler.targets.docker.images import SERVER_PORT, deployment_layout
+from reconciler.targets.docker.images import SERVER_PORT, deployment_layout, serving
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
 Manifest = dict[str, Any]
 
 MANAGER = "ml-endpoint-reconciler"
+# Applies only a Deployment's replicas, to share the field before our manager drops it.
+HANDOVER_MANAGER = f"{MANAGER}-handover"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PREFIX = "reconciler.dev/"
 TARGET_LABEL = f"{PREFIX}target"
@@ -65,6 +67,10 @@ DEPLOYMENT_LABEL = f"{PREFIX}deployment"
 ROLE_LABEL = f"{PREFIX}role"
 SPEC_ANNOTATION = f"{PREFIX}spec"
 DIGEST_ANNOTATION = f"{PREFIX}digest"
+# On router pods: the digest of the router config they should serve. Setting it makes the
+# kubelet sync the pod, and so refresh its Secret volume at once (see target).
+ROUTER_CONFIG_ANNOTATION = f"{PREFIX}router-config"
+ROUTER_DIGEST_PATH = "/-/config-digest"
 ENDPOINT_RECORD = "endpoint.json"
 ROUTER_CONFIG_FILE = "router.json"
 ROUTER_CONFIG_DIR = "/etc/reconciler-router"
@@ -265,17 +271,16 @@ def slot_count(spec: DeploymentSpec, replicas: int, options: KubernetesOptions) 
 
 
 def _server_ports(spec: DeploymentSpec) -> tuple[int, str, int, str, int, str]:
-    """(scoring port, path, liveness port, path, readiness port, path)."""
-    config = spec.environment.inference_config
-    if config is None:
-        return SERVER_PORT, "/score", SERVER_PORT, "/", SERVER_PORT, "/"
+    """(scoring port, path, liveness port, path, readiness port, path): the inference
+    server's, Triton's (a no-code triton_model), or a custom container's."""
+    routes = serving(spec)
     return (
-        config.scoring_route.port,
-        config.scoring_route.path,
-        config.liveness_route.port,
-        config.liveness_route.path,
-        config.readiness_route.port,
-        config.readiness_route.path,
+        routes.scoring.port,
+        routes.scoring.path,
+        routes.liveness.port,
+        routes.liveness.path,
+        routes.readiness.port,
+        routes.readiness.path,
     )
 
 

@@ -89,10 +89,11 @@ class KubernetesOptions:
     scoring_url: str = "http://{service}.{namespace}.svc.cluster.local"
     ready_timeout_s: float = 900.0
     poll_s: float = 2.0
-    # Without a direct admin call to the router pods (the reconciler outside the cluster),
-    # a new router config reaches them when the kubelet refreshes the mounted Secret: its
-    # sync period plus its cache TTL, about a minute by default. A traffic step waits this
-    # long before it reports success, so a later step (a deletion) never races it.
+    # The longest wait for every router pod to serve a new router config (they say which
+    # they serve; the target hurries their kubelets), after which the step fails. Where
+    # routers cannot be asked (no pods/proxy right, an older router image), the fixed wait
+    # for the kubelet's periodic refresh of the mounted Secret (its sync period plus its
+    # cache TTL, about a minute by default), so a later step (a deletion) never races it.
     config_propagation_s: float = 90.0
     image_pull_secrets: tuple[str, ...] = ()
 

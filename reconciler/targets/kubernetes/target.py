@@ -10,11 +10,12 @@ changed or deleted.
 Steps that start instances return when the rollout is complete (every replica of the new
 template available), or raise when it fails: the executor's health gates rely on it.
 
-Router config changes (traffic, mirror, routes, keys) are written to the router's Secret.
-When the reconciler runs in the cluster it also posts the new config to each router pod's
-admin path, so the change is live when the step returns; from outside the cluster pod
-addresses are not reachable, and the step waits `config_propagation_s` for the kubelet to
-refresh the mounted Secret (see options).
+Router config changes (traffic, mirror, routes, keys) are written to the router's Secret,
+and a step returns once every ready router pod says (through the API server's pod proxy)
+that it serves the new config's digest. Pods that lag are annotated with that digest, which
+makes their kubelet refresh the mounted Secret at once instead of at its next periodic
+sync; when the reconciler runs in the cluster it also posts the new config to each router
+pod's admin path, which makes it live at once (see _await_config_served).
 """
 
 from __future__ import annotations
@@ -269,6 +270,10 @@ class KubernetesTarget:
                     continue
                 raise
             for obj in found:
+                # The list was asked for our labels; they are checked again on the object
+                # itself before it goes, whatever the server answered.
+                if not _carries(obj, {m.TARGET_LABEL: self.name, **labels}):
+                    continue
                 if (kind, obj["metadata"]["name"]) not in wanted:
                     self.client.delete(kind, obj["metadata"]["name"])
 
@@ -333,7 +338,10 @@ class KubernetesTarget:
             say(f"router of {spec.name}: waiting until it is ready")
             self._wait_rolled_out(m.router_name(spec.name), what=f"router of {spec.name}")
             if config is not None:
+                # Routers that kept running (no new template) read the new config only
+                # when their Secret volume is refreshed.
                 self._push_config(spec.name, config, creds)
+                self._await_config_served(config, say)
 
     def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
         spec = step.endpoint_spec
@@ -365,15 +373,108 @@ class KubernetesTarget:
         return config
 
     def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> None:
-        if self._router_config(config.endpoint) == config:
+        """Write the router's config and return once every router pod serves it.
+
+        Also when the Secret already holds it: a pass stopped after the write (or a step
+        that failed waiting) is not taken for done until the routers serve it.
+        """
+        if self._router_config(config.endpoint) != config:
+            self.client.apply(m.router_config_manifest(self.context(), config))
+            creds = self._credentials(config.endpoint)
+            if creds is not None:
+                self._push_config(config.endpoint, config, creds)
+        self._await_config_served(config, say)
+
+    def _await_config_served(self, config: RouterConfig, say: ProgressCallback) -> None:
+        """Until every ready router pod of the endpoint says (`/-/config-digest`, read
+        through the API server's pod proxy) that it serves `config`; a TargetError
+        (RouterConfigNotServed) naming the pods that do not after `config_propagation_s`.
+
+        A router reloads its config file when the file changes, and the kubelet refreshes
+        a mounted Secret when it syncs the pod: about once a minute, or at once when the
+        pod changes. So a router pod still serving an older config gets an annotation
+        with the new digest, which makes its kubelet sync it now: the change is live in
+        about a second instead of a minute or more. Where the pods cannot say what they
+        serve (RBAC refuses the pod proxy, or routers of an older image), the step waits
+        `config_propagation_s` instead, as it always did.
+        """
+        endpoint, digest = config.endpoint, config.digest()
+        deadline = self.clock() + self.options.config_propagation_s
+        announced = False
+        while True:
+            lagging: list[str] = []
+            for pod in self._list(
+                "Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}
+            ):
+                name = str(pod["metadata"]["name"])
+                if (pod.get("metadata") or {}).get("deletionTimestamp"):
+                    continue  # leaving: it gets no new request
+                nudged = _annotation(pod, m.ROUTER_CONFIG_ANNOTATION) == digest
+                if not _pod_ready(pod):
+                    # Gets no request yet; refreshed before it does.
+                    if not nudged:
+                        self._nudge_kubelet(name, digest)
+                    continue
+                served = self._served_digest(name)
+                if served == _UNREPORTED:
+                    self._wait_blind(endpoint, say)
+                    return
+                if served == digest:
+                    continue
+                lagging.append(f"{name} ({'serves ' + served[:12] if served else 'no answer'})")
+                if not nudged:
+                    self._nudge_kubelet(name, digest)
+            if not lagging or self.options.config_propagation_s <= 0:
+                return  # 0: no wait at all (the lagging pods are hurried all the same)
+            if not announced:
+                say(f"router config of {endpoint} written; waiting until its routers serve it")
+                announced = True
+            if self.clock() >= deadline:
+                raise TargetError(
+                    f"router config {digest[:12]} of {endpoint} not served after "
+                    f"{self.options.config_propagation_s:.0f} s by: {', '.join(lagging)}",
+                    code="RouterConfigNotServed",
+                )
+            self.sleep(min(self.options.poll_s, 0.25))
+
+    def _served_digest(self, pod: str) -> str | None:
+        """The digest a router pod says it serves; None when it does not answer (yet);
+        _UNREPORTED when it cannot be asked (pod proxy forbidden) or cannot say (a router
+        image older than /-/config-digest answers 404 itself)."""
+        try:
+            status, doc = self.client.pod_proxy_get(pod, m.ROUTER_PORT, m.ROUTER_DIGEST_PATH)
+        except TargetError as exc:
+            if exc.code == "Forbidden":
+                return _UNREPORTED
+            raise
+        if not isinstance(doc, dict):
+            return None
+        if doc.get("kind") == "Status":
+            return None  # the API server's: the pod is not reachable, or gone
+        if status == 404:
+            return _UNREPORTED
+        digest = doc.get("digest")
+        return str(digest) if status == 200 and digest else None
+
+    def _nudge_kubelet(self, pod: str, digest: str) -> None:
+        try:
+            self.client.annotate("Pod", pod, {m.ROUTER_CONFIG_ANNOTATION: digest})
+        except NotFound:
+            pass  # gone meanwhile
+        except TargetError as exc:
+            if exc.code != "Forbidden":
+                raise
+            log.warning("router_pod_annotate_forbidden", pod=pod)
+
+    def _wait_blind(self, endpoint: str, say: ProgressCallback) -> None:
+        wait = self.options.config_propagation_s
+        if wait <= 0:
             return
-        self.client.apply(m.router_config_manifest(self.context(), config))
-        creds = self._credentials(config.endpoint)
-        if creds is None or not self._push_config(config.endpoint, config, creds):
-            wait = self.options.config_propagation_s
-            if wait > 0:
-                say(f"router config of {config.endpoint} written; {wait:.0f} s for the kubelet")
-                self.sleep(wait)
+        say(
+            f"router config of {endpoint} written; its routers cannot say what they serve "
+            f"(pod proxy forbidden, or an older router image): {wait:.0f} s for the kubelet"
+        )
+        self.sleep(wait)
 
     def _push_config(self, endpoint: str, config: RouterConfig, creds: EndpointCredentials) -> bool:
         """Post the config to every ready router pod; True when each took it.
@@ -502,17 +603,50 @@ class KubernetesTarget:
         deployment = objects[0]
         rest = objects[1:]
         name = m.deployment_object_name(spec.endpoint_name, spec.name)
+        labels = self._instance_labels(spec.endpoint_name, spec.name)
+        autoscaled = spec.scale_settings.autoscaled
+        if not autoscaled:
+            # The autoscaler stops before replicas is ours again, not after.
+            self._prune(objects, ("HorizontalPodAutoscaler",), **labels)
         if service_first:
             self._apply_all(rest)
-        self.client.apply(deployment)
-        if spec.scale_settings.autoscaled:
+        if autoscaled:
             live = self.client.get("Deployment", name)
-            if live is not None and int(live["spec"].get("replicas", 1)) != replicas:
-                self.client.scale("Deployment", name, replicas)
+            if live is None:
+                # Created at its start count; the field is handed over on a later apply.
+                deployment = {**deployment, "spec": {"replicas": replicas, **deployment["spec"]}}
+            elif _sole_owner_of_replicas(live):
+                self._hand_over_replicas(live)
+        applied = self.client.apply(deployment)
+        if autoscaled and int(applied["spec"].get("replicas", 1)) != replicas:
+            self.client.scale("Deployment", name, replicas)
         self._wait_rolled_out(name, what=str(spec.key), digest=spec.digest)
         if not service_first:
             self._apply_all(rest)
-        self._prune(objects, INSTANCE_KINDS, **self._instance_labels(spec.endpoint_name, spec.name))
+        self._prune(objects, INSTANCE_KINDS, **labels)
+
+    def _hand_over_replicas(self, live: Mapping[str, Any]) -> None:
+        """Make `spec.replicas` shared before our manifests stop carrying it.
+
+        Server-side apply removes a field its last owner stops applying, and the
+        Deployment's default then sets replicas to 1 until the next scale: every pod but
+        one would go. So a second field manager applies the current count first (the
+        "transferring ownership" recipe of the Kubernetes docs); dropping the field from
+        our apply then leaves the count as it is, and the autoscaler (or our scale
+        subresource calls) moves it from there. A conflict means another manager already
+        changed the count, and so owns it: nothing to hand over.
+        """
+        handover = {
+            "apiVersion": live["apiVersion"],
+            "kind": live["kind"],
+            "metadata": {"name": live["metadata"]["name"], "namespace": self.client.namespace},
+            "spec": {"replicas": int(live["spec"].get("replicas", 1))},
+        }
+        try:
+            self.client.apply(handover, manager=m.HANDOVER_MANAGER, force=False)
+        except TargetError as exc:
+            if exc.code != "Conflict":
+                raise
 
     def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
         spec = step.deployment_spec
@@ -765,6 +899,21 @@ def _ours(obj: Mapping[str, Any]) -> bool:
     return _label(obj, m.MANAGED_BY) == m.MANAGER
 
 
+def _carries(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Ours (managed-by) and every one of these labels."""
+    return _ours(obj) and all(_label(obj, k) == v for k, v in labels.items())
+
+
+def _sole_owner_of_replicas(deployment: Mapping[str, Any]) -> bool:
+    """Whether our apply is the only owner of spec.replicas (managedFields)."""
+    owners = [
+        (entry.get("manager"), entry.get("operation"))
+        for entry in (deployment.get("metadata") or {}).get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    return owners == [(m.MANAGER, "Apply")]
+
+
 def _recorded_spec(obj: Mapping[str, Any]) -> DeploymentSpec | None:
     text = _annotation(obj, m.SPEC_ANNOTATION)
     if not text:
@@ -794,6 +943,9 @@ def _image_of(deployment: Mapping[str, Any]) -> m.DeploymentImage:
         (c["image"] for c in pod.get("initContainers") or [] if c.get("name") == "model"), None
     )
     return m.DeploymentImage(image=str(pod["containers"][0]["image"]), model_image=model)
+
+
+_UNREPORTED = "<unreported>"  # a router that cannot be asked what it serves
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
