@@ -116,6 +116,14 @@ _DROPPED: Final = frozenset(
     {"platform", "backend", "runtime", "default_model_filename", "cc_model_filenames"}
 )
 
+# How the served model.py completes a configuration (the batch dimension), for notes.
+_COMPLETION: Final = (
+    " (a first dimension that is dynamic in every input and output, with max_batch_size "
+    "unset or 0 and no tensor written, gives max_batch_size 4 and dynamic batching, as "
+    "Triton's ONNX Runtime backend does; otherwise the dims are the model's shapes with "
+    "max_batch_size as written)"
+)
+
 Reader = Callable[[str], bytes | None]
 
 
@@ -236,10 +244,7 @@ def _read_model(
     config_path = f"{path}/{CONFIG}"
     data = read(config_path) if CONFIG in entries else None
     if data is None:
-        raise TritonModelError(
-            path,
-            f"a model folder needs a {CONFIG} (Triton's model configuration); {path} has none",
-        )
+        return _read_unconfigured(path, name, entries)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -256,15 +261,8 @@ def _read_model(
             "requires them equal)",
             written.line,
         )
-    folders = {entry.split("/", 1)[0] for entry in entries if "/" in entry}
-    versions = tuple(sorted((f for f in folders if _VERSION.match(f)), key=int))
-    if not versions:
-        raise TritonModelError(
-            path,
-            f"no version folder: a model's files go in numbered folders ({name}/1/model.onnx, "
-            f"{name}/2/...); {path} has none",
-        )
-    kind, where = _kind(config_path, fields, entries, versions)
+    versions = _versions(path, name, entries)
+    kind, _ = _kind(config_path, fields, entries, versions)
     notes: list[str] = []
     filename_field = _scalar(fields, "default_model_filename")
     if kind == ENSEMBLE:
@@ -286,18 +284,58 @@ def _read_model(
             "its model.py imports is not installed"
         )
         return ServedModel(name, PYTHON, versions, entries), notes
-    for tensors in ("input", "output"):
-        if not _has(fields, tensors):
-            raise TritonModelError(
-                config_path,
-                f"lists no {tensors}: an ONNX model served here names its inputs and outputs "
-                "(name, data_type, dims); Triton's ONNX Runtime backend could read them from "
-                "the model, the Python backend that runs it here cannot",
-                where,
-            )
+    missing = [tensors for tensors in ("input", "output") if not _has(fields, tensors)]
+    if missing:
+        notes.append(
+            f"{config_path}: lists no {' and no '.join(missing)}: completed from the ONNX model "
+            f"when it loads, as Triton completes an ONNX model's configuration{_COMPLETION}"
+        )
     served, more = _served_config(text, fields, filename=filename, config_path=config_path)
     notes.extend(more)
     return ServedModel(name, ONNX, versions, entries, served_config=served.encode()), notes
+
+
+def _read_unconfigured(
+    path: str, name: str, entries: tuple[str, ...]
+) -> tuple[ServedModel, list[str]]:
+    """A model folder without config.pbtxt: Triton auto-completes the configuration of an ONNX
+    model (its platform from the `model.onnx` file, its tensors from the model), as in Azure's
+    own Triton sample; any other model needs a config.pbtxt here."""
+    versions = _versions(path, name, entries)
+    latest = versions[-1]
+    if not _holds(entries, latest, "model.onnx"):
+        raise TritonModelError(
+            path,
+            f"has no {CONFIG} and version folder {latest} holds no model.onnx: Triton completes "
+            f"the configuration of an ONNX model (MODEL/1/model.onnx) by itself; any other "
+            f"model folder needs a {CONFIG} (Triton's model configuration)",
+        )
+    for version in versions:
+        if not _holds(entries, version, "model.onnx"):
+            raise TritonModelError(
+                f"{path}/{version}", f"version folder {version} holds no model.onnx"
+            )
+    text = f"name: {quote(name)}\n"
+    served = text + "\n" + _SUFFIX + _file_parameter("model.onnx")
+    note = (
+        f"{path}: has no {CONFIG}: served as an ONNX model (platform onnxruntime_onnx, name "
+        f"'{name}'), its inputs, outputs and max_batch_size completed from the ONNX model when "
+        f"it loads, as Triton completes them{_COMPLETION}"
+    )
+    return ServedModel(name, ONNX, versions, entries, served_config=served.encode()), [note]
+
+
+def _versions(path: str, name: str, entries: tuple[str, ...]) -> tuple[str, ...]:
+    """The numbered version folders of a model, oldest first; an error when there is none."""
+    folders = {entry.split("/", 1)[0] for entry in entries if "/" in entry}
+    versions = tuple(sorted((f for f in folders if _VERSION.match(f)), key=int))
+    if not versions:
+        raise TritonModelError(
+            path,
+            f"no version folder: a model's files go in numbered folders ({name}/1/model.onnx, "
+            f"{name}/2/...); {path} has none",
+        )
+    return versions
 
 
 def _kind(

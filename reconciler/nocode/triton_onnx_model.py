@@ -9,6 +9,19 @@ ONNX file's name in the version folder, `model.onnx` unless `default_model_filen
 otherwise); its inputs, outputs and max_batch_size are the user's, and Triton checks every
 request against them (names, datatypes, shapes, batch size) before execute() sees it.
 
+auto_complete_config() runs first (Triton calls it in the stub before initialize when
+auto-complete is on, as it is by default and in the command the reconciler starts): it
+completes the config from the ONNX model as Triton's ONNX Runtime backend completes an ONNX
+model's configuration, so a model folder without config.pbtxt, or a config.pbtxt without
+input or output, serves as it does in Azure. Every input and output of the model that the
+config does not list is added (name, data_type as TYPE_*, dims from the model's shape, a
+dynamic or symbolic size as -1). The batch dimension: when the config sets no
+max_batch_size (or 0) and lists no tensor, and every input and output of the model has a
+dynamic first dimension, max_batch_size becomes 4 (Triton's default-max-batch-size), dynamic
+batching is enabled and the dims leave the first dimension out, as Triton's ONNX Runtime
+backend does; otherwise max_batch_size stays as written and, when it is above 0, the dims
+leave the first dimension out (it is the batch).
+
 initialize() checks the config against the ONNX model as Triton's ONNX Runtime backend
 does (every configured input and output exists in the model, with the same datatype and a
 shape of the model's rank and fixed sizes), so a mismatch fails the model's load with a
@@ -42,6 +55,8 @@ ONNX_TO_TRITON = {
     "tensor(bool)": "TYPE_BOOL",
     "tensor(string)": "TYPE_STRING",
 }
+# Triton's default-max-batch-size, which its ONNX Runtime backend gives a model that can batch.
+DEFAULT_MAX_BATCH_SIZE = 4
 # Thread settings Triton's ONNX Runtime backend reads from the config's parameters.
 THREAD_PARAMETERS = {
     "intra_op_thread_count": "intra_op_num_threads",
@@ -63,7 +78,50 @@ def _model_path(args, config):
     return path
 
 
+def _shape(item):
+    """The model's shape of a tensor, a dynamic or symbolic size as -1."""
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in item.shape or []]
+
+
 class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        config = auto_complete_model_config.as_dict()
+        name = config.get("name", "")
+        # The stub imports this file from the version folder being loaded, beside the model.
+        folder = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(folder, _parameter(config, MODEL_FILE_PARAMETER) or "model.onnx")
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.onnx")
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        listed_inputs = {t["name"] for t in config.get("input") or []}
+        listed_outputs = {t["name"] for t in config.get("output") or []}
+        max_batch_size = int(config.get("max_batch_size") or 0)
+        can_batch = all(_shape(item)[:1] == [-1] for item in [*inputs, *outputs])
+        if max_batch_size == 0 and not listed_inputs and not listed_outputs and can_batch:
+            max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            auto_complete_model_config.set_max_batch_size(max_batch_size)
+            if "sequence_batching" not in config:
+                auto_complete_model_config.set_dynamic_batching()
+        for items, listed, add in (
+            (inputs, listed_inputs, auto_complete_model_config.add_input),
+            (outputs, listed_outputs, auto_complete_model_config.add_output),
+        ):
+            for item in items:
+                if item.name in listed:
+                    continue  # as written: initialize() checks it against the model
+                datatype = ONNX_TO_TRITON.get(item.type)
+                if datatype is None:
+                    raise pb_utils.TritonModelException(
+                        f"model '{name}': tensor '{item.name}' of the ONNX model has type "
+                        f"{item.type}, which Triton has no datatype for"
+                    )
+                shape = _shape(item)
+                dims = shape[1:] if max_batch_size > 0 else shape
+                add({"name": item.name, "data_type": datatype, "dims": dims})
+        return auto_complete_model_config
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
@@ -104,7 +162,7 @@ class TritonPythonModel:
             reshape = (tensor.get("reshape") or {}).get("shape")
             dims = [int(d) for d in (reshape if reshape is not None else tensor.get("dims", []))]
             expected = ([-1] if batching else []) + dims
-            model_shape = [d if isinstance(d, int) and d >= 0 else -1 for d in item.shape or []]
+            model_shape = _shape(item)
             fits = len(expected) == len(model_shape) and all(
                 e == m or e == -1 or m == -1 for e, m in zip(expected, model_shape, strict=True)
             )

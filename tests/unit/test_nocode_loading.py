@@ -169,6 +169,20 @@ def test_a_triton_model_of_another_backend_is_an_error_naming_its_config_line() 
     )
 
 
+def test_azures_triton_sample_without_config_pbtxt_loads_with_a_note_not_an_error() -> None:
+    # azureml-examples cli/endpoints/online/triton/single-model: the model folder holds
+    # 1/model.onnx alone; Triton completes the configuration from the model.
+    sample = {"model/triton/densenet-onnx/1/model.onnx": "onnx"}
+    state = load(tree(sample, blue_dot_yml=deployment(TRITON_INLINE)))
+    (blue,) = state.deployments
+    assert blue.environment.name == "triton-triton" and blue.code is None
+    (note,) = state.warnings
+    assert (note.file, note.field) == ("blue.yml", "model.path")
+    assert note.message.startswith(
+        "model/triton/densenet-onnx: has no config.pbtxt: served as an ONNX model"
+    )
+
+
 def test_a_python_backend_model_loads_with_a_warning_about_its_packages() -> None:
     python = {
         **TRITON_FILES,

@@ -136,9 +136,34 @@ def test_a_model_file_of_another_backend_is_refused_when_the_config_names_none()
     ("files", "where", "words"),
     [
         (
-            {"densenet__config_dot_pbtxt": ""},
+            # Without config.pbtxt, only an ONNX model (Triton completes its configuration).
+            {
+                "densenet__config_dot_pbtxt": "",
+                "densenet__1__model_dot_onnx": "",
+                "densenet__1__model_dot_plan": "x",
+            },
             f"{ROOT}/densenet",
-            "a model folder needs a config.pbtxt",
+            "has no config.pbtxt and version folder 1 holds no model.onnx",
+        ),
+        (
+            {
+                "densenet__config_dot_pbtxt": "",
+                "densenet__2__model_dot_onnx": "x",
+                "densenet__3__model_dot_onnx": "x",
+                "densenet__1__model_dot_onnx": "",
+                "densenet__1__other_dot_onnx": "x",
+            },
+            f"{ROOT}/densenet/1",
+            "version folder 1 holds no model.onnx",
+        ),
+        (
+            {
+                "densenet__config_dot_pbtxt": "",
+                "densenet__model_dot_onnx": "x",
+                "densenet__1__model_dot_onnx": "",
+            },
+            f"{ROOT}/densenet",
+            "no version folder",
         ),
         (
             {"densenet__1__model_dot_onnx": "", "densenet__model_dot_onnx": "x"},
@@ -191,11 +216,62 @@ def test_a_config_that_is_not_text_format_is_an_error_on_its_line() -> None:
     assert str(error).startswith(f"{ROOT}/densenet/config.pbtxt:6: ")
 
 
-def test_an_onnx_model_served_here_lists_its_inputs_and_outputs() -> None:
+def test_an_onnx_config_without_inputs_or_outputs_is_completed_from_the_model_with_a_note() -> None:
     no_outputs = "\n".join(line for line in ONNX_CONFIG.splitlines() if "output" not in line)
-    error = refused(repo(densenet__config_dot_pbtxt=no_outputs))
-    assert (error.file, error.line) == (f"{ROOT}/densenet/config.pbtxt", 2)
-    assert "lists no output" in error.message
+    repository = read(repo(densenet__config_dot_pbtxt=no_outputs))
+    (model,) = repository.models
+    assert model.kind == "onnx" and model.served_config is not None
+    served = {f.name: f for f in parse(model.served_config.decode())}
+    assert served["backend"].first() == "python" and "output" not in served
+    assert served["input"].messages[0][0].first() == "data_0"
+    (note,) = repository.warnings
+    assert note.startswith(f"{ROOT}/densenet/config.pbtxt: lists no output: completed from")
+    bare = 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+    (note,) = read(repo(densenet__config_dot_pbtxt=bare)).warnings
+    assert "lists no input and no output: completed from the ONNX model" in note
+
+
+def test_a_model_folder_without_config_holding_model_onnx_is_an_onnx_model_named_by_its_folder() -> (
+    None
+):
+    # Azure's Triton sample (azureml-examples cli/endpoints/online/triton/single-model):
+    # models/triton/densenet-onnx/1/model.onnx and nothing else.
+    files = {f"{ROOT}/densenet-onnx/1/model.onnx": b"onnx bytes"}
+    repository = read(files)
+    (model,) = repository.models
+    assert (model.name, model.kind, model.versions) == ("densenet-onnx", "onnx", ("1",))
+    assert model.entries == ("1/model.onnx",)
+    assert model.served_config is not None
+    served = {f.name: f for f in parse(model.served_config.decode())}
+    assert served["name"].first() == "densenet-onnx" and served["backend"].first() == "python"
+    # Nothing the model would have to match: the served model.py completes the rest.
+    assert not {"input", "output", "max_batch_size", "platform"} & set(served)
+    (parameter,) = served["parameters"].messages
+    assert parameter[1].messages[0][0].first() == "model.onnx"
+    (note,) = repository.warnings
+    assert note.startswith(f"{ROOT}/densenet-onnx: has no config.pbtxt: served as an ONNX model")
+    assert "max_batch_size 4" in note
+    entries = image_entries(
+        repository,
+        code_dir="/app/t",
+        model_copy="/m/triton",
+        site_packages="/sp",
+        python="3.11",
+    )
+    found = {e.path: (e.kind, e.target) for e in entries}
+    assert found["/app/t/models/densenet-onnx/1/model.onnx"] == (
+        "link",
+        "/m/triton/densenet-onnx/1/model.onnx",
+    )
+    assert found["/app/t/models/densenet-onnx/config.pbtxt"][0] == "file"
+    assert found["/app/t/models/densenet-onnx/1/model.py"][0] == "file"
+
+
+def test_a_python_model_folder_without_config_is_still_refused() -> None:
+    files = {f"{ROOT}/double/1/model.py": b"class TritonPythonModel: ..."}
+    error = refused(files)
+    assert error.file == f"{ROOT}/double"
+    assert "any other model folder needs a config.pbtxt" in error.message
 
 
 def test_python_models_and_ensembles_are_served_as_they_are_with_a_warning() -> None:
@@ -279,8 +355,11 @@ def test_the_image_holds_the_generated_repository_and_links_to_the_users_files()
 def test_the_shipped_model_script_is_a_triton_python_model() -> None:
     tree = ast.parse(onnx_model_script())
     (model,) = [n for n in tree.body if isinstance(n, ast.ClassDef)]
-    methods = {n.name for n in model.body if isinstance(n, ast.FunctionDef)}
-    assert model.name == "TritonPythonModel" and {"initialize", "execute"} <= methods
+    methods = {n.name: n for n in model.body if isinstance(n, ast.FunctionDef)}
+    assert model.name == "TritonPythonModel" and {"initialize", "execute"} <= set(methods)
+    # Triton's Python backend calls auto_complete_config on the class, before initialize.
+    complete = methods["auto_complete_config"]
+    assert [d.id for d in complete.decorator_list if isinstance(d, ast.Name)] == ["staticmethod"]
 
 
 def test_the_environment_is_pinned_and_keyed_by_its_packages_alone() -> None:
