@@ -15,6 +15,11 @@ pulled on our targets; the Triton build a package index has is the tritonserver 
   is rewritten for that in the image, never in the user's folder: `backend: "python"`, the
   inputs, outputs, max_batch_size, batching and the rest kept, so Triton still checks each
   request (names, datatypes, shapes, batch size) against them before the model sees it;
+- an ONNX model's configuration is completed from the model, as Triton completes it: a
+  model folder without config.pbtxt whose version folders hold model.onnx is served with a
+  generated one (its name, the Python backend), and the model.py's auto_complete_config
+  adds the inputs and outputs the config does not list (and max_batch_size) when Triton
+  loads it, so Azure's own Triton sample (no config.pbtxt) serves here;
 - Python-backend models (their own model.py) and ensembles are served as they are;
 - every other backend (TensorRT, PyTorch, TensorFlow, OpenVINO, ...) is refused when the
   files are validated, naming the file and the backend: Triton here cannot run it.

@@ -2,7 +2,9 @@
 
 The repository holds a Triton model repository as Azure ML's samples lay it out: an ONNX
 model (`tiny/config.pbtxt` with `platform: "onnxruntime_onnx"`, `tiny/1/model.onnx`, built
-in the test with onnx.helper) and a Python-backend model with its own model.py. The
+in the test with onnx.helper), the same ONNX file without config.pbtxt (`bare`, as Azure's
+Triton sample has it) and with a config naming no output (`partial`), whose configurations
+Triton completes from the model, and a Python-backend model with its own model.py. The
 deployment names neither an environment nor a scoring script. Its image runs the real
 tritonserver of the nvidia-pytriton wheel; the ONNX model is served by the Python backend
 running the reconciler's model.py with ONNX Runtime, from a repository generated in the
@@ -11,7 +13,7 @@ Triton endpoint send them (`/v2/health/ready`, `/v2/models/NAME/infer`).
 
 The first run on a machine downloads the environment's wheels (about 135 MB: the
 nvidia-pytriton wheel is 55 MB, onnxruntime 28 MB, numpy 18 MB) and builds its image; later
-runs find both, and the test takes about 20 s.
+runs find both, and the first test takes about 27 s.
 """
 
 from __future__ import annotations
@@ -124,12 +126,24 @@ def outputs_of(reply: Reply) -> dict[str, dict[str, Any]]:
     return {output["name"]: output for output in reply.body["outputs"]}
 
 
+PARTIAL_CONFIG = """\
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 3 ] } ]
+"""
+
+
 def write_model_repository(root: Path) -> Path:
-    """models/triton with the ONNX model `tiny` and the Python model `double`; the ONNX
-    file's path (the host runs it too)."""
+    """models/triton with the ONNX model `tiny`, the same ONNX model as `bare` without
+    config.pbtxt (as Azure's Triton sample has it) and as `partial` with a config naming no
+    output, and the Python model `double`; the ONNX file's path (the host runs it too)."""
     repository = root / "models" / "triton"
     onnx_file = build_tiny_model(repository / "tiny" / "1" / "model.onnx")
     (repository / "tiny" / "config.pbtxt").write_text(TINY_CONFIG)
+    for name in ("bare", "partial"):
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "1" / "model.onnx").write_bytes(onnx_file.read_bytes())
+    (repository / "partial" / "config.pbtxt").write_text(PARTIAL_CONFIG)
     (repository / "double" / "1").mkdir(parents=True)
     (repository / "double" / "config.pbtxt").write_text(DOUBLE_CONFIG)
     (repository / "double" / "1" / "model.py").write_text(DOUBLE_MODEL)
@@ -190,6 +204,33 @@ def test_a_triton_model_with_no_code_answers_kserve_v2_through_the_router(
     assert wrong.status == 424, wrong
     assert wrong.headers["ms-azureml-model-error-statuscode"] == "400"
     assert "shape" in wrong.body["error"], wrong.body
+
+    # No config.pbtxt: Triton completed it from the ONNX model (the served model.py's
+    # auto_complete_config): a dynamic first dimension everywhere gives max_batch_size 4 and
+    # dynamic batching, the dims are the model's without it; the numbers are the host's.
+    bare = call(port, "GET", "/v2/models/bare/config", key=key)
+    assert bare.status == 200, bare
+    assert (bare.body["max_batch_size"], "dynamic_batching" in bare.body) == (4, True)
+    tensors = [
+        (t["name"], t["data_type"], t["dims"]) for t in bare.body["input"] + bare.body["output"]
+    ]
+    assert tensors == [
+        ("x", "TYPE_FP32", [3]),
+        ("y", "TYPE_FP32", [2]),
+        ("label", "TYPE_INT64", [1]),
+    ]
+    for name in ("bare", "partial"):
+        answer = call(port, "POST", f"/v2/models/{name}/infer", key=key, body=infer_request(rows))
+        assert answer.status == 200, answer
+        got = outputs_of(answer)
+        assert (got["y"]["shape"], got["label"]["datatype"]) == ([3, 2], "INT64"), got
+        assert np.array_equal(
+            np.asarray(got["y"]["data"], np.float32), np.asarray(expected["y"], np.float32).ravel()
+        )
+        assert got["label"]["data"] == [row[0] for row in expected["label"]]
+    # max_batch_size 4: a batch of 5 is Triton's 400, checked before the model sees it.
+    five = call(port, "POST", "/v2/models/bare/infer", key=key, body=infer_request(rows + rows[:2]))
+    assert (five.status, five.headers["ms-azureml-model-error-statuscode"]) == (424, "400"), five
 
     # The Python-backend model runs as it was written.
     twice = call(

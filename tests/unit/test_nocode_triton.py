@@ -231,9 +231,7 @@ def test_an_onnx_config_without_inputs_or_outputs_is_completed_from_the_model_wi
     assert "lists no input and no output: completed from the ONNX model" in note
 
 
-def test_a_model_folder_without_config_holding_model_onnx_is_an_onnx_model_named_by_its_folder() -> (
-    None
-):
+def test_a_model_folder_without_config_holding_model_onnx_is_an_onnx_model_of_its_name() -> None:
     # Azure's Triton sample (azureml-examples cli/endpoints/online/triton/single-model):
     # models/triton/densenet-onnx/1/model.onnx and nothing else.
     files = {f"{ROOT}/densenet-onnx/1/model.onnx": b"onnx bytes"}
