@@ -398,8 +398,11 @@ class RouterServer:
             deployment = runtime.deployments[name]
         return deployment, request_id, bool(pin), forward
 
-    def _score(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
-        started = time.perf_counter()
+    def _admit(
+        self, request: HttpRequest, started: float
+    ) -> Reply | tuple[Deployment, bytes, bool, bytes]:
+        """A scoring or v2 request routed and within the body limit: (deployment, request
+        id, pinned, the forwarded head's end), or the refusal (401, 404, 413), recorded."""
         routed = self._route(request, started)
         if isinstance(routed, Reply):
             return routed
@@ -414,9 +417,20 @@ class RouterServer:
                 "body_too_large",
                 deployment.name,
             )
+        forward += (
+            b"x-request-id: ",
+            request_id,
+            b"\r\nContent-Length: %d\r\n\r\n" % len(request.body),
+        )
+        return deployment, request_id, pinned, b"".join(forward)
+
+    def _score(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+        started = time.perf_counter()
+        admitted = self._admit(request, started)
+        if isinstance(admitted, Reply):
+            return admitted
+        deployment, request_id, pinned, head_rest = admitted
         body = request.body
-        forward += (b"x-request-id: ", request_id, b"\r\nContent-Length: %d\r\n\r\n" % len(body))
-        head_rest = b"".join(forward)
         query = request.query
         mirror = self.runtime.mirror
         if mirror is not None and not pinned and mirror_hit(mirror[1], random.random()):
@@ -434,23 +448,11 @@ class RouterServer:
         if method not in (b"GET", b"POST"):
             return _json_error(405, "use GET or POST", _given_id(request), allow=b"GET, POST")
         started = time.perf_counter()
-        routed = self._route(request, started)
-        if isinstance(routed, Reply):
-            return routed
-        deployment, request_id, pinned, forward = routed
-        if request.too_large:
-            return self._refuse(
-                request,
-                started,
-                request_id,
-                413,
-                "request body too large",
-                "body_too_large",
-                deployment.name,
-            )
+        admitted = self._admit(request, started)
+        if isinstance(admitted, Reply):
+            return admitted
+        deployment, request_id, pinned, head_rest = admitted
         body = request.body
-        forward += (b"x-request-id: ", request_id, b"\r\nContent-Length: %d\r\n\r\n" % len(body))
-        head_rest = b"".join(forward)
         target = _forwarded_target(request)
         mirror = self.runtime.mirror
         # Inference is mirrored; a health or metadata GET would tell the mirror nothing.
