@@ -14,19 +14,14 @@ change.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from cached_venv import CACHE, cached_venv, locked
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reconciler-tests"
 VENV = CACHE / "mlflow-venv"
 PACKAGES = ("mlflow-skinny", "scikit-learn", "lightgbm", "pandas", "azureml-inference-server-http")
 MODELS = ("linear", "logistic", "custom", "lightgbm")
@@ -117,57 +112,8 @@ mlflow.pyfunc.save_model(
 
 
 def venv_python() -> Path:
-    """The Python of the MLflow virtual environment, made on first use.
-
-    Test sessions run side by side on one machine: the first to need the venv makes it
-    under a lock while the others wait for it (two makers would clear each other's
-    half-made venv). A venv without its pyvenv.cfg is broken, whatever its marker says.
-    """
-    python = VENV / "bin" / "python"
-    if _installed() is not None and set(PACKAGES) <= set(_installed() or ()):
-        return python
-    with _locked():
-        installed = _installed()
-        if installed is not None and set(PACKAGES) <= set(installed):
-            return python  # made while this session waited
-        marker = VENV / ".complete"
-        try:
-            if installed is None:
-                subprocess.run(
-                    [sys.executable, "-m", "venv", "--clear", str(VENV)],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-            # A venv of an earlier, shorter list keeps what it has: pip adds the rest.
-            marker.unlink(missing_ok=True)
-            subprocess.run(
-                [str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES],
-                check=True,
-                capture_output=True,
-                timeout=900,
-            )
-        except (subprocess.SubprocessError, OSError) as error:
-            pytest.skip(f"cannot install {', '.join(PACKAGES)} into {VENV}: {error}")
-        marker.write_text(" ".join(PACKAGES) + "\n")
-    return python
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """The cache's lock, held while the venv or the models are made."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / "mlflow-venv.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield
-
-
-def _installed() -> list[str] | None:
-    """The packages the venv was made with; None when it is absent or broken."""
-    marker = VENV / ".complete"
-    if not marker.exists() or not (VENV / "pyvenv.cfg").exists():
-        return None
-    return marker.read_text().split()
+    """The Python of the MLflow virtual environment, made on first use."""
+    return cached_venv(VENV, PACKAGES)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -185,7 +131,7 @@ def log_models() -> dict[str, Path]:
     script = hashlib.sha256(f"{LOG_MODELS}{LIGHTGBM_EXPECTED}".encode()).hexdigest()[:16]
     root = VENV / f"models-{script}"
     if not (root / ".complete").exists():
-        with _locked():
+        with locked(VENV):
             if not (root / ".complete").exists():
                 _log_into(python, root)
     return {name: root / name for name in MODELS}

@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+from cached_venv import CACHE, cached_venv
 
 from reconciler.nocode.triton import PACKAGES
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reconciler-tests"
 VENV = CACHE / "onnx-venv"
 REQUIREMENTS = ("onnx==1.23.2", *(p for p in PACKAGES if not p.startswith("nvidia-pytriton")))
 
@@ -77,28 +75,7 @@ print(json.dumps({n: r.tolist() for n, r in zip(names, session.run(names, arrays
 
 def venv_python() -> Path:
     """The Python of the ONNX virtual environment, made on first use."""
-    python = VENV / "bin" / "python"
-    marker = VENV / ".complete"
-    if marker.exists() and marker.read_text().split() == list(REQUIREMENTS):
-        return python
-    CACHE.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--clear", str(VENV)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", *REQUIREMENTS],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-    except (subprocess.SubprocessError, OSError) as error:
-        pytest.skip(f"cannot install {', '.join(REQUIREMENTS)} into {VENV}: {error}")
-    marker.write_text(" ".join(REQUIREMENTS) + "\n")
-    return python
+    return cached_venv(VENV, REQUIREMENTS)
 
 
 def _env() -> dict[str, str]:
