@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/fix_during_rollout.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

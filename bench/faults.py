@@ -2,8 +2,8 @@
 
 One endpoint (deployment blue, 2 instances) on the real Docker Engine, a client sending
 requests one after another through the router the whole time. For each fault: inject it,
-leave it for `--wait` seconds (what callers see until the daemon's next pass), then run one
-pass as `reconcile` does (settle, observe, plan, execute) and record:
+leave it for `--wait` seconds (what callers see until the daemon's next pass), then run
+passes as `reconcile` does (observe, plan, execute, until nothing is in progress) and record:
 
     fault | the plan's steps | failed/sent while broken | failed/sent during the pass |
     pass seconds | seconds from the pass's start to the first 200 | keys kept
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 from docker_state import remove_target
 from repo_builder import RepoBuilder
 
-from reconciler.engine import run_pass
+from reconciler.engine import PassResult, converge
 from reconciler.gitsource import GitSource
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.state import CREDENTIALS, read_files, write_files
@@ -136,8 +136,9 @@ def main() -> None:
             source = GitSource(repo.root)
             commit = source.resolve("HEAD")
             started = time.monotonic()
-            result = run_pass(source.tree(commit), target, prune=False, dry_run=False)
-            return [str(s.action) for s in result.plan.steps], time.monotonic() - started
+            passes: list[PassResult] = []
+            converge(source.tree(commit), target, prune=False, on_pass=passes.append)
+            return [str(s.action) for s in passes[0].plan.steps], time.monotonic() - started
 
         held: list[socket.socket] = []
 

@@ -1,7 +1,8 @@
 """The `reconcile` command: plan, apply, diff, validate, status.
 
 Picks the git source and the target, runs the engine, prints the plan. Exit codes are a
-contract (DESIGN.md): 0 nothing to change, 2 changes planned (dry-run and diff), 1 errors.
+contract (DESIGN.md): 0 nothing to change (apply: converged), 2 changes planned (dry-run
+and diff), 1 errors, and 3 when `reconcile --no-wait` left steps in progress.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import yaml
 
 from reconciler import logs as logging_setup
 from reconciler.diffing import assume_applied
-from reconciler.engine import load, plan_pass, run_pass, targets_instance_types
+from reconciler.engine import (
+    PassResult,
+    converge,
+    load,
+    plan_pass,
+    run_pass,
+    targets_instance_types,
+)
+from reconciler.executor import Gate
 from reconciler.filetree import DirectoryTree, FileTree
 from reconciler.gitsource import GitSource, GitSourceError
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
@@ -30,6 +39,7 @@ from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
 from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
+from reconciler.progress import LiveDisplay, display_for, step_lines
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
@@ -39,6 +49,12 @@ from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writ
 from reconciler.yamlsource import FieldLines, FieldPath
 
 EXIT_OK, EXIT_ERRORS, EXIT_CHANGES = 0, 1, 2
+# `reconcile --no-wait` whose pass left steps in progress (added after 0, 1 and 2).
+EXIT_IN_PROGRESS = 3
+# Seconds between the passes of a one-shot `reconcile` while steps are in progress.
+PASS_PAUSE_S = 1.0
+# Log lines of a failed step printed under it.
+LOG_LINES = 20
 STATUS_TARGET = "status"
 # How long a one-shot command waits for another writer of its target (--lock-timeout).
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -107,15 +123,20 @@ def open_target(
     if chosen is None:
         known = ", ".join([t.name for t in config.targets] + [STATUS_TARGET])
         fail(f"no target named {name!r} in reconciler.yaml (known: {known})")
+    try:
+        return target_from_entry(chosen, source=source)
+    except TargetError as exc:
+        fail(str(exc))
+
+
+def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
+    """The target an entry of reconciler.yaml describes. Raises TargetError."""
     if chosen.type == "docker":
         # Imported here: `reconcile diff` and `validate` never pay for the Docker SDK.
         from reconciler.targets.docker.options import DockerOptions
         from reconciler.targets.docker.target import DockerTarget
 
-        try:
-            options = DockerOptions.from_config(chosen.name, chosen.options)
-        except TargetError as exc:
-            fail(str(exc))
+        options = DockerOptions.from_config(chosen.name, chosen.options)
         repository = (
             source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
         )
@@ -125,14 +146,12 @@ def open_target(
         from reconciler.targets.kubernetes.options import KubernetesOptions
         from reconciler.targets.kubernetes.target import KubernetesTarget
 
-        try:
-            k8s_options = KubernetesOptions.from_config(chosen.name, chosen.options)
-        except TargetError as exc:
-            fail(str(exc))
+        k8s_options = KubernetesOptions.from_config(chosen.name, chosen.options)
         return KubernetesTarget(k8s_options, repo_root=source.path.resolve())
-    fail(
+    raise TargetError(
         f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
-        f"plan against the status files with --target {STATUS_TARGET}"
+        f"plan against the status files with --target {STATUS_TARGET}",
+        code="InvalidTargetConfig",
     )
 
 
@@ -238,6 +257,18 @@ def emit(plan: Plan, output: str) -> None:
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Apply one pass and return; steps may be left in progress (exit code 3).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=900.0,
+    show_default=True,
+    help="Seconds to keep running passes while rollouts are in progress; then exit 1.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -250,11 +281,15 @@ def main(
     status_dir: str | None,
     lock_timeout: float,
     log_format: str,
+    no_wait: bool,
+    timeout: float,
 ) -> None:
     """Reconcile ML online endpoints from a git repository onto a target.
 
-    Without a sub-command: plan against the live target and apply (or only plan with
-    --dry-run). Exit codes: 0 nothing to change, 2 changes planned, 1 errors.
+    Without a sub-command: plan against the live target and apply, pass after pass until
+    the target has converged or failed (or only plan with --dry-run). Exit codes: 0 nothing
+    to change (or applied and converged), 2 changes planned, 1 errors, 3 still in progress
+    after --no-wait.
     """
     # Applying and watching report their progress; reading commands only their warnings.
     progress = ctx.invoked_subcommand in (None, "watch")
@@ -294,20 +329,49 @@ def main(
             def writer(files: Mapping[str, str], message: str) -> None:
                 git.write_status(files, message=message, branch=config.status_branch)
 
+        passes: list[PassResult] = []
+        # On a terminal a live display stands for the step logs (unless a log format was
+        # asked for); elsewhere plain lines beside the logs.
+        display = display_for(sys.stderr, live=log_format == "auto")
+        if isinstance(display, LiveDisplay):
+            logging_setup.configure(fmt=log_format, level="warning")
+
+        def on_pass(result: PassResult) -> None:
+            passes.append(result)
+            display.pass_done(result)
+
         # One writer per target: a running `reconcile watch` (or another apply) would undo
         # this one's steps as it makes them. A dry run changes nothing and takes no lock.
-        with writer_lock(target.name, command="reconcile", timeout_s=lock_timeout):
-            result = run_pass(
-                tree,
-                target,
-                prune=prune or config.prune,
-                dry_run=False,
-                revision=revision,
-                write_status=writer,
-            )
+        try:
+            with writer_lock(target.name, command="reconcile", timeout_s=lock_timeout):
+                if no_wait:
+                    on_pass(
+                        run_pass(
+                            tree,
+                            target,
+                            prune=prune or config.prune,
+                            dry_run=False,
+                            revision=revision,
+                            write_status=writer,
+                        )
+                    )
+                else:
+                    converge(
+                        tree,
+                        target,
+                        prune=prune or config.prune,
+                        revision=revision,
+                        gate=Gate(timeout_s=timeout, poll_s=PASS_PAUSE_S),
+                        write_status=writer,
+                        on_pass=on_pass,
+                    )
+        finally:
+            display.close()
     except TargetError as exc:
         fail(f"target {target.name}: {exc}")
-    shown = result.plan
+    result = passes[-1]
+    # The plan of the first pass: every step the run took (later passes continue it).
+    shown = passes[0].plan
     if result.desired is not None:
         # The same warnings as --dry-run printed for this plan.
         changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
@@ -327,7 +391,33 @@ def main(
         click.echo(
             f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}", err=True
         )
-    sys.exit(EXIT_ERRORS if result.plan.errors or failed else EXIT_OK)
+        if r.log_tail:
+            click.echo(_indented(r.log_tail, LOG_LINES), err=True)
+    _, _, waiting = step_lines(result)
+    for d in result.degraded:
+        # Failed on the target though no step of the last pass failed (a deployment with
+        # no traffic whose instances cannot start): not converged.
+        reason = (d.last_error or "").splitlines()[:1]
+        click.echo(f"{d.key} is {d.provisioning_state}: {''.join(reason)}", err=True)
+    if result.plan.errors or failed or result.degraded:
+        sys.exit(EXIT_ERRORS)
+    if result.in_progress:
+        for line in waiting:
+            click.echo(f"in progress: {line}", err=True)
+        if no_wait:
+            # Started, not converged: neither 0 (done) nor 1 (failed).
+            click.echo(
+                "not converged yet (--no-wait): the next `reconcile` or `reconcile watch` "
+                "continues from what the target shows",
+                err=True,
+            )
+            sys.exit(EXIT_IN_PROGRESS)
+        fail(f"not converged after {timeout:g} s (--timeout): still in progress")
+    sys.exit(EXIT_OK)
+
+
+def _indented(text: str, lines: int) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 def target_warnings(
@@ -607,6 +697,9 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
             )
+        for p in doc.get("in_progress_steps") or []:
+            on = "/".join(n for n in (doc["endpoint"], p.get("deployment")) if n)
+            click.echo(f"  in progress: {p.get('action')} {on} ({p.get('progress')})")
         for p in doc.get("pending_steps") or []:
             on = "/".join(n for n in (doc["endpoint"], p.get("deployment")) if n)
             click.echo(f"  left undone: {p.get('action')} {on} ({p.get('why')})")
@@ -770,6 +863,13 @@ def invoke(
 @click.option("--subdir", default="", help="With --url: the repository's folder in it.")
 @click.option("--target", "target_name", default=None)
 @click.option("--interval", default=30.0, show_default=True, help="Seconds between passes.")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between passes while a rollout is in progress.",
+)
 @click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
 @click.option("--worktree", is_flag=True, help="Reconcile uncommitted edits too (local dev).")
 @click.option("--prune", is_flag=True)
@@ -790,6 +890,7 @@ def watch(
     subdir: str,
     target_name: str | None,
     interval: float,
+    progress_interval: float,
     status_branch: str | None,
     worktree: bool,
     prune: bool,
@@ -840,12 +941,15 @@ def watch(
         secret = Path(webhook_secret_file).read_text().strip()
     if webhook_port is not None and not secret:
         fail("a webhook port needs a secret: --webhook-secret-file or RECONCILER_WEBHOOK_SECRET")
+    target_source = Source(path=root, git=source.git, worktree=True)
     daemon = Daemon(
         source,
         target,
         WatchOptions(
             interval_s=interval,
-            prune=prune or config.prune,
+            progress_interval_s=progress_interval,
+            # reconciler.yaml's `prune` is read at each pass's revision.
+            prune=prune,
             status_branch=status_branch or config.status_branch,
             lock_path=lock_path(target.name),
             metrics_port=metrics_port,
@@ -853,6 +957,7 @@ def watch(
             webhook_secret=secret,
             host=listen,
         ),
+        target_for=lambda entry: target_from_entry(entry, source=target_source),
     )
     daemon.install_signal_handlers()
     daemon.run()

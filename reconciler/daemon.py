@@ -5,7 +5,12 @@ pass) only set a flag; one pass thread runs passes one at a time, and triggers t
 during a pass collapse into one next pass, which starts from the newest commit. Every pass
 is level-based (newest commit + what the target shows now), so a newer commit supersedes a
 failing one and a restart at any moment converges to the same end state: nothing of the
-daemon's own state is needed after a restart.
+daemon's own state is needed after a restart. No pass waits for a rollout: while anything
+is in progress (instances starting, a health gate not met yet) the next pass comes after
+`progress_interval_s`, and any trigger brings it sooner, so a commit that fixes a broken
+rollout is planned at once, from what runs. `reconciler.yaml` is read at the revision of
+each pass: its prune setting and the options of the daemon's target take effect on the
+pass of the commit that changes them.
 
 One writer per target: a file lock; a second daemon waits (and says so in its log and on
 its health endpoint) until the first one stops.
@@ -39,7 +44,9 @@ from reconciler.gitsource import (
     PushRejected,
     RemoteCheckout,
 )
+from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.results import Outcome
+from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.status import render_status
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
@@ -176,7 +183,9 @@ class Metrics:
 @dataclass(frozen=True)
 class WatchOptions:
     interval_s: float = 30.0
-    prune: bool = False
+    # Passes come this often while something is in progress (a rollout, a health gate).
+    progress_interval_s: float = 2.0
+    prune: bool = False  # --prune; reconciler.yaml's `prune: true` (at each pass's revision) too
     status_branch: str = DEFAULT_STATUS_BRANCH
     lock_path: Path | None = None
     metrics_port: int | None = None
@@ -193,9 +202,14 @@ class Daemon:
         options: WatchOptions,
         *,
         on_pass: Callable[[PassResult], None] | None = None,
+        target_for: Callable[[TargetConfig], Target] | None = None,
     ) -> None:
         self.source = source
         self.target = target
+        # Opens the daemon's target from its entry of reconciler.yaml, read at each pass's
+        # revision: a commit that changes the target's options takes effect on its pass.
+        self.target_for = target_for
+        self._target_config: TargetConfig | None = None
         self.options = options
         self.state = DaemonState()
         self.metrics = Metrics(self.state)
@@ -209,6 +223,9 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.trigger_times: list[tuple[str, float]] = []  # for the benchmark: (why, when)
         self.pass_starts: list[float] = []
+        self._progressing = False  # the last pass left something in progress
+        self._scaler: Any = None  # the target's autoscaler, when it has one
+        self._fetched_at = -1e9
 
     # triggers
 
@@ -288,9 +305,19 @@ class Daemon:
                 break
             self._wake.clear()
             reason = "trigger" if woke else "interval"
-            ok = self._one_pass(reason, fetch=self._fetch_wanted.is_set() or not woke)
+            # A fetch on a trigger that asks for it, and once an interval; the progress
+            # timer's passes in between only look at the target again.
+            due = time.monotonic() - self._fetched_at >= self.options.interval_s
+            fetch = self._fetch_wanted.is_set() or (not woke and due)
+            if fetch:
+                self._fetched_at = time.monotonic()
+            outcome = self._one_pass(reason, fetch=fetch)
             self._fetch_wanted.clear()
-            if ok:
+            self._progressing = outcome == "in_progress"
+            if outcome == "in_progress":
+                backoff = 0.0
+                next_due = time.monotonic() + self.options.progress_interval_s
+            elif outcome == "ok":
                 backoff = 0.0
                 next_due = time.monotonic() + self.options.interval_s
             else:
@@ -298,7 +325,40 @@ class Daemon:
                 next_due = time.monotonic() + min(backoff, self.options.interval_s)
                 log.info("retry_scheduled", in_s=round(backoff, 1))
 
-    def _one_pass(self, reason: str, *, fetch: bool) -> bool:
+    def _config_at(self, tree: FileTree) -> RepoConfig | None:
+        """reconciler.yaml at the pass's revision; None when it is invalid (the pass's plan
+        says why, with file and line)."""
+        try:
+            return load_repo_config(tree)
+        except DesiredStateInvalid:
+            return None
+
+    def _target_at(self, config: RepoConfig | None) -> None:
+        """The daemon's target as reconciler.yaml at this revision describes it: opened
+        again when its entry changed (type or options)."""
+        if self.target_for is None or config is None:
+            return
+        entry = config.target(self.target.name)
+        if entry is None:
+            raise TargetError(
+                f"reconciler.yaml at this revision has no target {self.target.name!r}; "
+                "the daemon keeps the target it was started with",
+                code="InvalidTargetConfig",
+            )
+        if self._target_config is None:
+            self._target_config = entry  # the one the daemon was started with
+            return
+        if entry != self._target_config:
+            log.info("target_reconfigured", target=entry.name, type=entry.type)
+            self.target = self.target_for(entry)
+            self._target_config = entry
+            if self._scaler is not None:
+                # The autoscaler scales through the target as it is now configured.
+                self._scaler.target = self.target
+
+    def _one_pass(self, reason: str, *, fetch: bool) -> str:
+        """One pass: "ok" (converged), "in_progress" (a rollout or gate to look at again
+        soon), or "failed" (retried with a growing pause)."""
         started = time.monotonic()
         self.pass_starts.append(started)
         self.state.phase = "reconciling"
@@ -307,6 +367,8 @@ class Daemon:
             if fetch:
                 self.source.refresh()
             tree, revision, root = self.source.current()
+            config = self._config_at(tree)
+            self._target_at(config)
             if hasattr(self.target, "repo_root"):
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
@@ -315,7 +377,7 @@ class Daemon:
                 result = run_pass(
                     tree,
                     self.target,
-                    prune=self.options.prune,
+                    prune=self.options.prune or (config is not None and config.prune),
                     dry_run=False,
                     revision=revision,
                     write_status=self._write_status,
@@ -324,21 +386,29 @@ class Daemon:
         except TargetUnavailable as exc:
             self._failed("target_unreachable", str(exc), started)
             self.state.target_reachable = False
-            return False
+            return "failed"
         except (TargetError, GitSourceError) as exc:
             self._failed("pass_error", str(exc), started)
-            return False
+            return "failed"
         except Exception as exc:
             # Whatever a pass meets (a client error no target translated), the daemon lives
             # on: the pass failed, the next one (after the backoff) starts afresh.
             log.exception("pass_crashed")
             self._failed("pass_error", f"{type(exc).__name__}: {exc}", started)
-            return False
+            return "failed"
         self.state.target_reachable = True
         seconds = time.monotonic() - started
         self.metrics.duration.observe(seconds)
-        applied = sum(1 for r in result.results if r.outcome == Outcome.SUCCEEDED)
-        if revision is not None and revision == self.state.last_commit and applied:
+        applied = sum(
+            1 for r in result.results if r.outcome in (Outcome.SUCCEEDED, Outcome.IN_PROGRESS)
+        )
+        if (
+            revision is not None
+            and revision == self.state.last_commit
+            and applied
+            and not self._progressing
+        ):
+            # Steps of a commit already applied, not the continuation of a rollout: drift.
             self.metrics.drift.inc(applied)
             log.info("drift_corrected", steps=applied, commit=revision)
         failed = result.failed
@@ -355,19 +425,23 @@ class Daemon:
             self.metrics.info.clear()
             self.metrics.info.labels(revision or "working-tree").set(1)
         self.state.last_commit = revision
+        in_progress = result.in_progress
         log.info(
             "pass_finished",
             commit=revision,
             steps=len(result.plan.steps),
             errors=len(result.plan.errors),
             failed=failed,
+            in_progress=in_progress,
             seconds=round(seconds, 3),
         )
         if self.on_pass is not None:
             self.on_pass(result)
         self._push_status()
+        if in_progress and not result.plan.errors:
+            return "in_progress"
         # An invalid commit is not retried sooner: only a new commit can fix it.
-        return not failed or bool(result.plan.errors)
+        return "ok" if not failed or result.plan.errors else "failed"
 
     def _failed(self, kind: str, message: str, started: float) -> None:
         self.metrics.errors.labels(kind).inc()
@@ -426,7 +500,9 @@ class Daemon:
         make = getattr(self.target, "autoscaler", None)
         if make is None:
             return
-        scaler = make(self.apply_lock)
+        # A scale step starts instances; the passes after it route them once ready.
+        scaler = make(self.apply_lock, wake=lambda: self.trigger("autoscale"))
+        self._scaler = scaler
 
         def loop() -> None:
             while not self._stop.is_set():

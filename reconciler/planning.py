@@ -9,6 +9,10 @@ The rules of DESIGN.md, per endpoint:
  5. traffic and mirror traffic leave a deployment before delete_deployment;
  6. delete_endpoint only after its deployments are gone, and only when pruning is on;
  7. an invalid desired state yields no steps at all.
+What the target reports out of line although its settings match comes first:
+repair_endpoint (LiveEndpoint.repair), then each deployment's repair_deployment
+(LiveDeployment.repair: instances ready but not routed, crashed or missing), so the steps
+after them build on what runs as it should.
 Every ordering decision is one phase number in one sort key (`_Phase`); no order is hidden
 in a loop. Steps of one endpoint form a chain (each depends on the one before it), so a
 failed step stops the rest of its endpoint and nothing else.
@@ -29,17 +33,18 @@ from reconciler.model.state import DesiredState, LiveState
 
 
 class _Phase(IntEnum):
-    ENDPOINT = 0  # create_endpoint, update_endpoint
-    CREATE = 1  # create_deployment
-    SCALE_UP = 2  # scale_deployment that adds (or keeps) capacity
-    UPDATE = 3  # update_deployment of a deployment not being scaled down
-    DATA_PLANE_1 = 4  # first of the traffic / mirror steps
-    DATA_PLANE_2 = 5
-    DATA_PLANE_3 = 6
-    SCALE_DOWN = 7  # scale_deployment that removes capacity: after traffic fell
-    UPDATE_AFTER_SCALE_DOWN = 8  # rule 3 for a deployment scaled down
-    DELETE = 9  # delete_deployment: traffic and mirror already left
-    DELETE_ENDPOINT = 10
+    ENDPOINT = 0  # create_endpoint, update_endpoint, repair_endpoint
+    REPAIR = 1  # repair_deployment: what runs brought in line before anything builds on it
+    CREATE = 2  # create_deployment
+    SCALE_UP = 3  # scale_deployment that adds (or keeps) capacity
+    UPDATE = 4  # update_deployment of a deployment not being scaled down
+    DATA_PLANE_1 = 5  # first of the traffic / mirror steps
+    DATA_PLANE_2 = 6
+    DATA_PLANE_3 = 7
+    SCALE_DOWN = 8  # scale_deployment that removes capacity: after traffic fell
+    UPDATE_AFTER_SCALE_DOWN = 9  # rule 3 for a deployment scaled down
+    DELETE = 10  # delete_deployment: traffic and mirror already left
+    DELETE_ENDPOINT = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +212,24 @@ def _deployment_steps(
     d: EndpointDiff, dep: DeploymentDiff, instance_types: Mapping[str, InstanceType]
 ) -> list[tuple[_Phase, Step]]:
     steps: list[tuple[_Phase, Step]] = []
+    live = dep.live
+    if d.desired is not None and live is not None and dep.desired is not None and live.repair:
+        # What runs first matches what it should run (ready instances routed, crashed or
+        # missing ones replaced): the scaling, update and traffic steps build on it.
+        steps.append(
+            (
+                _Phase.REPAIR,
+                Step(
+                    Action.REPAIR_DEPLOYMENT,
+                    d.name,
+                    dep.name,
+                    reason=f"repair: {live.repair}",
+                    deployment_spec=live.spec,
+                    instance_count=live.instance_count,
+                    scale_settings=live.scale_settings,
+                ),
+            )
+        )
     if dep.is_create:
         spec = dep.desired
         assert spec is not None

@@ -47,6 +47,7 @@ def build_status(
     """
     failures = _failures_by_key(plan, results)
     pending = _pending_by_endpoint(plan, results)
+    running = _in_progress_by_endpoint(plan, results)
     names = sorted({e.name for e in live.endpoints} | set(declared))
     docs: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -60,8 +61,25 @@ def build_status(
             errors=plan.errors,
             failures=failures,
             pending=pending.get(name, []),
+            running=running.get(name, []),
         )
     return docs
+
+
+def _in_progress_by_endpoint(
+    plan: Plan, results: Sequence[StepResult]
+) -> dict[str, list[dict[str, Any]]]:
+    """Steps of the pass in progress (a change the target completes on its own, a health
+    gate not met yet), per endpoint, in plan order, with what each waits for."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        if result.outcome != Outcome.IN_PROGRESS:
+            continue
+        step = plan.steps[result.index]
+        found.setdefault(step.endpoint, []).append(
+            {"action": str(step.action), "deployment": step.deployment, "progress": result.message}
+        )
+    return found
 
 
 def _pending_by_endpoint(
@@ -101,20 +119,22 @@ def _endpoint_doc(
     errors: tuple[Diagnostic, ...],
     failures: Mapping[ResourceKey, StepResult],
     pending: list[dict[str, Any]],
+    running: list[dict[str, Any]],
 ) -> dict[str, Any]:
     failed = failures.get(ResourceKey(name))
     if failed is not None:
         state: str = str(ProvisioningState.FAILED)
     elif endpoint is None:
         state = str(ProvisioningState.CREATING)
-    elif pending:
-        # Steps left undone (the reconciler stopped mid-pass): not Succeeded, whatever
-        # the target shows of the steps that did run.
+    elif pending or running:
+        # Steps in progress, or left undone (waiting for one in progress, or the
+        # reconciler stopped mid-pass): not Succeeded, whatever the target shows of the
+        # steps that did run.
         state = str(ProvisioningState.UPDATING)
     else:
         state = str(endpoint.provisioning_state)
     health = endpoint_health(endpoint, live)
-    undone = {p["deployment"] for p in pending if p["deployment"]}
+    undone = {p["deployment"] for p in pending + running if p["deployment"]}
     deployments = {
         d.name: _deployment_doc(d, failures.get(d.key), pending=d.name in undone)
         for d in live.deployments_of(name)
@@ -136,6 +156,10 @@ def _endpoint_doc(
         "errors": [e.as_json() for e in errors],
         "pending_steps": pending,
     }
+    if running:
+        # Only while a step is in progress (added after pending_steps): the status files
+        # of endpoints at rest stay as they were.
+        doc["in_progress_steps"] = running
     if endpoint is not None and endpoint.notes:
         # Only when there are some: status files of endpoints without notes stay as they were.
         doc["notes"] = list(endpoint.notes)

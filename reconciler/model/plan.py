@@ -36,6 +36,7 @@ class Action(StrEnum):
     SET_MIRROR_TRAFFIC = "set_mirror_traffic"
     # Added after the first release: consumers of the JSON ignore actions they do not know.
     REPAIR_ENDPOINT = "repair_endpoint"
+    REPAIR_DEPLOYMENT = "repair_deployment"
 
 
 @dataclass(frozen=True, slots=True)

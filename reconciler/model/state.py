@@ -126,6 +126,10 @@ class LiveDeployment:
     last_error: str | None = None
     instance_type: str | None = None
     autoscale: str | None = None  # the autoscaler's last decision and its reason
+    # Why what runs is out of line with what the deployment should run although its spec
+    # and count match (instances ready but not routed yet, routed ones gone or crashed,
+    # instances missing): the plan's repair_deployment step brings it in line.
+    repair: str | None = None
     connections: tuple[ResolvedConnection, ...] = ()
 
     @property

@@ -2,7 +2,11 @@
 
 A target observes what runs (rebuilding the live state from the platform itself: labels,
 annotations, status files; never a local database) and applies one plan step at a time.
-It never decides what to do: the plan says it.
+It never decides what to do: the plan says it. Applying never waits for a rollout: a step
+that starts instances returns `Waiting` (what it waits for) and the next pass continues
+from what observe shows. Every change a target makes is a step: what it finds out of line
+(a router that does not answer, instances ready but not routed, crashed ones) it reports
+in observe (LiveEndpoint.repair, LiveDeployment.repair), and the plan repairs it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Step
-from reconciler.model.results import Outcome, StepResult
+from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import DesiredState, LiveState
 
 ProgressCallback = Callable[[str], None]
@@ -25,6 +29,7 @@ __all__ = [
     "Target",
     "TargetError",
     "TargetUnavailable",
+    "Waiting",
 ]
 
 
@@ -58,21 +63,16 @@ class Target(Protocol):
         """What runs now, read from the platform. Raises TargetUnavailable."""
         ...
 
-    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
-        """Carry out one step; return once the platform accepted it. Raises TargetError.
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        """Carry out one step as far as it goes without waiting. Raises TargetError.
 
-        A step that starts instances (create, scale, update) returns only when they are
-        ready or raises when they cannot become so: the executor relies on this for its
-        health gates.
+        None: done. Waiting: the change is started and completes on the platform
+        (instances starting, batches of a rolling update to go); the step is in progress,
+        and the next pass, planned from what observe then shows, continues it. A step
+        never waits for readiness: observe says how far a rollout got (ready_instances,
+        provisioning_state, and Failed with the last log lines when it cannot succeed).
         """
         ...
-
-
-@runtime_checkable
-class Settling(Protocol):
-    """A target with derived data-plane state to bring in line before a pass (routers)."""
-
-    def settle(self) -> None: ...
 
 
 @runtime_checkable
@@ -83,7 +83,7 @@ class ChecksDesired(Protocol):
     def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...
 
 
-def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> None:
+def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> Waiting | None:
     """Run a step through the target's handler named after its action.
 
     Targets name their handlers `_<action>(step, say)` (`_create_endpoint`,
@@ -95,5 +95,7 @@ def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> N
         if progress is not None:
             progress(message)
 
-    handler: Callable[[Step, ProgressCallback], None] = getattr(target, f"_{step.action.value}")
-    handler(step, say)
+    handler: Callable[[Step, ProgressCallback], Waiting | None] = getattr(
+        target, f"_{step.action.value}"
+    )
+    return handler(step, say)

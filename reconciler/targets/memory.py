@@ -2,9 +2,13 @@
 
 For tests of the engine and executor where the platform is not what is being tested (as
 httpx's MockTransport is for clients), and for property tests that apply random plans. It
-follows the same contract as real targets: it applies only what a step says, and refuses
-what a real platform would refuse (traffic to a deployment that does not exist, deleting a
-deployment that still has traffic).
+follows the same contract as real targets: it applies only what a step says, refuses what
+a real platform would refuse (traffic to a deployment that does not exist or has no ready
+instance, deleting a deployment that still has traffic), and never waits: with `warmup`,
+instances started by a step become ready only after that many observations (time passing
+on a platform), and the step says it is in progress meanwhile. Instances of a broken
+deployment or version (an init() that raises) fail when their warmup is over; the
+instances that served before keep serving, as in a rolling update.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Action, Step
+from reconciler.model.results import Waiting
 from reconciler.model.specs import weight_of
 from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
 from reconciler.targets.base import ProgressCallback, TargetError
@@ -25,7 +30,13 @@ class MemoryTarget:
     deployments: dict[ResourceKey, LiveDeployment] = field(default_factory=dict)
     # Deployments whose instances never become ready (an init() that raises).
     broken: set[ResourceKey] = field(default_factory=set)
+    # Versions (spec digests) whose instances never become ready, on any deployment.
+    broken_digests: set[str] = field(default_factory=set)
+    # Observations before instances a step started are ready (0: at once).
+    warmup: int = 0
     applied: list[Step] = field(default_factory=list)
+    # Deployments whose started instances are not ready yet: observations left.
+    starting: dict[ResourceKey, int] = field(default_factory=dict)
 
     @classmethod
     def from_state(cls, state: LiveState, *, name: str = "memory") -> MemoryTarget:
@@ -36,19 +47,33 @@ class MemoryTarget:
         )
 
     def observe(self) -> LiveState:
+        """What runs now; each observation lets the time of one warmup pass."""
+        for key in sorted(self.starting):
+            self.starting[key] -= 1
+            if self.starting[key] <= 0:
+                del self.starting[key]
+                self._started(key)
+        return self.snapshot()
+
+    def snapshot(self) -> LiveState:
+        """What runs now, without letting time pass (for checks of tests)."""
         return LiveState(
             endpoints=tuple(self.endpoints[n] for n in sorted(self.endpoints)),
             deployments=tuple(self.deployments[k] for k in sorted(self.deployments)),
             target=self.name,
         )
 
-    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
         key = ResourceKey(step.endpoint, step.deployment)
         handler = _HANDLERS[step.action]
         handler(self, step, key)
         self.applied.append(step)
         if progress is not None:
             progress(f"{step.action} {step.target_name} applied")
+        if key.deployment is not None and key in self.starting:
+            live = self.deployments[key]
+            return Waiting(f"{key} healthy ({live.ready_instances}/{live.instance_count} ready)")
+        return None
 
     # --- handlers: one per action -------------------------------------------------------
 
@@ -88,22 +113,56 @@ class MemoryTarget:
         assert spec is not None and step.instance_count is not None
         if key in self.deployments:
             raise TargetError(f"deployment {key} exists already")
-        self.deployments[key] = self._running(key, spec.digest, step)
+        self.deployments[key] = LiveDeployment(
+            key=key,
+            digest=spec.digest,
+            instance_count=step.instance_count,
+            scale_settings=spec.scale_settings,
+            spec=spec,
+            ready_instances=0,
+            provisioning_state=ProvisioningState.CREATING,
+            instance_type=spec.instance_type,
+        )
+        self._start(key)
 
     def _scale_deployment(self, step: Step, key: ResourceKey) -> None:
         current = self._deployment(key)
         assert step.instance_count is not None and step.scale_settings is not None
+        growing = step.instance_count > current.instance_count
         self.deployments[key] = replace(
             current,
             instance_count=step.instance_count,
             scale_settings=step.scale_settings,
-            ready_instances=0 if key in self.broken else step.instance_count,
+            # Fewer instances: those that stay serve on; more: the new ones start.
+            ready_instances=min(current.ready_instances, step.instance_count),
+            provisioning_state=(
+                ProvisioningState.SCALING if growing else current.provisioning_state
+            ),
         )
+        if growing:
+            self._start(key)
 
     def _update_deployment(self, step: Step, key: ResourceKey) -> None:
-        self._deployment(key)
-        assert step.deployment_spec is not None
-        self.deployments[key] = self._running(key, step.deployment_spec.digest, step)
+        current = self._deployment(key)
+        spec = step.deployment_spec
+        assert spec is not None and step.instance_count is not None
+        # A rolling update: what served keeps serving until the new instances are ready.
+        self.deployments[key] = replace(
+            current,
+            digest=spec.digest,
+            spec=spec,
+            instance_count=step.instance_count,
+            scale_settings=spec.scale_settings,
+            instance_type=spec.instance_type,
+            ready_instances=min(current.ready_instances, step.instance_count),
+            provisioning_state=ProvisioningState.UPDATING,
+            last_error=None,
+        )
+        self._start(key)
+
+    def _repair_deployment(self, step: Step, key: ResourceKey) -> None:
+        current = self._deployment(key)
+        self.deployments[key] = replace(current, repair=None)
 
     def _delete_deployment(self, step: Step, key: ResourceKey) -> None:
         self._deployment(key)
@@ -114,11 +173,12 @@ class MemoryTarget:
         ):
             raise TargetError(f"deployment {key} still has traffic")
         del self.deployments[key]
+        self.starting.pop(key, None)
 
     def _set_traffic(self, step: Step, key: ResourceKey) -> None:
         endpoint = self._endpoint(step.endpoint)
         assert step.traffic is not None
-        self._require_ready(step.endpoint, [n for n, _ in step.traffic])
+        self._require_ready(step.endpoint, [n for n, w in step.traffic if w])
         if any(weight_of(step.traffic, n) for n, _ in endpoint.spec.mirror_traffic):
             raise TargetError("a mirrored deployment cannot have live traffic")
         self.endpoints[step.endpoint] = replace(
@@ -128,7 +188,7 @@ class MemoryTarget:
     def _set_mirror_traffic(self, step: Step, key: ResourceKey) -> None:
         endpoint = self._endpoint(step.endpoint)
         assert step.mirror_traffic is not None
-        self._require_ready(step.endpoint, [n for n, _ in step.mirror_traffic])
+        self._require_ready(step.endpoint, [n for n, w in step.mirror_traffic if w])
         if any(weight_of(endpoint.spec.traffic, n) for n, _ in step.mirror_traffic):
             raise TargetError("a mirrored deployment cannot have live traffic")
         self.endpoints[step.endpoint] = replace(
@@ -137,20 +197,29 @@ class MemoryTarget:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _running(self, key: ResourceKey, digest: str, step: Step) -> LiveDeployment:
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
-        broken = key in self.broken
-        return LiveDeployment(
-            key=key,
-            digest=digest,
-            instance_count=step.instance_count,
-            scale_settings=spec.scale_settings,
-            spec=spec,
-            ready_instances=0 if broken else step.instance_count,
-            provisioning_state=ProvisioningState.FAILED if broken else ProvisioningState.SUCCEEDED,
-            last_error="init() failed" if broken else None,
-            instance_type=spec.instance_type,
+    def _start(self, key: ResourceKey) -> None:
+        """Instances of the deployment's current version start: ready after the warmup."""
+        if self.warmup > 0:
+            self.starting[key] = self.warmup
+        else:
+            self.starting.pop(key, None)
+            self._started(key)
+
+    def _started(self, key: ResourceKey) -> None:
+        live = self.deployments.get(key)
+        if live is None:
+            return
+        if key in self.broken or live.digest in self.broken_digests:
+            # The new instances failed; those that served before still do.
+            self.deployments[key] = replace(
+                live, provisioning_state=ProvisioningState.FAILED, last_error="init() failed"
+            )
+            return
+        self.deployments[key] = replace(
+            live,
+            ready_instances=live.instance_count,
+            provisioning_state=ProvisioningState.SUCCEEDED,
+            last_error=None,
         )
 
     def _endpoint(self, name: str) -> LiveEndpoint:
@@ -166,12 +235,13 @@ class MemoryTarget:
             raise TargetError(f"deployment {key} does not exist") from None
 
     def _require_ready(self, endpoint: str, names: list[str]) -> None:
+        """Traffic only to a deployment with an instance to serve it, as a router needs."""
         for name in names:
             live = self.deployments.get(ResourceKey(endpoint, name))
             if live is None:
                 raise TargetError(f"deployment {endpoint}/{name} does not exist")
-            if live.provisioning_state == ProvisioningState.FAILED:
-                raise TargetError(f"deployment {endpoint}/{name} is not ready")
+            if live.instance_count > 0 and live.ready_instances == 0:
+                raise TargetError(f"deployment {endpoint}/{name} has no ready instance")
 
 
 _HANDLERS = {
@@ -182,6 +252,7 @@ _HANDLERS = {
     Action.CREATE_DEPLOYMENT: MemoryTarget._create_deployment,
     Action.SCALE_DEPLOYMENT: MemoryTarget._scale_deployment,
     Action.UPDATE_DEPLOYMENT: MemoryTarget._update_deployment,
+    Action.REPAIR_DEPLOYMENT: MemoryTarget._repair_deployment,
     Action.DELETE_DEPLOYMENT: MemoryTarget._delete_deployment,
     Action.SET_TRAFFIC: MemoryTarget._set_traffic,
     Action.SET_MIRROR_TRAFFIC: MemoryTarget._set_mirror_traffic,

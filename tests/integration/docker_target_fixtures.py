@@ -32,7 +32,7 @@ import docker_state
 import pytest
 from repo_builder import RepoBuilder
 
-from reconciler.engine import PassResult, plan_pass, run_pass
+from reconciler.engine import PassResult, converge, plan_pass
 from reconciler.executor import Gate
 from reconciler.gitsource import GitSource
 from reconciler.model.plan import Plan
@@ -173,6 +173,7 @@ class DockerWorld:
     options: DockerOptions
     target: DockerTarget
     passes: list[PassResult] = field(default_factory=list)
+    runs: list[list[PassResult]] = field(default_factory=list)  # the passes of each apply
 
     # --- the repository ------------------------------------------------------------------
 
@@ -201,22 +202,27 @@ class DockerWorld:
         ok: bool = True,
         gate: Gate = GATE,
     ) -> PassResult:
-        """One pass of HEAD, as `reconcile` runs it; with ok, every step must succeed."""
+        """Passes of HEAD until nothing is in progress, as `reconcile` runs them (the first
+        pass's plan holds every step; the last pass's result is returned); with ok, the
+        last pass has no failed step and nothing left in progress."""
         source = GitSource(self.repo.root)
         commit = source.resolve("HEAD")
-        result = run_pass(
+        passes: list[PassResult] = []
+        result = converge(
             source.tree(commit),
             target or self.target,
             prune=prune,
-            dry_run=False,
             revision=commit,
             gate=gate,
+            on_pass=passes.append,
         )
-        self.passes.append(result)
+        self.passes.extend(passes)
+        self.runs.append(passes)
         if ok:
             assert not result.plan.errors, result.plan.errors
             failed = [r for r in result.results if r.outcome != Outcome.SUCCEEDED]
             assert not failed, failed
+            assert not result.in_progress, "still in progress after the gate's time"
         return result
 
     def plan(self) -> Plan:

@@ -63,7 +63,7 @@ import yaml
 from kube_ssa import ApplyConflict, Ownership, path_text
 from repo_builder import RepoBuilder
 
-from reconciler.engine import PassResult, run_pass
+from reconciler.engine import PassResult, converge, run_pass
 from reconciler.executor import Gate
 from reconciler.gitsource import GitSource
 from reconciler.model.results import Outcome
@@ -1223,11 +1223,10 @@ def make_target(fake: FakeKubernetes, opts: KubernetesOptions | None = None) -> 
 def apply_rev(
     repo: RepoBuilder, target: Any, rev: str = "HEAD", *, prune: bool = False
 ) -> PassResult:
+    """Passes of `rev` until nothing is in progress, as `reconcile` runs them; the last."""
     source = GitSource(repo.root)
     commit = source.resolve(rev)
-    return run_pass(
-        source.tree(commit), target, prune=prune, dry_run=False, revision=commit, gate=FAST_GATE
-    )
+    return converge(source.tree(commit), target, prune=prune, revision=commit, gate=FAST_GATE)
 
 
 def plan_rev(
@@ -1235,9 +1234,7 @@ def plan_rev(
 ) -> PassResult:
     source = GitSource(repo.root)
     commit = source.resolve(rev)
-    return run_pass(
-        source.tree(commit), target, prune=prune, dry_run=True, revision=commit, gate=FAST_GATE
-    )
+    return run_pass(source.tree(commit), target, prune=prune, dry_run=True, revision=commit)
 
 
 def failures(result: PassResult) -> list[str]:

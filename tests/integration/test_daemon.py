@@ -493,3 +493,144 @@ def test_an_unexpected_error_of_a_pass_does_not_end_the_daemon(
     assert running.thread.is_alive()
     assert OnceBrokenTarget.failures == 1
     assert running.daemon.state.last_error is None
+
+
+def test_a_fix_committed_while_a_broken_rollout_is_in_progress_is_served_at_once(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """A pass never blocks on a rollout: the commit that fixes a deployment still starting
+    (and bound to fail) is planned by the next pass, from what runs, at once; the broken
+    version never gets traffic."""
+    from reconciler.engine import PassResult, load
+    from reconciler.filetree import DirectoryTree
+
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint("my-endpoint", traffic={"blue": 100})
+    repo.deployment("my-endpoint", "blue")
+    repo.commit("blue")
+    # Instances start after 30 observations: several seconds of passes.
+    target = MemoryTarget(warmup=30)
+    seen: list[tuple[float, PassResult]] = []
+    opts = WatchOptions(interval_s=30.0, progress_interval_s=0.1)
+    running = Running(
+        Daemon(
+            local(repo, tmp_path),
+            target,
+            opts,
+            on_pass=lambda r: seen.append((time.monotonic(), r)),
+        )
+    )
+    try:
+        wait_for(
+            lambda: target.snapshot().traffic_of("my-endpoint") == (("blue", 100),),
+            what="blue serving",
+        )
+
+        def green_digest() -> str:
+            desired, _ = load(DirectoryTree(repo.root))
+            assert desired is not None
+            return next(d.digest for d in desired.deployments if d.name == "green")
+
+        repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
+        repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
+        broken = green_digest()
+        target.broken_digests.add(broken)  # its init() will raise, once it has started
+        repo.commit("green, broken")
+        wait_for(
+            lambda: any(
+                "green" in str(s) for s in (status_doc(repo) or {}).get("in_progress_steps", [])
+            ),
+            what="green's rollout in progress in status",
+        )
+        assert target.starting, "the broken rollout is still starting"
+
+        repo.deployment(
+            "my-endpoint",
+            "green",
+            model="azureml:sklearn-regression:2",
+            environment_variables={"FIXED": "1"},
+        )
+        fixed = green_digest()
+        committed = time.monotonic()
+        repo.commit("green fixed")
+
+        def served() -> bool:
+            live = target.snapshot()
+            green = next((d for d in live.deployments if d.name == "green"), None)
+            traffic = dict(live.traffic_of("my-endpoint"))
+            return green is not None and green.digest == fixed and traffic.get("green") == 50
+
+        wait_for(served, timeout=opts.interval_s, what="the fix serving")
+        served_at = time.monotonic()
+    finally:
+        running.stop()
+    # The first pass after the commit began at once (the trigger), not after the
+    # broken rollout ended: it planned the update from what ran.
+    first = next(t for t in running.daemon.pass_starts if t > committed)
+    assert first - committed < 2.0
+    assert served_at - committed < opts.interval_s
+    # The broken version never had traffic, at any pass's end.
+    for _, result in seen:
+        green = next((d for d in result.live_after.deployments if d.name == "green"), None)
+        if green is not None and green.digest == broken:
+            assert weight_of(result.live_after.traffic_of("my-endpoint"), "green") == 0
+
+
+def test_reconciler_yaml_is_read_at_the_revision_of_each_pass(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """A commit that turns pruning on, gives the daemon's target new options and adds a
+    cluster's instance type takes effect on the pass of that commit."""
+    from reconciler.repoconfig import TargetConfig
+
+    repo.basics()
+    repo.endpoint("my-endpoint", traffic={"blue": 100})
+    repo.deployment("my-endpoint", "blue")
+    repo.endpoint("old-endpoint", traffic={"blue": 100})
+    repo.deployment("old-endpoint", "blue")
+    repo.write_yaml("reconciler.yaml", {"targets": {"local": {"type": "docker"}}})
+    first = repo.commit("two endpoints, no pruning")
+    target = MemoryTarget(name="local")
+    opened: list[TargetConfig] = []
+
+    def target_for(entry: TargetConfig) -> MemoryTarget:
+        # The same platform, opened again with the entry's options.
+        opened.append(entry)
+        return target
+
+    opts = WatchOptions(interval_s=60.0, progress_interval_s=0.1)
+    running = Running(Daemon(local(repo, tmp_path), target, opts, target_for=target_for))
+    try:
+        wait_for(lambda: (status_doc(repo) or {}).get("commit") == first, what="first status")
+        assert opened == []  # the entry it was started with
+
+        repo.remove("endpoints/old-endpoint/endpoint.yml")
+        repo.remove("endpoints/old-endpoint/blue.yml")
+        repo.endpoint("gpu-endpoint", traffic={"green": 100}, compute="azureml:cluster")
+        repo.deployment("gpu-endpoint", "green", type="kubernetes", instance_type="gpu-small")
+        repo.write_yaml(
+            "reconciler.yaml",
+            {
+                "targets": {
+                    "local": {"type": "docker", "drain_s": 2},
+                    "cluster": {
+                        "type": "kubernetes",
+                        "instance_types": {"gpu-small": {"cores": 4, "memory_gb": 16, "gpus": 1}},
+                    },
+                },
+                "prune": True,
+            },
+        )
+        second = repo.commit("prune, a drain time, a cluster's instance type")
+        wait_for(lambda: (status_doc(repo) or {}).get("commit") == second, what="second status")
+    finally:
+        running.stop()
+    assert [(e.name, dict(e.options)) for e in opened] == [("local", {"drain_s": 2})]
+    live = target.snapshot()
+    # Pruned on that pass; the cluster's type is valid on it.
+    assert [e.name for e in live.endpoints] == ["gpu-endpoint", "my-endpoint"]
+    green = next(d for d in live.deployments if d.name == "green")
+    assert green.instance_type == "gpu-small"
+    doc = status_doc(repo, "gpu-endpoint")
+    assert doc is not None and doc["errors"] == []

@@ -5,6 +5,7 @@ ready (requests keep succeeding throughout)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,6 +160,7 @@ class Load:
         self.key = key
         self.codes: list[int] = []
         self.by: list[str] = []
+        self.versions: set[str] = set()  # of the answers that say one
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -175,6 +177,9 @@ class Load:
                 with urllib.request.urlopen(request, timeout=30) as answer:
                     self.codes.append(answer.status)
                     self.by.append(answer.headers.get("azureml-model-deployment", ""))
+                    body = answer.read()
+                with contextlib.suppress(ValueError, AttributeError):
+                    self.versions.add(str(json.loads(body)["version"]))
             except urllib.error.HTTPError as err:
                 self.codes.append(err.code)
             except OSError:
@@ -198,10 +203,18 @@ def serve_blue(repo: RepoBuilder, state: Path, watches: list[Watch]) -> None:
     """Blue at 100%, served by a `reconcile watch` started for it: its first pass done."""
     first = base_repo(repo)
     watches.append(Watch(repo.root, state, interval=2))
-    wait_for(
-        lambda: status(repo).get("commit") == first and status(repo).get("health") == "Healthy",
-        600,
-        "the first pass",
+    wait_for(lambda: served(repo, first, {"blue": 100}), 600, "the first passes")
+
+
+def served(repo: RepoBuilder, commit: str, traffic: dict[str, int]) -> bool:
+    """Status says the commit is applied: its traffic set, Succeeded and Healthy (passes
+    before it may say Updating, with steps in progress)."""
+    doc = status(repo)
+    return (
+        doc.get("commit") == commit
+        and doc.get("traffic") == traffic
+        and doc.get("provisioning_state") == "Succeeded"
+        and doc.get("health") == "Healthy"
     )
 
 
@@ -262,15 +275,7 @@ def test_sigkill_mid_rollout_then_restart_converges_without_failed_requests(
         watches[0].kill()  # in the middle of creating green
         time.sleep(1)
         watches.append(Watch(repo.root, state, interval=2))
-        wait_for(
-            lambda: (
-                status(repo).get("commit") == switch
-                and status(repo).get("traffic") == {"green": 100}
-                and status(repo).get("health") == "Healthy"
-            ),
-            600,
-            "convergence after restart",
-        )
+        wait_for(lambda: served(repo, switch, {"green": 100}), 600, "convergence after restart")
         time.sleep(2)  # a few requests on the final state
     finally:
         load.stop()
@@ -283,3 +288,95 @@ def test_sigkill_mid_rollout_then_restart_converges_without_failed_requests(
         f"{len(failures)} failed of {len(load.codes)}: {set(failures)}"
     )
     assert load.by[-1] == "green"
+
+
+NEVER_READY_PY = """\
+import time
+
+
+def init():
+    time.sleep(3600)  # never ready: the readiness budget is minutes away
+
+
+def run(raw_data):
+    return {}
+"""
+
+
+def test_a_fix_committed_during_a_rollout_that_never_gets_healthy_is_served_at_once(
+    setup: tuple[RepoBuilder, Path, str, list[Watch]],
+) -> None:
+    """The daemon's pass does not wait for green, which will not be ready for minutes (its
+    readiness budget): the commit that fixes green a few seconds later is planned at once,
+    from what runs, and served well within one interval; the broken version never gets
+    traffic and blue serves throughout."""
+    from reconciler.engine import load as load_desired
+    from reconciler.filetree import DirectoryTree
+
+    repo, state, name, watches = setup
+    interval = 60.0
+    first = base_repo(repo)
+    watches.append(Watch(repo.root, state, interval=interval))
+    wait_for(lambda: served(repo, first, {"blue": 100}), 600, "blue serving")
+    creds = credentials(state, name)
+    traffic = Load(int(creds["port"]), str(creds["primary_key"]))  # type: ignore[arg-type]
+
+    def green_digest() -> str:
+        desired, _ = load_desired(DirectoryTree(repo.root))
+        assert desired is not None
+        return next(d.digest for d in desired.deployments if d.name == "green")
+
+    try:
+        repo.write("src-green/score.py", NEVER_READY_PY)
+        repo.deployment("my-endpoint", "green", code="../../src-green")
+        repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
+        broken = green_digest()
+        repo.commit("green, never ready")
+        wait_for(
+            lambda: (
+                any(
+                    "green healthy" in str(s.get("progress"))
+                    for s in status(repo).get("in_progress_steps") or []  # type: ignore[union-attr]
+                )
+                and len(containers(name, role="instance", deployment="green")) == 1
+            ),
+            300,
+            "green started, its traffic step waiting for it in status",
+        )
+        [stuck] = containers(name, role="instance", deployment="green")
+        repo.write("src-green/score.py", SCORE_FIXED_PY)
+        fixed_digest = green_digest()
+        committed = time.monotonic()
+        fix = repo.commit("green fixed")
+        wait_for(lambda: "fixed" in traffic.versions, interval, "the fix answering")
+        took = time.monotonic() - committed
+        wait_for(lambda: served(repo, fix, {"blue": 50, "green": 50}), 120, "status of the fix")
+    finally:
+        traffic.stop()
+    print(f"fix served {took:.1f} s after its commit (interval {interval:.0f} s)")
+    assert took < interval
+    failures = [c for c in traffic.codes if c != 200]
+    assert traffic.codes and not failures, f"{len(failures)} failed of {len(traffic.codes)}"
+    assert "never" not in traffic.versions
+    # The never-ready instance went with the rollout of the fix.
+    assert stuck.id not in {c.id for c in containers(name, role="instance")}  # type: ignore[attr-defined]
+    # No status the daemon wrote shows traffic on the broken version.
+    for commit in repo.git("rev-list", "reconcile-status").split():
+        doc = yaml.safe_load(repo.git("show", f"{commit}:status/my-endpoint.yaml")) or {}
+        green = (doc.get("deployments") or {}).get("green") or {}
+        if green.get("spec_digest") == broken:
+            assert not (doc.get("traffic") or {}).get("green"), doc
+    assert fixed_digest != broken
+
+
+SCORE_FIXED_PY = """\
+import json
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    return {"version": "fixed", "echo": json.loads(raw_data)}
+"""

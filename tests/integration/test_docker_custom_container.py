@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import docker.errors
 import pytest
 
+from reconciler.executor import Gate
 from reconciler.model.results import Outcome
 from reconciler.targets.docker.baseimage import BASE_IMAGE
 
@@ -192,8 +193,11 @@ def test_a_custom_container_gets_its_variables_its_model_mount_and_requests_on_i
     world.wait_for(lambda: world.status("byoc-ep") == 503, what="unready instance out", timeout=20)
     answer = world.score("byoc-ep")
     assert answer.body == {"message": "no instance of the deployment is ready"}
-    unready = world.apply()  # settle() and a plan: nothing restarts it
+    # Passes for a few seconds: the deployment waits for its instance to be ready again,
+    # and nothing restarts it.
+    unready = world.apply(ok=False, gate=Gate(timeout_s=3.0, poll_s=0.5))
     assert unready.status["byoc-ep"]["deployments"]["byoc"]["ready_instances"] == 0
+    assert not [r for r in unready.results if r.outcome == Outcome.FAILED]
     assert started_at(container) == first_start
     container.exec_run(["rm", "/tmp/unready"])
     world.wait_for(lambda: world.status("byoc-ep") == 200, what="ready instance back", timeout=20)
@@ -273,7 +277,8 @@ def test_a_router_too_old_to_check_custom_containers_is_replaced_by_a_visible_re
         world.target._router_image = str(old_image.id)
         byoc_repository(world, variables={"GREETING": "hi", "VERSION": "1"})
         world.repo.commit("byoc")
-        first = world.apply(ok=False)
+        # One pass (the target kept on the old image would fail its repair again and again).
+        first = world.apply(ok=False, gate=Gate(timeout_s=0.0))
         outcomes = {(str(first.plan.steps[r.index].action), r.error_code) for r in first.results}
         assert ("create_deployment", "RouterOutdated") in outcomes
         keys = (world.key("byoc-ep"), world.key("byoc-ep", "secondary"))

@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def actions(world: DockerWorld) -> list[tuple[str, str | None]]:
-    """(action, deployment) of the last pass's steps, in plan order."""
-    return [(str(s.action), s.deployment) for s in world.passes[-1].plan.steps]
+    """(action, deployment) of the steps the last apply planned first, in plan order."""
+    return [(str(s.action), s.deployment) for s in world.runs[-1][0].plan.steps]
 
 
 def running(world: DockerWorld, endpoint: str, deployment: str) -> list[str]:
@@ -295,10 +295,14 @@ def test_scale_code_only_update_and_a_container_removed_by_hand(
     assert [world.score_inside(c)["version"] for c in containers] == ["3", "3"]
     assert world.apply().plan.steps == ()
 
-    # A container removed by hand is back after the next pass.
+    # A container removed by hand is back after the next pass: the deployment keeps the
+    # count it was asked for, and the plan repairs what falls short of it.
     containers[0].remove(force=True)
+    [repair] = world.plan().steps
+    assert (repair.action, repair.deployment) == (Action.REPAIR_DEPLOYMENT, "blue")
+    assert "1 of 2 instance(s) missing" in repair.reason
     result = world.apply()
-    assert actions(world) == [(Action.SCALE_DEPLOYMENT, "blue")]
+    assert actions(world) == [(Action.REPAIR_DEPLOYMENT, "blue")]
     containers = world.containers("scale-ep", "blue")
     assert len(running(world, "scale-ep", "blue")) == 2
     assert [world.score_inside(c)["version"] for c in containers] == ["3", "3"]
@@ -334,7 +338,10 @@ def test_init_failure_keeps_the_old_version_serving(docker_world: DockerWorld) -
     assert len(running(world, "fail-ep", "blue")) == 1
     assert "the model file is corrupt" in world.target.logs("fail-ep", "blue")
 
-    # A new deployment that cannot start gets no traffic: the traffic step is skipped.
+    # A new deployment that cannot start gets no traffic: its creation starts it, and it
+    # is found failed, with its log; blue's broken version is still declared, so its
+    # update fails again (at once: a version that failed to start is not retried), and
+    # the traffic step after it is skipped.
     world.failing_code("src-green", "green cannot start either")
     world.repo.endpoint("fail-ep", traffic={"blue": 50, "green": 50})
     world.repo.deployment("fail-ep", "green", code="../../src-green")
@@ -342,12 +349,14 @@ def test_init_failure_keeps_the_old_version_serving(docker_world: DockerWorld) -
     with world.load("fail-ep") as load:
         result = world.apply(ok=False)
     assert load.failures == []
+    assert (Action.CREATE_DEPLOYMENT, "green") in actions(world)
     outcomes = {
         (str(result.plan.steps[r.index].action), result.plan.steps[r.index].deployment): r.outcome
         for r in result.results
     }
-    assert outcomes[(Action.CREATE_DEPLOYMENT, "green")] == Outcome.FAILED
+    assert outcomes[(Action.UPDATE_DEPLOYMENT, "blue")] == Outcome.FAILED
     assert outcomes[(Action.SET_TRAFFIC, None)] == Outcome.SKIPPED
+    assert running(world, "fail-ep", "green") == []  # stopped, its log kept
     doc = result.status["fail-ep"]
     assert doc["traffic"] == {"blue": 100}
     assert "green cannot start either" in doc["deployments"]["green"]["last_error"]
@@ -535,13 +544,14 @@ def test_a_reconciler_killed_mid_step_is_healed_by_the_next(docker_world: Docker
     # Killed after starting blue's instance, before routing it.
     world.target.apply(plan.steps[0])
     with pytest.raises(Killed):
-        world.target.apply(plan.steps[1], progress=kill_when("waiting until ready"))
+        world.target.apply(plan.steps[1], progress=kill_when("routed once ready"))
     [orphan] = world.containers("kill-ep", "blue")
     world.wait_for(lambda: world.answers_inside(orphan), what="the orphan instance answers")
-    # A reconciler started afresh routes the instance it finds ready: only traffic moves.
+    # A reconciler started afresh routes the instance it finds ready (a repair, as after
+    # any creation), then moves the traffic.
     world.target = world.new_target()
     world.apply(gate=Gate(timeout_s=60, poll_s=0.5))
-    assert actions(world) == [(Action.SET_TRAFFIC, None)]
+    assert actions(world) == [(Action.REPAIR_DEPLOYMENT, "blue"), (Action.SET_TRAFFIC, None)]
     assert world.score("kill-ep").version == "1"
 
     # Killed again, in a rolling update, as soon as the new instance started: it runs
@@ -551,7 +561,7 @@ def test_a_reconciler_killed_mid_step_is_healed_by_the_next(docker_world: Docker
     [update] = world.plan().steps
     assert update.action == Action.UPDATE_DEPLOYMENT
     with pytest.raises(Killed):
-        world.target.apply(update, progress=kill_when("waiting until ready"))
+        world.target.apply(update, progress=kill_when("routed once ready"))
     assert len(world.containers("kill-ep", "blue")) == 2
     assert {world.score("kill-ep").version for _ in range(5)} == {"1"}
     # ...and the next reconciler finishes the rollout (whether that instance answers by
@@ -615,10 +625,15 @@ def test_image_build_failure_and_readiness_timeout_are_named(
     world.repo.deployment("errors-ep", "blue", code="../../src")
     world.repo.commit("init never returns")
     result = world.apply(ok=False)
+    # Found failed once its time is up, without any step waiting for it: the traffic step's
+    # gate fails with the instance's log, and no traffic moves.
     [failed] = [r for r in result.results if r.outcome == Outcome.FAILED]
-    assert failed.error_code == "Timeout"
+    assert result.plan.steps[failed.index].action == Action.SET_TRAFFIC
+    assert failed.error_code == "DeploymentNotHealthy"
+    assert "not ready after 8 s" in failed.log_tail
     blue = result.status["errors-ep"]["deployments"]["blue"]
     assert blue["provisioning_state"] == "Failed"
-    assert blue["last_error"].startswith("Timeout: ")
+    assert "not ready after 8 s" in blue["last_error"]
+    assert result.status["errors-ep"]["traffic"] == {}
     # Stopped, not left running: it would never serve.
     assert running(world, "errors-ep", "blue") == []

@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 from onnx_models import build_tiny_model, run_on_host
 
-from reconciler.model.results import Outcome
 from reconciler.nocode.triton import CODE_FOLDER
 from reconciler.targets.docker.images import APP_ROOT
 
@@ -283,8 +282,11 @@ def test_a_config_that_does_not_fit_the_onnx_model_fails_its_deployment_naming_t
     )
     world.repo.commit("a config whose output y does not fit the model")
     result = world.apply(ok=False)
-    [failed] = [r for r in result.results if r.outcome == Outcome.FAILED]
-    assert failed.error_code == "DeploymentNotReady", failed
-    assert "output 'y': the ONNX model's shape is [-1, 2], config.pbtxt gives [-1, 5]" in (
-        failed.log_tail
-    ), failed.log_tail
+    # The create step returns at once; the passes after it find the instance failed to
+    # start: the deployment is Failed with Triton's own words, not retried.
+    blue = result.status["triton-bad"]["deployments"]["blue"]
+    assert blue["provisioning_state"] == "Failed", blue
+    assert (
+        "output 'y': the ONNX model's shape is [-1, 2], config.pbtxt gives [-1, 5]"
+        in (blue["last_error"])
+    ), blue["last_error"]

@@ -4,6 +4,7 @@ status to the status branch, and `reconcile --dry-run --target status` plans fro
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 from click.testing import CliRunner
@@ -198,3 +199,60 @@ def test_a_pass_stopped_before_its_last_step_says_what_is_left_undone(
     assert doc["pending_steps"] == []
     assert doc["traffic"] == {"blue": 100}
     assert doc["mirror_traffic"] == {"green": 10}
+
+
+class SlowCreate(MemoryTarget):
+    """Creating a deployment takes a while (an image build)."""
+
+    def apply(self, step, *, progress=None):  # type: ignore[no-untyped-def]
+        if step.action == "create_deployment":
+            time.sleep(0.6)
+        return super().apply(step, progress=progress)
+
+
+def test_a_long_step_is_in_status_while_it_runs_and_a_quiet_pass_commits_nothing(
+    repo: RepoBuilder,
+) -> None:
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint("my-endpoint", traffic={"blue": 100})
+    repo.deployment("my-endpoint", "blue")
+    source = GitSource(repo.root)
+    target = SlowCreate()
+
+    def write(files: object, message: str) -> None:
+        source.write_status(files, message=message)  # type: ignore[arg-type]
+
+    def one_pass(commit: str) -> None:
+        run_pass(
+            source.tree(commit),
+            target,
+            prune=False,
+            dry_run=False,
+            revision=commit,
+            write_status=write,
+            status_delay_s=0.2,
+        )
+
+    one_pass(repo.commit("blue"))
+    before = repo.git("rev-list", DEFAULT_STATUS_BRANCH).split()
+    repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
+    commit = repo.commit("green")
+    one_pass(commit)
+    history = repo.git("rev-list", DEFAULT_STATUS_BRANCH).split()
+    assert len(history) == len(before) + 2  # written while green's creation ran, and at the end
+    running = yaml.safe_load(repo.git("show", f"{history[1]}:status/my-endpoint.yaml"))
+    assert running["provisioning_state"] == "Updating"
+    assert running["in_progress_steps"] == [
+        {
+            "action": "create_deployment",
+            "deployment": "green",
+            "progress": running["in_progress_steps"][0]["progress"],
+        }
+    ]
+    assert running["in_progress_steps"][0]["progress"].startswith("running: new deployment")
+    done = yaml.safe_load(repo.git("show", f"{history[0]}:status/my-endpoint.yaml"))
+    assert done["provisioning_state"] == "Succeeded"
+    assert "in_progress_steps" not in done
+    one_pass(commit)  # nothing to do: nothing written
+    assert repo.git("rev-list", DEFAULT_STATUS_BRANCH).split() == history

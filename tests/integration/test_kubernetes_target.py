@@ -293,12 +293,13 @@ def test_a_crash_looping_deployment_fails_fast_and_keeps_traffic(
     started = time.monotonic()
     result = apply_rev(repo, target)
     assert time.monotonic() - started < 10
-    outcomes = {s.action.value: r for s, r in zip(result.plan.steps, result.results, strict=True)}
-    create = outcomes["create_deployment"]
-    assert create.outcome == Outcome.FAILED and create.error_code == "DeploymentNotReady"
-    assert "CrashLoopBackOff" in create.message
-    assert "log of" in create.log_tail
-    assert outcomes["set_traffic"].outcome == Outcome.SKIPPED
+    # The creation starts green and returns; the next pass finds its pod crash-looping,
+    # and the traffic step's gate fails with the pod's log: traffic never moves to it.
+    [failed] = [r for r in result.results if r.outcome == Outcome.FAILED]
+    assert result.plan.steps[failed.index].action.value == "set_traffic"
+    assert failed.error_code == "DeploymentNotHealthy"
+    assert "CrashLoopBackOff" in failed.log_tail
+    assert "log of" in failed.log_tail
     assert router_config(fake).traffic == (("blue", 100),)
     green = next(d for d in target.observe().deployments if d.name == "green")
     assert green.provisioning_state == ProvisioningState.FAILED
@@ -442,7 +443,9 @@ def test_gateway_api_without_the_crds_is_a_clear_error(repo: RepoBuilder) -> Non
             target.observe()
 
 
-def test_settle_routes_a_deployment_left_unrouted(repo: RepoBuilder, fake: FakeKubernetes) -> None:
+def test_a_deployment_left_unrouted_is_a_planned_repair(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
     blue_green(repo)
     repo.commit("base")
     target = make_target(fake)
@@ -456,7 +459,13 @@ def test_settle_routes_a_deployment_left_unrouted(repo: RepoBuilder, fake: FakeK
     KubeClient.for_host(fake.url, NAMESPACE).apply(
         m.router_config_manifest(target.context(), stale)
     )
-    target.settle()
+    # What runs and the router disagree: the plan's repair step routes green again.
+    result = plan_rev(repo, target)
+    repair, traffic = result.plan.steps
+    assert (repair.action.value, repair.deployment) == ("repair_deployment", "green")
+    assert "not routed yet" in repair.reason
+    assert traffic.action.value == "set_traffic"  # green's share comes back after it
+    assert not failures(apply_rev(repo, target))
     assert router_config(fake).deployment("green") == config.deployment("green")
 
 

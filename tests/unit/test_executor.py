@@ -1,4 +1,5 @@
-"""executor: health gates with an injected clock, skipping dependants, stopping."""
+"""executor: steps done, in progress or failed; gates that never sleep; skipping
+dependants; stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import replace
 from specs_factory import deployment, endpoint
 
 from reconciler.diffing import assume_applied
-from reconciler.executor import Gate, execute
+from reconciler.executor import execute
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Action, Plan, Step
 from reconciler.model.results import Outcome
@@ -16,62 +17,77 @@ from reconciler.planning import make_plan
 from reconciler.targets.memory import MemoryTarget
 
 
-class SlowStart(MemoryTarget):
-    """Deployments become ready only after a number of observations."""
-
-    def __init__(self, polls_until_ready: int) -> None:
-        super().__init__()
-        self.left = polls_until_ready
-
-    def observe(self):  # type: ignore[no-untyped-def]
-        state = super().observe()
-        if self.left > 0:
-            self.left -= 1
-            return replace(
-                state,
-                deployments=tuple(
-                    replace(d, ready_instances=0, provisioning_state=ProvisioningState.CREATING)
-                    for d in state.deployments
-                ),
-            )
-        return state
-
-
 def _new() -> DesiredState:
-    return DesiredState((endpoint(traffic={"blue": 100}),), (deployment(),))
+    return DesiredState((endpoint(traffic={"blue": 100}),), (deployment(instance_count=2),))
 
 
-def test_traffic_waits_until_the_deployment_is_healthy() -> None:
-    target = SlowStart(polls_until_ready=3)
-    sleeps: list[float] = []
-    now = [0.0]
-
-    def sleep(s: float) -> None:
-        sleeps.append(s)
-        now[0] += s
-
+def test_a_started_deployment_leaves_its_traffic_step_waiting_for_the_next_pass() -> None:
+    target = MemoryTarget(warmup=2)
     plan = make_plan(_new(), target.observe(), prune=False)
-    target.left = 3
-    results = execute(
-        plan, target, gate=Gate(timeout_s=60, poll_s=2), clock=lambda: now[0], sleep=sleep
-    )
-    assert [r.outcome for r in results] == [Outcome.SUCCEEDED] * 3
-    assert sleeps == [2, 2, 2]
-
-
-def test_a_gate_that_never_opens_times_out_and_changes_no_traffic() -> None:
-    target = SlowStart(polls_until_ready=10**6)
-    now = [0.0]
-    plan = make_plan(_new(), assume_applied(DesiredState()), prune=False)
-
-    def sleep(s: float) -> None:
-        now[0] += s
-
-    results = execute(
-        plan, target, gate=Gate(timeout_s=30, poll_s=5), clock=lambda: now[0], sleep=sleep
-    )
-    assert results[-1].outcome == Outcome.FAILED and results[-1].error_code == "Timeout"
+    results = execute(plan, target)
+    assert [r.outcome for r in results] == [
+        Outcome.SUCCEEDED,
+        Outcome.IN_PROGRESS,
+        Outcome.SKIPPED,
+    ]
+    assert results[1].message == "waiting for ep/blue healthy (0/2 ready)"
+    assert results[2].message == "waiting: step 2 is in progress"
     assert target.endpoints["ep"].spec.traffic == ()
+
+    # The next passes plan from what runs: only the traffic step is left, gated.
+    live = target.observe()
+    again = make_plan(_new(), live, prune=False)
+    assert [s.action for s in again.steps] == [Action.SET_TRAFFIC]
+    [gated] = execute(again, target, live=live)
+    assert (gated.outcome, gated.message) == (
+        Outcome.IN_PROGRESS,
+        "waiting for blue healthy (0/2 ready)",
+    )
+    live = target.observe()  # the second observation: the instances are ready
+    [moved] = execute(make_plan(_new(), live, prune=False), target, live=live)
+    assert moved.outcome == Outcome.SUCCEEDED
+    assert dict(target.endpoints["ep"].spec.traffic) == {"blue": 100}
+
+
+def test_a_gate_on_a_failed_deployment_fails_with_its_log_and_moves_no_traffic() -> None:
+    target = MemoryTarget(warmup=1)
+    target.broken.add(deployment().key)
+    plan = make_plan(_new(), assume_applied(DesiredState()), prune=False)
+    execute(plan, target)
+    live = target.observe()  # warmup over: the instances failed
+    [gated] = execute(make_plan(_new(), live, prune=False), target, live=live)
+    assert gated.outcome == Outcome.FAILED
+    assert gated.error_code == "DeploymentNotHealthy"
+    assert gated.message == "traffic not moved: blue is not healthy (Degraded)"
+    assert gated.log_tail == "init() failed"
+    assert target.endpoints["ep"].spec.traffic == ()
+
+
+def test_a_gate_reads_the_passes_observation_until_a_step_changed_the_target() -> None:
+    class Counting(MemoryTarget):
+        observed = 0
+
+        def observe(self):  # type: ignore[no-untyped-def]
+            self.observed += 1
+            return super().observe()
+
+    target = Counting()
+    execute(make_plan(_new(), target.observe(), prune=False), target)
+    target.endpoints["ep"] = replace(
+        target.endpoints["ep"], spec=replace(target.endpoints["ep"].spec, traffic=())
+    )
+    live = target.observe()
+    slow = replace(
+        live,
+        deployments=tuple(
+            replace(d, ready_instances=1, provisioning_state=ProvisioningState.UPDATING)
+            for d in live.deployments
+        ),
+    )
+    observed = target.observed
+    [gated] = execute(make_plan(_new(), slow, prune=False), target, live=slow)
+    assert gated.message == "waiting for blue healthy (1/2 ready)"
+    assert target.observed == observed  # no step before it: the pass's view stands
 
 
 def test_an_invalid_plan_runs_nothing() -> None:
@@ -90,3 +106,24 @@ def test_a_stop_request_skips_the_remaining_steps() -> None:
     calls = iter([False, True, True])
     results = execute(plan, target, should_stop=lambda: next(calls))
     assert [r.outcome for r in results] == [Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.SKIPPED]
+    assert {r.message for r in results[1:]} == {"skipped: the reconciler is stopping"}
+
+
+def test_results_are_reported_as_they_come_and_before_each_change() -> None:
+    target = MemoryTarget()
+    plan = make_plan(_new(), target.observe(), prune=False)
+    events: list[str] = []
+    execute(
+        plan,
+        target,
+        on_step=lambda i, s: events.append(f"start {i} {s.action}"),
+        on_result=lambda r: events.append(f"end {r.index} {r.outcome}"),
+    )
+    assert events == [
+        "start 0 create_endpoint",
+        "end 0 succeeded",
+        "start 1 create_deployment",
+        "end 1 succeeded",
+        "start 2 set_traffic",
+        "end 2 succeeded",
+    ]

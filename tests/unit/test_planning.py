@@ -114,6 +114,39 @@ def test_an_invalid_state_has_errors_and_no_steps() -> None:
     assert plan.steps == () and [e.file for e in plan.errors] == ["a.yml", "b.yml"]
 
 
+def test_a_deployment_out_of_line_is_repaired_before_its_other_steps_and_traffic() -> None:
+    old = DesiredState(
+        (endpoint(traffic={"blue": 100}),), (deployment(), deployment("green", instance_count=2))
+    )
+    live = assume_applied(old)
+    live = replace(
+        live,
+        deployments=tuple(
+            replace(d, repair="1 instance(s) ready, not routed yet: green-0")
+            if d.name == "green"
+            else d
+            for d in live.deployments
+        ),
+    )
+    new = DesiredState(
+        (endpoint(traffic={"blue": 50, "green": 50}),),
+        (deployment(), deployment("green", instance_count=3)),
+    )
+    plan = make_plan(new, live, prune=False)
+    assert [(s.action, s.deployment) for s in plan.steps] == [
+        (Action.REPAIR_DEPLOYMENT, "green"),
+        (Action.SCALE_DEPLOYMENT, "green"),
+        (Action.SET_TRAFFIC, None),
+    ]
+    assert plan.steps[0].reason == "repair: 1 instance(s) ready, not routed yet: green-0"
+    assert plan.steps[0].instance_count == 2  # what it keeps now, not the declared count
+    # A deployment no file declares any more is deleted, not repaired.
+    gone = make_plan(
+        DesiredState((endpoint(traffic={"blue": 100}),), (deployment(),)), live, prune=False
+    )
+    assert Action.REPAIR_DEPLOYMENT not in {s.action for s in gone.steps}
+
+
 def test_a_changed_connection_plans_a_rolling_update_naming_it() -> None:
     ref = "${{azureml://connections/openai/credentials/api-key}}"
     spec = deployment(environment_variables=(("API_KEY", ref),))

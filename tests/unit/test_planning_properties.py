@@ -1,5 +1,7 @@
 """Property: for any two valid desired states, the plan obeys the ordering rules and
-applying it step by step to the old state (in memory) yields the new state."""
+applying it step by step to the old state (in memory) yields the new state; so do passes
+that are interrupted after any step, or that end with steps in progress (instances still
+starting), each planned again from what runs, through valid states only."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from reconciler.model.specs import (
     weight_of,
     weights,
 )
-from reconciler.model.state import DesiredState
+from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import make_plan
 from reconciler.targets.memory import MemoryTarget
 
@@ -187,6 +189,87 @@ def test_plan_obeys_rules_and_applying_it_reaches_the_new_state(
     if prune:
         assert {e.name for e in target.observe().endpoints} == {e.name for e in new.endpoints}
     assert make_plan(new, assume_applied(old), prune=prune) == plan  # deterministic
+
+
+def check_valid(live: LiveState, before: LiveState) -> None:
+    """What must hold at every moment on the target: traffic sums to 0 or 100, goes only to
+    deployments that exist, never to a mirrored one, and every deployment has its endpoint.
+    A share never goes to a deployment without a ready instance unless it had that share
+    with none ready already (a desired state may give traffic to zero instances)."""
+    names = {e.name for e in live.endpoints}
+    for d in live.deployments:
+        assert d.endpoint in names, f"{d.key} without its endpoint"
+    for e in live.endpoints:
+        traffic = dict(e.spec.traffic)
+        assert sum(traffic.values()) in (0, 100), (e.name, traffic)
+        by_name = {d.name: d for d in live.deployments_of(e.name)}
+        for share in (e.spec.traffic, e.spec.mirror_traffic):
+            for name, pct in share:
+                if not pct:
+                    continue
+                d = by_name.get(name)
+                assert d is not None, f"{e.name}: share to {name}, which does not exist"
+                if d.instance_count == 0 or d.ready_instances > 0:
+                    continue
+                old = before.endpoint(e.name)
+                had = 0
+                if old is not None:
+                    had = max(
+                        weight_of(old.spec.traffic, name), weight_of(old.spec.mirror_traffic, name)
+                    )
+                ready_before = {x.name: x.ready_instances for x in before.deployments_of(e.name)}
+                assert had >= pct and not ready_before.get(name), (e.name, name, d)
+        assert not {n for n, p in e.spec.mirror_traffic if p} & {n for n, p in traffic.items() if p}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    old=desired_states(),
+    new=desired_states(),
+    prune=st.booleans(),
+    stops=st.lists(st.integers(0, 12), max_size=4),
+    warmup=st.integers(0, 2),
+)
+def test_passes_stopped_after_any_step_or_in_progress_reach_the_new_state_through_valid_states(
+    old: DesiredState, new: DesiredState, prune: bool, stops: list[int], warmup: int
+) -> None:
+    target = MemoryTarget.from_state(assume_applied(old))
+    target.warmup = warmup
+    seen = [target.snapshot()]
+
+    def check(_result: object) -> None:
+        now = target.snapshot()
+        check_valid(now, seen[-1])
+        seen.append(now)
+
+    for number in range(30):
+        live = target.observe()
+        plan = make_plan(new, live, prune=prune)
+        settled = all(d.ready_instances >= d.instance_count for d in live.deployments)
+        if not plan.steps and settled:
+            break
+        # This pass is stopped after `stops[number]` steps (a SIGTERM), when it has one.
+        budget = [stops[number]] if number < len(stops) else [10**6]
+
+        def stop(budget: list[int] = budget) -> bool:
+            budget[0] -= 1
+            return budget[0] < 0
+
+        results = execute(
+            plan,
+            target,
+            live=live,
+            should_stop=stop,
+            on_result=check,
+        )
+        assert not [r for r in results if r.outcome == Outcome.FAILED], [
+            (plan.steps[r.index].action, r.message) for r in results
+        ]
+    else:
+        raise AssertionError("not converged in 30 passes")
+    assert make_plan(new, target.observe(), prune=prune).steps == ()
+    if prune:
+        assert {e.name for e in target.snapshot().endpoints} == {e.name for e in new.endpoints}
 
 
 def test_a_failed_new_deployment_keeps_traffic_where_it_was() -> None:

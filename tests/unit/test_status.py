@@ -104,3 +104,32 @@ def test_steps_left_undone_are_pending_and_the_endpoint_is_not_succeeded() -> No
     done = build_status(revision="abc", target="t", live=live, plan=plan, results=results[:1])
     assert done["ep"]["provisioning_state"] == "Succeeded"
     assert done["ep"]["pending_steps"] == []
+
+
+def test_a_step_in_progress_is_said_with_what_it_waits_for_and_only_then() -> None:
+    old = DesiredState((endpoint(traffic={"blue": 100}),), (deployment(),))
+    new = DesiredState(
+        (endpoint(traffic={"blue": 50, "green": 50}),),
+        (deployment(), deployment("green")),
+    )
+    live = assume_applied(old)
+    plan = make_plan(new, live, prune=False)
+    assert [s.action for s in plan.steps] == [Action.CREATE_DEPLOYMENT, Action.SET_TRAFFIC]
+    results = [
+        StepResult(0, Outcome.SUCCEEDED),
+        StepResult(1, Outcome.IN_PROGRESS, "waiting for green healthy (0/1 ready)"),
+    ]
+    doc = build_status(revision="abc", target="t", live=live, plan=plan, results=results)["ep"]
+    assert doc["provisioning_state"] == "Updating"
+    assert doc["in_progress_steps"] == [
+        {
+            "action": "set_traffic",
+            "deployment": None,
+            "progress": "waiting for green healthy (0/1 ready)",
+        }
+    ]
+    assert doc["pending_steps"] == []
+    # At rest, the key is not there: status files of earlier versions stay the same bytes.
+    rest = build_status(revision="abc", target="t", live=live, plan=plan, results=results[:1])
+    assert "in_progress_steps" not in rest["ep"]
+    assert rest["ep"]["provisioning_state"] == "Succeeded"

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -32,10 +33,18 @@ OBSERVE_EVERY_S = 5.0  # how often the list of autoscaled deployments is refresh
 
 class DockerAutoscaler:
     def __init__(
-        self, target: Any, lock: threading.Lock, *, down_after_s: float = DOWN_AFTER_S
+        self,
+        target: Any,
+        lock: threading.Lock,
+        *,
+        down_after_s: float = DOWN_AFTER_S,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
         self.lock = lock
+        # Called after a scale step: instances it started are routed by the passes that
+        # follow, once ready (a scale step never waits for them).
+        self.wake = wake
         self.down_after_s = down_after_s
         self.samples: dict[ResourceKey, deque[Sample]] = defaultdict(lambda: deque(maxlen=2000))
         self.deployments: list[LiveDeployment] = []
@@ -123,6 +132,8 @@ class DockerAutoscaler:
         )
         with self.lock:
             self.target.apply(step)
+        if self.wake is not None:
+            self.wake()
         self.decisions.append((deployment.key, decision))
         self._record(deployment, decision)
         self.samples[deployment.key].clear()  # a new count: judge it on fresh samples

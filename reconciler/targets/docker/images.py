@@ -23,8 +23,8 @@ for run-and-commit, for the same image; 12 s against 2.5 s for the thin layer.
 Every container a build makes (the build container of a layer, the probe of an image's
 Python) carries the labels of `build_labels(target)` from its creation: managed-by, the
 target's name and role=build. A process killed in the middle of a build (SIGKILL, or a
-SIGTERM to a one-shot `reconcile`) leaves that container behind, and the next pass of the
-target removes it (`remove_stale_build_containers`, called when the target settles). The
+SIGTERM to a one-shot `reconcile`) leaves that container behind, and the next build of the
+target removes it first (`remove_stale_build_containers`). The
 images made carry the same labels with role=image (a container made of the image without
 labels of its own must never look like a build to be cleared).
 
@@ -140,8 +140,8 @@ def image_labels(labels: Mapping[str, str]) -> dict[str, str]:
 def remove_stale_build_containers(client: docker.DockerClient, target_name: str) -> list[str]:
     """Remove the build containers a killed process of target `target_name` left; their names.
 
-    Called at the start of each pass, under the target's writer lock (writerlock.py): a
-    build runs only inside a pass, so every build container of the target is then stale.
+    Called before each build, under the target's writer lock (writerlock.py): a build
+    runs only inside a step, so every build container of the target is then stale.
     One still running (an install a killed process started) is left until it stops, or
     until it is older than the build timeout, in case a writer without the lock (an older
     version) still waits for it. Best effort: an engine that does not answer fails the

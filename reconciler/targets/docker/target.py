@@ -28,19 +28,31 @@ endpoint: Docker's default address pools hold about 30 networks.
 Readiness: a container is ready when the inference server answers GET / inside it (Triton,
 serving a no-code triton_model: GET /v2/health/ready; a custom container: when its
 readiness route answers the router's container, since its image may have no Python).
-Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; while a step
-waits for new instances it asks them directly (docker exec), because Docker 20.10 runs the
+Docker's HEALTHCHECK (from readiness_probe) keeps watching it afterwards; until Docker calls
+an instance healthy, observe asks it directly (docker exec), because Docker 20.10 runs the
 first health check only after a full probe period. A custom container is watched by the
 router instead (router/probes.py), with its own routes and the deployment's probe settings:
 its readiness route decides whether it gets traffic, and an instance whose liveness route
-failed failure_threshold times in a row is restarted by settle(). A router too old to run
-these checks is replaced by a repair_endpoint step.
+failed failure_threshold times in a row is named by observe (LiveDeployment.repair) and
+restarted by the plan's repair_deployment step. A router too old to run these checks is
+replaced by a repair_endpoint step.
 
-Failure: an instance that stopped, crash-loops or failed its liveness is failed; it does
-not count, settle() clears it away at the start of the next pass (a liveness failure is
-restarted in place instead), and the plan replaces it. An instance Docker restarted once
-counts again as soon as it is healthy. A batch of new instances that cannot start is
-stopped (kept for its logs until the next pass); the instances already serving stay.
+No step waits (a pass never blocks): create, scale and update start instances and return
+`Waiting`; an instance joins the router once ready, by a later pass. The update's rounds
+(new ones ready and routed, old ones retired as far as those make up for them, the next
+batch started) each run in a pass of their own while observe shows two versions. The record
+of each deployment (its state) keeps the count it is asked for, so observe reports what is
+out of line as LiveDeployment.repair and the plan's repair_deployment step fixes it:
+instances ready but not routed, routed ones gone, instances missing or in surplus.
+
+Failure: an instance that stopped, crash-loops or failed its readiness is failed. One that
+served before (crashed) is replaced by a repair. One that never became ready (crashed while
+starting, or not ready within its readiness probe's budget, at most ready_timeout_s) is a
+failed start: the deployment is Failed with its last log lines, the instance is stopped and
+kept for its logs, and it is not started again by itself (a version that cannot start would
+loop); a change of the deployment (a commit) rolls a new version and clears it. Traffic never
+moves to a failed deployment. An instance Docker restarted once counts again as soon as it
+is healthy.
 """
 
 from __future__ import annotations
@@ -56,8 +68,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +83,7 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
+from reconciler.model.results import Waiting
 from reconciler.model.secrets import variables as secret_variables
 from reconciler.model.specs import (
     DeploymentSpec,
@@ -193,6 +206,8 @@ class _Instance:
     address: str
     probe_url: str
     probe_from_router: bool
+    started_at: float | None = None  # epoch seconds of the container's last start
+    ready_within: float | None = None  # seconds it has to become ready (a label)
     # Per connection, the keyed digest of the values the instance was started with.
     connections: tuple[tuple[str, str], ...] = ()
 
@@ -220,6 +235,26 @@ class _Instance:
         if self.state in ("exited", "dead", "restarting") or self.health == "unhealthy":
             return True
         return self.restarts > 0 and self.health == "starting"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The instances of one deployment, sorted (DockerTarget._view)."""
+
+    alive: list[_Instance]  # running or starting, within their readiness budget
+    # Failed after the router had them, or never started: replaced by a repair.
+    crashed: list[_Instance]
+    dead: list[_Instance]  # failed before they ever served: kept, stopped, not retried
+    routed: set[str]  # addresses in the router's config
+    ready: set[str]  # names of alive instances that answer their readiness probe
+    why: dict[str, str]  # name -> why a failed one failed
+    # Custom containers whose liveness route failed failure_threshold times in a row (as
+    # the router checks it): restarted in place by a repair, as a kubelet does.
+    not_live: dict[str, int] = field(default_factory=dict)
+
+    def serves(self, inst: _Instance) -> bool:
+        """Routed, or ready to be: an instance the router should have."""
+        return inst.address in self.routed or inst.name in self.ready
 
 
 @dataclass(frozen=True)
@@ -338,8 +373,11 @@ class DockerTarget:
             )
             for name in sorted(names)
         ]
+        broken = {e.name for e in endpoints if e.repair is not None}
         deployments = [
-            self._observe_deployment(endpoint, deployment, group)
+            self._observe_deployment(
+                endpoint, deployment, group, endpoint_repair=endpoint in broken
+            )
             for (endpoint, deployment), group in sorted(instances.items())
         ]
         # A deployment scaled to zero has no container to read it back from: its record
@@ -470,15 +508,20 @@ class DockerTarget:
         )
 
     def _observe_deployment(
-        self, endpoint: str, deployment: str, group: list[_Instance]
+        self, endpoint: str, deployment: str, group: list[_Instance], *, endpoint_repair: bool
     ) -> LiveDeployment:
+        """The deployment as its instances, the router and its record show it: its count
+        is the one the record keeps, ready instances are those routed that answer, and
+        `repair` names what is out of line (endpoint_repair: the endpoint's own repair
+        routes its instances again, so they are not named twice)."""
         key = ResourceKey(endpoint, deployment)
-        serving = [i for i in group if not i.failed]
-        failed = [i for i in group if i.failed]
+        view = self._view(endpoint, deployment, group)
         # Failed instances (a rollout whose new instances did not start) say nothing of
-        # what runs: the digest and spec are those of the serving ones.
-        basis = serving or group
-        digests = {i.digest for i in basis}
+        # what runs: the spec is that of the serving ones. But instances of another
+        # version that failed to start make the digest a mixed one: the plan then holds
+        # the update (which clears them, or fails on them while that version is declared).
+        basis = view.alive or group
+        digests = {i.digest for i in basis} | {i.digest for i in view.dead}
         newest = max(basis, key=lambda i: i.created)
         spec: DeploymentSpec | None = None
         digest = newest.digest
@@ -486,8 +529,8 @@ class DockerTarget:
             with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
                 spec = deployment_from_json(json.loads(newest.container.labels[f"{L}spec"]))
         else:
-            # A rollout stopped half-way: report a digest no spec has, so the next plan
-            # finishes the rollout.
+            # A rollout under way (or stopped half-way, or failed): report a digest no spec
+            # has, so the plan holds the update until it is done.
             digest = spec_digest({"mixed": sorted(digests)})
         record = self._read_record(endpoint, deployment)
         scale = _scale_of(record.get("scale"))
@@ -495,24 +538,33 @@ class DockerTarget:
             # Containers carry the scale settings they were started with.
             with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
                 scale = _scale_of(json.loads(newest.container.labels[f"{L}scale"]))
-        routed = self._routed_instances(endpoint, deployment)
-        ready = [i for i in serving if i.address in routed and self._ready(i)]
+        recorded = record.get("count")
+        # What the deployment is asked to keep; instances that failed to start hold their
+        # places (they are not started again by themselves). Without a record of it (a
+        # deployment of an earlier version): what runs.
+        count = recorded if isinstance(recorded, int) else len(view.alive) + len(view.dead)
+        ready = [i for i in view.alive if i.address in view.routed and i.name in view.ready]
+        failed = view.crashed + view.dead
         if failed:
             state = ProvisioningState.FAILED
-        elif len(ready) < len(serving):
+        elif not view.routed and not ready and view.alive:
+            state = ProvisioningState.CREATING
+        elif len(ready) < count or len(ready) < len(view.alive):
             state = ProvisioningState.UPDATING
         else:
             state = ProvisioningState.SUCCEEDED
         last_error = None
         if failed:
-            last_error = f"{failed[0].name}: {failed[0].state}/{failed[0].health}\n" + _tail(
-                failed[0].container
+            first = failed[0]
+            fate = "replaced by a repair" if first in view.crashed else "it never became ready"
+            last_error = (
+                f"{first.name}: {view.why.get(first.name, first.state)} ({fate})\n"
+                + _failure_tail(first.container)
             )
         return LiveDeployment(
             key=key,
             digest=digest,
-            # Failed instances are not part of the count: the next pass replaces them.
-            instance_count=len(serving),
+            instance_count=count,
             scale_settings=scale,
             spec=spec,
             ready_instances=len(ready),
@@ -520,6 +572,11 @@ class DockerTarget:
             last_error=last_error,
             instance_type=newest.container.labels.get(f"{L}instance-type") or None,
             autoscale=self._autoscale_note(endpoint, deployment),
+            repair=_deployment_repair(
+                view,
+                count=recorded if isinstance(recorded, int) else None,
+                routes_known=not endpoint_repair,
+            ),
         )
 
     def _with_connections(
@@ -662,17 +719,24 @@ class DockerTarget:
         *,
         scale: ScaleSettings,
         version: _Version | None = None,
+        count: int | None = None,
     ) -> None:
         """Record what a step applied: the scale settings (labels cannot change on a
-        running container, and observe prefers this record), and the version, which
-        observe needs for a deployment scaled to zero."""
+        running container, and observe prefers this record), the version, which observe
+        needs for a deployment scaled to zero, and the count of instances the deployment
+        keeps (observe reports it, and repairs what falls short of it)."""
         records = self._records_of(endpoint)
+        before = json.dumps(records.get(deployment), sort_keys=True)
         record = records.setdefault(deployment, {})
         record["scale"] = to_json(scale)
+        if count is not None:
+            record["count"] = count
         if version is not None:
             record["digest"] = version.digest
             record["spec"] = json.loads(version.spec_label)
-        self._put(endpoint, {DEPLOYMENTS_FILE: _json_bytes(records)})
+        if json.dumps(record, sort_keys=True) != before:
+            # A rollout's rounds record the same each pass: written once.
+            self._put(endpoint, {DEPLOYMENTS_FILE: _json_bytes(records)})
 
     def _forget(self, endpoint: str, deployment: str) -> None:
         records = self._records_of(endpoint)
@@ -854,9 +918,9 @@ class DockerTarget:
 
     # --- apply -----------------------------------------------------------------------
 
-    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
         try:
-            dispatch(self, step, progress)
+            return dispatch(self, step, progress)
         except (ImageBuildError, CondaMappingError) as exc:
             tail = getattr(exc, "log_tail", "")
             raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None
@@ -1102,8 +1166,8 @@ class DockerTarget:
                 say(f"endpoint {endpoint}: state moved into volume {volume.name}")
         self._reconnect_instances(endpoint)
         # Instances that run but that a lost or rebuilt config does not route are routed
-        # again (of the version the router routed, or the newest).
-        self._settle_endpoint(endpoint, self._instance_groups())
+        # again.
+        self._route_ready(endpoint)
 
     def _config_served(self, creds: EndpointCredentials, port: int) -> RouterConfig | None:
         """The config a running router serves, asked through its admin call (which shows
@@ -1320,6 +1384,9 @@ class DockerTarget:
     # deployments
 
     def _build(self, spec: DeploymentSpec, say: ProgressCallback) -> str:
+        # A build killed half-way (SIGKILL) left its container: builds of this target run
+        # only in a step under its writer lock, so every build container found is stale.
+        remove_stale_build_containers(self.client, self.name)
         base = self._base_image(say)
         env_image = build_environment_image(
             self.client,
@@ -1378,19 +1445,20 @@ class DockerTarget:
         first_index: int,
         scale: ScaleSettings,
         say: ProgressCallback,
+        resolution: tuple[dict[str, str], dict[str, str]] | None = None,
     ) -> list[_Instance]:
-        """Start `count` instances and return once all are ready.
-
-        On failure the batch is stopped, not removed: it is routed nowhere, a crash loop
-        would only burn CPU, and its logs stay readable (`reconcile logs`) until the next
-        pass clears it away.
-        """
+        """Start `count` instances and return at once: they join the router once ready
+        (a later step, from what observe shows), or are found failed (crashed, or not ready
+        within the readiness probe's budget: `reconciler.ready-within` on each)."""
         spec = version.spec
         network = self._network(spec.endpoint_name)
         port, probe_url, probe_from_router = _serving(spec)
-        # Secret references resolved now (connections.py): MissingConnection fails this
-        # deployment only, before any container exists.
-        resolved, digests = self.connections().resolve(spec)
+        # Secret references resolved now (connections.py), unless the caller did:
+        # MissingConnection fails this deployment only, before any container exists.
+        resolved, digests = (
+            resolution if resolution is not None else self.connections().resolve(spec)
+        )
+        budget = self._ready_budget(spec)
         started: list[_Instance] = []
         try:
             for index in range(first_index, first_index + count):
@@ -1412,6 +1480,7 @@ class DockerTarget:
                     f"{L}instance-type": spec.instance_type or "",
                     f"{L}scale": json.dumps(to_json(scale)),
                     f"{L}spec": version.spec_label,
+                    f"{L}ready-within": str(int(budget)),
                 }
                 if digests:
                     # Keyed digests of the values, never the values (connections.py).
@@ -1431,14 +1500,21 @@ class DockerTarget:
                 )
                 started.append(_instance(container))
                 container.start()
-            say(f"{count} instance(s) of {spec.key} started; waiting until ready")
-            self._wait_ready(spec, started)
         except Exception:
-            for inst in started:
-                with contextlib.suppress(docker.errors.APIError):
-                    inst.container.stop(timeout=1)
+            # A batch half made serves nothing: what was made of it goes.
+            self._remove(started)
             raise
+        say(f"{count} instance(s) of {spec.key} started; routed once ready")
         return started
+
+    def _ready_budget(self, spec: DeploymentSpec) -> float:
+        """Seconds an instance has to become ready: the readiness probe's initial delay and
+        failure threshold (as Azure ML counts them), at most the target's ready_timeout_s."""
+        probe = spec.readiness_probe
+        return min(
+            self.options.ready_timeout_s,
+            probe.initial_delay + probe.period * probe.failure_threshold + 30,
+        )
 
     def _limits(self, spec: DeploymentSpec) -> dict[str, Any]:
         cores, memory = resource_limits(spec.resources)
@@ -1464,56 +1540,16 @@ class DockerTarget:
             ]
         return limits
 
-    def _wait_ready(self, spec: DeploymentSpec, instances: list[_Instance]) -> None:
-        probe = spec.readiness_probe
-        budget = min(
-            self.options.ready_timeout_s,
-            probe.initial_delay + probe.period * probe.failure_threshold + 30,
-        )
-        deadline = time.monotonic() + budget
-        waiting = {i.name: i for i in instances}
-        while waiting:
-            for name, inst in list(waiting.items()):
-                inst.container.reload()
-                state = inst.container.attrs.get("State", {})
-                if (
-                    state.get("Status") in ("exited", "dead")
-                    or int(inst.container.attrs.get("RestartCount", 0)) > 0
-                    or state.get("Restarting")
-                ):
-                    raise TargetError(
-                        f"instance {name} of {spec.key} stopped while starting "
-                        "(init() failed or the server crashed)",
-                        code="DeploymentNotReady",
-                        log_tail=_tail(inst.container),
-                    )
-                if self._probe(inst):
-                    del waiting[name]
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                first = next(iter(waiting.values()))
-                raise TargetError(
-                    f"{len(waiting)} instance(s) of {spec.key} not ready after {budget:.0f} s",
-                    code="Timeout",
-                    log_tail=_tail(first.container),
-                )
-            time.sleep(0.05)  # a probe (docker exec) itself takes ~0.1-0.4 s
-
     def _route_instances(
         self,
         endpoint: str,
         deployment: str,
         instances: Iterable[_Instance],
         spec: DeploymentSpec | None,
-        *,
-        settings_if_new: bool = False,
     ) -> None:
         config = self._router_config(endpoint)
         addresses = [i.address for i in instances]
-        routed = self._with_route(
-            config, deployment, addresses, spec, settings_if_new=settings_if_new
-        )
+        routed = self._with_route(config, deployment, addresses, spec)
         if routed != config:
             self._write_router_config(endpoint, routed)
 
@@ -1530,136 +1566,344 @@ class DockerTarget:
         keep: list[_Instance],
         drop: list[_Instance],
         spec: DeploymentSpec | None,
-        settings_if_new: bool = False,
+        routed: set[str],
+        spec_if_new: DeploymentSpec | None = None,
     ) -> None:
-        """Route `keep` only, let requests in flight to `drop` finish, then remove them."""
-        self._route_instances(endpoint, deployment, keep, spec, settings_if_new=settings_if_new)
+        """Route `keep` only, let requests in flight to `drop` finish, then remove them.
+
+        spec: the request settings and paths of the route; spec_if_new: those for a route
+        the router does not have yet (else its own stay)."""
+        config = self._router_config(endpoint)
+        if spec is None and config.deployment(deployment) is None:
+            spec = spec_if_new
+        changed = self._with_route(config, deployment, [i.address for i in keep], spec)
+        if changed != config:
+            self._write_router_config(endpoint, changed)
         if drop:
-            # The router sends nothing new to them from now on; what it sent already
-            # has drain_s to finish.
-            time.sleep(self.options.drain_s)
+            if any(i.address in routed for i in drop):
+                # The router sends nothing new to them from now on; what it sent already
+                # has drain_s to finish.
+                time.sleep(self.options.drain_s)
             self._remove(drop)
 
-    def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
+    # A deployment's instances as one view: what serves, what failed, what the router has.
+
+    def _view(self, endpoint: str, deployment: str, group: list[_Instance]) -> _Group:
+        """The instances of a deployment sorted into alive, crashed (failed after they
+        served) and dead starts (failed before they ever served: crashed while starting,
+        or not ready within their budget), with the router's addresses and readiness."""
+        routed = self._routed_instances(endpoint, deployment)
+        # Why instances a step stopped had failed (a stopped one only shows "exited").
+        stopped = self._read_record(endpoint, deployment).get("stopped")
+        known = stopped if isinstance(stopped, dict) else {}
+        now = time.time()
+        alive: list[_Instance] = []
+        crashed: list[_Instance] = []
+        dead: list[_Instance] = []
+        ready: set[str] = set()
+        why: dict[str, str] = {}
+        for inst in group:
+            was_routed = inst.address in routed
+            if inst.state == "created":
+                # Made and never started: its step was stopped in between (a reconciler
+                # killed). Nothing can be known of it: it is replaced.
+                why[inst.name] = "never started (its step was stopped half-way)"
+                crashed.append(inst)
+                continue
+            if inst.failed:
+                why[inst.name] = str(
+                    known.get(inst.name)
+                    or (
+                        f"{inst.state}" + (f", {inst.restarts} restart(s)" if inst.restarts else "")
+                        if inst.health != "unhealthy"
+                        else "its readiness probe failed"
+                    )
+                )
+                (crashed if was_routed else dead).append(inst)
+                continue
+            if self._ready(inst):
+                ready.add(inst.name)
+                alive.append(inst)
+                continue
+            late = inst.started_at is not None and inst.ready_within is not None
+            if not was_routed and late and now - inst.started_at > inst.ready_within:  # type: ignore[operator]
+                why[inst.name] = f"not ready after {inst.ready_within:.0f} s"
+                dead.append(inst)
+                continue
+            alive.append(inst)
+        not_live = self._liveness_failed(endpoint, alive)
+        return _Group(alive, crashed, dead, routed, ready, why, not_live)
+
+    def _version_of(self, insts: Iterable[_Instance]) -> _Version | None:
+        """The version the newest of these instances runs (labels and image)."""
+        for inst in sorted(insts, key=lambda i: i.created, reverse=True):
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                return self._running_version(inst)
+        return None
+
+    def _stop_dead(self, endpoint: str, deployment: str, view: _Group) -> None:
+        """Instances that failed to start are stopped, not removed: a crash loop would only
+        burn CPU, and their logs stay readable (`reconcile logs`). Why each failed is kept
+        in the deployment's record: stopped, it only shows "exited"."""
+        halted = [i for i in view.dead if i.state in ("running", "restarting")]
+        if not halted:
+            return
+        for inst in halted:
+            with contextlib.suppress(docker.errors.APIError):
+                inst.container.stop(timeout=1)
+        records = self._records_of(endpoint)
+        record = records.setdefault(deployment, {})
+        present = {i.name for i in view.alive + view.crashed + view.dead}
+        reasons = {k: v for k, v in (record.get("stopped") or {}).items() if k in present}
+        reasons.update({i.name: view.why.get(i.name, i.state) for i in halted})
+        record["stopped"] = reasons
+        self._put(endpoint, {DEPLOYMENTS_FILE: _json_bytes(records)})
+
+    def _dead_start_error(self, spec: DeploymentSpec, group: _Group) -> TargetError:
+        first = group.dead[0]
+        reason = group.why.get(first.name, first.state)
+        code = "Timeout" if reason.startswith("not ready after") else "DeploymentNotReady"
+        return TargetError(
+            f"instance {first.name} of {spec.key} did not start ({reason}; init() failed, "
+            "the server crashed, or readiness was never met); the instances that served "
+            "keep serving. Commit a change of the deployment to try again",
+            code=code,
+            log_tail=_failure_tail(first.container),
+        )
+
+    def _create_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
         self._router_config(spec.endpoint_name)  # the endpoint must exist
-        # Left-overs of an earlier failed attempt go first: they are not serving.
+        # Left-overs of an earlier attempt go first: they are not serving.
         self._remove(self._instances(spec.endpoint_name, spec.name))
         version = self._desired_version(spec, say)
         scale = step.scale_settings or spec.scale_settings
-        started = self._start_instances(
-            version, count=step.instance_count, first_index=0, scale=scale, say=say
+        # A missing connection fails the creation before anything of it exists.
+        resolution = self.connections().resolve(spec)
+        # Recorded before anything starts: a reconciler killed now leaves a deployment
+        # whose missing instances the next pass sees, and starts (repair_deployment).
+        self._record(
+            step.endpoint, spec.name, scale=scale, version=version, count=step.instance_count
         )
-        self._route_instances(spec.endpoint_name, spec.name, started, spec)
-        self._record(step.endpoint, spec.name, scale=scale, version=version)
+        self._start_instances(
+            version,
+            count=step.instance_count,
+            first_index=0,
+            scale=scale,
+            say=say,
+            resolution=resolution,
+        )
+        # Its route exists from the start (request settings, paths); instances join it
+        # once ready. Made after they started: a router too old for the route's checks
+        # refuses it (RouterOutdated), and observe sees the need for its repair from the
+        # instances that exist.
+        self._route_instances(spec.endpoint_name, spec.name, [], spec)
+        if not step.instance_count:
+            return None
+        return Waiting(f"{spec.key} healthy (0/{step.instance_count} ready)")
 
-    def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
-        """Add or remove instances of what runs now.
+    def _scale_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+        """Add or remove instances of what runs now; added ones join the router once ready.
 
         Scaling comes before an update of the same deployment (SPEC-REFERENCE.md), so
         instances added to a deployment whose running version is not the declared one are
         of the running version; the update that follows replaces them with the rest.
+        Instances that failed to start hold their places (a version that cannot start is
+        not started again and again): scaling counts them, and removes them first.
         """
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
         group = self._instances(step.endpoint, spec.name)
-        failed = [i for i in group if i.failed]
-        live = [i for i in group if not i.failed]
+        view = self._view(step.endpoint, spec.name, group)
         want = step.instance_count
         scale = step.scale_settings or spec.scale_settings
-        if want > len(live):
-            running = [i for i in live if i.digest != spec.digest]
+        slots = view.alive + view.dead
+        if want > len(slots):
+            running = [i for i in view.alive if i.digest != spec.digest]
             version: _Version | None = None
-            if running and len(running) == len(live):
+            if running and len(running) == len(view.alive):
                 # Containers of an older reconciler may lack a readable spec label: then
                 # the new instances are of the declared version (the update follows).
-                with contextlib.suppress(KeyError, ValueError, TypeError):
-                    version = self._running_version(max(running, key=lambda i: i.created))
+                version = self._version_of(running)
             if version is None:
                 version = self._desired_version(spec, say)
-            started = self._start_instances(
+            if any(i.digest == version.digest for i in view.dead):
+                raise self._dead_start_error(spec, view)
+            self._record(step.endpoint, spec.name, scale=scale, version=version, count=want)
+            self._start_instances(
                 version,
-                count=want - len(live),
+                count=want - len(slots),
                 # Past every index in use, failed ones included: names and aliases stay
                 # unique while those are still there.
                 first_index=max((i.index for i in group), default=-1) + 1,
                 scale=scale,
                 say=say,
             )
-            self._retire(
-                step.endpoint,
-                spec.name,
-                keep=live + started,
-                drop=failed,
-                spec=version.spec,
-                settings_if_new=True,
-            )
-            say(f"{len(started)} instance(s) of {spec.key} added")
-            self._record(step.endpoint, spec.name, scale=scale, version=version)
-        else:
-            # The declared version (with the connections' values of now) stays longest,
-            # then the oldest instances.
-            current = self._values_now(spec)
-            order = sorted(
-                live,
-                key=lambda i: (i.digest != spec.digest or not i.started_with(current), i.index),
-            )
-            keep, drop = order[:want], order[want:]
-            # One of an interrupted rollout may be kept that the router never had: it
-            # is routed only once it answers.
-            routed = self._routed_instances(step.endpoint, spec.name)
-            self._wait_ready(spec, [i for i in keep if i.address not in routed])
-            self._retire(step.endpoint, spec.name, keep=keep, drop=drop + failed, spec=None)
-            if drop:
-                say(f"{len(drop)} instance(s) of {spec.key} removed")
-            self._record(step.endpoint, spec.name, scale=scale)
+            return Waiting(f"{spec.key} healthy ({len(view.ready)}/{want} ready)")
+        # The dead go first; of the rest, the declared version (with the connections'
+        # values of now) stays longest, then the oldest instances.
+        current = self._values_now(spec)
+        ranked = sorted(
+            view.alive,
+            key=lambda i: (i.digest != spec.digest or not i.started_with(current), i.index),
+        )
+        keep = ranked[:want] + view.dead[: max(0, want - len(ranked))]
+        drop = [i for i in slots if i not in keep]
+        self._record(step.endpoint, spec.name, scale=scale, count=want)
+        routed_keep = [i for i in keep if i in view.alive and view.serves(i)]
+        self._retire(
+            step.endpoint,
+            spec.name,
+            keep=routed_keep,
+            drop=drop + view.crashed,
+            spec=None,
+            routed=view.routed,
+        )
+        if drop:
+            say(f"{len(drop)} instance(s) of {spec.key} removed")
+        starting = [i for i in keep if i in view.alive and i.name not in view.ready]
+        if starting:
+            return Waiting(f"{spec.key} healthy ({len(routed_keep)}/{want} ready)")
+        return None
 
-    def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
-        """Rolling update: new instances in batches of 20% of the count (at least one),
-        each batch ready and routed before old ones leave the router, and old ones leave
-        only as far as the new ones make up for them: the ready count never falls below
-        the declared one (or below what ran, when fewer ran).
+    def _update_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+        """One round of a rolling update, from what runs: new instances that are ready join
+        the router, old ones leave only as far as ready new ones make up for them (the
+        ready count never falls below the declared one, or below what ran when fewer ran),
+        and the next batch of 20% of the count (at least one) starts. Done when only ready,
+        routed instances of the new version are left; else in progress, and the next pass
+        (the plan still holds the update: the versions differ) does the next round.
+
+        New instances that failed to start fail the step with their log (they are
+        stopped and kept for `reconcile logs`); the old ones keep serving. Failed ones of
+        another version (an earlier broken rollout) simply go.
         """
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
         group = self._instances(step.endpoint, spec.name)
-        # Failed instances serve nothing; the router already passes over them.
-        self._remove([i for i in group if i.failed])
-        live = [i for i in group if not i.failed]
+        view = self._view(step.endpoint, spec.name, group)
         # An instance is of the declared version when it runs the spec with the values
         # its connections hold now: a changed secret makes every running one old.
         current = self._values_now(spec)
-        new = [i for i in live if i.digest == spec.digest and i.started_with(current)]
-        old = [i for i in live if i not in new]
         version = self._desired_version(spec, say)
-        # New instances of an interrupted rollout, started but never routed, are routed
-        # below with the rest: they must be ready too.
-        routed = self._routed_instances(step.endpoint, spec.name)
-        self._wait_ready(spec, [i for i in new if i.address not in routed])
         target = step.instance_count
-        batch = max(1, int(target * 0.2))
-        next_index = max((i.index for i in group), default=-1) + 1
         scale = step.scale_settings or spec.scale_settings
-        while True:
-            missing = target - len(new)
-            if missing <= 0 and not old:
-                break
-            if missing > 0:
-                count = min(batch, missing)
-                new += self._start_instances(
-                    version, count=count, first_index=next_index, scale=scale, say=say
+        self._record(step.endpoint, spec.name, scale=scale, version=version, count=target)
+        dead_new = [i for i in view.dead if i.digest == spec.digest]
+        if dead_new:
+            self._stop_dead(step.endpoint, spec.name, view)
+            raise self._dead_start_error(spec, replace(view, dead=dead_new))
+        gone = view.crashed + view.dead  # failed instances of other versions
+        new = [i for i in view.alive if i.digest == spec.digest and i.started_with(current)]
+        old = [i for i in view.alive if i not in new]
+        ready_new = [i for i in new if i.name in view.ready]
+        # More of the new version than declared (a rollout that ran at a higher count):
+        # the ones not ready go first, then the newest.
+        extra = sorted(new, key=lambda i: (i.name in view.ready, -i.index))[
+            : max(0, len(new) - target)
+        ]
+        new = [i for i in new if i not in extra]
+        ready_new = [i for i in ready_new if i not in extra]
+        # Old instances leave as ready new ones make up for them: those not serving first.
+        surplus = max(0, len(ready_new) + len(old) - target)
+        old_order = sorted(old, key=lambda i: (i.name in view.ready, i.index))
+        retire, old = old_order[:surplus], old_order[surplus:]
+        serving = [i for i in old if view.serves(i)] + ready_new
+        self._retire(
+            step.endpoint,
+            spec.name,
+            keep=serving,
+            drop=retire + extra + gone,
+            spec=spec,
+            routed=view.routed,
+        )
+        batch = max(1, int(target * 0.2))
+        starting = len(new) - len(ready_new)
+        count = min(target - len(new), max(0, batch - starting))
+        if count > 0:
+            self._start_instances(
+                version,
+                count=count,
+                first_index=max((i.index for i in group), default=-1) + 1,
+                scale=scale,
+                say=say,
+            )
+        if not old and len(ready_new) == target:
+            say(f"{spec.key}: {target}/{target} instances updated")
+            return None
+        say(f"{spec.key}: {len(ready_new)}/{target} instances of the new version ready")
+        return Waiting(f"{spec.key}: {len(ready_new)}/{target} new instances ready")
+
+    def _repair_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+        """Bring what runs in line with the deployment's record, as observe found it out of
+        line: crashed instances are replaced (by instances of the version that serves),
+        those that failed to start and still restart are stopped (their logs kept), the
+        router drops what is gone and takes instances that became ready, missing
+        instances start and surplus ones go. Never waits: new instances join the router
+        by the next repair, once ready."""
+        assert step.deployment is not None
+        endpoint, name = step.endpoint, step.deployment
+        group = self._instances(endpoint, name)
+        view = self._view(endpoint, name, group)
+        record = self._read_record(endpoint, name)
+        count = record.get("count")
+        self._stop_dead(endpoint, name, view)
+        for inst in view.alive:
+            if inst.name in view.not_live:
+                # A custom container's liveness route failed: restarted in place (as
+                # Kubernetes does); it serves again once its readiness route answers.
+                log.warning(
+                    "instance_restarted",
+                    instance=inst.name,
+                    reason="liveness",
+                    failures=view.not_live[inst.name],
                 )
-                next_index += count
-            surplus = max(0, len(new) + len(old) - target)
-            retire, old = old[:surplus], old[surplus:]
-            self._retire(step.endpoint, spec.name, keep=new + old, drop=retire, spec=spec)
-            say(f"{spec.key}: {min(len(new), target)}/{target} instances updated")
-        if len(new) > target:
-            # More of the new version than declared (a rollout that ran at a higher
-            # count): the newest go.
-            self._retire(step.endpoint, spec.name, keep=new[:target], drop=new[target:], spec=spec)
-        self._record(step.endpoint, spec.name, scale=scale, version=version)
+                inst.container.restart(timeout=2)
+        serving = self._version_of(view.alive) or self._version_of(group)
+        # What the router has and still runs stays; with one version running, what
+        # became ready joins it (two versions: the update's rounds decide).
+        keep = [i for i in view.alive if i.address in view.routed]
+        drop: list[_Instance] = list(view.crashed)
+        if len({i.digest for i in view.alive}) <= 1:
+            keep += [i for i in view.alive if view.serves(i) and i not in keep]
+        started = 0
+        if isinstance(count, int) and len({i.digest for i in view.alive + view.dead}) <= 1:
+            slots = view.alive + view.dead
+            if len(slots) > count:
+                order = view.dead + sorted(
+                    view.alive, key=lambda i: (i.name in view.ready, -i.index)
+                )
+                surplus = order[: len(slots) - count]
+                drop += surplus
+                keep = [i for i in keep if i not in surplus]
+            elif len(slots) < count and serving is not None:
+                started = count - len(slots)
+        self._retire(
+            endpoint,
+            name,
+            keep=keep,
+            drop=drop,
+            spec=None,
+            routed=view.routed,
+            spec_if_new=serving.spec if serving is not None else None,
+        )
+        if started and serving is not None:
+            self._start_instances(
+                serving,
+                count=started,
+                first_index=max((i.index for i in group), default=-1) + 1,
+                scale=_scale_of(record.get("scale")),
+                say=say,
+            )
+        if drop:
+            say(f"{len(drop)} instance(s) of {endpoint}/{name} removed")
+        waiting = started + len([i for i in view.alive if i.name not in view.ready])
+        if waiting:
+            total = count if isinstance(count, int) else len(view.alive)
+            ready = len([i for i in keep if i.name in view.ready])
+            return Waiting(f"{endpoint}/{name} healthy ({ready}/{total} ready)")
+        return None
 
     def _values_now(self, spec: DeploymentSpec) -> dict[str, str | None]:
         """Per connection the spec references, the keyed digest of its values now (None
@@ -1722,118 +1966,31 @@ class DockerTarget:
 
     # --- operations beyond the plan ----------------------------------------------------
 
-    def settle(self) -> None:
-        """Bring the routers in line with what runs: ready instances in, gone ones out.
-
-        Called at the start of a pass: heals a router whose instance list drifted (an
-        instance removed by hand, a reconciler killed between starting instances and
-        routing them), restarts instances whose liveness failed, and clears away stopped
-        or crash-looping ones (the pass's plan then replaces them: they no longer count).
-        """
-        remove_stale_build_containers(self.client, self.name)  # left by a killed build
-        self._state_cache.clear()
-        groups = self._instance_groups()
-        foreign = self._foreign(self._state_volumes())
-        for router in self._containers(role="router"):
-            endpoint = router.labels[f"{L}endpoint"]
-            if router.status != "running" or _legacy_router(router) or endpoint in foreign:
-                # A broken router is the plan's repair_endpoint step's, visibly; another
-                # repository's endpoint is its own.
-                continue
-            try:
-                self._settle_endpoint(endpoint, groups, patience_s=2)
-            except (
-                TargetError,
-                StateUnreadable,
-                docker.errors.DockerException,
-                requests.exceptions.ConnectionError,
-            ) as exc:
-                # One endpoint's trouble must not stop the pass for the others: its own
-                # steps fail, with the reason, if it matters to them.
-                log.warning("settle_failed", endpoint=endpoint, error=str(exc))
-
-    def _instance_groups(self) -> dict[tuple[str, str], list[_Instance]]:
-        groups: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
-        for c in self._containers(role="instance"):
+    def _route_ready(self, endpoint: str) -> None:
+        """Route what runs and answers, as a repaired endpoint's lost or rebuilt config may
+        not: per deployment, the instances the config has, and (one version running) those
+        ready. Nothing is removed here: what is out of line besides is a repair_deployment
+        of a later pass, visibly."""
+        groups: dict[str, list[_Instance]] = defaultdict(list)
+        for c in self._containers(role="instance", endpoint=endpoint):
             inst = _instance(c)
-            groups[(inst.endpoint, inst.deployment)].append(inst)
-        return groups
-
-    def _settle_endpoint(
-        self,
-        endpoint: str,
-        groups: Mapping[tuple[str, str], list[_Instance]],
-        *,
-        patience_s: float = 30,
-    ) -> None:
-        config = self._read_router_config(endpoint)
-        if config is None:
-            return
+            groups[inst.deployment].append(inst)
+        config = self._router_config(endpoint)
         changed = config
-        names = {r.name for r in config.deployments} | {d for e, d in groups if e == endpoint}
-        for name in sorted(names):
-            group = groups.get((endpoint, name), [])
-            route = config.deployment(name)
-            before = list(route.instances) if route else []
-            broken = []
-            not_live = self._liveness_failed(endpoint, group)
-            for inst in group:
-                if inst.state == "running" and inst.health == "unhealthy":
-                    # Liveness failed: restarted in place (as Kubernetes does), routed
-                    # again by a later settle once it answers.
-                    log.warning("instance_restarted", instance=inst.name, reason="liveness")
-                    inst.container.restart(timeout=2)
-                elif inst.name in not_live:
-                    # A custom container's liveness route, as the router checks it.
-                    log.warning(
-                        "instance_restarted",
-                        instance=inst.name,
-                        reason="liveness",
-                        failures=not_live[inst.name],
-                    )
-                    inst.container.restart(timeout=2)
-                elif inst.failed:
-                    broken.append(inst)
-            if broken:
-                log.warning(
-                    "instances_removed",
-                    instances=[i.name for i in broken],
-                    reason="stopped or crash-looping",
-                )
-                self._remove(broken)
-            alive = [i for i in group if not i.failed]
-            alive_addresses = {i.address for i in alive}
-            routed = [a for a in before if a in alive_addresses]
-            digests = {i.digest for i in alive if i.address in routed}
-            if not digests and alive:
-                # Nothing of it is routed (a pass killed between starting a deployment's
-                # instances and routing them): its newest version is.
-                digests = {max(alive, key=lambda i: i.created).digest}
-            # No step runs while a pass settles: an instance no router knows was left by
-            # a pass that stopped half-way. Of the routed version and answering, it is
-            # routed; answering but of another version, it is left to the update that
-            # the plan will hold; not answering, it goes (the plan replaces it, and
-            # waits for its replacement properly).
-            unrouted = [i for i in alive if i.address not in routed]
-            answering = [i for i in unrouted if self._ready(i)]
-            orphans = [i for i in unrouted if i not in answering]
-            if orphans:
-                log.warning(
-                    "instances_removed", instances=[i.name for i in orphans], reason="orphan"
-                )
-                self._remove(orphans)
-            extra = [i for i in answering if i.digest in digests]
-            addresses = sorted(routed + [i.address for i in extra])
-            if addresses == before or (route is None and not addresses):
-                continue
+        for name, group in sorted(groups.items()):
+            view = self._view(endpoint, name, group)
+            keep = [i for i in view.alive if i.address in view.routed]
+            if len({i.digest for i in view.alive}) <= 1:
+                keep += [i for i in view.alive if view.serves(i) and i not in keep]
             spec = None
-            if route is None:
-                with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
-                    spec = deployment_from_json(json.loads(extra[0].container.labels[f"{L}spec"]))
-            changed = self._with_route(changed, name, addresses, spec)
+            if config.deployment(name) is None:
+                version = self._version_of(view.alive)
+                spec = version.spec if version is not None else None
+            if keep or config.deployment(name) is not None:
+                changed = self._with_route(changed, name, [i.address for i in keep], spec)
         if changed != config:
-            log.info("router_settled", endpoint=endpoint)
-            self._write_router_config(endpoint, changed, patience_s=patience_s)
+            log.info("router_routes_restored", endpoint=endpoint)
+            self._write_router_config(endpoint, changed)
 
     def _instances_of(self, endpoint: str) -> list[_Instance]:
         return [_instance(c) for c in self._containers(role="instance", endpoint=endpoint)]
@@ -1882,7 +2039,7 @@ class DockerTarget:
                 continue
             probe = spec.liveness_probe
             failures = int(record.get("liveness_failures", 0))
-            started = _started_at(inst.container)
+            started = inst.started_at
             settled = probe.initial_delay + probe.period * probe.failure_threshold
             if (
                 failures >= probe.failure_threshold
@@ -1914,9 +2071,12 @@ class DockerTarget:
         creds = self.endpoint_credentials(endpoint)
         return issue_token(creds.token_secret_bytes, endpoint, now=now, ttl_s=ttl_s)
 
-    def autoscaler(self, lock: threading.Lock) -> DockerAutoscaler:
-        """The loop that scales target_utilization deployments (run by the daemon)."""
-        return DockerAutoscaler(self, lock)
+    def autoscaler(
+        self, lock: threading.Lock, *, wake: Callable[[], None] | None = None
+    ) -> DockerAutoscaler:
+        """The loop that scales target_utilization deployments (run by the daemon); `wake`
+        asks for a pass after a scale (it routes the new instances once they are ready)."""
+        return DockerAutoscaler(self, lock, wake=wake)
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
         creds = self.endpoint_credentials(endpoint).regenerated(which)
@@ -1965,8 +2125,76 @@ def _instance(container: Any) -> _Instance:
         address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
+        started_at=_epoch(str(state.get("StartedAt") or "")),
+        ready_within=_float(labels.get(f"{L}ready-within")),
         connections=_recorded_digests(labels.get(DIGESTS_LABEL)),
     )
+
+
+def _epoch(text: str) -> float | None:
+    """Epoch seconds of a Docker timestamp (RFC 3339, nanoseconds); None when unset."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, rest = text.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    try:
+        moment = datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _deployment_repair(view: _Group, *, count: int | None, routes_known: bool) -> str | None:
+    """What repair_deployment would do, said for the plan; None when nothing. It names
+    exactly what the repair changes, so that once done, observe finds nothing more: ready
+    instances join the router while one version runs; instances start or go to meet the
+    count while one version runs and none of another failed (else the update's rounds
+    decide)."""
+    problems: list[str] = []
+    if view.not_live:
+        names = ", ".join(f"{n} ({c} failed checks)" for n, c in sorted(view.not_live.items()))
+        problems.append(f"liveness route failed, to restart: {names}")
+    one_running = len({i.digest for i in view.alive}) <= 1
+    one_version = len({i.digest for i in view.alive + view.dead}) <= 1
+    if view.crashed:
+        names = ", ".join(f"{i.name} ({view.why.get(i.name, i.state)})" for i in view.crashed)
+        problems.append(f"{len(view.crashed)} instance(s) to replace: {names}")
+    restarting = [i for i in view.dead if i.state in ("running", "restarting")]
+    if restarting:
+        problems.append(
+            f"{len(restarting)} instance(s) that never became ready still run or restart "
+            "(stopped; their logs are kept)"
+        )
+    if routes_known:
+        addresses = {i.address for i in view.alive}
+        gone = sorted(a for a in view.routed if a not in addresses)
+        crashed = {i.address for i in view.crashed}
+        gone = [a for a in gone if a not in crashed]
+        if gone:
+            problems.append(f"the router lists {len(gone)} instance(s) that are gone")
+        if one_running:
+            joining = [
+                i for i in view.alive if i.address not in view.routed and i.name in view.ready
+            ]
+            if joining:
+                problems.append(
+                    f"{len(joining)} instance(s) ready, not routed yet: "
+                    + ", ".join(i.name for i in joining)
+                )
+    if count is not None and one_version:
+        slots = len(view.alive) + len(view.dead)
+        if slots < count:
+            problems.append(f"{count - slots} of {count} instance(s) missing")
+        elif slots > count:
+            problems.append(f"{slots - count} instance(s) more than the {count} asked")
+    return "; ".join(problems) or None
 
 
 def _recorded_digests(label: str | None) -> tuple[tuple[str, str], ...]:
@@ -2137,6 +2365,30 @@ def _serving(spec: DeploymentSpec) -> tuple[int, str, bool]:
     return routes.scoring.port, f"http://127.0.0.1:{ready.port}{ready.path}", False
 
 
+# The inference server's first line at each start: a restarted instance's log holds runs.
+_RUN_START = "azmlinfsrv - Loaded logging config"
+_FAILURE_WORDS = ("Traceback", "Error", "Exception", "failed")
+# Lines of a failure kept from where it starts (status keeps the last 20 of a log tail).
+_FAILURE_LINES = 20
+
+
+def _failure_tail(container: Any, lines: int = LOG_TAIL) -> str:
+    """Why the instance's last failed run failed: its log from the first line that says
+    so (a crash-looping instance may already be starting again, and the newest lines of its
+    log then say nothing of why); the end of the log when no line says so."""
+    text = _tail(container, lines=lines * 8)
+    runs: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if _RUN_START in line and runs[-1]:
+            runs.append([])
+        runs[-1].append(line)
+    for run in reversed(runs):
+        starts = [i for i, line in enumerate(run) if any(w in line for w in _FAILURE_WORDS)]
+        if starts:
+            return "\n".join(run[starts[0] : starts[0] + _FAILURE_LINES]) + "\n"
+    return "\n".join(text.splitlines()[-lines:]) + "\n"
+
+
 def _tail(container: Any, lines: int = LOG_TAIL) -> str:
     try:
         return bytes(container.logs(tail=lines)).decode(errors="replace")
@@ -2186,16 +2438,6 @@ def _router_level(router: Any) -> int:
         return int((router.labels or {}).get(ROUTER_LEVEL_LABEL, "1"))
     except ValueError:
         return 1
-
-
-def _started_at(container: Any) -> float | None:
-    """When the container last started, in seconds since the epoch (None when unknown)."""
-    text = str((container.attrs.get("State") or {}).get("StartedAt") or "")
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?", text)
-    if match is None or text.startswith("0001-"):
-        return None
-    moment = datetime.datetime.fromisoformat(match.group(1)).replace(tzinfo=datetime.UTC)
-    return moment.timestamp() + float(match.group(2) or 0)
 
 
 def _environment(spec: DeploymentSpec, variables: Mapping[str, str]) -> dict[str, str]:

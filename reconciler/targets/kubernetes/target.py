@@ -7,8 +7,12 @@ ConfigMap; traffic is what the router's config (builtin) or the HTTPRoute (gatew
 says; health is the Deployment's status (`rollout`). Objects without our labels are never
 changed or deleted.
 
-Steps that start instances return when the rollout is complete (every replica of the new
-template available), or raise when it fails: the executor's health gates rely on it.
+Steps that start instances never wait for the rollout (a pass never blocks): they apply
+the Deployment and return `Waiting`; observe reports the rollout (ready replicas, and
+Failed with the failing pod's last log lines when a pod cannot start), and the executor's
+health gates read that. With the builtin router, a deployment's Service slots and its route
+follow once its rollout is complete: observe names a deployment rolled out but not routed
+as it should be (LiveDeployment.repair), and the plan's repair_deployment step routes it.
 
 Router config changes (traffic, mirror, routes, keys) are written to the router's Secret,
 and a step returns once every ready router pod says (through the API server's pod proxy)
@@ -46,7 +50,7 @@ from reconciler.model.state import (
 )
 from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
 from reconciler.router.tokens import issue_token
-from reconciler.targets.base import ProgressCallback, TargetError, dispatch
+from reconciler.targets.base import ProgressCallback, TargetError, Waiting, dispatch
 from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
@@ -147,7 +151,11 @@ class KubernetesTarget:
         for endpoint in sorted(instances):
             for d in instances[endpoint]:
                 name = _label(d, m.DEPLOYMENT_LABEL)
-                deployments.append(self._observe_deployment(d, pods.get((endpoint, name), [])))
+                deployments.append(
+                    self._observe_deployment(
+                        d, pods.get((endpoint, name), []), config=configs.get(endpoint)
+                    )
+                )
         endpoints = []
         for endpoint in sorted(names):
             services = {
@@ -164,6 +172,7 @@ class KubernetesTarget:
                     config=configs.get(endpoint),
                     route=routes.get(endpoint),
                     services=services,
+                    running=set(services.values()),
                 )
             )
         deployments.sort(key=lambda d: d.key)
@@ -180,6 +189,7 @@ class KubernetesTarget:
         config: RouterConfig | None,
         route: Mapping[str, Any] | None,
         services: Mapping[str, str],
+        running: set[str],
     ) -> LiveEndpoint:
         spec, known = EndpointSpec(name), False
         if record is not None:
@@ -216,16 +226,27 @@ class KubernetesTarget:
         base = self.options.scoring_url.format(
             service=service, namespace=self.client.namespace, endpoint=name
         ).rstrip("/")
+        repair = None
+        if config is not None:
+            busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
+            stale = sorted(r.name for r in config.deployments if r.name not in running | busy)
+            if stale:
+                repair = f"its router routes deployments that are gone ({', '.join(stale)})"
         return LiveEndpoint(
             spec=spec,
             provisioning_state=state,
             scoring_uri=f"{base}/score",
             openapi_uri=f"{base}/swagger.json",
             spec_known=known,
+            repair=repair,
         )
 
     def _observe_deployment(
-        self, obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+        self,
+        obj: Mapping[str, Any],
+        pods: Sequence[Mapping[str, Any]],
+        *,
+        config: RouterConfig | None,
     ) -> LiveDeployment:
         key = ResourceKey(_label(obj, m.ENDPOINT_LABEL), _label(obj, m.DEPLOYMENT_LABEL))
         annotations = obj["metadata"].get("annotations") or {}
@@ -235,6 +256,11 @@ class KubernetesTarget:
         status = rollout(obj, current)
         if spec is not None and spec.digest != digest:
             spec = None  # written by another version of the recipe: trust the digest only
+        error = status.error
+        if error is not None and status.failing_pod is not None:
+            # Failed: the pod's last lines say why (no step waits to fetch them any more).
+            tail = self._log_tail(status.failing_pod)
+            error = f"{error}\n{tail}" if tail else error
         return LiveDeployment(
             key=key,
             digest=digest,
@@ -243,14 +269,36 @@ class KubernetesTarget:
             spec=spec,
             ready_instances=status.ready,
             provisioning_state=status.state,
-            last_error=status.error,
+            last_error=error,
             instance_type=spec.instance_type if spec is not None else None,
+            repair=self._route_repair(spec, status, config),
         )
+
+    def _route_repair(
+        self, spec: DeploymentSpec | None, status: Rollout, config: RouterConfig | None
+    ) -> str | None:
+        """With the builtin router, a deployment whose rollout is complete is routed with
+        as many slots as it has replicas (autoscaled: its route's settings), and its
+        Service has those slots: what a repair does when the router's route differs."""
+        if self.options.gateway_api or config is None or spec is None or not status.complete:
+            return None
+        wanted = m.deployment_route(self.context(), spec, replicas=status.replicas)
+        route = config.deployment(spec.name)
+        if route is None:
+            return f"rolled out with {status.replicas} replica(s), not routed yet"
+        if spec.scale_settings.autoscaled:
+            route, wanted = replace(route, instances=()), replace(wanted, instances=())
+        if route != wanted:
+            return (
+                f"rolled out with {status.replicas} replica(s); the router's route "
+                f"({len(route.instances)} slot(s)) is routed again"
+            )
+        return None
 
     # --- apply -------------------------------------------------------------------------
 
-    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
-        dispatch(self, step, progress)
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        return dispatch(self, step, progress)
 
     def _apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> None:
         for manifest in manifests:
@@ -334,14 +382,12 @@ class KubernetesTarget:
                 ("Secret", "ConfigMap", "Deployment", "Service", "NetworkPolicy", "HTTPRoute"),
                 **{m.ENDPOINT_LABEL: spec.name, role: own_role},
             )
-        if not self.options.gateway_api:
-            say(f"router of {spec.name}: waiting until it is ready")
-            self._wait_rolled_out(m.router_name(spec.name), what=f"router of {spec.name}")
-            if config is not None:
-                # Routers that kept running (no new template) read the new config only
-                # when their Secret volume is refreshed.
-                self._push_config(spec.name, config, creds)
-                self._await_config_served(config, say)
+        if not self.options.gateway_api and config is not None:
+            # The router reads its config from the Secret when it starts; one that runs
+            # already takes it now. No wait for its rollout (the endpoint's state says how
+            # far it got); routers that do run say when they serve the new config.
+            self._push_config(spec.name, config, creds)
+            self._await_config_served(config, say)
 
     def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
         spec = step.endpoint_spec
@@ -351,9 +397,18 @@ class KubernetesTarget:
             raise TargetError(f"endpoint {spec.name} has no keys Secret", code="NotFound")
         self._write_endpoint(spec, creds, say)
 
-    # This target's observe reports no repair today; should one be planned (a plan made
-    # by another target type), writing the endpoint's objects again is the repair.
-    _repair_endpoint = _update_endpoint
+    def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
+        """The endpoint's objects written again, and (builtin router) routes of deployments
+        that are gone and have no traffic dropped."""
+        self._update_endpoint(step, say)
+        if self.options.gateway_api:
+            return
+        config = self._required_config(step.endpoint)
+        running = set(self._deployment_names(step.endpoint))
+        busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
+        routes = tuple(r for r in config.deployments if r.name in running | busy)
+        if routes != config.deployments:
+            self._write_router_config(replace(config, deployments=routes), say)
 
     def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
         kinds = (*INSTANCE_KINDS, "HTTPRoute", "Secret", "ConfigMap")
@@ -587,10 +642,13 @@ class KubernetesTarget:
         replicas: int,
         image: m.DeploymentImage,
         service_first: bool,
-    ) -> None:
-        """Apply a deployment's objects, prune the ones it no longer has, wait for the
-        rollout. service_first: the Service (its slots) before the Deployment, when the
-        count falls; after it, when it rises (a slot is only listed once pods serve it)."""
+    ) -> Waiting | None:
+        """Apply a deployment's objects and prune the ones it no longer has; never wait
+        for the rollout. service_first: the Service (its slots) and the route before the
+        Deployment, when the count falls (done at once); else the Deployment alone, and
+        the Service and route follow once it is rolled out (a slot is only listed once
+        pods serve it: a repair_deployment of a later pass), or at once with the Gateway
+        API, whose Service sends only to ready pods."""
         missing = missing_keys(spec, lambda name: self.client.get("Secret", name))
         if missing:
             variable, what = missing[0]
@@ -608,7 +666,7 @@ class KubernetesTarget:
         if not autoscaled:
             # The autoscaler stops before replicas is ours again, not after.
             self._prune(objects, ("HorizontalPodAutoscaler",), **labels)
-        if service_first:
+        if service_first or self.options.gateway_api:
             self._apply_all(rest)
         if autoscaled:
             live = self.client.get("Deployment", name)
@@ -620,10 +678,16 @@ class KubernetesTarget:
         applied = self.client.apply(deployment)
         if autoscaled and int(applied["spec"].get("replicas", 1)) != replicas:
             self.client.scale("Deployment", name, replicas)
-        self._wait_rolled_out(name, what=str(spec.key), digest=spec.digest)
-        if not service_first:
-            self._apply_all(rest)
+        if not (service_first or self.options.gateway_api):
+            # Only the Service (its slots) waits for the rollout; the autoscaler and the
+            # network policy belong to the Deployment from the start.
+            self._apply_all([o for o in rest if o.get("kind") != "Service"])
+        # What the deployment no longer has goes now (an HPA, a NetworkPolicy); its
+        # Service, made later, is kept.
         self._prune(objects, INSTANCE_KINDS, **labels)
+        if service_first:
+            return None
+        return Waiting(f"{spec.key} rolled out ({replicas} replica(s))")
 
     def _hand_over_replicas(self, live: Mapping[str, Any]) -> None:
         """Make `spec.replicas` shared before our manifests stop carrying it.
@@ -648,16 +712,19 @@ class KubernetesTarget:
             if exc.code != "Conflict":
                 raise
 
-    def _create_deployment(self, step: Step, say: ProgressCallback) -> None:
+    def _create_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
         self._endpoint_exists(spec.endpoint_name)
         spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
         image = self.images.deployment_image(spec, say)
         say(f"{spec.key}: {step.instance_count} instance(s) of {image.image}")
-        self._apply_deployment(spec, replicas=step.instance_count, image=image, service_first=False)
-        self._route_deployment(spec, replicas=step.instance_count, say=say)
-        say(f"{spec.key} ready and routed")
+        waiting = self._apply_deployment(
+            spec, replicas=step.instance_count, image=image, service_first=False
+        )
+        if self.options.gateway_api:
+            self._route_deployment(spec, replicas=step.instance_count, say=say)
+        return waiting
 
     def _running(self, endpoint: str, deployment: str) -> tuple[dict[str, Any], DeploymentSpec]:
         obj = self.client.get("Deployment", m.deployment_object_name(endpoint, deployment))
@@ -671,7 +738,7 @@ class KubernetesTarget:
             )
         return obj, spec
 
-    def _scale_deployment(self, step: Step, say: ProgressCallback) -> None:
+    def _scale_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
         """Change the count of what runs now; scaling comes before an update (rule 3), so
         the template stays the running one and no rollout starts."""
         assert step.deployment is not None and step.instance_count is not None
@@ -683,23 +750,43 @@ class KubernetesTarget:
         if not growing:
             # Fewer slots in the router before pods go.
             self._route_deployment(spec, replicas=step.instance_count, say=say)
-        self._apply_deployment(
+        say(f"{spec.key}: {step.instance_count} instance(s)")
+        waiting = self._apply_deployment(
             spec, replicas=step.instance_count, image=image, service_first=not growing
         )
-        if growing:
+        if growing and self.options.gateway_api:
             self._route_deployment(spec, replicas=step.instance_count, say=say)
-        say(f"{spec.key}: {step.instance_count} instance(s)")
+        return waiting
 
-    def _update_deployment(self, step: Step, say: ProgressCallback) -> None:
-        """A rolling update by the deployment controller: maxSurge 20%, none unavailable."""
+    def _update_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+        """A rolling update by the deployment controller: maxSurge 20%, none unavailable.
+        Its route (settings, slots) follows once it is rolled out (a repair)."""
         spec = step.deployment_spec
         assert spec is not None and step.instance_count is not None
         self._running(spec.endpoint_name, spec.name)
         spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
         image = self.images.deployment_image(spec, say)
         say(f"{spec.key}: rolling update to {image.image}")
-        self._apply_deployment(spec, replicas=step.instance_count, image=image, service_first=False)
-        self._route_deployment(spec, replicas=step.instance_count, say=say)
+        waiting = self._apply_deployment(
+            spec, replicas=step.instance_count, image=image, service_first=False
+        )
+        if self.options.gateway_api:
+            self._route_deployment(spec, replicas=step.instance_count, say=say)
+        return waiting
+
+    def _repair_deployment(self, step: Step, say: ProgressCallback) -> None:
+        """A deployment rolled out: its Service gets its slots and the router its route,
+        for the spec and replica count that run."""
+        assert step.deployment is not None
+        obj, running = self._running(step.endpoint, step.deployment)
+        replicas = int(obj["spec"].get("replicas", 1))
+        spec = replace(running, instance_count=replicas)
+        objects = m.deployment_manifests(
+            self.context(), spec, replicas=replicas, image=_image_of(obj)
+        )
+        self._apply_all(objects[1:])
+        self._route_deployment(spec, replicas=replicas, say=say)
+        say(f"{spec.key}: routed with {replicas} replica(s)")
 
     def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
         assert step.deployment is not None
@@ -764,35 +851,6 @@ class KubernetesTarget:
         self._set_weights(step.endpoint, traffic=traffic, mirror=step.mirror_traffic, say=say)
         say(f"mirror traffic of {step.endpoint}: {dict(step.mirror_traffic)}")
 
-    # waiting
-
-    def _wait_rolled_out(self, name: str, *, what: str, digest: str | None = None) -> Rollout:
-        deadline = self.clock() + self.options.ready_timeout_s
-        while True:
-            obj = self.client.get("Deployment", name)
-            if obj is None:
-                raise TargetError(f"{what}: Deployment {name} disappeared", code="NotFound")
-            pods = self._pods_of(obj)
-            if digest is not None:
-                pods = [p for p in pods if _annotation(p, m.DIGEST_ANNOTATION) == digest]
-            status = rollout(obj, pods)
-            if status.complete:
-                return status
-            if status.state == ProvisioningState.FAILED:
-                tail = self._log_tail(status.failing_pod) if status.failing_pod else ""
-                raise TargetError(
-                    f"{what} did not become ready: {status.error}",
-                    code="DeploymentNotReady",
-                    log_tail=tail,
-                )
-            if self.clock() > deadline:
-                raise TargetError(
-                    f"{what}: {status.ready}/{status.replicas} instances ready after "
-                    f"{self.options.ready_timeout_s:.0f} s",
-                    code="Timeout",
-                )
-            self.sleep(self.options.poll_s)
-
     def _pods_of(self, deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
         match = deployment["spec"]["selector"]["matchLabels"]
         selector = ",".join(f"{k}={v}" for k, v in match.items())
@@ -805,42 +863,6 @@ class KubernetesTarget:
             return ""
 
     # --- operations beyond the plan ----------------------------------------------------
-
-    def settle(self) -> None:
-        """Bring routers in line with what runs (builtin router): a deployment whose
-        rollout is complete but that the router does not list (a reconciler stopped between
-        the two) is routed, with as many slots as it has replicas; the route of a
-        deployment that is gone, and has no traffic, is dropped."""
-        if self.options.gateway_api:
-            return
-        instances: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for d in self._list("Deployment", **{m.ROLE_LABEL: m.ROLE_INSTANCE}):
-            instances[_label(d, m.ENDPOINT_LABEL)][_label(d, m.DEPLOYMENT_LABEL)] = d
-        for secret in self._list("Secret", **{m.ROLE_LABEL: m.ROLE_ROUTER}):
-            config = _parse_router_secret(secret)
-            if config is None:
-                continue
-            running = instances.get(config.endpoint, {})
-            routes = {r.name: r for r in config.deployments}
-            for name, obj in running.items():
-                spec = _recorded_spec(obj)
-                status = rollout(obj)
-                if spec is None or not status.complete:
-                    continue
-                route = m.deployment_route(self.context(), spec, replicas=status.replicas)
-                if routes.get(name) is None or (
-                    not spec.scale_settings.autoscaled
-                    and len(routes[name].instances) != len(route.instances)
-                ):
-                    routes[name] = route
-            busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
-            for name in list(routes):
-                if name not in running and name not in busy:
-                    del routes[name]
-            settled = replace(config, deployments=tuple(routes[n] for n in sorted(routes)))
-            if settled != config:
-                log.info("router_settled", endpoint=config.endpoint)
-                self._write_router_config(settled, lambda _m: None)
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         creds = self._credentials(endpoint)
