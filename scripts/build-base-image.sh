@@ -13,4 +13,4 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 if [ ! -x "$PYTHON" ]; then
     PYTHON=python3
 fi
-exec "$PYTHON" -m reconciler.targets.docker.baseimage "$@"
+exec "$PYTHON" -m reconciler.images.baseimage "$@"

@@ -22,8 +22,8 @@ import docker
 import docker.errors
 import pytest
 
-from reconciler.targets.docker import images
-from reconciler.targets.docker.baseimage import BASE_IMAGE, ensure_base_image
+from reconciler.images import layers as images
+from reconciler.images.baseimage import BASE_IMAGE, ensure_base_image
 
 TEST_LABELS = {"reconciler.test": "1"}
 

@@ -35,9 +35,9 @@ from repo_builder import RepoBuilder
 from reconciler.engine import PassResult, converge, plan_pass
 from reconciler.executor import Gate
 from reconciler.gitsource import GitSource
+from reconciler.images.baseimage import BASE_IMAGE, ensure_base_image
 from reconciler.model.plan import Plan
 from reconciler.model.results import Outcome
-from reconciler.targets.docker.baseimage import BASE_IMAGE, ensure_base_image
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.target import DockerTarget
 

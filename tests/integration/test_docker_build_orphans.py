@@ -238,7 +238,7 @@ def test_cleanup_removes_only_this_targets_stale_build_containers(
             "reconciler.test": "1",
         }
 
-    from reconciler.targets.docker.images import remove_stale_build_containers
+    from reconciler.images.layers import remove_stale_build_containers
 
     other = f"{world.name}-other"
     made = {
@@ -271,8 +271,8 @@ def test_cleanup_removes_only_this_targets_stale_build_containers(
 def test_images_built_for_a_target_carry_its_labels_but_no_build_role(
     world: World, docker_client: docker.DockerClient
 ) -> None:
+    from reconciler.images.layers import build_deployment_image, build_labels
     from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec
-    from reconciler.targets.docker.images import build_deployment_image, build_labels
 
     env = EnvironmentSpec(
         name="custom-env", version="1", image=world.image_id, inference_config=_routes()

@@ -28,8 +28,8 @@ import docker.errors
 import pytest
 
 from reconciler.executor import Gate
+from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.model.results import Outcome
-from reconciler.targets.docker.baseimage import BASE_IMAGE
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld, WorldFactory

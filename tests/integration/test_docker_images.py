@@ -19,6 +19,21 @@ from typing import Any
 import docker
 import pytest
 
+from reconciler.images import baseimage
+from reconciler.images.baseimage import (
+    BASE_IMAGE,
+    ImageBuildError,
+    debian_mirror,
+    exclusive,
+)
+from reconciler.images.condamap import CondaMappingError
+from reconciler.images.layers import (
+    ImagePython,
+    build_deployment_image,
+    build_environment_image,
+    deployment_layout,
+    environment_requirements,
+)
 from reconciler.model.specs import (
     CodeSpec,
     DeploymentSpec,
@@ -26,21 +41,6 @@ from reconciler.model.specs import (
     InferenceConfig,
     ModelSpec,
     Route,
-)
-from reconciler.targets.docker import baseimage
-from reconciler.targets.docker.baseimage import (
-    BASE_IMAGE,
-    ImageBuildError,
-    debian_mirror,
-    exclusive,
-)
-from reconciler.targets.docker.condamap import CondaMappingError
-from reconciler.targets.docker.images import (
-    ImagePython,
-    build_deployment_image,
-    build_environment_image,
-    deployment_layout,
-    environment_requirements,
 )
 
 pytest_plugins = ("docker_fixtures",)

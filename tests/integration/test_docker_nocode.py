@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import pytest
 from mlflow_models import LIGHTGBM_EXPECTED, log_models
 
-from reconciler.targets.docker.images import APP_ROOT, LABEL_PREFIX
+from reconciler.images.layers import LABEL_PREFIX
+from reconciler.images.layout import APP_ROOT
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld

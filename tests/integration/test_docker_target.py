@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from reconciler.cli import main
 from reconciler.executor import Gate
+from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.model.plan import Action
 from reconciler.model.results import Outcome
-from reconciler.targets.docker.baseimage import BASE_IMAGE
 
 if TYPE_CHECKING:
     # Only for annotations: the module is loaded as a plugin, so that pytest rewrites

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from onnx_models import build_tiny_model, run_on_host
 
+from reconciler.images.layout import APP_ROOT
 from reconciler.nocode.triton import CODE_FOLDER
-from reconciler.targets.docker.images import APP_ROOT
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld

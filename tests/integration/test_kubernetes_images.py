@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from kube_fake import options
 
+from reconciler.images.baseimage import BASE_IMAGE
+from reconciler.images.layout import deployment_layout
 from reconciler.model.specs import (
     DeploymentSpec,
     EnvironmentSpec,
@@ -26,8 +28,6 @@ from reconciler.model.specs import (
     Route,
 )
 from reconciler.targets.base import TargetError
-from reconciler.targets.docker.baseimage import BASE_IMAGE
-from reconciler.targets.docker.images import deployment_layout
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.images import RegistryImages, push_image, registry_has
 

@@ -164,7 +164,7 @@ def test_an_image_holds_what_loading_digested_for_a_link_inside_the_repository(
 ) -> None:
     # Loading reads a link inside the repository as the file it names; the image's layer
     # must hold that file too, not a link that dangles once the folder is copied alone.
-    from reconciler.targets.docker.images import _add_tree, _context_tar
+    from reconciler.images.layers import _add_tree, _context_tar
 
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "score.py").write_text("def run(data):\n    return data\n")

@@ -1,10 +1,10 @@
-"""Conda dependencies to pip requirements (reconciler.targets.docker.condamap)."""
+"""Conda dependencies to pip requirements (reconciler.images.condamap)."""
 
 from __future__ import annotations
 
 import pytest
 
-from reconciler.targets.docker.condamap import CondaMappingError, conda_to_pip, pip_name
+from reconciler.images.condamap import CondaMappingError, conda_to_pip, pip_name
 
 
 @pytest.mark.parametrize(

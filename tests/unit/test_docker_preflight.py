@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.images.baseimage import BASE_IMAGE, DEFAULT_IMAGE_MAP
 from reconciler.model.specs import (
     DeploymentSpec,
     EnvironmentSpec,
@@ -15,8 +16,7 @@ from reconciler.model.specs import (
     Route,
     SourceLocation,
 )
-from reconciler.targets.docker.baseimage import BASE_IMAGE
-from reconciler.targets.docker.options import DEFAULT_IMAGE_MAP, DockerOptions
+from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import (
     cpu_cores,
     memory_bytes,

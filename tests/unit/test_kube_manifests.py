@@ -17,6 +17,7 @@ import pytest
 import yaml
 from specs_factory import deployment, endpoint
 
+from reconciler.endpoints.credentials import EndpointCredentials
 from reconciler.filetree import MemoryTree
 from reconciler.loading import load_desired_state
 from reconciler.model.codec import deployment_from_json
@@ -32,7 +33,6 @@ from reconciler.model.specs import (
 from reconciler.model.state import DesiredState
 from reconciler.nocode.triton import triton_environment
 from reconciler.router.config import parse_config
-from reconciler.targets.docker.credentials import EndpointCredentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions
 

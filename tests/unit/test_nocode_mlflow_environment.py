@@ -209,7 +209,7 @@ def test_the_generated_script_has_its_place_in_the_runtime_contract() -> None:
     # on the generated score.py, with the model where AZUREML_MODEL_DIR says.
     from specs_factory import deployment
 
-    from reconciler.targets.docker.images import deployment_layout
+    from reconciler.images.layout import deployment_layout
     from reconciler.targets.kubernetes.manifests import environment_of
 
     model = ModelSpec("credit", "3", "models/credit-model", type="mlflow_model", digest="d")

@@ -1,8 +1,6 @@
-"""The Docker Engine target: images, containers, networks and the router container.
+"""The Docker Engine target: containers, networks, the router container, state volumes.
 
-Images (this part): `baseimage` makes the local Python base image when none can be pulled;
-`images` builds an environment layer per environment (base image + Python packages from an
-offline wheelhouse + the inference server), cached by content, and a thin layer per
-deployment with its code and model, so a code-only change rebuilds only the thin layer;
-`condamap` turns conda dependencies into pip requirements for that wheelhouse.
+Images are built by reconciler.images (shared with the Kubernetes target); endpoint
+credentials are reconciler.endpoints.credentials. `baseimage` here only keeps the command
+`python -m reconciler.targets.docker.baseimage` working.
 """

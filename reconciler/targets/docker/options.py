@@ -23,15 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.images.baseimage import BASE_IMAGE, DEFAULT_IMAGE_MAP
 from reconciler.targets.base import TargetError
-from reconciler.targets.docker.baseimage import BASE_IMAGE
-
-DEFAULT_IMAGE_MAP = {
-    # Azure ML's curated images cannot be pulled where there is no registry access; the
-    # local Python base stands in (the environment's packages are installed on top).
-    "mcr.microsoft.com/azureml/*": BASE_IMAGE,
-    "python:3.11*": BASE_IMAGE,
-}
 
 
 def default_state_dir() -> Path:

@@ -21,9 +21,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.specs import DeploymentSpec, Resources
-from reconciler.targets.docker.baseimage import BASE_IMAGE
 
 # Debian bookworm's python3, which the default base image is made of.
 BASE_IMAGE_PYTHON: Final = "3.11"

@@ -78,6 +78,26 @@ import docker.errors
 import requests.exceptions
 import structlog
 
+from reconciler.endpoints.credentials import (
+    EndpointCredentials,
+    credentials_from_json,
+    credentials_to_json,
+    new_credentials,
+)
+from reconciler.images.baseimage import ImageBuildError, ensure_base_image
+from reconciler.images.condamap import CondaMappingError
+from reconciler.images.layers import (
+    build_deployment_image,
+    build_environment_image,
+    build_labels,
+    remove_stale_build_containers,
+)
+from reconciler.images.layout import SERVER_PORT, serving
+from reconciler.images.router import (
+    PROBING_LEVEL,
+    ROUTER_LEVEL_LABEL,
+    ensure_router_image,
+)
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
@@ -121,31 +141,10 @@ from reconciler.targets.base import (
     dispatch,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
-from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
-from reconciler.targets.docker.condamap import CondaMappingError
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
-from reconciler.targets.docker.credentials import (
-    EndpointCredentials,
-    LegacyStore,
-    credentials_from_json,
-    credentials_to_json,
-    new_credentials,
-)
-from reconciler.targets.docker.images import (
-    SERVER_PORT,
-    build_deployment_image,
-    build_environment_image,
-    build_labels,
-    remove_stale_build_containers,
-    serving,
-)
+from reconciler.targets.docker.legacystore import LegacyStore
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
-from reconciler.targets.docker.routerimage import (
-    PROBING_LEVEL,
-    ROUTER_LEVEL_LABEL,
-    ensure_router_image,
-)
 from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
 from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
 from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE

@@ -1,8 +1,8 @@
 """The Kubernetes target: endpoints as Deployments, Services, Secrets and routes.
 
 Modules: options (reconciler.yaml settings), manifests (PURE: specs -> manifests), rollout
-(PURE: Deployment status -> provisioning state), images (build with the Docker target's
-builder, push to the target's registry under content-addressed tags), client (server-side
+(PURE: Deployment status -> provisioning state), images (build with reconciler.images
+builders, push to the target's registry under content-addressed tags), client (server-side
 apply and label-selected lists over the `kubernetes` client), target (observe and apply),
 render (`reconcile render`).
 

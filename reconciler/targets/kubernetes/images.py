@@ -1,5 +1,5 @@
-"""Images of a Kubernetes target: built by the Docker target's builder, pushed to the
-registry the target names, under content-addressed tags.
+"""Images of a Kubernetes target: built by the shared builders of reconciler.images with the
+local Docker Engine, pushed to the registry the target names, under content-addressed tags.
 
 The tag of a deployment's image is a hash of what goes into it (environment, code, model,
 where they go; `manifests.image_key`), so `reconcile render` names the same image that
@@ -53,14 +53,14 @@ def router_tag() -> str:
 
     Worked out once per process: the code a process runs does not change under it.
     """
-    # routerimage imports the Docker SDK; render runs where only the names are needed, so
-    # the digest is computed here from the same inputs.
+    # reconciler.images.router imports the Docker SDK; render runs where only the names are
+    # needed, so the digest is computed here from the same inputs (imported late).
     import reconciler
-    from reconciler.targets.docker.routerimage import _code_digest, router_requirements
+    from reconciler.images.router import code_digest, router_requirements
 
     root = Path(reconciler.__file__).resolve().parent
     packages = hashlib.sha256(json.dumps(router_requirements()).encode()).hexdigest()[:8]
-    return f"{_code_digest(root)}-{packages}"
+    return f"{code_digest(root)}-{packages}"
 
 
 def router_reference(options: KubernetesOptions) -> str:
@@ -129,7 +129,7 @@ def push_image(client: Any, local: str, reference: str, say: ProgressCallback) -
 
 
 class RegistryImages:
-    """Builds with the Docker target's builder and pushes to the target's registry."""
+    """Builds with the shared image builders (reconciler.images), pushes to the registry."""
 
     def __init__(
         self, options: KubernetesOptions, *, repo_root: Path, docker_client: Any = None
@@ -168,7 +168,7 @@ class RegistryImages:
         return False
 
     def _base(self, say: ProgressCallback) -> str:
-        from reconciler.targets.docker.baseimage import BASE_IMAGE, ensure_base_image
+        from reconciler.images.baseimage import BASE_IMAGE, ensure_base_image
 
         return ensure_base_image(
             self._client(), self.options.base_image or BASE_IMAGE, progress=_progress(say)
@@ -178,7 +178,7 @@ class RegistryImages:
         reference = router_reference(self.options)
         if self.options.router_image or self._present(reference):
             return reference
-        from reconciler.targets.docker.routerimage import ensure_router_image
+        from reconciler.images.router import ensure_router_image
 
         local = ensure_router_image(
             self._client(),
@@ -203,13 +203,12 @@ class RegistryImages:
         return planned
 
     def _build(self, spec: DeploymentSpec, say: ProgressCallback) -> str:
-        from reconciler.targets.docker.baseimage import ImageBuildError
-        from reconciler.targets.docker.condamap import CondaMappingError
-        from reconciler.targets.docker.images import (
+        from reconciler.images.baseimage import DEFAULT_IMAGE_MAP, ImageBuildError
+        from reconciler.images.condamap import CondaMappingError
+        from reconciler.images.layers import (
             build_deployment_image,
             build_environment_image,
         )
-        from reconciler.targets.docker.options import DEFAULT_IMAGE_MAP
 
         client = self._client()
         try:
@@ -235,8 +234,8 @@ class RegistryImages:
     def _build_model(self, spec: DeploymentSpec, say: ProgressCallback) -> str:
         """The model files on the local base image, where the custom container expects
         them (model_mount_path); the init container copies them from there."""
-        from reconciler.targets.docker.baseimage import ImageBuildError
-        from reconciler.targets.docker.images import build_deployment_image
+        from reconciler.images.baseimage import ImageBuildError
+        from reconciler.images.layers import build_deployment_image
 
         try:
             return build_deployment_image(

@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.diffing import target_count
+from reconciler.endpoints.credentials import EndpointCredentials
+from reconciler.images.layout import SERVER_PORT, deployment_layout, serving
 from reconciler.model.keys import ResourceKey
 from reconciler.model.secrets import CREDENTIALS, METADATA, SecretRef
 from reconciler.model.secrets import references as secret_references
@@ -50,8 +52,6 @@ from reconciler.model.specs import (
 from reconciler.model.state import DesiredState
 from reconciler.router.config import DeploymentRoute, RouterConfig, dump_config
 from reconciler.router.tokens import hash_key
-from reconciler.targets.docker.credentials import EndpointCredentials
-from reconciler.targets.docker.images import SERVER_PORT, deployment_layout, serving
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
 Manifest = dict[str, Any]

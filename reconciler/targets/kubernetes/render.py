@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
+from reconciler.endpoints.credentials import new_credentials
 from reconciler.model.state import DesiredState
 from reconciler.targets.base import ProgressCallback
-from reconciler.targets.docker.credentials import new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.images import PlannedImages, RegistryImages
 from reconciler.targets.kubernetes.options import KubernetesOptions

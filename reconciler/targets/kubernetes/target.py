@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from reconciler.endpoints.credentials import EndpointCredentials, new_credentials
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.keys import ResourceKey
@@ -51,7 +52,6 @@ from reconciler.model.state import (
 from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
 from reconciler.router.tokens import issue_token
 from reconciler.targets.base import ProgressCallback, TargetError, Waiting, dispatch
-from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
 from reconciler.targets.kubernetes.connections import missing_keys, missing_warnings

@@ -1,12 +1,9 @@
-"""Endpoint credentials of the Docker target: keys, token secret, admin secret, ports.
+"""Endpoint credentials: keys, token secret, admin secret, ports.
 
-One JSON document per endpoint, kept in the endpoint's state volume (state.py), mode 0600.
-Keys never go into labels, status, logs or the router's config (which holds only their
-hashes). Regenerating one key leaves the other valid.
-
-`LegacyStore` reads the host folder where earlier versions kept them
-(`STATE/endpoints/NAME/credentials.json`), so an endpoint made by one of those moves into
-its volume with its keys and port unchanged.
+Both targets keep one such document per endpoint: the Docker target in the endpoint's state
+volume (targets/docker/state.py, mode 0600), the Kubernetes target in a Secret. Keys never
+go into labels, status, logs or the router's config (which holds only their hashes).
+Regenerating one key leaves the other valid.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 from reconciler.router.tokens import generate_key, generate_token_secret
 
@@ -82,47 +78,3 @@ def new_credentials(*, port: int, metrics_port: int) -> EndpointCredentials:
         port=port,
         metrics_port=metrics_port,
     )
-
-
-class LegacyStore:
-    """The host folder of earlier versions, read once to move an endpoint into its volume."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder  # STATE/endpoints/NAME
-
-    def _read(self, relative: str) -> bytes | None:
-        path = self.folder / relative
-        try:
-            # Regular files only: never block on a FIFO someone left there.
-            return path.read_bytes() if path.is_file() else None
-        except OSError:
-            return None
-
-    def files(self) -> dict[str, bytes]:
-        """What the folder holds, as `state.py` paths (router.json, state/...)."""
-        found: dict[str, bytes] = {}
-        for relative, target in (
-            ("credentials.json", "state/credentials.json"),
-            ("endpoint.json", "state/endpoint.json"),
-            ("router/router.json", "router.json"),
-        ):
-            content = self._read(relative)
-            if content is not None:
-                found[target] = content
-        records: dict[str, object] = {}
-        decisions: dict[str, object] = {}
-        for table, pattern, suffix in (
-            (records, "deployments/*.json", ".json"),
-            (decisions, "scale/*.decision.json", ".decision.json"),
-        ):
-            for path in sorted(self.folder.glob(pattern)):
-                content = self._read(str(path.relative_to(self.folder)))
-                try:
-                    table[path.name.removesuffix(suffix)] = json.loads(content or b"")
-                except ValueError:
-                    continue
-        if records:
-            found["state/deployments.json"] = json.dumps(records, sort_keys=True).encode()
-        if decisions:
-            found["state/autoscale.json"] = json.dumps(decisions, sort_keys=True).encode()
-        return found

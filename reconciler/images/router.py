@@ -15,14 +15,13 @@ from pathlib import Path
 import docker
 
 import reconciler
-from reconciler.model.specs import EnvironmentSpec
-from reconciler.targets.docker.baseimage import (
+from reconciler.images.baseimage import (
     BuildLog,
     ProgressCallback,
     local_image_id,
     report,
 )
-from reconciler.targets.docker.images import (
+from reconciler.images.layers import (
     _add_tree,
     _commit_layer,
     _context_tar,
@@ -30,6 +29,7 @@ from reconciler.targets.docker.images import (
     build_environment_image,
     image_labels,
 )
+from reconciler.model.specs import EnvironmentSpec
 
 ROUTER_REPOSITORY = "reconciler-router"
 # What `python -m reconciler.router` imports; pinned to the versions this process runs
@@ -64,7 +64,7 @@ def _package_root() -> Path:
     return Path(reconciler.__file__).resolve().parent
 
 
-def _code_digest(root: Path) -> str:
+def code_digest(root: Path) -> str:
     h = hashlib.sha256()
     for file in sorted(root.rglob("*.py")):
         if "__pycache__" in file.parts:
@@ -107,7 +107,7 @@ def ensure_router_image(
     env_id = local_image_id(client, env_image)
     assert env_id is not None
     root = _package_root()
-    tag = f"{ROUTER_REPOSITORY}:{_code_digest(root)}-{env_id.removeprefix('sha256:')[:8]}"
+    tag = f"{ROUTER_REPOSITORY}:{code_digest(root)}-{env_id.removeprefix('sha256:')[:8]}"
     if local_image_id(client, tag) is not None:
         return tag
     report(progress, "router_image_build", f"router image {tag}", tag=tag)
