@@ -33,6 +33,7 @@ from reconciler.executor import Gate
 from reconciler.filetree import DirectoryTree, FileTree
 from reconciler.gitsource import GitSource, GitSourceError
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
+from reconciler.model.errors import ErrorCode
 from reconciler.model.plan import Plan
 from reconciler.model.results import Outcome
 from reconciler.model.state import DesiredState, LiveState
@@ -151,7 +152,7 @@ def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
     raise TargetError(
         f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
         f"plan against the status files with --target {STATUS_TARGET}",
-        code="InvalidTargetConfig",
+        code=ErrorCode.INVALID_TARGET_CONFIG,
     )
 
 

@@ -45,6 +45,7 @@ from reconciler.gitsource import (
     RemoteCheckout,
 )
 from reconciler.model.diagnostics import DesiredStateInvalid
+from reconciler.model.errors import ErrorCode
 from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.status import render_status
@@ -343,7 +344,7 @@ class Daemon:
             raise TargetError(
                 f"reconciler.yaml at this revision has no target {self.target.name!r}; "
                 "the daemon keeps the target it was started with",
-                code="InvalidTargetConfig",
+                code=ErrorCode.INVALID_TARGET_CONFIG,
             )
         if self._target_config is None:
             self._target_config = entry  # the one the daemon was started with
@@ -384,11 +385,13 @@ class Daemon:
                     should_stop=self._stop.is_set,
                 )
         except TargetUnavailable as exc:
-            self._failed("target_unreachable", str(exc), started)
+            self._failed("target_unreachable", str(exc), started, error=exc)
             self.state.target_reachable = False
             return "failed"
         except (TargetError, GitSourceError) as exc:
-            self._failed("pass_error", str(exc), started)
+            self._failed(
+                "pass_error", str(exc), started, error=exc if isinstance(exc, TargetError) else None
+            )
             return "failed"
         except Exception as exc:
             # Whatever a pass meets (a client error no target translated), the daemon lives
@@ -443,12 +446,17 @@ class Daemon:
         # An invalid commit is not retried sooner: only a new commit can fix it.
         return "ok" if not failed or result.plan.errors else "failed"
 
-    def _failed(self, kind: str, message: str, started: float) -> None:
+    def _failed(
+        self, kind: str, message: str, started: float, *, error: TargetError | None = None
+    ) -> None:
         self.metrics.errors.labels(kind).inc()
         self.metrics.passes.labels("failed").inc()
         self.metrics.duration.observe(time.monotonic() - started)
         self.state.last_error = message
-        log.warning("pass_failed", kind=kind, error=message)
+        # `kind` is the metric's label; error_kind says whether the next pass may succeed
+        # as it is (transient), a commit is needed (permanent) or the platform is down.
+        fields = {"code": error.code.value, "error_kind": error.kind.value} if error else {}
+        log.warning("pass_failed", kind=kind, error=message, **fields)
         if kind == "target_unreachable":
             self._record_unreachable(message)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.health import Health, deployment_health
+from reconciler.model.errors import ErrorCode, error_kind
 from reconciler.model.plan import Plan, Step
 from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import LiveDeployment, LiveState
@@ -141,7 +142,12 @@ def _run_step(
             gate = _gate(step, view.now())
             if gate is not None:
                 outcome = gate.outcome
-                bound.info("step_gated", outcome=str(outcome), detail=gate.message)
+                bound.info(
+                    "step_gated",
+                    outcome=str(outcome),
+                    detail=gate.message,
+                    **_error_fields(gate.error_code),
+                )
                 return StepResult(
                     index,
                     outcome,
@@ -159,12 +165,20 @@ def _run_step(
         )
     except TargetError as exc:
         seconds = clock() - started
-        bound.warning("step_failed", error=str(exc), code=exc.code, seconds=round(seconds, 3))
+        # error_kind: whether the next pass may succeed as it is (transient), a commit is
+        # needed (permanent) or the platform is down (unavailable).
+        bound.warning(
+            "step_failed",
+            error=str(exc),
+            code=exc.code.value,
+            error_kind=exc.kind.value,
+            seconds=round(seconds, 3),
+        )
         return StepResult(
             index,
             Outcome.FAILED,
             str(exc),
-            error_code=exc.code,
+            error_code=exc.code.value,  # the plain string that status and JSON carry
             log_tail=exc.log_tail,
             seconds=seconds,
         )
@@ -176,6 +190,14 @@ def _run_step(
         )
     bound.info("step_succeeded", seconds=round(seconds, 3))
     return StepResult(index, Outcome.SUCCEEDED, seconds=seconds)
+
+
+def _error_fields(code: str | None) -> dict[str, str]:
+    """Log fields of a failure's code and its kind (model.errors); none without a code."""
+    kind = error_kind(code)
+    if code is None:
+        return {}
+    return {"code": code, "error_kind": kind.value} if kind is not None else {"code": code}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +221,7 @@ def _gate(step: Step, live: LiveState) -> _GateResult | None:
             f"traffic not moved: {', '.join(bad)} "
             f"{'is' if len(bad) == 1 else 'are'} not healthy "
             f"({', '.join(str(healths[n]) for n in bad)})",
-            error_code="DeploymentNotHealthy",
+            error_code=ErrorCode.DEPLOYMENT_NOT_HEALTHY.value,
             log_tail=(first.last_error or "") if first is not None else "",
         )
     waiting = sorted(n for n, h in healths.items() if h != Health.HEALTHY)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.errors import ErrorCode, ErrorKind
 from reconciler.model.plan import Step
 from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import DesiredState, LiveState
@@ -23,6 +24,8 @@ ProgressCallback = Callable[[str], None]
 
 __all__ = [
     "ChecksDesired",
+    "ErrorCode",
+    "ErrorKind",
     "Outcome",
     "ProgressCallback",
     "StepResult",
@@ -36,21 +39,29 @@ __all__ = [
 class TargetError(Exception):
     """The target could not be reached or could not do what a step asked.
 
-    code names the kind of failure for status (ImageBuildFailure, Timeout, ...);
-    log_tail carries the end of a build or container log for the person reading status.
+    code names the failure for status (ImageBuildFailure, Timeout, ...; model.errors);
+    kind says whether the next pass may succeed as it is (transient), a commit is needed
+    (permanent) or the platform is down (unavailable). log_tail carries the end of a build
+    or container log for the person reading status.
     """
 
-    def __init__(self, message: str, *, code: str = "TargetError", log_tail: str = "") -> None:
+    def __init__(
+        self, message: str, *, code: ErrorCode = ErrorCode.TARGET_ERROR, log_tail: str = ""
+    ) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)  # a plain string of a known value is accepted too
         self.log_tail = log_tail
+
+    @property
+    def kind(self) -> ErrorKind:
+        return self.code.kind
 
 
 class TargetUnavailable(TargetError):
     """The platform itself cannot be reached (Docker Engine stopped, API server down)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="TargetUnavailable")
+        super().__init__(message, code=ErrorCode.TARGET_UNAVAILABLE)
 
 
 @runtime_checkable

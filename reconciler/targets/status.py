@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.errors import ErrorCode
 from reconciler.model.plan import Step
 from reconciler.model.state import DesiredState, LiveDeployment, LiveEndpoint, LiveState
 from reconciler.status import parse_status
@@ -49,7 +50,7 @@ class StatusTarget:
             try:
                 read = parse_status(self.files[path], file=path)
             except ValueError as exc:
-                raise TargetError(str(exc), code="InvalidStatus") from None
+                raise TargetError(str(exc), code=ErrorCode.INVALID_STATUS) from None
             declared: DesiredState | None = None
             if read.revision and self.resolve_specs is not None:
                 if read.revision not in resolved:
@@ -79,5 +80,5 @@ class StatusTarget:
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> None:
         raise TargetError(
             "the status target only reads status files; use --dry-run with it",
-            code="ReadOnlyTarget",
+            code=ErrorCode.READ_ONLY_TARGET,
         )

@@ -39,6 +39,7 @@ from typing import Any
 import docker.errors
 
 from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.errors import ErrorCode
 from reconciler.model.secrets import (
     CREDENTIALS,
     KEY_PATTERN,
@@ -233,7 +234,7 @@ class ConnectionStore:
             )
         except StateUnreadable as exc:
             raise TargetError(
-                f"connections unreadable: {exc}", code="ConnectionsUnreadable"
+                f"connections unreadable: {exc}", code=ErrorCode.CONNECTIONS_UNREADABLE
             ) from None
         key = _key_from(files.pop(KEY_FILE, None))
         found: dict[str, Connection] = {}
@@ -245,7 +246,7 @@ class ConnectionStore:
             try:
                 conn = _connection_from_json(name, content)
             except StateUnreadable as exc:
-                raise TargetError(str(exc), code="ConnectionsUnreadable") from None
+                raise TargetError(str(exc), code=ErrorCode.CONNECTIONS_UNREADABLE) from None
             if conn is not None:
                 found[name] = conn
         return found, key
@@ -283,7 +284,7 @@ class ConnectionStore:
         """The spec's environment variables with each reference replaced by its value, and
         per connection the keyed digest of the values taken (for DIGESTS_LABEL).
 
-        TargetError(code="MissingConnection") for a reference this target cannot resolve,
+        TargetError(code=ErrorCode.MISSING_CONNECTION) for a reference this target cannot resolve,
         naming the connection, the key and the command that sets it (never a value).
         """
         refs = variables(spec)
@@ -297,7 +298,7 @@ class ConnectionStore:
                 raise TargetError(
                     f"{spec.key}: environment variable {variable} references "
                     f"{_missing(found, ref, self.target_name)}",
-                    code="MissingConnection",
+                    code=ErrorCode.MISSING_CONNECTION,
                 )
             resolved[variable] = value
         if key is None:

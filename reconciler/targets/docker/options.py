@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.images.baseimage import BASE_IMAGE, DEFAULT_IMAGE_MAP
+from reconciler.model.errors import ErrorCode
 from reconciler.targets.base import TargetError
 
 
@@ -64,7 +65,7 @@ class DockerOptions:
             raise TargetError(
                 f"reconciler.yaml: targets.{name}: unknown option(s) {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(known))})",
-                code="InvalidTargetConfig",
+                code=ErrorCode.INVALID_TARGET_CONFIG,
             )
         values: dict[str, Any] = {"name": name}
         # reconciler.yaml's schema (repoconfig) has checked every value with its line; this
@@ -90,6 +91,7 @@ class DockerOptions:
                 values[key] = (low, high)
         except (TypeError, ValueError) as exc:
             raise TargetError(
-                f"reconciler.yaml: targets.{name}.{key}: {exc}", code="InvalidTargetConfig"
+                f"reconciler.yaml: targets.{name}.{key}: {exc}",
+                code=ErrorCode.INVALID_TARGET_CONFIG,
             ) from None
         return cls(**values)

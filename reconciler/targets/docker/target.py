@@ -100,6 +100,7 @@ from reconciler.images.router import (
 )
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.errors import ErrorCode
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
@@ -694,12 +695,12 @@ class DockerTarget:
         handle = self._state_handle(endpoint)
         if handle is None:
             raise TargetError(
-                f"endpoint {endpoint} has no state on target {self.name}", code="NotFound"
+                f"endpoint {endpoint} has no state on target {self.name}", code=ErrorCode.NOT_FOUND
             )
         try:
             write_state(handle, files)
         except StateUnreadable as exc:
-            raise TargetError(str(exc), code="DockerError") from None
+            raise TargetError(str(exc), code=ErrorCode.DOCKER_ERROR) from None
         cached = self._state_cache.get(endpoint)
         if cached is not None:
             cached.update(files)
@@ -753,7 +754,7 @@ class DockerTarget:
         except StateUnreadable as exc:
             raise TargetError(
                 f"state of endpoint {endpoint} on target {self.name} cannot be read: {exc}",
-                code="StateUnreadable",
+                code=ErrorCode.STATE_UNREADABLE,
             ) from None
         if raw is None:
             return None
@@ -763,7 +764,7 @@ class DockerTarget:
             raise TargetError(
                 f"keys of endpoint {endpoint} on target {self.name} are unreadable ({exc}); "
                 "the next `reconcile` pass issues new ones",
-                code="StateUnreadable",
+                code=ErrorCode.STATE_UNREADABLE,
             ) from None
 
     def router_ports(self, endpoint: str) -> tuple[int, int] | None:
@@ -820,7 +821,8 @@ class DockerTarget:
             parse_config(text)
         except ConfigError as exc:
             raise TargetError(
-                f"router config of {endpoint} would be invalid: {exc}", code="InvalidRouterConfig"
+                f"router config of {endpoint} would be invalid: {exc}",
+                code=ErrorCode.INVALID_ROUTER_CONFIG,
             ) from None
         routers = self._containers(role="router", endpoint=endpoint)
         probed = any(r.readiness_probe or r.liveness_probe for r in config.deployments)
@@ -831,7 +833,7 @@ class DockerTarget:
                 f"the router of {endpoint} predates the readiness and liveness checks of "
                 "custom containers; the next pass replaces it (repair_endpoint) and routes "
                 "this deployment",
-                code="RouterOutdated",
+                code=ErrorCode.ROUTER_OUTDATED,
             )
         creds = self._credentials(endpoint)
         if not routers or routers[0].status != "running" or creds is None:
@@ -858,7 +860,7 @@ class DockerTarget:
                     detail = exc.read().decode(errors="replace")[:300]
                     raise TargetError(
                         f"router of {endpoint} refused its new config: {exc.code} {detail}",
-                        code="RouterUnavailable",
+                        code=ErrorCode.ROUTER_UNAVAILABLE,
                     ) from None
                 problem: Exception = exc
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -866,7 +868,7 @@ class DockerTarget:
             if time.monotonic() > deadline:
                 raise TargetError(
                     f"router of {endpoint} did not take its new config: {problem}",
-                    code="RouterUnavailable",
+                    code=ErrorCode.ROUTER_UNAVAILABLE,
                 )
             time.sleep(0.2)
         cached = self._state_cache.get(endpoint)
@@ -879,7 +881,7 @@ class DockerTarget:
             raise TargetError(
                 f"endpoint {endpoint} has no readable router config on target {self.name}; "
                 "the next pass repairs it",
-                code="NotFound",
+                code=ErrorCode.NOT_FOUND,
             )
         return config
 
@@ -922,9 +924,9 @@ class DockerTarget:
             return dispatch(self, step, progress)
         except (ImageBuildError, CondaMappingError) as exc:
             tail = getattr(exc, "log_tail", "")
-            raise TargetError(str(exc), code="ImageBuildFailure", log_tail=tail) from None
+            raise TargetError(str(exc), code=ErrorCode.IMAGE_BUILD_FAILURE, log_tail=tail) from None
         except docker.errors.DockerException as exc:
-            raise TargetError(f"Docker Engine: {exc}", code="DockerError") from None
+            raise TargetError(f"Docker Engine: {exc}", code=ErrorCode.DOCKER_ERROR) from None
         except requests.exceptions.ConnectionError as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
 
@@ -1000,7 +1002,7 @@ class DockerTarget:
             raise TargetError(
                 f"endpoint {endpoint} has no internal network on target {self.name}; "
                 "the next pass repairs it",
-                code="NotFound",
+                code=ErrorCode.NOT_FOUND,
             )
         return str(network.id)
 
@@ -1060,7 +1062,7 @@ class DockerTarget:
             raise TargetError(
                 f"endpoint {endpoint} on target {self.name} is managed by another repository "
                 f"({owner}); give this repository's target another name in reconciler.yaml",
-                code="OwnedElsewhere",
+                code=ErrorCode.OWNED_ELSEWHERE,
             )
         # Keys made for an endpoint that had some (a repair, a volume or an old layout)
         # replace lost ones: that is said loudly. A new endpoint's are just generated.
@@ -1074,7 +1076,7 @@ class DockerTarget:
         try:
             files = dict(self._state(endpoint))
         except StateUnreadable as exc:
-            raise TargetError(str(exc), code="StateUnreadable") from None
+            raise TargetError(str(exc), code=ErrorCode.STATE_UNREADABLE) from None
         for path, content in legacy.items():
             files.setdefault(path, content)
         try:
@@ -1213,7 +1215,7 @@ class DockerTarget:
             raise TargetError(
                 f"a volume named {name} exists that is not the state of endpoint {endpoint} "
                 f"of target {self.name} (labels {found}); remove or rename it",
-                code="NameConflict",
+                code=ErrorCode.NAME_CONFLICT,
             )
         return volume
 
@@ -1304,7 +1306,7 @@ class DockerTarget:
             found.append(port)
             if len(found) == 2:
                 return found[0], found[1]
-        raise TargetError(f"no free port in {low}-{high} for a router", code="NoFreePort")
+        raise TargetError(f"no free port in {low}-{high} for a router", code=ErrorCode.NO_FREE_PORT)
 
     def _start_router(
         self,
@@ -1361,7 +1363,7 @@ class DockerTarget:
             time.sleep(0.1)
         raise TargetError(
             f"router of {endpoint} did not become ready",
-            code="RouterUnavailable",
+            code=ErrorCode.ROUTER_UNAVAILABLE,
             log_tail=_tail(container),
         )
 
@@ -1661,7 +1663,11 @@ class DockerTarget:
     def _dead_start_error(self, spec: DeploymentSpec, group: _Group) -> TargetError:
         first = group.dead[0]
         reason = group.why.get(first.name, first.state)
-        code = "Timeout" if reason.startswith("not ready after") else "DeploymentNotReady"
+        code = (
+            ErrorCode.TIMEOUT
+            if reason.startswith("not ready after")
+            else ErrorCode.DEPLOYMENT_NOT_READY
+        )
         return TargetError(
             f"instance {first.name} of {spec.key} did not start ({reason}; init() failed, "
             "the server crashed, or readiness was never met); the instances that served "
@@ -1928,7 +1934,7 @@ class DockerTarget:
                 raise TargetError(
                     f"deployment {step.endpoint}/{step.deployment} still has traffic; "
                     "it is deleted once its traffic has moved",
-                    code="DeploymentHasTraffic",
+                    code=ErrorCode.DEPLOYMENT_HAS_TRAFFIC,
                 )
             if config.deployment(step.deployment) is not None:
                 routes = tuple(r for r in config.deployments if r.name != step.deployment)
@@ -1960,7 +1966,7 @@ class DockerTarget:
             if route is None or not route.instances:
                 raise TargetError(
                     f"deployment {config.endpoint}/{name} has no ready instance in the router",
-                    code="DeploymentNotHealthy",
+                    code=ErrorCode.DEPLOYMENT_NOT_HEALTHY,
                 )
 
     # --- operations beyond the plan ----------------------------------------------------
@@ -2059,7 +2065,7 @@ class DockerTarget:
             except docker.errors.ImageNotFound:
                 raise TargetError(
                     f"endpoint {endpoint}: no container holds its state; `reconcile` repairs it",
-                    code="NotFound",
+                    code=ErrorCode.NOT_FOUND,
                 ) from None
         creds = self._credentials(endpoint)
         if creds is None:

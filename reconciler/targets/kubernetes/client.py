@@ -29,6 +29,7 @@ from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from reconciler.model.errors import ErrorCode
 from reconciler.targets.base import TargetError, TargetUnavailable
 from reconciler.targets.kubernetes.manifests import MANAGER
 from reconciler.targets.kubernetes.options import KubernetesOptions
@@ -67,7 +68,7 @@ KINDS: Mapping[str, Kind] = {
 
 class NotFound(TargetError):
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="NotFound")
+        super().__init__(message, code=ErrorCode.NOT_FOUND)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class KubeClient:
             ) from None
         if status in (401, 403):
             raise TargetError(
-                f"Kubernetes API refused {method} {path}: {_message(data)}", code="Forbidden"
+                f"Kubernetes API refused {method} {path}: {_message(data)}",
+                code=ErrorCode.FORBIDDEN,
             )
         if errors_returned:
             return status, data
@@ -200,15 +202,17 @@ class KubeClient:
                     f"namespace {missing} does not exist on the cluster: create it "
                     f"(kubectl create namespace {missing}); the target does not create "
                     "namespaces",
-                    code="NamespaceMissing",
+                    code=ErrorCode.NAMESPACE_MISSING,
                 )
             raise NotFound(f"{path}: {_message(data)}")
         if status == 409:
-            raise TargetError(f"Kubernetes API: {method} {path}: {_message(data)}", code="Conflict")
+            raise TargetError(
+                f"Kubernetes API: {method} {path}: {_message(data)}", code=ErrorCode.CONFLICT
+            )
         if status >= 400:
             raise TargetError(
                 f"Kubernetes API: {method} {path} failed ({status}): {_message(data)}",
-                code="KubernetesApiError",
+                code=ErrorCode.KUBERNETES_API_ERROR,
             )
         return status, data
 

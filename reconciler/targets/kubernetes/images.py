@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.model.errors import ErrorCode
 from reconciler.model.specs import DeploymentSpec
 from reconciler.nocode.triton import serves_triton
 from reconciler.targets.base import ProgressCallback, TargetError
@@ -122,10 +123,13 @@ def push_image(client: Any, local: str, reference: str, say: ProgressCallback) -
         for line in client.api.push(repository, tag=tag, stream=True, decode=True):
             if isinstance(line, dict) and line.get("error"):
                 raise TargetError(
-                    f"push of {reference} failed: {line['error']}", code="ImagePushFailure"
+                    f"push of {reference} failed: {line['error']}",
+                    code=ErrorCode.IMAGE_PUSH_FAILURE,
                 )
     except docker.errors.DockerException as exc:
-        raise TargetError(f"push of {reference} failed: {exc}", code="ImagePushFailure") from None
+        raise TargetError(
+            f"push of {reference} failed: {exc}", code=ErrorCode.IMAGE_PUSH_FAILURE
+        ) from None
 
 
 class RegistryImages:
@@ -151,7 +155,7 @@ class RegistryImages:
                 raise TargetError(
                     f"images must be built but no Docker Engine is reachable ({exc}); push "
                     "them from CI with `reconcile render --push-images`",
-                    code="ImageBuildFailure",
+                    code=ErrorCode.IMAGE_BUILD_FAILURE,
                 ) from None
         return self._docker
 
@@ -163,7 +167,7 @@ class RegistryImages:
             raise TargetError(
                 f"image {reference} is not in the registry and build_images is false; "
                 "push it with `reconcile render --push-images` where Docker runs",
-                code="ImageMissing",
+                code=ErrorCode.IMAGE_MISSING,
             )
         return False
 
@@ -228,7 +232,7 @@ class RegistryImages:
             )
         except (ImageBuildError, CondaMappingError) as exc:
             raise TargetError(
-                str(exc), code="ImageBuildFailure", log_tail=getattr(exc, "log_tail", "")
+                str(exc), code=ErrorCode.IMAGE_BUILD_FAILURE, log_tail=getattr(exc, "log_tail", "")
             ) from None
 
     def _build_model(self, spec: DeploymentSpec, say: ProgressCallback) -> str:
@@ -246,7 +250,7 @@ class RegistryImages:
                 progress=_progress(say),
             )
         except ImageBuildError as exc:
-            raise TargetError(str(exc), code="ImageBuildFailure") from None
+            raise TargetError(str(exc), code=ErrorCode.IMAGE_BUILD_FAILURE) from None
 
 
 def _progress(say: ProgressCallback) -> Any:

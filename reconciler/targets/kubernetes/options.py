@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.model.errors import ErrorCode
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.targets.base import TargetError
 
@@ -109,7 +110,7 @@ class KubernetesOptions:
         where = f"reconciler.yaml: targets.{name}"
 
         def invalid(message: str) -> TargetError:
-            return TargetError(f"{where}: {message}", code="InvalidTargetConfig")
+            return TargetError(f"{where}: {message}", code=ErrorCode.INVALID_TARGET_CONFIG)
 
         unknown = sorted(set(options) - set(_KNOWN))
         if unknown:

@@ -39,6 +39,7 @@ import structlog
 from reconciler.endpoints.credentials import EndpointCredentials, new_credentials
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.errors import ErrorCode
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Step
 from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights, weight_of
@@ -115,7 +116,7 @@ class KubernetesTarget:
                 raise TargetError(
                     "router: gateway-api, but the cluster has no HTTPRoute API "
                     "(install the Gateway API CRDs)",
-                    code="GatewayApiMissing",
+                    code=ErrorCode.GATEWAY_API_MISSING,
                 ) from None
             raise
 
@@ -314,7 +315,10 @@ class KubernetesTarget:
                 found = self._list(kind, **labels)
             except (NotFound, TargetError) as exc:
                 # Without the Gateway API there are no HTTPRoutes to prune.
-                if kind == "HTTPRoute" and exc.code in ("NotFound", "GatewayApiMissing"):
+                if kind == "HTTPRoute" and exc.code in (
+                    ErrorCode.NOT_FOUND,
+                    ErrorCode.GATEWAY_API_MISSING,
+                ):
                     continue
                 raise
             for obj in found:
@@ -394,7 +398,7 @@ class KubernetesTarget:
         assert spec is not None
         creds = self._credentials(spec.name)
         if creds is None:
-            raise TargetError(f"endpoint {spec.name} has no keys Secret", code="NotFound")
+            raise TargetError(f"endpoint {spec.name} has no keys Secret", code=ErrorCode.NOT_FOUND)
         self._write_endpoint(spec, creds, say)
 
     def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
@@ -424,7 +428,7 @@ class KubernetesTarget:
     def _required_config(self, endpoint: str) -> RouterConfig:
         config = self._router_config(endpoint)
         if config is None:
-            raise TargetError(f"endpoint {endpoint} has no router config", code="NotFound")
+            raise TargetError(f"endpoint {endpoint} has no router config", code=ErrorCode.NOT_FOUND)
         return config
 
     def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> None:
@@ -488,7 +492,7 @@ class KubernetesTarget:
                 raise TargetError(
                     f"router config {digest[:12]} of {endpoint} not served after "
                     f"{self.options.config_propagation_s:.0f} s by: {', '.join(lagging)}",
-                    code="RouterConfigNotServed",
+                    code=ErrorCode.ROUTER_CONFIG_NOT_SERVED,
                 )
             self.sleep(min(self.options.poll_s, 0.25))
 
@@ -499,7 +503,7 @@ class KubernetesTarget:
         try:
             status, doc = self.client.pod_proxy_get(pod, m.ROUTER_PORT, m.ROUTER_DIGEST_PATH)
         except TargetError as exc:
-            if exc.code == "Forbidden":
+            if exc.code == ErrorCode.FORBIDDEN:
                 return _UNREPORTED
             raise
         if not isinstance(doc, dict):
@@ -517,7 +521,7 @@ class KubernetesTarget:
         except NotFound:
             pass  # gone meanwhile
         except TargetError as exc:
-            if exc.code != "Forbidden":
+            if exc.code != ErrorCode.FORBIDDEN:
                 raise
             log.warning("router_pod_annotate_forbidden", pod=pod)
 
@@ -618,7 +622,7 @@ class KubernetesTarget:
 
     def _endpoint_exists(self, endpoint: str) -> None:
         if self.client.get("ConfigMap", m.record_name(endpoint)) is None:
-            raise TargetError(f"endpoint {endpoint} does not exist", code="NotFound")
+            raise TargetError(f"endpoint {endpoint} does not exist", code=ErrorCode.NOT_FOUND)
 
     def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]:
         """Connection Secrets (or keys) the deployments reference and the namespace lacks."""
@@ -654,7 +658,7 @@ class KubernetesTarget:
             variable, what = missing[0]
             raise TargetError(
                 f"{spec.key}: environment variable {variable} needs {what}",
-                code="MissingConnection",
+                code=ErrorCode.MISSING_CONNECTION,
             )
         ctx = self.context()
         objects = m.deployment_manifests(ctx, spec, replicas=replicas, image=image)
@@ -709,7 +713,7 @@ class KubernetesTarget:
         try:
             self.client.apply(handover, manager=m.HANDOVER_MANAGER, force=False)
         except TargetError as exc:
-            if exc.code != "Conflict":
+            if exc.code != ErrorCode.CONFLICT:
                 raise
 
     def _create_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
@@ -729,12 +733,14 @@ class KubernetesTarget:
     def _running(self, endpoint: str, deployment: str) -> tuple[dict[str, Any], DeploymentSpec]:
         obj = self.client.get("Deployment", m.deployment_object_name(endpoint, deployment))
         if obj is None or not _ours(obj):
-            raise TargetError(f"deployment {endpoint}/{deployment} does not exist", code="NotFound")
+            raise TargetError(
+                f"deployment {endpoint}/{deployment} does not exist", code=ErrorCode.NOT_FOUND
+            )
         spec = _recorded_spec(obj)
         if spec is None:
             raise TargetError(
                 f"deployment {endpoint}/{deployment} has no readable spec annotation",
-                code="InvalidState",
+                code=ErrorCode.INVALID_STATE,
             )
         return obj, spec
 
@@ -794,7 +800,7 @@ class KubernetesTarget:
         if weight_of(traffic, step.deployment) or weight_of(mirror, step.deployment):
             raise TargetError(
                 f"deployment {step.endpoint}/{step.deployment} still has traffic",
-                code="HasTraffic",
+                code=ErrorCode.HAS_TRAFFIC,
             )
         if self.options.gateway_api:
             names = [n for n in self._deployment_names(step.endpoint) if n != step.deployment]
@@ -820,7 +826,7 @@ class KubernetesTarget:
             if not routed:
                 raise TargetError(
                     f"deployment {endpoint}/{name} is not routed by the endpoint",
-                    code="DeploymentNotHealthy",
+                    code=ErrorCode.DEPLOYMENT_NOT_HEALTHY,
                 )
 
     def _set_weights(
