@@ -115,7 +115,7 @@ RECIPE = "1"
 # hang a reconcile pass forever.
 BUILD_TIMEOUT_SECONDS = 1800
 LABEL_PREFIX = "reconciler."
-# The labels by which a target finds what is its own (target.py reads the same keys).
+# The labels by which a target finds what is its own (targets/docker/target.py reads the same keys).
 MANAGED_BY = f"{LABEL_PREFIX}managed-by"
 MANAGER = "ml-endpoint-reconciler"
 TARGET_LABEL = f"{LABEL_PREFIX}target"

@@ -83,7 +83,7 @@ def ensure_router_image(
     labels: Mapping[str, str] | None = None,
 ) -> str:
     """The tag of the router image, built unless it exists. `labels` go on the containers
-    the build makes (images.build_labels: the target's, for the cleanup of a killed build)."""
+    the build makes (layers.build_labels: the target's, for the cleanup of a killed build)."""
     requirements = router_requirements()
     extra_labels = dict(labels or {})
     env = EnvironmentSpec(

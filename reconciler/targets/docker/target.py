@@ -2438,7 +2438,7 @@ def _outdated_router(router: Any, instances: Iterable[_Instance]) -> bool:
 
 
 def _router_level(router: Any) -> int:
-    """What a router container's image can do (routerimage.ROUTER_LEVEL); 1 before levels."""
+    """What a router container's image can do (images.router.ROUTER_LEVEL); 1 before levels."""
     try:
         return int((router.labels or {}).get(ROUTER_LEVEL_LABEL, "1"))
     except ValueError:
