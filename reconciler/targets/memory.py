@@ -33,7 +33,7 @@ from reconciler.model.plan import (
 from reconciler.model.results import Waiting
 from reconciler.model.specs import weight_of
 from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
-from reconciler.targets.base import ProgressCallback, TargetError, dispatch
+from reconciler.targets.base import ProgressCallback, StepHandlers, Target, TargetError, dispatch
 
 
 @dataclass
@@ -256,3 +256,9 @@ class MemoryTarget:
 
 def _key(step: Step) -> ResourceKey:
     return ResourceKey(step.endpoint, step.deployment)
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = MemoryTarget
+_HANDLES_STEPS: type[StepHandlers] = MemoryTarget

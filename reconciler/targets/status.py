@@ -16,7 +16,7 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.plan import Step
 from reconciler.model.state import DesiredState, LiveDeployment, LiveEndpoint, LiveState
 from reconciler.status import parse_status
-from reconciler.targets.base import ProgressCallback, TargetError
+from reconciler.targets.base import ProgressCallback, Target, TargetError
 
 SpecResolver = Callable[[str], DesiredState | None]
 
@@ -81,3 +81,8 @@ class StatusTarget:
             "the status target only reads status files; use --dry-run with it",
             code="ReadOnlyTarget",
         )
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = StatusTarget

@@ -129,9 +129,19 @@ from reconciler.router.config import (
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
     ProgressCallback,
+    StepHandlers,
+    Target,
     TargetError,
     TargetUnavailable,
     dispatch,
+)
+from reconciler.targets.capabilities import (
+    Autoscales,
+    Builds,
+    ChecksDesired,
+    HasConnections,
+    HasCredentials,
+    HasLogs,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.baseimage import ImageBuildError, ensure_base_image
@@ -2479,3 +2489,15 @@ def _progress(say: ProgressCallback) -> Any:
         say(message)
 
     return callback
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = DockerTarget
+_HANDLES_STEPS: type[StepHandlers] = DockerTarget
+_HAS_CREDENTIALS: type[HasCredentials] = DockerTarget
+_HAS_LOGS: type[HasLogs] = DockerTarget
+_HAS_CONNECTIONS: type[HasConnections] = DockerTarget
+_AUTOSCALES: type[Autoscales] = DockerTarget
+_BUILDS: type[Builds] = DockerTarget
+_CHECKS_DESIRED: type[ChecksDesired] = DockerTarget

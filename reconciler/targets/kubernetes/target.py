@@ -63,7 +63,15 @@ from reconciler.model.state import (
 )
 from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
 from reconciler.router.tokens import issue_token
-from reconciler.targets.base import ProgressCallback, TargetError, Waiting, dispatch
+from reconciler.targets.base import (
+    ProgressCallback,
+    StepHandlers,
+    Target,
+    TargetError,
+    Waiting,
+    dispatch,
+)
+from reconciler.targets.capabilities import Builds, ChecksDesired, HasCredentials, HasLogs
 from reconciler.targets.docker.credentials import EndpointCredentials, new_credentials
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
@@ -995,3 +1003,13 @@ def _route_refused(route: Mapping[str, Any]) -> bool:
             if condition.get("type") == "Accepted" and condition.get("status") == "False":
                 return True
     return False
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = KubernetesTarget
+_HANDLES_STEPS: type[StepHandlers] = KubernetesTarget
+_HAS_CREDENTIALS: type[HasCredentials] = KubernetesTarget
+_HAS_LOGS: type[HasLogs] = KubernetesTarget
+_BUILDS: type[Builds] = KubernetesTarget
+_CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget
