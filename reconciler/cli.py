@@ -45,6 +45,13 @@ from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
+from reconciler.targets.capabilities import (
+    ConnectionStore,
+    HasConnections,
+    HasCredentials,
+    HasLogs,
+)
+from reconciler.targets.registry import TARGET_TYPES
 from reconciler.targets.status import StatusTarget
 from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
 from reconciler.yamlsource import FieldLines, FieldPath
@@ -132,28 +139,17 @@ def open_target(
 
 def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
     """The target an entry of reconciler.yaml describes. Raises TargetError."""
-    if chosen.type == "docker":
-        # Imported here: `reconcile diff` and `validate` never pay for the Docker SDK.
-        from reconciler.targets.docker.options import DockerOptions
-        from reconciler.targets.docker.target import DockerTarget
-
-        options = DockerOptions.from_config(chosen.name, chosen.options)
-        repository = (
-            source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
+    factory = TARGET_TYPES.get(chosen.type)
+    if factory is None:
+        raise TargetError(
+            f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive "
+            f"yet; plan against the status files with --target {STATUS_TARGET}",
+            code=ErrorCode.INVALID_TARGET_CONFIG,
         )
-        return DockerTarget(options, repo_root=source.path.resolve(), repository=repository)
-    if chosen.type == "kubernetes":
-        # Imported here, like Docker's: only this target pays for the kubernetes client.
-        from reconciler.targets.kubernetes.options import KubernetesOptions
-        from reconciler.targets.kubernetes.target import KubernetesTarget
-
-        k8s_options = KubernetesOptions.from_config(chosen.name, chosen.options)
-        return KubernetesTarget(k8s_options, repo_root=source.path.resolve())
-    raise TargetError(
-        f"target {chosen.name!r} is of type {chosen.type}, which this build cannot drive yet; "
-        f"plan against the status files with --target {STATUS_TARGET}",
-        code=ErrorCode.INVALID_TARGET_CONFIG,
+    repository = (
+        source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
     )
+    return factory(chosen, repo_root=source.path.resolve(), repository=repository)
 
 
 def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
@@ -706,7 +702,7 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
             click.echo(f"  left undone: {p.get('action')} {on} ({p.get('why')})")
 
 
-def _operated_target(repo: str, target_name: str | None) -> Any:
+def _operated_target(repo: str, target_name: str | None) -> Target:
     """The target for a command that operates on a running endpoint (not the status one)."""
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
@@ -717,9 +713,9 @@ def _operated_target(repo: str, target_name: str | None) -> Any:
     return target
 
 
-def _needs(target: Any, method: str, what: str) -> None:
-    if not hasattr(target, method):
-        fail(f"target {target.name} cannot {what}")
+def _cannot(target: Target, what: str) -> NoReturn:
+    """A target lacks a capability (targets.capabilities) the command needs."""
+    fail(f"target {target.name} cannot {what}")
 
 
 @main.command()
@@ -733,7 +729,8 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
     import time
 
     target = _operated_target(repo, target_name)
-    _needs(target, "endpoint_credentials", "give credentials")
+    if not isinstance(target, HasCredentials):
+        _cannot(target, "give credentials")
     try:
         live = target.observe().endpoint(endpoint)
         if live is None:
@@ -766,7 +763,8 @@ def regenerate_key(
 ) -> None:
     """Replace one key; the other stays valid. The new key is shown by `credentials`."""
     target = _operated_target(repo, target_name)
-    _needs(target, "regenerate_key", "regenerate keys")
+    if not isinstance(target, HasCredentials):
+        _cannot(target, "regenerate keys")
     try:
         # It rewrites the endpoint's router configuration, as a pass does: one writer.
         command = f"reconcile regenerate-key {endpoint}"
@@ -795,7 +793,8 @@ def show_logs(
 ) -> None:
     """The last lines of a deployment's container logs."""
     target = _operated_target(repo, target_name)
-    _needs(target, "logs", "show logs")
+    if not isinstance(target, HasLogs):
+        _cannot(target, "show logs")
     try:
         click.echo(target.logs(endpoint, deployment, instance=instance, lines=lines), nl=False)
     except TargetError as exc:
@@ -818,7 +817,8 @@ def invoke(
     import urllib.request
 
     target = _operated_target(repo, target_name)
-    _needs(target, "endpoint_credentials", "invoke endpoints")
+    if not isinstance(target, HasCredentials):
+        _cannot(target, "invoke endpoints")
     try:
         state = target.observe()
         live = state.endpoint(endpoint)
@@ -1054,9 +1054,10 @@ def connection() -> None:
     never in git; `list` shows names and keys only."""
 
 
-def _connection_store(repo: str, target_name: str | None) -> Any:
+def _connection_store(repo: str, target_name: str | None) -> ConnectionStore:
     target = _operated_target(repo, target_name)
-    _needs(target, "connections", "store connections (on Kubernetes, create the Secrets)")
+    if not isinstance(target, HasConnections):
+        _cannot(target, "store connections (on Kubernetes, create the Secrets)")
     return target.connections()
 
 
@@ -1100,7 +1101,7 @@ def connection_set(
 
     Values never come from the command line, so they never sit in shell history:
     `--credential KEY` reads stdin, `--credential-file KEY=PATH` a file."""
-    from reconciler.targets.docker.connections import Connection
+    from reconciler.endpoints.connections import Connection
 
     if len(stdin_keys) > 1:
         fail("only one --credential can read stdin; give the others as --credential-file KEY=PATH")
@@ -1153,7 +1154,7 @@ def connection_list(repo: str, target_name: str | None, output: str) -> None:
         found = store.read()
     except TargetError as exc:
         fail(f"target {store.target_name}: {exc}")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": conn.name,
             "target": conn.target,

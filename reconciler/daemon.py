@@ -50,6 +50,7 @@ from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.status import render_status
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
+from reconciler.targets.capabilities import Autoscaler, Autoscales, Builds
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
 
 log = structlog.get_logger("reconciler.daemon")
@@ -225,7 +226,7 @@ class Daemon:
         self.trigger_times: list[tuple[str, float]] = []  # for the benchmark: (why, when)
         self.pass_starts: list[float] = []
         self._progressing = False  # the last pass left something in progress
-        self._scaler: Any = None  # the target's autoscaler, when it has one
+        self._scaler: Autoscaler | None = None  # the target's autoscaler, when it has one
         self._fetched_at = -1e9
 
     # triggers
@@ -370,7 +371,7 @@ class Daemon:
             tree, revision, root = self.source.current()
             config = self._config_at(tree)
             self._target_at(config)
-            if hasattr(self.target, "repo_root"):
+            if isinstance(self.target, Builds):
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
                 self.target.repo_root = root
@@ -505,11 +506,10 @@ class Daemon:
 
     def _autoscale(self) -> None:
         """Targets that can autoscale (target_utilization) get a loop of their own."""
-        make = getattr(self.target, "autoscaler", None)
-        if make is None:
+        if not isinstance(self.target, Autoscales):
             return
         # A scale step starts instances; the passes after it route them once ready.
-        scaler = make(self.apply_lock, wake=lambda: self.trigger("autoscale"))
+        scaler = self.target.autoscaler(self.apply_lock, wake=lambda: self.trigger("autoscale"))
         self._scaler = scaler
 
         def loop() -> None:

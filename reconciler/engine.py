@@ -30,7 +30,8 @@ from reconciler.model.state import DesiredState, LiveDeployment, LiveState, Prov
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import ChecksDesired, Target, TargetError
+from reconciler.targets.base import Target, TargetError
+from reconciler.targets.capabilities import ChecksDesired
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
 log = structlog.get_logger("reconciler.engine")

@@ -27,7 +27,23 @@ from enum import IntEnum
 from reconciler.diffing import CONNECTIONS, DeploymentDiff, EndpointDiff, diff
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType, quota_cores
-from reconciler.model.plan import Action, EndpointSummary, FieldChange, Plan, Step
+from reconciler.model.plan import (
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    EndpointSummary,
+    FieldChange,
+    Plan,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
 from reconciler.model.specs import DeploymentSpec, JsonValue, Weights, weight_of
 from reconciler.model.state import DesiredState, LiveState
 
@@ -147,33 +163,26 @@ def _endpoint_steps(d: EndpointDiff, instance_types: Mapping[str, InstanceType])
         add(
             _Phase.ENDPOINT,
             Step(
-                Action.CREATE_ENDPOINT,
+                CreateEndpoint(replace(d.desired, traffic=(), mirror_traffic=())),
                 d.name,
                 changes=d.endpoint_changes,
                 reason="new endpoint; its deployments are created next, traffic last",
-                endpoint_spec=replace(d.desired, traffic=(), mirror_traffic=()),
             ),
         )
     if d.desired is not None and d.live is not None and d.live.repair is not None:
         # Before anything else of the endpoint: every later step needs a working router.
         add(
             _Phase.ENDPOINT,
-            Step(
-                Action.REPAIR_ENDPOINT,
-                d.name,
-                reason=f"repair: {d.live.repair}",
-                endpoint_spec=d.desired,
-            ),
+            Step(RepairEndpoint(d.desired), d.name, reason=f"repair: {d.live.repair}"),
         )
     if not d.is_create and d.desired is not None and d.endpoint_changes:
         add(
             _Phase.ENDPOINT,
             Step(
-                Action.UPDATE_ENDPOINT,
+                UpdateEndpoint(d.desired),
                 d.name,
                 changes=d.endpoint_changes,
                 reason=_endpoint_update_reason(d.endpoint_changes),
-                endpoint_spec=d.desired,
             ),
         )
 
@@ -192,7 +201,7 @@ def _endpoint_steps(d: EndpointDiff, instance_types: Mapping[str, InstanceType])
         add(
             _Phase.DELETE_ENDPOINT,
             Step(
-                Action.DELETE_ENDPOINT,
+                DeleteEndpoint(),
                 d.name,
                 reason="pruned: no file declares this endpoint; its deployments are gone",
                 prune=True,
@@ -220,13 +229,10 @@ def _deployment_steps(
             (
                 _Phase.REPAIR,
                 Step(
-                    Action.REPAIR_DEPLOYMENT,
+                    RepairDeployment(live.spec, live.instance_count, live.scale_settings),
                     d.name,
                     dep.name,
                     reason=f"repair: {live.repair}",
-                    deployment_spec=live.spec,
-                    instance_count=live.instance_count,
-                    scale_settings=live.scale_settings,
                 ),
             )
         )
@@ -240,14 +246,11 @@ def _deployment_steps(
             (
                 _Phase.CREATE,
                 Step(
-                    Action.CREATE_DEPLOYMENT,
+                    CreateDeployment(spec, dep.count_after, spec.scale_settings),
                     d.name,
                     dep.name,
                     changes=_summary(spec, dep.count_after),
                     reason=reason + _quota(spec.instance_type, dep.count_after, instance_types),
-                    deployment_spec=spec,
-                    instance_count=dep.count_after,
-                    scale_settings=spec.scale_settings,
                 ),
             )
         )
@@ -257,7 +260,7 @@ def _deployment_steps(
             (
                 _Phase.DELETE,
                 Step(
-                    Action.DELETE_DEPLOYMENT,
+                    DeleteDeployment(),
                     d.name,
                     dep.name,
                     changes=(FieldChange("instance_count", dep.count_before, None),),
@@ -286,7 +289,7 @@ def _deployment_steps(
             (
                 _Phase.SCALE_DOWN if down else _Phase.SCALE_UP,
                 Step(
-                    Action.SCALE_DEPLOYMENT,
+                    ScaleDeployment(spec, dep.count_after, spec.scale_settings),
                     d.name,
                     dep.name,
                     changes=dep.scale_changes,
@@ -294,9 +297,6 @@ def _deployment_steps(
                         f"scale {direction} {dep.count_before} -> {dep.count_after} {when}"
                         + _quota(spec.instance_type, dep.count_after, instance_types)
                     ),
-                    deployment_spec=spec,
-                    instance_count=dep.count_after,
-                    scale_settings=spec.scale_settings,
                 ),
             )
         )
@@ -313,14 +313,11 @@ def _deployment_steps(
             (
                 _Phase.UPDATE_AFTER_SCALE_DOWN if dep.scales_down else _Phase.UPDATE,
                 Step(
-                    Action.UPDATE_DEPLOYMENT,
+                    UpdateDeployment(spec, dep.count_after, spec.scale_settings),
                     d.name,
                     dep.name,
                     changes=dep.update_changes,
                     reason=reason,
-                    deployment_spec=spec,
-                    instance_count=dep.count_after,
-                    scale_settings=spec.scale_settings,
                     replace=dep.replace,
                 ),
             )
@@ -395,11 +392,10 @@ def _data_plane_steps(d: EndpointDiff) -> list[Step]:
         if d.is_delete:
             reason = "traffic leaves the endpoint's deployments before they are deleted"
         return Step(
-            Action.SET_TRAFFIC,
+            SetTraffic(after),
             d.name,
             changes=_weight_changes("traffic", before, after),
             reason=reason,
-            traffic=after,
             wait_healthy=gated,
         )
 
@@ -412,11 +408,10 @@ def _data_plane_steps(d: EndpointDiff) -> list[Step]:
             if gated:
                 reason += f"; once {', '.join(gated)} is healthy"
         return Step(
-            Action.SET_MIRROR_TRAFFIC,
+            SetMirrorTraffic(after),
             d.name,
             changes=_weight_changes("mirror_traffic", before, after),
             reason=reason,
-            mirror_traffic=after,
             wait_healthy=gated,
         )
 

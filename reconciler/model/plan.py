@@ -4,13 +4,18 @@ The plan is data. Each step carries everything its execution needs (the full spe
 create or roll out, the instance count to scale to, the weights to set), so the executor
 never goes back to the specs to work out what was meant, and `--dry-run` shows exactly the
 steps that apply would run.
+
+What a step carries is one payload type per action (CreateEndpoint, SetTraffic, ...): a
+target's handler of an action gets exactly its payload, with no optional field to check,
+and `targets.base.dispatch` matches on the payload type so that mypy finds an action no
+target handles.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.specs import (
@@ -39,6 +44,121 @@ class Action(StrEnum):
     REPAIR_DEPLOYMENT = "repair_deployment"
 
 
+# --- payloads: what each action needs, one frozen type per action ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateEndpoint:
+    """Make the endpoint (router, keys), with no traffic yet: traffic has its own steps."""
+
+    spec: EndpointSpec
+    action: ClassVar[Action] = Action.CREATE_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEndpoint:
+    """Endpoint settings change (auth_mode, ...); the traffic that serves now stays."""
+
+    spec: EndpointSpec
+    action: ClassVar[Action] = Action.UPDATE_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class RepairEndpoint:
+    """The endpoint's router and records made whole again, to this spec."""
+
+    spec: EndpointSpec
+    action: ClassVar[Action] = Action.REPAIR_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEndpoint:
+    """Everything of the endpoint goes (its deployments are gone already)."""
+
+    action: ClassVar[Action] = Action.DELETE_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDeployment:
+    """Start instance_count instances of spec, scaled by scale_settings."""
+
+    spec: DeploymentSpec
+    instance_count: int
+    scale_settings: ScaleSettings
+    action: ClassVar[Action] = Action.CREATE_DEPLOYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDeployment:
+    """The deployment runs instance_count instances (its version, spec, stays)."""
+
+    spec: DeploymentSpec
+    instance_count: int
+    scale_settings: ScaleSettings
+    action: ClassVar[Action] = Action.SCALE_DEPLOYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDeployment:
+    """A rolling update (or a replacement, Step.replace) to spec."""
+
+    spec: DeploymentSpec
+    instance_count: int
+    scale_settings: ScaleSettings
+    action: ClassVar[Action] = Action.UPDATE_DEPLOYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class RepairDeployment:
+    """What runs brought in line with the deployment's own record, as observed: spec
+    (None when the target kept no record of it), count and scale settings of now."""
+
+    spec: DeploymentSpec | None
+    instance_count: int
+    scale_settings: ScaleSettings
+    action: ClassVar[Action] = Action.REPAIR_DEPLOYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDeployment:
+    """The deployment's instances go (its traffic and mirror traffic have left)."""
+
+    action: ClassVar[Action] = Action.DELETE_DEPLOYMENT
+
+
+@dataclass(frozen=True, slots=True)
+class SetTraffic:
+    """The endpoint's live traffic becomes weights."""
+
+    weights: Weights
+    action: ClassVar[Action] = Action.SET_TRAFFIC
+
+
+@dataclass(frozen=True, slots=True)
+class SetMirrorTraffic:
+    """The endpoint's mirror traffic becomes weights."""
+
+    weights: Weights
+    action: ClassVar[Action] = Action.SET_MIRROR_TRAFFIC
+
+
+Payload = (
+    CreateEndpoint
+    | UpdateEndpoint
+    | RepairEndpoint
+    | DeleteEndpoint
+    | CreateDeployment
+    | ScaleDeployment
+    | UpdateDeployment
+    | RepairDeployment
+    | DeleteDeployment
+    | SetTraffic
+    | SetMirrorTraffic
+)
+_ENDPOINT_PAYLOADS = (CreateEndpoint, UpdateEndpoint, RepairEndpoint)
+_DEPLOYMENT_PAYLOADS = (CreateDeployment, ScaleDeployment, UpdateDeployment, RepairDeployment)
+
+
 @dataclass(frozen=True, slots=True)
 class FieldChange:
     """One field that changes: a dotted path, its value before and after (None: absent)."""
@@ -55,26 +175,56 @@ class FieldChange:
 class Step:
     """One action on one endpoint or deployment, with its payload.
 
-    wait_healthy names the deployments that must be healthy before the step runs (the
-    traffic gate: capacity first). depends_on holds the indexes of earlier steps in the
-    plan that must have succeeded; a failed step skips its dependants.
+    The payload's type is the action. wait_healthy names the deployments that must be
+    healthy before the step runs (the traffic gate: capacity first). depends_on holds the
+    indexes of earlier steps in the plan that must have succeeded; a failed step skips its
+    dependants.
     """
 
-    action: Action
+    payload: Payload
     endpoint: str
     deployment: str | None = None
     changes: tuple[FieldChange, ...] = ()
     reason: str = ""
-    endpoint_spec: EndpointSpec | None = None
-    deployment_spec: DeploymentSpec | None = None
-    instance_count: int | None = None
-    scale_settings: ScaleSettings | None = None
-    traffic: Weights | None = None
-    mirror_traffic: Weights | None = None
     wait_healthy: tuple[str, ...] = ()
     replace: bool = False  # instances are replaced (a field that cannot change in place)
     prune: bool = False  # deleting something the repository no longer declares
     depends_on: tuple[int, ...] = ()
+
+    @property
+    def action(self) -> Action:
+        return self.payload.action
+
+    # Read-only views of the payload under the names a step's fields had before payloads
+    # were typed (tests and readers of plans); targets use the payload itself.
+
+    @property
+    def endpoint_spec(self) -> EndpointSpec | None:
+        p = self.payload
+        return p.spec if isinstance(p, _ENDPOINT_PAYLOADS) else None
+
+    @property
+    def deployment_spec(self) -> DeploymentSpec | None:
+        p = self.payload
+        return p.spec if isinstance(p, _DEPLOYMENT_PAYLOADS) else None
+
+    @property
+    def instance_count(self) -> int | None:
+        p = self.payload
+        return p.instance_count if isinstance(p, _DEPLOYMENT_PAYLOADS) else None
+
+    @property
+    def scale_settings(self) -> ScaleSettings | None:
+        p = self.payload
+        return p.scale_settings if isinstance(p, _DEPLOYMENT_PAYLOADS) else None
+
+    @property
+    def traffic(self) -> Weights | None:
+        return self.payload.weights if isinstance(self.payload, SetTraffic) else None
+
+    @property
+    def mirror_traffic(self) -> Weights | None:
+        return self.payload.weights if isinstance(self.payload, SetMirrorTraffic) else None
 
     @property
     def target_name(self) -> str:

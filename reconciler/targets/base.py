@@ -7,27 +7,42 @@ that starts instances returns `Waiting` (what it waits for) and the next pass co
 from what observe shows. Every change a target makes is a step: what it finds out of line
 (a router that does not answer, instances ready but not routed, crashed ones) it reports
 in observe (LiveEndpoint.repair, LiveDeployment.repair), and the plan repairs it.
+
+A target applies a step by `dispatch(self, step, progress)`, which calls its handler of the
+step's payload type (StepHandlers). What a target can do beyond this is in capabilities.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, assert_never, runtime_checkable
 
-from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.errors import ErrorCode, ErrorKind
-from reconciler.model.plan import Step
+from reconciler.model.plan import (
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
 from reconciler.model.results import Outcome, StepResult, Waiting
-from reconciler.model.state import DesiredState, LiveState
+from reconciler.model.state import LiveState
 
 ProgressCallback = Callable[[str], None]
 
 __all__ = [
-    "ChecksDesired",
     "ErrorCode",
     "ErrorKind",
     "Outcome",
     "ProgressCallback",
+    "StepHandlers",
     "StepResult",
     "Target",
     "TargetError",
@@ -86,27 +101,82 @@ class Target(Protocol):
         ...
 
 
-@runtime_checkable
-class ChecksDesired(Protocol):
-    """A target that can say, before any step, what in the desired state it cannot do
-    (references to connections it lacks): warnings for dry-run and apply's plan."""
+class StepHandlers(Protocol):
+    """A target's handlers: one per action, each given the step and its typed payload.
 
-    def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...
+    `dispatch` calls them; a target passes itself to it, so mypy checks that the target
+    handles every action with the payload that action carries.
+    """
+
+    def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None: ...
+
+    def _update_endpoint(self, step: Step, do: UpdateEndpoint, say: ProgressCallback) -> None: ...
+
+    def _repair_endpoint(self, step: Step, do: RepairEndpoint, say: ProgressCallback) -> None: ...
+
+    def _delete_endpoint(self, step: Step, do: DeleteEndpoint, say: ProgressCallback) -> None: ...
+
+    def _create_deployment(
+        self, step: Step, do: CreateDeployment, say: ProgressCallback
+    ) -> Waiting | None: ...
+
+    def _scale_deployment(
+        self, step: Step, do: ScaleDeployment, say: ProgressCallback
+    ) -> Waiting | None: ...
+
+    def _update_deployment(
+        self, step: Step, do: UpdateDeployment, say: ProgressCallback
+    ) -> Waiting | None: ...
+
+    def _repair_deployment(
+        self, step: Step, do: RepairDeployment, say: ProgressCallback
+    ) -> Waiting | None: ...
+
+    def _delete_deployment(
+        self, step: Step, do: DeleteDeployment, say: ProgressCallback
+    ) -> None: ...
+
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None: ...
+
+    def _set_mirror_traffic(
+        self, step: Step, do: SetMirrorTraffic, say: ProgressCallback
+    ) -> None: ...
 
 
-def dispatch(target: object, step: Step, progress: ProgressCallback | None) -> Waiting | None:
-    """Run a step through the target's handler named after its action.
+def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None) -> Waiting | None:
+    """Run a step through the target's handler of its payload's type.
 
-    Targets name their handlers `_<action>(step, say)` (`_create_endpoint`,
-    `_set_traffic`, ...), so adding an action to the plan shows at once, as an
-    AttributeError, in every target that does not handle it yet.
+    The match covers every payload type (assert_never): an action added to the plan is a
+    mypy error here until it is dispatched, and then in every target that lacks its handler.
     """
 
     def say(message: str) -> None:
         if progress is not None:
             progress(message)
 
-    handler: Callable[[Step, ProgressCallback], Waiting | None] = getattr(
-        target, f"_{step.action.value}"
-    )
-    return handler(step, say)
+    match step.payload:
+        case CreateEndpoint() as do:
+            target._create_endpoint(step, do, say)
+        case UpdateEndpoint() as do:
+            target._update_endpoint(step, do, say)
+        case RepairEndpoint() as do:
+            target._repair_endpoint(step, do, say)
+        case DeleteEndpoint() as do:
+            target._delete_endpoint(step, do, say)
+        case CreateDeployment() as do:
+            return target._create_deployment(step, do, say)
+        case ScaleDeployment() as do:
+            return target._scale_deployment(step, do, say)
+        case UpdateDeployment() as do:
+            return target._update_deployment(step, do, say)
+        case RepairDeployment() as do:
+            return target._repair_deployment(step, do, say)
+        case DeleteDeployment() as do:
+            target._delete_deployment(step, do, say)
+        case SetTraffic() as do:
+            target._set_traffic(step, do, say)
+        case SetMirrorTraffic() as do:
+            target._set_mirror_traffic(step, do, say)
+        case _:
+            assert_never(step.payload)
+    return None

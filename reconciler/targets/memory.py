@@ -16,11 +16,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Action, Step
+from reconciler.model.plan import (
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
 from reconciler.model.results import Waiting
 from reconciler.model.specs import weight_of
 from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
-from reconciler.targets.base import ProgressCallback, TargetError
+from reconciler.targets.base import ProgressCallback, StepHandlers, Target, TargetError, dispatch
 
 
 @dataclass
@@ -64,9 +77,8 @@ class MemoryTarget:
         )
 
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
-        key = ResourceKey(step.endpoint, step.deployment)
-        handler = _HANDLERS[step.action]
-        handler(self, step, key)
+        key = _key(step)
+        dispatch(self, step, None)
         self.applied.append(step)
         if progress is not None:
             progress(f"{step.action} {step.target_name} applied")
@@ -77,46 +89,44 @@ class MemoryTarget:
 
     # --- handlers: one per action -------------------------------------------------------
 
-    def _create_endpoint(self, step: Step, key: ResourceKey) -> None:
-        assert step.endpoint_spec is not None
+    def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None:
         if step.endpoint in self.endpoints:
             raise TargetError(f"endpoint {step.endpoint} exists already")
-        self.endpoints[step.endpoint] = LiveEndpoint(spec=step.endpoint_spec)
+        self.endpoints[step.endpoint] = LiveEndpoint(spec=do.spec)
 
-    def _update_endpoint(self, step: Step, key: ResourceKey) -> None:
+    def _update_endpoint(self, step: Step, do: UpdateEndpoint, say: ProgressCallback) -> None:
         current = self._endpoint(step.endpoint)
-        assert step.endpoint_spec is not None
         # Traffic belongs to its own steps: keep what serves now.
         spec = replace(
-            step.endpoint_spec,
+            do.spec,
             traffic=current.spec.traffic,
             mirror_traffic=current.spec.mirror_traffic,
         )
         self.endpoints[step.endpoint] = replace(current, spec=spec)
 
-    def _repair_endpoint(self, step: Step, key: ResourceKey) -> None:
-        self._update_endpoint(step, key)
+    def _repair_endpoint(self, step: Step, do: RepairEndpoint, say: ProgressCallback) -> None:
+        self._update_endpoint(step, UpdateEndpoint(do.spec), say)
         current = self._endpoint(step.endpoint)
         self.endpoints[step.endpoint] = replace(
             current, repair=None, provisioning_state=ProvisioningState.SUCCEEDED
         )
 
-    def _delete_endpoint(self, step: Step, key: ResourceKey) -> None:
+    def _delete_endpoint(self, step: Step, do: DeleteEndpoint, say: ProgressCallback) -> None:
         self._endpoint(step.endpoint)
         if any(k.endpoint == step.endpoint for k in self.deployments):
             raise TargetError(f"endpoint {step.endpoint} still has deployments")
         del self.endpoints[step.endpoint]
 
-    def _create_deployment(self, step: Step, key: ResourceKey) -> None:
+    def _create_deployment(self, step: Step, do: CreateDeployment, say: ProgressCallback) -> None:
+        key = _key(step)
         self._endpoint(step.endpoint)
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+        spec = do.spec
         if key in self.deployments:
             raise TargetError(f"deployment {key} exists already")
         self.deployments[key] = LiveDeployment(
             key=key,
             digest=spec.digest,
-            instance_count=step.instance_count,
+            instance_count=do.instance_count,
             scale_settings=spec.scale_settings,
             spec=spec,
             ready_instances=0,
@@ -125,16 +135,16 @@ class MemoryTarget:
         )
         self._start(key)
 
-    def _scale_deployment(self, step: Step, key: ResourceKey) -> None:
+    def _scale_deployment(self, step: Step, do: ScaleDeployment, say: ProgressCallback) -> None:
+        key = _key(step)
         current = self._deployment(key)
-        assert step.instance_count is not None and step.scale_settings is not None
-        growing = step.instance_count > current.instance_count
+        growing = do.instance_count > current.instance_count
         self.deployments[key] = replace(
             current,
-            instance_count=step.instance_count,
-            scale_settings=step.scale_settings,
+            instance_count=do.instance_count,
+            scale_settings=do.scale_settings,
             # Fewer instances: those that stay serve on; more: the new ones start.
-            ready_instances=min(current.ready_instances, step.instance_count),
+            ready_instances=min(current.ready_instances, do.instance_count),
             provisioning_state=(
                 ProvisioningState.SCALING if growing else current.provisioning_state
             ),
@@ -142,29 +152,31 @@ class MemoryTarget:
         if growing:
             self._start(key)
 
-    def _update_deployment(self, step: Step, key: ResourceKey) -> None:
+    def _update_deployment(self, step: Step, do: UpdateDeployment, say: ProgressCallback) -> None:
+        key = _key(step)
         current = self._deployment(key)
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+        spec = do.spec
         # A rolling update: what served keeps serving until the new instances are ready.
         self.deployments[key] = replace(
             current,
             digest=spec.digest,
             spec=spec,
-            instance_count=step.instance_count,
+            instance_count=do.instance_count,
             scale_settings=spec.scale_settings,
             instance_type=spec.instance_type,
-            ready_instances=min(current.ready_instances, step.instance_count),
+            ready_instances=min(current.ready_instances, do.instance_count),
             provisioning_state=ProvisioningState.UPDATING,
             last_error=None,
         )
         self._start(key)
 
-    def _repair_deployment(self, step: Step, key: ResourceKey) -> None:
+    def _repair_deployment(self, step: Step, do: RepairDeployment, say: ProgressCallback) -> None:
+        key = _key(step)
         current = self._deployment(key)
         self.deployments[key] = replace(current, repair=None)
 
-    def _delete_deployment(self, step: Step, key: ResourceKey) -> None:
+    def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
+        key = _key(step)
         self._deployment(key)
         endpoint = self._endpoint(step.endpoint)
         assert key.deployment is not None
@@ -175,24 +187,22 @@ class MemoryTarget:
         del self.deployments[key]
         self.starting.pop(key, None)
 
-    def _set_traffic(self, step: Step, key: ResourceKey) -> None:
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
         endpoint = self._endpoint(step.endpoint)
-        assert step.traffic is not None
-        self._require_ready(step.endpoint, [n for n, w in step.traffic if w])
-        if any(weight_of(step.traffic, n) for n, _ in endpoint.spec.mirror_traffic):
+        self._require_ready(step.endpoint, [n for n, w in do.weights if w])
+        if any(weight_of(do.weights, n) for n, _ in endpoint.spec.mirror_traffic):
             raise TargetError("a mirrored deployment cannot have live traffic")
         self.endpoints[step.endpoint] = replace(
-            endpoint, spec=replace(endpoint.spec, traffic=step.traffic)
+            endpoint, spec=replace(endpoint.spec, traffic=do.weights)
         )
 
-    def _set_mirror_traffic(self, step: Step, key: ResourceKey) -> None:
+    def _set_mirror_traffic(self, step: Step, do: SetMirrorTraffic, say: ProgressCallback) -> None:
         endpoint = self._endpoint(step.endpoint)
-        assert step.mirror_traffic is not None
-        self._require_ready(step.endpoint, [n for n, w in step.mirror_traffic if w])
-        if any(weight_of(endpoint.spec.traffic, n) for n, _ in step.mirror_traffic):
+        self._require_ready(step.endpoint, [n for n, w in do.weights if w])
+        if any(weight_of(endpoint.spec.traffic, n) for n, _ in do.weights):
             raise TargetError("a mirrored deployment cannot have live traffic")
         self.endpoints[step.endpoint] = replace(
-            endpoint, spec=replace(endpoint.spec, mirror_traffic=step.mirror_traffic)
+            endpoint, spec=replace(endpoint.spec, mirror_traffic=do.weights)
         )
 
     # --- helpers --------------------------------------------------------------------------
@@ -244,16 +254,11 @@ class MemoryTarget:
                 raise TargetError(f"deployment {endpoint}/{name} has no ready instance")
 
 
-_HANDLERS = {
-    Action.CREATE_ENDPOINT: MemoryTarget._create_endpoint,
-    Action.UPDATE_ENDPOINT: MemoryTarget._update_endpoint,
-    Action.REPAIR_ENDPOINT: MemoryTarget._repair_endpoint,
-    Action.DELETE_ENDPOINT: MemoryTarget._delete_endpoint,
-    Action.CREATE_DEPLOYMENT: MemoryTarget._create_deployment,
-    Action.SCALE_DEPLOYMENT: MemoryTarget._scale_deployment,
-    Action.UPDATE_DEPLOYMENT: MemoryTarget._update_deployment,
-    Action.REPAIR_DEPLOYMENT: MemoryTarget._repair_deployment,
-    Action.DELETE_DEPLOYMENT: MemoryTarget._delete_deployment,
-    Action.SET_TRAFFIC: MemoryTarget._set_traffic,
-    Action.SET_MIRROR_TRAFFIC: MemoryTarget._set_mirror_traffic,
-}
+def _key(step: Step) -> ResourceKey:
+    return ResourceKey(step.endpoint, step.deployment)
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = MemoryTarget
+_HANDLES_STEPS: type[StepHandlers] = MemoryTarget

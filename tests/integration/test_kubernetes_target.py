@@ -198,14 +198,14 @@ def test_delete_moves_traffic_first_and_prune_removes_only_ours(
 def test_a_deployment_with_traffic_is_never_deleted(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:
-    from reconciler.model.plan import Action, Step
+    from reconciler.model.plan import DeleteDeployment, Step
 
     blue_green(repo)
     repo.commit("base")
     target = make_target(fake)
     assert not failures(apply_rev(repo, target))
     with pytest.raises(TargetError, match="still has traffic"):
-        target.apply(Step(Action.DELETE_DEPLOYMENT, EP, "green"))
+        target.apply(Step(DeleteDeployment(), EP, "green"))
     assert GREEN in fake.names("deployments")
 
 

@@ -10,7 +10,7 @@ from specs_factory import deployment, endpoint
 from reconciler.diffing import assume_applied
 from reconciler.executor import execute
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.plan import Action, Plan, Step
+from reconciler.model.plan import Action, CreateEndpoint, Plan, Step
 from reconciler.model.results import Outcome
 from reconciler.model.state import DesiredState, ProvisioningState
 from reconciler.planning import make_plan
@@ -93,7 +93,7 @@ def test_a_gate_reads_the_passes_observation_until_a_step_changed_the_target() -
 def test_an_invalid_plan_runs_nothing() -> None:
     target = MemoryTarget()
     plan = Plan(
-        steps=(Step(Action.CREATE_ENDPOINT, "ep", endpoint_spec=endpoint()),),
+        steps=(Step(CreateEndpoint(endpoint()), "ep"),),
         errors=(Diagnostic("ep.yml", 1, "name", "bad"),),
     )
     assert execute(plan, target) == ()

@@ -6,8 +6,9 @@ import yaml
 from specs_factory import deployment, endpoint
 
 from reconciler.diffing import assume_applied
-from reconciler.model.plan import Action, Plan, Step
+from reconciler.model.plan import Action, Plan, ScaleDeployment, SetTraffic, Step, UpdateDeployment
 from reconciler.model.results import Outcome, StepResult
+from reconciler.model.specs import DeploymentSpec
 from reconciler.model.state import DesiredState
 from reconciler.planning import make_plan
 from reconciler.status import build_status, parse_status, render_status
@@ -17,6 +18,14 @@ def _live() -> DesiredState:
     return DesiredState(
         (endpoint(traffic={"blue": 90, "green": 10}),), (deployment(), deployment("green"))
     )
+
+
+def _green() -> DeploymentSpec:
+    return deployment("green")
+
+
+def _update_green() -> Step:
+    return Step(UpdateDeployment(_green(), 1, _green().scale_settings), "ep", "green")
 
 
 def test_status_is_the_same_bytes_for_the_same_state() -> None:
@@ -40,7 +49,7 @@ def test_status_round_trips_into_live_state() -> None:
 
 def test_a_failed_step_marks_the_deployment_failed_with_the_log_tail() -> None:
     live = assume_applied(_live())
-    plan = Plan(steps=(Step(Action.UPDATE_DEPLOYMENT, "ep", "green"),))
+    plan = Plan(steps=(_update_green(),))
     result = StepResult(
         0, Outcome.FAILED, "init() raised", error_code="DeploymentNotHealthy", log_tail="a\nb\n"
     )
@@ -81,9 +90,9 @@ def test_steps_left_undone_are_pending_and_the_endpoint_is_not_succeeded() -> No
     live = assume_applied(_live())
     plan = Plan(
         steps=(
-            Step(Action.SCALE_DEPLOYMENT, "ep", "green"),
-            Step(Action.UPDATE_DEPLOYMENT, "ep", "green"),
-            Step(Action.SET_TRAFFIC, "ep"),
+            Step(ScaleDeployment(_green(), 2, _green().scale_settings), "ep", "green"),
+            _update_green(),
+            Step(SetTraffic((("green", 100),)), "ep"),
         )
     )
     stopping = "skipped: the reconciler is stopping"

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.autoscaling import DOWN_AFTER_S, Decision, Sample, decide
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Action, Step
+from reconciler.model.plan import ScaleDeployment, Step
 from reconciler.model.state import LiveDeployment
 from reconciler.targets.base import TargetError
 
@@ -112,8 +112,8 @@ class DockerAutoscaler:
             now=now,
             down_after_s=self.down_after_s,
         )
-        if not decision.changes(deployment.instance_count):
-            return
+        if not decision.changes(deployment.instance_count) or deployment.spec is None:
+            return  # (only deployments with a spec are autoscaled: see tick)
         log.info(
             "autoscale",
             endpoint=deployment.endpoint,
@@ -122,13 +122,10 @@ class DockerAutoscaler:
             reason=decision.reason,
         )
         step = Step(
-            Action.SCALE_DEPLOYMENT,
+            ScaleDeployment(deployment.spec, decision.instances, deployment.scale_settings),
             deployment.endpoint,
             deployment.name,
             reason=f"autoscale: {decision.reason}",
-            deployment_spec=deployment.spec,
-            instance_count=decision.instances,
-            scale_settings=deployment.scale_settings,
         )
         with self.lock:
             self.target.apply(step)

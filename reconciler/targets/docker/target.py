@@ -103,7 +103,20 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.errors import ErrorCode
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Step
+from reconciler.model.plan import (
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
 from reconciler.model.results import Waiting
 from reconciler.model.secrets import variables as secret_variables
 from reconciler.model.specs import (
@@ -137,9 +150,19 @@ from reconciler.router.config import (
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
     ProgressCallback,
+    StepHandlers,
+    Target,
     TargetError,
     TargetUnavailable,
     dispatch,
+)
+from reconciler.targets.capabilities import (
+    Autoscales,
+    Builds,
+    ChecksDesired,
+    HasConnections,
+    HasCredentials,
+    HasLogs,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
@@ -1027,14 +1050,12 @@ class DockerTarget:
                 labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}role": "edge"},
             )
 
-    def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        assert step.endpoint_spec is not None
-        self._provision_endpoint(step.endpoint_spec, say, repair=False)
+    def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None:
+        self._provision_endpoint(do.spec, say, repair=False)
 
-    def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        assert step.endpoint_spec is not None
+    def _repair_endpoint(self, step: Step, do: RepairEndpoint, say: ProgressCallback) -> None:
         say(f"repairing endpoint {step.endpoint}: {step.reason.removeprefix('repair: ')}")
-        self._provision_endpoint(step.endpoint_spec, say, repair=True)
+        self._provision_endpoint(do.spec, say, repair=True)
 
     def _provision_endpoint(
         self, spec: EndpointSpec, say: ProgressCallback, *, repair: bool
@@ -1246,9 +1267,8 @@ class DockerTarget:
             host="0.0.0.0",
         )
 
-    def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        spec = step.endpoint_spec
-        assert spec is not None
+    def _update_endpoint(self, step: Step, do: UpdateEndpoint, say: ProgressCallback) -> None:
+        spec = do.spec
         self._put(spec.name, {ENDPOINT_FILE: json.dumps(to_json(spec)).encode()})
         config = self._router_config(spec.name)
         creds = self._credentials(spec.name)
@@ -1260,7 +1280,7 @@ class DockerTarget:
         if config.auth_mode != spec.auth_mode:
             say(f"auth_mode of {spec.name} is now {spec.auth_mode}")
 
-    def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
+    def _delete_endpoint(self, step: Step, do: DeleteEndpoint, say: ProgressCallback) -> None:
         endpoint = step.endpoint
         for c in self._containers(endpoint=endpoint):
             c.remove(force=True)
@@ -1676,24 +1696,25 @@ class DockerTarget:
             log_tail=_failure_tail(first.container),
         )
 
-    def _create_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+    def _create_deployment(
+        self, step: Step, do: CreateDeployment, say: ProgressCallback
+    ) -> Waiting | None:
+        spec = do.spec
         self._router_config(spec.endpoint_name)  # the endpoint must exist
         # Left-overs of an earlier attempt go first: they are not serving.
         self._remove(self._instances(spec.endpoint_name, spec.name))
         version = self._desired_version(spec, say)
-        scale = step.scale_settings or spec.scale_settings
+        scale = do.scale_settings
         # A missing connection fails the creation before anything of it exists.
         resolution = self.connections().resolve(spec)
         # Recorded before anything starts: a reconciler killed now leaves a deployment
         # whose missing instances the next pass sees, and starts (repair_deployment).
         self._record(
-            step.endpoint, spec.name, scale=scale, version=version, count=step.instance_count
+            step.endpoint, spec.name, scale=scale, version=version, count=do.instance_count
         )
         self._start_instances(
             version,
-            count=step.instance_count,
+            count=do.instance_count,
             first_index=0,
             scale=scale,
             say=say,
@@ -1704,11 +1725,13 @@ class DockerTarget:
         # refuses it (RouterOutdated), and observe sees the need for its repair from the
         # instances that exist.
         self._route_instances(spec.endpoint_name, spec.name, [], spec)
-        if not step.instance_count:
+        if not do.instance_count:
             return None
-        return Waiting(f"{spec.key} healthy (0/{step.instance_count} ready)")
+        return Waiting(f"{spec.key} healthy (0/{do.instance_count} ready)")
 
-    def _scale_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+    def _scale_deployment(
+        self, step: Step, do: ScaleDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """Add or remove instances of what runs now; added ones join the router once ready.
 
         Scaling comes before an update of the same deployment (SPEC-REFERENCE.md), so
@@ -1717,12 +1740,11 @@ class DockerTarget:
         Instances that failed to start hold their places (a version that cannot start is
         not started again and again): scaling counts them, and removes them first.
         """
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+        spec = do.spec
         group = self._instances(step.endpoint, spec.name)
         view = self._view(step.endpoint, spec.name, group)
-        want = step.instance_count
-        scale = step.scale_settings or spec.scale_settings
+        want = do.instance_count
+        scale = do.scale_settings
         slots = view.alive + view.dead
         if want > len(slots):
             running = [i for i in view.alive if i.digest != spec.digest]
@@ -1772,7 +1794,9 @@ class DockerTarget:
             return Waiting(f"{spec.key} healthy ({len(routed_keep)}/{want} ready)")
         return None
 
-    def _update_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+    def _update_deployment(
+        self, step: Step, do: UpdateDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """One round of a rolling update, from what runs: new instances that are ready join
         the router, old ones leave only as far as ready new ones make up for them (the
         ready count never falls below the declared one, or below what ran when fewer ran),
@@ -1784,16 +1808,15 @@ class DockerTarget:
         stopped and kept for `reconcile logs`); the old ones keep serving. Failed ones of
         another version (an earlier broken rollout) simply go.
         """
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+        spec = do.spec
         group = self._instances(step.endpoint, spec.name)
         view = self._view(step.endpoint, spec.name, group)
         # An instance is of the declared version when it runs the spec with the values
         # its connections hold now: a changed secret makes every running one old.
         current = self._values_now(spec)
         version = self._desired_version(spec, say)
-        target = step.instance_count
-        scale = step.scale_settings or spec.scale_settings
+        target = do.instance_count
+        scale = do.scale_settings
         self._record(step.endpoint, spec.name, scale=scale, version=version, count=target)
         dead_new = [i for i in view.dead if i.digest == spec.digest]
         if dead_new:
@@ -1840,7 +1863,9 @@ class DockerTarget:
         say(f"{spec.key}: {len(ready_new)}/{target} instances of the new version ready")
         return Waiting(f"{spec.key}: {len(ready_new)}/{target} new instances ready")
 
-    def _repair_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+    def _repair_deployment(
+        self, step: Step, do: RepairDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """Bring what runs in line with the deployment's record, as observe found it out of
         line: crashed instances are replaced (by instances of the version that serves),
         those that failed to start and still restart are stopped (their logs kept), the
@@ -1922,7 +1947,7 @@ class DockerTarget:
             return {}
         return current
 
-    def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
+    def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
         assert step.deployment is not None
         config = self._read_router_config(step.endpoint)
         if config is not None:
@@ -1944,21 +1969,17 @@ class DockerTarget:
         self._forget(step.endpoint, step.deployment)
         say(f"deployment {step.endpoint}/{step.deployment} removed")
 
-    def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
-        assert step.traffic is not None
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
         config = self._router_config(step.endpoint)
-        self._check_routes(config, step.traffic)
-        self._write_router_config(step.endpoint, replace(config, traffic=step.traffic))
-        say(f"traffic of {step.endpoint}: {dict(step.traffic)}")
+        self._check_routes(config, do.weights)
+        self._write_router_config(step.endpoint, replace(config, traffic=do.weights))
+        say(f"traffic of {step.endpoint}: {dict(do.weights)}")
 
-    def _set_mirror_traffic(self, step: Step, say: ProgressCallback) -> None:
-        assert step.mirror_traffic is not None
+    def _set_mirror_traffic(self, step: Step, do: SetMirrorTraffic, say: ProgressCallback) -> None:
         config = self._router_config(step.endpoint)
-        self._check_routes(config, step.mirror_traffic)
-        self._write_router_config(
-            step.endpoint, replace(config, mirror_traffic=step.mirror_traffic)
-        )
-        say(f"mirror traffic of {step.endpoint}: {dict(step.mirror_traffic)}")
+        self._check_routes(config, do.weights)
+        self._write_router_config(step.endpoint, replace(config, mirror_traffic=do.weights))
+        say(f"mirror traffic of {step.endpoint}: {dict(do.weights)}")
 
     def _check_routes(self, config: RouterConfig, weights: Weights) -> None:
         for name, _ in weights:
@@ -2473,3 +2494,15 @@ def _progress(say: ProgressCallback) -> Any:
         say(message)
 
     return callback
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = DockerTarget
+_HANDLES_STEPS: type[StepHandlers] = DockerTarget
+_HAS_CREDENTIALS: type[HasCredentials] = DockerTarget
+_HAS_LOGS: type[HasLogs] = DockerTarget
+_HAS_CONNECTIONS: type[HasConnections] = DockerTarget
+_AUTOSCALES: type[Autoscales] = DockerTarget
+_BUILDS: type[Builds] = DockerTarget
+_CHECKS_DESIRED: type[ChecksDesired] = DockerTarget

@@ -41,7 +41,20 @@ from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.errors import ErrorCode
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import Step
+from reconciler.model.plan import (
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
 from reconciler.model.specs import DeploymentSpec, EndpointSpec, ScaleSettings, Weights, weight_of
 from reconciler.model.state import (
     DesiredState,
@@ -52,7 +65,15 @@ from reconciler.model.state import (
 )
 from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
 from reconciler.router.tokens import issue_token
-from reconciler.targets.base import ProgressCallback, TargetError, Waiting, dispatch
+from reconciler.targets.base import (
+    ProgressCallback,
+    StepHandlers,
+    Target,
+    TargetError,
+    Waiting,
+    dispatch,
+)
+from reconciler.targets.capabilities import Builds, ChecksDesired, HasCredentials, HasLogs
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
 from reconciler.targets.kubernetes.connections import missing_keys, missing_warnings
@@ -357,9 +378,8 @@ class KubernetesTarget:
             deployments=names,
         )
 
-    def _create_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        spec = step.endpoint_spec
-        assert spec is not None
+    def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None:
+        spec = do.spec
         creds = self._credentials(spec.name)
         if creds is None:
             creds = new_credentials(port=m.ROUTER_PORT, metrics_port=m.ROUTER_METRICS_PORT)
@@ -393,18 +413,17 @@ class KubernetesTarget:
             self._push_config(spec.name, config, creds)
             self._await_config_served(config, say)
 
-    def _update_endpoint(self, step: Step, say: ProgressCallback) -> None:
-        spec = step.endpoint_spec
-        assert spec is not None
+    def _update_endpoint(self, step: Step, do: UpdateEndpoint, say: ProgressCallback) -> None:
+        spec = do.spec
         creds = self._credentials(spec.name)
         if creds is None:
             raise TargetError(f"endpoint {spec.name} has no keys Secret", code=ErrorCode.NOT_FOUND)
         self._write_endpoint(spec, creds, say)
 
-    def _repair_endpoint(self, step: Step, say: ProgressCallback) -> None:
+    def _repair_endpoint(self, step: Step, do: RepairEndpoint, say: ProgressCallback) -> None:
         """The endpoint's objects written again, and (builtin router) routes of deployments
         that are gone and have no traffic dropped."""
-        self._update_endpoint(step, say)
+        self._update_endpoint(step, UpdateEndpoint(do.spec), say)
         if self.options.gateway_api:
             return
         config = self._required_config(step.endpoint)
@@ -414,7 +433,7 @@ class KubernetesTarget:
         if routes != config.deployments:
             self._write_router_config(replace(config, deployments=routes), say)
 
-    def _delete_endpoint(self, step: Step, say: ProgressCallback) -> None:
+    def _delete_endpoint(self, step: Step, do: DeleteEndpoint, say: ProgressCallback) -> None:
         kinds = (*INSTANCE_KINDS, "HTTPRoute", "Secret", "ConfigMap")
         self._prune((), kinds, **{m.ENDPOINT_LABEL: step.endpoint})
         say(f"endpoint {step.endpoint}: every object with its labels deleted")
@@ -716,18 +735,19 @@ class KubernetesTarget:
             if exc.code != ErrorCode.CONFLICT:
                 raise
 
-    def _create_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+    def _create_deployment(
+        self, step: Step, do: CreateDeployment, say: ProgressCallback
+    ) -> Waiting | None:
+        spec = do.spec
         self._endpoint_exists(spec.endpoint_name)
-        spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
+        spec = replace(spec, scale_settings=do.scale_settings)
         image = self.images.deployment_image(spec, say)
-        say(f"{spec.key}: {step.instance_count} instance(s) of {image.image}")
+        say(f"{spec.key}: {do.instance_count} instance(s) of {image.image}")
         waiting = self._apply_deployment(
-            spec, replicas=step.instance_count, image=image, service_first=False
+            spec, replicas=do.instance_count, image=image, service_first=False
         )
         if self.options.gateway_api:
-            self._route_deployment(spec, replicas=step.instance_count, say=say)
+            self._route_deployment(spec, replicas=do.instance_count, say=say)
         return waiting
 
     def _running(self, endpoint: str, deployment: str) -> tuple[dict[str, Any], DeploymentSpec]:
@@ -744,43 +764,46 @@ class KubernetesTarget:
             )
         return obj, spec
 
-    def _scale_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+    def _scale_deployment(
+        self, step: Step, do: ScaleDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """Change the count of what runs now; scaling comes before an update (rule 3), so
         the template stays the running one and no rollout starts."""
-        assert step.deployment is not None and step.instance_count is not None
+        assert step.deployment is not None
         obj, running = self._running(step.endpoint, step.deployment)
-        scale = step.scale_settings or running.scale_settings
-        spec = replace(running, instance_count=step.instance_count, scale_settings=scale)
+        scale = do.scale_settings
+        spec = replace(running, instance_count=do.instance_count, scale_settings=scale)
         image = _image_of(obj)
-        growing = step.instance_count >= int(obj["spec"].get("replicas", 1))
+        growing = do.instance_count >= int(obj["spec"].get("replicas", 1))
         if not growing:
             # Fewer slots in the router before pods go.
-            self._route_deployment(spec, replicas=step.instance_count, say=say)
-        say(f"{spec.key}: {step.instance_count} instance(s)")
+            self._route_deployment(spec, replicas=do.instance_count, say=say)
+        say(f"{spec.key}: {do.instance_count} instance(s)")
         waiting = self._apply_deployment(
-            spec, replicas=step.instance_count, image=image, service_first=not growing
+            spec, replicas=do.instance_count, image=image, service_first=not growing
         )
         if growing and self.options.gateway_api:
-            self._route_deployment(spec, replicas=step.instance_count, say=say)
+            self._route_deployment(spec, replicas=do.instance_count, say=say)
         return waiting
 
-    def _update_deployment(self, step: Step, say: ProgressCallback) -> Waiting | None:
+    def _update_deployment(
+        self, step: Step, do: UpdateDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """A rolling update by the deployment controller: maxSurge 20%, none unavailable.
         Its route (settings, slots) follows once it is rolled out (a repair)."""
-        spec = step.deployment_spec
-        assert spec is not None and step.instance_count is not None
+        spec = do.spec
         self._running(spec.endpoint_name, spec.name)
-        spec = replace(spec, scale_settings=step.scale_settings or spec.scale_settings)
+        spec = replace(spec, scale_settings=do.scale_settings)
         image = self.images.deployment_image(spec, say)
         say(f"{spec.key}: rolling update to {image.image}")
         waiting = self._apply_deployment(
-            spec, replicas=step.instance_count, image=image, service_first=False
+            spec, replicas=do.instance_count, image=image, service_first=False
         )
         if self.options.gateway_api:
-            self._route_deployment(spec, replicas=step.instance_count, say=say)
+            self._route_deployment(spec, replicas=do.instance_count, say=say)
         return waiting
 
-    def _repair_deployment(self, step: Step, say: ProgressCallback) -> None:
+    def _repair_deployment(self, step: Step, do: RepairDeployment, say: ProgressCallback) -> None:
         """A deployment rolled out: its Service gets its slots and the router its route,
         for the spec and replica count that run."""
         assert step.deployment is not None
@@ -794,7 +817,7 @@ class KubernetesTarget:
         self._route_deployment(spec, replicas=replicas, say=say)
         say(f"{spec.key}: routed with {replicas} replica(s)")
 
-    def _delete_deployment(self, step: Step, say: ProgressCallback) -> None:
+    def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
         assert step.deployment is not None
         traffic, mirror = self._route_weights(step.endpoint)
         if weight_of(traffic, step.deployment) or weight_of(mirror, step.deployment):
@@ -843,19 +866,17 @@ class KubernetesTarget:
         config = self._required_config(endpoint)
         self._write_router_config(replace(config, traffic=traffic, mirror_traffic=mirror), say)
 
-    def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
-        assert step.traffic is not None
-        self._check_serving(step.endpoint, step.traffic)
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
+        self._check_serving(step.endpoint, do.weights)
         _, mirror = self._route_weights(step.endpoint)
-        self._set_weights(step.endpoint, traffic=step.traffic, mirror=mirror, say=say)
-        say(f"traffic of {step.endpoint}: {dict(step.traffic)}")
+        self._set_weights(step.endpoint, traffic=do.weights, mirror=mirror, say=say)
+        say(f"traffic of {step.endpoint}: {dict(do.weights)}")
 
-    def _set_mirror_traffic(self, step: Step, say: ProgressCallback) -> None:
-        assert step.mirror_traffic is not None
-        self._check_serving(step.endpoint, step.mirror_traffic)
+    def _set_mirror_traffic(self, step: Step, do: SetMirrorTraffic, say: ProgressCallback) -> None:
+        self._check_serving(step.endpoint, do.weights)
         traffic, _ = self._route_weights(step.endpoint)
-        self._set_weights(step.endpoint, traffic=traffic, mirror=step.mirror_traffic, say=say)
-        say(f"mirror traffic of {step.endpoint}: {dict(step.mirror_traffic)}")
+        self._set_weights(step.endpoint, traffic=traffic, mirror=do.weights, say=say)
+        say(f"mirror traffic of {step.endpoint}: {dict(do.weights)}")
 
     def _pods_of(self, deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
         match = deployment["spec"]["selector"]["matchLabels"]
@@ -988,3 +1009,13 @@ def _route_refused(route: Mapping[str, Any]) -> bool:
             if condition.get("type") == "Accepted" and condition.get("status") == "False":
                 return True
     return False
+
+
+# What this target claims to be, checked by mypy here: a runtime isinstance check
+# (how callers ask for a capability) sees only the names of members.
+_IS_TARGET: type[Target] = KubernetesTarget
+_HANDLES_STEPS: type[StepHandlers] = KubernetesTarget
+_HAS_CREDENTIALS: type[HasCredentials] = KubernetesTarget
+_HAS_LOGS: type[HasLogs] = KubernetesTarget
+_BUILDS: type[Builds] = KubernetesTarget
+_CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget

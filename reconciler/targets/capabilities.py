@@ -1,0 +1,132 @@
+"""What a target can do beyond observe and apply, as Protocols mypy checks.
+
+Every target observes and applies (targets.base.Target). Some can do more: give an
+endpoint's credentials, show logs, keep connections, autoscale, build from the repository,
+warn about the desired state before a plan. Callers ask with `isinstance(target, HasLogs)`
+(each Protocol is runtime checkable), and mypy knows the target's methods from then on; no
+capability is looked up by name. Which target claims which capability is pinned at the end
+of each target's module (`_: type[HasLogs] = DockerTarget`), so mypy says when a target
+stops satisfying one it claims.
+
+What a runtime check sees is the presence of the members, not their signatures: the
+signatures are what mypy checks at those pins.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.state import DesiredState
+
+if TYPE_CHECKING:
+    # Types only: what a connection is, shared by the targets (endpoints.connections).
+    from reconciler.endpoints.connections import Connection
+
+__all__ = [
+    "Autoscaler",
+    "Autoscales",
+    "Builds",
+    "ChecksDesired",
+    "ConnectionStore",
+    "EndpointKeys",
+    "HasConnections",
+    "HasCredentials",
+    "HasLogs",
+]
+
+
+class EndpointKeys(Protocol):
+    """An endpoint's two keys, as `reconcile credentials` and `invoke` need them."""
+
+    @property
+    def primary_key(self) -> str: ...
+
+    @property
+    def secondary_key(self) -> str: ...
+
+
+@runtime_checkable
+class HasCredentials(Protocol):
+    """A target that keeps an endpoint's keys and token secret: `credentials`, `invoke`,
+    `regenerate-key`."""
+
+    def endpoint_credentials(self, endpoint: str) -> EndpointKeys:
+        """The endpoint's keys. Raises TargetError when it has none."""
+        ...
+
+    def token(self, endpoint: str, *, now: float, ttl_s: int = 3600) -> Mapping[str, object]:
+        """A fresh token (aml_token mode), in Azure ML's shape (accessToken, ...)."""
+        ...
+
+    def regenerate_key(self, endpoint: str, which: str) -> None:
+        """Replace the primary or secondary key; the other stays valid."""
+        ...
+
+
+@runtime_checkable
+class HasLogs(Protocol):
+    """A target that shows the last lines of a deployment's instances' logs."""
+
+    def logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str: ...
+
+
+class ConnectionStore(Protocol):
+    """Where a target keeps the values of connections (never in git)."""
+
+    @property
+    def target_name(self) -> str: ...
+
+    def read(self) -> dict[str, Connection]: ...
+
+    def set(self, conn: Connection) -> Connection: ...
+
+    def delete(self, name: str) -> bool: ...
+
+
+@runtime_checkable
+class HasConnections(Protocol):
+    """A target that stores connections itself (`reconcile connection ...`)."""
+
+    def connections(self) -> ConnectionStore: ...
+
+
+class Autoscaler(Protocol):
+    """A loop the daemon runs beside passes: tick() samples, decides and maybe scales."""
+
+    # The target it scales through: the daemon sets it when reconciler.yaml changes it.
+    target: object
+
+    def tick(self, now: float | None = None) -> None: ...
+
+    def interval(self) -> float: ...
+
+
+@runtime_checkable
+class Autoscales(Protocol):
+    """A target that scales target_utilization deployments itself, between passes."""
+
+    def autoscaler(
+        self, lock: threading.Lock, *, wake: Callable[[], None] | None = None
+    ) -> Autoscaler: ...
+
+
+@runtime_checkable
+class Builds(Protocol):
+    """A target that builds images from the repository's files at repo_root: the daemon
+    points it at each pass's own checkout."""
+
+    repo_root: Path
+
+
+@runtime_checkable
+class ChecksDesired(Protocol):
+    """A target that can say, before any step, what in the desired state it cannot do
+    (references to connections it lacks): warnings for dry-run and apply's plan."""
+
+    def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...

@@ -1,0 +1,188 @@
+"""The contract between the engine and its targets: typed step payloads and their dispatch,
+capabilities asked for by Protocol, and the registry of target types."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+from click.testing import CliRunner
+from specs_factory import deployment, endpoint
+
+from reconciler.cli import main
+from reconciler.model.plan import (
+    Action,
+    CreateDeployment,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    Payload,
+    RepairDeployment,
+    RepairEndpoint,
+    ScaleDeployment,
+    SetMirrorTraffic,
+    SetTraffic,
+    Step,
+    UpdateDeployment,
+    UpdateEndpoint,
+)
+from reconciler.repoconfig import TARGET_TYPES as CONFIG_TYPES
+from reconciler.repoconfig import TargetConfig
+from reconciler.targets.base import Target, dispatch
+from reconciler.targets.capabilities import (
+    Autoscales,
+    Builds,
+    ChecksDesired,
+    HasConnections,
+    HasCredentials,
+    HasLogs,
+)
+from reconciler.targets.memory import MemoryTarget
+from reconciler.targets.registry import TARGET_TYPES
+from reconciler.targets.status import StatusTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPABILITIES = (HasCredentials, HasLogs, HasConnections, Autoscales, Builds, ChecksDesired)
+
+BLUE = deployment("blue")
+PAYLOADS: tuple[Payload, ...] = (
+    CreateEndpoint(endpoint()),
+    UpdateEndpoint(endpoint()),
+    RepairEndpoint(endpoint()),
+    DeleteEndpoint(),
+    CreateDeployment(BLUE, 2, BLUE.scale_settings),
+    ScaleDeployment(BLUE, 3, BLUE.scale_settings),
+    UpdateDeployment(BLUE, 3, BLUE.scale_settings),
+    RepairDeployment(None, 1, BLUE.scale_settings),
+    DeleteDeployment(),
+    SetTraffic((("blue", 100),)),
+    SetMirrorTraffic((("blue", 10),)),
+)
+
+
+def test_every_action_has_exactly_one_payload_type() -> None:
+    actions = [payload_type.action for payload_type in get_args(Payload)]
+    assert sorted(actions) == sorted(Action)
+    assert sorted(type(p).action for p in PAYLOADS) == sorted(Action)
+
+
+class _Recorder:
+    """Handlers that record which one was called with what (any `_<action>` name)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def handler(step: Step, do: Any, say: Any) -> None:
+            self.calls.append((name, do))
+            say(f"{name} ran")
+
+        return handler
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
+def test_dispatch_calls_the_handler_of_the_payload_type_with_that_payload(
+    payload: Payload,
+) -> None:
+    recorder = _Recorder()
+    said: list[str] = []
+    dispatch(recorder, Step(payload, "ep", "blue"), said.append)  # type: ignore[arg-type]
+    assert recorder.calls == [(f"_{payload.action.value}", payload)]
+    assert said == [f"_{payload.action.value} ran"]
+
+
+def test_steps_read_their_payload_under_the_old_field_names() -> None:
+    scale = Step(ScaleDeployment(BLUE, 3, BLUE.scale_settings), "ep", "blue")
+    assert (scale.action, scale.deployment_spec, scale.instance_count) == (
+        Action.SCALE_DEPLOYMENT,
+        BLUE,
+        3,
+    )
+    assert (scale.endpoint_spec, scale.traffic, scale.mirror_traffic) == (None, None, None)
+    traffic = Step(SetTraffic((("blue", 100),)), "ep")
+    assert (traffic.traffic, traffic.mirror_traffic, traffic.instance_count) == (
+        (("blue", 100),),
+        None,
+        None,
+    )
+    assert traffic.as_json() == {
+        "action": "set_traffic",
+        "endpoint": "ep",
+        "deployment": None,
+        "changes": [],
+        "reason": "",
+    }
+
+
+def _opened(kind: str, tmp_path: Path) -> Target:
+    return TARGET_TYPES[kind](TargetConfig("t", kind), repo_root=tmp_path, repository="r")
+
+
+def test_the_docker_target_has_every_capability(tmp_path: Path) -> None:
+    target = _opened("docker", tmp_path)  # opening does not reach the engine
+    assert [c.__name__ for c in CAPABILITIES if isinstance(target, c)] == [
+        c.__name__ for c in CAPABILITIES
+    ]
+
+
+def test_the_kubernetes_target_keeps_no_connections_and_does_not_autoscale_itself(
+    tmp_path: Path,
+) -> None:
+    target = _opened("kubernetes", tmp_path)
+    assert isinstance(target, Target)
+    assert [c.__name__ for c in CAPABILITIES if isinstance(target, c)] == [
+        "HasCredentials",
+        "HasLogs",
+        "Builds",
+        "ChecksDesired",
+    ]
+
+
+def test_memory_and_status_targets_only_observe_and_apply() -> None:
+    for target in (MemoryTarget(), StatusTarget({})):
+        assert isinstance(target, Target)
+        assert [c.__name__ for c in CAPABILITIES if isinstance(target, c)] == []
+
+
+def test_a_command_needing_a_capability_the_target_lacks_says_so(tmp_path: Path) -> None:
+    (tmp_path / "reconciler.yaml").write_text(
+        "targets:\n  cluster:\n    type: kubernetes\ndefault_target: cluster\n"
+    )
+    result = CliRunner().invoke(main, ["connection", "list", "--repo", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "target cluster cannot store connections (on Kubernetes, create the Secrets)" in (
+        result.output
+    )
+
+
+def test_the_registry_the_schema_and_repoconfig_name_the_same_target_types() -> None:
+    schema = json.loads((ROOT / "reconciler/schemas/reconciler.schema.json").read_text())
+    enum = schema["$defs"]["docker"]["properties"]["type"]["enum"]
+    assert sorted(TARGET_TYPES) == sorted(enum) == sorted(CONFIG_TYPES)
+
+
+def test_diff_and_validate_never_import_the_docker_sdk_or_the_kubernetes_client() -> None:
+    # A process of its own: this one has imported both for other tests.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "for args in (['validate'], ['diff', '--base', 'HEAD']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'kubernetes')))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT / "example-repo",
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert run.stdout.strip() == "[]"
