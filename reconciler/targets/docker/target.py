@@ -1895,10 +1895,10 @@ class DockerTarget:
         # became ready joins it (two versions: the update's rounds decide).
         keep = [i for i in view.alive if i.address in view.routed]
         drop: list[_Instance] = list(view.crashed)
-        if len({i.digest for i in view.alive}) <= 1:
+        if _versions(view.alive) <= 1:
             keep += [i for i in view.alive if view.serves(i) and i not in keep]
         started = 0
-        if isinstance(count, int) and len({i.digest for i in view.alive + view.dead}) <= 1:
+        if isinstance(count, int) and _versions(view.alive + view.dead) <= 1:
             slots = view.alive + view.dead
             if len(slots) > count:
                 order = view.dead + sorted(
@@ -2006,7 +2006,7 @@ class DockerTarget:
         for name, group in sorted(groups.items()):
             view = self._view(endpoint, name, group)
             keep = [i for i in view.alive if i.address in view.routed]
-            if len({i.digest for i in view.alive}) <= 1:
+            if _versions(view.alive) <= 1:
                 keep += [i for i in view.alive if view.serves(i) and i not in keep]
             spec = None
             if config.deployment(name) is None:
@@ -2177,6 +2177,13 @@ def _float(text: str | None) -> float | None:
         return None
 
 
+def _versions(instances: Iterable[_Instance]) -> int:
+    """How many versions the instances run: a version is a spec and the values of its
+    connections (a changed secret makes a rolling update, whose two versions a repair
+    must not take for surplus instances of one)."""
+    return len({(i.digest, i.connections) for i in instances})
+
+
 def _deployment_repair(view: _Group, *, count: int | None, routes_known: bool) -> str | None:
     """What repair_deployment would do, said for the plan; None when nothing. It names
     exactly what the repair changes, so that once done, observe finds nothing more: ready
@@ -2187,8 +2194,8 @@ def _deployment_repair(view: _Group, *, count: int | None, routes_known: bool) -
     if view.not_live:
         names = ", ".join(f"{n} ({c} failed checks)" for n, c in sorted(view.not_live.items()))
         problems.append(f"liveness route failed, to restart: {names}")
-    one_running = len({i.digest for i in view.alive}) <= 1
-    one_version = len({i.digest for i in view.alive + view.dead}) <= 1
+    one_running = _versions(view.alive) <= 1
+    one_version = _versions(view.alive + view.dead) <= 1
     if view.crashed:
         names = ", ".join(f"{i.name} ({view.why.get(i.name, i.state)})" for i in view.crashed)
         problems.append(f"{len(view.crashed)} instance(s) to replace: {names}")
