@@ -221,7 +221,11 @@ def test_a_build_killed_midway_leaves_a_labelled_container_the_next_pass_removes
         text=True,
         timeout=600,
     )
-    assert done.returncode in (0, 3), done.stderr[-3000:]
+    # The image runs no server (the base image's own command exits): its instance may be
+    # seen failing already (exit 1); what counts here is the build, not the instance.
+    assert done.returncode in (0, 3) or (
+        done.returncode == 1 and "never became ready" in done.stderr
+    ), done.stderr[-3000:]
     left = world.of_our_image()
     assert leftover.id not in {c.id for c in left}
     assert [c for c in left if c.labels.get("reconciler.role") == "build"] == []
