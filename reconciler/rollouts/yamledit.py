@@ -11,8 +11,9 @@ every comment and reorder keys; ruamel is not a dependency). The forms edited:
 at the top level of the document, keys plain or quoted, values whole numbers. A deployment
 the new values leave out is set to 0 where the file names it (its line and comment stay;
 0 is the same as absent); one the file does not name is added after the last entry, in the
-mapping's own style and indentation. A mapping the file lacks is added: mirror_traffic right
-after traffic, in traffic's style; traffic at the end.
+mapping's own style and indentation. mirror_traffic holds one deployment at most, so there a
+new one takes the place of one left out instead. A mapping the file lacks is added:
+mirror_traffic right after traffic, in traffic's style; traffic at the end.
 
 Anything else (a flow mapping over several lines, anchors, aliases, tags, a null, a JSON
 document, a mapping the lines do not parse into the same values YAML reads) is refused with
@@ -85,14 +86,15 @@ def edit_weights(
             if not _PLAIN_NAME.match(deployment) or isinstance(percent, bool) or percent < 0:
                 raise WeightsEditError(f"cannot write {name}.{deployment}: {percent!r}")
         found = _locate(lines, name)
+        reuse = name == MIRROR_TRAFFIC
         if found is None:
             lines, written = _added(lines, name, wanted, newline=newline)
         else:
             _agrees(found, original.get(name), name)
             if found.flow:
-                lines, written = _flow_edit(lines, found, wanted)
+                lines, written = _flow_edit(lines, found, wanted, reuse=reuse)
             else:
-                lines, written = _block_edit(lines, found, wanted, newline=newline)
+                lines, written = _block_edit(lines, found, wanted, newline=newline, reuse=reuse)
         if written is not None:
             expected[name] = written
     result = "".join(lines)
@@ -197,13 +199,35 @@ def _unquoted(key: str) -> str:
     return key[1:-1] if key[:1] in ("'", '"') else key
 
 
+def _assigned(
+    names: list[str], wanted: Mapping[str, int], *, reuse: bool
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(name and value for each written entry, in order; entries to add after them).
+
+    reuse (mirror_traffic, which holds at most one deployment): an entry the new values
+    leave out takes the name of one they add, in its place, so the mapping never holds two.
+    """
+    added = [(d, p) for d, p in wanted.items() if d not in names and p != 0]
+    out: list[tuple[str, int]] = []
+    for name in names:
+        if reuse and added and wanted.get(name, 0) == 0:
+            out.append(added.pop(0))
+        else:
+            out.append((name, wanted.get(name, 0)))
+    return out, added
+
+
+def _key_text(old_key: str, old_name: str, name: str) -> str:
+    return old_key if name == old_name else name
+
+
 def _block_edit(
-    lines: list[str], found: _Mapping, wanted: Mapping[str, int], *, newline: str
+    lines: list[str], found: _Mapping, wanted: Mapping[str, int], *, newline: str, reuse: bool
 ) -> tuple[list[str], dict[str, int] | None]:
     out = list(lines)
     written: dict[str, int] = {}
-    for at, deployment, _ in found.entries:
-        percent = wanted.get(deployment, 0)
+    assigned, added = _assigned([d for _, d, _ in found.entries], wanted, reuse=reuse)
+    for (at, old_name, _), (deployment, percent) in zip(found.entries, assigned, strict=True):
         line = out[at]
         ending = line[len(line.rstrip("\r\n")) :]
         entry = _ENTRY.match(line.rstrip("\r\n"))
@@ -213,9 +237,9 @@ def _block_edit(
             # Keep a trailing comment in its column when the number's width changes.
             pad = len(entry["value"]) - len(value)
             rest = " " * max(1, len(rest) - len(rest.lstrip()) + pad) + rest.lstrip()
-        out[at] = f"{entry['indent']}{entry['key']}{entry['sep']}{value}{rest}{ending}"
+        key = _key_text(entry["key"], old_name, deployment)
+        out[at] = f"{entry['indent']}{key}{entry['sep']}{value}{rest}{ending}"
         written[deployment] = percent
-    added = [(d, p) for d, p in wanted.items() if d not in written and p != 0]
     if added:
         tail = out[found.last_line]
         if not tail.endswith(("\n", "\r")):
@@ -229,7 +253,7 @@ def _block_edit(
 
 
 def _flow_edit(
-    lines: list[str], found: _Mapping, wanted: Mapping[str, int]
+    lines: list[str], found: _Mapping, wanted: Mapping[str, int], *, reuse: bool
 ) -> tuple[list[str], dict[str, int]]:
     line = lines[found.key_line]
     body_text = line.rstrip("\r\n")
@@ -241,12 +265,14 @@ def _flow_edit(
     items = _flow_items(flow["body"], f"line {found.key_line + 1}")
     written: dict[str, int] = {}
     parts: list[str] = []
-    for number, (deployment, _, match) in enumerate(items):
-        percent = wanted.get(deployment, 0)
+    assigned, added = _assigned([d for d, _, _ in items], wanted, reuse=reuse)
+    for number, ((old_name, _, match), (deployment, percent)) in enumerate(
+        zip(items, assigned, strict=True)
+    ):
         trail = match["trail"] if number < len(items) - 1 else ""
-        parts.append(f"{match['lead']}{match['key']}{match['sep']}{percent}{trail}")
+        key = _key_text(match["key"], old_name, deployment)
+        parts.append(f"{match['lead']}{key}{match['sep']}{percent}{trail}")
         written[deployment] = percent
-    added = [(d, p) for d, p in wanted.items() if d not in written and p != 0]
     # The file's own spacing: `{blue: 90, green: 10}` or `{ blue: 90 }`.
     gap = items[1][2]["lead"] if len(items) > 1 else " "
     inside = items[0][2]["lead"] if items else ""
