@@ -170,5 +170,5 @@ def test_forms_that_cannot_be_edited_safely_are_refused(text: str, words: str) -
 
 
 def test_a_name_that_would_need_quoting_is_refused() -> None:
-    with pytest.raises(WeightsEditError, match="cannot write traffic.a: b"):
+    with pytest.raises(WeightsEditError, match=r"cannot write traffic\.a: b"):
         edit_weights("name: e\ntraffic: {blue: 100}\n", traffic={"a: b": 10})
