@@ -8,7 +8,8 @@ like every other error of the desired state.
 `capacity_cores` of a target (any type) is not an option of its driver: it is the core
 quota the review compares ceil(1.2 x instances) x cores with, so it is taken out of the
 target's options into TargetConfig.capacity_cores. `policies:` is parsed by
-reconciler.policies into frozen rules (see that module for their meaning).
+reconciler.policies into frozen rules (see that module for their meaning), `rollouts:` by
+reconciler.rollouts.policy into each endpoint's rollout policy.
 
 The file is read like every YAML file of ours (reconciler.yamlsource: size and nesting
 limits, duplicate keys) and checked against schemas/reconciler.schema.json, which holds
@@ -29,6 +30,7 @@ from reconciler.filetree import FileTree, TreeEntryError
 from reconciler.jsonschemas import schema_problems, validators
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
 from reconciler.policies import POLICY_FILE, Policies, parse_policies
+from reconciler.rollouts.policy import RolloutPolicies, conflicts_with_policies, parse_rollouts
 from reconciler.yamlsource import (
     MAX_YAML_BYTES,
     FieldLines,
@@ -58,6 +60,7 @@ class RepoConfig:
     prune: bool = False
     status_branch: str = "reconcile-status"
     policies: Policies = Policies()
+    rollouts: RolloutPolicies = RolloutPolicies()
 
     def target(self, name: str | None) -> TargetConfig | None:
         wanted = name or self.default_target
@@ -156,12 +159,28 @@ def load_repo_config(tree: FileTree) -> RepoConfig:
             raw_policies, line_at=lambda path: lines.line(("policies", *path))
         )
         errors.extend(policy_errors)
+    raw_rollouts = data.get("rollouts")
+    rollouts = RolloutPolicies()
+    if isinstance(raw_rollouts, dict):
+        rollouts, rollout_errors = parse_rollouts(
+            raw_rollouts, line_at=lambda path: lines.line(("rollouts", *path))
+        )
+        errors.extend(rollout_errors)
+        errors.extend(
+            conflicts_with_policies(
+                rollouts, policies, line_at=lambda path: lines.line(("rollouts", *path))
+            )
+        )
     if errors:
-        raise DesiredStateInvalid(tuple(sorted(set(errors), key=lambda e: (e.line or 0, e.field))))
+        # The message breaks ties: a set has no order of its own.
+        raise DesiredStateInvalid(
+            tuple(sorted(set(errors), key=lambda e: (e.line or 0, e.field, e.message)))
+        )
     return RepoConfig(
         targets=tuple(targets),
         default_target=str(default),
         prune=bool(data.get("prune", False)),
         status_branch=str(data.get("status_branch", "reconcile-status")),
         policies=policies,
+        rollouts=rollouts,
     )

@@ -165,6 +165,8 @@ _WRONG = st.one_of(
     st.dictionaries(st.sampled_from(["instance_cout", "blue", 7]), st.integers(), max_size=2),
 )
 _TEXTS = ["blue", "my-endpoint", "a1b", "azureml:a:1", "azureml:a@latest", "m.pkl", "x" * 32, "abc"]
+# Durations of rollout steps (reconciler.schema.json).
+_TEXTS += ["10m", "1h30m", "1.5s"]
 
 
 def _valid(node: Any, root: dict[str, Any], depth: int) -> st.SearchStrategy[Any]:

@@ -1,0 +1,228 @@
+"""Rollout policies of reconciler.yaml (reconciler.rollouts.policy), read through
+load_repo_config as the CLI and the daemon read them: values, merging, and errors with file,
+line and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.filetree import MemoryTree
+from reconciler.model.diagnostics import DesiredStateInvalid
+from reconciler.repoconfig import RepoConfig, load_repo_config
+from reconciler.rollouts.policy import (
+    Mode,
+    RolloutPolicies,
+    RolloutPolicy,
+    Step,
+    StepKind,
+    Thresholds,
+    format_duration,
+    parse_duration,
+)
+
+EXAMPLE = """\
+rollouts:
+  default: {steps: [{mirror: 20, for: 10m}, {traffic: 10, for: 5m}, 25, 50, 100], interval: 1m,
+            thresholds: {error_rate: 0.01, p99_ms: 500, p99_ratio: 1.5, min_requests: 50,
+                         shadow_agreement: 0.99},
+            mode: commit}
+  endpoints:
+    my-endpoint: {thresholds: {p99_ms: 800}, mode: pull-request}
+    batch: {enabled: false}
+"""
+
+
+def config(text: str) -> RepoConfig:
+    return load_repo_config(MemoryTree({"reconciler.yaml": text.encode()}))
+
+
+def errors(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(DesiredStateInvalid) as raised:
+        config(text)
+    assert all(e.file == "reconciler.yaml" for e in raised.value.errors)
+    return [(e.line, e.field, e.message) for e in raised.value.errors]
+
+
+def test_the_example_policy_reads_into_frozen_values() -> None:
+    rollouts = config(EXAMPLE).rollouts
+    default = RolloutPolicy(
+        steps=(
+            Step(StepKind.MIRROR, 20, 600.0),
+            Step(StepKind.TRAFFIC, 10, 300.0),
+            Step(StepKind.TRAFFIC, 25, 60.0),
+            Step(StepKind.TRAFFIC, 50, 60.0),
+            Step(StepKind.TRAFFIC, 100, 60.0),
+        ),
+        interval_s=60.0,
+        thresholds=Thresholds(
+            error_rate=0.01, p99_ms=500, p99_ratio=1.5, min_requests=50, shadow_agreement=0.99
+        ),
+        mode=Mode.COMMIT,
+        line=2,
+    )
+    assert rollouts.default == default
+    assert rollouts.for_endpoint("elsewhere") == default
+    assert rollouts.for_endpoint("batch") is None
+    mine = rollouts.for_endpoint("my-endpoint")
+    assert mine is not None and mine.line == 7
+    assert mine.thresholds == Thresholds(
+        error_rate=0.01, p99_ms=800, p99_ratio=1.5, min_requests=50, shadow_agreement=0.99
+    )
+    assert (mine.steps, mine.mode) == (default.steps, Mode.PULL_REQUEST)
+    assert (mine.total, mine.step(1).describe()) == (5, "mirror 20% for 10m")
+
+
+def test_no_rollouts_key_means_no_rollouts() -> None:
+    rollouts = config("prune: false\n").rollouts
+    assert rollouts == RolloutPolicies() and rollouts.empty
+    assert rollouts.for_endpoint("my-endpoint") is None
+
+
+def test_an_endpoint_policy_without_a_default_applies_to_that_endpoint_only() -> None:
+    text = "rollouts:\n  endpoints:\n    e1: {steps: [50, 100], interval: 30s}\n"
+    rollouts = config(text).rollouts
+    policy = rollouts.for_endpoint("e1")
+    assert policy is not None and policy.steps == (
+        Step(StepKind.TRAFFIC, 50, 30.0),
+        Step(StepKind.TRAFFIC, 100, 30.0),
+    )
+    assert policy.thresholds == Thresholds()  # error_rate 0.01, min_requests 20
+    assert rollouts.for_endpoint("e2") is None
+
+
+def test_a_null_threshold_turns_a_default_check_off() -> None:
+    text = "rollouts:\n  default: {steps: [100], thresholds: {error_rate: null}}\n"
+    policy = config(text).rollouts.default
+    assert policy is not None and policy.thresholds.error_rate is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30), ("10m", 600), ("1h", 3600), ("1h30m", 5400), (45, 45)],
+)
+def test_durations_read_as_people_write_them(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "5x", "m", "-1s", True, 0, "0s"])
+def test_what_is_not_a_duration(text: str | int | bool) -> None:
+    assert parse_duration(text) is None
+
+
+def test_schema_errors_name_line_field_and_offer_the_near_name() -> None:
+    text = (
+        "rollouts:\n"
+        "  default:\n"
+        "    steps: [{mirorr: 20}, {traffic: 10, for: 5x}, 101]\n"
+        "    intervall: 1m\n"
+        "    mode: comit\n"
+        "    thresholds: {error_rate: 2, p99: 3}\n"
+    )
+    assert errors(text) == [
+        (3, "rollouts.default.steps[0].mirorr", "unknown field 'mirorr' (did you mean 'mirror'?)"),
+        (
+            3,
+            "rollouts.default.steps[1].for",
+            "must be a duration such as 500ms, 30s, 10m, 1h or 1h30m, or a number of seconds, "
+            "got '5x'",
+        ),
+        (3, "rollouts.default.steps[2]", "must be at most 100, got 101"),
+        (4, "rollouts.default.intervall", "unknown field 'intervall' (did you mean 'interval'?)"),
+        (
+            5,
+            "rollouts.default.mode",
+            "must be one of commit, pull-request; got 'comit' (did you mean 'commit'?)",
+        ),
+        (6, "rollouts.default.thresholds.error_rate", "must be at most 1, got 2"),
+        (6, "rollouts.default.thresholds.p99", "unknown field 'p99' (did you mean 'p99_ms'?)"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "field", "words"),
+    [
+        ("[{mirror: 20, traffic: 10}, 100]", "steps[0]", "a step names one of mirror or traffic"),
+        ("[50, 25, 100]", "steps[1]", "traffic must rise from step to step: 25% after 50%"),
+        ("[10, {mirror: 20}, 100]", "steps[1]", "a mirror step must come before every traffic"),
+        ("[10, 50]", "steps[1]", "the last step must give the new deployment all live traffic"),
+        ("[{mirror: 20}]", "steps[0]", "got mirror 20"),
+        ("[{traffic: 50, for: 10s}, 100]", "steps[0].for", "is shorter than the interval (10s"),
+        ("[{mirror: 60}, 100]", "steps[0].mirror", "must be at most 50, got 60"),
+        ("[]", "steps", "must hold at least 1 items"),
+    ],
+)
+def test_rules_the_schema_cannot_say_are_errors_with_their_line(
+    steps: str, field: str, words: str
+) -> None:
+    text = f"rollouts:\n  default:\n    interval: 1m\n    steps: {steps}\n"
+    ((line, found, message),) = errors(text)
+    assert (line, found) == (4, f"rollouts.default.{field}")
+    assert words in message
+
+
+def test_an_error_in_default_is_said_once_not_again_for_each_endpoint() -> None:
+    text = (
+        "rollouts:\n"
+        "  default: {steps: [50, 10]}\n"
+        "  endpoints:\n"
+        "    e1: {mode: pull-request}\n"
+        "    e2: {steps: [{traffic: 100, for: 1s}]}\n"
+    )
+    assert errors(text) == [
+        (2, "rollouts.default.steps[1]", "traffic must rise from step to step: 10% after 50%"),
+        (
+            5,
+            "rollouts.endpoints.e2.steps[0].for",
+            "is shorter than the interval (1s < 1m): the step would never be judged in time",
+        ),
+    ]
+
+
+def test_an_endpoint_without_steps_anywhere_is_an_error() -> None:
+    assert errors("rollouts:\n  endpoints:\n    e1: {interval: 1m}\n") == [
+        (3, "rollouts.endpoints.e1", "names no steps, and rollouts.default gives none")
+    ]
+
+
+def test_steps_must_keep_the_traffic_shift_policy_by_construction() -> None:
+    text = (
+        "policies:\n"
+        "  max_traffic_shift: {default: 50, endpoints: {careful: 20}}\n"
+        "rollouts:\n"
+        "  default: {steps: [10, 50, 100]}\n"
+    )
+    assert errors(text) == [
+        (
+            4,
+            "rollouts.default.steps",
+            "step 2 moves 40 points of live traffic (10 -> 50) where policies."
+            "max_traffic_shift allows 20 for careful: add steps between",
+        ),
+        (
+            4,
+            "rollouts.default.steps",
+            "step 3 moves 50 points of live traffic (50 -> 100) where policies."
+            "max_traffic_shift allows 20 for careful: add steps between",
+        ),
+    ]
+
+
+def test_steps_must_mirror_first_when_the_policy_asks_for_it() -> None:
+    base = "policies:\n  mirror_before_traffic: {min_hours: 1}\nrollouts:\n  default:\n"
+    ((_, field, message),) = errors(base + "    steps: [50, 100]\n")
+    assert field == "rollouts.default.steps"
+    assert "start with a mirror step" in message
+    ((_, _, message),) = errors(base + "    steps: [{mirror: 10, for: 30m}, 50, 100]\n")
+    assert message == (
+        "the mirror steps last 30m where policies.mirror_before_traffic asks for 1h: "
+        "lengthen their `for`"
+    )
+    assert config(base + "    steps: [{mirror: 10, for: 1h}, 50, 100]\n").rollouts.default
+
+
+def test_the_example_repository_policy_is_valid() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "example-repo" / "reconciler.yaml").read_text()
+    config(text)  # raises on an error
