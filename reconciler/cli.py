@@ -31,9 +31,9 @@ from reconciler.engine import (
 )
 from reconciler.executor import Gate
 from reconciler.filetree import DirectoryTree, FileTree
-from reconciler.gitsource import GitSource, GitSourceError
+from reconciler.gitsource import GitSource, GitSourceError, WorktreeChange
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
-from reconciler.model.plan import Plan
+from reconciler.model.plan import Plan, PlanRevision
 from reconciler.model.results import Outcome
 from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
@@ -45,6 +45,7 @@ from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.status import StatusTarget
+from reconciler.worktree import declared_paths, revision_warnings
 from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
 from reconciler.yamlsource import FieldLines, FieldPath
 
@@ -87,6 +88,38 @@ class Source:
         except GitSourceError as exc:
             fail(str(exc))
         return self.git.tree(commit), commit
+
+
+def revision_of(
+    source: Source, revision: str | None
+) -> tuple[PlanRevision | None, tuple[WorktreeChange, ...]]:
+    """Which revision a plan made from `source` read (None outside git), and the working
+    tree's differences from HEAD. `revision` is the commit read, None for the files on disk."""
+    if source.git is None:
+        return None, ()
+    try:
+        changes = source.git.worktree_changes()
+        head = source.git.head()
+    except GitSourceError:
+        return None, ()
+    return PlanRevision(commit=head, dirty=bool(changes), worktree=revision is None), changes
+
+
+def with_revision(
+    plan: Plan, source: Source, revision: str | None, desired: DesiredState | None
+) -> Plan:
+    """The plan saying which revision it read, with a warning for each uncommitted file a
+    deployment needs (or the working tree read before any commit)."""
+    found, changes = revision_of(source, revision)
+    if found is None:
+        return plan
+    states: list[DesiredState | None] = [desired]
+    if desired is None and changes and not found.worktree:
+        # The commit does not load (a model never `git add`ed is missing from it): the
+        # working tree's files tell which of its changes the deployments need.
+        states.append(load(DirectoryTree(source.path))[0])
+    warnings = revision_warnings(changes, declared=declared_paths(states), revision=found)
+    return replace(plan, revision=found, warnings=warnings + plan.warnings)
 
 
 def open_source(repo: str, *, worktree: bool = False) -> Source:
@@ -313,6 +346,7 @@ def main(
                 plan = replace(
                     plan, warnings=plan.warnings + target_warnings(tree, desired, chosen)
                 )
+            plan = with_revision(plan, source, revision, desired)
             emit(plan, output)
             sys.exit(exit_code(plan))
         if source.git is not None and not source.worktree and source.git.dirty_paths():
@@ -376,6 +410,7 @@ def main(
         # The same warnings as --dry-run printed for this plan.
         changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
         shown = replace(shown, warnings=shown.warnings + changed_by_target)
+    shown = with_revision(shown, source, revision, result.desired)
     emit(shown, output)
     if output == "text":
         for name, doc in sorted(result.status.items()):
@@ -488,6 +523,19 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
             fail(f"no target named {target_name!r} in reconciler.yaml (known: {known})")
         if desired is not None:
             warnings += target_warnings(tree, desired, chosen)
+    # validate reads the files on disk; apply reads HEAD: say so, and what differs.
+    checked, changes = revision_of(source, None)
+    if checked is not None and checked.commit is not None:
+        as_applied = replace(checked, worktree=False)
+        warnings = (
+            revision_warnings(
+                changes,
+                declared=declared_paths([desired]),
+                revision=as_applied,
+                command="`reconcile` (apply and --dry-run)",
+            )
+            + warnings
+        )
     if output == "json":
         import json
 
@@ -496,11 +544,20 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
                 {
                     "errors": [e.as_json() for e in errors],
                     "warnings": [w.as_json() for w in warnings],
+                    # Added later: what was checked (the working tree) against HEAD.
+                    "checked": {
+                        "source": "worktree",
+                        "commit": checked.commit if checked else None,
+                        "differences": [{"path": c.path, "change": c.change} for c in changes],
+                    },
                 },
                 indent=2,
             )
         )
     else:
+        click.echo(_checked_line(checked))
+        for c in changes:
+            click.echo(f"  {c.change:<10} {c.path}")
         for e in errors:
             click.echo(f"error: {e}")
         for w in warnings:
@@ -511,6 +568,22 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
                 f"{len(desired.deployments)} deployment(s)"
             )
     sys.exit(EXIT_ERRORS if errors else EXIT_OK)
+
+
+def _checked_line(checked: PlanRevision | None) -> str:
+    if checked is None:
+        return "checked: the files on disk (not a git repository)"
+    if checked.commit is None:
+        return (
+            "checked: the working tree (no commit yet; `reconcile` applies a commit, "
+            "or the working tree with --worktree)"
+        )
+    if not checked.dirty:
+        return f"checked: the working tree, the same as commit {checked.short} (HEAD)"
+    return (
+        f"checked: the working tree; `reconcile` reads commit {checked.short} (HEAD) unless "
+        "--worktree, and the working tree differs from it:"
+    )
 
 
 @main.command()
