@@ -730,15 +730,27 @@ def diff(
 @click.option("--repo", default=".", show_default=True)
 @click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
 @click.option("--output", type=click.Choice(["text", "yaml"]), default="text", show_default=True)
-def status(repo: str, status_branch: str | None, output: str) -> None:
-    """Where each endpoint stands, read from the status branch (no target access needed)."""
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Ask the target now (like `az ml online-endpoint show`) instead of the status files.",
+)
+@click.option("--target", "target_name", default=None, help="With --live: the target to ask.")
+def status(
+    repo: str, status_branch: str | None, output: str, live: bool, target_name: str | None
+) -> None:
+    """Where each endpoint stands, read from the status branch (no target access needed),
+    or with --live observed on the target now."""
+    if live:
+        _live_status(repo, target_name, output)
+        return
     source = open_source(repo)
     if source.git is None:
         fail(f"{repo} is not a git repository: there is no status branch to read")
     tree, _ = source.tree()
     branch = status_branch or repo_config(tree).status_branch
     found = source.git.find_status(branch)
-    if found.ref is None:
+    if found.ref is None or found.commit is None:
         fail(
             f"no status found on branch {branch} (local or origin): no pass has been recorded"
             + (f" ({found.problem})" if found.problem else "")
@@ -748,24 +760,75 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
     if output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
         return
+    recorded = _utc(source.git.commit_time(found.commit))
+    click.echo(
+        f"status recorded {recorded} on {found.ref.removeprefix('refs/heads/')} "
+        f"(commit {found.commit[:12]}; a pass that changes nothing records nothing; "
+        "`reconcile status --live` asks the target now)"
+    )
+    if not docs:
+        click.echo("no endpoints")
+    _print_status(docs)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _live_status(repo: str, target_name: str | None, output: str) -> None:
+    """`reconcile status --live`: observe the target and show it as status shows files."""
+    from reconciler.status import build_status
+
+    target = _operated_target(repo, target_name)
+    try:
+        state = target.observe()
+    except TargetError as exc:
+        fail(f"target {target.name}: {exc}")
+    docs = build_status(revision=None, target=target.name, live=state, plan=Plan())
+    for d in state.deployments:
+        # What the target found out of line (an instance stopped or crashed, one not routed):
+        # the next pass repairs it; status files hold it only as the deployment's state.
+        if d.repair and d.name in docs[d.endpoint]["deployments"]:
+            docs[d.endpoint]["deployments"][d.name]["repair"] = d.repair
+    if output == "yaml":
+        click.echo(yaml.safe_dump_all(list(docs.values()), sort_keys=False), nl=False)
+        return
+    click.echo(f"live: target {target.name} observed {_utc(time.time())}")
+    if not docs:
+        click.echo("no endpoints")
+    _print_status([docs[name] for name in sorted(docs)])
+    for name in state.unreadable:
+        click.echo(f"{name}: unreadable on target {target.name}")
+
+
+def _print_status(docs: list[Mapping[str, Any]]) -> None:
     for doc in docs:
         traffic = ", ".join(f"{k} {v}%" for k, v in (doc.get("traffic") or {}).items()) or "none"
+        at = f" at {str(doc.get('commit'))[:12]}" if doc.get("commit") else ""
         click.echo(
-            f"{doc['endpoint']}: {doc.get('provisioning_state')} ({doc.get('health')}) "
-            f"at {str(doc.get('commit'))[:12]} on {doc.get('target')}; traffic {traffic}"
+            f"{doc['endpoint']}: {doc.get('provisioning_state')} ({doc.get('health')})"
+            f"{at} on {doc.get('target')}; traffic {traffic}"
         )
         if doc.get("scoring_uri"):
             click.echo(f"  scoring_uri: {doc['scoring_uri']}")
+        if doc.get("last_error"):
+            click.echo(f"  last error: {str(doc['last_error']).splitlines()[0]}")
         for name, d in (doc.get("deployments") or {}).items():
+            assets = ", ".join(
+                f"{kind} {d[kind]}" for kind in ("model", "environment") if d.get(kind)
+            )
             click.echo(
-                f"  {name}: {d.get('provisioning_state')} "
+                f"  {name}: {d.get('provisioning_state')} ({d.get('health')}) "
                 f"{d.get('ready_instances')}/{d.get('instance_count')} ready"
+                + (f"; {assets}" if assets else "")
                 + (
                     f"; last error: {d['last_error'].splitlines()[0]}"
                     if d.get("last_error")
                     else ""
                 )
             )
+            if d.get("repair"):
+                click.echo(f"    out of line: {d['repair']}")
         for e in doc.get("errors") or []:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
