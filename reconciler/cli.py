@@ -913,6 +913,77 @@ def regenerate_key(
     click.echo(f"{which} key of {endpoint} regenerated; the {other} key still works")
 
 
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Unused images kept per deployment (default: the target's image_retention, 3).",
+)
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT_S,
+    show_default=True,
+    help=LOCK_TIMEOUT_HELP,
+)
+def collect_garbage(
+    dry_run: bool,
+    keep: int | None,
+    repo: str,
+    target_name: str | None,
+    output: str,
+    lock_timeout: float,
+) -> None:
+    """Remove the images this target built that no container uses, beyond the newest
+    `image_retention` per deployment; never another target's, the base or router image."""
+    import json
+
+    target = _operated_target(repo, target_name)
+    _needs(target, "collect_images", "clean up images")
+    try:
+        if dry_run:
+            done = target.collect_images(dry_run=True, keep=keep)
+        else:
+            # A build of a pass (or `reconcile watch`) must not lose its new image to this.
+            with writer_lock(target.name, command="reconcile gc", timeout_s=lock_timeout):
+                done = target.collect_images(dry_run=False, keep=keep)
+    except TargetError as exc:
+        fail(f"target {target.name}: {exc}")
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "removed": [
+                        {"image": i.name, "deployment": i.deployment or None, "size": i.size}
+                        for i in done.removed
+                    ],
+                    "kept": [{"image": i.name, "why": why} for i, why in done.kept],
+                    "failed": [{"image": i.name, "why": why} for i, why in done.failed],
+                },
+                indent=2,
+            )
+        )
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for i in done.removed:
+            click.echo(f"{verb} {i.name} ({i.deployment or i.kind}, {i.size / 1e6:.0f} MB)")
+        for i, why in done.kept:
+            click.echo(f"kept {i.name} ({i.deployment or i.kind}): {why}")
+        for i, why in done.failed:
+            click.echo(f"not removed {i.name}: {why}", err=True)
+        click.echo(
+            f"{len(done.removed)} image(s) {verb}, {done.freed_bytes / 1e6:.0f} MB; "
+            f"{len(done.kept)} kept"
+        )
+    sys.exit(EXIT_ERRORS if done.failed else EXIT_OK)
+
+
 @main.command("logs")
 @click.argument("endpoint")
 @click.argument("deployment")

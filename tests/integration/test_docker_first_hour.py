@@ -5,16 +5,21 @@ files recorded, and images no deployment uses are cleared after a retention (`re
 
 from __future__ import annotations
 
+import contextlib
+import json
+import secrets
 from typing import TYPE_CHECKING
 
+import docker.errors
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from reconciler.cli import main
+from reconciler.targets.docker.baseimage import BASE_IMAGE
 
 if TYPE_CHECKING:
-    from docker_target_fixtures import DockerWorld
+    from docker_target_fixtures import DockerWorld, WorldFactory
 
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -75,3 +80,75 @@ def test_status_live_shows_a_container_stopped_by_hand_as_not_healthy(
         runner.invoke(main, ["status", "--live", *repo, "--output", "yaml"]).output
     )
     assert as_yaml["deployments"]["blue"]["health"] == "Degraded"
+
+
+def _image_of(world: DockerWorld, endpoint: str) -> str:
+    (instance,) = world.containers(endpoint, "blue")
+    tags = instance.image.tags
+    assert len(tags) == 1 and tags[0].startswith("reconciler-app:"), tags
+    return str(tags[0])
+
+
+def _exists(world: DockerWorld, name: str) -> bool:
+    try:
+        world.client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def test_images_out_of_retention_are_removed_and_gc_spares_other_targets(
+    docker_worlds: WorldFactory,
+) -> None:
+    world = docker_worlds(image_retention=2)
+    # Content no earlier run built: thin images are tagged by content and reused.
+    token = secrets.token_hex(4)
+    foreign_tag = f"reconciler-app:other-target-{token}"
+    maker = world.client.containers.create(
+        BASE_IMAGE,
+        labels={
+            "reconciler.managed-by": "ml-endpoint-reconciler",
+            "reconciler.target": f"{world.options.name}-other",
+            "reconciler.kind": "deployment",
+        },
+    )
+    try:
+        maker.commit(repository="reconciler-app", tag=foreign_tag.split(":")[1])
+    finally:
+        maker.remove(force=True)
+    built: list[str] = []
+    try:
+        world.basics()
+        world.repo.endpoint("gc-ep", traffic={"blue": 100})
+        world.repo.deployment("gc-ep", "blue", code="../../src")
+        for version in range(1, 5):
+            world.code("src", f"{token}-{version}")
+            world.repo.commit(f"version {version}")
+            world.apply()
+            built.append(_image_of(world, "gc-ep"))
+        assert len(set(built)) == 4
+        # After each build the target keeps the 2 newest (the one in use among them).
+        assert [_exists(world, tag) for tag in built] == [False, False, True, True]
+
+        repo = use_target_in_cli(world, image_retention=2)
+        runner = CliRunner()
+        planned = runner.invoke(main, ["gc", "--dry-run", "--keep", "0", *repo])
+        assert planned.exit_code == 0, planned.output
+        assert f"would remove {built[2]} (gc-ep/blue," in planned.output
+        assert f"kept {built[3]} (gc-ep/blue): in use by a container" in planned.output
+        assert foreign_tag not in planned.output and BASE_IMAGE not in planned.output
+        assert _exists(world, built[2])  # a dry run removes nothing
+
+        done = runner.invoke(main, ["gc", "--keep", "0", *repo, "--output", "json"])
+        assert done.exit_code == 0, done.output
+        report = json.loads(done.output)
+        assert [r["image"] for r in report["removed"]] == [built[2]]
+        assert not _exists(world, built[2])
+        assert _exists(world, built[3]) and _exists(world, foreign_tag)
+        assert _exists(world, BASE_IMAGE)
+        assert world.score("gc-ep").status == 200
+    finally:
+        world.cleanup()
+        for tag in [*built, foreign_tag]:
+            with contextlib.suppress(docker.errors.DockerException):
+                world.client.images.remove(tag)

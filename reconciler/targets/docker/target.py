@@ -131,6 +131,8 @@ from reconciler.targets.docker.credentials import (
     credentials_to_json,
     new_credentials,
 )
+from reconciler.targets.docker.imagegc import Collected, built_for_labels
+from reconciler.targets.docker.imagegc import collect as collect_images
 from reconciler.targets.docker.images import (
     SERVER_PORT,
     build_deployment_image,
@@ -1400,14 +1402,48 @@ class DockerTarget:
             # Triton serves a no-code triton_model: no Azure ML inference server in its image.
             inference_server=not serves_triton(spec),
         )
-        return build_deployment_image(
+        tag = build_deployment_image(
             self.client,
             spec,
             env_image=env_image,
             repo_root=self.repo_root,
             progress=_progress(say),
-            labels=build_labels(self.name),
+            labels={
+                **build_labels(self.name),
+                **built_for_labels(spec, repository=self.repository),
+            },
         )
+        # The image just built or reused stays, even an old one reused by a rollback.
+        self._collect_images(say, protect=(tag,))
+        return tag
+
+    def collect_images(
+        self, *, dry_run: bool = False, keep: int | None = None, protect: tuple[str, ...] = ()
+    ) -> Collected:
+        """Remove the images this target built that are out of retention (imagegc.py)."""
+        try:
+            return collect_images(
+                self.client,
+                target=self.name,
+                repository=self.repository,
+                keep=self.options.image_retention if keep is None else keep,
+                dry_run=dry_run,
+                protect=(self.options.base_image, *protect),
+            )
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+        except docker.errors.DockerException as exc:
+            raise TargetError(f"Docker Engine: {exc}", code="DockerError") from None
+
+    def _collect_images(self, say: ProgressCallback, *, protect: tuple[str, ...] = ()) -> None:
+        # Best effort: a step never fails because an old image could not be removed.
+        try:
+            done = self.collect_images(protect=protect)
+        except TargetError as exc:
+            log.warning("images_not_collected", error=str(exc))
+            return
+        if done.removed:
+            say(f"{len(done.removed)} unused image(s) removed ({done.freed_bytes / 1e6:.0f} MB)")
 
     def _instances(self, endpoint: str, deployment: str) -> list[_Instance]:
         return sorted(
@@ -1938,6 +1974,7 @@ class DockerTarget:
         self._remove(self._instances(step.endpoint, step.deployment))
         self._forget(step.endpoint, step.deployment)
         say(f"deployment {step.endpoint}/{step.deployment} removed")
+        self._collect_images(say)
 
     def _set_traffic(self, step: Step, say: ProgressCallback) -> None:
         assert step.traffic is not None
