@@ -991,6 +991,11 @@ def collect_garbage(
 @click.option("--lines", type=int, default=100, show_default=True)
 @click.option("--repo", default=".", show_default=True)
 @click.option("--target", "target_name", default=None)
+@click.option(
+    "--previous",
+    is_flag=True,
+    help="The attempt before the instance's last restart (Docker: of the same container).",
+)
 def show_logs(
     endpoint: str,
     deployment: str,
@@ -998,12 +1003,19 @@ def show_logs(
     lines: int,
     repo: str,
     target_name: str | None,
+    previous: bool,
 ) -> None:
     """The last lines of a deployment's container logs."""
     target = _operated_target(repo, target_name)
     _needs(target, "logs", "show logs")
+    if previous:
+        _needs(target, "previous_logs", "show the log of an attempt before a restart")
     try:
-        click.echo(target.logs(endpoint, deployment, instance=instance, lines=lines), nl=False)
+        if previous:
+            text = target.previous_logs(endpoint, deployment, instance=instance, lines=lines)
+        else:
+            text = target.logs(endpoint, deployment, instance=instance, lines=lines)
+        click.echo(text, nl=False)
     except TargetError as exc:
         fail(str(exc))
 

@@ -152,3 +152,59 @@ def test_images_out_of_retention_are_removed_and_gc_spares_other_targets(
         for tag in [*built, foreign_tag]:
             with contextlib.suppress(docker.errors.DockerException):
                 world.client.images.remove(tag)
+
+
+MISSING_MODEL_SCORE_PY = """\
+import os
+
+
+def init():
+    global model
+    path = os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.pkl")
+    model = open(path, "rb").read()
+
+
+def run(raw_data):
+    return {}
+"""
+
+
+def test_a_failing_init_is_explained_in_apply_output_status_and_previous_logs(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    world.basics()
+    world.repo.write("src/score.py", MISSING_MODEL_SCORE_PY)
+    world.repo.endpoint("fail-ep", traffic={"blue": 100})
+    world.repo.deployment("fail-ep", "blue", code="../../src")
+    repo = use_target_in_cli(world, ready_timeout_s=60)
+    runner = CliRunner()
+    applied = runner.invoke(main, [*repo, "--timeout", "120"])
+    assert applied.exit_code == 1, applied.output
+    said = applied.stderr
+    assert "the scoring script raised FileNotFoundError: " in said, said
+    assert "model.pkl" in said
+    assert '(score.py line 7, in init: model = open(path, "rb").read())' in said, said
+    assert "`reconcile logs fail-ep blue --instance 0`" in said
+    shown = runner.invoke(main, ["status", *repo])
+    blue = next(line for line in shown.output.splitlines() if line.startswith("  blue:"))
+    assert "FileNotFoundError" in blue, shown.output
+
+    # Docker keeps one log per container across restarts: --previous shows what it wrote
+    # before its current start. The engine restarts a crashing instance until the target
+    # stops it; if it was stopped before a restart, it is started again here.
+    (instance,) = world.containers("fail-ep", "blue")
+    marker = "Loaded logging config"
+    if int(instance.attrs["RestartCount"]) == 0:
+        instance.start()
+    world.wait_for(
+        lambda: bytes(instance.logs()).decode().count(marker) >= 2, what="a second attempt"
+    )
+    logs = ["logs", "fail-ep", "blue", "--instance", "0", *repo]
+    previous = runner.invoke(main, [*logs, "--previous"])
+    assert previous.exit_code == 0, previous.output
+    assert previous.output.startswith(f"==> {instance.name} (before its last restart) <==")
+    assert "FileNotFoundError" in previous.output
+    whole = runner.invoke(main, [*logs, "--lines", "5000"]).output
+    # Every attempt but the current one (read after, so it can only have more).
+    assert 1 <= previous.output.count(marker) < whole.count(marker), previous.output

@@ -131,6 +131,7 @@ from reconciler.targets.docker.credentials import (
     credentials_to_json,
     new_credentials,
 )
+from reconciler.targets.docker.failures import failure_note, previous_run_log
 from reconciler.targets.docker.imagegc import Collected, built_for_labels
 from reconciler.targets.docker.imagegc import collect as collect_images
 from reconciler.targets.docker.images import (
@@ -559,8 +560,11 @@ class DockerTarget:
         if failed:
             first = failed[0]
             fate = "replaced by a repair" if first in view.crashed else "it never became ready"
+            note = failure_note(
+                first.container, endpoint=endpoint, deployment=deployment, index=first.index
+            )
             last_error = (
-                f"{first.name}: {view.why.get(first.name, first.state)} ({fate})\n"
+                f"{first.name}: {view.why.get(first.name, first.state)} ({fate}){note}\n"
                 + _failure_tail(first.container)
             )
         return LiveDeployment(
@@ -1699,10 +1703,13 @@ class DockerTarget:
         first = group.dead[0]
         reason = group.why.get(first.name, first.state)
         code = "Timeout" if reason.startswith("not ready after") else "DeploymentNotReady"
+        note = failure_note(
+            first.container, endpoint=spec.endpoint_name, deployment=spec.name, index=first.index
+        )
         return TargetError(
             f"instance {first.name} of {spec.key} did not start ({reason}; init() failed, "
-            "the server crashed, or readiness was never met); the instances that served "
-            "keep serving. Commit a change of the deployment to try again",
+            f"the server crashed, or readiness was never met){note}; the instances that "
+            "served keep serving. Commit a change of the deployment to try again",
             code=code,
             log_tail=_failure_tail(first.container),
         )
@@ -2138,6 +2145,23 @@ class DockerTarget:
         for inst in group:
             text = inst.container.logs(tail=lines).decode(errors="replace")
             chunks.append(f"==> {inst.name} <==\n{text}")
+        return "\n".join(chunks)
+
+    def previous_logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        """The log of each instance's attempt before its last restart (failures.py)."""
+        group = self._instances(endpoint, deployment)
+        if instance is not None:
+            group = [i for i in group if i.index == instance]
+        if not group:
+            raise TargetError(f"no instance of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for inst in group:
+            text = previous_run_log(inst.container, lines=lines)
+            if text is None:
+                text = "(not restarted: its log holds one attempt; `reconcile logs` shows it)\n"
+            chunks.append(f"==> {inst.name} (before its last restart) <==\n{text}")
         return "\n".join(chunks)
 
 
