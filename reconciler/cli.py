@@ -57,6 +57,8 @@ PASS_PAUSE_S = 1.0
 # Log lines of a failed step printed under it.
 LOG_LINES = 20
 STATUS_TARGET = "status"
+# Differences from HEAD that `validate` lists one per line (all of them in its JSON).
+DIFFERENCES_LISTED = 50
 # How long a one-shot command waits for another writer of its target (--lock-timeout).
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
@@ -556,8 +558,12 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
         )
     else:
         click.echo(_checked_line(checked))
-        for c in changes:
-            click.echo(f"  {c.change:<10} {c.path}")
+        if checked is not None and checked.commit is not None:
+            # Before the first commit every file is a difference: none is listed.
+            for c in changes[:DIFFERENCES_LISTED]:
+                click.echo(f"  {c.change:<10} {c.path}")
+            if len(changes) > DIFFERENCES_LISTED:
+                click.echo(f"  ... and {len(changes) - DIFFERENCES_LISTED} more (git status)")
         for e in errors:
             click.echo(f"error: {e}")
         for w in warnings:
