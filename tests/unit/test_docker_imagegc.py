@@ -3,7 +3,11 @@ values (tests/integration/test_docker_first_hour.py runs it on the real engine).
 
 from __future__ import annotations
 
+import pytest
+
+from reconciler.targets.base import TargetError
 from reconciler.targets.docker.imagegc import BuiltImage, choose
+from reconciler.targets.docker.options import DockerOptions
 
 
 def thin(n: int, deployment: str = "ep/blue", *, env: str = "env-1") -> BuiltImage:
@@ -69,3 +73,10 @@ def test_keep_zero_keeps_only_what_containers_use() -> None:
     remove, kept = choose(images, in_use=frozenset({"app-ep/blue-2"}), keep=0)
     assert ids(remove) == ["app-ep/blue-1"]
     assert {i.id for i, _ in kept} == {"app-ep/blue-2", "env-1"}
+
+
+def test_image_retention_is_a_target_option_of_reconciler_yaml() -> None:
+    assert DockerOptions.from_config("local", {}).image_retention == 3
+    assert DockerOptions.from_config("local", {"image_retention": 5}).image_retention == 5
+    with pytest.raises(TargetError, match=r"targets.local.image_retention: need a count"):
+        DockerOptions.from_config("local", {"image_retention": -1})
