@@ -28,6 +28,9 @@ class RaisedException:
     line: int | None = None
     function: str | None = None
     source: str | None = None  # the text of the line, when the traceback shows it
+    # A frame of the traceback is the user's code (not the interpreter's or a package's):
+    # else the exception is a server's own, and the frame shown is its innermost.
+    in_user_code: bool = True
 
     def describe(self) -> str:
         """One line: the exception, then where in the user's code it was raised."""
@@ -58,13 +61,12 @@ def last_exception(log: str) -> RaisedException | None:
     found = [t for t in (_traceback(lines, i) for i in starts) if t is not None]
     if not found:
         return None
-    in_user_code = [t for t, user in found if user]
-    return in_user_code[-1] if in_user_code else found[-1][0]
+    in_user_code = [t for t in found if t.in_user_code]
+    return in_user_code[-1] if in_user_code else found[-1]
 
 
-def _traceback(lines: list[str], start: int) -> tuple[RaisedException, bool] | None:
-    """The traceback starting at lines[start]: its exception, and whether a frame of it is
-    the user's code."""
+def _traceback(lines: list[str], start: int) -> RaisedException | None:
+    """The exception of the traceback starting at lines[start]."""
     prefix = lines[start][: lines[start].index("Traceback")]
     if not (prefix and start + 1 < len(lines) and lines[start + 1].startswith(prefix)):
         prefix = ""
@@ -88,13 +90,11 @@ def _traceback(lines: list[str], start: int) -> tuple[RaisedException, bool] | N
     if not exception or frame is None:
         return None
     chosen = user_frame or frame
-    return (
-        RaisedException(
-            _clip(exception),
-            file=chosen["file"].rsplit("/", 1)[-1],
-            line=int(chosen["line"]),
-            function=chosen["function"],
-            source=_clip(chosen["source"]) if chosen.get("source") else None,
-        ),
-        user_frame is not None,
+    return RaisedException(
+        _clip(exception),
+        file=chosen["file"].rsplit("/", 1)[-1],
+        line=int(chosen["line"]),
+        function=chosen["function"],
+        source=_clip(chosen["source"]) if chosen.get("source") else None,
+        in_user_code=user_frame is not None,
     )

@@ -55,6 +55,10 @@ def test_a_servers_own_later_traceback_does_not_hide_the_scripts() -> None:
     found = last_exception(halted)
     assert found is not None and found.exception.startswith("FileNotFoundError")
     assert (found.file, found.line) == ("score.py", 7)
+    # Alone, the server's own traceback is told apart from one through the user's code.
+    own = last_exception(halted[len(SERVER_LOG) :])
+    assert own is not None and own.exception.startswith("gunicorn.errors.HaltServer")
+    assert not own.in_user_code and (own.file, own.line) == ("arbiter.py", 227)
 
 
 def test_the_newest_of_repeated_attempts_is_taken() -> None:

@@ -21,15 +21,19 @@ from reconciler.tracebacks import last_exception
 _SCAN_LINES = 400
 
 
-def raised_by_script(container: Any) -> str | None:
-    """`raised FileNotFoundError: ... (score.py line 7, in init: ...)`, from the newest
-    traceback in the container's log; None when the log holds none (or cannot be read)."""
+def raised_in_log(container: Any) -> str | None:
+    """`the scoring script raised FileNotFoundError: ... (score.py line 7, in init: ...)`
+    from the newest traceback through the user's code in the container's log, else the
+    newest traceback's (a server's own); None when the log holds none (or is unreadable)."""
     try:
         text = bytes(container.logs(tail=_SCAN_LINES)).decode(errors="replace")
     except docker.errors.APIError:
         return None
     found = last_exception(text)
-    return f"raised {found.describe()}" if found is not None else None
+    if found is None:
+        return None
+    who = "the scoring script" if found.in_user_code else "the server"
+    return f"{who} raised {found.describe()}"
 
 
 def logs_command(endpoint: str, deployment: str, index: int) -> str:
@@ -39,8 +43,8 @@ def logs_command(endpoint: str, deployment: str, index: int) -> str:
 def failure_note(container: Any, *, endpoint: str, deployment: str, index: int) -> str:
     """What to add to a failed instance's reason: `; the scoring script raised ...` when
     its log holds a traceback, and the command that shows its whole log."""
-    raised = raised_by_script(container)
-    note = f"; the scoring script {raised}" if raised else ""
+    raised = raised_in_log(container)
+    note = f"; {raised}" if raised else ""
     return f"{note}; whole log: `{logs_command(endpoint, deployment, index)}`"
 
 
