@@ -240,6 +240,25 @@ class FoundStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class WorktreeChange:
+    """One file of the working tree that differs from HEAD: its path relative to the
+    repository folder, and how (modified, untracked, added, deleted, renamed)."""
+
+    path: str
+    change: str
+
+
+def _change_kind(xy: str) -> str:
+    """The word for a `git status --porcelain` XY code, staged or not."""
+    if xy == "??":
+        return "untracked"
+    for code, word in (("R", "renamed"), ("C", "copied"), ("A", "added"), ("D", "deleted")):
+        if code in xy:
+            return word
+    return "modified"
+
+
+@dataclass(frozen=True, slots=True)
 class StatusCommit:
     branch: str
     commit: str | None  # None: the content was unchanged, no commit was made
@@ -312,6 +331,38 @@ class GitSource:
         """Uncommitted changes (tracked or not) under the repository folder."""
         out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
         return [line[3:] for line in out.splitlines() if line.strip()]
+
+    def worktree_changes(self) -> tuple[WorktreeChange, ...]:
+        """The working tree's differences from HEAD under the repository folder, untracked
+        files one by one (ignored files left out), sorted by path. Before the first commit
+        every file is one (untracked, or added when staged)."""
+        out = str(
+            self.repo.git.status(
+                "--porcelain=v1", "-z", "--untracked-files=all", "--", self.subdir or "."
+            )
+        )
+        entries = out.split("\0")
+        prefix = f"{self.subdir}/" if self.subdir else ""
+        found: list[WorktreeChange] = []
+        i = 0
+        while i < len(entries):
+            entry = entries[i]
+            i += 1
+            if len(entry) < 4:
+                continue
+            xy, path = entry[:2], entry[3:]
+            if "R" in xy or "C" in xy:
+                i += 1  # -z puts the rename's old path in the next entry
+            found.append(WorktreeChange(path.removeprefix(prefix), _change_kind(xy)))
+        return tuple(sorted(found, key=lambda c: c.path))
+
+    def head(self) -> str | None:
+        """HEAD's commit id, None before the first commit."""
+        return self.resolve("HEAD") if self.has_commits() else None
+
+    def commit_time(self, commit: str) -> int:
+        """A commit's committer time, seconds since the epoch."""
+        return self._commit_time(commit)
 
     def has_commits(self) -> bool:
         try:
