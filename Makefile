@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the Docker tests and the demo use: debootstrap builds the local Python
-# base image where no image can be pulled; docker-registry serves image-push tests.
-SYSTEM_PACKAGES ?= debootstrap docker-registry
+# base image where no image can be pulled; docker-registry serves image-push tests;
+# chromium and chromium-driver run the dashboard's browser tests.
+SYSTEM_PACKAGES ?= debootstrap docker-registry chromium chromium-driver
 
 .PHONY: setup system-deps test lint unit integration demo bench clean
 
@@ -50,12 +51,14 @@ demo: setup
 	$(BIN)/reconcile --repo example-repo
 	$(BIN)/reconcile invoke my-endpoint --repo example-repo --request-file example-repo/sample-request.json
 	$(BIN)/reconcile status --repo example-repo || true
+	@echo "dashboard: $(BIN)/reconcile ui --repo example-repo, then open http://127.0.0.1:8780/"
 
 bench: setup
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/fix_during_rollout.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

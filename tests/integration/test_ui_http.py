@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import urllib.request
+from pathlib import Path
 
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     CLI,
@@ -252,3 +253,43 @@ def test_cli_refuses_ui_host_without_a_token(served_repo: Served) -> None:
     )
     assert done.returncode == 1
     assert "token" in done.stderr
+
+
+def test_cli_serves_with_a_token_file_on_the_given_host(
+    served_repo: Served, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_UI_TOKEN"}
+    process = subprocess.Popen(
+        [
+            *CLI,
+            "ui",
+            "--repo",
+            str(served_repo.repo.root),
+            "--ui-host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+            str(token_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = re.search(r"at (http://\S+)", line)
+        assert url, line
+        base = url.group(1).rstrip("/")
+        refused, _, _ = get(base + "/api/endpoints")
+        status, _, body = get(base + "/api/endpoints", {"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert refused == 401
+    assert status == 200
+    assert [e["name"] for e in json.loads(body)["endpoints"]] == ["my-endpoint", "other-endpoint"]
