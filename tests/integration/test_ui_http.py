@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from repo_builder import RepoBuilder
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     CLI,
     TOKEN,
@@ -293,3 +294,17 @@ def test_cli_serves_with_a_token_file_on_the_given_host(
     assert refused == 401
     assert status == 200
     assert [e["name"] for e in json.loads(body)["endpoints"]] == ["my-endpoint", "other-endpoint"]
+
+
+def test_a_repository_without_status_shows_an_empty_overview(repo: RepoBuilder) -> None:
+    repo.basics()
+    repo.commit("nothing applied yet")
+    with serving(repo.root) as base:
+        status, _, page = get(base + "/")
+        _, _, api = get(base + "/api/endpoints")
+        missing, _, _ = get(base + "/endpoints/my-endpoint")
+    assert status == 200
+    assert "No status on branch reconcile-status yet" in page
+    assert json.loads(api)["endpoints"] == []
+    assert json.loads(api)["status_commit"] is None
+    assert missing == 404
