@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -71,6 +72,8 @@ STATUS_TARGET = "status"
 DIFFERENCES_LISTED = 50
 # How long a one-shot command waits for another writer of its target (--lock-timeout).
 DEFAULT_LOCK_TIMEOUT_S = 600.0
+# `reconcile ui`: where the dashboard's token comes from when no --token-file is given.
+UI_TOKEN_ENV = "RECONCILER_UI_TOKEN"
 
 
 def fail(message: str) -> NoReturn:
@@ -844,6 +847,61 @@ def _print_status(docs: list[Mapping[str, Any]]) -> None:
         for p in doc.get("pending_steps") or []:
             on = "/".join(n for n in (doc["endpoint"], p.get("deployment")) if n)
             click.echo(f"  left undone: {p.get('action')} {on} ({p.get('why')})")
+
+
+@main.command("ui")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
+@click.option("--port", type=int, default=8780, show_default=True, help="0: any free port.")
+@click.option(
+    "--ui-host",
+    default=None,
+    help="Listen on this address instead of 127.0.0.1; a token is then required.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=f"File holding the token (else the environment variable {UI_TOKEN_ENV}).",
+)
+def ui(
+    repo: str, status_branch: str | None, port: int, ui_host: str | None, token_file: str | None
+) -> None:
+    """A read-only dashboard of the status branch in the browser (no target access)."""
+    from reconciler.ui.server import UiOptions, serve_forever
+    from reconciler.ui.source import GitStatusSource
+
+    source = open_source(repo)
+    if source.git is None:
+        fail(f"{repo} is not a git repository: there is no status branch to read")
+    tree, _ = source.tree()
+    branch = status_branch or repo_config(tree).status_branch
+    token: str | None = None
+    if token_file is not None:
+        token = Path(token_file).read_text().strip()
+    elif os.environ.get(UI_TOKEN_ENV):
+        token = os.environ[UI_TOKEN_ENV].strip()
+    if ui_host is not None and not token:
+        fail(
+            f"--ui-host {ui_host} serves beyond this machine: give a token with --token-file "
+            f"or the environment variable {UI_TOKEN_ENV}"
+        )
+    host = ui_host or "127.0.0.1"
+
+    def announce(url: str) -> None:
+        click.echo(f"dashboard of {source.path} (status branch {branch}) at {url}", err=False)
+        sys.stdout.flush()
+
+    try:
+        serve_forever(
+            GitStatusSource(source.git, branch=branch),
+            host=host,
+            port=port,
+            options=UiOptions(token=token or None),
+            announce=announce,
+        )
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
