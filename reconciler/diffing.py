@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Final
 
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import FieldChange
@@ -98,46 +99,84 @@ def field_changes(
     """Field-level changes between two canonical dicts, as dotted paths, sorted.
 
     A change inside a list is reported as the whole list: "pip_packages" from [...] to
-    [...] reads better in a review than an index.
+    [...] reads better in a review than an index. Mappings are compared key by key down to
+    the values that differ; a key present on one side only is a change (even to or from
+    None), and so are equal values of different types (1 and 1.0).
+
+    The same answers as deepdiff's tree view with the list indices cut off, which this
+    replaced: importing deepdiff (and numpy with it) cost every `reconcile diff` a fifth of
+    a second (issue 15). tests/unit/test_diffing.py holds the two to the same answers.
     """
     before, after = before or {}, after or {}
-    # Only the top-level fields that differ go to deepdiff: equal ones are the common case,
-    # and deepdiff's cost grows with everything it is given.
-    differing = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
-    if not differing:
-        return ()
-    before = {k: before[k] for k in differing if k in before}
-    after = {k: after[k] for k in differing if k in after}
-    # Imported here: deepdiff loads numpy, which costs every short command a fifth of a
-    # second even when nothing changed.
-    from deepdiff import DeepDiff
-
     found: dict[str, FieldChange] = {}
-    tree = DeepDiff(before, after, view="tree", ignore_order=False)
-    for levels in tree.values():
-        for level in levels:
-            path: list[str | int] = level.path(output_format="list")
-            cut = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
-            if cut is not None:
-                path = path[:cut]
-                old, new = _at(before, path), _at(after, path)
-            else:
-                old, new = _present(level.t1), _present(level.t2)
-            if not path:
-                # deepdiff names the root when every key differs: report key by key.
-                for name in set(before or {}) | set(after or {}):
-                    old, new = _at(before, [name]), _at(after, [name])
-                    if old != new:
-                        found[name] = FieldChange(name, old, new)
-                continue
+
+    def walk(old: object, new: object, path: list[str | int]) -> None:
+        if _same(old, new):
+            return
+        if isinstance(old, dict) and isinstance(new, dict) and not _mostly_new(old, new):
+            for key in old.keys() | new.keys():
+                walk(old.get(key, _MISSING), new.get(key, _MISSING), [*path, key])
+            return
+        # Inside a list (or under a key that is a number) the change is the whole value
+        # where the path meets it, read from both sides.
+        cut = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
+        if cut is None and isinstance(old, list) and isinstance(new, list):
+            cut = len(path)
+        if cut is not None:
+            path = path[:cut]
             dotted = ".".join(str(p) for p in path)
-            found[dotted] = FieldChange(dotted, old, new)
+            found[dotted] = FieldChange(dotted, _at(before, path), _at(after, path))
+            return
+        dotted = ".".join(str(p) for p in path)
+        found[dotted] = FieldChange(dotted, _present(old), _present(new))
+
+    # Top-level fields equal by value are no change (a field absent and one of None alike);
+    # below them, types count.
+    differing = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    if _mostly_new(
+        {k: before[k] for k in differing if k in before},
+        {k: after[k] for k in differing if k in after},
+    ):
+        # Hardly a field in common: each reported whole.
+        for key in differing:
+            found[key] = FieldChange(key, before.get(key), after.get(key))
+    else:
+        for key in differing:
+            walk(before.get(key, _MISSING), after.get(key, _MISSING), [key])
     return tuple(found[k] for k in sorted(found))
 
 
+class _Missing:
+    """A key absent from one side of a comparison."""
+
+
+_MISSING: Final = _Missing()
+
+
+# Below this share of keys in common, two mappings are one change, not one per key.
+_KEYS_IN_COMMON: Final = 0.33
+
+
+def _mostly_new(old: Mapping[object, object], new: Mapping[object, object]) -> bool:
+    union = len(old.keys() | new.keys())
+    return union > 1 and len(old.keys() & new.keys()) / union < _KEYS_IN_COMMON
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, and of the same types all the way down (1 and 1.0 differ, as in deepdiff)."""
+    if type(a) is not type(b) or a != b:
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return True
+
+
 def _present(value: object) -> JsonValue:
-    # deepdiff marks a missing side with its own NotPresent object.
-    return None if type(value).__name__ == "NotPresent" else value
+    return None if value is _MISSING else value
 
 
 def _at(data: Mapping[str, JsonValue] | None, path: Iterable[str | int]) -> JsonValue:

@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from reconciler.executor import DEFAULT_GATE, STOPPING, Gate, execute
 from reconciler.filetree import FileTree
 from reconciler.health import Health, deployment_health
 from reconciler.loading import load_desired_state
+from reconciler.logs import get_logger
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.plan import Plan, Step
@@ -34,7 +33,7 @@ from reconciler.targets.base import Target, TargetError
 from reconciler.targets.capabilities import ChecksDesired
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
-log = structlog.get_logger("reconciler.engine")
+log = get_logger("reconciler.engine")
 
 StatusWriter = Callable[[Mapping[str, str], str], None]
 # A step running longer than this has its endpoint's status written as in progress.

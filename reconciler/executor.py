@@ -22,16 +22,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from reconciler.health import Health, deployment_health
+from reconciler.logs import get_logger
 from reconciler.model.errors import ErrorCode, error_kind
 from reconciler.model.plan import Plan, Step
 from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import LiveDeployment, LiveState
 from reconciler.targets.base import Target, TargetError
 
-log = structlog.get_logger("reconciler.executor")
+log = get_logger("reconciler.executor")
 
 STOPPING = "skipped: the reconciler is stopping"
 

@@ -19,11 +19,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-
-import git
-from gitdb.base import IStream
+from typing import TYPE_CHECKING
 
 from reconciler.filetree import DirectoryTree, resolve_links
+from reconciler.lazyimport import lazy_module
+
+if TYPE_CHECKING:
+    import git
+else:
+    # gitpython costs a short command 0.1 s (it runs `git --version` on import): loaded
+    # when a repository is first opened.
+    git = lazy_module("git")
 
 DEFAULT_STATUS_BRANCH = "reconcile-status"
 COMMITTER_NAME = "reconciler"
@@ -652,6 +658,8 @@ class GitSource:
             return None
 
     def _store_blob(self, data: bytes) -> str:
+        from gitdb.base import IStream
+
         info = self.repo.odb.store(IStream("blob", len(data), BytesIO(data)))
         return str(info.hexsha.decode() if isinstance(info.hexsha, bytes) else info.hexsha)
 

@@ -12,14 +12,15 @@ import difflib
 import functools
 import importlib.resources
 import json
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from reconciler.yamlsource import FieldLines, FieldPath
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 __all__ = ["Check", "schema", "schema_problems", "shown", "validators"]
 
@@ -35,8 +36,32 @@ def schema(file_name: str) -> dict[str, Any]:
 Check = Callable[[Any], bool]
 
 
+class FullValidator:
+    """jsonschema's Draft 2020-12 validator of one schema, built when an error is first
+    looked for: a valid repository never needs it, and importing jsonschema (with its
+    referencing and format machinery) costs a short command about 0.1 s."""
+
+    def __init__(self, loaded: dict[str, Any]) -> None:
+        self._schema = loaded
+        self._validator: Any = None
+
+    def _built(self) -> Any:
+        if self._validator is None:
+            from jsonschema import Draft202012Validator
+
+            self._validator = Draft202012Validator(self._schema)
+        return self._validator
+
+    def iter_errors(self, instance: Any) -> Iterator[ValidationError]:
+        errors: Iterator[ValidationError] = self._built().iter_errors(instance)
+        return errors
+
+    def is_valid(self, instance: Any) -> bool:
+        return bool(self._built().is_valid(instance))
+
+
 @functools.cache
-def validators(file_name: str) -> tuple[Check, Any]:
+def validators(file_name: str) -> tuple[Check, FullValidator]:
     """(fast check, jsonschema validator) of one schema, built once per process.
 
     The fast check is fastjsonschema's compiled validator (about 10 microseconds on a
@@ -47,7 +72,7 @@ def validators(file_name: str) -> tuple[Check, Any]:
     loaded = schema(file_name)
     # No check_schema here: it costs more than all the rest of a CLI start-up's loading work,
     # and tests/unit/test_schemas.py holds every shipped schema to Draft 2020-12.
-    full = Draft202012Validator(loaded)
+    full = FullValidator(loaded)
     # use_default=False: fastjsonschema would otherwise write the defaults into the document.
     # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and `loaded`
     # is the cached schema others read.

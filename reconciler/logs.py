@@ -1,4 +1,10 @@
-"""Structured logging: JSON for machines, readable lines for people on a terminal."""
+"""Structured logging: JSON for machines, readable lines for people on a terminal.
+
+structlog is imported on the first line logged, not at start-up: importing it (and the
+rich tracebacks its console renderer loads) costs a short command such as `--help`,
+`validate` or `diff`, which log nothing, a tenth of a second. `configure` is remembered
+until then; modules take their loggers from `get_logger`, which defers the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
-
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+# The settings of the last configure() made before structlog was imported.
+_pending: dict[str, Any] | None = None
 
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -22,8 +28,22 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 
 def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
-    """fmt: json, console or auto (console on a terminal, JSON otherwise)."""
-    out = stream or sys.stderr
+    """fmt: json, console or auto (console on a terminal, JSON otherwise).
+
+    Applied at once when structlog is loaded already, else on the first line logged."""
+    global _pending
+    settings: dict[str, Any] = {"fmt": fmt, "level": level, "stream": stream or sys.stderr}
+    if "structlog" in sys.modules:
+        _pending = None
+        _apply(**settings)
+    else:
+        _pending = settings
+
+
+def _apply(*, fmt: str, level: str, stream: Any) -> None:
+    import structlog
+
+    out = stream
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: Any = (
@@ -45,3 +65,30 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> 
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def _structlog_logger(name: str) -> Any:
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        settings, _pending = _pending, None
+        # Configured since by someone else (structlog.testing.capture_logs): theirs wins.
+        if not structlog.is_configured():
+            _apply(**settings)
+    return structlog.get_logger(name)
+
+
+class LazyLogger:
+    """A structlog logger made on first use: `log.info(...)`, `log.bind(...)` as usual."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(_structlog_logger(self._name), attribute)
+
+
+def get_logger(name: str) -> Any:
+    """The logger of a module; structlog is imported when it first logs."""
+    return LazyLogger(name)

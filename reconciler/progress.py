@@ -9,13 +9,14 @@ after each one says which steps were done, which failed, and what the others wai
 
 from __future__ import annotations
 
-from typing import IO, Protocol
-
-from rich.console import Console
-from rich.status import Status
+from typing import IO, TYPE_CHECKING, Protocol
 
 from reconciler.engine import PassResult
 from reconciler.model.results import Outcome
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
 
 
 class PassDisplay(Protocol):
@@ -98,6 +99,10 @@ class LiveDisplay:
 
 def display_for(stream: IO[str], *, live: bool) -> PassDisplay:
     """A live display on a terminal (when `live`), plain lines otherwise."""
+    # rich is imported here: only an apply draws with it, and it costs every other
+    # command's start-up (issue 15).
+    from rich.console import Console
+
     console = Console(file=stream)
     if live and console.is_terminal:
         return LiveDisplay(console)

@@ -1,0 +1,144 @@
+"""Benchmark: start-up of the CLI commands that touch no target, beside Python's own.
+
+Each command runs as a new process, as a user runs it, several times; the medians are
+printed beside those of `python -c pass` and `python -c "import yaml"` measured in the same
+run (interleaved, so that a neighbour's burst of load falls on all alike). For commands
+that do work (validate, status, diff), the work itself is measured in process (the second
+run in one interpreter, loading caches cleared) and the start-up is the rest:
+
+    start-up = new process - work;  goal (issue 15): start-up <= 2x `python -c pass`
+
+    .venv/bin/python bench/startup.py [--repeat 15] [--short]
+
+The repository is a copy of example-repo committed to a temporary git repository.
+Not a test: it gates nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from figures import emit, short_requested
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = "startup"
+
+# The in-process run of one command, twice: the first pays the imports, the second is
+# the work. Prints the second's seconds.
+WORK = """
+import sys, time
+from click.testing import CliRunner
+from reconciler import loading
+from reconciler.cli import main
+args = sys.argv[1:]
+CliRunner().invoke(main, args)
+loading.clear_cache()
+started = time.perf_counter()
+CliRunner().invoke(main, args)
+print(time.perf_counter() - started)
+"""
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def make_repo(folder: Path) -> Path:
+    repo = folder / "repo"
+    shutil.copytree(ROOT / "example-repo", repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=b@example.com", "-c", "user.name=b", "add", "-A")
+    git(repo, "-c", "user.email=b@example.com", "-c", "user.name=b", "commit", "-qm", "base")
+    return repo
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--short", action="store_true", help="5 runs each")
+    args = parser.parse_args()
+    repeat = 5 if short_requested() else args.repeat
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = make_repo(Path(tmp))
+        r = str(repo)
+        commands: dict[str, list[str]] = {
+            "reconcile --help": ["--help"],
+            "reconcile credentials --help": ["credentials", "--help"],
+            "reconcile validate (example-repo)": ["validate", "--repo", r],
+            "reconcile status (example-repo)": ["status", "--repo", r],
+            "reconcile diff --base HEAD (example-repo)": ["diff", "--base", "HEAD", "--repo", r],
+        }
+        references = {
+            "python -c pass": [py, "-c", "pass"],
+            'python -c "import yaml"': [py, "-c", "import yaml"],
+        }
+        runs: dict[str, list[float]] = {name: [] for name in [*references, *commands]}
+        for _ in range(repeat):
+            for name, argv in references.items():
+                runs[name].append(timed(argv, repo))
+            for name, cli_args in commands.items():
+                runs[name].append(timed([py, "-m", "reconciler.cli", *cli_args], repo))
+        work: dict[str, float] = {}
+        for name, cli_args in commands.items():
+            if "--help" in cli_args:
+                work[name] = 0.0
+                continue
+            done = subprocess.run(
+                [py, "-c", WORK, *cli_args], cwd=repo, capture_output=True, text=True, check=True
+            )
+            work[name] = float(done.stdout.strip().splitlines()[-1])
+    median = {name: statistics.median(times) for name, times in runs.items()}
+    bare = median["python -c pass"]
+    print(f"medians of {repeat} runs each, in seconds (same run, interleaved)")
+    for name in references:
+        print(f"  {name:<45} {median[name]:.3f}")
+    for name in commands:
+        startup = median[name] - work[name]
+        print(
+            f"  {name:<45} {median[name]:.3f}  work {work[name]:.3f}  "
+            f"start-up {startup:.3f} = {startup / bare:.1f}x python -c pass"
+        )
+    emit(
+        BENCH,
+        'python -c "import yaml"',
+        median['python -c "import yaml"'],
+        "s",
+        reference="python -c pass",
+        reference_value=bare,
+    )
+    for name in commands:
+        emit(
+            BENCH,
+            f"{name}: new process",
+            median[name],
+            "s",
+            reference="python -c pass",
+            reference_value=bare,
+        )
+        emit(
+            BENCH,
+            f"{name}: start-up (process - work {work[name]:.3f} s)",
+            median[name] - work[name],
+            "s",
+            reference="python -c pass",
+            reference_value=bare,
+            goal="<= 2x",
+        )
+
+
+if __name__ == "__main__":
+    main()
