@@ -233,10 +233,13 @@ def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None)
         return DeploymentDiff(key, None, live, count_before=live.instance_count)
 
     count_after = target_count(desired, live.instance_count)
-    scale_changes = field_changes(
-        _scale_dict(live.instance_count, live.scale_settings),
-        _scale_dict(count_after, desired.scale_settings),
-    )
+    scale_changes: tuple[FieldChange, ...] = ()
+    if live.instance_count != count_after or live.scale_settings != desired.scale_settings:
+        # Equal ones (the common case) need no canonical dicts: they could not differ.
+        scale_changes = field_changes(
+            _scale_dict(live.instance_count, live.scale_settings),
+            _scale_dict(count_after, desired.scale_settings),
+        )
     update_changes: tuple[FieldChange, ...] = ()
     if desired.digest != live.digest:
         if live.spec is not None:

@@ -216,7 +216,16 @@ class DeploymentSpec:
         Like a pod-template hash: a change of it means a rolling update; a change of the
         instance count alone does not.
         """
-        return spec_digest(template_dict(self))
+        # Remembered for equal specs (where it was declared aside): `reconcile diff` and
+        # each daemon pass load the same unchanged deployments again, and hashing a spec
+        # costs a tenth of digesting it (issue 15).
+        known = _DIGESTS.get(self)
+        if known is None:
+            known = spec_digest(template_dict(self))
+            if len(_DIGESTS) >= _DIGESTS_KEPT:
+                _DIGESTS.clear()  # a bound, not an LRU: refilled within a pass
+            _DIGESTS[self] = known
+        return known
 
 
 def spec_dict(spec: EndpointSpec | DeploymentSpec) -> dict[str, JsonValue]:
@@ -286,3 +295,6 @@ def to_json(value: Any) -> JsonValue:
 # Field layout of each spec class, worked out once: to_json runs for every spec of a
 # large repository on every pass.
 _LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}
+# Digests of the deployment specs seen in this process (DeploymentSpec.digest).
+_DIGESTS: dict[DeploymentSpec, str] = {}
+_DIGESTS_KEPT = 50_000
