@@ -63,6 +63,16 @@ MAX_VALUES: Final = 100_000
 MAX_YAML_BYTES: Final = 1024 * 1024
 # Every level of nesting opens with one of these characters, so their count bounds the depth.
 _ALL_BUT_OPENERS = bytes(range(256)).translate(None, b"[{-?:")
+# Tags of the keys _Loader builds itself (not `<<`, `=`, timestamps).
+_KEY_TAGS: Final = frozenset(
+    {
+        "tag:yaml.org,2002:str",
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+    }
+)
 
 
 def field_name(path: FieldPath) -> str:
@@ -114,12 +124,91 @@ class YamlDocument:
         return self.documents[0] if len(self.documents) == 1 else None
 
 
+class _Slow(Exception):
+    """The document needs PyYAML's own constructor (see _Loader.construct_document)."""
+
+
+_STR: Final = "tag:yaml.org,2002:str"
+_INT: Final = "tag:yaml.org,2002:int"
+_FLOAT: Final = "tag:yaml.org,2002:float"
+_BOOL: Final = "tag:yaml.org,2002:bool"
+_NULL: Final = "tag:yaml.org,2002:null"
+_MAP: Final = "tag:yaml.org,2002:map"
+_SEQ: Final = "tag:yaml.org,2002:seq"
+# Implicit tags of plain scalars by their text (Resolver.resolve, memoised): the same few
+# hundred texts (keys, true, 1) make up most of a repository. Bounded; short texts only.
+_RESOLVED: dict[str, str] = {}
+_RESOLVED_KEPT: Final = 20_000
+_RESOLVED_LONGEST: Final = 64
+
+
 class _Loader(FastLoader):
-    """libyaml's loader, recording keys written twice in a mapping (the last still wins)."""
+    """libyaml's loader, recording keys written twice in a mapping (the last still wins).
+
+    Two shortcuts keep it near the plain C loader's speed and change no result (issue 15):
+    the implicit tag of a plain scalar is memoised by its text, and a document made only of
+    maps, lists, strings, numbers, booleans and nulls, with no key written twice, no merge
+    key, no alias of a collection and no other tag, is built by one tight walk of the
+    nodes. Any other document (timestamps, anchors, `<<`, duplicates, unknown tags) is
+    built by PyYAML's constructor as before, with all its checks and errors.
+    """
 
     def __init__(self, stream: bytes) -> None:
         super().__init__(stream)
         self.duplicates: list[DuplicateKey] = []
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        # Without path resolvers (none are registered), a plain scalar's tag depends on its
+        # text alone.
+        if kind is yaml.ScalarNode and implicit[0] and len(value) <= _RESOLVED_LONGEST:
+            tag = _RESOLVED.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+                if len(_RESOLVED) < _RESOLVED_KEPT and not self.yaml_path_resolvers:
+                    _RESOLVED[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        try:
+            return self._plain(node, set())
+        except _Slow:
+            return super().construct_document(node)
+
+    def _plain(self, node: yaml.Node, seen: set[int]) -> Any:
+        """The value of a node of plain data; raises _Slow for anything else."""
+        kind = node.__class__
+        if kind is yaml.ScalarNode:
+            tag = node.tag
+            if tag == _STR:
+                return node.value
+            if tag == _INT:
+                return self.construct_yaml_int(node)  # type: ignore[arg-type]
+            if tag == _NULL:
+                return None
+            if tag == _BOOL:
+                return self.bool_values[node.value.lower()]
+            if tag == _FLOAT:
+                return self.construct_yaml_float(node)  # type: ignore[arg-type]
+            raise _Slow
+        # An alias of a collection (shared, perhaps recursive) is PyYAML's to build.
+        if id(node) in seen:
+            raise _Slow
+        seen.add(id(node))
+        if kind is yaml.MappingNode and node.tag == _MAP:
+            pairs = node.value
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in pairs:
+                # A collection as key (unhashable), `<<` or `=`: PyYAML's rules apply.
+                if key_node.__class__ is not yaml.ScalarNode or key_node.tag not in _KEY_TAGS:
+                    raise _Slow
+                mapping[self._plain(key_node, seen)] = self._plain(value_node, seen)
+            if len(mapping) != len(pairs):
+                raise _Slow  # a key written twice: recorded by construct_mapping
+            return mapping
+        if kind is yaml.SequenceNode and node.tag == _SEQ:
+            return [self._plain(item, seen) for item in node.value]
+        raise _Slow
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         # The mapping's own pairs: merging (`<<: *base`) deletes its keys from this very list
