@@ -169,6 +169,12 @@ class _Loader(FastLoader):
             return tag
         return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
 
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass  # only path resolvers use it, and none are registered
+
+    def ascend_resolver(self) -> None:
+        pass
+
     def construct_document(self, node: yaml.Node) -> Any:
         try:
             return self._plain(node, set())
@@ -183,6 +189,10 @@ class _Loader(FastLoader):
             if tag == _STR:
                 return node.value
             if tag == _INT:
+                text = node.value
+                # Decimal without a leading zero (YAML 1.1 reads 012 as octal): int() alone.
+                if text.isdigit() and (text[0] != "0" or len(text) == 1):
+                    return int(text)
                 return self.construct_yaml_int(node)  # type: ignore[arg-type]
             if tag == _NULL:
                 return None

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from reconciler.yamlsource import load_yaml_document
 
 TRICKY = [
-    "a: 1\nb: 0x1F\nc: 0o17\nd: 1_000\ne: 1:30\nf: -0b101\n",
+    "a: 1\nb: 0x1F\nc: 0o17\nd: 1_000\ne: 1:30\nf: -0b101\ng: 012\nh: 0\ni: +7\nj: 10\n",
     "a: yes\nb: No\nc: ON\nd: off\ne: ~\nf:\ng: null\n",
     "a: 1.5\nb: .inf\nc: -.Inf\nd: 1e3\ne: 6.8523015e+5\nf: 190:20:30.15\n",
     "when: 2024-01-02\nat: 2024-01-02T03:04:05Z\n",
