@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from figures import docker_available, emit, short_requested, skipped
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
@@ -47,6 +48,7 @@ from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.state import CREDENTIALS, read_files, write_files
 from reconciler.targets.docker.target import DockerTarget
 
+BENCH = "faults"
 ENDPOINT = "faults-ep"
 
 
@@ -114,7 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wait", type=float, default=2.0, help="seconds a fault is left")
     parser.add_argument("--idle", type=int, default=4000, help="idle connections")
+    parser.add_argument("--short", action="store_true", help="1 s faults, 500 idle connections")
     args = parser.parse_args()
+    if short_requested():
+        args.wait, args.idle = 1.0, 500
+    why = docker_available()
+    if why is not None:
+        print(f"bench/faults.py needs Docker: {why}")
+        skipped(BENCH, "faults of the Docker target", why)
+        return
     client = docker.from_env(timeout=120)
     name = f"bench-faults-{secrets.token_hex(2)}"
     rows: list[str] = []
@@ -217,6 +227,14 @@ def main() -> None:
                     f"{during}/{during_sent} | {seconds:.1f} | {down} | {kept} |"
                 )
                 print(rows[-1], flush=True)
+                emit(BENCH, f"{label}: pass", seconds, "s", goal="")
+                emit(
+                    BENCH,
+                    f"{label}: pass start to the first 200",
+                    None if back is None else back - pass_at,
+                    "s",
+                    note="never back" if back is None else f"{broken}/{sent} failed while broken",
+                )
             load.stop()
         finally:
             remove_target(client, name)

@@ -42,6 +42,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from figures import emit, short_requested, skipped
+
+BENCH = "router"
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789abcdef0123456789"
 BODY = '{"data": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]}'
@@ -209,12 +212,16 @@ def main() -> int:
     parser.add_argument("--concurrency", default="4,8,32", help="connections, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (median kept)")
     parser.add_argument("--serve-backend", nargs=2, metavar=("PORT", "DELAY_MS"))
+    parser.add_argument("--short", action="store_true", help="2 s runs at c=8 only")
     args = parser.parse_args()
+    if short_requested() and not args.serve_backend:
+        args.duration, args.concurrency, args.repeat = 2.0, "8", 1
     if args.serve_backend:
         serve_backend(int(args.serve_backend[0]), float(args.serve_backend[1]))
         return 0
     if shutil.which("wrk") is None:
         print("bench/router.py needs wrk: apt-get install -y wrk (and nginx for its column)")
+        skipped(BENCH, "router", "wrk not installed")
         return 1
     nginx = shutil.which("nginx")
     if nginx is None:
@@ -320,6 +327,49 @@ def main() -> int:
             f"| {row['p99_ms']} | {row['rps']} | {share:.0%} | {added:+.2f} "
             f"| {row['cpu_us_per_request']} | {row['load_1m']} |"
         )
+    for row in results:
+        if row["target"] == "direct":
+            continue
+        base = direct[(row["concurrency"], row["backend"])]
+        case = f"{row['target']}, {row['backend']} backend, c={row['concurrency']}"
+        emit(
+            BENCH,
+            f"req/s, {case}",
+            float(row["rps"]),
+            "req/s",
+            reference="direct to the backend",
+            reference_value=float(base["rps"]),
+            goal=">= 0.9x" if row["target"].startswith("ours") else "",
+        )
+        p50 = float(row["p50_ms"])
+        emit(
+            BENCH,
+            f"p50, {case}",
+            p50,
+            "ms",
+            reference="direct to the backend",
+            reference_value=float(base["p50_ms"]),
+        )
+        nginx_row = next(
+            (
+                r
+                for r in results
+                if r["target"] == "nginx"
+                and r["concurrency"] == row["concurrency"]
+                and r["backend"] == row["backend"]
+            ),
+            None,
+        )
+        if nginx_row is not None and row["target"] != "nginx":
+            emit(
+                BENCH,
+                f"CPU per request, {case}",
+                float(row["cpu_us_per_request"]),
+                "us",
+                reference="nginx beside it",
+                reference_value=float(nginx_row["cpu_us_per_request"]),
+                goal="<= 2x",
+            )
     return 0
 
 
