@@ -27,11 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figures import docker_available, emit, short_requested, skipped
 from repo_builder import RepoBuilder
 
 from reconciler import logs
 from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions
 from reconciler.targets.memory import MemoryTarget
+
+BENCH = "daemon"
 
 
 def _repo(root: Path) -> RepoBuilder:
@@ -194,7 +197,7 @@ def idle_cost(tmp: Path, seconds: int) -> tuple[float, float] | None:
                         "ps",
                         "-aq",
                         "--filter",
-                        "label=reconciler.target=local",
+                        "label=reconciler.target=bench-idle",
                         "--filter",
                         "label=reconciler.endpoint=my-endpoint",
                     ],
@@ -215,7 +218,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--skip-idle", action="store_true")
+    parser.add_argument("--short", action="store_true", help="5 rounds, 10 s idle")
     args = parser.parse_args()
+    if short_requested():
+        args.rounds, args.idle_seconds = 5, 10
     logs.configure(fmt="json", level="warning")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -230,12 +236,32 @@ def main() -> None:
 
         print(line(f"commit -> pass start ({args.rounds} commits)", commits))
         print(line(f"webhook -> pass start ({args.rounds} webhooks)", hooks))
-        if not args.skip_idle:
+        for label, values in (("commit", commits), ("webhook", hooks)):
+            emit(
+                BENCH,
+                f"{label} -> pass start, median of {args.rounds}",
+                statistics.median(values) * 1000,
+                "ms",
+                goal="<= 300 ms",
+            )
+        why = docker_available()
+        if not args.skip_idle and why is not None:
+            print(f"idle figures need Docker: {why}")
+            skipped(BENCH, "idle daemon (example-repo on Docker)", why)
+        elif not args.skip_idle:
             idle = idle_cost(tmp, args.idle_seconds)
             if idle is not None:
                 share, rss = idle
                 cpu = f"{share * 100:.2f}% of a core"
                 print(f"idle over {args.idle_seconds} s: {cpu}, RSS {rss:.0f} MB")
+                emit(
+                    BENCH,
+                    f"idle CPU over {args.idle_seconds} s",
+                    share * 100,
+                    "% of a core",
+                    goal="< 1%",
+                )
+                emit(BENCH, "idle resident memory", rss, "MB")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import docker
 import yaml
+from figures import docker_available, emit, short_requested, skipped
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 import docker_state
 from repo_builder import RepoBuilder
 
+BENCH = "fix_during_rollout"
 TARGET = "bench-fix"
 ENDPOINT = "fix-ep"
 READY_TIMEOUT_S = 60
@@ -243,6 +245,15 @@ def run(code: Path, rounds: int, tmp: Path) -> None:
     )
     print(f"commit of the fix -> status Succeeded: median {statistics.median(recorded):.1f} s")
     print(f"requests: {len(load.codes) if load else 0}, not 200: {len(failed)}")
+    emit(BENCH, "commit of the fix -> status Succeeded", statistics.median(recorded), "s")
+    emit(
+        BENCH,
+        "requests not 200 during the rollouts",
+        float(len(failed)),
+        "requests",
+        note=f"of {len(load.codes) if load else 0} sent",
+        goal="0",
+    )
 
 
 def main() -> None:
@@ -254,7 +265,15 @@ def main() -> None:
         default=Path(__file__).resolve().parent.parent,
         help="the checkout whose reconciler runs the daemon (default: this one)",
     )
+    parser.add_argument("--short", action="store_true", help="one round")
     args = parser.parse_args()
+    if short_requested():
+        args.rounds = 1
+    why = docker_available()
+    if why is not None:
+        print(f"bench/fix_during_rollout.py needs Docker: {why}")
+        skipped(BENCH, "fix during a rollout", why)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
         run(args.code.resolve(), args.rounds, Path(tmp))
 

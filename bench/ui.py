@@ -23,11 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figures import emit, short_requested
 from repo_builder import RepoBuilder
 
 from reconciler.engine import run_pass
 from reconciler.gitsource import GitSource
 from reconciler.targets.memory import MemoryTarget
+
+BENCH = "ui"
 
 
 def _apply(repo: RepoBuilder, target: MemoryTarget) -> None:
@@ -54,7 +57,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--endpoints", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--short", action="store_true", help="3 warm requests per page")
     args = parser.parse_args()
+    if short_requested():
+        args.repeat = 3
     with tempfile.TemporaryDirectory() as tmp:
         repo = RepoBuilder(Path(tmp) / "repo")
         repo.basics()
@@ -98,12 +104,22 @@ def main() -> None:
                     f"{args.endpoints} endpoints GET {path}: cold {cold * 1000:.0f} ms, "
                     f"warm median {statistics.median(warm) * 1000:.0f} ms"
                 )
+                emit(
+                    BENCH,
+                    f"GET {path.replace(names[0], 'ENDPOINT')}, {args.endpoints} endpoints, warm",
+                    statistics.median(warm) * 1000,
+                    "ms",
+                    reference="the same GET cold (first)",
+                    reference_value=cold * 1000,
+                    goal="< 1000 ms" if path == "/" else "",
+                )
             rss_kb = next(
                 int(line.split()[1])
                 for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
                 if line.startswith("VmRSS:")
             )
             print(f"reconcile ui resident memory: {rss_kb / 1024:.0f} MiB")
+            emit(BENCH, "reconcile ui resident memory", rss_kb / 1024, "MiB")
         finally:
             process.terminate()
             process.wait(timeout=30)
