@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from repo_builder import RepoBuilder
 
 from reconciler import loading
 from reconciler.filetree import Digester, DirectoryTree, MemoryTree
@@ -822,3 +823,62 @@ def test_a_code_folder_that_is_a_link_to_a_folder_is_named_as_such(tmp_path: Pat
     assert errors[0].message == (
         "'src' is a symbolic link to the folder 'real': links to folders are not followed"
     )
+
+
+def _diff_json(repo_root: Path, base: str, head: str) -> tuple[int, dict[str, Any]]:
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    args = ["diff", "--base", base, "--head", head, "--repo", str(repo_root), "--output", "json"]
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, json.loads(result.output)
+
+
+def _forget_everything() -> None:
+    from reconciler.model import specs
+
+    loading.clear_cache()
+    specs._DIGESTS.clear()
+
+
+def test_blobs_cached_across_revisions_give_the_plans_and_errors_of_a_cold_load(
+    repo: RepoBuilder,
+) -> None:
+    # Unchanged blobs are parsed and checked once per process, whichever revision reads
+    # them first: the plans and errors of warm diffs must be those of cold ones.
+    repo.basics()
+    for name in ("alpha", "beta"):
+        repo.endpoint(name, traffic={"blue": 90, "green": 10})
+        repo.deployment(name, "blue")
+        repo.deployment(name, "green")
+    repo.commit("base")
+    repo.endpoint("beta", traffic={"blue": 50, "green": 50})
+    repo.deployment("alpha", "green", instance_count=3)
+    repo.deployment("beta", "blue", model="azureml:sklearn-regression:1", description="new")
+    repo.commit("change")
+    # HEAD only: a file that does not validate, and one that is not even YAML.
+    repo.deployment("alpha", "red", instance_count="many")
+    repo.write("endpoints/beta/broken.yml", "name: [unclosed\nendpoint_name: beta\n")
+    repo.commit("broken")
+    cases = [("HEAD~2", "HEAD~1"), ("HEAD~1", "HEAD"), ("HEAD~2", "HEAD"), ("HEAD~2", "HEAD~1")]
+    _forget_everything()
+    warm = [_diff_json(repo.root, base, head) for base, head in cases]
+    cold = []
+    for base, head in cases:
+        _forget_everything()
+        cold.append(_diff_json(repo.root, base, head))
+    assert warm == cold
+    (code, plan), (broken_code, broken) = cold[0], cold[1]
+    assert code == 2
+    assert {(s["action"], s["endpoint"], s["deployment"]) for s in plan["steps"]} >= {
+        ("scale_deployment", "alpha", "green"),
+        ("update_deployment", "beta", "blue"),
+        ("set_traffic", "beta", None),
+    }
+    assert broken_code == 1 and broken["steps"] == []
+    where = {(e["file"], e["line"], e["field"]) for e in broken["errors"]}
+    red = (repo.root / "endpoints/alpha/red.yml").read_text().splitlines()
+    line = next(n for n, text in enumerate(red, 1) if text.startswith("instance_count:"))
+    assert ("endpoints/alpha/red.yml", line, "instance_count") in where
+    assert any(e["file"] == "endpoints/beta/broken.yml" for e in broken["errors"])

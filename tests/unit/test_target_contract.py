@@ -186,3 +186,38 @@ def test_diff_and_validate_never_import_the_docker_sdk_or_the_kubernetes_client(
         timeout=60,
     )
     assert run.stdout.strip() == "[]"
+
+
+# Heavy libraries a short command must not load (issue 15: start-up): imported on first use.
+_LAZY = ("structlog", "jsonschema", "deepdiff", "numpy", "rich", "aiohttp", "prometheus_client")
+
+
+def test_help_validate_and_diff_never_import_the_heavy_libraries_made_lazy() -> None:
+    # A process of its own, the commands as a user runs them (through click), in turn.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "heavy = set(sys.argv[1:])\n"
+        "def loaded():\n"
+        "    return sorted({m.split('.')[0] for m in sys.modules} & heavy)\n"
+        "result = CliRunner().invoke(main, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('help', loaded(), 'git.repo' in sys.modules)\n"
+        "for args in (['validate'], ['diff', '--base', 'HEAD']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "    print(args[0], loaded())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, *_LAZY],
+        cwd=ROOT / "example-repo",
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    # --help does not even open a repository: gitpython stays unloaded too (only the lazy
+    # module object is bound; its submodules load with it).
+    assert run.stdout.splitlines() == ["help [] False", "validate []", "diff []"]
