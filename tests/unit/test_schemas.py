@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from reconciler import loading
+from reconciler import jsonschemas, loading
 from reconciler.model.specs import ProbeSettings, RequestSettings
 
 SCHEMAS = Path(__file__).parent.parent.parent / "schemas"
@@ -247,3 +248,31 @@ def test_the_compiled_check_agrees_on_every_fixture() -> None:
         fast, full = loading._validators(name)
         for document in documents:
             assert fast(document) == full.is_valid(document), (name, document)
+
+
+def test_compiled_checks_cached_on_disk_answer_as_freshly_compiled_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(jsonschemas.CACHE_ENV, str(tmp_path))
+    documents = _fixture_documents()
+    for name in FILES:
+        loaded = schema(name)
+        fresh = jsonschemas._compiled_check(name, loaded)  # compiles, writes the cache
+        cached = jsonschemas._compiled_check(name, loaded)  # read back
+        for document in documents:
+            assert _passes(fresh, document) == _passes(cached, document), (name, document)
+    written = sorted((tmp_path / "validators").iterdir())
+    assert len(written) == len(FILES)
+    # A damaged file is compiled afresh (and replaced), never an error.
+    written[0].write_bytes(b"not bytecode")
+    for name in FILES:
+        jsonschemas._compiled_check(name, schema(name))
+    assert written[0].read_bytes() != b"not bytecode"
+
+
+def _passes(check: Any, document: Any) -> bool:
+    try:
+        check(document)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
