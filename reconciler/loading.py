@@ -119,7 +119,10 @@ _SKIPPED_FILES: Final = frozenset({".gitlab-ci.yml", "reconciler.yaml", "reconci
 
 MAX_DEPLOYMENTS_PER_ENDPOINT: Final = 20
 KUBERNETES_NAME_LENGTHS: Final = (6, 62)  # endpoint name + deployment name, together
-CACHE_SIZE: Final = 20_000
+# Entries of the per-process cache: two revisions of a 10,000-endpoint repository (40,000
+# files each, plus a resolved spec per deployment) must fit, or `reconcile diff` parses every
+# file twice (issue 15). An entry is a few kilobytes: the bound is the repository's size.
+CACHE_SIZE: Final = 200_000
 
 # azureml:NAME:VERSION, azureml:NAME@latest, or azureml:NAME (the latest too, as in Azure).
 _REFERENCE: Final = re.compile(r"^azureml:([a-zA-Z0-9][a-zA-Z0-9_.-]*)(?::([^:@/]+)|@latest)?$")
@@ -699,6 +702,15 @@ def _cached(key: tuple[str, str, str], compute: Callable[[], Any]) -> Any:
     return value
 
 
+def _store(key: tuple[str, str, str], value: Any) -> None:
+    """Caches a value, replacing what the key held."""
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
 def clear_cache() -> None:
     """Forget every cached file (for tests and benchmarks)."""
     with _CACHE_LOCK:
@@ -1059,13 +1071,25 @@ class _Load:
                 )
             self.error(path, ("code_configuration",), message)
         instance_type = self.instance_type(draft.spec) or draft.spec.instance_type
-        return replace(
+        # The same spec object as the last load's when its file and all it resolved to are
+        # unchanged (the other revision of `reconcile diff`, the daemon's next pass): its
+        # digest is then known, and the diff sees an identical deployment at once.
+        resolved = (model, code, environment, instance_type)
+        key = ("spec", path, self.tree.blob_id(path))
+        with _CACHE_LOCK:
+            earlier = _CACHE.get(key)
+        if earlier is not None and earlier[0] == resolved:
+            spec: DeploymentSpec = earlier[1]
+            return spec
+        spec = replace(
             draft.spec,
             model=model,
             code=code,
             environment=environment,
             instance_type=instance_type,
         )
+        _store(key, (resolved, spec))
+        return spec
 
     def instance_type(self, spec: DeploymentSpec) -> str | None:
         """The table's spelling of the instance type (Azure matches it without regard to
