@@ -34,9 +34,10 @@ from typing import Any
 
 import docker
 import docker.errors
-import structlog
 
-log = structlog.get_logger(__name__)
+from reconciler.logs import get_logger
+
+log = get_logger(__name__)
 
 BASE_IMAGE = "reconciler/python-base:bookworm"
 DEFAULT_IMAGE_MAP = {
@@ -497,6 +498,8 @@ def main() -> int:
     name = sys.argv[1] if len(sys.argv) > 1 else BASE_IMAGE
     # Phases only: the hundreds of debootstrap lines are debug events, shown on a terminal
     # by the status line instead.
+    import structlog
+
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     client = docker.from_env()
     try:

@@ -58,7 +58,6 @@ from typing import IO, Any
 
 import docker
 import docker.errors
-import structlog
 
 from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, file_blob_id
 from reconciler.images.baseimage import (
@@ -81,6 +80,7 @@ from reconciler.images.layout import (
     deployment_layout,
     serving,
 )
+from reconciler.logs import get_logger
 from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, spec_digest
 from reconciler.nocode import triton
 from reconciler.nocode.mlflowmodel import generated_code
@@ -103,7 +103,7 @@ __all__ = [
     "serving",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ENV_REPOSITORY = "reconciler-env"
 APP_REPOSITORY = "reconciler-app"

@@ -17,16 +17,14 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-from prometheus_client.parser import text_string_to_metric_families
-
 from reconciler.autoscaling import DOWN_AFTER_S, Decision, Sample, decide
+from reconciler.logs import get_logger
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import ScaleDeployment, Step
 from reconciler.model.state import LiveDeployment
 from reconciler.targets.base import TargetError
 
-log = structlog.get_logger("reconciler.autoscaler")
+log = get_logger("reconciler.autoscaler")
 
 OBSERVE_EVERY_S = 5.0  # how often the list of autoscaled deployments is refreshed
 
@@ -92,6 +90,10 @@ class DockerAutoscaler:
             return
         utilization: dict[str, float] = {}
         instances: dict[str, int] = {}
+        # Imported here: only a running autoscaler parses metrics, and the import costs
+        # every other command of the Docker target (invoke, logs) its start-up.
+        from prometheus_client.parser import text_string_to_metric_families
+
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 name = sample.labels.get("deployment", "")

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping
 
 import docker
 import docker.errors
-import structlog
 
 from reconciler.images.retention import (
     BUILT_FOR_DEPLOYMENT,
@@ -38,8 +37,9 @@ from reconciler.images.retention import (
     Collected,
     choose,
 )
+from reconciler.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def _image(attrs: Mapping[str, object], tags: Iterable[str]) -> BuiltImage:

@@ -76,7 +76,6 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-import structlog
 
 from reconciler.endpoints.credentials import (
     EndpointCredentials,
@@ -99,6 +98,7 @@ from reconciler.images.router import (
     ROUTER_LEVEL_LABEL,
     ensure_router_image,
 )
+from reconciler.logs import get_logger
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.errors import ErrorCode
@@ -184,7 +184,7 @@ from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
 from reconciler.targets.docker.state import read_files as read_state
 from reconciler.targets.docker.state import write_files as write_state
 
-log = structlog.get_logger("reconciler.docker")
+log = get_logger("reconciler.docker")
 
 L = "reconciler."  # label prefix
 MANAGED = f"{L}managed-by"
