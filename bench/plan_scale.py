@@ -82,6 +82,8 @@ def generate(root: Path, *, endpoints: int) -> list[str]:
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "bench@example.com")
     git(root, "config", "user.name", "bench")
+    # No gc of its own in the background: the benchmark packs once, when it is done.
+    git(root, "config", "gc.auto", "0")
     (root / "models/bench-model/v1").mkdir(parents=True)
     (root / "models/bench-model/v2").mkdir(parents=True)
     (root / "models/bench-model/v1/model.json").write_text('{"w": [1, 2, 3]}\n')
