@@ -67,7 +67,10 @@ def skipped(bench: str, name: str, why: str) -> dict[str, Any]:
 
 
 def docker_available() -> str | None:
-    """None when the local Docker Engine answers, else why not."""
+    """None when the local Docker Engine answers, else why not (BENCH_NO_DOCKER=1: never
+    use it, as on a machine whose engine is busy with tests)."""
+    if os.environ.get("BENCH_NO_DOCKER", "") not in ("", "0"):
+        return "BENCH_NO_DOCKER is set"
     try:
         import docker
 

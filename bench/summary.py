@@ -7,6 +7,8 @@ and the ratio. Benchmarks needing Docker note themselves skipped when Docker is 
 one that fails is a row saying so, and the others still run.
 
     .venv/bin/python bench/summary.py [--only startup,plan_scale] [--collect-only]
+
+BENCH_NO_DOCKER=1 skips every figure that needs Docker, even where an engine answers.
 """
 
 from __future__ import annotations
