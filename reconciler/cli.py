@@ -15,50 +15,26 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import yaml
 
-from reconciler import logs as logging_setup
-from reconciler.diffing import assume_applied
-from reconciler.engine import (
-    PassResult,
-    converge,
-    load,
-    plan_pass,
-    run_pass,
-    targets_instance_types,
-)
-from reconciler.executor import Gate
-from reconciler.filetree import DirectoryTree, FileTree
-from reconciler.gitsource import GitSource, GitSourceError, WorktreeChange
-from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
-from reconciler.model.errors import ErrorCode
-from reconciler.model.plan import Plan, PlanRevision
-from reconciler.model.results import Outcome
-from reconciler.model.state import DesiredState, LiveState
-from reconciler.planning import invalid_plan, make_plan
-from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
-from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
-from reconciler.progress import LiveDisplay, display_for, step_lines
-from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
-from reconciler.review import mirror_history, quota_warnings, review_changes
-from reconciler.status import STATUS_DIR
-from reconciler.targets.base import Target, TargetError
-from reconciler.targets.capabilities import (
-    CollectsImages,
-    ConnectionStore,
-    HasConnections,
-    HasCredentials,
-    HasLogs,
-    HasPreviousLogs,
-)
-from reconciler.targets.registry import TARGET_TYPES
-from reconciler.targets.status import StatusTarget
-from reconciler.worktree import declared_paths, revision_warnings
-from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
-from reconciler.yamlsource import FieldLines, FieldPath
+from reconciler.outputformats import OUTPUT_FORMATS
+
+# The rest of the package is imported by the commands that use it: `reconcile --help` and
+# the commands that touch no target start without loading what they do not run (issue 15).
+if TYPE_CHECKING:
+    from reconciler.engine import PassResult
+    from reconciler.filetree import FileTree
+    from reconciler.gitsource import GitSource, WorktreeChange
+    from reconciler.model.diagnostics import Diagnostic
+    from reconciler.model.plan import Plan, PlanRevision
+    from reconciler.model.state import DesiredState, LiveState
+    from reconciler.repoconfig import RepoConfig, TargetConfig
+    from reconciler.targets.base import Target
+    from reconciler.targets.capabilities import ConnectionStore
+    from reconciler.writerlock import Holder
+    from reconciler.yamlsource import FieldLines, FieldPath
 
 EXIT_OK, EXIT_ERRORS, EXIT_CHANGES = 0, 1, 2
 # `reconcile --no-wait` whose pass left steps in progress (added after 0, 1 and 2).
@@ -90,12 +66,16 @@ class Source:
     worktree: bool
 
     def tree(self) -> tuple[FileTree, str | None]:
+        from reconciler.filetree import DirectoryTree
+
         if self.git is None or self.worktree or not self.git.has_commits():
             return DirectoryTree(self.path), None
         commit = self.git.resolve("HEAD")
         return self.git.tree(commit), commit
 
     def tree_at(self, rev: str) -> tuple[FileTree, str]:
+        from reconciler.gitsource import GitSourceError
+
         if self.git is None:
             fail(f"{self.path} is not a git repository: cannot read revision {rev!r}")
         try:
@@ -110,6 +90,9 @@ def revision_of(
 ) -> tuple[PlanRevision | None, tuple[WorktreeChange, ...]]:
     """Which revision a plan made from `source` read (None outside git), and the working
     tree's differences from HEAD. `revision` is the commit read, None for the files on disk."""
+    from reconciler.gitsource import GitSourceError
+    from reconciler.model.plan import PlanRevision
+
     if source.git is None:
         return None, ()
     try:
@@ -125,6 +108,10 @@ def with_revision(
 ) -> Plan:
     """The plan saying which revision it read, with a warning for each uncommitted file a
     deployment needs (or the working tree read before any commit)."""
+    from reconciler.engine import load
+    from reconciler.filetree import DirectoryTree
+    from reconciler.worktree import declared_paths, revision_warnings
+
     found, changes = revision_of(source, revision)
     if found is None:
         return plan
@@ -138,6 +125,8 @@ def with_revision(
 
 
 def open_source(repo: str, *, worktree: bool = False) -> Source:
+    from reconciler.gitsource import GitSource, GitSourceError
+
     path = Path(repo)
     if not path.is_dir():
         fail(f"repository folder {repo} does not exist")
@@ -149,6 +138,9 @@ def open_source(repo: str, *, worktree: bool = False) -> Source:
 
 
 def repo_config(tree: FileTree) -> RepoConfig:
+    from reconciler.model.diagnostics import DesiredStateInvalid
+    from reconciler.repoconfig import load_repo_config
+
     try:
         return load_repo_config(tree)
     except DesiredStateInvalid as invalid:
@@ -165,6 +157,8 @@ def open_target(
     status_dir: str | None,
 ) -> Target:
     """The target to plan against or apply to, by name."""
+    from reconciler.targets.base import TargetError
+
     if name == STATUS_TARGET or status_dir is not None:
         return _status_target(source, config=config, status_dir=status_dir)
     chosen = config.target(name)
@@ -179,6 +173,10 @@ def open_target(
 
 def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
     """The target an entry of reconciler.yaml describes. Raises TargetError."""
+    from reconciler.model.errors import ErrorCode
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.registry import TARGET_TYPES
+
     factory = TARGET_TYPES.get(chosen.type)
     if factory is None:
         raise TargetError(
@@ -193,6 +191,11 @@ def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
 
 
 def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
+    from reconciler.engine import load
+    from reconciler.gitsource import GitSourceError
+    from reconciler.status import STATUS_DIR
+    from reconciler.targets.status import StatusTarget
+
     files: dict[str, str] = {}
     warnings: tuple[Diagnostic, ...] = ()
     if status_dir is not None:
@@ -227,6 +230,8 @@ def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None
 
 def _no_status_warning(branch: str, problem: str) -> Diagnostic:
     """Planning against no status plans everything from nothing: never silently."""
+    from reconciler.model.diagnostics import Diagnostic
+
     message = (
         f"no status found on branch {branch} (local or origin): "
         "planning as if the target were empty"
@@ -240,6 +245,8 @@ def writer_lock(target_name: str, *, command: str, timeout_s: float) -> Iterator
 
     Waits up to `timeout_s`, saying who holds it; then exits 1 naming the holder.
     """
+    from reconciler.writerlock import LockTimeout, describe, lock_path, writing
+
     path = lock_path(target_name)
 
     def waiting(holder: Holder | None) -> None:
@@ -268,6 +275,8 @@ LOCK_TIMEOUT_HELP = (
 
 
 def emit(plan: Plan, output: str) -> None:
+    from reconciler.presentation import render_plan
+
     click.echo(render_plan(plan, output), nl=False)
 
 
@@ -329,6 +338,15 @@ def main(
     after --no-wait.
     """
     # Applying and watching report their progress; reading commands only their warnings.
+    from reconciler import logs as logging_setup
+    from reconciler.engine import converge, plan_pass, run_pass
+    from reconciler.executor import Gate
+    from reconciler.model.results import Outcome
+    from reconciler.presentation import exit_code
+    from reconciler.progress import LiveDisplay, display_for, step_lines
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.status import StatusTarget
+
     progress = ctx.invoked_subcommand in (None, "watch")
     logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
     if ctx.invoked_subcommand is not None:
@@ -465,6 +483,9 @@ def target_warnings(
     """What a Docker target does differently from Azure ML (an image replaced by its
     image_map, another Python than the conda file pins, Kubernetes resources as limits),
     said before anything is applied, each with the file and line of its field."""
+    from reconciler.targets.base import TargetError
+    from reconciler.yamlsource import FieldLines
+
     if chosen is None or chosen.type != "docker" or not desired.deployments:
         return ()
     # Imported here, as in open_target: only a Docker target pays for the Docker SDK.
@@ -507,6 +528,12 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
     """Check every file of the repository (working tree) and the policies that need no
     base (min_instances_with_traffic, the syntax of all); exit 1 on errors. With --target,
     warn of what that target changes (an image replaced, another Python, resources)."""
+    from reconciler.engine import load
+    from reconciler.model.diagnostics import DesiredStateInvalid
+    from reconciler.policies import check_policies
+    from reconciler.repoconfig import load_repo_config
+    from reconciler.worktree import declared_paths, revision_warnings
+
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
     config: RepoConfig | None = None
@@ -627,6 +654,17 @@ def diff(
     merges into, so it cannot relax them for itself); a violation is an error (exit 1).
     A BASE missing from a shallow CI clone is fetched from the remote first.
     """
+    from reconciler.diffing import assume_applied
+    from reconciler.engine import load, targets_instance_types
+    from reconciler.gitsource import GitSourceError
+    from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
+    from reconciler.model.state import DesiredState
+    from reconciler.planning import invalid_plan, make_plan
+    from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
+    from reconciler.presentation import exit_code, render_plan
+    from reconciler.repoconfig import load_repo_config
+    from reconciler.review import mirror_history, quota_warnings, review_changes
+
     source = open_source(repo)
     if source.git is None:
         source.tree_at(base)  # fails with the reason
@@ -749,6 +787,8 @@ def status(
 ) -> None:
     """Where each endpoint stands, read from the status branch (no target access needed),
     or with --live observed on the target now."""
+    import yaml
+
     if live:
         _live_status(repo, target_name, output)
         return
@@ -785,7 +825,9 @@ def _utc(seconds: float) -> str:
 
 def _live_status(repo: str, target_name: str | None, output: str) -> None:
     """`reconcile status --live`: observe the target and show it as status shows files."""
+    from reconciler.model.plan import Plan
     from reconciler.status import build_status
+    from reconciler.targets.base import TargetError
 
     target = _operated_target(repo, target_name)
     try:
@@ -799,6 +841,8 @@ def _live_status(repo: str, target_name: str | None, output: str) -> None:
         if d.repair and d.name in docs[d.endpoint]["deployments"]:
             docs[d.endpoint]["deployments"][d.name]["repair"] = d.repair
     if output == "yaml":
+        import yaml
+
         click.echo(yaml.safe_dump_all(list(docs.values()), sort_keys=False), nl=False)
         return
     click.echo(f"live: target {target.name} observed {_utc(time.time())}")
@@ -906,6 +950,8 @@ def ui(
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
     """The target for a command that operates on a running endpoint (not the status one)."""
+    from reconciler.targets.status import StatusTarget
+
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
     config = repo_config(tree)
@@ -929,6 +975,9 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
     """Print an endpoint's keys (key mode) or a fresh token (aml_token mode), as JSON."""
     import json
     import time
+
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.capabilities import HasCredentials
 
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasCredentials):
@@ -964,6 +1013,9 @@ def regenerate_key(
     endpoint: str, which: str, repo: str, target_name: str | None, lock_timeout: float
 ) -> None:
     """Replace one key; the other stays valid. The new key is shown by `credentials`."""
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.capabilities import HasCredentials
+
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasCredentials):
         _cannot(target, "regenerate keys")
@@ -1007,6 +1059,9 @@ def collect_garbage(
     """Remove the images this target built that no container uses, beyond the newest
     `image_retention` per deployment; never another target's, the base or router image."""
     import json
+
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.capabilities import CollectsImages
 
     target = _operated_target(repo, target_name)
     if not isinstance(target, CollectsImages):
@@ -1072,6 +1127,9 @@ def show_logs(
     previous: bool,
 ) -> None:
     """The last lines of a deployment's container logs."""
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.capabilities import HasLogs, HasPreviousLogs
+
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasLogs):
         _cannot(target, "show logs")
@@ -1101,6 +1159,9 @@ def invoke(
     import time
     import urllib.error
     import urllib.request
+
+    from reconciler.targets.base import TargetError
+    from reconciler.targets.capabilities import HasCredentials
 
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasCredentials):
@@ -1191,6 +1252,9 @@ def watch(
     import os
 
     from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions
+    from reconciler.gitsource import GitSourceError
+    from reconciler.targets.status import StatusTarget
+    from reconciler.writerlock import lock_path
 
     if url and repo:
         fail("give --repo or --url, not both")
@@ -1281,9 +1345,12 @@ def render_manifests(
     """Print the Kubernetes manifests of the desired state (like `helm template`).
 
     No Secret is printed unless --include-secrets: the output goes to reviews and git."""
+    from reconciler.engine import load
+    from reconciler.repoconfig import TargetConfig
+    from reconciler.targets.base import TargetError
+
     if include_secrets and no_secrets:
         fail("--include-secrets and --no-secrets contradict each other: give one")
-    from reconciler.repoconfig import TargetConfig
     from reconciler.targets.kubernetes.options import KubernetesOptions
     from reconciler.targets.kubernetes.render import render_yaml
 
@@ -1341,6 +1408,8 @@ def connection() -> None:
 
 
 def _connection_store(repo: str, target_name: str | None) -> ConnectionStore:
+    from reconciler.targets.capabilities import HasConnections
+
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasConnections):
         _cannot(target, "store connections (on Kubernetes, create the Secrets)")
@@ -1388,6 +1457,7 @@ def connection_set(
     Values never come from the command line, so they never sit in shell history:
     `--credential KEY` reads stdin, `--credential-file KEY=PATH` a file."""
     from reconciler.endpoints.connections import Connection
+    from reconciler.targets.base import TargetError
 
     if len(stdin_keys) > 1:
         fail("only one --credential can read stdin; give the others as --credential-file KEY=PATH")
@@ -1435,6 +1505,8 @@ def connection_list(repo: str, target_name: str | None, output: str) -> None:
     """Connections of the target: names, target URLs and keys; never a credential's value."""
     import json
 
+    from reconciler.targets.base import TargetError
+
     store = _connection_store(repo, target_name)
     try:
         found = store.read()
@@ -1465,6 +1537,8 @@ def connection_list(repo: str, target_name: str | None, output: str) -> None:
 @click.option("--target", "target_name", default=None)
 def connection_delete(name: str, repo: str, target_name: str | None) -> None:
     """Forget a connection. Running instances keep the values they started with."""
+    from reconciler.targets.base import TargetError
+
     store = _connection_store(repo, target_name)
     try:
         deleted = store.delete(name)

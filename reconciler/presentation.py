@@ -24,7 +24,6 @@ from reconciler.model.plan import EndpointSummary, FieldChange, Plan, Step
 from reconciler.model.specs import JsonValue, weight_of
 from reconciler.policies import is_violation
 
-OUTPUT_FORMATS = ("text", "json", "markdown")
 _DIGEST_SHOWN = 12  # hex characters of a digest shown to people; JSON keeps them whole
 _LISTED = 10  # files or packages listed by name before "and N more"
 
