@@ -337,8 +337,13 @@ def main(
     to change (or applied and converged), 2 changes planned, 1 errors, 3 still in progress
     after --no-wait.
     """
-    # Applying and watching report their progress; reading commands only their warnings.
     from reconciler import logs as logging_setup
+
+    # Applying and watching report their progress; reading commands only their warnings.
+    progress = ctx.invoked_subcommand in (None, "watch")
+    logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
+    if ctx.invoked_subcommand is not None:
+        return  # before importing what applying needs: a sub-command imports its own
     from reconciler.engine import converge, plan_pass, run_pass
     from reconciler.executor import Gate
     from reconciler.model.results import Outcome
@@ -347,10 +352,6 @@ def main(
     from reconciler.targets.base import TargetError
     from reconciler.targets.status import StatusTarget
 
-    progress = ctx.invoked_subcommand in (None, "watch")
-    logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
-    if ctx.invoked_subcommand is not None:
-        return
     source = open_source(repo, worktree=worktree)
     tree, revision = source.tree()
     config = repo_config(tree)
