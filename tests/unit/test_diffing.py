@@ -230,7 +230,7 @@ _json_values = st.recursive(
 _json_docs = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), _json_values, max_size=4)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(before=_json_docs, after=_json_docs)
 def test_field_changes_give_the_answers_deepdiff_gave(
     before: dict[str, Any], after: dict[str, Any]

@@ -90,7 +90,7 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value=_values, flow=st.sampled_from([None, True, False]))
 def test_any_dumped_document_reads_as_pyyaml_reads_it(value: Any, flow: bool | None) -> None:
     text = yaml.safe_dump(value, default_flow_style=flow)
