@@ -275,13 +275,18 @@ def _analyse(path: str, data: bytes) -> _FileResult:
             return _FileResult(errors=(parsed.error,))
         message = f"{parsed.error.message}; ignored, as it does not look like an endpoint file"
         return _FileResult(warnings=(replace(parsed.error, message=message),))
-    found = next(filter(None, map(_classify, parsed.documents)), None)
+    found: tuple[str, str] | None = None
+    document: Any = None
+    for candidate in parsed.documents:  # the first document of ours, classified once
+        found = _classify(candidate)
+        if found is not None:
+            document = candidate
+            break
     if found is None:
         made = next(filter(None, map(_package_environment, parsed.documents)), None)
         return _IGNORED if made is None else _FileResult(package_environment=made)
     kind, flavor = found
     line = first_content_line(data)
-    document = next(d for d in parsed.documents if _classify(d))
     problem = parsed.unsupported_tag
     too_big = might_exceed_limits(data) and document_limits(document)
     if len(parsed.documents) > 1:
