@@ -342,6 +342,12 @@ def main(
     # Applying and watching report their progress; reading commands only their warnings.
     progress = ctx.invoked_subcommand in (None, "watch")
     logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
+    if ctx.invoked_subcommand in ("diff", "validate"):
+        # Commands that read a whole repository, plan and exit: no cyclic collection walks
+        # their objects until they are done (reconciler.gcpause).
+        from reconciler.gcpause import cyclic_gc_paused
+
+        ctx.with_resource(cyclic_gc_paused())
     if ctx.invoked_subcommand is not None:
         return  # before importing what applying needs: a sub-command imports its own
     from reconciler.engine import converge, plan_pass, run_pass

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from reconciler.filetree import Digester, FileTree, TreeEntryError
+from reconciler.gcpause import cyclic_gc_paused
 from reconciler.jsonschemas import schema, schema_problems, shown, validators
 from reconciler.model import azureyaml
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
@@ -1322,6 +1323,17 @@ def load_desired_state(
     Warnings (fields accepted with no effect here, and the like) are in the state's warnings.
     `target_names`: the targets instance_types come from, named by an unknown type's error.
     """
+    # The cache's objects outlive the load: no collection walks them while it runs.
+    with cyclic_gc_paused():
+        return _load_desired_state(tree, instance_types, revision, target_names)
+
+
+def _load_desired_state(
+    tree: FileTree,
+    instance_types: Mapping[str, InstanceType],
+    revision: str | None,
+    target_names: tuple[str, ...],
+) -> DesiredState:
     load = _Load(tree, instance_types, target_names)
     load.read_all()
     models = load.assets(MODEL)

@@ -1,0 +1,41 @@
+"""gcpause: the cyclic collector is paused inside the block and never left off."""
+
+from __future__ import annotations
+
+import gc
+
+from click.testing import CliRunner
+from repo_builder import RepoBuilder
+
+from reconciler.cli import main
+from reconciler.gcpause import cyclic_gc_paused
+
+
+def test_the_collector_is_paused_inside_and_enabled_after_even_on_errors() -> None:
+    assert gc.isenabled()
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+            with cyclic_gc_paused():  # nested (or another thread's): the outer one enables
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+            raise ValueError("a failed load")
+    except ValueError:
+        pass
+    assert gc.isenabled()
+
+
+def test_diff_and_validate_leave_the_collector_enabled_in_the_calling_process(
+    repo: RepoBuilder,
+) -> None:
+    repo.basics()
+    repo.endpoint("alpha", traffic={"blue": 100})
+    repo.deployment("alpha", "blue")
+    repo.commit("base")
+    repo.deployment("alpha", "blue", instance_count=2)
+    repo.commit("scale")
+    diff = CliRunner().invoke(main, ["diff", "--base", "HEAD~1", "--repo", str(repo.root)])
+    assert diff.exit_code == 2, diff.output
+    validate = CliRunner().invoke(main, ["validate", "--repo", str(repo.root)])
+    assert validate.exit_code == 0, validate.output
+    assert gc.isenabled()
