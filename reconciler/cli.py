@@ -345,9 +345,10 @@ def main(
     if ctx.invoked_subcommand in ("diff", "validate"):
         # Commands that read a whole repository, plan and exit: no cyclic collection walks
         # their objects until they are done (reconciler.gcpause).
-        from reconciler.gcpause import cyclic_gc_paused
+        from reconciler.gcpause import cyclic_gc_paused, no_collection_at_exit
 
         ctx.with_resource(cyclic_gc_paused())
+        no_collection_at_exit()
     if ctx.invoked_subcommand is not None:
         return  # before importing what applying needs: a sub-command imports its own
     from reconciler.engine import converge, plan_pass, run_pass

@@ -9,9 +9,12 @@ search for cycles waits until the work is done.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 from collections.abc import Iterator
+
+_freeze_registered = False
 
 
 @contextlib.contextmanager
@@ -28,3 +31,18 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def no_collection_at_exit() -> None:
+    """Skip the full collection the interpreter makes as it exits.
+
+    A command that read a large repository ends with a heap of objects that exit frees
+    anyway; walking them for cycles first cost `reconcile diff` a tenth of its CPU at 1,000
+    endpoints. gc.freeze at exit moves them out of the collector's reach; atexit handlers
+    run before that last collection. Registered once per process (tests invoke commands
+    many times in one).
+    """
+    global _freeze_registered
+    if not _freeze_registered:
+        atexit.register(gc.freeze)
+        _freeze_registered = True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 from repo_builder import RepoBuilder
@@ -39,3 +42,27 @@ def test_diff_and_validate_leave_the_collector_enabled_in_the_calling_process(
     validate = CliRunner().invoke(main, ["validate", "--repo", str(repo.root)])
     assert validate.exit_code == 0, validate.output
     assert gc.isenabled()
+
+
+def test_a_validate_process_skips_the_collection_at_exit_and_says_all_it_said() -> None:
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import atexit, gc, sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        # Handlers run last-registered first: this one runs after the command's freeze.
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+        "result = CliRunner().invoke(main, ['validate'])\n"
+        "print(result.exit_code, gc.isenabled())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root / "example-repo",
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    # The collector runs as usual after the command; only the exit's collection is skipped.
+    assert run.stdout.splitlines() == ["0 True", "frozen True"]
