@@ -28,7 +28,10 @@ the caller, `shadow` the mirror deployment, `result` one of `agree`, `disagree_s
 answered, router_shadow_latency_delta_seconds records the moment the shadow's answer came
 minus the moment the live answer came (both requests leave together, so this is the
 shadow's extra time; negative when the shadow was faster). Live requests that queued for
-admission count their queueing, the copy never queues.
+admission count their queueing, the copy never queues. Its buckets run from -10 s to 10 s;
+having buckets below zero, it has no `_sum` with one worker (prometheus_client leaves it
+out, as OpenMetrics asks; its multiprocess mode, with several workers, shows one): read it
+with histogram_quantile or the bucket counts.
 
     router_deployment_utilization = in_flight / (instances x max_concurrent_requests_per_instance)
 
