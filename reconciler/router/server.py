@@ -71,6 +71,7 @@ the backend connection, and the access log line is formatted directly (`logs.Acc
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hmac
 import itertools
@@ -82,6 +83,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -90,9 +93,9 @@ import watchfiles
 from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reconciler.router import logs
+from reconciler.router import comparer, logs
 from reconciler.router.balancing import mirror_hit
-from reconciler.router.compare import Answer, Failure, Pair, judge
+from reconciler.router.compare import Answer, Failure, Pair, Result, judge
 from reconciler.router.config import (
     ConfigError,
     RouterConfig,
@@ -149,6 +152,10 @@ _SKIP_RESPONSE_HEADERS = frozenset(
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
 _METRICS_MAX_BODY = 64 * 1024
+# Shadow comparison: bodies up to this much (both together) are judged on the event loop
+# (well under a millisecond); larger ones in a process, this many at most at a time.
+_INLINE_COMPARE_BYTES = 64 * 1024
+_MAX_PENDING_COMPARISONS = 2
 
 _JSON = b"Content-Type: application/json; charset=utf-8\r\n"
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -304,6 +311,8 @@ class RouterServer:
         self._access_log = config.access_log
         self._digest_reply = _digest_reply(config)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._compare_pool: ProcessPoolExecutor | None = None
+        self._comparing = 0
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
@@ -651,16 +660,72 @@ class RouterServer:
         return Answer(response.status, body if len(body) <= limit else None)
 
     def _compare(self, pair: Pair) -> None:
-        """Both answers are in: judge them and count (the bodies go with the pair)."""
+        """Both answers are in: judge them and count (the bodies go with the pair).
+
+        What needs no parsing, or only of small bodies, is judged here. Larger bodies go to
+        a process of their own (`comparer`): parsing 1 MB of JSON numbers takes some 40 ms,
+        and json.loads holds the GIL all along, so a thread would stall the event loop, and
+        every caller it serves, as long. At most `_MAX_PENDING_COMPARISONS` go at a time
+        (each holds two bodies); the others count as `not_compared`."""
         live, shadow = pair.live, pair.shadow
         assert live is not None and shadow is not None
         settings = self.runtime.config.shadow_comparison
-        try:
-            result = judge(live, shadow, rtol=settings.rtol, atol=settings.atol)
-        except Exception as error:  # a comparison must never take the router down
-            self.log.warning("shadow.compare_failed", error=type(error).__name__)
+        delta = pair.latency_delta()
+        parses = (
+            live.status is not None
+            and live.status == shadow.status
+            and live.body is not None
+            and shadow.body is not None
+            and len(live.body) + len(shadow.body) > _INLINE_COMPARE_BYTES
+            and live.body != shadow.body
+        )
+        if not parses:
+            try:
+                result = judge(live, shadow, rtol=settings.rtol, atol=settings.atol)
+            except Exception as error:  # a comparison must never take the router down
+                self.log.warning("shadow.compare_failed", error=type(error).__name__)
+                return
+            self.metrics.shadow_compared(pair.live_name, pair.shadow_name, result, delta)
             return
-        self.metrics.shadow_compared(pair.live_name, pair.shadow_name, result, pair.latency_delta())
+        if self._comparing >= _MAX_PENDING_COMPARISONS:
+            self.metrics.shadow_compared(
+                pair.live_name, pair.shadow_name, Result.NOT_COMPARED, delta
+            )
+            return
+        if self._compare_pool is None:
+            self._compare_pool = comparer.new_pool()
+        try:
+            submitted = self._compare_pool.submit(
+                judge, live, shadow, rtol=settings.rtol, atol=settings.atol
+            )
+        except BrokenProcessPool:
+            self._compare_failed(BrokenProcessPool())
+            return
+        self._comparing += 1
+        future = asyncio.wrap_future(submitted, loop=self._loop)
+        future.add_done_callback(
+            functools.partial(self._compared, pair.live_name, pair.shadow_name, delta)
+        )
+
+    def _compared(
+        self, live: str, shadow: str, delta: float | None, future: asyncio.Future[Result]
+    ) -> None:
+        """A comparison from the comparing process is done (called on the loop)."""
+        self._comparing -= 1
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._compare_failed(error)
+            return
+        self.metrics.shadow_compared(live, shadow, future.result(), delta)
+
+    def _compare_failed(self, error: BaseException) -> None:
+        self.log.warning("shadow.compare_failed", error=type(error).__name__)
+        if isinstance(error, BrokenProcessPool) and self._compare_pool is not None:
+            # The comparing process died (killed, out of memory): the next one starts anew.
+            self._compare_pool.shutdown(wait=False, cancel_futures=True)
+            self._compare_pool = None
 
     async def _mirror(
         self,
@@ -964,6 +1029,9 @@ class RouterServer:
         await asyncio.gather(*self._background, *self._mirror_tasks, return_exceptions=True)
         if self._deadlines is not None:
             self._deadlines.close()
+        if self._compare_pool is not None:
+            # Waits for a comparison under way (tens of ms) and the process's exit.
+            self._compare_pool.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         logs.flush()
 

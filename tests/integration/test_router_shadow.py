@@ -4,8 +4,10 @@ come too late, and /metrics counts each per (live, shadow) pair, with latency de
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
@@ -163,3 +165,57 @@ def test_bodies_over_the_comparison_limit_are_not_compared(
     green.status = 503
     counted = _phase(router, green, 60)
     assert set(counted) == {"disagree_status"}
+
+
+def test_large_bodies_are_compared_in_a_process_of_their_own(
+    backends: Backends, start_router: Any
+) -> None:
+    """Answers of ~200 KB (over the 64 KB judged on the event loop) are compared in a
+    process of their own;
+    a backlog of them counts as not_compared rather than piling bodies up."""
+    blue = backends.start("blue")
+    green = backends.start("green")
+    scores = [i / 7 for i in range(10_000)]
+    blue.answer = lambda _body: {"scores": scores}
+    green.answer = lambda _body: {"scores": [s * (1 + 1e-8) for s in scores]}
+    router = start_router(
+        router_config(
+            [deployment("blue", [blue]), deployment("green", [green])],
+            traffic={"blue": 100},
+            mirror={"green": 50},
+        )
+    )
+
+    def phase(count: int) -> Counter[str]:
+        before = _comparisons(router)
+        results = load(f"{router.url}/score", count, concurrency=2, headers=AUTH)
+        assert {r.status for r in results} == {200}
+        _wait_for(lambda: sum(_comparisons(router).values()) == _mirrored(router) == green.hits)
+        after = _comparisons(router)
+        after.subtract(before)
+        return +after
+
+    close = phase(40)
+    assert set(close) <= {"agree", "not_compared"} and close["agree"] > 0
+    green.answer = lambda _body: {"scores": [s + 1e-3 for s in scores]}
+    far = phase(40)
+    assert set(far) <= {"disagree_body", "not_compared"} and far["disagree_body"] > 0
+
+    # The comparing process (and multiprocessing's resource tracker) are the router's
+    # children and end with it, even on SIGKILL.
+    children = _children(router.process.pid)
+    assert children
+    router.stop(signal.SIGKILL)
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=5)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
