@@ -47,9 +47,9 @@ metrics and access log record it, and after it is compared with the live answer 
 request (shadow comparison, `compare.py`: status code, and the body as JSON within the
 config's `shadow_comparison` tolerance, counted in router_shadow_comparisons_total and
 router_shadow_latency_delta_seconds). The comparison runs when both answers are in: in the
-copy's task, or, when the live answer comes last, after it is written to the caller. Bodies
-are kept for it only up to `shadow_comparison.max_body_bytes` each, and never stored or
-logged.
+copy's task, or, when the live answer comes last, after it is written to the caller; large
+bodies in a process of their own (`comparer`). Bodies are kept for it only up to
+`shadow_comparison.max_body_bytes` each, and never stored or logged.
 
 Reconfiguration: the config file's folder is watched (watchfiles; a Kubernetes Secret's
 symlink swap is seen too), SIGHUP re-reads it, and `POST /-/config` takes a new document.
