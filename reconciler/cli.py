@@ -54,7 +54,7 @@ from reconciler.targets.capabilities import (
     HasLogs,
     HasPreviousLogs,
 )
-from reconciler.targets.registry import TARGET_TYPES
+from reconciler.targets.registry import PREFLIGHTS, TARGET_TYPES
 from reconciler.targets.status import StatusTarget
 from reconciler.worktree import declared_paths, revision_warnings
 from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
@@ -462,19 +462,13 @@ def _indented(text: str, lines: int) -> str:
 def target_warnings(
     tree: FileTree, desired: DesiredState, chosen: TargetConfig | None
 ) -> tuple[Diagnostic, ...]:
-    """What a Docker target does differently from Azure ML (an image replaced by its
-    image_map, another Python than the conda file pins, Kubernetes resources as limits),
-    said before anything is applied, each with the file and line of its field."""
-    if chosen is None or chosen.type != "docker" or not desired.deployments:
+    """What the chosen target does differently from Azure ML (a Docker target: an image
+    replaced by its image_map, another Python than the conda file pins, Kubernetes
+    resources as limits), said before anything is applied, each with the file and line of
+    its field (targets.registry.PREFLIGHTS)."""
+    preflight = PREFLIGHTS.get(chosen.type) if chosen is not None else None
+    if chosen is None or preflight is None or not desired.deployments:
         return ()
-    # Imported here, as in open_target: only a Docker target pays for the Docker SDK.
-    from reconciler.targets.docker.options import DockerOptions
-    from reconciler.targets.docker.preflight import preflight_warnings
-
-    try:
-        options = DockerOptions.from_config(chosen.name, chosen.options)
-    except TargetError:
-        return ()  # reconciler.yaml's own errors say what is wrong with it
     lines: dict[str, FieldLines] = {}
 
     def line_of(file: str, field: FieldPath) -> int | None:
@@ -485,13 +479,7 @@ def target_warnings(
                 lines[file] = FieldLines(None)
         return lines[file].line(field)
 
-    return preflight_warnings(
-        desired.deployments,
-        target=chosen.name,
-        base_image=options.base_image,
-        image_map=options.image_map,
-        line_of=line_of,
-    )
+    return preflight(chosen, desired, line_of)
 
 
 @main.command()
