@@ -48,7 +48,8 @@ from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.errors import ErrorCode
 from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
-from reconciler.status import render_status
+from reconciler.rollouter import Rollouter
+from reconciler.status import render_status, status_path
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
 from reconciler.targets.capabilities import Autoscaler, Autoscales, Builds
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
@@ -228,6 +229,9 @@ class Daemon:
         self._progressing = False  # the last pass left something in progress
         self._scaler: Autoscaler | None = None  # the target's autoscaler, when it has one
         self._fetched_at = -1e9
+        # Rollouts (reconciler.rollouter): made at the first pass of a git revision.
+        self.rollouter: Rollouter | None = None
+        self._rollout_wake: float | None = None  # seconds to the next judgement of a step
 
     # triggers
 
@@ -322,6 +326,9 @@ class Daemon:
             elif outcome == "ok":
                 backoff = 0.0
                 next_due = time.monotonic() + self.options.interval_s
+            if outcome != "failed" and self._rollout_wake is not None:
+                # A rollout's step is judged every `interval` of its policy.
+                next_due = min(next_due, time.monotonic() + self._rollout_wake)
             else:
                 backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
                 next_due = time.monotonic() + min(backoff, self.options.interval_s)
@@ -441,11 +448,56 @@ class Daemon:
         )
         if self.on_pass is not None:
             self.on_pass(result)
+        self._rollouts(result, config)
         self._push_status()
         if in_progress and not result.plan.errors:
             return "in_progress"
         # An invalid commit is not retried sooner: only a new commit can fix it.
         return "ok" if not failed or result.plan.errors else "failed"
+
+    def _rollouts(self, result: PassResult, config: RepoConfig | None) -> None:
+        """After the pass: the rollouts' analysis and their commits (reconciler.rollouter).
+        A commit moved the watched branch: the next pass fetches it at once."""
+        self._rollout_wake = None
+        if config is None or result.revision is None:
+            return
+        if self.rollouter is None:
+            if config.rollouts.empty:
+                return
+            self.rollouter = self._new_rollouter()
+            if self.rollouter is None:
+                return
+        try:
+            after = self.rollouter.after_pass(result, config, self.target)
+        except GitSourceError as exc:
+            log.warning("rollout_failed", error=str(exc))
+            return
+        except Exception:
+            # A rollout's trouble never ends the daemon: the next pass tries again.
+            log.exception("rollout_crashed")
+            return
+        self._rollout_wake = after.wake_in_s
+        if after.status_changed and result.status:
+            files = {status_path(name): render_status(doc) for name, doc in result.status.items()}
+            self._write_status(files, f"rollout status of {result.revision} on {self.target.name}")
+        if after.committed:
+            self.trigger("rollout", fetch=True)
+
+    def _new_rollouter(self) -> Rollouter | None:
+        git_source = self.source.git
+        branch = (
+            git_source.branch
+            if isinstance(git_source, RemoteCheckout)
+            else git_source.current_branch()
+        )
+        if branch is None:
+            log.warning("rollouts_off", reason="the checkout is on no branch to commit steps to")
+            return None
+        try:
+            found = git_source.find_status(self.options.status_branch).files
+        except GitSourceError:
+            found = {}
+        return Rollouter(git_source, branch=branch, status=found)
 
     def _failed(
         self, kind: str, message: str, started: float, *, error: TargetError | None = None
@@ -479,6 +531,8 @@ class Daemon:
             log.warning("status_not_written", error=str(exc))
 
     def _write_status(self, files: Mapping[str, str], message: str) -> None:
+        if self.rollouter is not None:
+            files = self.rollouter.annotate(files)
         commit = self.source.git.write_status(
             files, message=message, branch=self.options.status_branch
         )
