@@ -315,10 +315,12 @@ class Daemon:
             # timer's passes in between only look at the target again.
             due = time.monotonic() - self._fetched_at >= self.options.interval_s
             fetch = self._fetch_wanted.is_set() or (not woke and due)
+            # Cleared before the pass: a fetch asked for during it (a webhook, the pass's
+            # own rollout commit) is the next pass's.
+            self._fetch_wanted.clear()
             if fetch:
                 self._fetched_at = time.monotonic()
             outcome = self._one_pass(reason, fetch=fetch)
-            self._fetch_wanted.clear()
             self._progressing = outcome == "in_progress"
             if outcome == "in_progress":
                 backoff = 0.0
@@ -326,13 +328,13 @@ class Daemon:
             elif outcome == "ok":
                 backoff = 0.0
                 next_due = time.monotonic() + self.options.interval_s
-            if outcome != "failed" and self._rollout_wake is not None:
-                # A rollout's step is judged every `interval` of its policy.
-                next_due = min(next_due, time.monotonic() + self._rollout_wake)
             else:
                 backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
                 next_due = time.monotonic() + min(backoff, self.options.interval_s)
                 log.info("retry_scheduled", in_s=round(backoff, 1))
+            if outcome != "failed" and self._rollout_wake is not None:
+                # A rollout's step is judged every `interval` of its policy.
+                next_due = min(next_due, time.monotonic() + self._rollout_wake)
 
     def _config_at(self, tree: FileTree) -> RepoConfig | None:
         """reconciler.yaml at the pass's revision; None when it is invalid (the pass's plan
