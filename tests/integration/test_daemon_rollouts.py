@@ -12,7 +12,6 @@ target reads its router's metrics port. What is under test is the daemon's orche
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading
@@ -395,16 +394,19 @@ def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_re
     marker = tmp_path / "race-once"
     marker.write_text("x")
     hook = s.remote / "hooks" / "pre-receive"
+    who = "-c user.name=Racer -c user.email=r@example.com"
+    script = tmp_path / "race.sh"
+    script.write_text(
+        f"cd {racer} && git {who} pull -q --rebase origin main && echo racing >> NOTES.md "
+        f'&& git add NOTES.md && git {who} commit -qm "racer: notes" && git push -q origin main\n'
+    )
     hook.write_text(
         "#!/bin/sh\n"
         "read old new ref\n"
-        f'if [ -f {marker} ] && git log -1 --format=%B "$new" | grep -q "^Reconcile-Rollout:"; then\n'
+        f"if [ -f {marker} ] && "
+        'git log -1 --format=%B "$new" | grep -q "^Reconcile-Rollout:"; then\n'
         f"  rm {marker}\n"
-        f'  env -i PATH="$PATH" HOME={tmp_path} sh -c \''
-        f"cd {racer} && git -c user.name=Racer -c user.email=r@example.com pull -q --rebase origin main && "
-        "echo racing >> NOTES.md && git add NOTES.md && "
-        'git -c user.name=Racer -c user.email=r@example.com commit -qm "racer: notes" && '
-        "git push -q origin main' >&2\n"
+        f'  env -i PATH="$PATH" HOME={tmp_path} sh {script} >&2\n'
         "fi\n"
         "exit 0\n"
     )
@@ -444,4 +446,3 @@ def test_a_person_committing_other_values_mid_rollout_wins_and_the_rollout_stops
         what="the person's values served",
     )
     assert len(s.rollout_commits()) == 1
-    assert os.path.exists(s.remote)
