@@ -446,3 +446,117 @@ def test_a_person_committing_other_values_mid_rollout_wins_and_the_rollout_stops
         what="the person's values served",
     )
     assert len(s.rollout_commits()) == 1
+
+
+def test_pull_request_mode_pushes_one_branch_per_step_once_and_advances_when_merged(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 50, "for": "300ms"}, 100], mode="pull-request")
+    s.person_push("green: model v2", add_green)
+    step_1 = "reconcile/rollout/my-endpoint/step-1"
+
+    def branch_tip(name: str) -> str | None:
+        done = subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                str(s.remote),
+                "rev-parse",
+                "--verify",
+                "-q",
+                f"refs/heads/{name}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip() or None
+
+    wait_for(lambda: branch_tip(step_1) is not None, what="the step-1 branch")
+    first = branch_tip(step_1)
+    time.sleep(1.5)  # passes keep deciding "advance": the branch is pushed once
+    assert branch_tip(step_1) == first
+    assert s.rollout_commits() == []  # nothing on main until a person merges
+    block = s.status()["rollout"]
+    assert isinstance(block, dict) and block["branch"] == step_1
+    assert "waits for a person to merge" in str(block["reason"])
+
+    s.clone.git("fetch", "-q", "origin")
+    s.clone.git("merge", "-q", "--ff-only", f"origin/{step_1}")
+    s.clone.git("push", "-q", "origin", "main")
+    s.daemon.trigger("merged", fetch=True)
+    step_2 = "reconcile/rollout/my-endpoint/step-2"
+    wait_for(lambda: branch_tip(step_2) is not None, what="the step-2 branch")
+    message = s.remote_git("log", "-1", "--format=%B", step_2)
+    assert "Step 1/2 (traffic 50% for 300ms) passed" in message
+    assert "Reconcile-Rollout: my-endpoint step 2/2" in message
+
+
+def test_a_restarted_daemon_finds_the_rollout_again_and_its_step_window_begins_anew(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    s = setup([{"traffic": 20, "for": "2s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
+    s.daemon.stop()
+    # A new daemon, with a cache of its own: all it knows is in git.
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    restarted = time.monotonic()
+    thread.start()
+    try:
+        wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    commits = s.rollout_commits()
+    assert [read_mark(m).step for _, m in commits] == [1, 2]  # type: ignore[union-attr]
+    # Step 1's window began again after the restart: its 2s were served by the new daemon.
+    promoted = int(s.remote_git("log", "-1", "--format=%ct", commits[1][0]))
+    assert promoted >= int(time.time() - (time.monotonic() - restarted)) + 1
+    assert "Step 1/2 (traffic 20% for 2s) passed" in commits[1][1]
+
+
+def test_a_local_checkout_gets_the_rollback_commit_and_its_working_tree_follows(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """The daemon on a person's checkout (no remote): the step and rollback commits land on
+    its branch, and the checkout's index and working tree follow them (nothing to revert)."""
+    from reconciler.daemon import LocalSource
+
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", reconciler_yaml([{"traffic": 20, "for": "2s"}, 100]))
+    repo.commit("blue serves all traffic")
+    metrics = RouterMetrics()
+    metrics.errors["green"] = 1.0
+    target = MetricsTarget(metrics_url=metrics.url)
+    source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
+    daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: bool(repo.git("branch", "--list", DEFAULT_STATUS_BRANCH)), what="status")
+        add_green(repo)
+        repo.commit("green: model v2")
+
+        def rolled_back() -> bool:
+            return "rollback at step 1/2" in repo.git("log", "-1", "--format=%B", "main")
+
+        wait_for(rolled_back, what="the rollback commit")
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        metrics.close()
+    assert repo.git("status", "--porcelain") == ""
+    on_disk = yaml.safe_load((repo.root / ENDPOINT_FILE).read_text())
+    assert on_disk["traffic"] == {"blue": 100, "green": 0}
+    subjects = repo.git("log", "-3", "--format=%an: %s").splitlines()
+    assert subjects == [
+        "reconciler: rollout my-endpoint: roll back green, all traffic to blue",
+        "reconciler: rollout my-endpoint: step 1/2, green gets 20% of live traffic",
+        "Test: green: model v2",
+    ]
