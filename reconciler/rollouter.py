@@ -197,8 +197,12 @@ class Rollouter:
         starts, notes = rollout_starts(base[1], desired, policies)
         for note in notes:
             log.info("rollout_not_started", endpoint=note.endpoint, reason=note.message)
-            self.tracked.pop(note.endpoint, None)
-            self.blocks[note.endpoint] = {"state": str(State.NOT_STARTED), "reason": note.message}
+            if note.endpoint not in self.tracked:
+                # A rollout under way goes on (its next judgement is of what now runs).
+                self.blocks[note.endpoint] = {
+                    "state": str(State.NOT_STARTED),
+                    "reason": note.message,
+                }
         for start in starts:
             policy = policies.for_endpoint(start.endpoint)
             assert policy is not None  # rollout_starts only starts endpoints under one
@@ -481,10 +485,10 @@ class Rollouter:
     def _wake(self) -> float | None:
         """Seconds until the next judgement of a running rollout is due."""
         now = self.clock()
+        # No window yet (metrics unreadable, paused): look again after an interval.
         waits = [
-            max(_SOON_S, t.window.judged + t.rollout.policy.interval_s - now)
+            max(_SOON_S, (t.window.judged if t.window else now) + t.rollout.policy.interval_s - now)
             for t in self.tracked.values()
-            if t.window is not None
         ]
         return min(waits, default=None)
 

@@ -483,3 +483,37 @@ def test_a_local_checkout_gets_the_rollback_commit_and_its_working_tree_follows(
         "reconciler: rollout my-endpoint: step 1/2, green gets 20% of live traffic",
         "Test: green: model v2",
     ]
+
+
+def test_a_step_commit_on_a_checkout_never_overwrites_uncommitted_edits_of_the_file(
+    repo: RepoBuilder,
+) -> None:
+    """gitsource.commit_file on the checked-out branch: a person's unsaved edit of the
+    endpoint file refuses the commit (branch, index and edit untouched); another file's
+    edit stays as it was while the commit lands."""
+    from reconciler.gitsource import GitSource, GitSourceError
+
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.write("NOTES.md", "notes\n")
+    before = repo.commit("base")
+    source = GitSource(repo.root)
+    edited = ENDPOINT_TEXT + "description: mine, not saved\n"
+    (repo.root / ENDPOINT_FILE).write_text(edited)
+    with pytest.raises(GitSourceError, match="uncommitted edits"):
+        source.commit_file(
+            ENDPOINT_FILE, lambda t: (t or "") + "# x\n", message="step", branch="main"
+        )
+    assert repo.git("rev-parse", "HEAD") == before
+    assert (repo.root / ENDPOINT_FILE).read_text() == edited
+
+    repo.git("checkout", "--", ENDPOINT_FILE)
+    (repo.root / "NOTES.md").write_text("notes, edited\n")
+    made = source.commit_file(
+        ENDPOINT_FILE,
+        lambda t: (t or "").replace("blue: 100", "blue: 90"),
+        message="step",
+        branch="main",
+    )
+    assert made.commit == repo.git("rev-parse", "HEAD") and made.attempts == 1
+    assert "blue: 90" in (repo.root / ENDPOINT_FILE).read_text()
+    assert repo.git("status", "--porcelain") == "M NOTES.md"
