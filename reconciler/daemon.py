@@ -380,6 +380,14 @@ class Daemon:
             tree, revision, root = self.source.current()
             config = self._config_at(tree)
             self._target_at(config)
+            if (
+                self.rollouter is None
+                and revision is not None
+                and config is not None
+                and not config.rollouts.empty
+            ):
+                # Before the pass writes status: it reads the revision last reconciled.
+                self.rollouter = self._new_rollouter()
             if isinstance(self.target, Builds):
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
@@ -464,11 +472,7 @@ class Daemon:
         if config is None or result.revision is None:
             return
         if self.rollouter is None:
-            if config.rollouts.empty:
-                return
-            self.rollouter = self._new_rollouter()
-            if self.rollouter is None:
-                return
+            return
         try:
             after = self.rollouter.after_pass(result, config, self.target)
         except GitSourceError as exc:

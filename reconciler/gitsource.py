@@ -536,6 +536,14 @@ class GitSource:
                 found.append((sha, message))
         return found
 
+    def parent(self, commit: str) -> str | None:
+        """The first parent of a commit, None for a root commit (or one a shallow clone
+        lacks)."""
+        try:
+            return str(self.repo.git.rev_parse("--verify", "--quiet", f"{commit}^1")).strip()
+        except git.GitCommandError:
+            return None
+
     def current_branch(self) -> str | None:
         """The branch checked out in this checkout, None when HEAD is detached."""
         try:

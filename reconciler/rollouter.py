@@ -192,6 +192,10 @@ class Rollouter:
         base = self._base
         if base is None and self._status_commit not in (None, revision):
             base = self._desired_at(self._status_commit)
+        elif base is None and self._status_commit is None:
+            # No pass recorded at all (a daemon's first start): the commit before is the
+            # best guess of what ran, so the commit that brings a new version starts it.
+            base = self._desired_at(self.git.parent(revision))
         if base is None or base[0] == revision or policies.empty:
             return
         starts, notes = rollout_starts(base[1], desired, policies)

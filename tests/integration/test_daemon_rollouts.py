@@ -517,3 +517,33 @@ def test_a_step_commit_on_a_checkout_never_overwrites_uncommitted_edits_of_the_f
     assert made.commit == repo.git("rev-parse", "HEAD") and made.attempts == 1
     assert "blue: 90" in (repo.root / ENDPOINT_FILE).read_text()
     assert repo.git("status", "--porcelain") == "M NOTES.md"
+
+
+def test_a_daemon_started_with_no_status_yet_takes_the_commit_before_as_what_ran(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """No pass recorded at all: the commit that brought the new version, the newest one,
+    starts the rollout (its parent is the base), and step 1 is committed."""
+    from reconciler.daemon import LocalSource
+
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", reconciler_yaml([{"traffic": 20, "for": "60s"}, 100]))
+    repo.commit("blue serves all traffic")
+    add_green(repo)
+    repo.commit("green: model v2")
+    metrics = RouterMetrics()
+    source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
+    target = MetricsTarget(metrics_url=metrics.url)
+    daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: "step 1/2" in repo.git("log", "-1", "--format=%B", "main"), what="step 1")
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        metrics.close()
+    assert "Starts the rollout of green (new)" in repo.git("log", "-1", "--format=%B", "main")
