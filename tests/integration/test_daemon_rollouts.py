@@ -302,8 +302,16 @@ def test_pause_resume_and_abort_are_commits_the_daemon_honours(
     assert [c.get("action") for c in shown["commits"]] == ["rollback", None, None, "step"]
     assert shown["commits"][0]["controls"] == ["abort"]
     assert shown["commits"][1]["controls"] == ["resume"]
+    code, out = run_cli("rollout", "status", ENDPOINT, "--repo", clone)
+    assert code == 0, out
+    assert out.splitlines()[1].startswith(
+        "  Aborted: step 1/2 (traffic 20% for 1m), green after blue"
+    )
+    assert "rollback 1/2: rollout my-endpoint: abort, all traffic back to blue" in out
     code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone)
     assert code == 1 and "nothing to abort" in out
+    code, out = run_cli("rollout", "status", "no-such-endpoint", "--repo", clone)
+    assert code == 1 and "no rollout of no-such-endpoint" in out
 
 
 def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_replayed(
