@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # Debian packages the Docker tests and the demo use: debootstrap builds the local Python
 # base image where no image can be pulled; docker-registry serves image-push tests.
 SYSTEM_PACKAGES ?= debootstrap docker-registry
+# Wanted, not required: chromium and chromium-driver run the dashboard's browser tests,
+# which skip without them (a failed download of a browser never fails the setup).
+OPTIONAL_PACKAGES ?= chromium chromium-driver
 
 .PHONY: setup system-deps test lint unit integration demo bench clean
 
@@ -19,11 +22,17 @@ $(BIN)/reconcile: pyproject.toml
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
+	optional=""; for p in $(OPTIONAL_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || optional="$$optional $$p"; done; \
+	if [ -n "$$missing$$optional" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "not installed (tests that need them will skip):$$missing"; fi; \
+	    apt-get update -qq; \
+	    if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; fi; \
+	    if [ -n "$$optional" ]; then echo "installing:$$optional"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$optional >/dev/null \
+	        || echo "not installed (the tests that need them skip):$$optional"; fi; \
+	  else echo "not installed (tests that need them will skip):$$missing$$optional"; fi; \
 	fi
 
 setup: $(BIN)/reconcile system-deps
@@ -50,12 +59,14 @@ demo: setup
 	$(BIN)/reconcile --repo example-repo
 	$(BIN)/reconcile invoke my-endpoint --repo example-repo --request-file example-repo/sample-request.json
 	$(BIN)/reconcile status --repo example-repo || true
+	@echo "dashboard: $(BIN)/reconcile ui --repo example-repo, then open http://127.0.0.1:8780/"
 
 bench: setup
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/fix_during_rollout.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -31,10 +32,10 @@ from reconciler.engine import (
 )
 from reconciler.executor import Gate
 from reconciler.filetree import DirectoryTree, FileTree
-from reconciler.gitsource import GitSource, GitSourceError
+from reconciler.gitsource import GitSource, GitSourceError, WorktreeChange
 from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
 from reconciler.model.errors import ErrorCode
-from reconciler.model.plan import Plan
+from reconciler.model.plan import Plan, PlanRevision
 from reconciler.model.results import Outcome
 from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
@@ -46,13 +47,16 @@ from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.capabilities import (
+    CollectsImages,
     ConnectionStore,
     HasConnections,
     HasCredentials,
     HasLogs,
+    HasPreviousLogs,
 )
-from reconciler.targets.registry import TARGET_TYPES
+from reconciler.targets.registry import PREFLIGHTS, TARGET_TYPES
 from reconciler.targets.status import StatusTarget
+from reconciler.worktree import declared_paths, revision_warnings
 from reconciler.writerlock import Holder, LockTimeout, describe, lock_path, writing
 from reconciler.yamlsource import FieldLines, FieldPath
 
@@ -64,8 +68,12 @@ PASS_PAUSE_S = 1.0
 # Log lines of a failed step printed under it.
 LOG_LINES = 20
 STATUS_TARGET = "status"
+# Differences from HEAD that `validate` lists one per line (all of them in its JSON).
+DIFFERENCES_LISTED = 50
 # How long a one-shot command waits for another writer of its target (--lock-timeout).
 DEFAULT_LOCK_TIMEOUT_S = 600.0
+# `reconcile ui`: where the dashboard's token comes from when no --token-file is given.
+UI_TOKEN_ENV = "RECONCILER_UI_TOKEN"
 
 
 def fail(message: str) -> NoReturn:
@@ -95,6 +103,38 @@ class Source:
         except GitSourceError as exc:
             fail(str(exc))
         return self.git.tree(commit), commit
+
+
+def revision_of(
+    source: Source, revision: str | None
+) -> tuple[PlanRevision | None, tuple[WorktreeChange, ...]]:
+    """Which revision a plan made from `source` read (None outside git), and the working
+    tree's differences from HEAD. `revision` is the commit read, None for the files on disk."""
+    if source.git is None:
+        return None, ()
+    try:
+        changes = source.git.worktree_changes()
+        head = source.git.head()
+    except GitSourceError:
+        return None, ()
+    return PlanRevision(commit=head, dirty=bool(changes), worktree=revision is None), changes
+
+
+def with_revision(
+    plan: Plan, source: Source, revision: str | None, desired: DesiredState | None
+) -> Plan:
+    """The plan saying which revision it read, with a warning for each uncommitted file a
+    deployment needs (or the working tree read before any commit)."""
+    found, changes = revision_of(source, revision)
+    if found is None:
+        return plan
+    states: list[DesiredState | None] = [desired]
+    if desired is None and changes and not found.worktree:
+        # The commit does not load (a model never `git add`ed is missing from it): the
+        # working tree's files tell which of its changes the deployments need.
+        states.append(load(DirectoryTree(source.path))[0])
+    warnings = revision_warnings(changes, declared=declared_paths(states), revision=found)
+    return replace(plan, revision=found, warnings=warnings + plan.warnings)
 
 
 def open_source(repo: str, *, worktree: bool = False) -> Source:
@@ -310,6 +350,7 @@ def main(
                 plan = replace(
                     plan, warnings=plan.warnings + target_warnings(tree, desired, chosen)
                 )
+            plan = with_revision(plan, source, revision, desired)
             emit(plan, output)
             sys.exit(exit_code(plan))
         if source.git is not None and not source.worktree and source.git.dirty_paths():
@@ -373,6 +414,7 @@ def main(
         # The same warnings as --dry-run printed for this plan.
         changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
         shown = replace(shown, warnings=shown.warnings + changed_by_target)
+    shown = with_revision(shown, source, revision, result.desired)
     emit(shown, output)
     if output == "text":
         for name, doc in sorted(result.status.items()):
@@ -420,19 +462,13 @@ def _indented(text: str, lines: int) -> str:
 def target_warnings(
     tree: FileTree, desired: DesiredState, chosen: TargetConfig | None
 ) -> tuple[Diagnostic, ...]:
-    """What a Docker target does differently from Azure ML (an image replaced by its
-    image_map, another Python than the conda file pins, Kubernetes resources as limits),
-    said before anything is applied, each with the file and line of its field."""
-    if chosen is None or chosen.type != "docker" or not desired.deployments:
+    """What the chosen target does differently from Azure ML (a Docker target: an image
+    replaced by its image_map, another Python than the conda file pins, Kubernetes
+    resources as limits), said before anything is applied, each with the file and line of
+    its field (targets.registry.PREFLIGHTS)."""
+    preflight = PREFLIGHTS.get(chosen.type) if chosen is not None else None
+    if chosen is None or preflight is None or not desired.deployments:
         return ()
-    # Imported here, as in open_target: only a Docker target pays for the Docker SDK.
-    from reconciler.targets.docker.options import DockerOptions
-    from reconciler.targets.docker.preflight import preflight_warnings
-
-    try:
-        options = DockerOptions.from_config(chosen.name, chosen.options)
-    except TargetError:
-        return ()  # reconciler.yaml's own errors say what is wrong with it
     lines: dict[str, FieldLines] = {}
 
     def line_of(file: str, field: FieldPath) -> int | None:
@@ -443,13 +479,7 @@ def target_warnings(
                 lines[file] = FieldLines(None)
         return lines[file].line(field)
 
-    return preflight_warnings(
-        desired.deployments,
-        target=chosen.name,
-        base_image=options.base_image,
-        image_map=options.image_map,
-        line_of=line_of,
-    )
+    return preflight(chosen, desired, line_of)
 
 
 @main.command()
@@ -485,6 +515,19 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
             fail(f"no target named {target_name!r} in reconciler.yaml (known: {known})")
         if desired is not None:
             warnings += target_warnings(tree, desired, chosen)
+    # validate reads the files on disk; apply reads HEAD: say so, and what differs.
+    checked, changes = revision_of(source, None)
+    if checked is not None and checked.commit is not None:
+        as_applied = replace(checked, worktree=False)
+        warnings = (
+            revision_warnings(
+                changes,
+                declared=declared_paths([desired]),
+                revision=as_applied,
+                command="`reconcile` (apply and --dry-run)",
+            )
+            + warnings
+        )
     if output == "json":
         import json
 
@@ -493,11 +536,24 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
                 {
                     "errors": [e.as_json() for e in errors],
                     "warnings": [w.as_json() for w in warnings],
+                    # Added later: what was checked (the working tree) against HEAD.
+                    "checked": {
+                        "source": "worktree",
+                        "commit": checked.commit if checked else None,
+                        "differences": [{"path": c.path, "change": c.change} for c in changes],
+                    },
                 },
                 indent=2,
             )
         )
     else:
+        click.echo(_checked_line(checked))
+        if checked is not None and checked.commit is not None:
+            # Before the first commit every file is a difference: none is listed.
+            for c in changes[:DIFFERENCES_LISTED]:
+                click.echo(f"  {c.change:<10} {c.path}")
+            if len(changes) > DIFFERENCES_LISTED:
+                click.echo(f"  ... and {len(changes) - DIFFERENCES_LISTED} more (git status)")
         for e in errors:
             click.echo(f"error: {e}")
         for w in warnings:
@@ -508,6 +564,22 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
                 f"{len(desired.deployments)} deployment(s)"
             )
     sys.exit(EXIT_ERRORS if errors else EXIT_OK)
+
+
+def _checked_line(checked: PlanRevision | None) -> str:
+    if checked is None:
+        return "checked: the files on disk (not a git repository)"
+    if checked.commit is None:
+        return (
+            "checked: the working tree (no commit yet; `reconcile` applies a commit, "
+            "or the working tree with --worktree)"
+        )
+    if not checked.dirty:
+        return f"checked: the working tree, the same as commit {checked.short} (HEAD)"
+    return (
+        f"checked: the working tree; `reconcile` reads commit {checked.short} (HEAD) unless "
+        "--worktree, and the working tree differs from it:"
+    )
 
 
 @main.command()
@@ -654,15 +726,27 @@ def diff(
 @click.option("--repo", default=".", show_default=True)
 @click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
 @click.option("--output", type=click.Choice(["text", "yaml"]), default="text", show_default=True)
-def status(repo: str, status_branch: str | None, output: str) -> None:
-    """Where each endpoint stands, read from the status branch (no target access needed)."""
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Ask the target now (like `az ml online-endpoint show`) instead of the status files.",
+)
+@click.option("--target", "target_name", default=None, help="With --live: the target to ask.")
+def status(
+    repo: str, status_branch: str | None, output: str, live: bool, target_name: str | None
+) -> None:
+    """Where each endpoint stands, read from the status branch (no target access needed),
+    or with --live observed on the target now."""
+    if live:
+        _live_status(repo, target_name, output)
+        return
     source = open_source(repo)
     if source.git is None:
         fail(f"{repo} is not a git repository: there is no status branch to read")
     tree, _ = source.tree()
     branch = status_branch or repo_config(tree).status_branch
     found = source.git.find_status(branch)
-    if found.ref is None:
+    if found.ref is None or found.commit is None:
         fail(
             f"no status found on branch {branch} (local or origin): no pass has been recorded"
             + (f" ({found.problem})" if found.problem else "")
@@ -672,24 +756,75 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
     if output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
         return
+    recorded = _utc(source.git.commit_time(found.commit))
+    click.echo(
+        f"status recorded {recorded} on {found.ref.removeprefix('refs/heads/')} "
+        f"(commit {found.commit[:12]}; a pass that changes nothing records nothing; "
+        "`reconcile status --live` asks the target now)"
+    )
+    if not docs:
+        click.echo("no endpoints")
+    _print_status(docs)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _live_status(repo: str, target_name: str | None, output: str) -> None:
+    """`reconcile status --live`: observe the target and show it as status shows files."""
+    from reconciler.status import build_status
+
+    target = _operated_target(repo, target_name)
+    try:
+        state = target.observe()
+    except TargetError as exc:
+        fail(f"target {target.name}: {exc}")
+    docs = build_status(revision=None, target=target.name, live=state, plan=Plan())
+    for d in state.deployments:
+        # What the target found out of line (an instance stopped or crashed, one not routed):
+        # the next pass repairs it; status files hold it only as the deployment's state.
+        if d.repair and d.name in docs[d.endpoint]["deployments"]:
+            docs[d.endpoint]["deployments"][d.name]["repair"] = d.repair
+    if output == "yaml":
+        click.echo(yaml.safe_dump_all(list(docs.values()), sort_keys=False), nl=False)
+        return
+    click.echo(f"live: target {target.name} observed {_utc(time.time())}")
+    if not docs:
+        click.echo("no endpoints")
+    _print_status([docs[name] for name in sorted(docs)])
+    for name in state.unreadable:
+        click.echo(f"{name}: unreadable on target {target.name}")
+
+
+def _print_status(docs: list[Mapping[str, Any]]) -> None:
     for doc in docs:
         traffic = ", ".join(f"{k} {v}%" for k, v in (doc.get("traffic") or {}).items()) or "none"
+        at = f" at {str(doc.get('commit'))[:12]}" if doc.get("commit") else ""
         click.echo(
-            f"{doc['endpoint']}: {doc.get('provisioning_state')} ({doc.get('health')}) "
-            f"at {str(doc.get('commit'))[:12]} on {doc.get('target')}; traffic {traffic}"
+            f"{doc['endpoint']}: {doc.get('provisioning_state')} ({doc.get('health')})"
+            f"{at} on {doc.get('target')}; traffic {traffic}"
         )
         if doc.get("scoring_uri"):
             click.echo(f"  scoring_uri: {doc['scoring_uri']}")
+        if doc.get("last_error"):
+            click.echo(f"  last error: {str(doc['last_error']).splitlines()[0]}")
         for name, d in (doc.get("deployments") or {}).items():
+            assets = ", ".join(
+                f"{kind} {d[kind]}" for kind in ("model", "environment") if d.get(kind)
+            )
             click.echo(
-                f"  {name}: {d.get('provisioning_state')} "
+                f"  {name}: {d.get('provisioning_state')} ({d.get('health')}) "
                 f"{d.get('ready_instances')}/{d.get('instance_count')} ready"
+                + (f"; {assets}" if assets else "")
                 + (
                     f"; last error: {d['last_error'].splitlines()[0]}"
                     if d.get("last_error")
                     else ""
                 )
             )
+            if d.get("repair"):
+                click.echo(f"    out of line: {d['repair']}")
         for e in doc.get("errors") or []:
             click.echo(
                 f"  error: {e.get('file')}:{e.get('line')} {e.get('field')}: {e.get('message')}"
@@ -700,6 +835,61 @@ def status(repo: str, status_branch: str | None, output: str) -> None:
         for p in doc.get("pending_steps") or []:
             on = "/".join(n for n in (doc["endpoint"], p.get("deployment")) if n)
             click.echo(f"  left undone: {p.get('action')} {on} ({p.get('why')})")
+
+
+@main.command("ui")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--status-branch", default=None, help="Defaults to reconciler.yaml's.")
+@click.option("--port", type=int, default=8780, show_default=True, help="0: any free port.")
+@click.option(
+    "--ui-host",
+    default=None,
+    help="Listen on this address instead of 127.0.0.1; a token is then required.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=f"File holding the token (else the environment variable {UI_TOKEN_ENV}).",
+)
+def ui(
+    repo: str, status_branch: str | None, port: int, ui_host: str | None, token_file: str | None
+) -> None:
+    """A read-only dashboard of the status branch in the browser (no target access)."""
+    from reconciler.ui.server import UiOptions, serve_forever
+    from reconciler.ui.source import GitStatusSource
+
+    source = open_source(repo)
+    if source.git is None:
+        fail(f"{repo} is not a git repository: there is no status branch to read")
+    tree, _ = source.tree()
+    branch = status_branch or repo_config(tree).status_branch
+    token: str | None = None
+    if token_file is not None:
+        token = Path(token_file).read_text().strip()
+    elif os.environ.get(UI_TOKEN_ENV):
+        token = os.environ[UI_TOKEN_ENV].strip()
+    if ui_host is not None and not token:
+        fail(
+            f"--ui-host {ui_host} serves beyond this machine: give a token with --token-file "
+            f"or the environment variable {UI_TOKEN_ENV}"
+        )
+    host = ui_host or "127.0.0.1"
+
+    def announce(url: str) -> None:
+        click.echo(f"dashboard of {source.path} (status branch {branch}) at {url}", err=False)
+        sys.stdout.flush()
+
+    try:
+        serve_forever(
+            GitStatusSource(source.git, branch=branch),
+            host=host,
+            port=port,
+            options=UiOptions(token=token or None),
+            announce=announce,
+        )
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
@@ -776,6 +966,78 @@ def regenerate_key(
     click.echo(f"{which} key of {endpoint} regenerated; the {other} key still works")
 
 
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Unused images kept per deployment (default: the target's image_retention, 3).",
+)
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT_S,
+    show_default=True,
+    help=LOCK_TIMEOUT_HELP,
+)
+def collect_garbage(
+    dry_run: bool,
+    keep: int | None,
+    repo: str,
+    target_name: str | None,
+    output: str,
+    lock_timeout: float,
+) -> None:
+    """Remove the images this target built that no container uses, beyond the newest
+    `image_retention` per deployment; never another target's, the base or router image."""
+    import json
+
+    target = _operated_target(repo, target_name)
+    if not isinstance(target, CollectsImages):
+        _cannot(target, "clean up images")
+    try:
+        if dry_run:
+            done = target.collect_images(dry_run=True, keep=keep)
+        else:
+            # A build of a pass (or `reconcile watch`) must not lose its new image to this.
+            with writer_lock(target.name, command="reconcile gc", timeout_s=lock_timeout):
+                done = target.collect_images(dry_run=False, keep=keep)
+    except TargetError as exc:
+        fail(f"target {target.name}: {exc}")
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "removed": [
+                        {"image": i.name, "deployment": i.deployment or None, "size": i.size}
+                        for i in done.removed
+                    ],
+                    "kept": [{"image": i.name, "why": why} for i, why in done.kept],
+                    "failed": [{"image": i.name, "why": why} for i, why in done.failed],
+                },
+                indent=2,
+            )
+        )
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for i in done.removed:
+            click.echo(f"{verb} {i.name} ({i.deployment or i.kind}, {i.size / 1e6:.0f} MB)")
+        for i, why in done.kept:
+            click.echo(f"kept {i.name} ({i.deployment or i.kind}): {why}")
+        for i, why in done.failed:
+            click.echo(f"not removed {i.name}: {why}", err=True)
+        click.echo(
+            f"{len(done.removed)} image(s) {verb}, {done.freed_bytes / 1e6:.0f} MB; "
+            f"{len(done.kept)} kept"
+        )
+    sys.exit(EXIT_ERRORS if done.failed else EXIT_OK)
+
+
 @main.command("logs")
 @click.argument("endpoint")
 @click.argument("deployment")
@@ -783,6 +1045,11 @@ def regenerate_key(
 @click.option("--lines", type=int, default=100, show_default=True)
 @click.option("--repo", default=".", show_default=True)
 @click.option("--target", "target_name", default=None)
+@click.option(
+    "--previous",
+    is_flag=True,
+    help="The attempt before the instance's last restart (Docker: of the same container).",
+)
 def show_logs(
     endpoint: str,
     deployment: str,
@@ -790,13 +1057,20 @@ def show_logs(
     lines: int,
     repo: str,
     target_name: str | None,
+    previous: bool,
 ) -> None:
     """The last lines of a deployment's container logs."""
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasLogs):
         _cannot(target, "show logs")
+    if previous and not isinstance(target, HasPreviousLogs):
+        _cannot(target, "show the log of an attempt before a restart")
     try:
-        click.echo(target.logs(endpoint, deployment, instance=instance, lines=lines), nl=False)
+        if isinstance(target, HasPreviousLogs) and previous:
+            text = target.previous_logs(endpoint, deployment, instance=instance, lines=lines)
+        else:
+            text = target.logs(endpoint, deployment, instance=instance, lines=lines)
+        click.echo(text, nl=False)
     except TargetError as exc:
         fail(str(exc))
 

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import random
 import signal
 import threading
 import time
@@ -45,7 +46,7 @@ from reconciler.gitsource import (
     RemoteCheckout,
 )
 from reconciler.model.diagnostics import DesiredStateInvalid
-from reconciler.model.errors import ErrorCode
+from reconciler.model.errors import ErrorCode, ErrorKind, error_kind
 from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.rollouter import Rollouter
@@ -161,6 +162,14 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter("reconciler_errors", "Errors of passes", ["kind"], registry=r)
+        # Per error code (model/errors.py) and its kind: what failed, and whether the
+        # next pass may succeed as it is.
+        self.failures = Counter(
+            "reconciler_step_failures",
+            "Failed steps and passes by error code",
+            ["code", "error_kind"],
+            registry=r,
+        )
         self.drift = Counter(
             "reconciler_drift_corrections", "Steps applied with no new commit", registry=r
         )
@@ -325,14 +334,19 @@ class Daemon:
             if outcome == "in_progress":
                 backoff = 0.0
                 next_due = time.monotonic() + self.options.progress_interval_s
-            elif outcome == "ok":
+            elif outcome in ("ok", "failed_permanent"):
+                # A permanent failure fails the same way until a commit changes something
+                # (which triggers a pass at once): retrying sooner would only rebuild.
                 backoff = 0.0
                 next_due = time.monotonic() + self.options.interval_s
             else:
+                # Transient or unreachable: retried with a growing pause, jittered so that
+                # daemons of many repositories on one target do not retry in step.
                 backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
-                next_due = time.monotonic() + min(backoff, self.options.interval_s)
-                log.info("retry_scheduled", in_s=round(backoff, 1))
-            if outcome != "failed" and self._rollout_wake is not None:
+                pause = min(backoff, self.options.interval_s) * random.uniform(0.5, 1.0)
+                next_due = time.monotonic() + pause
+                log.info("retry_scheduled", in_s=round(pause, 1))
+            if outcome in ("ok", "in_progress") and self._rollout_wake is not None:
                 # A rollout's step is judged every `interval` of its policy.
                 next_due = min(next_due, time.monotonic() + self._rollout_wake)
 
@@ -434,6 +448,11 @@ class Daemon:
             log.info("drift_corrected", steps=applied, commit=revision)
         failed = result.failed
         self.metrics.passes.labels("failed" if failed else "succeeded").inc()
+        for r in result.results:
+            if r.outcome == Outcome.FAILED:
+                code = r.error_code or ErrorCode.TARGET_ERROR.value
+                kind = error_kind(code) or ErrorKind.TRANSIENT
+                self.metrics.failures.labels(code, kind.value).inc()
         if result.plan.errors:
             self.metrics.errors.labels("invalid_desired_state").inc()
             self.state.last_error = f"{len(result.plan.errors)} error(s) in {revision}"
@@ -463,7 +482,14 @@ class Daemon:
         if in_progress and not result.plan.errors:
             return "in_progress"
         # An invalid commit is not retried sooner: only a new commit can fix it.
-        return "ok" if not failed or result.plan.errors else "failed"
+        if not failed or result.plan.errors:
+            return "ok"
+        kinds = {
+            error_kind(r.error_code) or ErrorKind.TRANSIENT
+            for r in result.results
+            if r.outcome == Outcome.FAILED
+        }
+        return "failed_permanent" if kinds == {ErrorKind.PERMANENT} else "failed"
 
     def _rollouts(self, result: PassResult, config: RepoConfig | None) -> None:
         """After the pass: the rollouts' analysis and their commits (reconciler.rollouter).
@@ -510,6 +536,8 @@ class Daemon:
     ) -> None:
         self.metrics.errors.labels(kind).inc()
         self.metrics.passes.labels("failed").inc()
+        if error is not None:
+            self.metrics.failures.labels(error.code.value, error.kind.value).inc()
         self.metrics.duration.observe(time.monotonic() - started)
         self.state.last_error = message
         # `kind` is the metric's label; error_kind says whether the next pass may succeed

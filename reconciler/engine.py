@@ -217,6 +217,7 @@ def run_pass(
             plan=plan,
             results=results,
             declared=declared,
+            desired=desired,
         )
 
     def write(docs: Mapping[str, Mapping[str, Any]]) -> None:

@@ -241,6 +241,37 @@ class FoundStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class WorktreeChange:
+    """One file of the working tree that differs from HEAD: its path relative to the
+    repository folder, and how (modified, untracked, added, deleted, renamed)."""
+
+    path: str
+    change: str
+
+
+def _change_kind(xy: str) -> str:
+    """The word for a `git status --porcelain` XY code, staged or not."""
+    if xy == "??":
+        return "untracked"
+    for code, word in (("R", "renamed"), ("C", "copied"), ("A", "added"), ("D", "deleted")):
+        if code in xy:
+            return word
+    return "modified"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """A commit as a reader's timeline shows it: who, when (committer time, seconds since
+    the epoch) and the first line of its message."""
+
+    commit: str
+    author: str
+    time: int
+    subject: str
+    paths: tuple[str, ...] = ()  # the files it changed, when asked for
+
+
+@dataclass(frozen=True, slots=True)
 class StatusCommit:
     branch: str
     commit: str | None  # None: the content was unchanged, no commit was made
@@ -313,6 +344,38 @@ class GitSource:
         """Uncommitted changes (tracked or not) under the repository folder."""
         out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
         return [line[3:] for line in out.splitlines() if line.strip()]
+
+    def worktree_changes(self) -> tuple[WorktreeChange, ...]:
+        """The working tree's differences from HEAD under the repository folder, untracked
+        files one by one (ignored files left out), sorted by path. Before the first commit
+        every file is one (untracked, or added when staged)."""
+        out = str(
+            self.repo.git.status(
+                "--porcelain=v1", "-z", "--untracked-files=all", "--", self.subdir or "."
+            )
+        )
+        entries = out.split("\0")
+        prefix = f"{self.subdir}/" if self.subdir else ""
+        found: list[WorktreeChange] = []
+        i = 0
+        while i < len(entries):
+            entry = entries[i]
+            i += 1
+            if len(entry) < 4:
+                continue
+            xy, path = entry[:2], entry[3:]
+            if "R" in xy or "C" in xy:
+                i += 1  # -z puts the rename's old path in the next entry
+            found.append(WorktreeChange(path.removeprefix(prefix), _change_kind(xy)))
+        return tuple(sorted(found, key=lambda c: c.path))
+
+    def head(self) -> str | None:
+        """HEAD's commit id, None before the first commit."""
+        return self.resolve("HEAD") if self.has_commits() else None
+
+    def commit_time(self, commit: str) -> int:
+        """A commit's committer time, seconds since the epoch."""
+        return self._commit_time(commit)
 
     def has_commits(self) -> bool:
         try:
@@ -472,6 +535,102 @@ class GitSource:
 
     def _commit_time(self, commit: str) -> int:
         return int(str(self.repo.git.log("-1", "--format=%ct", commit)).strip())
+
+    # --- for readers of the status branch's past (the dashboard) ----------------------
+
+    def status_fingerprint(self, branch: str = DEFAULT_STATUS_BRANCH) -> str:
+        """Changes whenever the status branch (local or a remote's) or HEAD moves: one git
+        call, cheap enough to poll every few seconds."""
+        out = str(
+            self.repo.git.for_each_ref(
+                "--format=%(objectname) %(refname)",
+                f"refs/heads/{branch}",
+                f"refs/remotes/*/{branch}",
+            )
+        )
+        try:
+            head = str(self.repo.head.commit.hexsha)
+        except ValueError:  # an unborn branch
+            head = ""
+        return f"{head}\n{out.strip()}"
+
+    def head_commit(self) -> str | None:
+        """HEAD's commit, None on an unborn branch."""
+        try:
+            return str(self.repo.head.commit.hexsha)
+        except ValueError:
+            return None
+
+    def log(
+        self, rev: str, *, path: str | None = None, limit: int = 100, paths: bool = False
+    ) -> list[CommitInfo]:
+        """Commits back from `rev` (touching `path` when given), newest first; with
+        `paths`, each with the files it changed (one git call for all)."""
+        args = [f"--max-count={limit}", "--format=%x1e%H%x1f%an%x1f%ct%x1f%s"]
+        if paths:
+            args.append("--name-only")
+        args.append(rev)
+        if path is not None:
+            args += ["--", path]
+        try:
+            out = str(self.repo.git.log(*args))
+        except git.GitCommandError as exc:
+            raise GitSourceError(
+                f"cannot read the log of {rev!r}: {_gist(git_message(exc))}"
+            ) from None
+        found: list[CommitInfo] = []
+        for record in out.split("\x1e"):
+            head, _, rest = record.partition("\n")
+            fields = head.split("\x1f")
+            if len(fields) == 4:
+                sha, author, when, subject = fields
+                changed = tuple(line for line in rest.splitlines() if line.strip())
+                found.append(CommitInfo(sha, author, int(when), subject, changed))
+        return found
+
+    def commit_info(self, rev: str) -> CommitInfo | None:
+        """Who made a commit, when, and its subject; None when the repository lacks it."""
+        try:
+            found = self.log(self._verified(rev), limit=1)
+        except GitSourceError:
+            return None
+        return found[0] if found else None
+
+    def read_files_at(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Files' texts at commits, {(commit, path): text}, with one `git cat-file --batch`
+        for all of them (a timeline reads one file at fifty commits); pairs the repository
+        lacks are left out."""
+        pairs = list(dict.fromkeys(wanted))
+        if not pairs:
+            return {}
+        done = subprocess.run(
+            ["git", "cat-file", "--batch"],
+            input="".join(f"{commit}:{path}\n" for commit, path in pairs).encode(),
+            cwd=self.repo.git_dir,
+            capture_output=True,
+            check=True,
+        )
+        out = done.stdout
+        found: dict[tuple[str, str], str] = {}
+        pos = 0
+        for pair in pairs:  # answers come in the order asked
+            header_end = out.index(b"\n", pos)
+            fields = out[pos:header_end].decode(errors="replace").split(" ")
+            if len(fields) != 3 or fields[1] == "missing":
+                pos = header_end + 1
+                continue
+            size = int(fields[2])
+            start = header_end + 1
+            if fields[1] == "blob":
+                found[pair] = out[start : start + size].decode(errors="replace")
+            pos = start + size + 1  # content is followed by a newline
+        return found
+
+    def _verified(self, rev: str) -> str:
+        sha = self._ref_commit(rev)
+        if not sha:
+            raise GitSourceError(f"revision {rev!r} is not in the repository")
+        return sha
 
     def write_status(
         self, files: Mapping[str, str], *, message: str, branch: str = DEFAULT_STATUS_BRANCH

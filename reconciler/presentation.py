@@ -144,8 +144,11 @@ def _split_errors(plan: Plan) -> tuple[list[Diagnostic], list[Diagnostic]]:
 
 def plan_text(plan: Plan) -> str:
     lines: list[str] = []
+    if plan.revision is not None:
+        lines.append(f"Revision: {plan.revision.describe()}")
     errors, violations = _split_errors(plan)
     if violations:
+        lines.extend([""] if lines else [])
         lines.append(
             f"Policy violations ({len(violations)}): this change breaks the repository's policies"
         )
@@ -215,6 +218,8 @@ def _md_escape(text: str) -> str:
 
 def plan_markdown(plan: Plan, *, review: Review | None = None) -> str:
     out: list[str] = ["## Reconciler plan", ""]
+    if plan.revision is not None:
+        out.extend([f"Revision: {_md_escape(plan.revision.describe())}", ""])
     errors, violations = _split_errors(plan)
     if violations:
         many = "s" if len(violations) != 1 else ""

@@ -18,8 +18,21 @@ from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import Plan
 from reconciler.model.results import Outcome, StepResult
-from reconciler.model.specs import EndpointSpec, ScaleSettings, Weights, to_json, weights
-from reconciler.model.state import LiveDeployment, LiveEndpoint, LiveState, ProvisioningState
+from reconciler.model.specs import (
+    DeploymentSpec,
+    EndpointSpec,
+    ScaleSettings,
+    Weights,
+    to_json,
+    weights,
+)
+from reconciler.model.state import (
+    DesiredState,
+    LiveDeployment,
+    LiveEndpoint,
+    LiveState,
+    ProvisioningState,
+)
 
 STATUS_DIR = "status"
 LOG_TAIL_LINES = 20
@@ -37,8 +50,12 @@ def build_status(
     plan: Plan,
     results: Sequence[StepResult] = (),
     declared: Sequence[str] = (),
+    desired: DesiredState | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Status documents keyed by endpoint name.
+
+    desired (when given) names the model and environment of a deployment whose target
+    does not give its spec back, when what runs is what it declares (same digest).
 
     live is the state observed after the pass; plan and results say what the pass tried;
     declared lists the endpoints the desired state names (some may not exist yet).
@@ -49,6 +66,7 @@ def build_status(
     pending = _pending_by_endpoint(plan, results)
     running = _in_progress_by_endpoint(plan, results)
     names = sorted({e.name for e in live.endpoints} | set(declared))
+    declared_specs = {d.key: d for d in desired.deployments} if desired is not None else {}
     docs: dict[str, dict[str, Any]] = {}
     for name in names:
         endpoint = live.endpoint(name)
@@ -62,6 +80,7 @@ def build_status(
             failures=failures,
             pending=pending.get(name, []),
             running=running.get(name, []),
+            declared=declared_specs,
         )
     return docs
 
@@ -120,6 +139,7 @@ def _endpoint_doc(
     failures: Mapping[ResourceKey, StepResult],
     pending: list[dict[str, Any]],
     running: list[dict[str, Any]],
+    declared: Mapping[ResourceKey, DeploymentSpec],
 ) -> dict[str, Any]:
     failed = failures.get(ResourceKey(name))
     if failed is not None:
@@ -136,7 +156,9 @@ def _endpoint_doc(
     health = endpoint_health(endpoint, live)
     undone = {p["deployment"] for p in pending + running if p["deployment"]}
     deployments = {
-        d.name: _deployment_doc(d, failures.get(d.key), pending=d.name in undone)
+        d.name: _deployment_doc(
+            d, failures.get(d.key), pending=d.name in undone, declared=declared.get(d.key)
+        )
         for d in live.deployments_of(name)
     }
     doc: dict[str, Any] = {
@@ -166,8 +188,29 @@ def _endpoint_doc(
     return doc
 
 
+def running_assets(
+    d: LiveDeployment, declared: DeploymentSpec | None = None
+) -> tuple[str | None, str | None]:
+    """(model, environment) of what a deployment's instances run, as `name:version` (the
+    environment's image when it has no name), None where unknown: from the spec the
+    target gives back, else from the declared spec when its digest is what runs."""
+    spec = d.spec
+    if spec is None and declared is not None and declared.digest == d.digest:
+        spec = declared
+    if spec is None:
+        return None, None
+    model = f"{spec.model.name}:{spec.model.version}" if spec.model is not None else None
+    env = spec.environment
+    environment = f"{env.name}:{env.version}" if env.name else env.image
+    return model, environment
+
+
 def _deployment_doc(
-    d: LiveDeployment, failed: StepResult | None, *, pending: bool = False
+    d: LiveDeployment,
+    failed: StepResult | None,
+    *,
+    pending: bool = False,
+    declared: DeploymentSpec | None = None,
 ) -> dict[str, Any]:
     last_error = _error_text(failed) or d.last_error
     state = d.provisioning_state
@@ -185,7 +228,15 @@ def _deployment_doc(
         "spec_digest": d.digest,
         "last_error": last_error,
         **({"autoscale": d.autoscale} if d.autoscale else {}),
+        # Added later (after autoscale): what runs, as `name:version`.
+        **_assets(d, declared),
     }
+
+
+def _assets(d: LiveDeployment, declared: DeploymentSpec | None) -> dict[str, str]:
+    model, environment = running_assets(d, declared)
+    found = {"model": model, "environment": environment}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _error_text(result: StepResult | None) -> str | None:

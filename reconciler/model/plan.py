@@ -255,11 +255,53 @@ class EndpointSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanRevision:
+    """Which files a plan was made from: a commit's, or those on disk.
+
+    commit is HEAD (None before the first commit); dirty says the working tree differs
+    from it; worktree says the plan read the working tree (--worktree, or no commit yet)
+    rather than the commit.
+    """
+
+    commit: str | None
+    dirty: bool
+    worktree: bool = False
+
+    @property
+    def short(self) -> str:
+        return (self.commit or "")[:12]
+
+    def describe(self) -> str:
+        """One line for people: what was read, and whether that is all there is."""
+        if self.worktree:
+            if self.commit is None:
+                return "the working tree (no commit yet)"
+            if self.dirty:
+                return f"the working tree: commit {self.short} (HEAD) with uncommitted changes"
+            return f"the working tree, the same as commit {self.short} (HEAD)"
+        if self.dirty:
+            return (
+                f"commit {self.short} (HEAD); the working tree's uncommitted changes "
+                "are not in this plan"
+            )
+        return f"commit {self.short} (HEAD)"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "dirty": self.dirty,
+            "source": "worktree" if self.worktree else "commit",
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     steps: tuple[Step, ...] = ()
     errors: tuple[Diagnostic, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
     endpoints: tuple[EndpointSummary, ...] = ()
+    # Added after the first release: which revision the plan read (apply and --dry-run).
+    revision: PlanRevision | None = None
 
     @property
     def empty(self) -> bool:
@@ -270,4 +312,6 @@ class Plan:
             "steps": [s.as_json() for s in self.steps],
             "errors": [e.as_json() for e in self.errors],
             "warnings": [w.as_json() for w in self.warnings],
+            # Only when known: `reconcile diff` names its revisions on the command line.
+            **({"revision": self.revision.as_json()} if self.revision is not None else {}),
         }

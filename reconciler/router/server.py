@@ -43,7 +43,13 @@ Mirroring: a non-pinned live request is copied, with probability mirror percent 
 the mirror deployment in a background task. The copy never delays or changes the caller's
 answer: it is admitted only if the mirror deployment has a free slot (no queueing; else it
 is dropped and counted as 429), it has its own timeout, and its answer is thrown away after
-metrics and access log record it.
+metrics and access log record it, and after it is compared with the live answer of the same
+request (shadow comparison, `compare.py`: status code, and the body as JSON within the
+config's `shadow_comparison` tolerance, counted in router_shadow_comparisons_total and
+router_shadow_latency_delta_seconds). The comparison runs when both answers are in: in the
+copy's task, or, when the live answer comes last, after it is written to the caller; large
+bodies in a process of their own (`comparer`). Bodies are kept for it only up to
+`shadow_comparison.max_body_bytes` each, and never stored or logged.
 
 Reconfiguration: the config file's folder is watched (watchfiles; a Kubernetes Secret's
 symlink swap is seen too), SIGHUP re-reads it, and `POST /-/config` takes a new document.
@@ -65,6 +71,7 @@ the backend connection, and the access log line is formatted directly (`logs.Acc
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hmac
 import itertools
@@ -76,6 +83,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -84,8 +93,9 @@ import watchfiles
 from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reconciler.router import logs
+from reconciler.router import comparer, logs
 from reconciler.router.balancing import mirror_hit
+from reconciler.router.compare import Answer, Failure, Pair, Result, judge
 from reconciler.router.config import (
     ConfigError,
     RouterConfig,
@@ -142,6 +152,10 @@ _SKIP_RESPONSE_HEADERS = frozenset(
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
 _METRICS_MAX_BODY = 64 * 1024
+# Shadow comparison: bodies up to this much (both together) are judged on the event loop
+# (well under a millisecond); larger ones in a process, this many at most at a time.
+_INLINE_COMPARE_BYTES = 64 * 1024
+_MAX_PENDING_COMPARISONS = 2
 
 _JSON = b"Content-Type: application/json; charset=utf-8\r\n"
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -297,6 +311,8 @@ class RouterServer:
         self._access_log = config.access_log
         self._digest_reply = _digest_reply(config)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._compare_pool: ProcessPoolExecutor | None = None
+        self._comparing = 0
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
@@ -433,13 +449,20 @@ class RouterServer:
         body = request.body
         query = request.query
         mirror = self.runtime.mirror
+        pair = None
         if mirror is not None and not pinned and mirror_hit(mirror[1], random.random()):
-            self._spawn_mirror(
-                mirror[0], b"POST", mirror[0].scoring_path + query, head_rest, body, request_id
+            pair = self._spawn_mirror(
+                deployment,
+                mirror[0],
+                b"POST",
+                mirror[0].scoring_path + query,
+                head_rest,
+                body,
+                request_id,
             )
         target = deployment.scoring_path + query
         return self._forward(
-            request, started, request_id, deployment, b"POST", target, head_rest, body
+            request, started, request_id, deployment, b"POST", target, head_rest, body, pair
         )
 
     def _v2(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
@@ -455,6 +478,7 @@ class RouterServer:
         body = request.body
         target = _forwarded_target(request)
         mirror = self.runtime.mirror
+        pair = None
         # Inference is mirrored; a health or metadata GET would tell the mirror nothing.
         if (
             method == b"POST"
@@ -462,9 +486,11 @@ class RouterServer:
             and not pinned
             and mirror_hit(mirror[1], random.random())
         ):
-            self._spawn_mirror(mirror[0], method, target, head_rest, body, request_id)
+            pair = self._spawn_mirror(
+                deployment, mirror[0], method, target, head_rest, body, request_id
+            )
         return self._forward(
-            request, started, request_id, deployment, method, target, head_rest, body
+            request, started, request_id, deployment, method, target, head_rest, body, pair
         )
 
     def _refuse(
@@ -490,6 +516,7 @@ class RouterServer:
         target: bytes,
         head_rest: bytes,
         body: bytes,
+        pair: Pair | None = None,
     ) -> Reply:
         try:
             # `_admitted` inlined: one coroutine frame less on the hot path.
@@ -507,6 +534,8 @@ class RouterServer:
             reply = _caller_reply(outcome, deployment.name, request_id)
         except BaseException:
             self._record(request, started, request_id, 500, deployment.name, LIVE, None, 0, "error")
+            if pair is not None:
+                pair.live_answered(Answer(None, failure=Failure.ERROR), time.perf_counter())
             raise
         # Metrics and the access line once the answer is written (call_soon runs after the
         # HTTP layer's write, in the same loop pass): off the caller's latency.
@@ -522,6 +551,13 @@ class RouterServer:
             outcome,
             len(body),
         )
+        if pair is not None:
+            # Also after the write: the comparison may run in this call.
+            self._loop.call_soon(
+                pair.live_answered,
+                self._answer(outcome),
+                time.perf_counter(),
+            )
         return reply
 
     async def _admitted(
@@ -587,20 +623,109 @@ class RouterServer:
     # ------------------------------------------------------------------ mirroring
     def _spawn_mirror(
         self,
+        live: Deployment,
         mirror: Deployment,
         method: bytes,
         target: bytes,
         head_rest: bytes,
         body: bytes,
         request_id: bytes,
-    ) -> None:
+    ) -> Pair:
+        """Start the copy; the pair meets the live answer for the shadow comparison."""
         assert self._loop is not None
+        pair = Pair(live.name, mirror.name, self._compare)
         task = self._loop.create_task(
-            self._mirror(mirror, method, target, head_rest, body, request_id)
+            self._mirror(mirror, method, target, head_rest, body, request_id, pair)
         )
         # The loop keeps only weak references to tasks: hold them until they end.
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
+        return pair
+
+    def _answer(self, outcome: _Outcome) -> Answer:
+        """What the shadow comparison keeps of an outcome: the body only under the limit."""
+        response = outcome.response
+        if response is None:
+            status = outcome.status
+            failure = (
+                Failure.TIMEOUT
+                if status == 408
+                else Failure.DROPPED
+                if outcome.reason == "mirror_full"
+                else Failure.ERROR
+            )
+            return Answer(None, failure=failure)
+        body = response.body
+        limit = self.runtime.config.shadow_comparison.max_body_bytes
+        return Answer(response.status, body if len(body) <= limit else None)
+
+    def _compare(self, pair: Pair) -> None:
+        """Both answers are in: judge them and count (the bodies go with the pair).
+
+        What needs no parsing, or only of small bodies, is judged here. Larger bodies go to
+        a process of their own (`comparer`): parsing 1 MB of JSON numbers takes some 40 ms,
+        and json.loads holds the GIL all along, so a thread would stall the event loop, and
+        every caller it serves, as long. At most `_MAX_PENDING_COMPARISONS` go at a time
+        (each holds two bodies); the others count as `not_compared`."""
+        live, shadow = pair.live, pair.shadow
+        assert live is not None and shadow is not None
+        settings = self.runtime.config.shadow_comparison
+        delta = pair.latency_delta()
+        parses = (
+            live.status is not None
+            and live.status == shadow.status
+            and live.body is not None
+            and shadow.body is not None
+            and len(live.body) + len(shadow.body) > _INLINE_COMPARE_BYTES
+            and live.body != shadow.body
+        )
+        if not parses:
+            try:
+                result = judge(live, shadow, rtol=settings.rtol, atol=settings.atol)
+            except Exception as error:  # a comparison must never take the router down
+                self.log.warning("shadow.compare_failed", error=type(error).__name__)
+                return
+            self.metrics.shadow_compared(pair.live_name, pair.shadow_name, result, delta)
+            return
+        if self._comparing >= _MAX_PENDING_COMPARISONS:
+            self.metrics.shadow_compared(
+                pair.live_name, pair.shadow_name, Result.NOT_COMPARED, delta
+            )
+            return
+        if self._compare_pool is None:
+            self._compare_pool = comparer.new_pool()
+        try:
+            submitted = self._compare_pool.submit(
+                judge, live, shadow, rtol=settings.rtol, atol=settings.atol
+            )
+        except BrokenProcessPool:
+            self._compare_failed(BrokenProcessPool())
+            return
+        self._comparing += 1
+        future = asyncio.wrap_future(submitted, loop=self._loop)
+        future.add_done_callback(
+            functools.partial(self._compared, pair.live_name, pair.shadow_name, delta)
+        )
+
+    def _compared(
+        self, live: str, shadow: str, delta: float | None, future: asyncio.Future[Result]
+    ) -> None:
+        """A comparison from the comparing process is done (called on the loop)."""
+        self._comparing -= 1
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._compare_failed(error)
+            return
+        self.metrics.shadow_compared(live, shadow, future.result(), delta)
+
+    def _compare_failed(self, error: BaseException) -> None:
+        self.log.warning("shadow.compare_failed", error=type(error).__name__)
+        if isinstance(error, BrokenProcessPool) and self._compare_pool is not None:
+            # The comparing process died (killed, out of memory): the next one starts anew.
+            self._compare_pool.shutdown(wait=False, cancel_futures=True)
+            self._compare_pool = None
 
     async def _mirror(
         self,
@@ -610,6 +735,7 @@ class RouterServer:
         head_rest: bytes,
         body: bytes,
         request_id: bytes,
+        pair: Pair,
     ) -> None:
         started = time.perf_counter()
         outcome = _Outcome(429, reason="mirror_full")
@@ -627,8 +753,10 @@ class RouterServer:
                 "mirror.failed", request_id=request_id.decode(), error=type(error).__name__
             )
         finally:
+            answered = time.perf_counter()
             status = _caller_status(outcome)
             self._record(None, started, request_id, status, mirror.name, MIRROR, outcome, len(body))
+            pair.shadow_answered(self._answer(outcome), answered)
 
     # ------------------------------------------------------------------ swagger
     def _swagger(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
@@ -901,6 +1029,9 @@ class RouterServer:
         await asyncio.gather(*self._background, *self._mirror_tasks, return_exceptions=True)
         if self._deadlines is not None:
             self._deadlines.close()
+        if self._compare_pool is not None:
+            # Waits for a comparison under way (tens of ms) and the process's exit.
+            self._compare_pool.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         logs.flush()
 

@@ -25,17 +25,20 @@ from reconciler.model.state import DesiredState
 if TYPE_CHECKING:
     # Types only: what a connection is, shared by the targets (endpoints.connections).
     from reconciler.endpoints.connections import Connection
+    from reconciler.images.retention import Collected
 
 __all__ = [
     "Autoscaler",
     "Autoscales",
     "Builds",
     "ChecksDesired",
+    "CollectsImages",
     "ConnectionStore",
     "EndpointKeys",
     "HasConnections",
     "HasCredentials",
     "HasLogs",
+    "HasPreviousLogs",
     "HasRouterMetrics",
 ]
 
@@ -75,6 +78,25 @@ class HasLogs(Protocol):
     def logs(
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str: ...
+
+
+@runtime_checkable
+class HasPreviousLogs(Protocol):
+    """A target that keeps what an instance wrote before its last restart
+    (`reconcile logs --previous`)."""
+
+    def previous_logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str: ...
+
+
+@runtime_checkable
+class CollectsImages(Protocol):
+    """A target that removes the images it built beyond their retention (`reconcile gc`)."""
+
+    def collect_images(
+        self, *, dry_run: bool = False, keep: int | None = None, protect: tuple[str, ...] = ()
+    ) -> Collected: ...
 
 
 class ConnectionStore(Protocol):

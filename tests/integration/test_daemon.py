@@ -25,9 +25,10 @@ from repo_builder import RepoBuilder
 from reconciler.cli import main
 from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions, verify_webhook
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH
-from reconciler.model.plan import Step
+from reconciler.model.errors import ErrorCode
+from reconciler.model.plan import CreateDeployment, Step
 from reconciler.model.specs import weight_of
-from reconciler.targets.base import ProgressCallback
+from reconciler.targets.base import ProgressCallback, TargetError
 from reconciler.targets.memory import MemoryTarget
 
 
@@ -493,6 +494,65 @@ def test_an_unexpected_error_of_a_pass_does_not_end_the_daemon(
     assert running.thread.is_alive()
     assert OnceBrokenTarget.failures == 1
     assert running.daemon.state.last_error is None
+
+
+class FailingCreate(MemoryTarget):
+    """Creating a deployment fails with `code`, `times` times (then succeeds)."""
+
+    def __init__(self, code: ErrorCode, times: int) -> None:
+        super().__init__()
+        self.code = code
+        self.left = times
+        self.attempts = 0
+
+    def _create_deployment(  # type: ignore[override]
+        self, step: Step, do: CreateDeployment, say: ProgressCallback
+    ) -> None:
+        self.attempts += 1
+        if self.left > 0:
+            self.left -= 1
+            raise TargetError(f"failed with {self.code}", code=self.code)
+        super()._create_deployment(step, do, say)
+
+
+def _metrics(running: Running) -> str:
+    port = running.daemon.ports[0]
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+
+def test_a_transient_step_failure_is_retried_soon_and_a_permanent_one_waits_for_a_commit(
+    repo: RepoBuilder, tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    blue_green(repo)
+    first = repo.commit("blue and green")
+    # Transient (an unknown failure of the platform): retried after the backoff's first
+    # pause (at most a second), without a new commit, and then applied.
+    transient = FailingCreate(ErrorCode.DOCKER_ERROR, times=1)
+    running = start(local(repo, tmp_path), transient, metrics_port=0)
+    wait_for(lambda: (status_doc(repo) or {}).get("commit") == first, what="the retried pass")
+    wait_for(lambda: running.daemon.state.last_error is None, what="a clean pass")
+    assert 'reconciler_step_failures_total{code="DockerError",error_kind="transient"} 1.0' in (
+        _metrics(running)
+    )
+    running.stop()
+
+    # Permanent (an image that does not build): the same commit fails the same way, so
+    # the daemon waits for the interval (60 s here) or a commit, not for a backoff.
+    permanent = FailingCreate(ErrorCode.IMAGE_BUILD_FAILURE, times=10)
+    running = start(local(repo, tmp_path / "second"), permanent, metrics_port=0)
+    wait_for(lambda: permanent.attempts >= 1, what="the first attempt")
+    wait_for(lambda: running.daemon.state.last_error is not None, what="the failed pass")
+    time.sleep(3.0)  # a transient failure would have been retried twice by now
+    assert permanent.attempts == 1
+    assert (
+        'reconciler_step_failures_total{code="ImageBuildFailure",error_kind="permanent"} 1.0'
+        in _metrics(running)
+    )
+    # A new commit is planned at once.
+    repo.endpoint("my-endpoint", traffic={"blue": 80, "green": 20})
+    repo.commit("a fix")
+    running.daemon.trigger("test")
+    wait_for(lambda: permanent.attempts >= 2, what="the pass of the new commit")
 
 
 def test_a_fix_committed_while_a_broken_rollout_is_in_progress_is_served_at_once(

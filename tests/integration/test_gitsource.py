@@ -97,3 +97,32 @@ def test_a_repository_is_the_same_one_in_each_clone_and_by_each_way_of_naming_it
     subprocess.run(["git", "clone", "-q", str(bare), str(clone)], check=True)
     repo.git("remote", "set-url", "origin", f"file://{bare}")
     assert GitSource(clone).identity() == GitSource(repo.root).identity() == str(bare)[:-4]
+
+
+def test_status_history_reads_logs_with_paths_and_files_at_commits(repo: RepoBuilder) -> None:
+    repo.write("a.txt", "a\n")
+    repo.commit("first")
+    source = GitSource(repo.root)
+    one = source.write_status({"status/x.yaml": "v: 1\n", "status/y.yaml": "v: 1\n"}, message="s1")
+    two = source.write_status({"status/x.yaml": "v: 2\n", "status/y.yaml": "v: 1\n"}, message="s2")
+    assert one.commit and two.commit
+    log = source.log("reconcile-status", paths=True)
+    assert [(c.commit, c.subject, c.paths) for c in log] == [
+        (two.commit, "s2", ("status/x.yaml",)),
+        (one.commit, "s1", ("status/x.yaml", "status/y.yaml")),
+    ]
+    assert log[0].author == "reconciler"
+    assert [c.commit for c in source.log("reconcile-status", path="status/y.yaml")] == [one.commit]
+    texts = source.read_files_at(
+        [(two.commit, "status/x.yaml"), (one.commit, "status/x.yaml"), (one.commit, "nope.yaml")]
+    )
+    assert texts == {
+        (two.commit, "status/x.yaml"): "v: 2\n",
+        (one.commit, "status/x.yaml"): "v: 1\n",
+    }
+    assert source.commit_info("0" * 40) is None
+    info = source.commit_info("HEAD")
+    assert info is not None and info.subject == "first" and info.author == "Test"
+    before = source.status_fingerprint()
+    source.write_status({"status/x.yaml": "v: 3\n"}, message="s3")
+    assert source.status_fingerprint() != before

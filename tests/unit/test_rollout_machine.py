@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from specs_factory import deployment, endpoint
 
 from reconciler.model.specs import CodeSpec, DeploymentSpec, ModelSpec, weights
 from reconciler.model.state import DesiredState
@@ -32,7 +33,6 @@ from reconciler.rollouts.policy import (
     StepKind,
     Thresholds,
 )
-from tests.unit.specs_factory import deployment, endpoint
 
 POLICY = RolloutPolicy(
     steps=(

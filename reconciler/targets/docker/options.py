@@ -10,6 +10,7 @@ targets:
     state_dir: ~/.local/state/ml-endpoint-reconciler/docker   # keys (0600), router configs
     router_port_range: [18000, 18999]
     ready_timeout_s: 300
+    image_retention: 3            # unused images kept per deployment (reconcile gc)
     capacity_cores: 16            # core quota the review holds ceil(1.2 x n) x cores against
 ```
 `capacity_cores` is read by reconciler.repoconfig (any target type), not by the driver.
@@ -46,6 +47,9 @@ class DockerOptions:
     router_port_range: tuple[int, int] = (18000, 18999)
     ready_timeout_s: float = 300.0
     drain_s: float = 1.0  # how long a removed instance keeps serving requests in flight
+    # Images built for a deployment kept when no container uses them (a quick rollback),
+    # per deployment; older ones are removed after builds and deletions (imagegc.py).
+    image_retention: int = 3
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> DockerOptions:
@@ -58,6 +62,7 @@ class DockerOptions:
             "router_port_range",
             "ready_timeout_s",
             "drain_s",
+            "image_retention",
             "capacity_cores",  # the review's quota figure (repoconfig); no effect here
         }
         unknown = sorted(set(options) - known)
@@ -83,6 +88,12 @@ class DockerOptions:
             for key in ("state_dir", "wheel_cache"):
                 if key in options:
                     values[key] = Path(os.path.expanduser(str(options[key])))
+            key = "image_retention"
+            if key in options:
+                retention = int(options[key])
+                if retention < 0:
+                    raise ValueError(f"need a count of 0 or more, got {retention}")
+                values[key] = retention
             key = "router_port_range"
             if key in options:
                 low, high = (int(port) for port in options[key])

@@ -93,6 +93,7 @@ from reconciler.images.layers import (
     remove_stale_build_containers,
 )
 from reconciler.images.layout import SERVER_PORT, serving
+from reconciler.images.retention import Collected, built_for_labels
 from reconciler.images.router import (
     PROBING_LEVEL,
     ROUTER_LEVEL_LABEL,
@@ -160,13 +161,17 @@ from reconciler.targets.capabilities import (
     Autoscales,
     Builds,
     ChecksDesired,
+    CollectsImages,
     HasConnections,
     HasCredentials,
     HasLogs,
+    HasPreviousLogs,
     HasRouterMetrics,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
+from reconciler.targets.docker.failures import failure_note, previous_run_log
+from reconciler.targets.docker.imagegc import collect as collect_images
 from reconciler.targets.docker.legacystore import LegacyStore
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
@@ -581,8 +586,11 @@ class DockerTarget:
         if failed:
             first = failed[0]
             fate = "replaced by a repair" if first in view.crashed else "it never became ready"
+            note = failure_note(
+                first.container, endpoint=endpoint, deployment=deployment, index=first.index
+            )
             last_error = (
-                f"{first.name}: {view.why.get(first.name, first.state)} ({fate})\n"
+                f"{first.name}: {view.why.get(first.name, first.state)} ({fate}){note}\n"
                 + _failure_tail(first.container)
             )
         return LiveDeployment(
@@ -1436,14 +1444,48 @@ class DockerTarget:
             # Triton serves a no-code triton_model: no Azure ML inference server in its image.
             inference_server=not serves_triton(spec),
         )
-        return build_deployment_image(
+        tag = build_deployment_image(
             self.client,
             spec,
             env_image=env_image,
             repo_root=self.repo_root,
             progress=_progress(say),
-            labels=build_labels(self.name),
+            labels={
+                **build_labels(self.name),
+                **built_for_labels(spec, repository=self.repository),
+            },
         )
+        # The image just built or reused stays, even an old one reused by a rollback.
+        self._collect_images(say, protect=(tag,))
+        return tag
+
+    def collect_images(
+        self, *, dry_run: bool = False, keep: int | None = None, protect: tuple[str, ...] = ()
+    ) -> Collected:
+        """Remove the images this target built that are out of retention (imagegc.py)."""
+        try:
+            return collect_images(
+                self.client,
+                target=self.name,
+                repository=self.repository,
+                keep=self.options.image_retention if keep is None else keep,
+                dry_run=dry_run,
+                protect=(self.options.base_image, *protect),
+            )
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+        except docker.errors.DockerException as exc:
+            raise TargetError(f"Docker Engine: {exc}", code=ErrorCode.DOCKER_ERROR) from None
+
+    def _collect_images(self, say: ProgressCallback, *, protect: tuple[str, ...] = ()) -> None:
+        # Best effort: a step never fails because an old image could not be removed.
+        try:
+            done = self.collect_images(protect=protect)
+        except TargetError as exc:
+            log.warning("images_not_collected", error=str(exc))
+            return
+        if done.removed:
+            say(f"{len(done.removed)} unused image(s) removed ({done.freed_bytes / 1e6:.0f} MB)")
 
     def _instances(self, endpoint: str, deployment: str) -> list[_Instance]:
         return sorted(
@@ -1703,10 +1745,13 @@ class DockerTarget:
             if reason.startswith("not ready after")
             else ErrorCode.DEPLOYMENT_NOT_READY
         )
+        note = failure_note(
+            first.container, endpoint=spec.endpoint_name, deployment=spec.name, index=first.index
+        )
         return TargetError(
             f"instance {first.name} of {spec.key} did not start ({reason}; init() failed, "
-            "the server crashed, or readiness was never met); the instances that served "
-            "keep serving. Commit a change of the deployment to try again",
+            f"the server crashed, or readiness was never met){note}; the instances that "
+            "served keep serving. Commit a change of the deployment to try again",
             code=code,
             log_tail=_failure_tail(first.container),
         )
@@ -1983,6 +2028,7 @@ class DockerTarget:
         self._remove(self._instances(step.endpoint, step.deployment))
         self._forget(step.endpoint, step.deployment)
         say(f"deployment {step.endpoint}/{step.deployment} removed")
+        self._collect_images(say)
 
     def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
         config = self._router_config(step.endpoint)
@@ -2142,6 +2188,23 @@ class DockerTarget:
         for inst in group:
             text = inst.container.logs(tail=lines).decode(errors="replace")
             chunks.append(f"==> {inst.name} <==\n{text}")
+        return "\n".join(chunks)
+
+    def previous_logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        """The log of each instance's attempt before its last restart (failures.py)."""
+        group = self._instances(endpoint, deployment)
+        if instance is not None:
+            group = [i for i in group if i.index == instance]
+        if not group:
+            raise TargetError(f"no instance of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for inst in group:
+            text = previous_run_log(inst.container, lines=lines)
+            if text is None:
+                text = "(not restarted: its log holds one attempt; `reconcile logs` shows it)\n"
+            chunks.append(f"==> {inst.name} (before its last restart) <==\n{text}")
         return "\n".join(chunks)
 
 
@@ -2524,6 +2587,8 @@ _IS_TARGET: type[Target] = DockerTarget
 _HANDLES_STEPS: type[StepHandlers] = DockerTarget
 _HAS_CREDENTIALS: type[HasCredentials] = DockerTarget
 _HAS_LOGS: type[HasLogs] = DockerTarget
+_COLLECTS_IMAGES: type[CollectsImages] = DockerTarget
+_HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = DockerTarget
 _HAS_CONNECTIONS: type[HasConnections] = DockerTarget
 _AUTOSCALES: type[Autoscales] = DockerTarget
 _BUILDS: type[Builds] = DockerTarget

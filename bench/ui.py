@@ -1,0 +1,113 @@
+"""Benchmark of the dashboard: page load times and memory for many endpoints.
+
+A git repository in a temporary folder declares N endpoints (two deployments each, 90/10
+traffic); one pass on the in-memory target writes their status, a second moves traffic
+(so each endpoint has a history of two). Then `reconcile ui` runs as its own process and
+serves it: the time of the first (cold) and later (warm) GETs of the overview, the JSON
+API and an endpoint page, and the process's resident memory after them.
+Prints figures; goal: the overview of 100 endpoints in under 1 s warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from repo_builder import RepoBuilder
+
+from reconciler.engine import run_pass
+from reconciler.gitsource import GitSource
+from reconciler.targets.memory import MemoryTarget
+
+
+def _apply(repo: RepoBuilder, target: MemoryTarget) -> None:
+    source = GitSource(repo.root)
+    commit = source.resolve("HEAD")
+    run_pass(
+        source.tree(commit),
+        target,
+        prune=False,
+        dry_run=False,
+        revision=commit,
+        write_status=lambda files, message: source.write_status(files, message=message),
+    )
+
+
+def _timed(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as response:
+        response.read()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--endpoints", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = RepoBuilder(Path(tmp) / "repo")
+        repo.basics()
+        names = [f"endpoint-{i:03d}" for i in range(args.endpoints)]
+        for name in names:
+            repo.endpoint(name, traffic={"blue": 90, "green": 10}, description=f"{name} scores")
+            repo.deployment(name, "blue")
+            repo.deployment(name, "green")
+        repo.commit("endpoints")
+        target = MemoryTarget()
+        _apply(repo, target)
+        for name in names:
+            repo.endpoint(name, traffic={"blue": 50, "green": 50}, description=f"{name} scores")
+        repo.commit("half and half")
+        _apply(repo, target)
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from reconciler.cli import main; main()",
+                "ui",
+                "--repo",
+                str(repo.root),
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert process.stdout is not None
+            found = re.search(r"at (http://\S+)", process.stdout.readline())
+            assert found
+            base = found.group(1).rstrip("/")
+            for path in ("/", "/api/endpoints", f"/endpoints/{names[0]}"):
+                cold = _timed(base + path)
+                warm = [_timed(base + path) for _ in range(args.repeat)]
+                print(
+                    f"{args.endpoints} endpoints GET {path}: cold {cold * 1000:.0f} ms, "
+                    f"warm median {statistics.median(warm) * 1000:.0f} ms"
+                )
+            rss_kb = next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+            print(f"reconcile ui resident memory: {rss_kb / 1024:.0f} MiB")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+// Live updates of the dashboard (reconciler/ui/static). The pages work without this
+// script; with it, a change of the status branch (a server-sent `status` event whose
+// fingerprint differs from the one the page was drawn at) re-reads the page and swaps its
+// content in. No inline script, no third-party code: the Content-Security-Policy allows
+// only this file.
+(function () {
+  "use strict";
+  if (!window.EventSource || !window.fetch || !window.DOMParser) {
+    return;
+  }
+  var shown = document.body.getAttribute("data-fingerprint");
+  var badge = document.getElementById("live");
+  var busy = false;
+
+  function refresh(wanted) {
+    if (busy) {
+      return;
+    }
+    busy = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status);
+        }
+        return response.text();
+      })
+      .then(function (text) {
+        var fresh = new DOMParser().parseFromString(text, "text/html");
+        var content = fresh.getElementById("content");
+        var current = document.getElementById("content");
+        if (content && current) {
+          current.replaceWith(document.importNode(content, true));
+          shown = fresh.body.getAttribute("data-fingerprint") || wanted;
+          document.body.setAttribute("data-fingerprint", shown);
+        }
+      })
+      .catch(function () {
+        // The next event tries again.
+      })
+      .then(function () {
+        busy = false;
+      });
+  }
+
+  var events = new EventSource("/api/events");
+  events.addEventListener("status", function (event) {
+    var data = JSON.parse(event.data);
+    if (badge) {
+      badge.hidden = false;
+    }
+    if (data.fingerprint !== shown) {
+      refresh(data.fingerprint);
+    }
+  });
+  events.addEventListener("error", function () {
+    if (badge) {
+      badge.hidden = true;
+    }
+  });
+})();

@@ -1,0 +1,117 @@
+"""Shared by the dashboard's tests: a real git repository whose status branch real passes
+(the in-memory target) wrote, the dashboard served from it in a thread on 127.0.0.1, and
+an HTTP GET."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from repo_builder import RepoBuilder
+
+from reconciler.engine import run_pass
+from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
+from reconciler.targets.memory import MemoryTarget
+from reconciler.ui.server import UiOptions, start
+from reconciler.ui.source import GitStatusSource
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+TOKEN = "s3cret-dashboard-token"
+CLI = [sys.executable, "-c", "from reconciler.cli import main; main()"]
+
+
+def _apply_head(repo: RepoBuilder, target: MemoryTarget) -> None:
+    source = GitSource(repo.root)
+    commit = source.resolve("HEAD")
+    result = run_pass(
+        source.tree(commit),
+        target,
+        prune=False,
+        dry_run=False,
+        revision=commit,
+        write_status=lambda files, message: source.write_status(files, message=message),
+    )
+    assert not result.failed, result.results
+
+
+@dataclass
+class Served:
+    repo: RepoBuilder
+    target: MemoryTarget
+    first: str
+    second: str
+
+
+@pytest.fixture(name="served_repo")
+def served_repo_fixture(repo: RepoBuilder) -> Served:
+    """Blue/green at 90/10 applied, then 50/50 applied: two status commits for my-endpoint;
+    an XSS attempt in the endpoint's description, a tag and the second commit's message."""
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.endpoint(
+        "my-endpoint", traffic={"blue": 90, "green": 10}, description=XSS, tags={"team": XSS}
+    )
+    repo.deployment("my-endpoint", "blue")
+    repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2", instance_count=2)
+    repo.endpoint("other-endpoint", traffic={"main": 100})
+    repo.deployment("other-endpoint", "main")
+    first = repo.commit("blue and green")
+    target = MemoryTarget()
+    _apply_head(repo, target)
+    repo.endpoint(
+        "my-endpoint", traffic={"blue": 50, "green": 50}, description=XSS, tags={"team": XSS}
+    )
+    second = repo.commit(f"move traffic {XSS}")
+    _apply_head(repo, target)
+    return Served(repo, target, first, second)
+
+
+@contextmanager
+def serving(root: Path, *, token: str | None = None, poll_s: float = 0.2) -> Iterator[str]:
+    """The dashboard of a checkout on 127.0.0.1 (any free port), in a thread of its own."""
+    source = GitStatusSource(GitSource(root), branch=DEFAULT_STATUS_BRANCH)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, str] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner, url = loop.run_until_complete(
+            start(
+                source,
+                host="127.0.0.1",
+                port=0,
+                options=UiOptions(token=token, poll_s=poll_s),
+            )
+        )
+        box["url"] = url
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    try:
+        yield box["url"].rstrip("/")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(20)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()

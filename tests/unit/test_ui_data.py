@@ -1,0 +1,149 @@
+"""The dashboard's data and HTML from plain status documents: states, outcomes, history
+changes, and escaping by default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.gitsource import CommitInfo
+from reconciler.ui import data, render
+from reconciler.ui.source import StatusRevision, StatusSnapshot
+
+
+def _doc(**extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "endpoint": "shop",
+        "commit": "a" * 40,
+        "target": "docker",
+        "provisioning_state": "Succeeded",
+        "health": "Healthy",
+        "scoring_uri": "http://127.0.0.1:8001/score",
+        "openapi_uri": None,
+        "auth_mode": "key",
+        "traffic": {"blue": 70, "green": 30},
+        "mirror_traffic": {},
+        "deployments": {
+            "blue": {
+                "provisioning_state": "Succeeded",
+                "health": "Healthy",
+                "instance_type": "Standard_DS3_v2",
+                "instance_count": 2,
+                "ready_instances": 2,
+                "scale_settings": {"type": "default"},
+                "spec_digest": "sha256:1",
+                "last_error": None,
+            },
+            "green": {
+                "provisioning_state": "Succeeded",
+                "health": "Healthy",
+                "instance_type": "Standard_DS3_v2",
+                "instance_count": 1,
+                "ready_instances": 1,
+                "scale_settings": {"type": "default"},
+                "spec_digest": "sha256:2",
+                "last_error": None,
+            },
+        },
+        "last_error": None,
+        "errors": [],
+        "pending_steps": [],
+    }
+    doc.update(extra)
+    return doc
+
+
+def test_a_converged_endpoint_is_succeeded() -> None:
+    assert data.endpoint_state(_doc()) == "Succeeded"
+    assert data.pass_outcome(_doc()) == "converged"
+
+
+def test_a_failed_deployment_makes_the_endpoint_failed() -> None:
+    doc = _doc()
+    doc["deployments"]["green"]["provisioning_state"] = "Failed"
+    assert data.endpoint_state(doc) == "Failed"
+    assert data.pass_outcome(doc) == "failed"
+
+
+def test_steps_in_progress_make_the_endpoint_updating() -> None:
+    doc = _doc(in_progress_steps=[{"action": "set_traffic", "deployment": None, "progress": "x"}])
+    assert data.endpoint_state(doc) == "Updating"
+    assert data.pass_outcome(doc) == "in progress"
+
+
+def test_errors_of_the_desired_state_make_the_endpoint_degraded() -> None:
+    doc = _doc(errors=[{"file": "e.yml", "line": 3, "field": "traffic", "message": "bad"}])
+    assert data.endpoint_state(doc) == "Degraded"
+    assert data.pass_outcome(doc) == "invalid desired state"
+    summary = data.summary(doc, changed_at=None, branch_head=None)
+    assert summary["errors"] == [{"file": "e.yml", "line": 3, "field": "traffic", "message": "bad"}]
+
+
+def test_summary_compares_the_applied_commit_with_the_branch_head() -> None:
+    behind = data.summary(_doc(), changed_at=5, branch_head="b" * 40)
+    assert behind["up_to_date"] is False
+    assert data.summary(_doc(), changed_at=5, branch_head="a" * 40)["up_to_date"] is True
+    assert data.summary(_doc(), changed_at=5, branch_head=None)["up_to_date"] is None
+    assert behind["instances"] == {"ready": 3, "desired": 3}
+
+
+def test_traffic_percentages_are_clamped_for_the_bars() -> None:
+    summary = data.summary(
+        _doc(traffic={"a": 150, "b": -3, "c": "x"}), changed_at=None, branch_head=None
+    )
+    assert [s["percent"] for s in summary["traffic"]] == [100, 0, 0]
+
+
+def test_history_entries_say_what_changed_since_the_one_before() -> None:
+    older = _doc()
+    newer = _doc(traffic={"blue": 40, "green": 60})
+    newer["deployments"]["green"] = dict(newer["deployments"]["green"], instance_count=3)
+    revisions = [
+        StatusRevision(
+            CommitInfo("s2", "reconciler", 20, "status"),
+            newer,
+            CommitInfo("c2", "Ann", 19, "shift"),
+        ),
+        StatusRevision(CommitInfo("s1", "reconciler", 10, "status"), older, None),
+    ]
+    timeline = data.history("shop", revisions)
+    first, second = timeline["entries"]
+    assert first["author"] == "Ann"
+    assert first["subject"] == "shift"
+    assert {"field": "traffic.blue", "from": 70, "to": 40} in first["changes"]
+    assert {"field": "traffic.green", "from": 30, "to": 60} in first["changes"]
+    assert {"field": "deployments.green.instance_count", "from": 1, "to": 3} in first["changes"]
+    assert second["changes"] == []  # nothing before it in the window
+    assert second["author"] is None
+
+
+def test_fill_escapes_every_value_but_markup_made_here() -> None:
+    out = render.fill("<p>$a $b</p>", a="<b>&\"'", b=render.Safe("<i>ok</i>"))
+    assert out == "<p>&lt;b&gt;&amp;&quot;&#x27; <i>ok</i></p>"
+
+
+def test_the_overview_escapes_names_errors_and_uris() -> None:
+    hostile = "<script>alert(1)</script>"
+    doc = _doc(
+        endpoint=hostile,
+        scoring_uri=f"http://x/{hostile}",
+        last_error=hostile,
+        errors=[{"file": hostile, "line": 1, "field": hostile, "message": hostile}],
+        traffic={hostile: 100},
+    )
+    snap = StatusSnapshot("reconcile-status", "c" * 40, 1, "a" * 40, {hostile: doc})
+    page = render.overview_page(data.overview(snap), fingerprint=hostile)
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'href="/endpoints/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in page
+
+
+def test_bars_are_width_classes_with_the_numbers_in_text() -> None:
+    bars = render.traffic_bars(
+        [{"deployment": "blue", "percent": 70}, {"deployment": "green", "percent": 0}],
+        [{"deployment": "green", "percent": 20}],
+    )
+    assert '<span class="seg w70 c0" title="blue 70%"></span>' in bars
+    assert "w0 " not in bars  # a 0% share draws no segment, but is in the legend
+    assert "green <b>0%</b>" in bars
+    assert '<span class="seg mirror w20 c1" title="mirror green 20%"></span>' in bars
+    assert "green <b>20%</b> mirrored" in bars
