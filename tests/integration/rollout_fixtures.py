@@ -10,34 +10,28 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from reconciler.router.metrics import RouterMetrics
 from reconciler.targets.capabilities import HasRouterMetrics
 from reconciler.targets.memory import MemoryTarget
 
 ENDPOINT = "my-endpoint"
 
 
-class RouterMetrics:
-    """A /metrics server on 127.0.0.1: every scrape first serves `per_scrape` more requests
-    to each deployment (live and mirrored copies), `errors[deployment]` of them answered 500."""
+class MetricsServer:
+    """A router's /metrics on 127.0.0.1, written by the router's own metrics code
+    (reconciler.router.metrics.RouterMetrics). Every scrape first serves `per_scrape` more
+    requests to each deployment (live and mirrored copies), `errors[deployment]` of them
+    answered 500, and compares as many mirrored copies of green with blue's live answers,
+    `disagree` of them differing."""
 
     def __init__(self, per_scrape: int = 10) -> None:
         self.per_scrape = per_scrape
         self.errors: dict[str, float] = {}
+        self.disagree = 0.0
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "router_requests",
-            "Requests",
-            ["endpoint", "deployment", "kind", "code"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "router_request_duration_seconds",
-            "Latency",
-            ["endpoint", "deployment", "kind"],
-            registry=self.registry,
-        )
+        self.metrics = RouterMetrics(ENDPOINT, self.registry)
         self.lock = threading.Lock()
         owner = self
 
@@ -61,13 +55,15 @@ class RouterMetrics:
     def scrape(self) -> bytes:
         with self.lock:
             for deployment in ("blue", "green"):
+                failed = round(self.per_scrape * self.errors.get(deployment, 0.0))
                 for kind in ("live", "mirror"):
-                    failed = round(self.per_scrape * self.errors.get(deployment, 0.0))
-                    for code, count in (("500", failed), ("200", self.per_scrape - failed)):
-                        if count:
-                            self.requests.labels(ENDPOINT, deployment, kind, code).inc(count)
-                    for _ in range(self.per_scrape):
-                        self.duration.labels(ENDPOINT, deployment, kind).observe(0.02)
+                    for n in range(self.per_scrape):
+                        code = 500 if n < failed else 200
+                        self.metrics.observe(deployment, kind, code, 0.02)
+            differ = round(self.per_scrape * self.disagree)
+            for n in range(self.per_scrape):
+                result = "disagree_body" if n < differ else "agree"
+                self.metrics.shadow_compared("blue", "green", result, 0.001)
             return generate_latest(self.registry)
 
     def close(self) -> None:
@@ -77,7 +73,7 @@ class RouterMetrics:
 
 @dataclass
 class MetricsTarget(MemoryTarget):
-    """The memory target whose router's metrics are the RouterMetrics server's."""
+    """The memory target whose router's metrics are the MetricsServer's."""
 
     metrics_url: str = ""
     scrapes: list[float] = field(default_factory=list)

@@ -2,9 +2,9 @@
 fetches from and pushes its step commits to, and a person's clone of it.
 
 The router's metrics come from a real HTTP server on loopback serving Prometheus text the
-test controls (prometheus_client counters bumped on every scrape, as the router's are by
-traffic). The target is the in-memory one (reconciler.targets.memory) with the
-HasRouterMetrics capability added: it reads that server over a real socket, as the Docker
+test controls (the router's own metrics code, fed on every scrape as traffic feeds it). The
+target is the in-memory one (reconciler.targets.memory) with the HasRouterMetrics
+capability added: it reads that server over a real socket, as the Docker
 target reads its router's metrics port. What is under test is the daemon's orchestration
 (start, windows, judgement, commits, status, control commits), not a platform.
 """
@@ -24,7 +24,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from repo_builder import RepoBuilder
-from rollout_fixtures import MetricsTarget, RouterMetrics
+from rollout_fixtures import MetricsServer, MetricsTarget
 
 from reconciler.cli import main
 from reconciler.daemon import Daemon, RemoteSource, WatchOptions
@@ -59,7 +59,7 @@ class Setup:
     repo: RepoBuilder
     remote: Path
     clone: RepoBuilder  # a person's clone of the remote
-    metrics: RouterMetrics
+    metrics: MetricsServer
     target: MetricsTarget
     daemon: Daemon
 
@@ -107,14 +107,24 @@ class Setup:
         return sha
 
 
-def reconciler_yaml(steps: list[object], *, error_rate: float = 0.05, mode: str = "commit") -> str:
+def reconciler_yaml(
+    steps: list[object],
+    *,
+    error_rate: float = 0.05,
+    mode: str = "commit",
+    shadow_agreement: float | None = None,
+) -> str:
     return yaml.safe_dump(
         {
             "rollouts": {
                 "default": {
                     "steps": steps,
                     "interval": "300ms",
-                    "thresholds": {"error_rate": error_rate, "min_requests": 5},
+                    "thresholds": {
+                        "error_rate": error_rate,
+                        "min_requests": 5,
+                        "shadow_agreement": shadow_agreement,
+                    },
                     "mode": mode,
                 }
             }
@@ -143,7 +153,7 @@ def setup(repo: RepoBuilder, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
         clone.git("config", "user.email", "person@example.com")
         clone.git("config", "user.name", "Person")
         clone.git("config", "commit.gpgsign", "false")
-        metrics = RouterMetrics()
+        metrics = MetricsServer()
         target = MetricsTarget(metrics_url=metrics.url)
         source = RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache")
         daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
@@ -462,7 +472,7 @@ def test_a_local_checkout_gets_the_rollback_commit_and_its_working_tree_follows(
     repo.deployment(ENDPOINT, "blue")
     repo.write("reconciler.yaml", reconciler_yaml([{"traffic": 20, "for": "2s"}, 100]))
     repo.commit("blue serves all traffic")
-    metrics = RouterMetrics()
+    metrics = MetricsServer()
     metrics.errors["green"] = 1.0
     target = MetricsTarget(metrics_url=metrics.url)
     source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
@@ -542,7 +552,7 @@ def test_a_daemon_started_with_no_status_yet_takes_the_commit_before_as_what_ran
     repo.commit("blue serves all traffic")
     add_green(repo)
     repo.commit("green: model v2")
-    metrics = RouterMetrics()
+    metrics = MetricsServer()
     source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
     target = MetricsTarget(metrics_url=metrics.url)
     daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
@@ -555,3 +565,27 @@ def test_a_daemon_started_with_no_status_yet_takes_the_commit_before_as_what_ran
         thread.join(timeout=30)
         metrics.close()
     assert "Starts the rollout of green (new)" in repo.git("log", "-1", "--format=%B", "main")
+
+
+def test_a_canary_whose_shadow_answers_differ_is_rolled_back_in_its_mirror_step(
+    setup: Callable[..., Setup],
+) -> None:
+    """It never serves a caller: the router's shadow comparisons (router_shadow_comparisons_
+    total, disagree_body) fail shadow_agreement while it is only mirrored."""
+    s = setup([{"mirror": 20, "for": "2s"}, 100], shadow_agreement=0.99)
+    s.metrics.disagree = 0.2
+    s.person_push("green: model v2", add_green)
+
+    wait_for(lambda: s.rollout_state() == "Failed", what="the rollback")
+    marks = [read_mark(m) for _, m in s.rollout_commits()]
+    assert [(m.step, m.rollback) for m in marks if m] == [(1, False), (1, True)]
+    rollback = s.rollout_commits()[-1][1]
+    assert "Step 1/2 (mirror 20% for 2s) failed: shadow_agreement 80.00% < 99.00%" in rollback
+    assert "shadow: " in rollback and " disagree (80.00% agree)" in rollback
+    doc = yaml.safe_load(s.remote_file())
+    assert doc["traffic"]["blue"] == 100 and doc["traffic"].get("green", 0) == 0
+    assert doc["mirror_traffic"] == {"green": 0}
+    wait_for(
+        lambda: s.target.snapshot().endpoints[0].spec.mirror_traffic == (),
+        what="mirroring off on the target",
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kube_fake import FakeKubernetes, apply_rev, failures, make_target, options, serve
 from repo_builder import RepoBuilder
-from rollout_fixtures import RouterMetrics
+from rollout_fixtures import MetricsServer
 
 from reconciler.rollouts.analysis import parse_exposition, step_figures
 from reconciler.targets.capabilities import HasRouterMetrics
@@ -38,7 +38,7 @@ def test_the_metrics_of_every_ready_router_pod_are_read_and_add_up(
     assert not failures(apply_rev(repo, target))
     pods = fake.names("pods", f"{m.ENDPOINT_LABEL}={EP},{m.ROLE_LABEL}={m.ROLE_ROUTER}")
     assert len(pods) == 2
-    servers = [RouterMetrics(per_scrape=10), RouterMetrics(per_scrape=30)]
+    servers = [MetricsServer(per_scrape=10), MetricsServer(per_scrape=30)]
     try:
         for pod, server in zip(pods, servers, strict=True):
             fake.attach_router(pod, server.url.removesuffix("/metrics"), tmp_path / f"{pod}.json")
