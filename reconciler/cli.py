@@ -1461,3 +1461,10 @@ def connection_delete(name: str, repo: str, target_name: str | None) -> None:
     if not deleted:
         fail(f"no connection {name} on target {store.target_name}")
     click.echo(f"connection {name} deleted from target {store.target_name}")
+
+
+# --- rollout commands (reconciler.rollout_commands): `reconcile rollout ...` -----------------
+
+from reconciler.rollout_commands import rollout as _rollout_group  # noqa: E402
+
+main.add_command(_rollout_group)

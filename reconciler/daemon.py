@@ -49,7 +49,8 @@ from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.errors import ErrorCode, ErrorKind, error_kind
 from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
-from reconciler.status import render_status
+from reconciler.rollouter import Rollouter
+from reconciler.status import render_status, status_path
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
 from reconciler.targets.capabilities import Autoscaler, Autoscales, Builds
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
@@ -237,6 +238,9 @@ class Daemon:
         self._progressing = False  # the last pass left something in progress
         self._scaler: Autoscaler | None = None  # the target's autoscaler, when it has one
         self._fetched_at = -1e9
+        # Rollouts (reconciler.rollouter): made at the first pass of a git revision.
+        self.rollouter: Rollouter | None = None
+        self._rollout_wake: float | None = None  # seconds to the next judgement of a step
 
     # triggers
 
@@ -320,10 +324,12 @@ class Daemon:
             # timer's passes in between only look at the target again.
             due = time.monotonic() - self._fetched_at >= self.options.interval_s
             fetch = self._fetch_wanted.is_set() or (not woke and due)
+            # Cleared before the pass: a fetch asked for during it (a webhook, the pass's
+            # own rollout commit) is the next pass's.
+            self._fetch_wanted.clear()
             if fetch:
                 self._fetched_at = time.monotonic()
             outcome = self._one_pass(reason, fetch=fetch)
-            self._fetch_wanted.clear()
             self._progressing = outcome == "in_progress"
             if outcome == "in_progress":
                 backoff = 0.0
@@ -340,6 +346,9 @@ class Daemon:
                 pause = min(backoff, self.options.interval_s) * random.uniform(0.5, 1.0)
                 next_due = time.monotonic() + pause
                 log.info("retry_scheduled", in_s=round(pause, 1))
+            if outcome in ("ok", "in_progress") and self._rollout_wake is not None:
+                # A rollout's step is judged every `interval` of its policy.
+                next_due = min(next_due, time.monotonic() + self._rollout_wake)
 
     def _config_at(self, tree: FileTree) -> RepoConfig | None:
         """reconciler.yaml at the pass's revision; None when it is invalid (the pass's plan
@@ -385,6 +394,14 @@ class Daemon:
             tree, revision, root = self.source.current()
             config = self._config_at(tree)
             self._target_at(config)
+            if (
+                self.rollouter is None
+                and revision is not None
+                and config is not None
+                and not config.rollouts.empty
+            ):
+                # Before the pass writes status: it reads the revision last reconciled.
+                self.rollouter = self._new_rollouter()
             if isinstance(self.target, Builds):
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
@@ -460,6 +477,7 @@ class Daemon:
         )
         if self.on_pass is not None:
             self.on_pass(result)
+        self._rollouts(result, config)
         self._push_status()
         if in_progress and not result.plan.errors:
             return "in_progress"
@@ -472,6 +490,46 @@ class Daemon:
             if r.outcome == Outcome.FAILED
         }
         return "failed_permanent" if kinds == {ErrorKind.PERMANENT} else "failed"
+
+    def _rollouts(self, result: PassResult, config: RepoConfig | None) -> None:
+        """After the pass: the rollouts' analysis and their commits (reconciler.rollouter).
+        A commit moved the watched branch: the next pass fetches it at once."""
+        self._rollout_wake = None
+        if config is None or result.revision is None:
+            return
+        if self.rollouter is None:
+            return
+        try:
+            after = self.rollouter.after_pass(result, config, self.target)
+        except GitSourceError as exc:
+            log.warning("rollout_failed", error=str(exc))
+            return
+        except Exception:
+            # A rollout's trouble never ends the daemon: the next pass tries again.
+            log.exception("rollout_crashed")
+            return
+        self._rollout_wake = after.wake_in_s
+        if after.status_changed and result.status:
+            files = {status_path(name): render_status(doc) for name, doc in result.status.items()}
+            self._write_status(files, f"rollout status of {result.revision} on {self.target.name}")
+        if after.committed:
+            self.trigger("rollout", fetch=True)
+
+    def _new_rollouter(self) -> Rollouter | None:
+        git_source = self.source.git
+        branch = (
+            git_source.branch
+            if isinstance(git_source, RemoteCheckout)
+            else git_source.current_branch()
+        )
+        if branch is None:
+            log.warning("rollouts_off", reason="the checkout is on no branch to commit steps to")
+            return None
+        try:
+            found = git_source.find_status(self.options.status_branch).files
+        except GitSourceError:
+            found = {}
+        return Rollouter(git_source, branch=branch, status=found)
 
     def _failed(
         self, kind: str, message: str, started: float, *, error: TargetError | None = None
@@ -507,6 +565,8 @@ class Daemon:
             log.warning("status_not_written", error=str(exc))
 
     def _write_status(self, files: Mapping[str, str], message: str) -> None:
+        if self.rollouter is not None:
+            files = self.rollouter.annotate(files)
         commit = self.source.git.write_status(
             files, message=message, branch=self.options.status_branch
         )

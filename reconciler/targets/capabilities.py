@@ -39,6 +39,7 @@ __all__ = [
     "HasCredentials",
     "HasLogs",
     "HasPreviousLogs",
+    "HasRouterMetrics",
 ]
 
 
@@ -152,3 +153,14 @@ class ChecksDesired(Protocol):
     (references to connections it lacks): warnings for dry-run and apply's plan."""
 
     def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...
+
+
+@runtime_checkable
+class HasRouterMetrics(Protocol):
+    """A target whose router's Prometheus metrics can be read: what a rollout's analysis
+    judges (reconciler.rollouts.analysis reads the text)."""
+
+    def router_metrics(self, endpoint: str) -> str:
+        """The exposition text of the endpoint's router (of all its routers, joined).
+        Raises TargetError when it cannot be read."""
+        ...

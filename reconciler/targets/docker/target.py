@@ -166,6 +166,7 @@ from reconciler.targets.capabilities import (
     HasCredentials,
     HasLogs,
     HasPreviousLogs,
+    HasRouterMetrics,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
@@ -802,6 +803,20 @@ class DockerTarget:
         """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels."""
         volume = self._state_volumes().get(endpoint)
         return _volume_ports(volume) if volume is not None else None
+
+    def router_metrics(self, endpoint: str) -> str:
+        """The endpoint's router's /metrics (its published metrics port on 127.0.0.1)."""
+        ports = self.router_ports(endpoint)
+        if ports is None:
+            raise TargetError(f"endpoint {endpoint} has no router on target {self.name}")
+        url = f"http://127.0.0.1:{ports[1]}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return str(answer.read().decode())
+        except (urllib.error.URLError, OSError) as exc:
+            raise TargetError(
+                f"the router of {endpoint} did not answer on its metrics port: {exc}"
+            ) from None
 
     def _ready(self, inst: _Instance) -> bool:
         if inst.state != "running" or inst.failed:
@@ -2578,3 +2593,4 @@ _HAS_CONNECTIONS: type[HasConnections] = DockerTarget
 _AUTOSCALES: type[Autoscales] = DockerTarget
 _BUILDS: type[Builds] = DockerTarget
 _CHECKS_DESIRED: type[ChecksDesired] = DockerTarget
+_HAS_ROUTER_METRICS: type[HasRouterMetrics] = DockerTarget
