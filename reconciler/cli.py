@@ -1225,6 +1225,12 @@ def watch(
 
     if url and repo:
         fail("give --repo or --url, not both")
+    ui_token = _ui_token(ui_token_file)
+    if ui_port is not None and ui_host is not None and not ui_token:
+        fail(
+            f"--ui-host {ui_host} serves beyond this machine: give a token with "
+            f"--ui-token-file or the environment variable {UI_TOKEN_ENV}"
+        )
     state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     work = state_home / "ml-endpoint-reconciler"
     try:
@@ -1259,12 +1265,6 @@ def watch(
         secret = Path(webhook_secret_file).read_text().strip()
     if webhook_port is not None and not secret:
         fail("a webhook port needs a secret: --webhook-secret-file or RECONCILER_WEBHOOK_SECRET")
-    ui_token = _ui_token(ui_token_file)
-    if ui_port is not None and ui_host is not None and not ui_token:
-        fail(
-            f"--ui-host {ui_host} serves beyond this machine: give a token with "
-            f"--ui-token-file or the environment variable {UI_TOKEN_ENV}"
-        )
     target_source = Source(path=root, git=source.git, worktree=True)
     daemon = Daemon(
         source,

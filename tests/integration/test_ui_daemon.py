@@ -7,7 +7,9 @@ form (the key reaches the router and nowhere else), CSRF and origin refusals, th
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import threading
 import time
 import urllib.error
@@ -23,7 +25,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from repo_builder import RepoBuilder
-from ui_fixtures import TOKEN, XSS, _apply_head, get, serving
+from ui_fixtures import CLI, TOKEN, XSS, _apply_head, get, serving
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
 from reconciler.model.plan import Step
@@ -462,3 +464,19 @@ def test_the_read_only_dashboard_has_no_test_form_nor_live_routes(
             raise AssertionError("a POST was accepted")
         except urllib.error.HTTPError as err:
             assert err.code in (404, 405)  # no such route here
+
+
+def test_watch_refuses_a_dashboard_beyond_this_machine_without_a_token(
+    repo: RepoBuilder,
+) -> None:
+    blue_green(repo)
+    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_UI_TOKEN"}
+    done = subprocess.run(
+        [*CLI, "watch", "--repo", str(repo.root), "--ui-port", "0", "--ui-host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--ui-host 0.0.0.0 serves beyond this machine" in done.stderr
