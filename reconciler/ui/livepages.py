@@ -252,7 +252,7 @@ def chart(
         '<line class="axis" x1="$l" y1="$t" x2="$l" y2="$b"/>'
         '<text class="tick" x="$tx" y="$ty" text-anchor="end">$top</text>'
         '<text class="tick" x="$tx" y="$b" text-anchor="end">0</text>'
-        '<text class="tick" x="$r" y="$h" text-anchor="end">$span s</text>'
+        '<text class="tick" x="$r" y="$h" text-anchor="end">last $span s</text>'
         "$shapes</svg>"
         '<ul class="legend">$legend</ul></figure>',
         title=title,
