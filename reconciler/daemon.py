@@ -631,7 +631,14 @@ class Daemon:
             GitStatusSource(GitSource(root), branch=self.options.status_branch),
         )
         features = DaemonFeatures(
-            self.recorder, target=lambda: self.target, metrics_s=self.options.ui_metrics_s
+            self.recorder,
+            target=lambda: self.target,
+            daemon_status=lambda: {
+                "phase": self.state.phase,
+                "lock_holder": self.state.lock_holder,
+                "target_reachable": self.state.target_reachable,
+            },
+            metrics_s=self.options.ui_metrics_s,
         )
         loop = asyncio.new_event_loop()
         started = threading.Event()

@@ -252,11 +252,14 @@ class DaemonStatusSource:
 @dataclass(frozen=True, slots=True)
 class DaemonFeatures:
     """What the daemon's dashboard has beyond the read-only one: the recorder, its target
-    (a function: reconciler.yaml may replace the target between passes), how often each
-    router's /metrics is read and how many readings are kept, the log lines shown."""
+        (a function: reconciler.yaml may replace the target between passes), the daemon's phase,
+    how often each
+        router's /metrics is read and how many readings are kept, the log lines shown."""
 
     recorder: PassRecorder
     target: Callable[[], object]
+    # The daemon's phase and lock holder, as its /healthz says them.
+    daemon_status: Callable[[], Mapping[str, Any]] = dict
     metrics_s: float = 5.0
     metrics_keep: int = 60
     log_lines: int = 50

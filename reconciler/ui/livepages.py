@@ -53,6 +53,17 @@ def daemon_line(view: Mapping[str, Any]) -> Safe:
                 err=fill(": $e", e=last["error"]) if last.get("error") else "",
             )
         )
+    status = view.get("daemon") or {}
+    if status.get("phase") == "waiting_for_lock":
+        parts.insert(
+            0,
+            fill(
+                '<span class="behind">Waiting for the target, changed by $h.</span>',
+                h=status.get("lock_holder") or "another process",
+            ),
+        )
+    if status.get("target_reachable") is False:
+        parts.append(Safe('<span class="behind">The target cannot be reached.</span>'))
     if not parts:
         parts.append(Safe("The daemon has not finished a pass yet."))
     return fill('<p class="meta daemon">Daemon: $p</p>\n', p=join(parts, " "))

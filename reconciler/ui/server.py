@@ -269,7 +269,7 @@ async def _snapshot(request: web.Request) -> tuple[Any, str]:
 async def overview_page(request: web.Request) -> web.Response:
     snap, mark = await _snapshot(request)
     daemon = request.app.get(_DAEMON)
-    line = livepages.daemon_line(daemon.recorder.view()) if daemon else render.EMPTY
+    line = livepages.daemon_line(_live_view(daemon)) if daemon else render.EMPTY
     return _html(render.overview_page(data.overview(snap), fingerprint=mark, daemon=line))
 
 
@@ -370,7 +370,11 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def api_live(request: web.Request) -> web.Response:
-    return _json(request.app[_DAEMON].recorder.view())
+    return _json(_live_view(request.app[_DAEMON]))
+
+
+def _live_view(daemon: DaemonFeatures) -> dict[str, Any]:
+    return {"daemon": dict(daemon.daemon_status()), **daemon.recorder.view()}
 
 
 async def api_metrics(request: web.Request) -> web.Response:
