@@ -2,8 +2,8 @@
 
 `reconcile watch --ui-port` serves the dashboard over a DaemonStatusSource: the status
 documents of the daemon's last pass (in memory, newer than the status branch while its
-commit is being written or pushed), the status branch for history and for endpoints no
-pass of this process has reported yet, and a PassRecorder that hears each pass as it runs
+commit is being written or pushed), the status branch for history and until a pass of
+this process has reported, and a PassRecorder that hears each pass as it runs
 (engine.PassWatcher): the plan, the step running and what it says of its progress, each
 result, and the last N plans with their steps and results. Restarting the daemon loses
 nothing the pages need: the status branch has the rest.
@@ -45,6 +45,7 @@ class PassRecorder:
         self._current: dict[str, Any] | None = None
         self._last_pass: dict[str, Any] | None = None
         self._docs: dict[str, Mapping[str, Any]] = {}
+        self._reported = False  # a pass of this process has reported a status
         self._changed_at: dict[str, int] = {}
         self._live: LiveState | None = None
         self._desired: tuple[str | None, DesiredState] | None = None
@@ -123,10 +124,14 @@ class PassRecorder:
                 self._live = result.live_after
                 if result.desired is not None:
                     self._desired = (result.revision, result.desired)
+                # A pass's status is the whole set (the status branch holds exactly these
+                # files afterwards): an endpoint pruned is gone from the pages too.
                 for name, doc in result.status.items():
                     if self._docs.get(name) != doc:
                         self._changed_at[name] = int(now)
-                    self._docs[name] = doc
+                self._docs = dict(result.status)
+                self._changed_at = {n: t for n, t in self._changed_at.items() if n in result.status}
+                self._reported = True
             self._last_pass = {k: v for k, v in record.items() if k != "steps"}
             self._last_pass["steps"] = len(record["steps"])
             if record["steps"] or record["errors"] or error:
@@ -153,8 +158,12 @@ class PassRecorder:
             plans = kept
         return {"running": current, "last_pass": last, "plans": plans}
 
-    def documents(self) -> tuple[dict[str, Mapping[str, Any]], dict[str, int]]:
+    def documents(self) -> tuple[dict[str, Mapping[str, Any]], dict[str, int]] | None:
+        """The status of the last pass that reported one, and when each endpoint's last
+        changed (seconds; absent: not since this process started); None before any."""
         with self._lock:
+            if not self._reported:
+                return None
             return dict(self._docs), dict(self._changed_at)
 
     def live_state(self) -> LiveState | None:
@@ -228,17 +237,19 @@ class DaemonStatusSource:
 
     def snapshot(self) -> StatusSnapshot:
         base = self.git.snapshot()
-        docs, changed = self.recorder.documents()
-        if not docs:
+        reported = self.recorder.documents()
+        if reported is None:
             return base
+        docs, changed = reported
         finished = self.recorder.finished_at()
         return StatusSnapshot(
             branch=base.branch,
             status_commit=base.status_commit,
             written_at=int(finished) if finished is not None else base.written_at,
             branch_head=base.branch_head,
-            docs={**base.docs, **docs},
-            changed_at={**base.changed_at, **changed},
+            docs=docs,
+            # An endpoint unchanged since this process started: when the branch says.
+            changed_at={**{n: t for n, t in base.changed_at.items() if n in docs}, **changed},
             problem=base.problem,
         )
 

@@ -44,8 +44,8 @@ class MetricsSampler:
         live = self.features.recorder.live_state()
         if live is not None:
             return [e.name for e in live.endpoints]
-        docs, _ = self.features.recorder.documents()
-        return sorted(docs)
+        reported = self.features.recorder.documents()
+        return sorted(reported[0]) if reported is not None else []
 
     async def run(self) -> None:
         while True:

@@ -85,6 +85,46 @@ def test_the_pass_running_now_shows_its_step_and_progress_then_the_plan_and_resu
     assert [e["traffic"] for e in endpoints] == [[{"deployment": "blue", "percent": 100}]]
 
 
+def test_a_commit_is_on_the_pages_after_its_pass_and_the_event_stream_says_so(
+    repo: RepoBuilder, serve: Callable[..., Served]
+) -> None:
+    blue_green(repo)
+    repo.endpoint("other-endpoint", traffic={"main": 100})
+    repo.deployment("other-endpoint", "main")
+    repo.commit("two endpoints")
+    s = serve(prune=True)
+    converged(s)
+    names = [e["name"] for e in api(s.base, "/api/endpoints")["endpoints"]]
+    assert names == ["my-endpoint", "other-endpoint"]
+    events = urllib.request.urlopen(s.base + "/api/events", timeout=30)
+    first = _next_event(events)
+    repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
+    repo.remove("endpoints/other-endpoint/endpoint.yml")
+    repo.remove("endpoints/other-endpoint/main.yml")
+    second = repo.commit("50/50, other-endpoint pruned")
+    # The stream tells of the change (no page reload needed to learn of it).
+    assert _next_event(events) != first
+    events.close()
+
+    def moved() -> Any:
+        endpoints = api(s.base, "/api/endpoints")["endpoints"]
+        return [e for e in endpoints if e["applied_commit"] == second] == endpoints and endpoints
+
+    [mine] = wait_for(moved, what="the second commit on the pages")
+    assert mine["traffic"] == [
+        {"deployment": "blue", "percent": 50},
+        {"deployment": "green", "percent": 50},
+    ]
+
+
+def _next_event(stream: Any) -> str:
+    """The fingerprint of the next `status` event of a server-sent event stream."""
+    while True:
+        line = stream.readline().decode()
+        if line.startswith("data: "):
+            return str(json.loads(line[6:])["fingerprint"])
+
+
 def test_charts_come_from_two_readings_of_the_router_and_are_drawn_as_svg(
     repo: RepoBuilder, serve: Callable[..., Served]
 ) -> None:

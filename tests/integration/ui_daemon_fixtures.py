@@ -170,7 +170,9 @@ def serve_fixture(repo: RepoBuilder, tmp_path: Path) -> Iterator[Callable[..., S
     made: list[tuple[Daemon, threading.Thread]] = []
     holds: list[threading.Event] = []
 
-    def make(*, token: str | None = None, hold: threading.Event | None = None) -> Served:
+    def make(
+        *, token: str | None = None, hold: threading.Event | None = None, prune: bool = False
+    ) -> Served:
         router = FakeRouter()
         if hold is not None:
             holds.append(hold)
@@ -178,7 +180,7 @@ def serve_fixture(repo: RepoBuilder, tmp_path: Path) -> Iterator[Callable[..., S
         daemon = Daemon(
             LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build"),
             target,
-            WatchOptions(interval_s=60.0, ui_port=0, ui_token=token, ui_metrics_s=0.2),
+            WatchOptions(interval_s=60.0, ui_port=0, ui_token=token, ui_metrics_s=0.2, prune=prune),
         )
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
