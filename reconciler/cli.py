@@ -864,11 +864,7 @@ def ui(
         fail(f"{repo} is not a git repository: there is no status branch to read")
     tree, _ = source.tree()
     branch = status_branch or repo_config(tree).status_branch
-    token: str | None = None
-    if token_file is not None:
-        token = Path(token_file).read_text().strip()
-    elif os.environ.get(UI_TOKEN_ENV):
-        token = os.environ[UI_TOKEN_ENV].strip()
+    token = _ui_token(token_file)
     if ui_host is not None and not token:
         fail(
             f"--ui-host {ui_host} serves beyond this machine: give a token with --token-file "
@@ -890,6 +886,13 @@ def ui(
         )
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _ui_token(token_file: str | None) -> str | None:
+    """The dashboard's token: from a file, else the environment; None when neither."""
+    if token_file is not None:
+        return Path(token_file).read_text().strip() or None
+    return os.environ.get(UI_TOKEN_ENV, "").strip() or None
 
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
@@ -1158,6 +1161,30 @@ def invoke(
 )
 @click.option("--listen", default="127.0.0.1", show_default=True, help="Address of the ports.")
 @click.option("--cache-dir", default=None, help="Where remote repositories are cloned.")
+@click.option(
+    "--ui-port",
+    type=int,
+    default=None,
+    help="Serve the dashboard with live updates, charts, logs and a test form (0: any port).",
+)
+@click.option(
+    "--ui-host",
+    default=None,
+    help="The dashboard listens on this address instead of 127.0.0.1; a token is then required.",
+)
+@click.option(
+    "--ui-token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=f"File holding the dashboard's token (else the environment variable {UI_TOKEN_ENV}).",
+)
+@click.option(
+    "--ui-plans",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Plans the dashboard keeps in memory.",
+)
 def watch(
     repo: str | None,
     url: str | None,
@@ -1174,6 +1201,10 @@ def watch(
     webhook_secret_file: str | None,
     listen: str,
     cache_dir: str | None,
+    ui_port: int | None,
+    ui_host: str | None,
+    ui_token_file: str | None,
+    ui_plans: int,
 ) -> None:
     """Reconcile continuously: on every commit, webhook and interval; write status to git."""
     import os
@@ -1182,6 +1213,12 @@ def watch(
 
     if url and repo:
         fail("give --repo or --url, not both")
+    ui_token = _ui_token(ui_token_file)
+    if ui_port is not None and ui_host is not None and not ui_token:
+        fail(
+            f"--ui-host {ui_host} serves beyond this machine: give a token with "
+            f"--ui-token-file or the environment variable {UI_TOKEN_ENV}"
+        )
     state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     work = state_home / "ml-endpoint-reconciler"
     try:
@@ -1231,11 +1268,19 @@ def watch(
             webhook_port=webhook_port,
             webhook_secret=secret,
             host=listen,
+            ui_port=ui_port,
+            ui_host=ui_host or "127.0.0.1",
+            ui_token=ui_token,
+            ui_plans=ui_plans,
         ),
         target_for=lambda entry: target_from_entry(entry, source=target_source),
     )
     daemon.install_signal_handlers()
-    daemon.run()
+    try:
+        daemon.run()
+    except OSError as exc:
+        # A port that cannot be bound (the dashboard's, the metrics', the webhook's).
+        fail(f"cannot serve: {exc.strerror or exc}")
 
 
 @main.command("render")

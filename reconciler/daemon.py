@@ -18,6 +18,7 @@ its health endpoint) until the first one stops.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -53,6 +54,8 @@ from reconciler.rollouter import Rollouter
 from reconciler.status import render_status, status_path
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
 from reconciler.targets.capabilities import Autoscaler, Autoscales, Builds
+from reconciler.ui.live import DEFAULT_PLANS, DaemonFeatures, DaemonStatusSource, PassRecorder
+from reconciler.ui.source import GitStatusSource
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
 
 log = structlog.get_logger("reconciler.daemon")
@@ -204,6 +207,14 @@ class WatchOptions:
     webhook_port: int | None = None
     webhook_secret: str | None = None
     host: str = "127.0.0.1"
+    # The dashboard (reconciler.ui) with the daemon's live parts: its port (None: off),
+    # address, token (required beyond 127.0.0.1: the CLI checks), plans kept in memory,
+    # and how often the routers' metrics are read for its charts.
+    ui_port: int | None = None
+    ui_host: str = "127.0.0.1"
+    ui_token: str | None = None
+    ui_plans: int = DEFAULT_PLANS
+    ui_metrics_s: float = 5.0
 
 
 class Daemon:
@@ -241,6 +252,12 @@ class Daemon:
         # Rollouts (reconciler.rollouter): made at the first pass of a git revision.
         self.rollouter: Rollouter | None = None
         self._rollout_wake: float | None = None  # seconds to the next judgement of a step
+        # What the passes do as they run, for the dashboard (kept whether or not it is on:
+        # a few plans in memory).
+        self.recorder = PassRecorder(keep=options.ui_plans)
+        self._last_result: PassResult | None = None
+        self._ui_loop: asyncio.AbstractEventLoop | None = None
+        self.ui_url: str | None = None
 
     # triggers
 
@@ -260,8 +277,9 @@ class Daemon:
     def run(self) -> None:
         """Run until stop(): serve, hold the lock, pass whenever triggered or due."""
         self._serve()
-        self._watch_files()
         try:
+            self._serve_ui()
+            self._watch_files()
             with self._leader_lock():
                 if self._stop.is_set():
                     return
@@ -270,6 +288,7 @@ class Daemon:
         finally:
             for server in self._servers:
                 server.shutdown()
+            self._stop_ui()
             self.state.phase = "stopped"
 
     def install_signal_handlers(self) -> None:
@@ -383,7 +402,21 @@ class Daemon:
 
     def _one_pass(self, reason: str, *, fetch: bool) -> str:
         """One pass: "ok" (converged), "in_progress" (a rollout or gate to look at again
-        soon), or "failed" (retried with a growing pause)."""
+        soon), or "failed" (retried with a growing pause). The recorder hears it all."""
+        self.recorder.pass_started(reason)
+        self._last_result = None
+        outcome = "failed"
+        try:
+            outcome = self._pass(reason, fetch=fetch)
+        finally:
+            self.recorder.pass_finished(
+                outcome=outcome,
+                result=self._last_result,
+                error=None if outcome in ("ok", "in_progress") else self.state.last_error,
+            )
+        return outcome
+
+    def _pass(self, reason: str, *, fetch: bool) -> str:
         started = time.monotonic()
         self.pass_starts.append(started)
         self.state.phase = "reconciling"
@@ -415,7 +448,9 @@ class Daemon:
                     revision=revision,
                     write_status=self._write_status,
                     should_stop=self._stop.is_set,
+                    watcher=self.recorder,
                 )
+            self._last_result = result
         except TargetUnavailable as exc:
             self._failed("target_unreachable", str(exc), started, error=exc)
             self.state.target_reachable = False
@@ -639,6 +674,73 @@ class Daemon:
         thread = threading.Thread(target=watch, name="watch", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    # the dashboard
+
+    def _serve_ui(self) -> None:
+        """The dashboard on its own thread and event loop; raises OSError when its port
+        cannot be bound (the daemon does not start half-served)."""
+        if self.options.ui_port is None:
+            return
+        from reconciler.ui.server import UiOptions, start
+
+        # A repository object of its own: the pages never share one with a running pass.
+        root = self.source.path if isinstance(self.source, LocalSource) else self.source.git.root
+        source = DaemonStatusSource(
+            self.recorder,
+            GitStatusSource(GitSource(root), branch=self.options.status_branch),
+        )
+        features = DaemonFeatures(
+            self.recorder,
+            target=lambda: self.target,
+            daemon_status=lambda: {
+                "phase": self.state.phase,
+                "lock_holder": self.state.lock_holder,
+                "target_reachable": self.state.target_reachable,
+            },
+            metrics_s=self.options.ui_metrics_s,
+        )
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        box: dict[str, Any] = {}
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                runner, url = loop.run_until_complete(
+                    start(
+                        source,
+                        host=self.options.ui_host,
+                        port=self.options.ui_port or 0,
+                        options=UiOptions(token=self.options.ui_token),
+                        daemon=features,
+                    )
+                )
+            except OSError as exc:
+                box["error"] = exc
+                started.set()
+                loop.close()
+                return
+            box["url"] = url
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="ui", daemon=True)
+        thread.start()
+        started.wait(60)
+        if "error" in box:
+            raise box["error"]
+        self._ui_loop = loop
+        self._threads.append(thread)
+        self.ui_url = box.get("url")
+        log.info("ui_serving", url=self.ui_url)
+
+    def _stop_ui(self) -> None:
+        if self._ui_loop is not None and not self._ui_loop.is_closed():
+            self._ui_loop.call_soon_threadsafe(self._ui_loop.stop)
+        self._ui_loop = None
 
     # HTTP: health, readiness, metrics; webhooks
 

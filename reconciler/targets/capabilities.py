@@ -91,6 +91,18 @@ class HasPreviousLogs(Protocol):
 
 
 @runtime_checkable
+class HasRouterMetrics(Protocol):
+    """A target whose endpoints' routers can be scraped from here: the dashboard's charts
+    and rollout analysis (reconciler.rollouts.analysis) read them. The router's metric
+    names are in router/metrics.py."""
+
+    def router_metrics(self, endpoint: str) -> str:
+        """The Prometheus text exposition of the endpoint's router (of all its routers,
+        joined). Raises TargetError when the endpoint has no router or it does not answer."""
+        ...
+
+
+@runtime_checkable
 class CollectsImages(Protocol):
     """A target that removes the images it built beyond their retention (`reconcile gc`)."""
 
@@ -153,14 +165,3 @@ class ChecksDesired(Protocol):
     (references to connections it lacks): warnings for dry-run and apply's plan."""
 
     def desired_warnings(self, desired: DesiredState) -> tuple[Diagnostic, ...]: ...
-
-
-@runtime_checkable
-class HasRouterMetrics(Protocol):
-    """A target whose router's Prometheus metrics can be read: what a rollout's analysis
-    judges (reconciler.rollouts.analysis reads the text)."""
-
-    def router_metrics(self, endpoint: str) -> str:
-        """The exposition text of the endpoint's router (of all its routers, joined).
-        Raises TargetError when it cannot be read."""
-        ...

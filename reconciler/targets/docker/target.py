@@ -192,6 +192,8 @@ MANAGED = f"{L}managed-by"
 MANAGER = "ml-endpoint-reconciler"
 ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
+# A router's /metrics is read from the host (the dashboard's charts): it answers at once.
+ROUTER_METRICS_TIMEOUT_S = 3.0
 # A probe is a GET that must answer 2xx within the timeout; run with the Python of the
 # container it runs in (instances and the router both have /opt/venv).
 _PROBE = (
@@ -805,17 +807,19 @@ class DockerTarget:
         return _volume_ports(volume) if volume is not None else None
 
     def router_metrics(self, endpoint: str) -> str:
-        """The endpoint's router's /metrics (its published metrics port on 127.0.0.1)."""
+        """The router's /metrics, read on the host port its container publishes on
+        127.0.0.1 (as the autoscaler reads it)."""
         ports = self.router_ports(endpoint)
         if ports is None:
             raise TargetError(f"endpoint {endpoint} has no router on target {self.name}")
-        url = f"http://127.0.0.1:{ports[1]}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                return str(answer.read().decode())
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{ports[1]}/metrics", timeout=ROUTER_METRICS_TIMEOUT_S
+            ) as answer:
+                return str(answer.read().decode(errors="replace"))
         except (urllib.error.URLError, OSError) as exc:
             raise TargetError(
-                f"the router of {endpoint} did not answer on its metrics port: {exc}"
+                f"the router of endpoint {endpoint} did not answer on its metrics port: {exc}"
             ) from None
 
     def _ready(self, inst: _Instance) -> bool:
@@ -2587,10 +2591,10 @@ _IS_TARGET: type[Target] = DockerTarget
 _HANDLES_STEPS: type[StepHandlers] = DockerTarget
 _HAS_CREDENTIALS: type[HasCredentials] = DockerTarget
 _HAS_LOGS: type[HasLogs] = DockerTarget
+_HAS_ROUTER_METRICS: type[HasRouterMetrics] = DockerTarget
 _COLLECTS_IMAGES: type[CollectsImages] = DockerTarget
 _HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = DockerTarget
 _HAS_CONNECTIONS: type[HasConnections] = DockerTarget
 _AUTOSCALES: type[Autoscales] = DockerTarget
 _BUILDS: type[Builds] = DockerTarget
 _CHECKS_DESIRED: type[ChecksDesired] = DockerTarget
-_HAS_ROUTER_METRICS: type[HasRouterMetrics] = DockerTarget
