@@ -136,11 +136,12 @@ class StepHandlers(Protocol):
         self, step: Step, do: DeleteDeployment, say: ProgressCallback
     ) -> None: ...
 
-    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None: ...
+    # Waiting: the new split is written but not yet served by every router instance.
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None: ...
 
     def _set_mirror_traffic(
         self, step: Step, do: SetMirrorTraffic, say: ProgressCallback
-    ) -> None: ...
+    ) -> Waiting | None: ...
 
 
 def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None) -> Waiting | None:
@@ -174,9 +175,9 @@ def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None
         case DeleteDeployment() as do:
             target._delete_deployment(step, do, say)
         case SetTraffic() as do:
-            target._set_traffic(step, do, say)
+            return target._set_traffic(step, do, say)
         case SetMirrorTraffic() as do:
-            target._set_mirror_traffic(step, do, say)
+            return target._set_mirror_traffic(step, do, say)
         case _:
             assert_never(step.payload)
     return None
