@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -37,6 +37,21 @@ from reconciler.targets.kubernetes.options import KubernetesOptions
 log = structlog.get_logger("reconciler.engine")
 
 StatusWriter = Callable[[Mapping[str, str], str], None]
+
+
+class PassWatcher(Protocol):
+    """What a person watching a one-shot apply is told as it happens (progress.py): the
+    plan before any change, then each step as it starts, says what it does and ends."""
+
+    def planned(self, plan: Plan, desired: DesiredState | None) -> None: ...
+
+    def step_started(self, index: int, step: Step) -> None: ...
+
+    def step_progress(self, index: int, message: str) -> None: ...
+
+    def step_ended(self, result: StepResult) -> None: ...
+
+
 # A step running longer than this has its endpoint's status written as in progress.
 STATUS_DELAY_S = 2.0
 
@@ -188,6 +203,7 @@ def run_pass(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     status_delay_s: float = STATUS_DELAY_S,
+    watcher: PassWatcher | None = None,
 ) -> PassResult:
     """One pass. It never waits for a rollout: a step the target completes on its own, or
     a health gate not met yet, ends in progress, and the next pass continues it.
@@ -207,6 +223,8 @@ def run_pass(
         errors=len(plan.errors),
         dry_run=dry_run,
     )
+    if watcher is not None and not dry_run:
+        watcher.planned(plan, desired)
     declared = tuple(e.name for e in desired.endpoints) if desired else ()
 
     def documents(state: LiveState, results: Sequence[StepResult]) -> dict[str, dict[str, Any]]:
@@ -231,14 +249,26 @@ def run_pass(
         during = _StatusDuringPass(
             lambda results: write(documents(live, results)), delay_s=status_delay_s
         )
+
+        def started(index: int, step: Step) -> None:
+            during.step_started(index, step)
+            if watcher is not None:
+                watcher.step_started(index, step)
+
+        def ended(result: StepResult) -> None:
+            during.step_ended(result)
+            if watcher is not None:
+                watcher.step_ended(result)
+
         try:
             results = execute(
                 plan,
                 target,
                 live=live,
                 should_stop=should_stop,
-                on_step=during.step_started,
-                on_result=during.step_ended,
+                on_step=started,
+                on_result=ended,
+                on_progress=watcher.step_progress if watcher is not None else None,
             )
         finally:
             during.finish()
@@ -308,6 +338,7 @@ def converge(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_pass: Callable[[PassResult], None] | None = None,
+    watcher: PassWatcher | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PassResult:
@@ -327,6 +358,7 @@ def converge(
             instance_types=instance_types,
             write_status=write_status,
             should_stop=should_stop,
+            watcher=watcher,
         )
         if on_pass is not None:
             on_pass(result)

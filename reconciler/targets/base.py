@@ -37,10 +37,20 @@ from reconciler.model.state import LiveState
 
 ProgressCallback = Callable[[str], None]
 
+
+class OutputLine(str):
+    """A line of a tool's output (pip, an image build) that a step passes to its progress
+    callback: logged as any progress, but a terminal shows it only with `reconcile -v` or,
+    its tail, when the step fails; the other messages say which phase a step is in."""
+
+    __slots__ = ()
+
+
 __all__ = [
     "ErrorCode",
     "ErrorKind",
     "Outcome",
+    "OutputLine",
     "ProgressCallback",
     "StepHandlers",
     "StepResult",

@@ -150,6 +150,7 @@ from reconciler.router.config import (
 )
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
+    OutputLine,
     ProgressCallback,
     StepHandlers,
     Target,
@@ -2606,7 +2607,9 @@ def _await_served(endpoint: str, port: int, digest: str) -> Waiting | None:
 
 def _progress(say: ProgressCallback) -> Any:
     def callback(event: str, message: str) -> None:
-        say(message)
+        # A build's own output lines (BuildLog's "..._step" events) are detail; the
+        # phases ("..._build", "..._built") say where the step is.
+        say(OutputLine(message) if event.endswith("_step") else message)
 
     return callback
 
