@@ -2591,10 +2591,12 @@ def _served_digest(port: int) -> str | None:
     return str(digest) if digest else None
 
 
-def _await_served(endpoint: str, port: int, digest: str) -> Waiting | None:
+def _await_served(
+    endpoint: str, port: int, digest: str, *, patience_s: float = SERVED_PATIENCE_S
+) -> Waiting | None:
     """None once the router of `endpoint` serves the config of `digest` (at once with one
-    worker: the admin call applied it before answering); Waiting after SERVED_PATIENCE_S."""
-    deadline = time.monotonic() + SERVED_PATIENCE_S
+    worker: the admin call applied it before answering); Waiting after `patience_s`."""
+    deadline = time.monotonic() + patience_s
     while True:
         served = _served_digest(port)
         if served in (digest, ""):
