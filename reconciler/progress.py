@@ -24,7 +24,7 @@ from rich.status import Status
 from rich.text import Text
 
 from reconciler.engine import PassResult
-from reconciler.model.plan import Plan, Step
+from reconciler.model.plan import Action, Plan, Step
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState
 from reconciler.targets.base import OutputLine
@@ -132,7 +132,8 @@ class _Waits:
         self.display = display
 
     def __rich__(self) -> Text:
-        return Text("\n".join(self.display.now_lines()))
+        # One screen line per line: a wrapped one would leave its tail behind on redraws.
+        return Text("\n".join(self.display.now_lines()), no_wrap=True, overflow="ellipsis")
 
 
 class StepDisplay:
@@ -178,11 +179,22 @@ class StepDisplay:
         healthy = {f"{step.endpoint}/{d}" for d in step.wait_healthy}
         for waited in [n for n in self.waiting if n.rpartition(" ")[2] in healthy]:
             self._done(waited)
-        name = _name(step)
+        name = self._name(step)
         self.started.setdefault(name, self.clock())
         self.waiting.pop(name, None)
         self.running = (name, step.reason or "started")
         self.output.clear()
+
+    def _name(self, step: Step) -> str:
+        """The line a step's progress goes to: its own, or for a repair of a deployment whose
+        create, scale or update is in progress (routing its instances once ready, a
+        target's next move of that rollout), the line of that step, which it completes."""
+        name = _name(step)
+        if step.action == Action.REPAIR_DEPLOYMENT:
+            for waited in self.waiting:
+                if waited.rpartition(" ")[2] == step.target_name:
+                    return waited
+        return name
 
     def step_progress(self, index: int, message: str) -> None:
         if isinstance(message, OutputLine):
@@ -197,9 +209,11 @@ class StepDisplay:
         if self.plan is None:
             return
         step = self.plan.steps[result.index]
-        name = _name(step)
-        if self.running is not None and self.running[0] == name:
+        if self.running is not None and self.running[0].rpartition(" ")[2] == step.target_name:
+            name = self.running[0]  # the line the step's progress went to
             self.running = None
+        else:
+            name = self._name(step)
         if result.outcome == Outcome.IN_PROGRESS:
             self.started.setdefault(name, self.clock())
             self.waiting[name] = result.message
