@@ -41,7 +41,14 @@ from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
 from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
-from reconciler.progress import PassDisplay, StepDisplay, display_for, step_lines, terminal_console
+from reconciler.progress import (
+    ConsoleStream,
+    PassDisplay,
+    StepDisplay,
+    display_for,
+    step_lines,
+    terminal_console,
+)
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
@@ -395,7 +402,8 @@ def main(
         watcher: StepDisplay | None = None
         if console is not None:
             display = watcher = StepDisplay(console, show_plan=show_plan, verbose=verbose)
-            logging_setup.configure(fmt=log_format, level="warning")
+            # Warnings still show, above the live line rather than through it.
+            logging_setup.configure(fmt=log_format, level="warning", stream=ConsoleStream(console))
         else:
             display = display_for(sys.stderr, live=False)
 

@@ -136,6 +136,25 @@ class _Waits:
         return Text("\n".join(self.display.now_lines()), no_wrap=True, overflow="ellipsis")
 
 
+class ConsoleStream:
+    """A file whose lines the console prints above its live line: where the logs that still
+    show on a terminal (warnings) go while a StepDisplay runs, instead of through it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """Printed at once."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 class StepDisplay:
     """The terminal's view of an apply: the plan before any change, then one line per step
     done or failed with the time it took (counted from its first start, across passes),

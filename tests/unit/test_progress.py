@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +24,7 @@ from reconciler.planning import make_plan
 from reconciler.presentation import plan_text
 from reconciler.progress import (
     OUTPUT_TAIL_LINES,
+    ConsoleStream,
     LiveDisplay,
     PlainLines,
     StepDisplay,
@@ -157,3 +159,26 @@ def test_a_step_waiting_for_health_says_so_on_the_live_line_and_ends_with_one_li
     lines = apply_on_a_terminal(target)
     assert len([line for line in lines if "set_traffic" in line and "✓" in line]) == 1
     assert not [line for line in lines if "waiting for" in line and "✓" not in line]
+
+
+def test_a_warning_logged_while_the_live_line_runs_gets_a_line_of_its_own() -> None:
+    import structlog
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    display = StepDisplay(console, show_plan=lambda plan, desired: None)
+    logging_setup.configure(fmt="auto", level="warning", stream=ConsoleStream(console))
+    try:
+        display.status.start()
+        display.running = ("create_deployment ep/blue", "building")
+        time.sleep(0.3)  # a few frames of the live line
+        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
+        structlog.get_logger("test").info("step_progress", detail="not shown")
+        time.sleep(0.3)
+    finally:
+        display.status.stop()
+        logging_setup.configure(fmt="json", level="warning")
+    lines = visible_lines(screen.getvalue())
+    (warning,) = [line for line in lines if "environment_image_mapped" in line]
+    assert re.match(r"\d{4}-\d\d-\d\d", warning)  # the start of its own line
+    assert not [line for line in lines if "not shown" in line or "building" in line]
