@@ -41,7 +41,14 @@ from reconciler.model.state import DesiredState, LiveState
 from reconciler.planning import invalid_plan, make_plan
 from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
 from reconciler.presentation import OUTPUT_FORMATS, exit_code, render_plan
-from reconciler.progress import LiveDisplay, display_for, step_lines
+from reconciler.progress import (
+    ConsoleStream,
+    PassDisplay,
+    StepDisplay,
+    display_for,
+    step_lines,
+    terminal_console,
+)
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
 from reconciler.review import mirror_history, quota_warnings, review_changes
 from reconciler.status import STATUS_DIR
@@ -306,6 +313,13 @@ def emit(plan: Plan, output: str) -> None:
     show_default=True,
     help="Seconds to keep running passes while rollouts are in progress; then exit 1.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="On a terminal: show pip and image build output as it comes (else only its tail "
+    "when a step fails).",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -320,6 +334,7 @@ def main(
     log_format: str,
     no_wait: bool,
     timeout: float,
+    verbose: bool,
 ) -> None:
     """Reconcile ML online endpoints from a git repository onto a target.
 
@@ -368,11 +383,29 @@ def main(
                 git.write_status(files, message=message, branch=config.status_branch)
 
         passes: list[PassResult] = []
-        # On a terminal a live display stands for the step logs (unless a log format was
-        # asked for); elsewhere plain lines beside the logs.
-        display = display_for(sys.stderr, live=log_format == "auto")
-        if isinstance(display, LiveDisplay):
-            logging_setup.configure(fmt=log_format, level="warning")
+        # On a terminal the plan comes first, then a line per step (unless a log format was
+        # asked for); elsewhere plain lines beside the logs, and the plan at the end.
+        console = terminal_console(sys.stderr) if log_format == "auto" else None
+        plan_shown = False
+
+        def show_plan(plan: Plan, desired: DesiredState | None) -> None:
+            nonlocal plan_shown
+            if output != "text":
+                return  # stdout holds one document, written at the end
+            if desired is not None:
+                extra = target_warnings(tree, desired, config.target(target_name))
+                plan = replace(plan, warnings=plan.warnings + extra)
+            emit(with_revision(plan, source, revision, desired), output)
+            plan_shown = True
+
+        display: PassDisplay
+        watcher: StepDisplay | None = None
+        if console is not None:
+            display = watcher = StepDisplay(console, show_plan=show_plan, verbose=verbose)
+            # Warnings still show, above the live line rather than through it.
+            logging_setup.configure(fmt=log_format, level="warning", stream=ConsoleStream(console))
+        else:
+            display = display_for(sys.stderr, live=False)
 
         def on_pass(result: PassResult) -> None:
             passes.append(result)
@@ -391,6 +424,7 @@ def main(
                             dry_run=False,
                             revision=revision,
                             write_status=writer,
+                            watcher=watcher,
                         )
                     )
                 else:
@@ -402,6 +436,7 @@ def main(
                         gate=Gate(timeout_s=timeout, poll_s=PASS_PAUSE_S),
                         write_status=writer,
                         on_pass=on_pass,
+                        watcher=watcher,
                     )
         finally:
             display.close()
@@ -415,7 +450,8 @@ def main(
         changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
         shown = replace(shown, warnings=shown.warnings + changed_by_target)
     shown = with_revision(shown, source, revision, result.desired)
-    emit(shown, output)
+    if not plan_shown:
+        emit(shown, output)
     if output == "text":
         for name, doc in sorted(result.status.items()):
             if doc.get("scoring_uri"):

@@ -40,10 +40,12 @@ StatusWriter = Callable[[Mapping[str, str], str], None]
 
 
 class PassWatcher(Protocol):
-    """Hears of a pass as it runs: its plan, each step as it starts, what it says of its
-    progress, and its result. Called on the pass's thread; must not raise."""
+    """Hears of a pass as it runs: its plan (before any change), each step as it starts,
+    what it says of its progress, and its result: the one-shot apply's display
+    (progress.py) and the daemon's dashboard (ui/live.py). Called on the pass's thread;
+    must not raise."""
 
-    def planned(self, plan: Plan, revision: str | None) -> None: ...
+    def planned(self, plan: Plan, desired: DesiredState | None, revision: str | None) -> None: ...
 
     def step_started(self, index: int, step: Step) -> None: ...
 
@@ -227,7 +229,7 @@ def run_pass(
     )
     declared = tuple(e.name for e in desired.endpoints) if desired else ()
     if watcher is not None:
-        watcher.planned(plan, revision)
+        watcher.planned(plan, desired, revision)
 
     def documents(state: LiveState, results: Sequence[StepResult]) -> dict[str, dict[str, Any]]:
         return build_status(
@@ -340,6 +342,7 @@ def converge(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_pass: Callable[[PassResult], None] | None = None,
+    watcher: PassWatcher | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PassResult:
@@ -359,6 +362,7 @@ def converge(
             instance_types=instance_types,
             write_status=write_status,
             should_stop=should_stop,
+            watcher=watcher,
         )
         if on_pass is not None:
             on_pass(result)

@@ -108,6 +108,7 @@ from reconciler.router.http import HttpRequest, HttpServer, Reply
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
 from reconciler.router.probes import Prober, health_view
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
+from reconciler.router.served import digest_document, report_served
 from reconciler.router.tokens import (
     TokenCheck,
     check_token,
@@ -310,6 +311,8 @@ class RouterServer:
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         self._digest_reply = _digest_reply(config)
+        if workers > 1:
+            report_served(config.digest())
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._compare_pool: ProcessPoolExecutor | None = None
         self._comparing = 0
@@ -341,6 +344,9 @@ class RouterServer:
         if path == "/-/config":
             return self._admin(request)
         if path == "/-/config-digest":
+            if self.workers > 1:
+                # One worker's digest is not the router's: it answers for all (served.py).
+                return Reply(200, _JSON, digest_document(self.workers))
             return self._digest_reply
         if path == "/-/instances":
             return self._instances(request)
@@ -860,6 +866,8 @@ class RouterServer:
             return False
         self.runtime.apply(config)
         self._digest_reply = _digest_reply(config)
+        if self.workers > 1:
+            report_served(config.digest())
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         if self._http is not None:

@@ -69,7 +69,7 @@ class PassRecorder:
             }
             self._version += 1
 
-    def planned(self, plan: Plan, revision: str | None) -> None:
+    def planned(self, plan: Plan, desired: DesiredState | None, revision: str | None) -> None:
         with self._lock:
             if self._current is None:
                 return

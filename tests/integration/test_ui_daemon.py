@@ -235,9 +235,9 @@ def test_the_test_form_sends_the_typed_key_to_the_router_once_and_never_logs_it(
     browser = _browser()
     csrf = _form(s.base, browser)
     caplog.set_level("DEBUG")
-    # An in-process router of an earlier test may have configured structlog to cache its
-    # loggers on first use, which capture_logs cannot see through.
-    structlog.configure(cache_logger_on_first_use=False)
+    # An earlier test (an in-process router, the CLI) may have configured structlog with a
+    # level filter or cached loggers, which capture_logs cannot see through.
+    structlog.reset_defaults()
     with structlog.testing.capture_logs() as logged:
         status, page = _post(
             browser,

@@ -24,7 +24,7 @@ def test_a_running_step_shows_its_last_progress_lines_then_its_result() -> None:
     recorder = PassRecorder(clock=lambda: 100.0)
     plan = _plan()
     recorder.pass_started("trigger")
-    recorder.planned(plan, "abc")
+    recorder.planned(plan, None, "abc")
     recorder.step_started(1, plan.steps[1])
     for i in range(PROGRESS_LINES + 3):
         recorder.step_progress(1, f"line {i}")
@@ -46,7 +46,7 @@ def test_views_are_copies_and_filter_by_endpoint() -> None:
     recorder = PassRecorder()
     plan = _plan()
     recorder.pass_started("interval")
-    recorder.planned(plan, "abc")
+    recorder.planned(plan, None, "abc")
     recorder.view()["running"]["steps"].clear()  # a reader's change stays the reader's
     assert len(recorder.view()["running"]["steps"]) == len(plan.steps)
     mine = recorder.view("ep")["running"]["steps"]
@@ -64,7 +64,7 @@ def test_only_the_last_plans_with_steps_are_kept_and_versions_grow() -> None:
     before = recorder.version
     for revision in ("a", "b", "c"):
         recorder.pass_started("trigger")
-        recorder.planned(plan, revision)
+        recorder.planned(plan, None, revision)
         recorder.pass_finished(outcome="ok")
     recorder.pass_started("interval")  # a pass with nothing to do is not a plan to keep
     recorder.pass_finished(outcome="ok")
