@@ -384,13 +384,20 @@ class _Connection(asyncio.Protocol):
             sink.end()
 
     def pause(self) -> None:
-        """The sink cannot take more for now: stop reading the backend."""
+        """The sink cannot take more for now (its caller does not read): stop reading the
+        backend, and the idle clock with it (a slow reader is the HTTP layer's to judge)."""
         if self._transport is not None and not self.closed:
             self._transport.pause_reading()
+            if self._streaming:
+                self.deadline = math.inf
 
     def resume(self) -> None:
         if self._transport is not None and not self.closed:
             self._transport.resume_reading()
+            if self._streaming:
+                self.deadline = self._loop.time() + self._idle
+                if self._deadlines is not None:
+                    self._deadlines.add(self)  # re-arms the timer if it had nothing left
 
     def cancel(self) -> None:
         """The caller went away: the rest of the answer is not wanted."""
@@ -458,6 +465,7 @@ class _Connection(asyncio.Protocol):
 
     # exchange
     def _finish(self) -> None:
+        self._stream_above = -1  # answered whole: nothing to look at after later reads
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             body = self._body

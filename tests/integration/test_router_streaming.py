@@ -225,7 +225,9 @@ def test_ten_megabytes_up_and_down_pass_with_bounded_router_memory(
     assert size == 10 * MB and got.hexdigest() == expected
     conn.close()
     grown = peak_rss_mb(pid) - before
-    assert grown < 20, f"router peak memory grew {grown:.1f} MB"
+    # Buffered whole, either body alone would add 10 MB or more (measured before streaming:
+    # 29.5 MB for the three; streamed: 0.1 MB).
+    assert grown < 8, f"router peak memory grew {grown:.1f} MB"
 
 
 def test_a_chunked_upload_over_max_body_bytes_is_cut_off_with_413(
