@@ -1264,14 +1264,17 @@ class _Relay:
         self._source().attach(self)
 
     def pause(self) -> None:
-        self._source().pause()
+        if not self._done:
+            self._source().pause()
 
     def resume(self) -> None:
-        self._source().resume()
+        if not self._done:
+            self._source().resume()
 
     def cancel(self) -> None:
-        self._source().cancel()
-        self._finish(_caller_status(self._outcome), "client_gone", complete=False)
+        if not self._done:
+            self._source().cancel()
+            self._finish(_caller_status(self._outcome), "client_gone", complete=False)
 
     # upstream.BodySink
     def data(self, piece: bytes) -> None:

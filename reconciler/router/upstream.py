@@ -381,23 +381,25 @@ class _Connection(asyncio.Protocol):
         if self._error is not None:
             sink.fail(self._error)
         elif self._ended:
+            # Kept out of the pool until now: another exchange must not take it while
+            # pieces of this answer wait in it.
+            self._ended = False
+            self._pool.settle(self)
             sink.end()
 
     def pause(self) -> None:
         """The sink cannot take more for now (its caller does not read): stop reading the
         backend, and the idle clock with it (a slow reader is the HTTP layer's to judge)."""
-        if self._transport is not None and not self.closed:
+        if self._streaming and self._transport is not None and not self.closed:
             self._transport.pause_reading()
-            if self._streaming:
-                self.deadline = math.inf
+            self.deadline = math.inf
 
     def resume(self) -> None:
-        if self._transport is not None and not self.closed:
+        if self._streaming and self._transport is not None and not self.closed:
             self._transport.resume_reading()
-            if self._streaming:
-                self.deadline = self._loop.time() + self._idle
-                if self._deadlines is not None:
-                    self._deadlines.add(self)  # re-arms the timer if it had nothing left
+            self.deadline = self._loop.time() + self._idle
+            if self._deadlines is not None:
+                self._deadlines.add(self)  # re-arms the timer if it had nothing left
 
     def cancel(self) -> None:
         """The caller went away: the rest of the answer is not wanted."""
@@ -406,17 +408,23 @@ class _Connection(asyncio.Protocol):
             self._streaming = False
             self.abort()
             self._pool.settle(self)
+        elif self._ended:  # the whole answer had come: the connection is fine
+            self._ended = False
+            self._pool.settle(self)
 
     def _stream_end(self) -> None:
         self._streaming = False
         self._unwatch()
-        self._waiter = None
+        if self._transport is not None and not self.closed:
+            # A pause of the caller's may have come after the last read: the connection
+            # must read again, for its next exchange.
+            self._transport.resume_reading()
         sink, self._sink = self._sink, None
+        if sink is None:
+            self._ended = True  # settled when a sink comes for the pieces held (attach)
+            return
         self._pool.settle(self)
-        if sink is not None:
-            sink.end()
-        else:
-            self._ended = True
+        sink.end()
 
     def _stream_fail(self, error: BaseException) -> None:
         self._streaming = False

@@ -21,6 +21,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     PRIMARY_KEY,
     Backends,
     backends_fixture,
+    dead_address,
     deployment,
     metric_value,
     router_config,
@@ -57,6 +58,18 @@ class StreamingBackend:
             await asyncio.sleep(self.pause)
             self.second_event_at = time.monotonic()
             await answer.write(b"data: two\n\n")
+            await answer.write_eof()
+            return answer
+        if mode.startswith("chunked-"):
+            # A chunked answer of that many KB (a JSON document, the same on every backend).
+            await request.read()
+            size = int(mode.removeprefix("chunked-")) * 1024
+            answer = web.StreamResponse(headers={"Content-Type": "application/json"})
+            answer.enable_chunked_encoding()
+            await answer.prepare(request)
+            await answer.write(b'{"pad": "')
+            await asyncio.sleep(0.01)  # so the router sees the answer before its end
+            await answer.write(b"x" * (size - 11) + b'"}')
             await answer.write_eof()
             return answer
         if mode == "big":
@@ -223,6 +236,10 @@ def test_ten_megabytes_up_and_down_pass_with_bounded_router_memory(
         got.update(piece)
         size += len(piece)
     assert size == 10 * MB and got.hexdigest() == expected
+    # The connections on both sides carry on after a streamed answer.
+    conn.request("POST", "/score", body=b"next", headers={**AUTH, "x-mode": "count"})
+    response = conn.getresponse()
+    assert response.status == 200 and b'"size": 4' in response.read()
     conn.close()
     grown = peak_rss_mb(pid) - before
     # Buffered whole, either body alone would add 10 MB or more (measured before streaming:
@@ -265,3 +282,96 @@ def test_a_chunked_upload_over_max_body_bytes_is_cut_off_with_413(
     assert backend.uploads == []
     text = router.metrics()
     assert metric_value(text, "router_requests_total", deployment="blue", code="413") == 1
+
+
+def upload(port: int, size: int, *, chunked: bool, mode: str = "count") -> tuple[int, bytes]:
+    conn = connect(port)
+    headers = {**AUTH, "x-mode": mode}
+    if not chunked:
+        headers["Content-Length"] = str(size)
+    conn.request("POST", "/score", body=pieces(size), headers=headers, encode_chunked=chunked)
+    response = conn.getresponse()
+    answer = response.status, response.read()
+    conn.close()
+    return answer
+
+
+def _comparisons(text: str, result: str) -> float:
+    return metric_value(text, "router_shadow_comparisons_total", live="blue", result=result)
+
+
+def test_streamed_bodies_are_mirrored_whole_and_compared(backends: Backends, start_router) -> None:
+    blue, green = streaming_backend(backends), streaming_backend(backends)
+    router = start_router(
+        router_config(
+            [deployment("blue", [blue.address]), deployment("green", [green.address])],
+            traffic={"blue": 100},
+            mirror={"green": 50},
+            shadow_comparison={"max_body_bytes": 512 * 1024},
+        )
+    )
+    size = 256 * 1024  # streams (over 64 KB), and is under the comparison's limit
+    expected = (size, hashlib.sha256(PIECE * (size // len(PIECE))).hexdigest())
+    for index in range(12):  # half of them chunked; 1 in 4096 that none is mirrored
+        status, _ = upload(router.port, size, chunked=bool(index % 2))
+        assert status == 200
+    assert blue.uploads == [expected] * 12
+    assert green.uploads, "no request was mirrored"
+    assert set(green.uploads) == {expected}  # each copy whole, with its Content-Length
+    deadline = time.monotonic() + 10
+    while _comparisons(router.metrics(), "agree") < len(green.uploads):
+        assert time.monotonic() < deadline, router.metrics()
+        time.sleep(0.05)
+
+
+def test_a_streamed_live_answer_is_compared_only_under_the_limit(
+    backends: Backends, start_router
+) -> None:
+    blue, green = streaming_backend(backends), streaming_backend(backends)
+    router = start_router(
+        router_config(
+            [deployment("blue", [blue.address]), deployment("green", [green.address])],
+            traffic={"blue": 100},
+            mirror={"green": 50},
+            shadow_comparison={"max_body_bytes": 100 * 1024},
+        )
+    )
+    modes = ("chunked-1", "chunked-300")
+    conn = connect(router.port)
+    for _ in range(12):
+        for mode in modes:
+            conn.request("POST", "/score", body=b"{}", headers={**AUTH, "x-mode": mode})
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.getheader("Transfer-Encoding") == "chunked"  # it streamed
+            assert len(response.read()) == int(mode.removeprefix("chunked-")) * 1024
+    conn.close()
+    deadline = time.monotonic() + 10
+    while True:
+        text = router.metrics()
+        agree, not_compared = _comparisons(text, "agree"), _comparisons(text, "not_compared")
+        mirrored = metric_value(text, "router_requests_total", kind="mirror")
+        if mirrored and agree + not_compared == mirrored:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    # 1 KB answers are kept and agree; 300 KB ones are over the limit: not compared.
+    assert agree >= 1 and not_compared >= 1
+    assert _comparisons(text, "disagree_body") == 0
+
+
+def test_a_streamed_body_is_sent_to_another_instance_when_one_cannot_be_reached(
+    backends: Backends, start_router
+) -> None:
+    backend = streaming_backend(backends)
+    router = start_router(
+        router_config(
+            [deployment("blue", [dead_address(), backend.address])], traffic={"blue": 100}
+        )
+    )
+    size = 256 * 1024
+    expected = (size, hashlib.sha256(PIECE * (size // len(PIECE))).hexdigest())
+    # The instances take turns to be tried first: one of the two meets the dead one first.
+    for chunked in (False, True):
+        assert upload(router.port, size, chunked=chunked)[0] == 200
+    assert backend.uploads == [expected, expected]
