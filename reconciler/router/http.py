@@ -239,6 +239,7 @@ class HttpRequest:
         "error",
         "expect_continue",
         "headers",
+        "http10",
         "is_head",
         "keep_alive",
         "method",
@@ -264,6 +265,7 @@ class HttpRequest:
         self.echo_keep_alive = False
         self.expect_continue = False
         self.is_head = False
+        self.http10 = False  # an HTTP/1.0 client: knows no chunked answer
         self.too_large = False
         self.error = 0  # a status the server decided on (400, 408, 414, 431), else 0
         self.early: Reply | None = None  # the answer `expect` gave instead of 100 Continue
@@ -546,6 +548,9 @@ class HttpConnection(asyncio.Protocol):
         request.method = method = parser.get_method()
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()
+        if not request.keep_alive or request.echo_keep_alive:
+            # HTTP/1.0 keeps alive only when asked to: only then is the version looked up.
+            request.http10 = parser.get_http_version() == "1.0"
         request.echo_keep_alive = request.echo_keep_alive and request.keep_alive
         target = request.target
         mark = target.find(b"?")
@@ -856,13 +861,22 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None and source is not None
         self._busy = True  # until its body is out
         chunked = reply.length < 0
+        if chunked and request.http10:
+            # An HTTP/1.0 client knows no chunked answer: the body ends when we close.
+            chunked = False
+            keep = False
         if not keep:
             connection = _CLOSE
         elif request.echo_keep_alive:
             connection = _KEEP_ALIVE
         else:
             connection = b""
-        framing = _CHUNKED if chunked else b"Content-Length: %d\r\n" % reply.length
+        if chunked:
+            framing = _CHUNKED
+        elif reply.length >= 0:
+            framing = b"Content-Length: %d\r\n" % reply.length
+        else:
+            framing = b""
         status = reply.status
         transport.write(
             b"".join(

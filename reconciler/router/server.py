@@ -35,8 +35,17 @@ and deployment are good, so a refused caller never uploads its body. Malformed r
 over-long heads and stalled
 uploads are answered by the HTTP layer's rules (`http`: 400, 414, 431, 408).
 
+Streaming (see README "Streaming"): an answer of unknown length (chunked, until close) or
+over `STREAM_ANSWER_ABOVE` goes to the caller as the backend writes it (`_Relay`); a
+request body over `http.STREAM_BODY_ABOVE` goes to the backend as the caller sends it. For
+a streamed answer, request_timeout_ms bounds the wait for its head and then each wait
+between pieces; the instance's and deployment's slots, the metrics (duration to the end)
+and the shadow comparison wait for its end. One that breaks off after its head aborts the
+caller's connection and counts as 502 (`stream_broken`) or 408 (`stream_timeout`).
+
 Retry rule: a request goes to the next instance only when the previous one gave no byte of
-an answer (refused, reset, closed), so an instance dying under load costs callers nothing;
+an answer (refused, reset, closed), so an instance dying under load costs callers nothing
+(a streamed body: only while none of it was sent, i.e. when no connection could be made);
 a scoring call can therefore reach a model twice if an instance died after reading it.
 
 Mirroring: a non-pinned live request is copied, with probability mirror percent / 100, to

@@ -375,3 +375,27 @@ def test_a_streamed_body_is_sent_to_another_instance_when_one_cannot_be_reached(
     for chunked in (False, True):
         assert upload(router.port, size, chunked=chunked)[0] == 200
     assert backend.uploads == [expected, expected]
+
+
+def test_an_http10_caller_gets_a_stream_of_unknown_length_ended_by_close(
+    backends: Backends, start_router
+) -> None:
+    backend = streaming_backend(backends)
+    backend.pause = 0.2
+    router = start_router(
+        router_config([deployment("blue", [backend.address])], traffic={"blue": 100})
+    )
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    sock.sendall(
+        b"POST /score HTTP/1.0\r\nx-mode: sse\r\nContent-Length: 2\r\n"
+        b"Authorization: Bearer %s\r\n\r\n{}" % PRIMARY_KEY.encode()
+    )
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()  # HTTP/1.0 knows no chunked answer
+    assert b"Connection: close" in head
+    assert body == b"data: one\n\ndata: two\n\n"
