@@ -200,6 +200,9 @@ http {{
 """
     path = folder / "nginx.conf"
     path.write_text(text)
+    # nginx's workers (another user when run as root) keep large bodies in its temp paths
+    # here; the router configs in this folder stay 0600.
+    folder.chmod(0o755)
     return path
 
 
