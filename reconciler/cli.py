@@ -50,7 +50,7 @@ from reconciler.progress import (
     terminal_console,
 )
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
-from reconciler.review import mirror_history, quota_warnings, review_changes
+from reconciler.review import mirror_history, quota_warnings, review_changes, rollout_previews
 from reconciler.status import STATUS_DIR
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.capabilities import (
@@ -726,6 +726,9 @@ def diff(
         capacity_cores=target.capacity_cores,
         instance_types=instance_types,
     )
+    # Rollouts follow HEAD's policies: once merged, the daemon reads them at that revision.
+    previews, notes = rollout_previews(base_state, head_state, config.rollouts)
+    review = replace(review, rollouts=previews, rollout_notes=notes)
     violations: tuple[Diagnostic, ...] = ()
     if not policies.empty:
         approvals = frozenset(approve)
