@@ -286,3 +286,16 @@ def to_json(value: Any) -> JsonValue:
 # Field layout of each spec class, worked out once: to_json runs for every spec of a
 # large repository on every pass.
 _LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}
+
+
+def version_changes(before: DeploymentSpec | None, after: DeploymentSpec) -> tuple[str, ...]:
+    """What of a deployment's version changed: ("new",), some of model, code,
+    environment, or () when none did (scaling, probes, settings are no new version).
+    A new version is what a rollout rolls out and what mirror_before_traffic judges."""
+    if before is None:
+        return ("new",)
+    return tuple(
+        part
+        for part in ("model", "code", "environment")
+        if getattr(before, part) != getattr(after, part)
+    )
