@@ -60,6 +60,7 @@ demo: setup
 	$(BIN)/reconcile invoke my-endpoint --repo example-repo --request-file example-repo/sample-request.json
 	$(BIN)/reconcile status --repo example-repo || true
 	@echo "dashboard: $(BIN)/reconcile ui --repo example-repo, then open http://127.0.0.1:8780/"
+	@echo "live, with charts, logs and a test form: $(BIN)/reconcile watch --repo example-repo --ui-port 8781, then open http://127.0.0.1:8781/"
 
 # Every benchmark with short settings, then one table: bench/out/summary.md (printed too).
 # Those needing Docker say "skipped" in it when there is none. Full runs: bench/NAME.py.

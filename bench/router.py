@@ -16,6 +16,12 @@ plenty of concurrency so that admission never queues: this measures the proxy, n
 limits. It prints p50, p99 and requests/s per case, a markdown table, and writes
 bench/out/router.json. Not a test: figures vary with the machine and its neighbours.
 
+Then, with the instant backend, streaming (`--no-streaming` skips it): the time to the first
+server-sent event of an answer whose second event comes 20 ms later (median and p90 of 50
+requests on one keep-alive connection; nginx is told not to buffer it by the backend's
+`X-Accel-Buffering: no`, as SSE servers do), and 10 MB up then 10 MB down, three times: the
+seconds it takes and how much the proxy's peak memory (VmHWM, all its processes) grew.
+
 With --repeat N, each round runs every target once, in turn, so that a burst of load from
 neighbours falls on all of them alike; the medians are kept (CPU per request too), and each
 row records the 1-minute load average seen when its runs started.
@@ -70,7 +76,29 @@ def serve_backend(port: int, delay_ms: float) -> None:
     delay = delay_ms / 1000.0
     answer = b'{"result": [0.5]}'
 
-    async def score(request: web.BaseRequest) -> web.Response:
+    big = bytes(range(256)) * 256 * 160  # 10 MB
+
+    async def score(request: web.BaseRequest) -> web.StreamResponse:
+        mode = request.query_string
+        if mode == "sse":
+            await request.read()
+            sse = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+            )
+            await sse.prepare(request)
+            await sse.write(b"data: one\n\n")
+            await asyncio.sleep(0.02)
+            await sse.write(b"data: two\n\n")
+            await sse.write_eof()
+            return sse
+        if mode == "upload":
+            size = 0
+            async for piece in request.content.iter_any():
+                size += len(piece)
+            return web.Response(text=str(size))
+        if mode == "download":
+            await request.read()
+            return web.Response(body=big, content_type="application/octet-stream")
         await request.read()
         if delay:
             await asyncio.sleep(delay)
@@ -167,7 +195,7 @@ pid {folder}/nginx.pid;
 error_log {folder}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  access_log off; client_max_body_size 64m;
   client_body_temp_path {folder}/body; proxy_temp_path {folder}/proxy;
   fastcgi_temp_path {folder}/fcgi; uwsgi_temp_path {folder}/uwsgi; scgi_temp_path {folder}/scgi;
 {servers}
@@ -175,6 +203,9 @@ http {{
 """
     path = folder / "nginx.conf"
     path.write_text(text)
+    # nginx's workers (another user when run as root) keep large bodies in its temp paths
+    # here; the router configs in this folder stay 0600.
+    folder.chmod(0o755)
     return path
 
 
@@ -206,6 +237,71 @@ def run_wrk(
     )
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory (VmHWM) of a process and its children (workers), MB."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(child) for child in children]
+    total = 0.0
+    for one in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
+
+
+def first_event_ms(port: int, auth: bool, count: int = 50) -> tuple[float, float]:
+    """(median, p90) ms from sending a request to reading its first server-sent event."""
+    import http.client
+
+    headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn.request("POST", "/score?sse", body=b"{}", headers=headers)
+        response = conn.getresponse()
+        first = response.readline()
+        times.append((time.perf_counter() - started) * 1000)
+        assert first == b"data: one\n", first
+        response.read()
+    conn.close()
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.9)]
+
+
+def big_bodies(port: int, auth: bool, pid: int) -> tuple[float, float]:
+    """(seconds, MB the peak memory of `pid` grew) for 3 x (10 MB up, 10 MB down)."""
+    import http.client
+
+    headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
+    piece = bytes(256 * 1024)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/score", body=BODY, headers=headers)
+    conn.getresponse().read()
+    before = peak_rss_mb(pid)
+    started = time.perf_counter()
+    for _ in range(3):
+        size = 10 * 1024 * 1024
+        upload = {**headers, "Content-Length": str(size)}
+        conn.request(
+            "POST", "/score?upload", body=iter([piece] * (size // len(piece))), headers=upload
+        )
+        response = conn.getresponse()
+        assert response.status == 200 and int(response.read()) == size
+        conn.request("POST", "/score?download", body=b"{}", headers=headers)
+        response = conn.getresponse()
+        got = 0
+        while chunk := response.read(256 * 1024):
+            got += len(chunk)
+        assert got == size, got
+    seconds = time.perf_counter() - started
+    conn.close()
+    return seconds, peak_rss_mb(pid) - before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
@@ -213,6 +309,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (median kept)")
     parser.add_argument("--serve-backend", nargs=2, metavar=("PORT", "DELAY_MS"))
     parser.add_argument("--short", action="store_true", help="2 s runs at c=8 only")
+    parser.add_argument("--no-streaming", action="store_true", help="skip TTFB and 10 MB runs")
     args = parser.parse_args()
     if short_requested() and not args.serve_backend:
         args.duration, args.concurrency, args.repeat = 2.0, "8", 1
@@ -307,9 +404,29 @@ def main() -> int:
                     }
                     results.append(row)
                     print(json.dumps(row), flush=True)
+        streaming: list[dict[str, object]] = []
+        if not args.no_streaming:
+            for name in ("direct", "ours", "ours x2", "nginx"):
+                if (name, "0 ms") not in targets:
+                    continue
+                port, auth, pid = targets[(name, "0 ms")]
+                median, p90 = first_event_ms(port, auth)
+                seconds, grown = big_bodies(port, auth, pid)
+                entry = {
+                    "target": name,
+                    "first_event_ms_p50": round(median, 3),
+                    "first_event_ms_p90": round(p90, 3),
+                    "big_bodies_s": round(seconds, 3),
+                    # For direct: the backend's own (it reads the upload piece by piece).
+                    "peak_rss_growth_mb": round(grown, 1),
+                }
+                streaming.append(entry)
+                print(json.dumps(entry), flush=True)
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "router.json").write_text(
+        json.dumps({"requests": results, "streaming": streaming}, indent=2) + "\n"
+    )
     print()
     print("CPU us/req: of the backend for direct, of the proxy (all its processes) otherwise.")
     print(
@@ -369,6 +486,22 @@ def main() -> int:
                 reference="nginx beside it",
                 reference_value=float(nginx_row["cpu_us_per_request"]),
                 goal="<= 2x",
+            )
+    if streaming:
+        print()
+        print("Streaming (instant backend): first server-sent event; 3 x (10 MB up, 10 MB down),")
+        print("with the growth of the proxy's peak memory (of the backend for direct).")
+        print(
+            "| target | first event p50 ms | p90 ms | vs direct p50 | 10 MB x3 s | peak RSS +MB |"
+        )
+        print("|---|---|---|---|---|---|")
+        base = streaming[0]
+        for entry in streaming:
+            added = float(entry["first_event_ms_p50"]) - float(base["first_event_ms_p50"])  # type: ignore[arg-type]
+            print(
+                f"| {entry['target']} | {entry['first_event_ms_p50']} "
+                f"| {entry['first_event_ms_p90']} | {added:+.3f} | {entry['big_bodies_s']} "
+                f"| {entry['peak_rss_growth_mb']} |"
             )
     return 0
 

@@ -280,7 +280,53 @@ def emit(plan: Plan, output: str) -> None:
     click.echo(render_plan(plan, output), nl=False)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with command groups of their own modules loaded only when one
+    of their commands runs (or help lists them): `reconcile --help` stays light."""
+
+    # name -> (module, attribute, the short help `reconcile --help` lists without loading it)
+    LAZY: Mapping[str, tuple[str, str, str]] = {
+        "rollout": (
+            "reconciler.rollout_commands",
+            "rollout",
+            "See and steer a rollout (progressive delivery), through git.",
+        )
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            if name in self.LAZY:
+                rows.append((name, self.LAZY[name][2]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module, name, _ = self.LAZY[cmd_name]
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_Commands,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--repo", default=".", show_default=True, help="Folder of the GitOps repository.")
 @click.option(
     "--target", "target_name", default=None, help="Target of reconciler.yaml, or 'status'."
@@ -315,6 +361,13 @@ def emit(plan: Plan, output: str) -> None:
     show_default=True,
     help="Seconds to keep running passes while rollouts are in progress; then exit 1.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="On a terminal: show pip and image build output as it comes (else only its tail "
+    "when a step fails).",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -329,6 +382,7 @@ def main(
     log_format: str,
     no_wait: bool,
     timeout: float,
+    verbose: bool,
 ) -> None:
     """Reconcile ML online endpoints from a git repository onto a target.
 
@@ -355,7 +409,14 @@ def main(
     from reconciler.executor import Gate
     from reconciler.model.results import Outcome
     from reconciler.presentation import exit_code
-    from reconciler.progress import LiveDisplay, display_for, step_lines
+    from reconciler.progress import (
+        ConsoleStream,
+        PassDisplay,
+        StepDisplay,
+        display_for,
+        step_lines,
+        terminal_console,
+    )
     from reconciler.targets.base import TargetError
     from reconciler.targets.status import StatusTarget
 
@@ -394,11 +455,29 @@ def main(
                 git.write_status(files, message=message, branch=config.status_branch)
 
         passes: list[PassResult] = []
-        # On a terminal a live display stands for the step logs (unless a log format was
-        # asked for); elsewhere plain lines beside the logs.
-        display = display_for(sys.stderr, live=log_format == "auto")
-        if isinstance(display, LiveDisplay):
-            logging_setup.configure(fmt=log_format, level="warning")
+        # On a terminal the plan comes first, then a line per step (unless a log format was
+        # asked for); elsewhere plain lines beside the logs, and the plan at the end.
+        console = terminal_console(sys.stderr) if log_format == "auto" else None
+        plan_shown = False
+
+        def show_plan(plan: Plan, desired: DesiredState | None) -> None:
+            nonlocal plan_shown
+            if output != "text":
+                return  # stdout holds one document, written at the end
+            if desired is not None:
+                extra = target_warnings(tree, desired, config.target(target_name))
+                plan = replace(plan, warnings=plan.warnings + extra)
+            emit(with_revision(plan, source, revision, desired), output)
+            plan_shown = True
+
+        display: PassDisplay
+        watcher: StepDisplay | None = None
+        if console is not None:
+            display = watcher = StepDisplay(console, show_plan=show_plan, verbose=verbose)
+            # Warnings still show, above the live line rather than through it.
+            logging_setup.configure(fmt=log_format, level="warning", stream=ConsoleStream(console))
+        else:
+            display = display_for(sys.stderr, live=False)
 
         def on_pass(result: PassResult) -> None:
             passes.append(result)
@@ -417,6 +496,7 @@ def main(
                             dry_run=False,
                             revision=revision,
                             write_status=writer,
+                            watcher=watcher,
                         )
                     )
                 else:
@@ -428,6 +508,7 @@ def main(
                         gate=Gate(timeout_s=timeout, poll_s=PASS_PAUSE_S),
                         write_status=writer,
                         on_pass=on_pass,
+                        watcher=watcher,
                     )
         finally:
             display.close()
@@ -441,7 +522,8 @@ def main(
         changed_by_target = target_warnings(tree, result.desired, config.target(target_name))
         shown = replace(shown, warnings=shown.warnings + changed_by_target)
     shown = with_revision(shown, source, revision, result.desired)
-    emit(shown, output)
+    if not plan_shown:
+        emit(shown, output)
     if output == "text":
         for name, doc in sorted(result.status.items()):
             if doc.get("scoring_uri"):
@@ -488,22 +570,16 @@ def _indented(text: str, lines: int) -> str:
 def target_warnings(
     tree: FileTree, desired: DesiredState, chosen: TargetConfig | None
 ) -> tuple[Diagnostic, ...]:
-    """What a Docker target does differently from Azure ML (an image replaced by its
-    image_map, another Python than the conda file pins, Kubernetes resources as limits),
-    said before anything is applied, each with the file and line of its field."""
-    from reconciler.targets.base import TargetError
+    """What the chosen target does differently from Azure ML (a Docker target: an image
+    replaced by its image_map, another Python than the conda file pins, Kubernetes
+    resources as limits), said before anything is applied, each with the file and line of
+    its field (targets.registry.PREFLIGHTS)."""
+    from reconciler.targets.registry import PREFLIGHTS
     from reconciler.yamlsource import FieldLines
 
-    if chosen is None or chosen.type != "docker" or not desired.deployments:
+    preflight = PREFLIGHTS.get(chosen.type) if chosen is not None else None
+    if chosen is None or preflight is None or not desired.deployments:
         return ()
-    # Imported here, as in open_target: only a Docker target pays for the Docker SDK.
-    from reconciler.targets.docker.options import DockerOptions
-    from reconciler.targets.docker.preflight import preflight_warnings
-
-    try:
-        options = DockerOptions.from_config(chosen.name, chosen.options)
-    except TargetError:
-        return ()  # reconciler.yaml's own errors say what is wrong with it
     lines: dict[str, FieldLines] = {}
 
     def line_of(file: str, field: FieldPath) -> int | None:
@@ -514,13 +590,7 @@ def target_warnings(
                 lines[file] = FieldLines(None)
         return lines[file].line(field)
 
-    return preflight_warnings(
-        desired.deployments,
-        target=chosen.name,
-        base_image=options.base_image,
-        image_map=options.image_map,
-        line_of=line_of,
-    )
+    return preflight(chosen, desired, line_of)
 
 
 @main.command()
@@ -671,7 +741,12 @@ def diff(
     from reconciler.policies import approvals_from_messages, check_policies, mirror_history_needed
     from reconciler.presentation import exit_code, render_plan
     from reconciler.repoconfig import load_repo_config
-    from reconciler.review import mirror_history, quota_warnings, review_changes
+    from reconciler.review import (
+        mirror_history,
+        quota_warnings,
+        review_changes,
+        rollout_previews,
+    )
 
     source = open_source(repo)
     if source.git is None:
@@ -748,6 +823,9 @@ def diff(
         capacity_cores=target.capacity_cores,
         instance_types=instance_types,
     )
+    # Rollouts follow HEAD's policies: once merged, the daemon reads them at that revision.
+    previews, notes = rollout_previews(base_state, head_state, config.rollouts)
+    review = replace(review, rollouts=previews, rollout_notes=notes)
     violations: tuple[Diagnostic, ...] = ()
     if not policies.empty:
         approvals = frozenset(approve)
@@ -928,11 +1006,7 @@ def ui(
         fail(f"{repo} is not a git repository: there is no status branch to read")
     tree, _ = source.tree()
     branch = status_branch or repo_config(tree).status_branch
-    token: str | None = None
-    if token_file is not None:
-        token = Path(token_file).read_text().strip()
-    elif os.environ.get(UI_TOKEN_ENV):
-        token = os.environ[UI_TOKEN_ENV].strip()
+    token = _ui_token(token_file)
     if ui_host is not None and not token:
         fail(
             f"--ui-host {ui_host} serves beyond this machine: give a token with --token-file "
@@ -954,6 +1028,13 @@ def ui(
         )
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _ui_token(token_file: str | None) -> str | None:
+    """The dashboard's token: from a file, else the environment; None when neither."""
+    if token_file is not None:
+        return Path(token_file).read_text().strip() or None
+    return os.environ.get(UI_TOKEN_ENV, "").strip() or None
 
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
@@ -1239,6 +1320,30 @@ def invoke(
 )
 @click.option("--listen", default="127.0.0.1", show_default=True, help="Address of the ports.")
 @click.option("--cache-dir", default=None, help="Where remote repositories are cloned.")
+@click.option(
+    "--ui-port",
+    type=int,
+    default=None,
+    help="Serve the dashboard with live updates, charts, logs and a test form (0: any port).",
+)
+@click.option(
+    "--ui-host",
+    default=None,
+    help="The dashboard listens on this address instead of 127.0.0.1; a token is then required.",
+)
+@click.option(
+    "--ui-token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=f"File holding the dashboard's token (else the environment variable {UI_TOKEN_ENV}).",
+)
+@click.option(
+    "--ui-plans",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Plans the dashboard keeps in memory.",
+)
 def watch(
     repo: str | None,
     url: str | None,
@@ -1255,6 +1360,10 @@ def watch(
     webhook_secret_file: str | None,
     listen: str,
     cache_dir: str | None,
+    ui_port: int | None,
+    ui_host: str | None,
+    ui_token_file: str | None,
+    ui_plans: int,
 ) -> None:
     """Reconcile continuously: on every commit, webhook and interval; write status to git."""
     import os
@@ -1266,6 +1375,12 @@ def watch(
 
     if url and repo:
         fail("give --repo or --url, not both")
+    ui_token = _ui_token(ui_token_file)
+    if ui_port is not None and ui_host is not None and not ui_token:
+        fail(
+            f"--ui-host {ui_host} serves beyond this machine: give a token with "
+            f"--ui-token-file or the environment variable {UI_TOKEN_ENV}"
+        )
     state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     work = state_home / "ml-endpoint-reconciler"
     try:
@@ -1315,11 +1430,19 @@ def watch(
             webhook_port=webhook_port,
             webhook_secret=secret,
             host=listen,
+            ui_port=ui_port,
+            ui_host=ui_host or "127.0.0.1",
+            ui_token=ui_token,
+            ui_plans=ui_plans,
         ),
         target_for=lambda entry: target_from_entry(entry, source=target_source),
     )
     daemon.install_signal_handlers()
-    daemon.run()
+    try:
+        daemon.run()
+    except OSError as exc:
+        # A port that cannot be bound (the dashboard's, the metrics', the webhook's).
+        fail(f"cannot serve: {exc.strerror or exc}")
 
 
 @main.command("render")

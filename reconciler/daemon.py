@@ -18,6 +18,7 @@ its health endpoint) until the first one stops.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -49,9 +50,12 @@ from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.errors import ErrorCode, ErrorKind, error_kind
 from reconciler.model.results import Outcome
 from reconciler.repoconfig import RepoConfig, TargetConfig, load_repo_config
-from reconciler.status import render_status
+from reconciler.rollouter import Rollouter
+from reconciler.status import render_status, status_path
 from reconciler.targets.base import Target, TargetError, TargetUnavailable
 from reconciler.targets.capabilities import Autoscaler, Autoscales, Builds
+from reconciler.ui.live import DEFAULT_PLANS, DaemonFeatures, DaemonStatusSource, PassRecorder
+from reconciler.ui.source import GitStatusSource
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
 
 log = structlog.get_logger("reconciler.daemon")
@@ -203,6 +207,14 @@ class WatchOptions:
     webhook_port: int | None = None
     webhook_secret: str | None = None
     host: str = "127.0.0.1"
+    # The dashboard (reconciler.ui) with the daemon's live parts: its port (None: off),
+    # address, token (required beyond 127.0.0.1: the CLI checks), plans kept in memory,
+    # and how often the routers' metrics are read for its charts.
+    ui_port: int | None = None
+    ui_host: str = "127.0.0.1"
+    ui_token: str | None = None
+    ui_plans: int = DEFAULT_PLANS
+    ui_metrics_s: float = 5.0
 
 
 class Daemon:
@@ -237,6 +249,15 @@ class Daemon:
         self._progressing = False  # the last pass left something in progress
         self._scaler: Autoscaler | None = None  # the target's autoscaler, when it has one
         self._fetched_at = -1e9
+        # Rollouts (reconciler.rollouter): made at the first pass of a git revision.
+        self.rollouter: Rollouter | None = None
+        self._rollout_wake: float | None = None  # seconds to the next judgement of a step
+        # What the passes do as they run, for the dashboard (kept whether or not it is on:
+        # a few plans in memory).
+        self.recorder = PassRecorder(keep=options.ui_plans)
+        self._last_result: PassResult | None = None
+        self._ui_loop: asyncio.AbstractEventLoop | None = None
+        self.ui_url: str | None = None
 
     # triggers
 
@@ -256,8 +277,9 @@ class Daemon:
     def run(self) -> None:
         """Run until stop(): serve, hold the lock, pass whenever triggered or due."""
         self._serve()
-        self._watch_files()
         try:
+            self._serve_ui()
+            self._watch_files()
             with self._leader_lock():
                 if self._stop.is_set():
                     return
@@ -266,6 +288,7 @@ class Daemon:
         finally:
             for server in self._servers:
                 server.shutdown()
+            self._stop_ui()
             self.state.phase = "stopped"
 
     def install_signal_handlers(self) -> None:
@@ -320,10 +343,12 @@ class Daemon:
             # timer's passes in between only look at the target again.
             due = time.monotonic() - self._fetched_at >= self.options.interval_s
             fetch = self._fetch_wanted.is_set() or (not woke and due)
+            # Cleared before the pass: a fetch asked for during it (a webhook, the pass's
+            # own rollout commit) is the next pass's.
+            self._fetch_wanted.clear()
             if fetch:
                 self._fetched_at = time.monotonic()
             outcome = self._one_pass(reason, fetch=fetch)
-            self._fetch_wanted.clear()
             self._progressing = outcome == "in_progress"
             if outcome == "in_progress":
                 backoff = 0.0
@@ -340,6 +365,9 @@ class Daemon:
                 pause = min(backoff, self.options.interval_s) * random.uniform(0.5, 1.0)
                 next_due = time.monotonic() + pause
                 log.info("retry_scheduled", in_s=round(pause, 1))
+            if outcome in ("ok", "in_progress") and self._rollout_wake is not None:
+                # A rollout's step is judged every `interval` of its policy.
+                next_due = min(next_due, time.monotonic() + self._rollout_wake)
 
     def _config_at(self, tree: FileTree) -> RepoConfig | None:
         """reconciler.yaml at the pass's revision; None when it is invalid (the pass's plan
@@ -374,7 +402,21 @@ class Daemon:
 
     def _one_pass(self, reason: str, *, fetch: bool) -> str:
         """One pass: "ok" (converged), "in_progress" (a rollout or gate to look at again
-        soon), or "failed" (retried with a growing pause)."""
+        soon), or "failed" (retried with a growing pause). The recorder hears it all."""
+        self.recorder.pass_started(reason)
+        self._last_result = None
+        outcome = "failed"
+        try:
+            outcome = self._pass(reason, fetch=fetch)
+        finally:
+            self.recorder.pass_finished(
+                outcome=outcome,
+                result=self._last_result,
+                error=None if outcome in ("ok", "in_progress") else self.state.last_error,
+            )
+        return outcome
+
+    def _pass(self, reason: str, *, fetch: bool) -> str:
         started = time.monotonic()
         self.pass_starts.append(started)
         self.state.phase = "reconciling"
@@ -385,6 +427,14 @@ class Daemon:
             tree, revision, root = self.source.current()
             config = self._config_at(tree)
             self._target_at(config)
+            if (
+                self.rollouter is None
+                and revision is not None
+                and config is not None
+                and not config.rollouts.empty
+            ):
+                # Before the pass writes status: it reads the revision last reconciled.
+                self.rollouter = self._new_rollouter()
             if isinstance(self.target, Builds):
                 # A building target reads the commit's own files (a private checkout of
                 # it), never the user's uncommitted edits.
@@ -398,7 +448,9 @@ class Daemon:
                     revision=revision,
                     write_status=self._write_status,
                     should_stop=self._stop.is_set,
+                    watcher=self.recorder,
                 )
+            self._last_result = result
         except TargetUnavailable as exc:
             self._failed("target_unreachable", str(exc), started, error=exc)
             self.state.target_reachable = False
@@ -460,6 +512,7 @@ class Daemon:
         )
         if self.on_pass is not None:
             self.on_pass(result)
+        self._rollouts(result, config)
         self._push_status()
         if in_progress and not result.plan.errors:
             return "in_progress"
@@ -472,6 +525,46 @@ class Daemon:
             if r.outcome == Outcome.FAILED
         }
         return "failed_permanent" if kinds == {ErrorKind.PERMANENT} else "failed"
+
+    def _rollouts(self, result: PassResult, config: RepoConfig | None) -> None:
+        """After the pass: the rollouts' analysis and their commits (reconciler.rollouter).
+        A commit moved the watched branch: the next pass fetches it at once."""
+        self._rollout_wake = None
+        if config is None or result.revision is None:
+            return
+        if self.rollouter is None:
+            return
+        try:
+            after = self.rollouter.after_pass(result, config, self.target)
+        except GitSourceError as exc:
+            log.warning("rollout_failed", error=str(exc))
+            return
+        except Exception:
+            # A rollout's trouble never ends the daemon: the next pass tries again.
+            log.exception("rollout_crashed")
+            return
+        self._rollout_wake = after.wake_in_s
+        if after.status_changed and result.status:
+            files = {status_path(name): render_status(doc) for name, doc in result.status.items()}
+            self._write_status(files, f"rollout status of {result.revision} on {self.target.name}")
+        if after.committed:
+            self.trigger("rollout", fetch=True)
+
+    def _new_rollouter(self) -> Rollouter | None:
+        git_source = self.source.git
+        branch = (
+            git_source.branch
+            if isinstance(git_source, RemoteCheckout)
+            else git_source.current_branch()
+        )
+        if branch is None:
+            log.warning("rollouts_off", reason="the checkout is on no branch to commit steps to")
+            return None
+        try:
+            found = git_source.find_status(self.options.status_branch).files
+        except GitSourceError:
+            found = {}
+        return Rollouter(git_source, branch=branch, status=found)
 
     def _failed(
         self, kind: str, message: str, started: float, *, error: TargetError | None = None
@@ -507,6 +600,8 @@ class Daemon:
             log.warning("status_not_written", error=str(exc))
 
     def _write_status(self, files: Mapping[str, str], message: str) -> None:
+        if self.rollouter is not None:
+            files = self.rollouter.annotate(files)
         commit = self.source.git.write_status(
             files, message=message, branch=self.options.status_branch
         )
@@ -579,6 +674,73 @@ class Daemon:
         thread = threading.Thread(target=watch, name="watch", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    # the dashboard
+
+    def _serve_ui(self) -> None:
+        """The dashboard on its own thread and event loop; raises OSError when its port
+        cannot be bound (the daemon does not start half-served)."""
+        if self.options.ui_port is None:
+            return
+        from reconciler.ui.server import UiOptions, start
+
+        # A repository object of its own: the pages never share one with a running pass.
+        root = self.source.path if isinstance(self.source, LocalSource) else self.source.git.root
+        source = DaemonStatusSource(
+            self.recorder,
+            GitStatusSource(GitSource(root), branch=self.options.status_branch),
+        )
+        features = DaemonFeatures(
+            self.recorder,
+            target=lambda: self.target,
+            daemon_status=lambda: {
+                "phase": self.state.phase,
+                "lock_holder": self.state.lock_holder,
+                "target_reachable": self.state.target_reachable,
+            },
+            metrics_s=self.options.ui_metrics_s,
+        )
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        box: dict[str, Any] = {}
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                runner, url = loop.run_until_complete(
+                    start(
+                        source,
+                        host=self.options.ui_host,
+                        port=self.options.ui_port or 0,
+                        options=UiOptions(token=self.options.ui_token),
+                        daemon=features,
+                    )
+                )
+            except OSError as exc:
+                box["error"] = exc
+                started.set()
+                loop.close()
+                return
+            box["url"] = url
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="ui", daemon=True)
+        thread.start()
+        started.wait(60)
+        if "error" in box:
+            raise box["error"]
+        self._ui_loop = loop
+        self._threads.append(thread)
+        self.ui_url = box.get("url")
+        log.info("ui_serving", url=self.ui_url)
+
+    def _stop_ui(self) -> None:
+        if self._ui_loop is not None and not self._ui_loop.is_closed():
+            self._ui_loop.call_soon_threadsafe(self._ui_loop.stop)
+        self._ui_loop = None
 
     # HTTP: health, readiness, metrics; webhooks
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.executor import DEFAULT_GATE, STOPPING, Gate, execute
 from reconciler.filetree import FileTree
@@ -36,6 +36,23 @@ from reconciler.targets.kubernetes.options import KubernetesOptions
 log = get_logger("reconciler.engine")
 
 StatusWriter = Callable[[Mapping[str, str], str], None]
+
+
+class PassWatcher(Protocol):
+    """Hears of a pass as it runs: its plan (before any change), each step as it starts,
+    what it says of its progress, and its result: the one-shot apply's display
+    (progress.py) and the daemon's dashboard (ui/live.py). Called on the pass's thread;
+    must not raise."""
+
+    def planned(self, plan: Plan, desired: DesiredState | None, revision: str | None) -> None: ...
+
+    def step_started(self, index: int, step: Step) -> None: ...
+
+    def step_progress(self, index: int, message: str) -> None: ...
+
+    def step_ended(self, result: StepResult) -> None: ...
+
+
 # A step running longer than this has its endpoint's status written as in progress.
 STATUS_DELAY_S = 2.0
 
@@ -187,9 +204,12 @@ def run_pass(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     status_delay_s: float = STATUS_DELAY_S,
+    watcher: PassWatcher | None = None,
 ) -> PassResult:
     """One pass. It never waits for a rollout: a step the target completes on its own, or
     a health gate not met yet, ends in progress, and the next pass continues it.
+    `watcher` hears of the plan, each step, its progress and its result as they come
+    (the daemon's dashboard shows them live).
 
     Status is written at the end of the pass, and also while a step runs longer than
     `status_delay_s` (an image build): its endpoint is then Updating with that step in
@@ -207,6 +227,8 @@ def run_pass(
         dry_run=dry_run,
     )
     declared = tuple(e.name for e in desired.endpoints) if desired else ()
+    if watcher is not None:
+        watcher.planned(plan, desired, revision)
 
     def documents(state: LiveState, results: Sequence[StepResult]) -> dict[str, dict[str, Any]]:
         return build_status(
@@ -230,14 +252,26 @@ def run_pass(
         during = _StatusDuringPass(
             lambda results: write(documents(live, results)), delay_s=status_delay_s
         )
+
+        def step_started(index: int, step: Step) -> None:
+            during.step_started(index, step)
+            if watcher is not None:
+                watcher.step_started(index, step)
+
+        def step_ended(result: StepResult) -> None:
+            during.step_ended(result)
+            if watcher is not None:
+                watcher.step_ended(result)
+
         try:
             results = execute(
                 plan,
                 target,
                 live=live,
                 should_stop=should_stop,
-                on_step=during.step_started,
-                on_result=during.step_ended,
+                on_step=step_started,
+                on_result=step_ended,
+                on_progress=watcher.step_progress if watcher is not None else None,
             )
         finally:
             during.finish()
@@ -307,6 +341,7 @@ def converge(
     write_status: StatusWriter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_pass: Callable[[PassResult], None] | None = None,
+    watcher: PassWatcher | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PassResult:
@@ -326,6 +361,7 @@ def converge(
             instance_types=instance_types,
             write_status=write_status,
             should_stop=should_stop,
+            watcher=watcher,
         )
         if on_pass is not None:
             on_pass(result)

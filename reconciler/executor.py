@@ -48,6 +48,8 @@ DEFAULT_GATE = Gate()
 
 ResultCallback = Callable[[StepResult], None]
 StepCallback = Callable[[int, Step], None]
+# What a running step says (a phase, or a line of build output: targets.base.OutputLine).
+StepProgressCallback = Callable[[int, str], None]
 
 
 def execute(
@@ -59,10 +61,12 @@ def execute(
     should_stop: Callable[[], bool] = lambda: False,
     on_step: StepCallback | None = None,
     on_result: ResultCallback | None = None,
+    on_progress: StepProgressCallback | None = None,
 ) -> tuple[StepResult, ...]:
     """Run the plan once. `live` is what the plan was made from: health gates read it until
     a step has changed the target, then observe afresh. on_step is called before a step
-    changes the target, on_result with each result as it comes."""
+    changes the target, on_progress with what it says while it runs, on_result with each
+    result as it comes."""
     if plan.errors:
         # Rule 7: an invalid desired state changes nothing.
         return ()
@@ -75,7 +79,15 @@ def execute(
         if result is None and should_stop():
             result = StepResult(index, Outcome.SKIPPED, STOPPING)
         if result is None:
-            result = _run_step(index, step, target, view=view, clock=clock, on_step=on_step)
+            result = _run_step(
+                index,
+                step,
+                target,
+                view=view,
+                clock=clock,
+                on_step=on_step,
+                on_progress=on_progress,
+            )
         else:
             log.info(
                 "step_skipped",
@@ -133,9 +145,16 @@ def _run_step(
     view: _View,
     clock: Callable[[], float],
     on_step: StepCallback | None,
+    on_progress: StepProgressCallback | None = None,
 ) -> StepResult:
     started = clock()
     bound = log.bind(step=index + 1, action=str(step.action), on=step.target_name)
+
+    def progress(message: str) -> None:
+        bound.info("step_progress", detail=message)
+        if on_progress is not None:
+            on_progress(index, message)
+
     try:
         if step.wait_healthy:
             gate = _gate(step, view.now())
@@ -159,9 +178,7 @@ def _run_step(
         if on_step is not None:
             on_step(index, step)
         view.changed()
-        waiting = target.apply(
-            step, progress=lambda message: bound.info("step_progress", detail=message)
-        )
+        waiting = target.apply(step, progress=progress)
     except TargetError as exc:
         seconds = clock() - started
         # error_kind: whether the next pass may succeed as it is (transient), a commit is

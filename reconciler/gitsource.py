@@ -15,7 +15,8 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -685,6 +686,175 @@ class GitSource:
         )
         return done.stdout.decode().strip()
 
+    # --- commits to the watched branch (rollout steps, rollout control) ----------------
+
+    def branch_messages(self, rev: str, *, limit: int = 200) -> list[tuple[str, str]]:
+        """(commit, message) back from `rev` along first parents, newest first: the order
+        the watched branch was in, where rollout commits and their trailers are read."""
+        out = str(
+            self.repo.git.log(
+                "--first-parent", f"--max-count={limit}", "-z", "--format=%H%x1f%B", rev
+            )
+        )
+        found: list[tuple[str, str]] = []
+        for entry in out.split("\0"):
+            sha, sep, message = entry.strip("\n").partition("\x1f")
+            if sep:
+                found.append((sha, message))
+        return found
+
+    def parent(self, commit: str) -> str | None:
+        """The first parent of a commit, None for a root commit (or one a shallow clone
+        lacks)."""
+        try:
+            return str(self.repo.git.rev_parse("--verify", "--quiet", f"{commit}^1")).strip()
+        except git.GitCommandError:
+            return None
+
+    def current_branch(self) -> str | None:
+        """The branch checked out in this checkout, None when HEAD is detached."""
+        try:
+            return str(self.repo.git.symbolic_ref("--quiet", "--short", "HEAD")).strip() or None
+        except git.GitCommandError:
+            return None
+
+    def commit_file(
+        self,
+        path: str | None,
+        change: FileChange,
+        *,
+        message: str,
+        branch: str,
+        as_reconciler: bool = True,
+        attempts: int = 3,
+    ) -> FileCommit:
+        """Commit one file's new text on top of `branch`: change(text at the tip, None if
+        absent) gives it, or None to commit nothing. path None commits no file change (a
+        message only: a control commit). Compare-and-swap on the branch: a commit made
+        meanwhile (a person's) is re-read and change asked again, never overwritten.
+
+        as_reconciler: the daemon's identity; else git's configured one (a person's CLI).
+        When the branch is the one checked out here, its index and working tree follow,
+        and uncommitted edits of the file refuse the commit.
+        """
+        full = self._in_repo(path)
+        for attempt in range(1, attempts + 1):
+            tip = self._branch_commit(branch)
+            if tip is None:
+                raise GitSourceError(f"branch {branch} does not exist in {self.root}")
+            new = self._changed(tip, full, change)
+            if new is None:
+                return FileCommit(branch, None, attempt)
+            checked_out = self.current_branch() == branch
+            if checked_out and full is not None and self.dirty_paths_of(full):
+                raise GitSourceError(
+                    f"{full} has uncommitted edits in {self.root}: commit or stash them first"
+                )
+            commit = self._commit_on(tip, full, new, message, as_reconciler=as_reconciler)
+            try:
+                self.repo.git.update_ref(f"refs/heads/{branch}", commit, tip)
+            except git.GitCommandError:
+                continue  # the branch moved: read it again
+            if checked_out and full is not None:
+                (self.repo_root_path() / full).write_bytes(new)
+                self.repo.git.reset("-q", "--", full)
+            return FileCommit(branch, commit, attempt)
+        raise PushRejected(f"branch {branch} kept moving: {attempts} attempts to commit failed")
+
+    def propose_file(
+        self,
+        path: str,
+        change: FileChange,
+        *,
+        message: str,
+        base: str,
+        branch: str,
+    ) -> FileCommit:
+        """The file's change as a commit on `base`'s tip, on a branch of its own for a person
+        to merge (mode pull-request). Idempotent: a branch already holding the same text
+        is left as it is, so asking again each pass pushes nothing."""
+        full = self._in_repo(path)
+        assert full is not None
+        tip = self._branch_commit(base)
+        if tip is None:
+            raise GitSourceError(f"branch {base} does not exist in {self.root}")
+        new = self._changed(tip, full, change)
+        if new is None:
+            return FileCommit(branch, None, 1)
+        existing = self._branch_commit(branch)
+        if existing is not None and self._text_at(existing, full) == new:
+            return FileCommit(branch, None, 1)
+        commit = self._commit_on(tip, full, new, message, as_reconciler=True)
+        self.repo.git.update_ref(f"refs/heads/{branch}", commit)
+        return FileCommit(branch, commit, 1)
+
+    def push_branch(self, branch: str) -> None:
+        """Push a local branch to origin as it is (fast-forward only: never forced)."""
+        try:
+            self.repo.git.push("origin", f"refs/heads/{branch}:refs/heads/{branch}", env=_NO_PROMPT)
+        except git.GitCommandError as exc:
+            said = git_message(exc)
+            raise PushRejected(f"push of {branch} refused: {_gist(said)}", git_said=said) from None
+
+    def repo_root_path(self) -> Path:
+        return self.root
+
+    def dirty_paths_of(self, full: str) -> list[str]:
+        out = self.repo.git.status("--porcelain", "--", full)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def _in_repo(self, path: str | None) -> str | None:
+        """A path of the repository folder as a path of the git tree (its sub-folder)."""
+        if path is None:
+            return None
+        return f"{self.subdir}/{path}" if self.subdir else path
+
+    def _text_at(self, commit: str, full: str) -> bytes | None:
+        try:
+            return GitTree(self.repo, commit).read(full)
+        except KeyError:
+            return None
+
+    def _changed(self, tip: str, full: str | None, change: FileChange) -> bytes | None:
+        if full is None:
+            return b"" if change(None) is not None else None
+        old = self._text_at(tip, full)
+        new = change(None if old is None else old.decode())
+        if new is None or new.encode() == old:
+            return None
+        return new.encode()
+
+    def _commit_on(
+        self, parent: str, full: str | None, data: bytes, message: str, *, as_reconciler: bool
+    ) -> str:
+        """A commit whose tree is parent's with one file replaced (none: the same tree),
+        made in a private index so the checkout's own is never touched."""
+        if full is None:
+            tree = str(self.repo.commit(parent).tree.hexsha)
+        else:
+            blob = self._store_blob(data)
+            mode = "100644"
+            listed = str(self.repo.git.ls_tree(parent, "--", full)).strip()
+            if listed and listed.split(" ")[0] in ("100644", "100755"):
+                mode = listed.split(" ")[0]
+            with tempfile.TemporaryDirectory() as scratch:
+                env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+                self.repo.git.read_tree(parent, env=env)
+                self.repo.git.update_index("--add", "--cacheinfo", f"{mode},{blob},{full}", env=env)
+                tree = str(self.repo.git.write_tree(env=env)).strip()
+        env = _IDENTITY if as_reconciler else {}
+        return str(self.repo.git.commit_tree(tree, "-p", parent, "-m", message, env=env)).strip()
+
+
+FileChange = Callable[[str | None], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileCommit:
+    branch: str
+    commit: str | None  # None: nothing to commit (the change gave None or the same text)
+    attempts: int  # 2 or more: the branch moved meanwhile and was read again
+
 
 class PushRejected(GitSourceError):
     """The remote refused the status branch (moved on, a hook, or it is unreachable)."""
@@ -732,6 +902,80 @@ class RemoteCheckout(GitSource):
     def checkout(self, commit: str) -> None:
         self.repo.git.checkout("--force", "--detach", commit)
         self.repo.git.clean("-ffdx", "--quiet")
+
+    def commit_file(
+        self,
+        path: str | None,
+        change: FileChange,
+        *,
+        message: str,
+        branch: str,
+        as_reconciler: bool = True,
+        attempts: int = 3,
+    ) -> FileCommit:
+        """The remote's branch gets the commit: made on its fetched tip and pushed, never
+        forced. A push rejected because the branch moved (a person pushed meanwhile) is made
+        again on the new tip, change asked again with the text there."""
+        full = self._in_repo(path)
+        reason = ""
+        for attempt in range(1, attempts + 1):
+            tip = self._fetch_branch(branch)
+            new = self._changed(tip, full, change)
+            if new is None:
+                return FileCommit(branch, None, attempt)
+            commit = self._commit_on(tip, full, new, message, as_reconciler=as_reconciler)
+            try:
+                self.repo.git.push("origin", f"{commit}:refs/heads/{branch}", env=_NO_PROMPT)
+            except git.GitCommandError as exc:
+                reason = _gist(git_message(exc))
+                continue
+            # The remote-tracking ref follows, so the next fetch finds nothing surprising.
+            self.repo.git.update_ref(f"refs/remotes/origin/{branch}", commit)
+            return FileCommit(branch, commit, attempt)
+        raise PushRejected(
+            f"push to {branch} of {redact(self.url)} refused {attempts} times: {reason}"
+        )
+
+    def propose_file(
+        self,
+        path: str,
+        change: FileChange,
+        *,
+        message: str,
+        base: str,
+        branch: str,
+    ) -> FileCommit:
+        """The change on a branch of its own pushed to the remote for a person to merge;
+        idempotent: a remote branch already holding the same text is not pushed again."""
+        full = self._in_repo(path)
+        assert full is not None
+        tip = self._fetch_branch(base)
+        new = self._changed(tip, full, change)
+        if new is None:
+            return FileCommit(branch, None, 1)
+        with contextlib.suppress(GitSourceError):
+            existing = self._fetch_branch(branch)
+            if self._text_at(existing, full) == new:
+                return FileCommit(branch, None, 1)
+        commit = self._commit_on(tip, full, new, message, as_reconciler=True)
+        try:
+            # The daemon's own proposal branch: replaced when the watched branch moved on.
+            self.repo.git.push("origin", f"+{commit}:refs/heads/{branch}", env=_NO_PROMPT)
+        except git.GitCommandError as exc:
+            said = git_message(exc)
+            raise PushRejected(f"push of {branch} refused: {_gist(said)}", git_said=said) from None
+        return FileCommit(branch, commit, 1)
+
+    def _fetch_branch(self, branch: str) -> str:
+        ref = f"refs/remotes/origin/{branch}"
+        try:
+            self.repo.git.fetch("origin", f"+refs/heads/{branch}:{ref}", env=_NO_PROMPT)
+        except git.GitCommandError as exc:
+            said = git_message(exc)
+            raise GitSourceError(
+                f"cannot fetch {branch} of {redact(self.url)}: {_gist(said)}", git_said=said
+            ) from None
+        return self.resolve(ref)
 
     def push_status(self, branch: str = DEFAULT_STATUS_BRANCH) -> None:
         """Push the local status branch; on rejection, replay its files onto the remote's

@@ -384,8 +384,23 @@ def _data_plane_steps(d: EndpointDiff) -> list[Step]:
     if d.is_delete:
         ta, ma = (), ()
 
+    # Deployments whose instances are starting (scaled up from zero, or a step of an
+    # earlier pass still in progress): weights that keep sending them requests wait for
+    # them as for a rising one, since no router can serve a deployment with none ready.
+    live = {dd.name: dd.live for dd in d.deployments if dd.live is not None}
+    starting = {
+        name
+        for name, deployment in live.items()
+        if deployment.instance_count > 0 and deployment.ready_instances == 0
+    }
+
+    def gate(before: Weights, after: Weights) -> tuple[str, ...]:
+        rising = _rising(before, after)
+        kept = tuple(n for n, pct in after if pct > 0 and n in starting and n not in rising)
+        return rising + kept
+
     def traffic(before: Weights, after: Weights) -> Step:
-        gated = _rising(before, after)
+        gated = gate(before, after)
         reason = "traffic moves"
         if gated:
             reason += f" once {', '.join(gated)} {'is' if len(gated) == 1 else 'are'} healthy"
@@ -400,7 +415,7 @@ def _data_plane_steps(d: EndpointDiff) -> list[Step]:
         )
 
     def mirror(before: Weights, after: Weights) -> Step:
-        gated = _rising(before, after)
+        gated = gate(before, after)
         if not after:
             reason = "mirroring stops"
         else:

@@ -20,7 +20,8 @@ What each rule compares, and when it does not apply:
 - max_traffic_shift: |after - before| of each deployment's live share of one endpoint. An
   endpoint that had no live traffic at BASE (new, or all at 0) is exempt: no caller is
   served by it yet, so its first split shifts nobody.
-- mirror_before_traffic: a deployment with 0 live traffic at BASE and some at HEAD, on an
+- mirror_before_traffic: a deployment with 0 live traffic at BASE and some at HEAD, or one
+  whose version (model, code, environment) changes while its share rises, on an
   endpoint that had live traffic at BASE (there is nothing to mirror on an endpoint that
   serves nobody). With min_hours, the mirroring must have been on continuously for that
   long: `MirrorHistory` (worked out from git by reconciler.review) says since when, and
@@ -46,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.specs import DeploymentSpec, weight_of
+from reconciler.model.specs import DeploymentSpec, version_changes, weight_of
 from reconciler.model.state import DesiredState
 
 # The file policies are read from; repoconfig reads the same file.
@@ -290,17 +291,33 @@ def approvals_from_messages(messages: Iterable[str]) -> frozenset[str]:
 
 
 def traffic_newcomers(base: DesiredState, head: DesiredState) -> tuple[tuple[str, str], ...]:
-    """(endpoint, deployment) pairs that get live traffic for the first time at HEAD, on
-    endpoints that served live traffic at BASE: what mirror_before_traffic judges."""
+    """(endpoint, deployment) pairs whose live traffic at HEAD goes to a version that never
+    had any, on endpoints that served live traffic at BASE: a deployment with none at BASE,
+    or one whose version (model, code, environment) changes in this change while its share
+    rises. What mirror_before_traffic judges."""
     found: list[tuple[str, str]] = []
     for endpoint in head.endpoints:
         before = base.endpoint(endpoint.name)
         if before is None or not before.traffic:
             continue
         for name, percent in endpoint.traffic:
-            if percent > 0 and weight_of(before.traffic, name) == 0:
+            was = weight_of(before.traffic, name)
+            rises_changed = percent > was and changed_version(base, head, endpoint.name, name)
+            if percent > 0 and (was == 0 or rises_changed):
                 found.append((endpoint.name, name))
     return tuple(sorted(found))
+
+
+def changed_version(
+    base: DesiredState, head: DesiredState, endpoint: str, deployment: str
+) -> tuple[str, ...]:
+    """What of a deployment declared at both BASE and HEAD changes its version (model,
+    code, environment); () when it is new or keeps its version."""
+    before = {d.name: d for d in base.deployments_of(endpoint)}.get(deployment)
+    after = {d.name: d for d in head.deployments_of(endpoint)}.get(deployment)
+    if before is None or after is None:
+        return ()
+    return version_changes(before, after)
 
 
 def mirror_history_needed(
@@ -314,6 +331,8 @@ def mirror_history_needed(
     found: list[tuple[str, str]] = []
     for endpoint, deployment in traffic_newcomers(base, head):
         before = base.endpoint(endpoint)
+        if changed_version(base, head, endpoint, deployment):
+            continue  # what was mirrored is the old version: no history makes up for it
         if before is not None and weight_of(before.mirror_traffic, deployment) > 0:
             found.append((endpoint, deployment))
     return tuple(found)
@@ -397,6 +416,20 @@ def _mirror_first(
             f"mirror it first (mirror_traffic: {{{deployment}: N}}){hours}, then give it traffic "
             "in a later pull request"
         )
+        changed = changed_version(base, head, endpoint_name, deployment)
+        if changed:
+            was = weight_of(before.traffic, deployment) if before is not None else 0
+            found.append(
+                _violation(
+                    MIRROR_BEFORE_TRAFFIC,
+                    rule.line,
+                    f"{endpoint_name}/{deployment} goes from {was}% to {percent}% of live "
+                    f"traffic with a new {', '.join(changed)} that was never mirrored; keep "
+                    f"its share, mirror the new version first{hours}, then raise it in a "
+                    "later pull request (or roll it out as another deployment)",
+                )
+            )
+            continue
         if not mirrored:
             state = "is new" if not _declared(base, endpoint_name, deployment) else "had none"
             found.append(

@@ -83,6 +83,19 @@ class DeploymentReview:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutPreview:
+    """A rollout the change starts once merged (rollouts.machine.rollout_starts), as the
+    review shows it: who is stable, who is new, and the schedule and thresholds."""
+
+    endpoint: str
+    stable: str
+    canary: str
+    changed: tuple[str, ...]  # ("new",) or what of the canary changed: model, code, ...
+    schedule: str  # Rollout.schedule(): steps, interval, minimum requests, thresholds
+    mode: str  # commit or pull-request
+
+
+@dataclass(frozen=True, slots=True)
 class Review:
     """The review details of a plan: per deployment, and the quota of the whole target."""
 
@@ -91,6 +104,9 @@ class Review:
     capacity_cores: int | None = None
     quota_before: int = 0  # every deployment of the repository, summed
     quota_after: int = 0
+    # Rollouts the change starts, and why an endpoint under a policy starts none.
+    rollouts: tuple[RolloutPreview, ...] = ()
+    rollout_notes: tuple[tuple[str, str], ...] = ()  # (endpoint, why)
 
 
 def render_plan(plan: Plan, output: str, *, review: Review | None = None) -> str:
@@ -264,6 +280,8 @@ def plan_markdown(plan: Plan, *, review: Review | None = None) -> str:
     elif not errors:
         out.append("No changes: the target matches the repository.")
         out.append("")
+    if review is not None and (review.rollouts or review.rollout_notes):
+        out.extend(_rollouts(review))
     if review is not None and review.deployments:
         out.extend(_what_changes(review))
     if plan.warnings:
@@ -273,6 +291,28 @@ def plan_markdown(plan: Plan, *, review: Review | None = None) -> str:
         out.append("")
     out.append(f"_{_summary_line(plan)}_")
     return "\n".join(out) + "\n"
+
+
+def _rollouts(review: Review) -> list[str]:
+    """The rollouts a merge starts: the person approving the traffic change sees the
+    schedule and the thresholds the daemon will hold the new version to."""
+    out = ["### Rollouts this change starts", ""]
+    for r in review.rollouts:
+        what = "new" if r.changed == ("new",) else f"new {', '.join(r.changed)}"
+        how = (
+            "each step a commit to the watched branch"
+            if r.mode == "commit"
+            else "each step a branch to merge (pull-request mode)"
+        )
+        out.append(
+            f"- **`{r.endpoint}`**: `{r.canary}` ({_md_escape(what)}) against the stable "
+            f"`{r.stable}`, {how}.  "
+        )
+        out.append(f"  {_md_escape(r.schedule)}")
+    for endpoint, why in review.rollout_notes:
+        out.append(f"- `{endpoint}`: {_md_escape(why)}")
+    out.append("")
+    return out
 
 
 def _md_code(value: JsonValue) -> str:

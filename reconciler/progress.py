@@ -1,22 +1,36 @@
-"""How a one-shot `reconcile` shows its passes while it waits for rollouts: a live display
-(rich) on a terminal, plain lines otherwise (CI logs, files). Both go to stderr, so the plan
-on stdout (`--output json`) stays a clean document.
+"""How a one-shot `reconcile` shows its passes while it waits for rollouts: on a terminal,
+the plan first and then one line per step as it ends, with its time, under a live line
+saying what the running step waits for (StepDisplay); plain lines otherwise (CI logs,
+files), beside the JSON logs. Both go to stderr, so the plan on stdout (`--output json`)
+stays a clean document.
 
 A pass never blocks (DESIGN.md): `reconcile` runs passes until nothing is in progress, and
 after each one says which steps were done, which failed, and what the others wait for
-("set_traffic my-endpoint: waiting for blue healthy (1/2 ready)").
+("set_traffic my-endpoint: waiting for blue healthy (1/2 ready)"). A build's own output
+(pip, docker build: targets.base.OutputLine) is shown only with `-v`, or its tail when the
+step fails.
 """
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Protocol
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import IO, Protocol
+
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+from rich.text import Text
 
 from reconciler.engine import PassResult
-from reconciler.model.results import Outcome
+from reconciler.model.plan import Action, Plan, Step
+from reconciler.model.results import Outcome, StepResult
+from reconciler.model.state import DesiredState
+from reconciler.targets.base import OutputLine
 
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.status import Status
+# Lines of a build's output shown under a step that failed (without -v).
+OUTPUT_TAIL_LINES = 30
 
 
 class PassDisplay(Protocol):
@@ -97,6 +111,200 @@ class LiveDisplay:
         self.status.stop()
 
 
+def elapsed(seconds: float) -> str:
+    """4.2 s, 48 s, 1m 04s."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s"
+
+
+def _name(step: Step) -> str:
+    return f"{step.action} {step.target_name}"
+
+
+class _Waits:
+    """The live line's text, rendered afresh at each refresh so its times tick."""
+
+    def __init__(self, display: StepDisplay) -> None:
+        self.display = display
+
+    def __rich__(self) -> Text:
+        # One screen line per line: a wrapped one would leave its tail behind on redraws.
+        return Text("\n".join(self.display.now_lines()), no_wrap=True, overflow="ellipsis")
+
+
+class ConsoleStream:
+    """A file whose lines the console prints above its live line: where the logs that still
+    show on a terminal (warnings) go while a StepDisplay runs, instead of through it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """Printed at once."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class StepDisplay:
+    """The terminal's view of an apply: the plan before any change, then one line per step
+    done or failed with the time it took (counted from its first start, across passes),
+    under a live line with what the running step does or waits for. Build output only with
+    `verbose`; without it the last OUTPUT_TAIL_LINES lines under a step that failed."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        show_plan: Callable[[Plan, DesiredState | None], None],
+        verbose: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.show_plan = show_plan
+        self.verbose = verbose
+        self.clock = clock
+        self.plan: Plan | None = None
+        self.plan_shown = False
+        self.started: dict[str, float] = {}  # step name -> first start
+        self.running: tuple[str, str] | None = None  # (step name, what it says now)
+        self.waiting: dict[str, str] = {}  # step name -> what it waits for
+        self.output: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+        self.status: Status = console.status(_Waits(self), spinner="dots")
+        self.live_shown = False
+
+    # engine.PassWatcher
+    def planned(self, plan: Plan, desired: DesiredState | None, revision: str | None) -> None:
+        self.plan = plan
+        if not self.plan_shown:
+            self.plan_shown = True
+            self.show_plan(plan, desired)
+            if plan.steps and not plan.errors:
+                self.status.start()
+                self.live_shown = True
+
+    def step_started(self, index: int, step: Step) -> None:
+        # Its health gate passed: the deployments it waited for are ready, so the steps
+        # that started them are done.
+        healthy = {f"{step.endpoint}/{d}" for d in step.wait_healthy}
+        for waited in [n for n in self.waiting if n.rpartition(" ")[2] in healthy]:
+            self._done(waited)
+        name = self._name(step)
+        self.started.setdefault(name, self.clock())
+        self.waiting.pop(name, None)
+        self.running = (name, step.reason or "started")
+        self.output.clear()
+
+    def _name(self, step: Step) -> str:
+        """The line a step's progress goes to: its own, or for a repair of a deployment whose
+        create, scale or update is in progress (routing its instances once ready, a
+        target's next move of that rollout), the line of that step, which it completes."""
+        name = _name(step)
+        if step.action == Action.REPAIR_DEPLOYMENT:
+            for waited in self.waiting:
+                if waited.rpartition(" ")[2] == step.target_name:
+                    return waited
+        return name
+
+    def step_progress(self, index: int, message: str) -> None:
+        if isinstance(message, OutputLine):
+            self.output.append(message)
+            if self.verbose:
+                self.console.print(Text(f"    {message}", style="dim"))
+            return
+        if self.running is not None:
+            self.running = (self.running[0], message)
+
+    def step_ended(self, result: StepResult) -> None:
+        if self.plan is None:
+            return
+        step = self.plan.steps[result.index]
+        if self.running is not None and self.running[0].rpartition(" ")[2] == step.target_name:
+            name = self.running[0]  # the line the step's progress went to
+            self.running = None
+        else:
+            name = self._name(step)
+        if result.outcome == Outcome.IN_PROGRESS:
+            self.started.setdefault(name, self.clock())
+            self.waiting[name] = result.message
+            return
+        if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            return  # skipped: it waits for an earlier step, which the live line names
+        if result.outcome == Outcome.SUCCEEDED:
+            self._done(name)
+            return
+        took = elapsed(self.clock() - self.started.pop(name, self.clock()))
+        self.waiting.pop(name, None)
+        self.console.print(
+            f"[red]✗[/red] {escape(name)}  [dim]{took}[/dim]: {escape(result.message)}"
+        )
+        if self.output and not self.verbose and not result.log_tail:
+            # The end of the build's output says why (a pip resolution error, ...).
+            for line in self.output:
+                self.console.print(Text(f"    {line}", style="dim"))
+        self.output.clear()
+
+    def pass_done(self, result: PassResult) -> None:
+        _, _, waiting = step_lines(result)
+        still = {w.partition(": ")[0]: w.partition(": ")[2] for w in waiting}
+        # A step left in progress that no step of this pass waits for any more: done once
+        # its deployment's instances are ready, failed when it degraded on the platform.
+        degraded = {str(d.key) for d in result.degraded}
+        live = {str(d.key): d for d in result.live_after.deployments}
+        for name in [n for n in self.waiting if n not in still]:
+            key = name.rpartition(" ")[2]
+            deployment = live.get(key)
+            if key in degraded and deployment is not None:
+                took = elapsed(self.clock() - self.started.pop(name, self.clock()))
+                del self.waiting[name]
+                self.console.print(
+                    f"[red]✗[/red] {escape(name)}  [dim]{took}[/dim]: "
+                    f"{escape(str(deployment.provisioning_state))}"
+                )
+            elif deployment is not None and deployment.ready_instances < deployment.instance_count:
+                ready = f"{deployment.ready_instances}/{deployment.instance_count} ready"
+                self.waiting[name] = f"waiting for {key} healthy ({ready})"
+            else:
+                self._done(name)
+        covered = {n.rpartition(" ")[2] for n in self.waiting}
+        for name, message in still.items():
+            if name in covered:
+                continue  # "ep/blue: Creating, 0/2 ready": its step's line says it
+            self.waiting[name] = message
+            self.started.setdefault(name, self.clock())
+
+    def _done(self, name: str, *, took: str | None = None) -> None:
+        now = self.clock()
+        if took is None:
+            took = elapsed(now - self.started.get(name, now))
+        self.started.pop(name, None)
+        self.waiting.pop(name, None)
+        self.console.print(f"[green]✓[/green] {escape(name)}  [dim]{took}[/dim]")
+
+    def now_lines(self) -> list[str]:
+        now = self.clock()
+        lines = []
+        if self.running is not None:
+            name, doing = self.running
+            lines.append(f"{name}  {elapsed(now - self.started.get(name, now))}  {doing}")
+        for name, message in list(self.waiting.items()):  # the step's thread may add one
+            lines.append(f"{name}  {elapsed(now - self.started.get(name, now))}  {message}")
+        return lines or ["applying"]
+
+    def close(self) -> None:
+        if self.live_shown:
+            self.status.stop()
+
+
 def display_for(stream: IO[str], *, live: bool) -> PassDisplay:
     """A live display on a terminal (when `live`), plain lines otherwise."""
     # rich is imported here: only an apply draws with it, and it costs every other
@@ -107,3 +315,9 @@ def display_for(stream: IO[str], *, live: bool) -> PassDisplay:
     if live and console.is_terminal:
         return LiveDisplay(console)
     return PlainLines(stream)
+
+
+def terminal_console(stream: IO[str]) -> Console | None:
+    """A console on `stream` when it is a terminal, else None."""
+    console = Console(file=stream)
+    return console if console.is_terminal else None

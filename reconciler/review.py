@@ -40,7 +40,10 @@ from reconciler.presentation import (
     DeploymentReview,
     PackageChange,
     Review,
+    RolloutPreview,
 )
+from reconciler.rollouts.machine import Rollout, rollout_starts
+from reconciler.rollouts.policy import RolloutPolicies
 
 __all__ = ["mirror_history", "package_changes", "quota_warnings", "review_changes"]
 
@@ -447,3 +450,31 @@ def _mirror_in(tree: FileTree, path: str) -> dict[str, int]:
     if not isinstance(mirror, dict):
         return {}
     return {str(k): v for k, v in mirror.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def rollout_previews(
+    base: DesiredState | None, head: DesiredState, policies: RolloutPolicies
+) -> tuple[tuple[RolloutPreview, ...], tuple[tuple[str, str], ...]]:
+    """The rollouts the change from BASE to HEAD starts under `policies` (HEAD's: the daemon
+    reads them at the merged revision), and why an endpoint under a policy starts none
+    (endpoint, why): Review's `rollouts` and `rollout_notes`."""
+    if base is None or policies.empty:
+        return (), ()
+    starts, notes = rollout_starts(base, head, policies)
+    previews = []
+    for start in starts:
+        policy = policies.for_endpoint(start.endpoint)
+        if policy is None:
+            continue
+        rollout = Rollout(start.endpoint, start.stable, start.canary, policy)
+        previews.append(
+            RolloutPreview(
+                start.endpoint,
+                start.stable,
+                start.canary,
+                start.changed,
+                rollout.schedule(),
+                policy.mode.value,
+            )
+        )
+    return tuple(previews), tuple((n.endpoint, n.message) for n in notes)

@@ -60,6 +60,7 @@ import docker
 import docker.errors
 
 from reconciler.filetree import SKIPPED_DIRS, Digester, DirectoryTree, file_blob_id
+from reconciler.images import buildtimes
 from reconciler.images.baseimage import (
     BASE_IMAGE,
     DEFAULT_PATH,
@@ -442,6 +443,12 @@ def build_environment_image(
         if local_image_id(client, tag) is not None:
             return tag
         started = time.monotonic()
+        report(
+            progress,
+            "environment_image_build_started",
+            buildtimes.announcement(wheel_cache, env.name, env.version),
+            tag=tag,
+        )
         python = image_python(client, base_id, labels=extra_labels)
         if env.python_version and env.python_version != python.version:
             log.warning(
@@ -502,6 +509,7 @@ def build_environment_image(
                 summary=f"{len(wheels)} wheels, {_megabytes(wheels)}",
             )
         _report_built(progress, "environment_image_built", tag, started)
+        buildtimes.record_build(wheel_cache, env.name or "", time.monotonic() - started)
     return tag
 
 

@@ -298,3 +298,16 @@ _LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}
 # Digests of the deployment specs seen in this process (DeploymentSpec.digest).
 _DIGESTS: dict[DeploymentSpec, str] = {}
 _DIGESTS_KEPT = 50_000
+
+
+def version_changes(before: DeploymentSpec | None, after: DeploymentSpec) -> tuple[str, ...]:
+    """What of a deployment's version changed: ("new",), some of model, code,
+    environment, or () when none did (scaling, probes, settings are no new version).
+    A new version is what a rollout rolls out and what mirror_before_traffic judges."""
+    if before is None:
+        return ("new",)
+    return tuple(
+        part
+        for part in ("model", "code", "environment")
+        if getattr(before, part) != getattr(after, part)
+    )

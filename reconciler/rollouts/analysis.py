@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from reconciler.rollouts.policy import Thresholds, format_duration
 
 LIVE: Final = "live"
@@ -45,7 +43,12 @@ SHADOW: Final = "router_shadow_comparisons_total"
 SHADOW_DELTA_SUM: Final = "router_shadow_latency_delta_seconds_sum"
 SHADOW_DELTA_COUNT: Final = "router_shadow_latency_delta_seconds_count"
 AGREE: Final = "agree"
-DISAGREE: Final = "disagree"
+DISAGREE: Final = "disagree"  # the prefix of disagree_status and disagree_body
+# Results of router_shadow_comparisons_total (reconciler.router.compare.Result) that count
+# against agreement besides disagree_*: the shadow gave no answer to compare (an error, a
+# timeout), so it did not give the live answer either. not_compared (the live request
+# failed, or the bodies are too large) counts for neither side.
+NO_SHADOW_ANSWER: Final = frozenset({"shadow_error", "shadow_timeout"})
 QUANTILE: Final = 0.99
 _KEPT: Final = frozenset({REQUESTS, BUCKETS, SHADOW, SHADOW_DELTA_SUM, SHADOW_DELTA_COUNT})
 
@@ -111,6 +114,9 @@ def parse_exposition(text: str, endpoint: str) -> Snapshot:
 
     Raises ValueError when the text is not an exposition (prometheus_client's parser).
     """
+    # Imported here: `reconcile diff` shows a rollout's schedule without reading metrics.
+    from prometheus_client.parser import text_string_to_metric_families
+
     table: dict[SeriesKey, float] = {}
     compares = False
     for family in text_string_to_metric_families(text):
@@ -202,15 +208,21 @@ def step_figures(
     shadow: ShadowFigures | None = None
     if delta.compares_shadows:
         pair = {"live": stable, "shadow": canary}
-        counts = {AGREE: 0.0, DISAGREE: 0.0}
+        agree = disagree = 0.0
         for labels, value in delta.values(SHADOW):
-            if _matches(labels, pair) and labels.get("result") in counts:
-                counts[labels["result"]] += value
-        total = sum(v for labels, v in delta.values(SHADOW_DELTA_SUM) if _matches(labels, pair))
+            if not _matches(labels, pair):
+                continue
+            result = labels.get("result", "")
+            if result == AGREE:
+                agree += value
+            elif result.startswith(DISAGREE) or result in NO_SHADOW_ANSWER:
+                disagree += value
+        # The router's delta histogram has buckets below zero, so prometheus_client leaves
+        # its _sum out (one worker): no mean then, rather than a made-up 0.
+        sums = [v for labels, v in delta.values(SHADOW_DELTA_SUM) if _matches(labels, pair)]
         count = sum(v for labels, v in delta.values(SHADOW_DELTA_COUNT) if _matches(labels, pair))
-        shadow = ShadowFigures(
-            round(counts[AGREE]), round(counts[DISAGREE]), total / count if count else None
-        )
+        mean = sum(sums) / count if sums and count else None
+        shadow = ShadowFigures(round(agree), round(disagree), mean)
     return StepFigures(
         canary=_deployment_figures(delta, canary, canary_kind),
         stable=_deployment_figures(delta, stable, LIVE),

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from reconciler.model.specs import DeploymentSpec, Weights, weight_of, weights
+from reconciler.model.specs import Weights, version_changes, weight_of, weights
 from reconciler.model.state import DesiredState
 from reconciler.rollouts.analysis import Outcome, Verdict
 from reconciler.rollouts.policy import RolloutPolicies, RolloutPolicy, StepKind, format_duration
@@ -72,18 +72,6 @@ class RolloutNote:
 
     endpoint: str
     message: str
-
-
-def version_changes(before: DeploymentSpec | None, after: DeploymentSpec) -> tuple[str, ...]:
-    """What of a deployment's version changed: ("new",), some of model, code,
-    environment, or () when none did (scaling, probes, settings are no new version)."""
-    if before is None:
-        return ("new",)
-    return tuple(
-        part
-        for part in ("model", "code", "environment")
-        if getattr(before, part) != getattr(after, part)
-    )
 
 
 def rollout_starts(

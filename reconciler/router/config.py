@@ -33,7 +33,8 @@ Format (version 1); every field but `endpoint` and `deployments` has a default::
       "host": "0.0.0.0", "port": 8080, "metrics_port": 9090,
       "max_body_bytes": 16777216,
       "connect_timeout_ms": 1000,
-      "access_log": true
+      "access_log": true,
+      "shadow_comparison": {"rtol": 1e-6, "atol": 1e-9, "max_body_bytes": 1048576}
     }
 
 Keys are stored as the hex SHA-256 of the key text (`tokens.hash_key`): the router never
@@ -49,6 +50,13 @@ answer 200-399 within `timeout` seconds a success. A custom container gets them 
 readiness_route and liveness_route with the deployment's probe settings); the inference
 server is watched by its container's own health check instead. See `probes.py`.
 
+`shadow_comparison` (optional, every key with a default; left out of the document while it
+holds the defaults, so a config without it reads in routers that predate it and keeps its
+digest) sets how the answers of mirrored requests are compared with the live ones
+(`compare.py`): numbers agree when `|shadow - live| <= atol + rtol * |live|`, and bodies are
+compared only when both are at most `max_body_bytes` (the live body is kept until the
+shadow's answer comes, so this bounds the memory comparison takes).
+
 `parse_config` and `dump_config` are pure; `load_config` only adds reading the file.
 """
 
@@ -58,11 +66,14 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from reconciler.router.compare import DEFAULT_ATOL, DEFAULT_RTOL
 
 CONFIG_VERSION = 1
 AUTH_MODES = ("key", "aml_token")
@@ -85,6 +96,15 @@ class Probe:
     timeout: int = 2
     success_threshold: int = 1
     failure_threshold: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    """How a shadow's answers are held against the live ones (see compare.py)."""
+
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    max_body_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +146,7 @@ class RouterConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     connect_timeout_ms: int = 1000
     access_log: bool = True
+    shadow_comparison: ShadowComparison = ShadowComparison()
 
     def deployment(self, name: str) -> DeploymentRoute | None:
         for route in self.deployments:
@@ -178,6 +199,34 @@ def _probe(doc: Mapping[str, Any], key: str, *, where: str) -> Probe | None:
         timeout=_int(value, "timeout", 2, where=inner, low=1, high=3600),
         success_threshold=_int(value, "success_threshold", 1, where=inner, low=1, high=1000),
         failure_threshold=_int(value, "failure_threshold", 30, where=inner, low=1, high=1000),
+    )
+
+
+def _tolerance(doc: Mapping[str, Any], key: str, default: float, *, where: str) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"{where}{key}", "must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise _fail(f"{where}{key}", "must be a finite number >= 0")
+    return float(value)
+
+
+def _shadow_comparison(doc: Any) -> ShadowComparison:
+    if doc is None:
+        return ShadowComparison()
+    if not isinstance(doc, Mapping):
+        raise _fail("shadow_comparison", "must be an object")
+    unknown = sorted(set(doc) - set(ShadowComparison.__dataclass_fields__))
+    if unknown:
+        raise _fail(f"shadow_comparison.{unknown[0]}", "unknown key")
+    where = "shadow_comparison."
+    default = ShadowComparison()
+    return ShadowComparison(
+        rtol=_tolerance(doc, "rtol", default.rtol, where=where),
+        atol=_tolerance(doc, "atol", default.atol, where=where),
+        max_body_bytes=_int(
+            doc, "max_body_bytes", default.max_body_bytes, where=where, low=1, high=2**31
+        ),
     )
 
 
@@ -335,6 +384,7 @@ def config_from_dict(doc: Any) -> RouterConfig:
         max_body_bytes=_int(doc, "max_body_bytes", 16 * 1024 * 1024, where="", low=1, high=2**31),
         connect_timeout_ms=_int(doc, "connect_timeout_ms", 1000, where="", low=1, high=60000),
         access_log=access_log,
+        shadow_comparison=_shadow_comparison(doc.get("shadow_comparison")),
     )
 
 
@@ -363,6 +413,15 @@ def config_to_dict(cfg: RouterConfig) -> dict[str, Any]:
         "connect_timeout_ms": cfg.connect_timeout_ms,
         "access_log": cfg.access_log,
     }
+    # Only when not the defaults: a router that predates it refuses keys it does not know,
+    # and an old config's digest stays what it was.
+    if cfg.shadow_comparison != ShadowComparison():
+        comparison = cfg.shadow_comparison
+        doc["shadow_comparison"] = {
+            "rtol": comparison.rtol,
+            "atol": comparison.atol,
+            "max_body_bytes": comparison.max_body_bytes,
+        }
     if cfg.auth_mode == "aml_token":
         doc["token_secret"] = base64.urlsafe_b64encode(cfg.token_secret).decode().rstrip("=")
     return doc

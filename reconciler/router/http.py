@@ -37,6 +37,19 @@ Contract (what `server` relies on; the tests in tests/integration/test_router_ht
   ignored: the request, body included, is handled as any other and answered over HTTP/1.1,
   and the connection goes on (see `_ignore_upgrade`). CONNECT is answered, then closed.
 - HEAD: the headers of the answer (with the Content-Length of its body), without the body.
+- Streaming answers: a `Reply` with `stream` set (a `StreamSource`) is written head first
+  (with `Content-Length: length`, or `Transfer-Encoding: chunked` when `length` is -1), then
+  its body piece by piece as the source gives it (`attach`), each piece written at once; the
+  source is paused while the client does not read (send buffer full), and cancelled when
+  the client goes away. A source that fails after the head aborts the connection: the client
+  sees a cut answer, never a short one taken for whole.
+- Streaming request bodies: a body over `STREAM_BODY_ABOVE` bytes (announced, or chunked and
+  received so far) is not gathered: once its head is in and it is the request's turn, the
+  request reaches the handler with `stream` set (a `BodyStream`, `body` empty) and its body
+  goes on arriving there; at most `BODY_HOLD` bytes of it are held while nothing takes them
+  (reading pauses). Over `max_body` as it comes, or stalled for `BODY_STALL_S`, the stream
+  fails (`BodyError` 413, 408; a malformed chunk or a client gone: 400), and the connection
+  closes after the answer. An answer given before the whole body came closes the connection.
 - `shutdown(timeout)`: stop accepting, close idle connections, answer the requests already
   received (with `Connection: close`), wait for them up to `timeout`, then abort the rest.
   A handler is never cancelled because its client went away: its answer is dropped.
@@ -53,7 +66,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
@@ -67,8 +80,150 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 MAX_PIPELINED = 16
 _LARGE_BODY = 64 * 1024  # written apart from the head rather than copied into one buffer
+# A request body larger than this streams to the handler (see the module's docstring):
+# smaller ones come whole, so a handler may send them again elsewhere.
+STREAM_BODY_ABOVE = 64 * 1024
+BODY_HOLD = 256 * 1024
 
 _log = logging.getLogger(__name__)
+
+
+class BodyError(Exception):
+    """A streamed request body failed; `status` is the answer it calls for."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"request body failed ({status})")
+        self.status = status
+
+
+class BodySink(Protocol):
+    """Where the pieces of a streamed body go, in order; then `end` or `fail`, once."""
+
+    def data(self, piece: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class StreamSource(Protocol):
+    """The body of a streamed answer (`Reply.stream`)."""
+
+    def attach(self, sink: BodySink) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class BodyStream:
+    """A request body that streams from the client to the handler's sink (`attach`).
+
+    `consumed` says that a piece went to a sink (so the body cannot be sent elsewhere
+    again). `keep_copy` gathers a copy of the whole body, up to a limit, for `on_copy`."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_copy",
+        "_copy_limit",
+        "_copy_size",
+        "_held",
+        "_on_copy",
+        "_sink",
+        "consumed",
+        "done",
+        "error",
+        "length",
+    )
+
+    def __init__(self, conn: HttpConnection, length: int, chunks: list[bytes]) -> None:
+        self._conn = conn
+        self.length = length  # Content-Length, or -1: chunked
+        self._chunks = chunks
+        self._held = sum(len(chunk) for chunk in chunks)
+        self._sink: BodySink | None = None
+        self._copy: list[bytes] | None = None
+        self._copy_limit = 0
+        self._copy_size = 0
+        self._on_copy: Callable[[bytes | None], None] | None = None
+        self.consumed = False
+        self.done = False
+        self.error: BodyError | None = None
+
+    def keep_copy(self, limit: int, on_copy: Callable[[bytes | None], None]) -> None:
+        """Once the body is in: `on_copy(body)`, or `on_copy(None)` if it went over `limit`
+        or failed."""
+        self._copy = list(self._chunks)
+        self._copy_size = self._held
+        self._copy_limit = limit
+        self._on_copy = on_copy
+        if self._copy_size > limit:
+            self._copy = None
+
+    def feed(self, piece: bytes) -> None:
+        if self._copy is not None:
+            self._copy_size += len(piece)
+            if self._copy_size > self._copy_limit:
+                self._copy = None
+            else:
+                self._copy.append(piece)
+        sink = self._sink
+        if sink is not None:
+            self.consumed = True
+            sink.data(piece)
+            return
+        self._chunks.append(piece)
+        self._held += len(piece)
+        if self._held > BODY_HOLD:
+            self._conn.hold_body(True)
+
+    def finish(self) -> None:
+        self.done = True
+        self._copied(b"".join(self._copy) if self._copy is not None else None)
+        if self._sink is not None:
+            self._sink.end()
+
+    def fail(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.error = error = BodyError(status)
+        self._copied(None)
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.fail(error)
+
+    def _copied(self, body: bytes | None) -> None:
+        on_copy, self._on_copy = self._on_copy, None
+        self._copy = None
+        if on_copy is not None:
+            on_copy(body)
+
+    def attach(self, sink: BodySink) -> None:
+        """Send the body to `sink`: what came so far, then the rest as it comes."""
+        chunks, self._chunks = self._chunks, []
+        self._held = 0
+        if self.error is None and not self.done:
+            self._sink = sink
+            self._conn.hold_body(False)
+        if chunks:
+            self.consumed = True
+            for chunk in chunks:
+                sink.data(chunk)
+        if self.error is not None:
+            sink.fail(self.error)
+        elif self.done:
+            sink.end()
+
+    def pause(self) -> None:
+        """The sink cannot take more for now: stop reading the client."""
+        self._conn.hold_body(True)
+
+    def resume(self) -> None:
+        self._conn.hold_body(False)
 
 
 class HttpRequest:
@@ -84,12 +239,14 @@ class HttpRequest:
         "error",
         "expect_continue",
         "headers",
+        "http10",
         "is_head",
         "keep_alive",
         "method",
         "path",
         "query",
         "received",
+        "stream",
         "target",
         "too_large",
     )
@@ -108,9 +265,11 @@ class HttpRequest:
         self.echo_keep_alive = False
         self.expect_continue = False
         self.is_head = False
+        self.http10 = False  # an HTTP/1.0 client: knows no chunked answer
         self.too_large = False
         self.error = 0  # a status the server decided on (400, 408, 414, 431), else 0
         self.early: Reply | None = None  # the answer `expect` gave instead of 100 Continue
+        self.stream: BodyStream | None = None  # the body, when it streams (then body is b"")
         self._started = started
 
     def header(self, name: bytes) -> bytes | None:
@@ -122,17 +281,59 @@ class HttpRequest:
 
 
 class Reply:
-    """An answer: status, header lines (each ending CRLF, no framing headers), body."""
+    """An answer: status, header lines (each ending CRLF, no framing headers), body; or,
+    with `stream`, a body that streams (`length` bytes, -1: unknown, sent chunked)."""
 
-    __slots__ = ("body", "close", "headers", "status")
+    __slots__ = ("body", "close", "headers", "length", "status", "stream")
 
     def __init__(
-        self, status: int, headers: bytes = b"", body: bytes = b"", *, close: bool = False
+        self,
+        status: int,
+        headers: bytes = b"",
+        body: bytes = b"",
+        *,
+        close: bool = False,
+        stream: StreamSource | None = None,
+        length: int = -1,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.close = close
+        self.stream = stream
+        self.length = length
+
+
+class _StreamWriter:
+    """The sink of a streamed answer: writes its pieces to the client as they come."""
+
+    __slots__ = ("_chunked", "_conn", "body", "keep")
+
+    def __init__(
+        self, conn: HttpConnection, chunked: bool, keep: bool, body: BodyStream | None
+    ) -> None:
+        self._conn = conn
+        self._chunked = chunked
+        self.keep = keep
+        self.body = body  # the request's streamed body, if it had one
+
+    def data(self, piece: bytes) -> None:
+        transport = self._conn._transport
+        if transport is None or not piece:
+            return
+        if self._chunked:
+            transport.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
+        else:
+            transport.write(piece)
+
+    def end(self) -> None:
+        transport = self._conn._transport
+        if self._chunked and transport is not None:
+            transport.write(b"0\r\n\r\n")
+        self._conn._streamed(self, ok=True)
+
+    def fail(self, error: BaseException) -> None:
+        self._conn._streamed(self, ok=False)
 
 
 Handler = Callable[[HttpRequest], Reply | Coroutine[Any, Any, Reply]]
@@ -156,6 +357,7 @@ _CONTENT_LENGTH = b"content-length"
 _EXPECT = b"expect"
 _CONNECTION = b"connection"
 _TRANSFER_ENCODING = b"transfer-encoding"
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _FRAMING = frozenset((_CONTENT_LENGTH, _EXPECT, _CONNECTION))
 
 
@@ -168,6 +370,7 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_big_read",
+        "_body_held",
         "_busy",
         "_closing",
         "_head_bytes",
@@ -179,9 +382,11 @@ class HttpConnection(asyncio.Protocol):
         "_request",
         "_resumed",
         "_server",
+        "_source",
         "_stopped",
         "_task",
         "_transport",
+        "_writer",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -202,6 +407,9 @@ class HttpConnection(asyncio.Protocol):
         self._last_io = 0.0  # server.now at the last read, answer or drained send buffer
         self._head_bytes = 0
         self._big_read = False  # this read may hold a whole head over the limit
+        self._body_held = False  # reading paused: a streamed request body is not taken
+        self._source: StreamSource | None = None  # the body of the answer being streamed
+        self._writer: _StreamWriter | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -217,8 +425,14 @@ class HttpConnection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._stopped = True
         self._queue.clear()
-        self._request = None
+        request, self._request = self._request, None
         self._transport = None
+        if request is not None and request.stream is not None:
+            request.stream.fail(400)  # the client went away in the middle of its body
+        source, self._source = self._source, None
+        self._writer = None
+        if source is not None:
+            source.cancel()
         self._server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
@@ -242,6 +456,14 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             if not self._stopped:
                 self._fail(400)
+        request = self._request
+        if (
+            request is not None
+            and request._started < 0
+            and request.stream is None
+            and (request.content_length > STREAM_BODY_ABOVE or request.received > STREAM_BODY_ABOVE)
+        ):
+            self._stream_body(request)
         if not self._busy and self._queue:
             self._next()
 
@@ -255,11 +477,15 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_writing = True
+        if self._source is not None:
+            self._source.pause()
 
     def resume_writing(self) -> None:
         self._paused_writing = False
         self._last_io = self._server.now
-        if not self._busy:
+        if self._source is not None:
+            self._source.resume()
+        elif not self._busy:
             self._next()
 
     # ------------------------------------------------------------------ httptools callbacks
@@ -322,6 +548,9 @@ class HttpConnection(asyncio.Protocol):
         request.method = method = parser.get_method()
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()
+        if not request.keep_alive or request.echo_keep_alive:
+            # HTTP/1.0 keeps alive only when asked to: only then is the version looked up.
+            request.http10 = parser.get_http_version() == "1.0"
         request.echo_keep_alive = request.echo_keep_alive and request.keep_alive
         target = request.target
         mark = target.find(b"?")
@@ -346,8 +575,20 @@ class HttpConnection(asyncio.Protocol):
         if request is None:
             return
         request.received += len(body)
+        stream = request.stream
         if request.received > self._server.max_body:
-            self._too_large(request)
+            if stream is not None:
+                # Going over as it streams: the handler's exchange fails with 413.
+                self._request = None
+                self._stopped = True
+                self._closing = True
+                stream.fail(413)
+            else:
+                self._too_large(request)
+            return
+        if stream is not None:
+            self._last_io = self._server.now
+            stream.feed(body)
             return
         request._chunks.append(body)
 
@@ -356,6 +597,9 @@ class HttpConnection(asyncio.Protocol):
         if request is None:
             return
         self._request = None
+        if request.stream is not None:
+            request.stream.finish()
+            return
         chunks = request._chunks
         if chunks:
             request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -430,8 +674,38 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         self._enqueue(request)
 
+    def _stream_body(self, request: HttpRequest) -> None:
+        """A large body: hand the request over now, its body to come (if it is its turn),
+        else hold it back until it is."""
+        if self._busy or self._queue or self._stopped:
+            if request.received > STREAM_BODY_ABOVE:
+                self.hold_body(True)
+            return
+        chunks, request._chunks = request._chunks, []
+        request.stream = BodyStream(self, request.content_length, chunks)
+        self._queue.append(request)
+
+    def hold_body(self, on: bool) -> None:
+        """Pause (or resume) reading for a streamed request body."""
+        if on == self._body_held:
+            return
+        self._body_held = on
+        if on:
+            if not self._paused_reading:
+                self._set_reading(False)
+        elif self._paused_reading and len(self._queue) < MAX_PIPELINED and not self._stopped:
+            self._set_reading(True)
+
     def _fail(self, status: int) -> None:
         """The stream cannot be parsed further: answer `status` in turn, then close."""
+        streaming = self._request
+        if streaming is not None and streaming.stream is not None:
+            # Its handler runs already: its exchange fails, and it answers.
+            self._request = None
+            self._stopped = True
+            self._closing = True
+            streaming.stream.fail(status)
+            return
         request = self._request or HttpRequest(self._server.now)
         request.error = status
         request.keep_alive = False
@@ -480,13 +754,25 @@ class HttpConnection(asyncio.Protocol):
                 self._answer(request, result)
             else:
                 self._task = self._server.loop.create_task(self._run(request, result))
-        if self._paused_reading and len(queue) < MAX_PIPELINED // 2 and not self._stopped:
+        if (
+            self._paused_reading
+            and len(queue) < MAX_PIPELINED // 2
+            and not self._stopped
+            and not self._body_held
+        ):
             self._set_reading(True)
         if not self._busy and not queue:
             pending = self._request
-            if pending is not None and pending.expect_continue and pending._started < 0:
-                self._continue(pending)
-                if queue:  # answered early
+            if pending is not None and pending._started < 0 and pending.stream is None:
+                if pending.expect_continue:
+                    self._continue(pending)
+                if not queue and (
+                    pending.content_length > STREAM_BODY_ABOVE
+                    or pending.received > STREAM_BODY_ABOVE
+                ):
+                    self._stream_body(pending)
+                    self.hold_body(False)
+                if queue:  # answered early, or its body streams
                     self._next()
 
     async def _run(self, request: HttpRequest, work: Coroutine[Any, Any, Reply]) -> None:
@@ -503,12 +789,24 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         transport = self._transport
         if transport is None:
-            return  # the client went away; the answer has nobody to go to
+            # The client went away; the answer has nobody to go to.
+            if reply.stream is not None:
+                reply.stream.cancel()
+            return
         server = self._server
         self._last_io = server.now
         status = reply.status
         body = reply.body
         keep = request.keep_alive and not reply.close and not (self._closing and not self._queue)
+        if request.stream is not None and not request.stream.done:
+            # Answered before its whole body came: the rest of it is not read (a streamed
+            # answer may go on while the body still goes up: it closes at its end).
+            keep = False
+            if reply.stream is None:
+                self._end_body(request.stream)
+        if reply.stream is not None:
+            self._answer_stream(request, reply, keep)
+            return
         if not keep:
             connection = _CLOSE
         elif request.echo_keep_alive:
@@ -549,6 +847,79 @@ class HttpConnection(asyncio.Protocol):
             self._queue.clear()
             transport.close()  # after the buffer is written
 
+    def _end_body(self, stream: BodyStream) -> None:
+        """A streamed request body is no longer wanted: read no more of the connection."""
+        if self._request is not None and self._request.stream is stream:
+            self._request = None
+        self._stopped = True
+        self._closing = True
+        stream.fail(400)
+
+    def _answer_stream(self, request: HttpRequest, reply: Reply, keep: bool) -> None:
+        transport = self._transport
+        source = reply.stream
+        assert transport is not None and source is not None
+        self._busy = True  # until its body is out
+        chunked = reply.length < 0
+        if chunked and request.http10:
+            # An HTTP/1.0 client knows no chunked answer: the body ends when we close.
+            chunked = False
+            keep = False
+        if not keep:
+            connection = _CLOSE
+        elif request.echo_keep_alive:
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        if chunked:
+            framing = _CHUNKED
+        elif reply.length >= 0:
+            framing = b"Content-Length: %d\r\n" % reply.length
+        else:
+            framing = b""
+        status = reply.status
+        transport.write(
+            b"".join(
+                (
+                    _STATUS_LINES.get(status) or _status_line(status),
+                    self._server.date_line,
+                    reply.headers,
+                    framing,
+                    connection,
+                    b"\r\n",
+                )
+            )
+        )
+        self._source = source
+        self._writer = writer = _StreamWriter(self, chunked, keep, request.stream)
+        if self._paused_writing:
+            source.pause()
+        source.attach(writer)
+
+    def _streamed(self, writer: _StreamWriter, *, ok: bool) -> None:
+        """The streamed answer's body ended (ok) or broke off."""
+        if writer is not self._writer:
+            return
+        self._writer = None
+        self._source = None
+        self._busy = False
+        if writer.body is not None and not writer.body.done:
+            self._end_body(writer.body)
+        transport = self._transport
+        if transport is None:
+            return
+        self._last_io = self._server.now
+        if not ok:
+            # The client must not take a cut answer for a whole one.
+            self.abort()
+            return
+        if not writer.keep or (self._closing and not self._queue):
+            self._stopped = True
+            self._queue.clear()
+            transport.close()
+            return
+        self._next()
+
     def _set_reading(self, on: bool) -> None:
         transport = self._transport
         if transport is None:
@@ -568,6 +939,14 @@ class HttpConnection(asyncio.Protocol):
         if self._paused_writing:
             if now - self._last_io > SEND_STALL_S:
                 self.abort()
+            return
+        if (
+            request is not None
+            and request.stream is not None
+            and not self._body_held
+            and now - self._last_io > BODY_STALL_S
+        ):
+            self._fail(408)  # a streamed body stalled: its handler answers
             return
         if self._busy or self._queue:
             return  # the client waits for us, not we for it

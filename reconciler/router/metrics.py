@@ -13,11 +13,25 @@ Names and labels (a stable contract: dashboards and the autoscaler read them):
 | router_deployment_utilization | gauge | endpoint, deployment |
 | router_auth_failures_total | counter | endpoint, reason |
 | router_config_reloads_total | counter | endpoint, source, result |
+| router_shadow_comparisons_total | counter | endpoint, live, shadow, result |
+| router_shadow_latency_delta_seconds | histogram | endpoint, live, shadow |
 
 `kind` is `live` (the caller's request) or `mirror` (the background copy); `code` is the
 status the router gave (for mirror copies: the status the caller *would* have had, e.g. 200,
 424, 408, or 429 when the copy was dropped because the mirror deployment was full).
 Requests refused before a deployment was chosen (401, 404) carry `deployment=""`.
+
+Shadow comparison (compare.py): each mirrored copy whose live request and copy have both
+ended counts once in router_shadow_comparisons_total, `live` the deployment that answered
+the caller, `shadow` the mirror deployment, `result` one of `agree`, `disagree_status`,
+`disagree_body`, `shadow_error`, `shadow_timeout`, `not_compared`. When both deployments
+answered, router_shadow_latency_delta_seconds records the moment the shadow's answer came
+minus the moment the live answer came (both requests leave together, so this is the
+shadow's extra time; negative when the shadow was faster). Live requests that queued for
+admission count their queueing, the copy never queues. Its buckets run from -10 s to 10 s;
+having buckets below zero, it has no `_sum` with one worker (prometheus_client leaves it
+out, as OpenMetrics asks; its multiprocess mode, with several workers, shows one): read it
+with histogram_quantile or the bucket counts.
 
     router_deployment_utilization = in_flight / (instances x max_concurrent_requests_per_instance)
 
@@ -64,6 +78,12 @@ _BUCKETS = (
     30.0,
     60.0,
     180.0,
+)
+# Shadow minus live: symmetric around 0, fine near it (same-speed models differ by ms).
+_DELTA_BUCKETS = (
+    *(-b for b in reversed(_BUCKETS[:13])),
+    0.0,
+    *_BUCKETS[:13],
 )
 
 
@@ -133,6 +153,19 @@ class RouterMetrics:
             ["endpoint", "source", "result"],
             registry=registry,
         )
+        self.shadow_comparisons = Counter(
+            "router_shadow_comparisons",
+            "Mirrored requests whose shadow answer was compared with the live answer, by result.",
+            ["endpoint", "live", "shadow", "result"],
+            registry=registry,
+        )
+        self.shadow_latency_delta = Histogram(
+            "router_shadow_latency_delta_seconds",
+            "Shadow's answer time minus the live deployment's, for the same request.",
+            ["endpoint", "live", "shadow"],
+            buckets=_DELTA_BUCKETS,
+            registry=registry,
+        )
         self._counters: dict[tuple[str, str, int], Counter] = {}
         self._histograms: dict[tuple[str, str], Histogram] = {}
         self._gauged: set[str] = set()
@@ -150,6 +183,14 @@ class RouterMetrics:
             histogram = self.duration.labels(self.endpoint, deployment, kind)
             self._histograms[hkey] = histogram
         histogram.observe(seconds)
+
+    def shadow_compared(
+        self, live: str, shadow: str, result: str, delta_seconds: float | None
+    ) -> None:
+        """One comparison; `delta_seconds` None when either deployment gave no answer."""
+        self.shadow_comparisons.labels(self.endpoint, live, shadow, result).inc()
+        if delta_seconds is not None:
+            self.shadow_latency_delta.labels(self.endpoint, live, shadow).observe(delta_seconds)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(self.endpoint, reason).inc()

@@ -35,15 +35,30 @@ and deployment are good, so a refused caller never uploads its body. Malformed r
 over-long heads and stalled
 uploads are answered by the HTTP layer's rules (`http`: 400, 414, 431, 408).
 
+Streaming (see README "Streaming"): an answer of unknown length (chunked, until close) or
+over `STREAM_ANSWER_ABOVE` goes to the caller as the backend writes it (`_Relay`); a
+request body over `http.STREAM_BODY_ABOVE` goes to the backend as the caller sends it. For
+a streamed answer, request_timeout_ms bounds the wait for its head and then each wait
+between pieces; the instance's and deployment's slots, the metrics (duration to the end)
+and the shadow comparison wait for its end. One that breaks off after its head aborts the
+caller's connection and counts as 502 (`stream_broken`) or 408 (`stream_timeout`).
+
 Retry rule: a request goes to the next instance only when the previous one gave no byte of
-an answer (refused, reset, closed), so an instance dying under load costs callers nothing;
+an answer (refused, reset, closed), so an instance dying under load costs callers nothing
+(a streamed body: only while none of it was sent, i.e. when no connection could be made);
 a scoring call can therefore reach a model twice if an instance died after reading it.
 
 Mirroring: a non-pinned live request is copied, with probability mirror percent / 100, to
 the mirror deployment in a background task. The copy never delays or changes the caller's
 answer: it is admitted only if the mirror deployment has a free slot (no queueing; else it
 is dropped and counted as 429), it has its own timeout, and its answer is thrown away after
-metrics and access log record it.
+metrics and access log record it, and after it is compared with the live answer of the same
+request (shadow comparison, `compare.py`: status code, and the body as JSON within the
+config's `shadow_comparison` tolerance, counted in router_shadow_comparisons_total and
+router_shadow_latency_delta_seconds). The comparison runs when both answers are in: in the
+copy's task, or, when the live answer comes last, after it is written to the caller; large
+bodies in a process of their own (`comparer`). Bodies are kept for it only up to
+`shadow_comparison.max_body_bytes` each, and never stored or logged.
 
 Reconfiguration: the config file's folder is watched (watchfiles; a Kubernetes Secret's
 symlink swap is seen too), SIGHUP re-reads it, and `POST /-/config` takes a new document.
@@ -65,6 +80,7 @@ the backend connection, and the access log line is formatted directly (`logs.Acc
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hmac
 import itertools
@@ -76,6 +92,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -84,8 +102,9 @@ import watchfiles
 from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reconciler.router import logs
+from reconciler.router import comparer, logs
 from reconciler.router.balancing import mirror_hit
+from reconciler.router.compare import Answer, Failure, Pair, Result, judge
 from reconciler.router.config import (
     ConfigError,
     RouterConfig,
@@ -94,10 +113,19 @@ from reconciler.router.config import (
     parse_config,
     public_view,
 )
-from reconciler.router.http import HttpRequest, HttpServer, Reply
+from reconciler.router.http import (
+    BodyError,
+    BodySink,
+    BodyStream,
+    HttpRequest,
+    HttpServer,
+    Reply,
+    StreamSource,
+)
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
 from reconciler.router.probes import Prober, health_view
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
+from reconciler.router.served import digest_document, report_served
 from reconciler.router.tokens import (
     TokenCheck,
     check_token,
@@ -142,6 +170,14 @@ _SKIP_RESPONSE_HEADERS = frozenset(
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
 _METRICS_MAX_BODY = 64 * 1024
+# Shadow comparison: bodies up to this much (both together) are judged on the event loop
+# (well under a millisecond); larger ones in a process, this many at most at a time.
+_INLINE_COMPARE_BYTES = 64 * 1024
+_MAX_PENDING_COMPARISONS = 2
+# A live answer whose length is unknown (chunked, until close) or over this streams to the
+# caller as the backend writes it; smaller ones are read whole, then answered in one write.
+STREAM_ANSWER_ABOVE = 64 * 1024
+_BODY_ERRORS = {413: "body_too_large", 408: "client_timeout", 400: "bad_request"}
 
 _JSON = b"Content-Type: application/json; charset=utf-8\r\n"
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -149,7 +185,9 @@ _HEALTHY = Reply(200, _TEXT, b"ok")
 _READY = Reply(200, _TEXT, b"ready")
 _DRAINING = Reply(503, _TEXT, b"draining")
 _OUTCOME_MESSAGES = {
+    400: "bad request",
     408: "request timed out (request_timeout_ms)",
+    413: "request body too large",
     429: "too many requests for this deployment",
     502: "no instance of the deployment could be reached",
     503: "the deployment has no instance",
@@ -296,7 +334,11 @@ class RouterServer:
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         self._digest_reply = _digest_reply(config)
+        if workers > 1:
+            report_served(config.digest())
         self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._compare_pool: ProcessPoolExecutor | None = None
+        self._comparing = 0
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
@@ -325,6 +367,9 @@ class RouterServer:
         if path == "/-/config":
             return self._admin(request)
         if path == "/-/config-digest":
+            if self.workers > 1:
+                # One worker's digest is not the router's: it answers for all (served.py).
+                return Reply(200, _JSON, digest_document(self.workers))
             return self._digest_reply
         if path == "/-/instances":
             return self._instances(request)
@@ -417,11 +462,14 @@ class RouterServer:
                 "body_too_large",
                 deployment.name,
             )
-        forward += (
-            b"x-request-id: ",
-            request_id,
-            b"\r\nContent-Length: %d\r\n\r\n" % len(request.body),
-        )
+        stream = request.stream
+        if stream is None:
+            framing = b"\r\nContent-Length: %d\r\n\r\n" % len(request.body)
+        elif stream.length >= 0:
+            framing = b"\r\nContent-Length: %d\r\n\r\n" % stream.length
+        else:
+            framing = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        forward += (b"x-request-id: ", request_id, framing)
         return deployment, request_id, pinned, b"".join(forward)
 
     def _score(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
@@ -433,13 +481,21 @@ class RouterServer:
         body = request.body
         query = request.query
         mirror = self.runtime.mirror
+        pair = None
         if mirror is not None and not pinned and mirror_hit(mirror[1], random.random()):
-            self._spawn_mirror(
-                mirror[0], b"POST", mirror[0].scoring_path + query, head_rest, body, request_id
+            pair = self._spawn_mirror(
+                deployment,
+                mirror[0],
+                b"POST",
+                mirror[0].scoring_path + query,
+                head_rest,
+                body,
+                request_id,
+                request.stream,
             )
         target = deployment.scoring_path + query
         return self._forward(
-            request, started, request_id, deployment, b"POST", target, head_rest, body
+            request, started, request_id, deployment, b"POST", target, head_rest, body, pair
         )
 
     def _v2(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
@@ -455,6 +511,7 @@ class RouterServer:
         body = request.body
         target = _forwarded_target(request)
         mirror = self.runtime.mirror
+        pair = None
         # Inference is mirrored; a health or metadata GET would tell the mirror nothing.
         if (
             method == b"POST"
@@ -462,9 +519,11 @@ class RouterServer:
             and not pinned
             and mirror_hit(mirror[1], random.random())
         ):
-            self._spawn_mirror(mirror[0], method, target, head_rest, body, request_id)
+            pair = self._spawn_mirror(
+                deployment, mirror[0], method, target, head_rest, body, request_id, request.stream
+            )
         return self._forward(
-            request, started, request_id, deployment, method, target, head_rest, body
+            request, started, request_id, deployment, method, target, head_rest, body, pair
         )
 
     def _refuse(
@@ -490,6 +549,7 @@ class RouterServer:
         target: bytes,
         head_rest: bytes,
         body: bytes,
+        pair: Pair | None = None,
     ) -> Reply:
         try:
             # `_admitted` inlined: one coroutine frame less on the hot path.
@@ -499,14 +559,31 @@ class RouterServer:
                 deployment.route.max_queue_wait_ms / 1000.0
             ):
                 try:
-                    outcome = await self._exchange(deployment, method, target, head_rest, body)
-                finally:
+                    outcome = await self._exchange(
+                        deployment,
+                        method,
+                        target,
+                        head_rest,
+                        body,
+                        STREAM_ANSWER_ABOVE,
+                        request.stream,
+                    )
+                except BaseException:
                     deployment.release()
+                    raise
+                response = outcome.response
+                if response is not None and response.stream is not None:
+                    # The slot, metrics and the comparison wait for the stream's end.
+                    relay = _Relay(self, request, started, request_id, deployment, outcome, pair)
+                    return _caller_reply(outcome, deployment.name, request_id, relay)
+                deployment.release()
             else:
                 outcome = _Outcome(429, reason="too_many_requests")
             reply = _caller_reply(outcome, deployment.name, request_id)
         except BaseException:
             self._record(request, started, request_id, 500, deployment.name, LIVE, None, 0, "error")
+            if pair is not None:
+                pair.live_answered(Answer(None, failure=Failure.ERROR), time.perf_counter())
             raise
         # Metrics and the access line once the answer is written (call_soon runs after the
         # HTTP layer's write, in the same loop pass): off the caller's latency.
@@ -520,8 +597,15 @@ class RouterServer:
             deployment.name,
             LIVE,
             outcome,
-            len(body),
+            _bytes_in(request),
         )
+        if pair is not None:
+            # Also after the write: the comparison may run in this call.
+            self._loop.call_soon(
+                pair.live_answered,
+                self._answer(outcome),
+                time.perf_counter(),
+            )
         return reply
 
     async def _admitted(
@@ -551,14 +635,22 @@ class RouterServer:
         target: bytes,
         head_rest: bytes,
         body: bytes,
+        stream_above: int = -1,
+        stream: BodyStream | None = None,
     ) -> _Outcome:
+        """The exchange with one instance, or the next ones while none answered and the
+        body can still be sent again (whole, or streamed but nothing of it sent yet). With
+        `stream_above` >= 0 an answer may come back streaming (`UpstreamResponse.stream`):
+        its instance stays busy until the stream ends (`_Relay`)."""
         head = b"%s %s HTTP/1.1\r\nHost: " % (method, target)
         max_body = self.runtime.config.max_body_bytes
         deadlines = self._deadlines
         assert deadlines is not None, "start() first"
         loop = deadlines.loop
-        # One deadline for the whole exchange, connects and retries included.
-        deadline = loop.time() + deployment.timeout_s
+        # One deadline for the whole exchange, connects and retries included; a streamed
+        # body (either way) moves it on by the timeout with each piece.
+        timeout = deployment.timeout_s
+        deadline = loop.time() + timeout
         tried: tuple[Instance, ...] = ()
         instance: Instance | None = None
         while True:
@@ -566,26 +658,84 @@ class RouterServer:
             if instance is None:
                 return _Outcome(502, instance=tried[-1] if tried else None, reason="unreachable")
             instance.busy += 1
+            streaming = False
             try:
+                if stream is None:
+                    data = head + instance.host_header + head_rest + body
+                else:
+                    data = head + instance.host_header + head_rest
                 response = await instance.pool.request(
-                    head + instance.host_header + head_rest + body,
+                    data,
                     max_body=max_body,
                     deadline=deadline,
                     deadlines=deadlines,
+                    stream_above=stream_above,
+                    idle=timeout,
+                    body=stream,
                 )
+                streaming = response.stream is not None
                 return _Outcome(response.status, response=response, instance=instance)
             except BackendUnreachable:
                 instance.down_until = loop.time() + DOWN_FOR_S
                 tried += (instance,)
+                if stream is not None and stream.consumed:
+                    # Part of the body went to this instance: it cannot be sent again.
+                    return _Outcome(502, instance=instance, reason="unreachable")
             except BadResponse:
                 return _Outcome(502, instance=instance, reason="bad_response")
             except TimeoutError:
                 return _Outcome(408, instance=instance, reason="timeout")
+            except BodyError as error:
+                return _Outcome(
+                    error.status,
+                    instance=instance,
+                    reason=_BODY_ERRORS.get(error.status, "bad_request"),
+                )
             finally:
-                instance.finished()
+                if not streaming:
+                    instance.finished()
 
     # ------------------------------------------------------------------ mirroring
     def _spawn_mirror(
+        self,
+        live: Deployment,
+        mirror: Deployment,
+        method: bytes,
+        target: bytes,
+        head_rest: bytes,
+        body: bytes,
+        request_id: bytes,
+        stream: BodyStream | None = None,
+    ) -> Pair:
+        """Start the copy; the pair meets the live answer for the shadow comparison.
+
+        A streamed body is copied as it goes to the live deployment, and only up to
+        shadow_comparison.max_body_bytes: the copy starts once it is in; a larger body is
+        not mirrored (its comparison counts as not_compared)."""
+        pair = Pair(live.name, mirror.name, self._compare)
+        if stream is None:
+            self._start_mirror(mirror, method, target, head_rest, body, request_id, pair)
+            return pair
+        limit = self.runtime.config.shadow_comparison.max_body_bytes
+
+        def copied(whole: bytes | None) -> None:
+            if whole is None:
+                pair.shadow_answered(Answer(None, failure=Failure.DROPPED), time.perf_counter())
+                return
+            # The copy goes with a Content-Length (the caller's body may have come chunked).
+            framed = head_rest.replace(
+                b"\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"\r\nContent-Length: %d\r\n\r\n" % len(whole),
+            )
+            self._start_mirror(mirror, method, target, framed, whole, request_id, pair)
+
+        if stream.length >= 0 and stream.length > limit:
+            copied(None)
+        else:
+            stream.keep_copy(limit, copied)
+        return pair
+
+    def _start_mirror(
         self,
         mirror: Deployment,
         method: bytes,
@@ -593,14 +743,100 @@ class RouterServer:
         head_rest: bytes,
         body: bytes,
         request_id: bytes,
+        pair: Pair,
     ) -> None:
         assert self._loop is not None
         task = self._loop.create_task(
-            self._mirror(mirror, method, target, head_rest, body, request_id)
+            self._mirror(mirror, method, target, head_rest, body, request_id, pair)
         )
         # The loop keeps only weak references to tasks: hold them until they end.
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
+
+    def _answer(self, outcome: _Outcome) -> Answer:
+        """What the shadow comparison keeps of an outcome: the body only under the limit."""
+        response = outcome.response
+        if response is None:
+            status = outcome.status
+            failure = (
+                Failure.TIMEOUT
+                if status == 408
+                else Failure.DROPPED
+                if outcome.reason == "mirror_full"
+                else Failure.ERROR
+            )
+            return Answer(None, failure=failure)
+        body = response.body
+        limit = self.runtime.config.shadow_comparison.max_body_bytes
+        return Answer(response.status, body if len(body) <= limit else None)
+
+    def _compare(self, pair: Pair) -> None:
+        """Both answers are in: judge them and count (the bodies go with the pair).
+
+        What needs no parsing, or only of small bodies, is judged here. Larger bodies go to
+        a process of their own (`comparer`): parsing 1 MB of JSON numbers takes some 40 ms,
+        and json.loads holds the GIL all along, so a thread would stall the event loop, and
+        every caller it serves, as long. At most `_MAX_PENDING_COMPARISONS` go at a time
+        (each holds two bodies); the others count as `not_compared`."""
+        live, shadow = pair.live, pair.shadow
+        assert live is not None and shadow is not None
+        settings = self.runtime.config.shadow_comparison
+        delta = pair.latency_delta()
+        parses = (
+            live.status is not None
+            and live.status == shadow.status
+            and live.body is not None
+            and shadow.body is not None
+            and len(live.body) + len(shadow.body) > _INLINE_COMPARE_BYTES
+            and live.body != shadow.body
+        )
+        if not parses:
+            try:
+                result = judge(live, shadow, rtol=settings.rtol, atol=settings.atol)
+            except Exception as error:  # a comparison must never take the router down
+                self.log.warning("shadow.compare_failed", error=type(error).__name__)
+                return
+            self.metrics.shadow_compared(pair.live_name, pair.shadow_name, result, delta)
+            return
+        if self._comparing >= _MAX_PENDING_COMPARISONS:
+            self.metrics.shadow_compared(
+                pair.live_name, pair.shadow_name, Result.NOT_COMPARED, delta
+            )
+            return
+        if self._compare_pool is None:
+            self._compare_pool = comparer.new_pool()
+        try:
+            submitted = self._compare_pool.submit(
+                judge, live, shadow, rtol=settings.rtol, atol=settings.atol
+            )
+        except BrokenProcessPool:
+            self._compare_failed(BrokenProcessPool())
+            return
+        self._comparing += 1
+        future = asyncio.wrap_future(submitted, loop=self._loop)
+        future.add_done_callback(
+            functools.partial(self._compared, pair.live_name, pair.shadow_name, delta)
+        )
+
+    def _compared(
+        self, live: str, shadow: str, delta: float | None, future: asyncio.Future[Result]
+    ) -> None:
+        """A comparison from the comparing process is done (called on the loop)."""
+        self._comparing -= 1
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._compare_failed(error)
+            return
+        self.metrics.shadow_compared(live, shadow, future.result(), delta)
+
+    def _compare_failed(self, error: BaseException) -> None:
+        self.log.warning("shadow.compare_failed", error=type(error).__name__)
+        if isinstance(error, BrokenProcessPool) and self._compare_pool is not None:
+            # The comparing process died (killed, out of memory): the next one starts anew.
+            self._compare_pool.shutdown(wait=False, cancel_futures=True)
+            self._compare_pool = None
 
     async def _mirror(
         self,
@@ -610,6 +846,7 @@ class RouterServer:
         head_rest: bytes,
         body: bytes,
         request_id: bytes,
+        pair: Pair,
     ) -> None:
         started = time.perf_counter()
         outcome = _Outcome(429, reason="mirror_full")
@@ -627,8 +864,10 @@ class RouterServer:
                 "mirror.failed", request_id=request_id.decode(), error=type(error).__name__
             )
         finally:
+            answered = time.perf_counter()
             status = _caller_status(outcome)
             self._record(None, started, request_id, status, mirror.name, MIRROR, outcome, len(body))
+            pair.shadow_answered(self._answer(outcome), answered)
 
     # ------------------------------------------------------------------ swagger
     def _swagger(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
@@ -732,6 +971,8 @@ class RouterServer:
             return False
         self.runtime.apply(config)
         self._digest_reply = _digest_reply(config)
+        if self.workers > 1:
+            report_served(config.digest())
         self._key_digests = key_digests(config.key_hashes)
         self._access_log = config.access_log
         if self._http is not None:
@@ -814,8 +1055,10 @@ class RouterServer:
         outcome: _Outcome | None,
         bytes_in: int,
         reason: str = "",
+        bytes_streamed: int = -1,
     ) -> None:
-        """Metrics and the access line of one answered request (or mirrored copy)."""
+        """Metrics and the access line of one answered request (or mirrored copy);
+        `bytes_streamed` the size of a streamed answer's body."""
         elapsed = time.perf_counter() - started
         self.metrics.observe(deployment, kind, status, elapsed)
         if not self._access_log:
@@ -833,7 +1076,7 @@ class RouterServer:
                 bytes_out = 0
             else:
                 backend_status = response.status
-                bytes_out = len(response.body)
+                bytes_out = len(response.body) if bytes_streamed < 0 else bytes_streamed
         if request is None:
             method, path = b"POST", None
         else:
@@ -901,6 +1144,9 @@ class RouterServer:
         await asyncio.gather(*self._background, *self._mirror_tasks, return_exceptions=True)
         if self._deadlines is not None:
             self._deadlines.close()
+        if self._compare_pool is not None:
+            # Waits for a comparison under way (tens of ms) and the process's exit.
+            self._compare_pool.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         logs.flush()
 
@@ -939,7 +1185,14 @@ def _caller_status(outcome: _Outcome) -> int:
     return outcome.status
 
 
-def _caller_reply(outcome: _Outcome, deployment: str, request_id: bytes) -> Reply:
+def _bytes_in(request: HttpRequest) -> int:
+    stream = request.stream
+    return len(request.body) if stream is None else request.received
+
+
+def _caller_reply(
+    outcome: _Outcome, deployment: str, request_id: bytes, relay: _Relay | None = None
+) -> Reply:
     response = outcome.response
     if response is None:
         message = _REASON_MESSAGES.get(outcome.reason) or _OUTCOME_MESSAGES.get(
@@ -967,7 +1220,136 @@ def _caller_reply(outcome: _Outcome, deployment: str, request_id: bytes) -> Repl
             b"\r\n",
         )
         status = 424
+    if relay is not None:
+        return Reply(status, b"".join(parts), stream=relay, length=response.length)
     return Reply(status, b"".join(parts), response.body)
+
+
+class _Relay:
+    """A streamed live answer on its way: the caller's `Reply.stream`, and the sink of the
+    backend's body. At its end (or break), the request is done: the instance's and the
+    deployment's slots are freed, metrics and the access line recorded (the duration is to
+    the stream's end) and, for a mirrored request, the live answer handed to the comparison,
+    its body copied only up to shadow_comparison.max_body_bytes."""
+
+    __slots__ = (
+        "_copy",
+        "_copy_limit",
+        "_deployment",
+        "_done",
+        "_outcome",
+        "_pair",
+        "_request",
+        "_request_id",
+        "_server",
+        "_sink",
+        "_started",
+        "sent",
+    )
+
+    def __init__(
+        self,
+        server: RouterServer,
+        request: HttpRequest,
+        started: float,
+        request_id: bytes,
+        deployment: Deployment,
+        outcome: _Outcome,
+        pair: Pair | None,
+    ) -> None:
+        self._server = server
+        self._request = request
+        self._started = started
+        self._request_id = request_id
+        self._deployment = deployment
+        self._outcome = outcome
+        self._pair = pair
+        self._sink: BodySink | None = None
+        self._done = False
+        self.sent = 0
+        self._copy_limit = server.runtime.config.shadow_comparison.max_body_bytes
+        self._copy: list[bytes] | None = [] if pair is not None else None
+
+    def _source(self) -> StreamSource:
+        response = self._outcome.response
+        assert response is not None and response.stream is not None
+        return response.stream
+
+    # http.StreamSource
+    def attach(self, sink: BodySink) -> None:
+        self._sink = sink
+        self._source().attach(self)
+
+    def pause(self) -> None:
+        if not self._done:
+            self._source().pause()
+
+    def resume(self) -> None:
+        if not self._done:
+            self._source().resume()
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._source().cancel()
+            self._finish(_caller_status(self._outcome), "client_gone", complete=False)
+
+    # upstream.BodySink
+    def data(self, piece: bytes) -> None:
+        self.sent += len(piece)
+        copy = self._copy
+        if copy is not None:
+            if self.sent > self._copy_limit:
+                self._copy = None
+            else:
+                copy.append(piece)
+        if self._sink is not None:
+            self._sink.data(piece)
+
+    def end(self) -> None:
+        if self._sink is not None:
+            self._sink.end()
+        self._finish(_caller_status(self._outcome), "", complete=True)
+
+    def fail(self, error: BaseException) -> None:
+        if self._sink is not None:
+            self._sink.fail(error)
+        if isinstance(error, TimeoutError):
+            self._finish(408, "stream_timeout", complete=False)
+        else:
+            self._finish(502, "stream_broken", complete=False)
+
+    def _finish(self, status: int, reason: str, *, complete: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        server = self._server
+        outcome = self._outcome
+        if outcome.instance is not None:
+            outcome.instance.finished()
+        self._deployment.release()
+        server._record(
+            self._request,
+            self._started,
+            self._request_id,
+            status,
+            self._deployment.name,
+            LIVE,
+            outcome,
+            _bytes_in(self._request),
+            reason,
+            self.sent,
+        )
+        pair = self._pair
+        if pair is not None:
+            response = outcome.response
+            assert response is not None
+            if complete:
+                copy = self._copy
+                answer = Answer(response.status, b"".join(copy) if copy is not None else None)
+            else:
+                failure = Failure.TIMEOUT if status == 408 else Failure.ERROR
+                answer = Answer(None, failure=failure)
+            pair.live_answered(answer, time.perf_counter())
 
 
 def run_single(

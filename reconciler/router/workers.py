@@ -6,7 +6,9 @@ forked: the supervisor runs a metrics thread) that each listen on that port with
 SO_REUSEPORT so that the kernel spreads connections between them, serves the summed metrics
 of all workers on the metrics port (prometheus_client multiprocess mode, see `metrics`),
 restarts a worker that dies, and passes SIGTERM and SIGHUP on. Each worker watches the
-config file itself; an admin call reaches the other workers through that file.
+config file itself; an admin call reaches the other workers through that file, and each
+worker reports the digest it serves in a folder of the supervisor's, so that
+`/-/config-digest` says which config all of them serve (see `served`).
 
 The admission limit is divided between workers (each admits its share, rounded up): a
 worker does not know what the others have in flight.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -26,6 +29,7 @@ from types import FrameType
 
 from reconciler.router import logs
 from reconciler.router.config import RouterConfig, load_config
+from reconciler.router.served import WORKERS_DIR_ENV, forget_worker
 
 _RESTART_BACKOFF_S = 1.0
 _WORKER_STOP_S = 35.0  # the workers' drain timeout (30 s) and some
@@ -77,6 +81,9 @@ def supervise(
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink()  # values of an earlier run would be summed with ours
 
+    served_dir = Path(tempfile.mkdtemp(prefix="router-workers-"))
+    os.environ[WORKERS_DIR_ENV] = str(served_dir)  # spawned workers inherit it
+
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -126,6 +133,7 @@ def supervise(
             log.error("worker.died", worker_pid=process.pid, exitcode=process.exitcode)
             if process.pid is not None:
                 mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+                forget_worker(process.pid, folder=served_dir)
             time.sleep(_RESTART_BACKOFF_S)  # a worker that dies at once must not spin
             processes[index] = spawn()
         time.sleep(0.2)
@@ -141,4 +149,5 @@ def supervise(
             process.join()
     httpd.shutdown()
     reserved.close()
+    shutil.rmtree(served_dir, ignore_errors=True)
     return 0

@@ -37,10 +37,20 @@ from reconciler.model.state import LiveState
 
 ProgressCallback = Callable[[str], None]
 
+
+class OutputLine(str):
+    """A line of a tool's output (pip, an image build) that a step passes to its progress
+    callback: logged as any progress, but a terminal shows it only with `reconcile -v` or,
+    its tail, when the step fails; the other messages say which phase a step is in."""
+
+    __slots__ = ()
+
+
 __all__ = [
     "ErrorCode",
     "ErrorKind",
     "Outcome",
+    "OutputLine",
     "ProgressCallback",
     "StepHandlers",
     "StepResult",
@@ -136,11 +146,12 @@ class StepHandlers(Protocol):
         self, step: Step, do: DeleteDeployment, say: ProgressCallback
     ) -> None: ...
 
-    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None: ...
+    # Waiting: the new split is written but not yet served by every router instance.
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None: ...
 
     def _set_mirror_traffic(
         self, step: Step, do: SetMirrorTraffic, say: ProgressCallback
-    ) -> None: ...
+    ) -> Waiting | None: ...
 
 
 def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None) -> Waiting | None:
@@ -174,9 +185,9 @@ def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None
         case DeleteDeployment() as do:
             target._delete_deployment(step, do, say)
         case SetTraffic() as do:
-            target._set_traffic(step, do, say)
+            return target._set_traffic(step, do, say)
         case SetMirrorTraffic() as do:
-            target._set_mirror_traffic(step, do, say)
+            return target._set_mirror_traffic(step, do, say)
         case _:
             assert_never(step.payload)
     return None

@@ -39,6 +39,7 @@ __all__ = [
     "HasCredentials",
     "HasLogs",
     "HasPreviousLogs",
+    "HasRouterMetrics",
 ]
 
 
@@ -87,6 +88,18 @@ class HasPreviousLogs(Protocol):
     def previous_logs(
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str: ...
+
+
+@runtime_checkable
+class HasRouterMetrics(Protocol):
+    """A target whose endpoints' routers can be scraped from here: the dashboard's charts
+    and rollout analysis (reconciler.rollouts.analysis) read them. The router's metric
+    names are in router/metrics.py."""
+
+    def router_metrics(self, endpoint: str) -> str:
+        """The Prometheus text exposition of the endpoint's router (of all its routers,
+        joined). Raises TargetError when the endpoint has no router or it does not answer."""
+        ...
 
 
 @runtime_checkable

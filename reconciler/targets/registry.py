@@ -6,17 +6,26 @@ Each type's factory imports its package only when called, so commands that open 
 target type is its package, a factory here and one line in TARGET_TYPES; the schema's enum
 of types (schemas/reconciler.schema.json) and repoconfig.TARGET_TYPES name the same types,
 which tests/unit/test_target_contract.py keeps so.
+
+A type may also say, before anything is applied, what its targets do differently from
+Azure ML (PREFLIGHTS): pure warnings over the desired state and the target's options, shown
+by `validate --target`, `diff --target` and every plan; no target is opened for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from reconciler.model.diagnostics import Diagnostic
+from reconciler.model.state import DesiredState
 from reconciler.repoconfig import TargetConfig
-from reconciler.targets.base import Target
+from reconciler.targets.base import Target, TargetError
+
+# The line of a field of a file of the repository (None: unknown), for warnings.
+LineOf = Callable[[str, tuple[str | int, ...]], int | None]
 
 
 class TargetFactory(Protocol):
@@ -51,3 +60,33 @@ TARGET_TYPES: Mapping[str, TargetFactory] = MappingProxyType(
         "kubernetes": _kubernetes,
     }
 )
+
+
+class Preflight(Protocol):
+    """Warnings of what a target of this type does differently, with file and line."""
+
+    def __call__(
+        self, entry: TargetConfig, desired: DesiredState, line_of: LineOf
+    ) -> tuple[Diagnostic, ...]: ...
+
+
+def _docker_preflight(
+    entry: TargetConfig, desired: DesiredState, line_of: LineOf
+) -> tuple[Diagnostic, ...]:
+    from reconciler.targets.docker.options import DockerOptions
+    from reconciler.targets.docker.preflight import preflight_warnings
+
+    try:
+        options = DockerOptions.from_config(entry.name, entry.options)
+    except TargetError:
+        return ()  # reconciler.yaml's own errors say what is wrong with it
+    return preflight_warnings(
+        desired.deployments,
+        target=entry.name,
+        base_image=options.base_image,
+        image_map=options.image_map,
+        line_of=line_of,
+    )
+
+
+PREFLIGHTS: Mapping[str, Preflight] = MappingProxyType({"docker": _docker_preflight})

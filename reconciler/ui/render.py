@@ -26,6 +26,9 @@ class Safe(str):
     __slots__ = ()
 
 
+EMPTY = Safe("")
+
+
 def esc(value: Any) -> Safe:
     if isinstance(value, Safe):
         return value
@@ -71,16 +74,20 @@ _LAYOUT = """<!doctype html>
 <main id="content">
 $body
 </main>
-</body>
+$after</body>
 </html>
 """
 
 
-def page(*, title: str, body: Safe, fingerprint: str, where: str) -> str:
-    return str(fill(_LAYOUT, title=title, body=body, fingerprint=fingerprint, where=where))
+def page(*, title: str, body: Safe, fingerprint: str, where: str, after: Safe = EMPTY) -> str:
+    """A whole page. `after` sits outside #content, which live updates replace: what a
+    person is typing there (the test form) survives them."""
+    return str(
+        fill(_LAYOUT, title=title, body=body, fingerprint=fingerprint, where=where, after=after)
+    )
 
 
-def overview_page(data: Mapping[str, Any], *, fingerprint: str) -> str:
+def overview_page(data: Mapping[str, Any], *, fingerprint: str, daemon: Safe = EMPTY) -> str:
     endpoints = data.get("endpoints") or []
     cards = join(endpoint_card(e, link=True) for e in endpoints)
     if not endpoints:
@@ -89,10 +96,11 @@ def overview_page(data: Mapping[str, Any], *, fingerprint: str) -> str:
             branch=data.get("status_branch"),
         )
     body = fill(
-        '<h1>Endpoints <span class="count">$count</span></h1>\n$head\n$problem'
+        '<h1>Endpoints <span class="count">$count</span></h1>\n$head\n$daemon$problem'
         '<div class="cards">$cards</div>',
         count=len(endpoints),
         head=_status_line(data),
+        daemon=daemon,
         problem=_problem(data.get("problem")),
         cards=cards,
     )
@@ -281,14 +289,23 @@ def _steps(e: Mapping[str, Any]) -> Safe:
 
 
 def endpoint_page(
-    detail: Mapping[str, Any], timeline: Mapping[str, Any], *, fingerprint: str, where: str
+    detail: Mapping[str, Any],
+    timeline: Mapping[str, Any],
+    *,
+    fingerprint: str,
+    where: str,
+    live: Safe = EMPTY,
+    after: Safe = EMPTY,
 ) -> str:
+    """One endpoint; `live` (the daemon's: running steps, charts, plans, logs) goes
+    before the history, `after` outside the part live updates replace."""
     tags = detail.get("tags") or {}
     body = fill(
         '<p class="crumbs"><a href="/">All endpoints</a></p>\n$card'
         "$description$tags$declared"
         '<h2 class="section">Deployments</h2>\n<div class="deployments">$deployments</div>\n'
-        '<h2 class="section">History</h2>\n$history',
+        '$live<h2 class="section">History</h2>\n$history',
+        live=live,
         card=endpoint_card(detail, link=False),
         description=fill('<p class="description">$d</p>', d=detail["description"])
         if detail.get("description")
@@ -312,7 +329,9 @@ def endpoint_page(
         or Safe("<p>No deployments.</p>"),
         history=history_block(timeline),
     )
-    return page(title=str(detail.get("name")), body=body, fingerprint=fingerprint, where=where)
+    return page(
+        title=str(detail.get("name")), body=body, fingerprint=fingerprint, where=where, after=after
+    )
 
 
 def deployment_block(d: Mapping[str, Any]) -> Safe:

@@ -8,8 +8,16 @@
     GET /api/events                     server-sent events: `status` when the data changes
     GET /static/style.css, /static/live.js
 
-Read-only: every route is a GET. build_app takes any StatusSource, so the daemon can mount
-the same application over its own state. Security: every response carries a strict
+Served by the daemon (`reconcile watch --ui-port`, build_app with DaemonFeatures), also:
+
+    GET /api/live                       the pass running now, the last pass, the last plans
+    GET /api/endpoints/NAME/metrics     the charts' points per deployment (router metrics)
+    GET /api/endpoints/NAME/logs        recent log lines of each deployment's instances
+    POST /endpoints/NAME/test           the test form: a body sent through the router
+
+Read-only apart from the test form (reconciler.ui.testform: CSRF token, bounded body, the
+key used once). build_app takes any StatusSource, so the daemon mounts the same
+application over its own state. Security: every response carries a strict
 Content-Security-Policy (no inline script or style), nosniff and DENY framing; when a
 token is configured (the CLI requires one when listening beyond 127.0.0.1), every request
 must carry it as `Authorization: Bearer TOKEN` or in the cookie that `?token=TOKEN` sets,
@@ -23,6 +31,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,10 +41,18 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import aiohttp
+import structlog
 from aiohttp import web
 
-from reconciler.ui import data, render
+from reconciler.targets.base import TargetError
+from reconciler.targets.capabilities import HasLogs
+from reconciler.ui import data, livepages, render, testform
+from reconciler.ui.live import DaemonFeatures
+from reconciler.ui.sampler import MetricsSampler
 from reconciler.ui.source import StatusSource
+
+log = structlog.get_logger("reconciler.ui")
 
 T = TypeVar("T")
 
@@ -71,16 +89,24 @@ class _Hub:
     """Polls the source's fingerprint while anyone listens; tells every listener when it
     changes. One poller for all the browsers, so git is asked once per interval."""
 
-    def __init__(self, source: StatusSource, call: Callable[..., Awaitable[Any]], poll_s: float):
+    def __init__(
+        self,
+        source: StatusSource,
+        call: Callable[..., Awaitable[Any]],
+        poll_s: float,
+        extra: Callable[[], str] = lambda: "",
+    ):
         self.source = source
         self.call = call
         self.poll_s = poll_s
+        # What else the pages draw that the source does not know of (the charts' version).
+        self.extra = extra
         self.listeners: set[asyncio.Queue[str]] = set()
         self.current: str | None = None
 
     async def mark(self) -> str:
         fingerprint: str = await self.call(self.source.fingerprint)
-        self.current = _digest(fingerprint)
+        self.current = _digest(f"{fingerprint}\n{self.extra()}")
         return self.current
 
     async def run(self) -> None:
@@ -106,31 +132,66 @@ _SOURCE: web.AppKey[StatusSource] = web.AppKey("source", StatusSource)
 _OPTIONS = web.AppKey("options", UiOptions)
 _HUB = web.AppKey("hub", _Hub)
 _CALL: web.AppKey[Callable[..., Awaitable[Any]]] = web.AppKey("call")
+_TARGET_CALL: web.AppKey[Callable[..., Awaitable[Any]]] = web.AppKey("target_call")
+_DAEMON = web.AppKey("daemon", DaemonFeatures)
+_SAMPLER = web.AppKey("sampler", MetricsSampler)
+_SECRET = web.AppKey("secret", bytes)
 
 
-def build_app(source: StatusSource, *, options: UiOptions | None = None) -> web.Application:
-    """The dashboard as an aiohttp application, over any StatusSource."""
+def build_app(
+    source: StatusSource,
+    *,
+    options: UiOptions | None = None,
+    daemon: DaemonFeatures | None = None,
+) -> web.Application:
+    """The dashboard as an aiohttp application, over any StatusSource; with `daemon`, the
+    daemon's live parts too (charts, logs, plans, the test form)."""
     options = options or UiOptions()
     # git is not thread-safe in one repository object: one worker thread for all reads.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile-ui")
+    # The target's calls (metrics, logs) on threads of their own: a slow router never
+    # holds up a page's git reads.
+    target_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reconcile-ui-target")
 
     async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args, **kwargs))
 
-    app = web.Application(middlewares=[_auth_middleware(options.token)])
+    async def target_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            target_pool, partial(fn, *args, **kwargs)
+        )
+
+    # Bounds every request body: only the test form has one.
+    app = web.Application(
+        middlewares=[_auth_middleware(options.token)], client_max_size=testform.MAX_FORM_BYTES
+    )
     app[_SOURCE] = source
     app[_OPTIONS] = options
     app[_CALL] = call
-    app[_HUB] = _Hub(source, call, options.poll_s)
+    app[_TARGET_CALL] = target_call
+    sampler: MetricsSampler | None = None
+    if daemon is not None:
+        sampler = MetricsSampler(daemon, run_blocking=target_call)
+        app[_DAEMON] = daemon
+        app[_SAMPLER] = sampler
+        # Signs the test form's session tokens; lives as long as the process.
+        app[_SECRET] = secrets.token_bytes(32)
+    app[_HUB] = _Hub(
+        source, call, options.poll_s, extra=(lambda: str(sampler.version)) if sampler else str
+    )
     app.on_response_prepare.append(_security_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        poller = asyncio.create_task(app[_HUB].run())
+        tasks = [asyncio.create_task(app[_HUB].run())]
+        if sampler is not None:
+            tasks.append(asyncio.create_task(sampler.run()))
         yield
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         pool.shutdown(wait=False, cancel_futures=True)
+        target_pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/", overview_page)
@@ -140,6 +201,11 @@ def build_app(source: StatusSource, *, options: UiOptions | None = None) -> web.
     app.router.add_get("/api/endpoints/{name}/history", api_history)
     app.router.add_get("/api/events", events)
     app.router.add_get("/static/{file}", static_file)
+    if daemon is not None:
+        app.router.add_get("/api/live", api_live)
+        app.router.add_get("/api/endpoints/{name}/metrics", api_metrics)
+        app.router.add_get("/api/endpoints/{name}/logs", api_logs)
+        app.router.add_post("/endpoints/{name}/test", test_request)
     return app
 
 
@@ -202,7 +268,9 @@ async def _snapshot(request: web.Request) -> tuple[Any, str]:
 
 async def overview_page(request: web.Request) -> web.Response:
     snap, mark = await _snapshot(request)
-    return _html(render.overview_page(data.overview(snap), fingerprint=mark))
+    daemon = request.app.get(_DAEMON)
+    line = livepages.daemon_line(_live_view(daemon)) if daemon else render.EMPTY
+    return _html(render.overview_page(data.overview(snap), fingerprint=mark, daemon=line))
 
 
 async def endpoint_page(request: web.Request) -> web.Response:
@@ -212,7 +280,32 @@ async def endpoint_page(request: web.Request) -> web.Response:
     if detail is None:
         return _html(render.not_found_page(name, fingerprint=mark), status=404)
     where = f"status branch {snap.branch} at {render.short(snap.status_commit)}"
-    return _html(render.endpoint_page(detail, timeline, fingerprint=mark, where=where))
+    daemon = request.app.get(_DAEMON)
+    if daemon is None:
+        return _html(render.endpoint_page(detail, timeline, fingerprint=mark, where=where))
+    session = request.cookies.get(testform.SESSION_COOKIE) or secrets.token_urlsafe(32)
+    deployments = [str(d["name"]) for d in detail.get("deployments") or []]
+    live = render.join(
+        [
+            livepages.live_block(daemon.recorder.view(name)),
+            livepages.charts_block(request.app[_SAMPLER].data(name)),
+            livepages.logs_block(await _logs(request, name, deployments)),
+        ]
+    )
+    form = livepages.test_form(
+        name,
+        deployments,
+        csrf=testform.csrf_token(request.app[_SECRET], session),
+        problem=_form_problem(daemon, name),
+    )
+    response = _html(
+        render.endpoint_page(detail, timeline, fingerprint=mark, where=where, live=live, after=form)
+    )
+    if request.cookies.get(testform.SESSION_COOKIE) != session:
+        response.set_cookie(
+            testform.SESSION_COOKIE, session, httponly=True, samesite="Strict", path="/"
+        )
+    return response
 
 
 async def _detail(
@@ -276,6 +369,168 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def api_live(request: web.Request) -> web.Response:
+    return _json(_live_view(request.app[_DAEMON]))
+
+
+def _live_view(daemon: DaemonFeatures) -> dict[str, Any]:
+    return {"daemon": dict(daemon.daemon_status()), **daemon.recorder.view()}
+
+
+async def api_metrics(request: web.Request) -> web.Response:
+    return _json(request.app[_SAMPLER].data(request.match_info["name"]))
+
+
+async def api_logs(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    snap, _ = await _snapshot(request)
+    doc = snap.docs.get(name)
+    if doc is None:
+        return _json({"error": f"no endpoint {name}"}, status=404)
+    deployments = sorted(str(d) for d in (doc.get("deployments") or {}))
+    return _json(await _logs(request, name, deployments))
+
+
+async def _logs(request: web.Request, endpoint: str, deployments: list[str]) -> dict[str, Any]:
+    """Recent lines of each deployment's instances, by the target's HasLogs."""
+    daemon = request.app[_DAEMON]
+    target = daemon.target()
+    out: dict[str, Any] = {"endpoint": endpoint, "lines": daemon.log_lines, "deployments": {}}
+    if not isinstance(target, HasLogs):
+        return out
+    for name in deployments:
+        try:
+            text: str = await request.app[_TARGET_CALL](
+                target.logs, endpoint, name, lines=daemon.log_lines
+            )
+            out["deployments"][name] = {"text": text, "problem": None}
+        except TargetError as exc:
+            out["deployments"][name] = {"text": None, "problem": str(exc)}
+    return out
+
+
+def _scoring_uri(daemon: DaemonFeatures, endpoint: str) -> str | None:
+    """The scoring URI the target showed at the daemon's last pass (not the status
+    branch's copy: what the form reaches comes from the target itself)."""
+    live = daemon.recorder.live_state()
+    found = live.endpoint(endpoint) if live is not None else None
+    return found.scoring_uri if found is not None else None
+
+
+def _form_problem(daemon: DaemonFeatures, endpoint: str) -> str:
+    uri = _scoring_uri(daemon, endpoint)
+    if uri is None:
+        return "The endpoint has no scoring URI on the target yet."
+    if not testform.loopback(uri):
+        return "The test form reaches only routers on this machine; use `reconcile invoke`."
+    return ""
+
+
+async def test_request(request: web.Request) -> web.Response:
+    """The test form's POST: CSRF checked, the body bounded and JSON, the key used once."""
+    name = request.match_info["name"]
+    app = request.app
+    daemon = app[_DAEMON]
+    origin = request.headers.get("Origin")
+    # Browsers send "null" under the pages' Referrer-Policy (no-referrer): the session
+    # token below is what proves the form is ours; a named other origin is refused first.
+    same = ("null", f"http://{request.host}", f"https://{request.host}")
+    if origin is not None and origin not in same:
+        log.warning("ui_test_refused", endpoint=name, why="cross-origin")
+        return web.Response(status=403, text="refused: a request from another site\n")
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return web.Response(
+            status=413, text=f"refused: the form is larger than {testform.MAX_FORM_BYTES} bytes\n"
+        )
+    session = request.cookies.get(testform.SESSION_COOKIE)
+    offered = form.get("csrf")
+    if not testform.csrf_valid(
+        app[_SECRET], session, offered if isinstance(offered, str) else None
+    ):
+        log.warning("ui_test_refused", endpoint=name, why="csrf")
+        return web.Response(
+            status=403, text="refused: the form's session token is missing or wrong; reload\n"
+        )
+    key, body, pin = form.get("key"), form.get("body"), form.get("deployment") or ""
+    if not isinstance(key, str) or not key.strip() or not isinstance(body, str):
+        return _test_page(name, status=400, problem="Give the key and a request body.")
+    if not isinstance(pin, str):
+        return _test_page(name, status=400, problem="The deployment is not a name.")
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        return _test_page(name, status=400, problem=f"The request body is not JSON: {exc}")
+    snap, _ = await _snapshot(request)
+    doc = snap.docs.get(name) or {}
+    if pin and pin not in (doc.get("deployments") or {}):
+        return _test_page(name, status=400, problem=f"{name} has no deployment {pin!r}.")
+    problem = _form_problem(daemon, name)
+    uri = _scoring_uri(daemon, name)
+    if problem or uri is None:
+        return _test_page(name, status=409, problem=problem)
+    try:
+        answer = await testform.send(
+            uri, key=key.strip(), deployment=pin or None, body=body.encode()
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        # The exception names the address, never the key (it is only in a header).
+        log.warning(
+            "ui_test_failed", endpoint=name, deployment=pin or None, error=type(exc).__name__
+        )
+        return _test_page(
+            name, status=502, problem=f"The router did not answer: {type(exc).__name__}."
+        )
+    finally:
+        del key
+    log.info(
+        "ui_test_sent",
+        endpoint=name,
+        deployment=pin or None,
+        status=answer.status,
+        answered_by=answer.deployment,
+        seconds=round(answer.seconds, 3),
+    )
+    shown = answer.body
+    if not answer.truncated:
+        with contextlib.suppress(ValueError):
+            shown = json.dumps(json.loads(shown), indent=2, ensure_ascii=False)
+    else:
+        shown += "\n… (cut)"
+    return _test_page(
+        name,
+        status=200,
+        answer_status=answer.status,
+        deployment=answer.deployment,
+        body=shown,
+        seconds=answer.seconds,
+    )
+
+
+def _test_page(
+    name: str,
+    *,
+    status: int,
+    problem: str = "",
+    answer_status: int | None = None,
+    deployment: str | None = None,
+    body: str = "",
+    seconds: float = 0.0,
+) -> web.Response:
+    body_html = livepages.test_result_page(
+        name,
+        status=answer_status,
+        deployment=deployment,
+        body=body,
+        seconds=seconds,
+        at=int(time.time()),
+        problem=problem,
+    )
+    page = render.page(title=f"Test of {name}", body=body_html, fingerprint="", where="")
+    return _html(page, status=status)
+
+
 def _event(mark: str) -> bytes:
     return f"event: status\ndata: {json.dumps({'fingerprint': mark})}\n\n".encode()
 
@@ -301,10 +556,15 @@ def _json(value: Any, *, status: int = 200) -> web.Response:
 
 
 async def start(
-    source: StatusSource, *, host: str, port: int, options: UiOptions
+    source: StatusSource,
+    *,
+    host: str,
+    port: int,
+    options: UiOptions,
+    daemon: DaemonFeatures | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve the dashboard; returns the runner (cleanup() stops it) and its address."""
-    runner = web.AppRunner(build_app(source, options=options), shutdown_timeout=1.0)
+    runner = web.AppRunner(build_app(source, options=options, daemon=daemon), shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -62,6 +62,9 @@ class Backend:
     # GETs each path received.
     probe_status: dict[str, int] = field(default_factory=dict)
     probe_hits: dict[str, int] = field(default_factory=dict)
+    # The scoring answer's JSON body from the request's body; None: the default answer
+    # (which names the deployment and the instance, so two backends never answer alike).
+    answer: Callable[[bytes], Any] | None = None
     _server: asyncio.Server | None = None
     _http: web.Server | None = None
 
@@ -90,7 +93,10 @@ class Backend:
                 await asyncio.sleep(self.delay)
         finally:
             self.in_flight -= 1
-        answer = {"deployment": self.name, "instance": self.address, "size": len(body)}
+        if self.answer is not None:
+            answer = self.answer(body)
+        else:
+            answer = {"deployment": self.name, "instance": self.address, "size": len(body)}
         return web.json_response(
             answer, status=self.status, headers={"x-backend": self.name, "x-model-note": "ok"}
         )

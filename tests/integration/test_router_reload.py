@@ -155,3 +155,35 @@ def test_config_digest_names_the_config_served_without_credentials(
     _, _, body = http_get(f"{router.url}/-/config-digest")
     assert json.loads(body) == {"digest": parse_config(json.dumps(second).encode()).digest()}
     assert json.loads(body) != {"digest": parse_config(json.dumps(first).encode()).digest()}
+
+
+def test_config_digest_of_several_workers_names_a_config_only_once_every_worker_serves_it(
+    backends: Backends, start_router
+) -> None:
+    from reconciler.router.config import parse_config
+
+    blue, green = backends.start("blue"), backends.start("green")
+    deployments = [deployment("blue", [blue]), deployment("green", [green])]
+    first = router_config(deployments, traffic={"blue": 100})
+    router = start_router(first, workers=2)
+    _, _, body = http_get(f"{router.url}/-/config-digest")
+    served = json.loads(body)
+    assert served["digest"] == parse_config(json.dumps(first).encode()).digest()
+    assert len(served["workers"]) == 2
+    second = router_config(deployments, traffic={"green": 100})
+    wanted = parse_config(json.dumps(second).encode()).digest()
+    body = json.dumps(second).encode()
+    assert request(f"{router.url}/-/config", headers=bearer(ADMIN_SECRET), body=body).status == 200
+    # The worker that took the call serves the new config, the other one learns it from the
+    # file a moment later: until then the router names no digest (never the old one).
+    answers = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answers.append(json.loads(http_get(f"{router.url}/-/config-digest")[2])["digest"])
+        if answers[-1] == wanted:
+            break
+    assert answers[-1] == wanted
+    assert set(answers) <= {None, wanted}
+    # Once it names it, every request on any worker follows it.
+    after = Counter(request(f"{router.url}/score", headers=AUTH).deployment for _ in range(100))
+    assert after == {"green": 100}

@@ -171,3 +171,30 @@ def test_a_changed_connection_plans_a_rolling_update_naming_it() -> None:
     )
     (step,) = make_plan(desired, live, prune=False).steps
     assert "of connection openai is not recorded" in step.reason
+
+
+def test_traffic_that_keeps_a_deployment_whose_instances_are_starting_waits_for_it() -> None:
+    """blue keeps its share, but its instances are starting (scaled up from zero by an
+    earlier pass, 0 of 1 ready): the new split waits for blue as for the rising green,
+    since no router can send blue's share anywhere."""
+    old = DesiredState(
+        (endpoint(traffic={"blue": 100}),),
+        (deployment(), deployment(name="green")),
+    )
+    live = assume_applied(old)
+    starting = tuple(
+        replace(d, ready_instances=0) if d.name == "blue" else d for d in live.deployments
+    )
+    live = replace(live, deployments=starting)
+    new = DesiredState(
+        (endpoint(traffic={"blue": 50, "green": 50}),),
+        (deployment(), deployment(name="green")),
+    )
+    (traffic,) = [s for s in make_plan(new, live, prune=False).steps if s.traffic is not None]
+    assert traffic.wait_healthy == ("green", "blue")
+    assert traffic.reason == "traffic moves once green, blue are healthy"
+    # All ready: only the rising deployment is waited for.
+    (traffic,) = [
+        s for s in make_plan(new, assume_applied(old), prune=False).steps if s.traffic is not None
+    ]
+    assert traffic.wait_healthy == ("green",)

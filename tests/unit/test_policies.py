@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 from specs_factory import deployment, endpoint
@@ -205,6 +207,33 @@ def test_traffic_to_a_deployment_mirrored_at_the_base_passes() -> None:
     head = state({"blue": 90, "green": 10})
     assert traffic_newcomers(base, head) == (("ep", "green"),)
     assert check_policies(base, head, policies=MIRROR) == ()
+
+
+def test_a_changed_version_whose_share_rises_is_judged_as_a_newcomer() -> None:
+    """green's model changes in the same change that raises its share: what was mirrored
+    (or served) before was the old version, so the new one gets traffic unmirrored."""
+    base = state({"blue": 90, "green": 10}, mirror=None)
+    green = deployment("green", instance_count=3)
+    changed = deployment(
+        "green", instance_count=3, model=replace(green.model, version="2", digest="sha256:m2")
+    )
+    head = DesiredState(
+        (endpoint(traffic={"blue": 50, "green": 50}),),
+        (deployment("blue", instance_count=3), changed),
+    )
+    assert traffic_newcomers(base, head) == (("ep", "green"),)
+    (violation,) = check_policies(base, head, policies=MIRROR_24H)
+    assert (
+        "ep/green goes from 10% to 50% of live traffic with a new model that was never "
+        "mirrored" in violation.message
+    )
+    # No history of the base branch is read for it: no mirroring makes up for it.
+    assert mirror_history_needed(base, head, policies=MIRROR_24H) == ()
+    # The same share with the new model, or a rise with the same version: no newcomer.
+    same_share = replace(head, endpoints=(endpoint(traffic={"blue": 90, "green": 10}),))
+    assert traffic_newcomers(base, same_share) == ()
+    rise_only = state({"blue": 50, "green": 50})
+    assert traffic_newcomers(base, rise_only) == ()
 
 
 def test_traffic_to_an_unmirrored_deployment_is_a_violation() -> None:

@@ -4,15 +4,33 @@ display on a terminal."""
 from __future__ import annotations
 
 import io
+import re
+import time
+from pathlib import Path
 
 from rich.console import Console
+from screen import visible_lines
 from specs_factory import deployment, endpoint
 
-from reconciler.engine import PassResult
-from reconciler.executor import execute
+from reconciler import logs as logging_setup
+from reconciler.engine import PassResult, converge
+from reconciler.executor import Gate, execute
+from reconciler.filetree import DirectoryTree
+from reconciler.model.errors import ErrorCode
+from reconciler.model.plan import CreateDeployment, Step
+from reconciler.model.results import Waiting
 from reconciler.model.state import DesiredState
 from reconciler.planning import make_plan
-from reconciler.progress import LiveDisplay, PlainLines, display_for
+from reconciler.presentation import plan_text
+from reconciler.progress import (
+    OUTPUT_TAIL_LINES,
+    ConsoleStream,
+    LiveDisplay,
+    PlainLines,
+    StepDisplay,
+    display_for,
+)
+from reconciler.targets.base import OutputLine, ProgressCallback, TargetError
 from reconciler.targets.memory import MemoryTarget
 
 DESIRED = DesiredState((endpoint(traffic={"blue": 100}),), (deployment(instance_count=2),))
@@ -51,3 +69,116 @@ def test_a_terminal_gets_the_live_display_and_a_file_plain_lines() -> None:
     shown = screen.getvalue()
     assert "✓" in shown and "create_endpoint ep" in shown
     assert "waiting for ep/blue healthy (0/2 ready)" in shown
+
+
+# --- the terminal's view of an apply: plan first, a line per step ------------------------
+
+EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "example-repo"
+BUILD_OUTPUT_LINES = 275  # what pip and the image build printed in the issue's first apply
+
+
+class BuildingTarget(MemoryTarget):
+    """The in-memory platform, saying what a Docker build says while it creates a deployment
+    (phases, then pip's and the build's own output); `fail_build` ends that output with a
+    build error."""
+
+    fail_build: bool = False
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        if isinstance(step.payload, CreateDeployment) and progress is not None:
+            progress("building environment sklearn-iris:1, first build, about a minute or more")
+            for n in range(BUILD_OUTPUT_LINES):
+                progress(OutputLine(f"pip output line {n}"))
+            if self.fail_build:
+                raise TargetError("image build failed", code=ErrorCode.IMAGE_BUILD_FAILURE)
+            progress("starting 1 instance")
+        return super().apply(step, progress=progress)
+
+
+def apply_on_a_terminal(target: MemoryTarget, *, verbose: bool = False) -> list[str]:
+    logging_setup.configure(fmt="json", level="warning")  # as `reconcile` on a terminal
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    display = StepDisplay(
+        console,
+        show_plan=lambda plan, desired: console.print(plan_text(plan), end="", highlight=False),
+        verbose=verbose,
+    )
+    try:
+        converge(
+            DirectoryTree(EXAMPLE_REPO),
+            target,
+            prune=False,
+            gate=Gate(timeout_s=30, poll_s=0),
+            on_pass=display.pass_done,
+            watcher=display,
+        )
+    finally:
+        display.close()
+    return visible_lines(screen.getvalue())
+
+
+def test_a_terminal_shows_the_plan_first_then_one_line_per_step_and_no_build_output() -> None:
+    target = BuildingTarget(warmup=2)
+    lines = apply_on_a_terminal(target)
+    steps = [line for line in lines if line.startswith("✓ ")]
+    # Every step the plan listed ends with one line, after the whole plan.
+    planned = [line for line in lines if re.match(r" *\d+\. ", line)]
+    assert len(steps) == len(planned) == len(target.applied) > 3
+    assert lines.index(planned[-1]) < lines.index(steps[0])
+    assert not [line for line in lines if "pip output" in line]
+    assert all(re.search(r"  \d+\.\d s$", line) for line in steps)  # each with its time
+    # The first apply of the example repository: the plan and a line per step, nothing
+    # else (the issue counted 314 lines, 275 of them pip's).
+    summary = next(i for i, line in enumerate(lines) if line.startswith("Plan: "))
+    assert lines[summary + 1 :] == steps, "\n".join(lines)
+    assert len(lines) == summary + 1 + len(steps) == 32
+
+
+def test_verbose_shows_the_build_output_as_it_comes() -> None:
+    target = BuildingTarget()
+    lines = apply_on_a_terminal(target, verbose=True)
+    builds = [s for s in target.applied if isinstance(s.payload, CreateDeployment)]
+    assert sum("pip output line" in line for line in lines) == BUILD_OUTPUT_LINES * len(builds)
+
+
+def test_a_failed_build_shows_the_tail_of_its_output_under_the_step() -> None:
+    target = BuildingTarget()
+    target.fail_build = True
+    lines = apply_on_a_terminal(target)
+    failed = next(i for i, line in enumerate(lines) if line.startswith("✗ create_deployment"))
+    assert "image build failed" in lines[failed]
+    tail = [line.strip() for line in lines[failed + 1 : failed + 1 + OUTPUT_TAIL_LINES]]
+    first_shown = BUILD_OUTPUT_LINES - OUTPUT_TAIL_LINES
+    assert tail == [f"pip output line {n}" for n in range(first_shown, BUILD_OUTPUT_LINES)]
+    assert not [line for line in lines if line.strip() == f"pip output line {first_shown - 1}"]
+
+
+def test_a_step_waiting_for_health_says_so_on_the_live_line_and_ends_with_one_line() -> None:
+    target = BuildingTarget(warmup=3)
+    lines = apply_on_a_terminal(target)
+    assert len([line for line in lines if "set_traffic" in line and "✓" in line]) == 1
+    assert not [line for line in lines if "waiting for" in line and "✓" not in line]
+
+
+def test_a_warning_logged_while_the_live_line_runs_gets_a_line_of_its_own() -> None:
+    import structlog
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    display = StepDisplay(console, show_plan=lambda plan, desired: None)
+    logging_setup.configure(fmt="auto", level="warning", stream=ConsoleStream(console))
+    try:
+        display.status.start()
+        display.running = ("create_deployment ep/blue", "building")
+        time.sleep(0.3)  # a few frames of the live line
+        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
+        structlog.get_logger("test").info("step_progress", detail="not shown")
+        time.sleep(0.3)
+    finally:
+        display.status.stop()
+        logging_setup.configure(fmt="json", level="warning")
+    lines = visible_lines(screen.getvalue())
+    (warning,) = [line for line in lines if "environment_image_mapped" in line]
+    assert re.match(r"\d{4}-\d\d-\d\d", warning)  # the start of its own line
+    assert not [line for line in lines if "not shown" in line or "building" in line]

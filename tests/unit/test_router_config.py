@@ -14,6 +14,7 @@ from reconciler.router.config import (
     DeploymentRoute,
     Probe,
     RouterConfig,
+    ShadowComparison,
     dump_config,
     load_config,
     normalise_instance,
@@ -94,6 +95,18 @@ def test_secrets_never_in_repr_or_public_view() -> None:
         ({"admin_secret_hash": "nope"}, "admin_secret_hash"),
         ({"version": 2}, "version"),
         ({"port": 70000}, "port"),
+        ({"shadow_comparison": [1e-6]}, "shadow_comparison"),
+        ({"shadow_comparison": {"rtol": "1e-6"}}, "shadow_comparison.rtol"),
+        ({"shadow_comparison": {"rtol": -1e-6}}, "shadow_comparison.rtol"),
+        ({"shadow_comparison": {"atol": True}}, "shadow_comparison.atol"),
+        ({"shadow_comparison": {"atol": float("inf")}}, "shadow_comparison.atol"),
+        ({"shadow_comparison": {"atol": float("nan")}}, "shadow_comparison.atol"),
+        ({"shadow_comparison": {"max_body_bytes": 0}}, "shadow_comparison.max_body_bytes"),
+        ({"shadow_comparison": {"max_body_bytes": 1.5}}, "shadow_comparison.max_body_bytes"),
+        ({"shadow_comparison": {"rtl": 1e-3}}, "shadow_comparison.rtl"),
+        ({"shadow_comparison": {}}, None),
+        ({"shadow_comparison": None}, None),
+        ({"shadow_comparison": {"rtol": 0, "atol": 0}}, None),
     ],
 )
 def test_invalid_documents_name_the_field(overrides: dict[str, Any], field: str | None) -> None:
@@ -192,3 +205,33 @@ def test_probes_round_trip_and_are_left_out_when_absent() -> None:
         "success_threshold": 1,
         "failure_threshold": 30,
     }
+
+
+def test_shadow_comparison_defaults_and_is_left_out_while_default() -> None:
+    """Old configs stay valid with unchanged digests; routers that predate the block read
+    the dump of a config that does not set it."""
+    plain = parse_config(json.dumps(_doc()))
+    assert plain.shadow_comparison == ShadowComparison(
+        rtol=1e-6, atol=1e-9, max_body_bytes=1024 * 1024
+    )
+    assert "shadow_comparison" not in dump_config(plain)
+    explicit_defaults = parse_config(
+        json.dumps(_doc(shadow_comparison={"rtol": 1e-6, "atol": 1e-9}))
+    )
+    assert explicit_defaults == plain
+    assert explicit_defaults.digest() == plain.digest()
+
+
+def test_shadow_comparison_round_trips() -> None:
+    config = parse_config(
+        json.dumps(_doc(shadow_comparison={"rtol": 1e-3, "atol": 0, "max_body_bytes": 4096}))
+    )
+    assert config.shadow_comparison == ShadowComparison(rtol=1e-3, atol=0.0, max_body_bytes=4096)
+    text = dump_config(config)
+    assert json.loads(text)["shadow_comparison"] == {
+        "rtol": 1e-3,
+        "atol": 0.0,
+        "max_body_bytes": 4096,
+    }
+    assert parse_config(text) == config
+    assert config.digest() != parse_config(json.dumps(_doc())).digest()

@@ -42,7 +42,7 @@ from reconciler.targets.capabilities import (
     HasLogs,
 )
 from reconciler.targets.memory import MemoryTarget
-from reconciler.targets.registry import TARGET_TYPES
+from reconciler.targets.registry import PREFLIGHTS, TARGET_TYPES
 from reconciler.targets.status import StatusTarget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +163,8 @@ def test_the_registry_the_schema_and_repoconfig_name_the_same_target_types() -> 
     schema = json.loads((ROOT / "reconciler/schemas/reconciler.schema.json").read_text())
     enum = schema["$defs"]["docker"]["properties"]["type"]["enum"]
     assert sorted(TARGET_TYPES) == sorted(enum) == sorted(CONFIG_TYPES)
+    # A type's preflight warnings belong to a type the registry opens.
+    assert set(PREFLIGHTS) <= set(TARGET_TYPES) and "docker" in PREFLIGHTS
 
 
 def test_diff_and_validate_never_import_the_docker_sdk_or_the_kubernetes_client() -> None:

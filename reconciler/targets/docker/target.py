@@ -150,6 +150,7 @@ from reconciler.router.config import (
 )
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
+    OutputLine,
     ProgressCallback,
     StepHandlers,
     Target,
@@ -166,6 +167,7 @@ from reconciler.targets.capabilities import (
     HasCredentials,
     HasLogs,
     HasPreviousLogs,
+    HasRouterMetrics,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
@@ -191,6 +193,13 @@ MANAGED = f"{L}managed-by"
 MANAGER = "ml-endpoint-reconciler"
 ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
+# A router's /metrics is read from the host (the dashboard's charts): it answers at once.
+ROUTER_METRICS_TIMEOUT_S = 3.0
+# Where a router says which config it serves (every worker of it), and how long a config
+# change waits for it to say the new one before the step is left in progress.
+ROUTER_DIGEST_PATH = "/-/config-digest"
+SERVED_PATIENCE_S = 5.0
+SERVED_POLL_S = 0.05
 # A probe is a GET that must answer 2xx within the timeout; run with the Python of the
 # container it runs in (instances and the router both have /opt/venv).
 _PROBE = (
@@ -803,6 +812,22 @@ class DockerTarget:
         volume = self._state_volumes().get(endpoint)
         return _volume_ports(volume) if volume is not None else None
 
+    def router_metrics(self, endpoint: str) -> str:
+        """The router's /metrics, read on the host port its container publishes on
+        127.0.0.1 (as the autoscaler reads it)."""
+        ports = self.router_ports(endpoint)
+        if ports is None:
+            raise TargetError(f"endpoint {endpoint} has no router on target {self.name}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{ports[1]}/metrics", timeout=ROUTER_METRICS_TIMEOUT_S
+            ) as answer:
+                return str(answer.read().decode(errors="replace"))
+        except (urllib.error.URLError, OSError) as exc:
+            raise TargetError(
+                f"the router of endpoint {endpoint} did not answer on its metrics port: {exc}"
+            ) from None
+
     def _ready(self, inst: _Instance) -> bool:
         if inst.state != "running" or inst.failed:
             return False
@@ -841,10 +866,13 @@ class DockerTarget:
 
     def _write_router_config(
         self, endpoint: str, config: RouterConfig, *, patience_s: float = 30
-    ) -> None:
+    ) -> Waiting | None:
         """Give the router its new config: through the admin call when it runs (it saves
-        the config in its state volume itself, and the change is live when this returns),
-        else into the volume, where it reads it when it starts."""
+        the config in its state volume itself), else into the volume, where it reads it
+        when it starts. Through the admin call the change is live when this returns None:
+        the router's `/-/config-digest` names the new config, which a router of several
+        workers does only once every worker serves it; Waiting when it does not within
+        SERVED_PATIENCE_S (the next pass sees the config in place and moves on)."""
         text = dump_config(config)
         try:
             # The router would refuse it, and a file it cannot read would leave the
@@ -869,7 +897,7 @@ class DockerTarget:
         creds = self._credentials(endpoint)
         if not routers or routers[0].status != "running" or creds is None:
             self._put(endpoint, {ROUTER_CONFIG: text.encode()})
-            return
+            return None
         body = json.dumps(config_to_dict(config)).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{creds.port}/-/config",
@@ -905,6 +933,7 @@ class DockerTarget:
         cached = self._state_cache.get(endpoint)
         if cached is not None:
             cached[ROUTER_CONFIG] = text.encode()
+        return _await_served(endpoint, creds.port, config.digest())
 
     def _router_config(self, endpoint: str) -> RouterConfig:
         config = self._read_router_config(endpoint)
@@ -2015,17 +2044,23 @@ class DockerTarget:
         say(f"deployment {step.endpoint}/{step.deployment} removed")
         self._collect_images(say)
 
-    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None:
         config = self._router_config(step.endpoint)
         self._check_routes(config, do.weights)
-        self._write_router_config(step.endpoint, replace(config, traffic=do.weights))
+        waiting = self._write_router_config(step.endpoint, replace(config, traffic=do.weights))
         say(f"traffic of {step.endpoint}: {dict(do.weights)}")
+        return waiting
 
-    def _set_mirror_traffic(self, step: Step, do: SetMirrorTraffic, say: ProgressCallback) -> None:
+    def _set_mirror_traffic(
+        self, step: Step, do: SetMirrorTraffic, say: ProgressCallback
+    ) -> Waiting | None:
         config = self._router_config(step.endpoint)
         self._check_routes(config, do.weights)
-        self._write_router_config(step.endpoint, replace(config, mirror_traffic=do.weights))
+        waiting = self._write_router_config(
+            step.endpoint, replace(config, mirror_traffic=do.weights)
+        )
         say(f"mirror traffic of {step.endpoint}: {dict(do.weights)}")
+        return waiting
 
     def _check_routes(self, config: RouterConfig, weights: Weights) -> None:
         for name, _ in weights:
@@ -2559,9 +2594,43 @@ def _healthcheck(spec: DeploymentSpec) -> dict[str, Any] | None:
     }
 
 
+def _served_digest(port: int) -> str | None:
+    """What the router on `port` says it serves (`/-/config-digest`): a digest; None while
+    it names none (its workers differ) or does not answer; "" from a router that cannot say
+    (older than the call: it answers 404)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}{ROUTER_DIGEST_PATH}", timeout=2
+        ) as answer:
+            digest = json.loads(answer.read()).get("digest")
+    except urllib.error.HTTPError as exc:
+        return "" if exc.code == 404 else None
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return str(digest) if digest else None
+
+
+def _await_served(
+    endpoint: str, port: int, digest: str, *, patience_s: float = SERVED_PATIENCE_S
+) -> Waiting | None:
+    """None once the router of `endpoint` serves the config of `digest` (at once with one
+    worker: the admin call applied it before answering); Waiting after `patience_s`."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        served = _served_digest(port)
+        if served in (digest, ""):
+            return None
+        if time.monotonic() >= deadline:
+            now = f"it serves {served[:12]}" if served else "its workers differ"
+            return Waiting(f"the router of {endpoint} to serve config {digest[:12]} ({now})")
+        time.sleep(SERVED_POLL_S)
+
+
 def _progress(say: ProgressCallback) -> Any:
     def callback(event: str, message: str) -> None:
-        say(message)
+        # A build's own output lines (BuildLog's "..._step" events) are detail; the
+        # phases ("..._build", "..._built") say where the step is.
+        say(OutputLine(message) if event.endswith("_step") else message)
 
     return callback
 
@@ -2572,6 +2641,7 @@ _IS_TARGET: type[Target] = DockerTarget
 _HANDLES_STEPS: type[StepHandlers] = DockerTarget
 _HAS_CREDENTIALS: type[HasCredentials] = DockerTarget
 _HAS_LOGS: type[HasLogs] = DockerTarget
+_HAS_ROUTER_METRICS: type[HasRouterMetrics] = DockerTarget
 _COLLECTS_IMAGES: type[CollectsImages] = DockerTarget
 _HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = DockerTarget
 _HAS_CONNECTIONS: type[HasConnections] = DockerTarget

@@ -333,6 +333,17 @@ class KubeClient:
         except ValueError:
             return status, None
 
+    def pod_proxy_text(self, name: str, port: int, path: str) -> tuple[int, str]:
+        """GET `path` on a pod's port through the pod proxy, as text (a router's
+        /metrics): (status, body). Forbidden (RBAC) raises, as pod_proxy_get."""
+        status, data = self._request(
+            "GET",
+            f"{self._path('Pod', name)}:{int(port)}/proxy{path}",
+            accept="text/plain, */*",
+            errors_returned=True,
+        )
+        return status, data.decode(errors="replace")
+
     def pod_log(self, name: str, *, container: str | None = None, lines: int = 100) -> str:
         query: list[tuple[str, Any]] = [("tailLines", lines)]
         if container is not None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from reconciler.model.errors import ErrorCode
 from reconciler.model.specs import DeploymentSpec
 from reconciler.nocode.triton import serves_triton
-from reconciler.targets.base import ProgressCallback, TargetError
+from reconciler.targets.base import OutputLine, ProgressCallback, TargetError
 from reconciler.targets.kubernetes.manifests import DeploymentImage, image_name, plan_image
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
@@ -255,6 +255,7 @@ class RegistryImages:
 
 def _progress(say: ProgressCallback) -> Any:
     def callback(event: str, message: str) -> None:
-        say(message)
+        # As on Docker: a build's own output lines are detail (shown with -v), phases not.
+        say(OutputLine(message) if event.endswith("_step") else message)
 
     return callback

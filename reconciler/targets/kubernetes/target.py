@@ -73,7 +73,13 @@ from reconciler.targets.base import (
     Waiting,
     dispatch,
 )
-from reconciler.targets.capabilities import Builds, ChecksDesired, HasCredentials, HasLogs
+from reconciler.targets.capabilities import (
+    Builds,
+    ChecksDesired,
+    HasCredentials,
+    HasLogs,
+    HasRouterMetrics,
+)
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
 from reconciler.targets.kubernetes.connections import missing_keys, missing_warnings
@@ -514,6 +520,26 @@ class KubernetesTarget:
                     code=ErrorCode.ROUTER_CONFIG_NOT_SERVED,
                 )
             self.sleep(min(self.options.poll_s, 0.25))
+
+    def router_metrics(self, endpoint: str) -> str:
+        """The /metrics of every ready router pod of the endpoint, read through the API
+        server's pod proxy and joined: a rollout's analysis adds them up. A TargetError
+        when none answers (no router pod ready, the pod proxy forbidden)."""
+        texts: list[str] = []
+        problems: list[str] = []
+        for pod in self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}):
+            name = str(pod["metadata"]["name"])
+            if (pod.get("metadata") or {}).get("deletionTimestamp") or not _pod_ready(pod):
+                continue
+            status, text = self.client.pod_proxy_text(name, m.ROUTER_METRICS_PORT, "/metrics")
+            if status == 200:
+                texts.append(text)
+            else:
+                problems.append(f"{name} answered {status}")
+        if not texts:
+            why = "; ".join(problems) or "no router pod is ready"
+            raise TargetError(f"the routers of {endpoint} gave no metrics: {why}")
+        return "\n".join(texts)
 
     def _served_digest(self, pod: str) -> str | None:
         """The digest a router pod says it serves; None when it does not answer (yet);
@@ -1019,3 +1045,4 @@ _HAS_CREDENTIALS: type[HasCredentials] = KubernetesTarget
 _HAS_LOGS: type[HasLogs] = KubernetesTarget
 _BUILDS: type[Builds] = KubernetesTarget
 _CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget
+_HAS_ROUTER_METRICS: type[HasRouterMetrics] = KubernetesTarget

@@ -9,6 +9,10 @@
     return;
   }
   var shown = document.body.getAttribute("data-fingerprint");
+  if (!shown) {
+    // A page that is not a view of the data (the test form's answer): nothing to refresh.
+    return;
+  }
   var badge = document.getElementById("live");
   var busy = false;
 

@@ -1,0 +1,591 @@
+"""Rollouts run by the daemon against real git: a bare origin in a temporary folder the daemon
+fetches from and pushes its step commits to, and a person's clone of it.
+
+The router's metrics come from a real HTTP server on loopback serving Prometheus text the
+test controls (the router's own metrics code, fed on every scrape as traffic feeds it). The
+target is the in-memory one (reconciler.targets.memory) with the HasRouterMetrics
+capability added: it reads that server over a real socket, as the Docker
+target reads its router's metrics port. What is under test is the daemon's orchestration
+(start, windows, judgement, commits, status, control commits), not a platform.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from repo_builder import RepoBuilder
+from rollout_fixtures import MetricsServer, MetricsTarget
+
+from reconciler.cli import main
+from reconciler.daemon import Daemon, RemoteSource, WatchOptions
+from reconciler.gitsource import DEFAULT_STATUS_BRANCH
+from reconciler.rollouts.machine import read_mark
+
+ENDPOINT = "my-endpoint"
+ENDPOINT_FILE = f"endpoints/{ENDPOINT}/endpoint.yml"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+ENDPOINT_TEXT = """\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json
+name: my-endpoint
+auth_mode: key
+# blue serves v1; a rollout moves these numbers, commit by commit
+traffic:
+  blue: 100   # the stable deployment
+"""
+
+
+@dataclass
+class Setup:
+    repo: RepoBuilder
+    remote: Path
+    clone: RepoBuilder  # a person's clone of the remote
+    metrics: MetricsServer
+    target: MetricsTarget
+    daemon: Daemon
+
+    def remote_git(self, *args: str) -> str:
+        done = subprocess.run(
+            ["git", "--git-dir", str(self.remote), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    def rollout_commits(self) -> list[tuple[str, str]]:
+        """(commit, message) of the remote main's rollout commits, oldest first."""
+        out = self.remote_git("log", "--reverse", "-z", "--format=%H%x1f%B", "main")
+        found = []
+        for entry in out.split("\0"):
+            sha, _, message = entry.strip("\n").partition("\x1f")
+            if read_mark(message) is not None:
+                found.append((sha, message))
+        return found
+
+    def remote_file(self, path: str = ENDPOINT_FILE) -> str:
+        return self.remote_git("show", f"main:{path}")
+
+    def status(self) -> dict[str, object]:
+        try:
+            text = self.remote_git("show", f"{DEFAULT_STATUS_BRANCH}:status/{ENDPOINT}.yaml")
+        except subprocess.CalledProcessError:
+            return {}
+        doc = yaml.safe_load(text)
+        assert isinstance(doc, dict)
+        return doc
+
+    def rollout_state(self) -> object:
+        block = self.status().get("rollout")
+        return block.get("state") if isinstance(block, dict) else None
+
+    def person_push(self, message: str, edit: Callable[[RepoBuilder], None]) -> str:
+        self.clone.git("pull", "-q", "--rebase", "origin", "main")
+        edit(self.clone)
+        sha = self.clone.commit(message)
+        self.clone.git("push", "-q", "origin", "main")
+        self.daemon.trigger("push", fetch=True)  # what a webhook does
+        return sha
+
+
+def reconciler_yaml(
+    steps: list[object],
+    *,
+    error_rate: float = 0.05,
+    mode: str = "commit",
+    shadow_agreement: float | None = None,
+) -> str:
+    return yaml.safe_dump(
+        {
+            "rollouts": {
+                "default": {
+                    "steps": steps,
+                    "interval": "300ms",
+                    "thresholds": {
+                        "error_rate": error_rate,
+                        "min_requests": 5,
+                        "shadow_agreement": shadow_agreement,
+                    },
+                    "mode": mode,
+                }
+            }
+        },
+        sort_keys=False,
+    )
+
+
+@pytest.fixture
+def setup(repo: RepoBuilder, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
+    made: list[tuple[Setup, threading.Thread]] = []
+
+    def make(steps: list[object], **policy: object) -> Setup:
+        repo.basics()
+        repo.model(version=2, weights="2")
+        repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+        repo.deployment(ENDPOINT, "blue")
+        repo.write("reconciler.yaml", reconciler_yaml(steps, **policy))  # type: ignore[arg-type]
+        repo.commit("blue serves all traffic")
+        remote = tmp_path / "remote.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(remote)], check=True)
+        clone_root = tmp_path / "person"
+        subprocess.run(["git", "clone", "-q", str(remote), str(clone_root)], check=True)
+        clone = RepoBuilder.__new__(RepoBuilder)
+        clone.root = clone_root
+        clone.git("config", "user.email", "person@example.com")
+        clone.git("config", "user.name", "Person")
+        clone.git("config", "commit.gpgsign", "false")
+        metrics = MetricsServer()
+        target = MetricsTarget(metrics_url=metrics.url)
+        source = RemoteSource(str(remote), branch="main", cache_dir=tmp_path / "cache")
+        daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        s = Setup(repo, remote, clone, metrics, target, daemon)
+        made.append((s, thread))
+        wait_for(lambda: s.status().get("commit") is not None, what="the first status")
+        return s
+
+    yield make
+    for s, thread in made:
+        s.daemon.stop()
+        thread.join(timeout=30)
+        s.metrics.close()
+        assert not thread.is_alive()
+
+
+def add_green(clone: RepoBuilder) -> None:
+    clone.deployment(ENDPOINT, "green", model="azureml:sklearn-regression:2")
+
+
+def test_a_healthy_canary_is_promoted_step_by_step_to_100_by_commits_with_figures(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"mirror": 20, "for": "600ms"}, {"traffic": 50, "for": "600ms"}, 100])
+    start = s.person_push("green: model v2", add_green)
+
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    commits = s.rollout_commits()
+    marks = [read_mark(message) for _, message in commits]
+    assert [(m.step, m.total, m.rollback) for m in marks if m] == [
+        (1, 3, False),
+        (2, 3, False),
+        (3, 3, False),
+    ]
+    assert all(m and (m.stable, m.canary) == ("blue", "green") for m in marks)
+    subjects = [message.splitlines()[0] for _, message in commits]
+    assert subjects == [
+        "rollout my-endpoint: step 1/3, green gets 20% of mirrored traffic",
+        "rollout my-endpoint: step 2/3, green gets 50% of live traffic",
+        "rollout my-endpoint: step 3/3, green gets 100% of live traffic",
+    ]
+    # The first commit carries the schedule; the others the figures of the step passed.
+    assert "Starts the rollout of green (new)" in commits[0][1]
+    assert "Schedule: mirror 20% for 600ms" in commits[0][1]
+    assert "Step 1/3 (mirror 20% for 600ms) passed" in commits[1][1]
+    assert "green (mirror):" in commits[1][1] and "0 errors (0.00%)" in commits[1][1]
+    assert "Step 2/3 (traffic 50% for 600ms) passed" in commits[2][1]
+    assert "green (live):" in commits[2][1]
+    # The daemon's identity; each step's commit follows the previous one on main.
+    for sha, _ in commits:
+        assert (
+            s.remote_git("log", "-1", "--format=%an <%ae>", sha)
+            == "reconciler <reconciler@localhost>"
+        )
+    assert s.remote_git("merge-base", "--is-ancestor", start, commits[0][0]) == ""
+    # Only the numbers changed, the comments stayed.
+    text = s.remote_file()
+    assert "# blue serves v1; a rollout moves these numbers, commit by commit" in text
+    assert re.search(r"\n  blue: 0 +# the stable deployment\n", text)
+    doc = yaml.safe_load(text)
+    assert doc["traffic"] == {"blue": 0, "green": 100}
+    assert doc.get("mirror_traffic", {}).get("green", 0) == 0
+    # Git and the target agree; status tells the rollout's end with its last figures.
+    wait_for(
+        lambda: s.target.snapshot().traffic_of(ENDPOINT) == (("green", 100),),
+        what="the target to serve green",
+    )
+    block = s.status()["rollout"]
+    assert isinstance(block, dict)
+    assert block["state"] == "Succeeded" and block["step"] == 3 and block["steps"] == 3
+    assert block["analysis"]["outcome"] == "pass"
+    assert block["analysis"]["canary"]["requests"] >= 5
+
+
+def test_a_canary_failing_its_error_rate_is_rolled_back_by_a_commit_and_not_restarted(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "2s"}, 100])
+    s.metrics.errors["green"] = 0.5
+    s.person_push("green: model v2", add_green)
+
+    wait_for(lambda: s.rollout_state() == "Failed", what="the rollback")
+    commits = s.rollout_commits()
+    marks = [read_mark(message) for _, message in commits]
+    assert [(m.step, m.rollback) for m in marks if m] == [(1, False), (1, True)]
+    rollback = commits[-1][1]
+    assert rollback.splitlines()[0] == "rollout my-endpoint: roll back green, all traffic to blue"
+    assert "Step 1/2 (traffic 20% for 2s) failed: error_rate 50.00% > 5.00%" in rollback
+    assert "Reconcile-Rollout: my-endpoint rollback at step 1/2" in rollback
+    doc = yaml.safe_load(s.remote_file())
+    assert doc["traffic"] == {"blue": 100, "green": 0}
+    wait_for(
+        lambda: s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 100),),
+        what="traffic back on blue",
+    )
+    block = s.status()["rollout"]
+    assert isinstance(block, dict) and "error_rate" in str(block["reason"])
+    assert block["analysis"]["outcome"] == "fail"
+    # The rollback's values equal step 0: no second rollout starts from them.
+    s.daemon.trigger("again", fetch=True)
+    time.sleep(1.5)
+    assert len(s.rollout_commits()) == 2
+    assert s.rollout_state() == "Failed"
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_pause_resume_and_abort_are_commits_the_daemon_honours(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
+    clone = str(s.clone.root)
+
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "pause", ENDPOINT, "--repo", clone, "--push", "--output", "json")
+    assert code == 0, out
+    paused = json.loads(out)
+    assert paused["action"] == "pause" and paused["pushed"] is True
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Paused", what="paused")
+    message = s.remote_git("log", "-1", "--format=%B", "main")
+    assert "Reconcile-Rollout-Control: my-endpoint pause" in message
+    assert s.remote_git("log", "-1", "--format=%an", "main") == "Person"
+
+    code, out = run_cli("rollout", "resume", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Progressing", what="resumed")
+
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Aborted", what="aborted")
+    abort = s.remote_git("log", "-1", "--format=%B", "main")
+    assert "Reconcile-Rollout: my-endpoint rollback at step 1/2" in abort
+    assert "Reconcile-Rollout-Control: my-endpoint abort" in abort
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+    wait_for(
+        lambda: s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 100),),
+        what="traffic back on blue",
+    )
+    # Nothing of the daemon's after the person's abort.
+    assert len(s.rollout_commits()) == 2
+
+    code, out = run_cli("rollout", "status", ENDPOINT, "--repo", clone, "--output", "json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert [c.get("action") for c in shown["commits"]] == ["rollback", None, None, "step"]
+    assert shown["commits"][0]["controls"] == ["abort"]
+    assert shown["commits"][1]["controls"] == ["resume"]
+    code, out = run_cli("rollout", "status", ENDPOINT, "--repo", clone)
+    assert code == 0, out
+    assert out.splitlines()[1].startswith(
+        "  Aborted: step 1/2 (traffic 20% for 1m), green after blue"
+    )
+    assert "rollback 1/2: rollout my-endpoint: abort, all traffic back to blue" in out
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone)
+    assert code == 1 and "nothing to abort" in out
+    code, out = run_cli("rollout", "status", "no-such-endpoint", "--repo", clone)
+    assert code == 1 and "no rollout of no-such-endpoint" in out
+
+
+def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_replayed(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    s = setup([{"traffic": 50, "for": "600ms"}, 100])
+    # On the daemon's first rollout push, a person's push lands first (from inside the
+    # remote's pre-receive hook, in a clean environment): the daemon's push is refused.
+    racer = tmp_path / "racer"
+    subprocess.run(["git", "clone", "-q", str(s.remote), str(racer)], check=True)
+    marker = tmp_path / "race-once"
+    marker.write_text("x")
+    hook = s.remote / "hooks" / "pre-receive"
+    who = "-c user.name=Racer -c user.email=r@example.com"
+    script = tmp_path / "race.sh"
+    script.write_text(
+        f"cd {racer} && git {who} pull -q --rebase origin main && echo racing >> NOTES.md "
+        f'&& git add NOTES.md && git {who} commit -qm "racer: notes" && git push -q origin main\n'
+    )
+    hook.write_text(
+        "#!/bin/sh\n"
+        "read old new ref\n"
+        f"if [ -f {marker} ] && "
+        'git log -1 --format=%B "$new" | grep -q "^Reconcile-Rollout:"; then\n'
+        f"  rm {marker}\n"
+        f'  env -i PATH="$PATH" HOME={tmp_path} sh {script} >&2\n'
+        "fi\n"
+        "exit 0\n"
+    )
+    hook.chmod(0o755)
+    s.person_push("green: model v2", add_green)
+
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    assert not marker.exists()  # the race happened
+    log = s.remote_git("log", "--first-parent", "--format=%an %s", "main").splitlines()
+    # Linear: the racer's commit kept, the step committed on top of it, never forced.
+    assert log[:3] == [
+        "reconciler rollout my-endpoint: step 2/2, green gets 100% of live traffic",
+        "reconciler rollout my-endpoint: step 1/2, green gets 50% of live traffic",
+        "Racer racer: notes",
+    ]
+    assert "racing" in s.remote_file("NOTES.md")
+    assert [read_mark(m).step for _, m in s.rollout_commits()] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_a_person_committing_other_values_mid_rollout_wins_and_the_rollout_stops(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def thirty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push("move green to 30 by hand", thirty)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
+    assert "that commit wins" in str((s.status().get("rollout") or {}).get("reason"))
+    wait_for(
+        lambda: s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 70), ("green", 30)),
+        what="the person's values served",
+    )
+    assert len(s.rollout_commits()) == 1
+
+
+def test_pull_request_mode_pushes_one_branch_per_step_once_and_advances_when_merged(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 50, "for": "300ms"}, 100], mode="pull-request")
+    s.person_push("green: model v2", add_green)
+    step_1 = "reconcile/rollout/my-endpoint/step-1"
+
+    def branch_tip(name: str) -> str | None:
+        done = subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                str(s.remote),
+                "rev-parse",
+                "--verify",
+                "-q",
+                f"refs/heads/{name}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip() or None
+
+    wait_for(lambda: branch_tip(step_1) is not None, what="the step-1 branch")
+    first = branch_tip(step_1)
+    time.sleep(1.5)  # passes keep deciding "advance": the branch is pushed once
+    assert branch_tip(step_1) == first
+    assert s.rollout_commits() == []  # nothing on main until a person merges
+    block = s.status()["rollout"]
+    assert isinstance(block, dict) and block["branch"] == step_1
+    assert "waits for a person to merge" in str(block["reason"])
+
+    s.clone.git("fetch", "-q", "origin")
+    s.clone.git("merge", "-q", "--ff-only", f"origin/{step_1}")
+    s.clone.git("push", "-q", "origin", "main")
+    s.daemon.trigger("merged", fetch=True)
+    step_2 = "reconcile/rollout/my-endpoint/step-2"
+    wait_for(lambda: branch_tip(step_2) is not None, what="the step-2 branch")
+    message = s.remote_git("log", "-1", "--format=%B", step_2)
+    assert "Step 1/2 (traffic 50% for 300ms) passed" in message
+    assert "Reconcile-Rollout: my-endpoint step 2/2" in message
+
+
+def test_a_restarted_daemon_finds_the_rollout_again_and_its_step_window_begins_anew(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    s = setup([{"traffic": 20, "for": "2s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
+    s.daemon.stop()
+    # A new daemon, with a cache of its own: all it knows is in git.
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    restarted = time.monotonic()
+    thread.start()
+    try:
+        wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    commits = s.rollout_commits()
+    assert [read_mark(m).step for _, m in commits] == [1, 2]  # type: ignore[union-attr]
+    # Step 1's window began again after the restart: its 2s were served by the new daemon.
+    promoted = int(s.remote_git("log", "-1", "--format=%ct", commits[1][0]))
+    assert promoted >= int(time.time() - (time.monotonic() - restarted)) + 1
+    assert "Step 1/2 (traffic 20% for 2s) passed" in commits[1][1]
+
+
+def test_a_local_checkout_gets_the_rollback_commit_and_its_working_tree_follows(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """The daemon on a person's checkout (no remote): the step and rollback commits land on
+    its branch, and the checkout's index and working tree follow them (nothing to revert)."""
+    from reconciler.daemon import LocalSource
+
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", reconciler_yaml([{"traffic": 20, "for": "2s"}, 100]))
+    repo.commit("blue serves all traffic")
+    metrics = MetricsServer()
+    metrics.errors["green"] = 1.0
+    target = MetricsTarget(metrics_url=metrics.url)
+    source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
+    daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: bool(repo.git("branch", "--list", DEFAULT_STATUS_BRANCH)), what="status")
+        add_green(repo)
+        repo.commit("green: model v2")
+
+        def rolled_back() -> bool:
+            return "rollback at step 1/2" in repo.git("log", "-1", "--format=%B", "main")
+
+        wait_for(rolled_back, what="the rollback commit")
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        metrics.close()
+    assert repo.git("status", "--porcelain") == ""
+    on_disk = yaml.safe_load((repo.root / ENDPOINT_FILE).read_text())
+    assert on_disk["traffic"] == {"blue": 100, "green": 0}
+    subjects = repo.git("log", "-3", "--format=%an: %s").splitlines()
+    assert subjects == [
+        "reconciler: rollout my-endpoint: roll back green, all traffic to blue",
+        "reconciler: rollout my-endpoint: step 1/2, green gets 20% of live traffic",
+        "Test: green: model v2",
+    ]
+
+
+def test_a_step_commit_on_a_checkout_never_overwrites_uncommitted_edits_of_the_file(
+    repo: RepoBuilder,
+) -> None:
+    """gitsource.commit_file on the checked-out branch: a person's unsaved edit of the
+    endpoint file refuses the commit (branch, index and edit untouched); another file's
+    edit stays as it was while the commit lands."""
+    from reconciler.gitsource import GitSource, GitSourceError
+
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.write("NOTES.md", "notes\n")
+    before = repo.commit("base")
+    source = GitSource(repo.root)
+    edited = ENDPOINT_TEXT + "description: mine, not saved\n"
+    (repo.root / ENDPOINT_FILE).write_text(edited)
+    with pytest.raises(GitSourceError, match="uncommitted edits"):
+        source.commit_file(
+            ENDPOINT_FILE, lambda t: (t or "") + "# x\n", message="step", branch="main"
+        )
+    assert repo.git("rev-parse", "HEAD") == before
+    assert (repo.root / ENDPOINT_FILE).read_text() == edited
+
+    repo.git("checkout", "--", ENDPOINT_FILE)
+    (repo.root / "NOTES.md").write_text("notes, edited\n")
+    made = source.commit_file(
+        ENDPOINT_FILE,
+        lambda t: (t or "").replace("blue: 100", "blue: 90"),
+        message="step",
+        branch="main",
+    )
+    assert made.commit == repo.git("rev-parse", "HEAD") and made.attempts == 1
+    assert "blue: 90" in (repo.root / ENDPOINT_FILE).read_text()
+    assert repo.git("status", "--porcelain") == "M NOTES.md"
+
+
+def test_a_daemon_started_with_no_status_yet_takes_the_commit_before_as_what_ran(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """No pass recorded at all: the commit that brought the new version, the newest one,
+    starts the rollout (its parent is the base), and step 1 is committed."""
+    from reconciler.daemon import LocalSource
+
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.write(ENDPOINT_FILE, ENDPOINT_TEXT)
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", reconciler_yaml([{"traffic": 20, "for": "60s"}, 100]))
+    repo.commit("blue serves all traffic")
+    add_green(repo)
+    repo.commit("green: model v2")
+    metrics = MetricsServer()
+    source = LocalSource(repo.root, worktree=False, build_dir=tmp_path / "build")
+    target = MetricsTarget(metrics_url=metrics.url)
+    daemon = Daemon(source, target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: "step 1/2" in repo.git("log", "-1", "--format=%B", "main"), what="step 1")
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        metrics.close()
+    assert "Starts the rollout of green (new)" in repo.git("log", "-1", "--format=%B", "main")
+
+
+def test_a_canary_whose_shadow_answers_differ_is_rolled_back_in_its_mirror_step(
+    setup: Callable[..., Setup],
+) -> None:
+    """It never serves a caller: the router's shadow comparisons (router_shadow_comparisons_
+    total, disagree_body) fail shadow_agreement while it is only mirrored."""
+    s = setup([{"mirror": 20, "for": "2s"}, 100], shadow_agreement=0.99)
+    s.metrics.disagree = 0.2
+    s.person_push("green: model v2", add_green)
+
+    wait_for(lambda: s.rollout_state() == "Failed", what="the rollback")
+    marks = [read_mark(m) for _, m in s.rollout_commits()]
+    assert [(m.step, m.rollback) for m in marks if m] == [(1, False), (1, True)]
+    rollback = s.rollout_commits()[-1][1]
+    assert "Step 1/2 (mirror 20% for 2s) failed: shadow_agreement 80.00% < 99.00%" in rollback
+    assert "shadow: " in rollback and " disagree (80.00% agree)" in rollback
+    doc = yaml.safe_load(s.remote_file())
+    assert doc["traffic"]["blue"] == 100 and doc["traffic"].get("green", 0) == 0
+    assert doc["mirror_traffic"] == {"green": 0}
+    wait_for(
+        lambda: s.target.snapshot().endpoints[0].spec.mirror_traffic == (),
+        what="mirroring off on the target",
+    )
