@@ -33,7 +33,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import structlog
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -46,6 +45,7 @@ from reconciler.gitsource import (
     PushRejected,
     RemoteCheckout,
 )
+from reconciler.logs import get_logger
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.errors import ErrorCode, ErrorKind, error_kind
 from reconciler.model.results import Outcome
@@ -58,7 +58,7 @@ from reconciler.ui.live import DEFAULT_PLANS, DaemonFeatures, DaemonStatusSource
 from reconciler.ui.source import GitStatusSource
 from reconciler.writerlock import Holder, WriterLock, describe, lock_path
 
-log = structlog.get_logger("reconciler.daemon")
+log = get_logger("reconciler.daemon")
 
 MAX_BACKOFF_S = 300.0
 

@@ -34,11 +34,11 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any, Final
 
-import structlog
 import yaml
 
 from reconciler.engine import PassResult, load
 from reconciler.gitsource import GitSource, GitSourceError
+from reconciler.logs import get_logger
 from reconciler.model.specs import weights
 from reconciler.model.state import DesiredState
 from reconciler.repoconfig import RepoConfig
@@ -62,7 +62,7 @@ from reconciler.status import STATUS_DIR, render_status
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.capabilities import HasRouterMetrics
 
-log = structlog.get_logger("reconciler.rollouter")
+log = get_logger("reconciler.rollouter")
 
 # How far back the watched branch's messages are read for trailers (marks, controls).
 HISTORY: Final = 300

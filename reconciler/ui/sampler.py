@@ -14,13 +14,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
+from reconciler.logs import get_logger
 from reconciler.targets.capabilities import HasRouterMetrics
 from reconciler.ui import charts
 from reconciler.ui.live import DaemonFeatures
 
-log = structlog.get_logger("reconciler.ui")
+log = get_logger("reconciler.ui")
 
 
 class MetricsSampler:

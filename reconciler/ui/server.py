@@ -42,9 +42,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
-import structlog
 from aiohttp import web
 
+from reconciler.logs import get_logger
 from reconciler.targets.base import TargetError
 from reconciler.targets.capabilities import HasLogs
 from reconciler.ui import data, livepages, render, testform
@@ -52,7 +52,7 @@ from reconciler.ui.live import DaemonFeatures
 from reconciler.ui.sampler import MetricsSampler
 from reconciler.ui.source import StatusSource
 
-log = structlog.get_logger("reconciler.ui")
+log = get_logger("reconciler.ui")
 
 T = TypeVar("T")
 

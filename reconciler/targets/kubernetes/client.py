@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 import urllib3
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from reconciler.logs import get_logger
 from reconciler.model.errors import ErrorCode
 from reconciler.targets.base import TargetError, TargetUnavailable
 from reconciler.targets.kubernetes.manifests import MANAGER
 from reconciler.targets.kubernetes.options import KubernetesOptions
 
-log = structlog.get_logger("reconciler.kubernetes")
+log = get_logger("reconciler.kubernetes")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = (5.0, 60.0)  # connect, read

@@ -34,9 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.endpoints.credentials import EndpointCredentials, new_credentials
+from reconciler.logs import get_logger
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.errors import ErrorCode
@@ -87,7 +86,7 @@ from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, ro
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.rollout import Rollout, rollout
 
-log = structlog.get_logger("reconciler.kubernetes")
+log = get_logger("reconciler.kubernetes")
 
 INSTANCE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy")
 LOG_TAIL = 30
