@@ -86,7 +86,7 @@ def test_overview_follows_a_traffic_commit_without_reload(
         browser.screenshot(tmp_path / "overview-1280-live.png")
 
 
-def _wait(condition: object, timeout_s: float = 20.0) -> None:
+def _wait(condition: object, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "the page did not change in time"

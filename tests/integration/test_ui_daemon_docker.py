@@ -145,17 +145,23 @@ def test_charts_from_the_real_router_and_the_test_form_through_it(
     key = str(creds["primary_key"])
 
     # Requests straight to the router; the charts see them in its /metrics.
-    for _ in range(20):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{creds['port']}/score",
-            data=b'{"x": 1}',
-            method="POST",
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert answer.status == 200
+    def send(count: int) -> None:
+        for _ in range(count):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{creds['port']}/score",
+                data=b'{"x": 1}',
+                method="POST",
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+
+    send(20)
 
     def charted() -> list[dict[str, Any]]:
+        # A point is the increase between two readings 5 s apart: requests keep coming
+        # while we wait, whenever the sampler's readings fall.
+        send(2)
         data = _get(base + "/api/endpoints/my-endpoint/metrics")
         return [p for p in data["deployments"].get("blue", []) if p["rps"] > 0]
 
