@@ -11,7 +11,6 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-import yaml
 from repo_builder import RepoBuilder
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     CLI,
@@ -20,12 +19,12 @@ from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     Served,
     _apply_head,
     get,
+    record_rollout,
     served_repo_fixture,
     serving,
 )
 
-from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
-from reconciler.status import render_status
+from reconciler.gitsource import DEFAULT_STATUS_BRANCH
 from reconciler.ui.server import CSP, TOKEN_COOKIE
 
 
@@ -93,58 +92,12 @@ def test_api_endpoint_detail_joins_the_desired_state_at_the_applied_commit(
     assert "nope" in json.loads(missing_body)["error"]
 
 
-def _rollout_block(reason: str) -> dict[str, object]:
-    """A `rollout:` block as reconciler.rollouter writes it (Verdict.as_json inside)."""
-    return {
-        "state": "Progressing",
-        "stable": "blue",
-        "canary": "green",
-        "step": 2,
-        "steps": 4,
-        "step_spec": "traffic 50%",
-        "mode": "commit",
-        "reason": reason,
-        "start_commit": "b" * 40,
-        "last_commit": "c" * 40,
-        "analysis": {
-            "outcome": "wait",
-            "reason": "too few requests",
-            "elapsed_s": 42.5,
-            "canary": {
-                "deployment": "green",
-                "kind": "live",
-                "requests": 37,
-                "errors": 1,
-                "p99_ms": 18.25,
-            },
-            "stable": {
-                "deployment": "blue",
-                "kind": "live",
-                "requests": 40,
-                "errors": 0,
-                "p99_ms": None,
-            },
-            "shadow": None,
-            "checks": [
-                {"threshold": "error_rate", "state": "ok", "text": "2.7% <= 5%"},
-                {"threshold": "min_requests", "state": "too few requests", "text": reason},
-            ],
-        },
-    }
-
-
 def test_the_rollout_in_progress_is_on_the_endpoint_page_and_in_its_api(
     served_repo: Served,
 ) -> None:
     """A status file with a `rollout:` block (the daemon's rollouter writes one): step N/M,
     canary after stable, the verdict's figures and reason, escaped on the page."""
-    source = GitSource(served_repo.repo.root)
-    files = dict(source.find_status(DEFAULT_STATUS_BRANCH, fetch=False).files)
-    path = "status/my-endpoint.yaml"
-    doc = yaml.safe_load(files[path])
-    doc["rollout"] = _rollout_block(f"waiting {XSS}")
-    files[path] = render_status(doc)
-    source.write_status(files, message="rollout step 2")
+    record_rollout(served_repo.repo, f"waiting {XSS}")
     with serving(served_repo.repo.root) as base:
         status, _, body = get(base + "/api/endpoints/my-endpoint")
         _, _, page = get(base + "/endpoints/my-endpoint")
