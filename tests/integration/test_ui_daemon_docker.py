@@ -288,7 +288,8 @@ def test_example_repo_in_a_browser_bars_states_charts_phone_width_and_a_live_tra
     no_scroll_js = "return document.documentElement.scrollWidth <= window.innerWidth"
     with chromium(javascript=True) as browser:
         browser.open(base + "/")
-        assert browser.texts(f"{card} h2") == ["my-endpoint Succeeded Healthy"]
+        assert browser.texts(f"{card} h2 .state") == ["Succeeded"]
+        assert browser.texts(f"{card} h2 .health") == ["Healthy"]
         assert browser.texts(f"{card} > .traffic .legend li") == ["blue 90%", "green 10%"]
         assert browser.run(widths_js) == [90, 10]
         browser.screenshot(tmp_path / "overview-1280.png")
@@ -299,6 +300,8 @@ def test_example_repo_in_a_browser_bars_states_charts_phone_width_and_a_live_tra
         browser.resize(1280, 900)
         browser.open(base + "/endpoints/my-endpoint")
         assert browser.texts(".deployment h3") == ["blue", "green"]
+        # Each deployment's first row is its state.
+        assert browser.texts(".deployment .kv tr:first-child td") == ["Succeeded (Healthy)"] * 2
         assert browser.texts(f"{card} > .traffic .legend li") == ["blue 90%", "green 10%"]
         points = wait_for(
             lambda: browser.run(
