@@ -252,29 +252,27 @@ def test_example_repo_in_a_browser_bars_states_charts_phone_width_and_a_live_tra
     base = _served(log)
     creds = docker_state.credentials(CLIENT, name, "my-endpoint")
     body = (EXAMPLE_REPO / "sample-request.json").read_bytes()
-    for _ in range(30):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{creds['port']}/score",
-            data=body,
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {creds['primary_key']}",
-                "Content-Type": "application/json",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert answer.status == 200
-    wait_for(
-        lambda: [
-            p
-            for p in _get(base + "/api/endpoints/my-endpoint/metrics")["deployments"].get(
-                "blue", []
+
+    def charted() -> list[dict[str, Any]]:
+        """A few more requests through the router, then blue's points that saw traffic:
+        the sampler reads every 5 s, so traffic over two reads draws a line, not a dot."""
+        for _ in range(5):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{creds['port']}/score",
+                data=body,
+                method="POST",
+                headers={
+                    "Authorization": f"Bearer {creds['primary_key']}",
+                    "Content-Type": "application/json",
+                },
             )
-            if p["rps"] > 0
-        ],
-        60,
-        "the requests in the charts",
-    )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+        data = _get(base + "/api/endpoints/my-endpoint/metrics")
+        points = [p for p in data["deployments"].get("blue", []) if p["rps"] > 0]
+        return points if len(points) >= 2 else []
+
+    wait_for(charted, 60, "two readings of the requests in the charts")
     card = "article[data-endpoint='my-endpoint']"
     widths_js = (
         f'return Array.from(document.querySelectorAll("{card} > .traffic .bar .seg"))'
@@ -311,7 +309,7 @@ def test_example_repo_in_a_browser_bars_states_charts_phone_width_and_a_live_tra
             60,
             "blue's chart drawn with points",
         )
-        assert points > 0
+        assert points >= 2
         browser.run("document.querySelector('section.charts').scrollIntoView()")
         browser.screenshot(tmp_path / "endpoint-1280.png")
         browser.resize(390, 844)
