@@ -121,6 +121,7 @@ def endpoint_detail(
         return None
     out = summary(doc, changed_at=snap.changed_at.get(name), branch_head=snap.branch_head)
     spec = desired.endpoint(name) if desired is not None else None
+    out["rollout"] = rollout(doc.get("rollout"))
     out["declared"] = desired is not None
     out["description"] = spec.description if spec else None
     out["tags"] = dict(spec.tags) if spec else {}
@@ -128,6 +129,72 @@ def endpoint_detail(
     for d in out["deployments"]:
         d["spec"] = _deployment_spec(specs[d["name"]]) if d["name"] in specs else None
     return out
+
+
+def rollout(block: Any) -> dict[str, Any] | None:
+    """The `rollout:` block the daemon's rollouter writes into a status file, as the
+    endpoint page shows it: the state, step N/M, canary after stable, the reason, and the
+    last verdict's figures and checks (None: no rollout recorded). Same keys as the file,
+    each coerced, so a hand-edited status cannot make the page fail."""
+    if not isinstance(block, Mapping):
+        return None
+    step = block.get("step")
+    steps = block.get("steps")
+    return {
+        "state": _text(block.get("state")),
+        "stable": _text(block.get("stable")),
+        "canary": _text(block.get("canary")),
+        "step": step if isinstance(step, int) else None,
+        "steps": steps if isinstance(steps, int) else None,
+        "step_spec": _text(block.get("step_spec")),
+        "mode": _text(block.get("mode")),
+        "reason": _text(block.get("reason")),
+        "start_commit": _text(block.get("start_commit")),
+        "last_commit": _text(block.get("last_commit")),
+        "branch": _text(block.get("branch")),
+        "analysis": _analysis(block.get("analysis")),
+    }
+
+
+def _analysis(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    shadow = value.get("shadow")
+    elapsed = value.get("elapsed_s")
+    return {
+        "outcome": _text(value.get("outcome")),
+        "reason": _text(value.get("reason")),
+        "elapsed_s": elapsed if isinstance(elapsed, (int, float)) else None,
+        # The canary's figures, then the stable's (role: which of the two).
+        "deployments": [
+            {"role": role, **_figures(value.get(role))}
+            for role in ("canary", "stable")
+            if isinstance(value.get(role), Mapping)
+        ],
+        "shadow": {"agree": _int(shadow.get("agree")), "disagree": _int(shadow.get("disagree"))}
+        if isinstance(shadow, Mapping)
+        else None,
+        "checks": [
+            {
+                "threshold": _text(c.get("threshold")),
+                "state": _text(c.get("state")),
+                "text": _text(c.get("text")),
+            }
+            for c in (_mapping(c) for c in _sequence(value.get("checks")))
+        ],
+    }
+
+
+def _figures(value: Any) -> dict[str, Any]:
+    value = _mapping(value)
+    p99 = value.get("p99_ms")
+    return {
+        "deployment": _text(value.get("deployment")),
+        "kind": _text(value.get("kind")),
+        "requests": _int(value.get("requests")),
+        "errors": _int(value.get("errors")),
+        "p99_ms": p99 if isinstance(p99, (int, float)) else None,
+    }
 
 
 def _deployment_spec(spec: DeploymentSpec) -> dict[str, Any]:

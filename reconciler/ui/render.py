@@ -302,7 +302,7 @@ def endpoint_page(
     tags = detail.get("tags") or {}
     body = fill(
         '<p class="crumbs"><a href="/">All endpoints</a></p>\n$card'
-        "$description$tags$declared"
+        "$description$tags$declared$rollout"
         '<h2 class="section">Deployments</h2>\n<div class="deployments">$deployments</div>\n'
         '$live<h2 class="section">History</h2>\n$history',
         live=live,
@@ -325,12 +325,75 @@ def endpoint_page(
             "only what the status records is shown.</p>",
             c=short(detail.get("applied_commit")),
         ),
+        rollout=rollout_block(detail.get("rollout")),
         deployments=join(deployment_block(d) for d in detail.get("deployments") or [])
         or Safe("<p>No deployments.</p>"),
         history=history_block(timeline),
     )
     return page(
         title=str(detail.get("name")), body=body, fingerprint=fingerprint, where=where, after=after
+    )
+
+
+def rollout_block(r: Mapping[str, Any] | None) -> Safe:
+    """The rollout the status file records (data.rollout): step N/M, canary after
+    stable, the reason, and the last verdict's figures and checks."""
+    if not r:
+        return EMPTY
+    step, steps = r.get("step"), r.get("steps")
+    position = f"step {_or_unknown(step)}/{_or_unknown(steps)}" if steps else "no step"
+    rows: list[tuple[str, Any]] = [
+        ("Step", fill("$p $s", p=position, s=f"({r['step_spec']})" if r.get("step_spec") else "")),
+        ("Canary", fill("<b>$c</b> after <b>$s</b>", c=r.get("canary"), s=r.get("stable"))),
+        ("Reason", r.get("reason") or ""),
+        ("Mode", r.get("mode") or ""),
+        ("Started at", fill("<code>$c</code>", c=short(r.get("start_commit")))),
+        ("Last commit", fill("<code>$c</code>", c=short(r.get("last_commit")))),
+    ]
+    if r.get("branch"):
+        rows.append(("Branch to merge", fill("<code>$b</code>", b=r["branch"])))
+    analysis = r.get("analysis") or {}
+    if analysis:
+        rows.append(
+            (
+                "Verdict",
+                f"{analysis.get('outcome')}: {analysis.get('reason')}"
+                + (
+                    f" (after {analysis['elapsed_s']:.0f} s)"
+                    if analysis.get("elapsed_s") is not None
+                    else ""
+                ),
+            )
+        )
+        rows += [
+            (
+                f"{f.get('role')} {f.get('deployment')} ({f.get('kind')})",
+                f"{f.get('requests')} requests, {f.get('errors')} errors, p99 "
+                + ("n/a" if f.get("p99_ms") is None else f"{f['p99_ms']:g} ms"),
+            )
+            for f in analysis.get("deployments") or []
+        ]
+        if analysis.get("shadow"):
+            shadow = analysis["shadow"]
+            rows.append(("Shadow", f"{shadow['agree']} agree, {shadow['disagree']} disagree"))
+    table = join(fill("<tr><th>$k</th><td>$v</td></tr>", k=k, v=v) for k, v in rows)
+    checks = join(
+        fill(
+            '<li class="check-$cls"><code>$t</code> $text ($state)</li>',
+            cls=str(c.get("state") or "").replace(" ", "-"),
+            t=c.get("threshold"),
+            text=c.get("text"),
+            state=c.get("state"),
+        )
+        for c in analysis.get("checks") or []
+    )
+    return fill(
+        '<section class="rollout" data-state="$state"><h2 class="section">Rollout '
+        '<span class="state">$state</span></h2>'
+        '<table class="kv">$table</table>$checks</section>\n',
+        state=r.get("state") or "unknown",
+        table=table,
+        checks=fill('<ul class="steps checks">$c</ul>', c=checks) if checks else "",
     )
 
 

@@ -13,6 +13,7 @@ from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     XSS,
     Served,
     _apply_head,
+    record_rollout,
     served_repo_fixture,
     serving,
 )
@@ -86,7 +87,19 @@ def test_overview_follows_a_traffic_commit_without_reload(
         browser.screenshot(tmp_path / "overview-1280-live.png")
 
 
-def _wait(condition: object, timeout_s: float = 20.0) -> None:
+def test_the_rollout_block_fits_a_phone(served_repo: Served, tmp_path: Path) -> None:
+    """A rollout's reason and checks of any length wrap at 390 pixels wide."""
+    record_rollout(served_repo.repo, "waiting " + "x" * 120)
+    with serving(served_repo.repo.root) as base, chromium(javascript=False) as browser:
+        browser.resize(390, 844)
+        browser.open(base + "/endpoints/my-endpoint")
+        assert browser.texts("section.rollout h2") == ["Rollout Progressing"]
+        browser.run("document.querySelector('section.rollout').scrollIntoView()")
+        browser.screenshot(tmp_path / "rollout-390.png")
+        assert _no_horizontal_scroll(browser)
+
+
+def _wait(condition: object, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "the page did not change in time"

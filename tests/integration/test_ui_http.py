@@ -19,6 +19,7 @@ from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     Served,
     _apply_head,
     get,
+    record_rollout,
     served_repo_fixture,
     serving,
 )
@@ -89,6 +90,54 @@ def test_api_endpoint_detail_joins_the_desired_state_at_the_applied_commit(
     assert green["spec"]["readiness_probe"]["failure_threshold"] == 30
     assert missing == 404
     assert "nope" in json.loads(missing_body)["error"]
+
+
+def test_the_rollout_in_progress_is_on_the_endpoint_page_and_in_its_api(
+    served_repo: Served,
+) -> None:
+    """A status file with a `rollout:` block (the daemon's rollouter writes one): step N/M,
+    canary after stable, the verdict's figures and reason, escaped on the page."""
+    record_rollout(served_repo.repo, f"waiting {XSS}")
+    with serving(served_repo.repo.root) as base:
+        status, _, body = get(base + "/api/endpoints/my-endpoint")
+        _, _, page = get(base + "/endpoints/my-endpoint")
+        _, _, other = get(base + "/endpoints/other-endpoint")
+        _, _, other_body = get(base + "/api/endpoints/other-endpoint")
+    assert status == 200
+    rollout = json.loads(body)["rollout"]
+    assert (rollout["state"], rollout["step"], rollout["steps"]) == ("Progressing", 2, 4)
+    assert (rollout["canary"], rollout["stable"]) == ("green", "blue")
+    assert rollout["reason"] == f"waiting {XSS}"
+    assert rollout["analysis"]["deployments"] == [
+        {
+            "role": "canary",
+            "deployment": "green",
+            "kind": "live",
+            "requests": 37,
+            "errors": 1,
+            "p99_ms": 18.25,
+        },
+        {
+            "role": "stable",
+            "deployment": "blue",
+            "kind": "live",
+            "requests": 40,
+            "errors": 0,
+            "p99_ms": None,
+        },
+    ]
+    assert json.loads(other_body)["rollout"] is None
+    section = page[page.index('<section class="rollout"') :]
+    section = section[: section.index("</section>")]
+    assert 'data-state="Progressing"' in section
+    assert "step 2/4 (traffic 50%)" in section
+    assert "<b>green</b> after <b>blue</b>" in section
+    assert "canary green (live)</th><td>37 requests, 1 errors, p99 18.25 ms" in section
+    assert "stable blue (live)</th><td>40 requests, 0 errors, p99 n/a" in section
+    assert "wait: too few requests (after 42 s)" in section
+    assert "<code>error_rate</code> 2.7% &lt;= 5% (ok)" in section
+    assert "&lt;script&gt;alert(&quot;x&quot;)" in section and "<script>alert" not in page
+    assert '<section class="rollout"' not in other
 
 
 def test_history_says_which_commit_moved_what_traffic_and_who_made_it(

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from repo_builder import RepoBuilder
 
 from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
+from reconciler.status import render_status
 from reconciler.targets.memory import MemoryTarget
 from reconciler.ui.server import UiOptions, start
 from reconciler.ui.source import GitStatusSource
@@ -72,6 +74,57 @@ def served_repo_fixture(repo: RepoBuilder) -> Served:
     second = repo.commit(f"move traffic {XSS}")
     _apply_head(repo, target)
     return Served(repo, target, first, second)
+
+
+def rollout_block(reason: str) -> dict[str, object]:
+    """A `rollout:` block as reconciler.rollouter writes it (Verdict.as_json inside)."""
+    return {
+        "state": "Progressing",
+        "stable": "blue",
+        "canary": "green",
+        "step": 2,
+        "steps": 4,
+        "step_spec": "traffic 50%",
+        "mode": "commit",
+        "reason": reason,
+        "start_commit": "b" * 40,
+        "last_commit": "c" * 40,
+        "analysis": {
+            "outcome": "wait",
+            "reason": "too few requests",
+            "elapsed_s": 42.5,
+            "canary": {
+                "deployment": "green",
+                "kind": "live",
+                "requests": 37,
+                "errors": 1,
+                "p99_ms": 18.25,
+            },
+            "stable": {
+                "deployment": "blue",
+                "kind": "live",
+                "requests": 40,
+                "errors": 0,
+                "p99_ms": None,
+            },
+            "shadow": None,
+            "checks": [
+                {"threshold": "error_rate", "state": "ok", "text": "2.7% <= 5%"},
+                {"threshold": "min_requests", "state": "too few requests", "text": reason},
+            ],
+        },
+    }
+
+
+def record_rollout(repo: RepoBuilder, reason: str) -> None:
+    """A status commit that adds rollout_block(reason) to my-endpoint's status file."""
+    source = GitSource(repo.root)
+    files = dict(source.find_status(DEFAULT_STATUS_BRANCH, fetch=False).files)
+    path = "status/my-endpoint.yaml"
+    doc = yaml.safe_load(files[path])
+    doc["rollout"] = rollout_block(reason)
+    files[path] = render_status(doc)
+    source.write_status(files, message="rollout step 2")
 
 
 @contextmanager

@@ -147,3 +147,17 @@ def test_bars_are_width_classes_with_the_numbers_in_text() -> None:
     assert "green <b>0%</b>" in bars
     assert '<span class="seg mirror w20 c1" title="mirror green 20%"></span>' in bars
     assert "green <b>20%</b> mirrored" in bars
+
+
+def test_a_hand_edited_rollout_block_is_coerced_not_fatal() -> None:
+    doc = _doc(rollout={"state": "Paused", "step": "two", "analysis": {"checks": ["x"]}})
+    snap = StatusSnapshot("reconcile-status", "c" * 40, 1, "a" * 40, {"shop": doc})
+    detail = data.endpoint_detail(snap, "shop", None)
+    assert detail is not None
+    rollout = detail["rollout"]
+    assert (rollout["state"], rollout["step"], rollout["canary"]) == ("Paused", None, None)
+    assert rollout["analysis"]["checks"] == [{"threshold": None, "state": None, "text": None}]
+    page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
+    assert '<section class="rollout" data-state="Paused">' in page
+    assert "no step" in page
+    assert data.rollout("not a mapping") is None
