@@ -185,61 +185,54 @@ def traffic_bars(traffic: Sequence[Mapping[str, Any]], mirror: Sequence[Mapping[
     colours = {str(s["deployment"]): i % PALETTE for i, s in enumerate(traffic)}
     for s in mirror:
         colours.setdefault(str(s["deployment"]), len(colours) % PALETTE)
+    out = _bar(traffic, colours, label="Traffic", kind="", empty=Safe("<li>none</li>"))
+    if mirror:
+        out = fill("$a$b", a=out, b=_bar(mirror, colours, label="Mirror", kind="mirror"))
+    return out
+
+
+def _bar(
+    shares: Sequence[Mapping[str, Any]],
+    colours: Mapping[str, int],
+    *,
+    label: str,
+    kind: str,
+    empty: Safe | None = None,
+) -> Safe:
+    """One labelled bar (kind "" for live traffic, "mirror" for mirrored) and its legend."""
     segments = join(
         fill(
-            '<span class="seg w$p c$c" title="$d $p%"></span>',
+            '<span class="seg$k w$p c$c" title="$t$d $p%"></span>',
+            k=f" {kind}" if kind else "",
+            t=f"{kind} " if kind else "",
             p=int(s["percent"]),
             c=colours[str(s["deployment"])],
             d=s["deployment"],
         )
-        for s in traffic
+        for s in shares
         if int(s["percent"]) > 0
     )
     legend = join(
         fill(
-            '<li><span class="key c$c"></span>$d <b>$p%</b></li>',
+            '<li><span class="key$k c$c"></span>$d <b>$p%</b>$m</li>',
+            k=f" {kind}" if kind else "",
             c=colours[str(s["deployment"])],
             d=s["deployment"],
             p=s["percent"],
+            m=" mirrored" if kind else "",
         )
-        for s in traffic
+        for s in shares
     )
-    out = fill(
-        '<div class="traffic"><div class="label">Traffic</div>'
-        '<div class="bar" role="img" aria-label="traffic">$segments</div>'
+    aria = "mirror traffic" if kind else "traffic"
+    return fill(
+        '<div class="traffic"><div class="label">$label</div>'
+        '<div class="bar" role="img" aria-label="$aria">$segments</div>'
         '<ul class="legend">$legend</ul></div>\n',
+        label=label,
+        aria=aria,
         segments=segments,
-        legend=legend or Safe("<li>none</li>"),
+        legend=legend or empty or Safe(""),
     )
-    if mirror:
-        msegs = join(
-            fill(
-                '<span class="seg mirror w$p c$c" title="mirror $d $p%"></span>',
-                p=int(s["percent"]),
-                c=colours[str(s["deployment"])],
-                d=s["deployment"],
-            )
-            for s in mirror
-            if int(s["percent"]) > 0
-        )
-        mlegend = join(
-            fill(
-                '<li><span class="key mirror c$c"></span>$d <b>$p%</b> mirrored</li>',
-                c=colours[str(s["deployment"])],
-                d=s["deployment"],
-                p=s["percent"],
-            )
-            for s in mirror
-        )
-        out = fill(
-            '$out<div class="traffic"><div class="label">Mirror</div>'
-            '<div class="bar" role="img" aria-label="mirror traffic">$segments</div>'
-            '<ul class="legend">$legend</ul></div>\n',
-            out=out,
-            segments=msegs,
-            legend=mlegend,
-        )
-    return out
 
 
 def errors_block(e: Mapping[str, Any]) -> Safe:
