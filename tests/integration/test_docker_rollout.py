@@ -193,7 +193,7 @@ def test_a_good_version_is_promoted_from_mirror_to_100_under_load_with_no_failed
     [
         pytest.param(None, "shadow_agreement", id="answers-differently"),
         pytest.param(FAILS_ONE_IN_FIVE, "error_rate", id="fails-one-request-in-five"),
-        pytest.param(SLOW, "p99_ratio", id="five-times-slower"),
+        pytest.param(SLOW, "p99_ratio", id="over-five-times-slower"),
     ],
 )
 def test_a_bad_version_is_rolled_back_by_a_commit_during_the_mirror_step_and_stable_serves(
