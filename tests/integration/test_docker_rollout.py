@@ -1,48 +1,135 @@
-"""A rollout end to end on the real Docker Engine: the daemon (in a thread, on the test's
-own git checkout) reads the real router's metrics port while steady load goes through the
-router, and promotes a good new version from mirror to 100% by commits, with no failed
-request. Steps of seconds."""
+"""Rollouts end to end on the real Docker Engine: the daemon (in a thread, on the test's own
+git checkout) reads the real router's metrics port while steady load goes through the
+router. A good new version is promoted from mirror to 100% by commits, with no failed
+request; a bad one (it answers differently, fails one request in five, or is much slower)
+is rolled back by a commit during the mirror step, while the stable deployment answers
+every request. Steps of seconds; the figures of each run are printed (`pytest -s`)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
+import structlog
 import yaml
+from structlog.typing import EventDict, WrappedLogger
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH
 from reconciler.rollouts.machine import read_mark
 
 if TYPE_CHECKING:
-    from docker_target_fixtures import DockerWorld
+    from docker_target_fixtures import DockerWorld, Load
 
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-EP = "rollout-ep"
+EP: Final = "rollout-ep"
+STEPS: Final = [{"mirror": 20, "for": "2s"}, {"traffic": 50, "for": "2s"}, 100]
+
+# Bad versions of the stable model (it answers {"version": "1", "echo": <the request>}).
+# Those that fail or are slow answer as it does, so that only their own fault shows.
+FAILS_ONE_IN_FIVE: Final = """\
+import itertools
+import json
+
+calls = itertools.count(1)
 
 
-def test_a_good_version_is_promoted_from_mirror_to_100_under_load_with_no_failed_request(
-    docker_world: DockerWorld,
-) -> None:
-    world = docker_world
+def init():
+    pass
+
+
+def run(raw_data):
+    if next(calls) % 5 == 0:
+        raise RuntimeError("one request in five fails")
+    return {"version": "1", "echo": json.loads(raw_data)}
+"""
+
+# 200 ms a request: the stable model answers through the router in a few ms (tens on a
+# busy machine), so this is over 5x its p99 even then.
+SLOW: Final = """\
+import json
+import time
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    time.sleep(0.2)
+    return {"version": "1", "echo": json.loads(raw_data)}
+"""
+
+
+def _stamped(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Each captured log event gets the monotonic time it was logged at (the figures)."""
+    event["at"] = time.monotonic()
+    return event
+
+
+@dataclass
+class Watched:
+    """The daemon watching the test's repository, under load, its log events captured."""
+
+    world: DockerWorld
+    load: Load
+    logged: list[EventDict]
+
+    def status(self) -> dict[str, Any]:
+        try:
+            text = self.world.repo.git("show", f"{DEFAULT_STATUS_BRANCH}:status/{EP}.yaml")
+        except Exception:
+            return {}
+        doc = yaml.safe_load(text)
+        return doc if isinstance(doc, dict) else {}
+
+    def rollout(self) -> dict[str, Any]:
+        block = self.status().get("rollout")
+        return block if isinstance(block, dict) else {}
+
+    def state(self) -> object:
+        return self.rollout().get("state")
+
+    def marks(self) -> list[tuple[int, bool]]:
+        """(step, rollback) of each rollout commit on main, oldest first."""
+        log = self.world.repo.git("log", "--format=%H%x1f%B%x1e", "main")
+        marks = [read_mark(entry) for entry in log.split("\x1e") if "Reconcile-Rollout:" in entry]
+        return [(m.step, m.rollback) for m in reversed(marks) if m]
+
+    def events(self, name: str, **fields: object) -> list[EventDict]:
+        return [
+            e
+            for e in list(self.logged)
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    def new_version(self, score_py: str | None = None) -> None:
+        """Deployment green at 0 traffic with a new model (version 2, or `score_py`)."""
+        if score_py is None:
+            self.world.code("src2", "2")
+        else:
+            self.world.repo.write("src2/score.py", score_py)
+        self.world.repo.deployment(EP, "green", code="../../src2")
+        self.world.repo.commit("green: a new model")
+
+    def commit_log(self) -> str:
+        return self.world.repo.git("log", "--format=%s%n%b", "main")
+
+
+@contextlib.contextmanager
+def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watched]:
+    """Blue (version 1) serving, a rollout policy of three short steps with `thresholds`
+    committed and applied, then the daemon watching it under load until the block ends."""
     world.serve(EP, version="1")
-    world.repo.write(
-        "reconciler.yaml",
-        yaml.safe_dump(
-            {
-                "rollouts": {
-                    "default": {
-                        "steps": [{"mirror": 20, "for": "2s"}, {"traffic": 50, "for": "2s"}, 100],
-                        "interval": "1s",
-                        "thresholds": {"error_rate": 0.01, "min_requests": 5},
-                    }
-                }
-            }
-        ),
-    )
+    policy = {"steps": STEPS, "interval": "1s", "thresholds": thresholds}
+    world.repo.write("reconciler.yaml", yaml.safe_dump({"rollouts": {"default": policy}}))
     world.repo.commit("a rollout policy")
     world.apply()
     daemon = Daemon(
@@ -51,49 +138,108 @@ def test_a_good_version_is_promoted_from_mirror_to_100_under_load_with_no_failed
         WatchOptions(interval_s=60.0, progress_interval_s=0.5),
     )
     thread = threading.Thread(target=daemon.run, daemon=True)
-
-    def status() -> dict[str, object]:
-        try:
-            text = world.repo.git("show", f"{DEFAULT_STATUS_BRANCH}:status/{EP}.yaml")
-        except Exception:
-            return {}
-        doc = yaml.safe_load(text)
-        return doc if isinstance(doc, dict) else {}
-
-    def state() -> object:
-        block = status().get("rollout")
-        return block.get("state") if isinstance(block, dict) else None
-
-    policy = world.repo.git("rev-parse", "HEAD")
-    with world.load(EP) as load:
+    head = world.repo.git("rev-parse", "HEAD")
+    # An earlier test may have configured structlog with cached loggers, which
+    # capture_logs cannot see through.
+    structlog.reset_defaults()
+    with structlog.testing.capture_logs(processors=[_stamped]) as logged, world.load(EP) as load:
+        watch = Watched(world, load, logged)
         thread.start()
         try:
-            world.wait_for(lambda: status().get("commit") == policy, what="the daemon's pass")
-            world.code("src2", "2")
-            world.repo.deployment(EP, "green", code="../../src2")
-            world.repo.commit("green: version 2")
-            world.wait_for(
-                lambda: state() in ("Succeeded", "Failed"), what="the rollout's end", timeout=300
-            )
-            world.wait_for(
-                lambda: world.score(EP).version == "2", what="version 2 answering", timeout=30
-            )
+            world.wait_for(lambda: watch.status().get("commit") == head, what="the daemon's pass")
+            yield watch
         finally:
             daemon.stop()
             thread.join(timeout=60)
-    assert state() == "Succeeded", status().get("rollout")
+
+
+def test_a_good_version_is_promoted_from_mirror_to_100_under_load_with_no_failed_request(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    with watched(world, {"error_rate": 0.01, "min_requests": 5}) as watch:
+        began = time.monotonic()
+        watch.new_version()
+        world.wait_for(
+            lambda: watch.state() in ("Succeeded", "Failed"), what="the rollout's end", timeout=300
+        )
+        world.wait_for(
+            lambda: world.score(EP).version == "2", what="version 2 answering", timeout=30
+        )
+    load = watch.load
+    assert watch.state() == "Succeeded", watch.rollout()
     assert load.failures == []
     assert len(load.answers) > 100
-    log = world.repo.git("log", "--format=%H%x1f%B%x1e", "main")
-    marks = [read_mark(entry) for entry in log.split("\x1e") if "Reconcile-Rollout:" in entry]
-    assert [(m.step, m.rollback) for m in reversed(marks) if m] == [
-        (1, False),
-        (2, False),
-        (3, False),
-    ]
+    assert watch.marks() == [(1, False), (2, False), (3, False)]
     promoted = world.repo.git("log", "--grep", "step 2/3", "--format=%B", "main")
     assert "Step 1/3 (mirror 20% for 2s) passed" in promoted
     assert "green (mirror):" in promoted and "0 errors" in promoted
     doc = yaml.safe_load((world.repo.root / f"endpoints/{EP}/endpoint.yml").read_text())
     assert doc["traffic"] == {"blue": 0, "green": 100}
     assert world.repo.git("status", "--porcelain") == ""
+    commits = [e["at"] for e in watch.events("rollout_committed", endpoint=EP)]
+    [ended] = [e["at"] for e in watch.events("rollout_ended", endpoint=EP)]
+    steps = [f"{b - a:.1f} s" for a, b in zip(commits, [*commits[1:], ended], strict=True)]
+    print(
+        f"\npromotion: new version committed -> step 1 commit {commits[0] - began:.1f} s; "
+        f"time per step {', '.join(steps)}; rollout {ended - began:.1f} s; "
+        f"requests served {len(load.answers)}, failed {len(load.failures)}"
+    )
+    print(watch.commit_log())
+
+
+@pytest.mark.parametrize(
+    ("score_py", "failed_check"),
+    [
+        pytest.param(None, "shadow_agreement", id="answers-differently"),
+        pytest.param(FAILS_ONE_IN_FIVE, "error_rate", id="fails-one-request-in-five"),
+        pytest.param(SLOW, "p99_ratio", id="over-five-times-slower"),
+    ],
+)
+def test_a_bad_version_is_rolled_back_by_a_commit_during_the_mirror_step_and_stable_serves(
+    docker_world: DockerWorld, score_py: str | None, failed_check: str
+) -> None:
+    world = docker_world
+    # Loose agreement: a version failing one request in five still agrees on 80% of the
+    # compared answers (its errors count against agreement), so only error_rate fails it.
+    thresholds = {"error_rate": 0.05, "p99_ratio": 3, "shadow_agreement": 0.7, "min_requests": 5}
+    with watched(world, thresholds) as watch:
+        watch.new_version(score_py)
+        world.wait_for(lambda: (1, True) in watch.marks(), what="the rollback commit", timeout=120)
+        observer = world.new_target()  # the daemon's own target is the daemon thread's
+
+        def stable_only() -> bool:
+            live = observer.observe().endpoint(EP)
+            assert live is not None
+            traffic, mirror = dict(live.spec.traffic), dict(live.spec.mirror_traffic)
+            return traffic.get("blue") == 100 and not any(mirror.values())
+
+        world.wait_for(stable_only, what="traffic back on blue, mirror off", timeout=60)
+        back_on_stable = time.monotonic()
+        world.wait_for(lambda: watch.state() == "Failed", what="the rollout's end")
+        served = len(watch.load.answers)
+        world.wait_for(
+            lambda: len(watch.load.answers) > served + 20, what="blue serving after the rollback"
+        )
+    load = watch.load
+    rollout = watch.rollout()
+    assert rollout.get("state") == "Failed", rollout
+    failed = {c["threshold"] for c in rollout["analysis"]["checks"] if c["state"] == "failed"}
+    assert failed_check in failed, rollout["analysis"]
+    # Rolled back at the mirror step, before any live traffic reached green.
+    assert watch.marks() == [(1, False), (1, True)]
+    assert "Reconcile-Rollout: rollout-ep rollback at step 1/3" in watch.commit_log()
+    doc = yaml.safe_load((world.repo.root / f"endpoints/{EP}/endpoint.yml").read_text())
+    assert {k: v for k, v in doc["traffic"].items() if v} == {"blue": 100}
+    assert not any((doc.get("mirror_traffic") or {}).values())
+    assert load.failures == []
+    assert {a.deployment for a in load.answers} == {"blue"}
+    [failing, *_] = watch.events("rollout_judged", endpoint=EP, outcome="fail")
+    [rollback] = watch.events("rollout_committed", endpoint=EP, action="rollback")
+    print(
+        f"\nrollback ({failed_check}): failing judgement -> rollback commit "
+        f"{rollback['at'] - failing['at']:.2f} s, -> traffic back on stable "
+        f"{back_on_stable - failing['at']:.2f} s; requests served {len(load.answers)}, "
+        f"failed {len(load.failures)}"
+    )
+    print(watch.commit_log())

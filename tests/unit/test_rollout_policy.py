@@ -225,4 +225,7 @@ def test_the_example_repository_policy_is_valid() -> None:
     from pathlib import Path
 
     text = (Path(__file__).parents[2] / "example-repo" / "reconciler.yaml").read_text()
-    config(text)  # raises on an error
+    policy = config(text).rollouts.default  # raises on an error
+    assert policy is not None
+    # Its mirror steps last the day that its policies.mirror_before_traffic asks for.
+    assert sum(s.for_s for s in policy.steps if s.kind is StepKind.MIRROR) >= 24 * 3600
