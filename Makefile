@@ -68,6 +68,7 @@ bench: setup
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/fix_during_rollout.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/many_endpoints.py --short
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
