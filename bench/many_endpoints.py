@@ -53,6 +53,7 @@ from docker_state import remove_target
 from repo_builder import RepoBuilder
 
 from reconciler.engine import converge, run_pass
+from reconciler.executor import Gate
 from reconciler.gitsource import GitSource
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.state import read_files
@@ -200,7 +201,7 @@ def run(
     def apply() -> float:
         tree = source.tree(source.resolve("HEAD"))
         started = time.perf_counter()
-        result = converge(tree, target, prune=False)
+        result = converge(tree, target, prune=False, gate=Gate(timeout_s=3600, poll_s=0.5))
         seconds = time.perf_counter() - started
         if result.failed or result.in_progress or result.plan.errors:
             raise SystemExit(f"apply did not converge: {result.plan.errors or result.results}")
