@@ -250,8 +250,8 @@ def run(
             n,
         )
         # The rest are measured: the failed ones leave the repository, so passes are idle.
-        for name in refused:
-            shutil.rmtree(repo.root / "endpoints" / name)
+        for endpoint in refused:
+            shutil.rmtree(repo.root / "endpoints" / endpoint)
         repo.commit("without the endpoints the engine could not hold")
         apply()
         n -= len(refused)
