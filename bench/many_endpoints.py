@@ -349,20 +349,6 @@ def run(
         f"idle pass over {n} endpoints, median",
         statistics.median(many),
     )
-    # The pass's listing of every container of the target: docker-py's own listing
-    # inspects them one after another; the target's overlaps the inspections.
-    started = time.perf_counter()
-    listed = client.containers.list(all=True, filters=label)
-    one_after_another = time.perf_counter() - started
-    started = time.perf_counter()
-    overlapped = target._containers()
-    figure(
-        f"listing of the target's {len(overlapped)} containers, inspections overlapped",
-        time.perf_counter() - started,
-        "s",
-        f"docker-py's listing of the {len(listed)}, one inspection after another",
-        one_after_another,
-    )
     figure("python -c pass (process start)", python_startup(), "s", "", None)
     worst_router = max(u for u, _ in router_mem)
     print(

@@ -196,9 +196,7 @@ ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
 # A router's /metrics is read from the host (the dashboard's charts): it answers at once.
 ROUTER_METRICS_TIMEOUT_S = 3.0
-# Engine calls a pass makes at once (inspections, state reads): docker-py's connection
-# pool holds 10.
-ENGINE_CALLS = 8
+STATE_READERS = 8  # endpoints' states read at once by a pass (engine archive calls)
 # Where a router says which config it serves (every worker of it), and how long a config
 # change waits for it to say the new one before the step is left in progress.
 ROUTER_DIGEST_PATH = "/-/config-digest"
@@ -357,30 +355,17 @@ class DockerTarget:
         return {"label": ours + [f"{L}{k}={v}" for k, v in labels.items()]}
 
     def _containers(self, **labels: str) -> list[Any]:
-        """The containers with these labels, each inspected (its full attributes), in the
-        engine's listing order. docker-py's own listing inspects them one after another:
-        a pass over many endpoints lists hundreds, so the inspections overlap here."""
         try:
-            found = self.client.containers.list(
-                all=True, filters=self._label_filter(**labels), sparse=True
+            # ignore_removed: a container removed between the listing and its inspection
+            # (by hand, by a step) is simply not there, rather than an engine error.
+            return list(
+                self.client.containers.list(
+                    all=True, filters=self._label_filter(**labels), ignore_removed=True
+                )
             )
-            if len(found) <= 1:
-                inspected = [self._inspect(c.id) for c in found]
-            else:
-                with ThreadPoolExecutor(max_workers=min(ENGINE_CALLS, len(found))) as pool:
-                    inspected = list(pool.map(self._inspect, [c.id for c in found]))
-            return [c for c in inspected if c is not None]
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             # A client that worked loses its engine as a ConnectionError of requests.
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
-
-    def _inspect(self, container_id: str) -> Any | None:
-        """The container, inspected; None when it was removed since the listing (by hand,
-        by a step): it is simply not there, rather than an engine error."""
-        try:
-            return self.client.containers.get(container_id)
-        except docker.errors.NotFound:
-            return None
 
     # --- connections (secrets environment variables reference: connections.py) --------
 
@@ -767,7 +752,7 @@ class DockerTarget:
             ):
                 return None
 
-        with ThreadPoolExecutor(max_workers=min(ENGINE_CALLS, len(wanted))) as pool:
+        with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(wanted))) as pool:
             for name, files in zip(wanted, pool.map(read, wanted.values()), strict=True):
                 if files is not None:
                     self._state_cache[name] = files
