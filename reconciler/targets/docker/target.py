@@ -69,6 +69,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,7 @@ ROUTER_PORT, ROUTER_METRICS_PORT = 8080, 9090
 LOG_TAIL = 30
 # A router's /metrics is read from the host (the dashboard's charts): it answers at once.
 ROUTER_METRICS_TIMEOUT_S = 3.0
+STATE_READERS = 8  # endpoints' states read at once by a pass (engine archive calls)
 # Where a router says which config it serves (every worker of it), and how long a config
 # change waits for it to say the new one before the step is left in progress.
 ROUTER_DIGEST_PATH = "/-/config-digest"
@@ -397,6 +399,13 @@ class DockerTarget:
         names = set(routers) | set(holders) | set(volumes) | {e for e, _ in instances}
         foreign = self._foreign(volumes)
         names -= set(foreign)
+        # The container _state_handle would choose: the first holder listed, else router.
+        handles: dict[str, Any] = {}
+        for role in ("router", "state"):
+            for c in reversed(containers):
+                if c.labels.get(f"{L}role") == role:
+                    handles[c.labels.get(f"{L}endpoint", "")] = c
+        self._read_states({name: handles.get(name) for name in names})
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
         networks = self._networks_by_endpoint()
         endpoints = [
@@ -722,6 +731,31 @@ class DockerTarget:
                 raise StateUnreadable(str(exc)) from None
             self._state_cache[endpoint] = files
         return self._state_cache[endpoint]
+
+    def _read_states(self, handles: Mapping[str, Any | None]) -> None:
+        """Read the state of every endpoint at once (a pass reads them all), each through
+        the container the pass's listing found (its holder, else its router, as
+        _state_handle chooses): no listing per endpoint, and the engine's archive reads,
+        which cost tens of milliseconds each, overlap. A state that cannot be read this way
+        is left out: _state reads it again on its own and says why."""
+        wanted = {name: handle for name, handle in handles.items() if handle is not None}
+        if not wanted:
+            return
+
+        def read(handle: Any) -> dict[str, bytes] | None:
+            try:
+                return read_state(handle)
+            except (
+                StateUnreadable,
+                docker.errors.DockerException,
+                requests.exceptions.ConnectionError,
+            ):
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(wanted))) as pool:
+            for name, files in zip(wanted, pool.map(read, wanted.values()), strict=True):
+                if files is not None:
+                    self._state_cache[name] = files
 
     def _state_json(self, endpoint: str, path: str) -> dict[str, Any]:
         """A JSON object of the state; {} when missing or unreadable."""

@@ -1,0 +1,68 @@
+"""What a pass of the Docker target asks the engine: its cost must not grow by a listing per
+endpoint (issue 15: an idle pass over 50 endpoints within a second).
+
+The engine is the real one; the client only counts the calls it passes on to it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import docker
+import pytest
+
+from reconciler.gitsource import GitSource
+from reconciler.targets.docker.target import DockerTarget
+
+if TYPE_CHECKING:
+    from docker_target_fixtures import DockerWorld
+
+pytest_plugins = ("docker_target_fixtures",)
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+class CountingAPI(docker.APIClient):  # type: ignore[misc]
+    """The Docker API client, counting the container listings and archive reads it sends."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: Counter[str] = Counter()
+
+    def containers(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["containers"] += 1
+        return super().containers(*args, **kwargs)
+
+    def get_archive(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["get_archive"] += 1
+        return super().get_archive(*args, **kwargs)
+
+
+def test_a_pass_lists_containers_once_and_reads_each_state_once(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    for name in ("obs-a", "obs-b"):
+        world.repo.endpoint(name)
+    world.repo.commit("two endpoints, no deployment")
+    world.apply()
+
+    client = docker.from_env(timeout=120)
+    api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
+    client.api = api
+    target = DockerTarget(
+        world.options,
+        repo_root=world.repo.root,
+        client=client,
+        repository=GitSource(world.repo.root).identity(),
+    )
+    live = target.observe()
+
+    assert sorted(e.name for e in live.endpoints) == ["obs-a", "obs-b"]
+    assert all(e.repair is None for e in live.endpoints), [e.repair for e in live.endpoints]
+    # One listing for the whole pass, not one more per endpoint to find its state's holder,
+    # and each endpoint's state read once.
+    assert api.calls["containers"] == 1, api.calls
+    assert api.calls["get_archive"] == 2, api.calls
+    # What it sees is what a target reading each state on its own sees.
+    assert live == world.new_target().observe()
