@@ -9,26 +9,12 @@ import time
 import yaml
 from click.testing import CliRunner
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 
 from reconciler.cli import main
 from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
-
-
-def _apply_head(repo: RepoBuilder, target: MemoryTarget) -> GitSource:
-    source = GitSource(repo.root)
-    commit = source.resolve("HEAD")
-    result = run_pass(
-        source.tree(commit),
-        target,
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
-    assert not result.failed, result.results
-    return source
 
 
 def _blue_green(repo: RepoBuilder) -> None:
@@ -42,7 +28,7 @@ def _blue_green(repo: RepoBuilder) -> None:
 def test_a_pass_writes_one_status_file_per_endpoint_without_secrets(repo: RepoBuilder) -> None:
     _blue_green(repo)
     commit = repo.commit("blue and green")
-    source = _apply_head(repo, MemoryTarget())
+    source = apply_head(repo, MemoryTarget())
     status_commit, files = source.read_status()
     assert status_commit is not None
     doc = yaml.safe_load(files["status/my-endpoint.yaml"])
@@ -61,16 +47,16 @@ def test_an_unchanged_pass_makes_no_status_commit(repo: RepoBuilder) -> None:
     _blue_green(repo)
     repo.commit("blue and green")
     target = MemoryTarget()
-    _apply_head(repo, target)
+    apply_head(repo, target)
     first = repo.git("rev-parse", DEFAULT_STATUS_BRANCH)
-    _apply_head(repo, target)
+    apply_head(repo, target)
     assert repo.git("rev-parse", DEFAULT_STATUS_BRANCH) == first
 
 
 def test_dry_run_against_the_status_branch_shows_field_changes(repo: RepoBuilder) -> None:
     _blue_green(repo)
     repo.commit("blue and green")
-    _apply_head(repo, MemoryTarget())
+    apply_head(repo, MemoryTarget())
     repo.deployment("my-endpoint", "blue", instance_count=3)
     repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50})
     repo.commit("scale blue, move traffic")
@@ -90,7 +76,7 @@ def test_dry_run_against_the_status_branch_shows_field_changes(repo: RepoBuilder
 def test_dry_run_with_status_of_the_same_commit_plans_nothing(repo: RepoBuilder) -> None:
     _blue_green(repo)
     repo.commit("blue and green")
-    _apply_head(repo, MemoryTarget())
+    apply_head(repo, MemoryTarget())
     result = CliRunner().invoke(main, ["--repo", str(repo.root), "--dry-run", "--target", "status"])
     assert result.exit_code == 0, result.output
     assert "No changes" in result.output
@@ -99,7 +85,7 @@ def test_dry_run_with_status_of_the_same_commit_plans_nothing(repo: RepoBuilder)
 def test_status_command_reads_the_branch(repo: RepoBuilder) -> None:
     _blue_green(repo)
     repo.commit("blue and green")
-    _apply_head(repo, MemoryTarget())
+    apply_head(repo, MemoryTarget())
     result = CliRunner().invoke(main, ["status", "--repo", str(repo.root)])
     assert result.exit_code == 0, result.output
     assert "my-endpoint: Succeeded" in result.output
@@ -110,7 +96,7 @@ def test_an_invalid_commit_changes_nothing_and_records_its_errors(repo: RepoBuil
     _blue_green(repo)
     repo.commit("blue and green")
     target = MemoryTarget()
-    source = _apply_head(repo, target)
+    source = apply_head(repo, target)
     before = target.observe()
     repo.deployment("my-endpoint", "blue", instance_cout=3)  # a typo
     bad = repo.commit("typo")

@@ -12,27 +12,12 @@ import yaml
 from click.testing import CliRunner
 from kube_fake import apply_rev, failures, make_target, serve
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 
 from reconciler.cli import main
-from reconciler.engine import run_pass
 from reconciler.gitsource import GitSource
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.memory import MemoryTarget
-
-
-def _apply_head(repo: RepoBuilder) -> str:
-    source = GitSource(repo.root)
-    commit = source.resolve("HEAD")
-    result = run_pass(
-        source.tree(commit),
-        MemoryTarget(),
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
-    assert not result.failed, result.results
-    return commit
 
 
 def test_status_names_the_commit_the_time_and_what_each_deployment_runs(
@@ -43,7 +28,7 @@ def test_status_names_the_commit_the_time_and_what_each_deployment_runs(
     repo.deployment("my-endpoint", "blue")
     commit = repo.commit("blue")
     before = time.time()
-    _apply_head(repo)
+    apply_head(repo, MemoryTarget())
     result = CliRunner().invoke(main, ["status", "--repo", str(repo.root)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -63,7 +48,7 @@ def test_status_names_the_commit_the_time_and_what_each_deployment_runs(
 def test_status_says_no_endpoints_when_the_target_has_none(repo: RepoBuilder) -> None:
     repo.write("README.md", "nothing deployed yet\n")
     repo.commit("empty")
-    _apply_head(repo)
+    apply_head(repo, MemoryTarget())
     result = CliRunner().invoke(main, ["status", "--repo", str(repo.root)])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1:] == ["no endpoints"]

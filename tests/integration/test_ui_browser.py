@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from status_fixtures import apply_head
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     XSS,
     Served,
-    _apply_head,
     record_rollout,
     served_repo_fixture,
     serving,
@@ -81,7 +81,7 @@ def test_overview_follows_a_traffic_commit_without_reload(
             "my-endpoint", traffic={"blue": 10, "green": 90}, description=XSS, tags={"team": XSS}
         )
         repo.commit("most traffic to green")
-        _apply_head(repo, served_repo.target)
+        apply_head(repo, served_repo.target)
         _wait(lambda: browser.texts(mine) == ["blue 10%", "green 90%"])
         assert browser.run("return window.__notReloaded === true") is True
         browser.screenshot(tmp_path / "overview-1280-live.png")

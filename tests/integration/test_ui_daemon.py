@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import structlog
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 from ui_daemon_fixtures import (  # noqa: F401  (fixture: serve)
     KEY,
     Served,
@@ -28,7 +29,7 @@ from ui_daemon_fixtures import (  # noqa: F401  (fixture: serve)
     serve_fixture,
     wait_for,
 )
-from ui_fixtures import CLI, TOKEN, XSS, _apply_head, get, serving
+from ui_fixtures import CLI, TOKEN, XSS, get, serving
 
 from reconciler.targets.memory import MemoryTarget
 from reconciler.ui.server import CSP
@@ -326,7 +327,7 @@ def test_the_read_only_dashboard_has_no_test_form_nor_live_routes(
     repo: RepoBuilder, tmp_path: Path
 ) -> None:
     blue_green(repo)
-    _apply_head(repo, MemoryTarget())
+    apply_head(repo, MemoryTarget())
     with serving(repo.root) as base:
         _, _, page = get(base + "/endpoints/my-endpoint")
         assert 'name="csrf"' not in page and "<form" not in page

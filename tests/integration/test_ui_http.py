@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     CLI,
     TOKEN,
     XSS,
     Served,
-    _apply_head,
     get,
     record_rollout,
     served_repo_fixture,
@@ -236,7 +236,7 @@ def test_no_secret_reaches_a_page_or_the_api(served_repo: Served) -> None:
         },
     )
     repo.commit("environment variables")
-    _apply_head(repo, served_repo.target)
+    apply_head(repo, served_repo.target)
     with serving(repo.root) as base:
         bodies = [
             get(base + path)[2]
@@ -266,7 +266,7 @@ def test_server_sent_events_announce_a_new_status_commit(served_repo: Served) ->
         seen = [_next_event(stream)["fingerprint"]]
         repo.endpoint("my-endpoint", traffic={"blue": 20, "green": 80}, description=XSS)
         repo.commit("most to green")  # HEAD moves: an event (applied is now behind)
-        _apply_head(repo, served_repo.target)  # the status commit: an event
+        apply_head(repo, served_repo.target)  # the status commit: an event
         shown: list[dict[str, object]] = []
         while shown != [
             {"deployment": "blue", "percent": 20},

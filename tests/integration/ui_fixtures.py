@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 
-from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.status import render_status
 from reconciler.targets.memory import MemoryTarget
@@ -28,20 +28,6 @@ from reconciler.ui.source import GitStatusSource
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 TOKEN = "s3cret-dashboard-token"
 CLI = [sys.executable, "-c", "from reconciler.cli import main; main()"]
-
-
-def _apply_head(repo: RepoBuilder, target: MemoryTarget) -> None:
-    source = GitSource(repo.root)
-    commit = source.resolve("HEAD")
-    result = run_pass(
-        source.tree(commit),
-        target,
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
-    assert not result.failed, result.results
 
 
 @dataclass
@@ -67,12 +53,12 @@ def served_repo_fixture(repo: RepoBuilder) -> Served:
     repo.deployment("other-endpoint", "main")
     first = repo.commit("blue and green")
     target = MemoryTarget()
-    _apply_head(repo, target)
+    apply_head(repo, target)
     repo.endpoint(
         "my-endpoint", traffic={"blue": 50, "green": 50}, description=XSS, tags={"team": XSS}
     )
     second = repo.commit(f"move traffic {XSS}")
-    _apply_head(repo, target)
+    apply_head(repo, target)
     return Served(repo, target, first, second)
 
 
