@@ -105,9 +105,12 @@ class _Hub:
         self.current: str | None = None
 
     async def mark(self) -> str:
+        """The data's fingerprint now. Pages and new listeners ask for it too, so it never
+        touches `current`: only the poller's own readings decide what is a change (a page
+        drawn at the moment of a change must not swallow the event every other listener
+        needs)."""
         fingerprint: str = await self.call(self.source.fingerprint)
-        self.current = _digest(f"{fingerprint}\n{self.extra()}")
-        return self.current
+        return _digest(f"{fingerprint}\n{self.extra()}")
 
     async def run(self) -> None:
         while True:
@@ -119,6 +122,7 @@ class _Hub:
                 now = await self.mark()
             except Exception:  # a git hiccup must not end the streams: the next poll retries
                 continue
+            self.current = now
             if now != before:
                 for queue in list(self.listeners):
                     queue.put_nowait(now)
@@ -261,8 +265,10 @@ def _refused() -> web.Response:
 
 async def _snapshot(request: web.Request) -> tuple[Any, str]:
     app = request.app
-    snap = await app[_CALL](app[_SOURCE].snapshot)
+    # The mark first: the data read after it is at least as new, so a page never claims a
+    # fingerprint newer than what it shows (it would never be refreshed again).
     mark = await app[_HUB].mark()
+    snap = await app[_CALL](app[_SOURCE].snapshot)
     return snap, mark
 
 

@@ -279,6 +279,30 @@ def test_server_sent_events_announce_a_new_status_commit(served_repo: Served) ->
     assert len(set(seen)) == len(seen)  # each event announces a change
 
 
+def test_a_page_read_at_the_moment_of_a_change_leaves_the_event_to_every_listener(
+    served_repo: Served,
+) -> None:
+    """A page drawn between a change and the poller's next look used to record the new
+    fingerprint as seen, so no listener ever heard of the change (a browser kept showing
+    the old traffic: the flaky browser test of CI)."""
+    repo = served_repo.repo
+    with (
+        serving(repo.root, poll_s=1.5) as base,
+        urllib.request.urlopen(base + "/api/events", timeout=20) as stream,
+    ):
+        first = _next_event(stream)["fingerprint"]
+        repo.endpoint("my-endpoint", traffic={"blue": 30, "green": 70})
+        repo.commit("most to green")
+        apply_head(repo, served_repo.target)
+        # Another browser draws the page at once, before the poller looks again.
+        status, _, page = get(base + "/")
+        assert status == 200
+        drawn = re.search(r'data-fingerprint="([0-9a-f]+)"', page)
+        assert drawn is not None and drawn.group(1) != first
+        # The listener still hears of the change, with the fingerprint the page was drawn at.
+        assert _next_event(stream)["fingerprint"] == drawn.group(1)
+
+
 def _next_event(stream: object) -> dict[str, str]:
     lines: list[str] = []
     while True:

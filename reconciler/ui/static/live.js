@@ -15,12 +15,18 @@
   }
   var badge = document.getElementById("live");
   var busy = false;
+  // The newest fingerprint the server announced. An event that arrives while a refresh
+  // runs is not dropped: when the refresh ends, a page still behind it is read again
+  // (events come only on change, so a dropped one would leave the page stale for good).
+  var latest = shown;
 
   function refresh(wanted) {
+    latest = wanted;
     if (busy) {
       return;
     }
     busy = true;
+    var failed = false;
     fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {
         if (!response.ok) {
@@ -39,10 +45,20 @@
         }
       })
       .catch(function () {
-        // The next event tries again.
+        failed = true;
       })
       .then(function () {
         busy = false;
+        if (failed) {
+          // No event may come for a while (they come on change): try again soon.
+          window.setTimeout(function () {
+            if (latest !== shown) {
+              refresh(latest);
+            }
+          }, 2000);
+        } else if (latest !== shown && latest !== wanted) {
+          refresh(latest);
+        }
       });
   }
 
