@@ -359,15 +359,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[str] = asyncio.Queue()
     hub.listeners.add(queue)
     try:
-        mark = await hub.mark()
-        await response.write(_event(mark))
+        sent = await hub.mark()
+        await response.write(_event(sent))
         while True:
             try:
                 mark = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
-            await response.write(_event(mark))
+            # The poller's first reading (or one this stream already carried) is no change.
+            if mark != sent:
+                sent = mark
+                await response.write(_event(mark))
     except (ConnectionResetError, ConnectionError):
         pass
     finally:

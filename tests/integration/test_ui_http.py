@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -300,12 +301,16 @@ def test_a_page_read_at_the_moment_of_a_change_leaves_the_event_to_every_listene
         drawn = re.search(r'data-fingerprint="([0-9a-f]+)"', page)
         assert drawn is not None and drawn.group(1) != first
         # The listener still hears of the change, with the fingerprint the page was drawn at.
-        assert _next_event(stream)["fingerprint"] == drawn.group(1)
+        assert _next_event(stream, within_s=10)["fingerprint"] == drawn.group(1)
 
 
-def _next_event(stream: object) -> dict[str, str]:
+def _next_event(stream: object, within_s: float = 60.0) -> dict[str, str]:
+    # Keep-alive comments come every 15 s while nothing changes: the deadline is checked
+    # at each, so a missing event fails the test instead of hanging it.
+    deadline = time.monotonic() + within_s
     lines: list[str] = []
     while True:
+        assert time.monotonic() < deadline, "no event in time"
         raw = stream.readline()  # type: ignore[attr-defined]
         line = raw.decode().rstrip("\n")
         if line == "" and lines:

@@ -59,8 +59,20 @@ class Browser:
         return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
     def texts(self, css: str) -> list[str]:
-        found = self._call("POST", "/elements", {"using": "css selector", "value": css})
-        return [str(self._call("GET", f"/element/{next(iter(e.values()))}/text")) for e in found]
+        """The visible texts of the elements `css` selects. A live page may swap its content
+        between finding the elements and reading them (the driver answers 404, a stale
+        element): then they are found again."""
+        for attempt in range(10):
+            found = self._call("POST", "/elements", {"using": "css selector", "value": css})
+            try:
+                return [
+                    str(self._call("GET", f"/element/{next(iter(e.values()))}/text")) for e in found
+                ]
+            except urllib.error.HTTPError as err:
+                if err.code != 404 or attempt == 9:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
 
     def resize(self, width: int, height: int) -> None:
         self._call("POST", "/window/rect", {"width": width, "height": height})
