@@ -89,8 +89,7 @@ def test_the_queries_match_the_routers_labels_and_the_policys() -> None:
     assert found[promql.SHADOW_Q].startswith("sum by (result) (")
     assert f"router_shadow_comparisons_total{{{pair}}}" in found[promql.SHADOW_Q]
     assert found[promql.SHADOW_DELTA].startswith(
-        f"sum({promql.increase(f'router_shadow_latency_delta_seconds_sum{{{pair}}}', 90.5)})"
-        " / sum("
+        f"sum({promql.increase(f'router_shadow_latency_delta_seconds_sum{{{pair}}}', 90.5)}) / sum("
     )
 
 
