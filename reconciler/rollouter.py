@@ -374,7 +374,12 @@ class Rollouter:
         except (TargetError, ValueError, OSError, PrometheusError) as exc:
             self.tracked[endpoint] = tracked
             where = "the router's metrics" if source is None else "the metrics from Prometheus"
-            self._block(endpoint, State.PROGRESSING, f"cannot read {where}: {exc}")
+            # The step is known even without a window: status names it.
+            reason = f"cannot read {where}: {exc}"
+            log.warning(
+                "rollout_metrics_unreadable", endpoint=endpoint, step=position, error=reason
+            )
+            self._block(endpoint, State.PROGRESSING, reason, step=position)
             return None
         if window is None:
             log.info("rollout_step_window", endpoint=endpoint, step=position)

@@ -5,6 +5,11 @@ optional package) runs on 127.0.0.1 on a free port, with its configuration and i
 the test's temporary folder and a scrape interval of SCRAPE_S, scraping the metrics ports
 the test names. Tests that need it skip with the reason when the binary is absent. The
 Debian service of the package (port 9090) is never used or touched.
+
+Prometheus 2 sends discovered targets to its scrapers every 5 s, so a target's first scrape
+comes about 5 s after the server starts: tests start the server first, on a metrics port
+picked for the router (`free_port`), and the router after it, so that the wait runs
+alongside the rest of their setup.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_fixtures import (  # noqa: F401  (fixture: start_prometheus)
     PrometheusServer,
+    free_port,
     start_prometheus_fixture,
 )
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
@@ -98,6 +99,8 @@ def mirrored(
     start_router: Callable[..., RouterProcess],
     start_prometheus: Callable[..., PrometheusServer],
 ) -> Iterator[tuple[RouterProcess, PrometheusServer, Backends]]:
+    metrics_port = free_port()
+    server = start_prometheus([f"127.0.0.1:{metrics_port}"])  # first: see prometheus_fixtures
     blue = backends.start("blue")
     green = backends.start("green")
     router = start_router(
@@ -105,9 +108,9 @@ def mirrored(
             [deployment("blue", [blue]), deployment("green", [green])],
             traffic={"blue": 100},
             mirror={"green": 50},
-        )
+        ),
+        metrics_port=metrics_port,
     )
-    server = start_prometheus([f"127.0.0.1:{router.metrics_port}"])
     yield router, server, backends
 
 
