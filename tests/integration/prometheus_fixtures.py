@@ -36,12 +36,6 @@ def have_prometheus() -> bool:
     return Path(BINARY).is_file()
 
 
-needs_prometheus = pytest.mark.skipif(
-    not have_prometheus(),
-    reason="no prometheus binary (Debian package `prometheus`; `make setup` installs it)",
-)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
