@@ -101,6 +101,10 @@ class Window:
     snapshot: Snapshot
     began: float  # monotonic
     judged: float  # when it was last judged (began, before the first judgement)
+    # Where its figures come from (None: the router, through the target). A policy that
+    # changes its source mid-step begins a new window: a router snapshot is no start for
+    # Prometheus's figures, nor the reverse.
+    source: PrometheusSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,12 +353,14 @@ class Rollouter:
         """The tracked rollout with its window begun or judged when due; None when the
         router's metrics cannot be read (the step waits, never promotes)."""
         now = self.clock()
-        window = tracked.window if tracked.window and tracked.window.step == position else None
         rollout = tracked.rollout
+        source = rollout.policy.metrics
+        window = tracked.window
+        if window is not None and (window.step != position or window.source != source):
+            window = None
         due = window is None or now - window.judged >= rollout.policy.interval_s - _SOON_S
         if not due:
             return tracked
-        source = rollout.policy.metrics
         step = rollout.policy.step(position)
         canary_kind = MIRROR if step.kind is StepKind.MIRROR else LIVE
         try:
@@ -383,7 +389,8 @@ class Rollouter:
             return None
         if window is None:
             log.info("rollout_step_window", endpoint=endpoint, step=position)
-            return replace(tracked, window=Window(position, snapshot, now, now), verdict=None)
+            window = Window(position, snapshot, now, now, source)
+            return replace(tracked, window=window, verdict=None)
         if figures is None:
             figures = figures_of(
                 snapshot.since(window.snapshot),

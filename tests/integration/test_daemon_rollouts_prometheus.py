@@ -5,8 +5,9 @@ clone), a real router process (`python -m reconciler.router`) in front of two re
 on loopback, callers sending requests through it all along, and /usr/bin/prometheus
 scraping the router's metrics port every 0.5 s. The target is the in-memory one, which also
 writes each traffic and mirror change to the router's configuration file (the router
-reloads it), so the canary gets the requests of the step git says. It cannot read any
-router's metrics itself: the policy's `metrics: {prometheus: ...}` is the only source.
+reloads it), so the canary gets the requests of the step git says, and reads the router's
+metrics port as the Docker target does (used only by a policy whose figures come from the
+router: status says `metrics: prometheus ...` otherwise).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
 from reconciler.daemon import Daemon, RemoteSource, WatchOptions
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH
 from reconciler.model.plan import Step
+from reconciler.rollouts.analysis import parse_exposition
 from reconciler.rollouts.machine import read_mark
 from reconciler.targets.base import ProgressCallback, Waiting
 from reconciler.targets.memory import MemoryTarget
@@ -75,6 +77,11 @@ class RouterTarget(MemoryTarget):
 
     config_path: Path = Path()
     backends: dict[str, Backend] = field(default_factory=dict)
+    metrics_url: str = ""
+
+    def router_metrics(self, endpoint: str) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as answer:
+            return str(answer.read().decode())
 
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
         waiting = super().apply(step, progress=progress)
@@ -137,6 +144,7 @@ class Setup:
     target: RouterTarget
     green: Backend
     prometheus: PrometheusServer
+    policy: dict[str, Any]
 
     def git(self, *args: str) -> str:
         done = subprocess.run(
@@ -164,6 +172,14 @@ class Setup:
             if m is not None
         ]
 
+    def push_policy(self, **changes: Any) -> None:
+        self.clone.git("pull", "-q", "--rebase", "origin", "main")
+        self.policy.update(changes)
+        self.clone.write("reconciler.yaml", yaml.safe_dump({"rollouts": {"default": self.policy}}))
+        self.clone.commit("rollout policy")
+        self.clone.git("push", "-q", "origin", "main")
+        self.daemon.trigger("push", fetch=True)
+
     def push_green(self) -> None:
         self.clone.git("pull", "-q", "--rebase", "origin", "main")
         self.clone.deployment(ENDPOINT, "green", model="azureml:sklearn-regression:2")
@@ -182,15 +198,18 @@ def setup(
 ) -> Iterator[Callable[..., Setup]]:
     made: list[tuple[Daemon, threading.Thread, Callers]] = []
 
-    def make(prometheus: dict[str, Any], *, green_status: int = 200) -> Setup:
+    def make(
+        prometheus: dict[str, Any], *, green_status: int = 200, step_for: str = "1500ms"
+    ) -> Setup:
         metrics_port = free_port()
         server = start_prometheus([f"127.0.0.1:{metrics_port}"])  # see prometheus_fixtures
         blue, green = backends.start("blue"), backends.start("green", status=green_status)
         target = RouterTarget(backends={"blue": blue, "green": green})
         router = start_router(target.router_doc({"blue": 100}, {}), metrics_port=metrics_port)
         target.config_path = router.config_path
+        target.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         policy = {
-            "steps": [{"traffic": 50, "for": "1500ms"}, 100],
+            "steps": [{"traffic": 50, "for": step_for}, 100],
             "interval": "1s",
             "thresholds": {"error_rate": 0.05, "min_requests": 5},
             "metrics": {"prometheus": {"address": server.address, "timeout": "3s", **prometheus}},
@@ -215,7 +234,7 @@ def setup(
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
         made.append((daemon, thread, callers))
-        s = Setup(remote, clone, daemon, target, green, server)
+        s = Setup(remote, clone, daemon, target, green, server, policy)
         wait_for(lambda: s.git("branch", "--list", DEFAULT_STATUS_BRANCH) != "", what="status")
         return s
 
@@ -283,3 +302,40 @@ def test_a_prometheus_refusing_the_token_holds_the_step_and_says_why(
     assert "analysis" not in block
     assert s.marks() == [(1, False)]  # neither promoted nor rolled back
     assert json.dumps(block).count("Bearer") == 0
+
+
+def test_a_step_whose_policy_leaves_prometheus_for_the_router_begins_a_new_window(
+    setup: Callable[..., Setup],
+) -> None:
+    """A router snapshot must be the start of the router's figures: without one (a window
+    begun on Prometheus), the step would count every request since the router started."""
+    s = setup({}, step_for="1m")
+    s.push_green()
+    wait_for(
+        lambda: s.block().get("analysis", {}).get("outcome") == "wait" and "metrics" in s.block(),
+        what="a first judgement from Prometheus",
+    )
+    before = s.prometheus.value(
+        f'sum(router_requests_total{{endpoint="{ENDPOINT}",deployment="blue",kind="live"}})'
+    )
+    assert before is not None and before > 0  # the callers' requests so far
+    judged = s.block()["analysis"]
+    pushed = time.monotonic()
+    s.push_policy(metrics="router", interval="500ms")
+    wait_for(
+        lambda: "metrics" not in s.block() and s.block().get("analysis", judged) != judged,
+        what="a judgement from the router",
+    )
+    since_push = time.monotonic() - pushed
+    blue_now = sum(
+        value
+        for labels, value in parse_exposition(s.target.router_metrics(ENDPOINT), ENDPOINT).values(
+            "router_requests_total"
+        )
+        if labels.get("deployment") == "blue" and labels.get("kind") == "live"
+    )
+    analysis = s.block()["analysis"]
+    # The window began after the policy changed, and counts only the requests since then:
+    # not the router's whole history (an empty start), nor the Prometheus window's time.
+    assert analysis["elapsed_s"] <= since_push
+    assert 0 < analysis["stable"]["requests"] <= blue_now - before
