@@ -111,17 +111,6 @@ class PrometheusServer:
         samples = self.query(expr)
         return float(samples[0]["value"][1]) if samples else None
 
-    def wait_for(self, expr: str, expected: float, timeout: float = 15) -> None:
-        """Until `expr` answers `expected` (the router's counters reached Prometheus)."""
-        deadline = time.monotonic() + timeout
-        seen: float | None = None
-        while time.monotonic() < deadline:
-            seen = self.value(expr)
-            if seen == expected:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"{expr} is {seen}, not {expected}, after {timeout}s")
-
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -58,7 +58,7 @@ def settled(router: RouterProcess) -> Snapshot:
     """The router's exposition once its mirrored copies have all ended (two equal reads)."""
     before = parse_exposition(router.metrics(), ENDPOINT)
     while True:
-        time.sleep(0.15)
+        time.sleep(0.25)
         now = parse_exposition(router.metrics(), ENDPOINT)
         if now == before:
             return now
@@ -67,6 +67,18 @@ def settled(router: RouterProcess) -> Snapshot:
 
 def total(snapshot: Snapshot) -> float:
     return sum(value for _, value in snapshot.values("router_requests_total"))
+
+
+def scraped(router: RouterProcess, server: PrometheusServer, timeout: float = 20) -> Snapshot:
+    """The router's settled exposition once Prometheus holds the same request count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snapshot = settled(router)
+        if server.value(ALL) == total(snapshot):
+            return snapshot
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Prometheus never caught up with {total(snapshot)} requests")
+        time.sleep(0.1)
 
 
 def prometheus_figures(
@@ -121,15 +133,14 @@ def test_prometheus_figures_of_a_step_equal_the_routers_own_and_count_a_new_erro
     green = next(b for b in backends.started if b.name == "green")
     # Traffic before the step: counted in neither figure.
     assert {r.status for r in load(f"{router.url}/score", 30, headers=AUTH)} == {200}
-    server.wait_for(ALL, total(settled(router)))
-    began, start = time.monotonic(), settled(router)
+    start = scraped(router, server)
+    began = time.monotonic()
 
     # The step: green starts failing, so its 424 series is born inside the window (its
     # whole value counts: increase() alone would lose the first scrape's errors).
     green.status = 500
     assert {r.status for r in load(f"{router.url}/score", 60, headers=AUTH)} == {200}
-    end = settled(router)
-    server.wait_for(ALL, total(end))
+    end = scraped(router, server)
     window_s = time.monotonic() - began
 
     from_router = step_figures(
