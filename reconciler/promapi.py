@@ -95,7 +95,7 @@ class PrometheusClient:
                 reason = f"no answer within {self.timeout_s:g}s"
             message = f"Prometheus at {self.address} did not answer: {reason}"
             raise PrometheusError(message) from None
-        answer = _json(body)
+        answer = _json(body, self.address)
         if not isinstance(answer, dict) or answer.get("status") != "success":
             raise PrometheusError(f"Prometheus at {self.address} gave no answer of its API")
         for warning in answer.get("warnings") or ():
@@ -109,7 +109,7 @@ class PrometheusClient:
                 "check bearer_token_env / bearer_token_file"
             )
         try:
-            answer = _json(exc.read(64 * 1024))
+            answer = _json(exc.read(64 * 1024), self.address)
         except PrometheusError:
             answer = None
         if isinstance(answer, dict) and answer.get("status") == "error":
@@ -118,8 +118,8 @@ class PrometheusClient:
         return f"Prometheus at {self.address} answered HTTP {exc.code} {exc.reason}"
 
 
-def _json(body: bytes) -> Any:
+def _json(body: bytes, address: str) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PrometheusError("Prometheus's answer is not JSON") from None
+        raise PrometheusError(f"the answer of {address} is not Prometheus's JSON") from None

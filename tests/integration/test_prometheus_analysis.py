@@ -201,6 +201,9 @@ def test_prometheus_down_or_refusing_a_query_is_an_error_that_names_the_server(
     server = start_prometheus([dead_address()])
     with pytest.raises(PrometheusError, match=r"refused the query \(bad_data: "):
         PrometheusClient(server.address).query("sum(")
+    # An address with a wrong prefix: the server's 404, with its status line.
+    with pytest.raises(PrometheusError, match=r"/prefix answered HTTP 404 Not Found"):
+        PrometheusClient(server.address + "/prefix").query("up")
     # A range vector is an answer, not the instant vector the figures read.
     data = PrometheusClient(server.address).query("up[1m]")
     with pytest.raises(promql.PromQLAnswerError, match="answered 'matrix', not a vector"):
