@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 # base image where no image can be pulled; docker-registry serves image-push tests.
 SYSTEM_PACKAGES ?= debootstrap docker-registry
 # Wanted, not required: chromium and chromium-driver run the dashboard's browser tests,
-# which skip without them (a failed download of a browser never fails the setup).
-OPTIONAL_PACKAGES ?= chromium chromium-driver
+# prometheus the tests of rollouts judged from a Prometheus server (its binary, run by the
+# tests on a free port); they skip without them (a failed download never fails the setup).
+OPTIONAL_PACKAGES ?= chromium chromium-driver prometheus
+# Services Debian starts when their package is installed (where systemd runs; in a
+# container policy-rc.d forbids it): the tests start their own server on a free port, so
+# those that this target installed (never one there before) are stopped and disabled.
+STOPPED_SERVICES := prometheus prometheus-node-exporter
 
 .PHONY: setup system-deps test lint unit integration demo bench clean
 
@@ -30,8 +35,13 @@ system-deps:
 	    if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; fi; \
 	    if [ -n "$$optional" ]; then echo "installing:$$optional"; \
+	      fresh=""; for s in $(STOPPED_SERVICES); do \
+	        dpkg -s $$s >/dev/null 2>&1 || fresh="$$fresh $$s"; done; \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$optional >/dev/null \
-	        || echo "not installed (the tests that need them skip):$$optional"; fi; \
+	        || echo "not installed (the tests that need them skip):$$optional"; \
+	      if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	        for s in $$fresh; do dpkg -s $$s >/dev/null 2>&1 \
+	          && systemctl disable --now $$s >/dev/null 2>&1; done; fi; true; fi; \
 	  else echo "not installed (tests that need them will skip):$$missing$$optional"; fi; \
 	fi
 

@@ -163,6 +163,10 @@ _PATTERN_HINTS: Final = {
         "must start with a letter and hold only letters, digits and '-', not ending with '-'"
     ),
     "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$": "must hold only letters, digits, '_', '.' and '-'",
+    "^[A-Za-z_][A-Za-z0-9_]*$": (
+        "must be the name of an environment variable: letters, digits and '_', not starting "
+        "with a digit"
+    ),
     "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$": (
         "must be a duration such as 500ms, 30s, 10m, 1h or 1h30m, or a number of seconds"
     ),

@@ -41,8 +41,18 @@ from reconciler.gitsource import GitSource, GitSourceError
 from reconciler.logs import get_logger
 from reconciler.model.specs import weights
 from reconciler.model.state import DesiredState
+from reconciler.promapi import PrometheusClient, PrometheusError
 from reconciler.repoconfig import RepoConfig
-from reconciler.rollouts.analysis import LIVE, MIRROR, Snapshot, Verdict, judge, parse_exposition
+from reconciler.rollouts import promql
+from reconciler.rollouts.analysis import (
+    LIVE,
+    MIRROR,
+    Snapshot,
+    StepFigures,
+    Verdict,
+    judge,
+    parse_exposition,
+)
 from reconciler.rollouts.analysis import step_figures as figures_of
 from reconciler.rollouts.control import Verb, paused_by, read_controls
 from reconciler.rollouts.machine import (
@@ -56,7 +66,7 @@ from reconciler.rollouts.machine import (
     read_mark,
     rollout_starts,
 )
-from reconciler.rollouts.policy import Mode, RolloutPolicies, StepKind
+from reconciler.rollouts.policy import Mode, PrometheusSource, RolloutPolicies, StepKind
 from reconciler.rollouts.yamledit import WeightsEditError
 from reconciler.status import STATUS_DIR, render_status
 from reconciler.targets.base import Target, TargetError
@@ -91,6 +101,10 @@ class Window:
     snapshot: Snapshot
     began: float  # monotonic
     judged: float  # when it was last judged (began, before the first judgement)
+    # Where its figures come from (None: the router, through the target). A policy that
+    # changes its source mid-step begins a new window: a router snapshot is no start for
+    # Prometheus's figures, nor the reverse.
+    source: PrometheusSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,28 +353,52 @@ class Rollouter:
         """The tracked rollout with its window begun or judged when due; None when the
         router's metrics cannot be read (the step waits, never promotes)."""
         now = self.clock()
-        window = tracked.window if tracked.window and tracked.window.step == position else None
         rollout = tracked.rollout
+        source = rollout.policy.metrics
+        window = tracked.window
+        if window is not None and (window.step != position or window.source != source):
+            window = None
         due = window is None or now - window.judged >= rollout.policy.interval_s - _SOON_S
         if not due:
             return tracked
+        step = rollout.policy.step(position)
+        canary_kind = MIRROR if step.kind is StepKind.MIRROR else LIVE
         try:
-            snapshot = self._scrape(endpoint, target)
-        except (TargetError, ValueError, OSError) as exc:
+            if source is not None:
+                # The history is Prometheus's: a window needs only its start time, and a
+                # first query says early whether the server answers and scrapes the router.
+                figures = self._prometheus_figures(
+                    endpoint,
+                    source,
+                    rollout,
+                    canary_kind=canary_kind,
+                    elapsed_s=now - window.began if window else 0.0,
+                )
+                snapshot = Snapshot()
+            else:
+                snapshot, figures = self._scrape(endpoint, target), None
+        except (TargetError, ValueError, OSError, PrometheusError) as exc:
             self.tracked[endpoint] = tracked
-            self._block(endpoint, State.PROGRESSING, f"cannot read the router's metrics: {exc}")
+            where = "the router's metrics" if source is None else "the metrics from Prometheus"
+            # The step is known even without a window: status names it.
+            reason = f"cannot read {where}: {exc}"
+            log.warning(
+                "rollout_metrics_unreadable", endpoint=endpoint, step=position, error=reason
+            )
+            self._block(endpoint, State.PROGRESSING, reason, step=position)
             return None
         if window is None:
             log.info("rollout_step_window", endpoint=endpoint, step=position)
-            return replace(tracked, window=Window(position, snapshot, now, now), verdict=None)
-        step = rollout.policy.step(position)
-        figures = figures_of(
-            snapshot.since(window.snapshot),
-            stable=rollout.stable,
-            canary=rollout.canary,
-            canary_kind=MIRROR if step.kind is StepKind.MIRROR else LIVE,
-            elapsed_s=now - window.began,
-        )
+            window = Window(position, snapshot, now, now, source)
+            return replace(tracked, window=window, verdict=None)
+        if figures is None:
+            figures = figures_of(
+                snapshot.since(window.snapshot),
+                stable=rollout.stable,
+                canary=rollout.canary,
+                canary_kind=canary_kind,
+                elapsed_s=now - window.began,
+            )
         verdict = judge(rollout.policy.thresholds, figures, step_for_s=step.for_s)
         log.info(
             "rollout_judged",
@@ -375,6 +413,47 @@ class Rollouter:
         if not isinstance(target, HasRouterMetrics):
             raise TargetError(f"target {target.name} cannot report its router's metrics")
         return parse_exposition(target.router_metrics(endpoint), endpoint)
+
+    def _prometheus_figures(
+        self,
+        endpoint: str,
+        source: PrometheusSource,
+        rollout: Rollout,
+        *,
+        canary_kind: str,
+        elapsed_s: float,
+    ) -> StepFigures | None:
+        """The step's figures over its window so far, by PromQL (rollouts.promql); at the
+        window's start (elapsed 0) only whether Prometheus scrapes the router: None."""
+        client = PrometheusClient(
+            source.address,
+            timeout_s=source.timeout_s,
+            bearer_token_env=source.bearer_token_env,
+            bearer_token_file=source.bearer_token_file,
+        )
+        queries = promql.step_queries(
+            endpoint=endpoint,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            canary_kind=canary_kind,
+            window_s=elapsed_s,
+            labels=source.labels,
+        )
+        at = time.time()  # one instant for every query: the figures agree with each other
+        if elapsed_s <= 0:
+            queries = tuple(q for q in queries if q.name == promql.SCRAPED)
+        answers = {q.name: client.query(q.expr, at=at) for q in queries}
+        if elapsed_s <= 0:
+            promql.check_scraped(answers[promql.SCRAPED], endpoint=endpoint)
+            return None
+        return promql.step_figures(
+            answers,
+            endpoint=endpoint,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            canary_kind=canary_kind,
+            elapsed_s=elapsed_s,
+        )
 
     def _act(self, endpoint: str, tracked: Tracked, decision: Decision, file: str | None) -> bool:
         rollout = tracked.rollout
@@ -470,6 +549,8 @@ class Rollouter:
         }
         if branch is not None:
             block["branch"] = branch
+        if rollout.policy.metrics is not None:
+            block["metrics"] = f"prometheus {rollout.policy.metrics.address}"
         if tracked.verdict is not None:
             block["analysis"] = tracked.verdict.as_json()
         self.blocks[endpoint] = block

@@ -204,9 +204,11 @@ class Rollout:
             )
             if value is not None
         ]
+        source = self.policy.metrics
+        read = "" if source is None else f"; figures from Prometheus at {source.address}"
         return (
             f"Schedule: {steps}; judged every {format_duration(self.policy.interval_s)} on at "
-            f"least {t.min_requests} requests; thresholds: {', '.join(limits) or 'none'}."
+            f"least {t.min_requests} requests; thresholds: {', '.join(limits) or 'none'}{read}."
         )
 
 

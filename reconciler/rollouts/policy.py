@@ -15,6 +15,15 @@ rollouts:
       min_requests: 50        # fewer requests in a step: wait, never promote
       shadow_agreement: 0.99  # agreeing shadow answers / compared ones (mirror steps)
     mode: commit              # or pull-request: push a branch per step for a person to merge
+    # Where the figures come from: the router itself (the default; the target reads its
+    # metrics port or pods), or a Prometheus server that scrapes the routers, queried with
+    # PromQL (Flagger's metric provider `prometheus` and its `address`).
+    metrics:
+      prometheus:
+        address: http://prometheus.monitoring:9090
+        timeout: 5s                      # each query's
+        bearer_token_env: PROM_TOKEN     # or bearer_token_file: /path (read at each query)
+        labels: {namespace: ml}          # matchers added to every series (several clusters)
   endpoints:
     my-endpoint: {thresholds: {p99_ms: 800}}   # merged over default, key by key
     batch-endpoint: {enabled: false}           # no rollouts here
@@ -23,7 +32,8 @@ rollouts:
 An endpoint's entry is merged over `default` key by key (thresholds too), so an override
 names only what differs. Rules the schema cannot say are checked here, each with its line:
 one of mirror/traffic per step, mirror steps before traffic steps (a mirrored deployment
-has no live traffic), traffic shares rising, the last step giving the new deployment 100%.
+has no live traffic), traffic shares rising, the last step giving the new deployment 100%,
+at most one bearer token source of a Prometheus server, no `labels` the router sets itself.
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ MAX_MIRROR_PERCENT: Final = 50  # what mirror_traffic allows (SPEC-REFERENCE)
 DEFAULT_INTERVAL_S: Final = 60.0
 DEFAULT_ERROR_RATE: Final = 0.01
 DEFAULT_MIN_REQUESTS: Final = 20
+DEFAULT_PROMETHEUS_TIMEOUT_S: Final = 5.0
+ROUTER_SOURCE: Final = "router"  # `metrics: router`: the target reads its router's metrics
+# Labels of the router's series (reconciler.router.metrics) and Prometheus's own: an extra
+# matcher on one of them would select other series than the analysis means.
+ROUTER_LABELS: Final = frozenset(
+    {"endpoint", "deployment", "kind", "code", "le", "live", "shadow", "result", "__name__"}
+)
 
 RolloutPath = tuple[str | int, ...]
 LineAt = Callable[[RolloutPath], int | None]
@@ -86,11 +103,29 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusSource:
+    """A Prometheus server that scrapes the routers: a step's figures come from PromQL.
+
+    Only where the bearer token is read is kept (an environment variable's name or a file's
+    path), never the token: a policy is shown in logs and reviews.
+    """
+
+    # http(s)://host:port[/prefix], as Flagger's provider `address`; never a user or password
+    # (refused: the address is shown in status and logs).
+    address: str
+    timeout_s: float = DEFAULT_PROMETHEUS_TIMEOUT_S
+    bearer_token_env: str | None = None
+    bearer_token_file: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # extra matchers on every series, sorted
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutPolicy:
     steps: tuple[Step, ...]
     interval_s: float = DEFAULT_INTERVAL_S
     thresholds: Thresholds = Thresholds()
     mode: Mode = Mode.COMMIT
+    metrics: PrometheusSource | None = None  # None: the target reads its router's metrics
     line: int | None = None  # where the policy is written (its endpoint's entry or default)
 
     @property
@@ -150,7 +185,9 @@ def format_duration(seconds: float) -> str:
 
 
 _THRESHOLD_KEYS: Final = ("error_rate", "p99_ms", "p99_ratio", "min_requests", "shadow_agreement")
-_POLICY_KEYS: Final = ("steps", "interval", "thresholds", "mode", "enabled")
+_POLICY_KEYS: Final = ("steps", "interval", "thresholds", "mode", "enabled", "metrics")
+_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_NAME: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def parse_rollouts(
@@ -226,9 +263,10 @@ def _policy(
     thresholds = _thresholds(raw.get("thresholds"))
     mode_text = raw.get("mode", Mode.COMMIT.value)
     mode = Mode(mode_text) if mode_text in {m.value for m in Mode} else None
-    if steps is None or thresholds is None or mode is None or failed:
+    metrics_ok, metrics = _metrics(raw.get("metrics"), (*where, "metrics"), error=report("metrics"))
+    if steps is None or thresholds is None or mode is None or failed or not metrics_ok:
         return None
-    return RolloutPolicy(steps, interval, thresholds, mode, line=line_at(where))
+    return RolloutPolicy(steps, interval, thresholds, mode, metrics, line=line_at(where))
 
 
 def _steps(
@@ -315,6 +353,66 @@ def _step(
         )
         return None
     return Step(kind, percent, for_s)
+
+
+def _metrics(
+    raw: Any, where: RolloutPath, *, error: Callable[[RolloutPath, str], None]
+) -> tuple[bool, PrometheusSource | None]:
+    """(valid, source) of `metrics:`; absent or `router` is (True, None)."""
+    if raw is None or raw == ROUTER_SOURCE:
+        return True, None
+    if not isinstance(raw, dict) or set(raw) != {"prometheus"}:
+        return False, None  # the schema said why
+    prom = raw["prometheus"]
+    at: RolloutPath = (*where, "prometheus")
+    if not isinstance(prom, dict):
+        return False, None
+    address = prom.get("address")
+    if not isinstance(address, str):
+        return False, None
+    scheme, _, rest = address.partition("://")
+    ok = True
+    if scheme not in ("http", "https") or not rest.partition("/")[0]:
+        error((*at, "address"), "is not an http:// or https:// address of a Prometheus server")
+        ok = False
+    elif "@" in rest.partition("/")[0]:
+        error(
+            (*at, "address"),
+            "holds a user or password: the address is shown in status and logs; give a "
+            "bearer token with bearer_token_env or bearer_token_file instead",
+        )
+        ok = False
+    timeout = parse_duration(prom.get("timeout", DEFAULT_PROMETHEUS_TIMEOUT_S))
+    env, file = prom.get("bearer_token_env"), prom.get("bearer_token_file")
+    if env is not None and file is not None:
+        error(at, "names bearer_token_env and bearer_token_file: the token comes from one")
+        ok = False
+    if env is not None and not (isinstance(env, str) and _ENV_NAME.match(env)):
+        ok = False  # the schema said why
+    if file is not None and not (isinstance(file, str) and file):
+        ok = False
+    raw_labels = prom.get("labels", {})
+    labels: list[tuple[str, str]] = []
+    for name, value in (raw_labels if isinstance(raw_labels, dict) else {}).items():
+        if not isinstance(value, str) or not _LABEL_NAME.match(str(name)):
+            ok = False  # the schema said why
+        elif name in ROUTER_LABELS:
+            error(
+                (*at, "labels", str(name)),
+                f"is a label the router sets itself ({name}): the analysis matches it",
+            )
+            ok = False
+        else:
+            labels.append((str(name), value))
+    if timeout is None or not isinstance(raw_labels, dict) or not ok:
+        return False, None
+    return True, PrometheusSource(
+        address.rstrip("/"),
+        timeout,
+        env if isinstance(env, str) else None,
+        file if isinstance(file, str) else None,
+        tuple(sorted(labels)),
+    )
 
 
 def _thresholds(raw: Any) -> Thresholds | None:

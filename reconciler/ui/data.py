@@ -152,6 +152,8 @@ def rollout(block: Any) -> dict[str, Any] | None:
         "start_commit": _text(block.get("start_commit")),
         "last_commit": _text(block.get("last_commit")),
         "branch": _text(block.get("branch")),
+        # `prometheus ADDRESS` when the policy reads its figures there; None: the router.
+        "metrics": _text(block.get("metrics")),
         "analysis": _analysis(block.get("analysis")),
     }
 

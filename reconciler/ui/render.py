@@ -345,6 +345,8 @@ def rollout_block(r: Mapping[str, Any] | None) -> Safe:
     ]
     if r.get("branch"):
         rows.append(("Branch to merge", fill("<code>$b</code>", b=r["branch"])))
+    if r.get("metrics"):
+        rows.append(("Figures from", r["metrics"]))
     analysis = r.get("analysis") or {}
     if analysis:
         rows.append(

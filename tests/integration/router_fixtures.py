@@ -235,7 +235,14 @@ def write_config(path: Path, doc: Mapping[str, Any]) -> None:
 class RouterProcess:
     """The router as a real process on ephemeral ports."""
 
-    def __init__(self, config_path: Path, *, workers: int = 1, start_timeout: float = 20) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        workers: int = 1,
+        start_timeout: float = 20,
+        metrics_port: int = 0,
+    ) -> None:
         self.config_path = config_path
         self.lines: list[str] = []
         self._listening = threading.Event()
@@ -255,7 +262,7 @@ class RouterProcess:
                 "--port",
                 "0",
                 "--metrics-port",
-                "0",
+                str(metrics_port),  # 0: any free one (a scraper started first names one)
                 "--workers",
                 str(workers),
             ],
@@ -352,10 +359,10 @@ class RouterProcess:
 def start_router_fixture(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     started: list[RouterProcess] = []
 
-    def start(doc: Mapping[str, Any], *, workers: int = 1) -> RouterProcess:
+    def start(doc: Mapping[str, Any], *, workers: int = 1, metrics_port: int = 0) -> RouterProcess:
         path = tmp_path / "router.json"
         write_config(path, doc)
-        router = RouterProcess(path, workers=workers)
+        router = RouterProcess(path, workers=workers, metrics_port=metrics_port)
         started.append(router)
         return router
 

@@ -4,6 +4,7 @@ rollback are walked through an endpoint file's text, as the daemon will."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from reconciler.rollouts.machine import (
     version_changes,
 )
 from reconciler.rollouts.policy import (
+    PrometheusSource,
     RolloutPolicies,
     RolloutPolicy,
     Step,
@@ -194,6 +196,16 @@ def test_step_zero_commits_the_first_step_at_once_with_the_schedule() -> None:
         "Reconcile-Rollout-Stable: blue\n"
         "Reconcile-Rollout-Canary: green\n"
     )
+
+
+def test_the_schedule_says_when_the_figures_come_from_prometheus() -> None:
+    source = PrometheusSource("http://prometheus.monitoring:9090", bearer_token_env="PROM_TOKEN")
+    rollout = replace(ROLLOUT, policy=replace(ROLLOUT.policy, metrics=source))
+    assert rollout.schedule().endswith(
+        "thresholds: error_rate 0.01, p99_ms 500, p99_ratio 1.5; figures from Prometheus at "
+        "http://prometheus.monitoring:9090."
+    )
+    assert "PROM_TOKEN" not in rollout.schedule()
 
 
 def test_a_passed_step_advances_with_its_figures_in_the_message() -> None:

@@ -11,6 +11,7 @@ from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.rollouts.policy import (
     Mode,
+    PrometheusSource,
     RolloutPolicies,
     RolloutPolicy,
     Step,
@@ -229,3 +230,117 @@ def test_the_example_repository_policy_is_valid() -> None:
     assert policy is not None
     # Its mirror steps last the day that its policies.mirror_before_traffic asks for.
     assert sum(s.for_s for s in policy.steps if s.kind is StepKind.MIRROR) >= 24 * 3600
+
+
+PROMETHEUS = """\
+rollouts:
+  default:
+    steps: [50, 100]
+    metrics:
+      prometheus:
+        address: http://prometheus.monitoring:9090/
+        timeout: 2s
+        bearer_token_env: PROM_TOKEN
+        labels: {namespace: ml, cluster: west}
+  endpoints:
+    from-router: {metrics: router}
+    by-file: {metrics: {prometheus: {address: "https://prom.example:443/prefix",
+                                     bearer_token_file: /run/secrets/prom}}}
+    inherits: {mode: pull-request}
+"""
+
+
+def test_a_prometheus_source_reads_per_policy_and_router_takes_it_back() -> None:
+    rollouts = config(PROMETHEUS).rollouts
+    default = rollouts.default
+    assert default is not None
+    assert default.metrics == PrometheusSource(
+        address="http://prometheus.monitoring:9090",  # no trailing slash: paths are added
+        timeout_s=2.0,
+        bearer_token_env="PROM_TOKEN",
+        bearer_token_file=None,
+        labels=(("cluster", "west"), ("namespace", "ml")),
+    )
+    inherited = rollouts.for_endpoint("inherits")
+    assert inherited is not None and inherited.metrics == default.metrics
+    back = rollouts.for_endpoint("from-router")
+    assert back is not None and back.metrics is None
+    by_file = rollouts.for_endpoint("by-file")
+    assert by_file is not None
+    assert by_file.metrics == PrometheusSource(
+        "https://prom.example:443/prefix", 5.0, None, "/run/secrets/prom", ()
+    )
+    # Without `metrics`, the router's own (through the target), as before.
+    plain = config("rollouts:\n  default: {steps: [100]}\n").rollouts.default
+    assert plain is not None and plain.metrics is None
+
+
+@pytest.mark.parametrize(
+    ("prometheus", "field", "words"),
+    [
+        (
+            "{address: http://p:9090, bearer_token_env: A, bearer_token_file: /t}",
+            "rollouts.default.metrics.prometheus",
+            "names bearer_token_env and bearer_token_file",
+        ),
+        (
+            "{address: 'http://admin:s3cret@p:9090'}",
+            "rollouts.default.metrics.prometheus.address",
+            "holds a user or password",
+        ),
+        (
+            "{address: 'ftp://p:9090'}",
+            "rollouts.default.metrics.prometheus.address",
+            "is not an http:// or https:// address",
+        ),
+        (
+            "{address: http://p:9090, labels: {deployment: blue}}",
+            "rollouts.default.metrics.prometheus.labels.deployment",
+            "is a label the router sets itself",
+        ),
+        (
+            "{address: http://p:9090, adress: x}",
+            "rollouts.default.metrics.prometheus.adress",
+            "unknown field 'adress'",
+        ),
+        (
+            "{timeout: 5s}",
+            "rollouts.default.metrics.prometheus.address",
+            "missing required field 'address'",
+        ),
+        (
+            "{address: http://p:9090, timeout: soon}",
+            "rollouts.default.metrics.prometheus.timeout",
+            "must be a duration",
+        ),
+        (
+            "{address: http://p:9090, bearer_token_env: 'not a name'}",
+            "rollouts.default.metrics.prometheus.bearer_token_env",
+            "must be the name of an environment variable",
+        ),
+    ],
+)
+def test_a_wrong_prometheus_source_is_an_error_with_its_line_and_field(
+    prometheus: str, field: str, words: str
+) -> None:
+    text = (
+        f"rollouts:\n  default:\n    steps: [100]\n    metrics:\n      prometheus: {prometheus}\n"
+    )
+    found = errors(text)
+    assert [(line, where) for line, where, _ in found] == [(5, field)]
+    assert words in found[0][2]
+    assert "s3cret" not in found[0][2]
+
+
+def test_metrics_is_router_or_a_prometheus_source() -> None:
+    text = (
+        "rollouts:\n  default: {steps: [100], metrics: datadog}\n  endpoints: {e1: {metrics: 5}}\n"
+    )
+    assert errors(text) == [
+        (2, "rollouts.default.metrics", "must be one of router; got 'datadog'"),
+        (
+            3,
+            "rollouts.endpoints.e1.metrics",
+            "must be router or {prometheus: {address: ...}}, got 5",
+        ),
+    ]

@@ -161,3 +161,14 @@ def test_a_hand_edited_rollout_block_is_coerced_not_fatal() -> None:
     assert '<section class="rollout" data-state="Paused">' in page
     assert "no step" in page
     assert data.rollout("not a mapping") is None
+
+
+def test_a_rollout_judged_from_prometheus_says_where_its_figures_come_from() -> None:
+    block = {"state": "Progressing", "step": 1, "steps": 2, "metrics": "prometheus http://p:9090"}
+    doc = _doc(rollout=block)
+    snap = StatusSnapshot("reconcile-status", "c" * 40, 1, "a" * 40, {"shop": doc})
+    detail = data.endpoint_detail(snap, "shop", None)
+    assert detail is not None and detail["rollout"]["metrics"] == "prometheus http://p:9090"
+    page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
+    assert "<th>Figures from</th><td>prometheus http://p:9090</td>" in page
+    assert data.rollout({"state": "Progressing"})["metrics"] is None  # type: ignore[index]
