@@ -61,6 +61,16 @@ def is_error(code: str) -> bool:
     return code.startswith("5") or code in ("424", "408")
 
 
+def shadow_agrees(result: str) -> bool | None:
+    """Whether a `result` of router_shadow_comparisons_total counts for the agreement
+    (True), against it (False: disagree_*, or no shadow answer), or for neither (None)."""
+    if result == AGREE:
+        return True
+    if result.startswith(DISAGREE) or result in NO_SHADOW_ANSWER:
+        return False
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Counter values of one endpoint at one scrape (or their increase: `since`)."""
@@ -212,10 +222,10 @@ def step_figures(
         for labels, value in delta.values(SHADOW):
             if not _matches(labels, pair):
                 continue
-            result = labels.get("result", "")
-            if result == AGREE:
+            side = shadow_agrees(labels.get("result", ""))
+            if side is True:
                 agree += value
-            elif result.startswith(DISAGREE) or result in NO_SHADOW_ANSWER:
+            elif side is False:
                 disagree += value
         # The router's delta histogram has buckets below zero, so prometheus_client leaves
         # its _sum out (one worker): no mean then, rather than a made-up 0.

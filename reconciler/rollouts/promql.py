@@ -37,11 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from reconciler.rollouts.analysis import (
-    AGREE,
     BUCKETS,
-    DISAGREE,
     LIVE,
-    NO_SHADOW_ANSWER,
     QUANTILE,
     REQUESTS,
     SHADOW,
@@ -51,6 +48,7 @@ from reconciler.rollouts.analysis import (
     ShadowFigures,
     StepFigures,
     is_error,
+    shadow_agrees,
 )
 
 INSTANCES: Final = "router_instances"
@@ -230,12 +228,12 @@ def step_figures(
     if SHADOW_SERIES in answers and _single(answers[SHADOW_SERIES], SHADOW_SERIES):
         agree = disagree = 0.0
         for labels, value in vector(answers.get(SHADOW_Q), SHADOW_Q):
-            result = labels.get("result", "")
             if math.isnan(value):
                 continue
-            if result == AGREE:
+            side = shadow_agrees(labels.get("result", ""))
+            if side is True:
                 agree += value
-            elif result.startswith(DISAGREE) or result in NO_SHADOW_ANSWER:
+            elif side is False:
                 disagree += value
         mean = _single(answers[SHADOW_DELTA], SHADOW_DELTA) if SHADOW_DELTA in answers else None
         if mean is not None and math.isinf(mean):

@@ -6,7 +6,9 @@ Two scrapes in a row make one point per deployment, as Prometheus' rate() and
 histogram_quantile() would: requests per second (live, the callers' requests), p50 and
 p99 latency from the histogram's bucket increases, errors per second by status code, and
 the mirror's share (mirrored copies sent to the deployment per live request of the
-endpoint). A counter that went down (the router restarted) counts from zero again.
+endpoint), and, for a shadow deployment whose answers the router compares with the live
+ones, the share that agreed (the rollout analysis' rule: rollouts.analysis.shadow_agrees).
+A counter that went down (the router restarted) counts from zero again.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.rollouts.analysis import SHADOW, shadow_agrees
 
 REQUESTS = "router_requests_total"
 BUCKETS = "router_request_duration_seconds_bucket"
@@ -27,17 +31,20 @@ LIVE, MIRROR = "live", "mirror"
 @dataclass(frozen=True, slots=True)
 class Scrape:
     """One reading of a router: counters by (deployment, kind, code), cumulative histogram
-    buckets by (deployment, kind) as (upper bound, count) sorted by bound."""
+    buckets by (deployment, kind) as (upper bound, count) sorted by bound, and shadow
+    comparisons by (shadow deployment, live deployment, result)."""
 
     at: float
     requests: Mapping[tuple[str, str, str], float]
     buckets: Mapping[tuple[str, str], tuple[tuple[float, float], ...]]
+    shadow: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 def parse(text: str, *, at: float) -> Scrape:
     """A router's exposition text -> Scrape. Raises ValueError when it is not one."""
     requests: dict[tuple[str, str, str], float] = {}
     buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    shadow: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
@@ -50,16 +57,21 @@ def parse(text: str, *, at: float) -> Scrape:
                 buckets.setdefault((deployment, labels.get("kind", LIVE)), []).append(
                     (bound, float(sample.value))
                 )
+            elif sample.name == SHADOW:
+                pair = (labels.get("shadow", ""), labels.get("live", ""), labels.get("result", ""))
+                shadow[pair] = shadow.get(pair, 0.0) + float(sample.value)
     return Scrape(
         at=at,
         requests=requests,
         buckets={k: tuple(sorted(v)) for k, v in buckets.items()},
+        shadow=shadow,
     )
 
 
 def deployments(scrape: Scrape) -> list[str]:
     """Deployments the router has counted (not the refusals before one was chosen)."""
     names = {d for d, _, _ in scrape.requests} | {d for d, _ in scrape.buckets}
+    names |= {shadow for shadow, _, _ in scrape.shadow}
     return sorted(n for n in names if n)
 
 
@@ -79,6 +91,17 @@ def point(before: Scrape, after: Scrape, deployment: str) -> dict[str, Any]:
     )
     mirrored = sum(mirror.values())
     increases = _bucket_increase(before, after, deployment, LIVE)
+    agreed = disagreed = 0.0
+    for (shadow, live_name, result), value in after.shadow.items():
+        side = shadow_agrees(result) if shadow == deployment else None
+        if side is None:
+            continue
+        n = _increase(before.shadow.get((shadow, live_name, result)), value)
+        if side:
+            agreed += n
+        else:
+            disagreed += n
+    compared = agreed + disagreed
     return {
         "t": after.at,
         "rps": total / seconds,
@@ -88,6 +111,8 @@ def point(before: Scrape, after: Scrape, deployment: str) -> dict[str, Any]:
         "error_ratio": (sum(live[c] for c in live if _is_error(c)) / total) if total else None,
         "mirror_rps": mirrored / seconds,
         "mirror_share": (mirrored / endpoint_live) if endpoint_live else None,
+        "shadow_compared": compared,
+        "shadow_agreement": (agreed / compared) if compared else None,
     }
 
 

@@ -142,7 +142,8 @@ def _time(seconds: Any) -> str:
 
 
 def charts_block(metrics: Mapping[str, Any]) -> Safe:
-    """Per deployment: requests/s, p50 and p99 latency, errors/s by code, mirror share."""
+    """Per deployment: requests/s, p50 and p99 latency, errors/s by code, mirror share, and
+    the share of its shadow answers that agreed with the live ones (when compared)."""
     problem = metrics.get("problem")
     deployments: Mapping[str, Sequence[Mapping[str, Any]]] = metrics.get("deployments") or {}
     if not deployments:
@@ -185,6 +186,15 @@ def charts_block(metrics: Mapping[str, Any]) -> Safe:
                 for p in points
             ]
             charts.append(chart("Mirror share (%)", [("mirrored", 3, share)], t0=t0, t1=t1))
+        if any(p.get("shadow_compared") for p in points):
+            agreement = [
+                (
+                    p["t"],
+                    None if p.get("shadow_agreement") is None else 100.0 * p["shadow_agreement"],
+                )
+                for p in points
+            ]
+            charts.append(chart("Shadow agreement (%)", [("agree", 1, agreement)], t0=t0, t1=t1))
         latest = points[-1]
         sections.append(
             fill(

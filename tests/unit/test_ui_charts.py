@@ -47,6 +47,28 @@ def test_a_point_is_the_rate_latency_quantiles_errors_and_mirror_share_between_t
     assert charts.deployments(after) == ["blue", "green"]
 
 
+def test_a_shadow_deployment_shows_the_share_of_its_compared_answers_that_agreed() -> None:
+    metrics, registry = _router()
+    metrics.shadow_compared("blue", "green", "agree", 0.001)
+    before = _scrape(registry, 0.0)
+    for _ in range(6):
+        metrics.shadow_compared("blue", "green", "agree", 0.001)
+    metrics.shadow_compared("blue", "green", "disagree_body", 0.001)
+    metrics.shadow_compared("blue", "green", "shadow_timeout", None)  # counts against
+    metrics.shadow_compared("blue", "green", "not_compared", None)  # counts for neither
+    after = _scrape(registry, 5.0)
+    green = charts.point(before, after, "green")
+    assert green["shadow_compared"] == 8
+    assert green["shadow_agreement"] == pytest.approx(6 / 8)
+    # The live side compared nothing of its own.
+    blue = charts.point(before, after, "blue")
+    assert blue["shadow_compared"] == 0 and blue["shadow_agreement"] is None
+    block = str(charts_block({"problem": None, "deployments": charts.series([before, after])}))
+    sections = {part.split('"', 1)[0]: part for part in block.split('data-deployment="')[1:]}
+    assert "Shadow agreement (%)" in sections["green"]
+    assert "Shadow agreement (%)" not in sections.get("blue", "")
+
+
 def test_a_router_restart_counts_from_zero_instead_of_a_negative_rate() -> None:
     metrics, registry = _router()
     for _ in range(50):
