@@ -8,6 +8,9 @@ Methods block (git subprocesses): the server runs them on one worker thread.
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -24,6 +27,14 @@ from reconciler.status import STATUS_DIR, status_path
 
 # Desired states kept in memory (one per applied commit the pages asked about).
 DESIRED_CACHE = 8
+# Bounds of a status document read from the branch, which anyone who can push to it
+# writes: a real one is a few kilobytes (tens with many deployments). Beyond these it is
+# refused, not parsed or expanded (a 50 MB file, a billion laughs of aliases).
+MAX_DOCUMENT_CHARS = 256 * 1024
+MAX_DOCUMENT_NODES = 100_000
+MAX_DOCUMENT_DEPTH = 64
+# libyaml when present: several times faster, and it bounds nesting itself.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +117,10 @@ class GitStatusSource:
         docs: dict[str, Mapping[str, Any]] = {}
         problems = [found.problem] if found.problem else []
         for path in sorted(found.files):
-            try:
-                doc = yaml.safe_load(found.files[path])
-            except yaml.YAMLError:
-                problems.append(f"{path} is not valid YAML")
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("endpoint"), str):
+            doc, why = load_document(found.files[path])
+            if why:
+                problems.append(f"{path} {why}")
+            elif doc is not None and isinstance(doc.get("endpoint"), str):
                 docs[doc["endpoint"]] = doc
             else:
                 problems.append(f"{path} is not a status document")
@@ -176,10 +185,75 @@ class GitStatusSource:
 
 
 def _document(text: str | None) -> Mapping[str, Any] | None:
-    if text is None:
-        return None
+    return None if text is None else load_document(text)[0]
+
+
+def load_document(text: str) -> tuple[dict[str, Any] | None, str]:
+    """A status document from the branch, as plain JSON values, or why it was refused.
+
+    The branch is written by whoever can push to it, so the text is bounded (size, nodes
+    with every alias expanded, depth) before anything is built from it, and what is
+    built is plain JSON (string keys; dates, binary and non-finite numbers as text), so
+    no page, sort or JSON answer can fail or hang on it. (None, "") when the document is
+    not a mapping."""
+    if len(text) > MAX_DOCUMENT_CHARS:
+        return None, f"is larger than {MAX_DOCUMENT_CHARS} characters"
+    loader = _LOADER(text)
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return doc if isinstance(doc, dict) else None
+        node = loader.get_single_node()
+        if node is None:
+            return None, ""
+        why = _too_big(node)
+        if why:
+            return None, why
+        value = loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+        # ValueError: an integer of more digits than Python converts, a bad date.
+        return None, "is not valid YAML"
+    finally:
+        loader.dispose()
+    return (_plain(value), "") if isinstance(value, dict) else (None, "")
+
+
+def _too_big(root: yaml.Node) -> str:
+    """Why the document is beyond the bounds once its aliases are expanded, or ""."""
+    seen = 0
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_DOCUMENT_NODES:
+            return f"has more than {MAX_DOCUMENT_NODES} values (aliases expanded)"
+        if depth > MAX_DOCUMENT_DEPTH:
+            return f"is nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, child in node.value:
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+    return ""
+
+
+def _plain(value: Any) -> Any:
+    """JSON values only (the bounds above make this walk finite and small)."""
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if key is None:
+        return "null"
+    plain = _plain(key)
+    return plain if isinstance(plain, str) else json.dumps(plain)

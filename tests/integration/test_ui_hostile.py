@@ -1,0 +1,156 @@
+"""The dashboard attacked over real sockets: a hostile status branch (garbage documents,
+YAML bombs, deep nesting, huge files, names that are not names), the token's redirect
+turned into an open redirect or a split response, DNS rebinding of a dashboard without a
+token, and a flood of event streams. Each test is one attack; it fails while the attack
+works."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from repo_builder import RepoBuilder
+from status_fixtures import apply_head
+from ui_fixtures import get, serving
+
+from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
+from reconciler.targets.memory import MemoryTarget
+
+
+@pytest.fixture(name="applied")
+def applied_fixture(repo: RepoBuilder) -> RepoBuilder:
+    """One endpoint applied by a real pass: the status branch has my-endpoint.yaml."""
+    repo.basics()
+    repo.endpoint("my-endpoint", traffic={"blue": 100})
+    repo.deployment("my-endpoint", "blue")
+    repo.commit("blue")
+    apply_head(repo, MemoryTarget())
+    return repo
+
+
+def put_status(root: Path, files: Mapping[str, str], message: str = "hostile") -> None:
+    """A status commit adding these files (path -> text) to what the branch holds."""
+    source = GitSource(root)
+    current = dict(source.find_status(DEFAULT_STATUS_BRANCH, fetch=False).files)
+    source.write_status({**current, **files}, message=message)
+
+
+def strict_json(body: str) -> Any:
+    """JSON as a browser's JSON.parse reads it: NaN and Infinity are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in a JSON answer")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def raw_request(base: str, head: str) -> str:
+    """One HTTP/1.1 request written byte for byte (urllib would refuse or mend these)."""
+    address = urllib.parse.urlsplit(base)
+    assert address.hostname and address.port
+    with socket.create_connection((address.hostname, address.port), timeout=20) as sock:
+        sock.sendall(head.encode("latin-1"))
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out.decode("latin-1")
+
+
+GARBAGE = {
+    # keys of mixed types (sorting them raised TypeError: every page was a 500)
+    "mixed": "endpoint: mixed\ndeployments: {1: {}, b: {}}\ntraffic: {~: 10, b: 90}\n",
+    # a date where a string is (JSON cannot carry it)
+    "date": "endpoint: date\ndeployments: {b: {scale_settings: {type: 2020-01-01}}}\n",
+    # infinity as a count (int() raised OverflowError)
+    "inf": "endpoint: inf\ndeployments: {b: {instance_count: .inf, ready_instances: .nan}}\n",
+    # an integer Python will not read (more than 4300 digits: ValueError, not a YAMLError)
+    "bigint": "endpoint: bigint\nnotes: [" + "9" * 5000 + "]\n",
+    # a list that holds itself (JSON: circular reference)
+    "loop": "endpoint: loop\ndeployments: {b: {scale_settings: &a {x: *a}}}\n",
+    # not a mapping; not YAML at all; binary
+    "list": "- endpoint: list\n",
+    "broken": "endpoint: [unclosed\n",
+    "binary": "endpoint: binary\nlast_error: !!binary aGVsbG8=\n",
+}
+
+
+def test_garbage_status_documents_leave_every_page_and_the_api_answering(
+    applied: RepoBuilder,
+) -> None:
+    put_status(applied.root, {f"status/{name}.yaml": text for name, text in GARBAGE.items()})
+    with serving(applied.root) as base:
+        status, _, body = get(base + "/api/endpoints")
+        assert status == 200, body
+        overview = strict_json(body)
+        names = [e["name"] for e in overview["endpoints"]]
+        assert "my-endpoint" in names
+        for name in names:
+            quoted = urllib.parse.quote(name, safe="")
+            for path in (
+                f"/endpoints/{quoted}",
+                f"/api/endpoints/{quoted}",
+                f"/api/endpoints/{quoted}/history",
+            ):
+                status, _, body = get(base + path)
+                assert status == 200, (path, body)
+                if path.startswith("/api/"):
+                    strict_json(body)
+        status, _, page = get(base + "/")
+    assert status == 200
+    assert 'data-endpoint="my-endpoint"' in page
+    # What could not be read is said, by file.
+    for name in ("bigint", "list", "broken"):
+        assert f"status/{name}.yaml" in overview["problem"]
+
+
+def _bomb(levels: int = 9) -> str:
+    """The billion laughs: 9**levels strings from a few hundred bytes."""
+    lines = ["endpoint: bomb", 'a0: &a0 ["lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    lines += [f"notes: *a{levels}", f"last_error: *a{levels}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_bombs_deep_nesting_and_huge_status_files_are_refused_not_expanded(
+    applied: RepoBuilder,
+) -> None:
+    deep = "".join("  " * i + "k:\n" for i in range(900)) + "  " * 900 + "v\n"
+    huge = "endpoint: huge\nlast_error: " + "x" * (50 * 1024 * 1024) + "\n"
+    put_status(
+        applied.root,
+        {
+            "status/bomb.yaml": _bomb(),
+            "status/deep.yaml": "endpoint: deep\nnotes:\n" + deep,
+            "status/huge.yaml": huge,
+        },
+    )
+    del huge
+    with serving(applied.root) as base:
+        status, _, body = get(base + "/api/endpoints")
+        assert status == 200, body
+        overview = strict_json(body)
+        assert [e["name"] for e in overview["endpoints"]] == ["my-endpoint"]
+        for name in ("bomb", "deep", "huge"):
+            assert f"status/{name}.yaml" in overview["problem"]
+        assert "larger than" in overview["problem"]
+        assert len(body) < 10_000
+        status, _, page = get(base + "/")
+        assert status == 200 and len(page) < 100_000
+        assert "lol" not in page
+
+
+def open_stream(base: str) -> tuple[int, Any]:
+    """GET /api/events: its status, and the open response (to read or close)."""
+    try:
+        stream = urllib.request.urlopen(base + "/api/events", timeout=20)
+    except urllib.error.HTTPError as err:
+        return err.code, err
+    return stream.status, stream
