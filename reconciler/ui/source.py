@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ DESIRED_CACHE = 8
 MAX_DOCUMENT_CHARS = 256 * 1024
 MAX_DOCUMENT_NODES = 100_000
 MAX_DOCUMENT_DEPTH = 64
+# What an endpoint's history may be looked up by: a name that is a plain file name under
+# status/ (not "../x", not a git pathspec wildcard).
+_HISTORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 # libyaml when present: several times faster, and it bounds nesting itself.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -145,6 +149,8 @@ class GitStatusSource:
     def history(self, endpoint: str, *, limit: int) -> list[StatusRevision]:
         snap = self.snapshot()
         if snap.status_commit is None:
+            return []
+        if not _HISTORY_NAME.fullmatch(endpoint) or ".." in endpoint:
             return []
         path = status_path(endpoint)
         commits = self.git.log(snap.status_commit, path=path, limit=limit)

@@ -147,6 +147,34 @@ def test_yaml_bombs_deep_nesting_and_huge_status_files_are_refused_not_expanded(
         assert "lol" not in page
 
 
+def test_names_that_are_not_names_are_escaped_and_reach_no_file(applied: RepoBuilder) -> None:
+    names = ["a/b", "../../../etc/passwd", '"><script>alert(1)</script>', "x\r\nSet-Cookie: a=b"]
+    put_status(
+        applied.root,
+        {f"status/weird{i}.yaml": json.dumps({"endpoint": n}) for i, n in enumerate(names)},
+    )
+    with serving(applied.root) as base:
+        status, _, page = get(base + "/")
+        assert status == 200
+        assert "<script>alert(1)" not in page
+        assert "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        for name in names:
+            quoted = urllib.parse.quote(name, safe="")
+            status, headers, body = get(f"{base}/endpoints/{quoted}")
+            assert status in (200, 404), (name, body)
+            assert "Set-Cookie" not in headers or "a=b" not in headers["Set-Cookie"]
+            assert "root:" not in body
+        for path in (
+            "/endpoints/..%2f..%2fsecret%2fpasswd",
+            "/static/..%2fserver.py",
+            "/static/%2e%2e/server.py",
+            "/static/..%5c..%5cserver.py",
+        ):
+            status, _, body = get(base + path)
+            assert status == 404, (path, body)
+            assert "import" not in body and "root:" not in body
+
+
 def open_stream(base: str) -> tuple[int, Any]:
     """GET /api/events: its status, and the open response (to read or close)."""
     try:
