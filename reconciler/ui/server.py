@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -232,7 +232,9 @@ def _auth_middleware(token: str | None) -> Any:
             # The token leaves the address at once (history, logs, Referer): a cookie
             # carries it from here on.
             rest = {k: v for k, v in request.query.items() if k != "token"}
-            target = request.path + (f"?{urlencode(rest)}" if rest else "")
+            target = _same_site_path(request.rel_url.raw_path) + (
+                f"?{urlencode(rest)}" if rest else ""
+            )
             response = web.Response(status=303, headers={"Location": target})
             response.set_cookie(
                 TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/", secure=False
@@ -248,6 +250,14 @@ def _auth_middleware(token: str | None) -> Any:
         return _refused()
 
     return auth
+
+
+def _same_site_path(raw_path: str) -> str:
+    """The request's path as a Location on this site: kept percent-encoded as it came (a
+    decoded %0d%0a would split the response, a decoded %2F%2F or %5C name another host),
+    anything not plain ASCII encoded, and one leading slash only ("//host" and "/\\host"
+    are other sites to a browser)."""
+    return "/" + quote(raw_path, safe="/%:@!$&'()*+,;=-._~").lstrip("/")
 
 
 def _same(offered: str, token: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from repo_builder import RepoBuilder
 from status_fixtures import apply_head
-from ui_fixtures import get, serving
+from ui_fixtures import TOKEN, get, serving
 
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
@@ -173,6 +173,37 @@ def test_names_that_are_not_names_are_escaped_and_reach_no_file(applied: RepoBui
             status, _, body = get(base + path)
             assert status == 404, (path, body)
             assert "import" not in body and "root:" not in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//evil.example/", "/%2F%2Fevil.example", "/%5Cevil.example", "/\\evil.example", "/%09/e"],
+)
+def test_the_token_redirect_stays_on_this_site(applied: RepoBuilder, path: str) -> None:
+    with serving(applied.root, token=TOKEN) as base:
+        answer = raw_request(
+            base, f"GET {path}?token={TOKEN}&x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+    head = answer.split("\r\n\r\n")[0].split("\r\n")
+    assert head[0].startswith("HTTP/1.1 303"), answer
+    [location] = [h.split(": ", 1)[1] for h in head if h.lower().startswith("location:")]
+    # A path of this site: one slash, then no slash or backslash (a browser reads "//x"
+    # and "/\x" as another host), and the query kept without the token.
+    assert location.startswith("/") and location[1:2] not in ("/", "\\"), location
+    assert "\t" not in location
+    assert TOKEN not in location and location.endswith("?x=1")
+
+
+def test_the_token_redirect_cannot_split_the_response(applied: RepoBuilder) -> None:
+    with serving(applied.root, token=TOKEN) as base:
+        answer = raw_request(
+            base,
+            f"GET /x%0d%0aSet-Cookie:%20evil=1?token={TOKEN} HTTP/1.1\r\n"
+            "Host: h\r\nConnection: close\r\n\r\n",
+        )
+    head = answer.split("\r\n\r\n")[0]
+    assert head.startswith("HTTP/1.1 303"), answer
+    assert "\r\nSet-Cookie: evil" not in head
 
 
 def open_stream(base: str) -> tuple[int, Any]:
