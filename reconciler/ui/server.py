@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
@@ -224,6 +225,15 @@ def _auth_middleware(token: str | None) -> Any:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if token is None:
+            # Without a token the dashboard listens on 127.0.0.1 only; a web page whose
+            # host name an attacker points at 127.0.0.1 (DNS rebinding) would still be
+            # same-origin with it, so only this machine's own names are answered.
+            if not _loopback_host(request.host):
+                return web.Response(
+                    status=421,
+                    text="this dashboard answers to localhost and 127.0.0.1 only; serve it "
+                    "with a token to reach it by another name\n",
+                )
             return await handler(request)
         offered = request.query.get("token")
         if offered is not None:
@@ -258,6 +268,22 @@ def _same_site_path(raw_path: str) -> str:
     anything not plain ASCII encoded, and one leading slash only ("//host" and "/\\host"
     are other sites to a browser)."""
     return "/" + quote(raw_path, safe="/%:@!$&'()*+,;=-._~").lstrip("/")
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, with
+    or without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _same(offered: str, token: str) -> bool:

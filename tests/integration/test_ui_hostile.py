@@ -206,6 +206,15 @@ def test_the_token_redirect_cannot_split_the_response(applied: RepoBuilder) -> N
     assert "\r\nSet-Cookie: evil" not in head
 
 
+def test_a_dashboard_with_a_token_answers_to_any_host_name(applied: RepoBuilder) -> None:
+    with serving(applied.root, token=TOKEN) as base:
+        status, _, _ = get(
+            base + "/api/endpoints",
+            {"Host": "dashboard.example:8080", "Authorization": f"Bearer {TOKEN}"},
+        )
+    assert status == 200
+
+
 def open_stream(base: str) -> tuple[int, Any]:
     """GET /api/events: its status, and the open response (to read or close)."""
     try:
