@@ -72,6 +72,8 @@ SECURITY_HEADERS = {
 TOKEN_COOKIE = "reconciler_ui_token"
 # Comment lines on an idle event stream, so proxies and browsers keep it open.
 KEEPALIVE_S = 15.0
+# How often a quiet event stream checks that its browser is still there.
+STREAM_CHECK_S = 1.0
 STATIC_TYPES = {"style.css": "text/css", "live.js": "text/javascript"}
 
 
@@ -79,11 +81,15 @@ STATIC_TYPES = {"style.css": "text/css", "live.js": "text/javascript"}
 class UiOptions:
     """token: required on every request when set (None: none, for 127.0.0.1 only);
     poll_s: how often the status branch is looked at for server-sent events;
-    history_limit: status commits shown in an endpoint's timeline."""
+    history_limit: status commits shown in an endpoint's timeline;
+    max_streams: server-sent event streams open at once (beyond: 503, retry later)."""
 
     token: str | None = None
     poll_s: float = 2.0
     history_limit: int = 50
+    # Event streams open at once: each holds a connection for as long as a page is open,
+    # so without a bound a loop of requests exhausts the process's file descriptors.
+    max_streams: int = 64
 
 
 class _Hub:
@@ -390,6 +396,13 @@ async def api_history(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """`status` events carrying the data's fingerprint: one at once, then one per change."""
     hub = request.app[_HUB]
+    if len(hub.listeners) >= request.app[_OPTIONS].max_streams:
+        # The pages work without their stream (live.js retries, as EventSource does).
+        return web.Response(
+            status=503,
+            text="too many event streams open; retry later\n",
+            headers={"Retry-After": "10"},
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -397,12 +410,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         sent = await hub.mark()
         await response.write(_event(sent))
+        quiet = 0.0
         while True:
+            # A stream whose browser went away frees its place within a second, not at
+            # the next keep-alive (the handler is not cancelled when a client leaves).
+            if request.transport is None or request.transport.is_closing():
+                break
             try:
-                mark = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                mark = await asyncio.wait_for(queue.get(), timeout=STREAM_CHECK_S)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                quiet += STREAM_CHECK_S
+                if quiet >= KEEPALIVE_S:
+                    quiet = 0.0
+                    await response.write(b": keep-alive\n\n")
                 continue
+            quiet = 0.0
             # The poller's first reading (or one this stream already carried) is no change.
             if mark != sent:
                 sent = mark

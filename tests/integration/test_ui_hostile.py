@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -222,3 +223,26 @@ def open_stream(base: str) -> tuple[int, Any]:
     except urllib.error.HTTPError as err:
         return err.code, err
     return stream.status, stream
+
+
+def test_event_streams_are_bounded_and_a_closed_one_frees_its_place(
+    applied: RepoBuilder,
+) -> None:
+    with serving(applied.root, max_streams=2) as base:
+        opened = [open_stream(base)[1] for _ in range(2)]
+        for stream in opened:
+            assert stream.readline().startswith(b"event: status")
+        status, refused = open_stream(base)
+        assert status == 503 and refused.headers.get("Retry-After")
+        refused.close()
+        opened.pop().close()
+        # The server sees the closed stream within a second or so (not at the next
+        # keep-alive, 15 s later).
+        deadline = time.monotonic() + 10
+        while (answer := open_stream(base))[0] == 503 and time.monotonic() < deadline:
+            answer[1].close()
+            time.sleep(0.1)
+        assert answer[0] == 200
+        answer[1].close()
+        for stream in opened:
+            stream.close()
