@@ -525,13 +525,21 @@ async def test_request(request: web.Request) -> web.Response:
         return _test_page(name, status=400, problem="Give the key and a request body.")
     if not isinstance(pin, str):
         return _test_page(name, status=400, problem="The deployment is not a name.")
+    if not testform.header_safe(key.strip()):
+        # Said here, not left to the HTTP client's ValueError (a 500); the key not echoed.
+        return _test_page(
+            name,
+            status=400,
+            problem="The key holds a line break or another control character: an HTTP "
+            "header cannot carry it.",
+        )
     try:
         json.loads(body)
     except ValueError as exc:
         return _test_page(name, status=400, problem=f"The request body is not JSON: {exc}")
     snap, _ = await _snapshot(request)
     doc = snap.docs.get(name) or {}
-    if pin and pin not in (doc.get("deployments") or {}):
+    if pin and (pin not in (doc.get("deployments") or {}) or not testform.header_safe(pin)):
         return _test_page(name, status=400, problem=f"{name} has no deployment {pin!r}.")
     problem = _form_problem(daemon, name)
     uri = _scoring_uri(daemon, name)

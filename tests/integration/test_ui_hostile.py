@@ -7,18 +7,23 @@ works."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from repo_builder import RepoBuilder
 from status_fixtures import apply_head
+from ui_daemon_fixtures import KEY, blue_green, serve_fixture, wait_for  # noqa: F401
+from ui_daemon_fixtures import Served as DaemonServed
 from ui_fixtures import TOKEN, get, serving
 
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
@@ -207,6 +212,20 @@ def test_the_token_redirect_cannot_split_the_response(applied: RepoBuilder) -> N
     assert "\r\nSet-Cookie: evil" not in head
 
 
+def test_a_dashboard_without_a_token_answers_only_to_this_machines_names(
+    applied: RepoBuilder,
+) -> None:
+    """DNS rebinding: a web page whose host name is made to point at 127.0.0.1 reads the
+    dashboard as its own origin, unless the server refuses host names not this machine's."""
+    with serving(applied.root) as base:
+        port = urllib.parse.urlsplit(base).port
+        refused = get(base + "/api/endpoints", {"Host": f"rebind.evil.example:{port}"})
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "[::1]"):
+            assert get(base + "/api/endpoints", {"Host": host})[0] == 200, host
+    assert refused[0] == 421
+    assert "my-endpoint" not in refused[2]
+
+
 def test_a_dashboard_with_a_token_answers_to_any_host_name(applied: RepoBuilder) -> None:
     with serving(applied.root, token=TOKEN) as base:
         status, _, _ = get(
@@ -246,3 +265,38 @@ def test_event_streams_are_bounded_and_a_closed_one_frees_its_place(
         answer[1].close()
         for stream in opened:
             stream.close()
+
+
+def test_a_key_no_header_can_carry_is_refused_by_the_form_and_shown_nowhere(
+    repo: RepoBuilder, serve: Callable[..., DaemonServed]
+) -> None:
+    """A key with a line break (pasted from a file) or another control character: aiohttp
+    refuses to write the header; the form says so (it was a 500) and the key is not on
+    the page, in the logs, nor sent."""
+    blue_green(repo)
+    served = serve()
+    wait_for(
+        lambda: "/test" in get(served.base + "/endpoints/my-endpoint")[2], what="the test form"
+    )
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    with browser.open(served.base + "/endpoints/my-endpoint", timeout=20) as response:
+        found = re.search(r'name="csrf" value="([0-9a-f]+)"', response.read().decode())
+    assert found
+    structlog.reset_defaults()
+    for key in (f"{KEY}\r\nX-Injected: 1", f"{KEY}\x00", f"{KEY}\x7f"):
+        data = urllib.parse.urlencode(
+            {"csrf": found.group(1), "key": key, "deployment": "", "body": "{}"}
+        ).encode()
+        request = urllib.request.Request(
+            served.base + "/endpoints/my-endpoint/test", data=data, method="POST"
+        )
+        with structlog.testing.capture_logs() as logged:
+            try:
+                with browser.open(request, timeout=30) as response:
+                    status, page = response.status, response.read().decode()
+            except urllib.error.HTTPError as err:
+                status, page = err.code, err.read().decode()
+        assert status == 400, page
+        assert "header" in page
+        assert KEY not in page and KEY not in repr(logged)
+    assert served.router.received == []
