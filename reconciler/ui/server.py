@@ -293,7 +293,11 @@ def _loopback_host(host: str) -> bool:
 
 
 def _same(offered: str, token: str) -> bool:
-    return hmac.compare_digest(offered.encode(), token.encode())
+    # surrogatepass: header bytes that are not UTF-8 arrive as lone surrogates, which
+    # plain encode() refuses (a 500); each still encodes to bytes no token has.
+    return hmac.compare_digest(
+        offered.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    )
 
 
 def _refused() -> web.Response:

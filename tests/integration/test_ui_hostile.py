@@ -300,3 +300,18 @@ def test_a_key_no_header_can_carry_is_refused_by_the_form_and_shown_nowhere(
         assert "header" in page
         assert KEY not in page and KEY not in repr(logged)
     assert served.router.received == []
+
+
+@pytest.mark.parametrize(
+    "header", ["Authorization: Bearer \xff\xfe", "Cookie: reconciler_ui_token=\xff\xfe"]
+)
+def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(
+    applied: RepoBuilder, header: str
+) -> None:
+    with serving(applied.root, token=TOKEN) as base:
+        answer = raw_request(
+            base, f"GET / HTTP/1.1\r\nHost: h\r\n{header}\r\nConnection: close\r\n\r\n"
+        )
+        good = get(base + "/", {"Authorization": f"Bearer {TOKEN}"})[0]
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    assert good == 200
