@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from html.parser import HTMLParser
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from repo_builder import RepoBuilder
 from status_fixtures import apply_head
 from ui_daemon_fixtures import KEY, blue_green, serve_fixture, wait_for  # noqa: F401
 from ui_daemon_fixtures import Served as DaemonServed
-from ui_fixtures import TOKEN, get, serving
+from ui_fixtures import TOKEN, XSS, get, rollout_block, serving
 
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
@@ -315,3 +316,114 @@ def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(
         good = get(base + "/", {"Authorization": f"Bearer {TOKEN}"})[0]
     assert answer.startswith("HTTP/1.1 401"), answer[:200]
     assert good == 200
+
+
+EVIL = XSS + "\" onmouseover=\"alert(2)' onfocus='alert(3)` javascript:alert(4)"
+
+
+class _Markup(HTMLParser):
+    """Every tag and attribute of a page, as a browser's tokenizer reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+
+def assert_inert(page: str) -> None:
+    """No markup of the repository's: one script (ours), no event handler attribute, no
+    link or source but this site's paths (so no javascript: URL), nothing from EVIL as a
+    tag or attribute."""
+    parser = _Markup()
+    parser.feed(page)
+    assert [a for t, a in parser.tags if t == "script"] == [
+        [("src", "/static/live.js"), ("defer", None)]
+    ]
+    assert not [t for t, _ in parser.tags if t in ("img", "svg", "iframe", "object", "embed")]
+    for tag, attrs in parser.tags:
+        for name, value in attrs:
+            assert not name.startswith("on"), (tag, name, value)
+            assert name not in ("style", "srcdoc", "formaction"), (tag, name)
+            if name in ("href", "src", "action"):
+                assert value and value.startswith("/") and not value.startswith("//"), value
+
+
+def test_every_repository_string_comes_out_inert_in_text_and_attributes(
+    applied: RepoBuilder,
+) -> None:
+    """Names, states, errors with file names, steps, notes, the rollout, traffic keys,
+    scoring URI (a javascript: URL), the applied commit's author and message: each one
+    escaped in text and in attributes, never a link."""
+    applied.git(
+        "-c",
+        f"user.name={EVIL}",
+        "-c",
+        "user.email=e@example.invalid",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        f"subject {EVIL}",
+    )
+    commit = applied.git("rev-parse", "HEAD")
+    deployment = {
+        "provisioning_state": EVIL,
+        "health": EVIL,
+        "instance_type": EVIL,
+        "instance_count": 1,
+        "ready_instances": 1,
+        "spec_digest": EVIL,
+        "last_error": EVIL,
+        "scale_settings": {"type": EVIL},
+        "autoscale": {EVIL: EVIL},
+    }
+    doc = {
+        "endpoint": "xss-endpoint",
+        "commit": commit,
+        "provisioning_state": EVIL,
+        "health": EVIL,
+        "target": EVIL,
+        "scoring_uri": "javascript:alert(1)",
+        "auth_mode": EVIL,
+        "traffic": {EVIL: 60, "blue": 40},
+        "mirror_traffic": {EVIL: 10},
+        "deployments": {EVIL: deployment, "blue": deployment},
+        "errors": [{"file": f"endpoints/{EVIL}.yaml", "line": 1, "field": EVIL, "message": EVIL}],
+        "last_error": EVIL,
+        "in_progress_steps": [{"action": EVIL, "deployment": EVIL, "progress": EVIL}],
+        "pending_steps": [{"action": EVIL, "deployment": EVIL, "why": EVIL}],
+        "notes": [EVIL],
+        "rollout": {**rollout_block(EVIL), "branch": EVIL, "state": EVIL, "canary": EVIL},
+    }
+    older = {**doc, "traffic": {EVIL: 10, "blue": 90}, "provisioning_state": "Succeeded"}
+    put_status(applied.root, {"status/xss-endpoint.yaml": json.dumps(older)}, "older")
+    put_status(
+        applied.root,
+        {
+            "status/xss-endpoint.yaml": json.dumps(doc),
+            "status/evil-name.yaml": json.dumps({**doc, "endpoint": EVIL}),
+        },
+        f"status {EVIL}",
+    )
+    with serving(applied.root) as base:
+        pages = {
+            path: get(base + path)
+            for path in (
+                "/",
+                "/endpoints/xss-endpoint",
+                "/endpoints/" + urllib.parse.quote(EVIL, safe=""),
+                "/endpoints/" + urllib.parse.quote(EVIL + "-missing", safe=""),
+            )
+        }
+    for path, (status, _, page) in pages.items():
+        assert status in (200, 404), (path, page)
+        assert_inert(page)
+        assert "<script>alert" not in page
+    endpoint_page = pages["/endpoints/xss-endpoint"][2]
+    # The timeline shows the commit's author (git drops "<" and ">" from names) and
+    # message, escaped.
+    assert "by scriptalert(&quot;x&quot;)/script" in endpoint_page
+    assert "subject &lt;script&gt;" in endpoint_page
+    assert "javascript:alert(1)" in endpoint_page  # shown as text, in <code>
