@@ -7,6 +7,7 @@ works."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -427,3 +428,29 @@ def test_every_repository_string_comes_out_inert_in_text_and_attributes(
     assert "by scriptalert(&quot;x&quot;)/script" in endpoint_page
     assert "subject &lt;script&gt;" in endpoint_page
     assert "javascript:alert(1)" in endpoint_page  # shown as text, in <code>
+
+
+def put_status_bytes(root: Path, files: Mapping[str, bytes]) -> None:
+    """A status commit adding these files as raw bytes (write_status takes text only)."""
+    source = GitSource(root)
+    found = source.find_status(DEFAULT_STATUS_BRANCH, fetch=False)
+    repo = source.repo
+    for path, data in files.items():
+        (root / "blob").write_bytes(data)
+        sha = repo.git.hash_object("-w", str(root / "blob"))
+        (root / "blob").unlink()
+        repo.git.update_index("--add", "--cacheinfo", f"100644,{sha},{path}", env=_index())
+    for path, text in found.files.items():
+        (root / "blob").write_text(text)
+        sha = repo.git.hash_object("-w", str(root / "blob"))
+        (root / "blob").unlink()
+        repo.git.update_index("--add", "--cacheinfo", f"100644,{sha},{path}", env=_index())
+    tree = repo.git.write_tree(env=_index())
+    (root / ".git" / "hostile-index").unlink()
+    parent = repo.git.rev_parse(f"refs/heads/{DEFAULT_STATUS_BRANCH}")
+    commit = repo.git.commit_tree(tree, "-m", "bytes", "-p", parent)
+    repo.git.update_ref(f"refs/heads/{DEFAULT_STATUS_BRANCH}", commit)
+
+
+def _index() -> dict[str, str]:
+    return {**os.environ, "GIT_INDEX_FILE": ".git/hostile-index"}
