@@ -454,3 +454,14 @@ def put_status_bytes(root: Path, files: Mapping[str, bytes]) -> None:
 
 def _index() -> dict[str, str]:
     return {**os.environ, "GIT_INDEX_FILE": ".git/hostile-index"}
+
+
+def test_a_status_file_that_is_not_utf8_leaves_the_others_shown(applied: RepoBuilder) -> None:
+    put_status_bytes(applied.root, {"status/latin1.yaml": b"endpoint: latin1\nnotes: [caf\xe9]\n"})
+    with serving(applied.root) as base:
+        status, _, body = get(base + "/api/endpoints")
+        page_status, _, page = get(base + "/")
+    assert status == 200, body
+    names = [e["name"] for e in strict_json(body)["endpoints"]]
+    assert names == ["latin1", "my-endpoint"]
+    assert page_status == 200 and 'data-endpoint="my-endpoint"' in page
