@@ -37,6 +37,8 @@ MAX_DOCUMENT_DEPTH = 64
 # What an endpoint's history may be looked up by: a name that is a plain file name under
 # status/ (not "../x", not a git pathspec wildcard).
 _HISTORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# Sizes of status files at commits kept (history asks before it reads).
+SIZE_CACHE = 4096
 # libyaml when present: several times faster, and it bounds nesting itself.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -98,6 +100,8 @@ class GitStatusSource:
         self._lock = threading.Lock()
         self._snapshot: tuple[str, StatusSnapshot] | None = None
         self._desired: OrderedDict[str, DesiredState | None] = OrderedDict()
+        # Sizes of status files at commits (they never change), for history.
+        self._sizes: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def fingerprint(self) -> str:
         return self.git.status_fingerprint(self.branch)
@@ -170,6 +174,27 @@ class GitStatusSource:
             "a status file is not UTF-8 text (its bytes are shown replaced)",
         )
 
+    def _small_enough(self, commits: list[CommitInfo], path: str) -> list[CommitInfo]:
+        """The commits whose file at `path` is small enough to read: sizes asked of git
+        first, so a huge revision (a few kilobytes compressed) is never read whole."""
+        kept = []
+        for info in commits:
+            key = (info.commit, path)
+            size = self._sizes.get(key)
+            if size is None:
+                try:
+                    size = GitTree(self.git.repo, info.commit).size(path)
+                except KeyError:  # removed at that commit
+                    size = 0
+                with self._lock:
+                    self._sizes[key] = size
+                    while len(self._sizes) > SIZE_CACHE:
+                        self._sizes.popitem(last=False)
+            # Bytes: at most four per character of the bound.
+            if size <= 4 * MAX_DOCUMENT_CHARS:
+                kept.append(info)
+        return kept
+
     def history(self, endpoint: str, *, limit: int) -> list[StatusRevision]:
         snap = self.snapshot()
         if snap.status_commit is None:
@@ -178,7 +203,7 @@ class GitStatusSource:
             return []
         path = status_path(endpoint)
         commits = self.git.log(snap.status_commit, path=path, limit=limit)
-        texts = self.git.read_files_at((c.commit, path) for c in commits)
+        texts = self.git.read_files_at((c.commit, path) for c in self._small_enough(commits, path))
         revisions: list[StatusRevision] = []
         applied: dict[str, CommitInfo | None] = {}
         for info in commits:

@@ -30,6 +30,7 @@ from ui_fixtures import TOKEN, XSS, get, rollout_block, serving
 
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
+from reconciler.ui.source import GitStatusSource
 
 
 @pytest.fixture(name="applied")
@@ -465,3 +466,29 @@ def test_a_status_file_that_is_not_utf8_leaves_the_others_shown(applied: RepoBui
     names = [e["name"] for e in strict_json(body)["endpoints"]]
     assert names == ["latin1", "my-endpoint"]
     assert page_status == 200 and 'data-endpoint="my-endpoint"' in page
+
+
+def test_a_huge_older_revision_is_not_read_into_the_timeline(applied: RepoBuilder) -> None:
+    """Git compresses megabytes of one letter to a few kilobytes: a push of revisions
+    like this must not make each endpoint page read gigabytes."""
+    small = GitSource(applied.root).find_status(DEFAULT_STATUS_BRANCH, fetch=False).files
+    text = small["status/my-endpoint.yaml"]
+    put_status(
+        applied.root, {"status/my-endpoint.yaml": text + "notes: [" + "x" * (8 << 20) + "]\n"}
+    )
+    put_status(applied.root, {"status/my-endpoint.yaml": text + "notes: [back]\n"})
+    source = GitStatusSource(GitSource(applied.root), branch=DEFAULT_STATUS_BRANCH)
+    read: list[int] = []
+    real = source.git.read_files_at
+
+    def counted(wanted: Any) -> dict[tuple[str, str], str]:
+        found = real(wanted)
+        read.append(sum(len(t) for t in found.values()))
+        return found
+
+    source.git.read_files_at = counted  # type: ignore[method-assign]
+    revisions = source.history("my-endpoint", limit=50)
+    assert len(revisions) == 3  # the pass's status commit and the two above
+    assert revisions[1].doc is None  # the huge one: not read, shown as unreadable
+    assert revisions[0].doc is not None and revisions[0].doc["notes"] == ["back"]
+    assert sum(read) < 1 << 20
