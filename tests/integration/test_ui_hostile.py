@@ -431,8 +431,9 @@ def test_every_repository_string_comes_out_inert_in_text_and_attributes(
     assert "javascript:alert(1)" in endpoint_page  # shown as text, in <code>
 
 
-def put_status_bytes(root: Path, files: Mapping[str, bytes]) -> None:
-    """A status commit adding these files as raw bytes (write_status takes text only)."""
+def put_status_bytes(root: Path, files: Mapping[str, bytes], *, date: str | None = None) -> None:
+    """A status commit adding these files as raw bytes (write_status takes text only),
+    dated `date` (git's format) when given."""
     source = GitSource(root)
     found = source.find_status(DEFAULT_STATUS_BRANCH, fetch=False)
     repo = source.repo
@@ -449,7 +450,8 @@ def put_status_bytes(root: Path, files: Mapping[str, bytes]) -> None:
     tree = repo.git.write_tree(env=_index())
     (root / ".git" / "hostile-index").unlink()
     parent = repo.git.rev_parse(f"refs/heads/{DEFAULT_STATUS_BRANCH}")
-    commit = repo.git.commit_tree(tree, "-m", "bytes", "-p", parent)
+    dated = {"GIT_COMMITTER_DATE": date, "GIT_AUTHOR_DATE": date} if date else {}
+    commit = repo.git.commit_tree(tree, "-m", "bytes", "-p", parent, env={**os.environ, **dated})
     repo.git.update_ref(f"refs/heads/{DEFAULT_STATUS_BRANCH}", commit)
 
 
@@ -492,3 +494,18 @@ def test_a_huge_older_revision_is_not_read_into_the_timeline(applied: RepoBuilde
     assert revisions[1].doc is None  # the huge one: not read, shown as unreadable
     assert revisions[0].doc is not None and revisions[0].doc["notes"] == ["back"]
     assert sum(read) < 1 << 20
+
+
+def test_a_status_commit_dated_beyond_any_calendar_leaves_the_pages_drawn(
+    applied: RepoBuilder,
+) -> None:
+    """Git takes a commit time in the year three million; Python's datetime does not."""
+    put_status_bytes(
+        applied.root, {"status/x.yaml": b"endpoint: x\n"}, date="@99999999999999 +0000"
+    )
+    with serving(applied.root) as base:
+        answers = {path: get(base + path) for path in ("/", "/endpoints/x", "/api/endpoints")}
+    for path, (status, _, body) in answers.items():
+        assert status == 200, (path, body)
+    assert strict_json(answers["/api/endpoints"][2])["written_at"] == 99999999999999
+    assert "written 99999999999999 s after 1970" in answers["/"][2]
