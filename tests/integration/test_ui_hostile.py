@@ -28,6 +28,7 @@ from ui_daemon_fixtures import KEY, blue_green, serve_fixture, wait_for  # noqa:
 from ui_daemon_fixtures import Served as DaemonServed
 from ui_fixtures import TOKEN, XSS, get, rollout_block, serving
 
+from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
 from reconciler.ui.source import GitStatusSource
@@ -509,3 +510,51 @@ def test_a_status_commit_dated_beyond_any_calendar_leaves_the_pages_drawn(
         assert status == 200, (path, body)
     assert strict_json(answers["/api/endpoints"][2])["written_at"] == 99999999999999
     assert "written 99999999999999 s after 1970" in answers["/"][2]
+
+
+def test_errors_about_environment_variables_name_them_but_never_show_their_values(
+    applied: RepoBuilder,
+) -> None:
+    """A pass refuses environment variables it cannot pass (a list, a mapping, a broken
+    secret reference): the status records why, by variable name, and the pages show that
+    without the value that may be a secret."""
+    target = MemoryTarget()
+    apply_head(applied, target)
+    applied.deployment(
+        "my-endpoint",
+        "blue",
+        environment_variables={
+            "LIST_KEY": ["hunter2-list"],
+            "MAP_KEY": {"k": "hunter2-map"},
+            "REF_KEY": "${{azureml://connections/hunter2-ref}}",
+        },
+    )
+    applied.commit("secrets in the wrong shape")
+    source = GitSource(applied.root)
+    commit = source.resolve("HEAD")
+    run_pass(
+        source.tree(commit),
+        target,
+        prune=False,
+        dry_run=False,
+        revision=commit,
+        write_status=lambda files, message: source.write_status(files, message=message),
+    )
+    with serving(applied.root) as base:
+        bodies = [
+            get(base + path)[2]
+            for path in (
+                "/",
+                "/endpoints/my-endpoint",
+                "/api/endpoints",
+                "/api/endpoints/my-endpoint",
+                "/api/endpoints/my-endpoint/history",
+            )
+        ]
+    errors = strict_json(bodies[2])["endpoints"][0]["errors"]
+    assert {e["field"] for e in errors} >= {
+        "environment_variables.LIST_KEY",
+        "environment_variables.MAP_KEY",
+    }
+    for body in bodies:
+        assert "hunter2" not in body
