@@ -226,6 +226,9 @@ def test_a_dashboard_without_a_token_answers_only_to_this_machines_names(
         refused = get(base + "/api/endpoints", {"Host": f"rebind.evil.example:{port}"})
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "[::1]"):
             assert get(base + "/api/endpoints", {"Host": host})[0] == 200, host
+        # No Host at all (HTTP/1.0 tools): no browser, so no rebinding.
+        bare = raw_request(base, "GET /api/endpoints HTTP/1.0\r\n\r\n")
+        assert bare.startswith("HTTP/1.0 200") or bare.startswith("HTTP/1.1 200"), bare[:100]
     assert refused[0] == 421
     assert "my-endpoint" not in refused[2]
 
