@@ -185,23 +185,26 @@ def test_names_that_are_not_names_are_escaped_and_reach_no_file(applied: RepoBui
             assert "import" not in body and "root:" not in body
 
 
-@pytest.mark.parametrize(
-    "path",
-    ["//evil.example/", "/%2F%2Fevil.example", "/%5Cevil.example", "/\\evil.example", "/%09/e"],
-)
-def test_the_token_redirect_stays_on_this_site(applied: RepoBuilder, path: str) -> None:
+def test_the_token_redirect_stays_on_this_site(applied: RepoBuilder) -> None:
+    paths = ["//evil.example/", "/%2F%2Fevil.example", "/%5Cevil.example", "/\\evil.example"]
     with serving(applied.root, token=TOKEN) as base:
-        answer = raw_request(
-            base, f"GET {path}?token={TOKEN}&x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
-        )
-    head = answer.split("\r\n\r\n")[0].split("\r\n")
-    assert head[0].startswith("HTTP/1.1 303"), answer
-    [location] = [h.split(": ", 1)[1] for h in head if h.lower().startswith("location:")]
-    # A path of this site: one slash, then no slash or backslash (a browser reads "//x"
-    # and "/\x" as another host), and the query kept without the token.
-    assert location.startswith("/") and location[1:2] not in ("/", "\\"), location
-    assert "\t" not in location
-    assert TOKEN not in location and location.endswith("?x=1")
+        answers = {
+            path: raw_request(
+                base,
+                f"GET {path}?token={TOKEN}&x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            )
+            for path in [*paths, "/%09/e"]
+        }
+    for path, answer in answers.items():
+        head = answer.split("\r\n\r\n")[0].split("\r\n")
+        assert head[0].startswith("HTTP/1.1 303"), answer
+        [location] = [h.split(": ", 1)[1] for h in head if h.lower().startswith("location:")]
+        # A path of this site: one slash, then no slash or backslash (a browser reads
+        # "//x" and "/\\x" as another host; it drops tabs), and the query kept without
+        # the token.
+        assert location.startswith("/") and location[1:2] not in ("/", "\\"), (path, location)
+        assert "\t" not in location
+        assert TOKEN not in location and location.endswith("?x=1")
 
 
 def test_the_token_redirect_cannot_split_the_response(applied: RepoBuilder) -> None:
@@ -309,18 +312,16 @@ def test_a_key_no_header_can_carry_is_refused_by_the_form_and_shown_nowhere(
     assert served.router.received == []
 
 
-@pytest.mark.parametrize(
-    "header", ["Authorization: Bearer \xff\xfe", "Cookie: reconciler_ui_token=\xff\xfe"]
-)
-def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(
-    applied: RepoBuilder, header: str
-) -> None:
+def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(applied: RepoBuilder) -> None:
+    headers = ["Authorization: Bearer \xff\xfe", "Cookie: reconciler_ui_token=\xff\xfe"]
     with serving(applied.root, token=TOKEN) as base:
-        answer = raw_request(
-            base, f"GET / HTTP/1.1\r\nHost: h\r\n{header}\r\nConnection: close\r\n\r\n"
-        )
+        answers = [
+            raw_request(base, f"GET / HTTP/1.1\r\nHost: h\r\n{h}\r\nConnection: close\r\n\r\n")
+            for h in headers
+        ]
         good = get(base + "/", {"Authorization": f"Bearer {TOKEN}"})[0]
-    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    for answer in answers:
+        assert answer.startswith("HTTP/1.1 401"), answer[:200]
     assert good == 200
 
 
