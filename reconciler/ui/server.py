@@ -44,6 +44,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from reconciler.logs import get_logger
 from reconciler.targets.base import TargetError
@@ -634,6 +635,23 @@ def _json(value: Any, *, status: int = 200) -> web.Response:
     return web.json_response(value, status=status)
 
 
+class _AccessLog(AbstractAccessLogger):
+    """aiohttp's access log (INFO, seen when Python logging is turned on) without the
+    token of a `?token=` address: aiohttp's own logs the request line as it came."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = "&".join(f"{k}=…" if k == "token" else f"{k}={v}" for k, v in request.query.items())
+        self.logger.info(
+            '%s "%s %s%s" %s %.3f',
+            request.remote,
+            request.method,
+            request.path,
+            f"?{query}" if query else "",
+            response.status,
+            time,
+        )
+
+
 async def start(
     source: StatusSource,
     *,
@@ -643,7 +661,11 @@ async def start(
     daemon: DaemonFeatures | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve the dashboard; returns the runner (cleanup() stops it) and its address."""
-    runner = web.AppRunner(build_app(source, options=options, daemon=daemon), shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        build_app(source, options=options, daemon=daemon),
+        shutdown_timeout=1.0,
+        access_log_class=_AccessLog,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -562,3 +562,18 @@ def test_errors_about_environment_variables_name_them_but_never_show_their_value
     }
     for body in bodies:
         assert "hunter2" not in body
+
+
+def test_the_token_in_an_address_reaches_no_log(
+    applied: RepoBuilder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever turns on Python logging (aiohttp's access log is INFO) must not find the
+    token of a `?token=` address in it."""
+    caplog.set_level("DEBUG")
+    with serving(applied.root, token=TOKEN) as base:
+        get(f"{base}/api/endpoints?token={TOKEN}&x=1")
+        wrong, _, _ = get(f"{base}/api/endpoints?token={TOKEN}-wrong")
+    assert wrong == 401
+    access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any('"GET /api/endpoints?token=…&x=1" 303' in line for line in access), access
+    assert TOKEN not in caplog.text
