@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote_plus, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -640,12 +640,18 @@ class _AccessLog(AbstractAccessLogger):
     token of a `?token=` address: aiohttp's own logs the request line as it came."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        query = "&".join(f"{k}=…" if k == "token" else f"{k}={v}" for k, v in request.query.items())
+        # As it came (percent-encoded: no line break can forge a log line), the token's
+        # value left out.
+        query = "&".join(
+            "token=…" if unquote_plus(part.split("=", 1)[0]) == "token" else part
+            for part in request.rel_url.raw_query_string.split("&")
+            if part
+        )
         self.logger.info(
             '%s "%s %s%s" %s %.3f',
             request.remote,
             request.method,
-            request.path,
+            request.rel_url.raw_path,
             f"?{query}" if query else "",
             response.status,
             time,

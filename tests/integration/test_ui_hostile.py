@@ -573,6 +573,7 @@ def test_the_token_in_an_address_reaches_no_log(
     with serving(applied.root, token=TOKEN) as base:
         get(f"{base}/api/endpoints?token={TOKEN}&x=1")
         wrong, _, _ = get(f"{base}/api/endpoints?token={TOKEN}-wrong")
+        get(f"{base}/api/endpoints?tok%65n={TOKEN}")  # the same key, percent-encoded
     assert wrong == 401
     access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any('"GET /api/endpoints?token=…&x=1" 303' in line for line in access), access
