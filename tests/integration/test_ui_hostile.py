@@ -578,3 +578,20 @@ def test_the_token_in_an_address_reaches_no_log(
     access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any('"GET /api/endpoints?token=…&x=1" 303' in line for line in access), access
     assert TOKEN not in caplog.text
+
+
+def test_a_fetch_error_on_the_page_names_the_remote_without_its_password(
+    repo: RepoBuilder,
+) -> None:
+    """A clone without status fetches it once; when that fails the page says why, in
+    git's words, which name the remote's URL: never with the password it holds."""
+    repo.basics()
+    repo.commit("one")
+    repo.git("remote", "add", "origin", "http://user:hunter2-pw@127.0.0.1:9/x.git")
+    with serving(repo.root) as base:
+        status, _, body = get(base + "/api/endpoints")
+        page = get(base + "/")[2]
+    assert status == 200
+    problem = strict_json(body)["problem"]
+    assert "cannot fetch" in problem and "127.0.0.1" in problem
+    assert "hunter2" not in problem and "hunter2" not in page
