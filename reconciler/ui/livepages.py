@@ -8,6 +8,7 @@ charts' geometry is SVG attributes, computed here from the figures of reconciler
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -135,6 +136,8 @@ def _progress(step: Mapping[str, Any]) -> str:
 
 
 def _time(seconds: Any) -> str:
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        return "unknown"
     return when(int(seconds)) if isinstance(seconds, int | float) else "unknown"
 
 

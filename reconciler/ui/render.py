@@ -51,7 +51,11 @@ def short(commit: Any) -> str:
 def when(seconds: Any) -> str:
     if not isinstance(seconds, int):
         return "unknown"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        # A commit time git takes and a calendar does not (the year three million).
+        return f"{seconds} s after 1970"
 
 
 def endpoint_href(name: str) -> str:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
@@ -39,10 +40,11 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote_plus, urlencode
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from reconciler.logs import get_logger
 from reconciler.targets.base import TargetError
@@ -71,6 +73,8 @@ SECURITY_HEADERS = {
 TOKEN_COOKIE = "reconciler_ui_token"
 # Comment lines on an idle event stream, so proxies and browsers keep it open.
 KEEPALIVE_S = 15.0
+# How often a quiet event stream checks that its browser is still there.
+STREAM_CHECK_S = 1.0
 STATIC_TYPES = {"style.css": "text/css", "live.js": "text/javascript"}
 
 
@@ -78,11 +82,15 @@ STATIC_TYPES = {"style.css": "text/css", "live.js": "text/javascript"}
 class UiOptions:
     """token: required on every request when set (None: none, for 127.0.0.1 only);
     poll_s: how often the status branch is looked at for server-sent events;
-    history_limit: status commits shown in an endpoint's timeline."""
+    history_limit: status commits shown in an endpoint's timeline;
+    max_streams: server-sent event streams open at once (beyond: 503, retry later)."""
 
     token: str | None = None
     poll_s: float = 2.0
     history_limit: int = 50
+    # Event streams open at once: each holds a connection for as long as a page is open,
+    # so without a bound a loop of requests exhausts the process's file descriptors.
+    max_streams: int = 64
 
 
 class _Hub:
@@ -224,6 +232,15 @@ def _auth_middleware(token: str | None) -> Any:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if token is None:
+            # Without a token the dashboard listens on 127.0.0.1 only; a web page whose
+            # host name an attacker points at 127.0.0.1 (DNS rebinding) would still be
+            # same-origin with it, so only this machine's own names are answered.
+            if not _loopback_host(request.host):
+                return web.Response(
+                    status=421,
+                    text="this dashboard answers to localhost and 127.0.0.1 only; serve it "
+                    "with a token to reach it by another name\n",
+                )
             return await handler(request)
         offered = request.query.get("token")
         if offered is not None:
@@ -232,7 +249,9 @@ def _auth_middleware(token: str | None) -> Any:
             # The token leaves the address at once (history, logs, Referer): a cookie
             # carries it from here on.
             rest = {k: v for k, v in request.query.items() if k != "token"}
-            target = request.path + (f"?{urlencode(rest)}" if rest else "")
+            target = _same_site_path(request.rel_url.raw_path) + (
+                f"?{urlencode(rest)}" if rest else ""
+            )
             response = web.Response(status=303, headers={"Location": target})
             response.set_cookie(
                 TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/", secure=False
@@ -250,8 +269,36 @@ def _auth_middleware(token: str | None) -> Any:
     return auth
 
 
+def _same_site_path(raw_path: str) -> str:
+    """The request's path as a Location on this site: kept percent-encoded as it came (a
+    decoded %0d%0a would split the response, a decoded %2F%2F or %5C name another host),
+    anything not plain ASCII encoded, and one leading slash only ("//host" and "/\\host"
+    are other sites to a browser)."""
+    return "/" + quote(raw_path, safe="/%:@!$&'()*+,;=-._~").lstrip("/")
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, with
+    or without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _same(offered: str, token: str) -> bool:
-    return hmac.compare_digest(offered.encode(), token.encode())
+    # surrogatepass: header bytes that are not UTF-8 arrive as lone surrogates, which
+    # plain encode() refuses (a 500); each still encodes to bytes no token has.
+    return hmac.compare_digest(
+        offered.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    )
 
 
 def _refused() -> web.Response:
@@ -354,6 +401,13 @@ async def api_history(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """`status` events carrying the data's fingerprint: one at once, then one per change."""
     hub = request.app[_HUB]
+    if len(hub.listeners) >= request.app[_OPTIONS].max_streams:
+        # The pages work without their stream (live.js retries, as EventSource does).
+        return web.Response(
+            status=503,
+            text="too many event streams open; retry later\n",
+            headers={"Retry-After": "10"},
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -361,12 +415,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         sent = await hub.mark()
         await response.write(_event(sent))
+        quiet = 0.0
         while True:
+            # A stream whose browser went away frees its place within a second, not at
+            # the next keep-alive (the handler is not cancelled when a client leaves).
+            if request.transport is None or request.transport.is_closing():
+                break
             try:
-                mark = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                mark = await asyncio.wait_for(queue.get(), timeout=STREAM_CHECK_S)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                quiet += STREAM_CHECK_S
+                if quiet >= KEEPALIVE_S:
+                    quiet = 0.0
+                    await response.write(b": keep-alive\n\n")
                 continue
+            quiet = 0.0
             # The poller's first reading (or one this stream already carried) is no change.
             if mark != sent:
                 sent = mark
@@ -467,13 +530,21 @@ async def test_request(request: web.Request) -> web.Response:
         return _test_page(name, status=400, problem="Give the key and a request body.")
     if not isinstance(pin, str):
         return _test_page(name, status=400, problem="The deployment is not a name.")
+    if not testform.header_safe(key.strip()):
+        # Said here, not left to the HTTP client's ValueError (a 500); the key not echoed.
+        return _test_page(
+            name,
+            status=400,
+            problem="The key holds a line break or another control character: an HTTP "
+            "header cannot carry it.",
+        )
     try:
         json.loads(body)
     except ValueError as exc:
         return _test_page(name, status=400, problem=f"The request body is not JSON: {exc}")
     snap, _ = await _snapshot(request)
     doc = snap.docs.get(name) or {}
-    if pin and pin not in (doc.get("deployments") or {}):
+    if pin and (pin not in (doc.get("deployments") or {}) or not testform.header_safe(pin)):
         return _test_page(name, status=400, problem=f"{name} has no deployment {pin!r}.")
     problem = _form_problem(daemon, name)
     uri = _scoring_uri(daemon, name)
@@ -564,6 +635,29 @@ def _json(value: Any, *, status: int = 200) -> web.Response:
     return web.json_response(value, status=status)
 
 
+class _AccessLog(AbstractAccessLogger):
+    """aiohttp's access log (INFO, seen when Python logging is turned on) without the
+    token of a `?token=` address: aiohttp's own logs the request line as it came."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        # As it came (percent-encoded: no line break can forge a log line), the token's
+        # value left out.
+        query = "&".join(
+            "token=…" if unquote_plus(part.split("=", 1)[0]) == "token" else part
+            for part in request.rel_url.raw_query_string.split("&")
+            if part
+        )
+        self.logger.info(
+            '%s "%s %s%s" %s %.3f',
+            request.remote,
+            request.method,
+            request.rel_url.raw_path,
+            f"?{query}" if query else "",
+            response.status,
+            time,
+        )
+
+
 async def start(
     source: StatusSource,
     *,
@@ -573,7 +667,11 @@ async def start(
     daemon: DaemonFeatures | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve the dashboard; returns the runner (cleanup() stops it) and its address."""
-    runner = web.AppRunner(build_app(source, options=options, daemon=daemon), shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        build_app(source, options=options, daemon=daemon),
+        shutdown_timeout=1.0,
+        access_log_class=_AccessLog,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

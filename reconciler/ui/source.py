@@ -8,6 +8,10 @@ Methods block (git subprocesses): the server runs them on one worker thread.
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,13 +21,26 @@ from typing import Any, Protocol
 import yaml
 
 from reconciler.engine import load
-from reconciler.gitsource import CommitInfo, GitSource, GitSourceError
+from reconciler.gitsource import CommitInfo, FoundStatus, GitSource, GitSourceError, GitTree
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.state import DesiredState
 from reconciler.status import STATUS_DIR, status_path
 
 # Desired states kept in memory (one per applied commit the pages asked about).
 DESIRED_CACHE = 8
+# Bounds of a status document read from the branch, which anyone who can push to it
+# writes: a real one is a few kilobytes (tens with many deployments). Beyond these it is
+# refused, not parsed or expanded (a 50 MB file, a billion laughs of aliases).
+MAX_DOCUMENT_CHARS = 256 * 1024
+MAX_DOCUMENT_NODES = 100_000
+MAX_DOCUMENT_DEPTH = 64
+# What an endpoint's history may be looked up by: a name that is a plain file name under
+# status/ (not "../x", not a git pathspec wildcard).
+_HISTORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# Sizes of status files at commits kept (history asks before it reads).
+SIZE_CACHE = 4096
+# libyaml when present: several times faster, and it bounds nesting itself.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +100,8 @@ class GitStatusSource:
         self._lock = threading.Lock()
         self._snapshot: tuple[str, StatusSnapshot] | None = None
         self._desired: OrderedDict[str, DesiredState | None] = OrderedDict()
+        # Sizes of status files at commits (they never change), for history.
+        self._sizes: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def fingerprint(self) -> str:
         return self.git.status_fingerprint(self.branch)
@@ -99,19 +118,20 @@ class GitStatusSource:
     def _read(self) -> StatusSnapshot:
         # Fetched once when the checkout has no status at all (a CI clone), as `reconcile
         # status` does; later reads stay local.
-        found = self.git.find_status(self.branch, fetch=self._snapshot is None)
+        try:
+            found = self.git.find_status(self.branch, fetch=self._snapshot is None)
+        except UnicodeDecodeError:
+            found = self._find_undecodable()
         head = self.git.head_commit()
         if found.commit is None:
             return StatusSnapshot(self.branch, None, None, head, {}, {}, found.problem)
         docs: dict[str, Mapping[str, Any]] = {}
         problems = [found.problem] if found.problem else []
         for path in sorted(found.files):
-            try:
-                doc = yaml.safe_load(found.files[path])
-            except yaml.YAMLError:
-                problems.append(f"{path} is not valid YAML")
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("endpoint"), str):
+            doc, why = load_document(found.files[path])
+            if why:
+                problems.append(f"{path} {why}")
+            elif doc is not None and isinstance(doc.get("endpoint"), str):
                 docs[doc["endpoint"]] = doc
             else:
                 problems.append(f"{path} is not a status document")
@@ -133,13 +153,57 @@ class GitStatusSource:
             problem="; ".join(problems),
         )
 
+    def _find_undecodable(self) -> FoundStatus:
+        """The status when a file on the branch is not UTF-8 text (find_status refuses the
+        whole branch then): the newest of the branch's refs, local or a remote's, its files
+        read with such bytes replaced, so one file cannot hide every endpoint."""
+        lines = self.git.status_fingerprint(self.branch).splitlines()[1:]
+        infos = [self.git.commit_info(line.split(" ", 1)[0]) for line in lines if " " in line]
+        newest = max((i for i in infos if i is not None), key=lambda i: i.time, default=None)
+        if newest is None:
+            return FoundStatus(self.branch, None, None, {}, "the status branch cannot be read")
+        tree = GitTree(self.git.repo, newest.commit)
+        files = {
+            p: tree.read(p).decode(errors="replace") for p in tree.paths() if p.endswith(".yaml")
+        }
+        return FoundStatus(
+            self.branch,
+            None,
+            newest.commit,
+            files,
+            "a status file is not UTF-8 text (its bytes are shown replaced)",
+        )
+
+    def _small_enough(self, commits: list[CommitInfo], path: str) -> list[CommitInfo]:
+        """The commits whose file at `path` is small enough to read: sizes asked of git
+        first, so a huge revision (a few kilobytes compressed) is never read whole."""
+        kept = []
+        for info in commits:
+            key = (info.commit, path)
+            size = self._sizes.get(key)
+            if size is None:
+                try:
+                    size = GitTree(self.git.repo, info.commit).size(path)
+                except KeyError:  # removed at that commit
+                    size = 0
+                with self._lock:
+                    self._sizes[key] = size
+                    while len(self._sizes) > SIZE_CACHE:
+                        self._sizes.popitem(last=False)
+            # Bytes: at most four per character of the bound.
+            if size <= 4 * MAX_DOCUMENT_CHARS:
+                kept.append(info)
+        return kept
+
     def history(self, endpoint: str, *, limit: int) -> list[StatusRevision]:
         snap = self.snapshot()
         if snap.status_commit is None:
             return []
+        if not _HISTORY_NAME.fullmatch(endpoint) or ".." in endpoint:
+            return []
         path = status_path(endpoint)
         commits = self.git.log(snap.status_commit, path=path, limit=limit)
-        texts = self.git.read_files_at((c.commit, path) for c in commits)
+        texts = self.git.read_files_at((c.commit, path) for c in self._small_enough(commits, path))
         revisions: list[StatusRevision] = []
         applied: dict[str, CommitInfo | None] = {}
         for info in commits:
@@ -176,10 +240,75 @@ class GitStatusSource:
 
 
 def _document(text: str | None) -> Mapping[str, Any] | None:
-    if text is None:
-        return None
+    return None if text is None else load_document(text)[0]
+
+
+def load_document(text: str) -> tuple[dict[str, Any] | None, str]:
+    """A status document from the branch, as plain JSON values, or why it was refused.
+
+    The branch is written by whoever can push to it, so the text is bounded (size, nodes
+    with every alias expanded, depth) before anything is built from it, and what is
+    built is plain JSON (string keys; dates, binary and non-finite numbers as text), so
+    no page, sort or JSON answer can fail or hang on it. (None, "") when the document is
+    not a mapping."""
+    if len(text) > MAX_DOCUMENT_CHARS:
+        return None, f"is larger than {MAX_DOCUMENT_CHARS} characters"
+    loader = _LOADER(text)
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return doc if isinstance(doc, dict) else None
+        node = loader.get_single_node()
+        if node is None:
+            return None, ""
+        why = _too_big(node)
+        if why:
+            return None, why
+        value = loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+        # ValueError: an integer of more digits than Python converts, a bad date.
+        return None, "is not valid YAML"
+    finally:
+        loader.dispose()
+    return (_plain(value), "") if isinstance(value, dict) else (None, "")
+
+
+def _too_big(root: yaml.Node) -> str:
+    """Why the document is beyond the bounds once its aliases are expanded, or ""."""
+    seen = 0
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_DOCUMENT_NODES:
+            return f"has more than {MAX_DOCUMENT_NODES} values (aliases expanded)"
+        if depth > MAX_DOCUMENT_DEPTH:
+            return f"is nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, child in node.value:
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+    return ""
+
+
+def _plain(value: Any) -> Any:
+    """JSON values only (the bounds above make this walk finite and small)."""
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if key is None:
+        return "null"
+    plain = _plain(key)
+    return plain if isinstance(plain, str) else json.dumps(plain)

@@ -37,6 +37,12 @@ def csrf_valid(secret: bytes, session: str | None, offered: str | None) -> bool:
     return hmac.compare_digest(csrf_token(secret, session).encode(), offered.encode())
 
 
+def header_safe(value: str) -> bool:
+    """Whether an HTTP header can carry the value: no control character (a line break
+    would split the request; the HTTP client refuses them with a ValueError)."""
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+
+
 def loopback(uri: str | None) -> bool:
     """An http(s) URI whose host is this machine."""
     if not uri:

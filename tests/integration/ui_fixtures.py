@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -114,8 +115,11 @@ def record_rollout(repo: RepoBuilder, reason: str) -> None:
 
 
 @contextmanager
-def serving(root: Path, *, token: str | None = None, poll_s: float = 0.2) -> Iterator[str]:
-    """The dashboard of a checkout on 127.0.0.1 (any free port), in a thread of its own."""
+def serving(
+    root: Path, *, token: str | None = None, poll_s: float = 0.2, **options: Any
+) -> Iterator[str]:
+    """The dashboard of a checkout on 127.0.0.1 (any free port), in a thread of its own;
+    `options`: more fields of UiOptions."""
     source = GitStatusSource(GitSource(root), branch=DEFAULT_STATUS_BRANCH)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -128,7 +132,7 @@ def serving(root: Path, *, token: str | None = None, poll_s: float = 0.2) -> Ite
                 source,
                 host="127.0.0.1",
                 port=0,
-                options=UiOptions(token=token, poll_s=poll_s),
+                options=UiOptions(token=token, poll_s=poll_s, **options),
             )
         )
         box["url"] = url
