@@ -233,11 +233,16 @@ def _read_blobs(repo: git.Repo, shas: Iterable[str]) -> None:
         pos = start + size + 1  # content is followed by a newline
 
 
+# The largest status file readers read (status files are a few kilobytes).
+MAX_STATUS_FILE_BYTES = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class FoundStatus:
     """Status files as a reader finds them, and where: `ref` is refs/heads/BRANCH or
     refs/remotes/REMOTE/BRANCH, None when there is no status at all. `problem` says why
-    the remote's could not be read, when it could not (unreachable, refused)."""
+    the remote's could not be read, when it could not (unreachable, refused), and which
+    files were left out or read with replaced bytes (too large, not UTF-8)."""
 
     branch: str
     ref: str | None
@@ -522,8 +527,25 @@ class GitSource:
             return FoundStatus(branch, None, None, {}, problem)
         ref, commit = chosen
         tree = GitTree(self.repo, commit)
-        files = {p: tree.read(p).decode() for p in tree.paths() if p.endswith(".yaml")}
-        return FoundStatus(branch, ref, commit, files, problem)
+        files: dict[str, str] = {}
+        problems = [problem] if problem else []
+        for path in sorted(tree.paths()):
+            if not path.endswith(".yaml"):
+                continue
+            # A status file is a few kilobytes. One far larger is not ours (a push of
+            # megabytes of one letter compresses to kilobytes): its size is asked of git
+            # first and it is never read, so no reader holds it whole.
+            if tree.size(path) > MAX_STATUS_FILE_BYTES:
+                problems.append(f"{path} is larger than {MAX_STATUS_FILE_BYTES} bytes, not read")
+                continue
+            raw = tree.read(path)
+            try:
+                files[path] = raw.decode()
+            except UnicodeDecodeError:
+                # One file that is not UTF-8 must not hide every other endpoint's status.
+                files[path] = raw.decode(errors="replace")
+                problems.append(f"{path} is not UTF-8 text (its bytes are shown replaced)")
+        return FoundStatus(branch, ref, commit, files, "; ".join(problems))
 
     def _ref_commit(self, ref: str) -> str | None:
         try:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import yaml
 
 from reconciler.engine import load
-from reconciler.gitsource import CommitInfo, FoundStatus, GitSource, GitSourceError, GitTree
+from reconciler.gitsource import CommitInfo, GitSource, GitSourceError, GitTree
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.state import DesiredState
 from reconciler.status import STATUS_DIR, status_path
@@ -118,10 +118,7 @@ class GitStatusSource:
     def _read(self) -> StatusSnapshot:
         # Fetched once when the checkout has no status at all (a CI clone), as `reconcile
         # status` does; later reads stay local.
-        try:
-            found = self.git.find_status(self.branch, fetch=self._snapshot is None)
-        except UnicodeDecodeError:
-            found = self._find_undecodable()
+        found = self.git.find_status(self.branch, fetch=self._snapshot is None)
         head = self.git.head_commit()
         if found.commit is None:
             return StatusSnapshot(self.branch, None, None, head, {}, {}, found.problem)
@@ -151,27 +148,6 @@ class GitStatusSource:
             docs=docs,
             changed_at=changed,
             problem="; ".join(problems),
-        )
-
-    def _find_undecodable(self) -> FoundStatus:
-        """The status when a file on the branch is not UTF-8 text (find_status refuses the
-        whole branch then): the newest of the branch's refs, local or a remote's, its files
-        read with such bytes replaced, so one file cannot hide every endpoint."""
-        lines = self.git.status_fingerprint(self.branch).splitlines()[1:]
-        infos = [self.git.commit_info(line.split(" ", 1)[0]) for line in lines if " " in line]
-        newest = max((i for i in infos if i is not None), key=lambda i: i.time, default=None)
-        if newest is None:
-            return FoundStatus(self.branch, None, None, {}, "the status branch cannot be read")
-        tree = GitTree(self.git.repo, newest.commit)
-        files = {
-            p: tree.read(p).decode(errors="replace") for p in tree.paths() if p.endswith(".yaml")
-        }
-        return FoundStatus(
-            self.branch,
-            None,
-            newest.commit,
-            files,
-            "a status file is not UTF-8 text (its bytes are shown replaced)",
         )
 
     def _small_enough(self, commits: list[CommitInfo], path: str) -> list[CommitInfo]:

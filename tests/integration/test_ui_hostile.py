@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +27,7 @@ from repo_builder import RepoBuilder
 from status_fixtures import apply_head
 from ui_daemon_fixtures import KEY, blue_green, serve_fixture, wait_for  # noqa: F401
 from ui_daemon_fixtures import Served as DaemonServed
-from ui_fixtures import TOKEN, XSS, get, rollout_block, serving
+from ui_fixtures import CLI, TOKEN, XSS, get, rollout_block, serving
 
 from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
@@ -473,6 +474,31 @@ def test_a_status_file_that_is_not_utf8_leaves_the_others_shown(applied: RepoBui
     names = [e["name"] for e in strict_json(body)["endpoints"]]
     assert names == ["latin1", "my-endpoint"]
     assert page_status == 200 and 'data-endpoint="my-endpoint"' in page
+
+
+def test_every_status_reader_skips_a_huge_file_and_reads_one_not_utf8_replaced(
+    applied: RepoBuilder,
+) -> None:
+    """find_status is what `reconcile status`, the daemon and the pages read: a file too
+    large is never read (its size is asked of git), one not UTF-8 is read with its bytes
+    replaced, and the others are there, with the problem naming both."""
+    put_status_bytes(
+        applied.root,
+        {
+            "status/latin1.yaml": b"endpoint: latin1\nnotes: [caf\xe9]\n",
+            "status/huge.yaml": b"endpoint: huge\nnotes: [" + b"x" * (2 << 20) + b"]\n",
+        },
+    )
+    found = GitSource(applied.root).find_status(DEFAULT_STATUS_BRANCH, fetch=False)
+    assert sorted(found.files) == ["status/latin1.yaml", "status/my-endpoint.yaml"]
+    assert "caf\ufffd" in found.files["status/latin1.yaml"]
+    assert "status/huge.yaml is larger than" in found.problem
+    assert "status/latin1.yaml is not UTF-8" in found.problem
+    shown = subprocess.run(
+        [*CLI, "status", "--repo", str(applied.root)], capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "my-endpoint" in shown.stdout and "latin1" in shown.stdout
 
 
 def test_a_huge_older_revision_is_not_read_into_the_timeline(applied: RepoBuilder) -> None:
