@@ -6,6 +6,7 @@ chromium-driver`). Screenshots are saved in the test's temporary folder."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,25 @@ def test_overview_follows_a_traffic_commit_without_reload(
         _wait(lambda: browser.texts(mine) == ["blue 10%", "green 90%"])
         assert browser.run("return window.__notReloaded === true") is True
         browser.screenshot(tmp_path / "overview-1280-live.png")
+
+
+def test_a_page_refused_a_live_stream_gets_one_once_a_slot_frees(served_repo: Served) -> None:
+    """The server caps its event streams (503 beyond the cap); a browser does not retry a
+    refused EventSource on its own, so live.js does, and the page goes live later."""
+    with (
+        serving(served_repo.repo.root, max_streams=1) as base,
+        urllib.request.urlopen(base + "/api/events", timeout=20) as held,
+    ):
+        assert held.readline().startswith(b"event: status")
+        with chromium(javascript=True) as browser:
+            browser.open(base + "/")
+            time.sleep(1.0)
+            assert browser.run("return document.getElementById('live').hidden") is True
+            held.close()
+            _wait(
+                lambda: browser.run("return document.getElementById('live').hidden") is False,
+                timeout_s=30,
+            )
 
 
 def test_the_rollout_block_fits_a_phone(served_repo: Served, tmp_path: Path) -> None:

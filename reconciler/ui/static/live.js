@@ -62,19 +62,32 @@
       });
   }
 
-  var events = new EventSource("/api/events");
-  events.addEventListener("status", function (event) {
-    var data = JSON.parse(event.data);
-    if (badge) {
-      badge.hidden = false;
-    }
-    if (data.fingerprint !== shown) {
-      refresh(data.fingerprint);
-    }
-  });
-  events.addEventListener("error", function () {
-    if (badge) {
-      badge.hidden = true;
-    }
-  });
+  // The browser reconnects a dropped stream by itself, but not one the server refused
+  // (a 503 when too many streams are open): then a new one is tried, less often each time.
+  var retryMs = 2000;
+
+  function listen() {
+    var events = new EventSource("/api/events");
+    events.addEventListener("status", function (event) {
+      var data = JSON.parse(event.data);
+      retryMs = 2000;
+      if (badge) {
+        badge.hidden = false;
+      }
+      if (data.fingerprint !== shown) {
+        refresh(data.fingerprint);
+      }
+    });
+    events.addEventListener("error", function () {
+      if (badge) {
+        badge.hidden = true;
+      }
+      if (events.readyState === EventSource.CLOSED) {
+        window.setTimeout(listen, retryMs);
+        retryMs = Math.min(retryMs * 2, 60000);
+      }
+    });
+  }
+
+  listen();
 })();
