@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from git_remote_fixtures import on_push_once, racing_push
 from repo_builder import RepoBuilder
 from rollout_fixtures import MetricsServer, MetricsTarget
 
@@ -330,28 +331,9 @@ def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_re
     s = setup([{"traffic": 50, "for": "600ms"}, 100])
     # On the daemon's first rollout push, a person's push lands first (from inside the
     # remote's pre-receive hook, in a clean environment): the daemon's push is refused.
-    racer = tmp_path / "racer"
-    subprocess.run(["git", "clone", "-q", str(s.remote), str(racer)], check=True)
     marker = tmp_path / "race-once"
-    marker.write_text("x")
-    hook = s.remote / "hooks" / "pre-receive"
-    who = "-c user.name=Racer -c user.email=r@example.com"
-    script = tmp_path / "race.sh"
-    script.write_text(
-        f"cd {racer} && git {who} pull -q --rebase origin main && echo racing >> NOTES.md "
-        f'&& git add NOTES.md && git {who} commit -qm "racer: notes" && git push -q origin main\n'
-    )
-    hook.write_text(
-        "#!/bin/sh\n"
-        "read old new ref\n"
-        f"if [ -f {marker} ] && "
-        'git log -1 --format=%B "$new" | grep -q "^Reconcile-Rollout:"; then\n'
-        f"  rm {marker}\n"
-        f'  env -i PATH="$PATH" HOME={tmp_path} sh {script} >&2\n'
-        "fi\n"
-        "exit 0\n"
-    )
-    hook.chmod(0o755)
+    racer = racing_push(s.remote, tmp_path / "racer")
+    on_push_once(s.remote, message="Reconcile-Rollout:", marker=marker, run=racer)
     s.person_push("green: model v2", add_green)
 
     wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 import structlog
 import yaml
+from docker_rollout_fixtures import EP, marks, new_version, policy, rollout_block, status_of
 from structlog.typing import EventDict, WrappedLogger
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
-from reconciler.gitsource import DEFAULT_STATUS_BRANCH
-from reconciler.rollouts.machine import read_mark
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld, Load
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-EP: Final = "rollout-ep"
 STEPS: Final = [{"mirror": 20, "for": "2s"}, {"traffic": 50, "for": "2s"}, 100]
 
 # Bad versions of the stable model (it answers {"version": "1", "echo": <the request>}).
@@ -82,26 +80,15 @@ class Watched:
     load: Load
     logged: list[EventDict]
 
-    def status(self) -> dict[str, Any]:
-        try:
-            text = self.world.repo.git("show", f"{DEFAULT_STATUS_BRANCH}:status/{EP}.yaml")
-        except Exception:
-            return {}
-        doc = yaml.safe_load(text)
-        return doc if isinstance(doc, dict) else {}
-
     def rollout(self) -> dict[str, Any]:
-        block = self.status().get("rollout")
-        return block if isinstance(block, dict) else {}
+        return rollout_block(self.world.repo.git)
 
     def state(self) -> object:
         return self.rollout().get("state")
 
     def marks(self) -> list[tuple[int, bool]]:
         """(step, rollback) of each rollout commit on main, oldest first."""
-        log = self.world.repo.git("log", "--format=%H%x1f%B%x1e", "main")
-        marks = [read_mark(entry) for entry in log.split("\x1e") if "Reconcile-Rollout:" in entry]
-        return [(m.step, m.rollback) for m in reversed(marks) if m]
+        return marks(self.world.repo.git)
 
     def events(self, name: str, **fields: object) -> list[EventDict]:
         return [
@@ -112,11 +99,7 @@ class Watched:
 
     def new_version(self, score_py: str | None = None) -> None:
         """Deployment green at 0 traffic with a new model (version 2, or `score_py`)."""
-        if score_py is None:
-            self.world.code("src2", "2")
-        else:
-            self.world.repo.write("src2/score.py", score_py)
-        self.world.repo.deployment(EP, "green", code="../../src2")
+        new_version(self.world, score_py)
         self.world.repo.commit("green: a new model")
 
     def commit_log(self) -> str:
@@ -128,8 +111,7 @@ def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watch
     """Blue (version 1) serving, a rollout policy of three short steps with `thresholds`
     committed and applied, then the daemon watching it under load until the block ends."""
     world.serve(EP, version="1")
-    policy = {"steps": STEPS, "interval": "1s", "thresholds": thresholds}
-    world.repo.write("reconciler.yaml", yaml.safe_dump({"rollouts": {"default": policy}}))
+    world.repo.write_yaml("reconciler.yaml", policy(STEPS, thresholds))
     world.repo.commit("a rollout policy")
     world.apply()
     daemon = Daemon(
@@ -146,7 +128,9 @@ def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watch
         watch = Watched(world, load, logged)
         thread.start()
         try:
-            world.wait_for(lambda: watch.status().get("commit") == head, what="the daemon's pass")
+            world.wait_for(
+                lambda: status_of(world.repo.git).get("commit") == head, what="the daemon's pass"
+            )
             yield watch
         finally:
             daemon.stop()
