@@ -156,7 +156,7 @@ def load(
     Without `instance_types`, those of the targets of the tree's reconciler.yaml: a
     Kubernetes target's own types are valid, and an unknown type names the targets.
     """
-    desired, failed, _ = _load(tree, revision, instance_types)
+    desired, failed, _ = _load(tree, revision, instance_types, strict=False)
     return desired, failed
 
 
@@ -164,11 +164,15 @@ def _load(
     tree: FileTree,
     revision: str | None,
     instance_types: Mapping[str, InstanceType] | None,
+    *,
+    strict: bool,
 ) -> tuple[DesiredState | None, Plan | None, Mapping[str, InstanceType]]:
     """The desired state with what reconciler.yaml adds to it (the shadow comparison of
-    the endpoints' rollout policies), or a plan of errors: those of the files, and of an
-    invalid reconciler.yaml, whose settings the desired state would otherwise lack (a
-    router's tolerances reset by a typo in another key)."""
+    the endpoints' rollout policies), or a plan of errors. `strict` (a plan to apply): an
+    invalid reconciler.yaml is an error too, as its settings would be missing from the
+    desired state (a router's tolerances reset by a typo in another key). Otherwise (a
+    review, validate, which read reconciler.yaml and say its errors themselves) the files'
+    desired state is loaded without those settings."""
     config = repository_config(tree)
     names: tuple[str, ...] = ()
     if instance_types is None:
@@ -180,10 +184,12 @@ def _load(
             tree, instance_types=instance_types, revision=revision, target_names=names
         )
     except DesiredStateInvalid as invalid:
-        more = config.errors if isinstance(config, DesiredStateInvalid) else ()
+        more = config.errors if strict and isinstance(config, DesiredStateInvalid) else ()
         return None, invalid_plan((*invalid.errors, *more)), instance_types
     if isinstance(config, DesiredStateInvalid):
-        return None, invalid_plan(config.errors), instance_types
+        if strict:
+            return None, invalid_plan(config.errors), instance_types
+        return desired, None, instance_types
     return with_shadow_tolerances(desired, config.rollouts), None, instance_types
 
 
@@ -221,7 +227,7 @@ def plan_pass(
 ) -> tuple[Plan, DesiredState | None]:
     """Load and plan; a target that checks the desired state (ChecksDesired) adds its
     warnings (a deployment referencing a connection the target lacks)."""
-    desired, failed, instance_types = _load(tree, revision, instance_types)
+    desired, failed, instance_types = _load(tree, revision, instance_types, strict=True)
     if desired is None:
         assert failed is not None
         return failed, None

@@ -8,12 +8,15 @@ every request. Steps of seconds; the figures of each run are printed (`pytest -s
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import docker.errors
+import docker_state
 import pytest
 import structlog
 import yaml
@@ -21,6 +24,7 @@ from docker_rollout_fixtures import EP, marks, new_version, policy, rollout_bloc
 from structlog.typing import EventDict, WrappedLogger
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
+from reconciler.images.router import ROUTER_LEVEL
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld, Load
@@ -66,6 +70,23 @@ def run(raw_data):
 """
 
 
+# Answers as the stable model does, its numbers 0.4% off (a float where the stable model
+# answers the integer it was sent): within a relative tolerance of 1%, far outside the
+# router's default (1e-6).
+CLOSE: Final = """\
+import json
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    sent = json.loads(raw_data)
+    return {"version": "1", "echo": {k: v * 1.004 for k, v in sent.items()}}
+"""
+
+
 def _stamped(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     """Each captured log event gets the monotonic time it was logged at (the figures)."""
     event["at"] = time.monotonic()
@@ -107,11 +128,14 @@ class Watched:
 
 
 @contextlib.contextmanager
-def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watched]:
+def watched(
+    world: DockerWorld, thresholds: dict[str, object], **extra: object
+) -> Iterator[Watched]:
     """Blue (version 1) serving, a rollout policy of three short steps with `thresholds`
-    committed and applied, then the daemon watching it under load until the block ends."""
+    (and `extra` keys) committed and applied, then the daemon watching it under load until
+    the block ends."""
     world.serve(EP, version="1")
-    world.repo.write_yaml("reconciler.yaml", policy(STEPS, thresholds))
+    world.repo.write_yaml("reconciler.yaml", policy(STEPS, thresholds, **extra))
     world.repo.commit("a rollout policy")
     world.apply()
     daemon = Daemon(
@@ -227,3 +251,73 @@ def test_a_bad_version_is_rolled_back_by_a_commit_during_the_mirror_step_and_sta
         f"failed {len(load.failures)}"
     )
     print(watch.commit_log())
+
+
+def test_answers_differing_within_the_policys_comparison_tolerance_agree_and_are_promoted(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    thresholds = {"error_rate": 0.01, "shadow_agreement": 0.9, "min_requests": 5}
+    with watched(world, thresholds, comparison={"rtol": 0.01}) as watch:
+        config = docker_state.router_config(world.client, world.options.name, EP)
+        assert config["shadow_comparison"] == {
+            "rtol": 0.01,
+            "atol": 1e-9,
+            "max_body_bytes": 1024 * 1024,
+        }
+        watch.new_version(CLOSE)
+        world.wait_for(
+            lambda: watch.state() in ("Succeeded", "Failed"), what="the rollout's end", timeout=300
+        )
+    assert watch.state() == "Succeeded", watch.rollout()
+    assert watch.marks() == [(1, False), (2, False), (3, False)]
+    promoted = world.repo.git("log", "--grep", "step 2/3", "--format=%B", "main")
+    [shadow] = [line for line in promoted.splitlines() if line.strip().startswith("shadow:")]
+    assert " 0 disagree (100.00% agree)" in shadow, promoted
+    assert "shadow_agreement: 100.00% >= 90.00%" in promoted
+    assert watch.load.failures == []
+    print(f"\nwithin tolerance: {shadow.strip()}; requests served {len(watch.load.answers)}")
+
+
+def test_a_router_too_old_for_the_policys_tolerances_is_replaced_before_it_gets_them(
+    docker_world: DockerWorld,
+) -> None:
+    """Upgrading: a router image of level 2 (from before the tolerances) would refuse a
+    config with them. The endpoint's update replaces it first (keys and port kept), then
+    the new router serves with the tolerances; nothing is left to do."""
+    world = docker_world
+    current = world.target._router_image_tag(lambda message: None)
+    old_image, _ = world.client.images.build(
+        fileobj=io.BytesIO(f"FROM {current}\nLABEL reconciler.router-level=2\n".encode()),
+        labels={"reconciler.target": world.options.name},
+        rm=True,
+    )
+    try:
+        world.target._router_image = str(old_image.id)  # what an earlier version started
+        world.serve(EP, version="1")
+        keys = (world.key(EP), world.key(EP, "secondary"))
+        port = world.scoring_uri(EP)
+        world.repo.write_yaml("reconciler.yaml", policy(STEPS, {}, comparison={"atol": 0.5}))
+        world.repo.commit("compare within 0.5")
+        world.target = world.new_target()  # the upgraded reconciler
+        (step,) = world.plan().steps
+        assert (step.action, [c.path for c in step.changes]) == (
+            "update_endpoint",
+            ["shadow_comparison"],
+        )
+        world.apply()
+        (router,) = world.client.containers.list(
+            filters={"label": [f"reconciler.target={world.options.name}", "reconciler.role=router"]}
+        )
+        assert router.labels["reconciler.router-level"] == str(ROUTER_LEVEL)
+        assert router.image.id != old_image.id
+        config = docker_state.router_config(world.client, world.options.name, EP)
+        assert config["shadow_comparison"]["atol"] == 0.5
+        assert (world.key(EP), world.key(EP, "secondary")) == keys
+        assert world.scoring_uri(EP) == port
+        assert world.score(EP).version == "1"
+        assert world.plan().steps == ()
+    finally:
+        world.cleanup()
+        with contextlib.suppress(docker.errors.APIError):
+            world.client.images.remove(old_image.id, force=True)
