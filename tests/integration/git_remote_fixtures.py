@@ -1,7 +1,7 @@
 """A bare git remote in a temporary folder and pre-receive hooks that make the races of a
 daemon pushing to it happen at a chosen moment, every time: a person's push landing first
 (the daemon's push is refused because the branch moved), or the daemon killed while its
-push is on the wire (its commit made, never landed)."""
+push is on the wire (its commit made, never landed) or just after it landed."""
 
 from __future__ import annotations
 
@@ -17,14 +17,21 @@ def remote_git(remote: Path, *args: str) -> str:
 
 
 def on_push_once(
-    remote: Path, *, message: str, marker: Path, run: str, refuse: bool = False
+    remote: Path,
+    *,
+    message: str,
+    marker: Path,
+    run: str,
+    refuse: bool = False,
+    hook_name: str = "pre-receive",
 ) -> None:
-    """A pre-receive hook: the first push whose new tip's message has a line starting with
-    `message` (a grep pattern) runs the shell command `run` (with $new, the pushed commit)
-    and is refused when `refuse`; while `marker` exists, and it removes it. Other pushes
-    pass untouched."""
+    """A hook (pre-receive: before the branch moves; post-receive: once it has): the first
+    push whose new tip's message has a line starting with `message` (a grep pattern) runs
+    the shell command `run` (with $new, the pushed commit) and, before the branch moves, is
+    refused when `refuse`; while `marker` exists, and it removes it. Other pushes pass
+    untouched."""
     marker.write_text("armed")
-    hook = remote / "hooks" / "pre-receive"
+    hook = remote / "hooks" / hook_name
     hook.write_text(
         "#!/bin/sh\n"
         "read old new ref\n"

@@ -571,3 +571,25 @@ def test_a_canary_whose_shadow_answers_differ_is_rolled_back_in_its_mirror_step(
         lambda: s.target.snapshot().endpoints[0].spec.mirror_traffic == (),
         what="mirroring off on the target",
     )
+
+
+def test_a_person_committing_a_later_steps_values_mid_rollout_is_built_upon(
+    setup: Callable[..., Setup],
+) -> None:
+    """Values that are a step of the rollout are its step, whoever committed them: the
+    rollout re-plans from there (the step judged, then the next one committed)."""
+    s = setup([{"traffic": 20, "for": "60s"}, {"traffic": 50, "for": "600ms"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def fifty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 50").replace("green: 20", "green: 50")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push("green to 50% now", fifty)
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    marks = [read_mark(m) for _, m in s.rollout_commits()]
+    # Step 2 is the person's commit (no trailer); the daemon went on from it.
+    assert [m.step for m in marks if m] == [1, 3]
+    assert "Step 2/3 (traffic 50% for 600ms) passed" in s.rollout_commits()[-1][1]

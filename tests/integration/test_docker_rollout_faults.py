@@ -11,8 +11,9 @@ router all along, and no request may fail:
 - the daemon's push refused because a person pushed first (forced by the remote's
   pre-receive hook) is replayed on the new tip: both commits survive;
 - the daemon killed as its step commit is on the wire (the hook kills it and refuses the
-  push), and killed again between steps, resumes from git and what runs each time: every
-  step committed once, none lost.
+  push), killed again between steps, and again just after a step's push landed (a hook
+  after it), resumes from git and what runs each time: every step committed once, none
+  lost.
 
 Steps last seconds; the figures of each run are printed (`pytest -s`).
 """
@@ -273,7 +274,7 @@ def test_a_step_push_refused_because_a_person_pushed_first_is_replayed_on_their_
     )
 
 
-def test_a_daemon_killed_before_its_step_push_lands_and_between_steps_resumes_each_step_once(
+def test_a_daemon_killed_before_or_after_its_step_push_lands_or_between_steps_resumes_once(
     remote_world: RemoteFactory,
 ) -> None:
     r = remote_world([{"mirror": 20, "for": "2s"}, {"traffic": 50, "for": "5s"}, 100])
@@ -297,20 +298,35 @@ def test_a_daemon_killed_before_its_step_push_lands_and_between_steps_resumes_ea
     r.wait(lambda: marks(r.git) == [(1, False), (2, False)], "step 2 pushed after the restart")
     r.wait(lambda: r.served() == ({"blue": 50, "green": 50}, {}), "step 2 served")
     r.wait(lambda: bool(second.events("rollout_judged", endpoint=EP, step=2)), "step 2 judged")
+    # As the next daemon's push of step 3 has landed, a hook after it kills that daemon
+    # too: it never logs nor records the commit it made.
+    landed = r.tmp / "kill-after-landing"
+    on_push_once(
+        r.remote,
+        message=f"Reconcile-Rollout: {EP} step 3/",
+        marker=landed,
+        run=f'kill -9 "$(cat {r.pid_file})"',
+        hook_name="post-receive",
+    )
     second.kill()  # between steps: step 2 committed, served, its window under way
     assert marks(r.git) == [(1, False), (2, False)]
 
     third = r.start_daemon()
+    r.wait(lambda: not third.alive(), "the daemon killed once step 3 landed")
+    assert marks(r.git) == [(1, False), (2, False), (3, False)]
+    assert third.events("rollout_committed") == []  # killed before it could say so
+    fourth = r.start_daemon()
     r.wait(lambda: r.rollout().get("state") == "Succeeded", "the rollout to succeed")
     r.wait(lambda: r.served() == ({"green": 100}, {}), "green serving all traffic")
     # Each step committed once, none lost, the killed push's commit nowhere on main.
     assert marks(r.git) == [(1, False), (2, False), (3, False)]
     assert unpushed not in r.git("rev-list", "main").split()
-    for daemon in (second, third):
+    for daemon in (second, third, fourth):
         assert daemon.events("rollout_resumed", endpoint=EP), daemon.log.read_text()[-2000:]
+    assert not fourth.events("rollout_committed")  # step 3 was there: nothing to commit
     assert r.load.failures == []
     assert r.load.answers[-1].version == "2"
     print(
-        f"\ntwo SIGKILLs mid-rollout: requests served {len(r.load.answers)}, failed "
+        f"\nthree SIGKILLs mid-rollout: requests served {len(r.load.answers)}, failed "
         f"{len(r.load.failures)}"
     )

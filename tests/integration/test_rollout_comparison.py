@@ -55,6 +55,7 @@ def test_a_policy_comparison_is_one_endpoint_update_then_nothing_and_goes_back_w
     repo.commit("compare within 1%")
     (step,) = plan_of(repo, target).steps
     assert (step.action, step.endpoint) == ("update_endpoint", EP)
+    assert "`comparison` of its rollout policy in reconciler.yaml" in step.reason
     changed = {c.path: (c.before, c.after) for c in step.changes}
     # The defaults of the router are filled in: what runs is said whole.
     assert changed == {
