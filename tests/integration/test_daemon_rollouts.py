@@ -593,3 +593,45 @@ def test_a_person_committing_a_later_steps_values_mid_rollout_is_built_upon(
     # Step 2 is the person's commit (no trailer); the daemon went on from it.
     assert [m.step for m in marks if m] == [1, 3]
     assert "Step 2/3 (traffic 50% for 600ms) passed" in s.rollout_commits()[-1][1]
+
+
+def test_a_rollout_a_person_stopped_stays_stopped_after_a_restart(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """The person who stopped a rollout by hand then moved all traffic back to the stable
+    deployment: a restarted daemon finds the rollout's step trailer in the history, but the
+    status says it was stopped, so it does not start it again (the values read as its
+    step 0, which would commit step 1 anew against the person's decision)."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def thirty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    def back(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 70", "blue: 100").replace("green: 30", "green: 0")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push("move green to 30 by hand", thirty)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
+    reverted = s.person_push("all back on blue", back)
+    wait_for(lambda: s.status().get("commit") == reverted, what="the revert applied")
+    s.daemon.stop()
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: again.state.last_commit == reverted, what="the restarted daemon's pass")
+        time.sleep(1.0)  # passes keep coming every progress interval; none may commit
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    assert len(s.rollout_commits()) == 1
+    assert s.remote_git("rev-parse", "main") == reverted
+    assert s.rollout_state() == "Stopped"
+    assert s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 100),)
