@@ -222,9 +222,16 @@ def test_rollout_abort_mid_mirror_puts_traffic_on_stable_and_mirror_off_within_t
     assert done.returncode == 0, done.stderr
     abort = json.loads(done.stdout)["commit"]
     r.wait(lambda: r.served() == ({"blue": 100}, {}), "traffic on blue, mirror off")
-    took, back_at = time.monotonic() - pushed, time.time()
-    # The passes that began after the push, up to the one that applied the abort.
-    passes = len([e for e in daemon.events("pass_started") if pushed_at < at(e) < back_at])
+    took = time.monotonic() - pushed
+
+    # The passes that began after the push, up to the one that turned the mirror off.
+    def mirror_off() -> list[Any]:
+        events = daemon.events("step_succeeded", action="set_mirror_traffic")
+        return [e for e in events if at(e) > pushed_at]
+
+    r.wait(lambda: bool(mirror_off()), "the daemon's log of the step")
+    applied = mirror_off()[0]
+    passes = len([e for e in daemon.events("pass_started") if pushed_at < at(e) < at(applied)])
     assert passes <= 2, passes
     r.wait(lambda: r.rollout().get("state") == "Aborted", "the rollout Aborted in status")
     assert r.rollout()["reason"] == f"aborted by commit {abort[:12]}"
