@@ -3,7 +3,10 @@ git checkout) reads the real router's metrics port while steady load goes throug
 router. A good new version is promoted from mirror to 100% by commits, with no failed
 request; a bad one (it answers differently, fails one request in five, or is much slower)
 is rolled back by a commit during the mirror step, while the stable deployment answers
-every request. Steps of seconds; the figures of each run are printed (`pytest -s`)."""
+every request. A version whose answers differ only within the policy's `comparison`
+tolerance agrees and is promoted; a router too old for that tolerance is replaced before it
+is given it. Steps of seconds; the figures of each run are printed (`pytest -s`). People
+and faults meeting a rollout (the daemon as a process): test_docker_rollout_faults."""
 
 from __future__ import annotations
 
