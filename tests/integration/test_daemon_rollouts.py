@@ -635,3 +635,40 @@ def test_a_rollout_a_person_stopped_stays_stopped_after_a_restart(
     assert s.remote_git("rev-parse", "main") == reverted
     assert s.rollout_state() == "Stopped"
     assert s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 100),)
+
+
+def test_an_abort_whose_push_is_refused_is_undone_locally_and_succeeds_after_a_pull(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """The person's clone is behind origin (the daemon, or someone, pushed meanwhile): the
+    abort's push is refused. The abort commit made on the old tip is undone, not left behind
+    for a rebase to replay onto values it was not made for (its rollback trailer would end
+    the rollout while the new tip's traffic stays); after a pull, abort works."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    before = s.clone.git("rev-parse", "HEAD")
+    other = RepoBuilder.__new__(RepoBuilder)
+    other.root = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", str(s.remote), str(other.root)], check=True)
+    other.write("NOTES.md", "meanwhile\n")
+    other.git("add", "NOTES.md")
+    other.git("-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "notes")
+    other.git("push", "-q", "origin", "main")
+
+    clone = str(s.clone.root)
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone, "--push")
+    assert code == 1
+    assert "undone" in out and "pull" in out, out
+    assert s.clone.git("rev-parse", "HEAD") == before
+    assert s.clone.git("status", "--porcelain") == ""
+    assert "blue: 80" in (s.clone.root / ENDPOINT_FILE).read_text()
+    assert s.rollout_state() != "Aborted"
+
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Aborted", what="aborted")
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
