@@ -187,8 +187,9 @@ def _commit(
         except GitSourceError as exc:
             # The branch moved on origin (the daemon committed a step, or a person pushed):
             # the commit was made for values that may no longer be there. Left behind, a
-            # rebase would replay it onto the new tip, where an abort's rollback trailer
-            # would end the rollout while that tip's traffic stays. Undone instead.
+            # rebase replays it onto the new tip, where an abort made at step 1 is dropped
+            # as already upstream once step 2 set the mirror off (the abort silently lost),
+            # or keeps its rollback trailer over values it did not roll back. Undone.
             undone = git_source.undo_commit(branch, made.commit, before)
             what = (
                 f"the {verb.value} commit {made.commit[:12]} was undone"
