@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from git_remote_fixtures import on_push_once, racing_push
+from git_remote_fixtures import on_push_once, racing_push, remote_git
 from repo_builder import RepoBuilder
 from rollout_fixtures import MetricsServer, MetricsTarget
 
@@ -65,13 +65,7 @@ class Setup:
     daemon: Daemon
 
     def remote_git(self, *args: str) -> str:
-        done = subprocess.run(
-            ["git", "--git-dir", str(self.remote), *args],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
+        return remote_git(self.remote, *args)
 
     def rollout_commits(self) -> list[tuple[str, str]]:
         """(commit, message) of the remote main's rollout commits, oldest first."""
