@@ -810,6 +810,21 @@ class GitSource:
         self.repo.git.update_ref(f"refs/heads/{branch}", commit)
         return FileCommit(branch, commit, 1)
 
+    def undo_commit(self, branch: str, commit: str, parent: str) -> bool:
+        """Move `branch` back from `commit` (its tip, as commit_file left it) to `parent`;
+        when the branch is checked out here, its index and working tree follow (`reset
+        --keep`: other uncommitted edits stay). False when the branch moved on since."""
+        if self._branch_commit(branch) != commit:
+            return False
+        try:
+            if self.current_branch() == branch:
+                self.repo.git.reset("-q", "--keep", parent)
+            else:
+                self.repo.git.update_ref(f"refs/heads/{branch}", parent, commit)
+        except git.GitCommandError:
+            return False
+        return True
+
     def push_branch(self, branch: str) -> None:
         """Push a local branch to origin as it is (fast-forward only: never forced)."""
         try:

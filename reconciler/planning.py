@@ -214,6 +214,12 @@ def _endpoint_update_reason(changes: tuple[FieldChange, ...]) -> str:
     names = ", ".join(c.path for c in changes)
     if any(c.path == "auth_mode" for c in changes):
         return f"endpoint settings change ({names}); callers need new credentials"
+    if any(c.path.startswith("shadow_comparison") for c in changes):
+        # Not in the endpoint's file: say where it comes from.
+        return (
+            f"endpoint settings change ({names}); shadow_comparison is the `comparison` of "
+            "its rollout policy in reconciler.yaml"
+        )
     return f"endpoint settings change ({names})"
 
 

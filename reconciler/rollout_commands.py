@@ -169,6 +169,7 @@ def _commit(
     new_text: str | None = None,
 ) -> None:
     try:
+        before = git_source.resolve(f"refs/heads/{branch}")
         made = git_source.commit_file(
             path,
             lambda _old: new_text if path is not None else "",
@@ -178,10 +179,27 @@ def _commit(
         )
         if made.commit is None:
             _fail(f"nothing to commit for {verb.value} of {endpoint}")
-        if push:
-            git_source.push_branch(branch)
     except GitSourceError as exc:
         _fail(str(exc))
+    if push:
+        try:
+            git_source.push_branch(branch)
+        except GitSourceError as exc:
+            # The branch moved on origin (the daemon committed a step, or a person pushed):
+            # the commit was made for values that may no longer be there. Left behind, a
+            # rebase replays it onto the new tip, where an abort made at step 1 is dropped
+            # as already upstream once step 2 set the mirror off (the abort silently lost),
+            # or keeps its rollback trailer over values it did not roll back. Undone.
+            undone = git_source.undo_commit(branch, made.commit, before)
+            what = (
+                f"the {verb.value} commit {made.commit[:12]} was undone"
+                if undone
+                else f"the {verb.value} commit {made.commit[:12]} is still on {branch}"
+            )
+            _fail(
+                f"{exc}; {what}: pull {branch} from origin (`git pull --rebase`) and run "
+                f"`reconcile rollout {verb.value} {endpoint}` again"
+            )
     data = {
         "endpoint": endpoint,
         "action": verb.value,

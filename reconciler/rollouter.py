@@ -91,6 +91,7 @@ class State(StrEnum):
 
 
 ACTIVE: Final = frozenset({State.PROGRESSING, State.PAUSED})
+ENDED: Final = frozenset({State.SUCCEEDED, State.FAILED, State.ABORTED, State.STOPPED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,11 +264,16 @@ class Rollouter:
                 isinstance(stable, str) and isinstance(canary, str)
             ):
                 stable = canary = start = None
-                for commit, message in messages:
+                for index, (commit, message) in enumerate(messages):
                     mark = read_mark(message)
                     if mark is None or mark.endpoint != name:
                         continue
-                    if not mark.rollback and mark.step < mark.total:
+                    # A step's trailer of a rollout that status says ended (a person's
+                    # commit stopped it) is not one to resume: its values may read as a
+                    # step again (all traffic back on stable: step 0) and the daemon would
+                    # commit the rollout anew against that person's decision.
+                    ended = _ended_since(block, messages[: index + 1])
+                    if not mark.rollback and mark.step < mark.total and not ended:
                         stable, canary, start = mark.stable, mark.canary, commit
                     break
             if stable is None or canary is None:
@@ -576,6 +582,15 @@ class Rollouter:
             for t in self.tracked.values()
         ]
         return min(waits, default=None)
+
+
+def _ended_since(block: Mapping[str, Any], messages: list[tuple[str, str]]) -> bool:
+    """Whether the status block says its rollout ended, and it is the rollout of the
+    newest of these commits or a later one (a commit it records is among them)."""
+    if block.get("state") not in ENDED:
+        return False
+    recorded = {block.get("start_commit"), block.get("last_commit")} - {None}
+    return any(commit in recorded for commit, _ in messages)
 
 
 def _since(messages: list[tuple[str, str]], start: str | None) -> list[tuple[str, str]]:

@@ -47,7 +47,8 @@ CODE_DIR = "/opt/reconciler"
 # what an endpoint needs (one from before the label is level 1).
 ROUTER_LEVEL_LABEL = "reconciler.router-level"
 PROBING_LEVEL = 2  # runs the readiness and liveness checks of custom containers
-ROUTER_LEVEL = PROBING_LEVEL
+SHADOW_TOLERANCE_LEVEL = 3  # reads `shadow_comparison` (a rollout policy's tolerances)
+ROUTER_LEVEL = SHADOW_TOLERANCE_LEVEL
 
 
 def router_requirements() -> tuple[str, ...]:

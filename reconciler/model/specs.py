@@ -153,6 +153,19 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowTolerance:
+    """How the endpoint's router compares a mirrored answer with the live one
+    (router.compare): numbers agree when `|shadow - live| <= atol + rtol * |live|`; bodies
+    over max_body_bytes are not compared. Not a field of Azure's YAML: it comes from the
+    `comparison` of the endpoint's rollout policy in reconciler.yaml, every value given
+    (the router's defaults filled in), and is None where the router's defaults apply."""
+
+    rtol: float
+    atol: float
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointSpec:
     name: str
     flavor: str = MANAGED  # managed or kubernetes
@@ -165,6 +178,8 @@ class EndpointSpec:
     identity: str | None = None  # canonical JSON of the identity block; no meaning here
     public_network_access: str = "enabled"
     properties: Pairs = ()  # Azure's free-form properties, as text, like tags
+    # From reconciler.yaml's rollout policy of the endpoint (`comparison`), not its file.
+    shadow_comparison: ShadowTolerance | None = None
     source: SourceLocation | None = field(default=None, compare=False)
 
     @property
@@ -263,7 +278,7 @@ MAPPING_FIELDS = frozenset(
 # Fields added after specs were first stored and digested: left out of the canonical form
 # while empty, so that a spec without them keeps the digest it always had (an upgrade of the
 # reconciler must not restart every deployment).
-OMITTED_WHEN_EMPTY = frozenset({"properties"})
+OMITTED_WHEN_EMPTY = frozenset({"properties", "shadow_comparison"})
 
 
 def to_json(value: Any) -> JsonValue:

@@ -14,6 +14,10 @@ rollouts:
       p99_ratio: 1.5          # ... relative to the stable deployment's p99
       min_requests: 50        # fewer requests in a step: wait, never promote
       shadow_agreement: 0.99  # agreeing shadow answers / compared ones (mirror steps)
+    comparison:               # how the router compares a shadow answer with the live one:
+      rtol: 0.001             # numbers agree when |shadow - live| <= atol + rtol * |live|
+      atol: 0.000001          # (default 1e-6 and 1e-9); max_body_bytes: larger bodies are
+                              # not compared (default 1 MiB)
     mode: commit              # or pull-request: push a branch per step for a person to merge
     # Where the figures come from: the router itself (the default; the target reads its
     # metrics port or pods), or a Prometheus server that scrapes the routers, queried with
@@ -29,15 +33,17 @@ rollouts:
     batch-endpoint: {enabled: false}           # no rollouts here
 ```
 
-An endpoint's entry is merged over `default` key by key (thresholds too), so an override
-names only what differs. Rules the schema cannot say are checked here, each with its line:
-one of mirror/traffic per step, mirror steps before traffic steps (a mirrored deployment
-has no live traffic), traffic shares rising, the last step giving the new deployment 100%,
-at most one bearer token source of a Prometheus server, no `labels` the router sets itself.
+An endpoint's entry is merged over `default` key by key (thresholds and comparison too), so
+an override names only what differs. Rules the schema cannot say are checked here, each with
+its line: one of mirror/traffic per step, mirror steps before traffic steps (a mirrored
+deployment has no live traffic), traffic shares rising, the last step giving the new
+deployment 100%, tolerances that are finite numbers, at most one bearer token source of a
+Prometheus server, no `labels` the router sets itself.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -120,12 +126,23 @@ class PrometheusSource:
 
 
 @dataclass(frozen=True, slots=True)
+class Comparison:
+    """The router's shadow comparison as the policy sets it; None: the router's default.
+    The engine carries it into the endpoint's spec (model.specs.ShadowTolerance)."""
+
+    rtol: float | None = None
+    atol: float | None = None
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutPolicy:
     steps: tuple[Step, ...]
     interval_s: float = DEFAULT_INTERVAL_S
     thresholds: Thresholds = Thresholds()
     mode: Mode = Mode.COMMIT
     metrics: PrometheusSource | None = None  # None: the target reads its router's metrics
+    comparison: Comparison = Comparison()
     line: int | None = None  # where the policy is written (its endpoint's entry or default)
 
     @property
@@ -185,7 +202,16 @@ def format_duration(seconds: float) -> str:
 
 
 _THRESHOLD_KEYS: Final = ("error_rate", "p99_ms", "p99_ratio", "min_requests", "shadow_agreement")
-_POLICY_KEYS: Final = ("steps", "interval", "thresholds", "mode", "enabled", "metrics")
+_COMPARISON_KEYS: Final = ("rtol", "atol", "max_body_bytes")
+_POLICY_KEYS: Final = (
+    "steps",
+    "interval",
+    "thresholds",
+    "mode",
+    "enabled",
+    "metrics",
+    "comparison",
+)
 _ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_NAME: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -229,9 +255,10 @@ def parse_rollouts(
 
 def _merged(default: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
     merged = {**default, **entry}
-    base_thresholds, own_thresholds = default.get("thresholds"), entry.get("thresholds")
-    if isinstance(base_thresholds, dict) and isinstance(own_thresholds, dict):
-        merged["thresholds"] = {**base_thresholds, **own_thresholds}
+    for key in ("thresholds", "comparison"):
+        base, own = default.get(key), entry.get(key)
+        if isinstance(base, dict) and isinstance(own, dict):
+            merged[key] = {**base, **own}
     return merged
 
 
@@ -261,12 +288,24 @@ def _policy(
         interval = DEFAULT_INTERVAL_S
     steps = _steps(raw["steps"], (*where, "steps"), interval_s=interval, error=report("steps"))
     thresholds = _thresholds(raw.get("thresholds"))
+    comparison = _comparison(
+        raw.get("comparison"), (*where, "comparison"), error=report("comparison")
+    )
     mode_text = raw.get("mode", Mode.COMMIT.value)
     mode = Mode(mode_text) if mode_text in {m.value for m in Mode} else None
     metrics_ok, metrics = _metrics(raw.get("metrics"), (*where, "metrics"), error=report("metrics"))
-    if steps is None or thresholds is None or mode is None or failed or not metrics_ok:
+    if (
+        steps is None
+        or thresholds is None
+        or comparison is None
+        or mode is None
+        or failed
+        or not metrics_ok
+    ):
         return None
-    return RolloutPolicy(steps, interval, thresholds, mode, metrics, line=line_at(where))
+    return RolloutPolicy(
+        steps, interval, thresholds, mode, metrics, comparison=comparison, line=line_at(where)
+    )
 
 
 def _steps(
@@ -432,6 +471,36 @@ def _thresholds(raw: Any) -> Thresholds | None:
             return None  # the schema said why
         values[key] = int(value) if key == "min_requests" else float(value)
     return Thresholds(**values)
+
+
+def _comparison(
+    raw: Any, where: RolloutPath, *, error: Callable[[RolloutPath, str], None]
+) -> Comparison | None:
+    """None when it is refused: by the schema (which said why), or here for what the
+    schema cannot say (a tolerance of .nan or .inf)."""
+    if raw is None:
+        return Comparison()
+    if not isinstance(raw, dict) or any(key not in _COMPARISON_KEYS for key in raw):
+        return None
+    values: dict[str, Any] = {}
+    for key in _COMPARISON_KEYS:
+        value = raw.get(key)
+        if value is None:
+            continue  # `rtol: null`: the router's default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value):
+            error((*where, key), f"must be a finite number, got {value}")
+            return None
+        if value < 0:
+            return None
+        if key == "max_body_bytes":
+            if not isinstance(value, int) or value < 1:
+                return None
+            values[key] = value
+        else:
+            values[key] = float(value)
+    return Comparison(**values)
 
 
 def conflicts_with_policies(

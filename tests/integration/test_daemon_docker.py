@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +20,7 @@ from typing import Any
 import docker_state
 import pytest
 import yaml
+from daemon_process import WatchProcess
 from repo_builder import RepoBuilder
 
 docker = pytest.importorskip("docker")
@@ -53,49 +51,11 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class Watch:
-    """`reconcile watch` in a process of its own, as an operator runs it."""
+class Watch(WatchProcess):
+    """`reconcile watch --repo REPO` in a process of its own."""
 
     def __init__(self, repo: Path, state: Path, *, interval: float) -> None:
-        self.log = state / f"daemon-{uuid.uuid4().hex[:6]}.log"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler.cli",
-                "--log-format",
-                "json",
-                "watch",
-                "--repo",
-                str(repo),
-                "--interval",
-                str(interval),
-            ],
-            env={**os.environ, "XDG_STATE_HOME": str(state)},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("w"),
-        )
-
-    def events(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__(state, "--repo", str(repo), "--interval", str(interval))
 
 
 @pytest.fixture

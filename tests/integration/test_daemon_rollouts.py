@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from git_remote_fixtures import on_push_once, racing_push, remote_git
 from repo_builder import RepoBuilder
 from rollout_fixtures import MetricsServer, MetricsTarget
 
@@ -64,13 +65,7 @@ class Setup:
     daemon: Daemon
 
     def remote_git(self, *args: str) -> str:
-        done = subprocess.run(
-            ["git", "--git-dir", str(self.remote), *args],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
+        return remote_git(self.remote, *args)
 
     def rollout_commits(self) -> list[tuple[str, str]]:
         """(commit, message) of the remote main's rollout commits, oldest first."""
@@ -330,28 +325,9 @@ def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_re
     s = setup([{"traffic": 50, "for": "600ms"}, 100])
     # On the daemon's first rollout push, a person's push lands first (from inside the
     # remote's pre-receive hook, in a clean environment): the daemon's push is refused.
-    racer = tmp_path / "racer"
-    subprocess.run(["git", "clone", "-q", str(s.remote), str(racer)], check=True)
     marker = tmp_path / "race-once"
-    marker.write_text("x")
-    hook = s.remote / "hooks" / "pre-receive"
-    who = "-c user.name=Racer -c user.email=r@example.com"
-    script = tmp_path / "race.sh"
-    script.write_text(
-        f"cd {racer} && git {who} pull -q --rebase origin main && echo racing >> NOTES.md "
-        f'&& git add NOTES.md && git {who} commit -qm "racer: notes" && git push -q origin main\n'
-    )
-    hook.write_text(
-        "#!/bin/sh\n"
-        "read old new ref\n"
-        f"if [ -f {marker} ] && "
-        'git log -1 --format=%B "$new" | grep -q "^Reconcile-Rollout:"; then\n'
-        f"  rm {marker}\n"
-        f'  env -i PATH="$PATH" HOME={tmp_path} sh {script} >&2\n'
-        "fi\n"
-        "exit 0\n"
-    )
-    hook.chmod(0o755)
+    racer = racing_push(s.remote, tmp_path / "racer")
+    on_push_once(s.remote, message="Reconcile-Rollout:", marker=marker, run=racer)
     s.person_push("green: model v2", add_green)
 
     wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
@@ -589,3 +565,104 @@ def test_a_canary_whose_shadow_answers_differ_is_rolled_back_in_its_mirror_step(
         lambda: s.target.snapshot().endpoints[0].spec.mirror_traffic == (),
         what="mirroring off on the target",
     )
+
+
+def test_a_person_committing_a_later_steps_values_mid_rollout_is_built_upon(
+    setup: Callable[..., Setup],
+) -> None:
+    """Values that are a step of the rollout are its step, whoever committed them: the
+    rollout re-plans from there (the step judged, then the next one committed)."""
+    s = setup([{"traffic": 20, "for": "60s"}, {"traffic": 50, "for": "600ms"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def fifty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 50").replace("green: 20", "green: 50")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push("green to 50% now", fifty)
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    marks = [read_mark(m) for _, m in s.rollout_commits()]
+    # Step 2 is the person's commit (no trailer); the daemon went on from it.
+    assert [m.step for m in marks if m] == [1, 3]
+    assert "Step 2/3 (traffic 50% for 600ms) passed" in s.rollout_commits()[-1][1]
+
+
+def test_a_rollout_a_person_stopped_stays_stopped_after_a_restart(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """The person who stopped a rollout by hand then moved all traffic back to the stable
+    deployment: a restarted daemon finds the rollout's step trailer in the history, but the
+    status says it was stopped, so it does not start it again (the values read as its
+    step 0, which would commit step 1 anew against the person's decision)."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def thirty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    def back(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 70", "blue: 100").replace("green: 30", "green: 0")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push("move green to 30 by hand", thirty)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
+    reverted = s.person_push("all back on blue", back)
+    wait_for(lambda: s.status().get("commit") == reverted, what="the revert applied")
+    s.daemon.stop()
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: again.state.last_commit == reverted, what="the restarted daemon's pass")
+        time.sleep(1.0)  # passes keep coming every progress interval; none may commit
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    assert len(s.rollout_commits()) == 1
+    assert s.remote_git("rev-parse", "main") == reverted
+    assert s.rollout_state() == "Stopped"
+    assert s.target.snapshot().traffic_of(ENDPOINT) == (("blue", 100),)
+
+
+def test_an_abort_whose_push_is_refused_is_undone_locally_and_succeeds_after_a_pull(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """The person's clone is behind origin (the daemon, or someone, pushed meanwhile): the
+    abort's push is refused. The abort commit made on the old tip is undone, not left behind
+    for a rebase to replay onto values it was not made for (its rollback trailer would end
+    the rollout while the new tip's traffic stays); after a pull, abort works."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    before = s.clone.git("rev-parse", "HEAD")
+    other = RepoBuilder.__new__(RepoBuilder)
+    other.root = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", str(s.remote), str(other.root)], check=True)
+    other.write("NOTES.md", "meanwhile\n")
+    other.git("add", "NOTES.md")
+    other.git("-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-qm", "notes")
+    other.git("push", "-q", "origin", "main")
+
+    clone = str(s.clone.root)
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone, "--push")
+    assert code == 1
+    assert "undone" in out and "pull" in out, out
+    assert s.clone.git("rev-parse", "HEAD") == before
+    assert s.clone.git("status", "--porcelain") == ""
+    assert "blue: 80" in (s.clone.root / ENDPOINT_FILE).read_text()
+    assert s.rollout_state() != "Aborted"
+
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "abort", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Aborted", what="aborted")
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}

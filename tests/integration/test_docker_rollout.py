@@ -3,25 +3,31 @@ git checkout) reads the real router's metrics port while steady load goes throug
 router. A good new version is promoted from mirror to 100% by commits, with no failed
 request; a bad one (it answers differently, fails one request in five, or is much slower)
 is rolled back by a commit during the mirror step, while the stable deployment answers
-every request. Steps of seconds; the figures of each run are printed (`pytest -s`)."""
+every request. A version whose answers differ only within the policy's `comparison`
+tolerance agrees and is promoted; a router too old for that tolerance is replaced before it
+is given it. Steps of seconds; the figures of each run are printed (`pytest -s`). People
+and faults meeting a rollout (the daemon as a process): test_docker_rollout_faults."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import docker.errors
+import docker_state
 import pytest
 import structlog
 import yaml
+from docker_rollout_fixtures import EP, marks, new_version, policy, rollout_block, status_of
 from structlog.typing import EventDict, WrappedLogger
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
-from reconciler.gitsource import DEFAULT_STATUS_BRANCH
-from reconciler.rollouts.machine import read_mark
+from reconciler.images.router import ROUTER_LEVEL
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld, Load
@@ -29,7 +35,6 @@ if TYPE_CHECKING:
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-EP: Final = "rollout-ep"
 STEPS: Final = [{"mirror": 20, "for": "2s"}, {"traffic": 50, "for": "2s"}, 100]
 
 # Bad versions of the stable model (it answers {"version": "1", "echo": <the request>}).
@@ -68,6 +73,23 @@ def run(raw_data):
 """
 
 
+# Answers as the stable model does, its numbers 0.4% off (a float where the stable model
+# answers the integer it was sent): within a relative tolerance of 1%, far outside the
+# router's default (1e-6).
+CLOSE: Final = """\
+import json
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    sent = json.loads(raw_data)
+    return {"version": "1", "echo": {k: v * 1.004 for k, v in sent.items()}}
+"""
+
+
 def _stamped(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     """Each captured log event gets the monotonic time it was logged at (the figures)."""
     event["at"] = time.monotonic()
@@ -82,26 +104,15 @@ class Watched:
     load: Load
     logged: list[EventDict]
 
-    def status(self) -> dict[str, Any]:
-        try:
-            text = self.world.repo.git("show", f"{DEFAULT_STATUS_BRANCH}:status/{EP}.yaml")
-        except Exception:
-            return {}
-        doc = yaml.safe_load(text)
-        return doc if isinstance(doc, dict) else {}
-
     def rollout(self) -> dict[str, Any]:
-        block = self.status().get("rollout")
-        return block if isinstance(block, dict) else {}
+        return rollout_block(self.world.repo.git)
 
     def state(self) -> object:
         return self.rollout().get("state")
 
     def marks(self) -> list[tuple[int, bool]]:
         """(step, rollback) of each rollout commit on main, oldest first."""
-        log = self.world.repo.git("log", "--format=%H%x1f%B%x1e", "main")
-        marks = [read_mark(entry) for entry in log.split("\x1e") if "Reconcile-Rollout:" in entry]
-        return [(m.step, m.rollback) for m in reversed(marks) if m]
+        return marks(self.world.repo.git)
 
     def events(self, name: str, **fields: object) -> list[EventDict]:
         return [
@@ -112,11 +123,7 @@ class Watched:
 
     def new_version(self, score_py: str | None = None) -> None:
         """Deployment green at 0 traffic with a new model (version 2, or `score_py`)."""
-        if score_py is None:
-            self.world.code("src2", "2")
-        else:
-            self.world.repo.write("src2/score.py", score_py)
-        self.world.repo.deployment(EP, "green", code="../../src2")
+        new_version(self.world, score_py)
         self.world.repo.commit("green: a new model")
 
     def commit_log(self) -> str:
@@ -124,12 +131,14 @@ class Watched:
 
 
 @contextlib.contextmanager
-def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watched]:
+def watched(
+    world: DockerWorld, thresholds: dict[str, object], **extra: object
+) -> Iterator[Watched]:
     """Blue (version 1) serving, a rollout policy of three short steps with `thresholds`
-    committed and applied, then the daemon watching it under load until the block ends."""
+    (and `extra` keys) committed and applied, then the daemon watching it under load until
+    the block ends."""
     world.serve(EP, version="1")
-    policy = {"steps": STEPS, "interval": "1s", "thresholds": thresholds}
-    world.repo.write("reconciler.yaml", yaml.safe_dump({"rollouts": {"default": policy}}))
+    world.repo.write_yaml("reconciler.yaml", policy(STEPS, thresholds, **extra))
     world.repo.commit("a rollout policy")
     world.apply()
     daemon = Daemon(
@@ -146,7 +155,9 @@ def watched(world: DockerWorld, thresholds: dict[str, object]) -> Iterator[Watch
         watch = Watched(world, load, logged)
         thread.start()
         try:
-            world.wait_for(lambda: watch.status().get("commit") == head, what="the daemon's pass")
+            world.wait_for(
+                lambda: status_of(world.repo.git).get("commit") == head, what="the daemon's pass"
+            )
             yield watch
         finally:
             daemon.stop()
@@ -243,3 +254,73 @@ def test_a_bad_version_is_rolled_back_by_a_commit_during_the_mirror_step_and_sta
         f"failed {len(load.failures)}"
     )
     print(watch.commit_log())
+
+
+def test_answers_differing_within_the_policys_comparison_tolerance_agree_and_are_promoted(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    thresholds = {"error_rate": 0.01, "shadow_agreement": 0.9, "min_requests": 5}
+    with watched(world, thresholds, comparison={"rtol": 0.01}) as watch:
+        config = docker_state.router_config(world.client, world.options.name, EP)
+        assert config["shadow_comparison"] == {
+            "rtol": 0.01,
+            "atol": 1e-9,
+            "max_body_bytes": 1024 * 1024,
+        }
+        watch.new_version(CLOSE)
+        world.wait_for(
+            lambda: watch.state() in ("Succeeded", "Failed"), what="the rollout's end", timeout=300
+        )
+    assert watch.state() == "Succeeded", watch.rollout()
+    assert watch.marks() == [(1, False), (2, False), (3, False)]
+    promoted = world.repo.git("log", "--grep", "step 2/3", "--format=%B", "main")
+    [shadow] = [line for line in promoted.splitlines() if line.strip().startswith("shadow:")]
+    assert " 0 disagree (100.00% agree)" in shadow, promoted
+    assert "shadow_agreement: 100.00% >= 90.00%" in promoted
+    assert watch.load.failures == []
+    print(f"\nwithin tolerance: {shadow.strip()}; requests served {len(watch.load.answers)}")
+
+
+def test_a_router_too_old_for_the_policys_tolerances_is_replaced_before_it_gets_them(
+    docker_world: DockerWorld,
+) -> None:
+    """Upgrading: a router image of level 2 (from before the tolerances) would refuse a
+    config with them. The endpoint's update replaces it first (keys and port kept), then
+    the new router serves with the tolerances; nothing is left to do."""
+    world = docker_world
+    current = world.target._router_image_tag(lambda message: None)
+    old_image, _ = world.client.images.build(
+        fileobj=io.BytesIO(f"FROM {current}\nLABEL reconciler.router-level=2\n".encode()),
+        labels={"reconciler.target": world.options.name},
+        rm=True,
+    )
+    try:
+        world.target._router_image = str(old_image.id)  # what an earlier version started
+        world.serve(EP, version="1")
+        keys = (world.key(EP), world.key(EP, "secondary"))
+        port = world.scoring_uri(EP)
+        world.repo.write_yaml("reconciler.yaml", policy(STEPS, {}, comparison={"atol": 0.5}))
+        world.repo.commit("compare within 0.5")
+        world.target = world.new_target()  # the upgraded reconciler
+        (step,) = world.plan().steps
+        assert (step.action, [c.path for c in step.changes]) == (
+            "update_endpoint",
+            ["shadow_comparison"],
+        )
+        world.apply()
+        (router,) = world.client.containers.list(
+            filters={"label": [f"reconciler.target={world.options.name}", "reconciler.role=router"]}
+        )
+        assert router.labels["reconciler.router-level"] == str(ROUTER_LEVEL)
+        assert router.image.id != old_image.id
+        config = docker_state.router_config(world.client, world.options.name, EP)
+        assert config["shadow_comparison"]["atol"] == 0.5
+        assert (world.key(EP), world.key(EP, "secondary")) == keys
+        assert world.scoring_uri(EP) == port
+        assert world.score(EP).version == "1"
+        assert world.plan().steps == ()
+    finally:
+        world.cleanup()
+        with contextlib.suppress(docker.errors.APIError):
+            world.client.images.remove(old_image.id, force=True)

@@ -20,7 +20,7 @@ from specs_factory import deployment, endpoint
 from reconciler.endpoints.credentials import EndpointCredentials
 from reconciler.filetree import MemoryTree
 from reconciler.loading import load_desired_state
-from reconciler.model.codec import deployment_from_json
+from reconciler.model.codec import deployment_from_json, endpoint_from_json
 from reconciler.model.specs import (
     EnvironmentSpec,
     InferenceConfig,
@@ -28,11 +28,12 @@ from reconciler.model.specs import (
     Resources,
     Route,
     ScaleSettings,
+    ShadowTolerance,
     weights,
 )
 from reconciler.model.state import DesiredState
 from reconciler.nocode.triton import triton_environment
-from reconciler.router.config import parse_config
+from reconciler.router.config import ShadowComparison, dump_config, parse_config
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.options import GatewayRef, KubernetesOptions
 
@@ -509,3 +510,17 @@ def test_a_no_code_triton_deployment_renders_with_tritons_port_and_probes() -> N
     secret = _find(manifests, "Secret", m.router_config_name("ep"))
     route = parse_config(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE])).deployment("tri")
     assert route is not None and route.liveness_path == "/v2/health/live"
+
+
+def test_the_routers_shadow_comparison_follows_the_endpoints_tolerance() -> None:
+    tolerance = ShadowTolerance(rtol=0.01, atol=0.5, max_body_bytes=4096)
+    config = m.router_config(replace(endpoint("ep"), shadow_comparison=tolerance), CREDS)
+    assert config.shadow_comparison == ShadowComparison(0.01, 0.5, 4096)
+    assert parse_config(dump_config(config)).shadow_comparison == config.shadow_comparison
+    # None: the router's defaults, left out of its config (older routers read it).
+    plain = m.router_config(endpoint("ep"), CREDS)
+    assert "shadow_comparison" not in json.loads(dump_config(plain))
+    # The record keeps it, so what the cluster runs reads back as it was asked.
+    record = json.loads(m.endpoint_record(replace(endpoint("ep"), shadow_comparison=tolerance)))
+    assert endpoint_from_json(record).shadow_comparison == tolerance
+    assert "shadow_comparison" not in json.loads(m.endpoint_record(endpoint("ep")))

@@ -10,6 +10,7 @@ from reconciler.filetree import MemoryTree
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.rollouts.policy import (
+    Comparison,
     Mode,
     PrometheusSource,
     RolloutPolicies,
@@ -343,4 +344,52 @@ def test_metrics_is_router_or_a_prometheus_source() -> None:
             "rollouts.endpoints.e1.metrics",
             "must be router or {prometheus: {address: ...}}, got 5",
         ),
+    ]
+
+
+def test_comparison_reads_and_is_merged_over_default_key_by_key() -> None:
+    text = (
+        "rollouts:\n"
+        "  default:\n"
+        "    steps: [{mirror: 20}, 100]\n"
+        "    comparison: {rtol: 0.01, max_body_bytes: 65536}\n"
+        "  endpoints:\n"
+        "    loose: {comparison: {atol: 0.5}}\n"
+        "    plain: {steps: [100], comparison: {rtol: null}}\n"
+    )
+    rollouts = config(text).rollouts
+    assert rollouts.for_endpoint("other") is not None
+    assert rollouts.for_endpoint("other").comparison == Comparison(  # type: ignore[union-attr]
+        rtol=0.01, max_body_bytes=65536
+    )
+    assert rollouts.for_endpoint("loose").comparison == Comparison(  # type: ignore[union-attr]
+        rtol=0.01, atol=0.5, max_body_bytes=65536
+    )
+    # null: the router's default again, whatever default said.
+    assert rollouts.for_endpoint("plain").comparison == Comparison(  # type: ignore[union-attr]
+        max_body_bytes=65536
+    )
+    assert config("rollouts:\n  default: {steps: [100]}\n").rollouts.default.comparison == (  # type: ignore[union-attr]
+        Comparison()
+    )
+
+
+def test_comparison_errors_name_line_and_field() -> None:
+    text = (
+        "rollouts:\n"
+        "  default:\n"
+        "    steps: [{mirror: 20}, 100]\n"
+        "    comparison:\n"
+        "      rtol: -0.1\n"
+        "      atoll: 0.1\n"
+        "      max_body_bytes: 0\n"
+    )
+    assert errors(text) == [
+        (5, "rollouts.default.comparison.rtol", "must be at least 0, got -0.1"),
+        (6, "rollouts.default.comparison.atoll", "unknown field 'atoll' (did you mean 'atol'?)"),
+        (7, "rollouts.default.comparison.max_body_bytes", "must be at least 1, got 0"),
+    ]
+    infinite = "rollouts:\n  default:\n    steps: [100]\n    comparison:\n      atol: .inf\n"
+    assert errors(infinite) == [
+        (5, "rollouts.default.comparison.atol", "must be a finite number, got inf")
     ]

@@ -78,6 +78,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from reconciler.endpoints.comparison import DEFAULT_COMPARISON, router_comparison, spec_tolerance
 from reconciler.endpoints.credentials import (
     EndpointCredentials,
     credentials_from_json,
@@ -97,6 +98,7 @@ from reconciler.images.retention import Collected, built_for_labels
 from reconciler.images.router import (
     PROBING_LEVEL,
     ROUTER_LEVEL_LABEL,
+    SHADOW_TOLERANCE_LEVEL,
     ensure_router_image,
 )
 from reconciler.logs import get_logger
@@ -511,6 +513,8 @@ class DockerTarget:
                 problems.append(f"its router config is unreadable ({exc})")
         elif files or legacy:
             problems.append("its router config is missing")
+        # What the spec file asked of the router, for the check of its level below.
+        asked = spec
         # Traffic is what the router's config says, or unknown (none): never the spec
         # file's, which says what was asked, not what serves.
         spec = replace(
@@ -518,6 +522,11 @@ class DockerTarget:
             auth_mode=config.auth_mode if config is not None else spec.auth_mode,
             traffic=config.traffic if config is not None else (),
             mirror_traffic=config.mirror_traffic if config is not None else (),
+            shadow_comparison=(
+                spec_tolerance(config.shadow_comparison)
+                if config is not None
+                else spec.shadow_comparison
+            ),
         )
         if not legacy and files:
             problem = _credentials_problem(files)
@@ -539,6 +548,11 @@ class DockerTarget:
             problems.append(
                 "its router predates the readiness and liveness checks of custom containers: "
                 "replaced by the current router (keys and port kept)"
+            )
+        elif router is not None and not legacy and _untolerant_router(router, asked):
+            problems.append(
+                "its router predates the shadow comparison's tolerances of its rollout "
+                "policy: replaced by the current router (keys and port kept)"
             )
         uri = f"http://127.0.0.1:{ports[0]}" if ports else None
         return LiveEndpoint(
@@ -928,6 +942,14 @@ class DockerTarget:
                 "this deployment",
                 code=ErrorCode.ROUTER_OUTDATED,
             )
+        compared = config.shadow_comparison != DEFAULT_COMPARISON
+        if compared and routers and _router_level(routers[0]) < SHADOW_TOLERANCE_LEVEL:
+            # The same: the spec file asks for the tolerances, so the next pass repairs.
+            raise TargetError(
+                f"the router of {endpoint} predates the shadow comparison's tolerances; the "
+                "next pass replaces it (repair_endpoint)",
+                code=ErrorCode.ROUTER_OUTDATED,
+            )
         creds = self._credentials(endpoint)
         if not routers or routers[0].status != "running" or creds is None:
             self._put(endpoint, {ROUTER_CONFIG: text.encode()})
@@ -1200,14 +1222,17 @@ class DockerTarget:
             config = (
                 self._config_served(creds, ports[0]) if lost is None else None
             ) or RouterConfig(endpoint=endpoint)
-        config = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
+        config = self._credentials_config(_asked_of_router(config, spec), creds)
         router = next(iter(self._containers(role="router", endpoint=endpoint)), None)
         internal = self._endpoint_networks(endpoint)["internal"]
         old_layout = router is not None and _legacy_router(router)
         outdated = (
             router is not None
             and not old_layout
-            and _outdated_router(router, self._instances_of(endpoint))
+            and (
+                _outdated_router(router, self._instances_of(endpoint))
+                or _untolerant_router(router, spec)
+            )
         )
         if router is not None and not old_layout and internal.name not in _attached(router):
             # Its internal network made again: the router joins it where it runs.
@@ -1345,8 +1370,17 @@ class DockerTarget:
         creds = self._credentials(spec.name)
         if creds is None:
             raise TargetError(f"endpoint {spec.name} has no keys; the next pass repairs it")
-        wanted = self._credentials_config(replace(config, auth_mode=spec.auth_mode), creds)
-        if wanted != config:
+        wanted = self._credentials_config(_asked_of_router(config, spec), creds)
+        router = next(iter(self._containers(role="router", endpoint=spec.name)), None)
+        if router is not None and not _legacy_router(router) and _untolerant_router(router, spec):
+            # It would refuse the tolerances: replaced first (its keys and port kept), with
+            # the config it is given in its state volume.
+            say(
+                f"router of {spec.name} predates the shadow comparison's tolerances: "
+                "replaced by the current router"
+            )
+            self._provision_endpoint(spec, say, repair=True)
+        elif wanted != config:
             self._write_router_config(spec.name, wanted)
         if config.auth_mode != spec.auth_mode:
             say(f"auth_mode of {spec.name} is now {spec.auth_mode}")
@@ -2595,6 +2629,20 @@ def _router_probes(spec: DeploymentSpec) -> tuple[Probe | None, Probe | None]:
 def _outdated_router(router: Any, instances: Iterable[_Instance]) -> bool:
     """A router that cannot check the custom containers of its endpoint."""
     return _router_level(router) < PROBING_LEVEL and any(i.probe_from_router for i in instances)
+
+
+def _untolerant_router(router: Any, spec: EndpointSpec) -> bool:
+    """A router that would refuse the shadow comparison's tolerances the spec asks for."""
+    return spec.shadow_comparison is not None and _router_level(router) < SHADOW_TOLERANCE_LEVEL
+
+
+def _asked_of_router(config: RouterConfig, spec: EndpointSpec) -> RouterConfig:
+    """The router config with what the endpoint's spec sets of it."""
+    return replace(
+        config,
+        auth_mode=spec.auth_mode,
+        shadow_comparison=router_comparison(spec.shadow_comparison),
+    )
 
 
 def _router_level(router: Any) -> int:

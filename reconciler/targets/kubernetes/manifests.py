@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.diffing import target_count
+from reconciler.endpoints.comparison import router_comparison
 from reconciler.endpoints.credentials import EndpointCredentials
 from reconciler.images.layout import SERVER_PORT, deployment_layout, serving
 from reconciler.model.keys import ResourceKey
@@ -588,6 +589,7 @@ def router_config(
         endpoint=endpoint.name,
         deployments=tuple(sorted(routes, key=lambda r: r.name)),
         auth_mode=endpoint.auth_mode,
+        shadow_comparison=router_comparison(endpoint.shadow_comparison),
         key_hashes=(hash_key(creds.primary_key), hash_key(creds.secondary_key)),
         token_secret=creds.token_secret_bytes,
         admin_secret_hash=hash_key(creds.admin_secret),

@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.endpoints.comparison import router_comparison, spec_tolerance
 from reconciler.endpoints.credentials import EndpointCredentials, new_credentials
 from reconciler.logs import get_logger
 from reconciler.model.codec import deployment_from_json, endpoint_from_json
@@ -242,6 +243,7 @@ class KubernetesTarget:
                     auth_mode=config.auth_mode,
                     traffic=config.traffic,
                     mirror_traffic=config.mirror_traffic,
+                    shadow_comparison=spec_tolerance(config.shadow_comparison),
                 )
             if config is None or router is None:
                 state = ProvisioningState.FAILED
@@ -399,7 +401,11 @@ class KubernetesTarget:
         if not self.options.gateway_api:
             current = self._router_config(spec.name)
             base = current or m.router_config(spec, creds)
-            config = replace(m.with_credentials(base, creds), auth_mode=spec.auth_mode)
+            config = replace(
+                m.with_credentials(base, creds),
+                auth_mode=spec.auth_mode,
+                shadow_comparison=router_comparison(spec.shadow_comparison),
+            )
             router_image = self.images.router_image(say)
         ctx = self.context(router_image)
         objects = self._endpoint_objects(spec, creds, config, ctx)
