@@ -1250,13 +1250,19 @@ def invoke(
     import urllib.request
 
     from reconciler.targets.base import TargetError
-    from reconciler.targets.capabilities import HasCredentials
+    from reconciler.targets.capabilities import HasCredentials, ObservesEndpoint
 
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasCredentials):
         _cannot(target, "invoke endpoints")
     try:
-        state = target.observe()
+        # Only the endpoint asked for, where the target can: with a thousand endpoints,
+        # observing them all would cost more than the request itself.
+        state = (
+            target.observe_endpoint(endpoint)
+            if isinstance(target, ObservesEndpoint)
+            else target.observe()
+        )
         live = state.endpoint(endpoint)
         if live is None or not live.scoring_uri:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
