@@ -16,22 +16,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# Re-exported: callers of the engine load revisions through it too.
+from reconciler.desired import load as load
+from reconciler.desired import load_desired as _load
+from reconciler.desired import repository_instance_types as repository_instance_types
+from reconciler.desired import targets_instance_types as targets_instance_types
 from reconciler.executor import DEFAULT_GATE, STOPPING, Gate, execute
 from reconciler.filetree import FileTree
 from reconciler.health import Health, deployment_health
-from reconciler.loading import load_desired_state
 from reconciler.logs import get_logger
-from reconciler.model.diagnostics import DesiredStateInvalid
-from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.instance_types import InstanceType
 from reconciler.model.plan import Plan, Step
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState, LiveDeployment, LiveState, ProvisioningState
-from reconciler.planning import invalid_plan, make_plan
-from reconciler.repoconfig import RepoConfig, load_repo_config
+from reconciler.planning import make_plan
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import Target, TargetError
+from reconciler.targets.base import Target
 from reconciler.targets.capabilities import ChecksDesired
-from reconciler.targets.kubernetes.options import KubernetesOptions
 
 log = get_logger("reconciler.engine")
 
@@ -110,62 +111,6 @@ class PassResult:
     def converged(self) -> bool:
         """Every step done and nothing left to wait for."""
         return not self.failed and not self.in_progress and not self.stopped
-
-
-def targets_instance_types(config: RepoConfig) -> dict[str, InstanceType]:
-    """Instance types some target of reconciler.yaml has: Azure's sizes (every target) and
-    each Kubernetes target's own `instance_types` (a cluster defines its types)."""
-    table = dict(DEFAULT_INSTANCE_TYPES)
-    for target in config.targets:
-        if target.type == "kubernetes":
-            try:
-                table.update(
-                    KubernetesOptions.from_config(target.name, target.options).instance_types
-                )
-            except TargetError:
-                continue  # reconciler.yaml's own errors say what is wrong with it
-    return table
-
-
-def repository_instance_types(tree: FileTree) -> tuple[dict[str, InstanceType], tuple[str, ...]]:
-    """(instance types of the targets of the tree's reconciler.yaml, the targets' names)."""
-    try:
-        config = load_repo_config(tree)
-    except DesiredStateInvalid:
-        config = RepoConfig()  # its errors are reported by whoever reads it for its targets
-    return targets_instance_types(config), tuple(t.name for t in config.targets)
-
-
-def load(
-    tree: FileTree,
-    *,
-    revision: str | None = None,
-    instance_types: Mapping[str, InstanceType] | None = None,
-) -> tuple[DesiredState | None, Plan | None]:
-    """The desired state, or (None, a plan holding its errors).
-
-    Without `instance_types`, those of the targets of the tree's reconciler.yaml: a
-    Kubernetes target's own types are valid, and an unknown type names the targets.
-    """
-    names: tuple[str, ...] = ()
-    if instance_types is None:
-        instance_types, names = repository_instance_types(tree)
-    return _load(tree, revision, instance_types, names)
-
-
-def _load(
-    tree: FileTree,
-    revision: str | None,
-    instance_types: Mapping[str, InstanceType],
-    target_names: tuple[str, ...],
-) -> tuple[DesiredState | None, Plan | None]:
-    try:
-        desired = load_desired_state(
-            tree, instance_types=instance_types, revision=revision, target_names=target_names
-        )
-        return desired, None
-    except DesiredStateInvalid as invalid:
-        return None, invalid_plan(invalid.errors)
 
 
 def plan_pass(

@@ -388,6 +388,8 @@ class GitSource:
             self.root = Path(os.path.normpath(folder / (rest[0] if rest else "")))
         self.cmd = GitCommands(self.root)
         self._repo: git.Repo | None = None
+        # Commit ids resolve() found: reading a revision asks for its commit more than once.
+        self._commits: set[str] = set()
         # The repository folder may be a sub-folder of the git checkout (example-repo/).
         self.subdir = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
         if self.subdir == ".":
@@ -421,15 +423,19 @@ class GitSource:
 
     def resolve(self, rev: str) -> str:
         """The full commit id of a revision, or an error that names it."""
+        if rev in self._commits:
+            return rev  # a commit id found before: commits never change
         try:
             if rev.startswith("-"):
                 raise ValueError(rev)  # an option, not a revision
-            return self.cmd.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}").strip()
+            commit = self.cmd.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}").strip()
         except (ValueError, GitFailed):
             raise GitSourceError(
                 f"revision {rev!r} is not in the repository at {self.root} "
                 "(a shallow clone may need `git fetch --deepen` or the base branch fetched)"
             ) from None
+        self._commits.add(commit)
+        return commit
 
     def tree(self, rev: str) -> GitTree | SubTree:
         commit = self.resolve(rev)
@@ -659,9 +665,13 @@ class GitSource:
     def head_commit(self) -> str | None:
         """HEAD's commit, None on an unborn branch."""
         try:
-            return self.cmd.rev_parse("--verify", "--quiet", "HEAD^{commit}").strip() or None
+            commit = self.cmd.rev_parse("--verify", "--quiet", "HEAD^{commit}").strip()
         except GitFailed:
             return None
+        if not commit:
+            return None
+        self._commits.add(commit)
+        return commit
 
     def log(
         self, rev: str, *, path: str | None = None, limit: int = 100, paths: bool = False
