@@ -620,6 +620,7 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
     base (min_instances_with_traffic, the syntax of all); exit 1 on errors. With --target,
     warn of what that target changes (an image replaced, another Python, resources)."""
     from reconciler.desired import load
+    from reconciler.loading import second_process
     from reconciler.model.diagnostics import DesiredStateInvalid
     from reconciler.policies import check_policies
     from reconciler.repoconfig import load_repo_config
@@ -633,7 +634,8 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
         config = load_repo_config(tree)
     except DesiredStateInvalid as invalid:
         errors = invalid.errors
-    desired, failed = load(tree)
+    with second_process():  # a large repository: a free core may work out half of the files
+        desired, failed = load(tree)
     errors += failed.errors if failed else ()
     warnings = desired.warnings if desired else ()
     if desired is not None and config is not None:
@@ -748,6 +750,7 @@ def diff(
     from reconciler.desired import load, targets_instance_types
     from reconciler.diffing import assume_applied
     from reconciler.gitsource import GitSourceError
+    from reconciler.loading import second_process
     from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
     from reconciler.model.state import DesiredState
     from reconciler.planning import invalid_plan, make_plan
@@ -797,7 +800,8 @@ def diff(
     if target is None:
         known = ", ".join(t.name for t in config.targets)
         fail(f"no target named {target_name!r} in reconciler.yaml (known: {known})")
-    base_state, base_failed = load(base_tree, revision=base_commit)
+    with second_process():  # a large repository: a free core may work out half of the files
+        base_state, base_failed = load(base_tree, revision=base_commit)
     warnings: tuple[Diagnostic, ...] = ()
     if base_state is None:
         assert base_failed is not None
@@ -812,7 +816,8 @@ def diff(
         )
         base_state = DesiredState()
     live: LiveState = assume_applied(base_state, target=f"base {base}")
-    head_state, head_failed = load(head_tree, revision=head_commit)
+    with second_process():
+        head_state, head_failed = load(head_tree, revision=head_commit)
     if head_state is None:
         assert head_failed is not None
         emit(head_failed, output)

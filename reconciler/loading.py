@@ -20,13 +20,16 @@ rules) is worked out on each load, with one Digester.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import os
+import pickle
 import posixpath
 import re
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -717,6 +720,47 @@ def _store(key: tuple[str, str, str], value: Any) -> None:
             _CACHE.popitem(last=False)
 
 
+# Files a load has not seen yet (in this process) above which a second process, forked,
+# analyses half of them while this one does the other half (issue 15: `reconcile diff` of
+# a large repository as a new process). Below it, the fork and the transfer of the results
+# (a pickle, some 60 microseconds a file) cost more than they save.
+SECOND_PROCESS_ABOVE: Final = 1500
+_second_process_above: int | None = None  # None: never
+_second_process_when_busy = False
+# Files whose results came from a second process, in this process's life (tests, benches).
+second_process_files = 0
+
+
+@contextlib.contextmanager
+def second_process(*, above: int = SECOND_PROCESS_ABOVE, when_busy: bool = False) -> Iterator[None]:
+    """Within the block, a load forks a second process for half of a tree's new files when
+    there are more than `above` of them and a core is free (or `when_busy`). Outside any
+    such block, never.
+
+    For one-shot commands only (`diff`, `validate`): a process running threads of its own
+    (the daemon, the dashboard) must not fork.
+    """
+    global _second_process_above, _second_process_when_busy
+    before = _second_process_above, _second_process_when_busy
+    _second_process_above, _second_process_when_busy = above, when_busy
+    try:
+        yield
+    finally:
+        _second_process_above, _second_process_when_busy = before
+
+
+def _a_core_is_free() -> bool:
+    """Whether a second process would run beside this one rather than take turns with it:
+    more than one core, and fewer runnable processes (the last minute's load average)
+    than cores less one. On a busy machine the fork and the pickle only add work."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not known here: assume the machine is not saturated
+        load = 0.0
+    return cores > 1 and load <= cores - 1
+
+
 def clear_cache() -> None:
     """Forget every cached file (for tests and benchmarks)."""
     with _CACHE_LOCK:
@@ -824,6 +868,8 @@ class _Load:
     # -- files
 
     def read_all(self) -> None:
+        if _second_process_above is not None and (_second_process_when_busy or _a_core_is_free()):
+            self._analyse_in_two_processes(_second_process_above)
         for path in self.paths:
             if _is_candidate(path):
                 result = self._sized_file(path)
@@ -855,6 +901,62 @@ class _Load:
             return _FileResult(warnings=(Diagnostic(path, None, "", message),))
         result: _FileResult = self._cached_file(path, "file", _analyse, _FileResult)
         return result
+
+    def _analyse_in_two_processes(self, above: int) -> None:
+        """Fills the cache with the results of the files not seen yet, half of them worked
+        out by a forked child (which inherits the blobs read so far). Anything the child
+        could not do is left to the usual path, which reports it."""
+        todo: list[tuple[tuple[str, str, str], str]] = []
+        for path in self.paths:
+            if not _is_candidate(path):
+                continue
+            try:
+                if self.tree.size(path) > MAX_YAML_BYTES:
+                    continue
+                key = ("file", path, self.tree.blob_id(path))
+            except Exception:
+                continue  # the usual path says why
+            if key not in _CACHE:
+                todo.append((key, path))
+        if len(todo) <= above or not hasattr(os, "fork"):
+            return
+        try:
+            self.tree.read(todo[0][1])  # a git tree reads all its YAML blobs at once
+        except Exception:
+            return
+        half = len(todo) // 2
+        mine, theirs = todo[:half], todo[half:]
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its half, pickled to the parent, and out
+            try:
+                os.close(read_end)
+                done = []
+                for key, path in theirs:
+                    try:
+                        done.append((key, _analyse(path, self.tree.read(path))))
+                    except Exception:
+                        continue
+                with os.fdopen(write_end, "wb") as out:
+                    pickle.dump(done, out, protocol=pickle.HIGHEST_PROTOCOL)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            for _, path in mine:
+                self._cached_file(path, "file", _analyse, _FileResult)
+        finally:
+            with os.fdopen(read_end, "rb") as answer:
+                data = answer.read()
+            os.waitpid(pid, 0)
+        try:
+            results = pickle.loads(data) if data else []
+        except Exception:
+            results = []  # the usual path does them
+        global second_process_files
+        for key, result in results:
+            _store(key, result)
+        second_process_files += len(results)
 
     def perhaps_in(self) -> str:
         """A hint for "not declared" errors when a broken file may be the one declaring it."""

@@ -882,3 +882,34 @@ def test_blobs_cached_across_revisions_give_the_plans_and_errors_of_a_cold_load(
     line = next(n for n, text in enumerate(red, 1) if text.startswith("instance_count:"))
     assert ("endpoints/alpha/red.yml", line, "instance_count") in where
     assert any(e["file"] == "endpoints/beta/broken.yml" for e in broken["errors"])
+
+
+def _many_endpoints(count: int, *, typo_in: int | None = None) -> dict[str, bytes]:
+    tree = files()
+    for i in range(count):
+        name = f"many-{i:03d}"
+        tree[f"many/{name}/endpoint.yml"] = ENDPOINT.replace(b"my-endpoint", name.encode())
+        for dep in ("blue", "green"):
+            extra = "instance_cout: 2\n" if i == typo_in and dep == "green" else ""
+            tree[f"many/{name}/{dep}.yml"] = deployment(
+                dep, endpoint=name, root="../../", extra=extra
+            )
+    return tree
+
+
+def test_a_second_process_loads_the_same_state_and_reports_the_same_errors() -> None:
+    valid = _many_endpoints(20)
+    broken = _many_endpoints(20, typo_in=7)
+    before = loading.second_process_files
+    # when_busy: the test must not depend on what else the machine runs.
+    with loading.second_process(above=10, when_busy=True):
+        shared = load(valid)
+        loading.clear_cache()
+        shared_errors = errors_of(broken)
+    # Half of the 63 YAML files of each load came from the forked process.
+    assert loading.second_process_files - before == 2 * 32
+    loading.clear_cache()
+    assert shared == load(valid)
+    assert len(shared.deployments) == 42
+    assert shared_errors == errors_of(broken)
+    assert [e.field for e in shared_errors] == ["instance_cout"]
