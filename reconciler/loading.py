@@ -751,14 +751,15 @@ def second_process(*, above: int = SECOND_PROCESS_ABOVE, when_busy: bool = False
 
 def _a_core_is_free() -> bool:
     """Whether a second process would run beside this one rather than take turns with it:
-    more than one core, and fewer runnable processes (the last minute's load average)
-    than cores less one. On a busy machine the fork and the pickle only add work."""
+    more than one core, and runnable processes (the last minute's load average, this one
+    included) leaving half a core or more idle. On a busy machine the fork and the pickle
+    only add work."""
     cores = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:  # not known here: assume the machine is not saturated
         load = 0.0
-    return cores > 1 and load <= cores - 1
+    return cores > 1 and load <= cores - 0.5
 
 
 def clear_cache() -> None:
