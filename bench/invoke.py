@@ -19,7 +19,9 @@ SIGTERM too). Not a test: it gates nothing.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import pstats
 import secrets
 import signal
 import statistics
@@ -153,6 +155,19 @@ def run(name: str, n: int, repeat: int, tmp: Path) -> None:
         invoked.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"reconcile invoke failed: {done.stderr[-1000:]}")
+    # One more, profiled: where a new process's time goes (bench/out/invoke.profile.txt).
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    profile = out / "invoke.profile"
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), *argv[1:]],
+        capture_output=True,
+        check=False,
+    )
+    text = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=text).sort_stats("cumulative")
+    stats.print_stats(40)
+    (out / "invoke.profile.txt").write_text(text.getvalue())
     one = median_seconds(lambda: target.observe_endpoint(ASKED), repeat)
     every = median_seconds(target.observe, repeat)
     bare = median_seconds(

@@ -749,6 +749,7 @@ def diff(
     """
     from reconciler.desired import load, targets_instance_types
     from reconciler.diffing import assume_applied
+    from reconciler.gcpause import freeze_what_lives_on
     from reconciler.gitsource import GitSourceError
     from reconciler.loading import second_process
     from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
@@ -815,9 +816,11 @@ def diff(
             ),
         )
         base_state = DesiredState()
+    freeze_what_lives_on()  # BASE's objects live until the command ends
     live: LiveState = assume_applied(base_state, target=f"base {base}")
     with second_process():
         head_state, head_failed = load(head_tree, revision=head_commit)
+    freeze_what_lives_on()
     if head_state is None:
         assert head_failed is not None
         emit(head_failed, output)
