@@ -19,6 +19,7 @@ SIGTERM too). Not a test: it gates nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import pstats
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 import docker
+import docker.errors
 from docker_state import remove_target
 from figures import compile_package, docker_available, emit, short_requested, skipped
 from repo_builder import RepoBuilder
@@ -88,6 +90,10 @@ def main() -> None:
     finally:
         print(f"removing everything labelled reconciler.target={name} ...", file=sys.stderr)
         remove_target(client, name)
+        # Images it built, unless another container uses one (Docker refuses without force).
+        for image in client.images.list(filters={"label": f"reconciler.target={name}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id)
 
 
 def run(name: str, n: int, repeat: int, tmp: Path) -> None:
