@@ -78,3 +78,17 @@ def docker_available() -> str | None:
     except Exception as exc:  # no SDK, no socket, no permission: all mean "skip"
         return f"Docker not available ({type(exc).__name__})"
     return None
+
+
+def compile_package() -> str:
+    """Writes the bytecode of the reconciler package, as `pip install` does for a user.
+
+    An editable checkout run with PYTHONDONTWRITEBYTECODE=1 (our machines set it) has none,
+    and every new process would then compile each module from source (some 0.13 s of CPU
+    for `reconcile diff`): a cost no installed copy pays. Returns a note for the figures.
+    """
+    import compileall
+
+    package = Path(__file__).resolve().parent.parent / "reconciler"
+    compileall.compile_dir(str(package), quiet=1)
+    return "bytecode of the package compiled first, as an installed copy has it"

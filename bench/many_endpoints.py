@@ -13,9 +13,12 @@ one instance each, the tiny echo model of tests/repo_builder.py):
    them a bare `python -c` sleeping in the router's image;
 4. the daemon's idle pass (observe + plan, nothing to change) with all N present, run in
    process as `reconcile watch` runs it: the median of `--passes` passes, one of them
-   profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt).
+   profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt);
+5. `reconcile invoke` of one endpoint as a user runs it (a new process, the target named in
+   reconciler.yaml), beside a POST with the endpoint's key straight to its scoring URI.
 
-Goals (issue 15): router memory <= 30 MB each, an idle pass over 50 endpoints < 1 s.
+Goals (issue 15): router memory <= 30 MB each, an idle pass over 50 endpoints < 1 s,
+invoke within 0.3 s of the endpoint's own answer.
 Prints a table, writes bench/out/many_endpoints.md, and one JSON line per figure
 (name, value, unit, reference, reference_value) to stdout and bench/out/many_endpoints.json.
 Everything made is removed by its target label at the end, on Ctrl-C and on SIGTERM too.
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -132,6 +136,9 @@ def python_startup() -> float:
 
 
 BENCH = "many_endpoints"
+# Goal (issue 15): `reconcile invoke` within this of the endpoint's own answer time.
+INVOKE_GOAL_S = 0.3
+INVOKES = 5
 
 
 def main() -> None:
@@ -195,6 +202,55 @@ def main() -> None:
     table += "\n".join(rows) + "\n"
     (out / "many_endpoints.md").write_text(table)
     print(table, file=sys.stderr)
+
+
+def time_invoke(
+    repo: RepoBuilder, target: DockerTarget, options: DockerOptions, endpoint: str
+) -> tuple[float, float]:
+    """(the endpoint's own answer, `reconcile invoke` as a user runs it): medians, seconds.
+
+    The target is named in reconciler.yaml of the working tree, which invoke reads."""
+    repo.write_yaml(
+        "reconciler.yaml",
+        {
+            "targets": {
+                options.name: {
+                    "type": "docker",
+                    "state_dir": str(options.state_dir),
+                    "router_port_range": list(options.router_port_range),
+                    "drain_s": options.drain_s,
+                }
+            },
+            "default_target": options.name,
+        },
+    )
+    body = json.dumps({"data": [[1, 2]]}).encode()
+    request_file = repo.root / "bench-request.json"
+    request_file.write_bytes(body)
+    live = target.observe().endpoint(endpoint)
+    assert live is not None and live.scoring_uri is not None
+    key = target.endpoint_credentials(endpoint).primary_key
+    own: list[float] = []
+    invoked: list[float] = []
+    argv = [sys.executable, "-m", "reconciler.cli", "invoke", endpoint]
+    argv += ["--repo", str(repo.root), "--request-file", str(request_file)]
+    for _ in range(INVOKES):  # interleaved: a neighbour's load falls on both alike
+        asked = urllib.request.Request(
+            live.scoring_uri,
+            data=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(asked, timeout=60) as answer:
+            answer.read()
+        own.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        invoked.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"reconcile invoke failed: {done.stderr[-1000:]}")
+    return statistics.median(own), statistics.median(invoked)
 
 
 def run(
@@ -367,6 +423,20 @@ def run(
         statistics.median(many),
     )
     figure("python -c pass (process start)", python_startup(), "s", "", None)
+    own, invoked = time_invoke(repo, target, options, _endpoint(n - 1))
+    figure(
+        f"reconcile invoke (a new process) of 1 of {n} endpoints, median",
+        invoked,
+        "s",
+        "the endpoint's own answer (POST with its key), median",
+        own,
+    )
+    print(
+        f"goal: invoke within {INVOKE_GOAL_S} s of the endpoint's own answer: "
+        f"{'met' if invoked - own <= INVOKE_GOAL_S else 'NOT met'} "
+        f"({invoked:.3f} s against {own:.3f} s)",
+        file=log,
+    )
     worst_router = max(u for u, _ in router_mem)
     print(
         f"goals: router memory <= {ROUTER_GOAL_MB:.0f} MB each: "

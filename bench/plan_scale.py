@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
-from figures import emit, short_requested
+from figures import compile_package, emit, short_requested
 
 from reconciler.cli import main
 
@@ -264,6 +264,7 @@ def main_bench() -> None:
     repeat = args.repeat
     if short_requested():
         sizes, repeat = [1000], 2
+    print(compile_package())
     for endpoints in sizes:
         bench(endpoints, repeat)
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from figures import emit, short_requested
+from figures import compile_package, emit, short_requested
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = "startup"
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="5 runs each")
     args = parser.parse_args()
     repeat = 5 if short_requested() else args.repeat
+    print(compile_package())
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp))

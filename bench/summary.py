@@ -37,6 +37,7 @@ BENCHMARKS = (
     "push_to_serving",
     "fix_during_rollout",
     "faults",
+    "invoke",
     "many_endpoints",
 )
 

@@ -13,9 +13,8 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -24,6 +23,8 @@ from reconciler.outputformats import OUTPUT_FORMATS
 # The rest of the package is imported by the commands that use it: `reconcile --help` and
 # the commands that touch no target start without loading what they do not run (issue 15).
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from reconciler.engine import PassResult
     from reconciler.filetree import FileTree
     from reconciler.gitsource import GitSource, WorktreeChange
@@ -52,25 +53,37 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 UI_TOKEN_ENV = "RECONCILER_UI_TOKEN"
 
 
+_Data = TypeVar("_Data", bound="DataclassInstance")
+
+
+def replace(value: _Data, /, **changes: Any) -> _Data:
+    """dataclasses.replace, imported on first use: `reconcile --help` needs no dataclasses."""
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)
+
+
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_ERRORS)
 
 
-@dataclass
 class Source:
-    """Where the desired state comes from: a revision of a git repository, or a folder."""
+    """Where the desired state comes from: a revision of a git repository, or a folder.
 
-    path: Path
-    git: GitSource | None
-    worktree: bool
+    A plain class, not a dataclass: `reconcile --help` then never imports dataclasses."""
+
+    def __init__(self, *, path: Path, git: GitSource | None, worktree: bool) -> None:
+        self.path = path
+        self.git = git
+        self.worktree = worktree
 
     def tree(self) -> tuple[FileTree, str | None]:
         from reconciler.filetree import DirectoryTree
 
-        if self.git is None or self.worktree or not self.git.has_commits():
+        commit = None if self.git is None or self.worktree else self.git.head_commit()
+        if self.git is None or commit is None:
             return DirectoryTree(self.path), None
-        commit = self.git.resolve("HEAD")
         return self.git.tree(commit), commit
 
     def tree_at(self, rev: str) -> tuple[FileTree, str]:
@@ -108,7 +121,7 @@ def with_revision(
 ) -> Plan:
     """The plan saying which revision it read, with a warning for each uncommitted file a
     deployment needs (or the working tree read before any commit)."""
-    from reconciler.engine import load
+    from reconciler.desired import load
     from reconciler.filetree import DirectoryTree
     from reconciler.worktree import declared_paths, revision_warnings
 
@@ -191,7 +204,7 @@ def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
 
 
 def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
-    from reconciler.engine import load
+    from reconciler.desired import load
     from reconciler.gitsource import GitSourceError
     from reconciler.status import STATUS_DIR
     from reconciler.targets.status import StatusTarget
@@ -606,7 +619,7 @@ def validate(repo: str, output: str, target_name: str | None) -> None:
     """Check every file of the repository (working tree) and the policies that need no
     base (min_instances_with_traffic, the syntax of all); exit 1 on errors. With --target,
     warn of what that target changes (an image replaced, another Python, resources)."""
-    from reconciler.engine import load
+    from reconciler.desired import load
     from reconciler.model.diagnostics import DesiredStateInvalid
     from reconciler.policies import check_policies
     from reconciler.repoconfig import load_repo_config
@@ -732,8 +745,9 @@ def diff(
     merges into, so it cannot relax them for itself); a violation is an error (exit 1).
     A BASE missing from a shallow CI clone is fetched from the remote first.
     """
+    from reconciler.desired import load, targets_instance_types
     from reconciler.diffing import assume_applied
-    from reconciler.engine import load, targets_instance_types
+    from reconciler.gcpause import freeze_what_lives_on
     from reconciler.gitsource import GitSourceError
     from reconciler.model.diagnostics import DesiredStateInvalid, Diagnostic
     from reconciler.model.state import DesiredState
@@ -798,8 +812,10 @@ def diff(
             ),
         )
         base_state = DesiredState()
+    freeze_what_lives_on()  # BASE's objects live until the command ends
     live: LiveState = assume_applied(base_state, target=f"base {base}")
     head_state, head_failed = load(head_tree, revision=head_commit)
+    freeze_what_lives_on()
     if head_state is None:
         assert head_failed is not None
         emit(head_failed, output)
@@ -1250,13 +1266,19 @@ def invoke(
     import urllib.request
 
     from reconciler.targets.base import TargetError
-    from reconciler.targets.capabilities import HasCredentials
+    from reconciler.targets.capabilities import HasCredentials, ObservesEndpoint
 
     target = _operated_target(repo, target_name)
     if not isinstance(target, HasCredentials):
         _cannot(target, "invoke endpoints")
     try:
-        state = target.observe()
+        # Only the endpoint asked for, where the target can: with a thousand endpoints,
+        # observing them all would cost more than the request itself.
+        state = (
+            target.observe_endpoint(endpoint)
+            if isinstance(target, ObservesEndpoint)
+            else target.observe()
+        )
         live = state.endpoint(endpoint)
         if live is None or not live.scoring_uri:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
@@ -1476,7 +1498,7 @@ def render_manifests(
     """Print the Kubernetes manifests of the desired state (like `helm template`).
 
     No Secret is printed unless --include-secrets: the output goes to reviews and git."""
-    from reconciler.engine import load
+    from reconciler.desired import load
     from reconciler.repoconfig import TargetConfig
     from reconciler.targets.base import TargetError
 

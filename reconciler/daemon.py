@@ -90,7 +90,7 @@ class LocalSource:
     def watch_paths(self) -> list[Path]:
         if self.worktree:
             return [self.path]
-        return [Path(self.git.repo.git_dir)]
+        return [Path(self.git.git_dir)]
 
     def is_trigger(self, path: str, status_branch: str) -> bool:
         """A change the daemon must react to; its own status commits are not one."""

@@ -13,27 +13,27 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.endpoints.comparison import tolerance_of
+# Re-exported: callers of the engine load revisions through it too.
+from reconciler.desired import load as load
+from reconciler.desired import load_desired as _load
+from reconciler.desired import repository_instance_types as repository_instance_types
+from reconciler.desired import targets_instance_types as targets_instance_types
+from reconciler.desired import with_shadow_tolerances as with_shadow_tolerances
 from reconciler.executor import DEFAULT_GATE, STOPPING, Gate, execute
 from reconciler.filetree import FileTree
 from reconciler.health import Health, deployment_health
-from reconciler.loading import load_desired_state
 from reconciler.logs import get_logger
-from reconciler.model.diagnostics import DesiredStateInvalid
-from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
+from reconciler.model.instance_types import InstanceType
 from reconciler.model.plan import Plan, Step
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState, LiveDeployment, LiveState, ProvisioningState
-from reconciler.planning import invalid_plan, make_plan
-from reconciler.repoconfig import RepoConfig, load_repo_config
-from reconciler.rollouts.policy import RolloutPolicies
+from reconciler.planning import make_plan
 from reconciler.status import build_status, render_status, status_path
-from reconciler.targets.base import Target, TargetError
+from reconciler.targets.base import Target
 from reconciler.targets.capabilities import ChecksDesired
-from reconciler.targets.kubernetes.options import KubernetesOptions
 
 log = get_logger("reconciler.engine")
 
@@ -112,108 +112,6 @@ class PassResult:
     def converged(self) -> bool:
         """Every step done and nothing left to wait for."""
         return not self.failed and not self.in_progress and not self.stopped
-
-
-def targets_instance_types(config: RepoConfig) -> dict[str, InstanceType]:
-    """Instance types some target of reconciler.yaml has: Azure's sizes (every target) and
-    each Kubernetes target's own `instance_types` (a cluster defines its types)."""
-    table = dict(DEFAULT_INSTANCE_TYPES)
-    for target in config.targets:
-        if target.type == "kubernetes":
-            try:
-                table.update(
-                    KubernetesOptions.from_config(target.name, target.options).instance_types
-                )
-            except TargetError:
-                continue  # reconciler.yaml's own errors say what is wrong with it
-    return table
-
-
-def repository_config(tree: FileTree) -> RepoConfig | DesiredStateInvalid:
-    """The tree's reconciler.yaml, or its errors (file, line, field)."""
-    try:
-        return load_repo_config(tree)
-    except DesiredStateInvalid as invalid:
-        return invalid
-
-
-def repository_instance_types(tree: FileTree) -> tuple[dict[str, InstanceType], tuple[str, ...]]:
-    """(instance types of the targets of the tree's reconciler.yaml, the targets' names)."""
-    config = repository_config(tree)
-    if isinstance(config, DesiredStateInvalid):
-        config = RepoConfig()  # its errors are reported by whoever reads it for its targets
-    return targets_instance_types(config), tuple(t.name for t in config.targets)
-
-
-def load(
-    tree: FileTree,
-    *,
-    revision: str | None = None,
-    instance_types: Mapping[str, InstanceType] | None = None,
-) -> tuple[DesiredState | None, Plan | None]:
-    """The desired state, or (None, a plan holding its errors).
-
-    Without `instance_types`, those of the targets of the tree's reconciler.yaml: a
-    Kubernetes target's own types are valid, and an unknown type names the targets.
-    """
-    desired, failed, _ = _load(tree, revision, instance_types, strict=False)
-    return desired, failed
-
-
-def _load(
-    tree: FileTree,
-    revision: str | None,
-    instance_types: Mapping[str, InstanceType] | None,
-    *,
-    strict: bool,
-) -> tuple[DesiredState | None, Plan | None, Mapping[str, InstanceType]]:
-    """The desired state with what reconciler.yaml adds to it (the shadow comparison of
-    the endpoints' rollout policies), or a plan of errors. `strict` (a plan to apply): an
-    invalid reconciler.yaml is an error too, as its settings would be missing from the
-    desired state (a router's tolerances reset by a typo in another key). Otherwise (a
-    review, validate, which read reconciler.yaml and say its errors themselves) the files'
-    desired state is loaded without those settings."""
-    config = repository_config(tree)
-    names: tuple[str, ...] = ()
-    if instance_types is None:
-        valid = config if isinstance(config, RepoConfig) else RepoConfig()
-        instance_types = targets_instance_types(valid)
-        names = tuple(t.name for t in valid.targets)
-    try:
-        desired = load_desired_state(
-            tree, instance_types=instance_types, revision=revision, target_names=names
-        )
-    except DesiredStateInvalid as invalid:
-        more = config.errors if strict and isinstance(config, DesiredStateInvalid) else ()
-        return None, invalid_plan((*invalid.errors, *more)), instance_types
-    if isinstance(config, DesiredStateInvalid):
-        if strict:
-            return None, invalid_plan(config.errors), instance_types
-        return desired, None, instance_types
-    return with_shadow_tolerances(desired, config.rollouts), None, instance_types
-
-
-def with_shadow_tolerances(desired: DesiredState, rollouts: RolloutPolicies) -> DesiredState:
-    """Each endpoint under a rollout policy with a `comparison` gets it as the router's
-    shadow comparison, the router's defaults filled in; None where it is the default, so
-    that a policy without one changes nothing of what runs."""
-    if rollouts.empty:
-        return desired
-    changed = False
-    endpoints = []
-    for spec in desired.endpoints:
-        policy = rollouts.for_endpoint(spec.name)
-        wanted = None
-        if policy is not None:
-            chosen = policy.comparison
-            wanted = tolerance_of(
-                rtol=chosen.rtol, atol=chosen.atol, max_body_bytes=chosen.max_body_bytes
-            )
-        if wanted != spec.shadow_comparison:
-            spec = replace(spec, shadow_comparison=wanted)
-            changed = True
-        endpoints.append(spec)
-    return replace(desired, endpoints=tuple(endpoints)) if changed else desired
 
 
 def plan_pass(

@@ -46,3 +46,14 @@ def no_collection_at_exit() -> None:
     if not _freeze_registered:
         atexit.register(gc.freeze)
         _freeze_registered = True
+
+
+def freeze_what_lives_on() -> None:
+    """Move every object made so far out of the cyclic collector's reach (gc.freeze).
+
+    For a one-shot command after its loads: the objects a load made with the collector
+    paused are all in its youngest generation, and the next collections walked each of
+    them again (at 1,000 endpoints, 20 collections and 4% of `reconcile diff`'s CPU)
+    although they live until the command exits. Reference counting still frees them.
+    """
+    gc.freeze()

@@ -1,11 +1,16 @@
 """The only module that runs git: revisions as file trees, and status commits.
 
 A revision is read straight from the object database (`git ls-tree` once for the listing
-and the blob ids, `git cat-file --batch` through gitpython for contents), so reading a
-commit never touches the working tree, and the blob ids double as content ids for digests.
+and the blob ids, one `git cat-file --batch` for contents), so reading a commit never
+touches the working tree, and the blob ids double as content ids for digests.
 Status commits are made with plumbing (hash-object, mktree, commit-tree, update-ref) on
 their own branch: the checkout, its index and its working tree are never touched, so the
 reconciler's own commits cannot look like a user's edit.
+
+Every command is a plain `git` process (GitCommands): gitpython's import, and the
+`git version` it runs on import, cost a short command such as `reconcile diff`,
+`validate` or `status` a tenth of a second (issue 15). `GitSource.repo` still gives a
+gitpython Repo, made on first use, to callers that want one.
 """
 
 from __future__ import annotations
@@ -18,9 +23,8 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.filetree import DirectoryTree, resolve_links
 from reconciler.lazyimport import lazy_module
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     import git
 else:
     # gitpython costs a short command 0.1 s (it runs `git --version` on import): loaded
-    # when a repository is first opened.
+    # only when GitSource.repo is asked for.
     git = lazy_module("git")
 
 DEFAULT_STATUS_BRANCH = "reconcile-status"
@@ -45,6 +49,67 @@ _IDENTITY = {
     "GIT_COMMITTER_NAME": COMMITTER_NAME,
     "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
 }
+
+
+# git's messages in English whatever the user's locale: some are matched below ("couldn't
+# find remote ref"), as gitpython ran every command.
+_C_LOCALE = {"LANGUAGE": "C", "LC_ALL": "C"}
+
+
+class GitFailed(Exception):
+    """A git command that exited with a non-zero status: the status and git's stderr."""
+
+    def __init__(self, command: tuple[str, ...], status: int, stderr: str) -> None:
+        super().__init__(f"git {' '.join(command[:2])} exited with status {status}")
+        self.command = command
+        self.status = status
+        self.stderr = stderr
+
+
+def run_git(
+    cwd: str | os.PathLike[str],
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> bytes:
+    """`git ARGS` in a folder: its output. Raises GitFailed (OSError when git is missing)."""
+    environment = {**os.environ, **_C_LOCALE, **(env or {})}
+    done = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=environment,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise GitFailed(tuple(args), done.returncode, done.stderr.decode(errors="replace"))
+    return done.stdout
+
+
+class _Command(Protocol):
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> str: ...
+
+
+class GitCommands:
+    """`git SUB-COMMAND ARGS` as `commands.sub_command(*args, env=...)` in one folder,
+    returning git's output as text with its last newline removed (gitpython's `repo.git`
+    convention, which the code below was written against)."""
+
+    def __init__(self, cwd: str | os.PathLike[str]) -> None:
+        self.cwd = cwd
+
+    def __getattr__(self, name: str) -> _Command:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        sub_command = name.replace("_", "-")
+
+        def command(*args: str, env: Mapping[str, str] | None = None) -> str:
+            out = run_git(self.cwd, sub_command, *args, env=env)
+            return out.decode(errors="replace").removesuffix("\n")
+
+        return command
 
 
 class GitSourceError(Exception):
@@ -66,14 +131,21 @@ class GitTree:
     the same: a link inside the repository reads as the file it names, any other raises.
     """
 
-    def __init__(self, repo: git.Repo, commit: str) -> None:
-        self.repo = repo
+    def __init__(self, git_dir: str, commit: str) -> None:
+        self.git_dir = git_dir
         self.commit = commit
         self._blobs: dict[str, str] = {}
         self._links: dict[str, str] = {}  # path -> blob id of the link's target text
         self._dirs: set[str] = {""}
         self._sizes: dict[str, int] | None = None
-        listing = repo.git.ls_tree("-r", "-z", "--full-tree", commit)
+        try:
+            listing = run_git(git_dir, "ls-tree", "-r", "-z", "--full-tree", commit).decode(
+                errors="surrogateescape"
+            )
+        except GitFailed as exc:
+            raise GitSourceError(
+                f"cannot list commit {commit}: {_gist(git_message(exc))}"
+            ) from None
         for entry in listing.split("\0"):
             if not entry:
                 continue
@@ -113,7 +185,7 @@ class GitTree:
     def _raw(self, sha: str) -> bytes:
         data = _BLOBS.get(sha)
         if data is None:
-            data = self.repo.odb.stream(bytes.fromhex(sha)).read()
+            data = _read_blob(self.git_dir, sha)
         return data
 
     def read(self, path: str) -> bytes:
@@ -127,10 +199,10 @@ class GitTree:
             if path.endswith((".yml", ".yaml")):
                 sizes = self._yaml_sizes()
                 wanted = [self._blobs[p] for p, n in sizes.items() if n <= _BLOBS.largest] + [sha]
-            _read_blobs(self.repo, wanted)
+            _read_blobs(self.git_dir, wanted)
             data = _BLOBS.get(sha)
             if data is None:
-                data = self.repo.odb.stream(bytes.fromhex(sha)).read()
+                data = _read_blob(self.git_dir, sha)
         return data
 
     def _yaml_sizes(self) -> dict[str, int]:
@@ -139,7 +211,7 @@ class GitTree:
             paths = [
                 p for p in self._blobs if p.endswith((".yml", ".yaml")) and p not in self._links
             ]
-            self._sizes = _blob_sizes(self.repo, {p: self._blobs[p] for p in paths})
+            self._sizes = _blob_sizes(self.git_dir, {p: self._blobs[p] for p in paths})
         return self._sizes
 
     def size(self, path: str) -> int:
@@ -147,7 +219,7 @@ class GitTree:
         known = self._yaml_sizes().get(resolved)
         if known is not None:
             return known
-        return int(self.repo.odb.info(bytes.fromhex(self._blobs[resolved])).size)
+        return int(run_git(self.git_dir, "cat-file", "-s", self._blobs[resolved]))
 
     def blob_id(self, path: str) -> str:
         return self._blobs[self._resolve(path)]
@@ -159,7 +231,12 @@ class GitTree:
         return path.strip("/") in self._dirs
 
 
-def _blob_sizes(repo: git.Repo, shas: Mapping[str, str]) -> dict[str, int]:
+def _read_blob(git_dir: str, sha: str) -> bytes:
+    """One blob's content (one larger than the blob cache keeps)."""
+    return run_git(git_dir, "cat-file", "blob", sha)
+
+
+def _blob_sizes(git_dir: str, shas: Mapping[str, str]) -> dict[str, int]:
     """path -> size of each blob, read with a single `git cat-file --batch-check`."""
     if not shas:
         return {}
@@ -167,7 +244,7 @@ def _blob_sizes(repo: git.Repo, shas: Mapping[str, str]) -> dict[str, int]:
     done = subprocess.run(
         ["git", "cat-file", "--batch-check"],
         input="".join(f"{sha}\n" for sha in unique).encode(),
-        cwd=repo.git_dir,
+        cwd=git_dir,
         capture_output=True,
         check=True,
     )
@@ -207,7 +284,7 @@ class _BlobCache:
 _BLOBS = _BlobCache()
 
 
-def _read_blobs(repo: git.Repo, shas: Iterable[str]) -> None:
+def _read_blobs(git_dir: str, shas: Iterable[str]) -> None:
     """Reads blobs into the cache with a single `git cat-file --batch`."""
     missing = sorted({sha for sha in shas if _BLOBS.get(sha) is None})
     if not missing:
@@ -215,7 +292,7 @@ def _read_blobs(repo: git.Repo, shas: Iterable[str]) -> None:
     done = subprocess.run(
         ["git", "cat-file", "--batch"],
         input="".join(f"{sha}\n" for sha in missing).encode(),
-        cwd=repo.git_dir,
+        cwd=git_dir,
         capture_output=True,
         check=True,
     )
@@ -292,17 +369,47 @@ class GitSource:
     """A local git repository: its revisions, its working tree, its status branch."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        folder = Path(path).absolute()
         try:
-            self.repo = git.Repo(path, search_parent_directories=True)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            found = run_git(
+                folder,
+                "rev-parse",
+                "--is-bare-repository",
+                "--is-inside-git-dir",
+                "--absolute-git-dir",
+                "--show-cdup",
+            )
+        except (GitFailed, OSError):  # not a repository, no such folder, or no git at all
             raise GitSourceError(f"{path} is not inside a git repository") from None
-        if self.repo.working_tree_dir is None:
+        bare, inside_git_dir, git_dir, *rest = found.decode(errors="surrogateescape").split("\n")
+        if bare == "true":
             raise GitSourceError(f"{path} is a bare repository; a checkout is needed")
-        self.root = Path(self.repo.working_tree_dir)
+        self.git_dir = git_dir
+        # The checkout's folder as the user named it (symbolic links kept, as gitpython
+        # kept them): --show-cdup is the way up from `path` to it.
+        if inside_git_dir == "true":
+            self.root = Path(git_dir).parent
+        else:
+            self.root = Path(os.path.normpath(folder / (rest[0] if rest else "")))
+        self.cmd = GitCommands(self.root)
+        self._repo: git.Repo | None = None
+        # Commit ids resolve() found: reading a revision asks for its commit more than once.
+        self._commits: set[str] = set()
         # The repository folder may be a sub-folder of the git checkout (example-repo/).
         self.subdir = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
         if self.subdir == ".":
             self.subdir = ""
+
+    @property
+    def repo(self) -> git.Repo:
+        """The repository as a gitpython Repo, made on first use."""
+        if self._repo is None:
+            self._repo = git.Repo(self.root)
+        return self._repo
+
+    def remotes(self) -> list[str]:
+        """The names of the repository's remotes, in git's order."""
+        return [name for name in self.cmd.remote().splitlines() if name.strip()]
 
     def identity(self) -> str:
         """Which repository this is, the same in each of its clones (a user's checkout,
@@ -310,28 +417,34 @@ class GitSource:
         (`github.com/org/repo`), or the checkout's folder when it has no remote; with the
         sub-folder when the repository is one. Targets shared by two repositories tell
         their endpoints apart by it."""
-        remotes = {r.name: r for r in self.repo.remotes}
-        remote = remotes.get("origin") or next(iter(remotes.values()), None)
+        remotes = self.remotes()
+        remote = "origin" if "origin" in remotes else next(iter(remotes), None)
         url = None
         if remote is not None:
-            with contextlib.suppress(Exception):  # a remote with no URL configured
-                url = str(remote.url)
+            with contextlib.suppress(GitFailed):  # a remote with no URL configured
+                url = self.cmd.config("--get", f"remote.{remote}.url").strip() or None
         base = normalise_url(url) if url else f"path:{self.root.resolve()}"
         return f"{base}//{self.subdir}" if self.subdir else base
 
     def resolve(self, rev: str) -> str:
         """The full commit id of a revision, or an error that names it."""
+        if rev in self._commits:
+            return rev  # a commit id found before: commits never change
         try:
-            return str(self.repo.commit(rev).hexsha)
-        except (git.BadName, ValueError, git.GitCommandError):
+            if rev.startswith("-"):
+                raise ValueError(rev)  # an option, not a revision
+            commit = self.cmd.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}").strip()
+        except (ValueError, GitFailed):
             raise GitSourceError(
                 f"revision {rev!r} is not in the repository at {self.root} "
                 "(a shallow clone may need `git fetch --deepen` or the base branch fetched)"
             ) from None
+        self._commits.add(commit)
+        return commit
 
     def tree(self, rev: str) -> GitTree | SubTree:
         commit = self.resolve(rev)
-        tree = GitTree(self.repo, commit)
+        tree = GitTree(self.git_dir, commit)
         return SubTree(tree, self.subdir) if self.subdir else tree
 
     def export(self, commit: str, dest: Path) -> Path:
@@ -340,12 +453,12 @@ class GitSource:
         is uncommitted in the user's checkout."""
         if not (dest / ".git").exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            self.repo.git.worktree("prune")
-            self.repo.git.worktree("add", "--detach", "--force", str(dest), commit)
+            self.cmd.worktree("prune")
+            self.cmd.worktree("add", "--detach", "--force", str(dest), commit)
         else:
-            other = git.Repo(dest)
-            other.git.checkout("--force", "--detach", commit)
-            other.git.clean("-ffdx", "--quiet")
+            other = GitCommands(dest)
+            other.checkout("--force", "--detach", commit)
+            other.clean("-ffdx", "--quiet")
         return dest / self.subdir if self.subdir else dest
 
     def working_tree(self) -> DirectoryTree:
@@ -353,7 +466,7 @@ class GitSource:
 
     def dirty_paths(self) -> list[str]:
         """Uncommitted changes (tracked or not) under the repository folder."""
-        out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
+        out = self.cmd.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
         return [line[3:] for line in out.splitlines() if line.strip()]
 
     def worktree_changes(self) -> tuple[WorktreeChange, ...]:
@@ -361,7 +474,7 @@ class GitSource:
         files one by one (ignored files left out), sorted by path. Before the first commit
         every file is one (untracked, or added when staged)."""
         out = str(
-            self.repo.git.status(
+            self.cmd.status(
                 "--porcelain=v1", "-z", "--untracked-files=all", "--", self.subdir or "."
             )
         )
@@ -389,16 +502,12 @@ class GitSource:
         return self._commit_time(commit)
 
     def has_commits(self) -> bool:
-        try:
-            self.repo.head.commit  # noqa: B018 - raises on an unborn branch
-        except ValueError:
-            return False
-        return True
+        return self.head_commit() is not None
 
     # --- review: a base a CI clone lacks, the base branch's history, approvals ----------
 
     def is_shallow(self) -> bool:
-        return str(self.repo.git.rev_parse("--is-shallow-repository")).strip() == "true"
+        return str(self.cmd.rev_parse("--is-shallow-repository")).strip() == "true"
 
     def fetch_revision(self, rev: str, *, depth: int = 50) -> str:
         """Fetch a revision that a CI clone lacks, then resolve it; for `reconcile diff`.
@@ -409,7 +518,7 @@ class GitSource:
         shallow clone fetches `depth` commits; a complete clone is fetched in full, since
         a --depth fetch would make it shallow.
         """
-        remotes = [r.name for r in self.repo.remotes]
+        remotes = self.remotes()
         head, _, branch = rev.removeprefix("refs/remotes/").partition("/")
         if branch and head in remotes:
             remote = head
@@ -425,8 +534,8 @@ class GitSource:
             )
         args = [f"--depth={depth}"] if self.is_shallow() else []
         try:
-            self.repo.git.fetch(*args, remote, refspec, env=_NO_PROMPT)
-        except git.GitCommandError as exc:
+            self.cmd.fetch(*args, remote, refspec, env=_NO_PROMPT)
+        except GitFailed as exc:
             said = git_message(exc)
             raise GitSourceError(
                 f"cannot fetch {rev!r} from {remote}: {_gist(said)}", git_said=said
@@ -441,9 +550,7 @@ class GitSource:
         the other (merge commits carry their merge time); a merged branch's own commits
         never were the state of main.
         """
-        out = str(
-            self.repo.git.log("--first-parent", f"--max-count={limit}", "--format=%H %ct %P", rev)
-        )
+        out = str(self.cmd.log("--first-parent", f"--max-count={limit}", "--format=%H %ct %P", rev))
         commits: list[tuple[str, int]] = []
         parents = ""
         for line in out.splitlines():
@@ -452,14 +559,14 @@ class GitSource:
             parents = " ".join(rest)
         if not commits:
             return commits, True
-        shallow_file = Path(self.repo.git_dir) / "shallow"
+        shallow_file = Path(self.git_dir) / "shallow"
         shallow = set(shallow_file.read_text().split()) if shallow_file.is_file() else set()
         complete = not parents.strip() and commits[-1][0] not in shallow
         return commits, complete
 
     def commit_messages(self, base: str, head: str) -> list[str]:
         """Messages of the commits in base..head (those that head adds to base)."""
-        out = str(self.repo.git.log("-z", "--format=%B", f"{base}..{head}"))
+        out = str(self.cmd.log("-z", "--format=%B", f"{base}..{head}"))
         return [m for m in out.split("\0") if m.strip()]
 
     # --- the status branch ------------------------------------------------------------
@@ -469,7 +576,7 @@ class GitSource:
         ref = self._branch_commit(branch)
         if ref is None:
             return None, {}
-        tree = GitTree(self.repo, ref)
+        tree = GitTree(self.git_dir, ref)
         files = {p: tree.read(p).decode() for p in tree.paths() if p.endswith(".yaml")}
         return ref, files
 
@@ -489,7 +596,7 @@ class GitSource:
         diverged, the later commit time, origin on a tie.
         """
         local = self._branch_commit(branch)
-        remotes = [r.name for r in self.repo.remotes]
+        remotes = self.remotes()
         remote = "origin" if "origin" in remotes else (remotes[0] if remotes else None)
         remote_ref = f"refs/remotes/{remote}/{branch}" if remote else None
         remote_commit = self._ref_commit(remote_ref) if remote_ref else None
@@ -500,11 +607,9 @@ class GitSource:
         if fetch and neither and remote is not None and remote_ref is not None:
             args = ["--depth=1"] if self.is_shallow() else []
             try:
-                self.repo.git.fetch(
-                    *args, remote, f"+refs/heads/{branch}:{remote_ref}", env=_NO_PROMPT
-                )
+                self.cmd.fetch(*args, remote, f"+refs/heads/{branch}:{remote_ref}", env=_NO_PROMPT)
                 remote_commit = self._ref_commit(remote_ref)
-            except git.GitCommandError as exc:
+            except GitFailed as exc:
                 said = git_message(exc)
                 # A remote without the branch is the common case of "no status yet";
                 # anything else (unreachable, refused) is worth saying.
@@ -526,7 +631,7 @@ class GitSource:
         if chosen is None:
             return FoundStatus(branch, None, None, {}, problem)
         ref, commit = chosen
-        tree = GitTree(self.repo, commit)
+        tree = GitTree(self.git_dir, commit)
         files: dict[str, str] = {}
         problems = [problem] if problem else []
         for path in sorted(tree.paths()):
@@ -549,20 +654,20 @@ class GitSource:
 
     def _ref_commit(self, ref: str) -> str | None:
         try:
-            return str(self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}"))
-        except git.GitCommandError:
+            return str(self.cmd.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}"))
+        except GitFailed:
             return None
 
     def _is_ancestor(self, older: str, newer: str) -> bool:
         # False also where a shallow clone lacks the history to tell.
         try:
-            self.repo.git.merge_base("--is-ancestor", older, newer)
-        except git.GitCommandError:
+            self.cmd.merge_base("--is-ancestor", older, newer)
+        except GitFailed:
             return False
         return True
 
     def _commit_time(self, commit: str) -> int:
-        return int(str(self.repo.git.log("-1", "--format=%ct", commit)).strip())
+        return int(str(self.cmd.log("-1", "--format=%ct", commit)).strip())
 
     # --- for readers of the status branch's past (the dashboard) ----------------------
 
@@ -570,24 +675,25 @@ class GitSource:
         """Changes whenever the status branch (local or a remote's) or HEAD moves: one git
         call, cheap enough to poll every few seconds."""
         out = str(
-            self.repo.git.for_each_ref(
+            self.cmd.for_each_ref(
                 "--format=%(objectname) %(refname)",
                 f"refs/heads/{branch}",
                 f"refs/remotes/*/{branch}",
             )
         )
-        try:
-            head = str(self.repo.head.commit.hexsha)
-        except ValueError:  # an unborn branch
-            head = ""
+        head = self.head_commit() or ""  # "" on an unborn branch
         return f"{head}\n{out.strip()}"
 
     def head_commit(self) -> str | None:
         """HEAD's commit, None on an unborn branch."""
         try:
-            return str(self.repo.head.commit.hexsha)
-        except ValueError:
+            commit = self.cmd.rev_parse("--verify", "--quiet", "HEAD^{commit}").strip()
+        except GitFailed:
             return None
+        if not commit:
+            return None
+        self._commits.add(commit)
+        return commit
 
     def log(
         self, rev: str, *, path: str | None = None, limit: int = 100, paths: bool = False
@@ -601,8 +707,8 @@ class GitSource:
         if path is not None:
             args += ["--", path]
         try:
-            out = str(self.repo.git.log(*args))
-        except git.GitCommandError as exc:
+            out = str(self.cmd.log(*args))
+        except GitFailed as exc:
             raise GitSourceError(
                 f"cannot read the log of {rev!r}: {_gist(git_message(exc))}"
             ) from None
@@ -634,7 +740,7 @@ class GitSource:
         done = subprocess.run(
             ["git", "cat-file", "--batch"],
             input="".join(f"{commit}:{path}\n" for commit, path in pairs).encode(),
-            cwd=self.repo.git_dir,
+            cwd=self.git_dir,
             capture_output=True,
             check=True,
         )
@@ -654,6 +760,28 @@ class GitSource:
             pos = start + size + 1  # content is followed by a newline
         return found
 
+    def file_sizes_at(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Files' sizes at commits, {(commit, path): bytes}, from one `git cat-file
+        --batch-check` (nothing is read); pairs the repository lacks are left out."""
+        pairs = list(dict.fromkeys(wanted))
+        if not pairs:
+            return {}
+        done = subprocess.run(
+            ["git", "cat-file", "--batch-check"],
+            input="".join(f"{commit}:{path}\n" for commit, path in pairs).encode(),
+            cwd=self.git_dir,
+            capture_output=True,
+            check=True,
+        )
+        sizes: dict[tuple[str, str], int] = {}
+        for pair, line in zip(
+            pairs, done.stdout.decode(errors="replace").splitlines(), strict=False
+        ):
+            fields = line.split(" ")  # answers come in the order asked
+            if len(fields) == 3 and fields[1] == "blob":
+                sizes[pair] = int(fields[2])
+        return sizes
+
     def _verified(self, rev: str) -> str:
         sha = self._ref_commit(rev)
         if not sha:
@@ -666,25 +794,25 @@ class GitSource:
         """Commit exactly these files to the status branch, if they differ from its tip."""
         tree = self._make_tree({path: text.encode() for path, text in files.items()})
         parent = self._branch_commit(branch)
-        if parent is not None and self.repo.commit(parent).tree.hexsha == tree:
+        if parent is not None and self._tree_of(parent) == tree:
             return StatusCommit(branch, None)
         args = [tree, "-m", message] + (["-p", parent] if parent else [])
-        commit = self.repo.git.commit_tree(*args, env=_IDENTITY).strip()
+        commit = self.cmd.commit_tree(*args, env=_IDENTITY).strip()
         # Compare-and-swap: a concurrent writer makes this fail instead of losing its commit.
-        self.repo.git.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
+        self.cmd.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
         return StatusCommit(branch, commit)
 
     def _branch_commit(self, branch: str) -> str | None:
         try:
-            return str(self.repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{branch}"))
-        except git.GitCommandError:
+            return str(self.cmd.rev_parse("--verify", "--quiet", f"refs/heads/{branch}"))
+        except GitFailed:
             return None
 
-    def _store_blob(self, data: bytes) -> str:
-        from gitdb.base import IStream
+    def _tree_of(self, commit: str) -> str:
+        return self.cmd.rev_parse("--verify", f"{commit}^{{tree}}").strip()
 
-        info = self.repo.odb.store(IStream("blob", len(data), BytesIO(data)))
-        return str(info.hexsha.decode() if isinstance(info.hexsha, bytes) else info.hexsha)
+    def _store_blob(self, data: bytes) -> str:
+        return run_git(self.git_dir, "hash-object", "-w", "--stdin", stdin=data).decode().strip()
 
     def _make_tree(self, files: Mapping[str, bytes]) -> str:
         """A tree object holding files at nested paths; returns its id."""
@@ -702,7 +830,7 @@ class GitSource:
         done = subprocess.run(
             ["git", "mktree"],
             input=listing.encode(),
-            cwd=self.repo.git_dir,
+            cwd=self.git_dir,
             capture_output=True,
             check=True,
         )
@@ -714,9 +842,7 @@ class GitSource:
         """(commit, message) back from `rev` along first parents, newest first: the order
         the watched branch was in, where rollout commits and their trailers are read."""
         out = str(
-            self.repo.git.log(
-                "--first-parent", f"--max-count={limit}", "-z", "--format=%H%x1f%B", rev
-            )
+            self.cmd.log("--first-parent", f"--max-count={limit}", "-z", "--format=%H%x1f%B", rev)
         )
         found: list[tuple[str, str]] = []
         for entry in out.split("\0"):
@@ -729,15 +855,15 @@ class GitSource:
         """The first parent of a commit, None for a root commit (or one a shallow clone
         lacks)."""
         try:
-            return str(self.repo.git.rev_parse("--verify", "--quiet", f"{commit}^1")).strip()
-        except git.GitCommandError:
+            return str(self.cmd.rev_parse("--verify", "--quiet", f"{commit}^1")).strip()
+        except GitFailed:
             return None
 
     def current_branch(self) -> str | None:
         """The branch checked out in this checkout, None when HEAD is detached."""
         try:
-            return str(self.repo.git.symbolic_ref("--quiet", "--short", "HEAD")).strip() or None
-        except git.GitCommandError:
+            return str(self.cmd.symbolic_ref("--quiet", "--short", "HEAD")).strip() or None
+        except GitFailed:
             return None
 
     def commit_file(
@@ -774,12 +900,12 @@ class GitSource:
                 )
             commit = self._commit_on(tip, full, new, message, as_reconciler=as_reconciler)
             try:
-                self.repo.git.update_ref(f"refs/heads/{branch}", commit, tip)
-            except git.GitCommandError:
+                self.cmd.update_ref(f"refs/heads/{branch}", commit, tip)
+            except GitFailed:
                 continue  # the branch moved: read it again
             if checked_out and full is not None:
                 (self.repo_root_path() / full).write_bytes(new)
-                self.repo.git.reset("-q", "--", full)
+                self.cmd.reset("-q", "--", full)
             return FileCommit(branch, commit, attempt)
         raise PushRejected(f"branch {branch} kept moving: {attempts} attempts to commit failed")
 
@@ -807,7 +933,7 @@ class GitSource:
         if existing is not None and self._text_at(existing, full) == new:
             return FileCommit(branch, None, 1)
         commit = self._commit_on(tip, full, new, message, as_reconciler=True)
-        self.repo.git.update_ref(f"refs/heads/{branch}", commit)
+        self.cmd.update_ref(f"refs/heads/{branch}", commit)
         return FileCommit(branch, commit, 1)
 
     def undo_commit(self, branch: str, commit: str, parent: str) -> bool:
@@ -828,8 +954,8 @@ class GitSource:
     def push_branch(self, branch: str) -> None:
         """Push a local branch to origin as it is (fast-forward only: never forced)."""
         try:
-            self.repo.git.push("origin", f"refs/heads/{branch}:refs/heads/{branch}", env=_NO_PROMPT)
-        except git.GitCommandError as exc:
+            self.cmd.push("origin", f"refs/heads/{branch}:refs/heads/{branch}", env=_NO_PROMPT)
+        except GitFailed as exc:
             said = git_message(exc)
             raise PushRejected(f"push of {branch} refused: {_gist(said)}", git_said=said) from None
 
@@ -837,7 +963,7 @@ class GitSource:
         return self.root
 
     def dirty_paths_of(self, full: str) -> list[str]:
-        out = self.repo.git.status("--porcelain", "--", full)
+        out = self.cmd.status("--porcelain", "--", full)
         return [line for line in out.splitlines() if line.strip()]
 
     def _in_repo(self, path: str | None) -> str | None:
@@ -848,7 +974,7 @@ class GitSource:
 
     def _text_at(self, commit: str, full: str) -> bytes | None:
         try:
-            return GitTree(self.repo, commit).read(full)
+            return GitTree(self.git_dir, commit).read(full)
         except KeyError:
             return None
 
@@ -867,20 +993,20 @@ class GitSource:
         """A commit whose tree is parent's with one file replaced (none: the same tree),
         made in a private index so the checkout's own is never touched."""
         if full is None:
-            tree = str(self.repo.commit(parent).tree.hexsha)
+            tree = self._tree_of(parent)
         else:
             blob = self._store_blob(data)
             mode = "100644"
-            listed = str(self.repo.git.ls_tree(parent, "--", full)).strip()
+            listed = str(self.cmd.ls_tree(parent, "--", full)).strip()
             if listed and listed.split(" ")[0] in ("100644", "100755"):
                 mode = listed.split(" ")[0]
             with tempfile.TemporaryDirectory() as scratch:
                 env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-                self.repo.git.read_tree(parent, env=env)
-                self.repo.git.update_index("--add", "--cacheinfo", f"{mode},{blob},{full}", env=env)
-                tree = str(self.repo.git.write_tree(env=env)).strip()
+                self.cmd.read_tree(parent, env=env)
+                self.cmd.update_index("--add", "--cacheinfo", f"{mode},{blob},{full}", env=env)
+                tree = str(self.cmd.write_tree(env=env)).strip()
         env = _IDENTITY if as_reconciler else {}
-        return str(self.repo.git.commit_tree(tree, "-p", parent, "-m", message, env=env)).strip()
+        return str(self.cmd.commit_tree(tree, "-p", parent, "-m", message, env=env)).strip()
 
 
 FileChange = Callable[[str | None], str | None]
@@ -912,8 +1038,18 @@ class RemoteCheckout(GitSource):
         if not (folder / ".git").exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
             try:
-                git.Repo.clone_from(url, folder, branch=branch, no_checkout=True)
-            except git.GitCommandError as exc:
+                run_git(
+                    folder.parent,
+                    "clone",
+                    "--no-checkout",
+                    "--branch",
+                    branch,
+                    "--",
+                    url,
+                    str(folder),
+                    env=_NO_PROMPT,
+                )
+            except GitFailed as exc:
                 said = git_message(exc)
                 raise GitSourceError(
                     f"cannot clone {redact(url)} (branch {branch}): {_gist(said)}",
@@ -926,10 +1062,10 @@ class RemoteCheckout(GitSource):
     def fetch(self) -> str:
         """Fetch the branch (and the status branch's remote tip); returns the branch's commit."""
         try:
-            self.repo.git.fetch(
+            self.cmd.fetch(
                 "--prune", "origin", f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"
             )
-        except git.GitCommandError as exc:
+        except GitFailed as exc:
             said = git_message(exc)
             raise GitSourceError(
                 f"cannot fetch {redact(self.url)}: {_gist(said)}", git_said=said
@@ -937,8 +1073,8 @@ class RemoteCheckout(GitSource):
         return self.resolve(f"refs/remotes/origin/{self.branch}")
 
     def checkout(self, commit: str) -> None:
-        self.repo.git.checkout("--force", "--detach", commit)
-        self.repo.git.clean("-ffdx", "--quiet")
+        self.cmd.checkout("--force", "--detach", commit)
+        self.cmd.clean("-ffdx", "--quiet")
 
     def commit_file(
         self,
@@ -962,12 +1098,12 @@ class RemoteCheckout(GitSource):
                 return FileCommit(branch, None, attempt)
             commit = self._commit_on(tip, full, new, message, as_reconciler=as_reconciler)
             try:
-                self.repo.git.push("origin", f"{commit}:refs/heads/{branch}", env=_NO_PROMPT)
-            except git.GitCommandError as exc:
+                self.cmd.push("origin", f"{commit}:refs/heads/{branch}", env=_NO_PROMPT)
+            except GitFailed as exc:
                 reason = _gist(git_message(exc))
                 continue
             # The remote-tracking ref follows, so the next fetch finds nothing surprising.
-            self.repo.git.update_ref(f"refs/remotes/origin/{branch}", commit)
+            self.cmd.update_ref(f"refs/remotes/origin/{branch}", commit)
             return FileCommit(branch, commit, attempt)
         raise PushRejected(
             f"push to {branch} of {redact(self.url)} refused {attempts} times: {reason}"
@@ -997,8 +1133,8 @@ class RemoteCheckout(GitSource):
         commit = self._commit_on(tip, full, new, message, as_reconciler=True)
         try:
             # The daemon's own proposal branch: replaced when the watched branch moved on.
-            self.repo.git.push("origin", f"+{commit}:refs/heads/{branch}", env=_NO_PROMPT)
-        except git.GitCommandError as exc:
+            self.cmd.push("origin", f"+{commit}:refs/heads/{branch}", env=_NO_PROMPT)
+        except GitFailed as exc:
             said = git_message(exc)
             raise PushRejected(f"push of {branch} refused: {_gist(said)}", git_said=said) from None
         return FileCommit(branch, commit, 1)
@@ -1006,8 +1142,8 @@ class RemoteCheckout(GitSource):
     def _fetch_branch(self, branch: str) -> str:
         ref = f"refs/remotes/origin/{branch}"
         try:
-            self.repo.git.fetch("origin", f"+refs/heads/{branch}:{ref}", env=_NO_PROMPT)
-        except git.GitCommandError as exc:
+            self.cmd.fetch("origin", f"+refs/heads/{branch}:{ref}", env=_NO_PROMPT)
+        except GitFailed as exc:
             said = git_message(exc)
             raise GitSourceError(
                 f"cannot fetch {branch} of {redact(self.url)}: {_gist(said)}", git_said=said
@@ -1021,26 +1157,26 @@ class RemoteCheckout(GitSource):
         if local is None:
             return
         try:
-            self.repo.git.push("origin", f"refs/heads/{branch}:refs/heads/{branch}")
+            self.cmd.push("origin", f"refs/heads/{branch}:refs/heads/{branch}")
             return
-        except git.GitCommandError as exc:
+        except GitFailed as exc:
             reason = _gist(git_message(exc))
         # Rebase our files onto whatever the remote has, for the next attempt.
         try:
-            self.repo.git.fetch("origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+            self.cmd.fetch("origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
             remote_tip = self.resolve(f"refs/remotes/origin/{branch}")
-        except (git.GitCommandError, GitSourceError):
+        except (GitFailed, GitSourceError):
             raise PushRejected(f"status push to {redact(self.url)} failed: {reason}") from None
         _, files = self.read_status(branch)
-        message = str(self.repo.commit(local).message)
+        message = self.cmd.log("-1", "--format=%B", local)
         tree = self._make_tree({p: t.encode() for p, t in files.items()})
-        if self.repo.commit(remote_tip).tree.hexsha != tree:
-            commit = self.repo.git.commit_tree(
+        if self._tree_of(remote_tip) != tree:
+            commit = self.cmd.commit_tree(
                 tree, "-m", message, "-p", remote_tip, env=_IDENTITY
             ).strip()
         else:
             commit = remote_tip
-        self.repo.git.update_ref(f"refs/heads/{branch}", commit, local)
+        self.cmd.update_ref(f"refs/heads/{branch}", commit, local)
         raise PushRejected(
             f"status push to {redact(self.url)} rejected ({reason}); replayed onto its tip"
         )
@@ -1075,7 +1211,7 @@ def redact(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
-def git_message(exc: git.GitCommandError) -> str:
+def git_message(exc: GitFailed | git.GitCommandError) -> str:
     """git's whole message of a failed command (its stderr, not gitpython's wrapping),
     credentials in URLs masked: `fatal: ... does not appear to be a git repository`
     and the lines that say why, not only the last one."""

@@ -8,7 +8,6 @@ until then; modules take their loggers from `get_logger`, which defers the same 
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -41,6 +40,8 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> 
 
 
 def _apply(*, fmt: str, level: str, stream: Any) -> None:
+    import logging  # for its level names only: not worth its import before a line is logged
+
     import structlog
 
     out = stream

@@ -236,7 +236,7 @@ class DeploymentSpec:
         # costs a tenth of digesting it (issue 15).
         known = _DIGESTS.get(self)
         if known is None:
-            known = spec_digest(template_dict(self))
+            known = _text_digest(_template_text(self))
             if len(_DIGESTS) >= _DIGESTS_KEPT:
                 _DIGESTS.clear()  # a bound, not an LRU: refilled within a pass
             _DIGESTS[self] = known
@@ -259,8 +259,80 @@ def template_dict(spec: DeploymentSpec) -> dict[str, JsonValue]:
 
 
 def spec_digest(data: Mapping[str, JsonValue]) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _text_digest(_canonical(data))
+
+
+# The canonical JSON text digests are taken of (sorted keys, no spaces): one encoder for
+# all (json.dumps makes one per call, which costs more than encoding a small value).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_canonical = _CANONICAL.encode
+# A text as that encoder writes it (json's own function: ensure_ascii=False).
+_string_text = json.encoder.encode_basestring
+
+
+def _text_digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _template_text(spec: DeploymentSpec) -> str:
+    """_canonical(template_dict(spec)), the same text, put together field by field.
+
+    The environment, the model and the code of a deployment are objects many deployments
+    share (one resolution per load): their text is worked out once for all of them
+    (_nested_text), where encoding the whole spec again for each deployment cost a large
+    repository's `reconcile diff` a tenth of a second (issue 15). JSON's encoding is
+    compositional, so the pieces make exactly the text of the whole.
+    """
+    parts: list[tuple[str, str]] = []
+    for name, is_mapping, omitted_when_empty in _template_layout(type(spec)):
+        item = getattr(spec, name)
+        if omitted_when_empty and not item:
+            continue
+        kind = item.__class__
+        if is_mapping:
+            text = _canonical({str(k): v for k, v in item})
+        elif kind is str:
+            text = _string_text(item)
+        elif item is None or kind is bool or kind is int or kind is float:
+            text = _canonical(item)
+        else:
+            text = _nested_text(item)
+        parts.append((name, text))
+    return "{" + ",".join(f"{_string_text(name)}:{text}" for name, text in parts) + "}"
+
+
+def _template_layout(kind: type) -> tuple[tuple[str, bool, bool], ...]:
+    """The layout of the fields of a template (no source, no scaling), sorted by name as
+    the canonical text orders them."""
+    layout = _TEMPLATE_LAYOUTS.get(kind)
+    if layout is None:
+        kept = [f for f in _layout(kind) if f[0] != "source" and f[0] not in SCALE_FIELDS]
+        layout = _TEMPLATE_LAYOUTS[kind] = tuple(sorted(kept))
+    return layout
+
+
+def _nested_text(value: Any) -> str:
+    """_canonical(to_json(value)) of a frozen value, remembered by identity (the entry
+    holds the value, so that its id is not reused while remembered)."""
+    entry = _NESTED_TEXTS.get(id(value))
+    if entry is not None and entry[0] is value:
+        return entry[1]
+    text = _canonical(to_json(value))
+    if len(_NESTED_TEXTS) >= _NESTED_TEXTS_KEPT:
+        _NESTED_TEXTS.clear()  # a bound, not an LRU: refilled within a load
+    _NESTED_TEXTS[id(value)] = (value, text)
+    return text
+
+
+def _layout(kind: type) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, held as pairs standing for a mapping, left out while empty) of each field."""
+    layout = _LAYOUTS.get(kind)
+    if layout is None:
+        layout = _LAYOUTS[kind] = tuple(
+            (f.name, f.name in MAPPING_FIELDS, f.name in OMITTED_WHEN_EMPTY)
+            for f in dataclasses.fields(kind)
+        )
+    return layout
 
 
 # Fields held as sorted pairs that stand for a mapping in the canonical form.
@@ -289,10 +361,7 @@ def to_json(value: Any) -> JsonValue:
             return [to_json(item) for item in value]
         if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
             return value
-        layout = _LAYOUTS[type(value)] = tuple(
-            (f.name, f.name in MAPPING_FIELDS, f.name in OMITTED_WHEN_EMPTY)
-            for f in dataclasses.fields(value)
-        )
+        layout = _layout(type(value))
     out: dict[str, JsonValue] = {}
     for name, is_mapping, omitted_when_empty in layout:
         item = getattr(value, name)
@@ -310,9 +379,13 @@ def to_json(value: Any) -> JsonValue:
 # Field layout of each spec class, worked out once: to_json runs for every spec of a
 # large repository on every pass.
 _LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}
+_TEMPLATE_LAYOUTS: dict[type, tuple[tuple[str, bool, bool], ...]] = {}
 # Digests of the deployment specs seen in this process (DeploymentSpec.digest).
 _DIGESTS: dict[DeploymentSpec, str] = {}
 _DIGESTS_KEPT = 50_000
+# Canonical texts of values inside specs, by identity (_nested_text).
+_NESTED_TEXTS: dict[int, tuple[Any, str]] = {}
+_NESTED_TEXTS_KEPT = 20_000
 
 
 def version_changes(before: DeploymentSpec | None, after: DeploymentSpec) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.state import DesiredState
+from reconciler.model.state import DesiredState, LiveState
 
 if TYPE_CHECKING:
     # Types only: what a connection is, shared by the targets (endpoints.connections).
@@ -40,6 +40,7 @@ __all__ = [
     "HasLogs",
     "HasPreviousLogs",
     "HasRouterMetrics",
+    "ObservesEndpoint",
 ]
 
 
@@ -68,6 +69,17 @@ class HasCredentials(Protocol):
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
         """Replace the primary or secondary key; the other stays valid."""
+        ...
+
+
+@runtime_checkable
+class ObservesEndpoint(Protocol):
+    """A target that can observe one endpoint without reading the others: `invoke` answers
+    in the time of the endpoint's own answer, however many endpoints the target runs."""
+
+    def observe_endpoint(self, name: str) -> LiveState:
+        """The endpoint and its deployments exactly as observe() shows them (nothing else;
+        an empty state when the target has no such endpoint)."""
         ...
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import yaml
 
 from reconciler.engine import load
-from reconciler.gitsource import CommitInfo, GitSource, GitSourceError, GitTree
+from reconciler.gitsource import CommitInfo, GitSource, GitSourceError
 from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.state import DesiredState
 from reconciler.status import STATUS_DIR, status_path
@@ -153,23 +153,17 @@ class GitStatusSource:
     def _small_enough(self, commits: list[CommitInfo], path: str) -> list[CommitInfo]:
         """The commits whose file at `path` is small enough to read: sizes asked of git
         first, so a huge revision (a few kilobytes compressed) is never read whole."""
-        kept = []
-        for info in commits:
-            key = (info.commit, path)
-            size = self._sizes.get(key)
-            if size is None:
-                try:
-                    size = GitTree(self.git.repo, info.commit).size(path)
-                except KeyError:  # removed at that commit
-                    size = 0
-                with self._lock:
-                    self._sizes[key] = size
-                    while len(self._sizes) > SIZE_CACHE:
-                        self._sizes.popitem(last=False)
-            # Bytes: at most four per character of the bound.
-            if size <= 4 * MAX_DOCUMENT_CHARS:
-                kept.append(info)
-        return kept
+        unknown = [(c.commit, path) for c in commits if (c.commit, path) not in self._sizes]
+        # A pair git lacks (the file removed at that commit) reads as nothing: size 0.
+        found = self.git.file_sizes_at(unknown)
+        with self._lock:
+            for key in unknown:
+                self._sizes[key] = found.get(key, 0)
+            sizes = {(c.commit, path): self._sizes.get((c.commit, path), 0) for c in commits}
+            while len(self._sizes) > SIZE_CACHE:
+                self._sizes.popitem(last=False)
+        # Bytes: at most four per character of the bound.
+        return [c for c in commits if sizes[(c.commit, path)] <= 4 * MAX_DOCUMENT_CHARS]
 
     def history(self, endpoint: str, *, limit: int) -> list[StatusRevision]:
         snap = self.snapshot()

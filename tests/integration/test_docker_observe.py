@@ -66,3 +66,32 @@ def test_a_pass_lists_containers_once_and_reads_each_state_once(
     assert api.calls["get_archive"] == 2, api.calls
     # What it sees is what a target reading each state on its own sees.
     assert live == world.new_target().observe()
+
+
+def test_one_endpoint_is_observed_from_its_own_containers_as_a_pass_sees_it(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    for name in ("one-a", "one-b"):
+        world.repo.endpoint(name)
+    world.repo.commit("two endpoints, no deployment")
+    world.apply()
+
+    client = docker.from_env(timeout=120)
+    api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
+    client.api = api
+    target = DockerTarget(
+        world.options,
+        repo_root=world.repo.root,
+        client=client,
+        repository=GitSource(world.repo.root).identity(),
+    )
+    one = target.observe_endpoint("one-a")
+
+    # Only its own state is read (what `invoke` waits for), and it is what a pass sees.
+    assert api.calls["get_archive"] == 1, api.calls
+    everything = world.new_target().observe()
+    assert one.endpoints == (everything.endpoint("one-a"),)
+    assert one.deployments == everything.deployments_of("one-a") == ()
+    assert one.endpoints[0].scoring_uri is not None
+    assert target.observe_endpoint("one-c").endpoints == ()

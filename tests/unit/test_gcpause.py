@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from repo_builder import RepoBuilder
 
 from reconciler.cli import main
-from reconciler.gcpause import cyclic_gc_paused
+from reconciler.gcpause import cyclic_gc_paused, freeze_what_lives_on
 
 
 def test_the_collector_is_paused_inside_and_enabled_after_even_on_errors() -> None:
@@ -66,3 +66,13 @@ def test_a_validate_process_skips_the_collection_at_exit_and_says_all_it_said() 
     )
     # The collector runs as usual after the command; only the exit's collection is skipped.
     assert run.stdout.splitlines() == ["0 True", "frozen True"]
+
+
+def test_what_lives_on_is_out_of_the_collectors_reach_until_unfrozen() -> None:
+    kept = [[i] for i in range(1000)]  # lists are tracked (dicts of plain values are not)
+    before = gc.get_freeze_count()
+    try:
+        freeze_what_lives_on()
+        assert gc.get_freeze_count() >= before + len(kept)
+    finally:
+        gc.unfreeze()

@@ -225,3 +225,29 @@ def test_help_validate_and_diff_never_import_the_heavy_libraries_made_lazy() -> 
     # --help loads none of the package's commands' work: no gitpython (only its lazy module
     # object is bound; its submodules load with it), no YAML, no loading.
     assert run.stdout.splitlines() == ["help [] []", "help [] []", "validate []", "diff []"]
+
+
+def test_validate_and_diff_run_git_without_gitpython_and_load_no_executor() -> None:
+    # gitpython's import runs `git version` twice (`git` itself is only bound to a lazy
+    # module object, its submodules load with it); the executor, health and status
+    # documents belong to apply: a short command loads neither (issue 15).
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "for args in (['validate'], ['diff', '--base', 'HEAD']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "    print(args[0], [m for m in ('git.repo', 'gitdb', 'reconciler.executor',"
+        " 'reconciler.engine', 'logging') if m in sys.modules])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT / "example-repo",
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert run.stdout.splitlines() == ["validate []", "diff []"]

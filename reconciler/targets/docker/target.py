@@ -171,6 +171,7 @@ from reconciler.targets.capabilities import (
     HasLogs,
     HasPreviousLogs,
     HasRouterMetrics,
+    ObservesEndpoint,
 )
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
@@ -381,10 +382,21 @@ class DockerTarget:
     # --- observe ---------------------------------------------------------------------
 
     def observe(self) -> LiveState:
+        return self._observe(None)
+
+    def observe_endpoint(self, name: str) -> LiveState:
+        """The endpoint `name` and its deployments as observe() shows them, read from that
+        endpoint's containers, volume and networks alone (label filters): `invoke` does not
+        wait for every endpoint of the target to be read (ObservesEndpoint)."""
+        return self._observe(name)
+
+    def _observe(self, only: str | None) -> LiveState:
+        """Every endpoint of the target, or only the one named `only`."""
         # Each pass reads the state afresh: the router's admin call may have changed it.
         self._state_cache.clear()
-        containers = self._containers()
-        volumes = self._state_volumes()
+        scope = {} if only is None else {"endpoint": only}
+        containers = self._containers(**scope)
+        volumes = self._state_volumes(only)
         routers: dict[str, Any] = {}
         holders: dict[str, Any] = {}
         instances: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
@@ -409,7 +421,7 @@ class DockerTarget:
                     handles[c.labels.get(f"{L}endpoint", "")] = c
         self._read_states({name: handles.get(name) for name in names})
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
-        networks = self._networks_by_endpoint()
+        networks = self._networks_by_endpoint(only)
         endpoints = [
             self._observe_endpoint(
                 name,
@@ -708,9 +720,11 @@ class DockerTarget:
 
     # --- the endpoint's state (a volume: see state.py) ----------------------------------
 
-    def _state_volumes(self) -> dict[str, Any]:
+    def _state_volumes(self, endpoint: str | None = None) -> dict[str, Any]:
+        """The state volumes of the target's endpoints (of `endpoint` alone, when named)."""
+        scope = {} if endpoint is None else {"endpoint": endpoint}
         try:
-            found = self.client.volumes.list(filters=self._label_filter(role="state"))
+            found = self.client.volumes.list(filters=self._label_filter(role="state", **scope))
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
@@ -857,7 +871,7 @@ class DockerTarget:
 
     def router_ports(self, endpoint: str) -> tuple[int, int] | None:
         """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels."""
-        volume = self._state_volumes().get(endpoint)
+        volume = self._state_volumes(endpoint).get(endpoint)
         return _volume_ports(volume) if volume is not None else None
 
     def router_metrics(self, endpoint: str) -> str:
@@ -1073,16 +1087,23 @@ class DockerTarget:
     def _endpoint_networks(self, endpoint: str) -> dict[str, Any]:
         """The endpoint's networks by role: `internal` (instances and router), and the
         target's `edge` network (routers only, for their published ports)."""
-        networks = self._networks_by_endpoint()
+        networks = self._networks_by_endpoint(endpoint)
         return networks.get(endpoint) or networks.get("", {})
 
-    def _networks_by_endpoint(self) -> dict[str, dict[str, Any]]:
+    def _networks_by_endpoint(self, only: str | None = None) -> dict[str, dict[str, Any]]:
         """Every endpoint's networks by role, the target's edge network in each (and alone
-        under ""): one listing. Found by labels: Docker's name filter matches parts of
-        names, so the network of `a` would seem to exist once `a-b`'s does."""
+        under ""): one listing (two for `only` one endpoint: its own, and the edge). Found
+        by labels: Docker's name filter matches parts of names, so the network of `a` would
+        seem to exist once `a-b`'s does."""
         found: dict[str, dict[str, Any]] = defaultdict(dict)
         edge = None
-        for network in self.client.networks.list(filters=self._label_filter()):
+        if only is None:
+            listed = self.client.networks.list(filters=self._label_filter())
+        else:
+            listed = self.client.networks.list(
+                filters=self._label_filter(endpoint=only)
+            ) + self.client.networks.list(filters=self._label_filter(role="edge"))
+        for network in listed:
             net_labels = network.attrs.get("Labels") or {}
             # Networks of earlier versions carry no role: they are the internal one.
             role = net_labels.get(f"{L}role", "internal")
@@ -1170,7 +1191,7 @@ class DockerTarget:
         # An endpoint of an earlier version: its keys, port and config move into the volume.
         legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
         image = self._router_image_tag(say)
-        volume = self._state_volumes().get(endpoint)
+        volume = self._state_volumes(endpoint).get(endpoint)
         owner = _owner(volume) if volume is not None else None
         if owner is not None and self.repository is not None and owner != self.repository:
             raise TargetError(
@@ -1395,7 +1416,7 @@ class DockerTarget:
                 continue  # other endpoints' routers are still on it
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
-        volume = self._state_volumes().get(endpoint)
+        volume = self._state_volumes(endpoint).get(endpoint)
         if volume is not None:
             with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)
@@ -2226,7 +2247,7 @@ class DockerTarget:
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
-        volume = self._state_volumes().get(endpoint)
+        volume = self._state_volumes(endpoint).get(endpoint)
         if volume is not None and self._state_handle(endpoint) is None:
             # Its router and holder are gone, its keys are not: a holder again to read them
             # (what the next pass's repair does anyway).
@@ -2727,6 +2748,7 @@ _HAS_ROUTER_METRICS: type[HasRouterMetrics] = DockerTarget
 _COLLECTS_IMAGES: type[CollectsImages] = DockerTarget
 _HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = DockerTarget
 _HAS_CONNECTIONS: type[HasConnections] = DockerTarget
+_OBSERVES_ENDPOINT: type[ObservesEndpoint] = DockerTarget
 _AUTOSCALES: type[Autoscales] = DockerTarget
 _BUILDS: type[Builds] = DockerTarget
 _CHECKS_DESIRED: type[ChecksDesired] = DockerTarget
