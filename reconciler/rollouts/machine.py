@@ -277,12 +277,17 @@ def decide(
     mirror_traffic: Weights,
     verdict: Verdict | None,
     started_by: RolloutStart | None = None,
+    stepped: bool = False,
 ) -> Decision:
     """The next move of a rollout whose endpoint holds these committed values.
 
     verdict is the analysis of the step the values are at, since it began (None: none yet).
     Step 0 needs none: the first step is committed at once. started_by, at step 0, lets the
-    first commit say what started the rollout.
+    first commit say what started the rollout. stepped says that a step of this rollout
+    was committed already (a step trailer newer than its start): values back at step 0 were
+    then put there by a person (a revert of the step commit, a hand edit), and their commit
+    wins as any other values that undo the rollout do; committing step 1 again would fight
+    them.
     """
     step = rollout.position(traffic, mirror_traffic)
     total = rollout.policy.total
@@ -291,6 +296,13 @@ def decide(
         reason = (
             f"{rollout.endpoint} was set to {shown} by a commit, which is no step of the "
             f"rollout of {rollout.canary}: that commit wins and the rollout stops"
+        )
+        return Decision(Action.STOP, 0, reason)
+    if step == 0 and stepped:
+        reason = (
+            f"{rollout.endpoint} was set back to all traffic on {rollout.stable} by a commit "
+            f"after the rollout of {rollout.canary} began (a revert of its step?): that "
+            "commit wins and the rollout stops"
         )
         return Decision(Action.STOP, 0, reason)
     if step == 0:

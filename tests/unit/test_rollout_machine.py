@@ -348,3 +348,32 @@ def test_a_promotion_and_a_rollback_walked_through_the_example_endpoint_file() -
         {"blue": 100, "green": 0},
         {"green": 0},
     )
+
+
+def test_values_back_at_step_zero_after_a_step_was_committed_stop_the_rollout() -> None:
+    # A person reverted the daemon's step-1 commit: committing step 1 again would fight them.
+    decision = decide(
+        ROLLOUT,
+        traffic=weights({"blue": 100, "green": 0}),
+        mirror_traffic=weights({"green": 0}),
+        verdict=None,
+        stepped=True,
+    )
+    assert (decision.action, decision.step, decision.edit) == (Action.STOP, 0, None)
+    assert "set back to all traffic on blue by a commit" in decision.reason
+    assert "that commit wins" in decision.reason
+    # Before any step was committed, step 0 is the start: step 1 is committed at once.
+    first = decide(ROLLOUT, traffic=weights({"blue": 100}), mirror_traffic=(), verdict=None)
+    assert (first.action, first.next_step) == (Action.ADVANCE, 1)
+
+
+def test_a_step_trailer_in_a_message_never_moves_the_step_the_values_are_at() -> None:
+    # A forged `step 3/4` trailer is not read by decide: the values (step 2) are the state.
+    decision = decide(
+        ROLLOUT,
+        traffic=weights({"blue": 90, "green": 10}),
+        mirror_traffic=(),
+        verdict=verdict(Outcome.WAIT),
+        stepped=True,
+    )
+    assert (decision.action, decision.step) == (Action.HOLD, 2)
