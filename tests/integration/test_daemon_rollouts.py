@@ -589,3 +589,151 @@ def test_a_canary_whose_shadow_answers_differ_is_rolled_back_in_its_mirror_step(
         lambda: s.target.snapshot().endpoints[0].spec.mirror_traffic == (),
         what="mirroring off on the target",
     )
+
+
+# --------------------------------------------------------------------------------------
+# Hostile histories: what people do to the branch while a rollout runs
+
+
+def test_a_forged_step_trailer_in_a_persons_commit_promotes_nothing(
+    setup: Callable[..., Setup],
+) -> None:
+    """The step is read from the file's values, never from a trailer someone wrote."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "forged\n")
+
+    forged = (
+        "notes\n\nReconcile-Rollout: my-endpoint step 2/2\n"
+        "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n"
+    )
+    s.person_push(forged, notes)
+    wait_for(
+        lambda: (
+            "analysis" in (s.status().get("rollout") or {})
+            and s.remote_git("rev-parse", "main") in str(s.status().get("commit"))
+        ),
+        what="a judgement at the forged commit",
+    )
+    time.sleep(1.0)  # several intervals of 300ms
+    block = s.status()["rollout"]
+    assert isinstance(block, dict)
+    assert block["state"] == "Progressing" and block["step"] == 1
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 80, "green": 20}
+    # The daemon made step 1 only; the person's forged commit is the only other "mark".
+    authors = [s.remote_git("log", "-1", "--format=%an", sha) for sha, _ in s.rollout_commits()]
+    assert authors == ["reconciler", "Person"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter honours any rollback trailer newer than the start, whatever the values: "
+    "a person's commit carrying one ends the rollout as Failed with traffic still split; fix: "
+    "honour it only when rollout.position(spec.traffic, spec.mirror_traffic) == 0",
+)
+def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_rollout(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "forged\n")
+
+    s.person_push("notes\n\nReconcile-Rollout: my-endpoint rollback at step 1/2\n", notes)
+    wait_for(
+        lambda: s.remote_git("rev-parse", "main") in str(s.status().get("commit")),
+        what="a pass at the forged commit",
+    )
+    time.sleep(1.0)
+    # green still serves 20%: nothing was rolled back, so the rollout is not over.
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 80, "green": 20}
+    assert s.rollout_state() == "Progressing"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter reads a revert of the step-1 commit as step 0 and commits step 1 again "
+    "at once (it fights the person's revert); fix: pass decide(stepped=True) when a step "
+    "trailer of the endpoint is in `since` or the rollout was recovered from one",
+)
+def test_a_person_reverting_the_daemons_step_commit_stops_the_rollout_and_is_kept(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    step_1 = s.rollout_commits()[0][0]
+
+    def revert(clone: RepoBuilder) -> None:
+        clone.git("revert", "--no-commit", step_1)
+
+    s.person_push(f'Revert "step 1"\n\nThis reverts commit {step_1}.', revert)
+    wait_for(
+        lambda: (
+            s.remote_git("rev-parse", "main") in str(s.status().get("commit"))
+            or len(s.rollout_commits()) > 1
+        ),
+        what="a pass after the revert",
+    )
+    time.sleep(1.0)
+    assert len(s.rollout_commits()) == 1  # no step 1 again on top of the revert
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+    assert s.rollout_state() == "Stopped"
+
+
+def test_a_force_push_that_drops_the_step_commit_is_built_upon_never_forced_back(
+    setup: Callable[..., Setup],
+) -> None:
+    """The daemon's remembered commits vanish: it re-plans from the new tip, and its next
+    commit is on top of the person's forced history (its push is never forced)."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    start = s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    dropped = s.rollout_commits()[0][0]
+    s.clone.git("fetch", "-q", "origin")
+    s.clone.git("reset", "-q", "--hard", start)
+    s.clone.write("NOTES.md", "rewritten\n")
+    forced = s.clone.commit("history rewritten")
+    s.clone.git("push", "-q", "--force", "origin", "main")
+    s.daemon.trigger("forced", fetch=True)
+
+    def rebuilt() -> bool:
+        commits = s.rollout_commits()
+        return len(commits) == 1 and commits[0][0] != dropped
+
+    wait_for(rebuilt, what="step 1 made again on the forced history")
+    sha = s.rollout_commits()[0][0]
+    assert s.remote_git("merge-base", "--is-ancestor", forced, sha) == ""
+    assert s.remote_file("NOTES.md") == "rewritten"
+    wait_for(lambda: s.rollout_state() == "Progressing", what="the rollout under way")
+
+
+@pytest.mark.parametrize("removed", ["canary", "policy"])
+def test_the_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
+    setup: Callable[..., Setup], removed: str
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def remove(clone: RepoBuilder) -> None:
+        if removed == "policy":
+            clone.write("reconciler.yaml", "{}\n")
+            return
+        path = ENDPOINT_FILE
+        text = (clone.root / path).read_text().replace("  green: 20\n", "")
+        text = text.replace("blue: 80", "blue: 100")
+        (clone.root / path).write_text(text)
+        for found in (clone.root / "endpoints" / ENDPOINT).glob("*green*"):
+            found.unlink()
+
+    s.person_push(f"remove the {removed}", remove)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
+    assert "removed by a commit" in str((s.status().get("rollout") or {}).get("reason"))
+    time.sleep(0.7)
+    assert len(s.rollout_commits()) == 1
