@@ -10,7 +10,8 @@ carry them too (rollouts.control): pause and resume are empty commits with the t
 forced); without it, a daemon watching a remote sees the commit once the person pushes.
 
 Exit codes as the other commands: 0 done, 1 an error (no such endpoint, no rollout to
-abort, a branch that moved under the commit).
+abort, a branch that moved under the commit, an endpoint file the edit cannot change safely,
+a push refused: the commit then stays, and the message says so).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.rollouts.control import Verb, control_trailer, read_controls
 from reconciler.rollouts.machine import Rollout, edited_file, read_mark
 from reconciler.rollouts.policy import RolloutPolicy
+from reconciler.rollouts.yamledit import WeightsEditError
 
 EXIT_OK, EXIT_ERRORS = 0, 1
 HISTORY = 300
@@ -178,10 +180,18 @@ def _commit(
         )
         if made.commit is None:
             _fail(f"nothing to commit for {verb.value} of {endpoint}")
-        if push:
-            git_source.push_branch(branch)
     except GitSourceError as exc:
         _fail(str(exc))
+    if push:
+        try:
+            git_source.push_branch(branch)
+        except GitSourceError as exc:
+            # The commit stays: said so, or the person runs the command again and hears
+            # "nothing to abort" (or pauses twice) without knowing why.
+            _fail(
+                f"{verb.value} of {endpoint} committed as {made.commit[:12]} on {branch}, "
+                f"but {exc}; push {branch} yourself once it can be (never forced)"
+            )
     data = {
         "endpoint": endpoint,
         "action": verb.value,
@@ -250,7 +260,10 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
     if spec.source is None:
         _fail(f"the file of endpoint {endpoint} is not known")
     text = git_source.tree(tip).read(spec.source.file).decode()
-    new_text = edited_file(text, running.rollback_values())
+    try:
+        new_text = edited_file(text, running.rollback_values())
+    except WeightsEditError as exc:
+        _fail(f"cannot edit {spec.source.file}: {exc}; move all traffic to {mark.stable} by hand")
     message = (
         f"rollout {endpoint}: abort, all traffic back to {mark.stable}\n\n"
         f"Aborted at step {step}/{policy.total} by a person.\n\n"

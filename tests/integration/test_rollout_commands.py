@@ -1,0 +1,148 @@
+"""`reconcile rollout status|pause|resume|abort` on bad input, in real git repositories: exit
+code 1 with an `error:` line that says why, and no commit made when one says it failed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from repo_builder import RepoBuilder
+
+from reconciler.cli import main
+
+ENDPOINT = "my-endpoint"
+ENDPOINT_FILE = f"endpoints/{ENDPOINT}/endpoint.yml"
+POLICY = "rollouts:\n  default:\n    steps: [{traffic: 20, for: 1m}, 100]\n"
+STEP_1 = (
+    "rollout my-endpoint: step 1/2, green gets 20% of live traffic\n\n"
+    "Reconcile-Rollout: my-endpoint step 1/2\n"
+    "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n"
+)
+
+
+def endpoint_text(traffic: str) -> str:
+    return f"name: {ENDPOINT}\nauth_mode: key\ntraffic: {traffic}\n"
+
+
+def under_rollout(repo: RepoBuilder, *, policy: str = POLICY, traffic: str = "") -> str:
+    """A repository whose endpoint is at step 1 of a rollout of green (the daemon's commit)."""
+    repo.basics()
+    repo.model(version=2, weights="2")
+    repo.write(ENDPOINT_FILE, endpoint_text("{blue: 100}"))
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", policy)
+    repo.commit("blue serves all traffic")
+    repo.deployment(ENDPOINT, "green", model="azureml:sklearn-regression:2")
+    repo.commit("green: model v2")
+    repo.write(ENDPOINT_FILE, endpoint_text(traffic or "{blue: 80, green: 20}"))
+    return repo.commit(STEP_1)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["rollout", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume", "abort"])
+def test_an_unknown_endpoint_or_one_without_a_policy_commits_nothing(
+    repo: RepoBuilder, verb: str
+) -> None:
+    tip = under_rollout(repo)
+    code, out, err = run(verb, "no-such-endpoint", "--repo", str(repo.root))
+    assert (code, out) == (1, "")
+    assert err.startswith("error: no endpoint no-such-endpoint at ")
+    repo.write("reconciler.yaml", "{}\n")
+    policy_gone = repo.commit("no rollout policy")
+    code, out, err = run(verb, ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "is under no rollout policy" in err
+    assert repo.git("rev-parse", "HEAD") == policy_gone != tip
+
+
+def test_a_detached_head_is_refused_with_exit_1(repo: RepoBuilder) -> None:
+    tip = under_rollout(repo)
+    repo.git("checkout", "-q", "--detach", tip)
+    for verb in ("pause", "abort", "status"):
+        code, _, err = run(verb, ENDPOINT, "--repo", str(repo.root))
+        assert code == 1 and "is on no branch with commits" in err, (verb, err)
+    assert repo.git("rev-parse", "HEAD") == tip
+
+
+def test_a_folder_that_is_no_repository_is_refused(tmp_path: Path) -> None:
+    code, _, err = run("status", ENDPOINT, "--repo", str(tmp_path))
+    assert code == 1 and err.startswith("error: ")
+    code, _, err = run("abort", ENDPOINT, "--repo", str(tmp_path / "missing"))
+    assert code == 1 and "does not exist" in err
+
+
+def test_abort_with_an_uncommitted_edit_of_the_endpoint_file_is_refused_and_keeps_it(
+    repo: RepoBuilder,
+) -> None:
+    tip = under_rollout(repo)
+    edited = endpoint_text("{blue: 80, green: 20}") + "description: mine, not saved\n"
+    (repo.root / ENDPOINT_FILE).write_text(edited)
+    code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "uncommitted edits" in err
+    assert repo.git("rev-parse", "HEAD") == tip
+    assert (repo.root / ENDPOINT_FILE).read_text() == edited
+
+
+def test_abort_with_other_files_dirty_or_staged_commits_only_the_rollback(
+    repo: RepoBuilder,
+) -> None:
+    under_rollout(repo)
+    repo.write("NOTES.md", "staged, not mine to commit\n")
+    repo.git("add", "NOTES.md")
+    code, out, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 0, err
+    assert repo.git("show", "--name-only", "--format=", "HEAD") == ENDPOINT_FILE
+    assert repo.git("status", "--porcelain") == "A  NOTES.md"
+    assert "traffic: {blue: 100, green: 0}" in (repo.root / ENDPOINT_FILE).read_text()
+    assert "abort of my-endpoint committed as" in out
+
+
+def test_abort_of_a_file_the_edit_refuses_is_an_error_line_not_a_traceback(
+    repo: RepoBuilder,
+) -> None:
+    # The loader reads an anchor; the edit refuses to touch one (it may be shared).
+    tip = under_rollout(repo, traffic="&weights {blue: 80, green: 20}")
+    code, out, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot edit ") and "anchors, aliases and tags" in err
+    assert repo.git("rev-parse", "HEAD") == tip
+
+
+def test_a_push_refused_after_the_abort_commit_says_the_commit_stays_to_push(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    under_rollout(repo)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    repo.git("remote", "add", "origin", str(remote))
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'protected branch' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    code, out, err = run("abort", ENDPOINT, "--repo", str(repo.root), "--push")
+    assert (code, out) == (1, "")
+    head = repo.git("rev-parse", "HEAD")
+    assert "Reconcile-Rollout-Control: my-endpoint abort" in repo.git("log", "-1", "--format=%B")
+    # Run again it would say "nothing to abort": the message must say the commit was made.
+    assert f"committed as {head[:12]}" in err and "push" in err and "refused" in err
+    code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "nothing to abort" in err
+
+
+def test_pause_when_no_rollout_ever_ran_is_refused(repo: RepoBuilder) -> None:
+    repo.basics()
+    repo.write(ENDPOINT_FILE, endpoint_text("{blue: 100}"))
+    repo.deployment(ENDPOINT, "blue")
+    repo.write("reconciler.yaml", POLICY)
+    tip = repo.commit("blue serves all traffic")
+    code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "nothing to abort" in err
+    code, _, err = run("status", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "no rollout of my-endpoint" in err
+    assert repo.git("rev-parse", "HEAD") == tip
