@@ -83,7 +83,7 @@ def _history(git_source: GitSource, commit: str, endpoint: str) -> list[dict[str
     """The endpoint's rollout commits and controls on the branch, newest first."""
     found: list[dict[str, Any]] = []
     for sha, message in git_source.branch_messages(commit, limit=HISTORY):
-        mark = read_mark(message)
+        mark = read_mark(message, endpoint)
         controls = [c.verb.value for c in read_controls(message) if c.endpoint == endpoint]
         if (mark is None or mark.endpoint != endpoint) and not controls:
             continue
@@ -247,7 +247,7 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
         (
             m
             for _, message in git_source.branch_messages(tip, limit=HISTORY)
-            if (m := read_mark(message)) is not None and m.endpoint == endpoint
+            if (m := read_mark(message, endpoint)) is not None
         ),
         None,
     )

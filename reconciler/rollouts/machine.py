@@ -224,20 +224,39 @@ class RolloutMark:
     canary: str | None
 
 
-def read_mark(message: str) -> RolloutMark | None:
-    """The rollout trailers of a commit message, None when it has none."""
-    found = _MARK.search(message)
-    if found is None:
-        return None
-    named = {m["trailer"].lower(): m[2] for m in _NAMED.finditer(message)}
-    return RolloutMark(
-        endpoint=found["endpoint"],
-        rollback=found["action"].lower() != "step",
-        step=int(found["number"]),
-        total=int(found["total"]),
-        stable=named.get(STABLE_TRAILER.lower()),
-        canary=named.get(CANARY_TRAILER.lower()),
-    )
+def read_mark(message: str, endpoint: str | None = None) -> RolloutMark | None:
+    """The rollout trailers of a commit message (the first mark, or the first of
+    `endpoint`), None when it has none."""
+    return next((m for m in read_marks(message) if endpoint in (None, m.endpoint)), None)
+
+
+def read_marks(message: str) -> tuple[RolloutMark, ...]:
+    """Every rollout mark of a commit message, in its order.
+
+    A message may hold several: a squash of pull-request branches, or of aborts of two
+    endpoints. Each mark's Stable and Canary trailers are the ones after it, before the
+    next mark (the order machine.Rollout.mark writes them in); a message of one mark has
+    them anywhere, as before.
+    """
+    found = list(_MARK.finditer(message))
+    marks: list[RolloutMark] = []
+    for index, mark in enumerate(found):
+        begin = mark.end() if len(found) > 1 else 0
+        end = found[index + 1].start() if index + 1 < len(found) else len(message)
+        named: dict[str, str] = {}
+        for m in _NAMED.finditer(message, begin, end):
+            named.setdefault(m["trailer"].lower(), m[2])
+        marks.append(
+            RolloutMark(
+                endpoint=mark["endpoint"],
+                rollback=mark["action"].lower() != "step",
+                step=int(mark["number"]),
+                total=int(mark["total"]),
+                stable=named.get(STABLE_TRAILER.lower()),
+                canary=named.get(CANARY_TRAILER.lower()),
+            )
+        )
+    return tuple(marks)
 
 
 def branch_name(rollout: Rollout, step: int, *, rollback: bool = False) -> str:

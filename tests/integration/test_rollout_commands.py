@@ -3,6 +3,7 @@ code 1 with an `error:` line that says why, and no commit made when one says it 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -146,3 +147,28 @@ def test_pause_when_no_rollout_ever_ran_is_refused(repo: RepoBuilder) -> None:
     code, _, err = run("status", ENDPOINT, "--repo", str(repo.root))
     assert code == 1 and "no rollout of my-endpoint" in err
     assert repo.git("rev-parse", "HEAD") == tip
+
+
+def test_abort_and_status_read_the_endpoints_own_mark_in_a_message_holding_several(
+    repo: RepoBuilder,
+) -> None:
+    under_rollout(repo)
+    repo.write("NOTES.md", "squashed\n")
+    repo.commit(
+        "squash of two pull requests\n\n"
+        "Reconcile-Rollout: other-endpoint step 1/2\n"
+        "Reconcile-Rollout-Stable: red\nReconcile-Rollout-Canary: yellow\n\n"
+        + STEP_1.split("\n\n", 1)[1]
+    )
+    code, out, err = run("status", ENDPOINT, "--repo", str(repo.root), "--output", "json")
+    assert code == 0, err
+    rows = json.loads(out)["commits"]
+    assert [(r["action"], r["stable"], r["canary"]) for r in rows] == [
+        ("step", "blue", "green"),
+        ("step", "blue", "green"),
+    ]
+    code, out, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 0, err
+    message = repo.git("log", "-1", "--format=%B")
+    assert "Reconcile-Rollout: my-endpoint rollback at step 1/2" in message
+    assert "all traffic back to blue" in message
