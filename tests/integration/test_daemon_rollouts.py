@@ -774,3 +774,28 @@ def test_an_abort_squashed_after_another_endpoints_mark_ends_the_rollout(
     time.sleep(0.7)
     assert s.rollout_state() == "Aborted"
     assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+
+
+def test_a_router_counter_gone_nan_makes_the_step_wait_and_never_rolls_back(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
+    labels = 'endpoint="my-endpoint",deployment="green",kind="live",code="500"'
+    broken = f"# TYPE router_requests_total counter\nrouter_requests_total{{{labels}}} NaN\n"
+    healthy = s.metrics.scrape
+    s.metrics.scrape = lambda: broken.encode()  # type: ignore[method-assign]
+    s.daemon.trigger("judge", fetch=False)
+
+    def unreadable() -> bool:
+        return "that is not a count" in str((s.status().get("rollout") or {}).get("reason"))
+
+    wait_for(unreadable, what="the metrics said unreadable")
+    block = s.status()["rollout"]
+    assert isinstance(block, dict) and block["state"] == "Progressing" and block["step"] == 1
+    assert len(s.rollout_commits()) == 1  # no rollback on a figure that is no count
+    s.metrics.scrape = healthy  # type: ignore[method-assign]
+    s.daemon.trigger("judge", fetch=False)
+    wait_for(lambda: not unreadable(), what="the step judged again")
+    assert s.rollout_state() == "Progressing"
