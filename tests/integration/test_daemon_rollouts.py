@@ -799,3 +799,91 @@ def test_a_router_counter_gone_nan_makes_the_step_wait_and_never_rolls_back(
     s.daemon.trigger("judge", fetch=False)
     wait_for(lambda: not unreadable(), what="the step judged again")
     assert s.rollout_state() == "Progressing"
+
+
+def test_the_endpoint_file_moved_mid_rollout_gets_the_next_step_at_its_new_path(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "1s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    moved = f"endpoints/{ENDPOINT}/my-endpoint.endpoint.yml"
+
+    def move(clone: RepoBuilder) -> None:
+        clone.git("mv", ENDPOINT_FILE, moved)
+
+    s.person_push("move the endpoint's file", move)
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    assert [read_mark(m).step for _, m in s.rollout_commits()] == [1, 2]  # type: ignore[union-attr]
+    listed = s.remote_git("ls-tree", "-r", "--name-only", "main", f"endpoints/{ENDPOINT}")
+    assert ENDPOINT_FILE not in listed.splitlines()  # not written back at the old path
+    text = s.remote_file(moved)
+    assert "# blue serves v1; a rollout moves these numbers, commit by commit" in text
+    assert yaml.safe_load(text)["traffic"] == {"blue": 0, "green": 100}
+
+
+def test_a_persons_traffic_commit_while_paused_wins_once_resumed(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    clone = str(s.clone.root)
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "pause", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Paused", what="paused")
+
+    def thirty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        (clone.root / ENDPOINT_FILE).write_text(
+            text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
+        )
+
+    s.person_push("green to 30 by hand", thirty)
+    time.sleep(0.7)
+    assert s.rollout_state() == "Paused"  # paused: nothing judged, nothing committed
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "resume", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the person's values to win")
+    assert len(s.rollout_commits()) == 1
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 70, "green": 30}
+
+
+def test_two_endpoints_rolling_out_at_once_get_a_step_commit_each_on_one_line(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    other = "other-endpoint"
+
+    def second(clone: RepoBuilder) -> None:
+        clone.write(
+            f"endpoints/{other}/endpoint.yml",
+            f"name: {other}\nauth_mode: key\ntraffic:  # its own comment\n  blue: 100\n",
+        )
+        clone.deployment(other, "blue")
+
+    s.person_push("a second endpoint", second)
+
+    def greens(clone: RepoBuilder) -> None:
+        add_green(clone)
+        clone.deployment(other, "green", model="azureml:sklearn-regression:2")
+
+    start = s.person_push("green on both", greens)
+    wait_for(lambda: len(s.rollout_commits()) == 2, what="step 1 of both")
+    found = [(sha, read_mark(m)) for sha, m in s.rollout_commits()]
+    marks = {mark.endpoint: (sha, mark) for sha, mark in found if mark is not None}
+    assert sorted(marks) == [ENDPOINT, other]
+    for name, (sha, mark) in marks.items():
+        assert (mark.step, mark.stable, mark.canary) == (1, "blue", "green")
+        changed = s.remote_git("show", "--name-only", "--format=", sha)
+        assert changed == f"endpoints/{name}/endpoint.yml"
+        assert s.remote_git("merge-base", "--is-ancestor", start, sha) == ""
+    text = s.remote_file(f"endpoints/{other}/endpoint.yml")
+    assert text.endswith("traffic:  # its own comment\n  blue: 80\n  green: 20")
+    # The other endpoint's router serves no figures here: it waits, never promotes.
+    time.sleep(0.7)
+    assert len(s.rollout_commits()) == 2
