@@ -255,7 +255,9 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
         _fail(f"no rollout of {endpoint} is under way on {branch}: nothing to abort")
     running = Rollout(endpoint, mark.stable, mark.canary, policy)
     step = running.position(spec.traffic, spec.mirror_traffic)
-    if not step:
+    if step == 0:
+        _fail(f"all live traffic is on {mark.stable} already: nothing to abort")
+    if step is None:
         _fail(f"{endpoint}'s values are no step of the rollout of {mark.canary}: nothing to abort")
     if spec.source is None:
         _fail(f"the file of endpoint {endpoint} is not known")

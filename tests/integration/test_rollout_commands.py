@@ -172,3 +172,17 @@ def test_abort_and_status_read_the_endpoints_own_mark_in_a_message_holding_sever
     message = repo.git("log", "-1", "--format=%B")
     assert "Reconcile-Rollout: my-endpoint rollback at step 1/2" in message
     assert "all traffic back to blue" in message
+
+
+def test_abort_when_all_traffic_is_back_on_the_stable_says_so(repo: RepoBuilder) -> None:
+    # A person reverted the step commit: nothing to abort, and the message says why.
+    tip = under_rollout(repo, traffic="{blue: 100, green: 0}")
+    code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1
+    assert "all live traffic is on blue already: nothing to abort" in err
+    assert repo.git("rev-parse", "HEAD") == tip
+    # Values that are no step at all say that.
+    repo.write(ENDPOINT_FILE, endpoint_text("{blue: 70, green: 30}"))
+    repo.commit("by hand")
+    code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert code == 1 and "are no step of the rollout of green" in err
