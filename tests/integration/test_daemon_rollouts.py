@@ -713,8 +713,8 @@ def test_a_force_push_that_drops_the_step_commit_is_built_upon_never_forced_back
     wait_for(lambda: s.rollout_state() == "Progressing", what="the rollout under way")
 
 
-@pytest.mark.parametrize("removed", ["canary", "policy"])
-def test_the_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
+@pytest.mark.parametrize("removed", ["canary", "policy", "endpoint"])
+def test_the_endpoint_its_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
     setup: Callable[..., Setup], removed: str
 ) -> None:
     s = setup([{"traffic": 20, "for": "60s"}, 100])
@@ -724,6 +724,9 @@ def test_the_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
     def remove(clone: RepoBuilder) -> None:
         if removed == "policy":
             clone.write("reconciler.yaml", "{}\n")
+            return
+        if removed == "endpoint":
+            clone.git("rm", "-q", "-r", f"endpoints/{ENDPOINT}")
             return
         path = ENDPOINT_FILE
         text = (clone.root / path).read_text().replace("  green: 20\n", "")
