@@ -890,3 +890,29 @@ def test_two_endpoints_rolling_out_at_once_get_a_step_commit_each_on_one_line(
     # The other endpoint's router serves no figures here: it waits, never promotes.
     time.sleep(0.7)
     assert len(s.rollout_commits()) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the loader reads a UTF-16 endpoint file, but gitsource._changed decodes it as "
+    "UTF-8: UnicodeDecodeError escapes Rollouter.after_pass (rollout_crashed every pass) and "
+    "status never says why the rollout does not move; fix (gitsource/rollouter): refuse it as "
+    "a WeightsEditError-like `cannot commit the step: ... not UTF-8`",
+)
+def test_an_endpoint_file_in_utf16_is_refused_with_a_reason_in_status(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+
+    def utf16(clone: RepoBuilder) -> None:
+        add_green(clone)
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        (clone.root / ENDPOINT_FILE).write_bytes(text.encode("utf-16"))
+
+    s.person_push("green, and the endpoint's file saved as UTF-16", utf16)
+    wait_for(
+        lambda: "cannot commit the step" in str((s.status().get("rollout") or {}).get("reason")),
+        timeout=5,
+        what="status to say why no step is committed",
+    )
+    assert s.rollout_commits() == []
