@@ -261,7 +261,13 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
         _fail(f"{endpoint}'s values are no step of the rollout of {mark.canary}: nothing to abort")
     if spec.source is None:
         _fail(f"the file of endpoint {endpoint} is not known")
-    text = git_source.tree(tip).read(spec.source.file).decode()
+    try:
+        text = git_source.tree(tip).read(spec.source.file).decode()
+    except UnicodeDecodeError:
+        _fail(
+            f"cannot edit {spec.source.file}: it is not UTF-8 text; move all traffic to "
+            f"{mark.stable} by hand"
+        )
     try:
         new_text = edited_file(text, running.rollback_values())
     except WeightsEditError as exc:

@@ -186,3 +186,17 @@ def test_abort_when_all_traffic_is_back_on_the_stable_says_so(repo: RepoBuilder)
     repo.commit("by hand")
     code, _, err = run("abort", ENDPOINT, "--repo", str(repo.root))
     assert code == 1 and "are no step of the rollout of green" in err
+
+
+def test_abort_of_an_endpoint_file_in_utf16_is_an_error_line_not_a_traceback(
+    repo: RepoBuilder,
+) -> None:
+    # The loader reads a UTF-16 file (a byte order mark says so); the edit is of UTF-8 text.
+    under_rollout(repo)
+    text = (repo.root / ENDPOINT_FILE).read_text()
+    (repo.root / ENDPOINT_FILE).write_bytes(text.encode("utf-16"))
+    tip = repo.commit("saved as UTF-16")
+    code, out, err = run("abort", ENDPOINT, "--repo", str(repo.root))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: cannot edit {ENDPOINT_FILE}: it is not UTF-8 text")
+    assert repo.git("rev-parse", "HEAD") == tip
