@@ -916,3 +916,58 @@ def test_an_endpoint_file_in_utf16_is_refused_with_a_reason_in_status(
         what="status to say why no step is committed",
     )
     assert s.rollout_commits() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter._recover takes any step trailer (a person's, forged or cherry-picked) as a "
+    "rollout under way after a restart, and at step 0 decide commits step 1: a deployment "
+    "nobody changed is promoted; fix: decide(stepped=True) for a rollout recovered from a "
+    "trailer (it stops at step 0 instead)",
+)
+def test_a_forged_step_trailer_read_after_a_restart_promotes_no_idle_deployment(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    policy = yaml.safe_load(s.remote_file("reconciler.yaml"))
+
+    def idle_green(clone: RepoBuilder) -> None:
+        # green arrives while the endpoint's policy is off: no rollout; then it is on again.
+        off = {**policy["rollouts"], "endpoints": {ENDPOINT: {"enabled": False}}}
+        clone.write("reconciler.yaml", yaml.safe_dump({"rollouts": off}))
+        add_green(clone)
+
+    s.person_push("green, idle, no rollout", idle_green)
+
+    def policy_on(clone: RepoBuilder) -> None:
+        clone.write("reconciler.yaml", yaml.safe_dump(policy))
+
+    s.person_push("rollouts on again", policy_on)
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "copied message\n")
+
+    tip = s.person_push(
+        "notes\n\nReconcile-Rollout: my-endpoint step 1/2\n"
+        "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n",
+        notes,
+    )
+    wait_for(lambda: tip == s.status().get("commit"), what="a pass at the forged commit")
+    s.daemon.stop()
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: s.remote_git("rev-parse", "main") != tip or s.rollout_state() is not None,
+            timeout=5,
+            what="the restarted daemon's pass",
+        )
+        time.sleep(0.7)
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    # Nothing committed by the daemon (it was "step 1/2, green gets 20% of live traffic").
+    assert s.remote_git("log", "--format=%an: %s", f"{tip}..main") == ""
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100}
