@@ -912,7 +912,7 @@ def test_an_endpoint_file_in_utf16_is_refused_with_a_reason_in_status(
     s.person_push("green, and the endpoint's file saved as UTF-16", utf16)
     wait_for(
         lambda: "cannot commit the step" in str((s.status().get("rollout") or {}).get("reason")),
-        timeout=5,
+        timeout=3,
         what="status to say why no step is committed",
     )
     assert s.rollout_commits() == []

@@ -136,7 +136,7 @@ def test_a_push_refused_after_the_abort_commit_says_the_commit_stays_to_push(
     assert code == 1 and "nothing to abort" in err
 
 
-def test_pause_when_no_rollout_ever_ran_is_refused(repo: RepoBuilder) -> None:
+def test_abort_and_status_when_no_rollout_ever_ran_are_refused(repo: RepoBuilder) -> None:
     repo.basics()
     repo.write(ENDPOINT_FILE, endpoint_text("{blue: 100}"))
     repo.deployment(ENDPOINT, "blue")

@@ -378,3 +378,11 @@ def test_one_router_of_several_restarting_counts_only_its_own_series_from_zero()
 
 def _text(router: Router) -> str:
     return generate_latest(router.registry).decode()
+
+
+@pytest.mark.parametrize("elapsed_s", [-3600.0, -0.001, 0.0])
+def test_a_window_whose_time_went_backwards_waits_never_passes(elapsed_s: float) -> None:
+    healthy = figures(DeploymentFigures("green", "live", 1000, 0, 0.02), elapsed_s=elapsed_s)
+    verdict = judge(THRESHOLDS, healthy, step_for_s=60)
+    assert verdict.outcome is Outcome.WAIT
+    assert verdict.reason.startswith("step runs 1m, ")
