@@ -10,7 +10,8 @@ carry them too (rollouts.control): pause and resume are empty commits with the t
 forced); without it, a daemon watching a remote sees the commit once the person pushes.
 
 Exit codes as the other commands: 0 done, 1 an error (no such endpoint, no rollout to
-abort, a branch that moved under the commit).
+abort, a branch that moved under the commit, an endpoint file the edit cannot change safely,
+a push refused: the commit then stays, and the message says so).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reconciler.repoconfig import RepoConfig, load_repo_config
 from reconciler.rollouts.control import Verb, control_trailer, read_controls
 from reconciler.rollouts.machine import Rollout, edited_file, read_mark
 from reconciler.rollouts.policy import RolloutPolicy
+from reconciler.rollouts.yamledit import WeightsEditError
 
 EXIT_OK, EXIT_ERRORS = 0, 1
 HISTORY = 300
@@ -81,7 +83,7 @@ def _history(git_source: GitSource, commit: str, endpoint: str) -> list[dict[str
     """The endpoint's rollout commits and controls on the branch, newest first."""
     found: list[dict[str, Any]] = []
     for sha, message in git_source.branch_messages(commit, limit=HISTORY):
-        mark = read_mark(message)
+        mark = read_mark(message, endpoint)
         controls = [c.verb.value for c in read_controls(message) if c.endpoint == endpoint]
         if (mark is None or mark.endpoint != endpoint) and not controls:
             continue
@@ -255,7 +257,7 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
         (
             m
             for _, message in git_source.branch_messages(tip, limit=HISTORY)
-            if (m := read_mark(message)) is not None and m.endpoint == endpoint
+            if (m := read_mark(message, endpoint)) is not None
         ),
         None,
     )
@@ -263,12 +265,23 @@ def rollout_abort(endpoint: str, repo: str, push: bool, output: str) -> None:
         _fail(f"no rollout of {endpoint} is under way on {branch}: nothing to abort")
     running = Rollout(endpoint, mark.stable, mark.canary, policy)
     step = running.position(spec.traffic, spec.mirror_traffic)
-    if not step:
+    if step == 0:
+        _fail(f"all live traffic is on {mark.stable} already: nothing to abort")
+    if step is None:
         _fail(f"{endpoint}'s values are no step of the rollout of {mark.canary}: nothing to abort")
     if spec.source is None:
         _fail(f"the file of endpoint {endpoint} is not known")
-    text = git_source.tree(tip).read(spec.source.file).decode()
-    new_text = edited_file(text, running.rollback_values())
+    try:
+        text = git_source.tree(tip).read(spec.source.file).decode()
+    except UnicodeDecodeError:
+        _fail(
+            f"cannot edit {spec.source.file}: it is not UTF-8 text; move all traffic to "
+            f"{mark.stable} by hand"
+        )
+    try:
+        new_text = edited_file(text, running.rollback_values())
+    except WeightsEditError as exc:
+        _fail(f"cannot edit {spec.source.file}: {exc}; move all traffic to {mark.stable} by hand")
     message = (
         f"rollout {endpoint}: abort, all traffic back to {mark.stable}\n\n"
         f"Aborted at step {step}/{policy.total} by a person.\n\n"

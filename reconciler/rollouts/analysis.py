@@ -50,6 +50,9 @@ DISAGREE: Final = "disagree"  # the prefix of disagree_status and disagree_body
 # failed, or the bodies are too large) counts for neither side.
 NO_SHADOW_ANSWER: Final = frozenset({"shadow_error", "shadow_timeout"})
 QUANTILE: Final = 0.99
+# The label parse_exposition gives the samples of a named router; no exposition has it (a
+# label beginning with __ is Prometheus's own).
+SOURCE_LABEL: Final = "__router__"
 _KEPT: Final = frozenset({REQUESTS, BUCKETS, SHADOW, SHADOW_DELTA_SUM, SHADOW_DELTA_COUNT})
 
 Labels = tuple[tuple[str, str], ...]
@@ -119,10 +122,17 @@ def _group(key: SeriesKey) -> SeriesKey:
     return name, tuple(pair for pair in labels if pair[0] != "le")
 
 
-def parse_exposition(text: str, endpoint: str) -> Snapshot:
+def parse_exposition(text: str, endpoint: str, *, source: str | None = None) -> Snapshot:
     """The samples of one endpoint the analysis reads, from a Prometheus text exposition.
 
-    Raises ValueError when the text is not an exposition (prometheus_client's parser).
+    source names the router the text comes from when several are scraped (the pods of a
+    Kubernetes router): its samples keep it as a label of their own (SOURCE_LABEL), so that
+    `since` finds the reset of that router alone, and a router missing from a later scrape
+    takes nothing away. Without it, texts of several routers add up into one series each.
+
+    Raises ValueError when the text is not an exposition (prometheus_client's parser), or
+    when a counter the analysis reads is no count (NaN, infinite, below zero): such a figure
+    is unreadable, never a verdict.
     """
     # Imported here: `reconcile diff` shows a rollout's schedule without reading metrics.
     from prometheus_client.parser import text_string_to_metric_families
@@ -135,9 +145,16 @@ def parse_exposition(text: str, endpoint: str) -> Snapshot:
         for sample in family.samples:
             if sample.name not in _KEPT or sample.labels.get("endpoint") != endpoint:
                 continue
-            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "endpoint"))
-            key = (sample.name, labels)
-            table[key] = table.get(key, 0.0) + float(sample.value)
+            value = float(sample.value)
+            # The shadow latency delta's sum is the one value that may be negative.
+            if not math.isfinite(value) or (value < 0 and sample.name != SHADOW_DELTA_SUM):
+                shown = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                raise ValueError(f"{sample.name}{{{shown}}} is {value}: that is not a count")
+            named = [(k, v) for k, v in sample.labels.items() if k != "endpoint"]
+            if source is not None:
+                named.append((SOURCE_LABEL, source))
+            key = (sample.name, tuple(sorted(named)))
+            table[key] = table.get(key, 0.0) + value
     return Snapshot(_sorted(table), compares)
 
 
@@ -384,7 +401,9 @@ def judge(thresholds: Thresholds, figures: StepFigures, *, step_for_s: float) ->
 
 def _checks(thresholds: Thresholds, figures: StepFigures) -> tuple[Check, ...]:
     canary, stable, least = figures.canary, figures.stable, thresholds.min_requests
-    enough = canary.requests >= least
+    # Never fewer than one: a canary that served nothing has shown nothing, whatever the
+    # thresholds say.
+    enough = canary.requests >= max(1, least)
     few = f"{canary.requests} of {least} requests"
     checks = [
         Check(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from reconciler.rollouts.machine import read_marks
+
 CONTROL_TRAILER: Final = "Reconcile-Rollout-Control"
 _CONTROL: Final = re.compile(
     rf"(?im)^{CONTROL_TRAILER}:[ \t]*(?P<endpoint>\S+)[ \t]+(?P<verb>pause|resume|abort)[ \t]*$"
@@ -51,7 +53,12 @@ def control_trailer(endpoint: str, verb: Verb) -> str:
 
 def paused_by(endpoint: str, messages: Iterable[tuple[str, str]]) -> str | None:
     """The commit that pauses the endpoint's rollout, None when it runs: the newest pause
-    or resume among (commit, message), newest first, decides."""
+    or resume among (commit, message), newest first, decides.
+
+    A rollback of the endpoint (the daemon's, or an abort) ended the rollout it was in: a
+    pause older than it was of that rollout, never of a later one (the messages reach past
+    the running rollout's start when that commit is gone, after a force-push).
+    """
     for commit, message in messages:
         for control in reversed(read_controls(message)):
             if control.endpoint != endpoint:
@@ -60,4 +67,6 @@ def paused_by(endpoint: str, messages: Iterable[tuple[str, str]]) -> str | None:
                 return commit
             if control.verb is Verb.RESUME:
                 return None
+        if any(m.endpoint == endpoint and m.rollback for m in read_marks(message)):
+            return None
     return None

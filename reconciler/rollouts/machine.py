@@ -224,20 +224,39 @@ class RolloutMark:
     canary: str | None
 
 
-def read_mark(message: str) -> RolloutMark | None:
-    """The rollout trailers of a commit message, None when it has none."""
-    found = _MARK.search(message)
-    if found is None:
-        return None
-    named = {m["trailer"].lower(): m[2] for m in _NAMED.finditer(message)}
-    return RolloutMark(
-        endpoint=found["endpoint"],
-        rollback=found["action"].lower() != "step",
-        step=int(found["number"]),
-        total=int(found["total"]),
-        stable=named.get(STABLE_TRAILER.lower()),
-        canary=named.get(CANARY_TRAILER.lower()),
-    )
+def read_mark(message: str, endpoint: str | None = None) -> RolloutMark | None:
+    """The rollout trailers of a commit message (the first mark, or the first of
+    `endpoint`), None when it has none."""
+    return next((m for m in read_marks(message) if endpoint in (None, m.endpoint)), None)
+
+
+def read_marks(message: str) -> tuple[RolloutMark, ...]:
+    """Every rollout mark of a commit message, in its order.
+
+    A message may hold several: a squash of pull-request branches, or of aborts of two
+    endpoints. Each mark's Stable and Canary trailers are the ones after it, before the
+    next mark (the order machine.Rollout.mark writes them in); a message of one mark has
+    them anywhere, as before.
+    """
+    found = list(_MARK.finditer(message))
+    marks: list[RolloutMark] = []
+    for index, mark in enumerate(found):
+        begin = mark.end() if len(found) > 1 else 0
+        end = found[index + 1].start() if index + 1 < len(found) else len(message)
+        named: dict[str, str] = {}
+        for m in _NAMED.finditer(message, begin, end):
+            named.setdefault(m["trailer"].lower(), m[2])
+        marks.append(
+            RolloutMark(
+                endpoint=mark["endpoint"],
+                rollback=mark["action"].lower() != "step",
+                step=int(mark["number"]),
+                total=int(mark["total"]),
+                stable=named.get(STABLE_TRAILER.lower()),
+                canary=named.get(CANARY_TRAILER.lower()),
+            )
+        )
+    return tuple(marks)
 
 
 def branch_name(rollout: Rollout, step: int, *, rollback: bool = False) -> str:
@@ -277,12 +296,17 @@ def decide(
     mirror_traffic: Weights,
     verdict: Verdict | None,
     started_by: RolloutStart | None = None,
+    stepped: bool = False,
 ) -> Decision:
     """The next move of a rollout whose endpoint holds these committed values.
 
     verdict is the analysis of the step the values are at, since it began (None: none yet).
     Step 0 needs none: the first step is committed at once. started_by, at step 0, lets the
-    first commit say what started the rollout.
+    first commit say what started the rollout. stepped says that a step of this rollout
+    was committed already (a step trailer newer than its start): values back at step 0 were
+    then put there by a person (a revert of the step commit, a hand edit), and their commit
+    wins as any other values that undo the rollout do; committing step 1 again would fight
+    them.
     """
     step = rollout.position(traffic, mirror_traffic)
     total = rollout.policy.total
@@ -291,6 +315,13 @@ def decide(
         reason = (
             f"{rollout.endpoint} was set to {shown} by a commit, which is no step of the "
             f"rollout of {rollout.canary}: that commit wins and the rollout stops"
+        )
+        return Decision(Action.STOP, 0, reason)
+    if step == 0 and stepped:
+        reason = (
+            f"{rollout.endpoint} was set back to all traffic on {rollout.stable} by a commit "
+            f"after the rollout of {rollout.canary} began (a revert of its step?): that "
+            "commit wins and the rollout stops"
         )
         return Decision(Action.STOP, 0, reason)
     if step == 0:

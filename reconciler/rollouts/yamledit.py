@@ -17,9 +17,14 @@ mirror_traffic right after traffic, in traffic's style; traffic at the end.
 
 Anything else (a flow mapping over several lines, anchors, aliases, tags, a null, a JSON
 document, a mapping the lines do not parse into the same values YAML reads) is refused with
-WeightsEditError: a wrong edit of a production endpoint is worse than none. Every edit is
-checked by loading the result: the two mappings must read as intended and every other key
-of the document as before.
+WeightsEditError: a wrong edit of a production endpoint is worse than none, and so is a
+mapping the lines do not find although YAML reads it (`? traffic`, an escape or a tag in the
+key): adding one would write the key twice. Every edit is checked by loading the result with
+the repository's own loader (libyaml, which also reads a tab before a comment that PyYAML's
+Python reader refuses): the two mappings must read as intended, every other key of the
+document as before, and no key may be written twice. A byte order mark stays where it is,
+lines added take the file's line ending, and a deployment name YAML would read as no string
+(`yes`, `off`, `null`) is written quoted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
+
+from reconciler.yamlsource import load_yaml_document
 
 TRAFFIC: Final = "traffic"
 MIRROR_TRAFFIC: Final = "mirror_traffic"
@@ -48,6 +55,7 @@ _FLOW_ITEM: Final = re.compile(
 _FLOW: Final = re.compile(r"^(?P<space>[ \t]*)\{(?P<body>[^{}\[\]#]*)\}(?P<rest>[ \t]*(?:#.*)?)$")
 _PLAIN_NAME: Final = re.compile(r"^[A-Za-z][-A-Za-z0-9_]*$")
 _UNSAFE: Final = re.compile(r"(^|[\s\[{,])[&*!]")  # anchors, aliases, tags
+_BOM: Final = "\ufeff"
 
 
 class WeightsEditError(ValueError):
@@ -75,9 +83,13 @@ def edit_weights(
 
     Raises WeightsEditError when the file's form cannot be edited safely.
     """
+    # The mark is no part of the first key: it is taken off while lines are matched and put
+    # back in front of the result.
+    bom = _BOM if text.startswith(_BOM) else ""
+    text = text[len(bom) :]
     original = _load(text, "the file")
     lines = text.splitlines(keepends=True)
-    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    newline = _line_ending(lines[0]) if lines else "\n"
     expected = dict(original)
     for name, wanted in ((TRAFFIC, traffic), (MIRROR_TRAFFIC, mirror_traffic)):
         if wanted is None:
@@ -87,6 +99,12 @@ def edit_weights(
                 raise WeightsEditError(f"cannot write {name}.{deployment}: {percent!r}")
         found = _locate(lines, name)
         reuse = name == MIRROR_TRAFFIC
+        if found is None and name in original:
+            raise WeightsEditError(
+                f"{name} is written in a form this edit does not find (an explicit `?` key, "
+                f"an escape or a tag in the key, an indented document); write it as a plain "
+                f"`{name}:` at the start of a line"
+            )
         if found is None:
             lines, written = _added(lines, name, wanted, newline=newline)
         else:
@@ -102,18 +120,39 @@ def edit_weights(
         raise WeightsEditError(
             "the edit would change more than traffic and mirror_traffic; edit the file by hand"
         )
-    return result
+    return bom + result
+
+
+def _line_ending(line: str) -> str:
+    """The ending of a line: `\r\n`, `\r` (old Mac) or `\n` (also for one without)."""
+    ending = line[len(line.rstrip("\r\n")) :]
+    return ending if ending in ("\r\n", "\r") else "\n"
 
 
 def _load(text: str, what: str) -> dict[str, Any]:
+    """The document as the repository's loader reads it (libyaml, duplicate keys found)."""
     try:
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise WeightsEditError(f"{what} is not valid YAML: {exc}") from None
-    if len(documents) != 1 or not isinstance(documents[0], dict):
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WeightsEditError(f"{what} is not valid UTF-8 text") from None
+    document = load_yaml_document(data, "endpoint file")
+    if document.error is not None:
+        raise WeightsEditError(f"{what}: {document.error.message}")
+    if document.unsupported_tag is not None:
+        raise WeightsEditError(f"{what} uses a tag: {document.unsupported_tag.message}")
+    if document.duplicate_keys:
+        keys = ", ".join(f"`{d.key}`" for d in document.duplicate_keys)
+        raise WeightsEditError(f"{what} writes a key twice: {keys}")
+    if len(document.documents) != 1 or not isinstance(document.documents[0], dict):
         raise WeightsEditError(f"{what} must hold one YAML mapping")
-    loaded: dict[str, Any] = documents[0]
+    loaded: dict[str, Any] = document.documents[0]
     return loaded
+
+
+def _written(name: str) -> str:
+    """A deployment's name as a key: quoted when YAML would read it plain as no string."""
+    # name is a plain name already (_PLAIN_NAME): reading it alone is reading it as a key.
+    return name if isinstance(yaml.safe_load(name), str) else f'"{name}"'
 
 
 def _agrees(found: _Mapping, parsed: Any, name: str) -> None:
@@ -218,7 +257,7 @@ def _assigned(
 
 
 def _key_text(old_key: str, old_name: str, name: str) -> str:
-    return old_key if name == old_name else name
+    return old_key if name == old_name else _written(name)
 
 
 def _block_edit(
@@ -233,8 +272,9 @@ def _block_edit(
         entry = _ENTRY.match(line.rstrip("\r\n"))
         assert entry is not None  # matched when located
         value, rest = str(percent), entry["rest"]
-        if rest.strip():
-            # Keep a trailing comment in its column when the number's width changes.
+        if rest.strip() and "\t" not in rest[: len(rest) - len(rest.lstrip())]:
+            # Keep a trailing comment in its column when the number's width changes (a tab
+            # before it keeps it there already, and is a byte of the person's to keep).
             pad = len(entry["value"]) - len(value)
             rest = " " * max(1, len(rest) - len(rest.lstrip()) + pad) + rest.lstrip()
         key = _key_text(entry["key"], old_name, deployment)
@@ -244,7 +284,7 @@ def _block_edit(
         tail = out[found.last_line]
         if not tail.endswith(("\n", "\r")):
             out[found.last_line] = tail + newline
-        new_lines = [f"{found.indent}{d}: {p}{newline}" for d, p in added]
+        new_lines = [f"{found.indent}{_written(d)}: {p}{newline}" for d, p in added]
         out[found.last_line + 1 : found.last_line + 1] = new_lines
         written.update(added)
     if not found.entries and not added:
@@ -277,7 +317,7 @@ def _flow_edit(
     gap = items[1][2]["lead"] if len(items) > 1 else " "
     inside = items[0][2]["lead"] if items else ""
     for deployment, percent in added:
-        parts.append(f"{gap if parts else inside}{deployment}: {percent}")
+        parts.append(f"{gap if parts else inside}{_written(deployment)}: {percent}")
     body = ",".join(parts) + (items[-1][2]["trail"] if items else "")
     written.update(added)
     edited = f"{top['key']}{top['colon']}{flow['space']}{{{body}}}{flow['rest']}{ending}"
@@ -296,10 +336,14 @@ def _added(
     out = list(lines)
     anchor = _locate(out, TRAFFIC) if name == MIRROR_TRAFFIC else None
     if anchor is not None and anchor.flow:
-        text = [f"{name}: {{{', '.join(f'{d}: {p}' for d, p in values.items())}}}{newline}"]
+        shown = ", ".join(f"{_written(d)}: {p}" for d, p in values.items())
+        text = [f"{name}: {{{shown}}}{newline}"]
     else:
         indent = anchor.indent if anchor is not None else "  "
-        text = [f"{name}:{newline}", *(f"{indent}{d}: {p}{newline}" for d, p in values.items())]
+        text = [
+            f"{name}:{newline}",
+            *(f"{indent}{_written(d)}: {p}{newline}" for d, p in values.items()),
+        ]
     at = anchor.last_line + 1 if anchor is not None else len(out)
     if at > 0 and not out[at - 1].endswith(("\n", "\r")):
         out[at - 1] += newline

@@ -666,3 +666,381 @@ def test_an_abort_whose_push_is_refused_is_undone_locally_and_succeeds_after_a_p
     s.daemon.trigger("push", fetch=True)
     wait_for(lambda: s.rollout_state() == "Aborted", what="aborted")
     assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+
+
+def test_a_forged_step_trailer_in_a_persons_commit_promotes_nothing(
+    setup: Callable[..., Setup],
+) -> None:
+    """The step is read from the file's values, never from a trailer someone wrote."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "forged\n")
+
+    forged = (
+        "notes\n\nReconcile-Rollout: my-endpoint step 2/2\n"
+        "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n"
+    )
+    s.person_push(forged, notes)
+    wait_for(
+        lambda: (
+            "analysis" in (s.status().get("rollout") or {})
+            and s.remote_git("rev-parse", "main") in str(s.status().get("commit"))
+        ),
+        what="a judgement at the forged commit",
+    )
+    time.sleep(1.0)  # several intervals of 300ms
+    block = s.status()["rollout"]
+    assert isinstance(block, dict)
+    assert block["state"] == "Progressing" and block["step"] == 1
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 80, "green": 20}
+    # The daemon made step 1 only; the person's forged commit is the only other "mark".
+    authors = [s.remote_git("log", "-1", "--format=%an", sha) for sha, _ in s.rollout_commits()]
+    assert authors == ["reconciler", "Person"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter honours any rollback trailer newer than the start, whatever the values: "
+    "a person's commit carrying one ends the rollout as Failed with traffic still split; fix: "
+    "honour it only when rollout.position(spec.traffic, spec.mirror_traffic) == 0",
+)
+def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_rollout(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "forged\n")
+
+    s.person_push("notes\n\nReconcile-Rollout: my-endpoint rollback at step 1/2\n", notes)
+    wait_for(
+        lambda: s.remote_git("rev-parse", "main") in str(s.status().get("commit")),
+        what="a pass at the forged commit",
+    )
+    time.sleep(1.0)
+    # green still serves 20%: nothing was rolled back, so the rollout is not over.
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 80, "green": 20}
+    assert s.rollout_state() == "Progressing"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter reads a revert of the step-1 commit as step 0 and commits step 1 again "
+    "at once (it fights the person's revert); fix: pass decide(stepped=True) when a step "
+    "trailer of the endpoint is in `since` or the rollout was recovered from one",
+)
+def test_a_person_reverting_the_daemons_step_commit_stops_the_rollout_and_is_kept(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    step_1 = s.rollout_commits()[0][0]
+
+    def revert(clone: RepoBuilder) -> None:
+        clone.git("revert", "--no-commit", step_1)
+
+    s.person_push(f'Revert "step 1"\n\nThis reverts commit {step_1}.', revert)
+    wait_for(
+        lambda: (
+            s.remote_git("rev-parse", "main") in str(s.status().get("commit"))
+            or len(s.rollout_commits()) > 1
+        ),
+        what="a pass after the revert",
+    )
+    time.sleep(1.0)
+    assert len(s.rollout_commits()) == 1  # no step 1 again on top of the revert
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+    assert s.rollout_state() == "Stopped"
+
+
+def test_a_force_push_that_drops_the_step_commit_is_built_upon_never_forced_back(
+    setup: Callable[..., Setup],
+) -> None:
+    """The daemon's remembered commits vanish: it re-plans from the new tip, and its next
+    commit is on top of the person's forced history (its push is never forced)."""
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    start = s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    dropped = s.rollout_commits()[0][0]
+    s.clone.git("fetch", "-q", "origin")
+    s.clone.git("reset", "-q", "--hard", start)
+    s.clone.write("NOTES.md", "rewritten\n")
+    forced = s.clone.commit("history rewritten")
+    s.clone.git("push", "-q", "--force", "origin", "main")
+    s.daemon.trigger("forced", fetch=True)
+
+    def rebuilt() -> bool:
+        commits = s.rollout_commits()
+        return len(commits) == 1 and commits[0][0] != dropped
+
+    wait_for(rebuilt, what="step 1 made again on the forced history")
+    sha = s.rollout_commits()[0][0]
+    assert s.remote_git("merge-base", "--is-ancestor", forced, sha) == ""
+    assert s.remote_file("NOTES.md") == "rewritten"
+    wait_for(lambda: s.rollout_state() == "Progressing", what="the rollout under way")
+
+
+@pytest.mark.parametrize("removed", ["canary", "policy", "endpoint"])
+def test_the_endpoint_its_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
+    setup: Callable[..., Setup], removed: str
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def remove(clone: RepoBuilder) -> None:
+        if removed == "policy":
+            clone.write("reconciler.yaml", "{}\n")
+            return
+        if removed == "endpoint":
+            clone.git("rm", "-q", "-r", f"endpoints/{ENDPOINT}")
+            return
+        path = ENDPOINT_FILE
+        text = (clone.root / path).read_text().replace("  green: 20\n", "")
+        text = text.replace("blue: 80", "blue: 100")
+        (clone.root / path).write_text(text)
+        for found in (clone.root / "endpoints" / ENDPOINT).glob("*green*"):
+            found.unlink()
+
+    s.person_push(f"remove the {removed}", remove)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
+    assert "removed by a commit" in str((s.status().get("rollout") or {}).get("reason"))
+    time.sleep(0.7)
+    assert len(s.rollout_commits()) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter reads one mark per message (read_mark(message)): the rollback of the "
+    "second endpoint in a squash is unseen and its rollout starts again; fix: "
+    "read_mark(message, endpoint) in _recover and _step",
+)
+def test_an_abort_squashed_after_another_endpoints_mark_ends_the_rollout(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+
+    def back(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        text = text.replace("blue: 80", "blue: 100").replace("green: 20", "green: 0")
+        (clone.root / ENDPOINT_FILE).write_text(text)
+
+    s.person_push(
+        "squash: abort two rollouts\n\n"
+        "Reconcile-Rollout: other-endpoint rollback at step 1/2\n"
+        "Reconcile-Rollout-Stable: red\nReconcile-Rollout-Canary: yellow\n"
+        "Reconcile-Rollout-Control: other-endpoint abort\n\n"
+        "Reconcile-Rollout: my-endpoint rollback at step 1/2\n"
+        "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n"
+        "Reconcile-Rollout-Control: my-endpoint abort\n",
+        back,
+    )
+    wait_for(
+        lambda: s.rollout_state() == "Aborted" or len(s.rollout_commits()) > 2,
+        what="the abort seen (or step 1 made again)",
+    )
+    time.sleep(0.7)
+    assert s.rollout_state() == "Aborted"
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+
+
+def test_a_router_counter_gone_nan_makes_the_step_wait_and_never_rolls_back(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
+    labels = 'endpoint="my-endpoint",deployment="green",kind="live",code="500"'
+    broken = f"# TYPE router_requests_total counter\nrouter_requests_total{{{labels}}} NaN\n"
+    healthy = s.metrics.scrape
+    s.metrics.scrape = lambda: broken.encode()  # type: ignore[method-assign]
+    s.daemon.trigger("judge", fetch=False)
+
+    def unreadable() -> bool:
+        return "that is not a count" in str((s.status().get("rollout") or {}).get("reason"))
+
+    wait_for(unreadable, what="the metrics said unreadable")
+    block = s.status()["rollout"]
+    assert isinstance(block, dict) and block["state"] == "Progressing" and block["step"] == 1
+    assert len(s.rollout_commits()) == 1  # no rollback on a figure that is no count
+    s.metrics.scrape = healthy  # type: ignore[method-assign]
+    s.daemon.trigger("judge", fetch=False)
+    wait_for(lambda: not unreadable(), what="the step judged again")
+    assert s.rollout_state() == "Progressing"
+
+
+def test_the_endpoint_file_moved_mid_rollout_gets_the_next_step_at_its_new_path(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "1s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    moved = f"endpoints/{ENDPOINT}/my-endpoint.endpoint.yml"
+
+    def move(clone: RepoBuilder) -> None:
+        clone.git("mv", ENDPOINT_FILE, moved)
+
+    s.person_push("move the endpoint's file", move)
+    wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
+    assert [read_mark(m).step for _, m in s.rollout_commits()] == [1, 2]  # type: ignore[union-attr]
+    listed = s.remote_git("ls-tree", "-r", "--name-only", "main", f"endpoints/{ENDPOINT}")
+    assert ENDPOINT_FILE not in listed.splitlines()  # not written back at the old path
+    text = s.remote_file(moved)
+    assert "# blue serves v1; a rollout moves these numbers, commit by commit" in text
+    assert yaml.safe_load(text)["traffic"] == {"blue": 0, "green": 100}
+
+
+def test_a_persons_traffic_commit_while_paused_wins_once_resumed(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    clone = str(s.clone.root)
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "pause", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Paused", what="paused")
+
+    def thirty(clone: RepoBuilder) -> None:
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        (clone.root / ENDPOINT_FILE).write_text(
+            text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
+        )
+
+    s.person_push("green to 30 by hand", thirty)
+    time.sleep(0.7)
+    assert s.rollout_state() == "Paused"  # paused: nothing judged, nothing committed
+    s.clone.git("pull", "-q", "--rebase", "origin", "main")
+    code, out = run_cli("rollout", "resume", ENDPOINT, "--repo", clone, "--push")
+    assert code == 0, out
+    s.daemon.trigger("push", fetch=True)
+    wait_for(lambda: s.rollout_state() == "Stopped", what="the person's values to win")
+    assert len(s.rollout_commits()) == 1
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 70, "green": 30}
+
+
+def test_two_endpoints_rolling_out_at_once_get_a_step_commit_each_on_one_line(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    other = "other-endpoint"
+
+    def second(clone: RepoBuilder) -> None:
+        clone.write(
+            f"endpoints/{other}/endpoint.yml",
+            f"name: {other}\nauth_mode: key\ntraffic:  # its own comment\n  blue: 100\n",
+        )
+        clone.deployment(other, "blue")
+
+    s.person_push("a second endpoint", second)
+
+    def greens(clone: RepoBuilder) -> None:
+        add_green(clone)
+        clone.deployment(other, "green", model="azureml:sklearn-regression:2")
+
+    start = s.person_push("green on both", greens)
+    wait_for(lambda: len(s.rollout_commits()) == 2, what="step 1 of both")
+    found = [(sha, read_mark(m)) for sha, m in s.rollout_commits()]
+    marks = {mark.endpoint: (sha, mark) for sha, mark in found if mark is not None}
+    assert sorted(marks) == [ENDPOINT, other]
+    for name, (sha, mark) in marks.items():
+        assert (mark.step, mark.stable, mark.canary) == (1, "blue", "green")
+        changed = s.remote_git("show", "--name-only", "--format=", sha)
+        assert changed == f"endpoints/{name}/endpoint.yml"
+        assert s.remote_git("merge-base", "--is-ancestor", start, sha) == ""
+    text = s.remote_file(f"endpoints/{other}/endpoint.yml")
+    assert text.endswith("traffic:  # its own comment\n  blue: 80\n  green: 20")
+    # The other endpoint's router serves no figures here: it waits, never promotes.
+    time.sleep(0.7)
+    assert len(s.rollout_commits()) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the loader reads a UTF-16 endpoint file, but gitsource._changed decodes it as "
+    "UTF-8: UnicodeDecodeError escapes Rollouter.after_pass (rollout_crashed every pass) and "
+    "status never says why the rollout does not move; fix (gitsource/rollouter): refuse it as "
+    "a WeightsEditError-like `cannot commit the step: ... not UTF-8`",
+)
+def test_an_endpoint_file_in_utf16_is_refused_with_a_reason_in_status(
+    setup: Callable[..., Setup],
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+
+    def utf16(clone: RepoBuilder) -> None:
+        add_green(clone)
+        text = (clone.root / ENDPOINT_FILE).read_text()
+        (clone.root / ENDPOINT_FILE).write_bytes(text.encode("utf-16"))
+
+    s.person_push("green, and the endpoint's file saved as UTF-16", utf16)
+    wait_for(
+        lambda: "cannot commit the step" in str((s.status().get("rollout") or {}).get("reason")),
+        timeout=3,
+        what="status to say why no step is committed",
+    )
+    assert s.rollout_commits() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollouter._recover takes any step trailer (a person's, forged or cherry-picked) as a "
+    "rollout under way after a restart, and at step 0 decide commits step 1: a deployment "
+    "nobody changed is promoted; fix: decide(stepped=True) for a rollout recovered from a "
+    "trailer (it stops at step 0 instead)",
+)
+def test_a_forged_step_trailer_read_after_a_restart_promotes_no_idle_deployment(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    s = setup([{"traffic": 20, "for": "60s"}, 100])
+    policy = yaml.safe_load(s.remote_file("reconciler.yaml"))
+
+    def idle_green(clone: RepoBuilder) -> None:
+        # green arrives while the endpoint's policy is off: no rollout; then it is on again.
+        off = {**policy["rollouts"], "endpoints": {ENDPOINT: {"enabled": False}}}
+        clone.write("reconciler.yaml", yaml.safe_dump({"rollouts": off}))
+        add_green(clone)
+
+    s.person_push("green, idle, no rollout", idle_green)
+
+    def policy_on(clone: RepoBuilder) -> None:
+        clone.write("reconciler.yaml", yaml.safe_dump(policy))
+
+    s.person_push("rollouts on again", policy_on)
+
+    def notes(clone: RepoBuilder) -> None:
+        clone.write("NOTES.md", "copied message\n")
+
+    tip = s.person_push(
+        "notes\n\nReconcile-Rollout: my-endpoint step 1/2\n"
+        "Reconcile-Rollout-Stable: blue\nReconcile-Rollout-Canary: green\n",
+        notes,
+    )
+    wait_for(lambda: tip == s.status().get("commit"), what="a pass at the forged commit")
+    s.daemon.stop()
+    source = RemoteSource(str(s.remote), branch="main", cache_dir=tmp_path / "cache-2")
+    again = Daemon(source, s.target, WatchOptions(interval_s=60.0, progress_interval_s=0.1))
+    thread = threading.Thread(target=again.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: s.remote_git("rev-parse", "main") != tip or s.rollout_state() is not None,
+            timeout=5,
+            what="the restarted daemon's pass",
+        )
+        time.sleep(0.7)
+    finally:
+        again.stop()
+        thread.join(timeout=30)
+    # Nothing committed by the daemon (it was "step 1/2, green gets 20% of live traffic").
+    assert s.remote_git("log", "--format=%an: %s", f"{tip}..main") == ""
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100}

@@ -297,3 +297,92 @@ def test_the_verdict_as_status_records_it() -> None:
             },
         ],
     }
+
+
+# --------------------------------------------------------------------------------------
+# Hostile figures
+
+
+def exposition(requests: str, bucket: str = "100") -> str:
+    """A router's exposition with the canary's live counters set to these texts."""
+    labels = f'endpoint="{ENDPOINT}",deployment="green",kind="live"'
+    return (
+        "# TYPE router_requests_total counter\n"
+        f'router_requests_total{{{labels},code="200"}} {requests}\n'
+        "# TYPE router_request_duration_seconds histogram\n"
+        f'router_request_duration_seconds_bucket{{{labels},le="0.1"}} {bucket}\n'
+        f'router_request_duration_seconds_bucket{{{labels},le="+Inf"}} {bucket}\n'
+        f"router_request_duration_seconds_count{{{labels}}} {bucket}\n"
+        f"router_request_duration_seconds_sum{{{labels}}} 1\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("requests", "bucket"),
+    [("NaN", "100"), ("+Inf", "100"), ("-Inf", "100"), ("-5", "100"), ("100", "NaN")],
+)
+def test_a_counter_that_is_no_count_makes_the_metrics_unreadable_never_a_verdict(
+    requests: str, bucket: str
+) -> None:
+    # NaN or Inf in a request counter raised from step_figures (round), outside the
+    # rollouter's unreadable-metrics handling; a NaN bucket failed the step (rollback).
+    with pytest.raises(ValueError, match="is not a count"):
+        parse_exposition(exposition(requests, bucket), ENDPOINT)
+
+
+def test_huge_counts_are_judged_as_numbers() -> None:
+    start = parse_exposition(exposition("1e15", "1e15"), ENDPOINT)
+    later = parse_exposition(exposition("1.0000000001e15", "1.0000000001e15"), ENDPOINT)
+    found = step_figures(
+        later.since(start), stable="blue", canary="green", canary_kind="live", elapsed_s=600
+    )
+    assert found.canary.requests == 100_000  # the increase, not the total
+    assert judge(THRESHOLDS, found, step_for_s=60).outcome is Outcome.PASS
+
+
+def test_a_canary_with_no_request_at_all_waits_even_with_every_threshold_off() -> None:
+    off = Thresholds(error_rate=None, p99_ms=None, p99_ratio=None, min_requests=0)
+    verdict = judge(off, figures(DeploymentFigures("green", "live", 0, 0, None)), step_for_s=60)
+    assert verdict.outcome is Outcome.WAIT
+
+
+def test_one_router_of_several_restarting_counts_only_its_own_series_from_zero() -> None:
+    # Kubernetes: the routers' expositions add up. When one restarts, the sum goes down;
+    # judged on the sum, every request the others ever served counted as this step's.
+    one, two = Router(), Router()
+    one.serve("green", "live", 500, 0.02, 1000)  # before the step: errors of an old window
+    two.serve("green", "live", 200, 0.02, 100)
+    start = parse_exposition(_text(one), ENDPOINT, source="router-a") + parse_exposition(
+        _text(two), ENDPOINT, source="router-b"
+    )
+    restarted = Router()
+    restarted.serve("green", "live", 200, 0.02, 30)
+    one.serve("green", "live", 200, 0.02, 20)
+    later = parse_exposition(_text(one), ENDPOINT, source="router-a") + parse_exposition(
+        _text(restarted), ENDPOINT, source="router-b"
+    )
+    found = step_figures(
+        later.since(start), stable="blue", canary="green", canary_kind="live", elapsed_s=60
+    )
+    assert (found.canary.requests, found.canary.errors) == (50, 0)
+    # A router gone from the scrape (not ready) takes nothing away and adds nothing back.
+    gone = step_figures(
+        parse_exposition(_text(one), ENDPOINT, source="router-a").since(start),
+        stable="blue",
+        canary="green",
+        canary_kind="live",
+        elapsed_s=60,
+    )
+    assert (gone.canary.requests, gone.canary.errors) == (20, 0)
+
+
+def _text(router: Router) -> str:
+    return generate_latest(router.registry).decode()
+
+
+@pytest.mark.parametrize("elapsed_s", [-3600.0, -0.001, 0.0])
+def test_a_window_whose_time_went_backwards_waits_never_passes(elapsed_s: float) -> None:
+    healthy = figures(DeploymentFigures("green", "live", 1000, 0, 0.02), elapsed_s=elapsed_s)
+    verdict = judge(THRESHOLDS, healthy, step_for_s=60)
+    assert verdict.outcome is Outcome.WAIT
+    assert verdict.reason.startswith("step runs 1m, ")

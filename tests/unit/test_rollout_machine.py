@@ -24,6 +24,7 @@ from reconciler.rollouts.machine import (
     decide,
     edited_file,
     read_mark,
+    read_marks,
     rollout_starts,
     version_changes,
 )
@@ -348,3 +349,68 @@ def test_a_promotion_and_a_rollback_walked_through_the_example_endpoint_file() -
         {"blue": 100, "green": 0},
         {"green": 0},
     )
+
+
+def test_values_back_at_step_zero_after_a_step_was_committed_stop_the_rollout() -> None:
+    # A person reverted the daemon's step-1 commit: committing step 1 again would fight them.
+    decision = decide(
+        ROLLOUT,
+        traffic=weights({"blue": 100, "green": 0}),
+        mirror_traffic=weights({"green": 0}),
+        verdict=None,
+        stepped=True,
+    )
+    assert (decision.action, decision.step, decision.edit) == (Action.STOP, 0, None)
+    assert "set back to all traffic on blue by a commit" in decision.reason
+    assert "that commit wins" in decision.reason
+    # Before any step was committed, step 0 is the start: step 1 is committed at once.
+    first = decide(ROLLOUT, traffic=weights({"blue": 100}), mirror_traffic=(), verdict=None)
+    assert (first.action, first.next_step) == (Action.ADVANCE, 1)
+
+
+def test_a_step_trailer_in_a_message_never_moves_the_step_the_values_are_at() -> None:
+    # A forged `step 3/4` trailer is not read by decide: the values (step 2) are the state.
+    decision = decide(
+        ROLLOUT,
+        traffic=weights({"blue": 90, "green": 10}),
+        mirror_traffic=(),
+        verdict=verdict(Outcome.WAIT),
+        stepped=True,
+    )
+    assert (decision.action, decision.step) == (Action.HOLD, 2)
+
+
+SQUASHED = """\
+squash: abort two rollouts
+
+rollout other: abort, all traffic back to red
+
+Reconcile-Rollout: other rollback at step 2/3
+Reconcile-Rollout-Stable: red
+Reconcile-Rollout-Canary: yellow
+Reconcile-Rollout-Control: other abort
+
+rollout ep: abort, all traffic back to blue
+
+Reconcile-Rollout: ep rollback at step 1/4
+Reconcile-Rollout-Stable: blue
+Reconcile-Rollout-Canary: green
+Reconcile-Rollout-Control: ep abort
+"""
+
+
+def test_a_message_with_marks_of_several_endpoints_gives_each_its_own() -> None:
+    # A squash of two aborts (or of pull-request branches): the second endpoint's rollback
+    # was unseen (only the first mark was read), so its rollout would start again.
+    assert read_marks(SQUASHED) == (
+        RolloutMark("other", True, 2, 3, "red", "yellow"),
+        RolloutMark("ep", True, 1, 4, "blue", "green"),
+    )
+    assert read_mark(SQUASHED, endpoint="ep") == RolloutMark("ep", True, 1, 4, "blue", "green")
+    assert read_mark(SQUASHED, endpoint="nobody") is None
+    assert read_mark(SQUASHED) == RolloutMark("other", True, 2, 3, "red", "yellow")
+
+
+def test_a_single_mark_takes_its_names_from_anywhere_in_the_message() -> None:
+    message = "x\n\nReconcile-Rollout-Stable: blue\nReconcile-Rollout: ep step 1/2\n"
+    assert read_mark(message) == RolloutMark("ep", False, 1, 2, "blue", None)

@@ -393,3 +393,41 @@ def test_comparison_errors_name_line_and_field() -> None:
     assert errors(infinite) == [
         (5, "rollouts.default.comparison.atol", "must be a finite number, got inf")
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="policy.py: a zero duration written with a unit (`0s`, `0ms`) or `.nan` reads as no "
+    "duration and the whole policy is dropped without a diagnostic (RolloutPolicies() with "
+    "no default): validate passes and no rollout ever runs; fix: the same error as `for: 0`",
+)
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("for", "0s"), ("for", "0ms"), ("for", ".nan"), ("interval", "0s"), ("interval", "0ms")],
+)
+def test_a_zero_or_nan_duration_with_a_unit_is_an_error_not_a_policy_dropped(
+    where: str, value: str
+) -> None:
+    step = f"{{traffic: 20, for: {value}}}" if where == "for" else "20"
+    interval = f"    interval: {value}\n" if where == "interval" else ""
+    found = errors(f"rollouts:\n  default:\n{interval}    steps: [{step}, 100]\n")
+    assert any(field.endswith(where) for _, field, _ in found), found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="policy.py: thresholds and durations accept .nan and .inf: error_rate .nan fails "
+    "every judged step (rate <= nan is False: a rollback), `for: .inf` never passes; fix: "
+    "refuse non-finite numbers",
+)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "    steps: [20, 100]\n    thresholds: {error_rate: .nan}\n",
+        "    steps: [20, 100]\n    thresholds: {p99_ratio: .nan}\n",
+        "    steps: [20, 100]\n    thresholds: {shadow_agreement: .nan}\n",
+        "    steps: [{traffic: 20, for: .inf}, 100]\n",
+    ],
+)
+def test_numbers_that_are_not_finite_are_errors(policy: str) -> None:
+    assert errors(f"rollouts:\n  default:\n{policy}")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from reconciler.rollouts.yamledit import WeightsEditError, edit_weights
+from reconciler.yamlsource import load_yaml_document
 
 EXAMPLE = Path(__file__).parents[2] / "example-repo" / "endpoints" / "my-endpoint" / "endpoint.yml"
 
@@ -155,10 +156,13 @@ def test_none_leaves_a_mapping_as_it_is() -> None:
         ("name: e\nbase: &t {blue: 100}\ntraffic: *t\n", "anchors, aliases and tags"),
         ('{"name": "e", "traffic": {"blue": 100}}\n', "a flow mapping (JSON)"),
         ("name: e\ntraffic:\n  blue: 100\n  green: !!int 0\n", "line 4: this entry of traffic"),
-        ("name: e\ntraffic:\n  blue: 100\n   green: 0\n", "is not valid YAML"),
+        ("name: e\ntraffic:\n  blue: 100\n   green: 0\n", "the file: not valid YAML"),
         ("name: e\ntraffic: null\n", "traffic holds 'null'"),
         ("name: e\ntraffic:\n  blue: 0x64\n", "line 3: this entry of traffic"),
-        ("name: e\ntraffic:\n  blue: 100\ntraffic:\n  blue: 100\n", "traffic is written 2 times"),
+        (
+            "name: e\ntraffic:\n  blue: 100\ntraffic:\n  blue: 100\n",
+            "writes a key twice: `traffic`",
+        ),
         ("name: e\ntraffic: {blue: 100}\n---\nname: f\n", "must hold one YAML mapping"),
         ("name: e\ntraffic: {blue: {x: 1}}\n", "nested values"),
     ],
@@ -172,3 +176,99 @@ def test_forms_that_cannot_be_edited_safely_are_refused(text: str, words: str) -
 def test_a_name_that_would_need_quoting_is_refused() -> None:
     with pytest.raises(WeightsEditError, match=r"cannot write traffic\.a: b"):
         edit_weights("name: e\ntraffic: {blue: 100}\n", traffic={"a: b": 10})
+
+
+# --------------------------------------------------------------------------------------
+# Hostile forms: the edit must leave a file the repository's loader reads as intended
+
+
+def loaded(text: str) -> dict[str, object]:
+    """The document as the repository's loader (libyaml) reads it; duplicates fail."""
+    document = load_yaml_document(text.encode("utf-8"), "endpoint.yml")
+    assert document.error is None, document.error
+    assert document.duplicate_keys == ()
+    value = document.value
+    assert isinstance(value, dict)
+    return value
+
+
+def test_a_file_with_a_byte_order_mark_keeps_it_and_gets_no_second_traffic_key() -> None:
+    text = "\ufefftraffic:  # live\n  blue: 100\nname: ep\n"
+    edited = edit_weights(text, traffic={"blue": 80, "green": 20})
+    assert edited == "\ufefftraffic:  # live\n  blue: 80\n  green: 20\nname: ep\n"
+    assert loaded(edited)["traffic"] == {"blue": 80, "green": 20}
+
+
+def test_a_byte_order_mark_before_a_flow_traffic_stays() -> None:
+    text = "\ufefftraffic: {blue: 100}\nname: ep\n"
+    edited = edit_weights(text, traffic={"blue": 100, "green": 0}, mirror_traffic={"green": 20})
+    assert edited == "\ufefftraffic: {blue: 100}\nmirror_traffic: {green: 20}\nname: ep\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: ep\n? traffic\n: {blue: 100}\n",  # an explicit key
+        'name: ep\n"tra\\x66fic": {blue: 100}\n',  # an escape in the key
+        "name: ep\n!!str traffic : {blue: 100}\n",  # a tag on the key
+    ],
+)
+def test_traffic_written_in_a_form_the_lines_do_not_find_is_refused_not_written_twice(
+    text: str,
+) -> None:
+    with pytest.raises(WeightsEditError, match="traffic is written in a form"):
+        edit_weights(text, traffic={"blue": 80, "green": 20})
+
+
+def test_tabs_the_repository_loader_accepts_do_not_stop_the_edit() -> None:
+    # libyaml (the loader of every endpoint file) reads a tab before a comment and after a
+    # colon; the pure-Python PyYAML refuses both, which refused a valid endpoint's rollout.
+    text = "name: ep\ntraffic:\t# live\n  blue:\t100\t#\tv1\n"
+    edited = edit_weights(text, traffic={"blue": 80, "green": 20})
+    assert changed_lines(text, edited) == [
+        "-  blue:\t100\t#\tv1",
+        "+  blue:\t80\t#\tv1",
+        "+  green: 20",
+    ]
+    assert loaded(edited)["traffic"] == {"blue": 80, "green": 20}
+
+
+@pytest.mark.parametrize("name", ["yes", "off", "null", "true", "False", "NULL"])
+def test_a_deployment_name_yaml_reads_as_no_string_is_written_quoted(name: str) -> None:
+    text = "name: ep\ntraffic:\n  blue: 100\n"
+    edited = edit_weights(text, traffic={"blue": 90, name: 10})
+    assert edited == f'name: ep\ntraffic:\n  blue: 90\n  "{name}": 10\n'
+    assert loaded(edited)["traffic"] == {"blue": 90, name: 10}
+    flow = edit_weights(
+        "name: ep\ntraffic: {blue: 100}\n", traffic={"blue": 100}, mirror_traffic={name: 20}
+    )
+    assert flow == f'name: ep\ntraffic: {{blue: 100}}\nmirror_traffic: {{"{name}": 20}}\n'
+    assert loaded(flow)["mirror_traffic"] == {name: 20}
+
+
+def test_a_mirror_entry_taken_over_by_a_name_that_needs_quoting_is_quoted() -> None:
+    text = "name: ep\ntraffic: {blue: 100}\nmirror_traffic:\n  green: 20  # shadow\n"
+    edited = edit_weights(text, traffic={"blue": 100}, mirror_traffic={"green": 0, "yes": 10})
+    assert edited.endswith('mirror_traffic:\n  "yes": 10  # shadow\n')
+    assert loaded(edited)["mirror_traffic"] == {"yes": 10}
+
+
+def test_a_file_with_old_mac_line_endings_gets_its_own_ending_on_added_lines() -> None:
+    text = "name: ep\rtraffic:\r  blue: 100\r"
+    edited = edit_weights(text, traffic={"blue": 80, "green": 20})
+    assert edited == "name: ep\rtraffic:\r  blue: 80\r  green: 20\r"
+
+
+def test_crlf_and_unicode_comments_survive_a_mirror_step_byte_for_byte() -> None:
+    text = "name: ep  # café ☕\r\ntraffic:\r\n  blue: 100 # ünïcode v1\r\ndescription: 日本\r\n"
+    edited = edit_weights(text, traffic={"blue": 100, "green": 0}, mirror_traffic={"green": 20})
+    assert edited == (
+        "name: ep  # café ☕\r\ntraffic:\r\n  blue: 100 # ünïcode v1\r\n"
+        "mirror_traffic:\r\n  green: 20\r\ndescription: 日本\r\n"
+    )
+    assert loaded(edited) == {
+        "name": "ep",
+        "traffic": {"blue": 100},
+        "mirror_traffic": {"green": 20},
+        "description": "日本",
+    }
