@@ -47,7 +47,8 @@ CODE_DIR = "/opt/reconciler"
 # what an endpoint needs (one from before the label is level 1).
 ROUTER_LEVEL_LABEL = "reconciler.router-level"
 PROBING_LEVEL = 2  # runs the readiness and liveness checks of custom containers
-ROUTER_LEVEL = PROBING_LEVEL
+STATE_DIGEST_LEVEL = 3  # answers `/-/state-digest` (router/statefiles.py)
+ROUTER_LEVEL = STATE_DIGEST_LEVEL
 
 
 def router_requirements() -> tuple[str, ...]:

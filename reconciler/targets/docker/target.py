@@ -23,7 +23,8 @@ loss of the volume; then new ones are issued and said so). A router sits on two 
 its endpoint's internal one, and the target's edge bridge for its published port, where
 containers cannot reach each other (not Docker's shared default bridge, where any
 container reaches its admin and metrics ports). One edge network per target, not per
-endpoint: Docker's default address pools hold about 30 networks.
+endpoint. Networks take small subnets of the target's own `network_pool` (subnets.py):
+Docker's default address pools hold only about 30 networks.
 
 Readiness: a container is ready when the inference server answers GET / inside it (Triton,
 serving a no-code triton_model: GET /v2/health/ready; a custom container: when its
@@ -60,6 +61,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -97,6 +100,7 @@ from reconciler.images.retention import Collected, built_for_labels
 from reconciler.images.router import (
     PROBING_LEVEL,
     ROUTER_LEVEL_LABEL,
+    STATE_DIGEST_LEVEL,
     ensure_router_image,
 )
 from reconciler.logs import get_logger
@@ -149,6 +153,7 @@ from reconciler.router.config import (
     dump_config,
     parse_config,
 )
+from reconciler.router.statefiles import state_digest
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
     OutputLine,
@@ -186,6 +191,7 @@ from reconciler.targets.docker.state import NOTES as NOTES_FILE
 from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
 from reconciler.targets.docker.state import read_files as read_state
 from reconciler.targets.docker.state import write_files as write_state
+from reconciler.targets.docker.subnets import create_network
 
 log = get_logger("reconciler.docker")
 
@@ -334,6 +340,10 @@ class DockerTarget:
         self._client = client
         # The state files of endpoints, read once a pass (see _state).
         self._state_cache: dict[str, dict[str, bytes]] = {}
+        # The same files as last read or written, kept from pass to pass: a pass reads an
+        # endpoint's again (Docker's archive API, tens of ms each) only when its router's
+        # `/-/state-digest` is not theirs (_unchanged_states).
+        self._state_known: dict[str, dict[str, bytes]] = {}
         self._router_image: str | None = None
 
     # --- connection ------------------------------------------------------------------
@@ -405,7 +415,15 @@ class DockerTarget:
             for c in reversed(containers):
                 if c.labels.get(f"{L}role") == role:
                     handles[c.labels.get(f"{L}endpoint", "")] = c
-        self._read_states({name: handles.get(name) for name in names})
+        self._state_known = {k: v for k, v in self._state_known.items() if k in names}
+        checks = self._check_routers(names, routers=routers, volumes=volumes)
+        for name, check in checks.items():
+            known = self._state_known.get(name)
+            if known is not None and check.digest == state_digest(known):
+                self._state_cache[name] = known
+        self._read_states(
+            {name: handles.get(name) for name in names if name not in self._state_cache}
+        )
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
         networks = self._networks_by_endpoint()
         endpoints = [
@@ -416,6 +434,7 @@ class DockerTarget:
                 volume=volumes.get(name),
                 instances=[i for (e, _), group in instances.items() if e == name for i in group],
                 networks=networks.get(name) or networks.get("", {}),
+                check=checks.get(name),
             )
             for name in sorted(names)
         ]
@@ -465,8 +484,10 @@ class DockerTarget:
         volume: Any | None,
         instances: list[_Instance],
         networks: Mapping[str, Any],
+        check: _RouterCheck | None = None,
     ) -> LiveEndpoint:
-        """The endpoint as its state and router show it, with what needs repair, if any.
+        """The endpoint as its state and router show it, with what needs repair, if any
+        (check: what its router answered this pass on its published port, when asked).
 
         Every problem found is named, so that `--dry-run` and status say why the endpoint
         does not serve, and the plan's repair step fixes it.
@@ -532,7 +553,7 @@ class DockerTarget:
         elif router.status != "running":
             problems.append(f"its router container is {router.status}")
         elif ports is not None and not legacy:
-            dead = _port_problem(ports[0])
+            dead = check.port_problem if check is not None else _port_problem(ports[0])
             if dead is not None:
                 problems.append(dead)
         if router is not None and not legacy and _outdated_router(router, instances):
@@ -711,6 +732,41 @@ class DockerTarget:
             if (owner := _owner(volume)) is not None and owner != self.repository
         }
 
+    def _check_routers(
+        self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
+    ) -> dict[str, _RouterCheck]:
+        """Ask each running router, on its published port, whether it answers (as callers
+        reach it) and, when it can say and the keys of its endpoint are known, the digest
+        of its endpoint's state files: all at once, over loopback HTTP, a few ms each."""
+        asks: dict[str, tuple[int, str | None]] = {}
+        for name in names:
+            router, volume = routers.get(name), volumes.get(name)
+            if router is None or router.status != "running" or volume is None:
+                continue
+            ports = _volume_ports(volume)
+            if ports is None:
+                continue
+            if _legacy_router(router):
+                continue
+            mount = _mount_of(router) or {}
+            secret = None
+            if (
+                _router_level(router) >= STATE_DIGEST_LEVEL
+                and mount.get("Type") == "volume"
+                and mount.get("Name") == volume.name
+            ):
+                # The admin secret of the files known: a router that takes it holds them,
+                # unless its digest says otherwise.
+                with contextlib.suppress(KeyError, ValueError):
+                    known = self._state_known[name][CREDENTIALS_FILE]
+                    secret = credentials_from_json(known).admin_secret
+            asks[name] = (ports[0], secret)
+        if not asks:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(asks))) as pool:
+            answers = pool.map(lambda ask: _check_router(*ask), asks.values())
+            return dict(zip(asks, answers, strict=True))
+
     def _state_handle(self, endpoint: str) -> Any | None:
         """A container that mounts the endpoint's state: its holder, else its router."""
         for role in ("state", "router"):
@@ -729,7 +785,7 @@ class DockerTarget:
                 files = read_state(handle) if handle is not None else {}
             except docker.errors.DockerException as exc:
                 raise StateUnreadable(str(exc)) from None
-            self._state_cache[endpoint] = files
+            self._state_cache[endpoint] = self._state_known[endpoint] = files
         return self._state_cache[endpoint]
 
     def _read_states(self, handles: Mapping[str, Any | None]) -> None:
@@ -755,7 +811,7 @@ class DockerTarget:
         with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(wanted))) as pool:
             for name, files in zip(wanted, pool.map(read, wanted.values()), strict=True):
                 if files is not None:
-                    self._state_cache[name] = files
+                    self._state_cache[name] = self._state_known[name] = files
 
     def _state_json(self, endpoint: str, path: str) -> dict[str, Any]:
         """A JSON object of the state; {} when missing or unreadable."""
@@ -1104,22 +1160,28 @@ class DockerTarget:
         found = self._endpoint_networks(endpoint)
         if "internal" not in found:
             # Instances reach nothing outside, and nothing outside reaches them.
-            self.client.networks.create(
-                self._prefix(endpoint),
-                driver="bridge",
-                internal=True,
-                labels=self._labels(endpoint, "internal"),
+            self._create_network(
+                self._prefix(endpoint), internal=True, labels=self._labels(endpoint, "internal")
             )
         if "edge" not in found:
             # The routers' bridge for their published ports. No traffic between the
             # containers on it (enable_icc false): a router reaches no other endpoint's.
-            self.client.networks.create(
+            self._create_network(
                 # `_` is in no endpoint name: no endpoint's network can be called so.
                 f"{self._target_prefix()}_edge",
-                driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}role": "edge"},
             )
+
+    def _create_network(self, name: str, **kwargs: Any) -> Any:
+        """A bridge network on a subnet of the target's network_pool (subnets.py)."""
+        return create_network(
+            self.client,
+            name,
+            pool=ipaddress.IPv4Network(self.options.network_pool),
+            prefix=self.options.network_prefix,
+            **kwargs,
+        )
 
     def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None:
         self._provision_endpoint(do.spec, say, repair=False)
@@ -1141,6 +1203,7 @@ class DockerTarget:
         """
         endpoint = spec.name
         self._state_cache.pop(endpoint, None)
+        self._state_known.pop(endpoint, None)
         legacy_router = next(
             (c for c in self._containers(role="router", endpoint=endpoint) if _legacy_router(c)),
             None,
@@ -2480,6 +2543,48 @@ def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
     except ValueError as exc:
         return f"its keys are unreadable ({exc}): new keys will be issued"
     return None
+
+
+@dataclass(frozen=True)
+class _RouterCheck:
+    """What a router answered on its published port: port_problem as _port_problem says
+    it; digest: that of its endpoint's state files, None when it did not say."""
+
+    port_problem: str | None
+    digest: str | None = None
+
+
+def _check_router(port: int, admin_secret: str | None) -> _RouterCheck:
+    """GET /-/ready as _port_problem asks it, then (admin_secret given) GET
+    /-/state-digest on the same connection: knowing whether the state changed costs the
+    pass one loopback request, not one archive read through the engine."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        try:
+            connection.request("GET", "/-/ready")
+            answer = connection.getresponse()
+            answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or exc.__class__.__name__
+            return _RouterCheck(f"its router does not answer on 127.0.0.1:{port} ({reason})")
+        if answer.status != 200:
+            return _RouterCheck(
+                f"its router does not answer on 127.0.0.1:{port} (status {answer.status})"
+            )
+        if admin_secret is None:
+            return _RouterCheck(None)
+        try:
+            connection.request(
+                "GET", "/-/state-digest", headers={"Authorization": f"Bearer {admin_secret}"}
+            )
+            answer = connection.getresponse()
+            body = answer.read(64 * 1024)
+            digest = json.loads(body).get("digest") if answer.status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
+            digest = None
+        return _RouterCheck(None, digest if isinstance(digest, str) else None)
+    finally:
+        connection.close()
 
 
 def _port_problem(port: int) -> str | None:
