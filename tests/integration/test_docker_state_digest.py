@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,7 @@ def test_a_config_changed_through_the_routers_admin_call_is_seen_by_the_next_pas
     assert before.spec.auth_mode == "key"
     creds = world.target.endpoint_credentials("sd-two")
     config = docker_state.router_config(world.client, world.options.name, "sd-two")
-    config["auth_mode"] = "aml_token"
+    config.update(auth_mode="aml_token", token_secret=creds.token_secret)
     request = urllib.request.Request(
         f"http://127.0.0.1:{creds.port}/-/config",
         data=json.dumps(config).encode(),
@@ -107,8 +108,11 @@ def test_a_config_changed_through_the_routers_admin_call_is_seen_by_the_next_pas
             "Content-Type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 200
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(exc.read()) from None
     (after,) = [e for e in world.target.observe().endpoints if e.name == "sd-two"]
     assert after.spec.auth_mode == "aml_token"
     # Drift: the next apply puts back what the repository says.
