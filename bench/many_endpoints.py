@@ -13,7 +13,10 @@ one instance each, the tiny echo model of tests/repo_builder.py):
    them a bare `python -c` sleeping in the router's image;
 4. the daemon's idle pass (observe + plan, nothing to change) with all N present, run in
    process as `reconcile watch` runs it: the median of `--passes` passes, one of them
-   profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt).
+   profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt);
+   beside it, the first pass of a reconciler started afresh (it knows no state yet, so it
+   reads every endpoint's through Docker's archive API, as every pass did before routers
+   answered `/-/state-digest`), and those reads one after another.
 
 Goals (issue 15): router memory <= 30 MB each, an idle pass over 50 endpoints < 1 s.
 Prints a table, writes bench/out/many_endpoints.md, and one JSON line per figure
@@ -219,8 +222,9 @@ def run(
     source = GitSource(repo.root)
 
     def apply(*, tolerate: bool = False) -> tuple[float, dict[str, str]]:
-        """Seconds of the apply, and the endpoints whose creation failed (tolerate): an
-        engine runs out of address pools for their networks (Docker's defaults: ~30)."""
+        """Seconds of the apply, and the endpoints whose creation failed (tolerate): the
+        target's network_pool full (NoFreeSubnet), or, before it, Docker's default address
+        pools (~30 networks)."""
         tree = source.tree(source.resolve("HEAD"))
         started = time.perf_counter()
         failed: dict[str, str] = {}
@@ -350,6 +354,16 @@ def run(
         "s",
         "idle pass over 1 endpoint, median",
         statistics.median(one),
+    )
+    # The first pass of a reconciler started afresh: no state known, every one read.
+    started = time.perf_counter()
+    run_pass(tree, DockerTarget(options, repo_root=repo.root), prune=False, dry_run=False)
+    figure(
+        f"first pass over {n} endpoints of a reconciler started afresh (reads every state)",
+        time.perf_counter() - started,
+        "s",
+        f"idle pass over {n} endpoints, median",
+        statistics.median(many),
     )
     # What a pass paid before it read the states at once: per endpoint, a listing of its
     # holder and an archive read, one after another.
