@@ -29,6 +29,7 @@ import pytest
 
 from reconciler.executor import Gate
 from reconciler.images.baseimage import BASE_IMAGE
+from reconciler.images.router import ROUTER_LEVEL
 from reconciler.model.results import Outcome
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ def test_a_router_too_old_to_check_custom_containers_is_replaced_by_a_visible_re
                 }
             )
         ]
-        assert router.labels["reconciler.router-level"] == "2"
+        assert router.labels["reconciler.router-level"] == str(ROUTER_LEVEL)
         assert (world.key("byoc-ep"), world.key("byoc-ep", "secondary")) == keys
         assert world.score("byoc-ep").version == "1"
         assert world.apply().plan.steps == ()
