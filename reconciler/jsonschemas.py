@@ -170,6 +170,7 @@ _PATTERN_HINTS: Final = {
     "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$": (
         "must be a duration such as 500ms, 30s, 10m, 1h or 1h30m, or a number of seconds"
     ),
+    "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$": "must be an IPv4 network such as 10.213.0.0/16",
 }
 
 

@@ -20,6 +20,7 @@ Kubernetes target's name being a label) are checked here, with a line too.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,17 @@ class RepoConfig:
 # What a Kubernetes label value may be (a Kubernetes target's name labels its objects).
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 SCHEMA_FILE = "reconciler.schema.json"
+
+
+def _pool_problem(pool: str, prefix: Any) -> str | None:
+    """What is wrong with a Docker target's network_pool (the schema checked its shape)."""
+    try:
+        network = ipaddress.IPv4Network(pool, strict=True)
+    except ValueError as exc:
+        return f"not an IPv4 network ({exc}); write one such as 10.213.0.0/16"
+    if isinstance(prefix, int) and network.prefixlen > prefix:
+        return f"{network} is smaller than one /{prefix} subnet (network_prefix)"
+    return None
 
 
 def _parsed(tree: FileTree) -> tuple[bytes, Any]:
@@ -133,6 +145,11 @@ def load_repo_config(tree: FileTree) -> RepoConfig:
             if isinstance(low, int) and isinstance(high, int) and low > high:
                 message = f"low port {low} is above high port {high}: write [low, high]"
                 error((*where, "router_port_range"), message)
+        pool = options.get("network_pool")
+        if kind == "docker" and isinstance(pool, str):
+            problem = _pool_problem(pool, options.get("network_prefix", 24))
+            if problem is not None:
+                error((*where, "network_pool"), problem)
         if kind == "kubernetes" and (not _LABEL_VALUE.match(str(name)) or len(str(name)) > 63):
             error(
                 where,

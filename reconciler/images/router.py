@@ -47,8 +47,10 @@ CODE_DIR = "/opt/reconciler"
 # what an endpoint needs (one from before the label is level 1).
 ROUTER_LEVEL_LABEL = "reconciler.router-level"
 PROBING_LEVEL = 2  # runs the readiness and liveness checks of custom containers
+# Level 3 came with two abilities at once (no router image had one without the other):
 SHADOW_TOLERANCE_LEVEL = 3  # reads `shadow_comparison` (a rollout policy's tolerances)
-ROUTER_LEVEL = SHADOW_TOLERANCE_LEVEL
+STATE_DIGEST_LEVEL = 3  # answers `/-/state-digest` (router/statefiles.py)
+ROUTER_LEVEL = 3
 
 
 def router_requirements() -> tuple[str, ...]:

@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     OWNED_ELSEWHERE = "OwnedElsewhere"
     NAME_CONFLICT = "NameConflict"
     NO_FREE_PORT = "NoFreePort"
+    NO_FREE_SUBNET = "NoFreeSubnet"
     DEPLOYMENT_HAS_TRAFFIC = "DeploymentHasTraffic"
     CONNECTIONS_UNREADABLE = "ConnectionsUnreadable"
     # Kubernetes target
@@ -89,6 +90,8 @@ _KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.OWNED_ELSEWHERE: _P,
     ErrorCode.NAME_CONFLICT: _P,
     ErrorCode.NO_FREE_PORT: _T,
+    # A pool full now frees up as endpoints go (or reconciler.yaml gives a larger one).
+    ErrorCode.NO_FREE_SUBNET: _T,
     ErrorCode.DEPLOYMENT_HAS_TRAFFIC: _T,  # a plan made against a stale view
     ErrorCode.CONNECTIONS_UNREADABLE: _P,
     ErrorCode.FORBIDDEN: _P,

@@ -13,6 +13,7 @@ Paths on the scoring port:
 | `GET /-/config` | the current config without secrets, and its digest (admin secret) |
 | `GET /-/config-digest` | `{"digest": ...}` of the config it serves (no auth: reveals no secret) |
 | `GET /-/instances` | each instance's probe record: ready, failed checks in a row (admin secret) |
+| `GET /-/state-digest` | `{"digest": ...}` of the state files beside the config (admin secret) |
 
 Answers (Azure ML's): 401 no valid credentials (one body for every cause); 404 no deployment
 has traffic and none is pinned, or the pinned one does not exist; 408 request_timeout_ms
@@ -126,6 +127,7 @@ from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMet
 from reconciler.router.probes import Prober, health_view
 from reconciler.router.runtime import DOWN_FOR_S, Deployment, Instance, Runtime
 from reconciler.router.served import digest_document, report_served
+from reconciler.router.statefiles import ROUTER_CONFIG, read_state_folder, state_digest
 from reconciler.router.tokens import (
     TokenCheck,
     check_token,
@@ -145,6 +147,7 @@ REQUEST_ID_HEADER = "x-request-id"
 ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 SCORE_PATHS = frozenset(("/score", "/score/"))
+_ADMIN_PATHS = frozenset(("/-/config", "/-/instances", "/-/state-digest"))
 # The KServe v2 protocol's paths (Triton Inference Server): `/v2` (server metadata) and
 # everything under `/v2/`.
 V2_PATH = "/v2"
@@ -373,6 +376,8 @@ class RouterServer:
             return self._digest_reply
         if path == "/-/instances":
             return self._instances(request)
+        if path == "/-/state-digest":
+            return self._state_digest(request)
         return _json_error(404, "not found", _given_id(request))
 
     def expect(self, request: HttpRequest) -> Reply | None:
@@ -380,7 +385,7 @@ class RouterServer:
         if request.method == b"POST" and (request.path in SCORE_PATHS or _is_v2(request.path)):
             refused = self._route(request, time.perf_counter())
             return refused if isinstance(refused, Reply) else None
-        if request.path in ("/-/config", "/-/instances") and not self._admin_allowed(request):
+        if request.path in _ADMIN_PATHS and not self._admin_allowed(request):
             self.metrics.auth_failed("admin")
             return _json_error(401, "unauthorized", _given_id(request))
         return None
@@ -941,6 +946,26 @@ class RouterServer:
         if request.method != b"GET":
             return _json_error(405, "use GET", request_id, allow=b"GET")
         return _json_reply(health_view(self.runtime), request_id)
+
+    def _state_digest(self, request: HttpRequest) -> Reply:
+        """The digest of the endpoint's state files as they are in the config's folder
+        (the Docker target's state volume): the target reads them through Docker only when
+        this is not the digest of the files it knows. Read from the folder at each call
+        (a few small files), so a change by anyone is seen, not only the router's own."""
+        request_id = _given_id(request)
+        if not self._admin_allowed(request):
+            self.metrics.auth_failed("admin")
+            return _json_error(401, "unauthorized", request_id)
+        if request.method != b"GET":
+            return _json_error(405, "use GET", request_id, allow=b"GET")
+        path = self.config_path
+        if path is None or path.name != ROUTER_CONFIG:
+            return _json_error(404, "no state folder", request_id)
+        try:
+            files = read_state_folder(path.parent)
+        except OSError as error:
+            return _json_error(503, f"state unreadable: {error.strerror}", request_id)
+        return _json_reply({"digest": state_digest(files)}, request_id)
 
     def _persist(self, config: RouterConfig) -> bool:
         path = self.config_path

@@ -193,10 +193,15 @@ def test_blue_green_split_switch_and_delete_under_load(docker_world: DockerWorld
     world.repo.endpoint("split-ep", traffic={"blue": 0, "green": 100})
     world.repo.commit("green 100")
     with world.load("split-ep") as load:
+        # Requests one after another from before the pass to after it (the pass itself
+        # can be shorter than a few requests now that it reads no state through Docker).
+        world.wait_for(lambda: len(load.answers) >= 3, what="the load under way")
         world.apply()
+        after = len(load.answers)
+        world.wait_for(lambda: len(load.answers) >= after + 3, what="the load after the pass")
     assert actions(world) == [(Action.SET_TRAFFIC, None)]
     assert load.failures == []
-    assert len(load.answers) >= 5, "the load ran during the pass"
+    assert len(load.answers) >= 6, "the load ran during the pass"
     assert {world.score("split-ep").deployment for _ in range(20)} == {"green"}
 
     # Blue, without traffic, scaled to zero: no container left, yet still a deployment

@@ -36,6 +36,7 @@ KNOWN_VALUES = {
     "OwnedElsewhere",
     "NameConflict",
     "NoFreePort",
+    "NoFreeSubnet",
     "DeploymentHasTraffic",
     "ConnectionsUnreadable",
     "Forbidden",

@@ -12,6 +12,8 @@ targets:
     ready_timeout_s: 300
     image_retention: 3            # unused images kept per deployment (reconcile gc)
     capacity_cores: 16            # core quota the review holds ceil(1.2 x n) x cores against
+    network_pool: 10.213.0.0/16   # endpoints' networks take subnets of it (subnets.py)
+    network_prefix: 24            # each a /24: 253 containers, 256 networks in the pool
 ```
 `capacity_cores` is read by reconciler.repoconfig (any target type), not by the driver.
 """
@@ -27,6 +29,13 @@ from typing import Any
 from reconciler.images.baseimage import BASE_IMAGE, DEFAULT_IMAGE_MAP
 from reconciler.model.errors import ErrorCode
 from reconciler.targets.base import TargetError
+from reconciler.targets.docker.subnets import (
+    DEFAULT_POOL,
+    DEFAULT_PREFIX,
+    MAX_PREFIX,
+    MIN_PREFIX,
+    parse_pool,
+)
 
 
 def default_state_dir() -> Path:
@@ -50,6 +59,10 @@ class DockerOptions:
     # Images built for a deployment kept when no container uses them (a quick rollback),
     # per deployment; older ones are removed after builds and deletions (imagegc.py).
     image_retention: int = 3
+    # Where the networks of endpoints (and the target's edge network) take their subnets:
+    # Docker's own default pools hold only ~30 networks (subnets.py).
+    network_pool: str = DEFAULT_POOL
+    network_prefix: int = DEFAULT_PREFIX
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> DockerOptions:
@@ -63,6 +76,8 @@ class DockerOptions:
             "ready_timeout_s",
             "drain_s",
             "image_retention",
+            "network_pool",
+            "network_prefix",
             "capacity_cores",  # the review's quota figure (repoconfig); no effect here
         }
         unknown = sorted(set(options) - known)
@@ -100,6 +115,13 @@ class DockerOptions:
                 if not 1024 <= low <= high <= 65535:
                     raise ValueError(f"need 1024 <= low <= high <= 65535, got [{low}, {high}]")
                 values[key] = (low, high)
+            key = "network_prefix"
+            prefix = int(options.get(key, DEFAULT_PREFIX))
+            if not MIN_PREFIX <= prefix <= MAX_PREFIX:
+                raise ValueError(f"need {MIN_PREFIX} to {MAX_PREFIX}, got {prefix}")
+            values[key] = prefix
+            key = "network_pool"
+            values[key] = str(parse_pool(str(options.get(key, DEFAULT_POOL)), prefix))
         except (TypeError, ValueError) as exc:
             raise TargetError(
                 f"reconciler.yaml: targets.{name}.{key}: {exc}",

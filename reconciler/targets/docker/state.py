@@ -34,15 +34,17 @@ from typing import Any
 
 import docker.errors
 
+# The router takes the same files for the digest it answers (`/-/state-digest`).
+from reconciler.router.statefiles import MAX_FILE_BYTES, ROUTER_CONFIG, is_state_file
+
+__all__ = ["MAX_FILE_BYTES", "ROUTER_CONFIG", "StateUnreadable", "read_files", "write_files"]
+
 MOUNT = "/etc/reconciler-router"
-ROUTER_CONFIG = "router.json"
 CREDENTIALS = "state/credentials.json"
 ENDPOINT = "state/endpoint.json"
 DEPLOYMENTS = "state/deployments.json"
 AUTOSCALE = "state/autoscale.json"
 NOTES = "state/notes.json"
-# A state file larger than this is not ours (a stray dump, or hostile): passed over.
-MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 class StateUnreadable(Exception):
@@ -71,11 +73,7 @@ class _Chunks(io.RawIOBase):
         return size
 
 
-def _endpoint_file(relative: str) -> bool:
-    return relative == ROUTER_CONFIG or relative.startswith("state/")
-
-
-def read_files(container: Any, wanted: Callable[[str], bool] = _endpoint_file) -> dict[str, bytes]:
+def read_files(container: Any, wanted: Callable[[str], bool] = is_state_file) -> dict[str, bytes]:
     """The files `wanted` names (by default an endpoint's: router.json and those under
     state/), by path relative to the volume's root. Read as the archive streams: anything
     else in the volume, or a file larger than MAX_FILE_BYTES (a stray dump, a hostile

@@ -23,7 +23,8 @@ loss of the volume; then new ones are issued and said so). A router sits on two 
 its endpoint's internal one, and the target's edge bridge for its published port, where
 containers cannot reach each other (not Docker's shared default bridge, where any
 container reaches its admin and metrics ports). One edge network per target, not per
-endpoint: Docker's default address pools hold about 30 networks.
+endpoint. Networks take small subnets of the target's own `network_pool` (subnets.py):
+Docker's default address pools hold only about 30 networks.
 
 Readiness: a container is ready when the inference server answers GET / inside it (Triton,
 serving a no-code triton_model: GET /v2/health/ready; a custom container: when its
@@ -59,16 +60,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
+import http.client
+import ipaddress
 import json
 import re
 import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,6 +104,7 @@ from reconciler.images.router import (
     PROBING_LEVEL,
     ROUTER_LEVEL_LABEL,
     SHADOW_TOLERANCE_LEVEL,
+    STATE_DIGEST_LEVEL,
     ensure_router_image,
 )
 from reconciler.logs import get_logger
@@ -151,6 +157,7 @@ from reconciler.router.config import (
     dump_config,
     parse_config,
 )
+from reconciler.router.statefiles import state_digest
 from reconciler.router.tokens import hash_key, issue_token
 from reconciler.targets.base import (
     OutputLine,
@@ -189,6 +196,7 @@ from reconciler.targets.docker.state import NOTES as NOTES_FILE
 from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
 from reconciler.targets.docker.state import read_files as read_state
 from reconciler.targets.docker.state import write_files as write_state
+from reconciler.targets.docker.subnets import create_network
 
 log = get_logger("reconciler.docker")
 
@@ -205,21 +213,34 @@ STATE_READERS = 8  # endpoints' states read at once by a pass (engine archive ca
 ROUTER_DIGEST_PATH = "/-/config-digest"
 SERVED_PATIENCE_S = 5.0
 SERVED_POLL_S = 0.05
-# A probe is a GET that must answer 2xx within the timeout; run with the Python of the
-# container it runs in (instances and the router both have /opt/venv).
+# A probe is a GET that must answer 2xx or 3xx (as Kubernetes' httpGet probes) within the
+# timeout; run with the Python of the container it runs in (instances and the router both
+# have /opt/venv). On a bare socket, without site (-S): Docker runs it every period in every
+# instance, and importing urllib.request costs about 60 ms of CPU against 15 ms so (measured
+# on the 2-core bench host): with 100 instances, a core's worth of checks, which time out
+# when the host is busy and then pile up (Docker 20.10 leaves a timed-out check running).
 _PROBE = (
-    "import sys,urllib.request\n"
+    "import socket,sys\n"
     "try:\n"
-    "    urllib.request.urlopen({url!r}, timeout={timeout})\n"
-    "except Exception:\n"
+    "    s=socket.create_connection(({host!r},{port}),{timeout})\n"
+    "    s.settimeout({timeout})\n"
+    "    s.sendall({request!r})\n"
+    "    line=s.makefile('rb').readline(256).split()\n"
+    "except OSError:\n"
     "    sys.exit(1)\n"
+    "sys.exit(0 if len(line)>1 and line[1][:1] in (b'2',b'3') else 1)\n"
 )
 # The inference server answers its liveness and readiness on GET / (SPEC-REFERENCE.md).
 SERVER_READY_URL = f"http://127.0.0.1:{SERVER_PORT}/"
 
 
 def _probe_command(url: str, timeout: int) -> list[str]:
-    return ["/opt/venv/bin/python", "-c", _PROBE.format(url=url, timeout=timeout)]
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+    script = _PROBE.format(host=host, port=port, timeout=timeout, request=request.encode())
+    return ["/opt/venv/bin/python", "-S", "-c", script]
 
 
 def _safe_name(text: str) -> str:
@@ -337,6 +358,10 @@ class DockerTarget:
         self._client = client
         # The state files of endpoints, read once a pass (see _state).
         self._state_cache: dict[str, dict[str, bytes]] = {}
+        # The same files as last read or written, kept from pass to pass: a pass reads an
+        # endpoint's again (Docker's archive API, tens of ms each) only when its router's
+        # `/-/state-digest` is not theirs (observe, _check_routers).
+        self._state_known: dict[str, dict[str, bytes]] = {}
         self._router_image: str | None = None
 
     # --- connection ------------------------------------------------------------------
@@ -381,6 +406,27 @@ class DockerTarget:
 
     # --- observe ---------------------------------------------------------------------
 
+    def _listing(self, endpoint: str | None = None) -> list[Any]:
+        """The target's containers for observe (of `endpoint` alone, when named): instances
+        inspected (their health, start time and restart count are not in the engine's
+        listing), every other one as the listing shows it (_Listed; inspected only if asked
+        for more): a pass over 50 endpoints inspects 100 containers, not 200."""
+        scope = {} if endpoint is None else {"endpoint": endpoint}
+        try:
+            entries = self.client.api.containers(all=True, filters=self._label_filter(**scope))
+            found: list[Any] = []
+            for entry in entries:
+                if (entry.get("Labels") or {}).get(f"{L}role") != "instance":
+                    found.append(_Listed(self.client, entry))
+                    continue
+                # A container removed between the listing and its inspection (by hand, by
+                # a step) is simply not there, as with containers.list(ignore_removed).
+                with contextlib.suppress(docker.errors.NotFound):
+                    found.append(self.client.containers.get(entry["Id"]))
+            return found
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            raise TargetUnavailable(f"Docker Engine: {exc}") from None
+
     def observe(self) -> LiveState:
         return self._observe(None)
 
@@ -394,8 +440,7 @@ class DockerTarget:
         """Every endpoint of the target, or only the one named `only`."""
         # Each pass reads the state afresh: the router's admin call may have changed it.
         self._state_cache.clear()
-        scope = {} if only is None else {"endpoint": only}
-        containers = self._containers(**scope)
+        containers = self._listing(only)
         volumes = self._state_volumes(only)
         routers: dict[str, Any] = {}
         holders: dict[str, Any] = {}
@@ -419,7 +464,16 @@ class DockerTarget:
             for c in reversed(containers):
                 if c.labels.get(f"{L}role") == role:
                     handles[c.labels.get(f"{L}endpoint", "")] = c
-        self._read_states({name: handles.get(name) for name in names})
+        if only is None:  # one endpoint's look (invoke) keeps what is known of the others
+            self._state_known = {k: v for k, v in self._state_known.items() if k in names}
+        checks = self._check_routers(names, routers=routers, volumes=volumes)
+        for name, check in checks.items():
+            known = self._state_known.get(name)
+            if known is not None and check.digest == state_digest(known):
+                self._state_cache[name] = known
+        self._read_states(
+            {name: handles.get(name) for name in names if name not in self._state_cache}
+        )
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
         networks = self._networks_by_endpoint(only)
         endpoints = [
@@ -430,6 +484,7 @@ class DockerTarget:
                 volume=volumes.get(name),
                 instances=[i for (e, _), group in instances.items() if e == name for i in group],
                 networks=networks.get(name) or networks.get("", {}),
+                check=checks.get(name),
             )
             for name in sorted(names)
         ]
@@ -479,8 +534,10 @@ class DockerTarget:
         volume: Any | None,
         instances: list[_Instance],
         networks: Mapping[str, Any],
+        check: _RouterCheck | None = None,
     ) -> LiveEndpoint:
-        """The endpoint as its state and router show it, with what needs repair, if any.
+        """The endpoint as its state and router show it, with what needs repair, if any
+        (check: what its router answered this pass on its published port, when asked).
 
         Every problem found is named, so that `--dry-run` and status say why the endpoint
         does not serve, and the plan's repair step fixes it.
@@ -520,7 +577,7 @@ class DockerTarget:
         config: RouterConfig | None = None
         if ROUTER_CONFIG in files:
             try:
-                config = parse_config(files[ROUTER_CONFIG])
+                config = _parsed_config(files[ROUTER_CONFIG])
             except ConfigError as exc:
                 problems.append(f"its router config is unreadable ({exc})")
         elif files or legacy:
@@ -553,7 +610,7 @@ class DockerTarget:
         elif router.status != "running":
             problems.append(f"its router container is {router.status}")
         elif ports is not None and not legacy:
-            dead = _port_problem(ports[0])
+            dead = check.port_problem if check is not None else _port_problem(ports[0])
             if dead is not None:
                 problems.append(dead)
         if router is not None and not legacy and _outdated_router(router, instances):
@@ -599,7 +656,7 @@ class DockerTarget:
         digest = newest.digest
         if len(digests) == 1:
             with contextlib.suppress(ValueError, KeyError, TypeError, json.JSONDecodeError):
-                spec = deployment_from_json(json.loads(newest.container.labels[f"{L}spec"]))
+                spec = _spec_of_label(newest.container.labels[f"{L}spec"])
         else:
             # A rollout under way (or stopped half-way, or failed): report a digest no spec
             # has, so the plan holds the update until it is done.
@@ -739,6 +796,41 @@ class DockerTarget:
             if (owner := _owner(volume)) is not None and owner != self.repository
         }
 
+    def _check_routers(
+        self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
+    ) -> dict[str, _RouterCheck]:
+        """Ask each running router, on its published port, whether it answers (as callers
+        reach it) and, when it can say and the keys of its endpoint are known, the digest
+        of its endpoint's state files: all at once, over loopback HTTP, a few ms each."""
+        asks: dict[str, tuple[int, str | None]] = {}
+        for name in names:
+            router, volume = routers.get(name), volumes.get(name)
+            if router is None or router.status != "running" or volume is None:
+                continue
+            ports = _volume_ports(volume)
+            if ports is None:
+                continue
+            if _legacy_router(router):
+                continue
+            mount = _mount_of(router) or {}
+            secret = None
+            if (
+                _router_level(router) >= STATE_DIGEST_LEVEL
+                and mount.get("Type") == "volume"
+                and mount.get("Name") == volume.name
+            ):
+                # The admin secret of the files known: a router that takes it holds them,
+                # unless its digest says otherwise.
+                with contextlib.suppress(KeyError, ValueError):
+                    known = self._state_known[name][CREDENTIALS_FILE]
+                    secret = credentials_from_json(known).admin_secret
+            asks[name] = (ports[0], secret)
+        if not asks:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(asks))) as pool:
+            answers = pool.map(lambda ask: _check_router(*ask), asks.values())
+            return dict(zip(asks, answers, strict=True))
+
     def _state_handle(self, endpoint: str) -> Any | None:
         """A container that mounts the endpoint's state: its holder, else its router."""
         for role in ("state", "router"):
@@ -757,7 +849,7 @@ class DockerTarget:
                 files = read_state(handle) if handle is not None else {}
             except docker.errors.DockerException as exc:
                 raise StateUnreadable(str(exc)) from None
-            self._state_cache[endpoint] = files
+            self._state_cache[endpoint] = self._state_known[endpoint] = files
         return self._state_cache[endpoint]
 
     def _read_states(self, handles: Mapping[str, Any | None]) -> None:
@@ -783,7 +875,7 @@ class DockerTarget:
         with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(wanted))) as pool:
             for name, files in zip(wanted, pool.map(read, wanted.values()), strict=True):
                 if files is not None:
-                    self._state_cache[name] = files
+                    self._state_cache[name] = self._state_known[name] = files
 
     def _state_json(self, endpoint: str, path: str) -> dict[str, Any]:
         """A JSON object of the state; {} when missing or unreadable."""
@@ -917,7 +1009,7 @@ class DockerTarget:
     def _read_router_config(self, endpoint: str) -> RouterConfig | None:
         try:
             raw = self._state(endpoint).get(ROUTER_CONFIG)
-            return parse_config(raw) if raw is not None else None
+            return _parsed_config(raw) if raw is not None else None
         except (StateUnreadable, ConfigError):
             return None
 
@@ -1147,22 +1239,28 @@ class DockerTarget:
         found = self._endpoint_networks(endpoint)
         if "internal" not in found:
             # Instances reach nothing outside, and nothing outside reaches them.
-            self.client.networks.create(
-                self._prefix(endpoint),
-                driver="bridge",
-                internal=True,
-                labels=self._labels(endpoint, "internal"),
+            self._create_network(
+                self._prefix(endpoint), internal=True, labels=self._labels(endpoint, "internal")
             )
         if "edge" not in found:
             # The routers' bridge for their published ports. No traffic between the
             # containers on it (enable_icc false): a router reaches no other endpoint's.
-            self.client.networks.create(
+            self._create_network(
                 # `_` is in no endpoint name: no endpoint's network can be called so.
                 f"{self._target_prefix()}_edge",
-                driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={MANAGED: MANAGER, f"{L}target": self.name, f"{L}role": "edge"},
             )
+
+    def _create_network(self, name: str, **kwargs: Any) -> Any:
+        """A bridge network on a subnet of the target's network_pool (subnets.py)."""
+        return create_network(
+            self.client,
+            name,
+            pool=ipaddress.IPv4Network(self.options.network_pool),
+            prefix=self.options.network_prefix,
+            **kwargs,
+        )
 
     def _create_endpoint(self, step: Step, do: CreateEndpoint, say: ProgressCallback) -> None:
         self._provision_endpoint(do.spec, say, repair=False)
@@ -1184,6 +1282,7 @@ class DockerTarget:
         """
         endpoint = spec.name
         self._state_cache.pop(endpoint, None)
+        self._state_known.pop(endpoint, None)
         legacy_router = next(
             (c for c in self._containers(role="router", endpoint=endpoint) if _legacy_router(c)),
             None,
@@ -2320,6 +2419,18 @@ class DockerTarget:
 # --- helpers --------------------------------------------------------------------------
 
 
+# A pass reads every deployment's spec label and every endpoint's router config, unchanged
+# from pass to pass in an idle daemon: parsed once (both are frozen values).
+@functools.lru_cache(maxsize=1024)
+def _spec_of_label(text: str) -> DeploymentSpec:
+    return deployment_from_json(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_config(raw: bytes) -> RouterConfig:
+    return parse_config(raw)
+
+
 def _instance(container: Any) -> _Instance:
     labels = container.labels
     state = container.attrs.get("State", {})
@@ -2535,6 +2646,119 @@ def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
     except ValueError as exc:
         return f"its keys are unreadable ({exc}): new keys will be issued"
     return None
+
+
+# What the engine's container listing shows as an inspection would (same keys, same shape).
+_LISTED_KEYS = frozenset(("Id", "Mounts", "NetworkSettings"))
+
+
+class _Listed:
+    """A container as the engine's listing shows it: id, name, labels, status, mounts and
+    networks, without an inspection (observe's routers and holders, 2 of 3 containers of
+    an endpoint). Anything more (an attribute, a method such as get_archive) inspects it
+    once and is the inspected container's."""
+
+    def __init__(self, client: docker.DockerClient, entry: Mapping[str, Any]) -> None:
+        self._client = client
+        self.entry = entry
+        self._inspected: Any | None = None
+
+    @property
+    def inspected(self) -> Any:
+        if self._inspected is None:
+            self._inspected = self._client.containers.get(self.entry["Id"])
+        return self._inspected
+
+    @property
+    def id(self) -> str:
+        return str(self.entry["Id"])
+
+    @property
+    def name(self) -> str:
+        names = self.entry.get("Names") or []
+        return str(names[0]).lstrip("/") if names else str(self.inspected.name)
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return dict(self.entry.get("Labels") or {})
+
+    @property
+    def status(self) -> str:
+        return str(self.entry.get("State") or "")
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        return _ListedAttrs(self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inspected, name)
+
+
+class _ListedAttrs(Mapping[str, Any]):
+    """A listed container's attrs: those the listing holds, the rest from an inspection
+    (none when it is gone: a missing key, as for a container removed meanwhile)."""
+
+    def __init__(self, listed: _Listed) -> None:
+        self._listed = listed
+
+    def _full(self) -> Mapping[str, Any]:
+        try:
+            return dict(self._listed.inspected.attrs)
+        except docker.errors.NotFound:
+            return {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _LISTED_KEYS and key in self._listed.entry:
+            return self._listed.entry[key]
+        return self._full()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
+@dataclass(frozen=True)
+class _RouterCheck:
+    """What a router answered on its published port: port_problem as _port_problem says
+    it; digest: that of its endpoint's state files, None when it did not say."""
+
+    port_problem: str | None
+    digest: str | None = None
+
+
+def _check_router(port: int, admin_secret: str | None) -> _RouterCheck:
+    """GET /-/ready as _port_problem asks it, then (admin_secret given) GET
+    /-/state-digest on the same connection: knowing whether the state changed costs the
+    pass one loopback request, not one archive read through the engine."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        try:
+            connection.request("GET", "/-/ready")
+            answer = connection.getresponse()
+            answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or exc.__class__.__name__
+            return _RouterCheck(f"its router does not answer on 127.0.0.1:{port} ({reason})")
+        if answer.status != 200:
+            return _RouterCheck(
+                f"its router does not answer on 127.0.0.1:{port} (status {answer.status})"
+            )
+        if admin_secret is None:
+            return _RouterCheck(None)
+        try:
+            connection.request(
+                "GET", "/-/state-digest", headers={"Authorization": f"Bearer {admin_secret}"}
+            )
+            answer = connection.getresponse()
+            body = answer.read(64 * 1024)
+            digest = json.loads(body).get("digest") if answer.status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
+            digest = None
+        return _RouterCheck(None, digest if isinstance(digest, str) else None)
+    finally:
+        connection.close()
 
 
 def _port_problem(port: int) -> str | None:
