@@ -268,6 +268,7 @@ class Rollouter:
             block = self._status_blocks.get(name, {})
             stable, canary = block.get("stable"), block.get("canary")
             start = block.get("start_commit")
+            from_mark = False
             if block.get("state") not in ACTIVE or not (
                 isinstance(stable, str) and isinstance(canary, str)
             ):
@@ -284,6 +285,7 @@ class Rollouter:
                     ended = _ended_since(block, messages[: index + 1])
                     if not mark.rollback and mark.step < mark.total and not ended:
                         stable, canary, start = mark.stable, mark.canary, commit
+                        from_mark = True
                     break
             if stable is None or canary is None:
                 continue
@@ -292,7 +294,7 @@ class Rollouter:
                 Rollout(name, stable, canary, policy),
                 None,
                 start if isinstance(start, str) else None,
-                from_mark=block.get("state") not in ACTIVE,
+                from_mark=from_mark,
             )
 
     def _step(
