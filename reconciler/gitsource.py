@@ -15,6 +15,7 @@ gitpython Repo, made on first use, to callers that want one.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import os
@@ -24,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from reconciler.filetree import DirectoryTree, resolve_links
 from reconciler.lazyimport import lazy_module
@@ -982,10 +983,11 @@ class GitSource:
         if full is None:
             return b"" if change(None) is not None else None
         old = self._text_at(tip, full)
-        new = change(None if old is None else old.decode())
-        if new is None or new.encode() == old:
+        encoding = "utf-8" if old is None else text_encoding(old, full)
+        new = change(None if old is None else old.decode(encoding))
+        if new is None or new.encode(encoding) == old:
             return None
-        return new.encode()
+        return new.encode(encoding)
 
     def _commit_on(
         self, parent: str, full: str | None, data: bytes, message: str, *, as_reconciler: bool
@@ -1010,6 +1012,26 @@ class GitSource:
 
 
 FileChange = Callable[[str | None], str | None]
+
+_UTF16_BOMS: Final = ((codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def text_encoding(data: bytes, path: str) -> str:
+    """The encoding a file's edit keeps: UTF-16 with its byte order mark (what the loader
+    reads too, as YAML does: some editors save "Unicode" so), else UTF-8. The mark stays
+    in the decoded text (U+FEFF, which the edits keep), so it is written back as it was.
+    GitSourceError for a file in neither (the caller says it cannot commit, and why)."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise GitSourceError(f"{path} is UTF-32 encoded: save it as UTF-8 to let it be edited")
+    encoding = next((name for bom, name in _UTF16_BOMS if data.startswith(bom)), "utf-8")
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise GitSourceError(
+            f"{path} is not {encoding.upper()} (byte {exc.start}): save it as UTF-8 to let "
+            "it be edited"
+        ) from None
+    return encoding
 
 
 @dataclass(frozen=True, slots=True)

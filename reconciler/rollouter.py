@@ -19,10 +19,15 @@ After a pass that converged, for each endpoint under a rollout policy:
 4. Status gets a `rollout:` block per endpoint (state, step, reason, the analysis figures).
 
 Git is the state: a restarted daemon finds its rollouts again in the status branch's
-`rollout:` blocks and in the trailers of the watched branch (machine.read_mark). A rollback
-trailer newer than the rollout's start (the daemon's, or a person's `reconcile rollout
-abort`) ends it, so a rolled-back rollout, whose values equal its step 0, never starts
-again: only a new version does. pause/resume are commits too (rollouts.control).
+`rollout:` blocks and in the trailers of the watched branch (machine.read_mark, each
+endpoint's own mark: a squash may hold several). A rollback trailer newer than the rollout's
+start (the daemon's, or a person's `reconcile rollout abort`) on values back at step 0 ends
+it, so a rolled-back rollout, whose values equal its step 0, never starts again: only a new
+version does; one on values still split (a forged or copied message) rolls nothing back and
+is not taken as the end. Once a step was committed (a step trailer newer than the start, or
+a rollout found again from one), values back at step 0 are a person's (a revert) and win:
+the rollout stops, step 1 is not committed again. pause/resume are commits too
+(rollouts.control).
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ class Tracked:
     window: Window | None = None
     verdict: Verdict | None = None
     last_commit: str | None = None  # the daemon's newest rollout commit (or branch tip)
+    # Found again after a restart from a step trailer (its start_commit is that commit, so
+    # the step is older than `since`): a step of it was committed already.
+    from_mark: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,13 +268,15 @@ class Rollouter:
             block = self._status_blocks.get(name, {})
             stable, canary = block.get("stable"), block.get("canary")
             start = block.get("start_commit")
+            from_mark = False
             if block.get("state") not in ACTIVE or not (
                 isinstance(stable, str) and isinstance(canary, str)
             ):
                 stable = canary = start = None
                 for index, (commit, message) in enumerate(messages):
-                    mark = read_mark(message)
-                    if mark is None or mark.endpoint != name:
+                    # The endpoint's own mark: a squash may list another endpoint's first.
+                    mark = read_mark(message, name)
+                    if mark is None:
                         continue
                     # A step's trailer of a rollout that status says ended (a person's
                     # commit stopped it) is not one to resume: its values may read as a
@@ -275,6 +285,7 @@ class Rollouter:
                     ended = _ended_since(block, messages[: index + 1])
                     if not mark.rollback and mark.step < mark.total and not ended:
                         stable, canary, start = mark.stable, mark.canary, commit
+                        from_mark = True
                     break
             if stable is None or canary is None:
                 continue
@@ -283,6 +294,7 @@ class Rollouter:
                 Rollout(name, stable, canary, policy),
                 None,
                 start if isinstance(start, str) else None,
+                from_mark=from_mark,
             )
 
     def _step(
@@ -311,9 +323,20 @@ class Rollouter:
         rollout = replace(rollout, policy=policy)  # the policy at this revision
         tracked = replace(tracked, rollout=rollout)
         since = _since(messages, tracked.start_commit)
+        position = rollout.position(spec.traffic, spec.mirror_traffic)
+        # Whether a step of this rollout was committed: values back at step 0 were then put
+        # there by a person (a revert, a hand edit) and win; step 1 is not committed again.
+        stepped = tracked.from_mark
         for commit, message in since:
-            mark = read_mark(message)
-            if mark is not None and mark.endpoint == endpoint and mark.rollback:
+            # The endpoint's own mark: a squash may list another endpoint's first.
+            mark = read_mark(message, endpoint)
+            if mark is None:
+                continue
+            if mark.rollback:
+                if position != 0:
+                    # A rollback trailer on values that roll nothing back (a person's
+                    # forged or copied message): traffic is still split, the rollout goes on.
+                    continue
                 aborted = any(
                     c.endpoint == endpoint and c.verb is Verb.ABORT for c in read_controls(message)
                 )
@@ -321,8 +344,8 @@ class Rollouter:
                 why = "aborted by" if aborted else "rolled back by"
                 self._end(endpoint, state, f"{why} commit {commit[:12]}")
                 return False
-            if mark is not None and mark.endpoint == endpoint:
-                break  # the newest rollout commit is a step: still running
+            stepped = True
+            break  # the newest rollout commit is a step: still running
         pause = paused_by(endpoint, since)
         if pause is not None:
             self.tracked[endpoint] = replace(tracked, window=None, verdict=None)
@@ -337,7 +360,6 @@ class Rollouter:
             self.tracked[endpoint] = tracked
             self._block(endpoint, State.PROGRESSING, "waiting for the target to show the step")
             return False
-        position = rollout.position(spec.traffic, spec.mirror_traffic)
         if position:
             found = self._judged(endpoint, tracked, position, target)
             if found is None:
@@ -350,6 +372,7 @@ class Rollouter:
             mirror_traffic=spec.mirror_traffic,
             verdict=tracked.verdict,
             started_by=tracked.started_by,
+            stepped=stepped,
         )
         return self._act(endpoint, tracked, decision, spec.source.file if spec.source else None)
 

@@ -177,11 +177,26 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value > 0 else None
+        return float(value) if 0 < value < math.inf else None
     if not isinstance(value, str) or not _DURATION.match(value):
         return None
     seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
-    return seconds if seconds > 0 else None
+    return seconds if 0 < seconds < math.inf else None
+
+
+def duration_problem(value: Any) -> str | None:
+    """Why a duration the schema lets through is none: a zero written with a unit (`0s`,
+    `0ms`, `0h0m`) or a number that is not finite (`.nan`, `.inf`). parse_duration reads
+    both as no duration, and without this message the whole policy would be dropped in
+    silence. None: a duration, or a value the schema already refuses (and says why)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return None if math.isfinite(value) else f"must be a finite number of seconds, got {value}"
+    if isinstance(value, str) and _DURATION.match(value) and parse_duration(value) is None:
+        zero = all(float(n) == 0 for n, _ in _DURATION_PART.findall(value))
+        return f"must be more than 0, got {value}" if zero else f"is too long, got {value}"
+    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -282,12 +297,18 @@ def _policy(
         error(where, "missing required field 'steps'")
         return None
     failed = False
-    interval = parse_duration(raw.get("interval", DEFAULT_INTERVAL_S))
+    raw_interval = raw.get("interval", DEFAULT_INTERVAL_S)
+    interval = parse_duration(raw_interval)
     if interval is None:
-        failed = True  # the schema said why
+        failed = True  # the schema said why, or:
+        problem = duration_problem(raw_interval)
+        if problem is not None:
+            report("interval")((*where, "interval"), problem)
         interval = DEFAULT_INTERVAL_S
     steps = _steps(raw["steps"], (*where, "steps"), interval_s=interval, error=report("steps"))
-    thresholds = _thresholds(raw.get("thresholds"))
+    thresholds = _thresholds(
+        raw.get("thresholds"), (*where, "thresholds"), error=report("thresholds")
+    )
     comparison = _comparison(
         raw.get("comparison"), (*where, "comparison"), error=report("comparison")
     )
@@ -383,6 +404,9 @@ def _step(
         return None  # the schema said why
     for_s = parse_duration(item.get("for", interval_s))
     if for_s is None:
+        problem = duration_problem(item.get("for"))
+        if problem is not None:
+            error((*at, "for"), problem)
         return None
     if for_s < interval_s:
         error(
@@ -454,12 +478,18 @@ def _metrics(
     )
 
 
-def _thresholds(raw: Any) -> Thresholds | None:
+def _thresholds(
+    raw: Any, where: RolloutPath, *, error: Callable[[RolloutPath, str], None]
+) -> Thresholds | None:
+    """None when refused: by the schema (which said why), or here for a number that is not
+    finite (the schema lets `.nan` through: `rate <= nan` is false, so every judged step
+    would fail and roll back; `.inf` would check nothing)."""
     if raw is None:
         return Thresholds()
     if not isinstance(raw, dict):
         return None
     values: dict[str, Any] = {}
+    ok = True
     for key in _THRESHOLD_KEYS:
         if key not in raw:
             continue
@@ -469,8 +499,14 @@ def _thresholds(raw: Any) -> Thresholds | None:
                 values[key] = None  # `p99_ms: null` turns a default check off
                 continue
             return None  # the schema said why
+        if key == "min_requests" and not isinstance(value, int):
+            return None  # the schema said why (an integer; int(.inf) would raise)
+        if not math.isfinite(value):
+            error((*where, key), f"must be a finite number, got {value}")
+            ok = False
+            continue
         values[key] = int(value) if key == "min_requests" else float(value)
-    return Thresholds(**values)
+    return Thresholds(**values) if ok else None
 
 
 def _comparison(

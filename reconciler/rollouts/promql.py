@@ -176,6 +176,14 @@ def _single(data: Any, name: str) -> float | None:
     return samples[0][1]
 
 
+def _count(value: float, name: str) -> None:
+    """Refuses an infinite count: no number of requests, and round() of it would raise
+    OverflowError past the rollouter, which waits on PromQLAnswerError (unreadable metrics)
+    and never judges a step on it."""
+    if math.isinf(value):
+        raise PromQLAnswerError(f"query {name}: a count of {value}, which is not a count")
+
+
 def check_scraped(data: Any, *, endpoint: str) -> None:
     """Raises PromQLAnswerError unless the SCRAPED query found the endpoint's router."""
     if not _single(data, SCRAPED):
@@ -207,6 +215,7 @@ def step_figures(
     for labels, value in vector(answers[REQUESTS_Q], REQUESTS_Q):
         if math.isnan(value):
             continue
+        _count(value, REQUESTS_Q)
         totals = counts.setdefault((labels.get("deployment", ""), labels.get("kind", "")), [0, 0])
         totals[0] += value
         totals[1] += value if is_error(labels.get("code", "")) else 0.0
@@ -230,6 +239,7 @@ def step_figures(
         for labels, value in vector(answers.get(SHADOW_Q), SHADOW_Q):
             if math.isnan(value):
                 continue
+            _count(value, SHADOW_Q)
             side = shadow_agrees(labels.get("result", ""))
             if side is True:
                 agree += value

@@ -701,12 +701,6 @@ def test_a_forged_step_trailer_in_a_persons_commit_promotes_nothing(
     assert authors == ["reconciler", "Person"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouter honours any rollback trailer newer than the start, whatever the values: "
-    "a person's commit carrying one ends the rollout as Failed with traffic still split; fix: "
-    "honour it only when rollout.position(spec.traffic, spec.mirror_traffic) == 0",
-)
 def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_rollout(
     setup: Callable[..., Setup],
 ) -> None:
@@ -728,12 +722,6 @@ def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_roll
     assert s.rollout_state() == "Progressing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouter reads a revert of the step-1 commit as step 0 and commits step 1 again "
-    "at once (it fights the person's revert); fix: pass decide(stepped=True) when a step "
-    "trailer of the endpoint is in `since` or the rollout was recovered from one",
-)
 def test_a_person_reverting_the_daemons_step_commit_stops_the_rollout_and_is_kept(
     setup: Callable[..., Setup],
 ) -> None:
@@ -755,8 +743,10 @@ def test_a_person_reverting_the_daemons_step_commit_stops_the_rollout_and_is_kep
     )
     time.sleep(1.0)
     assert len(s.rollout_commits()) == 1  # no step 1 again on top of the revert
-    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100, "green": 0}
+    # The revert's values are kept: all traffic on blue, as before step 1 (green unlisted).
+    assert yaml.safe_load(s.remote_file())["traffic"] == {"blue": 100}
     assert s.rollout_state() == "Stopped"
+    assert "set back to all traffic on blue" in str(s.status()["rollout"]["reason"])  # type: ignore[index]
 
 
 def test_a_force_push_that_drops_the_step_commit_is_built_upon_never_forced_back(
@@ -815,12 +805,6 @@ def test_the_endpoint_its_canary_or_the_policy_removed_mid_rollout_stops_it_with
     assert len(s.rollout_commits()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouter reads one mark per message (read_mark(message)): the rollback of the "
-    "second endpoint in a squash is unseen and its rollout starts again; fix: "
-    "read_mark(message, endpoint) in _recover and _step",
-)
 def test_an_abort_squashed_after_another_endpoints_mark_ends_the_rollout(
     setup: Callable[..., Setup],
 ) -> None:
@@ -965,39 +949,40 @@ def test_two_endpoints_rolling_out_at_once_get_a_step_commit_each_on_one_line(
     assert len(s.rollout_commits()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the loader reads a UTF-16 endpoint file, but gitsource._changed decodes it as "
-    "UTF-8: UnicodeDecodeError escapes Rollouter.after_pass (rollout_crashed every pass) and "
-    "status never says why the rollout does not move; fix (gitsource/rollouter): refuse it as "
-    "a WeightsEditError-like `cannot commit the step: ... not UTF-8`",
-)
-def test_an_endpoint_file_in_utf16_is_refused_with_a_reason_in_status(
+def test_an_endpoint_file_in_utf16_gets_its_step_in_utf16_with_its_byte_order_mark(
     setup: Callable[..., Setup],
 ) -> None:
+    """The loader reads a UTF-16 file (with its byte order mark, as YAML does); the step's
+    edit keeps that encoding rather than fail every pass decoding it as UTF-8."""
     s = setup([{"traffic": 20, "for": "60s"}, 100])
+    saved: list[str] = []
 
     def utf16(clone: RepoBuilder) -> None:
         add_green(clone)
         text = (clone.root / ENDPOINT_FILE).read_text()
+        saved.append(text)
         (clone.root / ENDPOINT_FILE).write_bytes(text.encode("utf-16"))
 
     s.person_push("green, and the endpoint's file saved as UTF-16", utf16)
-    wait_for(
-        lambda: "cannot commit the step" in str((s.status().get("rollout") or {}).get("reason")),
-        timeout=3,
-        what="status to say why no step is committed",
-    )
-    assert s.rollout_commits() == []
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    raw = subprocess.run(
+        ["git", "-C", str(s.remote), "show", f"main:{ENDPOINT_FILE}"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert raw.startswith((b"\xff\xfe", b"\xfe\xff"))  # the byte order mark kept
+    text = raw.decode("utf-16")
+    assert yaml.safe_load(text)["traffic"] == {"blue": 80, "green": 20}
+    # Only the numbers changed (comments and the rest stay as the person saved them).
+    assert "blue: 80    # the stable deployment\n  green: 20\n" in text
+
+    def others(of: str) -> list[str]:
+        return [line for line in of.splitlines() if "blue:" not in line and "green:" not in line]
+
+    assert others(text) == others(saved[0])
+    wait_for(lambda: s.rollout_state() == "Progressing", what="the rollout under way")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouter._recover takes any step trailer (a person's, forged or cherry-picked) as a "
-    "rollout under way after a restart, and at step 0 decide commits step 1: a deployment "
-    "nobody changed is promoted; fix: decide(stepped=True) for a rollout recovered from a "
-    "trailer (it stops at step 0 instead)",
-)
 def test_a_forged_step_trailer_read_after_a_restart_promotes_no_idle_deployment(
     setup: Callable[..., Setup], tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -126,3 +127,51 @@ def test_status_history_reads_logs_with_paths_and_files_at_commits(repo: RepoBui
     before = source.status_fingerprint()
     source.write_status({"status/x.yaml": "v: 3\n"}, message="s3")
     assert source.status_fingerprint() != before
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_commit_file_edits_a_utf16_file_and_writes_it_back_in_utf16_with_its_mark(
+    repo: RepoBuilder, encoding: str
+) -> None:
+    (repo.root / "e.yml").write_bytes(("\ufeffname: é\ntraffic:\n  a: 100\n").encode(encoding))
+    repo.commit("utf-16")
+    source = GitSource(repo.root)
+    seen: list[str | None] = []
+
+    def change(text: str | None) -> str | None:
+        seen.append(text)
+        return None if text is None else text.replace("a: 100", "a: 90")
+
+    made = source.commit_file(
+        "e.yml", change, message="edit", branch=repo.git("branch", "--show-current").strip()
+    )
+    assert made.commit is not None
+    assert seen == ["\ufeffname: é\ntraffic:\n  a: 100\n"]
+    raw = subprocess.run(
+        ["git", "-C", str(repo.root), "show", f"{made.commit}:e.yml"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert raw == "\ufeffname: é\ntraffic:\n  a: 90\n".encode(encoding)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ("name: é\n".encode("latin-1"), "e.yml is not UTF-8 (byte 6)"),
+        ("\ufeffname: a\n".encode("utf-32"), "e.yml is UTF-32 encoded"),
+    ],
+)
+def test_commit_file_refuses_a_file_in_another_encoding_with_a_reason(
+    repo: RepoBuilder, data: bytes, words: str
+) -> None:
+    (repo.root / "e.yml").write_bytes(data)
+    repo.commit("odd encoding")
+    source = GitSource(repo.root)
+    with pytest.raises(GitSourceError, match=re.escape(words)):
+        source.commit_file(
+            "e.yml",
+            lambda t: t,
+            message="edit",
+            branch=repo.git("branch", "--show-current").strip(),
+        )

@@ -395,12 +395,6 @@ def test_comparison_errors_name_line_and_field() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy.py: a zero duration written with a unit (`0s`, `0ms`) or `.nan` reads as no "
-    "duration and the whole policy is dropped without a diagnostic (RolloutPolicies() with "
-    "no default): validate passes and no rollout ever runs; fix: the same error as `for: 0`",
-)
 @pytest.mark.parametrize(
     ("where", "value"),
     [("for", "0s"), ("for", "0ms"), ("for", ".nan"), ("interval", "0s"), ("interval", "0ms")],
@@ -414,12 +408,6 @@ def test_a_zero_or_nan_duration_with_a_unit_is_an_error_not_a_policy_dropped(
     assert any(field.endswith(where) for _, field, _ in found), found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy.py: thresholds and durations accept .nan and .inf: error_rate .nan fails "
-    "every judged step (rate <= nan is False: a rollback), `for: .inf` never passes; fix: "
-    "refuse non-finite numbers",
-)
 @pytest.mark.parametrize(
     "policy",
     [
