@@ -36,6 +36,18 @@ ENDPOINT = "my-endpoint"
 ENDPOINT_FILE = f"endpoints/{ENDPOINT}/endpoint.yml"
 
 
+def traffic_edit(frm: tuple[int, int], to: tuple[int, int]) -> Callable[[RepoBuilder], None]:
+    """A person's edit of the endpoint file: blue/green shares `frm` become `to`."""
+
+    def edit(clone: RepoBuilder) -> None:
+        path = clone.root / ENDPOINT_FILE
+        text = path.read_text()
+        text = text.replace(f"blue: {frm[0]}", f"blue: {to[0]}")
+        path.write_text(text.replace(f"green: {frm[1]}", f"green: {to[1]}"))
+
+    return edit
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -350,10 +362,7 @@ def test_a_person_committing_other_values_mid_rollout_wins_and_the_rollout_stops
     s.person_push("green: model v2", add_green)
     wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
 
-    def thirty(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        text = text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
-        (clone.root / ENDPOINT_FILE).write_text(text)
+    thirty = traffic_edit((80, 20), (70, 30))
 
     s.person_push("move green to 30 by hand", thirty)
     wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
@@ -576,10 +585,7 @@ def test_a_person_committing_a_later_steps_values_mid_rollout_is_built_upon(
     s.person_push("green: model v2", add_green)
     wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
 
-    def fifty(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        text = text.replace("blue: 80", "blue: 50").replace("green: 20", "green: 50")
-        (clone.root / ENDPOINT_FILE).write_text(text)
+    fifty = traffic_edit((80, 20), (50, 50))
 
     s.person_push("green to 50% now", fifty)
     wait_for(lambda: s.rollout_state() == "Succeeded", what="the rollout to succeed")
@@ -600,15 +606,9 @@ def test_a_rollout_a_person_stopped_stays_stopped_after_a_restart(
     s.person_push("green: model v2", add_green)
     wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
 
-    def thirty(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        text = text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
-        (clone.root / ENDPOINT_FILE).write_text(text)
+    thirty = traffic_edit((80, 20), (70, 30))
 
-    def back(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        text = text.replace("blue: 70", "blue: 100").replace("green: 30", "green: 0")
-        (clone.root / ENDPOINT_FILE).write_text(text)
+    back = traffic_edit((70, 30), (100, 0))
 
     s.person_push("move green to 30 by hand", thirty)
     wait_for(lambda: s.rollout_state() == "Stopped", what="the rollout to stop")
@@ -812,10 +812,7 @@ def test_an_abort_squashed_after_another_endpoints_mark_ends_the_rollout(
     s.person_push("green: model v2", add_green)
     wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
 
-    def back(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        text = text.replace("blue: 80", "blue: 100").replace("green: 20", "green: 0")
-        (clone.root / ENDPOINT_FILE).write_text(text)
+    back = traffic_edit((80, 20), (100, 0))
 
     s.person_push(
         "squash: abort two rollouts\n\n"
@@ -895,11 +892,7 @@ def test_a_persons_traffic_commit_while_paused_wins_once_resumed(
     s.daemon.trigger("push", fetch=True)
     wait_for(lambda: s.rollout_state() == "Paused", what="paused")
 
-    def thirty(clone: RepoBuilder) -> None:
-        text = (clone.root / ENDPOINT_FILE).read_text()
-        (clone.root / ENDPOINT_FILE).write_text(
-            text.replace("blue: 80", "blue: 70").replace("green: 20", "green: 30")
-        )
+    thirty = traffic_edit((80, 20), (70, 30))
 
     s.person_push("green to 30 by hand", thirty)
     time.sleep(0.7)
