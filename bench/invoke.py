@@ -65,6 +65,32 @@ def median_seconds(action: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+def invoke_times(
+    scoring_uri: str, key: str, body: bytes, argv: list[str], repeat: int
+) -> tuple[list[float], list[float]]:
+    """(the endpoint's own answers, `reconcile invoke` runs as `argv`), seconds each,
+    interleaved so that a neighbour's load falls on both alike."""
+    own: list[float] = []
+    invoked: list[float] = []
+    for _ in range(repeat):
+        asked = urllib.request.Request(
+            scoring_uri,
+            data=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(asked, timeout=60) as answer:
+            answer.read()
+        own.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        invoked.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"reconcile invoke failed: {done.stderr[-1000:]}")
+    return own, invoked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoints", type=int, default=20)
@@ -143,24 +169,7 @@ def run(name: str, n: int, repeat: int, tmp: Path) -> None:
     key = target.endpoint_credentials(ASKED).primary_key
     argv = [sys.executable, "-m", "reconciler.cli", "invoke", ASKED]
     argv += ["--repo", str(repo.root), "--request-file", str(request_file)]
-    own: list[float] = []
-    invoked: list[float] = []
-    for _ in range(repeat):  # interleaved: a neighbour's load falls on both alike
-        asked = urllib.request.Request(
-            live.scoring_uri,
-            data=body,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(asked, timeout=60) as answer:
-            answer.read()
-        own.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        invoked.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"reconcile invoke failed: {done.stderr[-1000:]}")
+    own, invoked = invoke_times(live.scoring_uri, key, body, argv, repeat)
     # One more, profiled: where a new process's time goes (bench/out/invoke.profile.txt).
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)

@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 
 from docker_state import remove_target
 from figures import docker_available, emit, short_requested, skipped
+from invoke import invoke_times
 from repo_builder import RepoBuilder
 
 from reconciler.engine import PassResult, converge, run_pass
@@ -238,26 +238,9 @@ def time_invoke(
     live = target.observe().endpoint(endpoint)
     assert live is not None and live.scoring_uri is not None
     key = target.endpoint_credentials(endpoint).primary_key
-    own: list[float] = []
-    invoked: list[float] = []
     argv = [sys.executable, "-m", "reconciler.cli", "invoke", endpoint]
     argv += ["--repo", str(repo.root), "--request-file", str(request_file)]
-    for _ in range(INVOKES):  # interleaved: a neighbour's load falls on both alike
-        asked = urllib.request.Request(
-            live.scoring_uri,
-            data=body,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(asked, timeout=60) as answer:
-            answer.read()
-        own.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        invoked.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"reconcile invoke failed: {done.stderr[-1000:]}")
+    own, invoked = invoke_times(live.scoring_uri, key, body, argv, INVOKES)
     return statistics.median(own), statistics.median(invoked)
 
 
