@@ -38,15 +38,8 @@ class CountingAPI(docker.APIClient):  # type: ignore[misc]
         return super().get_archive(*args, **kwargs)
 
 
-def test_a_pass_lists_containers_once_and_reads_each_state_once(
-    docker_world: DockerWorld,
-) -> None:
-    world = docker_world
-    for name in ("obs-a", "obs-b"):
-        world.repo.endpoint(name)
-    world.repo.commit("two endpoints, no deployment")
-    world.apply()
-
+def counting_target(world: DockerWorld) -> tuple[DockerTarget, CountingAPI]:
+    """A target of the world's whose Docker API calls are counted."""
     client = docker.from_env(timeout=120)
     api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
     client.api = api
@@ -56,6 +49,19 @@ def test_a_pass_lists_containers_once_and_reads_each_state_once(
         client=client,
         repository=GitSource(world.repo.root).identity(),
     )
+    return target, api
+
+
+def test_a_pass_lists_containers_once_and_reads_each_state_once(
+    docker_world: DockerWorld,
+) -> None:
+    world = docker_world
+    for name in ("obs-a", "obs-b"):
+        world.repo.endpoint(name)
+    world.repo.commit("two endpoints, no deployment")
+    world.apply()
+
+    target, api = counting_target(world)
     live = target.observe()
 
     assert sorted(e.name for e in live.endpoints) == ["obs-a", "obs-b"]
@@ -77,15 +83,7 @@ def test_one_endpoint_is_observed_from_its_own_containers_as_a_pass_sees_it(
     world.repo.commit("two endpoints, no deployment")
     world.apply()
 
-    client = docker.from_env(timeout=120)
-    api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
-    client.api = api
-    target = DockerTarget(
-        world.options,
-        repo_root=world.repo.root,
-        client=client,
-        repository=GitSource(world.repo.root).identity(),
-    )
+    target, api = counting_target(world)
     one = target.observe_endpoint("one-a")
 
     # Only its own state is read (what `invoke` waits for), and it is what a pass sees.
