@@ -167,6 +167,21 @@ def test_the_registry_the_schema_and_repoconfig_name_the_same_target_types() -> 
     assert set(PREFLIGHTS) <= set(TARGET_TYPES) and "docker" in PREFLIGHTS
 
 
+def _run_in_example_repo(script: str, *args: str) -> str:
+    """The output of `script` run by a new Python in example-repo (this process has
+    imported what other tests needed)."""
+    run = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT / "example-repo",
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return run.stdout
+
+
 def test_diff_and_validate_never_import_the_docker_sdk_or_the_kubernetes_client() -> None:
     # A process of its own: this one has imported both for other tests.
     script = (
@@ -178,16 +193,8 @@ def test_diff_and_validate_never_import_the_docker_sdk_or_the_kubernetes_client(
         "    assert result.exit_code == 0, (args, result.output)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'kubernetes')))\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT / "example-repo",
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert run.stdout.strip() == "[]"
+    stdout = _run_in_example_repo(script)
+    assert stdout.strip() == "[]"
 
 
 # Heavy libraries a short command must not load (issue 15: start-up): imported on first use.
@@ -213,18 +220,10 @@ def test_help_validate_and_diff_never_import_the_heavy_libraries_made_lazy() -> 
         "    assert result.exit_code == 0, (args, result.output)\n"
         "    print(args[0], loaded())\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script, *_LAZY],
-        cwd=ROOT / "example-repo",
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    stdout = _run_in_example_repo(script, *_LAZY)
     # --help loads none of the package's commands' work: no gitpython (only its lazy module
     # object is bound; its submodules load with it), no YAML, no loading.
-    assert run.stdout.splitlines() == ["help [] []", "help [] []", "validate []", "diff []"]
+    assert stdout.splitlines() == ["help [] []", "help [] []", "validate []", "diff []"]
 
 
 def test_validate_and_diff_run_git_without_gitpython_and_load_no_executor() -> None:
@@ -241,13 +240,5 @@ def test_validate_and_diff_run_git_without_gitpython_and_load_no_executor() -> N
         "    print(args[0], [m for m in ('git.repo', 'gitdb', 'reconciler.executor',"
         " 'reconciler.engine', 'logging') if m in sys.modules])\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT / "example-repo",
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert run.stdout.splitlines() == ["validate []", "diff []"]
+    stdout = _run_in_example_repo(script)
+    assert stdout.splitlines() == ["validate []", "diff []"]
