@@ -183,6 +183,13 @@ def add_green(clone: RepoBuilder) -> None:
     clone.deployment(ENDPOINT, "green", model="azureml:sklearn-regression:2")
 
 
+def at_step_1(s: Setup) -> Setup:
+    """A person's push of a new green starts the rollout; back once step 1 is committed."""
+    s.person_push("green: model v2", add_green)
+    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    return s
+
+
 def test_a_healthy_canary_is_promoted_step_by_step_to_100_by_commits_with_figures(
     setup: Callable[..., Setup],
 ) -> None:
@@ -276,9 +283,7 @@ def run_cli(*args: str) -> tuple[int, str]:
 def test_pause_resume_and_abort_are_commits_the_daemon_honours(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
     wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
     clone = str(s.clone.root)
 
@@ -358,9 +363,7 @@ def test_a_person_pushing_while_the_daemon_pushes_a_step_is_kept_and_the_step_re
 def test_a_person_committing_other_values_mid_rollout_wins_and_the_rollout_stops(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     thirty = traffic_edit((80, 20), (70, 30))
 
@@ -420,9 +423,7 @@ def test_pull_request_mode_pushes_one_branch_per_step_once_and_advances_when_mer
 def test_a_restarted_daemon_finds_the_rollout_again_and_its_step_window_begins_anew(
     setup: Callable[..., Setup], tmp_path: Path
 ) -> None:
-    s = setup([{"traffic": 20, "for": "2s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "2s"}, 100]))
     wait_for(lambda: "analysis" in (s.status().get("rollout") or {}), what="a judgement")
     s.daemon.stop()
     # A new daemon, with a cache of its own: all it knows is in git.
@@ -581,9 +582,7 @@ def test_a_person_committing_a_later_steps_values_mid_rollout_is_built_upon(
 ) -> None:
     """Values that are a step of the rollout are its step, whoever committed them: the
     rollout re-plans from there (the step judged, then the next one committed)."""
-    s = setup([{"traffic": 20, "for": "60s"}, {"traffic": 50, "for": "600ms"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, {"traffic": 50, "for": "600ms"}, 100]))
 
     fifty = traffic_edit((80, 20), (50, 50))
 
@@ -602,9 +601,7 @@ def test_a_rollout_a_person_stopped_stays_stopped_after_a_restart(
     deployment: a restarted daemon finds the rollout's step trailer in the history, but the
     status says it was stopped, so it does not start it again (the values read as its
     step 0, which would commit step 1 anew against the person's decision)."""
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     thirty = traffic_edit((80, 20), (70, 30))
 
@@ -638,9 +635,7 @@ def test_an_abort_whose_push_is_refused_is_undone_locally_and_succeeds_after_a_p
     abort's push is refused. The abort commit made on the old tip is undone, not left behind
     for a rebase to replay onto values it was not made for (its rollback trailer would end
     the rollout while the new tip's traffic stays); after a pull, abort works."""
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
     s.clone.git("pull", "-q", "--rebase", "origin", "main")
     before = s.clone.git("rev-parse", "HEAD")
     other = RepoBuilder.__new__(RepoBuilder)
@@ -672,9 +667,7 @@ def test_a_forged_step_trailer_in_a_persons_commit_promotes_nothing(
     setup: Callable[..., Setup],
 ) -> None:
     """The step is read from the file's values, never from a trailer someone wrote."""
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     def notes(clone: RepoBuilder) -> None:
         clone.write("NOTES.md", "forged\n")
@@ -704,9 +697,7 @@ def test_a_forged_step_trailer_in_a_persons_commit_promotes_nothing(
 def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_rollout(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     def notes(clone: RepoBuilder) -> None:
         clone.write("NOTES.md", "forged\n")
@@ -725,9 +716,7 @@ def test_a_forged_rollback_trailer_that_rolls_nothing_back_does_not_end_the_roll
 def test_a_person_reverting_the_daemons_step_commit_stops_the_rollout_and_is_kept(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
     step_1 = s.rollout_commits()[0][0]
 
     def revert(clone: RepoBuilder) -> None:
@@ -780,9 +769,7 @@ def test_a_force_push_that_drops_the_step_commit_is_built_upon_never_forced_back
 def test_the_endpoint_its_canary_or_the_policy_removed_mid_rollout_stops_it_without_a_commit(
     setup: Callable[..., Setup], removed: str
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     def remove(clone: RepoBuilder) -> None:
         if removed == "policy":
@@ -808,9 +795,7 @@ def test_the_endpoint_its_canary_or_the_policy_removed_mid_rollout_stops_it_with
 def test_an_abort_squashed_after_another_endpoints_mark_ends_the_rollout(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
 
     back = traffic_edit((80, 20), (100, 0))
 
@@ -861,9 +846,7 @@ def test_a_router_counter_gone_nan_makes_the_step_wait_and_never_rolls_back(
 def test_the_endpoint_file_moved_mid_rollout_gets_the_next_step_at_its_new_path(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "1s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "1s"}, 100]))
     moved = f"endpoints/{ENDPOINT}/my-endpoint.endpoint.yml"
 
     def move(clone: RepoBuilder) -> None:
@@ -882,9 +865,7 @@ def test_the_endpoint_file_moved_mid_rollout_gets_the_next_step_at_its_new_path(
 def test_a_persons_traffic_commit_while_paused_wins_once_resumed(
     setup: Callable[..., Setup],
 ) -> None:
-    s = setup([{"traffic": 20, "for": "60s"}, 100])
-    s.person_push("green: model v2", add_green)
-    wait_for(lambda: len(s.rollout_commits()) == 1, what="step 1")
+    s = at_step_1(setup([{"traffic": 20, "for": "60s"}, 100]))
     clone = str(s.clone.root)
     s.clone.git("pull", "-q", "--rebase", "origin", "main")
     code, out = run_cli("rollout", "pause", ENDPOINT, "--repo", clone, "--push")
