@@ -57,6 +57,7 @@ from reconciler.rollouts.analysis import (
     Verdict,
     judge,
     parse_exposition,
+    parse_expositions,
 )
 from reconciler.rollouts.analysis import step_figures as figures_of
 from reconciler.rollouts.control import Verb, paused_by, read_controls
@@ -75,7 +76,7 @@ from reconciler.rollouts.policy import Mode, PrometheusSource, RolloutPolicies, 
 from reconciler.rollouts.yamledit import WeightsEditError
 from reconciler.status import STATUS_DIR, render_status
 from reconciler.targets.base import Target, TargetError
-from reconciler.targets.capabilities import HasRouterMetrics
+from reconciler.targets.capabilities import HasRouterMetrics, HasRouterMetricsEach
 
 log = get_logger("reconciler.rollouter")
 
@@ -439,6 +440,8 @@ class Rollouter:
         return replace(tracked, window=replace(window, judged=now), verdict=verdict)
 
     def _scrape(self, endpoint: str, target: Target) -> Snapshot:
+        if isinstance(target, HasRouterMetricsEach):  # several routers: each followed alone
+            return parse_expositions(target.router_metrics_each(endpoint), endpoint)
         if not isinstance(target, HasRouterMetrics):
             raise TargetError(f"target {target.name} cannot report its router's metrics")
         return parse_exposition(target.router_metrics(endpoint), endpoint)

@@ -158,6 +158,15 @@ def parse_exposition(text: str, endpoint: str, *, source: str | None = None) -> 
     return Snapshot(_sorted(table), compares)
 
 
+def parse_expositions(texts: Mapping[str, str], endpoint: str) -> Snapshot:
+    """parse_exposition of several routers' texts (by router name), each its own source:
+    one router's restart resets its own series only."""
+    return sum(
+        (parse_exposition(text, endpoint, source=name) for name, text in sorted(texts.items())),
+        Snapshot((), False),
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Figures
 

@@ -115,6 +115,18 @@ class HasRouterMetrics(Protocol):
 
 
 @runtime_checkable
+class HasRouterMetricsEach(Protocol):
+    """A target whose endpoints may have several routers (Kubernetes router pods): their
+    expositions one by one, so that the restart of one router is told from the others'
+    counts (a sum that goes down would read as every router's reset)."""
+
+    def router_metrics_each(self, endpoint: str) -> Mapping[str, str]:
+        """Each answering router's exposition by the router's name. Raises TargetError when
+        none answers."""
+        ...
+
+
+@runtime_checkable
 class CollectsImages(Protocol):
     """A target that removes the images it built beyond their retention (`reconcile gc`)."""
 

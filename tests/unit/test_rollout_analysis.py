@@ -18,6 +18,7 @@ from reconciler.rollouts.analysis import (
     histogram_quantile,
     judge,
     parse_exposition,
+    parse_expositions,
     step_figures,
 )
 from reconciler.rollouts.policy import Thresholds
@@ -352,22 +353,18 @@ def test_one_router_of_several_restarting_counts_only_its_own_series_from_zero()
     one, two = Router(), Router()
     one.serve("green", "live", 500, 0.02, 1000)  # before the step: errors of an old window
     two.serve("green", "live", 200, 0.02, 100)
-    start = parse_exposition(_text(one), ENDPOINT, source="router-a") + parse_exposition(
-        _text(two), ENDPOINT, source="router-b"
-    )
+    start = parse_expositions({"router-a": _text(one), "router-b": _text(two)}, ENDPOINT)
     restarted = Router()
     restarted.serve("green", "live", 200, 0.02, 30)
     one.serve("green", "live", 200, 0.02, 20)
-    later = parse_exposition(_text(one), ENDPOINT, source="router-a") + parse_exposition(
-        _text(restarted), ENDPOINT, source="router-b"
-    )
+    later = parse_expositions({"router-a": _text(one), "router-b": _text(restarted)}, ENDPOINT)
     found = step_figures(
         later.since(start), stable="blue", canary="green", canary_kind="live", elapsed_s=60
     )
     assert (found.canary.requests, found.canary.errors) == (50, 0)
     # A router gone from the scrape (not ready) takes nothing away and adds nothing back.
     gone = step_figures(
-        parse_exposition(_text(one), ENDPOINT, source="router-a").since(start),
+        parse_expositions({"router-a": _text(one)}, ENDPOINT).since(start),
         stable="blue",
         canary="green",
         canary_kind="live",

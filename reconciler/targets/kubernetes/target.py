@@ -79,6 +79,7 @@ from reconciler.targets.capabilities import (
     HasCredentials,
     HasLogs,
     HasRouterMetrics,
+    HasRouterMetricsEach,
 )
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient, NotFound, connect
@@ -527,10 +528,16 @@ class KubernetesTarget:
             self.sleep(min(self.options.poll_s, 0.25))
 
     def router_metrics(self, endpoint: str) -> str:
-        """The /metrics of every ready router pod of the endpoint, read through the API
-        server's pod proxy and joined: a rollout's analysis adds them up. A TargetError
-        when none answers (no router pod ready, the pod proxy forbidden)."""
-        texts: list[str] = []
+        """The /metrics of every ready router pod of the endpoint, joined (the dashboard's
+        charts add them up). A TargetError when none answers."""
+        return "\n".join(self.router_metrics_each(endpoint).values())
+
+    def router_metrics_each(self, endpoint: str) -> dict[str, str]:
+        """The /metrics of every ready router pod of the endpoint by pod name, read
+        through the API server's pod proxy: a rollout's analysis follows each pod's
+        counters on their own. A TargetError when none answers (no router pod ready, the
+        pod proxy forbidden)."""
+        texts: dict[str, str] = {}
         problems: list[str] = []
         for pod in self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}):
             name = str(pod["metadata"]["name"])
@@ -538,13 +545,13 @@ class KubernetesTarget:
                 continue
             status, text = self.client.pod_proxy_text(name, m.ROUTER_METRICS_PORT, "/metrics")
             if status == 200:
-                texts.append(text)
+                texts[name] = text
             else:
                 problems.append(f"{name} answered {status}")
         if not texts:
             why = "; ".join(problems) or "no router pod is ready"
             raise TargetError(f"the routers of {endpoint} gave no metrics: {why}")
-        return "\n".join(texts)
+        return texts
 
     def _served_digest(self, pod: str) -> str | None:
         """The digest a router pod says it serves; None when it does not answer (yet);
@@ -1051,3 +1058,4 @@ _HAS_LOGS: type[HasLogs] = KubernetesTarget
 _BUILDS: type[Builds] = KubernetesTarget
 _CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget
 _HAS_ROUTER_METRICS: type[HasRouterMetrics] = KubernetesTarget
+_HAS_ROUTER_METRICS_EACH: type[HasRouterMetricsEach] = KubernetesTarget
