@@ -273,6 +273,20 @@ class _StatusDuringPass:
             self.current = -1
 
 
+def _settled_since_planned(result: PassResult) -> bool:
+    """A deployment that was still starting when the pass planned and has since become
+    ready or failed: the next pass has something to act on (stop a start that failed and
+    keep its log, route one that became ready), even when this pass failed elsewhere. A
+    one-shot `reconcile` that stopped here left a crash-looping instance behind, depending
+    on how fast its passes ran."""
+    before = {(d.endpoint, d.name): deployment_health(d) for d in result.live_before.deployments}
+    return any(
+        before.get((d.endpoint, d.name)) == Health.PROGRESSING
+        and deployment_health(d) != Health.PROGRESSING
+        for d in result.live_after.deployments
+    )
+
+
 def converge(
     tree: FileTree,
     target: Target,
@@ -308,7 +322,9 @@ def converge(
         )
         if on_pass is not None:
             on_pass(result)
-        if result.plan.errors or not result.in_progress or result.stopped or should_stop():
+        if result.plan.errors or result.stopped or should_stop():
+            return result
+        if not result.in_progress and not _settled_since_planned(result):
             return result
         if clock() >= deadline:
             return result
