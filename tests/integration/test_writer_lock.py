@@ -243,8 +243,14 @@ def test_a_second_daemon_waits_and_names_the_first_on_healthz(world: World) -> N
     wait_for(lambda: health().get("phase") == "waiting_for_lock", 60, "the second to wait")
     body = health()
     assert f"`reconcile watch` (pid {first.process.pid}" in str(body.get("lock_holder"))
+    # The phase is set as the line is written: the line may reach the pipe just after.
+    wait_for(
+        lambda: any(e.get("event") == "waiting_for_lock" for e in second.events()),
+        10,
+        "the waiting line",
+    )
     waiting = [e for e in second.events() if e.get("event") == "waiting_for_lock"]
-    assert waiting and f"pid {first.process.pid}" in str(waiting[0].get("holder"))
+    assert f"pid {first.process.pid}" in str(waiting[0].get("holder"))
     # The first stops: the second takes over.
     first.stop()
     wait_for(lambda: health().get("phase") not in (None, "waiting_for_lock"), 60, "takeover")
