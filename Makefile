@@ -61,7 +61,7 @@ integration: setup
 
 # The README's test command: lint, types, layers, then every test.
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests
 
 # The README's main command: example-repo onto the local Docker Engine, then a request.
 demo: setup
