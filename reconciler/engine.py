@@ -275,10 +275,9 @@ class _StatusDuringPass:
 
 def _settled_since_planned(result: PassResult) -> bool:
     """A deployment that was still starting when the pass planned and has since become
-    ready or failed: the next pass has something to act on (stop a start that failed and
-    keep its log, route one that became ready), even when this pass failed elsewhere. A
-    one-shot `reconcile` that stopped here left a crash-looping instance behind, depending
-    on how fast its passes ran."""
+    ready or failed: after a failed pass, the next one has something to act on (stop a
+    start that failed and keep its log). A one-shot `reconcile` that stopped at the failed
+    pass left a crash-looping instance behind, depending on how fast its passes ran."""
     before = {(d.endpoint, d.name): deployment_health(d) for d in result.live_before.deployments}
     return any(
         before.get((d.endpoint, d.name)) == Health.PROGRESSING
@@ -324,7 +323,7 @@ def converge(
             on_pass(result)
         if result.plan.errors or result.stopped or should_stop():
             return result
-        if not result.in_progress and not _settled_since_planned(result):
+        if not result.in_progress and not (result.failed and _settled_since_planned(result)):
             return result
         if clock() >= deadline:
             return result
