@@ -22,7 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -237,23 +237,57 @@ def _read_blob(git_dir: str, sha: str) -> bytes:
     return run_git(git_dir, "cat-file", "blob", sha)
 
 
-def _blob_sizes(git_dir: str, shas: Mapping[str, str]) -> dict[str, int]:
-    """path -> size of each blob, read with a single `git cat-file --batch-check`."""
-    if not shas:
-        return {}
-    unique = sorted(set(shas.values()))
+def _cat_file(git_dir: str, names: Sequence[str], *, contents: bool) -> list[_Object | None]:
+    """`git cat-file --batch` (contents) or `--batch-check` (sizes only) of object names
+    (ids, or `commit:path`), one answer per name in the order asked: None where git has
+    no such object."""
+    if not names:
+        return []
     done = subprocess.run(
-        ["git", "cat-file", "--batch-check"],
-        input="".join(f"{sha}\n" for sha in unique).encode(),
+        ["git", "cat-file", "--batch" if contents else "--batch-check"],
+        input="".join(f"{name}\n" for name in names).encode(),
         cwd=git_dir,
         capture_output=True,
         check=True,
     )
-    by_sha: dict[str, int] = {}
-    for line in done.stdout.decode().splitlines():
-        sha, kind, *rest = line.split(" ")
-        if kind != "missing" and rest:
-            by_sha[sha] = int(rest[0])
+    out = done.stdout
+    answers: list[_Object | None] = []
+    pos = 0
+    for _ in names:
+        header_end = out.index(b"\n", pos)
+        fields = out[pos:header_end].decode(errors="replace").split(" ")
+        pos = header_end + 1
+        # Found: "<id> <type> <size>", then the content and a newline with --batch;
+        # anything else ("<name> missing", "<name> ambiguous") has no content.
+        if len(fields) != 3 or not fields[2].isdigit():
+            answers.append(None)
+            continue
+        size = int(fields[2])
+        data = out[pos : pos + size] if contents else b""
+        if contents:
+            pos += size + 1
+        answers.append(_Object(fields[0], fields[1], size, data))
+    return answers
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    """One answer of `git cat-file --batch[-check]`; data is empty with --batch-check."""
+
+    sha: str
+    kind: str
+    size: int
+    data: bytes
+
+
+def _blob_sizes(git_dir: str, shas: Mapping[str, str]) -> dict[str, int]:
+    """path -> size of each blob, read with a single `git cat-file --batch-check`."""
+    unique = sorted(set(shas.values()))
+    by_sha = {
+        sha: found.size
+        for sha, found in zip(unique, _cat_file(git_dir, unique, contents=False), strict=True)
+        if found is not None
+    }
     return {p: by_sha[sha] for p, sha in shas.items() if sha in by_sha}
 
 
@@ -288,27 +322,9 @@ _BLOBS = _BlobCache()
 def _read_blobs(git_dir: str, shas: Iterable[str]) -> None:
     """Reads blobs into the cache with a single `git cat-file --batch`."""
     missing = sorted({sha for sha in shas if _BLOBS.get(sha) is None})
-    if not missing:
-        return
-    done = subprocess.run(
-        ["git", "cat-file", "--batch"],
-        input="".join(f"{sha}\n" for sha in missing).encode(),
-        cwd=git_dir,
-        capture_output=True,
-        check=True,
-    )
-    out = done.stdout
-    pos = 0
-    while pos < len(out):
-        header_end = out.index(b"\n", pos)
-        sha, kind, *rest = out[pos:header_end].decode().split(" ")
-        if kind == "missing" or not rest:
-            pos = header_end + 1
-            continue
-        size = int(rest[0])
-        start = header_end + 1
-        _BLOBS.put(sha, out[start : start + size])
-        pos = start + size + 1  # content is followed by a newline
+    for found in _cat_file(git_dir, missing, contents=True):
+        if found is not None:
+            _BLOBS.put(found.sha, found.data)
 
 
 # The largest status file readers read (status files are a few kilobytes).
@@ -736,52 +752,23 @@ class GitSource:
         for all of them (a timeline reads one file at fifty commits); pairs the repository
         lacks are left out."""
         pairs = list(dict.fromkeys(wanted))
-        if not pairs:
-            return {}
-        done = subprocess.run(
-            ["git", "cat-file", "--batch"],
-            input="".join(f"{commit}:{path}\n" for commit, path in pairs).encode(),
-            cwd=self.git_dir,
-            capture_output=True,
-            check=True,
-        )
-        out = done.stdout
-        found: dict[tuple[str, str], str] = {}
-        pos = 0
-        for pair in pairs:  # answers come in the order asked
-            header_end = out.index(b"\n", pos)
-            fields = out[pos:header_end].decode(errors="replace").split(" ")
-            if len(fields) != 3 or fields[1] == "missing":
-                pos = header_end + 1
-                continue
-            size = int(fields[2])
-            start = header_end + 1
-            if fields[1] == "blob":
-                found[pair] = out[start : start + size].decode(errors="replace")
-            pos = start + size + 1  # content is followed by a newline
-        return found
+        answers = _cat_file(self.git_dir, [f"{c}:{p}" for c, p in pairs], contents=True)
+        return {
+            pair: found.data.decode(errors="replace")
+            for pair, found in zip(pairs, answers, strict=True)
+            if found is not None and found.kind == "blob"
+        }
 
     def file_sizes_at(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Files' sizes at commits, {(commit, path): bytes}, from one `git cat-file
         --batch-check` (nothing is read); pairs the repository lacks are left out."""
         pairs = list(dict.fromkeys(wanted))
-        if not pairs:
-            return {}
-        done = subprocess.run(
-            ["git", "cat-file", "--batch-check"],
-            input="".join(f"{commit}:{path}\n" for commit, path in pairs).encode(),
-            cwd=self.git_dir,
-            capture_output=True,
-            check=True,
-        )
-        sizes: dict[tuple[str, str], int] = {}
-        for pair, line in zip(
-            pairs, done.stdout.decode(errors="replace").splitlines(), strict=False
-        ):
-            fields = line.split(" ")  # answers come in the order asked
-            if len(fields) == 3 and fields[1] == "blob":
-                sizes[pair] = int(fields[2])
-        return sizes
+        answers = _cat_file(self.git_dir, [f"{c}:{p}" for c, p in pairs], contents=False)
+        return {
+            pair: found.size
+            for pair, found in zip(pairs, answers, strict=True)
+            if found is not None and found.kind == "blob"
+        }
 
     def _verified(self, rev: str) -> str:
         sha = self._ref_commit(rev)
