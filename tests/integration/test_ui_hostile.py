@@ -29,7 +29,6 @@ from ui_daemon_fixtures import KEY, blue_green, serve_fixture, wait_for  # noqa:
 from ui_daemon_fixtures import Served as DaemonServed
 from ui_fixtures import CLI, TOKEN, XSS, get, rollout_block, serving
 
-from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
 from reconciler.ui.source import GitStatusSource
@@ -560,16 +559,7 @@ def test_errors_about_environment_variables_name_them_but_never_show_their_value
         },
     )
     applied.commit("secrets in the wrong shape")
-    source = GitSource(applied.root)
-    commit = source.resolve("HEAD")
-    run_pass(
-        source.tree(commit),
-        target,
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
+    apply_head(applied, target, must_succeed=False)
     with serving(applied.root) as base:
         bodies = [
             get(base + path)[2]
