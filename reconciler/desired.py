@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from reconciler.endpoints.comparison import tolerance_of
 from reconciler.filetree import FileTree
 from reconciler.loading import load_desired_state
 from reconciler.model.diagnostics import DesiredStateInvalid
@@ -126,6 +125,10 @@ def with_shadow_tolerances(desired: DesiredState, rollouts: RolloutPolicies) -> 
     that a policy without one changes nothing of what runs."""
     if rollouts.empty:
         return desired
+    # Imported here: it loads the router's config module (~10 ms), which a repository
+    # without rollout policies never needs at start-up (issue 15).
+    from reconciler.endpoints.comparison import tolerance_of
+
     changed = False
     endpoints = []
     for spec in desired.endpoints:
