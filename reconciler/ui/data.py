@@ -301,10 +301,20 @@ def _deployment(name: str, d: Any) -> dict[str, Any]:
         "instance_count": _int(d.get("instance_count")),
         "ready_instances": _int(d.get("ready_instances")),
         "scale_settings": dict(_mapping(d.get("scale_settings"))),
-        "autoscale": dict(_mapping(d.get("autoscale"))) or None,
+        # The autoscaler's last decision: status carries it as text (the Docker target's
+        # reason); reading it as a mapping dropped it, so the page never showed it.
+        "autoscale": _decision(d.get("autoscale")),
         "spec_digest": _text(d.get("spec_digest")),
         "last_error": _text(d.get("last_error")),
     }
+
+
+def _decision(value: Any) -> str | None:
+    """The autoscaler's last decision as text; a mapping (a hand-edited status) as its
+    pairs; None when there is none."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or None
+    return _text(value) or None
 
 
 def _shares(value: Any) -> list[dict[str, Any]]:

@@ -405,10 +405,10 @@ def deployment_block(d: Mapping[str, Any]) -> Safe:
         ("Scale", _scale(d, spec)),
     ]
     if d.get("autoscale"):
-        rows.append(("Last autoscale decision", _pairs(d["autoscale"])))
+        rows.append(("Last autoscale decision", d["autoscale"]))
     if spec:
         rows += [
-            ("Model", spec.get("model") or "none"),
+            ("Model", _model(spec)),
             ("Model type", spec.get("model_type") or ""),
             ("Environment", spec.get("environment")),
             ("Request settings", _pairs(spec.get("request_settings") or {})),
@@ -441,6 +441,14 @@ def _scale(d: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
             f"at {auto.get('target_utilization_percentage')}% utilisation"
         )
     return f"fixed, {spec.get('instance_count', d.get('instance_count'))} instances"
+
+
+def _model(spec: Mapping[str, Any]) -> str:
+    """name:version and the digest of the model's files (what runs is told apart by it)."""
+    if not spec.get("model"):
+        return "none"
+    digest = spec.get("model_digest")
+    return f"{spec['model']} ({digest})" if digest else str(spec["model"])
 
 
 def _pairs(values: Mapping[str, Any]) -> str:

@@ -172,3 +172,39 @@ def test_a_rollout_judged_from_prometheus_says_where_its_figures_come_from() -> 
     page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
     assert "<th>Figures from</th><td>prometheus http://p:9090</td>" in page
     assert data.rollout({"state": "Progressing"})["metrics"] is None  # type: ignore[index]
+
+
+def test_an_autoscaled_deployment_shows_its_range_last_decision_and_model_digest() -> None:
+    """The endpoint page of issue 14: autoscale range with the autoscaler's last decision
+    (status carries it as the text the Docker target writes), model name:version and its
+    digest, request settings, probes and the spec digest."""
+    from specs_factory import deployment
+
+    from reconciler.model.specs import ProbeSettings, RequestSettings, ScaleSettings
+    from reconciler.model.state import DesiredState
+
+    decision = "utilisation 12% below target 70%: 3 -> 2 instances"
+    doc = _doc()
+    doc["deployments"]["blue"].update(
+        scale_settings={"type": "target_utilization", "min_instances": 1, "max_instances": 3},
+        autoscale=decision,
+    )
+    blue = deployment(
+        "blue",
+        "shop",
+        scale_settings=ScaleSettings("target_utilization", 1, 3, 70, 1),
+        request_settings=RequestSettings(request_timeout_ms=4000),
+        readiness_probe=ProbeSettings(failure_threshold=7),
+    )
+    snap = StatusSnapshot("reconcile-status", "c" * 40, 1, "a" * 40, {"shop": doc})
+    detail = data.endpoint_detail(snap, "shop", DesiredState((), (blue,)))
+    assert detail is not None
+    [shown] = [d for d in detail["deployments"] if d["name"] == "blue"]
+    assert shown["autoscale"] == decision
+    page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
+    assert "<th>Scale</th><td>autoscale 1 to 3 instances at 70% utilisation</td>" in page
+    assert "<th>Last autoscale decision</th><td>utilisation 12% below target 70%: 3 -&gt; 2" in page
+    assert "<th>Model</th><td>m:1 (sha256:m1)</td>" in page
+    assert "request_timeout_ms 4000" in page
+    assert "failure_threshold 7" in page
+    assert "<th>Spec digest</th><td>sha256:1</td>" in page
