@@ -52,6 +52,7 @@ def test_overview_and_endpoint_page_render_without_javascript(
         assert widths == [50, 50]
         # Without JavaScript the live badge never shows.
         assert browser.run("return document.getElementById('live').hidden") is True
+        assert _no_horizontal_scroll(browser)  # 1280 wide as well as 390
         browser.screenshot(tmp_path / "overview-1280-nojs.png")
         browser.resize(390, 844)
         assert _no_horizontal_scroll(browser)

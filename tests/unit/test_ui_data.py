@@ -76,6 +76,11 @@ def test_errors_of_the_desired_state_make_the_endpoint_degraded() -> None:
     assert data.pass_outcome(doc) == "invalid desired state"
     summary = data.summary(doc, changed_at=None, branch_head=None)
     assert summary["errors"] == [{"file": "e.yml", "line": 3, "field": "traffic", "message": "bad"}]
+    # The overview names the file and line of each error (issue 14's overview).
+    snap = StatusSnapshot("reconcile-status", "c" * 40, 1, "a" * 40, {"shop": doc})
+    page = render.overview_page(data.overview(snap), fingerprint="f")
+    assert "<li><code>e.yml:3</code> traffic bad</li>" in page
+    assert "invalid desired state" in page
 
 
 def test_summary_compares_the_applied_commit_with_the_branch_head() -> None:
