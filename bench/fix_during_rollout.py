@@ -43,6 +43,7 @@ BENCH = "fix_during_rollout"
 TARGET = "bench-fix"
 ENDPOINT = "fix-ep"
 READY_TIMEOUT_S = 60
+INTERVAL_S = 60  # the daemon's --interval: the reference of the figures (issue 12)
 
 NEVER_READY = """\
 import time
@@ -170,7 +171,7 @@ def run(code: Path, rounds: int, tmp: Path) -> None:
     daemon = subprocess.Popen(
         [
             *(sys.executable, "-m", "reconciler.cli", "--log-format", "json", "watch"),
-            *("--repo", str(repo.root), "--interval", "60"),
+            *("--repo", str(repo.root), "--interval", str(INTERVAL_S)),
         ],
         env=env,
         cwd=tmp,
@@ -241,11 +242,30 @@ def run(code: Path, rounds: int, tmp: Path) -> None:
     print(
         f"commit of the fix -> its first answer: median {statistics.median(answered):.1f} s, "
         f"max {max(answered):.1f} s over {len(answered)} rounds "
-        f"(the broken instance's budget: {READY_TIMEOUT_S} s; the daemon's interval: 60 s)"
+        f"(the broken instance's budget: {READY_TIMEOUT_S} s; the daemon's interval: "
+        f"{INTERVAL_S} s)"
     )
     print(f"commit of the fix -> status Succeeded: median {statistics.median(recorded):.1f} s")
     print(f"requests: {len(load.codes) if load else 0}, not 200: {len(failed)}")
-    emit(BENCH, "commit of the fix -> status Succeeded", statistics.median(recorded), "s")
+    # The figure issue 12 asks for, against the pass interval it must beat (one run).
+    emit(
+        BENCH,
+        "commit of the fix -> its first answer, broken rollout in progress",
+        statistics.median(answered),
+        "s",
+        reference="the daemon's pass interval",
+        reference_value=float(INTERVAL_S),
+        goal="< 1 (within one pass interval)",
+        note=f"max {max(answered):.1f} s over {len(answered)} round(s)",
+    )
+    emit(
+        BENCH,
+        "commit of the fix -> status Succeeded",
+        statistics.median(recorded),
+        "s",
+        reference="the daemon's pass interval",
+        reference_value=float(INTERVAL_S),
+    )
     emit(
         BENCH,
         "requests not 200 during the rollouts",
