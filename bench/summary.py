@@ -32,6 +32,7 @@ BENCHMARKS = (
     "startup",
     "plan_scale",
     "ui",
+    "ui_daemon",
     "daemon",
     "router",
     "push_to_serving",
