@@ -1,6 +1,6 @@
 """Instance types come from the targets of reconciler.yaml: Azure's sizes on every target, and
 a Kubernetes target's own `instance_types` (a cluster defines its types) valid in `validate`,
-the review and `render`; a type no target has is an error naming the targets."""
+counted in the plan's and the review's quota, and known to `render`; a type no target has is an error naming the targets."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TARGETS = {
         "laptop": {"type": "docker"},
         "cluster": {
             "type": "kubernetes",
-            "instance_types": {"gpu-small": {"cores": 4, "memory_gb": 16, "gpus": 1}},
+            "instance_types": {"gpu-small": {"cores": 6, "memory_gb": 16, "gpus": 1}},
         },
     }
 }
@@ -61,7 +61,16 @@ def test_the_review_and_render_know_the_targets_types(repo: RepoBuilder) -> None
         main, ["diff", "--base", "HEAD~1", "--repo", str(repo.root), "--output", "json"]
     )
     assert reviewed.exit_code == 2, reviewed.output
-    assert json.loads(reviewed.stdout)["errors"] == []
+    planned = json.loads(reviewed.stdout)
+    assert planned["errors"] == []
+    # The cluster's cores (6; no Azure size has this name) reach the plan's quota...
+    [scale] = planned["steps"]
+    assert "(quota: ceil(1.2 x 2) x 6 cores = 18 cores)" in scale["reason"]
+    # ... and the review's total.
+    review = runner.invoke(
+        main, ["diff", "--base", "HEAD~1", "--repo", str(repo.root), "--output", "markdown"]
+    )
+    assert "12 → **18** cores" in review.output, review.output
     rendered = runner.invoke(main, ["render", "--repo", str(repo.root), "--target", "cluster"])
     assert rendered.exit_code == 0, rendered.output
     assert "nvidia.com/gpu" in rendered.output
