@@ -356,3 +356,54 @@ def test_watch_refuses_a_dashboard_beyond_this_machine_without_a_token(
     )
     assert done.returncode == 1
     assert "--ui-host 0.0.0.0 serves beyond this machine" in done.stderr
+
+
+def test_watch_serves_its_dashboard_with_the_token_of_its_token_file(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    """`watch --ui-host ... --ui-token-file F`: the CLI hands the file's token to the
+    dashboard (every other token test builds the daemon in process)."""
+    import uuid
+
+    repo.basics()
+    repo.write_yaml("reconciler.yaml", {"targets": {f"ui-tok-{uuid.uuid4().hex[:8]}": {}}})
+    repo.commit("no endpoint")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_UI_TOKEN"}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    log = tmp_path / "watch.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [
+                *CLI,
+                "--log-format",
+                "json",
+                "watch",
+                "--repo",
+                str(repo.root),
+                *("--ui-port", "0", "--ui-host", "127.0.0.1"),
+                *("--ui-token-file", str(token_file)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    try:
+
+        def url() -> str | None:
+            for line in log.read_text().splitlines():
+                found = re.search(r'"url": "(http://[^"]+)"', line)
+                if found and '"ui_serving"' in line:
+                    return found.group(1).rstrip("/")
+            return None
+
+        base = wait_for(url, timeout=60, what="the dashboard's address in the log")
+        refused = get(base + "/api/live")[0]
+        status, _, body = get(base + "/api/live", {"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert refused == 401
+    assert status == 200 and "phase" in json.loads(body)["daemon"]
+    assert TOKEN not in log.read_text()

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from repo_builder import RepoBuilder
 from status_fixtures import apply_head
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
@@ -334,12 +336,19 @@ def test_cli_refuses_ui_host_without_a_token(served_repo: Served) -> None:
     assert "token" in done.stderr
 
 
-def test_cli_serves_with_a_token_file_on_the_given_host(
-    served_repo: Served, tmp_path: Path
+@pytest.mark.parametrize("given_by", ["file", "environment"])
+def test_cli_serves_with_a_token_on_the_given_host(
+    served_repo: Served, tmp_path: Path, given_by: str
 ) -> None:
+    """The token of --ui-host comes from --token-file or RECONCILER_UI_TOKEN (issue 14:
+    "a token (file or environment variable) is required")."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     env = {k: v for k, v in os.environ.items() if k != "RECONCILER_UI_TOKEN"}
+    given = ["--token-file", str(token_file)]
+    if given_by == "environment":
+        env["RECONCILER_UI_TOKEN"] = TOKEN
+        given = []
     process = subprocess.Popen(
         [
             *CLI,
@@ -350,8 +359,7 @@ def test_cli_serves_with_a_token_file_on_the_given_host(
             "127.0.0.1",
             "--port",
             "0",
-            "--token-file",
-            str(token_file),
+            *given,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
