@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -113,3 +116,34 @@ def test_the_dashboard_is_grafana_json_with_unique_panel_ids() -> None:
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (prometheus)")
+def test_prometheus_parses_every_rule_and_every_dashboard_query(tmp_path: Path) -> None:
+    """The regular expressions above see names, not syntax: Prometheus's own promtool
+    checks the alerting rules as they ship, and each dashboard query (Grafana's
+    variables given values) as a recording rule."""
+    shipped = subprocess.run(
+        ["promtool", "check", "rules", str(MONITORING / "alerts.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    grafana = {"$__rate_interval": "5m", "$__interval": "1m", "${endpoint}": ".*"}
+    records = []
+    for number, (where, expr) in enumerate(queries()):
+        if where.startswith("variable "):
+            continue  # label_values(...) is Grafana's, not PromQL
+        for variable, value in grafana.items():
+            expr = expr.replace(variable, value)
+        records.append(
+            {"record": f"dashboard:query_{number}", "expr": expr.replace("$endpoint", ".*")}
+        )
+    rules = tmp_path / "dashboard-rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(records)} rules found" in checked.stdout
