@@ -1,6 +1,7 @@
 """Instance types come from the targets of reconciler.yaml: Azure's sizes on every target, and
 a Kubernetes target's own `instance_types` (a cluster defines its types) valid in `validate`,
-counted in the plan's and the review's quota, and known to `render`; a type no target has is an error naming the targets."""
+counted in the plan's and the review's quota, and known to `render`; a type no target has
+is an error naming the targets."""
 
 from __future__ import annotations
 

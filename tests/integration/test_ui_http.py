@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from repo_builder import RepoBuilder
 from status_fixtures import apply_head
 from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
