@@ -8,7 +8,8 @@ render (`reconcile render`).
 
 What differs from the Docker target, and why:
 - Instances are pods of a Deployment; the deployment controller does the rolling update
-  (maxSurge 20%, maxUnavailable 0), and the step waits for the rollout to complete.
+  (maxSurge 20%, maxUnavailable 0); the step applies the Deployment and returns Waiting
+  ("rolled out"), and later passes follow the rollout from what the API server shows.
 - The router reaches a deployment through its Service, one port per instance slot, so the
   router's per-instance admission limit counts the right number of instances while pods
   come and go without the reconciler (see manifests).
