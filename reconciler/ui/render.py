@@ -447,7 +447,9 @@ def _model(spec: Mapping[str, Any]) -> str:
     """name:version and the digest of the model's files (what runs is told apart by it)."""
     if not spec.get("model"):
         return "none"
-    digest = spec.get("model_digest")
+    digest = str(spec.get("model_digest") or "")
+    if len(digest) > 19:
+        digest = digest[:19] + "…"  # sha256: and 12 hex digits tell versions apart
     return f"{spec['model']} ({digest})" if digest else str(spec["model"])
 
 

@@ -183,6 +183,8 @@ def test_an_autoscaled_deployment_shows_its_range_last_decision_and_model_digest
     """The endpoint page of issue 14: autoscale range with the autoscaler's last decision
     (status carries it as the text the Docker target writes), model name:version and its
     digest, request settings, probes and the spec digest."""
+    from dataclasses import replace
+
     from specs_factory import deployment
 
     from reconciler.model.specs import ProbeSettings, RequestSettings, ScaleSettings
@@ -210,6 +212,11 @@ def test_an_autoscaled_deployment_shows_its_range_last_decision_and_model_digest
     assert "<th>Scale</th><td>autoscale 1 to 3 instances at 70% utilisation</td>" in page
     assert "<th>Last autoscale decision</th><td>utilisation 12% below target 70%: 3 -&gt; 2" in page
     assert "<th>Model</th><td>m:1 (sha256:m1)</td>" in page
+    long = replace(blue, model=replace(blue.model, digest="sha256:" + "ab" * 32))
+    detail = data.endpoint_detail(snap, "shop", DesiredState((), (long,)))
+    assert detail is not None
+    page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
+    assert "<th>Model</th><td>m:1 (sha256:abababababab…)</td>" in page
     assert "request_timeout_ms 4000" in page
     assert "failure_threshold 7" in page
     assert "<th>Spec digest</th><td>sha256:1</td>" in page
