@@ -235,7 +235,7 @@ def _deployment_steps(
             (
                 _Phase.REPAIR,
                 Step(
-                    RepairDeployment(live.spec, live.instance_count, live.scale_settings),
+                    RepairDeployment(dep.name, live.spec, live.instance_count, live.scale_settings),
                     d.name,
                     dep.name,
                     reason=f"repair: {live.repair}",
@@ -266,7 +266,7 @@ def _deployment_steps(
             (
                 _Phase.DELETE,
                 Step(
-                    DeleteDeployment(),
+                    DeleteDeployment(dep.name),
                     d.name,
                     dep.name,
                     changes=(FieldChange("instance_count", dep.count_before, None),),

@@ -110,9 +110,10 @@ class UpdateDeployment:
 
 @dataclass(frozen=True, slots=True)
 class RepairDeployment:
-    """What runs brought in line with the deployment's own record, as observed: spec
-    (None when the target kept no record of it), count and scale settings of now."""
+    """What runs of deployment `name` brought in line with its own record, as observed:
+    spec (None when the target kept no record of it), count and scale settings of now."""
 
+    name: str
     spec: DeploymentSpec | None
     instance_count: int
     scale_settings: ScaleSettings
@@ -121,8 +122,9 @@ class RepairDeployment:
 
 @dataclass(frozen=True, slots=True)
 class DeleteDeployment:
-    """The deployment's instances go (its traffic and mirror traffic have left)."""
+    """Deployment `name`'s instances go (its traffic and mirror traffic have left)."""
 
+    name: str
     action: ClassVar[Action] = Action.DELETE_DEPLOYMENT
 
 
@@ -157,6 +159,17 @@ Payload = (
 )
 _ENDPOINT_PAYLOADS = (CreateEndpoint, UpdateEndpoint, RepairEndpoint)
 _DEPLOYMENT_PAYLOADS = (CreateDeployment, ScaleDeployment, UpdateDeployment, RepairDeployment)
+_SPEC_PAYLOADS = (CreateDeployment, ScaleDeployment, UpdateDeployment)
+
+
+def _payload_deployment(payload: Payload) -> str | None:
+    """The deployment a payload is about (a str for every deployment action, so that a
+    handler never asserts the step's optional `deployment`); None for endpoint actions."""
+    if isinstance(payload, _SPEC_PAYLOADS):
+        return payload.spec.name
+    if isinstance(payload, (RepairDeployment, DeleteDeployment)):
+        return payload.name
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +203,13 @@ class Step:
     replace: bool = False  # instances are replaced (a field that cannot change in place)
     prune: bool = False  # deleting something the repository no longer declares
     depends_on: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        named = _payload_deployment(self.payload)
+        if named is not None and named != self.deployment:
+            raise ValueError(
+                f"a {self.payload.action} step on {self.deployment!r} names deployment {named}"
+            )
 
     @property
     def action(self) -> Action:

@@ -176,12 +176,11 @@ class MemoryTarget:
         self.deployments[key] = replace(current, repair=None)
 
     def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
-        key = _key(step)
+        key = ResourceKey(step.endpoint, do.name)
         self._deployment(key)
         endpoint = self._endpoint(step.endpoint)
-        assert key.deployment is not None
-        if weight_of(endpoint.spec.traffic, key.deployment) or weight_of(
-            endpoint.spec.mirror_traffic, key.deployment
+        if weight_of(endpoint.spec.traffic, do.name) or weight_of(
+            endpoint.spec.mirror_traffic, do.name
         ):
             raise TargetError(f"deployment {key} still has traffic")
         del self.deployments[key]

@@ -205,7 +205,7 @@ def test_a_deployment_with_traffic_is_never_deleted(
     target = make_target(fake)
     assert not failures(apply_rev(repo, target))
     with pytest.raises(TargetError, match="still has traffic"):
-        target.apply(Step(DeleteDeployment(), EP, "green"))
+        target.apply(Step(DeleteDeployment("green"), EP, "green"))
     assert GREEN in fake.names("deployments")
 
 

@@ -57,8 +57,8 @@ PAYLOADS: tuple[Payload, ...] = (
     CreateDeployment(BLUE, 2, BLUE.scale_settings),
     ScaleDeployment(BLUE, 3, BLUE.scale_settings),
     UpdateDeployment(BLUE, 3, BLUE.scale_settings),
-    RepairDeployment(None, 1, BLUE.scale_settings),
-    DeleteDeployment(),
+    RepairDeployment("blue", None, 1, BLUE.scale_settings),
+    DeleteDeployment("blue"),
     SetTraffic((("blue", 100),)),
     SetMirrorTraffic((("blue", 10),)),
 )
@@ -93,6 +93,29 @@ def test_dispatch_calls_the_handler_of_the_payload_type_with_that_payload(
     dispatch(recorder, Step(payload, "ep", "blue"), said.append)  # type: ignore[arg-type]
     assert recorder.calls == [(f"_{payload.action.value}", payload)]
     assert said == [f"_{payload.action.value} ran"]
+
+
+def test_every_deployment_payload_names_its_deployment_and_the_step_agrees() -> None:
+    """Handlers read the deployment's name from their payload (a str), never assert that
+    the step's optional `deployment` is set (issue 12)."""
+    names = {
+        type(p).__name__: getattr(p, "name", None) or p.spec.name  # type: ignore[union-attr]
+        for p in PAYLOADS
+        if "Deployment" in type(p).__name__
+    }
+    assert set(names.values()) == {"blue"} and len(names) == 5
+    with pytest.raises(ValueError, match="names deployment blue"):
+        Step(DeleteDeployment("blue"), "ep", "green")
+    with pytest.raises(ValueError, match="names deployment blue"):
+        Step(ScaleDeployment(BLUE, 3, BLUE.scale_settings), "ep")
+    targets = ROOT / "reconciler" / "targets"
+    asserted = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted(targets.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "assert step.deployment is not None" in line or "assert key.deployment" in line
+    ]
+    assert asserted == []
 
 
 def test_steps_read_their_payload_under_the_old_field_names() -> None:

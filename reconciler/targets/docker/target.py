@@ -2134,8 +2134,7 @@ class DockerTarget:
         router drops what is gone and takes instances that became ready, missing
         instances start and surplus ones go. Never waits: new instances join the router
         by the next repair, once ready."""
-        assert step.deployment is not None
-        endpoint, name = step.endpoint, step.deployment
+        endpoint, name = step.endpoint, do.name
         group = self._instances(endpoint, name)
         view = self._view(endpoint, name, group)
         record = self._read_record(endpoint, name)
@@ -2210,26 +2209,24 @@ class DockerTarget:
         return current
 
     def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
-        assert step.deployment is not None
+        name = do.name
         config = self._read_router_config(step.endpoint)
         if config is not None:
-            if weight_of(config.traffic, step.deployment) or weight_of(
-                config.mirror_traffic, step.deployment
-            ):
+            if weight_of(config.traffic, name) or weight_of(config.mirror_traffic, name):
                 # The plan moves traffic first (DESIGN.md rule 5); never drop requests
                 # because a plan was made against a stale view.
                 raise TargetError(
-                    f"deployment {step.endpoint}/{step.deployment} still has traffic; "
+                    f"deployment {step.endpoint}/{name} still has traffic; "
                     "it is deleted once its traffic has moved",
                     code=ErrorCode.DEPLOYMENT_HAS_TRAFFIC,
                 )
-            if config.deployment(step.deployment) is not None:
-                routes = tuple(r for r in config.deployments if r.name != step.deployment)
+            if config.deployment(name) is not None:
+                routes = tuple(r for r in config.deployments if r.name != name)
                 self._write_router_config(step.endpoint, replace(config, deployments=routes))
                 time.sleep(self.options.drain_s)
-        self._remove(self._instances(step.endpoint, step.deployment))
-        self._forget(step.endpoint, step.deployment)
-        say(f"deployment {step.endpoint}/{step.deployment} removed")
+        self._remove(self._instances(step.endpoint, name))
+        self._forget(step.endpoint, name)
+        say(f"deployment {step.endpoint}/{name} removed")
         self._collect_images(say)
 
     def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None:

@@ -807,8 +807,7 @@ class KubernetesTarget:
     ) -> Waiting | None:
         """Change the count of what runs now; scaling comes before an update (rule 3), so
         the template stays the running one and no rollout starts."""
-        assert step.deployment is not None
-        obj, running = self._running(step.endpoint, step.deployment)
+        obj, running = self._running(step.endpoint, do.spec.name)
         scale = do.scale_settings
         spec = replace(running, instance_count=do.instance_count, scale_settings=scale)
         image = _image_of(obj)
@@ -844,8 +843,7 @@ class KubernetesTarget:
     def _repair_deployment(self, step: Step, do: RepairDeployment, say: ProgressCallback) -> None:
         """A deployment rolled out: its Service gets its slots and the router its route,
         for the spec and replica count that run."""
-        assert step.deployment is not None
-        obj, running = self._running(step.endpoint, step.deployment)
+        obj, running = self._running(step.endpoint, do.name)
         replicas = int(obj["spec"].get("replicas", 1))
         spec = replace(running, instance_count=replicas)
         objects = m.deployment_manifests(
@@ -856,23 +854,23 @@ class KubernetesTarget:
         say(f"{spec.key}: routed with {replicas} replica(s)")
 
     def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
-        assert step.deployment is not None
+        name = do.name
         traffic, mirror = self._route_weights(step.endpoint)
-        if weight_of(traffic, step.deployment) or weight_of(mirror, step.deployment):
+        if weight_of(traffic, name) or weight_of(mirror, name):
             raise TargetError(
-                f"deployment {step.endpoint}/{step.deployment} still has traffic",
+                f"deployment {step.endpoint}/{name} still has traffic",
                 code=ErrorCode.HAS_TRAFFIC,
             )
         if self.options.gateway_api:
-            names = [n for n in self._deployment_names(step.endpoint) if n != step.deployment]
+            names = [n for n in self._deployment_names(step.endpoint) if n != name]
             self._write_routes(step.endpoint, deployments=names, traffic=traffic, mirror=mirror)
         else:
             config = self._router_config(step.endpoint)
-            if config is not None and config.deployment(step.deployment) is not None:
-                routes = tuple(r for r in config.deployments if r.name != step.deployment)
+            if config is not None and config.deployment(name) is not None:
+                routes = tuple(r for r in config.deployments if r.name != name)
                 self._write_router_config(replace(config, deployments=routes), say)
-        self._prune((), INSTANCE_KINDS, **self._instance_labels(step.endpoint, step.deployment))
-        say(f"deployment {step.endpoint}/{step.deployment} deleted")
+        self._prune((), INSTANCE_KINDS, **self._instance_labels(step.endpoint, name))
+        say(f"deployment {step.endpoint}/{name} deleted")
 
     # traffic
 
