@@ -104,6 +104,7 @@ from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
 
 from reconciler.router import comparer, logs
+from reconciler.router.admin import CONFIG_DIGEST_PATH, CONFIG_PATH
 from reconciler.router.balancing import mirror_hit
 from reconciler.router.compare import Answer, Failure, Pair, Result, judge
 from reconciler.router.config import (
@@ -147,7 +148,7 @@ REQUEST_ID_HEADER = "x-request-id"
 ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 SCORE_PATHS = frozenset(("/score", "/score/"))
-_ADMIN_PATHS = frozenset(("/-/config", "/-/instances", "/-/state-digest"))
+_ADMIN_PATHS = frozenset((CONFIG_PATH, "/-/instances", "/-/state-digest"))
 # The KServe v2 protocol's paths (Triton Inference Server): `/v2` (server metadata) and
 # everything under `/v2/`.
 V2_PATH = "/v2"
@@ -367,9 +368,9 @@ class RouterServer:
             return _HEALTHY
         if path == "/-/ready":
             return _DRAINING if self._draining else _READY
-        if path == "/-/config":
+        if path == CONFIG_PATH:
             return self._admin(request)
-        if path == "/-/config-digest":
+        if path == CONFIG_DIGEST_PATH:
             if self.workers > 1:
                 # One worker's digest is not the router's: it answers for all (served.py).
                 return Reply(200, _JSON, digest_document(self.workers))

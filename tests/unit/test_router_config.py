@@ -235,3 +235,21 @@ def test_shadow_comparison_round_trips() -> None:
     }
     assert parse_config(text) == config
     assert config.digest() != parse_config(json.dumps(_doc())).digest()
+
+
+def test_the_admin_call_both_targets_make_is_one_the_router_serves() -> None:
+    """reconciler.router.admin: the POST that gives a running router its config, shared by
+    the Docker and Kubernetes targets (issue 12: the push is shared plumbing)."""
+    from reconciler.router import server
+    from reconciler.router.admin import CONFIG_DIGEST_PATH, CONFIG_PATH, config_post
+
+    config = parse_config(json.dumps(_doc()))
+    url, body, headers = config_post("http://10.1.2.3:8080/", config, "admin-s3cret")
+    assert url == "http://10.1.2.3:8080/-/config"
+    assert parse_config(body) == config
+    assert headers == {
+        "Authorization": "Bearer admin-s3cret",
+        "Content-Type": "application/json",
+    }
+    assert CONFIG_PATH in server._ADMIN_PATHS
+    assert CONFIG_DIGEST_PATH == "/-/config-digest"

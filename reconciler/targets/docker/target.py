@@ -147,13 +147,13 @@ from reconciler.model.state import (
     ResolvedConnection,
 )
 from reconciler.nocode.triton import serves_triton
+from reconciler.router.admin import CONFIG_DIGEST_PATH, config_post
 from reconciler.router.config import (
     ConfigError,
     DeploymentRoute,
     Probe,
     RouterConfig,
     config_from_dict,
-    config_to_dict,
     dump_config,
     parse_config,
 )
@@ -210,7 +210,7 @@ ROUTER_METRICS_TIMEOUT_S = 3.0
 STATE_READERS = 8  # endpoints' states read at once by a pass (engine archive calls)
 # Where a router says which config it serves (every worker of it), and how long a config
 # change waits for it to say the new one before the step is left in progress.
-ROUTER_DIGEST_PATH = "/-/config-digest"
+ROUTER_DIGEST_PATH = CONFIG_DIGEST_PATH
 SERVED_PATIENCE_S = 5.0
 SERVED_POLL_S = 0.05
 # A probe is a GET that must answer 2xx or 3xx (as Kubernetes' httpGet probes) within the
@@ -1060,16 +1060,10 @@ class DockerTarget:
         if not routers or routers[0].status != "running" or creds is None:
             self._put(endpoint, {ROUTER_CONFIG: text.encode()})
             return None
-        body = json.dumps(config_to_dict(config)).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{creds.port}/-/config",
-            data=body,
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {creds.admin_secret}",
-                "Content-Type": "application/json",
-            },
+        url, body, headers = config_post(
+            f"http://127.0.0.1:{creds.port}", config, creds.admin_secret
         )
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         deadline = time.monotonic() + patience_s
         while True:
             try:

@@ -51,6 +51,7 @@ from reconciler.model.specs import (
     spec_dict,
 )
 from reconciler.model.state import DesiredState
+from reconciler.router.admin import CONFIG_DIGEST_PATH
 from reconciler.router.config import DeploymentRoute, RouterConfig, dump_config
 from reconciler.router.tokens import hash_key
 from reconciler.targets.kubernetes.options import KubernetesOptions
@@ -71,7 +72,7 @@ DIGEST_ANNOTATION = f"{PREFIX}digest"
 # On router pods: the digest of the router config they should serve. Setting it makes the
 # kubelet sync the pod, and so refresh its Secret volume at once (see target).
 ROUTER_CONFIG_ANNOTATION = f"{PREFIX}router-config"
-ROUTER_DIGEST_PATH = "/-/config-digest"
+ROUTER_DIGEST_PATH = CONFIG_DIGEST_PATH
 ENDPOINT_RECORD = "endpoint.json"
 ROUTER_CONFIG_FILE = "router.json"
 ROUTER_CONFIG_DIR = "/etc/reconciler-router"

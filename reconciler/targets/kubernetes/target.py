@@ -63,7 +63,8 @@ from reconciler.model.state import (
     LiveState,
     ProvisioningState,
 )
-from reconciler.router.config import ConfigError, RouterConfig, config_to_dict, parse_config
+from reconciler.router.admin import config_post
+from reconciler.router.config import ConfigError, RouterConfig, parse_config
 from reconciler.router.tokens import issue_token
 from reconciler.targets.base import (
     ProgressCallback,
@@ -600,21 +601,15 @@ class KubernetesTarget:
         if not self.in_cluster:
             return False
         pods = self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER})
-        body = json.dumps(config_to_dict(config)).encode()
         all_took = True
         for pod in pods:
             address = (pod.get("status") or {}).get("podIP")
             if not address or not _pod_ready(pod):
                 continue
-            request = urllib.request.Request(
-                f"http://{address}:{self.router_admin_port}/-/config",
-                data=body,
-                method="POST",
-                headers={
-                    "Authorization": f"Bearer {creds.admin_secret}",
-                    "Content-Type": "application/json",
-                },
+            url, body, headers = config_post(
+                f"http://{address}:{self.router_admin_port}", config, creds.admin_secret
             )
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=10) as answer:
                     all_took = all_took and answer.status == 200
