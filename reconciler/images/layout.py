@@ -8,12 +8,14 @@ SDK (import-linter: "Kubernetes manifests do no I/O").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from reconciler.model.specs import DeploymentSpec, Route
 from reconciler.nocode import triton
 from reconciler.nocode.mlflowmodel import generated_code
+from reconciler.router.config import DeploymentRoute
 
 __all__ = [
     "APP_ROOT",
@@ -118,3 +120,20 @@ def serving(spec: DeploymentSpec) -> Serving:
             Route(port, "/score"), Route(port, triton.LIVE_PATH), Route(port, triton.READY_PATH)
         )
     return Serving(Route(SERVER_PORT, "/score"), Route(SERVER_PORT, "/"), Route(SERVER_PORT, "/"))
+
+
+def route_of(spec: DeploymentSpec, instances: Iterable[str] = ()) -> DeploymentRoute:
+    """How the router reaches a deployment, as both targets route it: the deployment's
+    request settings and the scoring and liveness paths of what it serves (serving), to
+    `instances` (host:port). The Docker target adds a custom container's probes."""
+    routes = serving(spec)
+    settings = spec.request_settings
+    return DeploymentRoute(
+        name=spec.name,
+        instances=tuple(instances),
+        request_timeout_ms=settings.request_timeout_ms,
+        max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+        max_queue_wait_ms=settings.max_queue_wait_ms,
+        scoring_path=routes.scoring.path,
+        liveness_path=routes.liveness.path,
+    )

@@ -152,6 +152,30 @@ def test_the_docker_target_has_every_capability(tmp_path: Path) -> None:
     ]
 
 
+def test_both_targets_route_a_deployment_by_one_shared_function(tmp_path: Path) -> None:
+    """Route building is shared plumbing (issue 12): the Docker and Kubernetes targets give
+    the router the same request settings and paths for a deployment (images.layout)."""
+    from dataclasses import replace
+
+    from reconciler.images.layout import route_of
+    from reconciler.model.specs import RequestSettings
+    from reconciler.router.config import RouterConfig
+    from reconciler.targets.docker.target import DockerTarget
+    from reconciler.targets.kubernetes import manifests as m
+    from reconciler.targets.kubernetes.options import KubernetesOptions
+
+    spec = deployment("blue", request_settings=RequestSettings(7000, 3, 900))
+    docker = _opened("docker", tmp_path)
+    assert isinstance(docker, DockerTarget)
+    by_docker = docker._with_route(RouterConfig("ep"), "blue", ["10.0.0.1:5001"], spec)
+    options = KubernetesOptions(name="cluster", namespace="ml", registry="r.example/ml")
+    by_kubernetes = m.deployment_route(m.RenderContext("ml", options, "img"), spec, replicas=1)
+    shared = route_of(spec)
+    assert (shared.request_timeout_ms, shared.max_concurrent_requests_per_instance) == (7000, 3)
+    assert replace(by_docker.deployments[0], instances=()) == shared
+    assert replace(by_kubernetes, instances=()) == shared
+
+
 def test_the_kubernetes_target_keeps_no_connections_and_does_not_autoscale_itself(
     tmp_path: Path,
 ) -> None:

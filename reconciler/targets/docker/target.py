@@ -98,7 +98,7 @@ from reconciler.images.layers import (
     build_labels,
     remove_stale_build_containers,
 )
-from reconciler.images.layout import SERVER_PORT, serving
+from reconciler.images.layout import SERVER_PORT, route_of, serving
 from reconciler.images.retention import Collected, built_for_labels
 from reconciler.images.router import (
     PROBING_LEVEL,
@@ -1115,18 +1115,9 @@ class DockerTarget:
         routes = {r.name: r for r in config.deployments}
         current = routes.get(deployment)
         if spec is not None and not (settings_if_new and current is not None):
-            rs = spec.request_settings
-            scoring_path, liveness_path = _routes_of(spec)
             readiness, liveness = _router_probes(spec)
-            current = DeploymentRoute(
-                name=deployment,
-                request_timeout_ms=rs.request_timeout_ms,
-                max_concurrent_requests_per_instance=rs.max_concurrent_requests_per_instance,
-                max_queue_wait_ms=rs.max_queue_wait_ms,
-                scoring_path=scoring_path,
-                liveness_path=liveness_path,
-                readiness_probe=readiness,
-                liveness_probe=liveness,
+            current = replace(
+                route_of(spec), name=deployment, readiness_probe=readiness, liveness_probe=liveness
             )
         if current is None:
             current = DeploymentRoute(name=deployment)
@@ -2829,13 +2820,6 @@ def _tail(container: Any, lines: int = LOG_TAIL) -> str:
         return bytes(container.logs(tail=lines)).decode(errors="replace")
     except docker.errors.APIError:
         return ""
-
-
-def _routes_of(spec: DeploymentSpec) -> tuple[str, str]:
-    """Scoring and liveness paths: the inference server's, Triton's, or a custom
-    container's own."""
-    routes = serving(spec)
-    return routes.scoring.path, routes.liveness.path
 
 
 def _router_probes(spec: DeploymentSpec) -> tuple[Probe | None, Probe | None]:

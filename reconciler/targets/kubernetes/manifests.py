@@ -38,7 +38,7 @@ from typing import Any
 from reconciler.diffing import target_count
 from reconciler.endpoints.comparison import router_comparison
 from reconciler.endpoints.credentials import EndpointCredentials
-from reconciler.images.layout import SERVER_PORT, deployment_layout, serving
+from reconciler.images.layout import SERVER_PORT, deployment_layout, route_of, serving
 from reconciler.model.keys import ResourceKey
 from reconciler.model.secrets import CREDENTIALS, METADATA, SecretRef
 from reconciler.model.secrets import references as secret_references
@@ -563,19 +563,8 @@ def deployment_route(ctx: RenderContext, spec: DeploymentSpec, *, replicas: int)
     """The router's view of a deployment: one `service:port` per slot, and its settings."""
     service = deployment_object_name(spec.endpoint_name, spec.name)
     host = f"{service}.{ctx.namespace}.svc"
-    _, scoring_path, _, live_path, _, _ = _server_ports(spec)
-    rs = spec.request_settings
-    return DeploymentRoute(
-        name=spec.name,
-        instances=tuple(
-            f"{host}:{SERVER_PORT + i}" for i in range(slot_count(spec, replicas, ctx.options))
-        ),
-        request_timeout_ms=rs.request_timeout_ms,
-        max_concurrent_requests_per_instance=rs.max_concurrent_requests_per_instance,
-        max_queue_wait_ms=rs.max_queue_wait_ms,
-        scoring_path=scoring_path,
-        liveness_path=live_path,
-    )
+    slots = range(slot_count(spec, replicas, ctx.options))
+    return route_of(spec, (f"{host}:{SERVER_PORT + i}" for i in slots))
 
 
 def router_config(
