@@ -21,6 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from repo_builder import RepoBuilder
+from waiting import wait_for
 
 from reconciler.cli import main
 from reconciler.daemon import Daemon, LocalSource, RemoteSource, WatchOptions, verify_webhook
@@ -30,15 +31,6 @@ from reconciler.model.plan import CreateDeployment, Step
 from reconciler.model.specs import weight_of
 from reconciler.targets.base import ProgressCallback, TargetError
 from reconciler.targets.memory import MemoryTarget
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def blue_green(repo: RepoBuilder, *, blue: int = 90, green: int = 10) -> None:

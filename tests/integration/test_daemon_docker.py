@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 import yaml
 from daemon_process import WatchProcess
 from repo_builder import RepoBuilder
+from waiting import wait_for
 
 docker = pytest.importorskip("docker")
 
@@ -40,15 +41,6 @@ def _engine() -> object | None:
 CLIENT = _engine()
 if CLIENT is None:
     pytest.skip("no Docker Engine answers on this machine", allow_module_level=True)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Watch(WatchProcess):

@@ -17,16 +17,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker_state
 import pytest
 from repo_builder import RepoBuilder
+from waiting import wait_for
 
 docker = pytest.importorskip("docker")
 
@@ -47,15 +47,6 @@ def _engine() -> Any:
 CLIENT = _engine()
 if CLIENT is None or not Path(ENGINE_SOCKET).exists():
     pytest.skip(f"no Docker Engine answers on {ENGINE_SOCKET}", allow_module_level=True)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class SocketProxy:

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from git_remote_fixtures import on_push_once, racing_push, remote_git
 from repo_builder import RepoBuilder
 from rollout_fixtures import MetricsServer, MetricsTarget
+from waiting import wait_for
 
 from reconciler.cli import main
 from reconciler.daemon import Daemon, RemoteSource, WatchOptions
@@ -46,15 +47,6 @@ def traffic_edit(frm: tuple[int, int], to: tuple[int, int]) -> Callable[[RepoBui
         path.write_text(text.replace(f"green: {frm[1]}", f"green: {to[1]}"))
 
     return edit
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 ENDPOINT_TEXT = """\

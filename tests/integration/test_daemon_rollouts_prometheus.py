@@ -42,6 +42,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     start_router_fixture,
     write_config,
 )
+from waiting import wait_for
 
 from reconciler.daemon import Daemon, RemoteSource, WatchOptions
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH
@@ -60,15 +61,6 @@ auth_mode: key
 traffic:
   blue: 100
 """
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

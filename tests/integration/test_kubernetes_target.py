@@ -24,6 +24,7 @@ from kube_fake import (
     serve,
 )
 from repo_builder import RepoBuilder
+from waiting import wait_for
 
 from reconciler.health import Health, deployment_health
 from reconciler.model.results import Outcome
@@ -209,13 +210,6 @@ def test_a_deployment_with_traffic_is_never_deleted(
     assert GREEN in fake.names("deployments")
 
 
-def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_rollout_progress_gates_the_traffic_step(repo: RepoBuilder, fake: FakeKubernetes) -> None:
     repo.basics()
     repo.endpoint(EP, traffic={"blue": 100})
@@ -233,7 +227,7 @@ def test_rollout_progress_gates_the_traffic_step(repo: RepoBuilder, fake: FakeKu
     thread = threading.Thread(target=lambda: outcome.update(r=apply_rev(repo, make_target(fake))))
     thread.start()
     try:
-        _wait_for(lambda: fake.get("deployments", GREEN) is not None)
+        wait_for(lambda: fake.get("deployments", GREEN) is not None)
         green = next(d for d in target.observe().deployments if d.name == "green")
         assert green.provisioning_state == ProvisioningState.CREATING
         assert deployment_health(green) == Health.PROGRESSING
@@ -541,11 +535,11 @@ def test_a_router_config_step_returns_once_every_router_pod_serves_it(
     thread = threading.Thread(target=lambda: outcome.update(r=apply_rev(repo, target)))
     thread.start()
     try:
-        _wait_for(lambda: router_config(fake).traffic == (("blue", 40), ("green", 60)))
+        wait_for(lambda: router_config(fake).traffic == (("blue", 40), ("green", 60)))
         new = router_config(fake).digest()
         # The pod whose kubelet synced at once serves it: annotated with the digest, the
         # kubelet refreshed its volume (it would wait for its periodic sync otherwise).
-        _wait_for(lambda: _served(fake, first) == new)
+        wait_for(lambda: _served(fake, first) == new)
         time.sleep(0.3)
         assert thread.is_alive() and _served(fake, second) == old
         pod = fake.get("pods", second)

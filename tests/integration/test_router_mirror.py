@@ -22,16 +22,9 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     router_config,
     start_router_fixture,
 )
+from waiting import wait_for
 
 AUTH = bearer(PRIMARY_KEY)
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_mirror_copies_its_share_and_counts_it(backends: Backends, start_router) -> None:
@@ -46,7 +39,7 @@ def test_mirror_copies_its_share_and_counts_it(backends: Backends, start_router)
     n = 1000
     results = load(f"{router.url}/score", n, concurrency=16, headers=AUTH)
     assert {(r.status, r.deployment) for r in results} == {(200, "blue")}
-    _wait_for(
+    wait_for(
         lambda: (
             metric_value(router.metrics(), "router_requests_total", kind="mirror")
             >= shadow.hits
@@ -110,7 +103,7 @@ def test_a_bad_shadow_changes_nothing_for_callers(
     text = router.metrics()
     expected_code = {"slow": "429", "failing": "424", "down": "502"}[shadow_kind]
     # slow: the shadow holds its 2 x 50 slots for 5 s, so further copies are dropped (429).
-    _wait_for(
+    wait_for(
         lambda: (
             metric_value(
                 router.metrics(), "router_requests_total", kind="mirror", code=expected_code

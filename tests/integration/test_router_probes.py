@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
@@ -27,6 +25,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     router_config,
     start_router_fixture,
 )
+from waiting import wait_for
 
 AUTH = bearer(PRIMARY_KEY)
 READY, LIVE = "/health/ready", "/health/live"
@@ -65,13 +64,6 @@ def _health(url: str) -> dict[str, dict[str, Any]]:
     return {i["address"]: i for i in doc["deployments"]["blue"]["instances"]}
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-
-
 def test_an_instance_whose_readiness_route_fails_gets_no_traffic_until_it_recovers(
     backends: Backends, start_router
 ) -> None:
@@ -100,7 +92,7 @@ def test_an_instance_whose_readiness_route_fails_gets_no_traffic_until_it_recove
     assert a.hits and b.hits
 
     b.probe_status[READY] = 503  # b's readiness route fails; its liveness route is fine
-    _wait(lambda: _health(router.url)[b.address]["ready"] is False, "b taken out")
+    wait_for(lambda: _health(router.url)[b.address]["ready"] is False, 15, "b taken out")
     before = b.hits
     results = load(url, 40, concurrency=4, headers=AUTH)
     assert {r.status for r in results} == {200}
@@ -112,13 +104,13 @@ def test_an_instance_whose_readiness_route_fails_gets_no_traffic_until_it_recove
     assert b.probe_hits[READY] >= 2 and b.probe_hits[LIVE] >= 1
 
     a.probe_status[READY] = 503  # none ready: 503, said as such
-    _wait(lambda: _health(router.url)[a.address]["ready"] is False, "a taken out")
+    wait_for(lambda: _health(router.url)[a.address]["ready"] is False, 15, "a taken out")
     answer = request(url, headers=AUTH)
     assert answer.status == 503
     assert json.loads(answer.body) == {"message": "no instance of the deployment is ready"}
 
     b.probe_status[READY] = 200  # two good checks in a row bring b back
-    _wait(lambda: _health(router.url)[b.address]["ready"] is True, "b back")
+    wait_for(lambda: _health(router.url)[b.address]["ready"] is True, 15, "b back")
     before = b.hits
     assert {r.status for r in load(url, 20, concurrency=2, headers=AUTH)} == {200}
     assert b.hits == before + 20
@@ -147,7 +139,7 @@ def test_liveness_failures_are_counted_for_the_reconciler_and_take_no_traffic_aw
     assert status == 401
 
     a.probe_status[LIVE] = 500
-    _wait(lambda: int(_health(router.url)[a.address]["liveness_failures"]) >= 3, "a failing")
+    wait_for(lambda: int(_health(router.url)[a.address]["liveness_failures"]) >= 3, 15, "a failing")
     health = _health(router.url)
     assert health[a.address]["ready"] is True  # liveness decides restarts, not traffic
     assert health[b.address]["liveness_failures"] == 0
@@ -156,4 +148,4 @@ def test_liveness_failures_are_counted_for_the_reconciler_and_take_no_traffic_aw
     assert a.hits > before
     # One good answer ends the run of failures.
     a.probe_status[LIVE] = 200
-    _wait(lambda: _health(router.url)[a.address]["liveness_failures"] == 0, "a counted live")
+    wait_for(lambda: _health(router.url)[a.address]["liveness_failures"] == 0, 15, "a counted live")

@@ -5,7 +5,6 @@ come too late, and /metrics counts each per (live, shadow) pair, with latency de
 from __future__ import annotations
 
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,13 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     router_config,
     start_router_fixture,
 )
+from waiting import wait_for
 
 AUTH = bearer(PRIMARY_KEY)
 LIVE_SCORES = {"scores": [0.5, 0.25, 1e-12], "label": "cat", "n": 3}
 # Unique digits, looked for in the router's log: no body is logged.
 CLOSE_SCORES = {"n": 3, "label": "cat", "scores": [0.50000017, 0.25, 2e-12]}
 FAR_SCORES = {"n": 3, "label": "cat", "scores": [0.5017, 0.25, 1e-12]}
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def _comparisons(router: RouterProcess) -> Counter[str]:
@@ -78,7 +70,7 @@ def _phase(router: RouterProcess, shadow: Backend, count: int) -> Counter[str]:
     assert all(r.json() == LIVE_SCORES for r in results)
     # Every copy that reached the shadow has ended (counted as a mirror request) and was
     # compared once both answers were in.
-    _wait_for(lambda: sum(_comparisons(router).values()) == _mirrored(router) == shadow.hits > 0)
+    wait_for(lambda: sum(_comparisons(router).values()) == _mirrored(router) == shadow.hits > 0)
     after = _comparisons(router)
     after.subtract(before)
     return +after
@@ -190,7 +182,7 @@ def test_large_bodies_are_compared_in_a_process_of_their_own(
         before = _comparisons(router)
         results = load(f"{router.url}/score", count, concurrency=2, headers=AUTH)
         assert {r.status for r in results} == {200}
-        _wait_for(lambda: sum(_comparisons(router).values()) == _mirrored(router) == green.hits)
+        wait_for(lambda: sum(_comparisons(router).values()) == _mirrored(router) == green.hits)
         after = _comparisons(router)
         after.subtract(before)
         return +after
@@ -206,7 +198,7 @@ def test_large_bodies_are_compared_in_a_process_of_their_own(
     children = _children(router.process.pid)
     assert children
     router.stop(signal.SIGKILL)
-    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=5)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=5)
 
 
 def _children(pid: int) -> list[int]:

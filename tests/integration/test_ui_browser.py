@@ -18,6 +18,7 @@ from ui_fixtures import (  # noqa: F401  (fixture: served_repo)
     served_repo_fixture,
     serving,
 )
+from waiting import wait_for
 from webdriver import Browser, chromium, chromium_binary, driver_binary
 
 pytestmark = pytest.mark.skipif(
@@ -76,7 +77,12 @@ def test_overview_follows_a_traffic_commit_without_reload(
         browser.open(base + "/")
         mine = "article[data-endpoint='my-endpoint'] .legend li"
         assert browser.texts(mine) == ["blue 50%", "green 50%"]
-        _wait(lambda: browser.run("return document.getElementById('live').hidden") is False)
+        wait_for(
+            lambda: browser.run("return document.getElementById('live').hidden") is False,
+            60,
+            "the live marker shown",
+            interval=0.2,
+        )
         # A mark a reload would erase.
         browser.run("window.__notReloaded = true")
         repo.endpoint(
@@ -84,7 +90,12 @@ def test_overview_follows_a_traffic_commit_without_reload(
         )
         repo.commit("most traffic to green")
         apply_head(repo, served_repo.target)
-        _wait(lambda: browser.texts(mine) == ["blue 10%", "green 90%"])
+        wait_for(
+            lambda: browser.texts(mine) == ["blue 10%", "green 90%"],
+            60,
+            "the traffic commit on the page",
+            interval=0.2,
+        )
         assert browser.run("return window.__notReloaded === true") is True
         browser.screenshot(tmp_path / "overview-1280-live.png")
 
@@ -102,9 +113,11 @@ def test_a_page_refused_a_live_stream_gets_one_once_a_slot_frees(served_repo: Se
             time.sleep(1.0)
             assert browser.run("return document.getElementById('live').hidden") is True
             held.close()
-            _wait(
+            wait_for(
                 lambda: browser.run("return document.getElementById('live').hidden") is False,
-                timeout_s=30,
+                30,
+                "the live marker shown again",
+                interval=0.2,
             )
 
 
@@ -118,10 +131,3 @@ def test_the_rollout_block_fits_a_phone(served_repo: Served, tmp_path: Path) -> 
         browser.run("document.querySelector('section.rollout').scrollIntoView()")
         browser.screenshot(tmp_path / "rollout-390.png")
         assert _no_horizontal_scroll(browser)
-
-
-def _wait(condition: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the page did not change in time"
-        time.sleep(0.2)

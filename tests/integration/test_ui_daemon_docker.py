@@ -12,12 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -27,6 +26,7 @@ import docker_state
 import pytest
 import yaml
 from repo_builder import RepoBuilder
+from waiting import wait_for
 from webdriver import chromium, chromium_binary, driver_binary
 
 docker = pytest.importorskip("docker")
@@ -48,16 +48,6 @@ def _engine() -> Any:
 CLIENT = _engine()
 if CLIENT is None:
     pytest.skip("no Docker Engine answers on this machine", allow_module_level=True)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _target(name: str, state: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from repo_builder import RepoBuilder
 from ui_fixtures import XSS
+from waiting import wait_for
 
 from reconciler.daemon import Daemon, LocalSource, WatchOptions
 from reconciler.model.plan import Step
@@ -153,16 +153,6 @@ def blue_green(repo: RepoBuilder) -> str:
     repo.deployment("my-endpoint", "blue")
     repo.deployment("my-endpoint", "green", model="azureml:sklearn-regression:2")
     return repo.commit("blue serves, green mirrored")
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(name="serve")
