@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from reconciler.engine import PassResult, converge
 from reconciler.executor import Gate, execute
 from reconciler.filetree import DirectoryTree
 from reconciler.model.errors import ErrorCode
+from reconciler.model.keys import ResourceKey
 from reconciler.model.plan import CreateDeployment, Step
 from reconciler.model.results import Waiting
 from reconciler.model.state import DesiredState
@@ -95,7 +97,9 @@ class BuildingTarget(MemoryTarget):
         return super().apply(step, progress=progress)
 
 
-def apply_on_a_terminal(target: MemoryTarget, *, verbose: bool = False) -> list[str]:
+def apply_on_a_terminal(
+    target: MemoryTarget, *, verbose: bool = False, repo: Path = EXAMPLE_REPO
+) -> list[str]:
     logging_setup.configure(fmt="json", level="warning")  # as `reconcile` on a terminal
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120)
@@ -106,7 +110,7 @@ def apply_on_a_terminal(target: MemoryTarget, *, verbose: bool = False) -> list[
     )
     try:
         converge(
-            DirectoryTree(EXAMPLE_REPO),
+            DirectoryTree(repo),
             target,
             prune=False,
             gate=Gate(timeout_s=30, poll_s=0),
@@ -133,6 +137,23 @@ def test_a_terminal_shows_the_plan_first_then_one_line_per_step_and_no_build_out
     summary = next(i for i, line in enumerate(lines) if line.startswith("Plan: "))
     assert lines[summary + 1 :] == steps, "\n".join(lines)
     assert len(lines) == summary + 1 + len(steps) == 32
+
+
+def test_an_update_whose_new_instances_fail_is_never_shown_done(tmp_path: Path) -> None:
+    # A rolling update: the old instance keeps serving (1/1 ready) while the new one
+    # starts and fails. Ready counts alone said "done" (a ✓, then the ✗ of the next pass).
+    target = MemoryTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    target.warmup = 6  # passes in which the new instance is still starting
+    target.broken.add(ResourceKey("my-endpoint", "green"))
+    lines = apply_on_a_terminal(target, repo=repo)
+    shown = "\n".join(lines)
+    assert not [line for line in lines if line.startswith("✓ update_deployment")], shown
+    assert [line for line in lines if line.startswith("✗ update_deployment my-endpoint/green")]
 
 
 def test_verbose_shows_the_build_output_as_it_comes() -> None:
