@@ -24,6 +24,7 @@ from rich.status import Status
 from rich.text import Text
 
 from reconciler.engine import PassResult
+from reconciler.health import Health, deployment_health
 from reconciler.model.plan import Action, Plan, Step
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState
@@ -273,6 +274,11 @@ class StepDisplay:
             elif deployment is not None and deployment.ready_instances < deployment.instance_count:
                 ready = f"{deployment.ready_instances}/{deployment.instance_count} ready"
                 self.waiting[name] = f"waiting for {key} healthy ({ready})"
+            elif deployment is not None and deployment_health(deployment) == Health.PROGRESSING:
+                # A rolling update whose old instances still serve: as many ready as asked
+                # for, yet the new version is not (it may still fail to start).
+                ready = f"{deployment.ready_instances}/{deployment.instance_count} ready"
+                self.waiting[name] = f"waiting for {key}: {deployment.provisioning_state}, {ready}"
             else:
                 self._done(name)
         covered = {n.rpartition(" ")[2] for n in self.waiting}
