@@ -31,6 +31,7 @@ from reconciler.progress import (
     PlainLines,
     StepDisplay,
     display_for,
+    terminal_logging,
 )
 from reconciler.targets.base import OutputLine, ProgressCallback, TargetError
 from reconciler.targets.memory import MemoryTarget
@@ -203,3 +204,24 @@ def test_a_warning_logged_while_the_live_line_runs_gets_a_line_of_its_own() -> N
     (warning,) = [line for line in lines if "environment_image_mapped" in line]
     assert re.match(r"\d{4}-\d\d-\d\d", warning)  # the start of its own line
     assert not [line for line in lines if "not shown" in line or "building" in line]
+
+
+def test_on_a_terminal_a_warning_shows_once_and_a_failed_step_only_as_its_line() -> None:
+    # Each pass loads the repository again and logs its warnings again; the display's ✗
+    # line already says what step_failed says.
+    import structlog
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    terminal_logging(console)
+    try:
+        for _ in range(3):
+            structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
+        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.12")
+        structlog.get_logger("test").warning("step_failed", error="init() failed")
+    finally:
+        logging_setup.configure(fmt="json", level="warning")
+    lines = visible_lines(screen.getvalue())
+    assert len([line for line in lines if "image=python:3.11" in line]) == 1, lines
+    assert len([line for line in lines if "image=python:3.12" in line]) == 1, lines
+    assert not [line for line in lines if "step_failed" in line], lines
