@@ -423,12 +423,12 @@ def main(
     from reconciler.model.results import Outcome
     from reconciler.presentation import exit_code
     from reconciler.progress import (
-        ConsoleStream,
         PassDisplay,
         StepDisplay,
         display_for,
         step_lines,
         terminal_console,
+        terminal_logging,
     )
     from reconciler.targets.base import TargetError
     from reconciler.targets.status import StatusTarget
@@ -487,8 +487,8 @@ def main(
         watcher: StepDisplay | None = None
         if console is not None:
             display = watcher = StepDisplay(console, show_plan=show_plan, verbose=verbose)
-            # Warnings still show, above the live line rather than through it.
-            logging_setup.configure(fmt=log_format, level="warning", stream=ConsoleStream(console))
+            # Warnings still show (each once), above the live line rather than through it.
+            terminal_logging(console)
         else:
             display = display_for(sys.stderr, live=False)
 

@@ -156,6 +156,21 @@ class ConsoleStream:
         return True
 
 
+# Log events a StepDisplay says in its own words (its ✗ line carries the message).
+SHOWN_BY_THE_DISPLAY = frozenset({"step_failed"})
+
+
+def terminal_logging(console: Console) -> None:
+    """The logs that still reach a person's terminal while a StepDisplay runs: warnings,
+    each once (every pass loads the repository again and would say them again), above the
+    live line, and none the display says itself."""
+    from reconciler import logs as logging_setup
+
+    logging_setup.configure(
+        fmt="auto", level="warning", stream=ConsoleStream(console), for_people=SHOWN_BY_THE_DISPLAY
+    )
+
+
 class StepDisplay:
     """The terminal's view of an apply: the plan before any change, then one line per step
     done or failed with the time it took (counted from its first start, across passes),
