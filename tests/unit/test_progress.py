@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -19,9 +20,9 @@ from reconciler.executor import Gate, execute
 from reconciler.filetree import DirectoryTree
 from reconciler.model.errors import ErrorCode
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import CreateDeployment, Step
+from reconciler.model.plan import CreateDeployment, Step, UpdateDeployment
 from reconciler.model.results import Waiting
-from reconciler.model.state import DesiredState
+from reconciler.model.state import DesiredState, ProvisioningState
 from reconciler.planning import make_plan
 from reconciler.presentation import plan_text
 from reconciler.progress import (
@@ -31,6 +32,7 @@ from reconciler.progress import (
     PlainLines,
     StepDisplay,
     display_for,
+    failure_lines,
     terminal_logging,
 )
 from reconciler.targets.base import OutputLine, ProgressCallback, TargetError
@@ -225,3 +227,34 @@ def test_on_a_terminal_a_warning_shows_once_and_a_failed_step_only_as_its_line()
     assert len([line for line in lines if "image=python:3.11" in line]) == 1, lines
     assert len([line for line in lines if "image=python:3.12" in line]) == 1, lines
     assert not [line for line in lines if "step_failed" in line], lines
+
+
+class FailingUpdateTarget(MemoryTarget):
+    """A rolling update whose new instance never starts, as Docker says it: the step fails
+    (DeploymentNotReady) and the deployment is Failed, its old instance still serving."""
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        if isinstance(step.payload, UpdateDeployment):
+            key = ResourceKey(step.endpoint, step.deployment)
+            self.deployments[key] = replace(
+                self.deployments[key],
+                provisioning_state=ProvisioningState.FAILED,
+                last_error="init() failed",
+            )
+            raise TargetError("the scoring script raised FileNotFoundError: model.pkl")
+        return super().apply(step, progress=progress)
+
+
+def test_the_end_of_a_failed_apply_names_a_failed_deployment_once(tmp_path: Path) -> None:
+    target = FailingUpdateTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    lines = failure_lines(result, log_lines=20)
+    assert [line for line in lines if "my-endpoint/green" in line] == [
+        "step 1 (update_deployment my-endpoint/green) failed: "
+        "the scoring script raised FileNotFoundError: model.pkl"
+    ]
