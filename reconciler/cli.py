@@ -426,6 +426,7 @@ def main(
         PassDisplay,
         StepDisplay,
         display_for,
+        failure_lines,
         step_lines,
         terminal_console,
         terminal_logging,
@@ -546,19 +547,9 @@ def main(
                     f"  invoke: reconcile invoke {name} --repo {repo} --request-file FILE"
                 )
     failed = [r for r in result.results if r.outcome == Outcome.FAILED]
-    for r in failed:
-        step = result.plan.steps[r.index]
-        click.echo(
-            f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}", err=True
-        )
-        if r.log_tail:
-            click.echo(_indented(r.log_tail, LOG_LINES), err=True)
+    for line in failure_lines(result, log_lines=LOG_LINES):
+        click.echo(line, err=True)
     _, _, waiting = step_lines(result)
-    for d in result.degraded:
-        # Failed on the target though no step of the last pass failed (a deployment with
-        # no traffic whose instances cannot start): not converged.
-        reason = (d.last_error or "").splitlines()[:1]
-        click.echo(f"{d.key} is {d.provisioning_state}: {''.join(reason)}", err=True)
     if result.plan.errors or failed or result.degraded:
         sys.exit(EXIT_ERRORS)
     if result.in_progress:
@@ -574,10 +565,6 @@ def main(
             sys.exit(EXIT_IN_PROGRESS)
         fail(f"not converged after {timeout:g} s (--timeout): still in progress")
     sys.exit(EXIT_OK)
-
-
-def _indented(text: str, lines: int) -> str:
-    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 def target_warnings(

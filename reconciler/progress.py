@@ -66,6 +66,28 @@ def step_lines(result: PassResult) -> tuple[list[str], list[str], list[str]]:
     return done, failed, waiting
 
 
+def failure_lines(result: PassResult, *, log_lines: int) -> list[str]:
+    """What a one-shot `reconcile` says at its end of what failed in its last pass: each
+    failed step with its message and the end of its log, then each declared deployment the
+    target shows failed whose step did not fail (no traffic moves to it: nothing else says
+    so). A deployment is named once, not again as "... is Failed" after its step's line."""
+    lines: list[str] = []
+    said: set[str] = set()
+    for r in result.results:
+        if r.outcome != Outcome.FAILED:
+            continue
+        step = result.plan.steps[r.index]
+        said.add(step.target_name)
+        lines.append(f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}")
+        lines += [f"    {line}" for line in r.log_tail.splitlines()[-log_lines:]]
+    for d in result.degraded:
+        if str(d.key) in said:
+            continue
+        reason = "".join((d.last_error or "").splitlines()[:1])
+        lines.append(f"{d.key} is {d.provisioning_state}: {reason}")
+    return lines
+
+
 class PlainLines:
     """One line per step done or failed, and the in-progress lines each time they change."""
 
