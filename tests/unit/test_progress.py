@@ -20,8 +20,14 @@ from reconciler.executor import Gate, execute
 from reconciler.filetree import DirectoryTree
 from reconciler.model.errors import ErrorCode
 from reconciler.model.keys import ResourceKey
-from reconciler.model.plan import CreateDeployment, Step, UpdateDeployment
-from reconciler.model.results import Waiting
+from reconciler.model.plan import (
+    CreateDeployment,
+    Plan,
+    RepairDeployment,
+    Step,
+    UpdateDeployment,
+)
+from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import DesiredState, ProvisioningState
 from reconciler.planning import make_plan
 from reconciler.presentation import plan_text
@@ -258,3 +264,27 @@ def test_the_end_of_a_failed_apply_names_a_failed_deployment_once(tmp_path: Path
         "step 1 (update_deployment my-endpoint/green) failed: "
         "the scoring script raised FileNotFoundError: model.pkl"
     ]
+
+
+def test_a_repair_between_passes_of_an_update_does_not_end_the_updates_line() -> None:
+    # Docker: a pass stops the new instance that never became ready (a repair of that
+    # deployment), then the update's next round fails. The repair completed the update's
+    # line: "✓ update_deployment" in front of its "✗".
+    spec = deployment(instance_count=1)
+    update = Step(UpdateDeployment(spec, 1, spec.scale_settings), "ep", "blue")
+    repair = Step(RepairDeployment(spec, 1, spec.scale_settings), "ep", "blue")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    display = StepDisplay(console, show_plan=lambda plan, desired: None)
+    display.planned(Plan((update,)), None, None)
+    display.step_started(0, update)
+    waits = "waiting for ep/blue: 0/1 new instances ready"
+    display.step_ended(StepResult(0, Outcome.IN_PROGRESS, waits))
+    display.planned(Plan((repair, update)), None, None)
+    display.step_started(0, repair)
+    display.step_ended(StepResult(0, Outcome.SUCCEEDED))
+    display.step_started(1, update)
+    display.step_ended(StepResult(1, Outcome.FAILED, "init() failed"))
+    display.close()
+    lines = visible_lines(screen.getvalue())
+    assert [line.split("  ")[0] for line in lines] == ["✗ update_deployment ep/blue"], lines
