@@ -278,6 +278,13 @@ class StepDisplay:
         if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
             return  # skipped: it waits for an earlier step, which the live line names
         if result.outcome == Outcome.SUCCEEDED:
+            if name != _name(step):
+                # A repair on the line of the create, scale or update it continues (routing
+                # ready instances, stopping one that never became ready): that step is done
+                # once its deployment is healthy (pass_done, or a later step's health gate).
+                self.started.setdefault(name, self.clock())
+                self.waiting[name] = f"waiting for {step.target_name} healthy"
+                return
             self._done(name)
             return
         took = elapsed(self.clock() - self.started.pop(name, self.clock()))
