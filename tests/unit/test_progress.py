@@ -214,9 +214,9 @@ def test_a_warning_logged_while_the_live_line_runs_gets_a_line_of_its_own() -> N
     assert not [line for line in lines if "not shown" in line or "building" in line]
 
 
-def test_on_a_terminal_a_warning_shows_once_and_a_failed_step_only_as_its_line() -> None:
+def test_on_a_terminal_a_warning_shows_once_and_what_the_screen_says_not_at_all() -> None:
     # Each pass loads the repository again and logs its warnings again; the display's ✗
-    # line already says what step_failed says.
+    # line already says what step_failed says, the plan's warnings an image_map's mapping.
     import structlog
 
     screen = io.StringIO()
@@ -224,15 +224,16 @@ def test_on_a_terminal_a_warning_shows_once_and_a_failed_step_only_as_its_line()
     terminal_logging(console)
     try:
         for _ in range(3):
-            structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
-        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.12")
+            structlog.get_logger("test").warning("router_slow", port=18000)
+        structlog.get_logger("test").warning("router_slow", port=18001)
         structlog.get_logger("test").warning("step_failed", error="init() failed")
+        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
     finally:
         logging_setup.configure(fmt="json", level="warning")
     lines = visible_lines(screen.getvalue())
-    assert len([line for line in lines if "image=python:3.11" in line]) == 1, lines
-    assert len([line for line in lines if "image=python:3.12" in line]) == 1, lines
-    assert not [line for line in lines if "step_failed" in line], lines
+    assert len([line for line in lines if "port=18000" in line]) == 1, lines
+    assert len([line for line in lines if "port=18001" in line]) == 1, lines
+    assert not [line for line in lines if "step_failed" in line or "image_mapped" in line]
 
 
 class FailingUpdateTarget(MemoryTarget):
