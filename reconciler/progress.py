@@ -178,8 +178,10 @@ class ConsoleStream:
         return True
 
 
-# Log events a StepDisplay says in its own words (its ✗ line carries the message).
-SHOWN_BY_THE_DISPLAY = frozenset({"step_failed"})
+# Log events the screen already says in its own words: a failed step (the display's ✗
+# line carries its message), an environment image an image_map replaces (a warning of the
+# plan, printed first: cli.target_warnings).
+SHOWN_BY_THE_DISPLAY = frozenset({"step_failed", "environment_image_mapped"})
 
 
 def terminal_logging(console: Console) -> None:
