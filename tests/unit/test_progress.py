@@ -289,3 +289,27 @@ def test_a_repair_between_passes_of_an_update_does_not_end_the_updates_line() ->
     display.close()
     lines = visible_lines(screen.getvalue())
     assert [line.split("  ")[0] for line in lines] == ["✗ update_deployment ep/blue"], lines
+
+
+def test_on_a_terminal_the_end_of_a_failed_apply_adds_the_log_not_the_message_again(
+    tmp_path: Path,
+) -> None:
+    # The ✗ line said the message; the end adds the log's tail under the step's name (the
+    # step's number in the last pass's plan is not the one of the plan printed first).
+    target = FailingUpdateTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    (index,) = [i for i, r in enumerate(result.results) if r.outcome == Outcome.FAILED]
+    failed = replace(result.results[index], log_tail="line 1\nFileNotFoundError: model.pkl")
+    result = replace(
+        result, results=(*result.results[:index], failed, *result.results[index + 1 :])
+    )
+    assert failure_lines(result, log_lines=20, on_a_terminal=True) == [
+        "the end of the log of update_deployment my-endpoint/green:",
+        "    line 1",
+        "    FileNotFoundError: model.pkl",
+    ]
