@@ -547,7 +547,7 @@ def main(
                     f"  invoke: reconcile invoke {name} --repo {repo} --request-file FILE"
                 )
     failed = [r for r in result.results if r.outcome == Outcome.FAILED]
-    for line in failure_lines(result, log_lines=LOG_LINES):
+    for line in failure_lines(result, log_lines=LOG_LINES, on_a_terminal=watcher is not None):
         click.echo(line, err=True)
     _, _, waiting = step_lines(result)
     if result.plan.errors or failed or result.degraded:

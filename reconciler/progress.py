@@ -66,11 +66,13 @@ def step_lines(result: PassResult) -> tuple[list[str], list[str], list[str]]:
     return done, failed, waiting
 
 
-def failure_lines(result: PassResult, *, log_lines: int) -> list[str]:
+def failure_lines(result: PassResult, *, log_lines: int, on_a_terminal: bool = False) -> list[str]:
     """What a one-shot `reconcile` says at its end of what failed in its last pass: each
     failed step with its message and the end of its log, then each declared deployment the
     target shows failed whose step did not fail (no traffic moves to it: nothing else says
-    so). A deployment is named once, not again as "... is Failed" after its step's line."""
+    so). A deployment is named once, not again as "... is Failed" after its step's line.
+    On a terminal the StepDisplay's ✗ line said the message: only the log follows, under
+    the step's name (its number is of the last pass's plan, not of the plan shown)."""
     lines: list[str] = []
     said: set[str] = set()
     for r in result.results:
@@ -78,8 +80,13 @@ def failure_lines(result: PassResult, *, log_lines: int) -> list[str]:
             continue
         step = result.plan.steps[r.index]
         said.add(step.target_name)
+        tail = [f"    {line}" for line in r.log_tail.splitlines()[-log_lines:]]
+        if on_a_terminal:
+            if tail:
+                lines += [f"the end of the log of {step.action} {step.target_name}:", *tail]
+            continue
         lines.append(f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}")
-        lines += [f"    {line}" for line in r.log_tail.splitlines()[-log_lines:]]
+        lines += tail
     for d in result.degraded:
         if str(d.key) in said:
             continue
