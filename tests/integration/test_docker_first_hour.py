@@ -77,6 +77,10 @@ def test_status_live_shows_a_container_stopped_by_hand_as_not_healthy(
     assert "(Healthy)" not in endpoint_line and "(Degraded)" in endpoint_line, live.output
     blue = next(line for line in live.output.splitlines() if line.startswith("  blue:"))
     assert "Healthy" not in blue and "0/1 ready" in blue, live.output
+    # What happened to it: it exited (Docker marks a stopped container's health unhealthy,
+    # which said "its readiness probe failed").
+    assert f"{instance.name}: exited" in live.output, live.output
+    assert "readiness probe failed" not in live.output, live.output
     as_yaml = yaml.safe_load(
         runner.invoke(main, ["status", "--live", *repo, "--output", "yaml"]).output
     )
