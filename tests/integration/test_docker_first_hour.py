@@ -142,6 +142,7 @@ def test_images_out_of_retention_are_removed_and_gc_spares_other_targets(
         assert f"would remove {built[2]} (gc-ep/blue," in planned.output
         assert f"kept {built[3]} (gc-ep/blue): in use by a container" in planned.output
         assert foreign_tag not in planned.output and BASE_IMAGE not in planned.output
+        assert planned.output.splitlines()[-1].startswith("would remove 1 image(s), ")
         assert _exists(world, built[2])  # a dry run removes nothing
 
         done = runner.invoke(main, ["gc", "--keep", "0", *repo, "--output", "json"])
