@@ -1190,9 +1190,10 @@ def collect_garbage(
             click.echo(f"kept {i.name} ({i.deployment or i.kind}): {why}")
         for i, why in done.failed:
             click.echo(f"not removed {i.name}: {why}", err=True)
+        removed = f"{len(done.removed)} image(s)"
         click.echo(
-            f"{len(done.removed)} image(s) {verb}, {done.freed_bytes / 1e6:.0f} MB; "
-            f"{len(done.kept)} kept"
+            f"{f'would remove {removed}' if dry_run else f'{removed} removed'}, "
+            f"{done.freed_bytes / 1e6:.0f} MB; {len(done.kept)} kept"
         )
     sys.exit(EXIT_ERRORS if done.failed else EXIT_OK)
 
