@@ -137,6 +137,26 @@ def with_revision(
     return replace(plan, revision=found, warnings=warnings + plan.warnings)
 
 
+def uncommitted_files_images_take(source: Source, tree: FileTree) -> list[str]:
+    """Files of the working tree that differ from the commit applied (`tree`) and that a
+    deployment of it needs (its code, model, conda file, build context): an image would
+    take them from disk. Every difference when the commit does not load."""
+    from reconciler.desired import load
+    from reconciler.filetree import SKIPPED_DIRS
+    from reconciler.worktree import declared_paths, needed_changes
+
+    if source.git is None or source.worktree:
+        return []
+    changes = source.git.worktree_changes()
+    if not changes:
+        return []
+    desired = load(tree)[0]
+    if desired is None:
+        return [c.path for c in changes]
+    declared = declared_paths([desired])
+    return [c.path for c in needed_changes(changes, declared=declared, skipped=SKIPPED_DIRS)]
+
+
 def open_source(repo: str, *, worktree: bool = False) -> Source:
     from reconciler.gitsource import GitSource, GitSourceError
 
@@ -454,12 +474,15 @@ def main(
             plan = with_revision(plan, source, revision, desired)
             emit(plan, output)
             sys.exit(exit_code(plan))
-        if source.git is not None and not source.worktree and source.git.dirty_paths():
-            # Images are built from the files on disk: they must be the commit's files.
-            changed = ", ".join(source.git.dirty_paths()[:5])
+        needed = uncommitted_files_images_take(source, tree)
+        if needed:
+            # Images are built from the files on disk: those they take must be the
+            # commit's. Other uncommitted files are the plan's warning, as in --dry-run.
+            changed = ", ".join(needed[:5]) + (f" and {len(needed) - 5} more" if needed[5:] else "")
             fail(
-                f"uncommitted changes under {source.path} ({changed}); commit them, "
-                "or pass --worktree to apply the working tree as it is"
+                f"uncommitted changes under {source.path} that deployments need ({changed}): "
+                "images are built from the files on disk; commit them, or pass --worktree "
+                "to apply the working tree as it is"
             )
         writer = None
         if source.git is not None and revision is not None:
