@@ -314,6 +314,8 @@ class FakeKubernetes:
     held: set[str] = field(default_factory=set)
     broken: set[str] = field(default_factory=set)
     pod_logs: dict[str, str] = field(default_factory=dict)
+    # What a pod's container wrote before its last restart (GET .../log?previous=true).
+    pod_previous_logs: dict[str, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     fail_next: dict[str, int] = field(default_factory=dict)  # method -> HTTP code, once
     forbidden: set[tuple[str, str]] = field(default_factory=set)  # (resource, verb)
@@ -828,6 +830,15 @@ class FakeKubernetes:
             raise ApiError(404, "NotFound", f'{kind.lower()}s "{key[3]}" not found')
         if sub == "log":
             text = self.pod_logs.get(key[3], f"log of {key[3]}\n")
+            if query.get("previous") == "true":
+                # As the API server answers for a container that never restarted.
+                if key[3] not in self.pod_previous_logs:
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        f'previous terminated container "server" in pod "{key[3]}" not found',
+                    )
+                text = self.pod_previous_logs[key[3]]
             tail = query.get("tailLines")
             if tail is not None:
                 text = "".join(text.splitlines(keepends=True)[-int(tail) :])
