@@ -1231,7 +1231,8 @@ def collect_garbage(
 @click.option(
     "--previous",
     is_flag=True,
-    help="The attempt before the instance's last restart (Docker: of the same container).",
+    help="What the instance wrote before its last restart (Docker: the earlier attempts of "
+    "its container; Kubernetes: its container before the last restart).",
 )
 def show_logs(
     endpoint: str,

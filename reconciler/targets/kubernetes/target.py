@@ -78,6 +78,7 @@ from reconciler.targets.capabilities import (
     ChecksDesired,
     HasCredentials,
     HasLogs,
+    HasPreviousLogs,
     HasRouterMetrics,
     HasRouterMetricsEach,
 )
@@ -961,6 +962,26 @@ class KubernetesTarget:
             chunks.append(f"==> {name} <==\n{self.client.pod_log(name, lines=lines)}")
         return "\n".join(chunks)
 
+    def previous_logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        """What each pod's container wrote before its last restart: Kubernetes keeps the
+        attempt before the current one (a pod in CrashLoopBackOff: where init() raised)."""
+        selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
+        pods = self.client.list("Pod", selector)
+        if instance is not None:
+            pods = pods[instance : instance + 1]
+        if not pods:
+            raise TargetError(f"no pod of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            text = self.client.previous_pod_log(name, lines=lines)
+            if text is None:
+                text = "(not restarted: its log holds one attempt; `reconcile logs` shows it)\n"
+            chunks.append(f"==> {name} (before its last restart) <==\n{text}")
+        return "\n".join(chunks)
+
     def render(
         self,
         desired: DesiredState,
@@ -1055,6 +1076,7 @@ _IS_TARGET: type[Target] = KubernetesTarget
 _HANDLES_STEPS: type[StepHandlers] = KubernetesTarget
 _HAS_CREDENTIALS: type[HasCredentials] = KubernetesTarget
 _HAS_LOGS: type[HasLogs] = KubernetesTarget
+_HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = KubernetesTarget
 _BUILDS: type[Builds] = KubernetesTarget
 _CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget
 _HAS_ROUTER_METRICS: type[HasRouterMetrics] = KubernetesTarget
