@@ -88,11 +88,14 @@ from reconciler.targets.kubernetes.connections import missing_keys, missing_warn
 from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, router_reference
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.rollout import Rollout, rollout
+from reconciler.tracebacks import last_exception
 
 log = get_logger("reconciler.kubernetes")
 
 INSTANCE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy")
 LOG_TAIL = 30
+# Log lines read to find the exception an init() raised (near the end of a short log).
+EXCEPTION_SCAN_LINES = 400
 
 
 class KubernetesTarget:
@@ -289,7 +292,10 @@ class KubernetesTarget:
             spec = None  # written by another version of the recipe: trust the digest only
         error = status.error
         if error is not None and status.failing_pod is not None:
-            # Failed: the pod's last lines say why (no step waits to fetch them any more).
+            # Failed: the pod's last lines say why (no step waits to fetch them any more),
+            # and the exception of its attempt before the last restart (a crash loop's
+            # current attempt may have written nothing yet).
+            error += self._failure_note(status.failing_pod, key)
             tail = self._log_tail(status.failing_pod)
             error = f"{error}\n{tail}" if tail else error
         return LiveDeployment(
@@ -921,6 +927,21 @@ class KubernetesTarget:
         match = deployment["spec"]["selector"]["matchLabels"]
         selector = ",".join(f"{k}={v}" for k, v in match.items())
         return self.client.list("Pod", selector)
+
+    def _failure_note(self, pod: str, key: ResourceKey) -> str:
+        """`; the scoring script raised ...; whole log: ...` for a failing pod."""
+        try:
+            previous = self.client.previous_pod_log(pod, lines=EXCEPTION_SCAN_LINES)
+        except TargetError:
+            previous = None
+        found = last_exception(previous or self._log_tail(pod, EXCEPTION_SCAN_LINES))
+        command = f"reconcile logs {key.endpoint} {key.deployment}" + (
+            " --previous" if previous else ""
+        )
+        if found is None:
+            return f"; whole log: `{command}`"
+        who = "the scoring script" if found.in_user_code else "the server"
+        return f"; {who} raised {found.describe()}; whole log: `{command}`"
 
     def _log_tail(self, pod: str, lines: int = LOG_TAIL) -> str:
         try:
