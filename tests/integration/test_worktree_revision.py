@@ -174,3 +174,10 @@ def test_apply_goes_on_past_a_file_no_deployment_needs_and_stops_at_one_it_needs
         assert refused.exit_code == 1, refused.output
         assert "src/helpers.py" in refused.stderr and "notes.txt" not in refused.stderr
         assert "--worktree" in refused.stderr
+        # A model never `git add`ed (the commit does not load): named, the notes still not.
+        repo.git("rm", "-q", "-r", "--cached", "models")
+        repo.git("add", "src/helpers.py")
+        repo.git("commit", "-q", "-m", "the model left out")
+        refused = runner.invoke(main, apply)
+        assert refused.exit_code == 1, refused.output
+        assert MODEL_FILE in refused.stderr and "notes.txt" not in refused.stderr
