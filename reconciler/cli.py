@@ -140,7 +140,7 @@ def with_revision(
 def uncommitted_files_images_take(source: Source, tree: FileTree) -> list[str]:
     """Files of the working tree that differ from the commit applied (`tree`) and that a
     deployment of it needs (its code, model, conda file, build context): an image would
-    take them from disk. Every difference when the commit does not load."""
+    take them from disk. Every difference when neither the commit nor the files load."""
     from reconciler.desired import load
     from reconciler.filetree import SKIPPED_DIRS
     from reconciler.worktree import declared_paths, needed_changes
@@ -152,7 +152,13 @@ def uncommitted_files_images_take(source: Source, tree: FileTree) -> list[str]:
         return []
     desired = load(tree)[0]
     if desired is None:
-        return [c.path for c in changes]
+        # The commit does not load (a model never `git add`ed is missing from it): the
+        # working tree's files tell what the deployments need, as with_revision does.
+        from reconciler.filetree import DirectoryTree
+
+        desired = load(DirectoryTree(source.path))[0]
+        if desired is None:
+            return [c.path for c in changes]
     declared = declared_paths([desired])
     return [c.path for c in needed_changes(changes, declared=declared, skipped=SKIPPED_DIRS)]
 
