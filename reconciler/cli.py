@@ -137,6 +137,32 @@ def with_revision(
     return replace(plan, revision=found, warnings=warnings + plan.warnings)
 
 
+def uncommitted_files_images_take(source: Source, tree: FileTree) -> list[str]:
+    """Files of the working tree that differ from the commit applied (`tree`) and that a
+    deployment of it needs (its code, model, conda file, build context): an image would
+    take them from disk. Every difference when neither the commit nor the files load."""
+    from reconciler.desired import load
+    from reconciler.filetree import SKIPPED_DIRS
+    from reconciler.worktree import declared_paths, needed_changes
+
+    if source.git is None or source.worktree:
+        return []
+    changes = source.git.worktree_changes()
+    if not changes:
+        return []
+    desired = load(tree)[0]
+    if desired is None:
+        # The commit does not load (a model never `git add`ed is missing from it): the
+        # working tree's files tell what the deployments need, as with_revision does.
+        from reconciler.filetree import DirectoryTree
+
+        desired = load(DirectoryTree(source.path))[0]
+        if desired is None:
+            return [c.path for c in changes]
+    declared = declared_paths([desired])
+    return [c.path for c in needed_changes(changes, declared=declared, skipped=SKIPPED_DIRS)]
+
+
 def open_source(repo: str, *, worktree: bool = False) -> Source:
     from reconciler.gitsource import GitSource, GitSourceError
 
@@ -423,12 +449,13 @@ def main(
     from reconciler.model.results import Outcome
     from reconciler.presentation import exit_code
     from reconciler.progress import (
-        ConsoleStream,
         PassDisplay,
         StepDisplay,
         display_for,
+        failure_lines,
         step_lines,
         terminal_console,
+        terminal_logging,
     )
     from reconciler.targets.base import TargetError
     from reconciler.targets.status import StatusTarget
@@ -453,12 +480,15 @@ def main(
             plan = with_revision(plan, source, revision, desired)
             emit(plan, output)
             sys.exit(exit_code(plan))
-        if source.git is not None and not source.worktree and source.git.dirty_paths():
-            # Images are built from the files on disk: they must be the commit's files.
-            changed = ", ".join(source.git.dirty_paths()[:5])
+        needed = uncommitted_files_images_take(source, tree)
+        if needed:
+            # Images are built from the files on disk: those they take must be the
+            # commit's. Other uncommitted files are the plan's warning, as in --dry-run.
+            changed = ", ".join(needed[:5]) + (f" and {len(needed) - 5} more" if needed[5:] else "")
             fail(
-                f"uncommitted changes under {source.path} ({changed}); commit them, "
-                "or pass --worktree to apply the working tree as it is"
+                f"uncommitted changes under {source.path} that deployments need ({changed}): "
+                "images are built from the files on disk; commit them, or pass --worktree "
+                "to apply the working tree as it is"
             )
         writer = None
         if source.git is not None and revision is not None:
@@ -487,8 +517,8 @@ def main(
         watcher: StepDisplay | None = None
         if console is not None:
             display = watcher = StepDisplay(console, show_plan=show_plan, verbose=verbose)
-            # Warnings still show, above the live line rather than through it.
-            logging_setup.configure(fmt=log_format, level="warning", stream=ConsoleStream(console))
+            # Warnings still show (each once), above the live line rather than through it.
+            terminal_logging(console)
         else:
             display = display_for(sys.stderr, live=False)
 
@@ -546,19 +576,9 @@ def main(
                     f"  invoke: reconcile invoke {name} --repo {repo} --request-file FILE"
                 )
     failed = [r for r in result.results if r.outcome == Outcome.FAILED]
-    for r in failed:
-        step = result.plan.steps[r.index]
-        click.echo(
-            f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}", err=True
-        )
-        if r.log_tail:
-            click.echo(_indented(r.log_tail, LOG_LINES), err=True)
+    for line in failure_lines(result, log_lines=LOG_LINES, on_a_terminal=watcher is not None):
+        click.echo(line, err=True)
     _, _, waiting = step_lines(result)
-    for d in result.degraded:
-        # Failed on the target though no step of the last pass failed (a deployment with
-        # no traffic whose instances cannot start): not converged.
-        reason = (d.last_error or "").splitlines()[:1]
-        click.echo(f"{d.key} is {d.provisioning_state}: {''.join(reason)}", err=True)
     if result.plan.errors or failed or result.degraded:
         sys.exit(EXIT_ERRORS)
     if result.in_progress:
@@ -574,10 +594,6 @@ def main(
             sys.exit(EXIT_IN_PROGRESS)
         fail(f"not converged after {timeout:g} s (--timeout): still in progress")
     sys.exit(EXIT_OK)
-
-
-def _indented(text: str, lines: int) -> str:
-    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 def target_warnings(
@@ -1203,9 +1219,10 @@ def collect_garbage(
             click.echo(f"kept {i.name} ({i.deployment or i.kind}): {why}")
         for i, why in done.failed:
             click.echo(f"not removed {i.name}: {why}", err=True)
+        removed = f"{len(done.removed)} image(s)"
         click.echo(
-            f"{len(done.removed)} image(s) {verb}, {done.freed_bytes / 1e6:.0f} MB; "
-            f"{len(done.kept)} kept"
+            f"{f'would remove {removed}' if dry_run else f'{removed} removed'}, "
+            f"{done.freed_bytes / 1e6:.0f} MB; {len(done.kept)} kept"
         )
     sys.exit(EXIT_ERRORS if done.failed else EXIT_OK)
 
@@ -1220,7 +1237,8 @@ def collect_garbage(
 @click.option(
     "--previous",
     is_flag=True,
-    help="The attempt before the instance's last restart (Docker: of the same container).",
+    help="What the instance wrote before its last restart (Docker: the earlier attempts of "
+    "its container; Kubernetes: its container before the last restart).",
 )
 def show_logs(
     endpoint: str,

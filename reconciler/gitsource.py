@@ -481,11 +481,6 @@ class GitSource:
     def working_tree(self) -> DirectoryTree:
         return DirectoryTree(self.root / self.subdir)
 
-    def dirty_paths(self) -> list[str]:
-        """Uncommitted changes (tracked or not) under the repository folder."""
-        out = self.cmd.status("--porcelain", "--untracked-files=all", "--", self.subdir or ".")
-        return [line[3:] for line in out.splitlines() if line.strip()]
-
     def worktree_changes(self) -> tuple[WorktreeChange, ...]:
         """The working tree's differences from HEAD under the repository folder, untracked
         files one by one (ignored files left out), sorted by path. Before the first commit

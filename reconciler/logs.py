@@ -26,12 +26,25 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
+def configure(
+    *,
+    fmt: str = "auto",
+    level: str = "info",
+    stream: Any = None,
+    for_people: frozenset[str] | None = None,
+) -> None:
     """fmt: json, console or auto (console on a terminal, JSON otherwise).
 
+    `for_people`: events a display shows in its own words, so dropped here; and each line
+    written once (a warning every pass repeats). None: every event, as often as it comes.
     Applied at once when structlog is loaded already, else on the first line logged."""
     global _pending
-    settings: dict[str, Any] = {"fmt": fmt, "level": level, "stream": stream or sys.stderr}
+    settings: dict[str, Any] = {
+        "fmt": fmt,
+        "level": level,
+        "stream": stream or sys.stderr,
+        "for_people": for_people,
+    }
     if "structlog" in sys.modules:
         _pending = None
         _apply(**settings)
@@ -39,7 +52,27 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> 
         _pending = settings
 
 
-def _apply(*, fmt: str, level: str, stream: Any) -> None:
+class _OncePerLine:
+    """Drops the events a display says itself, and any event said before (its fields the
+    same, whatever its time)."""
+
+    def __init__(self, shown_elsewhere: frozenset[str]) -> None:
+        self.shown_elsewhere = shown_elsewhere
+        self.seen: set[str] = set()
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+        import structlog
+
+        if event.get("event") in self.shown_elsewhere:
+            raise structlog.DropEvent
+        said = repr(sorted((k, repr(v)) for k, v in event.items() if k != "timestamp"))
+        if said in self.seen:
+            raise structlog.DropEvent
+        self.seen.add(said)
+        return event
+
+
+def _apply(*, fmt: str, level: str, stream: Any, for_people: frozenset[str] | None) -> None:
     import logging  # for its level names only: not worth its import before a line is logged
 
     import structlog
@@ -52,10 +85,12 @@ def _apply(*, fmt: str, level: str, stream: Any) -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    once: list[Any] = [] if for_people is None else [_OncePerLine(for_people)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *once,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _drop_secrets,
             renderer,

@@ -24,6 +24,7 @@ from rich.status import Status
 from rich.text import Text
 
 from reconciler.engine import PassResult
+from reconciler.health import Health, deployment_health
 from reconciler.model.plan import Action, Plan, Step
 from reconciler.model.results import Outcome, StepResult
 from reconciler.model.state import DesiredState
@@ -63,6 +64,35 @@ def step_lines(result: PassResult) -> tuple[list[str], list[str], list[str]]:
                     f"{d.key}: {d.provisioning_state}, {d.ready_instances}/{d.instance_count} ready"
                 )
     return done, failed, waiting
+
+
+def failure_lines(result: PassResult, *, log_lines: int, on_a_terminal: bool = False) -> list[str]:
+    """What a one-shot `reconcile` says at its end of what failed in its last pass: each
+    failed step with its message and the end of its log, then each declared deployment the
+    target shows failed whose step did not fail (no traffic moves to it: nothing else says
+    so). A deployment is named once, not again as "... is Failed" after its step's line.
+    On a terminal the StepDisplay's ✗ line said the message: only the log follows, under
+    the step's name (its number is of the last pass's plan, not of the plan shown)."""
+    lines: list[str] = []
+    said: set[str] = set()
+    for r in result.results:
+        if r.outcome != Outcome.FAILED:
+            continue
+        step = result.plan.steps[r.index]
+        said.add(step.target_name)
+        tail = [f"    {line}" for line in r.log_tail.splitlines()[-log_lines:]]
+        if on_a_terminal:
+            if tail:
+                lines += [f"the end of the log of {step.action} {step.target_name}:", *tail]
+            continue
+        lines.append(f"step {r.index + 1} ({step.action} {step.target_name}) failed: {r.message}")
+        lines += tail
+    for d in result.degraded:
+        if str(d.key) in said:
+            continue
+        reason = "".join((d.last_error or "").splitlines()[:1])
+        lines.append(f"{d.key} is {d.provisioning_state}: {reason}")
+    return lines
 
 
 class PlainLines:
@@ -155,6 +185,23 @@ class ConsoleStream:
         return True
 
 
+# Log events the screen already says in its own words: a failed step (the display's ✗
+# line carries its message), an environment image an image_map replaces (a warning of the
+# plan, printed first: cli.target_warnings).
+SHOWN_BY_THE_DISPLAY = frozenset({"step_failed", "environment_image_mapped"})
+
+
+def terminal_logging(console: Console) -> None:
+    """The logs that still reach a person's terminal while a StepDisplay runs: warnings,
+    each once (every pass loads the repository again and would say them again), above the
+    live line, and none the display says itself."""
+    from reconciler import logs as logging_setup
+
+    logging_setup.configure(
+        fmt="auto", level="warning", stream=ConsoleStream(console), for_people=SHOWN_BY_THE_DISPLAY
+    )
+
+
 class StepDisplay:
     """The terminal's view of an apply: the plan before any change, then one line per step
     done or failed with the time it took (counted from its first start, across passes),
@@ -240,6 +287,13 @@ class StepDisplay:
         if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
             return  # skipped: it waits for an earlier step, which the live line names
         if result.outcome == Outcome.SUCCEEDED:
+            if name != _name(step):
+                # A repair on the line of the create, scale or update it continues (routing
+                # ready instances, stopping one that never became ready): that step is done
+                # once its deployment is healthy (pass_done, or a later step's health gate).
+                self.started.setdefault(name, self.clock())
+                self.waiting[name] = f"waiting for {step.target_name} healthy"
+                return
             self._done(name)
             return
         took = elapsed(self.clock() - self.started.pop(name, self.clock()))
@@ -273,6 +327,11 @@ class StepDisplay:
             elif deployment is not None and deployment.ready_instances < deployment.instance_count:
                 ready = f"{deployment.ready_instances}/{deployment.instance_count} ready"
                 self.waiting[name] = f"waiting for {key} healthy ({ready})"
+            elif deployment is not None and deployment_health(deployment) == Health.PROGRESSING:
+                # A rolling update whose old instances still serve: as many ready as asked
+                # for, yet the new version is not (it may still fail to start).
+                ready = f"{deployment.ready_instances}/{deployment.instance_count} ready"
+                self.waiting[name] = f"waiting for {key}: {deployment.provisioning_state}, {ready}"
             else:
                 self._done(name)
         covered = {n.rpartition(" ")[2] for n in self.waiting}

@@ -167,7 +167,10 @@ def load_repo_config(tree: FileTree) -> RepoConfig:
     if not targets:
         targets = [TargetConfig("local", "docker")]
     default = data.get("default_target", targets[0].name)
-    if isinstance(default, str) and default not in {t.name for t in targets}:
+    # Any target the file declares, its options valid or not: a target whose type is
+    # misspelt is one error (its type), not a second one here.
+    declared = set(raw_targets) if isinstance(raw_targets, dict) else set()
+    if isinstance(default, str) and default not in {t.name for t in targets} | declared:
         error(("default_target",), f"names no target of `targets` ({default!r})")
     raw_policies = data.get("policies")
     policies = Policies()

@@ -66,6 +66,20 @@ def _needed_by(path: str, declared: Mapping[str, str]) -> str | None:
     return None
 
 
+def needed_changes(
+    changes: Sequence[Change], *, declared: Mapping[str, str], skipped: frozenset[str]
+) -> list[Change]:
+    """The changes a deployment needs: what an image built from the files on disk would
+    take, and the commit lacks. Files in folders images leave out (`skipped`: caches such
+    as __pycache__) are not."""
+    return [
+        c
+        for c in changes
+        if _needed_by(c.path, declared) is not None
+        and not skipped.intersection(c.path.split("/")[:-1])
+    ]
+
+
 def revision_warnings(
     changes: Sequence[Change],
     *,

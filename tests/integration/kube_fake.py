@@ -313,7 +313,11 @@ class FakeKubernetes:
     ownership: dict[tuple[str, str, str, str], Ownership] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     broken: set[str] = field(default_factory=set)
+    # Deployment name -> what its crash-looping pods wrote before their last restart.
+    crash_logs: dict[str, str] = field(default_factory=dict)
     pod_logs: dict[str, str] = field(default_factory=dict)
+    # What a pod's container wrote before its last restart (GET .../log?previous=true).
+    pod_previous_logs: dict[str, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     fail_next: dict[str, int] = field(default_factory=dict)  # method -> HTTP code, once
     forbidden: set[tuple[str, str]] = field(default_factory=set)  # (resource, verb)
@@ -409,9 +413,13 @@ class FakeKubernetes:
             self.held.discard(name)
             self._control(namespace, name)
 
-    def break_deployment(self, name: str) -> None:
+    def break_deployment(self, name: str, *, previous_log: str | None = None) -> None:
+        """Its pods crash-loop; `previous_log` is what each pod's container wrote before
+        its last restart (log?previous=true): where an init() raised."""
         with self.lock:
             self.broken.add(name)
+            if previous_log is not None:
+                self.crash_logs[name] = previous_log
 
     def settle(self) -> None:
         """The controller catches up with every change (as some time passing would)."""
@@ -828,6 +836,18 @@ class FakeKubernetes:
             raise ApiError(404, "NotFound", f'{kind.lower()}s "{key[3]}" not found')
         if sub == "log":
             text = self.pod_logs.get(key[3], f"log of {key[3]}\n")
+            if query.get("previous") == "true":
+                owner = obj["metadata"].get("labels", {}).get("fake/deployment")
+                if key[3] not in self.pod_previous_logs and owner in self.crash_logs:
+                    return self.crash_logs[owner]
+                # As the API server answers for a container that never restarted.
+                if key[3] not in self.pod_previous_logs:
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        f'previous terminated container "server" in pod "{key[3]}" not found',
+                    )
+                text = self.pod_previous_logs[key[3]]
             tail = query.get("tailLines")
             if tail is not None:
                 text = "".join(text.splitlines(keepends=True)[-int(tail) :])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,10 @@ def test_status_live_shows_a_container_stopped_by_hand_as_not_healthy(
     assert "(Healthy)" not in endpoint_line and "(Degraded)" in endpoint_line, live.output
     blue = next(line for line in live.output.splitlines() if line.startswith("  blue:"))
     assert "Healthy" not in blue and "0/1 ready" in blue, live.output
+    # What happened to it: it exited (Docker marks a stopped container's health unhealthy,
+    # which said "its readiness probe failed").
+    assert f"{instance.name}: exited" in live.output, live.output
+    assert "readiness probe failed" not in live.output, live.output
     as_yaml = yaml.safe_load(
         runner.invoke(main, ["status", "--live", *repo, "--output", "yaml"]).output
     )
@@ -137,6 +142,7 @@ def test_images_out_of_retention_are_removed_and_gc_spares_other_targets(
         assert f"would remove {built[2]} (gc-ep/blue," in planned.output
         assert f"kept {built[3]} (gc-ep/blue): in use by a container" in planned.output
         assert foreign_tag not in planned.output and BASE_IMAGE not in planned.output
+        assert planned.output.splitlines()[-1].startswith("would remove 1 image(s), ")
         assert _exists(world, built[2])  # a dry run removes nothing
 
         done = runner.invoke(main, ["gc", "--keep", "0", *repo, "--output", "json"])
@@ -186,6 +192,12 @@ def test_a_failing_init_is_explained_in_apply_output_status_and_previous_logs(
     assert "model.pkl" in said
     assert '(score.py line 7, in init: model = open(path, "rb").read())' in said, said
     assert "`reconcile logs fail-ep blue --instance 0`" in said
+    # Said once at the end: by the failed step's line (with the log's tail) when a step of
+    # the last pass failed, else as "fail-ep/blue is Failed: ...", never both.
+    ending = re.findall(
+        r"^(?:step \d+ \(\w+ fail-ep/blue\) failed|fail-ep/blue is Failed): ", said, re.M
+    )
+    assert len(ending) == 1, said
     shown = runner.invoke(main, ["status", *repo])
     blue = next(line for line in shown.output.splitlines() if line.startswith("  blue:"))
     assert "FileNotFoundError" in blue, shown.output

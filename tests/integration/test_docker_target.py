@@ -123,7 +123,7 @@ def test_create_from_empty_then_keys_cli_and_a_restarted_reconciler(
     invoked = runner.invoke(main, ["invoke", "keys-ep", *repo, "--request-file", request])
     assert invoked.exit_code == 0, invoked.output
     assert json.loads(invoked.stdout) == {"version": "1", "echo": {"data": [[1, 2]]}}
-    assert "deployment: blue" in invoked.stderr
+    assert "deployment: blue\n" in invoked.stderr  # a line of its own
     # A deployment that does not exist is named, with the ones that do.
     mistyped = runner.invoke(
         main, ["invoke", "keys-ep", *repo, "--request-file", request, "--deployment", "bleu"]

@@ -265,3 +265,16 @@ def test_dry_run_credentials_and_logs_through_a_kubeconfig(
     )
     assert logs.exit_code == 0, logs.output
     assert logs.output == f"==> {pod} <==\nline 47\nline 48\nline 49\n"
+    # The attempt before the pod's container last restarted (`kubectl logs --previous`):
+    # where an init() raised, for a pod in CrashLoopBackOff.
+    fake.pod_previous_logs[pod] = "starting\nFileNotFoundError: model.pkl\n"
+    logs = ["logs", "my-endpoint", "blue", "--previous", *base]
+    previous = runner.invoke(main, [*logs, "--instance", "1"])
+    assert previous.exit_code == 0, previous.output
+    assert previous.output == (
+        f"==> {pod} (before its last restart) <==\nstarting\nFileNotFoundError: model.pkl\n"
+    )
+    other = fake.names("pods", f"{m.DEPLOYMENT_LABEL}=blue")[0]
+    never = runner.invoke(main, [*logs, "--instance", "0"])
+    assert never.exit_code == 0, never.output
+    assert never.output.startswith(f"==> {other} (before its last restart) <==\n(not restarted")

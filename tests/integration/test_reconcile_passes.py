@@ -20,6 +20,16 @@ from reconciler.gitsource import DEFAULT_STATUS_BRANCH
 from reconciler.targets.kubernetes import manifests as m
 
 EP = "my-endpoint"
+# What the inference server writes when init() raises (the pod's attempt before a restart).
+INIT_FAILED_LOG = """\
+2026-12-06 13:51:26,880 E [12] azmlinfsrv - User's init function failed
+2026-12-06 13:51:26,881 E [12] azmlinfsrv - Encountered Exception Traceback (most recent call last):
+  File "/opt/venv/lib/python3.11/site-packages/azureml_server/user_script.py", line 1, in f
+    self._user_init()
+  File "/var/azureml-app/src/score.py", line 7, in init
+    model = open(path, "rb").read()
+FileNotFoundError: [Errno 2] No such file or directory: '/var/azureml-models/m/1/model.pkl'
+"""
 BLUE = m.deployment_object_name(EP, "blue")
 
 
@@ -132,10 +142,17 @@ def test_a_deployment_that_cannot_start_ends_reconcile_with_exit_1_and_its_reaso
     # but the deployment is Failed on the cluster, so the run has not converged.
     repo.deployment(EP, "blue", instance_count=2)
     repo.commit("two instances")
-    fake.break_deployment(BLUE)
+    fake.break_deployment(BLUE, previous_log=INIT_FAILED_LOG)
     runner = CliRunner(env={"XDG_STATE_HOME": str(tmp_path / "state")})
     done = runner.invoke(main, ["--repo", str(repo.root), "--log-format", "json"])
     assert done.exit_code == 1, done.output
     assert "my-endpoint/blue is Failed: pod " in done.stderr
     assert "CrashLoopBackOff" in done.stderr
+    # Why: the exception of the attempt before the restart, and how to read it all.
+    said = "the scoring script raised FileNotFoundError: [Errno 2] No such file or directory: "
+    assert said in done.stderr, done.stderr
+    assert '(score.py line 7, in init: model = open(path, "rb").read())' in done.stderr
+    assert f"whole log: `reconcile logs {EP} blue --previous`" in done.stderr
+    status = runner.invoke(main, ["status", "--repo", str(repo.root)])
+    assert said in status.output, status.output
     assert status_doc(repo)["deployments"]["blue"]["provisioning_state"] == "Failed"  # type: ignore[index]

@@ -8,9 +8,12 @@ the status files (no target needed).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner, Result
+from kube_fake import apply_rev, failures, make_target, serve
 from repo_builder import RepoBuilder
+from test_reconcile_passes import kube_repo
 
 from reconciler.cli import main
 from reconciler.gitsource import GitSource, WorktreeChange
@@ -143,3 +146,38 @@ def test_worktree_changes_are_relative_to_the_repository_folder(repo: RepoBuilde
         WorktreeChange("new file.yml", "untracked"),
         WorktreeChange("renamed.yml", "renamed"),
     )
+
+
+def test_apply_goes_on_past_a_file_no_deployment_needs_and_stops_at_one_it_needs(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    # Images are built from the files on disk, so an uncommitted file a deployment needs
+    # stops an apply; a file none needs (notes, a training script) is only a warning: it
+    # stopped the apply as well ("uncommitted changes under . (notes.txt)").
+    with serve() as fake:
+        kube_repo(repo, fake, tmp_path)
+        _one_deployment(repo)
+        repo.commit("one deployment")
+        assert not failures(apply_rev(repo, make_target(fake)))
+        runner = CliRunner(env={"XDG_STATE_HOME": str(tmp_path / "state")})
+        apply = ["--repo", str(repo.root), "--log-format", "json"]
+        repo.write("notes.txt", "things to try\n")
+        (repo.root / "src" / "__pycache__").mkdir()
+        (repo.root / "src" / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"\0")
+        done = runner.invoke(main, apply)
+        assert done.exit_code == 0, done.output
+        assert (
+            "leaves out (it reads commit" in done.output and "notes.txt (untracked)" in done.output
+        )
+        repo.write("src/helpers.py", "WEIGHTS = 1\n")
+        refused = runner.invoke(main, apply)
+        assert refused.exit_code == 1, refused.output
+        assert "src/helpers.py" in refused.stderr and "notes.txt" not in refused.stderr
+        assert "--worktree" in refused.stderr
+        # A model never `git add`ed (the commit does not load): named, the notes still not.
+        repo.git("rm", "-q", "-r", "--cached", "models")
+        repo.git("add", "src/helpers.py")
+        repo.git("commit", "-q", "-m", "the model left out")
+        refused = runner.invoke(main, apply)
+        assert refused.exit_code == 1, refused.output
+        assert MODEL_FILE in refused.stderr and "notes.txt" not in refused.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -17,9 +19,16 @@ from reconciler.engine import PassResult, converge
 from reconciler.executor import Gate, execute
 from reconciler.filetree import DirectoryTree
 from reconciler.model.errors import ErrorCode
-from reconciler.model.plan import CreateDeployment, Step
-from reconciler.model.results import Waiting
-from reconciler.model.state import DesiredState
+from reconciler.model.keys import ResourceKey
+from reconciler.model.plan import (
+    CreateDeployment,
+    Plan,
+    RepairDeployment,
+    Step,
+    UpdateDeployment,
+)
+from reconciler.model.results import Outcome, StepResult, Waiting
+from reconciler.model.state import DesiredState, ProvisioningState
 from reconciler.planning import make_plan
 from reconciler.presentation import plan_text
 from reconciler.progress import (
@@ -29,6 +38,8 @@ from reconciler.progress import (
     PlainLines,
     StepDisplay,
     display_for,
+    failure_lines,
+    terminal_logging,
 )
 from reconciler.targets.base import OutputLine, ProgressCallback, TargetError
 from reconciler.targets.memory import MemoryTarget
@@ -95,7 +106,9 @@ class BuildingTarget(MemoryTarget):
         return super().apply(step, progress=progress)
 
 
-def apply_on_a_terminal(target: MemoryTarget, *, verbose: bool = False) -> list[str]:
+def apply_on_a_terminal(
+    target: MemoryTarget, *, verbose: bool = False, repo: Path = EXAMPLE_REPO
+) -> list[str]:
     logging_setup.configure(fmt="json", level="warning")  # as `reconcile` on a terminal
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120)
@@ -106,7 +119,7 @@ def apply_on_a_terminal(target: MemoryTarget, *, verbose: bool = False) -> list[
     )
     try:
         converge(
-            DirectoryTree(EXAMPLE_REPO),
+            DirectoryTree(repo),
             target,
             prune=False,
             gate=Gate(timeout_s=30, poll_s=0),
@@ -133,6 +146,23 @@ def test_a_terminal_shows_the_plan_first_then_one_line_per_step_and_no_build_out
     summary = next(i for i, line in enumerate(lines) if line.startswith("Plan: "))
     assert lines[summary + 1 :] == steps, "\n".join(lines)
     assert len(lines) == summary + 1 + len(steps) == 32
+
+
+def test_an_update_whose_new_instances_fail_is_never_shown_done(tmp_path: Path) -> None:
+    # A rolling update: the old instance keeps serving (1/1 ready) while the new one
+    # starts and fails. Ready counts alone said "done" (a ✓, then the ✗ of the next pass).
+    target = MemoryTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    target.warmup = 6  # passes in which the new instance is still starting
+    target.broken.add(ResourceKey("my-endpoint", "green"))
+    lines = apply_on_a_terminal(target, repo=repo)
+    shown = "\n".join(lines)
+    assert not [line for line in lines if line.startswith("✓ update_deployment")], shown
+    assert [line for line in lines if line.startswith("✗ update_deployment my-endpoint/green")]
 
 
 def test_verbose_shows_the_build_output_as_it_comes() -> None:
@@ -182,3 +212,104 @@ def test_a_warning_logged_while_the_live_line_runs_gets_a_line_of_its_own() -> N
     (warning,) = [line for line in lines if "environment_image_mapped" in line]
     assert re.match(r"\d{4}-\d\d-\d\d", warning)  # the start of its own line
     assert not [line for line in lines if "not shown" in line or "building" in line]
+
+
+def test_on_a_terminal_a_warning_shows_once_and_what_the_screen_says_not_at_all() -> None:
+    # Each pass loads the repository again and logs its warnings again; the display's ✗
+    # line already says what step_failed says, the plan's warnings an image_map's mapping.
+    import structlog
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    terminal_logging(console)
+    try:
+        for _ in range(3):
+            structlog.get_logger("test").warning("router_slow", port=18000)
+        structlog.get_logger("test").warning("router_slow", port=18001)
+        structlog.get_logger("test").warning("step_failed", error="init() failed")
+        structlog.get_logger("test").warning("environment_image_mapped", image="python:3.11")
+    finally:
+        logging_setup.configure(fmt="json", level="warning")
+    lines = visible_lines(screen.getvalue())
+    assert len([line for line in lines if "port=18000" in line]) == 1, lines
+    assert len([line for line in lines if "port=18001" in line]) == 1, lines
+    assert not [line for line in lines if "step_failed" in line or "image_mapped" in line]
+
+
+class FailingUpdateTarget(MemoryTarget):
+    """A rolling update whose new instance never starts, as Docker says it: the step fails
+    (DeploymentNotReady) and the deployment is Failed, its old instance still serving."""
+
+    def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        if isinstance(step.payload, UpdateDeployment):
+            key = ResourceKey(step.endpoint, step.deployment)
+            self.deployments[key] = replace(
+                self.deployments[key],
+                provisioning_state=ProvisioningState.FAILED,
+                last_error="init() failed",
+            )
+            raise TargetError("the scoring script raised FileNotFoundError: model.pkl")
+        return super().apply(step, progress=progress)
+
+
+def test_the_end_of_a_failed_apply_names_a_failed_deployment_once(tmp_path: Path) -> None:
+    target = FailingUpdateTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    lines = failure_lines(result, log_lines=20)
+    assert [line for line in lines if "my-endpoint/green" in line] == [
+        "step 1 (update_deployment my-endpoint/green) failed: "
+        "the scoring script raised FileNotFoundError: model.pkl"
+    ]
+
+
+def test_a_repair_between_passes_of_an_update_does_not_end_the_updates_line() -> None:
+    # Docker: a pass stops the new instance that never became ready (a repair of that
+    # deployment), then the update's next round fails. The repair completed the update's
+    # line: "✓ update_deployment" in front of its "✗".
+    spec = deployment(instance_count=1)
+    update = Step(UpdateDeployment(spec, 1, spec.scale_settings), "ep", "blue")
+    repair = Step(RepairDeployment(spec, 1, spec.scale_settings), "ep", "blue")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    display = StepDisplay(console, show_plan=lambda plan, desired: None)
+    display.planned(Plan((update,)), None, None)
+    display.step_started(0, update)
+    waits = "waiting for ep/blue: 0/1 new instances ready"
+    display.step_ended(StepResult(0, Outcome.IN_PROGRESS, waits))
+    display.planned(Plan((repair, update)), None, None)
+    display.step_started(0, repair)
+    display.step_ended(StepResult(0, Outcome.SUCCEEDED))
+    display.step_started(1, update)
+    display.step_ended(StepResult(1, Outcome.FAILED, "init() failed"))
+    display.close()
+    lines = visible_lines(screen.getvalue())
+    assert [line.split("  ")[0] for line in lines] == ["✗ update_deployment ep/blue"], lines
+
+
+def test_on_a_terminal_the_end_of_a_failed_apply_adds_the_log_not_the_message_again(
+    tmp_path: Path,
+) -> None:
+    # The ✗ line said the message; the end adds the log's tail under the step's name (the
+    # step's number in the last pass's plan is not the one of the plan printed first).
+    target = FailingUpdateTarget()
+    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    green = repo / "endpoints" / "my-endpoint" / "green.yml"
+    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
+    (index,) = [i for i, r in enumerate(result.results) if r.outcome == Outcome.FAILED]
+    failed = replace(result.results[index], log_tail="line 1\nFileNotFoundError: model.pkl")
+    result = replace(
+        result, results=(*result.results[:index], failed, *result.results[index + 1 :])
+    )
+    assert failure_lines(result, log_lines=20, on_a_terminal=True) == [
+        "the end of the log of update_deployment my-endpoint/green:",
+        "    line 1",
+        "    FileNotFoundError: model.pkl",
+    ]

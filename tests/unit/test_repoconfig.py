@@ -146,3 +146,26 @@ def test_a_misspelt_target_type_is_one_error_with_the_near_type() -> None:
             "must be one of docker, kubernetes; got 'dockr' (did you mean 'docker'?)",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "targets:\n  laptop:\n    type: dockr\ndefault_target: laptop\n",
+        "targets:\n  laptop: {type: dockr}\ndefault_target: laptop\n",
+    ],
+)
+def test_a_misspelt_type_of_a_target_not_named_local_is_still_one_error(text: str) -> None:
+    # default_target names a target the file declares: only its type is wrong (the check
+    # looked among the valid targets, where a target named "local" is the fallback).
+    assert [(field, message) for _, field, message in errors(text)] == [
+        (
+            "targets.laptop.type",
+            "must be one of docker, kubernetes; got 'dockr' (did you mean 'docker'?)",
+        )
+    ]
+
+
+def test_a_default_target_the_file_does_not_declare_is_still_an_error() -> None:
+    text = "targets:\n  laptop: {type: docker}\ndefault_target: lptop\n"
+    assert errors(text) == [(3, "default_target", "names no target of `targets` ('lptop')")]

@@ -1880,7 +1880,9 @@ class DockerTarget:
                     known.get(inst.name)
                     or (
                         f"{inst.state}" + (f", {inst.restarts} restart(s)" if inst.restarts else "")
-                        if inst.health != "unhealthy"
+                        # Docker marks a stopped container unhealthy too: that it exited
+                        # is what happened to it, not a failed probe.
+                        if inst.health != "unhealthy" or inst.state != "running"
                         else "its readiness probe failed"
                     )
                 )

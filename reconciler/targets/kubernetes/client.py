@@ -353,6 +353,27 @@ class KubeClient:
         )
         return data.decode(errors="replace")
 
+    def previous_pod_log(self, name: str, *, lines: int = 100) -> str | None:
+        """What the pod's container wrote before its last restart (`kubectl logs
+        --previous`); None when it never restarted (the API server answers 400)."""
+        query: list[tuple[str, Any]] = [("tailLines", lines), ("previous", "true")]
+        status, data = self._request(
+            "GET",
+            self._path("Pod", name, "log"),
+            query=query,
+            accept="text/plain",
+            errors_returned=True,
+        )
+        if status == 400:
+            return None
+        if status >= 400:
+            raise TargetError(
+                f"Kubernetes API: log of pod {name} before its restart ({status}): "
+                f"{_message(data)}",
+                code=ErrorCode.KUBERNETES_API_ERROR,
+            )
+        return data.decode(errors="replace")
+
 
 def _equality_terms(selector: str) -> dict[str, str]:
     """`k=v,k2=v2` as a mapping; the only selectors this client sends."""

@@ -79,6 +79,7 @@ from reconciler.targets.capabilities import (
     ChecksDesired,
     HasCredentials,
     HasLogs,
+    HasPreviousLogs,
     HasRouterMetrics,
     HasRouterMetricsEach,
 )
@@ -88,11 +89,14 @@ from reconciler.targets.kubernetes.connections import missing_keys, missing_warn
 from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, router_reference
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.rollout import Rollout, rollout
+from reconciler.tracebacks import last_exception
 
 log = get_logger("reconciler.kubernetes")
 
 INSTANCE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy")
 LOG_TAIL = 30
+# Log lines read to find the exception an init() raised (near the end of a short log).
+EXCEPTION_SCAN_LINES = 400
 
 
 class KubernetesTarget:
@@ -289,7 +293,10 @@ class KubernetesTarget:
             spec = None  # written by another version of the recipe: trust the digest only
         error = status.error
         if error is not None and status.failing_pod is not None:
-            # Failed: the pod's last lines say why (no step waits to fetch them any more).
+            # Failed: the pod's last lines say why (no step waits to fetch them any more),
+            # and the exception of its attempt before the last restart (a crash loop's
+            # current attempt may have written nothing yet).
+            error += self._failure_note(status.failing_pod, key)
             tail = self._log_tail(status.failing_pod)
             error = f"{error}\n{tail}" if tail else error
         return LiveDeployment(
@@ -914,6 +921,21 @@ class KubernetesTarget:
         selector = ",".join(f"{k}={v}" for k, v in match.items())
         return self.client.list("Pod", selector)
 
+    def _failure_note(self, pod: str, key: ResourceKey) -> str:
+        """`; the scoring script raised ...; whole log: ...` for a failing pod."""
+        try:
+            previous = self.client.previous_pod_log(pod, lines=EXCEPTION_SCAN_LINES)
+        except TargetError:
+            previous = None
+        found = last_exception(previous or self._log_tail(pod, EXCEPTION_SCAN_LINES))
+        command = f"reconcile logs {key.endpoint} {key.deployment}" + (
+            " --previous" if previous else ""
+        )
+        if found is None:
+            return f"; whole log: `{command}`"
+        who = "the scoring script" if found.in_user_code else "the server"
+        return f"; {who} raised {found.describe()}; whole log: `{command}`"
+
     def _log_tail(self, pod: str, lines: int = LOG_TAIL) -> str:
         try:
             return self.client.pod_log(pod, lines=lines)
@@ -952,6 +974,26 @@ class KubernetesTarget:
         for pod in pods:
             name = pod["metadata"]["name"]
             chunks.append(f"==> {name} <==\n{self.client.pod_log(name, lines=lines)}")
+        return "\n".join(chunks)
+
+    def previous_logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        """What each pod's container wrote before its last restart: Kubernetes keeps the
+        attempt before the current one (a pod in CrashLoopBackOff: where init() raised)."""
+        selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
+        pods = self.client.list("Pod", selector)
+        if instance is not None:
+            pods = pods[instance : instance + 1]
+        if not pods:
+            raise TargetError(f"no pod of {endpoint}/{deployment} on target {self.name}")
+        chunks = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            text = self.client.previous_pod_log(name, lines=lines)
+            if text is None:
+                text = "(not restarted: its log holds one attempt; `reconcile logs` shows it)\n"
+            chunks.append(f"==> {name} (before its last restart) <==\n{text}")
         return "\n".join(chunks)
 
     def render(
@@ -1048,6 +1090,7 @@ _IS_TARGET: type[Target] = KubernetesTarget
 _HANDLES_STEPS: type[StepHandlers] = KubernetesTarget
 _HAS_CREDENTIALS: type[HasCredentials] = KubernetesTarget
 _HAS_LOGS: type[HasLogs] = KubernetesTarget
+_HAS_PREVIOUS_LOGS: type[HasPreviousLogs] = KubernetesTarget
 _BUILDS: type[Builds] = KubernetesTarget
 _CHECKS_DESIRED: type[ChecksDesired] = KubernetesTarget
 _HAS_ROUTER_METRICS: type[HasRouterMetrics] = KubernetesTarget
