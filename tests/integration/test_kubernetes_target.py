@@ -695,6 +695,30 @@ def test_a_router_pod_that_lags_leaves_the_step_in_progress_after_a_few_seconds(
     assert plan_rev(repo, target).plan.steps == ()
 
 
+def test_a_scale_down_with_blind_routers_is_done_in_one_pass_and_stays_done(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.deployment(EP, "blue", instance_count=3)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    _blind(fake, "pods/proxy forbidden")
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0)
+    repo.deployment(EP, "blue", instance_count=1)
+    repo.commit("fewer blue")
+    # The slots leave the route, then the pods go, in the same step: were it left in
+    # progress with the route below the running count, the next pass's repair would
+    # route them back, and the two would take turns.
+    result = one_pass(repo, target)
+    assert not failures(result), failures(result)
+    assert target.naps == []
+    blue = fake.get("deployments", BLUE)
+    assert blue is not None and blue["spec"]["replicas"] == 1
+    assert len(router_config(fake).deployment("blue").instances) == 1
+    assert plan_rev(repo, target).plan.steps == ()
+
+
 def test_a_deployment_traffic_moved_off_is_deleted_only_once_blind_routers_had_time(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:

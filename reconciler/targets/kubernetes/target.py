@@ -434,7 +434,12 @@ class KubernetesTarget:
             router_image = self.images.router_image(say)
         ctx = self.context(router_image)
         objects = self._endpoint_objects(spec, creds, config, ctx)
+        changed = config is not None and config != current
+        if config is not None and changed:
+            self._record_write(config, before, current, applied=False)
         self._apply_all(objects)
+        if config is not None and changed:
+            self._record_write(config, before, current, applied=True)
         role = m.ROLE_LABEL
         for own_role in (m.ROLE_ENDPOINT, m.ROLE_ROUTER):
             self._prune(
@@ -448,8 +453,6 @@ class KubernetesTarget:
             # far it got), nor for its routers to serve the config: keys and settings
             # carry no later step, and a traffic change in it is reported as not yet
             # moved until they do (the write's record).
-            if config != current:
-                self._record_write(config, before, current)
             self._push_config(spec.name, config, creds)
             waiting = self._await_config_served(config, say)
             if waiting is not None:
@@ -507,8 +510,9 @@ class KubernetesTarget:
         before = self._router_secret(config.endpoint)
         current = _parse_router_secret(before) if before is not None else None
         if current != config:
+            self._record_write(config, before, current, applied=False)
             self.client.apply(m.router_config_manifest(self.context(), config))
-            self._record_write(config, before, current)
+            self._record_write(config, before, current, applied=True)
             creds = self._credentials(config.endpoint)
             if creds is not None:
                 self._push_config(config.endpoint, config, creds)
@@ -519,11 +523,20 @@ class KubernetesTarget:
         config: RouterConfig,
         before: Mapping[str, Any] | None,
         current: RouterConfig | None,
+        *,
+        applied: bool,
     ) -> None:
-        """Record on the Secret (just written with `config`) when it was written and the
+        """Record on the Secret, written with `config`, when it was written and the
         traffic the routers were known to serve before: what observe reports until they
         serve the new config. A write while an earlier one is still pending keeps the
-        traffic known served before that one (the routers may serve either)."""
+        traffic known served before that one (the routers may serve either).
+
+        Called before and after the write (`applied`): the record goes on a Secret that
+        exists before it is written (a reconciler stopped in between leaves no config
+        without its record: the record names the new digest, so it counts only once the
+        config is there), and on a new one after."""
+        if applied == (before is not None):
+            return
         earlier = self._pending_write(before, current) if before is not None else None
         if earlier is not None:
             traffic, mirror = earlier.traffic, earlier.mirror
@@ -937,11 +950,12 @@ class KubernetesTarget:
         image = _image_of(obj)
         growing = do.instance_count >= int(obj["spec"].get("replicas", 1))
         if not growing:
-            # Fewer slots in the router before pods go: only once the routers serve
-            # them (in progress until then; the next pass plans this scale again).
+            # Fewer slots in the router before pods go. Not waited for past the short
+            # poll: ending in progress here would leave the route below the running count,
+            # which the next pass's repair_deployment routes back (they would take turns).
             routing = self._route_deployment(spec, replicas=do.instance_count, say=say)
             if routing is not None:
-                return routing
+                say(f"not waiting for {routing.what}")
         say(f"{spec.key}: {do.instance_count} instance(s)")
         waiting = self._apply_deployment(
             spec, replicas=do.instance_count, image=image, service_first=not growing
