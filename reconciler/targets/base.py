@@ -142,9 +142,11 @@ class StepHandlers(Protocol):
         self, step: Step, do: RepairDeployment, say: ProgressCallback
     ) -> Waiting | None: ...
 
+    # Waiting: its route is dropped but not yet served by every router instance; its
+    # instances go once it is (a later pass plans the deletion again).
     def _delete_deployment(
         self, step: Step, do: DeleteDeployment, say: ProgressCallback
-    ) -> None: ...
+    ) -> Waiting | None: ...
 
     # Waiting: the new split is written but not yet served by every router instance.
     def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None: ...
@@ -183,7 +185,7 @@ def dispatch(target: StepHandlers, step: Step, progress: ProgressCallback | None
         case RepairDeployment() as do:
             return target._repair_deployment(step, do, say)
         case DeleteDeployment() as do:
-            target._delete_deployment(step, do, say)
+            return target._delete_deployment(step, do, say)
         case SetTraffic() as do:
             return target._set_traffic(step, do, say)
         case SetMirrorTraffic() as do:

@@ -1249,6 +1249,15 @@ def apply_rev(
     return converge(source.tree(commit), target, prune=prune, revision=commit, gate=FAST_GATE)
 
 
+def one_pass(
+    repo: RepoBuilder, target: Any, rev: str = "HEAD", *, prune: bool = False
+) -> PassResult:
+    """A single pass of `rev`, as the daemon runs one: what ends in progress stays so."""
+    source = GitSource(repo.root)
+    commit = source.resolve(rev)
+    return run_pass(source.tree(commit), target, prune=prune, dry_run=False, revision=commit)
+
+
 def plan_rev(
     repo: RepoBuilder, target: Any, rev: str = "HEAD", *, prune: bool = False
 ) -> PassResult:

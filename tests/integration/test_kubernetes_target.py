@@ -19,6 +19,7 @@ from kube_fake import (
     failures,
     gateway_options,
     make_target,
+    one_pass,
     options,
     plan_rev,
     serve,
@@ -76,12 +77,27 @@ def test_create_applies_every_object_server_side_with_our_labels(
         for obj in fake.list(plural):
             assert obj["metadata"]["labels"][m.MANAGED_BY] == m.MANAGER
             assert obj["metadata"]["labels"][m.ENDPOINT_LABEL] == EP
-    writes = [r for r in fake.requests if r.method == "PATCH" and "/pods/" not in r.path]
+    config_path = f"/secrets/{m.router_config_name(EP)}"
+    records = [r for r in fake.requests if r.method == "PATCH" and r.query.get("force") is None]
+    writes = [r for r in fake.requests if r.method == "PATCH" and r not in records]
     assert writes and all(
         r.content_type == "application/apply-patch+yaml"
         and r.query == {"fieldManager": m.MANAGER, "force": "true"}
         for r in writes
     )
+    # Besides applies, only annotations: of router pods (the config they should serve),
+    # and the router config Secret's record of its write and of it being served.
+    assert all(
+        r.content_type == "application/merge-patch+json"
+        and (r.path.endswith(config_path) or "/pods/" in r.path)
+        for r in records
+    )
+    secret = fake.get("secrets", m.router_config_name(EP))
+    assert secret is not None
+    assert set(secret["metadata"]["annotations"]) == {
+        m.CONFIG_WRITE_ANNOTATION,
+        m.CONFIG_SERVED_ANNOTATION,
+    }
     # Pods are only ever annotated (router pods, with the config they should serve).
     pod_writes = [r for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path]
     assert all(
@@ -579,24 +595,176 @@ def test_a_router_pod_that_never_serves_the_config_fails_the_step_naming_it(
     assert not failures(apply_rev(repo, make_target(fake)))
 
 
+def _blind(fake: FakeKubernetes, why: str) -> None:
+    if why == "pods/proxy forbidden":
+        fake.forbidden.add(("pods/proxy", "get"))  # RBAC without pods/proxy
+    else:
+        fake.old_router_image = True
+
+
+def _at(fake: FakeKubernetes, now: list[float], **opts: Any) -> Any:
+    """A target whose clock is `now[0]`; its naps move that clock instead of sleeping,
+    and are kept: a long wait would show as one."""
+    target = make_target(fake, options(**opts))
+    target.clock = lambda: now[0]
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        now[0] += seconds
+
+    target.naps = naps
+    target.sleep = nap
+    return target
+
+
+def _step(result: Any, action: str) -> Any:
+    (index,) = [i for i, s in enumerate(result.plan.steps) if s.action.value == action]
+    return result.results[index]
+
+
 @pytest.mark.parametrize("why", ["pods/proxy forbidden", "older router image"])
-def test_routers_that_cannot_say_what_they_serve_get_the_kubelet_period(
+def test_routers_that_cannot_say_what_they_serve_leave_the_traffic_step_in_progress(
     repo: RepoBuilder, fake: FakeKubernetes, why: str
 ) -> None:
     blue_green(repo)
     repo.commit("base")
     assert not failures(apply_rev(repo, make_target(fake)))
-    if why == "pods/proxy forbidden":
-        fake.forbidden.add(("pods/proxy", "get"))  # RBAC without pods/proxy
-    else:
-        fake.old_router_image = True
-    target = make_target(fake, options(config_propagation_s=30.0))
-    waits: list[float] = []
-    target.sleep = waits.append
+    _blind(fake, why)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0)
     repo.endpoint(EP, traffic={"blue": 40, "green": 60})
     repo.commit("split")
-    assert not failures(apply_rev(repo, target))
-    assert waits == [30.0]  # as before there was a way to see what routers serve
+
+    started = time.monotonic()
+    first = one_pass(repo, target)
+    # The pass returns at once: the config is written, the step in progress with what it
+    # waits for, and nothing slept.
+    assert time.monotonic() - started < 10
+    assert target.naps == []
+    assert router_config(fake).traffic == (("blue", 40), ("green", 60))
+    waiting = _step(first, "set_traffic")
+    assert waiting.outcome == Outcome.IN_PROGRESS
+    assert f"router config of {EP}, written at" in waiting.message
+    assert "cannot say what they serve" in waiting.message
+    assert "(+90 s)" in waiting.message
+    # Until the kubelet's period is over the endpoint has the traffic it had: the next
+    # pass plans the step again, which is still in progress.
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 90), ("green", 10))
+    now[0] += 89
+    assert _step(one_pass(repo, target), "set_traffic").outcome == Outcome.IN_PROGRESS
+    now[0] += 1
+    # Its period is over: the traffic counts as moved, nothing is left to do.
+    done = one_pass(repo, target)
+    assert done.plan.steps == ()
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 40), ("green", 60))
+    assert plan_rev(repo, target).plan.steps == ()
+    assert target.naps == []
+
+
+def test_a_router_pod_that_lags_leaves_the_step_in_progress_after_a_few_seconds(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    first = one_pass(repo, target)
+    waiting = _step(first, "set_traffic")
+    assert waiting.outcome == Outcome.IN_PROGRESS
+    assert f"to be served by {stuck}" in waiting.message
+    # Short polls for a few seconds, not the kubelet's period.
+    assert target.naps and max(target.naps) <= 0.25 and sum(target.naps) < 6
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 90), ("green", 10))
+    # Its kubelet syncs: the next pass sees every pod serve it and completes the step.
+    fake.unstall_kubelet(stuck)
+    fake.kubelet_sync(stuck)
+    done = one_pass(repo, target)
+    assert not failures(done), failures(done)
+    assert [s.action.value for s in done.plan.steps] == ["set_traffic"]
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 40), ("green", 60))
+    assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_a_scale_down_with_blind_routers_is_done_in_one_pass_and_stays_done(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.deployment(EP, "blue", instance_count=3)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    _blind(fake, "pods/proxy forbidden")
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0)
+    repo.deployment(EP, "blue", instance_count=1)
+    repo.commit("fewer blue")
+    # The slots leave the route, then the pods go, in the same step: were it left in
+    # progress with the route below the running count, the next pass's repair would
+    # route them back, and the two would take turns.
+    result = one_pass(repo, target)
+    assert not failures(result), failures(result)
+    assert target.naps == []
+    blue = fake.get("deployments", BLUE)
+    assert blue is not None and blue["spec"]["replicas"] == 1
+    assert len(router_config(fake).deployment("blue").instances) == 1
+    assert plan_rev(repo, target).plan.steps == ()
+
+
+def test_a_deployment_traffic_moved_off_is_deleted_only_once_blind_routers_had_time(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    from reconciler.model.plan import DeleteDeployment, Step
+
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    _blind(fake, "pods/proxy forbidden")
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+
+    first = one_pass(repo, target, prune=True)
+    assert _step(first, "set_traffic").outcome == Outcome.IN_PROGRESS
+    deleting = _step(first, "delete_deployment")
+    assert deleting.outcome == Outcome.SKIPPED and "in progress" in deleting.message
+    assert GREEN in fake.names("deployments")
+    # A restarted reconciler (a new target) reads the write's time from the cluster: the
+    # traffic is not moved before its deadline, whoever asks.
+    now[0] += 60
+    restarted = _at(fake, now, config_propagation_s=90.0)
+    again = one_pass(repo, restarted, prune=True)
+    assert "counts as served at" in _step(again, "set_traffic").message
+    assert _step(again, "delete_deployment").outcome == Outcome.SKIPPED
+    assert GREEN in fake.names("deployments")
+    # A stale plan's deletion is refused too: the routers may still send green traffic.
+    with pytest.raises(TargetError, match="still has traffic"):
+        restarted.apply(Step(DeleteDeployment("green"), EP, "green"))
+    assert GREEN in fake.names("deployments")
+
+    now[0] += 30
+    done = one_pass(repo, _at(fake, now, config_propagation_s=90.0), prune=True)
+    # The traffic counts as moved; the deletion drops green's route first, a write the
+    # blind routers get the period for too (a request pinned to green may still come).
+    assert [s.action.value for s in done.plan.steps] == ["delete_deployment"]
+    assert _step(done, "delete_deployment").outcome == Outcome.IN_PROGRESS
+    assert router_config(fake).deployment("green") is None
+    assert GREEN in fake.names("deployments")
+    now[0] += 90
+    last = one_pass(repo, _at(fake, now, config_propagation_s=90.0), prune=True)
+    assert not failures(last), failures(last)
+    assert GREEN not in fake.names("deployments")
+    assert plan_rev(repo, target, prune=True).plan.steps == ()
 
 
 def test_router_config_reaches_real_router_processes_in_a_second_or_at_once_in_cluster(

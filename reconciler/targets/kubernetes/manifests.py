@@ -72,6 +72,12 @@ DIGEST_ANNOTATION = f"{PREFIX}digest"
 # On router pods: the digest of the router config they should serve. Setting it makes the
 # kubelet sync the pod, and so refresh its Secret volume at once (see target).
 ROUTER_CONFIG_ANNOTATION = f"{PREFIX}router-config"
+# On the router config Secret: the last write (JSON: digest, wall time, and the traffic
+# and mirror the routers were known to serve before it), and the digest once every router
+# was seen serving it. Observe reports the earlier traffic until the routers serve the
+# new config, or config_propagation_s after the write where they cannot say (see target).
+CONFIG_WRITE_ANNOTATION = f"{PREFIX}router-config-write"
+CONFIG_SERVED_ANNOTATION = f"{PREFIX}router-config-served"
 ROUTER_DIGEST_PATH = CONFIG_DIGEST_PATH
 ENDPOINT_RECORD = "endpoint.json"
 ROUTER_CONFIG_FILE = "router.json"

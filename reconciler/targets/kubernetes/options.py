@@ -90,11 +90,13 @@ class KubernetesOptions:
     scoring_url: str = "http://{service}.{namespace}.svc.cluster.local"
     ready_timeout_s: float = 900.0
     poll_s: float = 2.0
-    # The longest wait for every router pod to serve a new router config (they say which
-    # they serve; the target hurries their kubelets), after which the step fails. Where
-    # routers cannot be asked (no pods/proxy right, an older router image), the fixed wait
-    # for the kubelet's periodic refresh of the mounted Secret (its sync period plus its
-    # cache TTL, about a minute by default), so a later step (a deletion) never races it.
+    # How long after a router config write every router pod must serve it (they say
+    # which they serve; the target hurries their kubelets), after which the step fails.
+    # Where routers cannot be asked (no pods/proxy right, an older router image), the
+    # time after which the config counts as served: the kubelet's periodic refresh of the
+    # mounted Secret (its sync period plus its cache TTL, about a minute by default), so
+    # a later step (a deletion) never races it. No step sleeps for it: until then the
+    # step is in progress and a later pass completes it.
     config_propagation_s: float = 90.0
     image_pull_secrets: tuple[str, ...] = ()
 

@@ -15,11 +15,17 @@ follow once its rollout is complete: observe names a deployment rolled out but n
 as it should be (LiveDeployment.repair), and the plan's repair_deployment step routes it.
 
 Router config changes (traffic, mirror, routes, keys) are written to the router's Secret,
-and a step returns once every ready router pod says (through the API server's pod proxy)
+and a step is done once every ready router pod says (through the API server's pod proxy)
 that it serves the new config's digest. Pods that lag are annotated with that digest, which
 makes their kubelet refresh the mounted Secret at once instead of at its next periodic
 sync; when the reconciler runs in the cluster it also posts the new config to each router
-pod's admin path, which makes it live at once (see _await_config_served).
+pod's admin path, which makes it live at once (see _await_config_served). A step never
+waits long for it: after a few seconds (or at once, where the routers cannot say what they
+serve) it ends in progress. The Secret records the write (when, and the traffic known
+served before it); until the routers serve it, or config_propagation_s after the write
+where they cannot say, observe reports that earlier traffic, so the next pass plans the
+traffic step again (it finds the config written and waits no longer than it did) and a
+deletion of the deployment traffic moved off waits behind it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +117,7 @@ class KubernetesTarget:
         images: ImageSource | None = None,
         in_cluster: bool = False,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
         self.name = options.name
@@ -121,6 +127,8 @@ class KubernetesTarget:
         self.in_cluster = in_cluster
         self.router_admin_port = m.ROUTER_PORT
         self.sleep = sleep
+        # Wall time: the deadline of a router config write is kept in the cluster (an
+        # annotation), so another reconciler process reads it too.
         self.clock = clock
 
     # --- connection --------------------------------------------------------------------
@@ -172,6 +180,7 @@ class KubernetesTarget:
         for pod in self._list("Pod", **{role: m.ROLE_INSTANCE}):
             pods[(_label(pod, m.ENDPOINT_LABEL), _label(pod, m.DEPLOYMENT_LABEL))].append(pod)
         configs: dict[str, RouterConfig | None] = {}
+        pending: dict[str, _ConfigWrite] = {}
         routes: dict[str, dict[str, Any]] = {}
         if self.options.gateway_api:
             for route in self._list("HTTPRoute", **{role: m.ROLE_ROUTER}):
@@ -179,7 +188,11 @@ class KubernetesTarget:
                     routes[_label(route, m.ENDPOINT_LABEL)] = route
         else:
             for secret in self._list("Secret", **{role: m.ROLE_ROUTER}):
-                configs[_label(secret, m.ENDPOINT_LABEL)] = _parse_router_secret(secret)
+                endpoint = _label(secret, m.ENDPOINT_LABEL)
+                configs[endpoint] = _parse_router_secret(secret)
+                write = self._pending_write(secret, configs[endpoint])
+                if write is not None:
+                    pending[endpoint] = write
         names = set(records) | set(routers) | set(configs) | set(routes)
         deployments: list[LiveDeployment] = []
         for endpoint in sorted(instances):
@@ -205,6 +218,7 @@ class KubernetesTarget:
                     router=routers.get(endpoint),
                     config=configs.get(endpoint),
                     route=routes.get(endpoint),
+                    pending=pending.get(endpoint),
                     services=services,
                     running=set(services.values()),
                 )
@@ -222,6 +236,7 @@ class KubernetesTarget:
         router: Mapping[str, Any] | None,
         config: RouterConfig | None,
         route: Mapping[str, Any] | None,
+        pending: _ConfigWrite | None = None,
         services: Mapping[str, str],
         running: set[str],
     ) -> LiveEndpoint:
@@ -251,6 +266,11 @@ class KubernetesTarget:
                     mirror_traffic=config.mirror_traffic,
                     shadow_comparison=spec_tolerance(config.shadow_comparison),
                 )
+            if pending is not None:
+                # Written, not yet known served: the routers may serve the earlier
+                # traffic, so that is what the endpoint has (the next pass's traffic
+                # step finds the config written and completes once it is served).
+                spec = replace(spec, traffic=pending.traffic, mirror_traffic=pending.mirror)
             if config is None or router is None:
                 state = ProvisioningState.FAILED
             else:
@@ -407,8 +427,11 @@ class KubernetesTarget:
     ) -> None:
         config: RouterConfig | None = None
         router_image = None
+        before: dict[str, Any] | None = None
+        current: RouterConfig | None = None
         if not self.options.gateway_api:
-            current = self._router_config(spec.name)
+            before = self._router_secret(spec.name)
+            current = _parse_router_secret(before) if before is not None else None
             base = current or m.router_config(spec, creds)
             config = replace(
                 m.with_credentials(base, creds),
@@ -418,7 +441,12 @@ class KubernetesTarget:
             router_image = self.images.router_image(say)
         ctx = self.context(router_image)
         objects = self._endpoint_objects(spec, creds, config, ctx)
+        changed = config is not None and config != current
+        if config is not None and changed:
+            self._record_write(config, before, current, applied=False)
         self._apply_all(objects)
+        if config is not None and changed:
+            self._record_write(config, before, current, applied=True)
         role = m.ROLE_LABEL
         for own_role in (m.ROLE_ENDPOINT, m.ROLE_ROUTER):
             self._prune(
@@ -429,9 +457,13 @@ class KubernetesTarget:
         if not self.options.gateway_api and config is not None:
             # The router reads its config from the Secret when it starts; one that runs
             # already takes it now. No wait for its rollout (the endpoint's state says how
-            # far it got); routers that do run say when they serve the new config.
+            # far it got), nor for its routers to serve the config: keys and settings
+            # carry no later step, and a traffic change in it is reported as not yet
+            # moved until they do (the write's record).
             self._push_config(spec.name, config, creds)
-            self._await_config_served(config, say)
+            waiting = self._await_config_served(config, say)
+            if waiting is not None:
+                say(f"not waiting for {waiting.what}")
 
     def _update_endpoint(self, step: Step, do: UpdateEndpoint, say: ProgressCallback) -> None:
         spec = do.spec
@@ -451,6 +483,7 @@ class KubernetesTarget:
         busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
         routes = tuple(r for r in config.deployments if r.name in running | busy)
         if routes != config.deployments:
+            # Routes of deployments that are gone: no request goes there either way.
             self._write_router_config(replace(config, deployments=routes), say)
 
     def _delete_endpoint(self, step: Step, do: DeleteEndpoint, say: ProgressCallback) -> None:
@@ -460,9 +493,13 @@ class KubernetesTarget:
 
     # router configuration and routes
 
-    def _router_config(self, endpoint: str) -> RouterConfig | None:
+    def _router_secret(self, endpoint: str) -> dict[str, Any] | None:
         secret = self.client.get("Secret", m.router_config_name(endpoint))
-        return _parse_router_secret(secret) if secret is not None and _ours(secret) else None
+        return secret if secret is not None and _ours(secret) else None
+
+    def _router_config(self, endpoint: str) -> RouterConfig | None:
+        secret = self._router_secret(endpoint)
+        return _parse_router_secret(secret) if secret is not None else None
 
     def _required_config(self, endpoint: str) -> RouterConfig:
         config = self._router_config(endpoint)
@@ -470,34 +507,113 @@ class KubernetesTarget:
             raise TargetError(f"endpoint {endpoint} has no router config", code=ErrorCode.NOT_FOUND)
         return config
 
-    def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> None:
-        """Write the router's config and return once every router pod serves it.
+    def _write_router_config(self, config: RouterConfig, say: ProgressCallback) -> Waiting | None:
+        """Write the router's config; None once every router pod serves it, Waiting while
+        they do not (yet) or cannot say (see _await_config_served).
 
-        Also when the Secret already holds it: a pass stopped after the write (or a step
-        that failed waiting) is not taken for done until the routers serve it.
+        Also when the Secret already holds it: a pass that ended in progress after the
+        write (or a step that failed waiting) is not taken for done until it is served.
         """
-        if self._router_config(config.endpoint) != config:
+        before = self._router_secret(config.endpoint)
+        current = _parse_router_secret(before) if before is not None else None
+        if current != config:
+            self._record_write(config, before, current, applied=False)
             self.client.apply(m.router_config_manifest(self.context(), config))
+            self._record_write(config, before, current, applied=True)
             creds = self._credentials(config.endpoint)
             if creds is not None:
                 self._push_config(config.endpoint, config, creds)
-        self._await_config_served(config, say)
+        return self._await_config_served(config, say)
 
-    def _await_config_served(self, config: RouterConfig, say: ProgressCallback) -> None:
-        """Until every ready router pod of the endpoint says (`/-/config-digest`, read
-        through the API server's pod proxy) that it serves `config`; a TargetError
-        (RouterConfigNotServed) naming the pods that do not after `config_propagation_s`.
+    def _record_write(
+        self,
+        config: RouterConfig,
+        before: Mapping[str, Any] | None,
+        current: RouterConfig | None,
+        *,
+        applied: bool,
+    ) -> None:
+        """Record on the Secret, written with `config`, when it was written and the
+        traffic the routers were known to serve before: what observe reports until they
+        serve the new config. A write while an earlier one is still pending keeps the
+        traffic known served before that one (the routers may serve either).
+
+        Called before and after the write (`applied`): the record goes on a Secret that
+        exists before it is written (a reconciler stopped in between leaves no config
+        without its record: the record names the new digest, so it counts only once the
+        config is there), and on a new one after."""
+        if applied == (before is not None):
+            return
+        earlier = self._pending_write(before, current) if before is not None else None
+        if earlier is not None:
+            traffic, mirror = earlier.traffic, earlier.mirror
+        elif current is not None:
+            traffic, mirror = current.traffic, current.mirror_traffic
+        else:
+            traffic, mirror = (), ()  # a new router: it served nothing before
+        record = _ConfigWrite(config.digest(), self.clock(), traffic, mirror)
+        self.client.annotate(
+            "Secret",
+            m.router_config_name(config.endpoint),
+            {m.CONFIG_WRITE_ANNOTATION: record.text()},
+        )
+
+    def _pending_write(
+        self, secret: Mapping[str, Any], config: RouterConfig | None
+    ) -> _ConfigWrite | None:
+        """The Secret's last write while its routers are not known to serve it: not seen
+        serving it, and (where they cannot say) config_propagation_s not over."""
+        write = _ConfigWrite.parse(_annotation(secret, m.CONFIG_WRITE_ANNOTATION))
+        if write is None or config is None or write.digest != config.digest():
+            return None  # no record (written before records), or written since without
+        if _annotation(secret, m.CONFIG_SERVED_ANNOTATION) == write.digest:
+            return None
+        if self.clock() >= write.at + self.options.config_propagation_s:
+            return None
+        return write
+
+    def _pending(self, endpoint: str) -> _ConfigWrite | None:
+        secret = self._router_secret(endpoint)
+        if secret is None:
+            return None
+        return self._pending_write(secret, _parse_router_secret(secret))
+
+    def _served_weights(self, endpoint: str) -> tuple[Weights, Weights]:
+        """Traffic and mirror the routers are known to serve (builtin router): the
+        config's, or while its write is pending, those before it."""
+        pending = None if self.options.gateway_api else self._pending(endpoint)
+        if pending is not None:
+            return pending.traffic, pending.mirror
+        return self._route_weights(endpoint)
+
+    def _await_config_served(self, config: RouterConfig, say: ProgressCallback) -> Waiting | None:
+        """None once every ready router pod of the endpoint says (`/-/config-digest`,
+        read through the API server's pod proxy) that it serves `config`; Waiting when
+        some do not within a few seconds (the next pass asks again); a TargetError
+        (RouterConfigNotServed) naming the pods that still do not `config_propagation_s`
+        after the write.
 
         A router reloads its config file when the file changes, and the kubelet refreshes
         a mounted Secret when it syncs the pod: about once a minute, or at once when the
         pod changes. So a router pod still serving an older config gets an annotation
         with the new digest, which makes its kubelet sync it now: the change is live in
         about a second instead of a minute or more. Where the pods cannot say what they
-        serve (RBAC refuses the pod proxy, or routers of an older image), the step waits
-        `config_propagation_s` instead, as it always did.
+        serve (RBAC refuses the pod proxy, or routers of an older image), the config is
+        taken as served `config_propagation_s` after its write: Waiting until then (no
+        sleep), whichever pass asks.
         """
         endpoint, digest = config.endpoint, config.digest()
-        deadline = self.clock() + self.options.config_propagation_s
+        secret = self._router_secret(endpoint)
+        write = self._pending_write(secret, config) if secret is not None else None
+        if write is None and secret is not None:
+            recorded = _ConfigWrite.parse(_annotation(secret, m.CONFIG_WRITE_ANNOTATION))
+            if recorded is not None and recorded.digest == digest:
+                if _annotation(secret, m.CONFIG_SERVED_ANNOTATION) == digest:
+                    return None  # seen served already
+                write = recorded  # its time is over: lagging pods now fail the step
+        written_at = write.at if write is not None else self.clock()
+        deadline = written_at + self.options.config_propagation_s
+        patience = self.clock() + min(self.options.config_propagation_s, SERVED_PATIENCE_S)
         announced = False
         while True:
             lagging: list[str] = []
@@ -515,23 +631,37 @@ class KubernetesTarget:
                     continue
                 served = self._served_digest(name)
                 if served == _UNREPORTED:
-                    self._wait_blind(endpoint, say)
-                    return
+                    return self._wait_blind(endpoint, write, say)
                 if served == digest:
                     continue
                 lagging.append(f"{name} ({'serves ' + served[:12] if served else 'no answer'})")
                 if not nudged:
                     self._nudge_kubelet(name, digest)
-            if not lagging or self.options.config_propagation_s <= 0:
-                return  # 0: no wait at all (the lagging pods are hurried all the same)
+            if not lagging:
+                if write is not None:
+                    self.client.annotate(
+                        "Secret",
+                        m.router_config_name(endpoint),
+                        {m.CONFIG_SERVED_ANNOTATION: digest},
+                    )
+                return None
+            if self.options.config_propagation_s <= 0:
+                return None  # 0: no wait at all (the lagging pods are hurried all the same)
             if not announced:
                 say(f"router config of {endpoint} written; waiting until its routers serve it")
                 announced = True
-            if self.clock() >= deadline:
+            now = self.clock()
+            if now >= deadline:
                 raise TargetError(
                     f"router config {digest[:12]} of {endpoint} not served after "
                     f"{self.options.config_propagation_s:.0f} s by: {', '.join(lagging)}",
                     code=ErrorCode.ROUTER_CONFIG_NOT_SERVED,
+                )
+            if now >= patience:
+                return Waiting(
+                    f"router config {digest[:12]} of {endpoint} (written at "
+                    f"{_clock_text(written_at)}) to be served by {', '.join(lagging)}; "
+                    f"the kubelet has until {_clock_text(deadline)}"
                 )
             self.sleep(min(self.options.poll_s, 0.25))
 
@@ -590,15 +720,27 @@ class KubernetesTarget:
                 raise
             log.warning("router_pod_annotate_forbidden", pod=pod)
 
-    def _wait_blind(self, endpoint: str, say: ProgressCallback) -> None:
-        wait = self.options.config_propagation_s
-        if wait <= 0:
-            return
-        say(
-            f"router config of {endpoint} written; its routers cannot say what they serve "
-            f"(pod proxy forbidden, or an older router image): {wait:.0f} s for the kubelet"
+    def _wait_blind(
+        self, endpoint: str, write: _ConfigWrite | None, say: ProgressCallback
+    ) -> Waiting | None:
+        """Routers that cannot say what they serve: the config is taken as served once the
+        kubelet's refresh period (config_propagation_s) has passed since its write; until
+        then the step is in progress (no sleep: a later pass finds it done). A config with
+        no pending write (seen served, its time over, or written before writes were
+        recorded) is served."""
+        if write is None:
+            return None
+        deadline = write.at + self.options.config_propagation_s
+        if self.clock() >= deadline:
+            return None
+        what = (
+            f"the kubelet to refresh the router config of {endpoint}, written at "
+            f"{_clock_text(write.at)}: its routers cannot say what they serve (pod proxy "
+            f"forbidden, or an older router image), so it counts as served at "
+            f"{_clock_text(deadline)} (+{self.options.config_propagation_s:.0f} s)"
         )
-        self.sleep(wait)
+        say(f"waiting for {what}")
+        return Waiting(what)
 
     def _push_config(self, endpoint: str, config: RouterConfig, creds: EndpointCredentials) -> bool:
         """Post the config to every ready router pod; True when each took it.
@@ -663,7 +805,7 @@ class KubernetesTarget:
 
     def _route_deployment(
         self, spec: DeploymentSpec, *, replicas: int, say: ProgressCallback
-    ) -> None:
+    ) -> Waiting | None:
         """Make a deployment reachable through the endpoint: its route in the router's
         config, or its pin rule in the HTTPRoute."""
         endpoint = spec.endpoint_name
@@ -671,11 +813,11 @@ class KubernetesTarget:
             traffic, mirror = self._route_weights(endpoint)
             names = sorted(set(self._deployment_names(endpoint)) | {spec.name})
             self._write_routes(endpoint, deployments=names, traffic=traffic, mirror=mirror)
-            return
+            return None
         config = self._required_config(endpoint)
         route = m.deployment_route(self.context(), spec, replicas=replicas)
         others = [r for r in config.deployments if r.name != spec.name]
-        self._write_router_config(replace(config, deployments=tuple([*others, route])), say)
+        return self._write_router_config(replace(config, deployments=tuple([*others, route])), say)
 
     # deployments
 
@@ -815,8 +957,12 @@ class KubernetesTarget:
         image = _image_of(obj)
         growing = do.instance_count >= int(obj["spec"].get("replicas", 1))
         if not growing:
-            # Fewer slots in the router before pods go.
-            self._route_deployment(spec, replicas=do.instance_count, say=say)
+            # Fewer slots in the router before pods go. Not waited for past the short
+            # poll: ending in progress here would leave the route below the running count,
+            # which the next pass's repair_deployment routes back (they would take turns).
+            routing = self._route_deployment(spec, replicas=do.instance_count, say=say)
+            if routing is not None:
+                say(f"not waiting for {routing.what}")
         say(f"{spec.key}: {do.instance_count} instance(s)")
         waiting = self._apply_deployment(
             spec, replicas=do.instance_count, image=image, service_first=not growing
@@ -842,7 +988,9 @@ class KubernetesTarget:
             self._route_deployment(spec, replicas=do.instance_count, say=say)
         return waiting
 
-    def _repair_deployment(self, step: Step, do: RepairDeployment, say: ProgressCallback) -> None:
+    def _repair_deployment(
+        self, step: Step, do: RepairDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         """A deployment rolled out: its Service gets its slots and the router its route,
         for the spec and replica count that run."""
         obj, running = self._running(step.endpoint, do.name)
@@ -852,13 +1000,19 @@ class KubernetesTarget:
             self.context(), spec, replicas=replicas, image=_image_of(obj)
         )
         self._apply_all(objects[1:])
-        self._route_deployment(spec, replicas=replicas, say=say)
+        waiting = self._route_deployment(spec, replicas=replicas, say=say)
         say(f"{spec.key}: routed with {replicas} replica(s)")
+        return waiting
 
-    def _delete_deployment(self, step: Step, do: DeleteDeployment, say: ProgressCallback) -> None:
+    def _delete_deployment(
+        self, step: Step, do: DeleteDeployment, say: ProgressCallback
+    ) -> Waiting | None:
         name = do.name
         traffic, mirror = self._route_weights(step.endpoint)
-        if weight_of(traffic, name) or weight_of(mirror, name):
+        # And what the routers may still serve: traffic moved off it is not taken as
+        # moved until they serve the config that moved it (a stale plan must not delete).
+        served = self._served_weights(step.endpoint)
+        if any(weight_of(w, name) for w in (traffic, mirror, *served)):
             raise TargetError(
                 f"deployment {step.endpoint}/{name} still has traffic",
                 code=ErrorCode.HAS_TRAFFIC,
@@ -868,11 +1022,19 @@ class KubernetesTarget:
             self._write_routes(step.endpoint, deployments=names, traffic=traffic, mirror=mirror)
         else:
             config = self._router_config(step.endpoint)
+            waiting: Waiting | None = None
             if config is not None and config.deployment(name) is not None:
                 routes = tuple(r for r in config.deployments if r.name != name)
-                self._write_router_config(replace(config, deployments=routes), say)
+                waiting = self._write_router_config(replace(config, deployments=routes), say)
+            elif config is not None and self._pending(step.endpoint) is not None:
+                # Its route dropped by an earlier pass, not yet known served (a request
+                # pinned to it would still go there): until it is.
+                waiting = self._await_config_served(config, say)
+            if waiting is not None:
+                return waiting  # its objects go once no router routes to it
         self._prune((), INSTANCE_KINDS, **self._instance_labels(step.endpoint, name))
         say(f"deployment {step.endpoint}/{name} deleted")
+        return None
 
     # traffic
 
@@ -892,7 +1054,8 @@ class KubernetesTarget:
 
     def _set_weights(
         self, endpoint: str, *, traffic: Weights, mirror: Weights, say: ProgressCallback
-    ) -> None:
+    ) -> Waiting | None:
+        """Write the weights; Waiting until the routers serve them (builtin router)."""
         if self.options.gateway_api:
             self._write_routes(
                 endpoint,
@@ -900,21 +1063,27 @@ class KubernetesTarget:
                 traffic=traffic,
                 mirror=mirror,
             )
-            return
+            return None
         config = self._required_config(endpoint)
-        self._write_router_config(replace(config, traffic=traffic, mirror_traffic=mirror), say)
+        return self._write_router_config(
+            replace(config, traffic=traffic, mirror_traffic=mirror), say
+        )
 
-    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> None:
+    def _set_traffic(self, step: Step, do: SetTraffic, say: ProgressCallback) -> Waiting | None:
         self._check_serving(step.endpoint, do.weights)
         _, mirror = self._route_weights(step.endpoint)
-        self._set_weights(step.endpoint, traffic=do.weights, mirror=mirror, say=say)
+        waiting = self._set_weights(step.endpoint, traffic=do.weights, mirror=mirror, say=say)
         say(f"traffic of {step.endpoint}: {dict(do.weights)}")
+        return waiting
 
-    def _set_mirror_traffic(self, step: Step, do: SetMirrorTraffic, say: ProgressCallback) -> None:
+    def _set_mirror_traffic(
+        self, step: Step, do: SetMirrorTraffic, say: ProgressCallback
+    ) -> Waiting | None:
         self._check_serving(step.endpoint, do.weights)
         traffic, _ = self._route_weights(step.endpoint)
-        self._set_weights(step.endpoint, traffic=traffic, mirror=do.weights, say=say)
+        waiting = self._set_weights(step.endpoint, traffic=traffic, mirror=do.weights, say=say)
         say(f"mirror traffic of {step.endpoint}: {dict(do.weights)}")
+        return waiting
 
     def _pods_of(self, deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
         match = deployment["spec"]["selector"]["matchLabels"]
@@ -959,6 +1128,8 @@ class KubernetesTarget:
         self.client.apply(m.keys_secret_manifest(self.context(), endpoint, creds))
         if not self.options.gateway_api:
             config = self._required_config(endpoint)
+            # Not waited for: the routers take the new keys when the kubelet refreshes
+            # their Secret (at once where they say what they serve: see the write).
             self._write_router_config(m.with_credentials(config, creds), lambda _m: None)
 
     def logs(
@@ -1068,6 +1239,49 @@ def _image_of(deployment: Mapping[str, Any]) -> m.DeploymentImage:
 
 
 _UNREPORTED = "<unreported>"  # a router that cannot be asked what it serves
+# How long a step polls for its routers to serve a config before it ends in progress
+# (they usually do within a second: their kubelets are hurried).
+SERVED_PATIENCE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfigWrite:
+    """A router config write as recorded on its Secret (CONFIG_WRITE_ANNOTATION)."""
+
+    digest: str
+    at: float  # wall time (the target's clock)
+    traffic: Weights  # what the routers were known to serve before it
+    mirror: Weights
+
+    def text(self) -> str:
+        return json.dumps(
+            {
+                "digest": self.digest,
+                "at": self.at,
+                "traffic": [list(w) for w in self.traffic],
+                "mirror": [list(w) for w in self.mirror],
+            },
+            sort_keys=True,
+        )
+
+    @staticmethod
+    def parse(text: str) -> _ConfigWrite | None:
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+            return _ConfigWrite(
+                digest=str(doc["digest"]),
+                at=float(doc["at"]),
+                traffic=tuple((str(n), int(w)) for n, w in doc["traffic"]),
+                mirror=tuple((str(n), int(w)) for n, w in doc["mirror"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None  # spoiled: no record (taken as served, as before records)
+
+
+def _clock_text(at: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(at))
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
