@@ -273,7 +273,7 @@ def test_a_repair_between_passes_of_an_update_does_not_end_the_updates_line() ->
     # line: "✓ update_deployment" in front of its "✗".
     spec = deployment(instance_count=1)
     update = Step(UpdateDeployment(spec, 1, spec.scale_settings), "ep", "blue")
-    repair = Step(RepairDeployment(spec, 1, spec.scale_settings), "ep", "blue")
+    repair = Step(RepairDeployment("blue", spec, 1, spec.scale_settings), "ep", "blue")
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120)
     display = StepDisplay(console, show_plan=lambda plan, desired: None)
