@@ -17,13 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.state import DesiredState
-from reconciler.repoconfig import TargetConfig
-from reconciler.targets.base import Target, TargetError
-from reconciler.targets.capabilities import EndpointAccess
+from reconciler.targets.errors import TargetError
+
+if TYPE_CHECKING:
+    # Types only: `reconcile invoke` reads this registry without the plan's model.
+    from reconciler.model.diagnostics import Diagnostic
+    from reconciler.model.state import DesiredState
+    from reconciler.repoconfig import TargetConfig
+    from reconciler.targets.base import Target
+    from reconciler.targets.capabilities import EndpointAccess
 
 # The line of a field of a file of the repository (None: unknown), for warnings.
 LineOf = Callable[[str, tuple[str | int, ...]], int | None]
