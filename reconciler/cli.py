@@ -104,7 +104,7 @@ def revision_of(
     """Which revision a plan made from `source` read (None outside git), and the working
     tree's differences from HEAD. `revision` is the commit read, None for the files on disk."""
     from reconciler.gitsource import GitSourceError
-    from reconciler.model.plan import PlanRevision
+    from reconciler.model.revision import PlanRevision
 
     if source.git is None:
         return None, ()

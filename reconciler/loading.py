@@ -45,6 +45,8 @@ from reconciler.model.secrets import MalformedReference, mentions_reference, par
 from reconciler.model.specs import (
     KUBERNETES,
     MANAGED,
+    MLFLOW_MODEL,
+    TRITON_MODEL,
     CodeSpec,
     DeploymentSpec,
     EndpointSpec,
@@ -63,14 +65,6 @@ from reconciler.model.specs import (
     weights,
 )
 from reconciler.model.state import DesiredState
-from reconciler.nocode.mlflowmodel import MLFLOW_MODEL, MlflowModelError, mlflow_environment
-from reconciler.nocode.triton import (
-    TRITON_MODEL,
-    TritonModelError,
-    model_files,
-    read_repository,
-    triton_environment,
-)
 from reconciler.yamlsource import (
     MAX_NESTING_OF_OURS,
     MAX_YAML_BYTES,
@@ -1124,6 +1118,9 @@ class _Load:
             )
             self.error(owner, ("environment",), message)
             return None
+        # The no-code modules only for a deployment that needs them (issue 15: start-up).
+        from reconciler.nocode.mlflowmodel import MlflowModelError, mlflow_environment
+
         try:
             derived = mlflow_environment(model, self._read_if_file)
         except MlflowModelError as error:
@@ -1138,6 +1135,13 @@ class _Load:
     ) -> EnvironmentSpec | None:
         """Triton's environment, once the model repository is checked (a validate error
         naming the file, and line, of the first problem)."""
+        from reconciler.nocode.triton import (
+            TritonModelError,
+            model_files,
+            read_repository,
+            triton_environment,
+        )
+
         if model.path in self.files:
             message = (
                 f"{model.path}: a triton_model is a folder (a model repository: "
