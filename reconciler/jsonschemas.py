@@ -12,7 +12,7 @@ import copy
 import difflib
 import functools
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import marshal
 import os
@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import fastjsonschema
-
 from reconciler.yamlsource import FieldLines, FieldPath
 
 if TYPE_CHECKING:
@@ -33,11 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["Check", "schema", "schema_problems", "shown", "validators"]
 
 
+# The package ships them beside this module (a plain path: importlib.resources' readers
+# cost each command a few milliseconds of imports).
+SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
+
+
 @functools.cache
 def schema(file_name: str) -> dict[str, Any]:
     """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
-    text = importlib.resources.files("reconciler").joinpath("schemas", file_name).read_text()
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: dict[str, Any] = json.loads((SCHEMAS / file_name).read_text(encoding="utf-8"))
     return loaded
 
 
@@ -72,6 +74,32 @@ class FullValidator:
 # the code of five schemas costs each `reconcile` command about 0.08 s of CPU).
 CACHE_ENV: Final = "RECONCILER_CACHE_DIR"
 _ROOT_FUNCTION = re.compile(r"^def (\w+)\(", re.MULTILINE)
+# The generated code's import of fastjsonschema's exceptions, which loads the whole package
+# (its generators and drafts) into every command: its names are bound to CheckFailed.
+_EXCEPTIONS_IMPORT = re.compile(
+    r"^from fastjsonschema import (\w+Exception(?:, \w+Exception)*)$", re.M
+)
+
+
+class CheckFailed(ValueError):
+    """What a compiled check raises for a document its schema refuses (in place of
+    fastjsonschema's JsonSchemaValueException; only whether it is raised counts)."""
+
+    def __init__(self, message: str = "", *args: Any, **kwargs: Any) -> None:
+        super().__init__(message)
+
+
+def _fastjsonschema_version() -> str:
+    """fastjsonschema's version file, read without importing the package (a cache hit,
+    the common case, needs nothing else of it)."""
+    found = importlib.util.find_spec("fastjsonschema")
+    folders = found.submodule_search_locations if found is not None else None
+    if not folders:
+        return "absent"
+    try:
+        return (Path(next(iter(folders))) / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
 
 
 def _cache_dir() -> Path:
@@ -93,7 +121,7 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     """
     text = json.dumps(loaded, sort_keys=True)
     key = hashlib.sha256(
-        f"{fastjsonschema.VERSION}|{sys.version}|{_GENERATOR}|{text}".encode()
+        f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
     path = _cache_dir() / "validators" / f"{key}.marshal"
     code: types.CodeType | None = None
@@ -102,9 +130,14 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     except Exception:  # absent, truncated, or from another Python: compiled below
         code = None
     if code is None:
+        import fastjsonschema
+
         # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and
         # `loaded` is the cached schema others read.
         source = fastjsonschema.compile_to_code(copy.deepcopy(loaded), use_default=False)
+        source = _EXCEPTIONS_IMPORT.sub(
+            lambda m: " = ".join([*m.group(1).split(", "), "CheckFailed"]), source
+        )
         found = _ROOT_FUNCTION.search(source)  # the schema's own function comes first
         assert found is not None, file_name
         source += f"\n__root__ = {found.group(1)!r}\n"
@@ -114,14 +147,15 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             partial.write_bytes(marshal.dumps(code))
             os.replace(partial, path)  # whole or absent, whoever else writes it
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"CheckFailed": CheckFailed}
     exec(code, namespace)
     check: Callable[[Any], Any] = namespace[namespace["__root__"]]
     return check
 
 
-# Bumped when what _compiled_check generates changes (its options, the __root__ line).
-_GENERATOR: Final = 1
+# Bumped when what _compiled_check generates changes (its options, the __root__ line, the
+# exceptions bound to CheckFailed).
+_GENERATOR: Final = 2
 
 
 @functools.cache
@@ -142,7 +176,7 @@ def validators(file_name: str) -> tuple[Check, FullValidator]:
     def fast(value: Any) -> bool:
         try:
             compiled(value)
-        except fastjsonschema.JsonSchemaException:
+        except ValueError:  # CheckFailed, or fastjsonschema's own if it named others
             return False
         return True
 

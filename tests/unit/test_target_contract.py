@@ -167,13 +167,16 @@ def test_the_registry_the_schema_and_repoconfig_name_the_same_target_types() -> 
     assert set(PREFLIGHTS) <= set(TARGET_TYPES) and "docker" in PREFLIGHTS
 
 
-def _run_in_example_repo(script: str, *args: str) -> str:
+def _run_in_example_repo(script: str, *args: str, cache: Path | None = None) -> str:
     """The output of `script` run by a new Python in example-repo (this process has
-    imported what other tests needed)."""
+    imported what other tests needed); `cache`: its RECONCILER_CACHE_DIR."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    if cache is not None:
+        env["RECONCILER_CACHE_DIR"] = str(cache)
     run = subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=ROOT / "example-repo",
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -242,3 +245,20 @@ def test_validate_and_diff_run_git_without_gitpython_and_load_no_executor() -> N
     )
     stdout = _run_in_example_repo(script)
     assert stdout.splitlines() == ["validate []", "diff []"]
+
+
+def test_validate_with_its_compiled_checks_cached_never_imports_fastjsonschema(
+    tmp_path: Path,
+) -> None:
+    # The first process compiles the schema checks (fastjsonschema) and caches them; the
+    # next one only runs the cached code, whose exceptions are the package's own.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "result = CliRunner().invoke(main, ['validate'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastjsonschema'}))\n"
+    )
+    assert _run_in_example_repo(script, cache=tmp_path).split() == ["['fastjsonschema']"]
+    assert _run_in_example_repo(script, cache=tmp_path).split() == ["[]"]
