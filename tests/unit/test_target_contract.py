@@ -262,3 +262,26 @@ def test_validate_with_its_compiled_checks_cached_never_imports_fastjsonschema(
     )
     assert _run_in_example_repo(script, cache=tmp_path).split() == ["['fastjsonschema']"]
     assert _run_in_example_repo(script, cache=tmp_path).split() == ["[]"]
+
+
+def test_validate_loads_neither_the_plan_nor_the_target_protocol_nor_the_no_code_modules() -> None:
+    # Validate says which revision it checked (model.revision), catches target errors
+    # (targets.errors) and reads example-repo's custom-model deployments: the plan's
+    # steps, the Target protocol, the no-code model readers and the Kubernetes target's
+    # options belong to other commands and repositories (issue 15: start-up).
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "result = CliRunner().invoke(main, ['validate'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print([m for m in sys.argv[1:] if m in sys.modules])\n"
+    )
+    unneeded = (
+        "reconciler.model.plan",
+        "reconciler.targets.base",
+        "reconciler.nocode.triton",
+        "reconciler.nocode.mlflowmodel",
+        "reconciler.targets.kubernetes.options",
+    )
+    assert _run_in_example_repo(script, *unneeded).split() == ["[]"]
