@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.state import DesiredState, LiveState
-
 if TYPE_CHECKING:
-    # Types only: what a connection is, shared by the targets (endpoints.connections).
+    # Types only: what a connection is, shared by the targets (endpoints.connections), and
+    # the model's (annotations of the Protocols): `reconcile invoke` imports EndpointAccess
+    # from here without the model's specs and states (issue 15: start-up).
     from reconciler.endpoints.connections import Connection
     from reconciler.endpoints.credentials import EndpointCredentials
     from reconciler.images.retention import Collected
+    from reconciler.model.diagnostics import Diagnostic
+    from reconciler.model.state import DesiredState, LiveState
 
 __all__ = [
     "Autoscaler",
