@@ -401,8 +401,11 @@ def main(
     to change (or applied and converged), 2 changes planned, 1 errors, 3 still in progress
     after --no-wait.
     """
+    from reconciler import codecache
     from reconciler import logs as logging_setup
 
+    # The methods of the dataclasses the command loads, compiled by an earlier process.
+    codecache.install(ctx.invoked_subcommand or "reconcile")
     # Applying and watching report their progress; reading commands only their warnings.
     progress = ctx.invoked_subcommand in (None, "watch")
     logging_setup.configure(fmt=log_format, level="info" if progress else "warning")

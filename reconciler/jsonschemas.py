@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from reconciler.codecache import CACHE_ENV as CACHE_ENV
+from reconciler.codecache import cache_dir
 from reconciler.yamlsource import FieldLines, FieldPath
 
 if TYPE_CHECKING:
@@ -70,9 +72,9 @@ class FullValidator:
         return bool(self._built().is_valid(instance))
 
 
-# Where the compiled checks are kept between processes (issue 15: generating and compiling
-# the code of five schemas costs each `reconcile` command about 0.08 s of CPU).
-CACHE_ENV: Final = "RECONCILER_CACHE_DIR"
+# The compiled checks are kept between processes (issue 15: generating and compiling the
+# code of five schemas costs each `reconcile` command about 0.08 s of CPU) in the cache
+# folder of reconciler.codecache (CACHE_ENV), beside the dataclasses' compiled methods.
 _ROOT_FUNCTION = re.compile(r"^def (\w+)\(", re.MULTILINE)
 # The generated code's import of fastjsonschema's exceptions, which loads the whole package
 # (its generators and drafts) into every command: its names are bound to CheckFailed.
@@ -102,15 +104,6 @@ def _fastjsonschema_version() -> str:
         return "unknown"
 
 
-def _cache_dir() -> Path:
-    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen:
-        return Path(chosen)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "reconciler"
-
-
 def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], Any]:
     """fastjsonschema's validator of a schema, its bytecode cached on disk by content.
 
@@ -123,7 +116,7 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     key = hashlib.sha256(
         f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
-    path = _cache_dir() / "validators" / f"{key}.marshal"
+    path = cache_dir() / "validators" / f"{key}.marshal"
     code: types.CodeType | None = None
     try:
         code = marshal.loads(path.read_bytes())
