@@ -167,7 +167,11 @@ def _access(
         by_role.setdefault((container.get("Labels") or {}).get(f"{L}role", ""), []).append(
             container
         )
-    handles = [*by_role.get("state", []), *by_role.get("router", [])]
+    # A running router first: the engine archives a running container's mount without
+    # mounting a stopped one's layers (the holder's); both mount the same volume.
+    routers = by_role.get("router", [])
+    running = [c for c in routers if c.get("State") == "running"]
+    handles = [*running, *by_role.get("state", []), *routers]
     mounts = [
         m
         for c in by_role.get("router", [])
