@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import functools
 import hashlib
 import importlib.util
@@ -19,7 +18,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -247,7 +246,7 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
             if key in known:
                 continue
             message = f"unknown field '{key}'"
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            close = _close_matches(str(key), known, n=1, cutoff=0.6)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
             elif path == () and key == "resources":
@@ -266,7 +265,7 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
     if keyword == "enum":
         message = f"must be one of {', '.join(map(str, value))}; got {got}"
         if isinstance(instance, str):
-            close = difflib.get_close_matches(instance, [str(v) for v in value], n=1, cutoff=0.6)
+            close = _close_matches(instance, [str(v) for v in value], n=1, cutoff=0.6)
             message += f" (did you mean '{close[0]}'?)" if close else ""
         return [(path, message)]
     if keyword == "const":
@@ -295,3 +294,12 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
         names = ", ".join(map(str, instance))
         return [(path, f"at most {value} deployment may get mirrored traffic, got {names}")]
     return [(path, error.message)]
+
+
+def _close_matches(
+    word: str, possibilities: Iterable[str], *, n: int = 3, cutoff: float = 0.6
+) -> list[str]:
+    """difflib's close matches, imported only for an error's suggestion (start-up)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(possibilities), n=n, cutoff=cutoff)

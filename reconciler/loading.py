@@ -20,7 +20,6 @@ rules) is worked out on each load, with one Digester.
 
 from __future__ import annotations
 
-import difflib
 import json
 import posixpath
 import re
@@ -900,7 +899,7 @@ class _Load:
             message = (
                 f"{kind} '{reference.name}' ({reference.text}) is not declared in this repository"
             )
-            close = difflib.get_close_matches(reference.name, sorted(table), n=1)
+            close = _close_matches(reference.name, sorted(table), n=1)
             package = self.packages.get(reference.name) if kind == ENVIRONMENT else None
             if package is not None:
                 # A local limit, said as one: the package step has no counterpart here.
@@ -1210,7 +1209,7 @@ class _Load:
                 continue
             if endpoint not in endpoints:
                 message = f"no endpoint named '{endpoint}' is declared in this repository"
-                close = difflib.get_close_matches(endpoint, sorted(endpoints), n=1)
+                close = _close_matches(endpoint, sorted(endpoints), n=1)
                 message += f" (did you mean '{close[0]}'?)" if close else self.perhaps_in()
                 self.error(path, ("endpoint_name",), message)
             if not isinstance(name, str):
@@ -1286,7 +1285,7 @@ class _Load:
                 self.error(path, ("type",), message)
             written = spec.instance_type
             if written is not None and self.instance_type(spec) is None:
-                close = difflib.get_close_matches(written, known, n=3, cutoff=0.5)
+                close = _close_matches(written, known, n=3, cutoff=0.5)
                 where = (
                     f" (no target of reconciler.yaml has it: {', '.join(self.target_names)})"
                     if self.target_names
@@ -1363,3 +1362,12 @@ def _load_desired_state(
 def _squeeze(name: str) -> str:
     """An instance type's name without case, underscores and hyphens, to find near misses."""
     return name.casefold().replace("_", "").replace("-", "")
+
+
+def _close_matches(
+    word: str, possibilities: Iterable[str], *, n: int = 3, cutoff: float = 0.6
+) -> list[str]:
+    """difflib's close matches, imported only for an error's suggestion (start-up)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(possibilities), n=n, cutoff=cutoff)
