@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from reconciler.model.state import DesiredState, LiveState
     from reconciler.repoconfig import RepoConfig, TargetConfig
     from reconciler.targets.base import Target
-    from reconciler.targets.capabilities import ConnectionStore
+    from reconciler.targets.capabilities import ConnectionStore, EndpointAccess
     from reconciler.writerlock import Holder
     from reconciler.yamlsource import FieldLines, FieldPath
 
@@ -1055,11 +1055,15 @@ def _ui_token(token_file: str | None) -> str | None:
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
     """The target for a command that operates on a running endpoint (not the status one)."""
-    from reconciler.targets.status import StatusTarget
-
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
-    config = repo_config(tree)
+    return _real_target(target_name, repo_config(tree), source=source)
+
+
+def _real_target(target_name: str | None, config: RepoConfig, *, source: Source) -> Target:
+    """The target named (not the status one), opened."""
+    from reconciler.targets.status import StatusTarget
+
     target = open_target(target_name, config, source=source, status_dir=None)
     if isinstance(target, StatusTarget):
         fail("this command needs a real target, not the status files")
@@ -1081,22 +1085,38 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
     import json
     import time
 
+    from reconciler.router.tokens import issue_token
     from reconciler.targets.base import TargetError
-    from reconciler.targets.capabilities import HasCredentials
+    from reconciler.targets.capabilities import EndpointKeys, HasCredentials
 
-    target = _operated_target(repo, target_name)
-    if not isinstance(target, HasCredentials):
-        _cannot(target, "give credentials")
-    try:
-        live = target.observe().endpoint(endpoint)
-        if live is None:
-            fail(f"endpoint {endpoint} does not exist on target {target.name}")
-        if live.spec.auth_mode == "aml_token":
-            click.echo(json.dumps(target.token(endpoint, now=time.time(), ttl_s=ttl), indent=2))
+    source = open_source(repo, worktree=True)
+    tree, _ = source.tree()
+    config = repo_config(tree)
+    # Read without opening the target where its type can (as invoke does); else observed.
+    found = _read_access(target_name, config, source=source, endpoint=endpoint)
+    if found is not None:
+        access = found[1]
+        if access.auth_mode == "aml_token":
+            secret = access.credentials.token_secret_bytes
+            token = issue_token(secret, endpoint, now=time.time(), ttl_s=ttl)
+            click.echo(json.dumps(token, indent=2))
             return
-        creds = target.endpoint_credentials(endpoint)
-    except TargetError as exc:
-        fail(str(exc))
+        creds: EndpointKeys = access.credentials
+    else:
+        target = _real_target(target_name, config, source=source)
+        if not isinstance(target, HasCredentials):
+            _cannot(target, "give credentials")
+        try:
+            live = target.observe().endpoint(endpoint)
+            if live is None:
+                fail(f"endpoint {endpoint} does not exist on target {target.name}")
+            if live.spec.auth_mode == "aml_token":
+                issued = target.token(endpoint, now=time.time(), ttl_s=ttl)
+                click.echo(json.dumps(issued, indent=2))
+                return
+            creds = target.endpoint_credentials(endpoint)
+        except TargetError as exc:
+            fail(str(exc))
     click.echo(
         json.dumps({"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}, indent=2)
     )
@@ -1260,16 +1280,12 @@ def _repository(source: Source) -> str:
 _Access = tuple[str, str, tuple[str, ...], str]
 
 
-def _endpoint_access(
+def _read_access(
     target_name: str | None, config: RepoConfig, *, source: Source, endpoint: str
-) -> _Access | None:
-    """What invoke needs of `endpoint`, read by the target type's reader without opening
-    the target (targets.registry.ENDPOINT_ACCESS); None when the type has none or it
-    cannot tell. In aml_token mode the secret is a token of five minutes, signed with the
-    endpoint's token secret as the target signs them."""
-    import time
-
-    from reconciler.router.tokens import issue_token
+) -> tuple[str, EndpointAccess] | None:
+    """(target, what invoke and credentials need of `endpoint`) read by the target type's
+    reader without opening the target (targets.registry.ENDPOINT_ACCESS); None when the
+    type has none or it cannot tell (the caller opens the target then)."""
     from reconciler.targets.registry import ENDPOINT_ACCESS
 
     chosen = config.target(target_name) if target_name != STATUS_TARGET else None
@@ -1277,8 +1293,23 @@ def _endpoint_access(
     if chosen is None or reader is None:
         return None
     access = reader(chosen, endpoint=endpoint, repository=_repository(source))
-    if access is None:
+    return (chosen.name, access) if access is not None else None
+
+
+def _endpoint_access(
+    target_name: str | None, config: RepoConfig, *, source: Source, endpoint: str
+) -> _Access | None:
+    """What invoke needs of `endpoint`, read without opening the target (_read_access). In
+    aml_token mode the secret is a token of five minutes, signed with the endpoint's token
+    secret as the target signs them."""
+    import time
+
+    from reconciler.router.tokens import issue_token
+
+    found = _read_access(target_name, config, source=source, endpoint=endpoint)
+    if found is None:
         return None
+    name, access = found
     secret = access.credentials.primary_key
     if access.auth_mode == "aml_token":
         secret = str(
@@ -1286,7 +1317,7 @@ def _endpoint_access(
                 access.credentials.token_secret_bytes, endpoint, now=time.time(), ttl_s=300
             )["accessToken"]
         )
-    return chosen.name, access.scoring_uri, access.deployments, secret
+    return name, access.scoring_uri, access.deployments, secret
 
 
 def _observed_access(
@@ -1297,11 +1328,8 @@ def _observed_access(
 
     from reconciler.targets.base import TargetError
     from reconciler.targets.capabilities import HasCredentials, ObservesEndpoint
-    from reconciler.targets.status import StatusTarget
 
-    target = open_target(target_name, config, source=source, status_dir=None)
-    if isinstance(target, StatusTarget):
-        fail("this command needs a real target, not the status files")
+    target = _real_target(target_name, config, source=source)
     if not isinstance(target, HasCredentials):
         _cannot(target, "invoke endpoints")
     try:
