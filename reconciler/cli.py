@@ -303,6 +303,14 @@ class _Commands(click.Group):
         )
     }
 
+    # Where parse_args keeps the sub-command's own arguments for the group's callback.
+    SUB_ARGS = "reconciler.sub_args"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        ctx.meta[self.SUB_ARGS] = tuple(rest)  # the callback runs before the sub-command
+        return rest
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])
 
@@ -401,11 +409,14 @@ def main(
     to change (or applied and converged), 2 changes planned, 1 errors, 3 still in progress
     after --no-wait.
     """
-    from reconciler import codecache
     from reconciler import logs as logging_setup
 
-    # The methods of the dataclasses the command loads, compiled by an earlier process.
-    codecache.install(ctx.invoked_subcommand or "reconcile")
+    # The methods of the dataclasses the command loads, compiled by an earlier process;
+    # a sub-command's --help prints before it runs (this callback runs first all the same).
+    if not set(ctx.help_option_names) & set(ctx.meta.get(_Commands.SUB_ARGS, ())):
+        from reconciler import codecache
+
+        codecache.install(ctx.invoked_subcommand or "reconcile")
     # Applying and watching report their progress; reading commands only their warnings.
     progress = ctx.invoked_subcommand in (None, "watch")
     logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
