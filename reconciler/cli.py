@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from reconciler.model.state import DesiredState, LiveState
     from reconciler.repoconfig import RepoConfig, TargetConfig
     from reconciler.targets.base import Target
-    from reconciler.targets.capabilities import ConnectionStore
+    from reconciler.targets.capabilities import ConnectionStore, EndpointAccess
     from reconciler.writerlock import Holder
     from reconciler.yamlsource import FieldLines, FieldPath
 
@@ -104,7 +104,7 @@ def revision_of(
     """Which revision a plan made from `source` read (None outside git), and the working
     tree's differences from HEAD. `revision` is the commit read, None for the files on disk."""
     from reconciler.gitsource import GitSourceError
-    from reconciler.model.plan import PlanRevision
+    from reconciler.model.revision import PlanRevision
 
     if source.git is None:
         return None, ()
@@ -223,10 +223,7 @@ def target_from_entry(chosen: TargetConfig, *, source: Source) -> Target:
             f"yet; plan against the status files with --target {STATUS_TARGET}",
             code=ErrorCode.INVALID_TARGET_CONFIG,
         )
-    repository = (
-        source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
-    )
-    return factory(chosen, repo_root=source.path.resolve(), repository=repository)
+    return factory(chosen, repo_root=source.path.resolve(), repository=_repository(source))
 
 
 def _status_target(source: Source, *, config: RepoConfig, status_dir: str | None) -> Target:
@@ -332,6 +329,14 @@ class _Commands(click.Group):
         )
     }
 
+    # Where parse_args keeps the sub-command's own arguments for the group's callback.
+    SUB_ARGS = "reconciler.sub_args"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        ctx.meta[self.SUB_ARGS] = tuple(rest)  # the callback runs before the sub-command
+        return rest
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])
 
@@ -432,6 +437,12 @@ def main(
     """
     from reconciler import logs as logging_setup
 
+    # The methods of the dataclasses the command loads, compiled by an earlier process;
+    # a sub-command's --help prints before it runs (this callback runs first all the same).
+    if not set(ctx.help_option_names) & set(ctx.meta.get(_Commands.SUB_ARGS, ())):
+        from reconciler import codecache
+
+        codecache.install(ctx.invoked_subcommand or "reconcile")
     # Applying and watching report their progress; reading commands only their warnings.
     progress = ctx.invoked_subcommand in (None, "watch")
     logging_setup.configure(fmt=log_format, level="info" if progress else "warning")
@@ -1071,11 +1082,15 @@ def _ui_token(token_file: str | None) -> str | None:
 
 def _operated_target(repo: str, target_name: str | None) -> Target:
     """The target for a command that operates on a running endpoint (not the status one)."""
-    from reconciler.targets.status import StatusTarget
-
     source = open_source(repo, worktree=True)
     tree, _ = source.tree()
-    config = repo_config(tree)
+    return _real_target(target_name, repo_config(tree), source=source)
+
+
+def _real_target(target_name: str | None, config: RepoConfig, *, source: Source) -> Target:
+    """The target named (not the status one), opened."""
+    from reconciler.targets.status import StatusTarget
+
     target = open_target(target_name, config, source=source, status_dir=None)
     if isinstance(target, StatusTarget):
         fail("this command needs a real target, not the status files")
@@ -1097,22 +1112,38 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
     import json
     import time
 
+    from reconciler.router.tokens import issue_token
     from reconciler.targets.base import TargetError
-    from reconciler.targets.capabilities import HasCredentials
+    from reconciler.targets.capabilities import EndpointKeys, HasCredentials
 
-    target = _operated_target(repo, target_name)
-    if not isinstance(target, HasCredentials):
-        _cannot(target, "give credentials")
-    try:
-        live = target.observe().endpoint(endpoint)
-        if live is None:
-            fail(f"endpoint {endpoint} does not exist on target {target.name}")
-        if live.spec.auth_mode == "aml_token":
-            click.echo(json.dumps(target.token(endpoint, now=time.time(), ttl_s=ttl), indent=2))
+    source = open_source(repo, worktree=True)
+    tree, _ = source.tree()
+    config = repo_config(tree)
+    # Read without opening the target where its type can (as invoke does); else observed.
+    found = _read_access(target_name, config, source=source, endpoint=endpoint)
+    if found is not None:
+        access = found[1]
+        if access.auth_mode == "aml_token":
+            secret = access.credentials.token_secret_bytes
+            token = issue_token(secret, endpoint, now=time.time(), ttl_s=ttl)
+            click.echo(json.dumps(token, indent=2))
             return
-        creds = target.endpoint_credentials(endpoint)
-    except TargetError as exc:
-        fail(str(exc))
+        creds: EndpointKeys = access.credentials
+    else:
+        target = _real_target(target_name, config, source=source)
+        if not isinstance(target, HasCredentials):
+            _cannot(target, "give credentials")
+        try:
+            live = target.observe().endpoint(endpoint)
+            if live is None:
+                fail(f"endpoint {endpoint} does not exist on target {target.name}")
+            if live.spec.auth_mode == "aml_token":
+                issued = target.token(endpoint, now=time.time(), ttl_s=ttl)
+                click.echo(json.dumps(issued, indent=2))
+                return
+            creds = target.endpoint_credentials(endpoint)
+        except TargetError as exc:
+            fail(str(exc))
     click.echo(
         json.dumps({"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}, indent=2)
     )
@@ -1268,25 +1299,66 @@ def show_logs(
         fail(str(exc))
 
 
-@main.command()
-@click.argument("endpoint")
-@click.option("--request-file", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--deployment", default=None, help="Send to this deployment (header pin).")
-@click.option("--repo", default=".", show_default=True)
-@click.option("--target", "target_name", default=None)
-def invoke(
-    endpoint: str, request_file: str, deployment: str | None, repo: str, target_name: str | None
-) -> None:
-    """POST a request file to the endpoint's scoring URI with its credentials."""
-    import json
+def _repository(source: Source) -> str:
+    """Which repository applies (GitSource.identity), as targets shared by several tell
+    their endpoints apart."""
+    return source.git.identity() if source.git is not None else f"path:{source.path.resolve()}"
+
+
+# What invoke needs of an endpoint: (target, scoring URI, deployments, bearer secret).
+_Access = tuple[str, str, tuple[str, ...], str]
+
+
+def _read_access(
+    target_name: str | None, config: RepoConfig, *, source: Source, endpoint: str
+) -> tuple[str, EndpointAccess] | None:
+    """(target, what invoke and credentials need of `endpoint`) read by the target type's
+    reader without opening the target (targets.registry.ENDPOINT_ACCESS); None when the
+    type has none or it cannot tell (the caller opens the target then)."""
+    from reconciler.targets.registry import ENDPOINT_ACCESS
+
+    chosen = config.target(target_name) if target_name != STATUS_TARGET else None
+    reader = ENDPOINT_ACCESS.get(chosen.type) if chosen is not None else None
+    if chosen is None or reader is None:
+        return None
+    access = reader(chosen, endpoint=endpoint, repository=_repository(source))
+    return (chosen.name, access) if access is not None else None
+
+
+def _endpoint_access(
+    target_name: str | None, config: RepoConfig, *, source: Source, endpoint: str
+) -> _Access | None:
+    """What invoke needs of `endpoint`, read without opening the target (_read_access). In
+    aml_token mode the secret is a token of five minutes, signed with the endpoint's token
+    secret as the target signs them."""
     import time
-    import urllib.error
-    import urllib.request
+
+    from reconciler.router.tokens import issue_token
+
+    found = _read_access(target_name, config, source=source, endpoint=endpoint)
+    if found is None:
+        return None
+    name, access = found
+    secret = access.credentials.primary_key
+    if access.auth_mode == "aml_token":
+        secret = str(
+            issue_token(
+                access.credentials.token_secret_bytes, endpoint, now=time.time(), ttl_s=300
+            )["accessToken"]
+        )
+    return name, access.scoring_uri, access.deployments, secret
+
+
+def _observed_access(
+    target_name: str | None, config: RepoConfig, *, source: Source, endpoint: str
+) -> _Access:
+    """What invoke needs of `endpoint`, from the target opened and observed."""
+    import time
 
     from reconciler.targets.base import TargetError
     from reconciler.targets.capabilities import HasCredentials, ObservesEndpoint
 
-    target = _operated_target(repo, target_name)
+    target = _real_target(target_name, config, source=source)
     if not isinstance(target, HasCredentials):
         _cannot(target, "invoke endpoints")
     try:
@@ -1300,32 +1372,59 @@ def invoke(
         live = state.endpoint(endpoint)
         if live is None or not live.scoring_uri:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
-        names = sorted(d.name for d in state.deployments_of(endpoint))
-        if deployment and deployment not in names:
-            fail(
-                f"endpoint {endpoint} has no deployment named {deployment!r} on target "
-                f"{target.name}; its deployments: {', '.join(names) or 'none'}"
-            )
+        names = tuple(sorted(d.name for d in state.deployments_of(endpoint)))
         if live.spec.auth_mode == "aml_token":
-            secret = target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"]
+            secret = str(target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"])
         else:
             secret = target.endpoint_credentials(endpoint).primary_key
     except TargetError as exc:
         fail(str(exc))
+    return target.name, live.scoring_uri, names, secret
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--request-file", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--deployment", default=None, help="Send to this deployment (header pin).")
+@click.option("--repo", default=".", show_default=True)
+@click.option("--target", "target_name", default=None)
+def invoke(
+    endpoint: str, request_file: str, deployment: str | None, repo: str, target_name: str | None
+) -> None:
+    """POST a request file to the endpoint's scoring URI with its credentials."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    source = open_source(repo, worktree=True)
+    tree, _ = source.tree()
+    config = repo_config(tree)
+    # What the request needs, read without opening the target where its type can (the
+    # Docker SDK's import alone costs more than the request: issue 15); else from the
+    # target, observed as `reconcile` does.
+    found = _endpoint_access(target_name, config, source=source, endpoint=endpoint)
+    if found is None:
+        found = _observed_access(target_name, config, source=source, endpoint=endpoint)
+    name, scoring_uri, names, secret = found
+    if deployment and deployment not in names:
+        fail(
+            f"endpoint {endpoint} has no deployment named {deployment!r} on target "
+            f"{name}; its deployments: {', '.join(names) or 'none'}"
+        )
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     if deployment:
         headers["azureml-model-deployment"] = deployment
     request = urllib.request.Request(
-        live.scoring_uri, data=Path(request_file).read_bytes(), headers=headers, method="POST"
+        scoring_uri, data=Path(request_file).read_bytes(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             body = answer.read().decode(errors="replace")
             who = answer.headers.get("azureml-model-deployment", "?")
     except urllib.error.HTTPError as err:
-        fail(f"{err.code} from {live.scoring_uri}: {err.read().decode(errors='replace')[:500]}")
+        fail(f"{err.code} from {scoring_uri}: {err.read().decode(errors='replace')[:500]}")
     except OSError as err:
-        fail(f"{live.scoring_uri} did not answer: {err}")
+        fail(f"{scoring_uri} did not answer: {err}")
     click.echo(f"deployment: {who}", err=True)
     try:
         click.echo(json.dumps(json.loads(body), indent=2))

@@ -18,8 +18,7 @@ from reconciler.model.diagnostics import DesiredStateInvalid
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
 from reconciler.model.state import DesiredState
 from reconciler.repoconfig import RepoConfig, load_repo_config
-from reconciler.targets.base import TargetError
-from reconciler.targets.kubernetes.options import KubernetesOptions
+from reconciler.targets.errors import TargetError
 
 if TYPE_CHECKING:
     from reconciler.model.plan import Plan
@@ -41,6 +40,9 @@ def targets_instance_types(config: RepoConfig) -> dict[str, InstanceType]:
     table = dict(DEFAULT_INSTANCE_TYPES)
     for target in config.targets:
         if target.type == "kubernetes":
+            # Only for a Kubernetes target (issue 15: start-up).
+            from reconciler.targets.kubernetes.options import KubernetesOptions
+
             try:
                 table.update(
                     KubernetesOptions.from_config(target.name, target.options).instance_types

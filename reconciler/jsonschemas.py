@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import functools
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import marshal
 import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import fastjsonschema
-
+from reconciler.codecache import CACHE_ENV as CACHE_ENV
+from reconciler.codecache import cache_dir
 from reconciler.yamlsource import FieldLines, FieldPath
 
 if TYPE_CHECKING:
@@ -33,11 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["Check", "schema", "schema_problems", "shown", "validators"]
 
 
+# The package ships them beside this module (a plain path: importlib.resources' readers
+# cost each command a few milliseconds of imports).
+SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
+
+
 @functools.cache
 def schema(file_name: str) -> dict[str, Any]:
     """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
-    text = importlib.resources.files("reconciler").joinpath("schemas", file_name).read_text()
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: dict[str, Any] = json.loads((SCHEMAS / file_name).read_text(encoding="utf-8"))
     return loaded
 
 
@@ -68,19 +71,36 @@ class FullValidator:
         return bool(self._built().is_valid(instance))
 
 
-# Where the compiled checks are kept between processes (issue 15: generating and compiling
-# the code of five schemas costs each `reconcile` command about 0.08 s of CPU).
-CACHE_ENV: Final = "RECONCILER_CACHE_DIR"
+# The compiled checks are kept between processes (issue 15: generating and compiling the
+# code of five schemas costs each `reconcile` command about 0.08 s of CPU) in the cache
+# folder of reconciler.codecache (CACHE_ENV), beside the dataclasses' compiled methods.
 _ROOT_FUNCTION = re.compile(r"^def (\w+)\(", re.MULTILINE)
+# The generated code's import of fastjsonschema's exceptions, which loads the whole package
+# (its generators and drafts) into every command: its names are bound to CheckFailed.
+_EXCEPTIONS_IMPORT = re.compile(
+    r"^from fastjsonschema import (\w+Exception(?:, \w+Exception)*)$", re.M
+)
 
 
-def _cache_dir() -> Path:
-    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen:
-        return Path(chosen)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "reconciler"
+class CheckFailed(ValueError):
+    """What a compiled check raises for a document its schema refuses (in place of
+    fastjsonschema's JsonSchemaValueException; only whether it is raised counts)."""
+
+    def __init__(self, message: str = "", *args: Any, **kwargs: Any) -> None:
+        super().__init__(message)
+
+
+def _fastjsonschema_version() -> str:
+    """fastjsonschema's version file, read without importing the package (a cache hit,
+    the common case, needs nothing else of it)."""
+    found = importlib.util.find_spec("fastjsonschema")
+    folders = found.submodule_search_locations if found is not None else None
+    if not folders:
+        return "absent"
+    try:
+        return (Path(next(iter(folders))) / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
 
 
 def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], Any]:
@@ -93,18 +113,23 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     """
     text = json.dumps(loaded, sort_keys=True)
     key = hashlib.sha256(
-        f"{fastjsonschema.VERSION}|{sys.version}|{_GENERATOR}|{text}".encode()
+        f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
-    path = _cache_dir() / "validators" / f"{key}.marshal"
+    path = cache_dir() / "validators" / f"{key}.marshal"
     code: types.CodeType | None = None
     try:
         code = marshal.loads(path.read_bytes())
     except Exception:  # absent, truncated, or from another Python: compiled below
         code = None
     if code is None:
+        import fastjsonschema
+
         # A deep copy: fastjsonschema rewrites the $refs of the schema it is given, and
         # `loaded` is the cached schema others read.
         source = fastjsonschema.compile_to_code(copy.deepcopy(loaded), use_default=False)
+        source = _EXCEPTIONS_IMPORT.sub(
+            lambda m: " = ".join([*m.group(1).split(", "), "CheckFailed"]), source
+        )
         found = _ROOT_FUNCTION.search(source)  # the schema's own function comes first
         assert found is not None, file_name
         source += f"\n__root__ = {found.group(1)!r}\n"
@@ -114,14 +139,15 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             partial.write_bytes(marshal.dumps(code))
             os.replace(partial, path)  # whole or absent, whoever else writes it
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"CheckFailed": CheckFailed}
     exec(code, namespace)
     check: Callable[[Any], Any] = namespace[namespace["__root__"]]
     return check
 
 
-# Bumped when what _compiled_check generates changes (its options, the __root__ line).
-_GENERATOR: Final = 1
+# Bumped when what _compiled_check generates changes (its options, the __root__ line, the
+# exceptions bound to CheckFailed).
+_GENERATOR: Final = 2
 
 
 @functools.cache
@@ -142,7 +168,7 @@ def validators(file_name: str) -> tuple[Check, FullValidator]:
     def fast(value: Any) -> bool:
         try:
             compiled(value)
-        except fastjsonschema.JsonSchemaException:
+        except ValueError:  # CheckFailed, or fastjsonschema's own if it named others
             return False
         return True
 
@@ -220,7 +246,7 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
             if key in known:
                 continue
             message = f"unknown field '{key}'"
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            close = _close_matches(str(key), known, n=1, cutoff=0.6)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
             elif path == () and key == "resources":
@@ -239,7 +265,7 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
     if keyword == "enum":
         message = f"must be one of {', '.join(map(str, value))}; got {got}"
         if isinstance(instance, str):
-            close = difflib.get_close_matches(instance, [str(v) for v in value], n=1, cutoff=0.6)
+            close = _close_matches(instance, [str(v) for v in value], n=1, cutoff=0.6)
             message += f" (did you mean '{close[0]}'?)" if close else ""
         return [(path, message)]
     if keyword == "const":
@@ -268,3 +294,12 @@ def schema_problems(error: ValidationError, lines: FieldLines) -> list[tuple[Fie
         names = ", ".join(map(str, instance))
         return [(path, f"at most {value} deployment may get mirrored traffic, got {names}")]
     return [(path, error.message)]
+
+
+def _close_matches(
+    word: str, possibilities: Iterable[str], *, n: int = 3, cutoff: float = 0.6
+) -> list[str]:
+    """difflib's close matches, imported only for an error's suggestion (start-up)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(possibilities), n=n, cutoff=cutoff)

@@ -20,7 +20,6 @@ rules) is worked out on each load, with one Digester.
 
 from __future__ import annotations
 
-import difflib
 import json
 import posixpath
 import re
@@ -45,6 +44,8 @@ from reconciler.model.secrets import MalformedReference, mentions_reference, par
 from reconciler.model.specs import (
     KUBERNETES,
     MANAGED,
+    MLFLOW_MODEL,
+    TRITON_MODEL,
     CodeSpec,
     DeploymentSpec,
     EndpointSpec,
@@ -63,14 +64,6 @@ from reconciler.model.specs import (
     weights,
 )
 from reconciler.model.state import DesiredState
-from reconciler.nocode.mlflowmodel import MLFLOW_MODEL, MlflowModelError, mlflow_environment
-from reconciler.nocode.triton import (
-    TRITON_MODEL,
-    TritonModelError,
-    model_files,
-    read_repository,
-    triton_environment,
-)
 from reconciler.yamlsource import (
     MAX_NESTING_OF_OURS,
     MAX_YAML_BYTES,
@@ -906,7 +899,7 @@ class _Load:
             message = (
                 f"{kind} '{reference.name}' ({reference.text}) is not declared in this repository"
             )
-            close = difflib.get_close_matches(reference.name, sorted(table), n=1)
+            close = _close_matches(reference.name, sorted(table), n=1)
             package = self.packages.get(reference.name) if kind == ENVIRONMENT else None
             if package is not None:
                 # A local limit, said as one: the package step has no counterpart here.
@@ -1124,6 +1117,9 @@ class _Load:
             )
             self.error(owner, ("environment",), message)
             return None
+        # The no-code modules only for a deployment that needs them (issue 15: start-up).
+        from reconciler.nocode.mlflowmodel import MlflowModelError, mlflow_environment
+
         try:
             derived = mlflow_environment(model, self._read_if_file)
         except MlflowModelError as error:
@@ -1138,6 +1134,13 @@ class _Load:
     ) -> EnvironmentSpec | None:
         """Triton's environment, once the model repository is checked (a validate error
         naming the file, and line, of the first problem)."""
+        from reconciler.nocode.triton import (
+            TritonModelError,
+            model_files,
+            read_repository,
+            triton_environment,
+        )
+
         if model.path in self.files:
             message = (
                 f"{model.path}: a triton_model is a folder (a model repository: "
@@ -1206,7 +1209,7 @@ class _Load:
                 continue
             if endpoint not in endpoints:
                 message = f"no endpoint named '{endpoint}' is declared in this repository"
-                close = difflib.get_close_matches(endpoint, sorted(endpoints), n=1)
+                close = _close_matches(endpoint, sorted(endpoints), n=1)
                 message += f" (did you mean '{close[0]}'?)" if close else self.perhaps_in()
                 self.error(path, ("endpoint_name",), message)
             if not isinstance(name, str):
@@ -1282,7 +1285,7 @@ class _Load:
                 self.error(path, ("type",), message)
             written = spec.instance_type
             if written is not None and self.instance_type(spec) is None:
-                close = difflib.get_close_matches(written, known, n=3, cutoff=0.5)
+                close = _close_matches(written, known, n=3, cutoff=0.5)
                 where = (
                     f" (no target of reconciler.yaml has it: {', '.join(self.target_names)})"
                     if self.target_names
@@ -1359,3 +1362,12 @@ def _load_desired_state(
 def _squeeze(name: str) -> str:
     """An instance type's name without case, underscores and hyphens, to find near misses."""
     return name.casefold().replace("_", "").replace("-", "")
+
+
+def _close_matches(
+    word: str, possibilities: Iterable[str], *, n: int = 3, cutoff: float = 0.6
+) -> list[str]:
+    """difflib's close matches, imported only for an error's suggestion (start-up)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(possibilities), n=n, cutoff=cutoff)

@@ -44,11 +44,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.specs import DeploymentSpec, version_changes, weight_of
-from reconciler.model.state import DesiredState
+
+# The model's specs only where a check runs: reconciler.yaml's parser (every command) imports
+# this module, and `status` or `invoke` never check policies (issue 15: start-up).
+if TYPE_CHECKING:
+    from reconciler.model.specs import DeploymentSpec
+    from reconciler.model.state import DesiredState
 
 # The file policies are read from; repoconfig reads the same file.
 POLICY_FILE: Final = "reconciler.yaml"
@@ -295,6 +299,8 @@ def traffic_newcomers(base: DesiredState, head: DesiredState) -> tuple[tuple[str
     had any, on endpoints that served live traffic at BASE: a deployment with none at BASE,
     or one whose version (model, code, environment) changes in this change while its share
     rises. What mirror_before_traffic judges."""
+    from reconciler.model.specs import weight_of
+
     found: list[tuple[str, str]] = []
     for endpoint in head.endpoints:
         before = base.endpoint(endpoint.name)
@@ -313,6 +319,8 @@ def changed_version(
 ) -> tuple[str, ...]:
     """What of a deployment declared at both BASE and HEAD changes its version (model,
     code, environment); () when it is new or keeps its version."""
+    from reconciler.model.specs import version_changes
+
     before = {d.name: d for d in base.deployments_of(endpoint)}.get(deployment)
     after = {d.name: d for d in head.deployments_of(endpoint)}.get(deployment)
     if before is None or after is None:
@@ -325,6 +333,8 @@ def mirror_history_needed(
 ) -> tuple[tuple[str, str], ...]:
     """Newcomers to live traffic that were mirrored at BASE, when the mirror rule asks for
     min_hours: only for these is the base branch's history worth reading."""
+    from reconciler.model.specs import weight_of
+
     rule = policies.mirror_before_traffic
     if rule is None or rule.min_hours <= 0:
         return ()
@@ -370,6 +380,8 @@ def _violation(rule: str, line: int | None, message: str) -> Diagnostic:
 
 
 def _traffic_shift(base: DesiredState, head: DesiredState, rule: Limit) -> list[Diagnostic]:
+    from reconciler.model.specs import weight_of
+
     found: list[Diagnostic] = []
     for endpoint in head.endpoints:
         allowed = rule.for_endpoint(endpoint.name)
@@ -403,6 +415,8 @@ def _traffic_shift(base: DesiredState, head: DesiredState, rule: Limit) -> list[
 def _mirror_first(
     base: DesiredState, head: DesiredState, rule: MirrorRule, history: MirrorHistory | None
 ) -> list[Diagnostic]:
+    from reconciler.model.specs import weight_of
+
     found: list[Diagnostic] = []
     for endpoint_name, deployment in traffic_newcomers(base, head):
         endpoint = head.endpoint(endpoint_name)
@@ -472,6 +486,8 @@ def _declared(state: DesiredState, endpoint: str, deployment: str) -> bool:
 
 
 def _min_instances(head: DesiredState, rule: Limit) -> list[Diagnostic]:
+    from reconciler.model.specs import weight_of
+
     found: list[Diagnostic] = []
     for endpoint in head.endpoints:
         required = rule.for_endpoint(endpoint.name)

@@ -20,7 +20,6 @@ Kubernetes target's name being a label) are checked here, with a line too.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +74,8 @@ SCHEMA_FILE = "reconciler.schema.json"
 
 def _pool_problem(pool: str, prefix: Any) -> str | None:
     """What is wrong with a Docker target's network_pool (the schema checked its shape)."""
+    import ipaddress  # only for a target that sets one
+
     try:
         network = ipaddress.IPv4Network(pool, strict=True)
     except ValueError as exc:

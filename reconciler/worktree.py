@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.plan import PlanRevision
+from reconciler.model.revision import PlanRevision
 from reconciler.model.state import DesiredState
 
 # Files named one by one in the warning about the rest of the working tree.

@@ -18,6 +18,9 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from reconciler.model.diagnostics import Diagnostic
+
+# In a module of its own (validate and status need no steps); re-exported here.
+from reconciler.model.revision import PlanRevision as PlanRevision
 from reconciler.model.specs import (
     DeploymentSpec,
     EndpointSpec,
@@ -272,46 +275,6 @@ class EndpointSummary:
     deployments: tuple[str, ...] = ()  # every deployment on either side, sorted
     created: bool = False
     deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PlanRevision:
-    """Which files a plan was made from: a commit's, or those on disk.
-
-    commit is HEAD (None before the first commit); dirty says the working tree differs
-    from it; worktree says the plan read the working tree (--worktree, or no commit yet)
-    rather than the commit.
-    """
-
-    commit: str | None
-    dirty: bool
-    worktree: bool = False
-
-    @property
-    def short(self) -> str:
-        return (self.commit or "")[:12]
-
-    def describe(self) -> str:
-        """One line for people: what was read, and whether that is all there is."""
-        if self.worktree:
-            if self.commit is None:
-                return "the working tree (no commit yet)"
-            if self.dirty:
-                return f"the working tree: commit {self.short} (HEAD) with uncommitted changes"
-            return f"the working tree, the same as commit {self.short} (HEAD)"
-        if self.dirty:
-            return (
-                f"commit {self.short} (HEAD); the working tree's uncommitted changes "
-                "are not in this plan"
-            )
-        return f"commit {self.short} (HEAD)"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "commit": self.commit,
-            "dirty": self.dirty,
-            "source": "worktree" if self.worktree else "commit",
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 from reconciler.model.keys import ResourceKey
 
@@ -111,6 +111,12 @@ class InferenceConfig:
     liveness_route: Route
     readiness_route: Route
     scoring_route: Route
+
+
+# The model types of no-code deployments (reconciler.nocode): their files say what serves
+# them, so such a deployment may name no environment.
+MLFLOW_MODEL: Final = "mlflow_model"
+TRITON_MODEL: Final = "triton_model"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,13 @@ from typing import Any, Final
 
 import yaml
 
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, spec_digest
+from reconciler.model.specs import (
+    MLFLOW_MODEL,
+    DeploymentSpec,
+    EnvironmentSpec,
+    ModelSpec,
+    spec_digest,
+)
 
 __all__ = [
     "MLFLOW_MODEL",
@@ -38,7 +44,6 @@ __all__ = [
     "scoring_code",
 ]
 
-MLFLOW_MODEL: Final = "mlflow_model"
 MLMODEL: Final = "MLmodel"
 SCORING_SCRIPT: Final = "score.py"
 # The folder of the generated script in an image, under /var/azureml-app.

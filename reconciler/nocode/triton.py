@@ -40,7 +40,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, spec_digest
+from reconciler.model.specs import (
+    TRITON_MODEL,
+    DeploymentSpec,
+    EnvironmentSpec,
+    ModelSpec,
+    spec_digest,
+)
 from reconciler.nocode.pbtxt import Field, PbtxtError, edit, parse, quote
 
 __all__ = [
@@ -66,7 +72,6 @@ __all__ = [
     "triton_environment",
 ]
 
-TRITON_MODEL: Final = "triton_model"
 CONFIG: Final = "config.pbtxt"
 # Pinned: the stub of the Python backend is built against numpy 1, and one onnxruntime
 # gives the same numbers wherever this environment is built.

@@ -35,13 +35,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from reconciler.model.specs import Weights, version_changes, weight_of, weights
 from reconciler.model.state import DesiredState
-from reconciler.rollouts.analysis import Outcome, Verdict
 from reconciler.rollouts.policy import RolloutPolicies, RolloutPolicy, StepKind, format_duration
-from reconciler.rollouts.yamledit import edit_weights
+
+# The analysis (decide) and the YAML editor (edited_file) only where they run: the review
+# of `reconcile diff` previews schedules with neither (issue 15: start-up).
+if TYPE_CHECKING:
+    from reconciler.rollouts.analysis import Verdict
 
 TRAILER: Final = "Reconcile-Rollout"
 STABLE_TRAILER: Final = "Reconcile-Rollout-Stable"
@@ -336,6 +339,8 @@ def decide(
     if verdict is None:
         return Decision(Action.HOLD, step, "no analysis of the step yet")
     described = f"Step {step}/{total} ({rollout.policy.step(step).describe()})"
+    from reconciler.rollouts.analysis import Outcome
+
     figures = "\n".join(f"  {line}" for line in verdict.lines())
     if verdict.outcome is Outcome.WAIT:
         return Decision(Action.HOLD, step, verdict.reason)
@@ -374,6 +379,8 @@ def edited_file(text: str, edit: WeightsEdit) -> str:
     """The endpoint file's text with the edit made (rollouts.yamledit; WeightsEditError when
     its form cannot be edited safely: the daemon then says so in status and commits nothing).
     """
+    from reconciler.rollouts.yamledit import edit_weights
+
     return edit_weights(text, traffic=dict(edit.traffic), mirror_traffic=dict(edit.mirror_traffic))
 
 

@@ -21,21 +21,52 @@ Modules:
 - `workers`   several worker processes on one port (SO_REUSEPORT), under a supervisor
 """
 
-from reconciler.router.config import (
-    ConfigError,
-    DeploymentRoute,
-    RouterConfig,
-    dump_config,
-    load_config,
-    parse_config,
-)
-from reconciler.router.tokens import (
-    generate_key,
-    generate_token_secret,
-    hash_key,
-    issue_token,
-    verify_token,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.router.config import (
+        ConfigError,
+        DeploymentRoute,
+        RouterConfig,
+        dump_config,
+        load_config,
+        parse_config,
+    )
+    from reconciler.router.tokens import (
+        generate_key,
+        generate_token_secret,
+        hash_key,
+        issue_token,
+        verify_token,
+    )
+
+# Where each name of the package's own is defined: loaded on first use (PEP 562), so
+# that importing one module of the package (tokens, for `reconcile invoke`) does not load
+# the config's parser and its comparison rules (issue 15: start-up).
+_HOMES = {
+    "ConfigError": "config",
+    "DeploymentRoute": "config",
+    "RouterConfig": "config",
+    "dump_config": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "generate_key": "tokens",
+    "generate_token_secret": "tokens",
+    "hash_key": "tokens",
+    "issue_token": "tokens",
+    "verify_token": "tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "ConfigError",

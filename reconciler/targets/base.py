@@ -35,6 +35,9 @@ from reconciler.model.plan import (
 from reconciler.model.results import Outcome, StepResult, Waiting
 from reconciler.model.state import LiveState
 
+# In a module of their own (light to import); re-exported here, where they always were.
+from reconciler.targets.errors import TargetError, TargetUnavailable
+
 ProgressCallback = Callable[[str], None]
 
 
@@ -59,34 +62,6 @@ __all__ = [
     "TargetUnavailable",
     "Waiting",
 ]
-
-
-class TargetError(Exception):
-    """The target could not be reached or could not do what a step asked.
-
-    code names the failure for status (ImageBuildFailure, Timeout, ...; model.errors);
-    kind says whether the next pass may succeed as it is (transient), a commit is needed
-    (permanent) or the platform is down (unavailable). log_tail carries the end of a build
-    or container log for the person reading status.
-    """
-
-    def __init__(
-        self, message: str, *, code: ErrorCode = ErrorCode.TARGET_ERROR, log_tail: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.code = ErrorCode(code)  # a plain string of a known value is accepted too
-        self.log_tail = log_tail
-
-    @property
-    def kind(self) -> ErrorKind:
-        return self.code.kind
-
-
-class TargetUnavailable(TargetError):
-    """The platform itself cannot be reached (Docker Engine stopped, API server down)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code=ErrorCode.TARGET_UNAVAILABLE)
 
 
 @runtime_checkable

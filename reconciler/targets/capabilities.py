@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.state import DesiredState, LiveState
-
 if TYPE_CHECKING:
-    # Types only: what a connection is, shared by the targets (endpoints.connections).
+    # Types only: what a connection is, shared by the targets (endpoints.connections), and
+    # the model's (annotations of the Protocols): `reconcile invoke` imports EndpointAccess
+    # from here without the model's specs and states (issue 15: start-up).
     from reconciler.endpoints.connections import Connection
+    from reconciler.endpoints.credentials import EndpointCredentials
     from reconciler.images.retention import Collected
+    from reconciler.model.diagnostics import Diagnostic
+    from reconciler.model.state import DesiredState, LiveState
 
 __all__ = [
     "Autoscaler",
@@ -34,6 +37,7 @@ __all__ = [
     "ChecksDesired",
     "CollectsImages",
     "ConnectionStore",
+    "EndpointAccess",
     "EndpointKeys",
     "HasConnections",
     "HasCredentials",
@@ -42,6 +46,17 @@ __all__ = [
     "HasRouterMetrics",
     "ObservesEndpoint",
 ]
+
+
+@dataclass(frozen=True)
+class EndpointAccess:
+    """What `reconcile invoke` needs of one endpoint, as a target type reads it without
+    opening the whole target (targets.registry.ENDPOINT_ACCESS). Its repr shows no key."""
+
+    scoring_uri: str
+    auth_mode: str
+    deployments: tuple[str, ...]
+    credentials: EndpointCredentials
 
 
 class EndpointKeys(Protocol):

@@ -17,12 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.state import DesiredState
-from reconciler.repoconfig import TargetConfig
-from reconciler.targets.base import Target, TargetError
+from reconciler.targets.errors import TargetError
+
+if TYPE_CHECKING:
+    # Types only: `reconcile invoke` reads this registry without the plan's model.
+    from reconciler.model.diagnostics import Diagnostic
+    from reconciler.model.state import DesiredState
+    from reconciler.repoconfig import TargetConfig
+    from reconciler.targets.base import Target
+    from reconciler.targets.capabilities import EndpointAccess
 
 # The line of a field of a file of the repository (None: unknown), for warnings.
 LineOf = Callable[[str, tuple[str | int, ...]], int | None]
@@ -60,6 +65,25 @@ TARGET_TYPES: Mapping[str, TargetFactory] = MappingProxyType(
         "kubernetes": _kubernetes,
     }
 )
+
+
+class AccessReader(Protocol):
+    """Reads what `reconcile invoke` needs of one endpoint without opening the target (its
+    SDK's import alone costs more than the request); None when it cannot tell, and the
+    caller opens the target instead."""
+
+    def __call__(
+        self, entry: TargetConfig, *, endpoint: str, repository: str
+    ) -> EndpointAccess | None: ...
+
+
+def _docker_access(entry: TargetConfig, *, endpoint: str, repository: str) -> EndpointAccess | None:
+    from reconciler.targets.docker.access import endpoint_access
+
+    return endpoint_access(entry.name, endpoint, repository=repository)
+
+
+ENDPOINT_ACCESS: Mapping[str, AccessReader] = MappingProxyType({"docker": _docker_access})
 
 
 class Preflight(Protocol):

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from reconciler.cli import main
 from reconciler.model.plan import Action, Step
+from reconciler.targets.docker.access import endpoint_access
 from reconciler.targets.docker.state import CREDENTIALS, write_files
 from reconciler.targets.docker.target import DockerTarget
 
@@ -275,6 +276,20 @@ def test_auth_mode_switches_both_ways_and_old_credentials_stop_working(
     token = world.target.token("auth-ep", now=time.time())["accessToken"]
     assert world.score("auth-ep", key=token).status == 200
     assert world.score("auth-ep", key=key).status == 401
+    # The command line reads the mode and the token secret from the engine's socket
+    # (targets/docker/access.py): its token is accepted, and invoke sends one.
+    quick = endpoint_access(world.options.name, "auth-ep", repository=None)
+    assert quick is not None and quick.auth_mode == "aml_token"
+    runner = CliRunner()
+    repo = use_target_in_cli(world)
+    shown = runner.invoke(main, ["credentials", "auth-ep", *repo, "--ttl", "60"])
+    assert shown.exit_code == 0, shown.output
+    assert world.score("auth-ep", key=json.loads(shown.stdout)["accessToken"]).status == 200
+    (world.repo.root / "request.json").write_text(json.dumps({"data": [[1]]}))
+    request = str(world.repo.root / "request.json")
+    invoked = runner.invoke(main, ["invoke", "auth-ep", *repo, "--request-file", request])
+    assert invoked.exit_code == 0, invoked.output
+    assert "deployment: blue" in invoked.stderr
     world.repo.endpoint("auth-ep", traffic={"blue": 100}, auth_mode="key")
     world.repo.commit("keys again")
     world.apply()

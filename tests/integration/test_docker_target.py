@@ -10,6 +10,8 @@ containers take to start. Checks of single instances run inside them (docker exe
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,9 +22,11 @@ from click.testing import CliRunner
 
 from reconciler.cli import main
 from reconciler.executor import Gate
+from reconciler.gitsource import GitSource
 from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.model.plan import Action
 from reconciler.model.results import Outcome
+from reconciler.targets.docker.access import endpoint_access
 
 if TYPE_CHECKING:
     # Only for annotations: the module is loaded as a plugin, so that pytest rewrites
@@ -31,6 +35,19 @@ if TYPE_CHECKING:
 
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+# `reconcile invoke` in a new process: its exit code, then the HTTP client libraries of the
+# Docker SDK it loaded (none: it reads the engine's socket with the standard library).
+_INVOKE_AND_LIST_SDKS = """
+import sys
+from click.testing import CliRunner
+from reconciler.cli import main
+endpoint, repo, request = sys.argv[1:]
+done = CliRunner().invoke(main, ["invoke", endpoint, "--repo", repo, "--request-file", request])
+print(done.output)
+print(done.exit_code, sorted({m.split(".")[0] for m in sys.modules} & {"docker", "requests"}))
+"""
 
 
 def actions(world: DockerWorld) -> list[tuple[str, str | None]]:
@@ -131,6 +148,28 @@ def test_create_from_empty_then_keys_cli_and_a_restarted_reconciler(
     assert mistyped.exit_code == 1
     assert "endpoint keys-ep has no deployment named 'bleu'" in mistyped.stderr
     assert "its deployments: blue" in mistyped.stderr
+    # Invoke reads what it needs from the engine's socket (targets.docker.access) the same
+    # as the target observes it, and a new process loads no Docker SDK for it (issue 15).
+    quick = endpoint_access(name, "keys-ep", repository=GitSource(world.repo.root).identity())
+    assert quick is not None
+    assert (quick.scoring_uri, quick.auth_mode, quick.deployments) == (
+        world.scoring_uri("keys-ep"),
+        "key",
+        ("blue",),
+    )
+    assert quick.credentials.primary_key == world.key("keys-ep")
+    assert world.key("keys-ep") not in repr(quick)
+    # Another repository's endpoint, or none: the whole target answers instead.
+    assert endpoint_access(name, "keys-ep", repository="github.com/other/repo") is None
+    assert endpoint_access(name, "no-such-ep", repository=None) is None
+    fresh_process = subprocess.run(
+        [sys.executable, "-c", _INVOKE_AND_LIST_SDKS, "keys-ep", str(world.repo.root), request],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert fresh_process.stdout.splitlines()[-1] == "0 []", fresh_process.stdout
 
     # A new primary key: the old one is refused at once, the secondary still works.
     old_primary, secondary = world.key("keys-ep"), world.key("keys-ep", "secondary")

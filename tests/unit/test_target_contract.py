@@ -214,13 +214,16 @@ def test_the_registry_the_schema_and_repoconfig_name_the_same_target_types() -> 
     assert set(PREFLIGHTS) <= set(TARGET_TYPES) and "docker" in PREFLIGHTS
 
 
-def _run_in_example_repo(script: str, *args: str) -> str:
+def _run_in_example_repo(script: str, *args: str, cache: Path | None = None) -> str:
     """The output of `script` run by a new Python in example-repo (this process has
-    imported what other tests needed)."""
+    imported what other tests needed); `cache`: its RECONCILER_CACHE_DIR."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    if cache is not None:
+        env["RECONCILER_CACHE_DIR"] = str(cache)
     run = subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=ROOT / "example-repo",
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -260,8 +263,8 @@ def test_help_validate_and_diff_never_import_the_heavy_libraries_made_lazy() -> 
         "for args in (['--help'], ['credentials', '--help']):\n"
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, result.output\n"
-        "    print('help', loaded(), [m for m in ('git.repo', 'yaml', 'reconciler.loading')"
-        " if m in sys.modules])\n"
+        "    print('help', loaded(), [m for m in ('git.repo', 'yaml', 'reconciler.loading',"
+        " 'reconciler.codecache') if m in sys.modules])\n"
         "for args in (['validate'], ['diff', '--base', 'HEAD']):\n"
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n"
@@ -269,7 +272,8 @@ def test_help_validate_and_diff_never_import_the_heavy_libraries_made_lazy() -> 
     )
     stdout = _run_in_example_repo(script, *_LAZY)
     # --help loads none of the package's commands' work: no gitpython (only its lazy module
-    # object is bound; its submodules load with it), no YAML, no loading.
+    # object is bound; its submodules load with it), no YAML, no loading, and no cached
+    # code of dataclasses (a sub-command's --help runs the group's callback all the same).
     assert stdout.splitlines() == ["help [] []", "help [] []", "validate []", "diff []"]
 
 
@@ -289,3 +293,43 @@ def test_validate_and_diff_run_git_without_gitpython_and_load_no_executor() -> N
     )
     stdout = _run_in_example_repo(script)
     assert stdout.splitlines() == ["validate []", "diff []"]
+
+
+def test_validate_with_its_compiled_checks_cached_never_imports_fastjsonschema(
+    tmp_path: Path,
+) -> None:
+    # The first process compiles the schema checks (fastjsonschema) and caches them; the
+    # next one only runs the cached code, whose exceptions are the package's own.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "result = CliRunner().invoke(main, ['validate'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastjsonschema'}))\n"
+    )
+    assert _run_in_example_repo(script, cache=tmp_path).split() == ["['fastjsonschema']"]
+    assert _run_in_example_repo(script, cache=tmp_path).split() == ["[]"]
+
+
+def test_validate_loads_neither_the_plan_nor_the_target_protocol_nor_the_no_code_modules() -> None:
+    # Validate says which revision it checked (model.revision), catches target errors
+    # (targets.errors) and reads example-repo's custom-model deployments: the plan's
+    # steps, the Target protocol, the no-code model readers and the Kubernetes target's
+    # options belong to other commands and repositories (issue 15: start-up).
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "result = CliRunner().invoke(main, ['validate'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print([m for m in sys.argv[1:] if m in sys.modules])\n"
+    )
+    unneeded = (
+        "reconciler.model.plan",
+        "reconciler.targets.base",
+        "reconciler.nocode.triton",
+        "reconciler.nocode.mlflowmodel",
+        "reconciler.targets.kubernetes.options",
+    )
+    assert _run_in_example_repo(script, *unneeded).split() == ["[]"]

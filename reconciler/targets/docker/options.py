@@ -28,7 +28,6 @@ from typing import Any
 
 from reconciler.images.baseimage import BASE_IMAGE, DEFAULT_IMAGE_MAP
 from reconciler.model.errors import ErrorCode
-from reconciler.targets.base import TargetError
 from reconciler.targets.docker.subnets import (
     DEFAULT_POOL,
     DEFAULT_PREFIX,
@@ -36,6 +35,7 @@ from reconciler.targets.docker.subnets import (
     MIN_PREFIX,
     parse_pool,
 )
+from reconciler.targets.errors import TargetError
 
 
 def default_state_dir() -> Path:

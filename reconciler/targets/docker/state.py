@@ -36,6 +36,7 @@ import docker.errors
 
 # The router takes the same files for the digest it answers (`/-/state-digest`).
 from reconciler.router.statefiles import MAX_FILE_BYTES, ROUTER_CONFIG, is_state_file
+from reconciler.targets.docker.access import files_of_archive
 
 __all__ = ["MAX_FILE_BYTES", "ROUTER_CONFIG", "StateUnreadable", "read_files", "write_files"]
 
@@ -75,24 +76,14 @@ class _Chunks(io.RawIOBase):
 
 def read_files(container: Any, wanted: Callable[[str], bool] = is_state_file) -> dict[str, bytes]:
     """The files `wanted` names (by default an endpoint's: router.json and those under
-    state/), by path relative to the volume's root. Read as the archive streams: anything
-    else in the volume, or a file larger than MAX_FILE_BYTES (a stray dump, a hostile
-    file), is passed over, never held."""
+    state/), by path relative to the volume's root, read as the archive streams
+    (access.files_of_archive)."""
     try:
         stream, _ = container.get_archive(f"{MOUNT}/")
     except docker.errors.NotFound as exc:
         raise StateUnreadable(f"{container.name}: {exc.explanation or exc}") from None
-    files: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_Chunks(iter(stream))), mode="r|") as archive:
-            for member in archive:
-                # The archive's root folder is the mount's own name.
-                _, _, relative = member.name.partition("/")
-                if not (wanted(relative) and member.isfile()) or member.size > MAX_FILE_BYTES:
-                    continue
-                handle = archive.extractfile(member)
-                if handle is not None:
-                    files[relative] = handle.read()
+        files = files_of_archive(io.BufferedReader(_Chunks(iter(stream))), wanted)
     except tarfile.TarError as exc:
         raise StateUnreadable(f"{container.name}: unreadable archive ({exc})") from None
     finally:

@@ -28,7 +28,7 @@ import docker.types
 
 from reconciler.logs import get_logger
 from reconciler.model.errors import ErrorCode
-from reconciler.targets.base import TargetError
+from reconciler.targets.errors import TargetError
 
 log = get_logger("reconciler.docker.subnets")
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from reconciler.model.errors import ErrorCode
 from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType
-from reconciler.targets.base import TargetError
+from reconciler.targets.errors import TargetError
 
 ROUTER_MODES = ("builtin", "gateway-api")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

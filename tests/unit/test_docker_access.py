@@ -1,0 +1,52 @@
+"""targets.docker.access: where `reconcile invoke` finds the engine, and how it reads the
+state files from the archive the engine streams (the reads themselves are checked on the
+real engine in tests/integration/test_docker_target.py)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+from reconciler.router.statefiles import MAX_FILE_BYTES
+from reconciler.targets.docker.access import DEFAULT_SOCKET, engine_socket, files_of_archive
+
+
+def test_the_engine_socket_is_the_sdks_and_other_addresses_are_left_to_the_sdk() -> None:
+    assert engine_socket({}) == DEFAULT_SOCKET
+    assert engine_socket({"DOCKER_HOST": ""}) == DEFAULT_SOCKET
+    assert engine_socket({"DOCKER_HOST": "unix:///run/user/1000/docker.sock"}) == (
+        "/run/user/1000/docker.sock"
+    )
+    # Only the SDK speaks TCP with TLS and SSH: the caller opens the whole target then.
+    assert engine_socket({"DOCKER_HOST": "tcp://10.0.0.5:2376"}) is None
+    assert engine_socket({"DOCKER_HOST": "ssh://me@host"}) is None
+
+
+def _archive(files: dict[str, bytes]) -> io.BytesIO:
+    """A tar stream as the engine sends a folder: its own name first in every path."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        folder = tarfile.TarInfo("reconciler-router")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for path, content in files.items():
+            info = tarfile.TarInfo(f"reconciler-router/{path}")
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    buffer.seek(0)
+    return buffer
+
+
+def test_the_archive_gives_the_state_files_and_passes_over_strays_and_huge_files() -> None:
+    stream = _archive(
+        {
+            "router.json": b'{"auth_mode": "key"}',
+            "state/credentials.json": b"{}",
+            "dump.bin": b"x" * 10,
+            "state/big.json": b" " * (MAX_FILE_BYTES + 1),
+        }
+    )
+    assert files_of_archive(stream) == {
+        "router.json": b'{"auth_mode": "key"}',
+        "state/credentials.json": b"{}",
+    }
