@@ -148,15 +148,22 @@ def test_a_terminal_shows_the_plan_first_then_one_line_per_step_and_no_build_out
     assert len(lines) == summary + 1 + len(steps) == 32
 
 
-def test_an_update_whose_new_instances_fail_is_never_shown_done(tmp_path: Path) -> None:
-    # A rolling update: the old instance keeps serving (1/1 ready) while the new one
-    # starts and fails. Ready counts alone said "done" (a ✓, then the ✗ of the next pass).
-    target = MemoryTarget()
+def _applied_then_green_edited(target: MemoryTarget, tmp_path: Path) -> Path:
+    """example-repo applied to `target`, and a copy of it whose green deployment changed
+    (an update of green is the next plan)."""
     converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLE_REPO, repo)
     green = repo / "endpoints" / "my-endpoint" / "green.yml"
     green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    return repo
+
+
+def test_an_update_whose_new_instances_fail_is_never_shown_done(tmp_path: Path) -> None:
+    # A rolling update: the old instance keeps serving (1/1 ready) while the new one
+    # starts and fails. Ready counts alone said "done" (a ✓, then the ✗ of the next pass).
+    target = MemoryTarget()
+    repo = _applied_then_green_edited(target, tmp_path)
     target.warmup = 6  # passes in which the new instance is still starting
     target.broken.add(ResourceKey("my-endpoint", "green"))
     lines = apply_on_a_terminal(target, repo=repo)
@@ -254,11 +261,7 @@ class FailingUpdateTarget(MemoryTarget):
 
 def test_the_end_of_a_failed_apply_names_a_failed_deployment_once(tmp_path: Path) -> None:
     target = FailingUpdateTarget()
-    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
-    repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLE_REPO, repo)
-    green = repo / "endpoints" / "my-endpoint" / "green.yml"
-    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    repo = _applied_then_green_edited(target, tmp_path)
     result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
     lines = failure_lines(result, log_lines=20)
     assert [line for line in lines if "my-endpoint/green" in line] == [
@@ -297,11 +300,7 @@ def test_on_a_terminal_the_end_of_a_failed_apply_adds_the_log_not_the_message_ag
     # The ✗ line said the message; the end adds the log's tail under the step's name (the
     # step's number in the last pass's plan is not the one of the plan printed first).
     target = FailingUpdateTarget()
-    converge(DirectoryTree(EXAMPLE_REPO), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
-    repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLE_REPO, repo)
-    green = repo / "endpoints" / "my-endpoint" / "green.yml"
-    green.write_text(green.read_text().replace("MODEL_LOG_LEVEL: debug", "MODEL_LOG_LEVEL: info"))
+    repo = _applied_then_green_edited(target, tmp_path)
     result = converge(DirectoryTree(repo), target, prune=False, gate=Gate(timeout_s=30, poll_s=0))
     (index,) = [i for i, r in enumerate(result.results) if r.outcome == Outcome.FAILED]
     failed = replace(result.results[index], log_tail="line 1\nFileNotFoundError: model.pkl")

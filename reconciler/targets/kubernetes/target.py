@@ -1132,15 +1132,22 @@ class KubernetesTarget:
             # their Secret (at once where they say what they serve: see the write).
             self._write_router_config(m.with_credentials(config, creds), lambda _m: None)
 
-    def logs(
-        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
-    ) -> str:
+    def _instance_pods(
+        self, endpoint: str, deployment: str, instance: int | None
+    ) -> list[dict[str, Any]]:
+        """The deployment's pods (only the `instance`-th when given); a TargetError when none."""
         selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
         pods = self.client.list("Pod", selector)
         if instance is not None:
             pods = pods[instance : instance + 1]
         if not pods:
             raise TargetError(f"no pod of {endpoint}/{deployment} on target {self.name}")
+        return pods
+
+    def logs(
+        self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
+    ) -> str:
+        pods = self._instance_pods(endpoint, deployment, instance)
         chunks = []
         for pod in pods:
             name = pod["metadata"]["name"]
@@ -1152,12 +1159,7 @@ class KubernetesTarget:
     ) -> str:
         """What each pod's container wrote before its last restart: Kubernetes keeps the
         attempt before the current one (a pod in CrashLoopBackOff: where init() raised)."""
-        selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
-        pods = self.client.list("Pod", selector)
-        if instance is not None:
-            pods = pods[instance : instance + 1]
-        if not pods:
-            raise TargetError(f"no pod of {endpoint}/{deployment} on target {self.name}")
+        pods = self._instance_pods(endpoint, deployment, instance)
         chunks = []
         for pod in pods:
             name = pod["metadata"]["name"]
