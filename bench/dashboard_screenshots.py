@@ -22,30 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 from webdriver import chromium, chromium_binary, driver_binary
 
 from reconciler import logs
-from reconciler.engine import run_pass
 from reconciler.gitsource import DEFAULT_STATUS_BRANCH, GitSource
 from reconciler.targets.memory import MemoryTarget
 from reconciler.ui.server import UiOptions, start
 from reconciler.ui.source import GitStatusSource
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
-def _apply(repo: RepoBuilder, target: MemoryTarget) -> None:
-    source = GitSource(repo.root)
-    commit = source.resolve("HEAD")
-    result = run_pass(
-        source.tree(commit),
-        target,
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
-    assert not result.failed, result.results
 
 
 def _repository(root: Path, target: MemoryTarget) -> RepoBuilder:
@@ -63,7 +49,7 @@ def _repository(root: Path, target: MemoryTarget) -> RepoBuilder:
     repo.endpoint("fraud-scoring", traffic={"main": 100})
     repo.deployment("fraud-scoring", "main")
     repo.commit("blue and green")
-    _apply(repo, target)
+    apply_head(repo, target)
     repo.endpoint("my-endpoint", traffic={"blue": 50, "green": 50}, mirror={"shadow": 20}, **search)
     repo.deployment(
         "my-endpoint",
@@ -77,7 +63,7 @@ def _repository(root: Path, target: MemoryTarget) -> RepoBuilder:
         },
     )
     repo.commit("green to half the traffic; shadow mirrors 20%")
-    _apply(repo, target)
+    apply_head(repo, target)
     return repo
 
 

@@ -24,30 +24,17 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 import pageload
 from figures import emit, short_requested, skipped
 from repo_builder import RepoBuilder
+from status_fixtures import apply_head
 
 from reconciler import logs
-from reconciler.engine import run_pass
-from reconciler.gitsource import GitSource
 from reconciler.targets.memory import MemoryTarget
 
 BENCH = "ui"
-
-
-def _apply(repo: RepoBuilder, target: MemoryTarget) -> None:
-    source = GitSource(repo.root)
-    commit = source.resolve("HEAD")
-    run_pass(
-        source.tree(commit),
-        target,
-        prune=False,
-        dry_run=False,
-        revision=commit,
-        write_status=lambda files, message: source.write_status(files, message=message),
-    )
 
 
 def _timed(url: str) -> float:
@@ -76,11 +63,11 @@ def main() -> None:
             repo.deployment(name, "green")
         repo.commit("endpoints")
         target = MemoryTarget()
-        _apply(repo, target)
+        apply_head(repo, target, must_succeed=False)
         for name in names:
             repo.endpoint(name, traffic={"blue": 50, "green": 50}, description=f"{name} scores")
         repo.commit("half and half")
-        _apply(repo, target)
+        apply_head(repo, target, must_succeed=False)
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         process = subprocess.Popen(
             [
