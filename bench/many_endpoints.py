@@ -35,6 +35,7 @@ import contextlib
 import cProfile
 import io
 import json
+import os
 import pstats
 import secrets
 import shutil
@@ -72,6 +73,8 @@ from reconciler.targets.docker.target import DockerTarget
 
 ROUTER_GOAL_MB = 30.0
 CPU_SECONDS: list[float] = []  # of the last timed_passes
+API_CALLS: list[int] = []  # Docker API requests of each of the last timed_passes
+_REQUESTS = [0]  # Docker API requests the target's client sent so far (counting_client)
 IDLE_PASS_GOAL_S = 1.0
 PORTS = (24000, 24999)  # no test or other benchmark uses these
 
@@ -107,6 +110,19 @@ def memory(container: Any) -> tuple[float, float]:
     return (usage - inactive) / 2**20, anon / 2**20
 
 
+def counting_client() -> docker.DockerClient:
+    """A Docker client that counts the requests it sends to the engine (_REQUESTS), for
+    the target: what a pass asks of the engine, per endpoint."""
+    client = docker.from_env(timeout=300)
+
+    def counted(response: Any, *args: Any, **kwargs: Any) -> Any:
+        _REQUESTS[0] += 1
+        return response
+
+    client.api.hooks["response"].append(counted)
+    return client
+
+
 def timed_passes(
     tree: Any, target: DockerTarget, count: int, *, profile: Path | None = None
 ) -> list[float]:
@@ -115,11 +131,13 @@ def timed_passes(
     engine, on routers, on a busy host)."""
     out = []
     CPU_SECONDS.clear()
+    API_CALLS.clear()
     for _ in range(count):
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, requests = time.perf_counter(), time.process_time(), _REQUESTS[0]
         result = run_pass(tree, target, prune=False, dry_run=False)
         out.append(time.perf_counter() - started)
         CPU_SECONDS.append(time.process_time() - cpu)
+        API_CALLS.append(_REQUESTS[0] - requests)
         if result.plan.steps or result.plan.errors:
             steps = [f"{s.action} {s.reason}" for s in result.plan.steps]
             raise SystemExit(f"the idle pass is not idle: {steps} {result.plan.errors}")
@@ -262,7 +280,7 @@ def run(
     repo.code()
     _add_endpoint(repo, _endpoint(0))
     repo.commit("one endpoint")
-    target = DockerTarget(options, repo_root=repo.root)
+    target = DockerTarget(options, repo_root=repo.root, client=counting_client())
     source = GitSource(repo.root)
 
     def apply(*, tolerate: bool = False) -> tuple[float, dict[str, str]]:
@@ -296,6 +314,8 @@ def run(
     first, _ = apply()
     tree = source.tree(source.resolve("HEAD"))
     one = timed_passes(tree, target, passes)
+    calls_one = statistics.median(API_CALLS)
+    load_one = os.getloadavg()[0]
     print(f"  {first:.1f} s; idle passes over 1: {[round(s, 3) for s in one]}", file=log)
 
     for i in range(1, n):
@@ -385,7 +405,23 @@ def run(
     tree = source.tree(source.resolve("HEAD"))
     many = timed_passes(tree, target, passes, profile=out / "many_endpoints.profile.txt")
     print(f"idle passes over {n}: {[round(s, 3) for s in many]}", file=log)
+    # The host's load beside the timings (2 cores shared with other work: a pass waits
+    # for the engine and the routers, which wait for CPU).
+    figure(
+        f"load average (1 min) after the idle passes over {n} endpoints ({os.cpu_count()} cores)",
+        os.getloadavg()[0],
+        "",
+        "load average (1 min) after the idle passes over 1 endpoint",
+        load_one,
+    )
     cpu = list(CPU_SECONDS)
+    figure(
+        f"Docker API requests of an idle pass over {n} endpoints, median",
+        statistics.median(API_CALLS),
+        "requests",
+        "Docker API requests of an idle pass over 1 endpoint, median",
+        calls_one,
+    )
     figure(
         f"idle pass over {n} endpoints, median of {passes}",
         statistics.median(many),
