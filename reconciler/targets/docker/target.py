@@ -59,10 +59,8 @@ is healthy.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
-import http.client
 import ipaddress
 import json
 import re
@@ -73,7 +71,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,8 +183,10 @@ from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore
 from reconciler.targets.docker.failures import failure_note, previous_run_log
 from reconciler.targets.docker.imagegc import collect as collect_images
 from reconciler.targets.docker.legacystore import LegacyStore
+from reconciler.targets.docker.listing import Inspections, Listed, epoch
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
+from reconciler.targets.docker.routercheck import RouterCheck, check_router
 from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
 from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
 from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE
@@ -363,6 +363,9 @@ class DockerTarget:
         # `/-/state-digest` is not theirs (observe, _check_routers).
         self._state_known: dict[str, dict[str, bytes]] = {}
         self._router_image: str | None = None
+        # Inspections of instances, reused by the next pass while the engine's listing
+        # shows nothing happened to them (listing.py).
+        self._inspections = Inspections()
 
     # --- connection ------------------------------------------------------------------
 
@@ -407,22 +410,29 @@ class DockerTarget:
     # --- observe ---------------------------------------------------------------------
 
     def _listing(self, endpoint: str | None = None) -> list[Any]:
-        """The target's containers for observe (of `endpoint` alone, when named): instances
-        inspected (their health, start time and restart count are not in the engine's
-        listing), every other one as the listing shows it (_Listed; inspected only if asked
-        for more): a pass over 50 endpoints inspects 100 containers, not 200."""
+        """The target's containers for observe (of `endpoint` alone, when named), as one
+        listing shows them (listing.Listed): instances with their inspection (their health,
+        start time and restart count are not in the listing), reused from an earlier pass
+        while the listing shows nothing happened to them (listing.Inspections), every other
+        one inspected only if asked for more. An idle pass over 50 endpoints asks the
+        engine for one listing, not for 100 inspections besides."""
         scope = {} if endpoint is None else {"endpoint": endpoint}
         try:
             entries = self.client.api.containers(all=True, filters=self._label_filter(**scope))
+            role = {e["Id"]: (e.get("Labels") or {}).get(f"{L}role") for e in entries}
+            instances = [e for e in entries if role[e["Id"]] == "instance"]
+            inspected = {
+                c.id: c
+                for c in self._inspections.listed(
+                    self.client, instances, now=time.time(), complete=endpoint is None
+                )
+            }
             found: list[Any] = []
             for entry in entries:
-                if (entry.get("Labels") or {}).get(f"{L}role") != "instance":
-                    found.append(_Listed(self.client, entry))
-                    continue
-                # A container removed between the listing and its inspection (by hand, by
-                # a step) is simply not there, as with containers.list(ignore_removed).
-                with contextlib.suppress(docker.errors.NotFound):
-                    found.append(self.client.containers.get(entry["Id"]))
+                if role[entry["Id"]] != "instance":
+                    found.append(Listed(self.client, entry))
+                elif entry["Id"] in inspected:
+                    found.append(inspected[entry["Id"]])
             return found
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
@@ -534,7 +544,7 @@ class DockerTarget:
         volume: Any | None,
         instances: list[_Instance],
         networks: Mapping[str, Any],
-        check: _RouterCheck | None = None,
+        check: RouterCheck | None = None,
     ) -> LiveEndpoint:
         """The endpoint as its state and router show it, with what needs repair, if any
         (check: what its router answered this pass on its published port, when asked).
@@ -798,7 +808,7 @@ class DockerTarget:
 
     def _check_routers(
         self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
-    ) -> dict[str, _RouterCheck]:
+    ) -> dict[str, RouterCheck]:
         """Ask each running router, on its published port, whether it answers (as callers
         reach it) and, when it can say and the keys of its endpoint are known, the digest
         of its endpoint's state files: all at once, over loopback HTTP, a few ms each."""
@@ -828,7 +838,7 @@ class DockerTarget:
         if not asks:
             return {}
         with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(asks))) as pool:
-            answers = pool.map(lambda ask: _check_router(*ask), asks.values())
+            answers = pool.map(lambda ask: check_router(*ask), asks.values())
             return dict(zip(asks, answers, strict=True))
 
     def _state_handle(self, endpoint: str) -> Any | None:
@@ -2449,23 +2459,10 @@ def _instance(container: Any) -> _Instance:
         address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
-        started_at=_epoch(str(state.get("StartedAt") or "")),
+        started_at=epoch(str(state.get("StartedAt") or "")),
         ready_within=_float(labels.get(f"{L}ready-within")),
         connections=_recorded_digests(labels.get(DIGESTS_LABEL)),
     )
-
-
-def _epoch(text: str) -> float | None:
-    """Epoch seconds of a Docker timestamp (RFC 3339, nanoseconds); None when unset."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, rest = text.partition(".")
-    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
-    try:
-        moment = datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    except ValueError:
-        return None
-    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 
 def _float(text: str | None) -> float | None:
@@ -2646,119 +2643,6 @@ def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
     except ValueError as exc:
         return f"its keys are unreadable ({exc}): new keys will be issued"
     return None
-
-
-# What the engine's container listing shows as an inspection would (same keys, same shape).
-_LISTED_KEYS = frozenset(("Id", "Mounts", "NetworkSettings"))
-
-
-class _Listed:
-    """A container as the engine's listing shows it: id, name, labels, status, mounts and
-    networks, without an inspection (observe's routers and holders, 2 of 3 containers of
-    an endpoint). Anything more (an attribute, a method such as get_archive) inspects it
-    once and is the inspected container's."""
-
-    def __init__(self, client: docker.DockerClient, entry: Mapping[str, Any]) -> None:
-        self._client = client
-        self.entry = entry
-        self._inspected: Any | None = None
-
-    @property
-    def inspected(self) -> Any:
-        if self._inspected is None:
-            self._inspected = self._client.containers.get(self.entry["Id"])
-        return self._inspected
-
-    @property
-    def id(self) -> str:
-        return str(self.entry["Id"])
-
-    @property
-    def name(self) -> str:
-        names = self.entry.get("Names") or []
-        return str(names[0]).lstrip("/") if names else str(self.inspected.name)
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return dict(self.entry.get("Labels") or {})
-
-    @property
-    def status(self) -> str:
-        return str(self.entry.get("State") or "")
-
-    @property
-    def attrs(self) -> Mapping[str, Any]:
-        return _ListedAttrs(self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inspected, name)
-
-
-class _ListedAttrs(Mapping[str, Any]):
-    """A listed container's attrs: those the listing holds, the rest from an inspection
-    (none when it is gone: a missing key, as for a container removed meanwhile)."""
-
-    def __init__(self, listed: _Listed) -> None:
-        self._listed = listed
-
-    def _full(self) -> Mapping[str, Any]:
-        try:
-            return dict(self._listed.inspected.attrs)
-        except docker.errors.NotFound:
-            return {}
-
-    def __getitem__(self, key: str) -> Any:
-        if key in _LISTED_KEYS and key in self._listed.entry:
-            return self._listed.entry[key]
-        return self._full()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._full())
-
-    def __len__(self) -> int:
-        return len(self._full())
-
-
-@dataclass(frozen=True)
-class _RouterCheck:
-    """What a router answered on its published port: port_problem as _port_problem says
-    it; digest: that of its endpoint's state files, None when it did not say."""
-
-    port_problem: str | None
-    digest: str | None = None
-
-
-def _check_router(port: int, admin_secret: str | None) -> _RouterCheck:
-    """GET /-/ready as _port_problem asks it, then (admin_secret given) GET
-    /-/state-digest on the same connection: knowing whether the state changed costs the
-    pass one loopback request, not one archive read through the engine."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        try:
-            connection.request("GET", "/-/ready")
-            answer = connection.getresponse()
-            answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            reason = str(exc) or exc.__class__.__name__
-            return _RouterCheck(f"its router does not answer on 127.0.0.1:{port} ({reason})")
-        if answer.status != 200:
-            return _RouterCheck(
-                f"its router does not answer on 127.0.0.1:{port} (status {answer.status})"
-            )
-        if admin_secret is None:
-            return _RouterCheck(None)
-        try:
-            connection.request(
-                "GET", "/-/state-digest", headers={"Authorization": f"Bearer {admin_secret}"}
-            )
-            answer = connection.getresponse()
-            body = answer.read(64 * 1024)
-            digest = json.loads(body).get("digest") if answer.status == 200 else None
-        except (OSError, http.client.HTTPException, ValueError, AttributeError):
-            digest = None
-        return _RouterCheck(None, digest if isinstance(digest, str) else None)
-    finally:
-        connection.close()
 
 
 def _port_problem(port: int) -> str | None:
