@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -181,8 +182,11 @@ def reusable(attrs: Mapping[str, Any], entry: Mapping[str, Any], now: float) -> 
     return now - started < below + SLACK_S
 
 
+@functools.lru_cache(maxsize=4096)
 def epoch(text: str) -> float | None:
-    """Epoch seconds of a Docker timestamp (RFC 3339, nanoseconds); None when unset."""
+    """Epoch seconds of a Docker timestamp (RFC 3339, nanoseconds); None when unset.
+    Cached: each pass reads the same start times of every instance twice (strptime is
+    the slowest part of reading an instance)."""
     if not text or text.startswith("0001-"):
         return None
     head, _, rest = text.partition(".")
