@@ -5,14 +5,16 @@ of N endpoints (default 50; `--short`: 5) with two deployments each (blue 100 %,
 one instance each, the tiny echo model of tests/repo_builder.py):
 
 1. the first endpoint alone is applied (its images are built or found: the reference),
-   then idle passes over that one endpoint are timed (the reference of step 3);
+   then, once Docker calls its instances healthy (settled), idle passes over that one
+   endpoint are timed (the reference of step 4), with their Docker API requests;
 2. the other N-1 are committed at once and applied by `converge`, as `reconcile` does:
    the total and the time per endpoint;
 3. memory of each router and each instance as `docker stats` shows it (usage less inactive
    file cache) and anonymous memory (what RSS counts), read with one-shot stats; beside
    them a bare `python -c` sleeping in the router's image;
-4. the daemon's idle pass (observe + plan, nothing to change) with all N present, run in
-   process as `reconcile watch` runs it: the median of `--passes` passes, one of them
+4. the daemon's idle pass (observe + plan, nothing to change) with all N present and
+   settled, run in process as `reconcile watch` runs it, with its Docker API requests and
+   the host's load average: the median of `--passes` passes, one of them
    profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt);
    beside it, the first pass of a reconciler started afresh (it knows no state yet, so it
    reads every endpoint's through Docker's archive API, as every pass did before routers
@@ -121,6 +123,21 @@ def counting_client() -> docker.DockerClient:
 
     client.api.hooks["response"].append(counted)
     return client
+
+
+def settled(client: docker.DockerClient, name: str, timeout: float = 300.0) -> float:
+    """Wait until Docker calls every instance of the target healthy (an instance is ready
+    and routed before that: observe asks one whose first health check has not run yet
+    itself, through docker exec, which an idle pass of a settled target never does).
+    Seconds waited."""
+    started = time.perf_counter()
+    label = [f"reconciler.target={name}", "reconciler.role=instance"]
+    while time.perf_counter() - started < timeout:
+        listed = client.api.containers(all=True, filters={"label": label})
+        if listed and all(str(c.get("Status", "")).endswith("(healthy)") for c in listed):
+            break
+        time.sleep(1.0)
+    return time.perf_counter() - started
 
 
 def timed_passes(
@@ -313,6 +330,7 @@ def run(
     print(f"target {name}: applying 1 endpoint (images built or found) ...", file=log)
     first, _ = apply()
     tree = source.tree(source.resolve("HEAD"))
+    print(f"  instances healthy after {settled(client, name):.1f} s more", file=log)
     one = timed_passes(tree, target, passes)
     calls_one = statistics.median(API_CALLS)
     load_one = os.getloadavg()[0]
@@ -403,6 +421,7 @@ def run(
     bare.remove(force=True)
 
     tree = source.tree(source.resolve("HEAD"))
+    print(f"instances healthy after {settled(client, name):.1f} s more", file=log)
     many = timed_passes(tree, target, passes, profile=out / "many_endpoints.profile.txt")
     print(f"idle passes over {n}: {[round(s, 3) for s in many]}", file=log)
     # The host's load beside the timings (2 cores shared with other work: a pass waits
