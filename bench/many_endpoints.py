@@ -5,14 +5,16 @@ of N endpoints (default 50; `--short`: 5) with two deployments each (blue 100 %,
 one instance each, the tiny echo model of tests/repo_builder.py):
 
 1. the first endpoint alone is applied (its images are built or found: the reference),
-   then idle passes over that one endpoint are timed (the reference of step 3);
+   then, once Docker calls its instances healthy (settled), idle passes over that one
+   endpoint are timed (the reference of step 4), with their Docker API requests;
 2. the other N-1 are committed at once and applied by `converge`, as `reconcile` does:
    the total and the time per endpoint;
 3. memory of each router and each instance as `docker stats` shows it (usage less inactive
    file cache) and anonymous memory (what RSS counts), read with one-shot stats; beside
    them a bare `python -c` sleeping in the router's image;
-4. the daemon's idle pass (observe + plan, nothing to change) with all N present, run in
-   process as `reconcile watch` runs it: the median of `--passes` passes, one of them
+4. the daemon's idle pass (observe + plan, nothing to change) with all N present and
+   settled, run in process as `reconcile watch` runs it, with its Docker API requests and
+   the host's load average: the median of `--passes` passes, one of them
    profiled with cProfile (the top functions go to bench/out/many_endpoints.profile.txt);
    beside it, the first pass of a reconciler started afresh (it knows no state yet, so it
    reads every endpoint's through Docker's archive API, as every pass did before routers
@@ -35,6 +37,7 @@ import contextlib
 import cProfile
 import io
 import json
+import os
 import pstats
 import secrets
 import shutil
@@ -72,6 +75,8 @@ from reconciler.targets.docker.target import DockerTarget
 
 ROUTER_GOAL_MB = 30.0
 CPU_SECONDS: list[float] = []  # of the last timed_passes
+API_CALLS: list[int] = []  # Docker API requests of each of the last timed_passes
+_REQUESTS = [0]  # Docker API requests the target's client sent so far (counting_client)
 IDLE_PASS_GOAL_S = 1.0
 PORTS = (24000, 24999)  # no test or other benchmark uses these
 
@@ -107,6 +112,34 @@ def memory(container: Any) -> tuple[float, float]:
     return (usage - inactive) / 2**20, anon / 2**20
 
 
+def counting_client() -> docker.DockerClient:
+    """A Docker client that counts the requests it sends to the engine (_REQUESTS), for
+    the target: what a pass asks of the engine, per endpoint."""
+    client = docker.from_env(timeout=300)
+
+    def counted(response: Any, *args: Any, **kwargs: Any) -> Any:
+        _REQUESTS[0] += 1
+        return response
+
+    client.api.hooks["response"].append(counted)
+    return client
+
+
+def settled(client: docker.DockerClient, name: str, timeout: float = 300.0) -> float:
+    """Wait until Docker calls every instance of the target healthy (an instance is ready
+    and routed before that: observe asks one whose first health check has not run yet
+    itself, through docker exec, which an idle pass of a settled target never does).
+    Seconds waited."""
+    started = time.perf_counter()
+    label = [f"reconciler.target={name}", "reconciler.role=instance"]
+    while time.perf_counter() - started < timeout:
+        listed = client.api.containers(all=True, filters={"label": label})
+        if listed and all(str(c.get("Status", "")).endswith("(healthy)") for c in listed):
+            break
+        time.sleep(1.0)
+    return time.perf_counter() - started
+
+
 def timed_passes(
     tree: Any, target: DockerTarget, count: int, *, profile: Path | None = None
 ) -> list[float]:
@@ -115,11 +148,13 @@ def timed_passes(
     engine, on routers, on a busy host)."""
     out = []
     CPU_SECONDS.clear()
+    API_CALLS.clear()
     for _ in range(count):
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, requests = time.perf_counter(), time.process_time(), _REQUESTS[0]
         result = run_pass(tree, target, prune=False, dry_run=False)
         out.append(time.perf_counter() - started)
         CPU_SECONDS.append(time.process_time() - cpu)
+        API_CALLS.append(_REQUESTS[0] - requests)
         if result.plan.steps or result.plan.errors:
             steps = [f"{s.action} {s.reason}" for s in result.plan.steps]
             raise SystemExit(f"the idle pass is not idle: {steps} {result.plan.errors}")
@@ -262,7 +297,7 @@ def run(
     repo.code()
     _add_endpoint(repo, _endpoint(0))
     repo.commit("one endpoint")
-    target = DockerTarget(options, repo_root=repo.root)
+    target = DockerTarget(options, repo_root=repo.root, client=counting_client())
     source = GitSource(repo.root)
 
     def apply(*, tolerate: bool = False) -> tuple[float, dict[str, str]]:
@@ -295,7 +330,10 @@ def run(
     print(f"target {name}: applying 1 endpoint (images built or found) ...", file=log)
     first, _ = apply()
     tree = source.tree(source.resolve("HEAD"))
+    print(f"  instances healthy after {settled(client, name):.1f} s more", file=log)
     one = timed_passes(tree, target, passes)
+    calls_one = statistics.median(API_CALLS)
+    load_one = os.getloadavg()[0]
     print(f"  {first:.1f} s; idle passes over 1: {[round(s, 3) for s in one]}", file=log)
 
     for i in range(1, n):
@@ -383,9 +421,26 @@ def run(
     bare.remove(force=True)
 
     tree = source.tree(source.resolve("HEAD"))
+    print(f"instances healthy after {settled(client, name):.1f} s more", file=log)
     many = timed_passes(tree, target, passes, profile=out / "many_endpoints.profile.txt")
     print(f"idle passes over {n}: {[round(s, 3) for s in many]}", file=log)
+    # The host's load beside the timings (2 cores shared with other work: a pass waits
+    # for the engine and the routers, which wait for CPU).
+    figure(
+        f"load average (1 min) after the idle passes over {n} endpoints ({os.cpu_count()} cores)",
+        os.getloadavg()[0],
+        "",
+        "load average (1 min) after the idle passes over 1 endpoint",
+        load_one,
+    )
     cpu = list(CPU_SECONDS)
+    figure(
+        f"Docker API requests of an idle pass over {n} endpoints, median",
+        statistics.median(API_CALLS),
+        "requests",
+        "Docker API requests of an idle pass over 1 endpoint, median",
+        calls_one,
+    )
     figure(
         f"idle pass over {n} endpoints, median of {passes}",
         statistics.median(many),

@@ -20,6 +20,7 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,38 @@ class Load:
 def identity(repo: RepoBuilder) -> str:
     """The repository's identity as the command line gives it to the target."""
     return GitSource(repo.root).identity()
+
+
+class CountingAPI(docker.APIClient):  # type: ignore[misc]
+    """The Docker API client, counting the container listings, inspections and archive
+    reads it sends (the engine is the real one: the calls go through)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: Counter[str] = Counter()
+
+    def containers(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["containers"] += 1
+        return super().containers(*args, **kwargs)
+
+    def inspect_container(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["inspect_container"] += 1
+        return super().inspect_container(*args, **kwargs)
+
+    def get_archive(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["get_archive"] += 1
+        return super().get_archive(*args, **kwargs)
+
+
+def counting_target(world: DockerWorld) -> tuple[DockerTarget, CountingAPI]:
+    """A target of the world's whose Docker API calls are counted."""
+    client = docker.from_env(timeout=120)
+    api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
+    client.api = api
+    target = DockerTarget(
+        world.options, repo_root=world.repo.root, client=client, repository=identity(world.repo)
+    )
+    return target, api
 
 
 @dataclass

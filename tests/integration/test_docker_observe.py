@@ -6,50 +6,15 @@ The engine is the real one; the client only counts the calls it passes on to it.
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import docker
 import pytest
-
-from reconciler.gitsource import GitSource
-from reconciler.targets.docker.target import DockerTarget
 
 if TYPE_CHECKING:
     from docker_target_fixtures import DockerWorld
 
 pytest_plugins = ("docker_target_fixtures",)
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-class CountingAPI(docker.APIClient):  # type: ignore[misc]
-    """The Docker API client, counting the container listings and archive reads it sends."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.calls: Counter[str] = Counter()
-
-    def containers(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls["containers"] += 1
-        return super().containers(*args, **kwargs)
-
-    def get_archive(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls["get_archive"] += 1
-        return super().get_archive(*args, **kwargs)
-
-
-def counting_target(world: DockerWorld) -> tuple[DockerTarget, CountingAPI]:
-    """A target of the world's whose Docker API calls are counted."""
-    client = docker.from_env(timeout=120)
-    api = CountingAPI(**docker.utils.kwargs_from_env(), timeout=120)
-    client.api = api
-    target = DockerTarget(
-        world.options,
-        repo_root=world.repo.root,
-        client=client,
-        repository=GitSource(world.repo.root).identity(),
-    )
-    return target, api
 
 
 def test_a_pass_lists_containers_once_and_reads_each_state_once(
@@ -60,6 +25,8 @@ def test_a_pass_lists_containers_once_and_reads_each_state_once(
         world.repo.endpoint(name)
     world.repo.commit("two endpoints, no deployment")
     world.apply()
+
+    from docker_target_fixtures import counting_target  # loaded as a plugin by now
 
     target, api = counting_target(world)
     live = target.observe()
@@ -82,6 +49,8 @@ def test_one_endpoint_is_observed_from_its_own_containers_as_a_pass_sees_it(
         world.repo.endpoint(name)
     world.repo.commit("two endpoints, no deployment")
     world.apply()
+
+    from docker_target_fixtures import counting_target  # loaded as a plugin by now
 
     target, api = counting_target(world)
     one = target.observe_endpoint("one-a")

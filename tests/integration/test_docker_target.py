@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.model.plan import Action
 from reconciler.model.results import Outcome
 from reconciler.targets.docker.access import endpoint_access
+from reconciler.targets.docker.listing import epoch
 
 if TYPE_CHECKING:
     # Only for annotations: the module is loaded as a plugin, so that pytest rewrites
@@ -434,10 +436,24 @@ def test_an_instance_docker_restarted_serves_and_counts_again(docker_world: Dock
     )
     world.repo.commit("two instances, quick probes")
     world.apply()
+    from docker_target_fixtures import counting_target  # loaded as a plugin by now
+
+    # A reconciler that has seen them: its next pass reuses the inspections of the
+    # instances, as the engine's listing shows both running and healthy as before.
+    watcher, api = counting_target(world)
+    watcher.observe()
+    api.calls.clear()
+    watcher.observe()
+    assert api.calls == {"containers": 1}, api.calls
 
     # The server of one instance stops (as after a crash); Docker's restart policy brings
     # it back.
     victim = world.containers("crash-ep", "blue")[0]
+    # Long enough after its start that the listing's uptime ("Up N seconds") shows the
+    # restart even once it is healthy again.
+    started = epoch(victim.attrs["State"]["StartedAt"])
+    assert started is not None
+    time.sleep(max(0.0, started + 5 - time.time()))
     victim.exec_run(["/bin/sh", "-c", "kill -TERM 1"])
 
     def healthy_again() -> bool:
@@ -446,6 +462,11 @@ def test_an_instance_docker_restarted_serves_and_counts_again(docker_world: Dock
         return int(victim.attrs["RestartCount"]) >= 1 and health == "healthy"
 
     world.wait_for(healthy_again, what="the instance Docker restarted is healthy")
+    # The restarted one alone is inspected again.
+    api.calls.clear()
+    [blue] = watcher.observe().deployments_of("crash-ep")
+    assert (blue.ready_instances, blue.provisioning_state) == (2, "Succeeded")
+    assert api.calls["inspect_container"] == 1, api.calls
     # One restart that healed is no failure: nothing to do, both count and serve.
     result = world.apply()
     assert result.plan.steps == ()

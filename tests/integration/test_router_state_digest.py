@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
@@ -20,6 +21,7 @@ from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
 )
 
 from reconciler.router.statefiles import MAX_FILE_BYTES, read_state_folder, state_digest
+from reconciler.targets.docker.routercheck import RouterCheck, check_router
 
 
 def digest_of(url: str, secret: str = ADMIN_SECRET) -> tuple[int, str | None]:
@@ -40,6 +42,10 @@ def test_the_state_digest_is_that_of_the_files_and_follows_any_change(
     assert set(files) == {"router.json", "state/credentials.json", "state/deployments.json"}
     status, first = digest_of(router.url)
     assert (status, first) == (200, state_digest(files))
+    # As the Docker target's pass asks it: /-/ready and the digest in one pipelined write.
+    port = router.port
+    assert check_router(port, ADMIN_SECRET) == RouterCheck(None, first)
+    assert check_router(port, None) == RouterCheck(None, None)
     # One byte changed, a file removed, a file added: each is another digest.
     seen = {first}
     (state / "deployments.json").write_bytes(b"{ }")
@@ -58,6 +64,14 @@ def test_only_the_admin_secret_gets_the_state_digest(backends: Backends, start_r
     assert digest_of(router.url, "not-the-admin-secret") == (401, None)
     assert http_get(f"{router.url}/-/state-digest")[0] == 401
     assert digest_of(router.url)[0] == 200
+    # The pass's check: the router answers, and says no digest to another secret.
+    port = router.port
+    assert check_router(port, "not-the-admin-secret") == RouterCheck(None, None)
+    router.stop(signal.SIGKILL)
+    problem = check_router(port, ADMIN_SECRET).port_problem
+    assert problem is not None and problem.startswith(
+        f"its router does not answer on 127.0.0.1:{port} ("
+    ), problem
 
 
 def test_what_the_archive_read_passes_over_the_digest_passes_over_too(tmp_path: Path) -> None:

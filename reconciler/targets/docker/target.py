@@ -59,12 +59,11 @@ is healthy.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
-import http.client
 import ipaddress
 import json
+import os
 import re
 import socket
 import threading
@@ -73,7 +72,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,8 +184,10 @@ from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore
 from reconciler.targets.docker.failures import failure_note, previous_run_log
 from reconciler.targets.docker.imagegc import collect as collect_images
 from reconciler.targets.docker.legacystore import LegacyStore
+from reconciler.targets.docker.listing import Inspections, Listed, epoch
 from reconciler.targets.docker.options import DockerOptions
 from reconciler.targets.docker.preflight import resource_limits
+from reconciler.targets.docker.routercheck import RouterCheck, check_router
 from reconciler.targets.docker.state import AUTOSCALE as AUTOSCALE_FILE
 from reconciler.targets.docker.state import CREDENTIALS as CREDENTIALS_FILE
 from reconciler.targets.docker.state import DEPLOYMENTS as DEPLOYMENTS_FILE
@@ -232,6 +233,27 @@ _PROBE = (
 )
 # The inference server answers its liveness and readiness on GET / (SPEC-REFERENCE.md).
 SERVER_READY_URL = f"http://127.0.0.1:{SERVER_PORT}/"
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, the pool)
+
+
+def _pass_pool() -> ThreadPoolExecutor:
+    """Threads shared by the passes of every target of the process, for what a pass asks
+    at once (router checks, the engine's listings): made once, not per pass, since
+    starting a thread waits until it runs, and on a busy host that took 0.1 s of a pass
+    over 50 endpoints (10 threads at a load of 47 on 2 cores). A pass's tasks never wait
+    for one another, so passes sharing them only take turns. A forked process makes its
+    own (threads do not survive a fork)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (
+                os.getpid(),
+                ThreadPoolExecutor(max_workers=STATE_READERS, thread_name_prefix="docker-pass"),
+            )
+        return _POOL[1]
 
 
 def _probe_command(url: str, timeout: int) -> list[str]:
@@ -363,6 +385,9 @@ class DockerTarget:
         # `/-/state-digest` is not theirs (observe, _check_routers).
         self._state_known: dict[str, dict[str, bytes]] = {}
         self._router_image: str | None = None
+        # Inspections of instances, reused by the next pass while the engine's listing
+        # shows nothing happened to them (listing.py).
+        self._inspections = Inspections()
 
     # --- connection ------------------------------------------------------------------
 
@@ -407,22 +432,29 @@ class DockerTarget:
     # --- observe ---------------------------------------------------------------------
 
     def _listing(self, endpoint: str | None = None) -> list[Any]:
-        """The target's containers for observe (of `endpoint` alone, when named): instances
-        inspected (their health, start time and restart count are not in the engine's
-        listing), every other one as the listing shows it (_Listed; inspected only if asked
-        for more): a pass over 50 endpoints inspects 100 containers, not 200."""
+        """The target's containers for observe (of `endpoint` alone, when named), as one
+        listing shows them (listing.Listed): instances with their inspection (their health,
+        start time and restart count are not in the listing), reused from an earlier pass
+        while the listing shows nothing happened to them (listing.Inspections), every other
+        one inspected only if asked for more. An idle pass over 50 endpoints asks the
+        engine for one listing, not for 100 inspections besides."""
         scope = {} if endpoint is None else {"endpoint": endpoint}
         try:
             entries = self.client.api.containers(all=True, filters=self._label_filter(**scope))
+            role = {e["Id"]: (e.get("Labels") or {}).get(f"{L}role") for e in entries}
+            instances = [e for e in entries if role[e["Id"]] == "instance"]
+            inspected = {
+                c.id: c
+                for c in self._inspections.listed(
+                    self.client, instances, now=time.time(), complete=endpoint is None
+                )
+            }
             found: list[Any] = []
             for entry in entries:
-                if (entry.get("Labels") or {}).get(f"{L}role") != "instance":
-                    found.append(_Listed(self.client, entry))
-                    continue
-                # A container removed between the listing and its inspection (by hand, by
-                # a step) is simply not there, as with containers.list(ignore_removed).
-                with contextlib.suppress(docker.errors.NotFound):
-                    found.append(self.client.containers.get(entry["Id"]))
+                if role[entry["Id"]] != "instance":
+                    found.append(Listed(self.client, entry))
+                elif entry["Id"] in inspected:
+                    found.append(inspected[entry["Id"]])
             return found
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
@@ -440,8 +472,14 @@ class DockerTarget:
         """Every endpoint of the target, or only the one named `only`."""
         # Each pass reads the state afresh: the router's admin call may have changed it.
         self._state_cache.clear()
+        # The engine's three listings at once: a pass waits for the slowest, not for the
+        # sum (tens of ms each on a busy host).
+        pool = _pass_pool()
+        listed_volumes = pool.submit(self._state_volumes, only)
+        listed_networks = pool.submit(self._networks_by_endpoint, only)
         containers = self._listing(only)
-        volumes = self._state_volumes(only)
+        volumes = listed_volumes.result()
+        networks = listed_networks.result()
         routers: dict[str, Any] = {}
         holders: dict[str, Any] = {}
         instances: dict[tuple[str, str], list[_Instance]] = defaultdict(list)
@@ -475,7 +513,6 @@ class DockerTarget:
             {name: handles.get(name) for name in names if name not in self._state_cache}
         )
         instances = {k: v for k, v in instances.items() if k[0] not in foreign}
-        networks = self._networks_by_endpoint(only)
         endpoints = [
             self._observe_endpoint(
                 name,
@@ -534,7 +571,7 @@ class DockerTarget:
         volume: Any | None,
         instances: list[_Instance],
         networks: Mapping[str, Any],
-        check: _RouterCheck | None = None,
+        check: RouterCheck | None = None,
     ) -> LiveEndpoint:
         """The endpoint as its state and router show it, with what needs repair, if any
         (check: what its router answered this pass on its published port, when asked).
@@ -798,7 +835,7 @@ class DockerTarget:
 
     def _check_routers(
         self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
-    ) -> dict[str, _RouterCheck]:
+    ) -> dict[str, RouterCheck]:
         """Ask each running router, on its published port, whether it answers (as callers
         reach it) and, when it can say and the keys of its endpoint are known, the digest
         of its endpoint's state files: all at once, over loopback HTTP, a few ms each."""
@@ -827,9 +864,8 @@ class DockerTarget:
             asks[name] = (ports[0], secret)
         if not asks:
             return {}
-        with ThreadPoolExecutor(max_workers=min(STATE_READERS, len(asks))) as pool:
-            answers = pool.map(lambda ask: _check_router(*ask), asks.values())
-            return dict(zip(asks, answers, strict=True))
+        answers = _pass_pool().map(lambda ask: check_router(*ask), asks.values())
+        return dict(zip(asks, answers, strict=True))
 
     def _state_handle(self, endpoint: str) -> Any | None:
         """A container that mounts the endpoint's state: its holder, else its router."""
@@ -2433,23 +2469,10 @@ def _instance(container: Any) -> _Instance:
         address=labels.get(f"{L}address") or f"{container.name}:{SERVER_PORT}",
         probe_url=labels.get(f"{L}probe") or SERVER_READY_URL,
         probe_from_router=labels.get(f"{L}probe-from") == "router",
-        started_at=_epoch(str(state.get("StartedAt") or "")),
+        started_at=epoch(str(state.get("StartedAt") or "")),
         ready_within=_float(labels.get(f"{L}ready-within")),
         connections=_recorded_digests(labels.get(DIGESTS_LABEL)),
     )
-
-
-def _epoch(text: str) -> float | None:
-    """Epoch seconds of a Docker timestamp (RFC 3339, nanoseconds); None when unset."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, rest = text.partition(".")
-    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
-    try:
-        moment = datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    except ValueError:
-        return None
-    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 
 def _float(text: str | None) -> float | None:
@@ -2630,119 +2653,6 @@ def _credentials_problem(files: Mapping[str, bytes]) -> str | None:
     except ValueError as exc:
         return f"its keys are unreadable ({exc}): new keys will be issued"
     return None
-
-
-# What the engine's container listing shows as an inspection would (same keys, same shape).
-_LISTED_KEYS = frozenset(("Id", "Mounts", "NetworkSettings"))
-
-
-class _Listed:
-    """A container as the engine's listing shows it: id, name, labels, status, mounts and
-    networks, without an inspection (observe's routers and holders, 2 of 3 containers of
-    an endpoint). Anything more (an attribute, a method such as get_archive) inspects it
-    once and is the inspected container's."""
-
-    def __init__(self, client: docker.DockerClient, entry: Mapping[str, Any]) -> None:
-        self._client = client
-        self.entry = entry
-        self._inspected: Any | None = None
-
-    @property
-    def inspected(self) -> Any:
-        if self._inspected is None:
-            self._inspected = self._client.containers.get(self.entry["Id"])
-        return self._inspected
-
-    @property
-    def id(self) -> str:
-        return str(self.entry["Id"])
-
-    @property
-    def name(self) -> str:
-        names = self.entry.get("Names") or []
-        return str(names[0]).lstrip("/") if names else str(self.inspected.name)
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return dict(self.entry.get("Labels") or {})
-
-    @property
-    def status(self) -> str:
-        return str(self.entry.get("State") or "")
-
-    @property
-    def attrs(self) -> Mapping[str, Any]:
-        return _ListedAttrs(self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inspected, name)
-
-
-class _ListedAttrs(Mapping[str, Any]):
-    """A listed container's attrs: those the listing holds, the rest from an inspection
-    (none when it is gone: a missing key, as for a container removed meanwhile)."""
-
-    def __init__(self, listed: _Listed) -> None:
-        self._listed = listed
-
-    def _full(self) -> Mapping[str, Any]:
-        try:
-            return dict(self._listed.inspected.attrs)
-        except docker.errors.NotFound:
-            return {}
-
-    def __getitem__(self, key: str) -> Any:
-        if key in _LISTED_KEYS and key in self._listed.entry:
-            return self._listed.entry[key]
-        return self._full()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._full())
-
-    def __len__(self) -> int:
-        return len(self._full())
-
-
-@dataclass(frozen=True)
-class _RouterCheck:
-    """What a router answered on its published port: port_problem as _port_problem says
-    it; digest: that of its endpoint's state files, None when it did not say."""
-
-    port_problem: str | None
-    digest: str | None = None
-
-
-def _check_router(port: int, admin_secret: str | None) -> _RouterCheck:
-    """GET /-/ready as _port_problem asks it, then (admin_secret given) GET
-    /-/state-digest on the same connection: knowing whether the state changed costs the
-    pass one loopback request, not one archive read through the engine."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        try:
-            connection.request("GET", "/-/ready")
-            answer = connection.getresponse()
-            answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            reason = str(exc) or exc.__class__.__name__
-            return _RouterCheck(f"its router does not answer on 127.0.0.1:{port} ({reason})")
-        if answer.status != 200:
-            return _RouterCheck(
-                f"its router does not answer on 127.0.0.1:{port} (status {answer.status})"
-            )
-        if admin_secret is None:
-            return _RouterCheck(None)
-        try:
-            connection.request(
-                "GET", "/-/state-digest", headers={"Authorization": f"Bearer {admin_secret}"}
-            )
-            answer = connection.getresponse()
-            body = answer.read(64 * 1024)
-            digest = json.loads(body).get("digest") if answer.status == 200 else None
-        except (OSError, http.client.HTTPException, ValueError, AttributeError):
-            digest = None
-        return _RouterCheck(None, digest if isinstance(digest, str) else None)
-    finally:
-        connection.close()
 
 
 def _port_problem(port: int) -> str | None:
