@@ -1,0 +1,94 @@
+"""targets.docker.access (what `reconcile invoke` and `reconcile credentials` read over the
+engine's socket) on the real engine, against an endpoint's state as a hand or a fault may
+leave it: the files spoiled into JSON of another shape. Reading them must end in None (the
+caller then opens the whole target, which names the problem and repairs it), never in an
+exception out of the command.
+
+The endpoint is made by hand, not applied: a state volume labelled as the target labels
+one, and a holder container that never runs (no router, no instance), which is all the
+reader needs; both are removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from reconciler.endpoints.credentials import credentials_to_json, new_credentials
+from reconciler.images.baseimage import BASE_IMAGE
+from reconciler.targets.docker.access import MOUNT, endpoint_access
+from reconciler.targets.docker.state import CREDENTIALS, DEPLOYMENTS, ROUTER_CONFIG, write_files
+
+pytestmark = [pytest.mark.docker]
+
+L = "reconciler."
+
+
+@pytest.fixture
+def hand_made() -> Iterator[tuple[str, Any]]:
+    """(target name, holder container) of endpoint `ep` made by hand, with valid state."""
+    client = docker.from_env()
+    target = f"hostile-access-{secrets.token_hex(4)}"
+    labels = {
+        f"{L}managed-by": "ml-endpoint-reconciler",
+        f"{L}target": target,
+        f"{L}endpoint": "ep",
+        f"{L}role": "state",
+    }
+    volume = client.volumes.create(
+        f"rcl-{target}-ep-state",
+        labels={**labels, f"{L}port": "18999", f"{L}metrics-port": "18998"},
+    )
+    holder = None
+    try:
+        holder = client.containers.create(
+            BASE_IMAGE,
+            command=["true"],
+            name=f"rcl-{target}-ep-state",
+            labels=labels,
+            volumes={volume.name: {"bind": MOUNT, "mode": "rw"}},
+        )
+        write_files(
+            holder,
+            {
+                ROUTER_CONFIG: json.dumps({"auth_mode": "key"}).encode(),
+                CREDENTIALS: credentials_to_json(new_credentials(port=18999, metrics_port=18998)),
+                DEPLOYMENTS: b"{}",
+            },
+        )
+        yield target, holder
+    finally:
+        if holder is not None:
+            holder.remove(force=True)
+        volume.remove(force=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        (ROUTER_CONFIG, b"[]"),
+        (ROUTER_CONFIG, b"null"),
+        (ROUTER_CONFIG, b"[" * 100_000),
+        (DEPLOYMENTS, b"[]"),
+        (DEPLOYMENTS, b'"blue"'),
+        (DEPLOYMENTS, b'{"blue": {"spec": {}}, "x": ' + b"[" * 100_000 + b"]}"),
+    ],
+    ids=["config-list", "config-null", "config-deep", "records-list", "records-text", "deep"],
+)
+@pytest.mark.xfail(
+    strict=True, reason="access.py: .get/.items of non-object JSON, RecursionError not caught"
+)
+def test_state_files_of_another_json_shape_fall_back_to_the_target_without_an_exception(
+    hand_made: tuple[str, Any], path: str, content: bytes
+) -> None:
+    target, holder = hand_made
+    found = endpoint_access(target, "ep", repository=None)
+    assert found is not None  # the hand-made endpoint reads as one
+    assert found.scoring_uri == "http://127.0.0.1:18999/score"
+    write_files(holder, {path: content})
+    assert endpoint_access(target, "ep", repository=None) is None
