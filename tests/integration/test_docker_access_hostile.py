@@ -80,9 +80,6 @@ def hand_made() -> Iterator[tuple[str, Any]]:
     ],
     ids=["config-list", "config-null", "config-deep", "records-list", "records-text", "deep"],
 )
-@pytest.mark.xfail(
-    strict=True, reason="access.py: .get/.items of non-object JSON, RecursionError not caught"
-)
 def test_state_files_of_another_json_shape_fall_back_to_the_target_without_an_exception(
     hand_made: tuple[str, Any], path: str, content: bytes
 ) -> None:

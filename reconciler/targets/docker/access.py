@@ -141,7 +141,8 @@ def endpoint_access(
     engine = _Engine(path)
     try:
         return _access(engine, target, endpoint, repository=repository)
-    except (EngineUnreachable, tarfile.TarError, KeyError, TypeError, ValueError):
+    except (EngineUnreachable, tarfile.TarError, KeyError, TypeError, ValueError, RecursionError):
+        # RecursionError: a state file nested deeper than json can parse (spoiled by hand).
         return None
     finally:
         engine.close()
@@ -191,6 +192,9 @@ def _access(
         files_of_archive,
     )
     config = json.loads(files[ROUTER_CONFIG])
+    records = json.loads(files.get(DEPLOYMENTS, b"{}"))
+    if not isinstance(config, dict) or not isinstance(records, dict):
+        return None  # spoiled into another JSON shape: the target names it and repairs it
     auth_mode = config.get("auth_mode", "key")
     if auth_mode not in AUTH_MODES:
         return None
@@ -198,7 +202,6 @@ def _access(
     deployments = {
         str((c.get("Labels") or {})[f"{L}deployment"]) for c in by_role.get("instance", [])
     }
-    records = json.loads(files.get(DEPLOYMENTS, b"{}"))
     # A deployment scaled to zero has no container: its record stands in (observe's rule).
     deployments |= {
         name
