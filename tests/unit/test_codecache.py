@@ -3,9 +3,12 @@ as compiled then, and behave as freshly compiled ones (each case a new Python)."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -65,3 +68,79 @@ def test_a_damaged_cache_file_is_compiled_afresh_and_replaced(tmp_path: Path) ->
     written.write_bytes(b"not marshal data")
     assert int(_run("cached", tmp_path)[0]) > 10
     assert _run("cached", tmp_path)[0] == "0"
+
+
+# Loads the specs and a schema check with the cache installed; says whether the check
+# takes a valid and refuses an invalid document (a planted check would take anything).
+_LOADS_A_SCHEMA = """
+from reconciler import codecache
+codecache.install("test")
+from reconciler.model.specs import EndpointSpec
+from reconciler.jsonschemas import validators
+fast, _ = validators("model.schema.json")
+print(repr(EndpointSpec("ep")), fast({"name": "m", "path": "model.pkl"}), fast(5))
+"""
+
+# Planted in place of every compiled text: writes MARKER, then does what the text does.
+_PLANT = """
+import marshal, sys
+from pathlib import Path
+
+import pytest
+marker = sys.argv[1]
+for path in Path(sys.argv[2]).rglob("*.marshal"):
+    loaded = marshal.loads(path.read_bytes())
+    mark = f"open({marker!r}, 'a').write('ran ')\\n"
+    if isinstance(loaded, dict):  # dataclasses/: text -> code
+        planted = {text: compile(mark + text, "<string>", "exec") for text in loaded}
+    else:  # validators/: one check, planted as one that takes anything
+        planted = compile(mark + "__root__ = 'f'\\ndef f(d): return d\\n", "<x>", "exec")
+    path.write_bytes(marshal.dumps(planted))
+"""
+
+
+def _python(script: str, cache: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "RECONCILER_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="codecache and jsonschemas run any cache file's code")
+@pytest.mark.parametrize("who", ["another-user", "anyone-may-write"])
+def test_a_cache_file_someone_else_could_have_written_is_never_run(
+    tmp_path: Path, who: str
+) -> None:
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    assert _python(_LOADS_A_SCHEMA, cache).split()[-2:] == ["True", "False"]
+    _python(_PLANT, cache, str(marker), str(cache))
+    planted = sorted(cache.rglob("*.marshal"))
+    assert len(planted) >= 2  # the dataclasses' methods and the schema's check
+    # The same bytes, run as they are when the file is this user's alone (a .pyc's trust).
+    _python(_LOADS_A_SCHEMA, cache)
+    assert marker.exists()
+    marker.unlink()
+    _python(_PLANT, cache, str(marker), str(cache))
+    for path in sorted(cache.rglob("*.marshal")):
+        if who == "another-user":
+            if os.geteuid() != 0:
+                pytest.skip("only root can give a file to another user")
+            os.chown(path, 65534, 65534)
+        else:
+            path.chmod(0o666)  # a shared folder's file: anyone may have written it
+    shown = _python(_LOADS_A_SCHEMA, cache).split()
+    assert not marker.exists()
+    assert shown[-2:] == ["True", "False"]  # compiled afresh, and checks again
+
+
+@pytest.mark.xfail(strict=True, reason="jsonschemas execs what marshal gave: TypeError")
+def test_a_schema_check_file_holding_no_code_is_compiled_afresh(tmp_path: Path) -> None:
+    _python(_LOADS_A_SCHEMA, tmp_path)
+    (check,) = (tmp_path / "validators").iterdir()
+    check.write_bytes(b"i\x05\x00\x00\x00")  # marshal of 5: a damaged first byte reads so
+    assert _python(_LOADS_A_SCHEMA, tmp_path).split()[-2:] == ["True", "False"]
