@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from router_fixtures import (  # noqa: F401  (fixtures: backends, start_router)
     ADMIN_SECRET,
     Backends,
@@ -129,7 +128,7 @@ def _ok(body: bytes) -> bytes:
     "digest_answer",
     [
         b"",  # answers the first request, then closes
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"digest\"",  # half an answer
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"digest"',  # half an answer
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
         _ok(b"[1, 2]"),
         _ok(b"\xff\xfe"),
