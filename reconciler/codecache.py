@@ -12,6 +12,14 @@ stale or unwritable cache only costs the compilation, never an error.
 
 The cache folder is $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else
 ~/.cache/reconciler; the schema checks are kept there too (jsonschemas).
+
+What a cache file holds is run, as a .pyc is. A .pyc sits beside its module, writable by
+whoever installed the package; the cache folder may be anywhere the environment says (a
+CI's shared cache, a world-writable /tmp folder). So a file is read only when this user
+alone can have written it (read_trusted: a regular file this user owns that neither its
+group nor others may write, no symbolic link, no larger than MAX_FILE_BYTES), and files
+are written 0600 through a new temporary file (write_private): anything else is compiled
+afresh, as an absent file is.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import atexit
 import contextlib
 import marshal
 import os
+import stat
 import sys
 from importlib.util import MAGIC_NUMBER
 from pathlib import Path
@@ -30,6 +39,9 @@ CACHE_ENV: Final = "RECONCILER_CACHE_DIR"
 # Enough for every dataclass of the package many times over; a program that makes classes
 # without end (make_dataclass in a loop) stops adding to the file there.
 MAX_ENTRIES: Final = 4096
+# Far more than the file of every class of the package (~0.3 MB): what is larger is no file
+# of ours, and is not read whole into memory.
+MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 
 _PACKAGE: Final = "reconciler."
 _compiled: dict[str, CodeType] = {}
@@ -72,10 +84,59 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
     exec(source, globals, locals)
 
 
-def _load(path: Path) -> dict[str, CodeType]:
+def read_trusted(path: Path) -> bytes | None:
+    """The bytes of a cache file that only this user can have written (its code is run);
+    None when it is absent, unreadable, or anyone else may have written it: another
+    user's file, one its group or others may write, a symbolic link, not a regular file
+    (a FIFO would hang the command), or larger than MAX_FILE_BYTES."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        loaded = marshal.loads(path.read_bytes())
-    except Exception:  # absent, truncated or damaged: compiled afresh, then written
+        descriptor = os.open(path, flags)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as opened:
+        try:
+            # The file opened is the one checked: a file swapped in after the check is not.
+            info = os.fstat(opened.fileno())
+            mine = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
+            if not (
+                stat.S_ISREG(info.st_mode)
+                and mine
+                and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                and info.st_size <= MAX_FILE_BYTES
+            ):
+                return None
+            return opened.read(MAX_FILE_BYTES + 1)
+        except OSError:
+            return None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`, mode 0600, whole or not at all (read_trusted reads it):
+    written to a new file beside it (never through a file or link found there), then
+    renamed. Raises OSError."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()  # left by a process of this pid that was killed while writing
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        with os.fdopen(os.open(partial, flags, 0o600), "wb") as written:
+            written.write(data)
+        os.replace(partial, path)  # whole or absent, whoever else writes it
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def _load(path: Path) -> dict[str, CodeType]:
+    data = read_trusted(path)
+    if data is None:
+        return {}
+    try:
+        loaded = marshal.loads(data)
+    except Exception:  # truncated or damaged: compiled afresh, then written
         return {}
     if not isinstance(loaded, dict):
         return {}
@@ -90,10 +151,7 @@ def _save() -> None:
     with contextlib.suppress(OSError, ValueError):
         # What another process wrote meanwhile is kept too.
         merged = {**_load(path), **_compiled}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(marshal.dumps(dict(list(merged.items())[:MAX_ENTRIES])))
-        os.replace(partial, path)  # whole or absent, whoever else writes it
+        write_private(path, marshal.dumps(dict(list(merged.items())[:MAX_ENTRIES])))
 
 
 def install(command: str) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import marshal
-import os
 import re
 import sys
 import types
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from reconciler.codecache import CACHE_ENV as CACHE_ENV
-from reconciler.codecache import cache_dir
+from reconciler.codecache import cache_dir, read_trusted, write_private
 from reconciler.yamlsource import FieldLines, FieldPath
 
 if TYPE_CHECKING:
@@ -116,11 +115,14 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
         f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
     path = cache_dir() / "validators" / f"{key}.marshal"
-    code: types.CodeType | None = None
+    # Only a file this user alone can have written (it is run: codecache.read_trusted).
+    data = read_trusted(path)
     try:
-        code = marshal.loads(path.read_bytes())
-    except Exception:  # absent, truncated, or from another Python: compiled below
-        code = None
+        kept = marshal.loads(data) if data is not None else None
+    except Exception:  # truncated, or from another Python: compiled below
+        kept = None
+    # Anything but code (a damaged first byte reads as another type) is compiled afresh.
+    code = kept if type(kept) is types.CodeType else None
     if code is None:
         import fastjsonschema
 
@@ -135,10 +137,7 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
         source += f"\n__root__ = {found.group(1)!r}\n"
         code = compile(source, f"<compiled schema {file_name}>", "exec")
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_bytes(marshal.dumps(code))
-            os.replace(partial, path)  # whole or absent, whoever else writes it
+            write_private(path, marshal.dumps(code))
     namespace: dict[str, Any] = {"CheckFailed": CheckFailed}
     exec(code, namespace)
     check: Callable[[Any], Any] = namespace[namespace["__root__"]]

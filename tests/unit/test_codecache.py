@@ -111,7 +111,6 @@ def _python(script: str, cache: Path, *args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="codecache and jsonschemas run any cache file's code")
 @pytest.mark.parametrize("who", ["another-user", "anyone-may-write"])
 def test_a_cache_file_someone_else_could_have_written_is_never_run(
     tmp_path: Path, who: str
@@ -138,7 +137,6 @@ def test_a_cache_file_someone_else_could_have_written_is_never_run(
     assert shown[-2:] == ["True", "False"]  # compiled afresh, and checks again
 
 
-@pytest.mark.xfail(strict=True, reason="jsonschemas execs what marshal gave: TypeError")
 def test_a_schema_check_file_holding_no_code_is_compiled_afresh(tmp_path: Path) -> None:
     _python(_LOADS_A_SCHEMA, tmp_path)
     (check,) = (tmp_path / "validators").iterdir()
