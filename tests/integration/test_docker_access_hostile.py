@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -22,7 +23,16 @@ import pytest
 from reconciler.endpoints.credentials import credentials_to_json, new_credentials
 from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.targets.docker.access import MOUNT, endpoint_access
-from reconciler.targets.docker.state import CREDENTIALS, DEPLOYMENTS, ROUTER_CONFIG, write_files
+from reconciler.targets.docker.options import DockerOptions
+from reconciler.targets.docker.state import (
+    CREDENTIALS,
+    DEPLOYMENTS,
+    ENDPOINT,
+    NOTES,
+    ROUTER_CONFIG,
+    write_files,
+)
+from reconciler.targets.docker.target import DockerTarget
 
 pytestmark = [pytest.mark.docker]
 
@@ -89,3 +99,19 @@ def test_state_files_of_another_json_shape_fall_back_to_the_target_without_an_ex
     assert found.scoring_uri == "http://127.0.0.1:18999/score"
     write_files(holder, {path: content})
     assert endpoint_access(target, "ep", repository=None) is None
+
+
+@pytest.mark.xfail(strict=True, reason="RecursionError out of observe: the pass fails")
+@pytest.mark.parametrize(
+    "path", [ROUTER_CONFIG, CREDENTIALS, ENDPOINT, DEPLOYMENTS, NOTES], ids=lambda p: p
+)
+def test_the_target_names_a_state_file_nested_past_json_depth_and_observes_on(
+    hand_made: tuple[str, Any], path: str, tmp_path: Path
+) -> None:
+    """What invoke falls back to: the target observes the endpoint (with a repair), its
+    pass does not end in a RecursionError (every endpoint of the target would be unseen)."""
+    target_name, holder = hand_made
+    write_files(holder, {path: b"[" * 100_000})
+    target = DockerTarget(DockerOptions.from_config(target_name, {}), repo_root=tmp_path)
+    (endpoint,) = target.observe_endpoint("ep").endpoints
+    assert endpoint.repair is not None
