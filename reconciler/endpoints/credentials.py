@@ -44,7 +44,8 @@ def credentials_from_json(text: bytes | str) -> EndpointCredentials:
     """Parse the stored document; ValueError naming what is wrong (never a secret)."""
     try:
         data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: nested deeper than json parses (spoiled by hand).
         raise ValueError(f"not JSON ({exc.__class__.__name__}, truncated or corrupt)") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")

@@ -391,7 +391,8 @@ def config_from_dict(doc: Any) -> RouterConfig:
 def parse_config(text: str | bytes) -> RouterConfig:
     try:
         doc = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        # RecursionError: nested deeper than json parses (spoiled by hand).
         raise ConfigError(f"config: not JSON ({error.__class__.__name__})") from None
     return config_from_dict(doc)
 

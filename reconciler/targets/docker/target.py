@@ -609,7 +609,7 @@ class DockerTarget:
         try:
             # The name is the labels', whatever the file says.
             spec = replace(endpoint_from_json(json.loads(files[ENDPOINT_FILE])), name=name)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, RecursionError):
             spec, spec_known = EndpointSpec(name), False
         config: RouterConfig | None = None
         if ROUTER_CONFIG in files:
@@ -917,7 +917,8 @@ class DockerTarget:
         """A JSON object of the state; {} when missing or unreadable."""
         try:
             data = json.loads(self._state(endpoint).get(path, b"{}"))
-        except (StateUnreadable, ValueError):
+        except (StateUnreadable, ValueError, RecursionError):
+            # RecursionError: nested deeper than json parses (spoiled by hand): as unreadable.
             return {}
         return data if isinstance(data, dict) else {}
 
