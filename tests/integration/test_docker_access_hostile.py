@@ -11,6 +11,7 @@ reader needs; both are removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -20,7 +21,11 @@ from typing import Any
 import docker
 import pytest
 
-from reconciler.endpoints.credentials import credentials_to_json, new_credentials
+from reconciler.endpoints.credentials import (
+    EndpointCredentials,
+    credentials_to_json,
+    new_credentials,
+)
 from reconciler.images.baseimage import BASE_IMAGE
 from reconciler.targets.docker.access import MOUNT, endpoint_access
 from reconciler.targets.docker.options import DockerOptions
@@ -39,20 +44,23 @@ pytestmark = [pytest.mark.docker]
 L = "reconciler."
 
 
-@pytest.fixture
-def hand_made() -> Iterator[tuple[str, Any]]:
-    """(target name, holder container) of endpoint `ep` made by hand, with valid state."""
+@contextlib.contextmanager
+def _hand_made(
+    target: str, *, port: int = 18999, aml_token: bool = False, repository: str | None = None
+) -> Iterator[tuple[Any, EndpointCredentials]]:
+    """(holder container, keys) of endpoint `ep` of `target`, made by hand with valid
+    state (keys, a router config, no deployment) in its state volume; both removed after."""
     client = docker.from_env()
-    target = f"hostile-access-{secrets.token_hex(4)}"
     labels = {
         f"{L}managed-by": "ml-endpoint-reconciler",
         f"{L}target": target,
         f"{L}endpoint": "ep",
         f"{L}role": "state",
     }
+    extra = {f"{L}repository": repository} if repository else {}
     volume = client.volumes.create(
         f"rcl-{target}-ep-state",
-        labels={**labels, f"{L}port": "18999", f"{L}metrics-port": "18998"},
+        labels={**labels, **extra, f"{L}port": str(port), f"{L}metrics-port": str(port - 1)},
     )
     holder = None
     try:
@@ -63,19 +71,53 @@ def hand_made() -> Iterator[tuple[str, Any]]:
             labels=labels,
             volumes={volume.name: {"bind": MOUNT, "mode": "rw"}},
         )
+        mode = "aml_token" if aml_token else "key"
+        keys = new_credentials(port=port, metrics_port=port - 1)
         write_files(
             holder,
             {
-                ROUTER_CONFIG: json.dumps({"auth_mode": "key"}).encode(),
-                CREDENTIALS: credentials_to_json(new_credentials(port=18999, metrics_port=18998)),
+                ROUTER_CONFIG: json.dumps({"auth_mode": mode}).encode(),
+                CREDENTIALS: credentials_to_json(keys),
                 DEPLOYMENTS: b"{}",
             },
         )
-        yield target, holder
+        yield holder, keys
     finally:
         if holder is not None:
             holder.remove(force=True)
         volume.remove(force=True)
+
+
+@pytest.fixture
+def hand_made() -> Iterator[tuple[str, Any]]:
+    """(target name, holder container) of endpoint `ep` made by hand, with valid state."""
+    target = f"hostile-access-{secrets.token_hex(4)}"
+    with _hand_made(target) as (holder, _):
+        yield target, holder
+
+
+def test_two_targets_and_two_repositories_each_read_only_their_own_endpoint_of_a_name() -> None:
+    """Two targets of one engine, each with an endpoint `ep`: each reads its own port,
+    auth mode and keys; an endpoint of another repository (same target name) is not read
+    (the target says it is not this repository's)."""
+    one, two = (f"hostile-access-{secrets.token_hex(4)}" for _ in range(2))
+    with (
+        _hand_made(one, port=18997, repository="github.com/a/one") as (_, keys_one),
+        _hand_made(two, port=18995, aml_token=True) as (_, keys_two),
+    ):
+        found = {t: endpoint_access(t, "ep", repository="github.com/a/one") for t in (one, two)}
+        assert found[one] is not None and found[two] is not None
+        assert (found[one].scoring_uri, found[one].auth_mode) == (
+            "http://127.0.0.1:18997/score",
+            "key",
+        )
+        assert (found[two].scoring_uri, found[two].auth_mode) == (
+            "http://127.0.0.1:18995/score",
+            "aml_token",
+        )
+        assert found[one].credentials == keys_one
+        assert found[two].credentials == keys_two
+        assert endpoint_access(one, "ep", repository="github.com/b/two") is None
 
 
 @pytest.mark.parametrize(
