@@ -4,11 +4,24 @@ real engine in tests/integration/test_docker_target.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
 
 from reconciler.router.statefiles import MAX_FILE_BYTES
-from reconciler.targets.docker.access import DEFAULT_SOCKET, engine_socket, files_of_archive
+from reconciler.targets.docker import access
+from reconciler.targets.docker.access import (
+    DEFAULT_SOCKET,
+    endpoint_access,
+    engine_socket,
+    files_of_archive,
+)
 
 
 def test_the_engine_socket_is_the_sdks_and_other_addresses_are_left_to_the_sdk() -> None:
@@ -50,3 +63,40 @@ def test_the_archive_gives_the_state_files_and_passes_over_strays_and_huge_files
         "router.json": b'{"auth_mode": "key"}',
         "state/credentials.json": b"{}",
     }
+
+
+@pytest.mark.xfail(strict=True, reason="TIMEOUT_S bounds each read of the socket, not all")
+def test_an_engine_that_answers_a_byte_at_a_time_is_given_up_within_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that answers, but slower than ever ends (a wedged engine streaming an
+    archive, or anything else at DOCKER_HOST): invoke falls back once TIMEOUT_S is spent
+    in all, not after TIMEOUT_S of silence (which a byte every 0.2 s never reaches)."""
+    monkeypatch.setattr(access, "TIMEOUT_S", 1.0)
+    path = str(tmp_path / "engine.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n{")
+            while not stop.wait(0.2):
+                conn.sendall(b" ")
+
+    threading.Thread(target=drip, daemon=True).start()
+    found: list[object] = []
+    reader = threading.Thread(
+        target=lambda: found.append(endpoint_access("t", "ep", repository=None, socket_path=path)),
+        daemon=True,
+    )
+    started = time.monotonic()
+    reader.start()
+    reader.join(5)
+    stop.set()
+    server.close()
+    assert not reader.is_alive() and found == [None]
+    assert time.monotonic() - started < 3
