@@ -65,7 +65,6 @@ def test_the_archive_gives_the_state_files_and_passes_over_strays_and_huge_files
     }
 
 
-@pytest.mark.xfail(strict=True, reason="TIMEOUT_S bounds each read of the socket, not all")
 def test_an_engine_that_answers_a_byte_at_a_time_is_given_up_within_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

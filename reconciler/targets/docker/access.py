@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import tarfile
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import IO, Any
@@ -38,6 +39,8 @@ MOUNT = "/etc/reconciler-router"
 CREDENTIALS = "state/credentials.json"
 DEPLOYMENTS = "state/deployments.json"
 DEFAULT_SOCKET = "/var/run/docker.sock"
+# For the three calls in all (tens of ms on a busy host): an engine that answers slower, or
+# never ends its answer, is left to the target (whose SDK client says why).
 TIMEOUT_S = 10.0
 AUTH_MODES = ("key", "aml_token")
 
@@ -59,16 +62,32 @@ def engine_socket(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+class _DeadlineSocket(socket.socket):
+    """A socket whose reads all end by one deadline: a socket timeout alone bounds each
+    read, and an answer that comes a byte at a time would never end."""
+
+    deadline = 0.0
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the engine did not answer within {TIMEOUT_S:g} s")
+        self.settimeout(left)
+        return super().recv_into(buffer, nbytes, flags)
+
+
 class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over the engine's unix socket."""
+    """HTTP over the engine's unix socket, every answer read by one deadline."""
 
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=TIMEOUT_S)
         self._path = path
+        self._deadline = time.monotonic() + TIMEOUT_S
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.deadline = self._deadline
+        sock.settimeout(max(0.001, self._deadline - time.monotonic()))
         try:
             sock.connect(self._path)
         except OSError:
