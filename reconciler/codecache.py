@@ -45,6 +45,9 @@ MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 
 _PACKAGE: Final = "reconciler."
 _compiled: dict[str, CodeType] = {}
+# The texts this process ran, in order: the file keeps them first, so that texts no class
+# has any more (classes edited, older versions) never crowd out those of today's classes.
+_used: dict[str, None] = {}
 _added = 0
 _installed = False
 _command = "reconcile"
@@ -77,9 +80,11 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
             # dont_inherit: as exec compiles the text of dataclasses.py, which has no
             # future imports (this module's `annotations` must not reach the code).
             code = compile(source, "<string>", "exec", dont_inherit=True)
-            if len(_compiled) < MAX_ENTRIES:
+            if _added < MAX_ENTRIES:
                 _compiled[source] = code
                 _added += 1
+        if len(_used) < MAX_ENTRIES:
+            _used[source] = None
         source = code
     exec(source, globals, locals)
 
@@ -149,9 +154,10 @@ def _save() -> None:
         return
     path = _cache_file()
     with contextlib.suppress(OSError, ValueError):
-        # What another process wrote meanwhile is kept too.
+        # What another process wrote meanwhile is kept too, after what this one ran.
         merged = {**_load(path), **_compiled}
-        write_private(path, marshal.dumps(dict(list(merged.items())[:MAX_ENTRIES])))
+        kept = {**{text: merged[text] for text in _used if text in merged}, **merged}
+        write_private(path, marshal.dumps(dict(list(kept.items())[:MAX_ENTRIES])))
 
 
 def install(command: str) -> None:

@@ -164,7 +164,6 @@ path.chmod(0o600)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a full file takes no new text, ever")
 def test_a_file_full_of_texts_no_class_has_still_takes_those_of_the_classes_loaded(
     tmp_path: Path,
 ) -> None:
