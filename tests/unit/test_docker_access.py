@@ -99,3 +99,22 @@ def test_an_engine_that_answers_a_byte_at_a_time_is_given_up_within_the_timeout(
     server.close()
     assert not reader.is_alive() and found == [None]
     assert time.monotonic() - started < 3
+
+
+def test_links_in_the_archive_are_never_followed_nor_anything_written(tmp_path: Path) -> None:
+    """A state volume holding links (by hand: to the host's files through the mount, or to
+    another file of the volume) gives no file: the archive is read in memory, never
+    extracted, and only regular files count."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, kind, target in (
+            ("reconciler-router/router.json", tarfile.SYMTYPE, "/etc/passwd"),
+            ("reconciler-router/state/credentials.json", tarfile.LNKTYPE, "etc/shadow"),
+            ("reconciler-router/state/../../escape", tarfile.SYMTYPE, str(tmp_path / "x")),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            archive.addfile(info)
+    buffer.seek(0)
+    assert files_of_archive(buffer) == {}
+    assert list(tmp_path.iterdir()) == []
