@@ -199,7 +199,7 @@ def _endpoint_fields(spec: EndpointSpec, *, only: tuple[str, ...] | None) -> dic
 
 def _same_settings(a: EndpointSpec, b: EndpointSpec) -> bool:
     """Equal but for traffic (which has steps of its own) and where they were declared."""
-    return a == replace(b, traffic=a.traffic, mirror_traffic=a.mirror_traffic)
+    return a is b or a == replace(b, traffic=a.traffic, mirror_traffic=a.mirror_traffic)
 
 
 def target_count(desired: DeploymentSpec, live_count: int | None) -> int:
@@ -241,7 +241,12 @@ def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None)
             _scale_dict(count_after, desired.scale_settings),
         )
     update_changes: tuple[FieldChange, ...] = ()
-    if desired.digest != live.digest:
+    if live.spec is desired:
+        # The very spec object (a file unchanged between the revisions of `reconcile diff`,
+        # cached by its blob): nothing of it differs, and no digest need be worked out for
+        # either side (issue 15).
+        pass
+    elif desired.digest != live.digest:
         if live.spec is not None:
             update_changes = field_changes(template_dict(live.spec), template_dict(desired))
         if not update_changes:
