@@ -496,7 +496,7 @@ def _shared(kind: type[_T], given: Mapping[str, Any]) -> _T:
         if len(_SHARED) >= _SHARED_KEPT:
             _SHARED.clear()  # a bound, not an LRU: refilled within a load
         _SHARED[key] = known
-    return known  # type: ignore[no-any-return]
+    return known
 
 
 _DEFAULT_SCALE: Final = ScaleSettings()
