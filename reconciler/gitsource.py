@@ -164,9 +164,11 @@ class GitTree:
             self._all_sizes[path] = int(size)
             if mode == "120000":
                 self._links[path] = sha
-            parts = path.split("/")
-            for i in range(1, len(parts)):
-                self._dirs.add("/".join(parts[:i]))
+            # Its folders, up to the first one already known (siblings share them).
+            folder = path.rpartition("/")[0]
+            while folder and folder not in self._dirs:
+                self._dirs.add(folder)
+                folder = folder.rpartition("/")[0]
 
     def paths(self) -> Iterable[str]:
         return self._blobs.keys()
