@@ -199,7 +199,7 @@ def _endpoint_fields(spec: EndpointSpec, *, only: tuple[str, ...] | None) -> dic
 
 def _same_settings(a: EndpointSpec, b: EndpointSpec) -> bool:
     """Equal but for traffic (which has steps of its own) and where they were declared."""
-    return a == replace(b, traffic=a.traffic, mirror_traffic=a.mirror_traffic)
+    return a is b or a == replace(b, traffic=a.traffic, mirror_traffic=a.mirror_traffic)
 
 
 def target_count(desired: DeploymentSpec, live_count: int | None) -> int:
@@ -241,13 +241,18 @@ def diff_deployment(desired: DeploymentSpec | None, live: LiveDeployment | None)
             _scale_dict(count_after, desired.scale_settings),
         )
     update_changes: tuple[FieldChange, ...] = ()
-    if desired.digest != live.digest:
+    if live.spec is desired:
+        # The very spec object (a file unchanged between the revisions of `reconcile diff`,
+        # cached by its blob): nothing of it differs, and no digest need be worked out for
+        # either side (issue 15).
+        pass
+    elif desired.digest != live.spec_digest:
         if live.spec is not None:
             update_changes = field_changes(template_dict(live.spec), template_dict(desired))
         if not update_changes:
             # Only the digest is known (or the canonical forms agree but the digest
             # scheme differs): say that the running spec is not the declared one.
-            update_changes = (FieldChange("digest", live.digest, desired.digest),)
+            update_changes = (FieldChange("digest", live.spec_digest, desired.digest),)
     connection_changes = _connection_changes(desired, live)
     if connection_changes:
         update_changes = tuple(
@@ -274,6 +279,8 @@ def _connection_changes(desired: DeploymentSpec, live: LiveDeployment) -> tuple[
     Only connections the declared spec still references count (one it dropped goes with
     the spec change); the values are keyed digests the target gave, never values.
     """
+    if not live.connections:
+        return ()  # the usual case: no need to read the spec's references
     referenced = set(referenced_connections(desired))
     return tuple(
         FieldChange(f"{CONNECTIONS}.{c.name}", c.started, c.current)
@@ -355,12 +362,15 @@ def diff(desired: DesiredState, live: LiveState, *, prune: bool) -> tuple[Endpoi
 def assume_applied(desired: DesiredState, *, target: str = "") -> LiveState:
     """The live state a target would show once `desired` is fully applied.
 
-    `reconcile diff` plans from BASE to HEAD with this as BASE's live state.
+    `reconcile diff` plans from BASE to HEAD with this as BASE's live state. Each
+    deployment's digest is left to its spec (LiveDeployment.spec_digest): a file unchanged
+    between the revisions gives both sides the very same spec object, never digested, and
+    digesting the 3,000 specs of a 1,000-endpoint BASE cost 40 ms (issue 15).
     """
     deployments = tuple(
         LiveDeployment(
             key=d.key,
-            digest=d.digest,
+            digest="",
             instance_count=target_count(d, None),
             scale_settings=d.scale_settings,
             spec=d,

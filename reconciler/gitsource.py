@@ -139,10 +139,14 @@ class GitTree:
         self._links: dict[str, str] = {}  # path -> blob id of the link's target text
         self._dirs: set[str] = {""}
         self._sizes: dict[str, int] | None = None
+        # Every blob's size comes with the listing (--long): loading asks the size of each
+        # YAML file before reading it, which cost each revision a `git cat-file
+        # --batch-check` of its own (issue 15).
+        self._all_sizes: dict[str, int] = {}
         try:
-            listing = run_git(git_dir, "ls-tree", "-r", "-z", "--full-tree", commit).decode(
-                errors="surrogateescape"
-            )
+            listing = run_git(
+                git_dir, "ls-tree", "-r", "--long", "-z", "--full-tree", commit
+            ).decode(errors="surrogateescape")
         except GitFailed as exc:
             raise GitSourceError(
                 f"cannot list commit {commit}: {_gist(git_message(exc))}"
@@ -151,16 +155,20 @@ class GitTree:
             if not entry:
                 continue
             meta, path = entry.split("\t", 1)
-            mode, kind, sha = meta.split(" ")
+            # The size is right-aligned with spaces ("-" for a submodule).
+            mode, kind, sha, size = meta.split()
             # Submodules (commit) carry no content of ours.
             if kind != "blob":
                 continue
             self._blobs[path] = sha
+            self._all_sizes[path] = int(size)
             if mode == "120000":
                 self._links[path] = sha
-            parts = path.split("/")
-            for i in range(1, len(parts)):
-                self._dirs.add("/".join(parts[:i]))
+            # Its folders, up to the first one already known (siblings share them).
+            folder = path.rpartition("/")[0]
+            while folder and folder not in self._dirs:
+                self._dirs.add(folder)
+                folder = folder.rpartition("/")[0]
 
     def paths(self) -> Iterable[str]:
         return self._blobs.keys()
@@ -207,17 +215,18 @@ class GitTree:
         return data
 
     def _yaml_sizes(self) -> dict[str, int]:
-        """Sizes of the YAML files (links left out), from one `git cat-file --batch-check`."""
+        """Sizes of the YAML files (links left out), from the listing."""
         if self._sizes is None:
-            paths = [
-                p for p in self._blobs if p.endswith((".yml", ".yaml")) and p not in self._links
-            ]
-            self._sizes = _blob_sizes(self.git_dir, {p: self._blobs[p] for p in paths})
+            self._sizes = {
+                p: n
+                for p, n in self._all_sizes.items()
+                if p.endswith((".yml", ".yaml")) and p not in self._links
+            }
         return self._sizes
 
     def size(self, path: str) -> int:
         resolved = self._resolve(path)
-        known = self._yaml_sizes().get(resolved)
+        known = self._all_sizes.get(resolved)
         if known is not None:
             return known
         return int(run_git(self.git_dir, "cat-file", "-s", self._blobs[resolved]))
@@ -278,17 +287,6 @@ class _Object:
     kind: str
     size: int
     data: bytes
-
-
-def _blob_sizes(git_dir: str, shas: Mapping[str, str]) -> dict[str, int]:
-    """path -> size of each blob, read with a single `git cat-file --batch-check`."""
-    unique = sorted(set(shas.values()))
-    by_sha = {
-        sha: found.size
-        for sha, found in zip(unique, _cat_file(git_dir, unique, contents=False), strict=True)
-        if found is not None
-    }
-    return {p: by_sha[sha] for p, sha in shas.items() if sha in by_sha}
 
 
 class _BlobCache:

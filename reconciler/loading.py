@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from reconciler.filetree import Digester, FileTree, TreeEntryError
 from reconciler.gcpause import cyclic_gc_paused
@@ -127,6 +127,9 @@ _LOOKS_OURS: Final = re.compile(
     rb"|scoring_script|instance_type|instance_count|inference_config)[\"']?\s*:"
     rb"|(?i:onlineendpoint|onlinedeployment|/model|/environment)\.schema\.json|azureml:"
 )
+
+
+_T = TypeVar("_T")
 
 
 def _is_number(value: Any) -> bool:
@@ -466,13 +469,39 @@ def _integers(block: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: int(v) if isinstance(v, float) else v for k, v in (block or {}).items()}
 
 
+# One object for each settings block written alike (most deployments of a repository write
+# the same probes and request settings): a deployment's digest encodes a nested value once
+# per object (specs._nested_text), so shared blocks cost a lookup instead of an encoding
+# for each of thousands of deployments (issue 15). Keyed by each value's type too, so that
+# 1, 1.0 and True (equal in Python, different in JSON) never share an object.
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_KEPT: Final = 10_000
+
+
+def _shared(kind: type[_T], given: Mapping[str, Any]) -> _T:
+    try:
+        key = (kind, *given.items(), *map(type, given.values()))
+        known = _SHARED.get(key)
+    except TypeError:  # an unhashable value: never one of a valid settings block
+        return kind(**given)
+    if known is None:
+        known = kind(**given)
+        if len(_SHARED) >= _SHARED_KEPT:
+            _SHARED.clear()  # a bound, not an LRU: refilled within a load
+        _SHARED[key] = known
+    return known
+
+
+_DEFAULT_SCALE: Final = ScaleSettings()
+
+
 def _scale_settings(doc: Mapping[str, Any], check: _FileCheck) -> ScaleSettings:
     given = _integers(doc.get("scale_settings"))
     if given.get("type", "default") == "default":
         for key in sorted(set(given) - {"type"}):
             message = f"{key} applies only when scale_settings.type is target_utilization"
             check.error(("scale_settings", key), message)
-        return ScaleSettings()
+        return _DEFAULT_SCALE
     settings = ScaleSettings(
         type="target_utilization",
         min_instances=given.get("min_instances", 1),
@@ -594,9 +623,9 @@ def _deployment(
         # Without instance_count, an autoscaled deployment starts at its minimum.
         instance_count=int(doc.get("instance_count", scale.min_instances or 1)),
         scale_settings=scale,
-        request_settings=RequestSettings(**_integers(doc.get("request_settings"))),
-        liveness_probe=ProbeSettings(**_integers(doc.get("liveness_probe"))),
-        readiness_probe=ProbeSettings(**_integers(doc.get("readiness_probe"))),
+        request_settings=_shared(RequestSettings, _integers(doc.get("request_settings"))),
+        liveness_probe=_shared(ProbeSettings, _integers(doc.get("liveness_probe"))),
+        readiness_probe=_shared(ProbeSettings, _integers(doc.get("readiness_probe"))),
         environment_variables=pairs(doc.get("environment_variables")),
         resources=resources,
         app_insights_enabled=doc.get("app_insights_enabled", False),
@@ -793,6 +822,7 @@ class _Load:
         self.packages: dict[str, str] = {}  # environment made by a package spec -> its file
         self._lines: dict[str, FieldLines] = {}
         self._environments: dict[EnvironmentSpec, _Content] = {}
+        self._codes: dict[CodeSpec, CodeSpec] = {}  # as written -> with its digest
 
     def line(self, path: str, field: FieldPath) -> int | None:
         if path not in self._lines:
@@ -1163,6 +1193,12 @@ class _Load:
         return self.tree.read(path) if path in self.files else None
 
     def code(self, code: CodeSpec, owner: str) -> CodeSpec | None:
+        # The deployments of an endpoint share a code folder: one object for them all, so
+        # that their digests encode it once (specs._nested_text). Only a folder found and
+        # digested is remembered; a problem is said in each file that has it.
+        known = self._codes.get(code)
+        if known is not None:
+            return known
         if code.path not in self.dirs:
             message = f"code folder '{code.path}' does not exist"
             if code.path in self.files:
@@ -1179,11 +1215,12 @@ class _Load:
             self.error(owner, ("code_configuration", "scoring_script"), message)
             return None
         try:
-            return replace(code, digest=self.digest(code.path))
+            known = self._codes[code] = replace(code, digest=self.digest(code.path))
         except TreeEntryError as exc:
             field = "scoring_script" if exc.path == script else "code"
             self.error(owner, ("code_configuration", field), exc.message)
             return None
+        return known
 
     # -- rules across files
 

@@ -42,7 +42,6 @@ from reconciler.presentation import (
     Review,
     RolloutPreview,
 )
-from reconciler.rollouts.machine import Rollout, rollout_starts
 from reconciler.rollouts.policy import RolloutPolicies
 
 __all__ = ["mirror_history", "package_changes", "quota_warnings", "review_changes"]
@@ -460,6 +459,10 @@ def rollout_previews(
     (endpoint, why): Review's `rollouts` and `rollout_notes`."""
     if base is None or policies.empty:
         return (), ()
+    # Imported here: the rollout machine (with its analysis and YAML editing, ~9 ms of
+    # imports) is needed by a repository with rollout policies only (issue 15).
+    from reconciler.rollouts.machine import Rollout, rollout_starts
+
     starts, notes = rollout_starts(base, head, policies)
     previews = []
     for start in starts:

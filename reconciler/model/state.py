@@ -109,11 +109,14 @@ class LiveDeployment:
 
     digest is the template digest of the spec its instances run (DeploymentSpec.digest);
     spec is that spec when the target can give it back in full, None when only the digest is
-    known (then a change shows as a digest change). instance_count is the count the target
-    is asked to keep now (an autoscaler may have moved it); ready_instances those that pass
-    their readiness probe. connections: per connection the spec references, the values
-    its instances started with against those the target holds now (a Kubernetes pod
-    template's secret-hash annotation, kept by the target: a change rolls the deployment).
+    known (then a change shows as a digest change). With the spec given, digest may be left
+    empty for the spec's own to be worked out when something compares it (spec_digest):
+    diffing.assume_applied does, as `reconcile diff` compares only the specs that changed.
+    instance_count is the count the target is asked to keep now (an autoscaler may have
+    moved it); ready_instances those that pass their readiness probe. connections: per
+    connection the spec references, the values its instances started with against those
+    the target holds now (a Kubernetes pod template's secret-hash annotation, kept by the
+    target: a change rolls the deployment).
     """
 
     key: ResourceKey
@@ -140,6 +143,13 @@ class LiveDeployment:
     def name(self) -> str:
         assert self.key.deployment is not None
         return self.key.deployment
+
+    @property
+    def spec_digest(self) -> str:
+        """The template digest of what runs: digest, or the spec's when it was left empty."""
+        if self.digest or self.spec is None:
+            return self.digest
+        return self.spec.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,26 @@ def test_a_repository_in_a_sub_folder_reads_relative_paths(repo: RepoBuilder) ->
     assert tree.is_dir("endpoints") and not tree.is_dir("gitops")
 
 
+def test_a_revision_sizes_its_files_from_its_listing_links_by_their_targets(
+    repo: RepoBuilder,
+) -> None:
+    repo.write("endpoints/a.yml", "name: a\n")
+    repo.write("big.yaml", "x: " + "y" * 5000 + "\n")
+    (repo.root / "endpoints/link.yml").symlink_to("a.yml")
+    repo.git("add", "-A")
+    # A submodule is a commit in the tree (a gitlink, no size): never a file of ours.
+    repo.git("update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},vendor/lib")
+    repo.git("commit", "-q", "-m", "sizes")
+    tree = GitSource(repo.root).tree("HEAD")
+    assert sorted(tree.paths()) == ["big.yaml", "endpoints/a.yml", "endpoints/link.yml"]
+    assert [tree.size(p) for p in ("endpoints/a.yml", "endpoints/link.yml", "big.yaml")] == [
+        8,
+        8,
+        5004,
+    ]
+    assert tree.read("endpoints/link.yml") == b"name: a\n"
+
+
 def test_an_unknown_revision_names_itself(repo: RepoBuilder) -> None:
     repo.write("a.txt", "a")
     repo.commit("a")

@@ -80,6 +80,32 @@ def test_only_a_digest_is_known_then_the_change_is_a_digest_change() -> None:
     assert [c.path for c in dep.update_changes] == ["digest"]
 
 
+def test_an_applied_base_leaves_digests_to_its_specs_and_diffs_as_with_them() -> None:
+    old = state(endpoint(), deployment("blue"), deployment("green"))
+    live = assume_applied(old)
+    assert [d.digest for d in live.deployments] == ["", ""]
+    assert [d.spec_digest for d in live.deployments] == [d.digest for d in old.deployments]
+    given = replace(
+        live, deployments=tuple(replace(d, digest=d.spec_digest) for d in live.deployments)
+    )
+    # blue unchanged (the very same spec object, as an unchanged file gives), green updated.
+    new = state(
+        endpoint(), old.deployments[0], deployment("green", environment_variables=(("A", "1"),))
+    )
+    for base in (live, given):
+        blue, green = diff(new, base, prune=False)[0].deployments
+        assert blue.update_changes == () and blue.scale_changes == ()
+        assert [c.path for c in green.update_changes] == ["environment_variables.A"]
+    # Without the spec, only the digest known: the change is said as a digest change.
+    digest_only = replace(
+        given, deployments=tuple(replace(d, spec=None) for d in given.deployments)
+    )
+    (_, green) = diff(new, digest_only, prune=False)[0].deployments
+    assert green.update_changes == (
+        FieldChange("digest", old.deployments[1].digest, new.deployments[1].digest),
+    )
+
+
 def test_autoscaler_count_inside_bounds_is_left_alone() -> None:
     auto = ScaleSettings("target_utilization", 1, 5, 70, 1)
     spec = deployment(scale_settings=auto, instance_count=1)

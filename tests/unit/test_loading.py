@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
@@ -882,3 +883,133 @@ def test_blobs_cached_across_revisions_give_the_plans_and_errors_of_a_cold_load(
     line = next(n for n, text in enumerate(red, 1) if text.startswith("instance_count:"))
     assert ("endpoints/alpha/red.yml", line, "instance_count") in where
     assert any(e["file"] == "endpoints/beta/broken.yml" for e in broken["errors"])
+
+
+def _counting_diff(
+    repo_root: Path, monkeypatch: pytest.MonkeyPatch, base: str = "HEAD~1"
+) -> tuple[int, dict[str, Any], dict[str, int], int]:
+    """A cold `reconcile diff --base BASE`: its exit code, its JSON, how many times each
+    file was parsed, and how many deployment specs were digested."""
+    from reconciler.model import specs
+
+    parsed: dict[str, int] = {}
+    digested = [0]
+    parse, template = loading.load_yaml_document, specs._template_text
+
+    def counting_parse(data: bytes, file: str) -> Any:
+        parsed[file] = parsed.get(file, 0) + 1
+        return parse(data, file)
+
+    def counting_template(spec: DeploymentSpec) -> str:
+        digested[0] += 1
+        return template(spec)
+
+    monkeypatch.setattr(loading, "load_yaml_document", counting_parse)
+    monkeypatch.setattr(specs, "_template_text", counting_template)
+    _forget_everything()
+    code, plan = _diff_json(repo_root, base, "HEAD")
+    return code, plan, parsed, digested[0]
+
+
+def test_a_diff_parses_an_unchanged_blob_once_and_digests_only_changed_deployments(
+    repo: RepoBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo.basics()
+    for name in ("alpha", "beta"):
+        repo.endpoint(name, traffic={"blue": 90, "green": 10})
+        repo.deployment(name, "blue")
+        repo.deployment(name, "green")
+    repo.commit("base")
+    repo.deployment("alpha", "green", instance_count=3, description="bigger")
+    repo.commit("change")
+    code, plan, parsed, digested = _counting_diff(repo.root, monkeypatch)
+    assert code == 2
+    assert [(s["action"], s["endpoint"], s["deployment"]) for s in plan["steps"]] == [
+        ("scale_deployment", "alpha", "green"),
+        ("update_deployment", "alpha", "green"),
+    ]
+    # The same blob in BASE and HEAD is parsed (and checked) once; a changed one once per
+    # revision. (A conda file is read twice in one revision: as a YAML file, which it finds
+    # not ours, and as the conda file an environment names.)
+    conda = "environments/conda-sklearn-env-1.yaml"
+    assert parsed.pop("endpoints/alpha/green.yml") == 2
+    assert parsed.pop(conda) == 2
+    assert "endpoints/beta/blue.yml" in parsed and "models/sklearn-regression-1.yml" in parsed
+    assert set(parsed.values()) == {1}
+    # Only the changed deployment is digested, once on each side: the three unchanged
+    # ones are the very same spec objects in both revisions.
+    assert digested == 2
+
+
+def test_a_diff_from_an_invalid_base_still_says_so_and_names_heads_errors(
+    repo: RepoBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo.basics()
+    repo.endpoint("alpha", traffic={"blue": 100})
+    repo.deployment("alpha", "blue")
+    repo.deployment("alpha", "green", instance_count="many")  # invalid in BASE and HEAD
+    repo.deployment("alpha", "red", instance_count="few")  # invalid in BASE only
+    repo.commit("base")
+    repo.deployment("alpha", "red")
+    repo.commit("red fixed")
+    code, plan, parsed, _ = _counting_diff(repo.root, monkeypatch)
+    # HEAD's error was found in BASE's load and cached with its blob: still reported with
+    # file, line and field, as a cold load of HEAD alone reports it.
+    assert code == 1 and plan["steps"] == []
+    green = (repo.root / "endpoints/alpha/green.yml").read_text().splitlines()
+    line = next(n for n, text in enumerate(green, 1) if text.startswith("instance_count:"))
+    assert [(e["file"], e["line"], e["field"]) for e in plan["errors"]] == [
+        ("endpoints/alpha/green.yml", line, "instance_count")
+    ]
+    assert parsed["endpoints/alpha/green.yml"] == 1
+    assert parsed["endpoints/alpha/red.yml"] == 2
+    # Fixed in HEAD: the plan is made as if nothing of the invalid BASE were applied, and
+    # says so.
+    repo.deployment("alpha", "green")
+    repo.commit("green fixed")
+    code, plan, parsed, _ = _counting_diff(repo.root, monkeypatch, base="HEAD~2")
+    assert code == 2 and plan["errors"] == []
+    assert any(
+        "has 2 error(s); planned as if nothing of it" in w["message"] for w in plan["warnings"]
+    )
+    assert {(s["action"], s["deployment"]) for s in plan["steps"]} >= {
+        ("create_endpoint", None),
+        ("create_deployment", "green"),
+    }
+    assert parsed["endpoints/alpha/green.yml"] == 2 and parsed["endpoints/alpha/blue.yml"] == 1
+
+
+def test_settings_written_alike_are_one_object_and_digest_as_before() -> None:
+    from reconciler.model import specs
+
+    tree = files(
+        green_dot_yml=deployment("green", extra="liveness_probe:\n  period: 5\n"),
+        blue_dot_yml=deployment("blue", extra="liveness_probe:\n  period: 5.0\n"),
+    )
+    blue, green = load(tree).deployments
+    # 5.0 is read as the integer 5 (JSON Schema's integer): the same block, one object.
+    assert blue.liveness_probe is green.liveness_probe
+    assert blue.readiness_probe is green.readiness_probe
+    assert blue.code is green.code  # one code folder, digested once
+    digests = [blue.digest, green.digest]
+    # Digests as those of specs built afresh, sharing nothing.
+    _forget_everything()
+    specs._NESTED_TEXTS.clear()
+    fresh = [
+        replace(
+            d,
+            liveness_probe=ProbeSettings(**asdict(d.liveness_probe)),
+            readiness_probe=ProbeSettings(**asdict(d.readiness_probe)),
+            request_settings=RequestSettings(**asdict(d.request_settings)),
+            code=replace(d.code) if d.code else None,
+        )
+        for d in (blue, green)
+    ]
+    assert [specs._text_digest(specs._template_text(d)) for d in fresh] == digests
+    # Equal in Python is not enough: True and 1 differ in JSON, so never one object.
+    assert loading._shared(ProbeSettings, {"period": True}) is not loading._shared(
+        ProbeSettings, {"period": 1}
+    )
+    assert loading._shared(ProbeSettings, {"period": 1}) is loading._shared(
+        ProbeSettings, {"period": 1}
+    )
