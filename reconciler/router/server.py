@@ -329,7 +329,8 @@ class RouterServer:
         self.runtime = Runtime(config, workers=workers)
         self.config_path = config_path
         self.workers = workers
-        self.metrics = RouterMetrics(config.endpoint, registry)
+        # With several workers their metrics are files the supervisor reads: written through.
+        self.metrics = RouterMetrics(config.endpoint, registry, buffered=workers == 1)
         self.registry = registry
         self.log = logs.get_logger(endpoint=config.endpoint, pid=os.getpid())
         self.access_log = logs.AccessLog(endpoint=config.endpoint, pid=os.getpid())
