@@ -44,6 +44,16 @@ requests queue inside the instances. The autoscaler compares it with
 Gauges are sampled every `SAMPLE_INTERVAL_S` by the router (not on each request: that keeps
 the hot path to one counter and one histogram update).
 
+Cost per request. With one worker the request counter and the duration histogram are not
+updated on each request: `observe` adds to plain numbers (a count, a sum and one bucket of
+the request's (deployment, kind, code)), and they go into prometheus_client's metrics when
+the registry is collected (a scrape of /metrics, or any `generate_latest`), by a collector
+registered before the metrics so that it runs first. A scrape therefore sees every request
+answered before it, as before; what it saves is prometheus_client's per-call work (a lock
+per value, the bucket search in Python), a few microseconds a request. With several workers
+(multiprocess mode: the supervisor reads the workers' files, no collection runs in the
+worker) every request is written through at once, as before.
+
 Several workers (`--workers N`). Metrics use prometheus_client's multiprocess mode: every
 worker writes its values to files in PROMETHEUS_MULTIPROC_DIR and the supervising process
 serves the sum. Gauges are `livesum` (a dead worker's values vanish), except
@@ -54,9 +64,12 @@ Utilisation sums correctly: each worker reports its own in-flight over the full 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 SAMPLE_INTERVAL_S = 0.2
 LIVE = "live"
@@ -87,11 +100,52 @@ _DELTA_BUCKETS = (
 )
 
 
-class RouterMetrics:
-    """The router's metric families, with label children cached for the hot path."""
+_BOUNDS = (*_BUCKETS, float("inf"))
 
-    def __init__(self, endpoint: str, registry: CollectorRegistry) -> None:
+
+class _Pending:
+    """The requests of one (deployment, kind, code) observed since the last collection, and
+    the prometheus_client children they go to."""
+
+    __slots__ = ("buckets", "count", "counter", "histogram", "total")
+
+    def __init__(self, counter: Counter, histogram: Histogram) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * len(_BOUNDS)
+
+
+class _FlushOnCollect:
+    """A collector without metrics of its own: collecting it moves the pending requests into
+    the metrics (registered before them, so a scrape sees them)."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.flush()
+        return []
+
+
+class RouterMetrics:
+    """The router's metric families, with label children cached for the hot path.
+
+    `buffered` (one worker): requests are counted in plain numbers until the registry is
+    collected (see the module's docstring); else written through on each request."""
+
+    def __init__(
+        self, endpoint: str, registry: CollectorRegistry, *, buffered: bool = True
+    ) -> None:
         self.endpoint = endpoint
+        self._pending: dict[tuple[str, str, int], _Pending] = {}
+        self._buffered = buffered
+        if buffered:
+            registry.register(_FlushOnCollect(self))
         dep = ["endpoint", "deployment"]
         self.requests = Counter(
             "router_requests",
@@ -166,23 +220,49 @@ class RouterMetrics:
             buckets=_DELTA_BUCKETS,
             registry=registry,
         )
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._histograms: dict[tuple[str, str], Histogram] = {}
         self._gauged: set[str] = set()
 
     def observe(self, deployment: str, kind: str, code: int, seconds: float) -> None:
-        key = (deployment, kind, code)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self.requests.labels(self.endpoint, deployment, kind, str(code))
-            self._counters[key] = counter
-        counter.inc()
-        hkey = (deployment, kind)
-        histogram = self._histograms.get(hkey)
-        if histogram is None:
-            histogram = self.duration.labels(self.endpoint, deployment, kind)
-            self._histograms[hkey] = histogram
-        histogram.observe(seconds)
+        """One answered request (or mirrored copy): its count and its duration."""
+        pending = self._pending.get((deployment, kind, code))
+        if pending is None:
+            pending = self._new_pending(deployment, kind, code)
+        if self._buffered:
+            pending.count += 1
+            pending.total += seconds
+            # prometheus_client's bucket: the first upper bound >= the value.
+            pending.buckets[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        else:
+            pending.counter.inc()
+            pending.histogram.observe(seconds)
+
+    def _new_pending(self, deployment: str, kind: str, code: int) -> _Pending:
+        # The children are made at the first request, as before (their _created time).
+        pending = _Pending(
+            self.requests.labels(self.endpoint, deployment, kind, str(code)),
+            self.duration.labels(self.endpoint, deployment, kind),
+        )
+        self._pending[(deployment, kind, code)] = pending
+        return pending
+
+    def flush(self) -> None:
+        """Move the requests counted in plain numbers into the metrics."""
+        for pending in self._pending.values():
+            count = pending.count
+            if not count:
+                continue
+            pending.count = 0
+            pending.counter.inc(count)
+            histogram = pending.histogram
+            # prometheus_client keeps a histogram as a sum and per-bucket (not cumulative)
+            # counts; observe() adds to one of each, as this does in bulk.
+            histogram._sum.inc(pending.total)
+            pending.total = 0.0
+            buckets = pending.buckets
+            for index, hits in enumerate(buckets):
+                if hits:
+                    histogram._buckets[index].inc(hits)
+                    buckets[index] = 0
 
     def shadow_compared(
         self, live: str, shadow: str, result: str, delta_seconds: float | None

@@ -121,8 +121,11 @@ from reconciler.router.http import (
     BodyStream,
     HttpRequest,
     HttpServer,
+    Later,
     Reply,
     StreamSource,
+    complete,
+    handler_failed,
 )
 from reconciler.router.metrics import LIVE, MIRROR, SAMPLE_INTERVAL_S, RouterMetrics
 from reconciler.router.probes import Prober, health_view
@@ -329,7 +332,8 @@ class RouterServer:
         self.runtime = Runtime(config, workers=workers)
         self.config_path = config_path
         self.workers = workers
-        self.metrics = RouterMetrics(config.endpoint, registry)
+        # With several workers their metrics are files the supervisor reads: written through.
+        self.metrics = RouterMetrics(config.endpoint, registry, buffered=workers == 1)
         self.registry = registry
         self.log = logs.get_logger(endpoint=config.endpoint, pid=os.getpid())
         self.access_log = logs.AccessLog(endpoint=config.endpoint, pid=os.getpid())
@@ -341,6 +345,7 @@ class RouterServer:
         if workers > 1:
             report_served(config.digest())
         self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._live_tasks: set[asyncio.Task[None]] = set()  # see _Sent._go_on
         self._compare_pool: ProcessPoolExecutor | None = None
         self._comparing = 0
         self._background: list[asyncio.Task[None]] = []
@@ -351,7 +356,7 @@ class RouterServer:
         self._deadlines: Deadlines | None = None
 
     # ------------------------------------------------------------------ dispatch
-    def handle(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+    def handle(self, request: HttpRequest) -> Reply | Later | Coroutine[Any, Any, Reply]:
         """The scoring port's handler (see `http.Handler`): a reply, or work to await."""
         if request.error:
             return self._protocol_error(request)
@@ -478,7 +483,7 @@ class RouterServer:
         forward += (b"x-request-id: ", request_id, framing)
         return deployment, request_id, pinned, b"".join(forward)
 
-    def _score(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+    def _score(self, request: HttpRequest) -> Reply | Later | Coroutine[Any, Any, Reply]:
         started = time.perf_counter()
         admitted = self._admit(request, started)
         if isinstance(admitted, Reply):
@@ -500,11 +505,11 @@ class RouterServer:
                 request.stream,
             )
         target = deployment.scoring_path + query
-        return self._forward(
+        return self._dispatch(
             request, started, request_id, deployment, b"POST", target, head_rest, body, pair
         )
 
-    def _v2(self, request: HttpRequest) -> Reply | Coroutine[Any, Any, Reply]:
+    def _v2(self, request: HttpRequest) -> Reply | Later | Coroutine[Any, Any, Reply]:
         """A KServe v2 request: routed as a scoring request, forwarded as it was sent."""
         method = request.method
         if method not in (b"GET", b"POST"):
@@ -528,7 +533,7 @@ class RouterServer:
             pair = self._spawn_mirror(
                 deployment, mirror[0], method, target, head_rest, body, request_id, request.stream
             )
-        return self._forward(
+        return self._dispatch(
             request, started, request_id, deployment, method, target, head_rest, body, pair
         )
 
@@ -545,6 +550,75 @@ class RouterServer:
         self._record(request, started, request_id, status, deployment, LIVE, None, 0, reason)
         return _json_error(status, message, request_id, deployment)
 
+    def _dispatch(
+        self,
+        request: HttpRequest,
+        started: float,
+        request_id: bytes,
+        deployment: Deployment,
+        method: bytes,
+        target: bytes,
+        head_rest: bytes,
+        body: bytes,
+        pair: Pair | None,
+    ) -> Later | Coroutine[Any, Any, Reply]:
+        """The hot path: a request admitted at once, its body whole and a kept-alive
+        connection idle goes out now, and its answer comes back through `_Sent.answered`
+        (no task, no coroutine); any other goes through `_forward`."""
+        if request.stream is None and deployment.instances and deployment.try_admit():
+            deadlines = self._deadlines
+            assert deadlines is not None, "start() first"
+            now = deadlines.loop.time()
+            instance = deployment.pick_instance((), now)
+            if instance is not None:
+                sent = _Sent(
+                    self,
+                    request,
+                    started,
+                    request_id,
+                    deployment,
+                    instance,
+                    method,
+                    target,
+                    head_rest,
+                    body,
+                    pair,
+                    now + deployment.timeout_s,
+                )
+                data = b"%s %s HTTP/1.1\r\nHost: %s%s%s" % (
+                    method,
+                    target,
+                    instance.host_header,
+                    head_rest,
+                    body,
+                )
+                if instance.pool.send_idle(
+                    data,
+                    sent.answered,
+                    max_body=self.runtime.config.max_body_bytes,
+                    deadline=sent.deadline,
+                    deadlines=deadlines,
+                    stream_above=STREAM_ANSWER_ABOVE,
+                    idle=deployment.timeout_s,
+                ):
+                    instance.busy += 1
+                    return sent.later
+            return self._forward(
+                request,
+                started,
+                request_id,
+                deployment,
+                method,
+                target,
+                head_rest,
+                body,
+                pair,
+                admitted=True,
+            )
+        return self._forward(
+            request, started, request_id, deployment, method, target, head_rest, body, pair
+        )
+
     async def _forward(
         self,
         request: HttpRequest,
@@ -556,13 +630,21 @@ class RouterServer:
         head_rest: bytes,
         body: bytes,
         pair: Pair | None = None,
+        *,
+        admitted: bool = False,
+        first: Instance | None = None,
+        deadline: float | None = None,
     ) -> Reply:
+        """`admitted`: the deployment's slot is taken already; `first`, `deadline`: go on
+        from a `_Sent` whose kept-alive connection was stale (see `_exchange`)."""
         try:
-            # `_admitted` inlined: one coroutine frame less on the hot path.
-            if not deployment.instances:
+            # `_admitted` inlined: one coroutine frame less.
+            if not admitted and not deployment.instances:
                 outcome = _no_instance(deployment)
-            elif deployment.try_admit() or await deployment.admit(
-                deployment.route.max_queue_wait_ms / 1000.0
+            elif (
+                admitted
+                or deployment.try_admit()
+                or await deployment.admit(deployment.route.max_queue_wait_ms / 1000.0)
             ):
                 try:
                     outcome = await self._exchange(
@@ -573,6 +655,8 @@ class RouterServer:
                         body,
                         STREAM_ANSWER_ABOVE,
                         request.stream,
+                        first=first,
+                        deadline=deadline,
                     )
                 except BaseException:
                     deployment.release()
@@ -643,11 +727,15 @@ class RouterServer:
         body: bytes,
         stream_above: int = -1,
         stream: BodyStream | None = None,
+        *,
+        first: Instance | None = None,
+        deadline: float | None = None,
     ) -> _Outcome:
         """The exchange with one instance, or the next ones while none answered and the
         body can still be sent again (whole, or streamed but nothing of it sent yet). With
         `stream_above` >= 0 an answer may come back streaming (`UpstreamResponse.stream`):
-        its instance stays busy until the stream ends (`_Relay`)."""
+        its instance stays busy until the stream ends (`_Relay`). `first`: the instance
+        to try first, on a new connection (its kept-alive one was stale), by `deadline`."""
         head = b"%s %s HTTP/1.1\r\nHost: " % (method, target)
         max_body = self.runtime.config.max_body_bytes
         deadlines = self._deadlines
@@ -656,11 +744,16 @@ class RouterServer:
         # One deadline for the whole exchange, connects and retries included; a streamed
         # body (either way) moves it on by the timeout with each piece.
         timeout = deployment.timeout_s
-        deadline = loop.time() + timeout
+        if deadline is None:
+            deadline = loop.time() + timeout
         tried: tuple[Instance, ...] = ()
         instance: Instance | None = None
         while True:
-            instance = deployment.pick_instance(tried, loop.time())
+            fresh = first is not None
+            if first is not None:
+                instance, first = first, None
+            else:
+                instance = deployment.pick_instance(tried, loop.time())
             if instance is None:
                 return _Outcome(502, instance=tried[-1] if tried else None, reason="unreachable")
             instance.busy += 1
@@ -678,6 +771,7 @@ class RouterServer:
                     stream_above=stream_above,
                     idle=timeout,
                     body=stream,
+                    fresh=fresh,
                 )
                 streaming = response.stream is not None
                 return _Outcome(response.status, response=response, instance=instance)
@@ -1249,6 +1343,142 @@ def _caller_reply(
     if relay is not None:
         return Reply(status, b"".join(parts), stream=relay, length=response.length)
     return Reply(status, b"".join(parts), response.body)
+
+
+class _Sent:
+    """A live request sent by `RouterServer._dispatch` on a kept-alive connection, without a
+    task: `answered` (a callback of the loop) does what `_forward` does after the exchange:
+    the outcome, the caller's answer (`later`), then metrics, the access line and the
+    comparison of a mirrored request. A stale connection (closed by the backend while idle)
+    hands over to `_forward`, which tries the instance on a new connection, then the others,
+    as `_exchange` does."""
+
+    __slots__ = (
+        "body",
+        "deadline",
+        "deployment",
+        "head_rest",
+        "instance",
+        "later",
+        "method",
+        "pair",
+        "request",
+        "request_id",
+        "server",
+        "started",
+        "target",
+    )
+
+    def __init__(
+        self,
+        server: RouterServer,
+        request: HttpRequest,
+        started: float,
+        request_id: bytes,
+        deployment: Deployment,
+        instance: Instance,
+        method: bytes,
+        target: bytes,
+        head_rest: bytes,
+        body: bytes,
+        pair: Pair | None,
+        deadline: float,
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.started = started
+        self.request_id = request_id
+        self.deployment = deployment
+        self.instance = instance
+        self.method = method
+        self.target = target
+        self.head_rest = head_rest
+        self.body = body
+        self.pair = pair
+        self.deadline = deadline
+        self.later = Later()
+
+    def answered(self, future: asyncio.Future[UpstreamResponse]) -> None:
+        server = self.server
+        deployment = self.deployment
+        instance = self.instance
+        request = self.request
+        try:
+            streaming = False
+            try:
+                response = future.result()
+                streaming = response.stream is not None
+                outcome = _Outcome(response.status, response=response, instance=instance)
+            except BackendUnreachable:
+                instance.finished()
+                self._go_on()
+                return
+            except BadResponse:
+                outcome = _Outcome(502, instance=instance, reason="bad_response")
+            except TimeoutError:
+                outcome = _Outcome(408, instance=instance, reason="timeout")
+            except BaseException:
+                deployment.release()
+                raise
+            finally:
+                if not streaming:
+                    instance.finished()
+            name = deployment.name
+            if streaming:
+                # The slot, metrics and the comparison wait for the stream's end.
+                relay = _Relay(
+                    server, request, self.started, self.request_id, deployment, outcome, self.pair
+                )
+                self.later.done(_caller_reply(outcome, name, self.request_id, relay))
+                return
+            deployment.release()
+            reply = _caller_reply(outcome, name, self.request_id)
+        except Exception:
+            failed = handler_failed()
+            server._record(
+                request, self.started, self.request_id, 500, deployment.name, LIVE, None, 0, "error"
+            )
+            if self.pair is not None:
+                self.pair.live_answered(Answer(None, failure=Failure.ERROR), time.perf_counter())
+            self.later.done(failed)
+            return
+        self.later.done(reply)
+        # After the answer is written: off the caller's latency.
+        server._record(
+            request,
+            self.started,
+            self.request_id,
+            _caller_status(outcome),
+            name,
+            LIVE,
+            outcome,
+            _bytes_in(request),
+        )
+        if self.pair is not None:
+            self.pair.live_answered(server._answer(outcome), time.perf_counter())
+
+    def _go_on(self) -> None:
+        """The kept-alive connection was stale: on with `_forward`, in a task."""
+        server = self.server
+        work = server._forward(
+            self.request,
+            self.started,
+            self.request_id,
+            self.deployment,
+            self.method,
+            self.target,
+            self.head_rest,
+            self.body,
+            self.pair,
+            admitted=True,
+            first=self.instance,
+            deadline=self.deadline,
+        )
+        assert server._loop is not None
+        task = server._loop.create_task(complete(self.later, work))
+        # The loop keeps only weak references to tasks: hold them until they end.
+        server._live_tasks.add(task)
+        task.add_done_callback(server._live_tasks.discard)
 
 
 class _Relay:

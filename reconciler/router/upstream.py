@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import socket
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -611,6 +613,7 @@ class UpstreamPool:
         stream_above: int = -1,
         idle: float = 0.0,
         body: RequestBody | None = None,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """Send one request and read its answer by `deadline` (`deadlines.loop.time()`
         based): the whole answer, or, with `stream_above` >= 0, its head once it is in when
@@ -618,9 +621,10 @@ class UpstreamPool:
         `data` is the head and the body, or only the head when `body` streams the body
         (then `idle` bounds each wait with nothing moving, as it does for a streamed
         answer). A streamed body goes on a new connection: on an idle one that the backend
-        had just closed, its first pieces would be lost and it could not be sent again."""
+        had just closed, its first pieces would be lost and it could not be sent again.
+        `fresh`: on a new connection (after `send_idle` found its connection stale)."""
         spare = self._idle
-        while spare and body is None:
+        while spare and body is None and not fresh:
             conn = spare.pop()  # LIFO: the warmest connection, the cold ones time out
             if conn.closed:
                 continue
@@ -664,6 +668,54 @@ class UpstreamPool:
         if response.stream is None:
             self._settle(conn)
         return response
+
+    def send_idle(
+        self,
+        data: bytes,
+        answered: Callable[[asyncio.Future[UpstreamResponse]], None],
+        *,
+        max_body: int,
+        deadline: float,
+        deadlines: Deadlines,
+        stream_above: int = -1,
+        idle: float = 0.0,
+    ) -> bool:
+        """`request` on a kept-alive connection, without a coroutine: False when none is
+        idle (then `request`); else `answered(future)` is called (from the loop) once the
+        answer (or failure) is in, the connection already settled as `request` settles it.
+
+        A `BackendUnreachable` here only says that this connection was stale (the backend
+        had closed it while idle): `request(fresh=True)` is the try that tells a dead
+        backend from that, as `request` does itself."""
+        spare = self._idle
+        while spare:
+            conn = spare.pop()  # LIFO, as in `request`
+            if conn.closed:
+                continue
+            future = conn.start(
+                data,
+                max_body=max_body,
+                deadline=deadline,
+                deadlines=deadlines,
+                stream_above=stream_above,
+                idle=idle,
+            )
+            future.add_done_callback(functools.partial(self._idle_answered, conn, answered))
+            return True
+        return False
+
+    def _idle_answered(
+        self,
+        conn: _Connection,
+        answered: Callable[[asyncio.Future[UpstreamResponse]], None],
+        future: asyncio.Future[UpstreamResponse],
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            # Timeout, broken answer, stale connection: the connection still owes bytes.
+            conn.abort()
+        elif future.result().stream is None:
+            self._settle(conn)
+        answered(future)
 
     def settle(self, conn: _Connection) -> None:
         """A streamed answer ended (or failed): the connection is free again, or closed."""

@@ -3,6 +3,8 @@ an instance dying under load."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections import Counter
 
@@ -37,6 +39,11 @@ def test_request_timeout_is_408_and_the_next_request_works(
     assert time.monotonic() - started < 1.5
     slow.delay = 0.0
     assert request(f"{router.url}/score", headers=AUTH).status == 200
+    # Again on the connection that answer left idle (the hot path, `_Sent`): the same rule.
+    slow.delay = 2.0
+    started = time.monotonic()
+    assert request(f"{router.url}/score", headers=AUTH).status == 408
+    assert time.monotonic() - started < 1.5
 
 
 def test_overload_waits_max_queue_wait_then_429(backends: Backends, start_router) -> None:
@@ -125,3 +132,70 @@ def test_instance_going_down_mid_load_fails_no_request(backends: Backends, start
     assert first.hits > 50
     late = [r.json()["instance"] for r in results[-200:]]
     assert set(late) == {second.address}
+
+
+class _ClosingBackend:
+    """A backend that answers the first request of each connection (keeping it alive) and
+    closes the connection on the second without a byte of answer: as a server that closed
+    an idle connection just as the router sent on it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = conn.recv(65536)
+            if not piece:
+                return False
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        self.requests += 1
+        return True
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                if not self._read_request(conn):
+                    continue
+                answer = b'{"answered": true}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+                self._read_request(conn)  # the second one: closed unanswered
+
+
+def test_a_kept_alive_connection_closed_unanswered_is_retried_on_a_new_connection(
+    start_router,
+) -> None:
+    backend = _ClosingBackend()
+    router = start_router(
+        router_config([deployment("blue", [backend.address])], traffic={"blue": 100})
+    )
+    try:
+        results = [request(f"{router.url}/score", headers=AUTH) for _ in range(3)]
+    finally:
+        backend.listener.close()
+    assert [(r.status, r.json()) for r in results] == [(200, {"answered": True})] * 3
+    # Each request after the first went out on the kept-alive connection first, then again
+    # on a new one to the same instance: 5 requests received over 3 connections.
+    assert (backend.requests, backend.connections) == (5, 3)
