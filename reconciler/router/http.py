@@ -184,6 +184,11 @@ class BodyStream:
 
     def finish(self) -> None:
         self.done = True
+        # The whole body is in: it holds reading back no more. Its sink may have paused it
+        # in this very read (the last piece filled the backend's socket) and will not
+        # resume it, since it takes nothing more: left held, the connection would never
+        # read its next request.
+        self._conn.hold_body(False)
         self._copied(b"".join(self._copy) if self._copy is not None else None)
         if self._sink is not None:
             self._sink.end()
@@ -222,10 +227,12 @@ class BodyStream:
 
     def pause(self) -> None:
         """The sink cannot take more for now: stop reading the client."""
-        self._conn.hold_body(True)
+        if not self.done:  # once the body is in, what follows is the next request's
+            self._conn.hold_body(True)
 
     def resume(self) -> None:
-        self._conn.hold_body(False)
+        if not self.done:  # a late resume must not release the next request's hold
+            self._conn.hold_body(False)
 
 
 class HttpRequest:

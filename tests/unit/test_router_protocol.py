@@ -11,8 +11,6 @@ import io
 import json
 import math
 
-import pytest
-
 from reconciler.router import http, logs
 from reconciler.router.upstream import Deadlines, UpstreamPool, _Connection
 
@@ -268,10 +266,6 @@ class _FullSocket(FakeTransport):
             self.protocol.resume_writing()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reading stays paused: the upstream's pause of a body that then ended is never undone",
-)
 def test_reading_resumes_after_a_streamed_body_whose_last_piece_filled_the_upstream() -> None:
     # The sequence of the intermittent stall of test_ten_megabytes_up_and_down...: the last
     # read of a streamed body fills the backend socket's buffer (the upstream pauses the
