@@ -843,17 +843,22 @@ def _forget_everything() -> None:
     specs._DIGESTS.clear()
 
 
-def test_blobs_cached_across_revisions_give_the_plans_and_errors_of_a_cold_load(
-    repo: RepoBuilder,
-) -> None:
-    # Unchanged blobs are parsed and checked once per process, whichever revision reads
-    # them first: the plans and errors of warm diffs must be those of cold ones.
+def _two_blue_green_endpoints_committed(repo: RepoBuilder) -> None:
+    """alpha and beta, each blue 90 / green 10, committed as "base"."""
     repo.basics()
     for name in ("alpha", "beta"):
         repo.endpoint(name, traffic={"blue": 90, "green": 10})
         repo.deployment(name, "blue")
         repo.deployment(name, "green")
     repo.commit("base")
+
+
+def test_blobs_cached_across_revisions_give_the_plans_and_errors_of_a_cold_load(
+    repo: RepoBuilder,
+) -> None:
+    # Unchanged blobs are parsed and checked once per process, whichever revision reads
+    # them first: the plans and errors of warm diffs must be those of cold ones.
+    _two_blue_green_endpoints_committed(repo)
     repo.endpoint("beta", traffic={"blue": 50, "green": 50})
     repo.deployment("alpha", "green", instance_count=3)
     repo.deployment("beta", "blue", model="azureml:sklearn-regression:1", description="new")
@@ -914,12 +919,7 @@ def _counting_diff(
 def test_a_diff_parses_an_unchanged_blob_once_and_digests_only_changed_deployments(
     repo: RepoBuilder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo.basics()
-    for name in ("alpha", "beta"):
-        repo.endpoint(name, traffic={"blue": 90, "green": 10})
-        repo.deployment(name, "blue")
-        repo.deployment(name, "green")
-    repo.commit("base")
+    _two_blue_green_endpoints_committed(repo)
     repo.deployment("alpha", "green", instance_count=3, description="bigger")
     repo.commit("change")
     code, plan, parsed, digested = _counting_diff(repo.root, monkeypatch)
