@@ -863,3 +863,94 @@ def test_no_propagation_wait_at_all_still_hurries_the_kubelets(
     assert (
         pod["metadata"]["annotations"][m.ROUTER_CONFIG_ANNOTATION] == router_config(fake).digest()
     )
+
+
+def test_a_deployment_is_not_deleted_while_a_router_pod_past_its_deadline_still_routes_to_it(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    from reconciler.model.plan import DeleteDeployment, Step
+
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    old = router_config(fake).digest()
+    fake.stall_kubelet(stuck)  # it answers, and keeps serving the old config
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    first = one_pass(repo, target, prune=True)
+    assert _step(first, "set_traffic").outcome == Outcome.IN_PROGRESS
+    assert _step(first, "delete_deployment").outcome == Outcome.SKIPPED
+
+    # Past the kubelet's period the pod still serves 90/10: that is the traffic the
+    # endpoint has, the traffic step fails naming the pod, and green stays.
+    for _ in range(3):
+        now[0] += 91
+        again = one_pass(repo, target, prune=True)
+        (live,) = again.live_before.endpoints
+        assert live.spec.traffic == (("blue", 90), ("green", 10))
+        failed = _step(again, "set_traffic")
+        assert failed.outcome == Outcome.FAILED
+        assert failed.error_code == "RouterConfigNotServed" and stuck in failed.message
+        assert _step(again, "delete_deployment").outcome == Outcome.SKIPPED
+        assert GREEN in fake.names("deployments")
+        assert router_config(fake).deployment("green") is not None
+    status = again.status[EP]
+    assert status["traffic"] == {"blue": 90, "green": 10}
+    assert any(stuck in note and old[:12] in note for note in status["notes"]), status
+    # A stale plan's deletion is refused, naming the pod; retryable.
+    with pytest.raises(TargetError, match=f"still has traffic.*{stuck}") as refused:
+        _at(fake, now, config_propagation_s=90.0).apply(Step(DeleteDeployment("green"), EP, "green"))
+    assert refused.value.code == "HasTraffic"
+    assert GREEN in fake.names("deployments")
+
+    # Its kubelet syncs at last: the traffic moved, green goes (route first).
+    fake.unstall_kubelet(stuck)
+    fake.kubelet_sync(stuck)
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 100),) and not live.notes
+    done = apply_rev(repo, target, prune=True)
+    assert not failures(done), failures(done)
+    assert GREEN not in fake.names("deployments")
+    assert plan_rev(repo, target, prune=True).plan.steps == ()
+
+
+def test_a_lagging_router_pod_that_is_not_ready_does_not_hold_a_deletion(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    one_pass(repo, target, prune=True)
+    now[0] += 91
+    assert _step(one_pass(repo, target, prune=True), "set_traffic").outcome == Outcome.FAILED
+    # The pod stops being ready: its Service sends it nothing, so it holds nothing back.
+    router = m.router_name(EP)
+    fake.hold(router)
+    generation = fake.get("deployments", router)["metadata"]["generation"]  # type: ignore[index]
+    fake.set_status(
+        "deployments",
+        router,
+        {
+            "observedGeneration": generation,
+            "replicas": 2,
+            "updatedReplicas": 2,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+        },
+    )
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 100),) and not live.notes
+    done = apply_rev(repo, target, prune=True)
+    assert not failures(done), failures(done)
+    assert GREEN not in fake.names("deployments")
