@@ -885,13 +885,14 @@ def test_a_deployment_is_not_deleted_while_a_router_pod_past_its_deadline_still_
     assert _step(first, "set_traffic").outcome == Outcome.IN_PROGRESS
     assert _step(first, "delete_deployment").outcome == Outcome.SKIPPED
 
-    # Past the kubelet's period the pod still serves 90/10: that is the traffic the
-    # endpoint has, the traffic step fails naming the pod, and green stays.
+    # Past the kubelet's period the pod still serves 90/10, the other 100/0: the endpoint
+    # has both (each deployment's largest weight), the traffic step fails naming the
+    # pod, and green stays.
     for _ in range(3):
         now[0] += 91
         again = one_pass(repo, target, prune=True)
         (live,) = again.live_before.endpoints
-        assert live.spec.traffic == (("blue", 90), ("green", 10))
+        assert live.spec.traffic == (("blue", 100), ("green", 10))
         failed = _step(again, "set_traffic")
         assert failed.outcome == Outcome.FAILED
         assert failed.error_code == "RouterConfigNotServed" and stuck in failed.message
@@ -899,11 +900,13 @@ def test_a_deployment_is_not_deleted_while_a_router_pod_past_its_deadline_still_
         assert GREEN in fake.names("deployments")
         assert router_config(fake).deployment("green") is not None
     status = again.status[EP]
-    assert status["traffic"] == {"blue": 90, "green": 10}
+    assert status["traffic"] == {"blue": 100, "green": 10}
     assert any(stuck in note and old[:12] in note for note in status["notes"]), status
     # A stale plan's deletion is refused, naming the pod; retryable.
     with pytest.raises(TargetError, match=f"still has traffic.*{stuck}") as refused:
-        _at(fake, now, config_propagation_s=90.0).apply(Step(DeleteDeployment("green"), EP, "green"))
+        _at(fake, now, config_propagation_s=90.0).apply(
+            Step(DeleteDeployment("green"), EP, "green")
+        )
     assert refused.value.code == "HasTraffic"
     assert GREEN in fake.names("deployments")
 
@@ -951,6 +954,8 @@ def test_a_lagging_router_pod_that_is_not_ready_does_not_hold_a_deletion(
     )
     (live,) = target.observe().endpoints
     assert live.spec.traffic == (("blue", 100),) and not live.notes
-    done = apply_rev(repo, target, prune=True)
+    # One pass: the router, held at one ready pod of two, stays Updating.
+    done = one_pass(repo, target, prune=True)
+    assert [s.action.value for s in done.plan.steps] == ["delete_deployment"]
     assert not failures(done), failures(done)
     assert GREEN not in fake.names("deployments")
