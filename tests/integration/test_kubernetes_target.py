@@ -959,3 +959,75 @@ def test_a_lagging_router_pod_that_is_not_ready_does_not_hold_a_deletion(
     assert [s.action.value for s in done.plan.steps] == ["delete_deployment"]
     assert not failures(done), failures(done)
     assert GREEN not in fake.names("deployments")
+
+
+def test_a_router_pod_stuck_on_a_config_written_between_two_others_holds_what_it_routes(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    from reconciler.model.plan import DeleteDeployment, Step
+
+    blue_green(repo)
+    repo.endpoint(EP, traffic={"blue": 100})  # green runs without traffic
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    first, second = _router_pods(fake)
+    fake.stall_kubelet(first)  # stays on blue 100
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.endpoint(EP, traffic={"green": 100})
+    repo.commit("all green")
+    assert _step(one_pass(repo, target), "set_traffic").outcome == Outcome.IN_PROGRESS
+    all_green = router_config(fake).digest()
+    assert _served(fake, second) == all_green
+    fake.stall_kubelet(second)  # stays on green 100
+    # Back to blue, green gone, while all-green is not known served yet.
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    for _ in range(3):
+        now[0] += 91
+        result = one_pass(repo, target, prune=True)
+        assert GREEN in fake.names("deployments")
+    assert router_config(fake).traffic == (("blue", 100),)
+    # The second pod serves a config written between the one known served and the
+    # last: the record of the last write still knows its traffic.
+    (live,) = result.live_before.endpoints
+    assert live.spec.traffic == (("blue", 100), ("green", 100))
+    assert any(second in note and all_green[:12] in note for note in live.notes), live.notes
+    with pytest.raises(TargetError, match=f"still has traffic.*{second}"):
+        target.apply(Step(DeleteDeployment("green"), EP, "green"))
+    assert GREEN in fake.names("deployments")
+
+    for pod in (first, second):
+        fake.unstall_kubelet(pod)
+    fake.kubelet_sync()
+    done = apply_rev(repo, target, prune=True)
+    assert not failures(done), failures(done)
+    assert GREEN not in fake.names("deployments")
+
+
+def test_a_config_written_again_is_not_taken_as_served_for_an_earlier_write_of_it(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    first, second = _router_pods(fake)
+    old = router_config(fake).digest()  # seen served by both
+    fake.stall_kubelet(second)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    assert _step(one_pass(repo, target), "set_traffic").outcome == Outcome.IN_PROGRESS
+    split = router_config(fake).digest()
+    assert _served(fake, first) == split and _served(fake, second) == old
+    # Back to 90/10: the config of the base again, once more written; the first pod
+    # serves the split now, so it is not served before that pod is back on it.
+    repo.endpoint(EP, traffic={"blue": 90, "green": 10})
+    repo.commit("back")
+    now[0] += 91
+    back = one_pass(repo, target)
+    assert router_config(fake).digest() == old
+    assert not failures(back), failures(back)
+    assert _served(fake, first) == old  # hurried back, and waited for
