@@ -574,10 +574,12 @@ class KubernetesTarget:
             mirror,
             before=_served_before(served, written=config.digest()),
         )
+        # The mark of an earlier write seen served goes: it may name this digest (a
+        # config written again) while a router serves one written since.
         self.client.annotate(
             "Secret",
             m.router_config_name(config.endpoint),
-            {m.CONFIG_WRITE_ANNOTATION: record.text()},
+            {m.CONFIG_WRITE_ANNOTATION: record.text(), m.CONFIG_SERVED_ANNOTATION: None},
         )
 
     def _pending_write(
