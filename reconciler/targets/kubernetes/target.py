@@ -130,9 +130,9 @@ class KubernetesTarget:
         # Wall time: the deadline of a router config write is kept in the cluster (an
         # annotation), so another reconciler process reads it too.
         self.clock = clock
-        # Router config writes (endpoint, digest, time) found served past their deadline:
-        # no ready router pod said it serves another config. Observe asks the pods no more.
-        self._settled: set[tuple[str, str, float]] = set()
+        # Per endpoint, the router config write (digest, time) found served past its
+        # deadline: no ready router pod said it serves another. Observe asks them no more.
+        self._settled: dict[str, tuple[str, float]] = {}
 
     # --- connection --------------------------------------------------------------------
 
@@ -596,12 +596,12 @@ class KubernetesTarget:
             return None
         if self.clock() < write.at + self.options.config_propagation_s:
             return write
-        settled = (config.endpoint, write.digest, write.at)
-        if self.options.config_propagation_s <= 0 or settled in self._settled:
+        settled = (write.digest, write.at)
+        if self.options.config_propagation_s <= 0 or self._settled.get(config.endpoint) == settled:
             return None  # 0: no wait and no check at all
         lagging, others = self._lagging_pods(config.endpoint, write)
         if not lagging:
-            self._settled.add(settled)
+            self._settled[config.endpoint] = settled
             return None
         served = [(lag.traffic, lag.mirror) for lag in lagging]
         if others:
