@@ -1082,3 +1082,28 @@ def test_a_revert_while_a_write_to_blind_routers_is_pending_is_written_at_once(
     repo.commit("back")
     one_pass(repo, target)
     assert router_config(fake).traffic == (("blue", 90), ("green", 10))
+
+
+def test_a_router_pod_that_can_say_is_waited_for_beside_one_that_cannot(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    older, stuck = _router_pods(fake)
+    fake.old_router_pods.add(older)  # a fleet mid-rollout: one pod of an older image
+    fake.stall_kubelet(stuck)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+    repo.commit("split")
+    waiting = _step(one_pass(repo, target), "set_traffic")
+    assert waiting.outcome == Outcome.IN_PROGRESS
+    assert f"to be served by {stuck}" in waiting.message
+    now[0] += 91
+    later = one_pass(repo, target)
+    failed = _step(later, "set_traffic")
+    assert failed.outcome == Outcome.FAILED and stuck in failed.message
+    assert older not in failed.message
+    (live,) = later.live_after.endpoints
+    assert live.spec.traffic == (("blue", 90), ("green", 60))

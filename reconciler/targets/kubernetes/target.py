@@ -25,7 +25,9 @@ serve) it ends in progress. The Secret records the write (when, and the traffic 
 served before it); until the routers serve it, or config_propagation_s after the write
 where they cannot say, observe reports that earlier traffic, so the next pass plans the
 traffic step again (it finds the config written and waits no longer than it did) and a
-deletion of the deployment traffic moved off waits behind it.
+deletion of the deployment traffic moved off waits behind it. Past that time a ready
+router pod that says it serves another config (one the record knows: it keeps those a
+router may still serve) keeps that config's traffic the endpoint's, and holds a deletion.
 """
 
 from __future__ import annotations
@@ -675,7 +677,8 @@ class KubernetesTarget:
         about a second instead of a minute or more. Where the pods cannot say what they
         serve (RBAC refuses the pod proxy, or routers of an older image), the config is
         taken as served `config_propagation_s` after its write: Waiting until then (no
-        sleep), whichever pass asks.
+        sleep), whichever pass asks. Pods that can say are asked all the same: one of
+        them on another config is waited for (and fails the step past the deadline).
         """
         endpoint, digest = config.endpoint, config.digest()
         secret = self._router_secret(endpoint)
