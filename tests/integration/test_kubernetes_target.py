@@ -1107,3 +1107,25 @@ def test_a_router_pod_that_can_say_is_waited_for_beside_one_that_cannot(
     assert older not in failed.message
     (live,) = later.live_after.endpoints
     assert live.spec.traffic == (("blue", 90), ("green", 60))
+
+
+def test_a_router_pod_the_api_server_cannot_reach_holds_nothing_past_the_deadline(
+    repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any
+) -> None:
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    silent = _router_pods(fake)[1]
+    # Ready, but the pod proxy cannot reach it (a firewall between the API server and
+    # the pods): it says nothing, so it cannot be known to serve another config.
+    fake.attach_router(silent, "http://127.0.0.1:9", tmp_path / "router.json")
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    first = one_pass(repo, target, prune=True)
+    assert f"{silent} (no answer)" in _step(first, "set_traffic").message
+    now[0] += 91
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 100),) and not live.notes
