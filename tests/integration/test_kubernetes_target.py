@@ -1129,3 +1129,7 @@ def test_a_router_pod_the_api_server_cannot_reach_holds_nothing_past_the_deadlin
     now[0] += 91
     (live,) = target.observe().endpoints
     assert live.spec.traffic == (("blue", 100),) and not live.notes
+    # Asked again each time: it may answer later, with another config.
+    asked = len([r for r in fake.requests if "/proxy/" in r.path])
+    target.observe()
+    assert len([r for r in fake.requests if "/proxy/" in r.path]) == asked + 2

@@ -589,8 +589,9 @@ class KubernetesTarget:
     ) -> _ConfigWrite | None:
         """The Secret's last write while its routers are not known to serve it: not seen
         serving it, and config_propagation_s not over; past that, while a ready router
-        pod says it serves another config (the write's `lagging`; pods that cannot say
-        count as served, a pod that is not ready gets no request from its Service)."""
+        pod says it serves another config (the write's `lagging`; pods that cannot say or
+        do not answer count as serving it, a pod that is not ready gets no request from
+        its Service)."""
         write = _ConfigWrite.parse(_annotation(secret, m.CONFIG_WRITE_ANNOTATION))
         if write is None or config is None or write.digest != config.digest():
             return None  # no record (written before records), or written since without
@@ -601,9 +602,10 @@ class KubernetesTarget:
         settled = (write.digest, write.at)
         if self.options.config_propagation_s <= 0 or self._settled.get(config.endpoint) == settled:
             return None  # 0: no wait and no check at all
-        lagging, others = self._lagging_pods(config.endpoint, write)
+        lagging, others, silent = self._lagging_pods(config.endpoint, write)
         if not lagging:
-            self._settled[config.endpoint] = settled
+            if not silent:  # a pod that did not answer is asked again next time
+                self._settled[config.endpoint] = settled
             return None
         served = [(lag.traffic, lag.mirror) for lag in lagging]
         if others:
@@ -611,31 +613,35 @@ class KubernetesTarget:
         union = (_union(t for t, _ in served), _union(w for _, w in served))
         return replace(write, lagging=lagging, served_now=union)
 
-    def _lagging_pods(self, endpoint: str, write: _ConfigWrite) -> tuple[tuple[_Lag, ...], bool]:
+    def _lagging_pods(
+        self, endpoint: str, write: _ConfigWrite
+    ) -> tuple[tuple[_Lag, ...], bool, bool]:
         """The ready router pods of the endpoint that say they serve a config other than
-        `write`'s (or do not answer), with the traffic of the config each serves: known
-        from the write's record, else (an older record, a silent pod) the traffic known
-        served before the write; and whether other ready pods serve `write`'s config (or
-        cannot say, and so count as serving it)."""
+        `write`'s, with the traffic of the config each serves: known from the write's
+        record, else (an older record) the traffic known served before the write; whether
+        other ready pods serve `write`'s config (or cannot say, and so count as serving
+        it); and whether one of them did not answer (the API server could not reach it:
+        it is not known to serve another config, but may say so later)."""
         known = {s.digest: s for s in write.before}
         lagging: list[_Lag] = []
-        others = False
+        others = silent = False
         for pod in self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}):
             name = str(pod["metadata"]["name"])
             if (pod.get("metadata") or {}).get("deletionTimestamp") or not _pod_ready(pod):
                 continue  # its Service sends it no new request
             served = self._served_digest(name)
-            if served in (_UNREPORTED, write.digest):
+            if served is None or served in (_UNREPORTED, write.digest):
                 others = True
+                silent = silent or served is None
                 continue
-            entry = known.get(served or "")
+            entry = known.get(served)
             traffic, mirror = (
                 (entry.traffic, entry.mirror)
                 if entry is not None
                 else (write.traffic, write.mirror)
             )
-            lagging.append(_Lag(name, served or "", traffic, mirror))
-        return tuple(sorted(lagging, key=lambda lag: lag.pod)), others
+            lagging.append(_Lag(name, served, traffic, mirror))
+        return tuple(sorted(lagging, key=lambda lag: lag.pod)), others, silent
 
     def _pending(self, endpoint: str) -> _ConfigWrite | None:
         secret = self._router_secret(endpoint)
@@ -1350,7 +1356,7 @@ class _Served:
 @dataclass(frozen=True, slots=True)
 class _Lag:
     """A ready router pod that, past its write's deadline, says it serves another config
-    (`serves`; empty when it does not answer), and the weights of that config."""
+    (`serves`, its digest), and the weights of that config."""
 
     pod: str
     serves: str
@@ -1437,10 +1443,10 @@ def _served_before(served: Sequence[_Served], *, written: str) -> tuple[_Served,
 
 
 def _lag_note(endpoint: str, write: _ConfigWrite, lag: _Lag) -> str:
-    serves = f"serves router config {lag.serves[:12]}" if lag.serves else "does not answer"
     what = ", ".join(f"{n} {w}" for n, w in lag.traffic) or "none"
     return (
-        f"router pod {lag.pod} of {endpoint} {serves} (traffic: {what}), not "
+        f"router pod {lag.pod} of {endpoint} serves router config {lag.serves[:12]} "
+        f"(traffic: {what}), not "
         f"{write.digest[:12]} written at {_clock_text(write.at)}: it gets requests while "
         f"it is ready, so that traffic stays the endpoint's until its kubelet refreshes "
         f"the config"
