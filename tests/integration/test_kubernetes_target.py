@@ -885,7 +885,7 @@ def test_a_deployment_is_not_deleted_while_a_router_pod_past_its_deadline_still_
     assert _step(first, "set_traffic").outcome == Outcome.IN_PROGRESS
     assert _step(first, "delete_deployment").outcome == Outcome.SKIPPED
 
-    # Past the kubelet's period the pod still serves 90/10, the other 100/0: the endpoint
+    # Past the kubelet's period the pod still serves 90/10, the other blue 100: the endpoint
     # has both (each deployment's largest weight), the traffic step fails naming the
     # pod, and green stays.
     for _ in range(3):
