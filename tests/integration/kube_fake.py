@@ -329,6 +329,7 @@ class FakeKubernetes:
     kubelet_syncs: list[str] = field(default_factory=list)
     attached: dict[str, AttachedRouter] = field(default_factory=dict)
     old_router_image: bool = False  # routers from before /-/config-digest (they answer 404)
+    old_router_pods: set[str] = field(default_factory=set)  # those pods only (a mixed fleet)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _version: int = 0
     _dirty_now: set[tuple[str, str]] = field(default_factory=set)
@@ -572,7 +573,9 @@ class FakeKubernetes:
             raise refused
         if path == "/-/ready":
             return 200, "ready"
-        if path == "/-/config-digest" and not self.old_router_image:
+        if path == "/-/config-digest" and not (
+            self.old_router_image or name in self.old_router_pods
+        ):
             try:
                 config = parse_config(content or b"")
             except ConfigError:

@@ -303,9 +303,9 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
-    def annotate(self, kind: str, name: str, annotations: Mapping[str, str]) -> None:
+    def annotate(self, kind: str, name: str, annotations: Mapping[str, str | None]) -> None:
         """Set annotations of an object with a merge patch under our field manager (an
-        Update: we own those annotations, nothing else)."""
+        Update: we own those annotations, nothing else); None removes one."""
         self._json(
             "PATCH",
             self._path(kind, name),

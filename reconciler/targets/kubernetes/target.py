@@ -25,7 +25,9 @@ serve) it ends in progress. The Secret records the write (when, and the traffic 
 served before it); until the routers serve it, or config_propagation_s after the write
 where they cannot say, observe reports that earlier traffic, so the next pass plans the
 traffic step again (it finds the config written and waits no longer than it did) and a
-deletion of the deployment traffic moved off waits behind it.
+deletion of the deployment traffic moved off waits behind it. Past that time a ready
+router pod that says it serves another config (one the record knows: it keeps those a
+router may still serve) keeps that config's traffic the endpoint's, and holds a deletion.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class KubernetesTarget:
         # Wall time: the deadline of a router config write is kept in the cluster (an
         # annotation), so another reconciler process reads it too.
         self.clock = clock
+        # Per endpoint, the router config write (digest, time) found served past its
+        # deadline: no ready router pod said it serves another. Observe asks them no more.
+        self._settled: dict[str, tuple[str, float]] = {}
 
     # --- connection --------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class KubernetesTarget:
             except (KeyError, ValueError, TypeError):
                 pass
         state = ProvisioningState.SUCCEEDED
+        notes: tuple[str, ...] = ()
         if self.options.gateway_api:
             if route is None:
                 state = ProvisioningState.FAILED
@@ -270,7 +276,14 @@ class KubernetesTarget:
                 # Written, not yet known served: the routers may serve the earlier
                 # traffic, so that is what the endpoint has (the next pass's traffic
                 # step finds the config written and completes once it is served).
-                spec = replace(spec, traffic=pending.traffic, mirror_traffic=pending.mirror)
+                traffic, mirror = pending.traffic, pending.mirror
+                if pending.served_now is not None:
+                    # Past the deadline a ready router pod says it serves another
+                    # config: it gets requests, so the endpoint has what each ready
+                    # router serves (a deployment's largest weight among them).
+                    traffic, mirror = pending.served_now
+                    notes = tuple(_lag_note(name, pending, lag) for lag in pending.lagging)
+                spec = replace(spec, traffic=traffic, mirror_traffic=mirror)
             if config is None or router is None:
                 state = ProvisioningState.FAILED
             else:
@@ -294,6 +307,7 @@ class KubernetesTarget:
             openapi_uri=f"{base}/swagger.json",
             spec_known=known,
             repair=repair,
+            notes=notes,
         )
 
     def _observe_deployment(
@@ -545,32 +559,89 @@ class KubernetesTarget:
         if applied == (before is not None):
             return
         earlier = self._pending_write(before, current) if before is not None else None
+        served: tuple[_Served, ...] = ()
+        if current is not None:
+            served = (_Served(current.digest(), current.traffic, current.mirror_traffic),)
         if earlier is not None:
             traffic, mirror = earlier.traffic, earlier.mirror
+            served = (*earlier.before, *served)  # a router may still serve any of them
         elif current is not None:
             traffic, mirror = current.traffic, current.mirror_traffic
         else:
             traffic, mirror = (), ()  # a new router: it served nothing before
-        record = _ConfigWrite(config.digest(), self.clock(), traffic, mirror)
+        record = _ConfigWrite(
+            config.digest(),
+            self.clock(),
+            traffic,
+            mirror,
+            before=_served_before(served, written=config.digest()),
+        )
+        # The mark of an earlier write seen served goes: it may name this digest (a
+        # config written again) while a router serves one written since.
         self.client.annotate(
             "Secret",
             m.router_config_name(config.endpoint),
-            {m.CONFIG_WRITE_ANNOTATION: record.text()},
+            {m.CONFIG_WRITE_ANNOTATION: record.text(), m.CONFIG_SERVED_ANNOTATION: None},
         )
 
     def _pending_write(
         self, secret: Mapping[str, Any], config: RouterConfig | None
     ) -> _ConfigWrite | None:
         """The Secret's last write while its routers are not known to serve it: not seen
-        serving it, and (where they cannot say) config_propagation_s not over."""
+        serving it, and config_propagation_s not over; past that, while a ready router
+        pod says it serves another config (the write's `lagging`; pods that cannot say or
+        do not answer count as serving it, a pod that is not ready gets no request from
+        its Service)."""
         write = _ConfigWrite.parse(_annotation(secret, m.CONFIG_WRITE_ANNOTATION))
         if write is None or config is None or write.digest != config.digest():
             return None  # no record (written before records), or written since without
         if _annotation(secret, m.CONFIG_SERVED_ANNOTATION) == write.digest:
             return None
-        if self.clock() >= write.at + self.options.config_propagation_s:
+        if self.clock() < write.at + self.options.config_propagation_s:
+            return write
+        settled = (write.digest, write.at)
+        if self.options.config_propagation_s <= 0 or self._settled.get(config.endpoint) == settled:
+            return None  # 0: no wait and no check at all
+        lagging, others, silent = self._lagging_pods(config.endpoint, write)
+        if not lagging:
+            if not silent:  # a pod that did not answer is asked again next time
+                self._settled[config.endpoint] = settled
             return None
-        return write
+        served = [(lag.traffic, lag.mirror) for lag in lagging]
+        if others:
+            served.append((config.traffic, config.mirror_traffic))
+        union = (_union(t for t, _ in served), _union(w for _, w in served))
+        return replace(write, lagging=lagging, served_now=union)
+
+    def _lagging_pods(
+        self, endpoint: str, write: _ConfigWrite
+    ) -> tuple[tuple[_Lag, ...], bool, bool]:
+        """The ready router pods of the endpoint that say they serve a config other than
+        `write`'s, with the traffic of the config each serves: known from the write's
+        record, else (an older record) the traffic known served before the write; whether
+        other ready pods serve `write`'s config (or cannot say, and so count as serving
+        it); and whether one of them did not answer (the API server could not reach it:
+        it is not known to serve another config, but may say so later)."""
+        known = {s.digest: s for s in write.before}
+        lagging: list[_Lag] = []
+        others = silent = False
+        for pod in self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}):
+            name = str(pod["metadata"]["name"])
+            if (pod.get("metadata") or {}).get("deletionTimestamp") or not _pod_ready(pod):
+                continue  # its Service sends it no new request
+            served = self._served_digest(name)
+            if served is None or served in (_UNREPORTED, write.digest):
+                others = True
+                silent = silent or served is None
+                continue
+            entry = known.get(served)
+            traffic, mirror = (
+                (entry.traffic, entry.mirror)
+                if entry is not None
+                else (write.traffic, write.mirror)
+            )
+            lagging.append(_Lag(name, served, traffic, mirror))
+        return tuple(sorted(lagging, key=lambda lag: lag.pod)), others, silent
 
     def _pending(self, endpoint: str) -> _ConfigWrite | None:
         secret = self._router_secret(endpoint)
@@ -578,13 +649,25 @@ class KubernetesTarget:
             return None
         return self._pending_write(secret, _parse_router_secret(secret))
 
-    def _served_weights(self, endpoint: str) -> tuple[Weights, Weights]:
-        """Traffic and mirror the routers are known to serve (builtin router): the
-        config's, or while its write is pending, those before it."""
+    def _still_served(self, endpoint: str, name: str) -> str | None:
+        """Why the routers may still send the deployment requests although the config
+        gives it none (builtin router): its write is pending and the traffic before it
+        gave it some, or past the deadline a ready router pod serves a config that does.
+        None when they do not."""
         pending = None if self.options.gateway_api else self._pending(endpoint)
-        if pending is not None:
-            return pending.traffic, pending.mirror
-        return self._route_weights(endpoint)
+        if pending is None:
+            return None
+        if pending.lagging:
+            for lag in pending.lagging:
+                if weight_of(lag.traffic, name) or weight_of(lag.mirror, name):
+                    return _lag_note(endpoint, pending, lag)
+            return None
+        if weight_of(pending.traffic, name) or weight_of(pending.mirror, name):
+            return (
+                f"the routers may still serve the traffic before router config "
+                f"{pending.digest[:12]}, written at {_clock_text(pending.at)}"
+            )
+        return None
 
     def _await_config_served(self, config: RouterConfig, say: ProgressCallback) -> Waiting | None:
         """None once every ready router pod of the endpoint says (`/-/config-digest`,
@@ -600,7 +683,8 @@ class KubernetesTarget:
         about a second instead of a minute or more. Where the pods cannot say what they
         serve (RBAC refuses the pod proxy, or routers of an older image), the config is
         taken as served `config_propagation_s` after its write: Waiting until then (no
-        sleep), whichever pass asks.
+        sleep), whichever pass asks. Pods that can say are asked all the same: one of
+        them on another config is waited for (and fails the step past the deadline).
         """
         endpoint, digest = config.endpoint, config.digest()
         secret = self._router_secret(endpoint)
@@ -617,6 +701,7 @@ class KubernetesTarget:
         announced = False
         while True:
             lagging: list[str] = []
+            blind = False
             for pod in self._list(
                 "Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}
             ):
@@ -631,12 +716,15 @@ class KubernetesTarget:
                     continue
                 served = self._served_digest(name)
                 if served == _UNREPORTED:
-                    return self._wait_blind(endpoint, write, say)
+                    blind = True  # cannot say; the others can
+                    continue
                 if served == digest:
                     continue
                 lagging.append(f"{name} ({'serves ' + served[:12] if served else 'no answer'})")
                 if not nudged:
                     self._nudge_kubelet(name, digest)
+            if blind and not lagging:
+                return self._wait_blind(endpoint, write, say)
             if not lagging:
                 if write is not None:
                     self.client.annotate(
@@ -1011,10 +1099,15 @@ class KubernetesTarget:
         traffic, mirror = self._route_weights(step.endpoint)
         # And what the routers may still serve: traffic moved off it is not taken as
         # moved until they serve the config that moved it (a stale plan must not delete).
-        served = self._served_weights(step.endpoint)
-        if any(weight_of(w, name) for w in (traffic, mirror, *served)):
+        if any(weight_of(w, name) for w in (traffic, mirror)):
             raise TargetError(
                 f"deployment {step.endpoint}/{name} still has traffic",
+                code=ErrorCode.HAS_TRAFFIC,
+            )
+        served = self._still_served(step.endpoint, name)
+        if served is not None:
+            raise TargetError(
+                f"deployment {step.endpoint}/{name} still has traffic: {served}",
                 code=ErrorCode.HAS_TRAFFIC,
             )
         if self.options.gateway_api:
@@ -1246,6 +1339,31 @@ _UNREPORTED = "<unreported>"  # a router that cannot be asked what it serves
 SERVED_PATIENCE_S = 5.0
 
 
+# Configs a write record keeps of those a router may still serve (the oldest go first:
+# a pod serving one no longer kept counts as serving the traffic known served before).
+SERVED_BEFORE_KEPT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """A router config a router pod may still serve: its digest and weights."""
+
+    digest: str
+    traffic: Weights
+    mirror: Weights
+
+
+@dataclass(frozen=True, slots=True)
+class _Lag:
+    """A ready router pod that, past its write's deadline, says it serves another config
+    (`serves`, its digest), and the weights of that config."""
+
+    pod: str
+    serves: str
+    traffic: Weights
+    mirror: Weights
+
+
 @dataclass(frozen=True, slots=True)
 class _ConfigWrite:
     """A router config write as recorded on its Secret (CONFIG_WRITE_ANNOTATION)."""
@@ -1254,6 +1372,13 @@ class _ConfigWrite:
     at: float  # wall time (the target's clock)
     traffic: Weights  # what the routers were known to serve before it
     mirror: Weights
+    # The configs written before it that a router may still serve (the one known served
+    # before it first, then those written while it was not known served yet).
+    before: tuple[_Served, ...] = ()
+    # Not recorded (observed): the pods found serving another config past the deadline,
+    # and then the traffic and mirror of every config a ready router pod serves, joined.
+    lagging: tuple[_Lag, ...] = ()
+    served_now: tuple[Weights, Weights] | None = None
 
     def text(self) -> str:
         return json.dumps(
@@ -1262,6 +1387,14 @@ class _ConfigWrite:
                 "at": self.at,
                 "traffic": [list(w) for w in self.traffic],
                 "mirror": [list(w) for w in self.mirror],
+                "before": [
+                    {
+                        "digest": s.digest,
+                        "traffic": [list(w) for w in s.traffic],
+                        "mirror": [list(w) for w in s.mirror],
+                    }
+                    for s in self.before
+                ],
             },
             sort_keys=True,
         )
@@ -1275,11 +1408,49 @@ class _ConfigWrite:
             return _ConfigWrite(
                 digest=str(doc["digest"]),
                 at=float(doc["at"]),
-                traffic=tuple((str(n), int(w)) for n, w in doc["traffic"]),
-                mirror=tuple((str(n), int(w)) for n, w in doc["mirror"]),
+                traffic=_weights(doc["traffic"]),
+                mirror=_weights(doc["mirror"]),
+                # Absent in records of earlier versions.
+                before=tuple(
+                    _Served(str(s["digest"]), _weights(s["traffic"]), _weights(s["mirror"]))
+                    for s in doc.get("before") or ()
+                ),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None  # spoiled: no record (taken as served, as before records)
+
+
+def _weights(doc: Any) -> Weights:
+    return tuple((str(n), int(w)) for n, w in doc)
+
+
+def _union(weights: Iterable[Weights]) -> Weights:
+    """Each deployment with its largest weight among them (sorted by name)."""
+    largest: dict[str, int] = {}
+    for each in weights:
+        for name, weight in each:
+            largest[name] = max(weight, largest.get(name, 0))
+    return tuple(sorted(largest.items()))
+
+
+def _served_before(served: Sequence[_Served], *, written: str) -> tuple[_Served, ...]:
+    """Each config once (its latest place), not the one written, the newest kept."""
+    kept: list[_Served] = []
+    for entry in reversed(served):
+        if entry.digest != written and all(k.digest != entry.digest for k in kept):
+            kept.append(entry)
+    return tuple(reversed(kept[:SERVED_BEFORE_KEPT]))
+
+
+def _lag_note(endpoint: str, write: _ConfigWrite, lag: _Lag) -> str:
+    what = ", ".join(f"{n} {w}" for n, w in lag.traffic) or "none"
+    return (
+        f"router pod {lag.pod} of {endpoint} serves router config {lag.serves[:12]} "
+        f"(traffic: {what}), not "
+        f"{write.digest[:12]} written at {_clock_text(write.at)}: it gets requests while "
+        f"it is ready, so that traffic stays the endpoint's until its kubelet refreshes "
+        f"the config"
+    )
 
 
 def _clock_text(at: float) -> str:
