@@ -21,7 +21,6 @@ import hashlib
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -982,6 +981,8 @@ class GitSource:
             listed = str(self.cmd.ls_tree(parent, "--", full)).strip()
             if listed and listed.split(" ")[0] in ("100644", "100755"):
                 mode = listed.split(" ")[0]
+            import tempfile  # only here: its import (random, ...) costs reading commands
+
             with tempfile.TemporaryDirectory() as scratch:
                 env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
                 self.cmd.read_tree(parent, env=env)

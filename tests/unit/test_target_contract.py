@@ -333,3 +333,38 @@ def test_validate_loads_neither_the_plan_nor_the_target_protocol_nor_the_no_code
         "reconciler.targets.kubernetes.options",
     )
     assert _run_in_example_repo(script, *unneeded).split() == ["[]"]
+
+
+def test_validate_diff_and_status_as_run_load_neither_decimal_nor_tempfile_nor_the_router() -> None:
+    # As a user runs them (`python -m reconciler.cli`, without click.testing, which imports
+    # tempfile itself), each in a process of its own: the schema checks bind Decimal lazily
+    # (decimal's library), gitsource imports tempfile where it makes a commit, and a rollout
+    # policy that leaves the shadow comparison to the router (example-repo's) needs none
+    # of the router's config (issue 15: start-up). Status finds no status branch here
+    # (exit 1), after reading reconciler.yaml as it always does.
+    script = (
+        "import atexit, runpy, sys\n"
+        "unneeded = sys.argv[2:]\n"
+        "atexit.register(lambda: print('loaded', [m for m in unneeded if m in sys.modules]))\n"
+        "sys.argv = ['reconcile', *sys.argv[1].split()]\n"
+        "runpy.run_module('reconciler.cli', run_name='__main__')\n"
+    )
+    unneeded = (
+        "decimal",
+        "tempfile",
+        "random",
+        "shutil",
+        "reconciler.router.config",
+        "reconciler.endpoints.comparison",
+    )
+    for command, code in (("validate", 0), ("diff --base HEAD", 0), ("status", 1)):
+        run = subprocess.run(
+            [sys.executable, "-c", script, command, *unneeded],
+            cwd=ROOT / "example-repo",
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == code, (command, run.stderr)
+        assert run.stdout.splitlines()[-1] == "loaded []", command
