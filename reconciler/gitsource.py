@@ -375,6 +375,8 @@ class CommitInfo:
 
 @dataclass(frozen=True, slots=True)
 class StatusCommit:
+    """The status branch and the commit a write made on it (None: none needed)."""
+
     branch: str
     commit: str | None  # None: the content was unchanged, no commit was made
 
@@ -1017,6 +1019,8 @@ def text_encoding(data: bytes, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileCommit:
+    """The branch and the commit a change of one file made on it."""
+
     branch: str
     commit: str | None  # None: nothing to commit (the change gave None or the same text)
     attempts: int  # 2 or more: the branch moved meanwhile and was read again

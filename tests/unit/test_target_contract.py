@@ -368,3 +368,24 @@ def test_validate_diff_and_status_as_run_load_neither_decimal_nor_tempfile_nor_t
         )
         assert run.returncode == code, (command, run.stderr)
         assert run.stdout.splitlines()[-1] == "loaded []", command
+
+
+def test_the_dataclasses_validate_and_diff_load_all_have_a_docstring() -> None:
+    # dataclasses writes the docstring of a class without one from inspect.signature: about
+    # 0.1 ms a class, 2% of a `validate` for 30 classes (issue 15: start-up).
+    script = (
+        "import dataclasses, sys\n"
+        "from click.testing import CliRunner\n"
+        "from reconciler.cli import main\n"
+        "for args in (['validate'], ['diff', '--base', 'HEAD']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "bare = sorted(\n"
+        "    f'{name}.{k}' for name, m in list(sys.modules.items())\n"
+        "    if name.startswith('reconciler') for k, v in vars(m).items()\n"
+        "    if dataclasses.is_dataclass(v) and isinstance(v, type) and v.__module__ == name\n"
+        "    and (v.__doc__ or '').startswith(v.__name__ + '(')\n"
+        ")\n"
+        "print(len([m for m in sys.modules if m.startswith('reconciler.')]) > 30, bare)\n"
+    )
+    assert _run_in_example_repo(script).split() == ["True", "[]"]
