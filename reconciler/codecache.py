@@ -215,8 +215,7 @@ def _well_formed(key: Any, value: Any) -> bool:
         and type(value) is tuple
         and len(value) == 5
         and type(value[0]) is int
-        and type(value[1]) is list
-        and all(type(c) is int for c in value[1])
+        and type(value[1]) is list  # of ints: _sre.compile refuses anything else
         and type(value[2]) is int
         and type(value[3]) is dict
         and type(value[4]) is tuple
