@@ -28,7 +28,7 @@ def test_the_collector_is_paused_inside_and_enabled_after_even_on_errors() -> No
     assert gc.isenabled()
 
 
-def test_diff_and_validate_leave_the_collector_enabled_in_the_calling_process(
+def test_diff_validate_and_status_leave_the_collector_enabled_in_the_calling_process(
     repo: RepoBuilder,
 ) -> None:
     repo.basics()
@@ -41,6 +41,9 @@ def test_diff_and_validate_leave_the_collector_enabled_in_the_calling_process(
     assert diff.exit_code == 2, diff.output
     validate = CliRunner().invoke(main, ["validate", "--repo", str(repo.root)])
     assert validate.exit_code == 0, validate.output
+    assert gc.isenabled()
+    status = CliRunner().invoke(main, ["status", "--repo", str(repo.root)])
+    assert status.exit_code == 1 and "no status found" in status.output, status.output
     assert gc.isenabled()
 
 
