@@ -37,9 +37,14 @@ SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
 
 
 @functools.cache
+def _schema_text(file_name: str) -> str:
+    return (SCHEMAS / file_name).read_text(encoding="utf-8")
+
+
+@functools.cache
 def schema(file_name: str) -> dict[str, Any]:
     """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
-    loaded: dict[str, Any] = json.loads((SCHEMAS / file_name).read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(_schema_text(file_name))
     return loaded
 
 
@@ -126,6 +131,7 @@ class CheckFailed(ValueError):
         super().__init__(message)
 
 
+@functools.cache
 def _fastjsonschema_version() -> str:
     """fastjsonschema's version file, read without importing the package (a cache hit,
     the common case, needs nothing else of it)."""
@@ -147,7 +153,12 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     compilation, never an error. use_default=False: fastjsonschema would otherwise write the
     defaults into the document.
     """
-    text = json.dumps(loaded, sort_keys=True)
+    # The shipped schema's own text (its parsed form is `loaded`); any other: its JSON.
+    try:
+        shipped = loaded is schema(file_name)
+    except OSError:  # no such file shipped
+        shipped = False
+    text = _schema_text(file_name) if shipped else json.dumps(loaded, sort_keys=True)
     key = hashlib.sha256(
         f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
