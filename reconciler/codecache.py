@@ -244,6 +244,7 @@ def _install_patterns() -> None:
     compiler = _re_compiler()
     engine = compiler._sre
     compile_pattern, make_code = compiler.compile, compiler._code
+    debug = compiler.SRE_FLAG_DEBUG
     _programs.update(_load_programs(_patterns_file()))
 
     def code(parsed: Any, flags: int) -> list[int]:
@@ -252,6 +253,8 @@ def _install_patterns() -> None:
         return made
 
     def compiled(pattern: Any, flags: int = 0) -> Any:
+        if flags & debug:  # re prints the program as it compiles it: as ever
+            return compile_pattern(pattern, flags)
         key = (pattern, int(flags))
         program = _programs.get(key) if type(pattern) in (str, bytes) else None
         if program is not None:

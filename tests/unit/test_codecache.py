@@ -254,3 +254,12 @@ def test_a_damaged_patterns_file_or_program_is_compiled_afresh(tmp_path: Path) -
     written.write_bytes(b"not marshal data")
     assert _patterns("cached", tmp_path)[1:] == first[1:]
     assert _patterns("cached", tmp_path)[0] == "0"
+
+
+def test_a_pattern_compiled_with_re_debug_prints_its_program_in_every_process(
+    tmp_path: Path,
+) -> None:
+    script = "from reconciler import codecache\ncodecache.install('test')\nimport re\n"
+    script += "re.compile('ab+', re.DEBUG)\n"
+    first = _python(script, tmp_path)
+    assert "LITERAL 97" in first and _python(script, tmp_path) == first
