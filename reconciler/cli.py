@@ -333,6 +333,12 @@ class _Commands(click.Group):
     SUB_ARGS = "reconciler.sub_args"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if set(args) & set(ctx.help_option_names):
+            # A help text is printed and the process exits: not after a collection that
+            # walks every object of the imports (~8% of `reconcile --help`'s CPU).
+            from reconciler.gcpause import no_collection_at_exit
+
+            no_collection_at_exit()
         rest = super().parse_args(ctx, args)
         ctx.meta[self.SUB_ARGS] = tuple(rest)  # the callback runs before the sub-command
         return rest
