@@ -233,8 +233,8 @@ def _literal(pattern: str | bytes, frame: FrameType | None) -> bool:
         frame = frame.f_back
     if frame is None:
         return False
-    if pattern in frame.f_code.co_consts:
-        return True
+    if any(type(c) is type(pattern) and c == pattern for c in frame.f_code.co_consts):
+        return True  # (compared within a type: bytes == str warns under python -b)
     module = frame.f_globals.get("__name__")
     return frame.f_code.co_name == "<module>" and str(module).startswith(_PACKAGE)
 
@@ -242,9 +242,12 @@ def _literal(pattern: str | bytes, frame: FrameType | None) -> bool:
 def _install_patterns() -> None:
     """re compiles the patterns kept by an earlier process from their programs."""
     compiler = _re_compiler()
-    engine = compiler._sre
-    compile_pattern, make_code = compiler.compile, compiler._code
-    debug = compiler.SRE_FLAG_DEBUG
+    engine = getattr(compiler, "_sre", None)
+    compile_pattern = getattr(compiler, "compile", None)
+    make_code = getattr(compiler, "_code", None)
+    debug = getattr(compiler, "SRE_FLAG_DEBUG", 128)
+    if engine is None or compile_pattern is None or make_code is None:
+        return  # a `re` made otherwise (another Python): its patterns compile as ever
     _programs.update(_load_programs(_patterns_file()))
 
     def code(parsed: Any, flags: int) -> list[int]:
