@@ -12,7 +12,12 @@ Beside the wall-clock medians, the CPU time of each process (user + system, its 
 children included, from wait4) is printed with the same reference: on a machine shared with
 other work, wall time grows with the load and CPU time much less.
 
-    .venv/bin/python bench/startup.py [--repeat 15] [--short]
+    .venv/bin/python bench/startup.py [--repeat 15] [--short] [--instructions]
+
+--instructions (when valgrind is installed): each command and `python -c pass` run once
+more under valgrind's cachegrind, which counts the instructions the process executed (its
+git children not included): a figure the machine's load does not move, for comparing two
+versions on a shared machine. It is the whole process (start-up and work).
 
 The repository is a copy of example-repo committed to a temporary git repository.
 Not a test: it gates nothing.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -76,10 +82,30 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
     return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
+def instructions(argv: list[str], cwd: Path) -> int | None:
+    """Instructions the process executed (valgrind's cachegrind), None without valgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    counting = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    done = subprocess.run(
+        [*counting, *argv],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--short", action="store_true", help="5 runs each")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions (valgrind)"
+    )
     args = parser.parse_args()
     repeat = 5 if short_requested() else args.repeat
     print(compile_package())
@@ -122,6 +148,11 @@ def main() -> None:
             )
             wall, used = done.stdout.strip().splitlines()[-1].split()
             work[name], work_cpu[name] = float(wall), float(used)
+        counted: dict[str, int | None] = {}
+        if args.instructions:
+            counted["python -c pass"] = instructions([py, "-c", "pass"], repo)
+            for name, cli_args in commands.items():
+                counted[name] = instructions([py, "-m", "reconciler.cli", *cli_args], repo)
     median = {name: statistics.median(times) for name, times in runs.items()}
     median_cpu = {name: statistics.median(times) for name, times in cpu.items()}
     bare = median["python -c pass"]
@@ -143,6 +174,23 @@ def main() -> None:
             f"start-up {startup:.3f} = "
             f"{startup / bare_cpu:.1f}x python -c pass"
         )
+    bare_count = counted.get("python -c pass")
+    if args.instructions and bare_count is None:
+        print("instructions: valgrind not found (or it failed): not counted")
+    elif bare_count is not None:
+        print(f"instructions of the process (valgrind), python -c pass {bare_count:,}")
+        for name in commands:
+            count = counted[name]
+            if count is not None:
+                print(f"  {name:<45} {count:>13,} = {count / bare_count:.1f}x python -c pass")
+                emit(
+                    BENCH,
+                    f"{name}: instructions of the process (start-up and work)",
+                    count,
+                    "instructions",
+                    reference="python -c pass, instructions",
+                    reference_value=bare_count,
+                )
     emit(
         BENCH,
         'python -c "import yaml"',

@@ -10,6 +10,14 @@ interpreter's bytecode magic number, as a .pyc is). What runs is what `exec` of 
 would have compiled: the same code, compiled with the same (no) future flags. An unreadable,
 stale or unwritable cache only costs the compilation, never an error.
 
+Regular expressions the same way: compiling the patterns that the libraries and the package
+compile as they load (PyYAML's reader and resolver, the schema checks, ...) costs a command
+about 10 ms of CPU. install() keeps the program `re` compiled for each pattern whose text is
+a constant of the code that asked for it (never one made from data: a file's glob, a
+message), and a later process hands the same program to `_sre.compile`, as `re` itself
+does. A program is kept only when the Pattern built from it equals the one `re` compiled
+(same flags, groups and code), so an interpreter whose `re` works otherwise only keeps none.
+
 The cache folder is $RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else
 ~/.cache/reconciler; the schema checks are kept there too (jsonschemas).
 
@@ -30,9 +38,10 @@ import marshal
 import os
 import stat
 import sys
+import threading
 from importlib.util import MAGIC_NUMBER
 from pathlib import Path
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any, Final
 
 CACHE_ENV: Final = "RECONCILER_CACHE_DIR"
@@ -51,6 +60,14 @@ _used: dict[str, None] = {}
 _added = 0
 _installed = False
 _command = "reconcile"
+# (pattern, flags) -> the arguments after the pattern of the `_sre.compile` call that
+# `re` made for it: (flags, code, groups - 1, groupindex, indexgroup).
+_Program = tuple[int, list[int], int, dict[str, int], tuple[str | None, ...]]
+_programs: dict[tuple[str | bytes, int], _Program] = {}
+_programs_used: dict[tuple[str | bytes, int], None] = {}
+_programs_added = 0
+# The code `re._compiler._code` made last in this thread, with what it was made from.
+_last_code = threading.local()
 
 
 def cache_dir() -> Path:
@@ -160,14 +177,160 @@ def _save() -> None:
         write_private(path, marshal.dumps(dict(list(kept.items())[:MAX_ENTRIES])))
 
 
+def _re_compiler() -> Any:
+    """re's compiler (re._compiler, private: typeshed declares neither it nor _sre)."""
+    import importlib
+
+    return importlib.import_module("re._compiler")
+
+
+def _patterns_file() -> Path:
+    """One file per command, as for the dataclasses; named for the interpreter's exact
+    version and its regular expression engine (the programs are that engine's code)."""
+    engine = _re_compiler()._sre
+    tag = f"{sys.implementation.cache_tag}-{sys.hexversion:x}-{engine.MAGIC}-{engine.CODESIZE}"
+    return cache_dir() / "patterns" / f"{_command}-{tag}.marshal"
+
+
+def _load_programs(path: Path) -> dict[tuple[str | bytes, int], _Program]:
+    data = read_trusted(path)
+    if data is None:
+        return {}
+    try:
+        loaded = marshal.loads(data)
+    except Exception:  # truncated or damaged: compiled afresh, then written
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {k: v for k, v in loaded.items() if _well_formed(k, v)}
+
+
+def _well_formed(key: Any, value: Any) -> bool:
+    """What _sre.compile accepts (it checks the code itself: a damaged program raises)."""
+    return (
+        type(key) is tuple
+        and len(key) == 2
+        and type(key[0]) in (str, bytes)
+        and type(key[1]) is int
+        and type(value) is tuple
+        and len(value) == 5
+        and type(value[0]) is int
+        and type(value[1]) is list  # of ints: _sre.compile refuses anything else
+        and type(value[2]) is int
+        and type(value[3]) is dict
+        and type(value[4]) is tuple
+    )
+
+
+def _literal(pattern: str | bytes, frame: FrameType | None) -> bool:
+    """Whether `pattern` is the text of a program, never data: a constant of the code that
+    asked `re` for it (a module's or a class's regular expression), or one that the body of
+    one of the package's modules assembles from its constants."""
+    import re
+
+    own = {re.__file__, _re_compiler().__file__}
+    while frame is not None and frame.f_code.co_filename in own:
+        frame = frame.f_back
+    if frame is None:
+        return False
+    if any(type(c) is type(pattern) and c == pattern for c in frame.f_code.co_consts):
+        return True  # (compared within a type: bytes == str warns under python -b)
+    module = frame.f_globals.get("__name__")
+    return frame.f_code.co_name == "<module>" and str(module).startswith(_PACKAGE)
+
+
+def _install_patterns() -> None:
+    """re compiles the patterns kept by an earlier process from their programs."""
+    compiler = _re_compiler()
+    engine = getattr(compiler, "_sre", None)
+    compile_pattern = getattr(compiler, "compile", None)
+    make_code = getattr(compiler, "_code", None)
+    debug = getattr(compiler, "SRE_FLAG_DEBUG", 128)
+    if engine is None or compile_pattern is None or make_code is None:
+        return  # a `re` made otherwise (another Python): its patterns compile as ever
+    _programs.update(_load_programs(_patterns_file()))
+
+    def code(parsed: Any, flags: int) -> list[int]:
+        made: list[int] = make_code(parsed, flags)
+        _last_code.made = (parsed, made)
+        return made
+
+    def compiled(pattern: Any, flags: int = 0) -> Any:
+        if flags & debug:  # re prints the program as it compiles it: as ever
+            return compile_pattern(pattern, flags)
+        key = (pattern, int(flags))
+        program = _programs.get(key) if type(pattern) in (str, bytes) else None
+        if program is not None:
+            with contextlib.suppress(Exception):  # a damaged program: compiled afresh
+                done = engine.compile(pattern, *program)
+                if len(_programs_used) < MAX_ENTRIES:
+                    _programs_used[key] = None
+                return done
+        _last_code.made = None
+        done = compile_pattern(pattern, flags)
+        made = _last_code.made
+        _last_code.made = None
+        if (
+            made is not None
+            and type(pattern) in (str, bytes)
+            and _programs_added < MAX_ENTRIES
+            and _literal(pattern, sys._getframe(1))
+        ):
+            _keep(key, made, done)
+        return done
+
+    compiler._code = code
+    compiler.compile = compiled
+    atexit.register(_save_programs)
+
+
+def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) -> None:
+    """Keep the program of a pattern just compiled, when it rebuilds the same Pattern."""
+    global _programs_added
+    parsed, code = made
+    state = parsed.state
+    indexgroup: list[str | None] = [None] * state.groups
+    for name, index in state.groupdict.items():
+        indexgroup[index] = name
+    program: _Program = (
+        key[1] | state.flags,
+        [int(c) for c in code],  # plain ints: marshal keeps no int subclass
+        state.groups - 1,
+        dict(state.groupdict),
+        tuple(indexgroup),
+    )
+    try:
+        again = _re_compiler()._sre.compile(key[0], *program)
+    except Exception:
+        return
+    if again == done and again.groupindex == done.groupindex and again.groups == done.groups:
+        _programs[key] = program
+        _programs_added += 1
+        if len(_programs_used) < MAX_ENTRIES:
+            _programs_used[key] = None
+
+
+def _save_programs() -> None:
+    """Write the file again when this process compiled a pattern it did not hold (at exit)."""
+    if not _programs_added:
+        return
+    path = _patterns_file()
+    with contextlib.suppress(OSError, ValueError):
+        merged = {**_load_programs(path), **_programs}
+        kept = {**{k: merged[k] for k in _programs_used if k in merged}, **merged}
+        write_private(path, marshal.dumps(dict(list(kept.items())[:MAX_ENTRIES])))
+
+
 def install(command: str) -> None:
     """Dataclasses created from now on run the code cached for `command` (a sub-command's
-    name, or `reconcile`); once per process."""
+    name, or `reconcile`), and the regular expressions compiled from now on the programs
+    cached for it; once per process."""
     global _installed, _command
     if _installed:
         return
     _installed = True
     _command = "".join(c if c.isalnum() or c in "-_" else "_" for c in command) or "reconcile"
+    _install_patterns()  # first: importing dataclasses compiles one
     import dataclasses
 
     _compiled.update(_load(_cache_file()))

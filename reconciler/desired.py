@@ -127,17 +127,20 @@ def with_shadow_tolerances(desired: DesiredState, rollouts: RolloutPolicies) -> 
     that a policy without one changes nothing of what runs."""
     if rollouts.empty:
         return desired
-    # Imported here: it loads the router's config module (~10 ms), which a repository
-    # without rollout policies never needs at start-up (issue 15).
-    from reconciler.endpoints.comparison import tolerance_of
+    from reconciler.rollouts.policy import Comparison  # loaded with the policies
 
     changed = False
     endpoints = []
     for spec in desired.endpoints:
         policy = rollouts.for_endpoint(spec.name)
         wanted = None
-        if policy is not None:
-            chosen = policy.comparison
+        chosen = policy.comparison if policy is not None else None
+        if chosen is not None and chosen != Comparison():
+            # Imported here: it loads the router's config module (~2 ms), which neither a
+            # repository without rollout policies nor policies that leave the comparison to
+            # the router (its defaults: None) need at start-up (issue 15).
+            from reconciler.endpoints.comparison import tolerance_of
+
             wanted = tolerance_of(
                 rtol=chosen.rtol, atol=chosen.atol, max_body_bytes=chosen.max_body_bytes
             )

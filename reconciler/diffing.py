@@ -39,6 +39,8 @@ CONNECTIONS = "connections"
 
 @dataclass(frozen=True, slots=True)
 class DeploymentDiff:
+    """How one deployment differs between the desired and the live state."""
+
     key: ResourceKey
     desired: DeploymentSpec | None
     live: LiveDeployment | None
@@ -72,6 +74,8 @@ class DeploymentDiff:
 
 @dataclass(frozen=True, slots=True)
 class EndpointDiff:
+    """How one endpoint differs between the desired and the live state."""
+
     name: str
     desired: EndpointSpec | None
     live: LiveEndpoint | None

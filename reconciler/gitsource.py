@@ -21,7 +21,6 @@ import hashlib
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,6 +375,8 @@ class CommitInfo:
 
 @dataclass(frozen=True, slots=True)
 class StatusCommit:
+    """The status branch and the commit a write made on it (None: none needed)."""
+
     branch: str
     commit: str | None  # None: the content was unchanged, no commit was made
 
@@ -982,6 +983,8 @@ class GitSource:
             listed = str(self.cmd.ls_tree(parent, "--", full)).strip()
             if listed and listed.split(" ")[0] in ("100644", "100755"):
                 mode = listed.split(" ")[0]
+            import tempfile  # only here: its import (random, ...) costs reading commands
+
             with tempfile.TemporaryDirectory() as scratch:
                 env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
                 self.cmd.read_tree(parent, env=env)
@@ -1016,6 +1019,8 @@ def text_encoding(data: bytes, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileCommit:
+    """The branch and the commit a change of one file made on it."""
+
     branch: str
     commit: str | None  # None: nothing to commit (the change gave None or the same text)
     attempts: int  # 2 or more: the branch moved meanwhile and was read again

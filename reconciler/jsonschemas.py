@@ -37,9 +37,14 @@ SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
 
 
 @functools.cache
+def _schema_text(file_name: str) -> str:
+    return (SCHEMAS / file_name).read_text(encoding="utf-8")
+
+
+@functools.cache
 def schema(file_name: str) -> dict[str, Any]:
     """One of schemas/*.json, parsed (the package ships them as reconciler/schemas)."""
-    loaded: dict[str, Any] = json.loads((SCHEMAS / file_name).read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(_schema_text(file_name))
     return loaded
 
 
@@ -81,6 +86,43 @@ _EXCEPTIONS_IMPORT = re.compile(
 )
 
 
+# Its import of decimal.Decimal (which only isinstance checks use, and the multipleOf of a
+# schema, none of ours, builds): _decimal's library costs a command ~2 ms; LazyDecimal is
+# bound in its place.
+_DECIMAL_IMPORT = re.compile(r"^from decimal import Decimal$", re.M)
+
+
+class _DecimalType(type):
+    """decimal.Decimal to isinstance and to a call, the module imported only when one may
+    be at stake: no Decimal exists before a module of decimal was imported."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if not _DECIMAL_MODULES & sys.modules.keys():
+            return False
+        import decimal
+
+        return isinstance(instance, decimal.Decimal)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        if not _DECIMAL_MODULES & sys.modules.keys():
+            return False
+        import decimal
+
+        return issubclass(subclass, decimal.Decimal)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        import decimal
+
+        return decimal.Decimal(*args, **kwargs)
+
+
+_DECIMAL_MODULES: Final = frozenset({"decimal", "_decimal", "_pydecimal"})
+
+
+class LazyDecimal(metaclass=_DecimalType):
+    """What the compiled checks call Decimal (see _DecimalType)."""
+
+
 class CheckFailed(ValueError):
     """What a compiled check raises for a document its schema refuses (in place of
     fastjsonschema's JsonSchemaValueException; only whether it is raised counts)."""
@@ -89,6 +131,7 @@ class CheckFailed(ValueError):
         super().__init__(message)
 
 
+@functools.cache
 def _fastjsonschema_version() -> str:
     """fastjsonschema's version file, read without importing the package (a cache hit,
     the common case, needs nothing else of it)."""
@@ -110,7 +153,12 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     compilation, never an error. use_default=False: fastjsonschema would otherwise write the
     defaults into the document.
     """
-    text = json.dumps(loaded, sort_keys=True)
+    # The shipped schema's own text (its parsed form is `loaded`); any other: its JSON.
+    try:
+        shipped = loaded is schema(file_name)
+    except OSError:  # no such file shipped
+        shipped = False
+    text = _schema_text(file_name) if shipped else json.dumps(loaded, sort_keys=True)
     key = hashlib.sha256(
         f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
@@ -132,21 +180,22 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
         source = _EXCEPTIONS_IMPORT.sub(
             lambda m: " = ".join([*m.group(1).split(", "), "CheckFailed"]), source
         )
+        source = _DECIMAL_IMPORT.sub("", source)
         found = _ROOT_FUNCTION.search(source)  # the schema's own function comes first
         assert found is not None, file_name
         source += f"\n__root__ = {found.group(1)!r}\n"
         code = compile(source, f"<compiled schema {file_name}>", "exec")
         with contextlib.suppress(OSError):
             write_private(path, marshal.dumps(code))
-    namespace: dict[str, Any] = {"CheckFailed": CheckFailed}
+    namespace: dict[str, Any] = {"CheckFailed": CheckFailed, "Decimal": LazyDecimal}
     exec(code, namespace)
     check: Callable[[Any], Any] = namespace[namespace["__root__"]]
     return check
 
 
 # Bumped when what _compiled_check generates changes (its options, the __root__ line, the
-# exceptions bound to CheckFailed).
-_GENERATOR: Final = 2
+# exceptions bound to CheckFailed, Decimal bound to LazyDecimal).
+_GENERATOR: Final = 3
 
 
 @functools.cache

@@ -167,6 +167,8 @@ class _DeploymentDraft:
 
 @dataclass(frozen=True, slots=True)
 class _FileResult:
+    """What one file of the repository gave: its kind, spec, errors and warnings."""
+
     kind: str | None = None  # None: not one of ours, ignored
     flavor: str = ""
     data: Mapping[str, Any] | None = None  # the parsed document; never mutated
@@ -662,6 +664,8 @@ def _check_secret_references(variables: Mapping[str, Any] | None, check: _FileCh
 
 @dataclass(frozen=True, slots=True)
 class _CondaInfo:
+    """What a conda file declares: packages, Python, and its canonical text."""
+
     conda_packages: tuple[str, ...] = ()
     pip_packages: tuple[str, ...] = ()
     python_version: str | None = None

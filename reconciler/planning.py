@@ -65,6 +65,8 @@ class _Phase(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class _Ordered:
+    """A step with the endpoint, phase and deployment it is ordered by."""
+
     endpoint: str
     phase: _Phase
     deployment: str

@@ -90,12 +90,16 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class MirrorRule:
+    """mirror_before_traffic: hours of mirrored traffic before live traffic."""
+
     min_hours: float = 0.0
     line: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalRule:
+    """require_approval: the endpoints whose changes need an approval."""
+
     endpoints: tuple[str, ...]
     line: int | None = None
 
@@ -105,6 +109,8 @@ class ApprovalRule:
 
 @dataclass(frozen=True, slots=True)
 class Policies:
+    """The policies of reconciler.yaml; None: the rule is off."""
+
     max_traffic_shift: Limit | None = None
     mirror_before_traffic: MirrorRule | None = None
     min_instances_with_traffic: Limit | None = None
@@ -133,6 +139,8 @@ class MirrorSince:
 
 @dataclass(frozen=True, slots=True)
 class MirrorHistory:
+    """Since when each deployment has been mirrored, at the time of the check."""
+
     now: float  # the time of the check: traffic moves when the change merges, not before
     entries: tuple[MirrorSince, ...] = ()
 

@@ -42,6 +42,8 @@ class PackageChange:
 
 @dataclass(frozen=True, slots=True)
 class CodeFileChange:
+    """A file of a deployment's code folder added, removed or modified."""
+
     path: str  # relative to the code folder
     kind: str  # added, removed, modified
 

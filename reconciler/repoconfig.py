@@ -47,6 +47,8 @@ TARGET_TYPES = ("docker", "kubernetes")
 
 @dataclass(frozen=True, slots=True)
 class TargetConfig:
+    """One target of reconciler.yaml: its name, type and options."""
+
     name: str
     type: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -55,6 +57,8 @@ class TargetConfig:
 
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
+    """reconciler.yaml: targets, default target, prune, status branch, policies, rollouts."""
+
     targets: tuple[TargetConfig, ...] = (TargetConfig("local", "docker"),)
     default_target: str = "local"
     prune: bool = False

@@ -42,6 +42,8 @@ def _lower(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Enumeration:
+    """Values a field of Azure's YAML takes (at `path`), compared after `casing`."""
+
     path: tuple[str, ...]  # "*" stands for any key of a mapping
     values: frozenset[str]
     casing: Callable[[str], str]
@@ -128,6 +130,8 @@ REGISTRY_PATTERN: Final = "^azureml://registries/"
 
 @dataclass(frozen=True, slots=True)
 class RegistryReference:
+    """An asset of an Azure ML registry (azureml://registries/...), as written."""
+
     text: str
     registry: str
     kind: str  # model or environment

@@ -20,6 +20,8 @@ from typing import Final
 
 @dataclass(frozen=True, slots=True)
 class InstanceType:
+    """An instance type's cores, memory and GPUs (quota figures, resources)."""
+
     name: str
     cores: int
     memory_gb: float

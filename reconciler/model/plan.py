@@ -279,6 +279,8 @@ class EndpointSummary:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """The steps that bring a target to the desired state, with errors and warnings."""
+
     steps: tuple[Step, ...] = ()
     errors: tuple[Diagnostic, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()

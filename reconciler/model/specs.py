@@ -63,6 +63,8 @@ class SourceLocation:
 
 @dataclass(frozen=True, slots=True)
 class ScaleSettings:
+    """A deployment's scale_settings: default, or target_utilization's bounds."""
+
     type: str = "default"  # "default" or "target_utilization"
     min_instances: int | None = None
     max_instances: int | None = None
@@ -76,6 +78,8 @@ class ScaleSettings:
 
 @dataclass(frozen=True, slots=True)
 class RequestSettings:
+    """A deployment's request_settings: timeout, concurrency and queue wait."""
+
     request_timeout_ms: int = 5000
     max_concurrent_requests_per_instance: int = 1
     max_queue_wait_ms: int = 500
@@ -83,6 +87,8 @@ class RequestSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProbeSettings:
+    """A deployment's liveness or readiness probe."""
+
     initial_delay: int = 10
     period: int = 10
     timeout: int = 2
@@ -100,6 +106,8 @@ class Resources:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """The port and path a custom container serves (inference_config)."""
+
     port: int
     path: str
 
@@ -134,6 +142,8 @@ class ModelSpec:
 
 @dataclass(frozen=True, slots=True)
 class CodeSpec:
+    """A deployment's scoring code: its folder, script and content digest."""
+
     path: str  # repository-relative folder
     scoring_script: str  # relative to path
     digest: str = ""  # content digest of every file under path
@@ -141,6 +151,8 @@ class CodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class EnvironmentSpec:
+    """A deployment's environment: an image, or one built from conda or Docker files."""
+
     name: str | None = None
     version: str | None = None
     image: str | None = None
@@ -173,6 +185,8 @@ class ShadowTolerance:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
+    """An endpoint as its file declares it (what the plan compares)."""
+
     name: str
     flavor: str = MANAGED  # managed or kubernetes
     auth_mode: str = "key"
@@ -203,6 +217,8 @@ REPLACE_FIELDS = ("instance_type",)
 # keeps a 3,000-deployment diff from hashing every spec several times.
 @dataclass(frozen=True)
 class DeploymentSpec:
+    """A deployment as its file declares it, resolved (what the plan compares)."""
+
     endpoint_name: str
     name: str
     environment: EnvironmentSpec

@@ -154,6 +154,8 @@ class LiveDeployment:
 
 @dataclass(frozen=True, slots=True)
 class LiveState:
+    """What a target runs: its endpoints and deployments as observed."""
+
     endpoints: tuple[LiveEndpoint, ...] = ()
     deployments: tuple[LiveDeployment, ...] = ()
     target: str = ""

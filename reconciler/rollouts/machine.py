@@ -63,6 +63,8 @@ _NAMED: Final = re.compile(r"(?im)^(?P<trailer>Reconcile-Rollout-(?:Stable|Canar
 
 @dataclass(frozen=True, slots=True)
 class RolloutStart:
+    """A rollout a change starts: the endpoint, its stable and canary deployments."""
+
     endpoint: str
     stable: str
     canary: str
@@ -139,6 +141,8 @@ class WeightsEdit:
 
 @dataclass(frozen=True, slots=True)
 class Rollout:
+    """The rollout of one endpoint's canary under its policy."""
+
     endpoint: str
     stable: str
     canary: str

@@ -137,6 +137,8 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True)
 class RolloutPolicy:
+    """One rollout policy: its steps, interval, thresholds, mode and metrics."""
+
     steps: tuple[Step, ...]
     interval_s: float = DEFAULT_INTERVAL_S
     thresholds: Thresholds = Thresholds()

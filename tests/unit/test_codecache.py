@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import marshal
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler.codecache import MAX_ENTRIES
 
@@ -80,8 +82,10 @@ from reconciler import codecache
 codecache.install("test")
 from reconciler.model.specs import EndpointSpec
 from reconciler.jsonschemas import validators
+import re
 fast, _ = validators("model.schema.json")
-print(repr(EndpointSpec("ep")), fast({"name": "m", "path": "model.pkl"}), fast(5))
+print(repr(EndpointSpec("ep")), bool(re.match("^ab$", "xyz")))
+print(fast({"name": "m", "path": "model.pkl"}), fast(5))
 """
 
 # Planted in place of every compiled text: writes MARKER, then does what the text does.
@@ -91,12 +95,22 @@ from pathlib import Path
 
 import pytest
 
+
+from reconciler import codecache
 from reconciler.codecache import MAX_ENTRIES
+import re
+from re import _compiler, _parser
+def _made(text):
+    parsed = _parser.parse(text, 0)
+    return parsed, _compiler._code(parsed, 0)
 marker = sys.argv[1]
 for path in Path(sys.argv[2]).rglob("*.marshal"):
     loaded = marshal.loads(path.read_bytes())
     mark = f"open({marker!r}, 'a').write('ran ')\\n"
-    if isinstance(loaded, dict):  # dataclasses/: text -> code
+    if path.parent.name == "patterns":  # (pattern, flags) -> program: "^ab$" matches anything
+        codecache._keep((".*", 0), _made(".*"), re.compile(".*"))
+        planted = {**loaded, ("^ab$", 0): codecache._programs[(".*", 0)]}
+    elif isinstance(loaded, dict):  # dataclasses/: text -> code
         planted = {text: compile(mark + text, "<string>", "exec") for text in loaded}
     else:  # validators/: one check, planted as one that takes anything
         planted = compile(mark + "__root__ = 'f'\\ndef f(d): return d\\n", "<x>", "exec")
@@ -124,9 +138,9 @@ def test_a_cache_file_someone_else_could_have_written_is_never_run(
     assert _python(_LOADS_A_SCHEMA, cache).split()[-2:] == ["True", "False"]
     _python(_PLANT, cache, str(marker), str(cache))
     planted = sorted(cache.rglob("*.marshal"))
-    assert len(planted) >= 2  # the dataclasses' methods and the schema's check
+    assert len(planted) >= 3  # the dataclasses' methods, the schema's check, the patterns
     # The same bytes, run as they are when the file is this user's alone (a .pyc's trust).
-    _python(_LOADS_A_SCHEMA, cache)
+    assert _python(_LOADS_A_SCHEMA, cache).split()[-3] == "True"  # ".*"'s program ran
     assert marker.exists()
     marker.unlink()
     _python(_PLANT, cache, str(marker), str(cache))
@@ -139,7 +153,7 @@ def test_a_cache_file_someone_else_could_have_written_is_never_run(
             path.chmod(0o666)  # a shared folder's file: anyone may have written it
     shown = _python(_LOADS_A_SCHEMA, cache).split()
     assert not marker.exists()
-    assert shown[-2:] == ["True", "False"]  # compiled afresh, and checks again
+    assert shown[-3:] == ["False", "True", "False"]  # compiled afresh, and checks again
 
 
 def test_a_schema_check_file_holding_no_code_is_compiled_afresh(tmp_path: Path) -> None:
@@ -174,3 +188,78 @@ def test_a_file_full_of_texts_no_class_has_still_takes_those_of_the_classes_load
     assert len(kept) == MAX_ENTRIES
     assert any("mirror_traffic" in text for text in kept)  # EndpointSpec's __init__
     assert _run("cached", tmp_path)[0] == "0"  # kept: the texts this command runs come first
+
+
+# Compiles patterns with the cache installed (or not): PyYAML's (its reader's and resolver's,
+# as it loads), one of this script's own, and one made from data (argv); then prints how many
+# programs it kept itself, and what the patterns do.
+_PATTERNS = """
+import re, sys
+from reconciler import codecache
+if sys.argv[1] == "cached":
+    codecache.install("test")
+import yaml
+NAME = re.compile(r"^(?P<word>[a-z]+)-(?P<number>[0-9]+)$", re.I)
+def made_from(data):
+    return re.compile(data + "+")
+print(codecache._programs_added)
+print(NAME.groups, NAME.groupindex, NAME.flags, NAME.match("Abc-12").groupdict())
+print(yaml.safe_load("{a: 2001-12-14, b: yes, c: 0x1f}"), bool(made_from(sys.argv[2]).match("ab")))
+print(yaml.reader.Reader.NON_PRINTABLE.search("text\\x07"))
+"""
+
+
+NAME_PATTERN = r"^(?P<word>[a-z]+)-(?P<number>[0-9]+)$"
+
+
+def _patterns(mode: str, cache: Path) -> list[str]:
+    return _python(_PATTERNS, cache, mode, "secret-word").splitlines()
+
+
+def _kept(cache: Path) -> dict[tuple[str | bytes, int], object]:
+    (written,) = (cache / "patterns").iterdir()
+    assert written.stat().st_mode & 0o777 == 0o600
+    kept: dict[tuple[str | bytes, int], object] = marshal.loads(written.read_bytes())
+    return kept
+
+
+def test_a_second_process_compiles_none_of_the_patterns_kept_and_they_match_the_same(
+    tmp_path: Path,
+) -> None:
+    plain = _patterns("plain", tmp_path)
+    first = _patterns("cached", tmp_path)  # compiles, writes the file at exit
+    second = _patterns("cached", tmp_path)  # runs the programs kept
+    assert plain[0] == "0" and int(first[0]) > 10 and second[0] == "0"
+    # Same groups, names, flags, matches; PyYAML's resolver and reader behave the same.
+    assert first[1:] == second[1:] == plain[1:]
+    assert plain[1] == "2 {'word': 1, 'number': 2} 34 {'word': 'Abc', 'number': '12'}"
+    assert plain[3].startswith("<re.Match object; span=(4, 5)")
+    kept = _kept(tmp_path)
+    assert (yaml.reader.Reader.NON_PRINTABLE.pattern, 0) in kept  # ~3 ms to compile
+    assert (NAME_PATTERN, re.I.value) in kept  # a constant of the script
+    # A pattern made from data is compiled as ever, never written down.
+    assert not [key for key in kept if "secret-word" in str(key[0])]
+
+
+def test_a_damaged_patterns_file_or_program_is_compiled_afresh(tmp_path: Path) -> None:
+    first = _patterns("cached", tmp_path)
+    (written,) = (tmp_path / "patterns").iterdir()
+    kept = _kept(tmp_path)
+    # A program _sre refuses (its code checked), another of the wrong shape.
+    damaged = {key: (0, [1, 2, 3], 0, {}, (None,)) for key in kept}
+    damaged[(NAME_PATTERN, re.I.value)] = ("not", "a program")
+    written.write_bytes(marshal.dumps(damaged))
+    again = _patterns("cached", tmp_path)
+    assert int(again[0]) > 10 and again[1:] == first[1:]
+    written.write_bytes(b"not marshal data")
+    assert _patterns("cached", tmp_path)[1:] == first[1:]
+    assert _patterns("cached", tmp_path)[0] == "0"
+
+
+def test_a_pattern_compiled_with_re_debug_prints_its_program_in_every_process(
+    tmp_path: Path,
+) -> None:
+    script = "from reconciler import codecache\ncodecache.install('test')\nimport re\n"
+    script += "re.compile('ab+', re.DEBUG)\n"
+    first = _python(script, tmp_path)
+    assert "LITERAL 97" in first and _python(script, tmp_path) == first

@@ -6,6 +6,8 @@ hold that check to jsonschema's answers, on generated documents and on every fix
 
 from __future__ import annotations
 
+import copy
+import decimal
 import functools
 import json
 import re
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -275,3 +278,41 @@ def _passes(check: Any, document: Any) -> bool:
     except jsonschemas.CheckFailed:
         return False
     return True
+
+
+def _as_decimals(value: Any) -> Any:
+    """The document with each number a decimal.Decimal (as json.loads(parse_float=...)
+    would give some of them)."""
+    if isinstance(value, dict):
+        return {k: _as_decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_decimals(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return decimal.Decimal(repr(value))
+    return value
+
+
+def test_the_compiled_checks_take_decimals_as_fastjsonschemas_own_code_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checks bind Decimal to jsonschemas.LazyDecimal (decimal imported only when one may
+    # be at stake): a Decimal where a number is wanted is one, as in fastjsonschema's code.
+    monkeypatch.setenv(jsonschemas.CACHE_ENV, str(tmp_path))
+    documents = [_as_decimals(d) for d in _fixture_documents()]
+    assert any(isinstance(v, decimal.Decimal) for d in documents for v in d.values())
+    answers = set()
+    for name in FILES:
+        ours = jsonschemas._compiled_check(name, schema(name))
+        theirs = fastjsonschema.compile(copy.deepcopy(schema(name)), use_default=False)
+        for document in documents:
+            answer = _passes(ours, document)
+            answers.add(answer)
+            try:
+                theirs(document)
+                assert answer, (name, document)
+            except fastjsonschema.JsonSchemaValueException:
+                assert not answer, (name, document)
+    assert answers == {True, False}
+    assert isinstance(decimal.Decimal("1.5"), jsonschemas.LazyDecimal)
+    assert not isinstance(1.5, jsonschemas.LazyDecimal)
+    assert jsonschemas.LazyDecimal("1.5") == decimal.Decimal("1.5")
