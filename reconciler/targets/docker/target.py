@@ -494,7 +494,7 @@ class DockerTarget:
                 inst = _instance(c)
                 instances[(inst.endpoint, inst.deployment)].append(inst)
         names = set(routers) | set(holders) | set(volumes) | {e for e, _ in instances}
-        foreign = self._foreign(volumes)
+        foreign = self._foreign(volumes, containers)
         names -= set(foreign)
         # The container _state_handle would choose: the first holder listed, else router.
         handles: dict[str, Any] = {}
@@ -823,15 +823,34 @@ class DockerTarget:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
 
-    def _foreign(self, volumes: Mapping[str, Any]) -> dict[str, str]:
-        """Endpoints of this target that another repository made: name -> repository."""
+    def _foreign(self, volumes: Mapping[str, Any], containers: Iterable[Any]) -> dict[str, str]:
+        """Endpoints of this target that another repository made: name -> repository. The
+        state volume says so; an endpoint whose volume is lost, its containers (a pass of
+        the other repository would otherwise see it as its own, broken, and prune it)."""
         if self.repository is None:
             return {}
+        owners = {name: _owner(volume) for name, volume in volumes.items()}
+        by_containers: dict[str, set[str]] = defaultdict(set)
+        for c in containers:
+            name = c.labels.get(f"{L}endpoint", "")
+            if name not in volumes and (owner := c.labels.get(f"{L}repository")):
+                by_containers[name].add(owner)
+        for name, found in by_containers.items():
+            if self.repository not in found:
+                owners[name] = min(found)
         return {
             name: owner
-            for name, volume in volumes.items()
-            if (owner := _owner(volume)) is not None and owner != self.repository
+            for name, owner in owners.items()
+            if owner is not None and owner != self.repository
         }
+
+    def _owned_labels(self, endpoint: str, role: str) -> dict[str, str]:
+        """The labels of a container of the endpoint, with the repository that made it: the
+        record of ownership that outlives the loss of the state volume."""
+        labels = self._labels(endpoint, role)
+        if self.repository is not None:
+            labels[f"{L}repository"] = self.repository
+        return labels
 
     def _check_routers(
         self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
@@ -1313,7 +1332,10 @@ class DockerTarget:
         legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
         image = self._router_image_tag(say)
         volume = self._state_volumes(endpoint).get(endpoint)
-        owner = _owner(volume) if volume is not None else None
+        if volume is not None:
+            owner = _owner(volume)
+        else:  # lost, or never made: the containers left say who made them
+            owner = self._foreign({}, self._containers(endpoint=endpoint)).get(endpoint)
         if owner is not None and self.repository is not None and owner != self.repository:
             raise TargetError(
                 f"endpoint {endpoint} on target {self.name} is managed by another repository "
@@ -1487,7 +1509,7 @@ class DockerTarget:
             image,
             command=["true"],
             name=f"{self._prefix(endpoint)}-state",
-            labels=self._labels(endpoint, "state"),
+            labels=self._owned_labels(endpoint, "state"),
             volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
             network_mode="none",
         )
@@ -1590,7 +1612,7 @@ class DockerTarget:
         container = self.client.containers.create(
             image,
             name=f"{self._prefix(endpoint)}-router",
-            labels=self._labels(endpoint, "router"),
+            labels=self._owned_labels(endpoint, "router"),
             # Writable: a change made through the router's admin call is saved there too,
             # so observe sees it (drift) and a restarted router keeps it.
             volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
@@ -1784,6 +1806,8 @@ class DockerTarget:
                     f"{L}spec": version.spec_label,
                     f"{L}ready-within": str(int(budget)),
                 }
+                if self.repository is not None:
+                    labels[f"{L}repository"] = self.repository
                 if digests:
                     # Keyed digests of the values, never the values (connections.py).
                     labels[DIGESTS_LABEL] = json.dumps(digests, sort_keys=True)

@@ -1,0 +1,113 @@
+"""Compositions on one Docker Engine, with faults: two repositories that kept the same target
+name, each with an endpoint of its own, and one endpoint's state (the volume that records
+which repository made it) lost. Neither repository sees, plans for or prunes the other's
+endpoint, through a pass or through the command line's fast paths (`status --live`,
+`credentials`, `invoke`); the repository that made it heals it. One tiny endpoint each;
+every request goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from reconciler.cli import main
+from reconciler.model.plan import Action
+
+if TYPE_CHECKING:
+    from docker_target_fixtures import DockerWorld, WorldFactory
+
+pytest_plugins = ("docker_target_fixtures",)
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _lose_state(world: DockerWorld, endpoint: str) -> None:
+    """The endpoint's router, state holder and state volume removed; its instances run on."""
+    label = [f"reconciler.target={world.options.name}", f"reconciler.endpoint={endpoint}"]
+    for role in ("router", "state"):
+        for c in world.client.containers.list(
+            all=True, filters={"label": [*label, f"reconciler.role={role}"]}, ignore_removed=True
+        ):
+            c.remove(force=True)
+    for volume in world.client.volumes.list(filters={"label": label}):
+        volume.remove(force=True)
+
+
+def _cli_target(world: DockerWorld) -> list[str]:
+    """reconciler.yaml naming the world's target, committed; the CLI's --repo arguments."""
+    options = world.options
+    settings = {
+        "type": "docker",
+        "state_dir": str(options.state_dir),
+        "router_port_range": list(options.router_port_range),
+        "drain_s": options.drain_s,
+    }
+    world.repo.write(
+        "reconciler.yaml",
+        yaml.safe_dump({"targets": {options.name: settings}, "default_target": options.name}),
+    )
+    world.repo.commit("target settings")
+    return ["--repo", str(world.repo.root)]
+
+
+def _cli_sees_only_its_own(repo: list[str], *, own: str, other: str, request: str) -> None:
+    runner = CliRunner()
+    live = runner.invoke(main, ["status", "--live", *repo, "--output", "yaml"])
+    assert live.exit_code == 0, live.output
+    assert own in live.output and other not in live.output
+    for command in (["credentials", other], ["invoke", other, "--request-file", request]):
+        shown = runner.invoke(main, [*command, *repo])
+        assert shown.exit_code == 1, (command, shown.output)
+        assert f"endpoint {other} does not exist" in shown.output, shown.output
+    mine = runner.invoke(main, ["credentials", own, *repo])
+    assert mine.exit_code == 0 and "primaryKey" in mine.stdout, mine.output
+
+
+def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or_pruned(
+    docker_worlds: WorldFactory,
+) -> None:
+    a = docker_worlds("repo-a")
+    # The same target name and state folder: two repositories that both kept `local`.
+    b = docker_worlds("repo-b", name=a.options.name, state_dir=a.options.state_dir)
+    a.serve("ep-a")
+    b.serve("ep-b")
+    instances = {c.id for c in a.containers("ep-a")}
+    repo_b = _cli_target(b)
+    request = b.repo.root / "request.json"
+    request.write_text(json.dumps({"data": [[1]]}))
+    _cli_sees_only_its_own(repo_b, own="ep-b", other="ep-a", request=str(request))
+
+    _lose_state(a, "ep-a")
+    # b: the instances left of a's endpoint are not b's to see, repair or prune.
+    for _ in range(2):  # the second pass reuses the first one's listings and inspections
+        live = b.target.observe()
+        assert [e.name for e in live.endpoints] == ["ep-b"]
+        assert {d.endpoint for d in live.deployments} == {"ep-b"}
+        assert any("ep-a" in w.message and "another repository" in w.message for w in live.warnings)
+    _cli_sees_only_its_own(repo_b, own="ep-b", other="ep-a", request=str(request))
+    assert b.plan().steps == ()
+    b.apply(prune=True)
+    assert {c.id for c in a.containers("ep-a")} == instances
+    # Declared by b too: its creation fails naming the owner, rather than adopting a's.
+    b.repo.endpoint("ep-a", traffic={"blue": 100})
+    b.repo.deployment("ep-a", "blue", code="../../src")
+    b.repo.commit("ep-a here too")
+    failed = b.apply(ok=False)
+    (refused,) = [r for r in failed.results if r.message and "another repository" in r.message]
+    assert failed.plan.steps[refused.index].action == Action.CREATE_ENDPOINT
+    assert {c.id for c in a.containers("ep-a")} == instances
+
+    # a: never "No changes" over its broken endpoint; the repair keeps its instances.
+    assert [str(s.action) for s in a.plan().steps] == [
+        Action.REPAIR_ENDPOINT,
+        Action.SET_TRAFFIC,
+    ]
+    a.apply()
+    assert {c.id for c in a.containers("ep-a")} == instances
+    assert a.score("ep-a").status == 200
+    assert a.plan().steps == ()
+    assert b.score("ep-b").status == 200
