@@ -502,11 +502,20 @@ def main(
                 "to apply the working tree as it is"
             )
         writer = None
+        # A status commit git refused (a lock file a killed git left): the passes go on,
+        # the run ends naming it (exit 1) rather than in a traceback after the steps.
+        status_failed: list[str] = []
         if source.git is not None and revision is not None:
             git = source.git
 
             def writer(files: Mapping[str, str], message: str) -> None:
-                git.write_status(files, message=message, branch=config.status_branch)
+                from reconciler.gitsource import GitSourceError
+
+                try:
+                    git.write_status(files, message=message, branch=config.status_branch)
+                except GitSourceError as exc:
+                    if not status_failed:
+                        status_failed.append(str(exc))
 
         passes: list[PassResult] = []
         # On a terminal the plan comes first, then a line per step (unless a log format was
@@ -590,7 +599,9 @@ def main(
     for line in failure_lines(result, log_lines=LOG_LINES, on_a_terminal=watcher is not None):
         click.echo(line, err=True)
     _, _, waiting = step_lines(result)
-    if result.plan.errors or failed or result.degraded:
+    if status_failed:
+        click.echo(f"error: {status_failed[0]}", err=True)
+    if result.plan.errors or failed or result.degraded or status_failed:
         sys.exit(EXIT_ERRORS)
     if result.in_progress:
         for line in waiting:

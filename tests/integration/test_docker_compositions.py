@@ -111,3 +111,25 @@ def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or
     assert a.score("ep-a").status == 200
     assert a.plan().steps == ()
     assert b.score("ep-b").status == 200
+
+
+def test_apply_with_a_stale_lock_of_the_status_branch_says_so_without_a_traceback(
+    docker_world: DockerWorld,
+) -> None:
+    """A reconciler killed with its process group while git wrote the status branch leaves
+    git's lock file: the next apply still applies, then names the file and the fix (exit
+    1), rather than ending in a traceback; once the file is gone, status is written."""
+    world = docker_world
+    repo = _cli_target(world)  # no endpoint: a pass observes the target and writes status
+    lock = world.repo.root / ".git" / "refs" / "heads" / "reconcile-status.lock"
+    lock.write_text("")
+    runner = CliRunner()
+    applied = runner.invoke(main, repo)
+    assert applied.exit_code == 1, applied.output
+    assert isinstance(applied.exception, SystemExit) and "Traceback" not in applied.output
+    assert "status not written to branch reconcile-status" in applied.stderr
+    assert str(lock) in applied.stderr and "remove it" in applied.stderr
+    lock.unlink()
+    again = runner.invoke(main, repo)
+    assert again.exit_code == 0, again.output
+    assert world.repo.git("log", "-1", "--format=%s", "reconcile-status").startswith("status of")
