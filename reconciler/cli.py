@@ -1144,6 +1144,7 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
         target = _real_target(target_name, config, source=source)
         if not isinstance(target, HasCredentials):
             _cannot(target, "give credentials")
+        live = None
         try:
             live = target.observe().endpoint(endpoint)
             if live is None:
@@ -1154,7 +1155,9 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
                 return
             creds = target.endpoint_credentials(endpoint)
         except TargetError as exc:
-            fail(str(exc))
+            # A broken endpoint (its state lost): what the target found, and the way out.
+            repair = live.repair if live is not None else None
+            fail(f"{exc}: {repair}; `reconcile` repairs it" if repair else str(exc))
     click.echo(
         json.dumps({"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}, indent=2)
     )
@@ -1381,8 +1384,15 @@ def _observed_access(
             else target.observe()
         )
         live = state.endpoint(endpoint)
-        if live is None or not live.scoring_uri:
+        if live is None:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
+        if not live.scoring_uri:
+            # Broken, not absent (`status --live` shows it Failed): what the target found.
+            why = live.repair or "it has no scoring URI"
+            fail(
+                f"endpoint {endpoint} on target {target.name} cannot be called: {why}; "
+                "`reconcile` repairs it"
+            )
         names = tuple(sorted(d.name for d in state.deployments_of(endpoint)))
         if live.spec.auth_mode == "aml_token":
             secret = str(target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"])

@@ -101,6 +101,17 @@ def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or
     assert failed.plan.steps[refused.index].action == Action.CREATE_ENDPOINT
     assert {c.id for c in a.containers("ep-a")} == instances
 
+    # a's own command line calls it broken, says why and what repairs it.
+    runner, repo_a = CliRunner(), _cli_target(a)
+    live = runner.invoke(main, ["status", "--live", *repo_a])
+    assert live.exit_code == 0 and "ep-a: Failed (Degraded)" in live.output, live.output
+    assert "its state (keys, router config) is gone" in live.output
+    for command in (["credentials", "ep-a"], ["invoke", "ep-a", "--request-file", str(request)]):
+        shown = runner.invoke(main, [*command, *repo_a])
+        assert shown.exit_code == 1, (command, shown.output)
+        assert "does not exist" not in shown.output, shown.output
+        assert "its state (keys, router config) is gone" in shown.output, shown.output
+        assert "`reconcile` repairs it" in shown.output, shown.output
     # a: never "No changes" over its broken endpoint; the repair keeps its instances.
     assert [str(s.action) for s in a.plan().steps] == [
         Action.REPAIR_ENDPOINT,
