@@ -9,12 +9,15 @@ every request goes to 127.0.0.1.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker_state
 import pytest
 import yaml
 from click.testing import CliRunner
+from daemon_process import WatchProcess
+from waiting import wait_for
 
 from reconciler.cli import main
 from reconciler.model.plan import Action
@@ -59,7 +62,7 @@ def router(world: DockerWorld, endpoint: str) -> Any:
     return found
 
 
-def _cli_target(world: DockerWorld) -> list[str]:
+def _cli_target(world: DockerWorld, *, prune: bool = False) -> list[str]:
     """reconciler.yaml naming the world's target, committed; the CLI's --repo arguments."""
     options = world.options
     settings = {
@@ -70,7 +73,9 @@ def _cli_target(world: DockerWorld) -> list[str]:
     }
     world.repo.write(
         "reconciler.yaml",
-        yaml.safe_dump({"targets": {options.name: settings}, "default_target": options.name}),
+        yaml.safe_dump(
+            {"targets": {options.name: settings}, "default_target": options.name, "prune": prune}
+        ),
     )
     world.repo.commit("target settings")
     return ["--repo", str(world.repo.root)]
@@ -90,7 +95,7 @@ def _cli_sees_only_its_own(repo: list[str], *, own: str, other: str, request: st
 
 
 def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or_pruned(
-    docker_worlds: WorldFactory,
+    docker_worlds: WorldFactory, tmp_path: Path
 ) -> None:
     a = docker_worlds("repo-a")
     # The same target name and state folder: two repositories that both kept `local`.
@@ -112,6 +117,15 @@ def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or
         assert any("ep-a" in w.message and "another repository" in w.message for w in live.warnings)
     _cli_sees_only_its_own(repo_b, own="ep-b", other="ep-a", request=str(request))
     assert b.plan().steps == ()
+    # b's daemon, pruning, through its idle passes (listings and state digests reused).
+    _cli_target(b, prune=True)
+    daemon = WatchProcess(tmp_path / "daemon-b", "--repo", str(b.repo.root), "--interval", "1")
+    try:
+        wait_for(lambda: len(daemon.events("pass_finished")) >= 3, 120, "three passes of b")
+    finally:
+        daemon.stop()
+    assert [e["steps"] for e in daemon.events("pass_finished")][:3] == [0, 0, 0]
+    assert {c.id for c in a.containers("ep-a")} == instances
     b.apply(prune=True)
     assert {c.id for c in a.containers("ep-a")} == instances
     # Declared by b too: its creation fails naming the owner, rather than adopting a's.
