@@ -213,3 +213,30 @@ def test_spoiled_state_files_are_repaired_or_harmless_never_no_changes_over_a_br
         world.wait_for(lambda: world.status("spoil-ep") == 200, what=f"served after {path}")
         assert (world.key("spoil-ep") == key) is (path != CREDENTIALS), (path, content)
         assert world.new_target().observe().endpoints[0].repair is None, (path, content)
+
+
+def test_a_remote_added_to_the_checkout_keeps_its_endpoints_its_own(
+    docker_worlds: WorldFactory,
+) -> None:
+    """Made from a checkout with no remote (`path:FOLDER`), then `git remote add origin`:
+    the same checkout still updates and sees its endpoint (it was "managed by another
+    repository (path:FOLDER)", to be created anew, and `status --live` said no endpoints);
+    another checkout with no remote still cannot touch it."""
+    world = docker_worlds("first")
+    world.serve("remote-ep")
+    world.repo.git("remote", "add", "origin", "https://github.com/org/models.git")
+    world.target = world.new_target()  # its identity now: github.com/org/models
+    assert world.target.repository == "github.com/org/models"
+    world.code("src", "2")
+    world.repo.commit("v2, after the remote was added")
+    assert [str(s.action) for s in world.plan().steps] == [Action.UPDATE_DEPLOYMENT]
+    world.apply()
+    assert world.score("remote-ep").version == "2"
+    live = CliRunner().invoke(main, ["status", "--live", *_cli_target(world)])
+    assert live.exit_code == 0 and "remote-ep: Succeeded" in live.output, live.output
+    other = docker_worlds("other", name=world.options.name, state_dir=world.options.state_dir)
+    other.basics()
+    other.repo.commit("nothing")
+    assert other.target.observe().endpoints == ()
+    other.apply(prune=True)
+    assert world.score("remote-ep").status == 200

@@ -374,6 +374,10 @@ class DockerTarget:
         # targets alike (`local`) share the target, and each manages only the endpoints it
         # made. None: every endpoint of the target is this one's (tests, the API).
         self.repository = repository
+        # The checkout's own folder (repo_root may later name a private checkout of a
+        # commit): what it made before its repository had a remote is recorded as
+        # `path:FOLDER`, and stays its own once a remote is added.
+        self._checkout = Path(repo_root).resolve()
         self.name = options.name
         self.repo_root = repo_root
         self.instance_types = instance_types
@@ -836,13 +840,20 @@ class DockerTarget:
             if name not in volumes and (owner := c.labels.get(f"{L}repository")):
                 by_containers[name].add(owner)
         for name, found in by_containers.items():
-            if self.repository not in found:
+            if not any(self._ours(owner) for owner in found):
                 owners[name] = min(found)
         return {
             name: owner
             for name, owner in owners.items()
-            if owner is not None and owner != self.repository
+            if owner is not None and not self._ours(owner)
         }
+
+    def _ours(self, owner: str | None) -> bool:
+        """Whether the repository recorded as an endpoint's maker is this one: the same
+        identity, or this very checkout as it was named before it had a remote."""
+        if owner is None or self.repository is None or owner == self.repository:
+            return True
+        return _checkout_of(owner) == self._checkout
 
     def _owned_labels(self, endpoint: str, role: str) -> dict[str, str]:
         """The labels of a container of the endpoint, with the repository that made it: the
@@ -1336,7 +1347,7 @@ class DockerTarget:
             owner = _owner(volume)
         else:  # lost, or never made: the containers left say who made them
             owner = self._foreign({}, self._containers(endpoint=endpoint)).get(endpoint)
-        if owner is not None and self.repository is not None and owner != self.repository:
+        if not self._ours(owner):
             raise TargetError(
                 f"endpoint {endpoint} on target {self.name} is managed by another repository "
                 f"({owner}); give this repository's target another name in reconciler.yaml",
@@ -2620,6 +2631,15 @@ def _legacy_files(router: Any) -> dict[str, bytes]:
 def _owner(volume: Any) -> str | None:
     """The repository that made the endpoint of this state volume, when recorded."""
     return (volume.attrs.get("Labels") or {}).get(f"{L}repository") or None
+
+
+def _checkout_of(identity: str) -> Path | None:
+    """The folder a repository identity of a checkout with no remote names
+    (`path:FOLDER` or `path:ROOT//SUBFOLDER`, GitSource.identity); None for any other."""
+    if not identity.startswith("path:"):
+        return None
+    root, _, subfolder = identity[len("path:") :].partition("//")
+    return Path(root, subfolder) if root else None
 
 
 def _volume_ports(volume: Any) -> tuple[int, int] | None:
