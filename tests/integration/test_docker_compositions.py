@@ -92,6 +92,12 @@ def _cli_sees_only_its_own(repo: list[str], *, own: str, other: str, request: st
         assert f"endpoint {other} does not exist" in shown.output, shown.output
     mine = runner.invoke(main, ["credentials", own, *repo])
     assert mine.exit_code == 0 and "primaryKey" in mine.stdout, mine.output
+    # Nor read its logs, nor change its keys: the target says whose it is.
+    for command in (["logs", other, "blue"], ["regenerate-key", other, "--key", "primary"]):
+        refused = runner.invoke(main, [*command, *repo])
+        assert refused.exit_code == 1, (command, refused.output)
+        assert "is managed by another repository" in refused.output, refused.output
+        assert "==>" not in refused.output and "regenerated" not in refused.output
 
 
 def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or_pruned(
@@ -103,10 +109,12 @@ def test_another_repositorys_endpoint_whose_state_is_lost_is_not_seen_planned_or
     a.serve("ep-a")
     b.serve("ep-b")
     instances = {c.id for c in a.containers("ep-a")}
+    key_a = a.key("ep-a")
     repo_b = _cli_target(b)
     request = b.repo.root / "request.json"
     request.write_text(json.dumps({"data": [[1]]}))
     _cli_sees_only_its_own(repo_b, own="ep-b", other="ep-a", request=str(request))
+    assert a.key("ep-a") == key_a and a.score("ep-a").status == 200
 
     _lose_state(a, "ep-a")
     # b: the instances left of a's endpoint are not b's to see, repair or prune.

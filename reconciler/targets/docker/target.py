@@ -848,6 +848,21 @@ class DockerTarget:
             if owner is not None and not self._ours(owner)
         }
 
+    def _check_owned(self, endpoint: str, volume: Any | None = None) -> None:
+        """TargetError when another repository made the endpoint (its state volume says
+        so, else its containers): its keys, logs and key rotation are that repository's."""
+        if self.repository is None:
+            return
+        volumes = {endpoint: volume} if volume is not None else self._state_volumes(endpoint)
+        containers = [] if endpoint in volumes else self._containers(endpoint=endpoint)
+        owner = self._foreign(volumes, containers).get(endpoint)
+        if owner is not None:
+            raise TargetError(
+                f"endpoint {endpoint} on target {self.name} is managed by another repository "
+                f"({owner}); give this repository's target another name in reconciler.yaml",
+                code=ErrorCode.OWNED_ELSEWHERE,
+            )
+
     def _ours(self, owner: str | None) -> bool:
         """Whether the repository recorded as an endpoint's maker is this one: the same
         identity, or this very checkout as it was named before it had a remote."""
@@ -1029,9 +1044,13 @@ class DockerTarget:
             ) from None
 
     def router_ports(self, endpoint: str) -> tuple[int, int] | None:
-        """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels."""
+        """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels (an
+        endpoint another repository made: a TargetError, as for its keys and logs)."""
         volume = self._state_volumes(endpoint).get(endpoint)
-        return _volume_ports(volume) if volume is not None else None
+        if volume is None:
+            return None
+        self._check_owned(endpoint, volume)
+        return _volume_ports(volume)
 
     def router_metrics(self, endpoint: str) -> str:
         """The router's /metrics, read on the host port its container publishes on
@@ -2403,6 +2422,7 @@ class DockerTarget:
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
         volume = self._state_volumes(endpoint).get(endpoint)
+        self._check_owned(endpoint, volume)  # and so regenerate_key and token
         if volume is not None and self._state_handle(endpoint) is None:
             # Its router and holder are gone, its keys are not: a holder again to read them
             # (what the next pass's repair does anyway).
@@ -2443,6 +2463,7 @@ class DockerTarget:
     def logs(
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str:
+        self._check_owned(endpoint)
         group = self._instances(endpoint, deployment)
         if instance is not None:
             group = [i for i in group if i.index == instance]
@@ -2458,6 +2479,7 @@ class DockerTarget:
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str:
         """The log of each instance's attempt before its last restart (failures.py)."""
+        self._check_owned(endpoint)
         group = self._instances(endpoint, deployment)
         if instance is not None:
             group = [i for i in group if i.index == instance]
