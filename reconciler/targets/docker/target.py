@@ -179,6 +179,7 @@ from reconciler.targets.capabilities import (
     HasRouterMetrics,
     ObservesEndpoint,
 )
+from reconciler.targets.docker.access import same_repository
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
 from reconciler.targets.docker.failures import failure_note, previous_run_log
@@ -866,7 +867,7 @@ class DockerTarget:
     def _ours(self, owner: str | None) -> bool:
         """Whether the repository recorded as an endpoint's maker is this one: the same
         identity, or this very checkout as it was named before it had a remote."""
-        if owner is None or self.repository is None or owner == self.repository:
+        if owner is None or self.repository is None or same_repository(owner, self.repository):
             return True
         return _checkout_of(owner) == self._checkout
 
