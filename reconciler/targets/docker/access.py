@@ -54,8 +54,14 @@ def same_repository(one: str, other: str) -> bool:
     """Whether two repository identities (GitSource.identity) name one repository."""
     if one == other:
         return True
-    host = one.partition("/")[0]
-    return host in CASE_INSENSITIVE_HOSTS and one.casefold() == other.casefold()
+    # The sub-folder after `//` is a folder of the repository: its case counts.
+    (url, _, folder), (other_url, _, other_folder) = one.partition("//"), other.partition("//")
+    host = url.partition("/")[0]
+    return (
+        host in CASE_INSENSITIVE_HOSTS
+        and url.casefold() == other_url.casefold()
+        and folder == other_folder
+    )
 
 
 class EngineUnreachable(Exception):
