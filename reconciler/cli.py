@@ -509,11 +509,20 @@ def main(
                 "to apply the working tree as it is"
             )
         writer = None
+        # A status commit git refused (a lock file a killed git left): the passes go on,
+        # the run ends naming it (exit 1) rather than in a traceback after the steps.
+        status_failed: list[str] = []
         if source.git is not None and revision is not None:
             git = source.git
 
             def writer(files: Mapping[str, str], message: str) -> None:
-                git.write_status(files, message=message, branch=config.status_branch)
+                from reconciler.gitsource import GitSourceError
+
+                try:
+                    git.write_status(files, message=message, branch=config.status_branch)
+                except GitSourceError as exc:
+                    if not status_failed:
+                        status_failed.append(str(exc))
 
         passes: list[PassResult] = []
         # On a terminal the plan comes first, then a line per step (unless a log format was
@@ -597,7 +606,9 @@ def main(
     for line in failure_lines(result, log_lines=LOG_LINES, on_a_terminal=watcher is not None):
         click.echo(line, err=True)
     _, _, waiting = step_lines(result)
-    if result.plan.errors or failed or result.degraded:
+    if status_failed:
+        click.echo(f"error: {status_failed[0]}", err=True)
+    if result.plan.errors or failed or result.degraded or status_failed:
         sys.exit(EXIT_ERRORS)
     if result.in_progress:
         for line in waiting:
@@ -1140,6 +1151,7 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
         target = _real_target(target_name, config, source=source)
         if not isinstance(target, HasCredentials):
             _cannot(target, "give credentials")
+        live = None
         try:
             live = target.observe().endpoint(endpoint)
             if live is None:
@@ -1150,7 +1162,9 @@ def credentials(endpoint: str, repo: str, target_name: str | None, ttl: int) -> 
                 return
             creds = target.endpoint_credentials(endpoint)
         except TargetError as exc:
-            fail(str(exc))
+            # A broken endpoint (its state lost): what the target found, and the way out.
+            repair = live.repair if live is not None else None
+            fail(f"{exc}: {repair}; `reconcile` repairs it" if repair else str(exc))
     click.echo(
         json.dumps({"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}, indent=2)
     )
@@ -1377,8 +1391,15 @@ def _observed_access(
             else target.observe()
         )
         live = state.endpoint(endpoint)
-        if live is None or not live.scoring_uri:
+        if live is None:
             fail(f"endpoint {endpoint} does not exist on target {target.name}")
+        if not live.scoring_uri:
+            # Broken, not absent (`status --live` shows it Failed): what the target found.
+            why = live.repair or "it has no scoring URI"
+            fail(
+                f"endpoint {endpoint} on target {target.name} cannot be called: {why}; "
+                "`reconcile` repairs it"
+            )
         names = tuple(sorted(d.name for d in state.deployments_of(endpoint)))
         if live.spec.auth_mode == "aml_token":
             secret = str(target.token(endpoint, now=time.time(), ttl_s=300)["accessToken"])

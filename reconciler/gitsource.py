@@ -123,6 +123,20 @@ class GitSourceError(Exception):
         self.git_said = git_said
 
 
+def _status_not_written(branch: str, failed: GitFailed) -> str:
+    """The error of a status commit git refused: git's first line, and the way out of a
+    lock file that a git process killed midway left (git never removes one by itself)."""
+    said = failed.stderr.strip()
+    first = said.splitlines()[0] if said else str(failed)
+    message = f"status not written to branch {branch}: {first.removeprefix('fatal: ')}"
+    if ".lock': File exists" in said:
+        message += (
+            "; a git command killed while it wrote the branch leaves that lock file behind: "
+            "when no git command runs in this repository, remove it"
+        )
+    return message
+
+
 class GitTree:
     """The files of one commit, read from the object database.
 
@@ -773,15 +787,21 @@ class GitSource:
     def write_status(
         self, files: Mapping[str, str], *, message: str, branch: str = DEFAULT_STATUS_BRANCH
     ) -> StatusCommit:
-        """Commit exactly these files to the status branch, if they differ from its tip."""
-        tree = self._make_tree({path: text.encode() for path, text in files.items()})
-        parent = self._branch_commit(branch)
-        if parent is not None and self._tree_of(parent) == tree:
-            return StatusCommit(branch, None)
-        args = [tree, "-m", message] + (["-p", parent] if parent else [])
-        commit = self.cmd.commit_tree(*args, env=_IDENTITY).strip()
-        # Compare-and-swap: a concurrent writer makes this fail instead of losing its commit.
-        self.cmd.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
+        """Commit exactly these files to the status branch, if they differ from its tip.
+        Raises GitSourceError naming the branch and what git said (and, for a lock file a
+        killed git left, what to do)."""
+        try:
+            tree = self._make_tree({path: text.encode() for path, text in files.items()})
+            parent = self._branch_commit(branch)
+            if parent is not None and self._tree_of(parent) == tree:
+                return StatusCommit(branch, None)
+            args = [tree, "-m", message] + (["-p", parent] if parent else [])
+            commit = self.cmd.commit_tree(*args, env=_IDENTITY).strip()
+            # Compare-and-swap: a concurrent writer makes this fail instead of losing its
+            # commit.
+            self.cmd.update_ref(f"refs/heads/{branch}", commit, parent or "0" * 40)
+        except GitFailed as exc:
+            raise GitSourceError(_status_not_written(branch, exc), git_said=exc.stderr) from None
         return StatusCommit(branch, commit)
 
     def _branch_commit(self, branch: str) -> str | None:

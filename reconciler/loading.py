@@ -163,6 +163,9 @@ class _DeploymentDraft:
     model_field: FieldPath
     code: CodeSpec | None
     environment: EnvironmentSpec | _Reference | None  # None: derived from the model
+    # A model refused in its file (a registry asset): what serves it is unknown, so a
+    # missing environment is not a second error.
+    model_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,7 +561,8 @@ def _deployment(
     model: ModelSpec | _Reference | None = None
     model_field: FieldPath = ("model",)
     given = doc.get("model")
-    if _registry_reference(given, model_field, check):
+    model_refused = _registry_reference(given, model_field, check)
+    if model_refused:
         pass
     elif isinstance(given, str):
         model = _reference(given) or _model(
@@ -638,7 +642,7 @@ def _deployment(
         properties=pairs(doc.get("properties")),
         source=source,
     )
-    return _DeploymentDraft(spec, model, model_field, code, environment)
+    return _DeploymentDraft(spec, model, model_field, code, environment, model_refused)
 
 
 def _check_secret_references(variables: Mapping[str, Any] | None, check: _FileCheck) -> None:
@@ -1059,7 +1063,7 @@ class _Load:
     ) -> DeploymentSpec | None:
         draft = result.deployment
         assert draft is not None
-        complete = True
+        complete = not draft.model_refused
         model = None
         if isinstance(draft.model, _Reference):
             model = self.lookup(draft.model, models, kind=MODEL, owner=path)

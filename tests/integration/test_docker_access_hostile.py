@@ -161,3 +161,29 @@ def test_the_target_names_a_state_file_nested_past_json_depth_and_observes_on(
         CREDENTIALS: "its keys are unreadable (not JSON (RecursionError",
     }
     assert named.get(path, "") in endpoint.repair
+
+
+@pytest.mark.parametrize(
+    "clone", ["github.com/org/models", "gitlab.com/Team/Models"], ids=["github", "gitlab"]
+)
+def test_a_clone_whose_url_differs_only_in_case_reads_the_endpoint_as_its_own(
+    clone: str, tmp_path: Path
+) -> None:
+    """GitHub and GitLab match owner and repository names without regard to case: a clone
+    of `https://github.com/Org/Models` is the repository `git@github.com:org/models`
+    made the endpoint from (both the fast path of invoke and the target say so)."""
+    target_name = f"hostile-access-{secrets.token_hex(4)}"
+    maker = "github.com/Org/Models" if clone.startswith("github") else "gitlab.com/team/models"
+    with _hand_made(target_name, repository=maker):
+        assert endpoint_access(target_name, "ep", repository=clone) is not None
+        target = DockerTarget(
+            DockerOptions.from_config(target_name, {}), repo_root=tmp_path, repository=clone
+        )
+        assert [e.name for e in target.observe_endpoint("ep").endpoints] == ["ep"]
+        # Another host, or another name, is another repository.
+        for other in ("example.com/org/models", f"{clone}2"):
+            assert endpoint_access(target_name, "ep", repository=other) is None
+            stranger = DockerTarget(
+                DockerOptions.from_config(target_name, {}), repo_root=tmp_path, repository=other
+            )
+            assert stranger.observe_endpoint("ep").endpoints == ()

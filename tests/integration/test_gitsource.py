@@ -71,6 +71,26 @@ def test_an_unknown_revision_names_itself(repo: RepoBuilder) -> None:
         GitSource(repo.root).resolve("nope")
 
 
+def test_a_stale_lock_of_the_status_branch_is_an_error_naming_it_and_the_fix(
+    repo: RepoBuilder,
+) -> None:
+    # What a reconciler killed with its process group while git wrote the branch leaves.
+    repo.write("a.txt", "a")
+    repo.commit("a")
+    source = GitSource(repo.root)
+    source.write_status({"status/ep.yaml": "v: 1\n"}, message="first")
+    lock = repo.root / ".git" / "refs" / "heads" / "reconcile-status.lock"
+    lock.write_text("")
+    with pytest.raises(GitSourceError) as caught:
+        source.write_status({"status/ep.yaml": "v: 2\n"}, message="second")
+    message = str(caught.value)
+    assert message.startswith("status not written to branch reconcile-status: ")
+    assert str(lock) in message and "File exists" in message
+    assert "when no git command runs in this repository, remove it" in message
+    lock.unlink()
+    assert source.write_status({"status/ep.yaml": "v: 2\n"}, message="second").commit
+
+
 def test_status_commits_touch_neither_the_index_nor_the_working_tree(repo: RepoBuilder) -> None:
     repo.write("a.txt", "a")
     head = repo.commit("a")

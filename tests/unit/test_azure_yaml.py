@@ -402,6 +402,28 @@ def test_a_registry_reference_says_registries_are_not_available_and_what_to_do(
     assert f"name: {name}" in error.message and f"azureml:{name}" in error.message
 
 
+def test_a_registry_model_with_no_environment_is_one_error_not_also_a_missing_environment() -> None:
+    # The shape of Azure's foundation-model samples (cli/foundation-models/**/deploy.yml, the
+    # model given by `--set model=azureml://registries/...`): no environment, no code, since
+    # the registry's model says what serves it. Its type is unknown here, so "environment
+    # missing" would be a guess; the registry error alone says what to do.
+    blue = text(
+        f"""
+        $schema: {AZURE}managedOnlineDeployment.schema.json
+        name: demo
+        endpoint_name: shop-endpoint
+        model: azureml://registries/azureml/models/gpt2/versions/7
+        instance_type: Standard_DS3_v2
+        instance_count: 1
+        request_settings:
+          request_timeout_ms: 60000
+        """
+    )
+    (error,) = errors_of(repo(blue_dot_yml=blue))
+    assert (error.file, error.line, error.field) == ("blue.yml", 4, "model")
+    assert "registry 'azureml'" in error.message and "name: gpt2" in error.message
+
+
 # --- what Azure refuses is refused --------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from reconciler.targets.docker.access import (
     endpoint_access,
     engine_socket,
     files_of_archive,
+    same_repository,
 )
 
 
@@ -118,3 +119,21 @@ def test_links_in_the_archive_are_never_followed_nor_anything_written(tmp_path: 
     buffer.seek(0)
     assert files_of_archive(buffer) == {}
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("github.com/Org/Models", "github.com/org/models", True),
+        ("gitlab.com/team/models//deploy", "gitlab.com/Team/Models//deploy", True),
+        ("github.com/org/models//Deploy", "github.com/org/models//deploy", False),
+        ("git.example.com/Org/Models", "git.example.com/org/models", False),
+        ("path:/srv/Models", "path:/srv/models", False),
+        ("github.com/org/models", "github.com/org/models2", False),
+    ],
+)
+def test_repository_identities_match_without_case_only_on_hosts_that_ignore_it(
+    one: str, other: str, same: bool
+) -> None:
+    assert same_repository(one, other) is same
+    assert same_repository(other, one) is same

@@ -45,6 +45,25 @@ TIMEOUT_S = 10.0
 AUTH_MODES = ("key", "aml_token")
 
 
+# Hosts that match owner and repository names without regard to case: two clones whose
+# URLs differ only so are one repository (GitSource.identity keeps the case written).
+CASE_INSENSITIVE_HOSTS = frozenset(("github.com", "gitlab.com", "bitbucket.org"))
+
+
+def same_repository(one: str, other: str) -> bool:
+    """Whether two repository identities (GitSource.identity) name one repository."""
+    if one == other:
+        return True
+    # The sub-folder after `//` is a folder of the repository: its case counts.
+    (url, _, folder), (other_url, _, other_folder) = one.partition("//"), other.partition("//")
+    host = url.partition("/")[0]
+    return (
+        host in CASE_INSENSITIVE_HOSTS
+        and url.casefold() == other_url.casefold()
+        and folder == other_folder
+    )
+
+
 class EngineUnreachable(Exception):
     """The engine's socket did not answer as expected (the caller falls back)."""
 
@@ -178,7 +197,7 @@ def _access(
     volume = found[0]
     labels = volume.get("Labels") or {}
     owner = labels.get(f"{L}repository") or None
-    if repository is not None and owner is not None and owner != repository:
+    if repository is not None and owner is not None and not same_repository(owner, repository):
         return None  # another repository's: the target says it does not exist here
     port = int(labels[f"{L}port"])
     containers = engine.get_json(f"/containers/json?all=1&filters={_filters(**scope)}")

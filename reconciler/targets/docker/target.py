@@ -179,6 +179,7 @@ from reconciler.targets.capabilities import (
     HasRouterMetrics,
     ObservesEndpoint,
 )
+from reconciler.targets.docker.access import same_repository
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
 from reconciler.targets.docker.failures import failure_note, previous_run_log
@@ -374,6 +375,10 @@ class DockerTarget:
         # targets alike (`local`) share the target, and each manages only the endpoints it
         # made. None: every endpoint of the target is this one's (tests, the API).
         self.repository = repository
+        # The checkout's own folder (repo_root may later name a private checkout of a
+        # commit): what it made before its repository had a remote is recorded as
+        # `path:FOLDER`, and stays its own once a remote is added.
+        self._checkout = Path(repo_root).resolve()
         self.name = options.name
         self.repo_root = repo_root
         self.instance_types = instance_types
@@ -494,7 +499,7 @@ class DockerTarget:
                 inst = _instance(c)
                 instances[(inst.endpoint, inst.deployment)].append(inst)
         names = set(routers) | set(holders) | set(volumes) | {e for e, _ in instances}
-        foreign = self._foreign(volumes)
+        foreign = self._foreign(volumes, containers)
         names -= set(foreign)
         # The container _state_handle would choose: the first holder listed, else router.
         handles: dict[str, Any] = {}
@@ -823,15 +828,56 @@ class DockerTarget:
             raise TargetUnavailable(f"Docker Engine: {exc}") from None
         return {v.attrs["Labels"][f"{L}endpoint"]: v for v in found}
 
-    def _foreign(self, volumes: Mapping[str, Any]) -> dict[str, str]:
-        """Endpoints of this target that another repository made: name -> repository."""
+    def _foreign(self, volumes: Mapping[str, Any], containers: Iterable[Any]) -> dict[str, str]:
+        """Endpoints of this target that another repository made: name -> repository. The
+        state volume says so; an endpoint whose volume is lost, its containers (a pass of
+        the other repository would otherwise see it as its own, broken, and prune it)."""
         if self.repository is None:
             return {}
+        owners = {name: _owner(volume) for name, volume in volumes.items()}
+        by_containers: dict[str, set[str]] = defaultdict(set)
+        for c in containers:
+            name = c.labels.get(f"{L}endpoint", "")
+            if name not in volumes and (owner := c.labels.get(f"{L}repository")):
+                by_containers[name].add(owner)
+        for name, found in by_containers.items():
+            if not any(self._ours(owner) for owner in found):
+                owners[name] = min(found)
         return {
             name: owner
-            for name, volume in volumes.items()
-            if (owner := _owner(volume)) is not None and owner != self.repository
+            for name, owner in owners.items()
+            if owner is not None and not self._ours(owner)
         }
+
+    def _check_owned(self, endpoint: str, volume: Any | None = None) -> None:
+        """TargetError when another repository made the endpoint (its state volume says
+        so, else its containers): its keys, logs and key rotation are that repository's."""
+        if self.repository is None:
+            return
+        volumes = {endpoint: volume} if volume is not None else self._state_volumes(endpoint)
+        containers = [] if endpoint in volumes else self._containers(endpoint=endpoint)
+        owner = self._foreign(volumes, containers).get(endpoint)
+        if owner is not None:
+            raise TargetError(
+                f"endpoint {endpoint} on target {self.name} is managed by another repository "
+                f"({owner}); give this repository's target another name in reconciler.yaml",
+                code=ErrorCode.OWNED_ELSEWHERE,
+            )
+
+    def _ours(self, owner: str | None) -> bool:
+        """Whether the repository recorded as an endpoint's maker is this one: the same
+        identity, or this very checkout as it was named before it had a remote."""
+        if owner is None or self.repository is None or same_repository(owner, self.repository):
+            return True
+        return _checkout_of(owner) == self._checkout
+
+    def _owned_labels(self, endpoint: str, role: str) -> dict[str, str]:
+        """The labels of a container of the endpoint, with the repository that made it: the
+        record of ownership that outlives the loss of the state volume."""
+        labels = self._labels(endpoint, role)
+        if self.repository is not None:
+            labels[f"{L}repository"] = self.repository
+        return labels
 
     def _check_routers(
         self, names: Iterable[str], *, routers: Mapping[str, Any], volumes: Mapping[str, Any]
@@ -999,9 +1045,13 @@ class DockerTarget:
             ) from None
 
     def router_ports(self, endpoint: str) -> tuple[int, int] | None:
-        """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels."""
+        """(scoring port, metrics port) on 127.0.0.1, from the state volume's labels (an
+        endpoint another repository made: a TargetError, as for its keys and logs)."""
         volume = self._state_volumes(endpoint).get(endpoint)
-        return _volume_ports(volume) if volume is not None else None
+        if volume is None:
+            return None
+        self._check_owned(endpoint, volume)
+        return _volume_ports(volume)
 
     def router_metrics(self, endpoint: str) -> str:
         """The router's /metrics, read on the host port its container publishes on
@@ -1313,8 +1363,11 @@ class DockerTarget:
         legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
         image = self._router_image_tag(say)
         volume = self._state_volumes(endpoint).get(endpoint)
-        owner = _owner(volume) if volume is not None else None
-        if owner is not None and self.repository is not None and owner != self.repository:
+        if volume is not None:
+            owner = _owner(volume)
+        else:  # lost, or never made: the containers left say who made them
+            owner = self._foreign({}, self._containers(endpoint=endpoint)).get(endpoint)
+        if not self._ours(owner):
             raise TargetError(
                 f"endpoint {endpoint} on target {self.name} is managed by another repository "
                 f"({owner}); give this repository's target another name in reconciler.yaml",
@@ -1487,7 +1540,7 @@ class DockerTarget:
             image,
             command=["true"],
             name=f"{self._prefix(endpoint)}-state",
-            labels=self._labels(endpoint, "state"),
+            labels=self._owned_labels(endpoint, "state"),
             volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
             network_mode="none",
         )
@@ -1590,7 +1643,7 @@ class DockerTarget:
         container = self.client.containers.create(
             image,
             name=f"{self._prefix(endpoint)}-router",
-            labels=self._labels(endpoint, "router"),
+            labels=self._owned_labels(endpoint, "router"),
             # Writable: a change made through the router's admin call is saved there too,
             # so observe sees it (drift) and a restarted router keeps it.
             volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
@@ -1784,6 +1837,8 @@ class DockerTarget:
                     f"{L}spec": version.spec_label,
                     f"{L}ready-within": str(int(budget)),
                 }
+                if self.repository is not None:
+                    labels[f"{L}repository"] = self.repository
                 if digests:
                     # Keyed digests of the values, never the values (connections.py).
                     labels[DIGESTS_LABEL] = json.dumps(digests, sort_keys=True)
@@ -2368,6 +2423,7 @@ class DockerTarget:
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
         self._state_cache.pop(endpoint, None)  # asked from outside a pass: read afresh
         volume = self._state_volumes(endpoint).get(endpoint)
+        self._check_owned(endpoint, volume)  # and so regenerate_key and token
         if volume is not None and self._state_handle(endpoint) is None:
             # Its router and holder are gone, its keys are not: a holder again to read them
             # (what the next pass's repair does anyway).
@@ -2408,6 +2464,7 @@ class DockerTarget:
     def logs(
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str:
+        self._check_owned(endpoint)
         group = self._instances(endpoint, deployment)
         if instance is not None:
             group = [i for i in group if i.index == instance]
@@ -2423,6 +2480,7 @@ class DockerTarget:
         self, endpoint: str, deployment: str, *, instance: int | None = None, lines: int = 100
     ) -> str:
         """The log of each instance's attempt before its last restart (failures.py)."""
+        self._check_owned(endpoint)
         group = self._instances(endpoint, deployment)
         if instance is not None:
             group = [i for i in group if i.index == instance]
@@ -2596,6 +2654,15 @@ def _legacy_files(router: Any) -> dict[str, bytes]:
 def _owner(volume: Any) -> str | None:
     """The repository that made the endpoint of this state volume, when recorded."""
     return (volume.attrs.get("Labels") or {}).get(f"{L}repository") or None
+
+
+def _checkout_of(identity: str) -> Path | None:
+    """The folder a repository identity of a checkout with no remote names
+    (`path:FOLDER` or `path:ROOT//SUBFOLDER`, GitSource.identity); None for any other."""
+    if not identity.startswith("path:"):
+        return None
+    root, _, subfolder = identity[len("path:") :].partition("//")
+    return Path(root, subfolder) if root else None
 
 
 def _volume_ports(volume: Any) -> tuple[int, int] | None:
