@@ -1398,31 +1398,31 @@ class _Sent:
         self.deadline = deadline
         self.later = Later()
 
-    def answered(self, future: asyncio.Future[UpstreamResponse]) -> None:
+    def answered(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
+        """`UpstreamPool.send_idle`'s callback: the answer, or the error of the exchange."""
         server = self.server
         deployment = self.deployment
         instance = self.instance
         request = self.request
         try:
             streaming = False
-            try:
-                response = future.result()
+            if response is not None:
                 streaming = response.stream is not None
                 outcome = _Outcome(response.status, response=response, instance=instance)
-            except BackendUnreachable:
+            elif isinstance(error, BackendUnreachable):
                 instance.finished()
                 self._go_on()
                 return
-            except BadResponse:
+            elif isinstance(error, BadResponse):
                 outcome = _Outcome(502, instance=instance, reason="bad_response")
-            except TimeoutError:
+            elif isinstance(error, TimeoutError):
                 outcome = _Outcome(408, instance=instance, reason="timeout")
-            except BaseException:
+            else:
+                instance.finished()
                 deployment.release()
-                raise
-            finally:
-                if not streaming:
-                    instance.finished()
+                raise error or AssertionError("an exchange ended without answer or error")
+            if not streaming:
+                instance.finished()
             name = deployment.name
             if streaming:
                 # The slot, metrics and the comparison wait for the stream's end.
