@@ -427,7 +427,7 @@ class RouterServer:
         """Credentials, then the deployment: (deployment, request id, pinned, forwarded
         header lines), or the refusal (401, 404), recorded."""
         authorization, pin, given_id, forward = _inspect(request)
-        request_id = _request_id(given_id)
+        request_id = _new_request_id() if given_id is None else _request_id(given_id)
         failure = self._auth_failure(authorization)
         if failure is not None:
             self.metrics.auth_failed(failure)
@@ -602,7 +602,7 @@ class RouterServer:
                     idle=deployment.timeout_s,
                 ):
                     instance.busy += 1
-                    return sent.later
+                    return sent
             return self._forward(
                 request,
                 started,
@@ -1345,13 +1345,14 @@ def _caller_reply(
     return Reply(status, b"".join(parts), response.body)
 
 
-class _Sent:
+class _Sent(Later):
     """A live request sent by `RouterServer._dispatch` on a kept-alive connection, without a
     task: `answered` (a callback of the loop) does what `_forward` does after the exchange:
-    the outcome, the caller's answer (`later`), then metrics, the access line and the
-    comparison of a mirrored request. A stale connection (closed by the backend while idle)
-    hands over to `_forward`, which tries the instance on a new connection, then the others,
-    as `_exchange` does."""
+    the outcome, the caller's answer (it is the `Later` the handler returned: one object
+    less a request), then metrics, the access line and the comparison of a mirrored
+    request. A stale connection (closed by the backend while idle) hands over to
+    `_forward`, which tries the instance on a new connection, then the others, as
+    `_exchange` does."""
 
     __slots__ = (
         "body",
@@ -1359,7 +1360,6 @@ class _Sent:
         "deployment",
         "head_rest",
         "instance",
-        "later",
         "method",
         "pair",
         "request",
@@ -1396,7 +1396,8 @@ class _Sent:
         self.body = body
         self.pair = pair
         self.deadline = deadline
-        self.later = Later()
+        # Later's own fields, set here rather than by a call of its __init__.
+        self._conn = self._request = self._reply = None
 
     def answered(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
         """`UpstreamPool.send_idle`'s callback: the answer, or the error of the exchange."""
@@ -1429,7 +1430,7 @@ class _Sent:
                 relay = _Relay(
                     server, request, self.started, self.request_id, deployment, outcome, self.pair
                 )
-                self.later.done(_caller_reply(outcome, name, self.request_id, relay))
+                self.done(_caller_reply(outcome, name, self.request_id, relay))
                 return
             deployment.release()
             reply = _caller_reply(outcome, name, self.request_id)
@@ -1440,19 +1441,16 @@ class _Sent:
             )
             if self.pair is not None:
                 self.pair.live_answered(Answer(None, failure=Failure.ERROR), time.perf_counter())
-            self.later.done(failed)
+            self.done(failed)
             return
-        self.later.done(reply)
-        # After the answer is written: off the caller's latency.
+        self.done(reply)
+        # After the answer is written: off the caller's latency. (`_caller_status` and
+        # `_bytes_in` inlined: the body came whole, as `send_idle` is only used for those.)
+        status = outcome.status
+        if outcome.response is not None and not 200 <= status < 300:
+            status = 424
         server._record(
-            request,
-            self.started,
-            self.request_id,
-            _caller_status(outcome),
-            name,
-            LIVE,
-            outcome,
-            _bytes_in(request),
+            request, self.started, self.request_id, status, name, LIVE, outcome, len(request.body)
         )
         if self.pair is not None:
             self.pair.live_answered(server._answer(outcome), time.perf_counter())
@@ -1475,7 +1473,7 @@ class _Sent:
             deadline=self.deadline,
         )
         assert server._loop is not None
-        task = server._loop.create_task(complete(self.later, work))
+        task = server._loop.create_task(complete(self, work))
         # The loop keeps only weak references to tasks: hold them until they end.
         server._live_tasks.add(task)
         task.add_done_callback(server._live_tasks.discard)
