@@ -219,7 +219,7 @@ class AccessLog:
         q = _quoted
         # The time in whole microseconds, printed as integers: the same text as
         # f"{time.time():.6f}" without formatting a float (the costlier part of the line).
-        us = time.time_ns() // 1000
+        seconds_now, us = divmod(time.time_ns() // 1000, 1_000_000)
         sink.msg(
             f'{self._prefix}"request_id":{_quote(request_id.decode("utf-8", "replace"))},'
             f'"method":{q.get(method) or _json_text(method)},'
@@ -230,7 +230,7 @@ class AccessLog:
             f'"backend_status":{"null" if backend_status is None else backend_status},'
             f'"duration_ms":{seconds * 1000.0:.3f},"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
             f'"reason":{(q.get(reason) or _json_text(reason)) if reason else "null"},'
-            f'"event":"request","level":"info","ts":{us // 1_000_000}.{us % 1_000_000:06d}}}'
+            f'"event":"request","level":"info","ts":{seconds_now}.{us:06d}}}'
         )
 
 

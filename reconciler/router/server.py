@@ -174,6 +174,18 @@ _SKIP_RESPONSE_HEADERS = frozenset(
     b"connection keep-alive proxy-authenticate te trailer transfer-encoding upgrade "
     b"content-length date server x-request-id azureml-model-deployment".split()
 )
+# Whether a backend's header name (as sent) is passed back: a lookup of the name as it
+# comes, instead of lowercasing it on every answer. Names come from backends: bounded.
+_PASSED_RESPONSE_HEADERS: dict[bytes, bool] = {}
+
+
+def _passed_response_header(name: bytes) -> bool:
+    keep = name.lower() not in _SKIP_RESPONSE_HEADERS
+    if len(_PASSED_RESPONSE_HEADERS) < 1024:
+        _PASSED_RESPONSE_HEADERS[name] = keep
+    return keep
+
+
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
 _METRICS_MAX_BODY = 64 * 1024
@@ -446,7 +458,8 @@ class RouterServer:
                 body = json.dumps({"message": f"no deployment named '{shown}'"}).encode()
                 return Reply(404, b"".join((_JSON, b"x-request-id: ", request_id, b"\r\n")), body)
         else:
-            name = runtime.chooser.pick(random.random())
+            chooser = runtime.chooser
+            name = chooser.only or chooser.pick(random.random())
             if name is None:
                 return self._refuse(
                     request, started, request_id, 404, "no deployment has traffic", "no_traffic"
@@ -1320,9 +1333,12 @@ def _caller_reply(
         )
         return _json_error(outcome.status, message, request_id, deployment)
     parts: list[bytes] = []
-    skip = _SKIP_RESPONSE_HEADERS
+    passed = _PASSED_RESPONSE_HEADERS
     for name, value in response.headers:
-        if name.lower() not in skip:
+        keep = passed.get(name)
+        if keep is None:
+            keep = _passed_response_header(name)
+        if keep:
             parts += (name, b": ", value, b"\r\n")
     parts += (
         b"azureml-model-deployment: ",
