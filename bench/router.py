@@ -22,6 +22,10 @@ requests on one keep-alive connection; nginx is told not to buffer it by the bac
 `X-Accel-Buffering: no`, as SSE servers do), and 10 MB up then 10 MB down, three times: the
 seconds it takes and how much the proxy's peak memory (VmHWM, all its processes) grew.
 
+With --baseline DIR, a router from another checkout (DIR, e.g. a clone of main) runs beside
+ours as "baseline" (1 worker, same config): an A/B of a change in one run, with the same
+direct and nginx references. --no-workers2 leaves out "ours x2" (shorter runs).
+
 With --repeat N, each round runs every target once, in turn, so that a burst of load from
 neighbours falls on all of them alike; the medians are kept (CPU per request too), and each
 row records the 1-minute load average seen when its runs started.
@@ -143,9 +147,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None) -> Iterator[int]:
+def process(
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[int]:
     proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         yield proc.pid
@@ -310,6 +316,8 @@ def main() -> int:
     parser.add_argument("--serve-backend", nargs=2, metavar=("PORT", "DELAY_MS"))
     parser.add_argument("--short", action="store_true", help="2 s runs at c=8 only")
     parser.add_argument("--no-streaming", action="store_true", help="skip TTFB and 10 MB runs")
+    parser.add_argument("--baseline", type=Path, help="another checkout's router, beside ours")
+    parser.add_argument("--no-workers2", action="store_true", help="leave out 'ours x2'")
     args = parser.parse_args()
     if short_requested() and not args.serve_backend:
         args.duration, args.concurrency, args.repeat = 2.0, "8", 1
@@ -343,13 +351,19 @@ def main() -> int:
                 process([python, __file__, "--serve-backend", str(port), str(delay)], env=env)
             )
             targets[("direct", label)] = (port, False, backend_pid)
-            for name, workers in (("ours", 1), ("ours x2", 2)):
+            routers: list[tuple[str, int, Path]] = [("ours", 1, ROOT)]
+            if args.baseline is not None:
+                routers.append(("baseline", 1, args.baseline.resolve()))
+            if not args.no_workers2:
+                routers.append(("ours x2", 2, ROOT))
+            for name, workers, tree in routers:
                 router_port = free_port()
                 config = router_config(folder, f"{name}-{port}".replace(" ", ""), port)
                 command = [python, "-m", "reconciler.router", "--config", str(config)]
                 command += ["--host", "127.0.0.1", "--port", str(router_port)]
                 command += ["--metrics-port", str(free_port()), "--workers", str(workers)]
-                router_pid = stack.enter_context(process(command, env=env))
+                router_env = dict(env, PYTHONPATH=str(tree))
+                router_pid = stack.enter_context(process(command, env=router_env, cwd=tree))
                 targets[(name, label)] = (router_port, True, router_pid)
         if nginx is not None:
             nginx_ports = {label: free_port() for label in delays}
@@ -366,7 +380,11 @@ def main() -> int:
             run_wrk(script, port, concurrency=8, duration=1, auth=auth, pid=pid)
         for concurrency in concurrencies:
             for label in delays:
-                names = [n for n in ("direct", "ours", "ours x2", "nginx") if (n, label) in targets]
+                names = [
+                    n
+                    for n in ("direct", "ours", "baseline", "ours x2", "nginx")
+                    if (n, label) in targets
+                ]
                 rounds: dict[str, list[tuple[float, float, float, int, float]]] = {
                     name: [] for name in names
                 }

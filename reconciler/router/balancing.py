@@ -17,7 +17,7 @@ class WeightedChoice:
     (the endpoint answers 404: no deployment has traffic).
     """
 
-    __slots__ = ("_bounds", "_names", "_total")
+    __slots__ = ("_bounds", "_names", "_total", "only")
 
     def __init__(self, weights: Sequence[tuple[str, int]]) -> None:
         names: list[str] = []
@@ -34,6 +34,9 @@ class WeightedChoice:
         self._names = tuple(names)
         self._bounds = tuple(bounds)
         self._total = total
+        # The one name with traffic, when there is only one: every pick gives it, so the
+        # router's hot path takes it without drawing a random number (None otherwise).
+        self.only = names[0] if len(names) == 1 else None
 
     @property
     def total(self) -> int:

@@ -561,14 +561,17 @@ class HttpConnection(asyncio.Protocol):
             name = name.lower()
             request.headers.append((name, value))
             size = len(name)
-            if (size == 14 or size == 10 or size == 6) and name in _FRAMING:
+            if size == 14 and name == _CONTENT_LENGTH:  # on almost every request: inline
+                # try/except, not contextlib.suppress: no context manager made per request.
+                try:  # noqa: SIM105
+                    request.content_length = int(value)
+                except ValueError:  # the parser refuses a bad one
+                    pass
+            elif (size == 10 or size == 6) and name in _FRAMING:
                 self._framing(request, name, value)
 
     def _framing(self, request: HttpRequest, name: bytes, value: bytes) -> None:
-        if name == _CONTENT_LENGTH:
-            with contextlib.suppress(ValueError):  # the parser refuses a bad one
-                request.content_length = int(value)
-        elif name == _EXPECT:
+        if name == _EXPECT:
             request.expect_continue = value.lower() == b"100-continue"
         elif b"keep-alive" in value.lower():
             request.echo_keep_alive = True

@@ -161,12 +161,21 @@ ACCESS_FIELDS = (
 )
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+# The JSON text of the access line's repeated values (method, path, deployment, kind,
+# instance, reason): a dict lookup instead of a call of the encoder on each line. Paths come
+# from callers, so the cache is bounded; past the bound, values are encoded each time.
+_quoted: dict[str | bytes | None, str] = {None: "null"}
+_MAX_QUOTED = 1024
 
 
-def _number(value: int | None) -> str:
-    return "null" if value is None else str(value)
+def _json_text(value: str | bytes | None) -> str:
+    """JSON of a field of the access line (None: null; bytes: a method, latin-1)."""
+    if value is None:
+        return "null"
+    text = _quote(value.decode("latin-1") if isinstance(value, bytes) else value)
+    if len(_quoted) < _MAX_QUOTED:
+        _quoted[value] = text
+    return text
 
 
 class AccessLog:
@@ -207,15 +216,21 @@ class AccessLog:
         sink = _loggers.get("access")
         if sink is None:  # configure() not called: a test or an embedding; keep the lines
             sink = _loggers["access"] = _BufferedLogger(sys.stdout)
+        q = _quoted
+        # The time in whole microseconds, printed as integers: the same text as
+        # f"{time.time():.6f}" without formatting a float (the costlier part of the line).
+        seconds_now, us = divmod(time.time_ns() // 1000, 1_000_000)
         sink.msg(
             f'{self._prefix}"request_id":{_quote(request_id.decode("utf-8", "replace"))},'
-            f'"method":{_quote(method.decode("latin-1"))},"path":{_text(path)},'
-            f'"status":{status},"deployment":{_quote(deployment) if deployment else "null"},'
-            f'"kind":{_quote(kind)},"instance":{_text(instance)},'
-            f'"backend_status":{_number(backend_status)},"duration_ms":{seconds * 1000.0:.3f},'
-            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
-            f'"reason":{_quote(reason) if reason else "null"},'
-            f'"event":"request","level":"info","ts":{time.time():.6f}}}'
+            f'"method":{q.get(method) or _json_text(method)},'
+            f'"path":{q.get(path) or _json_text(path)},"status":{status},'
+            f'"deployment":{q.get(deployment) or _json_text(deployment) if deployment else "null"},'
+            f'"kind":{q.get(kind) or _json_text(kind)},'
+            f'"instance":{q.get(instance) or _json_text(instance)},'
+            f'"backend_status":{"null" if backend_status is None else backend_status},'
+            f'"duration_ms":{seconds * 1000.0:.3f},"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+            f'"reason":{(q.get(reason) or _json_text(reason)) if reason else "null"},'
+            f'"event":"request","level":"info","ts":{seconds_now}.{us:06d}}}'
         )
 
 

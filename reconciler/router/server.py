@@ -174,6 +174,18 @@ _SKIP_RESPONSE_HEADERS = frozenset(
     b"connection keep-alive proxy-authenticate te trailer transfer-encoding upgrade "
     b"content-length date server x-request-id azureml-model-deployment".split()
 )
+# Whether a backend's header name (as sent) is passed back: a lookup of the name as it
+# comes, instead of lowercasing it on every answer. Names come from backends: bounded.
+_PASSED_RESPONSE_HEADERS: dict[bytes, bool] = {}
+
+
+def _passed_response_header(name: bytes) -> bool:
+    keep = name.lower() not in _SKIP_RESPONSE_HEADERS
+    if len(_PASSED_RESPONSE_HEADERS) < 1024:
+        _PASSED_RESPONSE_HEADERS[name] = keep
+    return keep
+
+
 _MAX_REQUEST_ID = 200
 _DRAIN_TIMEOUT_S = 30.0
 _METRICS_MAX_BODY = 64 * 1024
@@ -427,7 +439,7 @@ class RouterServer:
         """Credentials, then the deployment: (deployment, request id, pinned, forwarded
         header lines), or the refusal (401, 404), recorded."""
         authorization, pin, given_id, forward = _inspect(request)
-        request_id = _request_id(given_id)
+        request_id = _new_request_id() if given_id is None else _request_id(given_id)
         failure = self._auth_failure(authorization)
         if failure is not None:
             self.metrics.auth_failed(failure)
@@ -446,7 +458,8 @@ class RouterServer:
                 body = json.dumps({"message": f"no deployment named '{shown}'"}).encode()
                 return Reply(404, b"".join((_JSON, b"x-request-id: ", request_id, b"\r\n")), body)
         else:
-            name = runtime.chooser.pick(random.random())
+            chooser = runtime.chooser
+            name = chooser.only or chooser.pick(random.random())
             if name is None:
                 return self._refuse(
                     request, started, request_id, 404, "no deployment has traffic", "no_traffic"
@@ -602,7 +615,7 @@ class RouterServer:
                     idle=deployment.timeout_s,
                 ):
                     instance.busy += 1
-                    return sent.later
+                    return sent
             return self._forward(
                 request,
                 started,
@@ -1320,9 +1333,12 @@ def _caller_reply(
         )
         return _json_error(outcome.status, message, request_id, deployment)
     parts: list[bytes] = []
-    skip = _SKIP_RESPONSE_HEADERS
+    passed = _PASSED_RESPONSE_HEADERS
     for name, value in response.headers:
-        if name.lower() not in skip:
+        keep = passed.get(name)
+        if keep is None:
+            keep = _passed_response_header(name)
+        if keep:
             parts += (name, b": ", value, b"\r\n")
     parts += (
         b"azureml-model-deployment: ",
@@ -1345,13 +1361,14 @@ def _caller_reply(
     return Reply(status, b"".join(parts), response.body)
 
 
-class _Sent:
+class _Sent(Later):
     """A live request sent by `RouterServer._dispatch` on a kept-alive connection, without a
     task: `answered` (a callback of the loop) does what `_forward` does after the exchange:
-    the outcome, the caller's answer (`later`), then metrics, the access line and the
-    comparison of a mirrored request. A stale connection (closed by the backend while idle)
-    hands over to `_forward`, which tries the instance on a new connection, then the others,
-    as `_exchange` does."""
+    the outcome, the caller's answer (it is the `Later` the handler returned: one object
+    less a request), then metrics, the access line and the comparison of a mirrored
+    request. A stale connection (closed by the backend while idle) hands over to
+    `_forward`, which tries the instance on a new connection, then the others, as
+    `_exchange` does."""
 
     __slots__ = (
         "body",
@@ -1359,7 +1376,6 @@ class _Sent:
         "deployment",
         "head_rest",
         "instance",
-        "later",
         "method",
         "pair",
         "request",
@@ -1396,40 +1412,41 @@ class _Sent:
         self.body = body
         self.pair = pair
         self.deadline = deadline
-        self.later = Later()
+        # Later's own fields, set here rather than by a call of its __init__.
+        self._conn = self._request = self._reply = None
 
-    def answered(self, future: asyncio.Future[UpstreamResponse]) -> None:
+    def answered(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
+        """`UpstreamPool.send_idle`'s callback: the answer, or the error of the exchange."""
         server = self.server
         deployment = self.deployment
         instance = self.instance
         request = self.request
         try:
             streaming = False
-            try:
-                response = future.result()
+            if response is not None:
                 streaming = response.stream is not None
                 outcome = _Outcome(response.status, response=response, instance=instance)
-            except BackendUnreachable:
+            elif isinstance(error, BackendUnreachable):
                 instance.finished()
                 self._go_on()
                 return
-            except BadResponse:
+            elif isinstance(error, BadResponse):
                 outcome = _Outcome(502, instance=instance, reason="bad_response")
-            except TimeoutError:
+            elif isinstance(error, TimeoutError):
                 outcome = _Outcome(408, instance=instance, reason="timeout")
-            except BaseException:
+            else:
+                instance.finished()
                 deployment.release()
-                raise
-            finally:
-                if not streaming:
-                    instance.finished()
+                raise error or AssertionError("an exchange ended without answer or error")
+            if not streaming:
+                instance.finished()
             name = deployment.name
             if streaming:
                 # The slot, metrics and the comparison wait for the stream's end.
                 relay = _Relay(
                     server, request, self.started, self.request_id, deployment, outcome, self.pair
                 )
-                self.later.done(_caller_reply(outcome, name, self.request_id, relay))
+                self.done(_caller_reply(outcome, name, self.request_id, relay))
                 return
             deployment.release()
             reply = _caller_reply(outcome, name, self.request_id)
@@ -1440,19 +1457,16 @@ class _Sent:
             )
             if self.pair is not None:
                 self.pair.live_answered(Answer(None, failure=Failure.ERROR), time.perf_counter())
-            self.later.done(failed)
+            self.done(failed)
             return
-        self.later.done(reply)
-        # After the answer is written: off the caller's latency.
+        self.done(reply)
+        # After the answer is written: off the caller's latency. (`_caller_status` and
+        # `_bytes_in` inlined: the body came whole, as `send_idle` is only used for those.)
+        status = outcome.status
+        if outcome.response is not None and not 200 <= status < 300:
+            status = 424
         server._record(
-            request,
-            self.started,
-            self.request_id,
-            _caller_status(outcome),
-            name,
-            LIVE,
-            outcome,
-            _bytes_in(request),
+            request, self.started, self.request_id, status, name, LIVE, outcome, len(request.body)
         )
         if self.pair is not None:
             self.pair.live_answered(server._answer(outcome), time.perf_counter())
@@ -1475,7 +1489,7 @@ class _Sent:
             deadline=self.deadline,
         )
         assert server._loop is not None
-        task = server._loop.create_task(complete(self.later, work))
+        task = server._loop.create_task(complete(self, work))
         # The loop keeps only weak references to tasks: hold them until they end.
         server._live_tasks.add(task)
         task.add_done_callback(server._live_tasks.discard)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import socket
 from collections.abc import Callable
@@ -193,7 +192,9 @@ class _Connection(asyncio.Protocol):
         "_loop",
         "_max_body",
         "_parser",
+        "_pending",
         "_pool",
+        "_reading",
         "_reason",
         "_received_any",
         "_sink",
@@ -212,7 +213,10 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._waiter: asyncio.Future[UpstreamResponse] | _Delivery | None = None
+        # A `_Delivery` decided while the parser runs waits here for the end of the read.
+        self._reading = False
+        self._pending: _Delivery | None = None
         self._max_body = 0
         self._received_any = False
         self._reason = b""
@@ -252,14 +256,22 @@ class _Connection(asyncio.Protocol):
         self._received_any = True
         if self._streaming:
             self.deadline = self._loop.time() + self._idle
+        self._reading = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
             self._fail(BadResponse(f"malformed response: {error}"))
             self.abort()
-            return
-        if self._stream_above >= 0 and not self._streaming and self._waiter is not None:
-            self._maybe_stream()
+        else:
+            if self._stream_above >= 0 and not self._streaming and self._waiter is not None:
+                self._maybe_stream()
+        finally:
+            self._reading = False
+        pending = self._pending
+        if pending is not None:
+            # Last: its callback may start the next exchange on this very connection.
+            self._pending = None
+            pending.deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -523,8 +535,23 @@ class _Connection(asyncio.Protocol):
     ) -> asyncio.Future[UpstreamResponse]:
         """Send `data` (the head, and the body unless `body` streams it) and return the
         future of the answer (see `UpstreamPool.request`)."""
+        waiter = deadlines.loop.create_future()
+        self._send(data, waiter, max_body, deadline, deadlines, stream_above, idle, body)
+        return waiter
+
+    def _send(
+        self,
+        data: bytes,
+        waiter: asyncio.Future[UpstreamResponse] | _Delivery,
+        max_body: int,
+        deadline: float,
+        deadlines: Deadlines,
+        stream_above: int,
+        idle: float,
+        body: RequestBody | None,
+    ) -> None:
         assert self._transport is not None
-        self._waiter = waiter = deadlines.loop.create_future()
+        self._waiter = waiter
         self._max_body = max_body
         self._received_any = False
         self._stream_above = stream_above
@@ -540,7 +567,6 @@ class _Connection(asyncio.Protocol):
             self._upload = body
             self._upload_chunked = body.length < 0
             body.attach(self)
-        return waiter
 
     def done(self) -> bool:
         """After an answer: whether the connection can carry another exchange."""
@@ -556,6 +582,61 @@ class _Connection(asyncio.Protocol):
 
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+# `send_idle`'s callback: (the answer, None) or (None, the error `request` would raise).
+Answered = Callable[[UpstreamResponse | None, BaseException | None], None]
+
+
+class _Delivery:
+    """The answer of an exchange started by `send_idle`, in place of the future `request`
+    awaits (the connection calls `done`, `set_result`, `set_exception` alike).
+
+    A future costs the hot path its making, a done-callback (and a partial for it), one
+    more pass of the event loop to run that callback, and the calls reading it back. This
+    hands the outcome straight to the callback instead: when it comes from the parser, at
+    the end of that read (`_Connection.data_received`; never from inside the parser, as
+    the callback may start the next exchange on the same connection), else (timeouts, a
+    closed connection) in a callback of its own, as the future's would have run."""
+
+    __slots__ = ("_answered", "_conn", "_done", "_error", "_pool", "_response")
+
+    def __init__(self, pool: UpstreamPool, conn: _Connection, answered: Answered) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._answered = answered
+        self._done = False
+        self._response: UpstreamResponse | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, response: UpstreamResponse) -> None:
+        self._done = True
+        self._response = response
+        self._ready()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._error = error
+        self._ready()
+
+    def _ready(self) -> None:
+        conn = self._conn
+        if conn._reading:
+            conn._pending = self
+        else:
+            conn._loop.call_soon(self.deliver)
+
+    def deliver(self) -> None:
+        conn = self._conn
+        response = self._response
+        if response is None:
+            # Timeout, broken answer, stale connection: the connection still owes bytes.
+            conn.abort()
+        elif response.stream is None:
+            self._pool._settle(conn)
+        self._answered(response, self._error)
 
 
 class UpstreamPool:
@@ -672,7 +753,7 @@ class UpstreamPool:
     def send_idle(
         self,
         data: bytes,
-        answered: Callable[[asyncio.Future[UpstreamResponse]], None],
+        answered: Answered,
         *,
         max_body: int,
         deadline: float,
@@ -681,8 +762,11 @@ class UpstreamPool:
         idle: float = 0.0,
     ) -> bool:
         """`request` on a kept-alive connection, without a coroutine: False when none is
-        idle (then `request`); else `answered(future)` is called (from the loop) once the
-        answer (or failure) is in, the connection already settled as `request` settles it.
+        idle (then `request`); else `answered(response, None)` or `answered(None, error)`
+        is called once the answer (or failure) is in, the connection already settled as
+        `request` settles it: at the end of the read that completed the answer (no future,
+        no extra pass of the loop), or from a callback of the loop (timeouts, a closed
+        connection).
 
         A `BackendUnreachable` here only says that this connection was stale (the backend
         had closed it while idle): `request(fresh=True)` is the try that tells a dead
@@ -692,30 +776,10 @@ class UpstreamPool:
             conn = spare.pop()  # LIFO, as in `request`
             if conn.closed:
                 continue
-            future = conn.start(
-                data,
-                max_body=max_body,
-                deadline=deadline,
-                deadlines=deadlines,
-                stream_above=stream_above,
-                idle=idle,
-            )
-            future.add_done_callback(functools.partial(self._idle_answered, conn, answered))
+            delivery = _Delivery(self, conn, answered)
+            conn._send(data, delivery, max_body, deadline, deadlines, stream_above, idle, None)
             return True
         return False
-
-    def _idle_answered(
-        self,
-        conn: _Connection,
-        answered: Callable[[asyncio.Future[UpstreamResponse]], None],
-        future: asyncio.Future[UpstreamResponse],
-    ) -> None:
-        if future.cancelled() or future.exception() is not None:
-            # Timeout, broken answer, stale connection: the connection still owes bytes.
-            conn.abort()
-        elif future.result().stream is None:
-            self._settle(conn)
-        answered(future)
 
     def settle(self, conn: _Connection) -> None:
         """A streamed answer ended (or failed): the connection is free again, or closed."""

@@ -39,6 +39,14 @@ def test_picks_only_positive_weights(weights: list[int], r: float) -> None:
         assert picked is not None and dict(pairs)[picked] > 0
 
 
+def test_only_names_the_single_deployment_with_traffic() -> None:
+    # The router takes `only` without a draw: it must be what every pick would give.
+    single = WeightedChoice([("blue", 0), ("green", 7)])
+    assert single.only == "green" and {single.pick(i / 10) for i in range(10)} == {"green"}
+    assert WeightedChoice([("blue", 50), ("green", 50)]).only is None
+    assert WeightedChoice([("blue", 0)]).only is None
+
+
 def test_mirror_draw() -> None:
     assert sum(mirror_hit(20, i / 1000) for i in range(1000)) == 200
     assert not mirror_hit(0, 0.0)

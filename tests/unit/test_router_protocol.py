@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import math
+import time
 
 from reconciler.router import http, logs
 from reconciler.router.upstream import Deadlines, UpstreamPool, _Connection
@@ -239,6 +240,73 @@ def test_access_line_is_json_with_the_documented_fields_and_no_secret_names() ->
     assert "api_key" not in first  # a suspicious context field is dropped, as structlog's is
     assert set(logs.ACCESS_FIELDS) | {"endpoint", "pid", "event", "level", "ts"} == set(first)
     assert not any(logs._suspect(name) for name in logs.ACCESS_FIELDS)
+
+
+def test_access_line_escapes_what_callers_send_and_stamps_microseconds() -> None:
+    # The repeated fields' JSON is cached by value: a caller's path with quotes, a percent
+    # sign or non-ASCII text, an empty method and the same values twice come out as JSON.
+    stream = io.StringIO()
+    logs.configure(stream)
+    access = logs.AccessLog(endpoint="ep", pid=7)
+    odd = 'r\u00e9sum\u00e9 "%s" \\ 100%'
+    for _ in range(2):
+        access.request(b"id%1", b"", odd, 400, "", "live", None, None, 0.0004, 0, 0, "bad")
+        access.request(b"id", b"G\xe9T", "", 200, "d", "mirror", "[::1]:80", 204, 1.5, 1, 2, "")
+    logs.flush()
+    lines = stream.getvalue().splitlines()
+    first, second, third, fourth = (json.loads(line) for line in lines)
+    assert first == third | {"ts": first["ts"]} and second == fourth | {"ts": second["ts"]}
+    assert (first["request_id"], first["method"], first["path"]) == ("id%1", "", odd)
+    assert (first["deployment"], first["instance"], first["reason"]) == (None, None, "bad")
+    assert (second["method"], second["path"], second["reason"]) == ("G\u00e9T", "", None)
+    assert first["duration_ms"] == 0.4 and second["duration_ms"] == 1500.0
+    stamp = lines[0].rpartition('"ts":')[2].rstrip("}")
+    seconds, _, micros = stamp.partition(".")
+    assert len(micros) == 6 and abs(int(seconds) + int(micros) / 1e6 - time.time()) < 60
+
+
+def test_send_idle_answers_through_its_callback_and_takes_the_connection_back() -> None:
+    # The kept-alive path without a future: the callback gets the answer at the end of the
+    # read, the connection already back in the pool (so the callback may reuse it); a
+    # timeout reaches it too, the connection then closed.
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop)
+        pool = UpstreamPool("127.0.0.1:1", connect_timeout=1.0)
+        conn = _Connection(pool)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        pool._idle.append(conn)
+        seen: list[tuple[object, object, int]] = []
+
+        def answered(response: object, error: object) -> None:
+            seen.append((response, error, pool.idle_connections))
+
+        sent = pool.send_idle(
+            b"GET / HTTP/1.1\r\n\r\n",
+            answered,
+            max_body=100,
+            deadline=loop.time() + 10,
+            deadlines=deadlines,
+        )
+        assert sent and pool.idle_connections == 0
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        ((response, error, idle),) = seen
+        assert getattr(response, "body", None) == b"ok" and error is None and idle == 1
+        assert pool.send_idle(
+            b"GET / HTTP/1.1\r\n\r\n",
+            answered,
+            max_body=100,
+            deadline=loop.time() + 0.01,
+            deadlines=deadlines,
+        )
+        await asyncio.sleep(0.1)
+        assert len(seen) == 2 and isinstance(seen[1][1], TimeoutError) and conn.closed
+        assert not pool.send_idle(
+            b"", answered, max_body=100, deadline=loop.time() + 1, deadlines=deadlines
+        )  # the closed connection is not handed out again
+        deadlines.close()
+
+    asyncio.run(scenario())
 
 
 class _FullSocket(FakeTransport):
