@@ -145,6 +145,10 @@ class Load:
 
 def base_repo(repo: RepoBuilder, *, blue: int = 100, green: int | None = None) -> str:
     repo.basics()
+    # The environment of the docker_world tests (docker_target_fixtures: no packages beyond
+    # the inference server), same file, same content digest: one environment image per
+    # machine serves them all (a cold run builds it once, not once more with numpy).
+    repo.environment(packages=())
     traffic = {"blue": blue} if green is None else {"blue": blue, "green": green}
     repo.endpoint("my-endpoint", traffic=traffic)
     repo.deployment("my-endpoint", "blue", instance_count=2)

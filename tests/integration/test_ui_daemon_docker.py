@@ -110,6 +110,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[RepoBuilder, str, Path, subprocess.
         {"targets": {name: _target(name, tmp_path / "state")}, "default_target": name},
     )
     repo.basics()
+    repo.environment(packages=())  # the docker_world tests' environment: its image is shared
     repo.endpoint("my-endpoint", traffic={"blue": 100})
     repo.deployment("my-endpoint", "blue", instance_count=1)
     repo.commit("blue")
