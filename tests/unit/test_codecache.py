@@ -263,3 +263,58 @@ def test_a_pattern_compiled_with_re_debug_prints_its_program_in_every_process(
     script += "re.compile('ab+', re.DEBUG)\n"
     first = _python(script, tmp_path)
     assert "LITERAL 97" in first and _python(script, tmp_path) == first
+
+
+def test_a_user_without_a_home_directory_runs_with_no_cache_as_plain_python_does(
+    tmp_path: Path,
+) -> None:
+    # No HOME and a uid that /etc/passwd does not name (a container run with an arbitrary
+    # uid): Path.home() raises RuntimeError; the cache is skipped, the command runs.
+    uid = 54321
+    try:
+        import pwd
+
+        pwd.getpwuid(uid)
+        pytest.skip("uid 54321 is named in /etc/passwd")
+    except KeyError:
+        pass
+    probe = ["unshare", "--user", f"--map-user={uid}", "true"]
+    try:
+        subprocess.run(probe, check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no user namespaces here (unshare --user)")
+    done = subprocess.run(
+        ["unshare", "--user", f"--map-user={uid}", sys.executable, "-c", _LOADS_A_SCHEMA],
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["True", "False"]
+    assert not list(tmp_path.iterdir())  # nothing written where it was run
+
+
+def test_str_and_bytes_patterns_of_the_same_text_compile_under_python_bb(
+    tmp_path: Path,
+) -> None:
+    # `python -bb` makes comparing str with bytes an error; re keys its own cache by the
+    # pattern's type first, so it never compares them: neither may the cache.
+    script = "from reconciler import codecache\ncodecache.install('test')\nimport re\n"
+    script += "print(re.compile('abc').match('abc'), re.compile(b'abc').match(b'abc'))\n"
+    for _ in range(2):  # the first process writes both, the second reads them
+        done = subprocess.run(
+            [sys.executable, "-bb", "-c", script],
+            env={
+                "PYTHONPATH": str(ROOT),
+                "PATH": "/usr/bin:/bin",
+                "RECONCILER_CACHE_DIR": str(tmp_path),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "span=(0, 3), match='abc'" in done.stdout
+        assert "match=b'abc'" in done.stdout
