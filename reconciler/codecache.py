@@ -70,19 +70,27 @@ _programs_added = 0
 _last_code = threading.local()
 
 
-def cache_dir() -> Path:
-    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler."""
+def cache_dir() -> Path | None:
+    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler;
+    None (no cache: everything compiled afresh) when none is set and this user has no home
+    directory (no $HOME, a uid /etc/passwd does not name: Path.home() raises)."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen:
         return Path(chosen)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "reconciler"
+    if xdg:
+        return Path(xdg) / "reconciler"
+    try:
+        return Path.home() / ".cache" / "reconciler"
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
-def _cache_file() -> Path:
+def _cache_file() -> Path | None:
     """One file per command: each reads only the code of the classes it loads."""
+    folder = cache_dir()
     tag = f"{sys.implementation.cache_tag}-{MAGIC_NUMBER.hex()}"
-    return cache_dir() / "dataclasses" / f"{_command}-{tag}.marshal"
+    return None if folder is None else folder / "dataclasses" / f"{_command}-{tag}.marshal"
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
@@ -152,8 +160,8 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _load(path: Path) -> dict[str, CodeType]:
-    data = read_trusted(path)
+def _load(path: Path | None) -> dict[str, CodeType]:
+    data = None if path is None else read_trusted(path)
     if data is None:
         return {}
     try:
@@ -167,9 +175,9 @@ def _load(path: Path) -> dict[str, CodeType]:
 
 def _save() -> None:
     """Write the file again when this process compiled something new (at exit)."""
-    if not _added:
-        return
     path = _cache_file()
+    if not _added or path is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         # What another process wrote meanwhile is kept too, after what this one ran.
         merged = {**_load(path), **_compiled}
@@ -184,16 +192,17 @@ def _re_compiler() -> Any:
     return importlib.import_module("re._compiler")
 
 
-def _patterns_file() -> Path:
+def _patterns_file() -> Path | None:
     """One file per command, as for the dataclasses; named for the interpreter's exact
     version and its regular expression engine (the programs are that engine's code)."""
     engine = _re_compiler()._sre
     tag = f"{sys.implementation.cache_tag}-{sys.hexversion:x}-{engine.MAGIC}-{engine.CODESIZE}"
-    return cache_dir() / "patterns" / f"{_command}-{tag}.marshal"
+    folder = cache_dir()
+    return None if folder is None else folder / "patterns" / f"{_command}-{tag}.marshal"
 
 
-def _load_programs(path: Path) -> dict[tuple[str | bytes, int], _Program]:
-    data = read_trusted(path)
+def _load_programs(path: Path | None) -> dict[tuple[str | bytes, int], _Program]:
+    data = None if path is None else read_trusted(path)
     if data is None:
         return {}
     try:
@@ -312,9 +321,9 @@ def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) 
 
 def _save_programs() -> None:
     """Write the file again when this process compiled a pattern it did not hold (at exit)."""
-    if not _programs_added:
-        return
     path = _patterns_file()
+    if not _programs_added or path is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         merged = {**_load_programs(path), **_programs}
         kept = {**{k: merged[k] for k in _programs_used if k in merged}, **merged}
