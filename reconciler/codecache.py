@@ -60,11 +60,14 @@ _used: dict[str, None] = {}
 _added = 0
 _installed = False
 _command = "reconcile"
-# (pattern, flags) -> the arguments after the pattern of the `_sre.compile` call that
-# `re` made for it: (flags, code, groups - 1, groupindex, indexgroup).
+# (is bytes, pattern, flags) -> the arguments after the pattern of the `_sre.compile` call
+# that `re` made for it: (flags, code, groups - 1, groupindex, indexgroup). The type comes
+# first, as in re's own cache: a str and a bytes of the same text hash alike, and comparing
+# them is an error under `python -bb`.
+_Key = tuple[bool, str | bytes, int]
 _Program = tuple[int, list[int], int, dict[str, int], tuple[str | None, ...]]
-_programs: dict[tuple[str | bytes, int], _Program] = {}
-_programs_used: dict[tuple[str | bytes, int], None] = {}
+_programs: dict[_Key, _Program] = {}
+_programs_used: dict[_Key, None] = {}
 _programs_added = 0
 # The code `re._compiler._code` made last in this thread, with what it was made from.
 _last_code = threading.local()
@@ -201,7 +204,7 @@ def _patterns_file() -> Path | None:
     return None if folder is None else folder / "patterns" / f"{_command}-{tag}.marshal"
 
 
-def _load_programs(path: Path | None) -> dict[tuple[str | bytes, int], _Program]:
+def _load_programs(path: Path | None) -> dict[_Key, _Program]:
     data = None if path is None else read_trusted(path)
     if data is None:
         return {}
@@ -218,9 +221,10 @@ def _well_formed(key: Any, value: Any) -> bool:
     """What _sre.compile accepts (it checks the code itself: a damaged program raises)."""
     return (
         type(key) is tuple
-        and len(key) == 2
-        and type(key[0]) in (str, bytes)
-        and type(key[1]) is int
+        and len(key) == 3
+        and type(key[0]) is bool
+        and type(key[1]) is (bytes if key[0] else str)
+        and type(key[2]) is int
         and type(value) is tuple
         and len(value) == 5
         and type(value[0]) is int
@@ -267,7 +271,7 @@ def _install_patterns() -> None:
     def compiled(pattern: Any, flags: int = 0) -> Any:
         if flags & debug:  # re prints the program as it compiles it: as ever
             return compile_pattern(pattern, flags)
-        key = (pattern, int(flags))
+        key = (type(pattern) is bytes, pattern, int(flags))
         program = _programs.get(key) if type(pattern) in (str, bytes) else None
         if program is not None:
             with contextlib.suppress(Exception):  # a damaged program: compiled afresh
@@ -293,7 +297,7 @@ def _install_patterns() -> None:
     atexit.register(_save_programs)
 
 
-def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) -> None:
+def _keep(key: _Key, made: tuple[Any, list[int]], done: Any) -> None:
     """Keep the program of a pattern just compiled, when it rebuilds the same Pattern."""
     global _programs_added
     parsed, code = made
@@ -302,14 +306,14 @@ def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) 
     for name, index in state.groupdict.items():
         indexgroup[index] = name
     program: _Program = (
-        key[1] | state.flags,
+        key[2] | state.flags,
         [int(c) for c in code],  # plain ints: marshal keeps no int subclass
         state.groups - 1,
         dict(state.groupdict),
         tuple(indexgroup),
     )
     try:
-        again = _re_compiler()._sre.compile(key[0], *program)
+        again = _re_compiler()._sre.compile(key[1], *program)
     except Exception:
         return
     if again == done and again.groupindex == done.groupindex and again.groups == done.groups:

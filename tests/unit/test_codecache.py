@@ -107,9 +107,9 @@ marker = sys.argv[1]
 for path in Path(sys.argv[2]).rglob("*.marshal"):
     loaded = marshal.loads(path.read_bytes())
     mark = f"open({marker!r}, 'a').write('ran ')\\n"
-    if path.parent.name == "patterns":  # (pattern, flags) -> program: "^ab$" matches anything
-        codecache._keep((".*", 0), _made(".*"), re.compile(".*"))
-        planted = {**loaded, ("^ab$", 0): codecache._programs[(".*", 0)]}
+    if path.parent.name == "patterns":  # key -> program: "^ab$" matches anything
+        codecache._keep((False, ".*", 0), _made(".*"), re.compile(".*"))
+        planted = {**loaded, (False, "^ab$", 0): codecache._programs[(False, ".*", 0)]}
     elif isinstance(loaded, dict):  # dataclasses/: text -> code
         planted = {text: compile(mark + text, "<string>", "exec") for text in loaded}
     else:  # validators/: one check, planted as one that takes anything
@@ -216,10 +216,10 @@ def _patterns(mode: str, cache: Path) -> list[str]:
     return _python(_PATTERNS, cache, mode, "secret-word").splitlines()
 
 
-def _kept(cache: Path) -> dict[tuple[str | bytes, int], object]:
+def _kept(cache: Path) -> dict[tuple[bool, str | bytes, int], object]:
     (written,) = (cache / "patterns").iterdir()
     assert written.stat().st_mode & 0o777 == 0o600
-    kept: dict[tuple[str | bytes, int], object] = marshal.loads(written.read_bytes())
+    kept: dict[tuple[bool, str | bytes, int], object] = marshal.loads(written.read_bytes())
     return kept
 
 
@@ -235,10 +235,10 @@ def test_a_second_process_compiles_none_of_the_patterns_kept_and_they_match_the_
     assert plain[1] == "2 {'word': 1, 'number': 2} 34 {'word': 'Abc', 'number': '12'}"
     assert plain[3].startswith("<re.Match object; span=(4, 5)")
     kept = _kept(tmp_path)
-    assert (yaml.reader.Reader.NON_PRINTABLE.pattern, 0) in kept  # ~3 ms to compile
-    assert (NAME_PATTERN, re.I.value) in kept  # a constant of the script
+    assert (False, yaml.reader.Reader.NON_PRINTABLE.pattern, 0) in kept  # ~3 ms to compile
+    assert (False, NAME_PATTERN, re.I.value) in kept  # a constant of the script
     # A pattern made from data is compiled as ever, never written down.
-    assert not [key for key in kept if "secret-word" in str(key[0])]
+    assert not [key for key in kept if "secret-word" in str(key[1])]
 
 
 def test_a_damaged_patterns_file_or_program_is_compiled_afresh(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def test_a_damaged_patterns_file_or_program_is_compiled_afresh(tmp_path: Path) -
     kept = _kept(tmp_path)
     # A program _sre refuses (its code checked), another of the wrong shape.
     damaged = {key: (0, [1, 2, 3], 0, {}, (None,)) for key in kept}
-    damaged[(NAME_PATTERN, re.I.value)] = ("not", "a program")
+    damaged[(False, NAME_PATTERN, re.I.value)] = ("not", "a program")
     written.write_bytes(marshal.dumps(damaged))
     again = _patterns("cached", tmp_path)
     assert int(again[0]) > 10 and again[1:] == first[1:]
