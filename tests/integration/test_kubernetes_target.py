@@ -1133,3 +1133,56 @@ def test_a_router_pod_the_api_server_cannot_reach_holds_nothing_past_the_deadlin
     asked = len([r for r in fake.requests if "/proxy/" in r.path])
     target.observe()
     assert len([r for r in fake.requests if "/proxy/" in r.path]) == asked + 2
+
+
+def test_a_lagging_router_pod_ready_again_after_observe_settled_still_keeps_its_deployment(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    # The pod flaps: not ready while one observe looks (observe asks no more for this
+    # write, and reports blue 100), ready again later, still on blue 90 / green 10. The
+    # plan then deletes green: its route goes, but the deletion waits for every ready
+    # router pod to serve that config, and fails past the deadline: green stays.
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    one_pass(repo, target, prune=True)
+    now[0] += 91
+    router = m.router_name(EP)
+    fake.hold(router)
+    generation = fake.get("deployments", router)["metadata"]["generation"]  # type: ignore[index]
+
+    def ready(count: int) -> None:
+        fake.set_status(
+            "deployments",
+            router,
+            {
+                "observedGeneration": generation,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": count,
+                "availableReplicas": count,
+            },
+        )
+
+    ready(1)
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 100),)  # the not-ready pod holds nothing
+    ready(2)  # back in its Service, still serving blue 90 / green 10
+    assert stuck in _router_pods(fake)
+    done = one_pass(repo, target, prune=True)
+    for _ in range(2):
+        deleting = _step(done, "delete_deployment")
+        assert deleting.outcome != Outcome.SUCCEEDED, deleting
+        assert GREEN in fake.names("deployments")
+        now[0] += 91
+        done = one_pass(repo, target, prune=True)
+    failed = _step(done, "delete_deployment")
+    assert failed.error_code == "RouterConfigNotServed" and stuck in failed.message
+    assert GREEN in fake.names("deployments")
