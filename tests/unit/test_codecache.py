@@ -318,3 +318,36 @@ def test_str_and_bytes_patterns_of_the_same_text_compile_under_python_bb(
         assert done.returncode == 0, done.stderr
         assert "span=(0, 3), match='abc'" in done.stdout
         assert "match=b'abc'" in done.stdout
+
+
+_TWO_CHECKS = """
+from reconciler.jsonschemas import validators
+doc = {"name": "m", "path": "model.pkl"}
+print(validators("model.schema.json")[0](doc), validators("environment.schema.json")[0](doc))
+"""
+
+
+@pytest.mark.parametrize("how", ["anyone-may-write", "another-users"])
+def test_files_in_a_folder_others_may_write_are_not_run_they_could_swap_them(
+    tmp_path: Path, how: str
+) -> None:
+    # Each file is this user's and 0600, but in a folder another user may write (made
+    # before this user's first run), anyone can rename one over another: the check of
+    # one schema would run the code of the other.
+    folder = tmp_path / "validators"
+    folder.mkdir()
+    if how == "anyone-may-write":
+        folder.chmod(0o777)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a folder another user's needs root")
+        os.chown(folder, 54321, 54321)
+        folder.chmod(0o755)
+    assert _python(_TWO_CHECKS, tmp_path).split() == ["True", "False"]
+    first, second = sorted(folder.iterdir())
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in (first, second))
+    parked = folder / "parked"
+    first.rename(parked)  # what the folder's writers may do
+    second.rename(first)
+    parked.rename(second)
+    assert _python(_TWO_CHECKS, tmp_path).split() == ["True", "False"]
