@@ -25,7 +25,8 @@ What a cache file holds is run, as a .pyc is. A .pyc sits beside its module, wri
 whoever installed the package; the cache folder may be anywhere the environment says (a
 CI's shared cache, a world-writable /tmp folder). So a file is read only when this user
 alone can have written it (read_trusted: a regular file this user owns that neither its
-group nor others may write, no symbolic link, no larger than MAX_FILE_BYTES), and files
+group nor others may write, no symbolic link, no larger than MAX_FILE_BYTES, in a folder
+where no one else may rename files), and files
 are written 0600 through a new temporary file (write_private): anything else is compiled
 afresh, as an absent file is.
 """
@@ -121,7 +122,10 @@ def read_trusted(path: Path) -> bytes | None:
     """The bytes of a cache file that only this user can have written (its code is run);
     None when it is absent, unreadable, or anyone else may have written it: another
     user's file, one its group or others may write, a symbolic link, not a regular file
-    (a FIFO would hang the command), or larger than MAX_FILE_BYTES."""
+    (a FIFO would hang the command), larger than MAX_FILE_BYTES, or in a folder where
+    others may rename files (_private_folder)."""
+    if not _private_folder(path.parent):
+        return None
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         descriptor = os.open(path, flags)
@@ -142,6 +146,24 @@ def read_trusted(path: Path) -> bytes | None:
             return opened.read(MAX_FILE_BYTES + 1)
         except OSError:
             return None
+
+
+def _private_folder(folder: Path) -> bool:
+    """Whether only this user (or root) can rename or replace the files of `folder`: its
+    owner is either, and neither its group nor others may write it (unless its sticky bit
+    keeps them off files not theirs). Elsewhere anyone may swap two files of this user,
+    each 0600 and its own (one schema's check for another's, another Python's code)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    try:
+        info = os.stat(folder)  # the folder a link leads to: the one the file is in
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid in (os.geteuid(), 0)
+        and (not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(info.st_mode & stat.S_ISVTX))
+    )
 
 
 def write_private(path: Path, data: bytes) -> None:
