@@ -351,3 +351,18 @@ def test_files_in_a_folder_others_may_write_are_not_run_they_could_swap_them(
     second.rename(first)
     parked.rename(second)
     assert _python(_TWO_CHECKS, tmp_path).split() == ["True", "False"]
+
+
+def test_a_writer_never_removes_a_partial_file_of_another_with_its_pid(tmp_path: Path) -> None:
+    # Two containers sharing a cache volume may run writers of the same pid: one must not
+    # unlink the other's partial file (which then renamed this one's half-written file).
+    from reconciler.codecache import read_trusted, write_private
+
+    target = tmp_path / "kept" / "file.marshal"
+    target.parent.mkdir(mode=0o700)
+    other = target.with_suffix(f".{os.getpid()}.tmp")
+    other.write_bytes(b"another writer's half")
+    write_private(target, b"whole")
+    assert other.read_bytes() == b"another writer's half"
+    assert read_trusted(target) == b"whole"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, other.name])
