@@ -171,9 +171,9 @@ def write_private(path: Path, data: bytes) -> None:
     written to a new file beside it (never through a file or link found there), then
     renamed. Raises OSError."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()  # left by a process of this pid that was killed while writing
+    # Named for no pid alone: processes of two containers sharing the folder may have the
+    # same one, and each would remove the other's partial file as it wrote.
+    partial = path.with_suffix(f".{os.getpid()}-{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         with os.fdopen(os.open(partial, flags, 0o600), "wb") as written:
