@@ -366,3 +366,33 @@ def test_a_writer_never_removes_a_partial_file_of_another_with_its_pid(tmp_path:
     assert other.read_bytes() == b"another writer's half"
     assert read_trusted(target) == b"whole"
     assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, other.name])
+
+
+def test_a_bit_flipped_in_a_kept_program_neither_crashes_python_nor_changes_a_match(
+    tmp_path: Path,
+) -> None:
+    # _sre checks a program's code, but not enough: the skip of NAME_PATTERN's [0-9] set
+    # with one bit flipped (5 -> 1) passes its checks, then matching crashes the process
+    # (SIGSEGV). A file damaged on disk must only cost the compilation, as a stale one.
+    from re import _constants
+
+    first = _patterns("cached", tmp_path)
+    (written,) = (tmp_path / "patterns").iterdir()
+    raw = written.read_bytes()
+    try:  # the file's header, if any, stays: the bit flips in what it holds
+        header, kept = b"", marshal.loads(raw)
+    except Exception:
+        header, kept = raw[:8], marshal.loads(raw[8:])
+    key = (False, NAME_PATTERN, re.I.value)
+    flags, code, *rest = kept[key]
+    at = next(
+        i
+        for i in range(1, len(code) - 3)
+        if code[i - 1] == _constants.IN and code[i + 2 : i + 4] == [48, 57]
+    )
+    assert code[at] == 5
+    code[at] ^= 4
+    kept[key] = (flags, code, *rest)
+    written.write_bytes(header + marshal.dumps(kept))
+    again = _patterns("cached", tmp_path)  # check=True: a crash fails here
+    assert again[1:] == first[1:]
