@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.codecache import MAX_ENTRIES
+from reconciler.codecache import MAX_ENTRIES, read_trusted, write_private
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -97,7 +97,7 @@ import pytest
 
 
 from reconciler import codecache
-from reconciler.codecache import MAX_ENTRIES
+from reconciler.codecache import MAX_ENTRIES, read_trusted, write_private
 import re
 from re import _compiler, _parser
 def _made(text):
@@ -105,7 +105,7 @@ def _made(text):
     return parsed, _compiler._code(parsed, 0)
 marker = sys.argv[1]
 for path in Path(sys.argv[2]).rglob("*.marshal"):
-    loaded = marshal.loads(path.read_bytes())
+    loaded = marshal.loads(codecache.read_trusted(path))
     mark = f"open({marker!r}, 'a').write('ran ')\\n"
     if path.parent.name == "patterns":  # key -> program: "^ab$" matches anything
         codecache._keep((False, ".*", 0), _made(".*"), re.compile(".*"))
@@ -114,7 +114,7 @@ for path in Path(sys.argv[2]).rglob("*.marshal"):
         planted = {text: compile(mark + text, "<string>", "exec") for text in loaded}
     else:  # validators/: one check, planted as one that takes anything
         planted = compile(mark + "__root__ = 'f'\\ndef f(d): return d\\n", "<x>", "exec")
-    path.write_bytes(marshal.dumps(planted))
+    codecache.write_private(path, marshal.dumps(planted))  # whole, as the cache writes
 """
 
 
@@ -159,7 +159,8 @@ def test_a_cache_file_someone_else_could_have_written_is_never_run(
 def test_a_schema_check_file_holding_no_code_is_compiled_afresh(tmp_path: Path) -> None:
     _python(_LOADS_A_SCHEMA, tmp_path)
     (check,) = (tmp_path / "validators").iterdir()
-    check.write_bytes(b"i\x05\x00\x00\x00")  # marshal of 5: a damaged first byte reads so
+    # Marshal of 5 (a damaged first byte reads so), whole as the cache writes files.
+    write_private(check, b"i\x05\x00\x00\x00")
     assert _python(_LOADS_A_SCHEMA, tmp_path).split()[-2:] == ["True", "False"]
 
 
@@ -172,9 +173,7 @@ from reconciler import codecache
 codecache.install("test")
 path = codecache._cache_file()
 stale = {f"x = {i}": compile(f"x = {i}", "<string>", "exec") for i in range(codecache.MAX_ENTRIES)}
-path.parent.mkdir(parents=True, exist_ok=True)
-path.write_bytes(marshal.dumps(stale))
-path.chmod(0o600)
+codecache.write_private(path, marshal.dumps(stale))
 """
 
 
@@ -184,7 +183,7 @@ def test_a_file_full_of_texts_no_class_has_still_takes_those_of_the_classes_load
     _python(_FILL, tmp_path)
     assert int(_run("cached", tmp_path)[0]) > 10
     (written,) = (tmp_path / "dataclasses").iterdir()
-    kept = marshal.loads(written.read_bytes())
+    kept = marshal.loads(read_trusted(written) or b"")
     assert len(kept) == MAX_ENTRIES
     assert any("mirror_traffic" in text for text in kept)  # EndpointSpec's __init__
     assert _run("cached", tmp_path)[0] == "0"  # kept: the texts this command runs come first
@@ -219,7 +218,7 @@ def _patterns(mode: str, cache: Path) -> list[str]:
 def _kept(cache: Path) -> dict[tuple[bool, str | bytes, int], object]:
     (written,) = (cache / "patterns").iterdir()
     assert written.stat().st_mode & 0o777 == 0o600
-    kept: dict[tuple[bool, str | bytes, int], object] = marshal.loads(written.read_bytes())
+    kept: dict[tuple[bool, str | bytes, int], object] = marshal.loads(read_trusted(written) or b"")
     return kept
 
 
@@ -248,10 +247,10 @@ def test_a_damaged_patterns_file_or_program_is_compiled_afresh(tmp_path: Path) -
     # A program _sre refuses (its code checked), another of the wrong shape.
     damaged = {key: (0, [1, 2, 3], 0, {}, (None,)) for key in kept}
     damaged[(False, NAME_PATTERN, re.I.value)] = ("not", "a program")
-    written.write_bytes(marshal.dumps(damaged))
+    write_private(written, marshal.dumps(damaged))  # whole: _sre is what refuses them
     again = _patterns("cached", tmp_path)
     assert int(again[0]) > 10 and again[1:] == first[1:]
-    written.write_bytes(b"not marshal data")
+    write_private(written, b"not marshal data")
     assert _patterns("cached", tmp_path)[1:] == first[1:]
     assert _patterns("cached", tmp_path)[0] == "0"
 
@@ -356,7 +355,6 @@ def test_files_in_a_folder_others_may_write_are_not_run_they_could_swap_them(
 def test_a_writer_never_removes_a_partial_file_of_another_with_its_pid(tmp_path: Path) -> None:
     # Two containers sharing a cache volume may run writers of the same pid: one must not
     # unlink the other's partial file (which then renamed this one's half-written file).
-    from reconciler.codecache import read_trusted, write_private
 
     target = tmp_path / "kept" / "file.marshal"
     target.parent.mkdir(mode=0o700)
@@ -382,7 +380,8 @@ def test_a_bit_flipped_in_a_kept_program_neither_crashes_python_nor_changes_a_ma
     try:  # the file's header, if any, stays: the bit flips in what it holds
         header, kept = b"", marshal.loads(raw)
     except Exception:
-        header, kept = raw[:8], marshal.loads(raw[8:])
+        start = raw.index(b"\n") + 5  # a header line, then a CRC-32
+        header, kept = raw[:start], marshal.loads(raw[start:])
     key = (False, NAME_PATTERN, re.I.value)
     flags, code, *rest = kept[key]
     at = next(
