@@ -1186,3 +1186,38 @@ def test_a_lagging_router_pod_ready_again_after_observe_settled_still_keeps_its_
     failed = _step(done, "delete_deployment")
     assert failed.error_code == "RouterConfigNotServed" and stuck in failed.message
     assert GREEN in fake.names("deployments")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"digest": "DIGEST", "at": 1, "traffic": [["blue", Infinity]], "mirror": []}',
+        '{"digest": "DIGEST", "at": Infinity, "traffic": [], "mirror": []}',
+        '{"digest": "DIGEST", "at": NaN, "traffic": [], "mirror": []}',
+        "[" * 100_000,
+    ],
+    ids=["infinite-weight", "infinite-time", "nan-time", "nested-deep"],
+)
+def test_a_garbled_write_record_reads_as_none_and_the_endpoint_has_its_config(
+    repo: RepoBuilder, fake: FakeKubernetes, record: str
+) -> None:
+    # Someone edits the Secret's annotation (kubectl edit): a record json.loads parses but
+    # int() or float() cannot take, one nested past Python's recursion limit, or a write
+    # that never ends must read as no record (taken as served), never raise or pend forever.
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    digest = router_config(fake).digest()
+    client = KubeClient.for_host(fake.url, NAMESPACE)
+    client.annotate(
+        "Secret",
+        m.router_config_name(EP),
+        {
+            m.CONFIG_WRITE_ANNOTATION: record.replace("DIGEST", digest),
+            m.CONFIG_SERVED_ANNOTATION: None,
+        },
+    )
+    (live,) = make_target(fake).observe().endpoints
+    assert live.spec.traffic == (("blue", 90), ("green", 10))
+    assert plan_rev(repo, make_target(fake)).plan.steps == ()
