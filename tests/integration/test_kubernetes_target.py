@@ -1221,3 +1221,43 @@ def test_a_garbled_write_record_reads_as_none_and_the_endpoint_has_its_config(
     (live,) = make_target(fake).observe().endpoints
     assert live.spec.traffic == (("blue", 90), ("green", 10))
     assert plan_rev(repo, make_target(fake)).plan.steps == ()
+
+
+def test_a_router_pod_answering_arrays_nested_past_the_recursion_limit_is_one_not_answering(
+    repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any
+) -> None:
+    import http.server
+
+    class Garbled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"[" * 100_000
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        blue_green(repo)
+        repo.commit("base")
+        assert not failures(apply_rev(repo, make_target(fake)))
+        garbled = _router_pods(fake)[1]
+        fake.attach_router(garbled, f"http://127.0.0.1:{server.server_port}", tmp_path / "c")
+        now = [time.time()]
+        target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+        repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+        repo.commit("split")
+        assert _step(one_pass(repo, target), "set_traffic").outcome == Outcome.IN_PROGRESS
+        now[0] += 91
+        target.observe()  # asks each router pod: no RecursionError
+        failed = _step(one_pass(repo, target), "set_traffic")
+        assert failed.outcome == Outcome.FAILED and failed.error_code == "RouterConfigNotServed"
+        assert f"{garbled} (no answer)" in failed.message
+    finally:
+        server.shutdown()
+        server.server_close()
