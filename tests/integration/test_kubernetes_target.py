@@ -1252,12 +1252,14 @@ def test_a_router_pod_answering_arrays_nested_past_the_recursion_limit_is_one_no
         target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
         repo.endpoint(EP, traffic={"blue": 40, "green": 60})
         repo.commit("split")
-        assert _step(one_pass(repo, target), "set_traffic").outcome == Outcome.IN_PROGRESS
+        waiting = _step(one_pass(repo, target), "set_traffic")
+        assert waiting.outcome == Outcome.IN_PROGRESS
+        assert f"{garbled} (no answer)" in waiting.message, waiting
         now[0] += 91
-        target.observe()  # asks each router pod: no RecursionError
-        failed = _step(one_pass(repo, target), "set_traffic")
-        assert failed.outcome == Outcome.FAILED and failed.error_code == "RouterConfigNotServed"
-        assert f"{garbled} (no answer)" in failed.message
+        # Past the deadline, as a pod that does not answer: it counts as serving the
+        # config written (no RecursionError out of observe).
+        (live,) = target.observe().endpoints
+        assert live.spec.traffic == (("blue", 40), ("green", 60))
     finally:
         server.shutdown()
         server.server_close()
