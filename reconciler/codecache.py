@@ -25,7 +25,8 @@ What a cache file holds is run, as a .pyc is. A .pyc sits beside its module, wri
 whoever installed the package; the cache folder may be anywhere the environment says (a
 CI's shared cache, a world-writable /tmp folder). So a file is read only when this user
 alone can have written it (read_trusted: a regular file this user owns that neither its
-group nor others may write, no symbolic link, no larger than MAX_FILE_BYTES), and files
+group nor others may write, no symbolic link, no larger than MAX_FILE_BYTES, in a folder
+where no one else may rename files), and files
 are written 0600 through a new temporary file (write_private): anything else is compiled
 afresh, as an absent file is.
 """
@@ -60,29 +61,40 @@ _used: dict[str, None] = {}
 _added = 0
 _installed = False
 _command = "reconcile"
-# (pattern, flags) -> the arguments after the pattern of the `_sre.compile` call that
-# `re` made for it: (flags, code, groups - 1, groupindex, indexgroup).
+# (is bytes, pattern, flags) -> the arguments after the pattern of the `_sre.compile` call
+# that `re` made for it: (flags, code, groups - 1, groupindex, indexgroup). The type comes
+# first, as in re's own cache: a str and a bytes of the same text hash alike, and comparing
+# them is an error under `python -bb`.
+_Key = tuple[bool, str | bytes, int]
 _Program = tuple[int, list[int], int, dict[str, int], tuple[str | None, ...]]
-_programs: dict[tuple[str | bytes, int], _Program] = {}
-_programs_used: dict[tuple[str | bytes, int], None] = {}
+_programs: dict[_Key, _Program] = {}
+_programs_used: dict[_Key, None] = {}
 _programs_added = 0
 # The code `re._compiler._code` made last in this thread, with what it was made from.
 _last_code = threading.local()
 
 
-def cache_dir() -> Path:
-    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler."""
+def cache_dir() -> Path | None:
+    """$RECONCILER_CACHE_DIR, else $XDG_CACHE_HOME/reconciler, else ~/.cache/reconciler;
+    None (no cache: everything compiled afresh) when none is set and this user has no home
+    directory (no $HOME, a uid /etc/passwd does not name: Path.home() raises)."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen:
         return Path(chosen)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "reconciler"
+    if xdg:
+        return Path(xdg) / "reconciler"
+    try:
+        return Path.home() / ".cache" / "reconciler"
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
-def _cache_file() -> Path:
+def _cache_file() -> Path | None:
     """One file per command: each reads only the code of the classes it loads."""
+    folder = cache_dir()
     tag = f"{sys.implementation.cache_tag}-{MAGIC_NUMBER.hex()}"
-    return cache_dir() / "dataclasses" / f"{_command}-{tag}.marshal"
+    return None if folder is None else folder / "dataclasses" / f"{_command}-{tag}.marshal"
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
@@ -106,11 +118,19 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
     exec(source, globals, locals)
 
 
+# What a cache file starts with, then the CRC-32 of the rest (write_private, read_trusted).
+_HEADER: Final = b"reconciler-cache-1\n"
+
+
 def read_trusted(path: Path) -> bytes | None:
     """The bytes of a cache file that only this user can have written (its code is run);
     None when it is absent, unreadable, or anyone else may have written it: another
     user's file, one its group or others may write, a symbolic link, not a regular file
-    (a FIFO would hang the command), or larger than MAX_FILE_BYTES."""
+    (a FIFO would hang the command), larger than MAX_FILE_BYTES, in a folder where
+    others may rename files (_private_folder), or not whole as write_private wrote it
+    (its header and checksum)."""
+    if not _private_folder(path.parent):
+        return None
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         descriptor = os.open(path, flags)
@@ -128,23 +148,53 @@ def read_trusted(path: Path) -> bytes | None:
                 and info.st_size <= MAX_FILE_BYTES
             ):
                 return None
-            return opened.read(MAX_FILE_BYTES + 1)
+            data = opened.read(MAX_FILE_BYTES + 1)
         except OSError:
             return None
+    # Whole and as written: a bit flipped on disk in a regular expression's program can
+    # pass _sre's checks and crash the process as it matches (so can damaged bytecode).
+    import binascii  # ~0.1 ms; its crc32 ~0.2 ms a MB
+
+    head, payload = data[: len(_HEADER)], data[len(_HEADER) + 4 :]
+    checksum = data[len(_HEADER) : len(_HEADER) + 4]
+    if head != _HEADER or checksum != binascii.crc32(payload).to_bytes(4, "little"):
+        return None
+    return payload
+
+
+def _private_folder(folder: Path) -> bool:
+    """Whether only this user (or root) can rename or replace the files of `folder`: its
+    owner is either, and neither its group nor others may write it (unless its sticky bit
+    keeps them off files not theirs). Elsewhere anyone may swap two files of this user,
+    each 0600 and its own (one schema's check for another's, another Python's code)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    try:
+        info = os.stat(folder)  # the folder a link leads to: the one the file is in
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid in (os.geteuid(), 0)
+        and (not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(info.st_mode & stat.S_ISVTX))
+    )
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, mode 0600, whole or not at all (read_trusted reads it):
+    """Replace `path` with `data` (after a header and its CRC-32), mode 0600, whole or not
+    at all (read_trusted reads it back):
     written to a new file beside it (never through a file or link found there), then
     renamed. Raises OSError."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()  # left by a process of this pid that was killed while writing
+    # Named for no pid alone: processes of two containers sharing the folder may have the
+    # same one, and each would remove the other's partial file as it wrote.
+    partial = path.with_suffix(f".{os.getpid()}-{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    import binascii
+
     try:
         with os.fdopen(os.open(partial, flags, 0o600), "wb") as written:
-            written.write(data)
+            written.write(_HEADER + binascii.crc32(data).to_bytes(4, "little") + data)
         os.replace(partial, path)  # whole or absent, whoever else writes it
     except OSError:
         with contextlib.suppress(OSError):
@@ -152,8 +202,8 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _load(path: Path) -> dict[str, CodeType]:
-    data = read_trusted(path)
+def _load(path: Path | None) -> dict[str, CodeType]:
+    data = None if path is None else read_trusted(path)
     if data is None:
         return {}
     try:
@@ -167,9 +217,9 @@ def _load(path: Path) -> dict[str, CodeType]:
 
 def _save() -> None:
     """Write the file again when this process compiled something new (at exit)."""
-    if not _added:
-        return
     path = _cache_file()
+    if not _added or path is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         # What another process wrote meanwhile is kept too, after what this one ran.
         merged = {**_load(path), **_compiled}
@@ -184,16 +234,17 @@ def _re_compiler() -> Any:
     return importlib.import_module("re._compiler")
 
 
-def _patterns_file() -> Path:
+def _patterns_file() -> Path | None:
     """One file per command, as for the dataclasses; named for the interpreter's exact
     version and its regular expression engine (the programs are that engine's code)."""
     engine = _re_compiler()._sre
     tag = f"{sys.implementation.cache_tag}-{sys.hexversion:x}-{engine.MAGIC}-{engine.CODESIZE}"
-    return cache_dir() / "patterns" / f"{_command}-{tag}.marshal"
+    folder = cache_dir()
+    return None if folder is None else folder / "patterns" / f"{_command}-{tag}.marshal"
 
 
-def _load_programs(path: Path) -> dict[tuple[str | bytes, int], _Program]:
-    data = read_trusted(path)
+def _load_programs(path: Path | None) -> dict[_Key, _Program]:
+    data = None if path is None else read_trusted(path)
     if data is None:
         return {}
     try:
@@ -209,9 +260,10 @@ def _well_formed(key: Any, value: Any) -> bool:
     """What _sre.compile accepts (it checks the code itself: a damaged program raises)."""
     return (
         type(key) is tuple
-        and len(key) == 2
-        and type(key[0]) in (str, bytes)
-        and type(key[1]) is int
+        and len(key) == 3
+        and type(key[0]) is bool
+        and type(key[1]) is (bytes if key[0] else str)
+        and type(key[2]) is int
         and type(value) is tuple
         and len(value) == 5
         and type(value[0]) is int
@@ -258,7 +310,7 @@ def _install_patterns() -> None:
     def compiled(pattern: Any, flags: int = 0) -> Any:
         if flags & debug:  # re prints the program as it compiles it: as ever
             return compile_pattern(pattern, flags)
-        key = (pattern, int(flags))
+        key = (type(pattern) is bytes, pattern, int(flags))
         program = _programs.get(key) if type(pattern) in (str, bytes) else None
         if program is not None:
             with contextlib.suppress(Exception):  # a damaged program: compiled afresh
@@ -284,7 +336,7 @@ def _install_patterns() -> None:
     atexit.register(_save_programs)
 
 
-def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) -> None:
+def _keep(key: _Key, made: tuple[Any, list[int]], done: Any) -> None:
     """Keep the program of a pattern just compiled, when it rebuilds the same Pattern."""
     global _programs_added
     parsed, code = made
@@ -293,14 +345,14 @@ def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) 
     for name, index in state.groupdict.items():
         indexgroup[index] = name
     program: _Program = (
-        key[1] | state.flags,
+        key[2] | state.flags,
         [int(c) for c in code],  # plain ints: marshal keeps no int subclass
         state.groups - 1,
         dict(state.groupdict),
         tuple(indexgroup),
     )
     try:
-        again = _re_compiler()._sre.compile(key[0], *program)
+        again = _re_compiler()._sre.compile(key[1], *program)
     except Exception:
         return
     if again == done and again.groupindex == done.groupindex and again.groups == done.groups:
@@ -312,9 +364,9 @@ def _keep(key: tuple[str | bytes, int], made: tuple[Any, list[int]], done: Any) 
 
 def _save_programs() -> None:
     """Write the file again when this process compiled a pattern it did not hold (at exit)."""
-    if not _programs_added:
-        return
     path = _patterns_file()
+    if not _programs_added or path is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         merged = {**_load_programs(path), **_programs}
         kept = {**{k: merged[k] for k in _programs_used if k in merged}, **merged}

@@ -162,9 +162,10 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
     key = hashlib.sha256(
         f"{_fastjsonschema_version()}|{sys.version}|{_GENERATOR}|{text}".encode()
     ).hexdigest()[:32]
-    path = cache_dir() / "validators" / f"{key}.marshal"
+    folder = cache_dir()  # None: no home directory, no cache
+    path = None if folder is None else folder / "validators" / f"{key}.marshal"
     # Only a file this user alone can have written (it is run: codecache.read_trusted).
-    data = read_trusted(path)
+    data = None if path is None else read_trusted(path)
     try:
         kept = marshal.loads(data) if data is not None else None
     except Exception:  # truncated, or from another Python: compiled below
@@ -185,8 +186,9 @@ def _compiled_check(file_name: str, loaded: dict[str, Any]) -> Callable[[Any], A
         assert found is not None, file_name
         source += f"\n__root__ = {found.group(1)!r}\n"
         code = compile(source, f"<compiled schema {file_name}>", "exec")
-        with contextlib.suppress(OSError):
-            write_private(path, marshal.dumps(code))
+        if path is not None:
+            with contextlib.suppress(OSError):
+                write_private(path, marshal.dumps(code))
     namespace: dict[str, Any] = {"CheckFailed": CheckFailed, "Decimal": LazyDecimal}
     exec(code, namespace)
     check: Callable[[Any], Any] = namespace[namespace["__root__"]]

@@ -1133,3 +1133,133 @@ def test_a_router_pod_the_api_server_cannot_reach_holds_nothing_past_the_deadlin
     asked = len([r for r in fake.requests if "/proxy/" in r.path])
     target.observe()
     assert len([r for r in fake.requests if "/proxy/" in r.path]) == asked + 2
+
+
+def test_a_lagging_router_pod_ready_again_after_observe_settled_still_keeps_its_deployment(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    # The pod flaps: not ready while one observe looks (observe asks no more for this
+    # write, and reports blue 100), ready again later, still on blue 90 / green 10. The
+    # plan then deletes green: its route goes, but the deletion waits for every ready
+    # router pod to serve that config, and fails past the deadline: green stays.
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    stuck = _router_pods(fake)[1]
+    fake.stall_kubelet(stuck)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    one_pass(repo, target, prune=True)
+    now[0] += 91
+    router = m.router_name(EP)
+    fake.hold(router)
+    generation = fake.get("deployments", router)["metadata"]["generation"]  # type: ignore[index]
+
+    def ready(count: int) -> None:
+        fake.set_status(
+            "deployments",
+            router,
+            {
+                "observedGeneration": generation,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": count,
+                "availableReplicas": count,
+            },
+        )
+
+    ready(1)
+    (live,) = target.observe().endpoints
+    assert live.spec.traffic == (("blue", 100),)  # the not-ready pod holds nothing
+    ready(2)  # back in its Service, still serving blue 90 / green 10
+    assert stuck in _router_pods(fake)
+    done = one_pass(repo, target, prune=True)
+    for _ in range(2):
+        deleting = _step(done, "delete_deployment")
+        assert deleting.outcome != Outcome.SUCCEEDED, deleting
+        assert GREEN in fake.names("deployments")
+        now[0] += 91
+        done = one_pass(repo, target, prune=True)
+    failed = _step(done, "delete_deployment")
+    assert failed.error_code == "RouterConfigNotServed" and stuck in failed.message
+    assert GREEN in fake.names("deployments")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"digest": "DIGEST", "at": 1, "traffic": [["blue", Infinity]], "mirror": []}',
+        '{"digest": "DIGEST", "at": Infinity, "traffic": [], "mirror": []}',
+        '{"digest": "DIGEST", "at": NaN, "traffic": [], "mirror": []}',
+        "[" * 100_000,
+    ],
+    ids=["infinite-weight", "infinite-time", "nan-time", "nested-deep"],
+)
+def test_a_garbled_write_record_reads_as_none_and_the_endpoint_has_its_config(
+    repo: RepoBuilder, fake: FakeKubernetes, record: str
+) -> None:
+    # Someone edits the Secret's annotation (kubectl edit): a record json.loads parses but
+    # int() or float() cannot take, one nested past Python's recursion limit, or a write
+    # that never ends must read as no record (taken as served), never raise or pend forever.
+    blue_green(repo)
+    repo.commit("base")
+    target = make_target(fake)
+    assert not failures(apply_rev(repo, target))
+    digest = router_config(fake).digest()
+    client = KubeClient.for_host(fake.url, NAMESPACE)
+    client.annotate(
+        "Secret",
+        m.router_config_name(EP),
+        {
+            m.CONFIG_WRITE_ANNOTATION: record.replace("DIGEST", digest),
+            m.CONFIG_SERVED_ANNOTATION: None,
+        },
+    )
+    (live,) = make_target(fake).observe().endpoints
+    assert live.spec.traffic == (("blue", 90), ("green", 10))
+    assert plan_rev(repo, make_target(fake)).plan.steps == ()
+
+
+def test_a_router_pod_answering_arrays_nested_past_the_recursion_limit_is_one_not_answering(
+    repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any
+) -> None:
+    import http.server
+
+    class Garbled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"[" * 100_000
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        blue_green(repo)
+        repo.commit("base")
+        assert not failures(apply_rev(repo, make_target(fake)))
+        garbled = _router_pods(fake)[1]
+        fake.attach_router(garbled, f"http://127.0.0.1:{server.server_port}", tmp_path / "c")
+        now = [time.time()]
+        target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+        repo.endpoint(EP, traffic={"blue": 40, "green": 60})
+        repo.commit("split")
+        waiting = _step(one_pass(repo, target), "set_traffic")
+        assert waiting.outcome == Outcome.IN_PROGRESS
+        assert f"{garbled} (no answer)" in waiting.message, waiting
+        now[0] += 91
+        # Past the deadline, as a pod that does not answer: it counts as serving the
+        # config written (no RecursionError out of observe).
+        (live,) = target.observe().endpoints
+        assert live.spec.traffic == (("blue", 40), ("green", 60))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -316,3 +316,61 @@ def test_the_compiled_checks_take_decimals_as_fastjsonschemas_own_code_does(
     assert isinstance(decimal.Decimal("1.5"), jsonschemas.LazyDecimal)
     assert not isinstance(1.5, jsonschemas.LazyDecimal)
     assert jsonschemas.LazyDecimal("1.5") == decimal.Decimal("1.5")
+
+
+# In a new Python: numbers of every kind YAML gives (.nan, .inf, huge ints, booleans) checked
+# by a compiled check read from the cache (decimal never imported), then by fastjsonschema's
+# own code; prints whether decimal was loaded by then, and whether the answers differ.
+_NUMBERS_SCRIPT = """
+import sys, yaml
+from reconciler import jsonschemas
+SCHEMA = {"type": "object", "properties": {
+    "n": {"type": "number", "minimum": -5, "maximum": 10 ** 500, "multipleOf": 1},
+    "i": {"type": "integer", "exclusiveMinimum": 0},
+    "e": {"enum": [1, 2.0]},
+}}
+VALUES = yaml.safe_load("[0, 1, -1, 2.5, 2.3, 0x10, 1e400, -1e400, .nan, .inf, -.inf, true, false,"
+                        " '1', null, 1.0, 2, 99999999999999999999999999999999999999999]")
+VALUES.append(10 ** 400)
+check = jsonschemas._compiled_check("probe.schema.json", SCHEMA)
+def passes(check, document):
+    try:
+        check(document)
+    except Exception:
+        return False
+    return True
+ours = [passes(check, {k: v}) for v in VALUES for k in ("n", "i", "e")]
+print("decimal" in sys.modules)
+import fastjsonschema
+theirs_check = fastjsonschema.compile(SCHEMA, use_default=False)
+theirs = [passes(theirs_check, {k: v}) for v in VALUES for k in ("n", "i", "e")]
+print(ours == theirs, sum(ours), len(ours))
+"""
+
+
+def test_numbers_from_yaml_pass_a_cached_check_as_fastjsonschemas_own_code_without_decimal(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent),
+        "PATH": "/usr/bin:/bin",
+        jsonschemas.CACHE_ENV: str(tmp_path),
+    }
+    lines = []
+    for _ in range(2):  # compiled (fastjsonschema imports decimal), then read from the cache
+        done = subprocess.run(
+            [sys.executable, "-c", _NUMBERS_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        lines.append(done.stdout.split())
+    assert lines[0][0] == "True" and lines[1][0] == "False"  # the cached one: no decimal
+    for line in lines:
+        assert line[1] == "True"  # same answers as fastjsonschema's
+        assert 0 < int(line[2]) < int(line[3])

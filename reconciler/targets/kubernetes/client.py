@@ -330,7 +330,7 @@ class KubeClient:
         )
         try:
             return status, json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
             return status, None
 
     def pod_proxy_text(self, name: str, port: int, path: str) -> tuple[int, str]:

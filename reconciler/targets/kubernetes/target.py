@@ -33,6 +33,7 @@ router may still serve) keeps that config's traffic the endpoint's, and holds a 
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -1405,9 +1406,12 @@ class _ConfigWrite:
             return None
         try:
             doc = json.loads(text)
+            at = float(doc["at"])
+            if not math.isfinite(at):
+                return None  # a write whose time never comes would pend for ever
             return _ConfigWrite(
                 digest=str(doc["digest"]),
-                at=float(doc["at"]),
+                at=at,
                 traffic=_weights(doc["traffic"]),
                 mirror=_weights(doc["mirror"]),
                 # Absent in records of earlier versions.
@@ -1416,8 +1420,10 @@ class _ConfigWrite:
                     for s in doc.get("before") or ()
                 ),
             )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None  # spoiled: no record (taken as served, as before records)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+            # Spoiled (an edit: an infinite weight, arrays nested past the recursion
+            # limit...): no record (taken as served, as before records).
+            return None
 
 
 def _weights(doc: Any) -> Weights:
