@@ -562,7 +562,8 @@ class FakeKubernetes:
         backend = self.attached.get(name)
         if backend is not None:
             try:
-                with urllib.request.urlopen(f"{backend.url}{path}", timeout=5) as answer:
+                # A real API server's proxy waits on a pod far longer than a client should.
+                with urllib.request.urlopen(f"{backend.url}{path}", timeout=120) as answer:
                     return answer.status, answer.read().decode()
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read().decode()

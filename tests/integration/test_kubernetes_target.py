@@ -5,7 +5,9 @@ Deployment status so that the health gates are exercised; the gateway-api varian
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from reconciler.model.state import ProvisioningState
 from reconciler.router.config import parse_config
 from reconciler.router.tokens import hash_key
 from reconciler.targets.base import TargetError, TargetUnavailable
+from reconciler.targets.kubernetes import client as kube_client
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient
 
@@ -1263,3 +1266,45 @@ def test_a_router_pod_answering_arrays_nested_past_the_recursion_limit_is_one_no
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_router_pod_that_hangs_on_its_config_digest_holds_nothing_and_blocks_no_observe(
+    repo: RepoBuilder, fake: FakeKubernetes, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ready, but its /-/config-digest never answers (a wedged event loop): the API
+    # server's proxy waits on it far longer than our read timeout. Observe asks it past
+    # the deadline; one hung pod must not make the whole target unavailable.
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    hung = _router_pods(fake)[1]
+    fake.stall_kubelet(hung)
+    now = [time.time()]
+    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
+    repo.remove("endpoints/my-endpoint/green.yml")
+    repo.endpoint(EP, traffic={"blue": 100})
+    repo.commit("green gone")
+    one_pass(repo, target, prune=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])  # and never answer
+
+    threading.Thread(target=accept, daemon=True).start()
+    fake.attach_router(hung, f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path / "r")
+    # A shorter read timeout than the shipped 5 s keeps the test short; the path is the same.
+    monkeypatch.setattr(kube_client, "POD_PROXY_TIMEOUT", (5.0, 1.0))
+    try:
+        now[0] += 91
+        started = time.monotonic()
+        (live,) = target.observe().endpoints
+        # urllib3 retries a GET once (the client's configuration.retries = 1).
+        assert time.monotonic() - started < 2 * 1.0 + 5
+        assert live.spec.traffic == (("blue", 100),)
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()

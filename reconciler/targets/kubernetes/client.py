@@ -38,6 +38,9 @@ log = get_logger("reconciler.kubernetes")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = (5.0, 60.0)  # connect, read
+# A router answers /-/config-digest and /metrics in milliseconds; one wedged pod must not
+# hold a pass for the API's minute (the API server's proxy itself waits far longer).
+POD_PROXY_TIMEOUT = (5.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +157,10 @@ class KubeClient:
         content_type: str | None = None,
         accept: str = "application/json",
         errors_returned: bool = False,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> tuple[int, bytes]:
         """(status, body); an error status raises, unless errors_returned (then only 401
-        and 403 do)."""
+        and 403 do, and a read timed out is 504 with no body, as a gateway's)."""
         headers = {"Accept": accept}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -174,7 +178,7 @@ class KubeClient:
                 url,
                 header_params=header_params,
                 body=serialized,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=timeout,
             )
             data = response.read()  # type: ignore[no-untyped-call]
             status = int(response.status)
@@ -185,6 +189,10 @@ class KubeClient:
             if isinstance(data, str):
                 data = data.encode()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if errors_returned and _read_timed_out(exc):
+                # The API server took the request but what it asked (a pod, through
+                # its proxy) did not answer in time: that one's failure, not the API's.
+                return 504, b""
             raise TargetUnavailable(
                 f"Kubernetes API at {self.api.configuration.host} not reachable: {exc}"
             ) from None
@@ -327,6 +335,7 @@ class KubeClient:
             f"{self._path('Pod', name)}:{int(port)}/proxy{path}",
             accept="application/json, */*",
             errors_returned=True,
+            timeout=POD_PROXY_TIMEOUT,
         )
         try:
             return status, json.loads(data)
@@ -341,6 +350,7 @@ class KubeClient:
             f"{self._path('Pod', name)}:{int(port)}/proxy{path}",
             accept="text/plain, */*",
             errors_returned=True,
+            timeout=POD_PROXY_TIMEOUT,
         )
         return status, data.decode(errors="replace")
 
@@ -411,3 +421,10 @@ def _message(data: bytes) -> str:
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
     return json.dumps(doc)[:300]
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    """A read that timed out, also once urllib3's retries are spent (MaxRetryError)."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return isinstance(exc.reason, urllib3.exceptions.ReadTimeoutError)
+    return isinstance(exc, urllib3.exceptions.ReadTimeoutError)
