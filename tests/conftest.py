@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The CLI's code caches (reconciler/codecache.py) of the commands tests run, in process and
+# in the processes they start, go to a folder of this run, not the user's ~/.cache: a test
+# run neither reads what an earlier version of the code left there nor leaves its own.
+if "RECONCILER_CACHE_DIR" not in os.environ:
+    _CODE_CACHE = tempfile.mkdtemp(prefix="reconciler-test-codecache-")
+    os.environ["RECONCILER_CACHE_DIR"] = _CODE_CACHE
+    atexit.register(shutil.rmtree, _CODE_CACHE, True)
 
 from repo_builder import RepoBuilder
 
