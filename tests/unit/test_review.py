@@ -9,7 +9,7 @@ from specs_factory import ENV, deployment, endpoint
 
 from reconciler.diffing import assume_applied
 from reconciler.filetree import FileTree, MemoryTree
-from reconciler.model.specs import CodeSpec, ModelSpec, SourceLocation
+from reconciler.model.specs import CodeSpec, ModelSpec, Resources, SourceLocation
 from reconciler.model.state import DesiredState
 from reconciler.planning import make_plan
 from reconciler.presentation import PackageChange, plan_markdown
@@ -189,3 +189,33 @@ def test_mirror_history_walks_back_until_the_mirror_was_off() -> None:
     )
     entry = cut.since("ep", "green")
     assert entry is not None and not entry.complete
+
+
+def test_a_deployment_sized_by_resources_alone_counts_its_cpu_in_the_quota() -> None:
+    """A Kubernetes deployment with `resources` and no instance type: its CPU request (else
+    its limit; a part of a core counts whole) are the cores of one instance."""
+    sized = Resources(requests=(("cpu", "1500m"), ("memory", "2Gi")), limits=(("cpu", "4"),))
+    base = DesiredState((endpoint(traffic={"blue": 100}),), ())
+    head = DesiredState(
+        (endpoint(traffic={"blue": 100}),),
+        (
+            deployment("blue", instance_count=2, instance_type=None, resources=sized),
+            deployment(
+                "green",
+                instance_count=1,
+                instance_type=None,
+                resources=Resources(limits=(("cpu", "3"),)),
+            ),
+        ),
+    )
+    plan = make_plan(head, assume_applied(base), prune=False)
+    tree = _tree({"src/score.py": "v1"})
+    review = review_changes(plan, tree, tree, base=base, head=head, target="k8s")
+    blue, green = review.deployments
+    # ceil(1.2 x 2) x 2 = 6; ceil(1.2 x 1) x 3 = 6.
+    assert (blue.cores_after, blue.quota_after) == (2, 6)
+    assert (green.cores_after, green.quota_after) == (3, 6)
+    assert review.quota_after == 12
+    md = plan_markdown(plan, review=review)
+    assert "quota ceil(1.2 x 2) x 2 = **6 cores**" in md
+    assert "0 → **12** cores" in md
