@@ -30,6 +30,7 @@ from test_kubernetes_cli import write_kubeconfig
 
 from reconciler.cli import main
 from reconciler.gitsource import GitSource
+from reconciler.router.tokens import hash_key
 from reconciler.targets.base import TargetError
 from reconciler.targets.kubernetes import manifests as m
 from reconciler.targets.kubernetes.client import KubeClient
@@ -263,3 +264,34 @@ def test_the_command_line_of_a_second_repository_leaves_the_first_ones_endpoint_
             refused.output,
         )
     assert fake.get("secrets", m.keys_secret_name(EP)) is None
+
+
+@pytest.mark.parametrize("lost", ["keys deleted", "keys truncated", "record deleted"])
+def test_an_endpoint_whose_keys_or_record_alone_are_lost_is_repaired_by_its_repository(
+    repo: RepoBuilder, fake: FakeKubernetes, lost: str
+) -> None:
+    """The router config intact: a pass still sees what is missing and writes it again
+    (new keys where they are gone; the routers take their hashes), and the keys work."""
+    _endpoint(repo, EP, "one's endpoint")
+    ours = make_target(fake, repository=ONE)
+    assert not failures(apply_rev(repo, ours))
+    client = KubeClient.for_host(fake.url, NAMESPACE)
+    if lost == "keys deleted":
+        client.delete("Secret", m.keys_secret_name(EP))
+    elif lost == "keys truncated":
+        keys = fake.get("secrets", m.keys_secret_name(EP))
+        assert keys is not None
+        keys["data"] = {"primaryKey": base64.b64encode(b'{"trunc').decode()}
+        fake.put(keys)
+    else:
+        client.delete("ConfigMap", m.record_name(EP))
+    (live,) = ours.observe().endpoints
+    assert live.repair is not None or not live.spec_known, live
+    assert not failures(apply_rev(repo, ours))
+    assert not plan_rev(repo, ours).plan.steps
+    creds = ours.endpoint_credentials(EP)
+    secret = fake.get("secrets", m.router_config_name(EP))
+    assert secret is not None
+    config = json.loads(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE]))
+    assert hash_key(creds.primary_key) in json.dumps(config)
+    assert fake.get("configmaps", m.record_name(EP)) is not None

@@ -32,6 +32,7 @@ router may still serve) keeps that config's traffic the endpoint's, and holds a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -235,18 +236,31 @@ class KubernetesTarget:
         pending: dict[str, _ConfigWrite] = {}
         routes: dict[str, dict[str, Any]] = {}
         router_secrets: list[dict[str, Any]] = []
+        # Endpoints whose keys Secret is there and readable (a repair issues new keys).
+        keyed: set[str] = set()
         if self.options.gateway_api:
             for route in self._list("HTTPRoute", **{role: m.ROLE_ROUTER}):
                 if route["metadata"]["name"] == m.route_name(_label(route, m.ENDPOINT_LABEL)):
                     routes[_label(route, m.ENDPOINT_LABEL)] = route
+            secrets = self._list("Secret", **{role: m.ROLE_ENDPOINT})
         else:
-            router_secrets = self._list("Secret", **{role: m.ROLE_ROUTER})
+            # The keys and the router config Secrets, in one list.
+            secrets = self._list("Secret")
+            router_secrets = [s for s in secrets if _label(s, role) == m.ROLE_ROUTER]
             for secret in router_secrets:
                 endpoint = _label(secret, m.ENDPOINT_LABEL)
                 configs[endpoint] = _parse_router_secret(secret)
                 write = self._pending_write(secret, configs[endpoint])
                 if write is not None:
                     pending[endpoint] = write
+        for secret in secrets:
+            endpoint = _label(secret, m.ENDPOINT_LABEL)
+            if _label(secret, role) == m.ROLE_ENDPOINT and secret["metadata"]["name"] == (
+                m.keys_secret_name(endpoint)
+            ):
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    m.credentials_from_secret(secret.get("data") or {})
+                    keyed.add(endpoint)
         names = set(records) | set(routers) | set(configs) | set(routes)
         # Endpoints another repository made (any of their objects says so): neither shown,
         # planned for nor pruned, whatever is left of them.
@@ -281,6 +295,7 @@ class KubernetesTarget:
                     pending=pending.get(endpoint),
                     services=services,
                     running=set(services.values()),
+                    keyed=endpoint in keyed,
                 )
             )
         deployments.sort(key=lambda d: d.key)
@@ -299,6 +314,7 @@ class KubernetesTarget:
         pending: _ConfigWrite | None = None,
         services: Mapping[str, str],
         running: set[str],
+        keyed: bool = True,
     ) -> LiveEndpoint:
         spec, known = EndpointSpec(name), False
         if record is not None:
@@ -350,13 +366,17 @@ class KubernetesTarget:
             service=service, namespace=self.client.namespace, endpoint=name
         ).rstrip("/")
         repair = None
-        if not self.options.gateway_api and config is None:
-            # Its router config Secret deleted, or not a config (truncated, another shape):
-            # a repair writes it again (and the keys, new when theirs are gone too).
-            repair = (
-                "its router config is gone or unreadable: it is written again "
-                "(with new keys if its keys Secret is gone too)"
-            )
+        # Its state deleted, or not what it should hold (truncated, another shape): a
+        # repair writes it again, with new keys where theirs are gone.
+        lost = [
+            *(["its router config"] if not self.options.gateway_api and config is None else []),
+            *([] if keyed else ["its keys"]),
+            *([] if known else ["its record"]),
+        ]
+        if lost:
+            renewed = "" if keyed else " (new keys are issued)"
+            verb = "are" if len(lost) > 1 else "is"
+            repair = f"{' and '.join(lost)} {verb} gone or unreadable: written again{renewed}"
         elif config is not None:
             busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
             stale = sorted(r.name for r in config.deployments if r.name not in running | busy)
