@@ -20,6 +20,7 @@ from kube_fake import (
     FakeKubernetes,
     apply_rev,
     failures,
+    gateway_options,
     make_target,
     options,
     plan_rev,
@@ -295,3 +296,27 @@ def test_an_endpoint_whose_keys_or_record_alone_are_lost_is_repaired_by_its_repo
     config = json.loads(base64.b64decode(secret["data"][m.ROUTER_CONFIG_FILE]))
     assert hash_key(creds.primary_key) in json.dumps(config)
     assert fake.get("configmaps", m.record_name(EP)) is not None
+
+
+def test_gateway_api_a_second_repository_leaves_the_first_ones_endpoint_and_route_alone(
+    repo: RepoBuilder, other: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """Routed by an HTTPRoute (no router of ours): the same, its record and keys deleted;
+    its maker repairs it, new keys issued."""
+    _endpoint(repo, EP, "one's endpoint")
+    assert not failures(apply_rev(repo, make_target(fake, gateway_options(), repository=ONE)))
+    client = KubeClient.for_host(fake.url, NAMESPACE)
+    client.delete("ConfigMap", m.record_name(EP))
+    client.delete("Secret", m.keys_secret_name(EP))
+    route = fake.get("httproutes", m.route_name(EP))
+    _endpoint(other, "other-ep", "other's endpoint")
+    theirs = make_target(fake, gateway_options(), repository=OTHER)
+    assert [e.name for e in theirs.observe().endpoints] == []
+    assert not failures(apply_rev(other, theirs, prune=True))
+    assert fake.get("httproutes", m.route_name(EP)) == route
+    assert BLUE in fake.names("deployments")
+    _refuses_everything(theirs, owner=ONE)
+    ours = make_target(fake, gateway_options(), repository=ONE)
+    assert not failures(apply_rev(repo, ours, prune=True))
+    assert ours.endpoint_credentials(EP).primary_key
+    assert not plan_rev(repo, ours, prune=True).plan.steps
