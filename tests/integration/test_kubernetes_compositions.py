@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -320,3 +321,31 @@ def test_gateway_api_a_second_repository_leaves_the_first_ones_endpoint_and_rout
     assert not failures(apply_rev(repo, ours, prune=True))
     assert ours.endpoint_credentials(EP).primary_key
     assert not plan_rev(repo, ours, prune=True).plan.steps
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("ConfigMap", m.record_name(EP)), ("Secret", m.keys_secret_name(EP)), ("Service", BLUE)],
+)
+def test_an_object_of_the_same_name_that_is_not_ours_is_not_taken_over(
+    repo: RepoBuilder, fake: FakeKubernetes, kind: str, name: str
+) -> None:
+    """Someone's object (no managed-by label) where a new endpoint or deployment would
+    write: applied with force it became ours, and went with the endpoint's deletion."""
+    body: dict[str, Any] = {"data": {"user": base64.b64encode(b"theirs").decode()}}
+    if kind == "Service":
+        body = {"spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}}
+    theirs = {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "theirs"}},
+        **body,
+    }
+    fake.put(theirs)
+    kept = fake.get(f"{kind.lower()}s", name)
+    _endpoint(repo, EP, "one's endpoint")
+    result = apply_rev(repo, make_target(fake, repository=ONE))
+    assert failures(result) and f"{kind} {name} on namespace" in failures(result)[0], failures(
+        result
+    )
+    assert fake.get(f"{kind.lower()}s", name) == kept

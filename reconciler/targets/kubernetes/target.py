@@ -167,6 +167,21 @@ class KubernetesTarget:
 
     # --- ownership ---------------------------------------------------------------------
 
+    def _check_names_free(self, manifests: Iterable[Mapping[str, Any]]) -> None:
+        """TargetError when an object of a name this creation would write is someone
+        else's (no managed-by label of ours): applied with force it would be taken over,
+        and deleted with the endpoint later."""
+        for manifest in manifests:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            found = self.client.get(kind, name)
+            if found is not None and not _ours(found):
+                raise TargetError(
+                    f"{kind} {name} on namespace {self.client.namespace} exists and is not "
+                    f"the reconciler's (no {m.MANAGED_BY}={m.MANAGER} label): it is not "
+                    "taken over; rename the endpoint or deployment, or remove that object",
+                    code=ErrorCode.OWNED_ELSEWHERE,
+                )
+
     def _made_here(self, obj: Mapping[str, Any]) -> bool:
         """Whether this repository made the object (none recorded: made before
         repositories were recorded, or through the API; anyone's, as before)."""
@@ -517,10 +532,15 @@ class KubernetesTarget:
         if creds is None:
             creds = new_credentials(port=m.ROUTER_PORT, metrics_port=m.ROUTER_METRICS_PORT)
             say(f"keys generated for {spec.name} (Secret {m.keys_secret_name(spec.name)})")
-        self._write_endpoint(spec, creds, say)
+        self._write_endpoint(spec, creds, say, new=True)
 
     def _write_endpoint(
-        self, spec: EndpointSpec, creds: EndpointCredentials, say: ProgressCallback
+        self,
+        spec: EndpointSpec,
+        creds: EndpointCredentials,
+        say: ProgressCallback,
+        *,
+        new: bool = False,
     ) -> None:
         config: RouterConfig | None = None
         router_image = None
@@ -538,6 +558,8 @@ class KubernetesTarget:
             router_image = self.images.router_image(say)
         ctx = self.context(router_image)
         objects = self._endpoint_objects(spec, creds, config, ctx)
+        if new:
+            self._check_names_free(objects)
         changed = config is not None and config != current
         if config is not None and changed:
             self._record_write(config, before, current, applied=False)
@@ -1109,6 +1131,9 @@ class KubernetesTarget:
         spec = replace(spec, scale_settings=do.scale_settings)
         image = self.images.deployment_image(spec, say)
         say(f"{spec.key}: {do.instance_count} instance(s) of {image.image}")
+        self._check_names_free(
+            m.deployment_manifests(self.context(), spec, replicas=do.instance_count, image=image)
+        )
         waiting = self._apply_deployment(
             spec, replicas=do.instance_count, image=image, service_first=False
         )
