@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from daemon_process import WatchProcess
 from kube_fake import (
     NAMESPACE,
     FakeKubernetes,
@@ -29,6 +30,7 @@ from kube_fake import (
 )
 from repo_builder import RepoBuilder
 from test_kubernetes_cli import write_kubeconfig
+from waiting import wait_for
 
 from reconciler.cli import main
 from reconciler.gitsource import GitSource
@@ -251,6 +253,14 @@ def test_the_command_line_of_a_second_repository_leaves_the_first_ones_endpoint_
     assert planned.exit_code == 0 and json.loads(planned.output)["steps"] == [], planned.output
     pruned = runner.invoke(main, base)
     assert pruned.exit_code == 0, pruned.output
+    assert {plural: fake.names(plural) for plural in objects} == objects
+    # The daemon, prune on, opens its target the same way.
+    daemon = WatchProcess(tmp_path / "daemon", "--repo", str(other.root), "--interval", "1")
+    try:
+        wait_for(lambda: len(daemon.events("pass_finished")) >= 2, 60, "two passes")
+    finally:
+        daemon.stop()
+    assert [e["steps"] for e in daemon.events("pass_finished")][:2] == [0, 0]
     assert {plural: fake.names(plural) for plural in objects} == objects
     for command in (
         ["credentials", EP],
