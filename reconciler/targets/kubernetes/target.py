@@ -595,6 +595,8 @@ class KubernetesTarget:
         """The endpoint's objects written again, and (builtin router) routes of deployments
         that are gone and have no traffic dropped, and of those that run and have none (a
         router config that was lost) added."""
+        # A router config lost (deleted, unreadable): the one written anew routes nothing.
+        config_lost = not self.options.gateway_api and self._router_config(step.endpoint) is None
         if self._credentials(step.endpoint) is None:
             # Its keys Secret deleted or unreadable: new keys, as for a new endpoint.
             self._create_endpoint(step, CreateEndpoint(do.spec), say)
@@ -606,8 +608,9 @@ class KubernetesTarget:
         running = set(self._deployment_names(step.endpoint))
         busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
         routes = tuple(r for r in config.deployments if r.name in running | busy)
-        for name in sorted(running - {r.name for r in routes}):
-            # Running, not routed (its config was lost): the route of what runs.
+        for name in sorted(running - {r.name for r in routes} if config_lost else ()):
+            # Running, its route lost with the config: the route of what runs (a deployment
+            # not routed yet for its rollout keeps waiting for its repair_deployment).
             obj, spec = self._running(step.endpoint, name)
             replicas = int(obj["spec"].get("replicas", 1))
             routes += (m.deployment_route(self.context(), spec, replicas=replicas),)
