@@ -30,9 +30,20 @@ import yaml
 from reconciler.diffing import target_count
 from reconciler.filetree import Digester, FileTree, TreeEntryError
 from reconciler.model.diagnostics import Diagnostic
-from reconciler.model.instance_types import DEFAULT_INSTANCE_TYPES, InstanceType, quota_cores
+from reconciler.model.instance_types import (
+    DEFAULT_INSTANCE_TYPES,
+    InstanceType,
+    quota_cores,
+    resource_cores,
+)
 from reconciler.model.plan import Action, Plan
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, weight_of
+from reconciler.model.specs import (
+    DeploymentSpec,
+    EnvironmentSpec,
+    ModelSpec,
+    model_label,
+    weight_of,
+)
 from reconciler.model.state import DesiredState
 from reconciler.policies import POLICY_FILE, MirrorHistory, MirrorSince
 from reconciler.presentation import (
@@ -143,10 +154,19 @@ def _quota_total(
 ) -> int:
     total = 0
     for spec in deployments:
-        kind = instance_types.get(spec.instance_type or "")
-        if kind is not None:
-            total += quota_cores(target_count(spec, None), kind.cores)
+        cores = _cores(spec, instance_types)
+        if cores is not None:
+            total += quota_cores(target_count(spec, None), cores)
     return total
+
+
+def _cores(spec: DeploymentSpec, instance_types: Mapping[str, InstanceType]) -> int | None:
+    """Cores of one instance: its instance type's, else (Kubernetes, no instance type) its
+    `resources`' CPU; None when neither says."""
+    kind = instance_types.get(spec.instance_type or "")
+    if kind is not None:
+        return kind.cores
+    return resource_cores(spec.resources) if not spec.instance_type else None
 
 
 def _review_one(
@@ -164,10 +184,10 @@ def _review_one(
         if spec is None:
             return None, None, None
         count = target_count(spec, None)
-        kind = instance_types.get(spec.instance_type or "")
-        if kind is None:
+        cores = _cores(spec, instance_types)
+        if cores is None:
             return count, None, None
-        return count, kind.cores, quota_cores(count, kind.cores)
+        return count, cores, quota_cores(count, cores)
 
     count_before, cores_before, quota_before = instances(before)
     count_after, cores_after, quota_after = instances(after)
@@ -219,7 +239,7 @@ def _review_one(
 
 
 def _model_name(model: ModelSpec | None) -> str | None:
-    return f"{model.name}:{model.version}" if model is not None else None
+    return model_label(model) if model is not None else None
 
 
 def _environment_name(env: EnvironmentSpec | None) -> str | None:

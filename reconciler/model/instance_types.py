@@ -13,9 +13,13 @@ size pages. Names are matched case-insensitively, as Azure matches them (`STANDA
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from reconciler.model.specs import Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +105,26 @@ def canonical_instance_type(name: str, table: Mapping[str, InstanceType]) -> str
 def quota_cores(instance_count: int, cores: int) -> int:
     """Cores a managed deployment reserves: Azure keeps 20% extra for upgrades."""
     return math.ceil(1.2 * instance_count) * cores
+
+
+_CPU: Final = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(m?)$")
+
+
+def cpu_cores(quantity: str) -> float | None:
+    """Cores of a Kubernetes CPU quantity ("0.5", "500m", "2"); None when not one."""
+    match = _CPU.match(quantity.strip())
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) else value
+
+
+def resource_cores(resources: Resources | None) -> int | None:
+    """Cores of one instance sized by Kubernetes `resources` (no instance type), for the
+    quota figure: its CPU request, else its limit (Kubernetes requests what it limits
+    then); a part of a core counts whole. None when neither is given or readable."""
+    if resources is None:
+        return None
+    cpu = dict(resources.requests).get("cpu", dict(resources.limits).get("cpu"))
+    cores = cpu_cores(cpu) if cpu is not None else None
+    return math.ceil(cores) if cores else None

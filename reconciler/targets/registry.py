@@ -56,7 +56,7 @@ def _kubernetes(entry: TargetConfig, *, repo_root: Path, repository: str) -> Tar
     from reconciler.targets.kubernetes.target import KubernetesTarget
 
     options = KubernetesOptions.from_config(entry.name, entry.options)
-    return KubernetesTarget(options, repo_root=repo_root)
+    return KubernetesTarget(options, repo_root=repo_root, repository=repository)
 
 
 TARGET_TYPES: Mapping[str, TargetFactory] = MappingProxyType(

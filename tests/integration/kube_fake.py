@@ -1232,15 +1232,24 @@ def gateway_options(**overrides: Any) -> KubernetesOptions:
     )
 
 
-def make_target(fake: FakeKubernetes, opts: KubernetesOptions | None = None) -> Any:
+def make_target(
+    fake: FakeKubernetes,
+    opts: KubernetesOptions | None = None,
+    *,
+    repository: str | None = None,
+    repo_root: Path = Path("."),
+) -> Any:
+    """The target on the fake's namespace; `repository` (GitSource.identity) as `reconcile`
+    gives it, None: every endpoint of the target is this one's."""
     from reconciler.targets.kubernetes.target import KubernetesTarget
 
     opts = opts or options()
     return KubernetesTarget(
         opts,
-        repo_root=Path("."),
+        repo_root=repo_root,
         client=KubeClient.for_host(fake.url, NAMESPACE),
         images=PlannedImages(opts),
+        repository=repository,
     )
 
 

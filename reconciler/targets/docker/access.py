@@ -31,6 +31,7 @@ from typing import IO, Any
 from reconciler.endpoints.credentials import credentials_from_json
 from reconciler.router.statefiles import MAX_FILE_BYTES, ROUTER_CONFIG, is_state_file
 from reconciler.targets.capabilities import EndpointAccess
+from reconciler.targets.ownership import CASE_INSENSITIVE_HOSTS, same_repository
 
 L = "reconciler."  # label prefix, as target.py's
 MANAGED, MANAGER = f"{L}managed-by", "ml-endpoint-reconciler"
@@ -43,25 +44,8 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 # never ends its answer, is left to the target (whose SDK client says why).
 TIMEOUT_S = 10.0
 AUTH_MODES = ("key", "aml_token")
-
-
-# Hosts that match owner and repository names without regard to case: two clones whose
-# URLs differ only so are one repository (GitSource.identity keeps the case written).
-CASE_INSENSITIVE_HOSTS = frozenset(("github.com", "gitlab.com", "bitbucket.org"))
-
-
-def same_repository(one: str, other: str) -> bool:
-    """Whether two repository identities (GitSource.identity) name one repository."""
-    if one == other:
-        return True
-    # The sub-folder after `//` is a folder of the repository: its case counts.
-    (url, _, folder), (other_url, _, other_folder) = one.partition("//"), other.partition("//")
-    host = url.partition("/")[0]
-    return (
-        host in CASE_INSENSITIVE_HOSTS
-        and url.casefold() == other_url.casefold()
-        and folder == other_folder
-    )
+# Re-exported: the comparison lives with every target type's (targets.ownership).
+__all__ = ["CASE_INSENSITIVE_HOSTS", "same_repository"]
 
 
 class EngineUnreachable(Exception):

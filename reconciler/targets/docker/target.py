@@ -179,7 +179,6 @@ from reconciler.targets.capabilities import (
     HasRouterMetrics,
     ObservesEndpoint,
 )
-from reconciler.targets.docker.access import same_repository
 from reconciler.targets.docker.autoscaler import DockerAutoscaler
 from reconciler.targets.docker.connections import DIGESTS_LABEL, ConnectionStore, shown
 from reconciler.targets.docker.failures import failure_note, previous_run_log
@@ -199,6 +198,7 @@ from reconciler.targets.docker.state import ROUTER_CONFIG, StateUnreadable
 from reconciler.targets.docker.state import read_files as read_state
 from reconciler.targets.docker.state import write_files as write_state
 from reconciler.targets.docker.subnets import create_network
+from reconciler.targets.ownership import checkout_of, same_repository
 
 log = get_logger("reconciler.docker")
 
@@ -869,7 +869,7 @@ class DockerTarget:
         identity, or this very checkout as it was named before it had a remote."""
         if owner is None or self.repository is None or same_repository(owner, self.repository):
             return True
-        return _checkout_of(owner) == self._checkout
+        return checkout_of(owner) == self._checkout
 
     def _owned_labels(self, endpoint: str, role: str) -> dict[str, str]:
         """The labels of a container of the endpoint, with the repository that made it: the
@@ -2654,15 +2654,6 @@ def _legacy_files(router: Any) -> dict[str, bytes]:
 def _owner(volume: Any) -> str | None:
     """The repository that made the endpoint of this state volume, when recorded."""
     return (volume.attrs.get("Labels") or {}).get(f"{L}repository") or None
-
-
-def _checkout_of(identity: str) -> Path | None:
-    """The folder a repository identity of a checkout with no remote names
-    (`path:FOLDER` or `path:ROOT//SUBFOLDER`, GitSource.identity); None for any other."""
-    if not identity.startswith("path:"):
-        return None
-    root, _, subfolder = identity[len("path:") :].partition("//")
-    return Path(root, subfolder) if root else None
 
 
 def _volume_ports(volume: Any) -> tuple[int, int] | None:

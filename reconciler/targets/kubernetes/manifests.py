@@ -67,6 +67,9 @@ TARGET_LABEL = f"{PREFIX}target"
 ENDPOINT_LABEL = f"{PREFIX}endpoint"
 DEPLOYMENT_LABEL = f"{PREFIX}deployment"
 ROLE_LABEL = f"{PREFIX}role"
+# The repository that made the object (GitSource.identity: `github.com/org/repo` is no
+# label value). Several repositories may keep one target name on one namespace.
+REPOSITORY_ANNOTATION = f"{PREFIX}repository"
 SPEC_ANNOTATION = f"{PREFIX}spec"
 DIGEST_ANNOTATION = f"{PREFIX}digest"
 # On router pods: the digest of the router config they should serve. Setting it makes the
@@ -155,6 +158,9 @@ class RenderContext:
     namespace: str
     options: KubernetesOptions
     router_image: str
+    # The repository that applies (GitSource.identity), recorded on every object it makes
+    # (REPOSITORY_ANNOTATION); None: not recorded (render, the API).
+    repository: str | None = None
 
     @property
     def target(self) -> str:
@@ -193,8 +199,11 @@ def _metadata(
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": ctx.namespace, "labels": dict(object_labels)}
-    if annotations:
-        meta["annotations"] = dict(annotations)
+    every = dict(annotations or {})
+    if ctx.repository is not None:
+        every[REPOSITORY_ANNOTATION] = ctx.repository
+    if every:
+        meta["annotations"] = every
     return meta
 
 

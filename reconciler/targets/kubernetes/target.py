@@ -32,6 +32,7 @@ router may still serve) keeps that config's traffic the endpoint's, and holds a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -98,6 +99,7 @@ from reconciler.targets.kubernetes.connections import missing_keys, missing_warn
 from reconciler.targets.kubernetes.images import ImageSource, RegistryImages, router_reference
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.rollout import Rollout, rollout
+from reconciler.targets.ownership import made_here
 from reconciler.tracebacks import last_exception
 
 log = get_logger("reconciler.kubernetes")
@@ -121,10 +123,19 @@ class KubernetesTarget:
         in_cluster: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        repository: str | None = None,
     ) -> None:
         self.options = options
         self.name = options.name
         self.repo_root = repo_root
+        # The repository that applies (GitSource.identity): repositories that kept one
+        # target name on one namespace each manage only the endpoints they made (the
+        # REPOSITORY_ANNOTATION of their objects). None: every endpoint of the target is
+        # this one's (tests, the API).
+        self.repository = repository
+        # The checkout's own folder: what it made before it had a remote (`path:FOLDER`)
+        # stays its own once a remote is added.
+        self._checkout = Path(repo_root).resolve()
         self._client = client
         self.images: ImageSource = images or RegistryImages(options, repo_root=repo_root)
         self.in_cluster = in_cluster
@@ -152,7 +163,59 @@ class KubernetesTarget:
             namespace=self.client.namespace,
             options=self.options,
             router_image=router_image or router_reference(self.options),
+            repository=self.repository,
         )
+
+    # --- ownership ---------------------------------------------------------------------
+
+    def _check_names_free(self, manifests: Iterable[Mapping[str, Any]]) -> None:
+        """TargetError when an object of a name this creation would write is someone
+        else's (no managed-by label of ours): applied with force it would be taken over,
+        and deleted with the endpoint later."""
+        for manifest in manifests:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            found = self.client.get(kind, name)
+            if found is not None and not _ours(found):
+                raise TargetError(
+                    f"{kind} {name} on namespace {self.client.namespace} exists and is not "
+                    f"the reconciler's (no {m.MANAGED_BY}={m.MANAGER} label): it is not "
+                    "taken over; rename the endpoint or deployment, or remove that object",
+                    code=ErrorCode.OWNED_ELSEWHERE,
+                )
+
+    def _made_here(self, obj: Mapping[str, Any]) -> bool:
+        """Whether this repository made the object (none recorded: made before
+        repositories were recorded, or through the API; anyone's, as before)."""
+        owner = _annotation(obj, m.REPOSITORY_ANNOTATION) or None
+        return made_here(owner, repository=self.repository, checkout=self._checkout)
+
+    def _check_owned(self, endpoint: str) -> None:
+        """TargetError when the endpoint's objects on the namespace are another's: another
+        target's (object names are the endpoint's alone, so this target would write over
+        them), or another repository's. Read by name, not by what observe lists: an
+        endpoint whose record and keys are gone is known by its router and instances."""
+        selector = f"{m.MANAGED_BY}={m.MANAGER},{m.ENDPOINT_LABEL}={endpoint}"
+        for kind in ("ConfigMap", "Secret", "Deployment"):
+            for obj in self.client.list(kind, selector):
+                if not _carries(obj, {m.ENDPOINT_LABEL: endpoint}):
+                    continue  # a server that ignored the selector
+                other = _label(obj, m.TARGET_LABEL)
+                if other != self.name:
+                    raise TargetError(
+                        f"endpoint {endpoint} on namespace {self.client.namespace} is managed "
+                        f"by target {other} (its objects are named after the endpoint alone); "
+                        f"give the endpoint another name, or target {self.name} another "
+                        "namespace",
+                        code=ErrorCode.OWNED_ELSEWHERE,
+                    )
+                if not self._made_here(obj):
+                    owner = _annotation(obj, m.REPOSITORY_ANNOTATION)
+                    raise TargetError(
+                        f"endpoint {endpoint} on target {self.name} is managed by another "
+                        f"repository ({owner}); give this repository's target another name "
+                        "or namespace in reconciler.yaml",
+                        code=ErrorCode.OWNED_ELSEWHERE,
+                    )
 
     def _list(self, kind: str, **labels: str) -> list[dict[str, Any]]:
         selector = m.managed_selector(self.context(), **labels)
@@ -188,20 +251,41 @@ class KubernetesTarget:
         configs: dict[str, RouterConfig | None] = {}
         pending: dict[str, _ConfigWrite] = {}
         routes: dict[str, dict[str, Any]] = {}
+        router_secrets: list[dict[str, Any]] = []
+        # Endpoints whose keys Secret is there and readable (a repair issues new keys).
+        keyed: set[str] = set()
         if self.options.gateway_api:
             for route in self._list("HTTPRoute", **{role: m.ROLE_ROUTER}):
                 if route["metadata"]["name"] == m.route_name(_label(route, m.ENDPOINT_LABEL)):
                     routes[_label(route, m.ENDPOINT_LABEL)] = route
+            secrets = self._list("Secret", **{role: m.ROLE_ENDPOINT})
         else:
-            for secret in self._list("Secret", **{role: m.ROLE_ROUTER}):
+            # The keys and the router config Secrets, in one list.
+            secrets = self._list("Secret")
+            router_secrets = [s for s in secrets if _label(s, role) == m.ROLE_ROUTER]
+            for secret in router_secrets:
                 endpoint = _label(secret, m.ENDPOINT_LABEL)
                 configs[endpoint] = _parse_router_secret(secret)
                 write = self._pending_write(secret, configs[endpoint])
                 if write is not None:
                     pending[endpoint] = write
+        for secret in secrets:
+            endpoint = _label(secret, m.ENDPOINT_LABEL)
+            if _label(secret, role) == m.ROLE_ENDPOINT and secret["metadata"]["name"] == (
+                m.keys_secret_name(endpoint)
+            ):
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    m.credentials_from_secret(secret.get("data") or {})
+                    keyed.add(endpoint)
         names = set(records) | set(routers) | set(configs) | set(routes)
+        # Endpoints another repository made (any of their objects says so): neither shown,
+        # planned for nor pruned, whatever is left of them.
+        made = [*records.values(), *routers.values(), *routes.values(), *router_secrets]
+        made += [d for found in instances.values() for d in found]
+        foreign = {_label(o, m.ENDPOINT_LABEL) for o in made if not self._made_here(o)}
+        names -= foreign
         deployments: list[LiveDeployment] = []
-        for endpoint in sorted(instances):
+        for endpoint in sorted(set(instances) - foreign):
             for d in instances[endpoint]:
                 name = _label(d, m.DEPLOYMENT_LABEL)
                 deployments.append(
@@ -227,6 +311,7 @@ class KubernetesTarget:
                     pending=pending.get(endpoint),
                     services=services,
                     running=set(services.values()),
+                    keyed=endpoint in keyed,
                 )
             )
         deployments.sort(key=lambda d: d.key)
@@ -245,6 +330,7 @@ class KubernetesTarget:
         pending: _ConfigWrite | None = None,
         services: Mapping[str, str],
         running: set[str],
+        keyed: bool = True,
     ) -> LiveEndpoint:
         spec, known = EndpointSpec(name), False
         if record is not None:
@@ -296,7 +382,18 @@ class KubernetesTarget:
             service=service, namespace=self.client.namespace, endpoint=name
         ).rstrip("/")
         repair = None
-        if config is not None:
+        # Its state deleted, or not what it should hold (truncated, another shape): a
+        # repair writes it again, with new keys where theirs are gone.
+        lost = [
+            *(["its router config"] if not self.options.gateway_api and config is None else []),
+            *([] if keyed else ["its keys"]),
+            *([] if known else ["its record"]),
+        ]
+        if lost:
+            renewed = "" if keyed else " (new keys are issued)"
+            verb = "are" if len(lost) > 1 else "is"
+            repair = f"{' and '.join(lost)} {verb} gone or unreadable: written again{renewed}"
+        elif config is not None:
             busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
             stale = sorted(r.name for r in config.deployments if r.name not in running | busy)
             if stale:
@@ -371,6 +468,7 @@ class KubernetesTarget:
     # --- apply -------------------------------------------------------------------------
 
     def apply(self, step: Step, *, progress: ProgressCallback | None = None) -> Waiting | None:
+        self._check_owned(step.endpoint)
         return dispatch(self, step, progress)
 
     def _apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> None:
@@ -405,7 +503,7 @@ class KubernetesTarget:
 
     def _credentials(self, endpoint: str) -> EndpointCredentials | None:
         secret = self.client.get("Secret", m.keys_secret_name(endpoint))
-        if secret is None or not _ours(secret):
+        if secret is None or not _carries(secret, {m.TARGET_LABEL: self.name}):
             return None
         try:
             return m.credentials_from_secret(secret.get("data") or {})
@@ -435,10 +533,15 @@ class KubernetesTarget:
         if creds is None:
             creds = new_credentials(port=m.ROUTER_PORT, metrics_port=m.ROUTER_METRICS_PORT)
             say(f"keys generated for {spec.name} (Secret {m.keys_secret_name(spec.name)})")
-        self._write_endpoint(spec, creds, say)
+        self._write_endpoint(spec, creds, say, new=True)
 
     def _write_endpoint(
-        self, spec: EndpointSpec, creds: EndpointCredentials, say: ProgressCallback
+        self,
+        spec: EndpointSpec,
+        creds: EndpointCredentials,
+        say: ProgressCallback,
+        *,
+        new: bool = False,
     ) -> None:
         config: RouterConfig | None = None
         router_image = None
@@ -456,6 +559,8 @@ class KubernetesTarget:
             router_image = self.images.router_image(say)
         ctx = self.context(router_image)
         objects = self._endpoint_objects(spec, creds, config, ctx)
+        if new:
+            self._check_names_free(objects)
         changed = config is not None and config != current
         if config is not None and changed:
             self._record_write(config, before, current, applied=False)
@@ -489,14 +594,27 @@ class KubernetesTarget:
 
     def _repair_endpoint(self, step: Step, do: RepairEndpoint, say: ProgressCallback) -> None:
         """The endpoint's objects written again, and (builtin router) routes of deployments
-        that are gone and have no traffic dropped."""
-        self._update_endpoint(step, UpdateEndpoint(do.spec), say)
+        that are gone and have no traffic dropped, and of those that run and have none (a
+        router config that was lost) added."""
+        # A router config lost (deleted, unreadable): the one written anew routes nothing.
+        config_lost = not self.options.gateway_api and self._router_config(step.endpoint) is None
+        if self._credentials(step.endpoint) is None:
+            # Its keys Secret deleted or unreadable: new keys, as for a new endpoint.
+            self._create_endpoint(step, CreateEndpoint(do.spec), say)
+        else:
+            self._update_endpoint(step, UpdateEndpoint(do.spec), say)
         if self.options.gateway_api:
             return
         config = self._required_config(step.endpoint)
         running = set(self._deployment_names(step.endpoint))
         busy = {n for n, _ in config.traffic} | {n for n, _ in config.mirror_traffic}
         routes = tuple(r for r in config.deployments if r.name in running | busy)
+        for name in sorted(running - {r.name for r in routes} if config_lost else ()):
+            # Running, its route lost with the config: the route of what runs (a deployment
+            # not routed yet for its rollout keeps waiting for its repair_deployment).
+            obj, spec = self._running(step.endpoint, name)
+            replicas = int(obj["spec"].get("replicas", 1))
+            routes += (m.deployment_route(self.context(), spec, replicas=replicas),)
         if routes != config.deployments:
             # Routes of deployments that are gone: no request goes there either way.
             self._write_router_config(replace(config, deployments=routes), say)
@@ -510,7 +628,9 @@ class KubernetesTarget:
 
     def _router_secret(self, endpoint: str) -> dict[str, Any] | None:
         secret = self.client.get("Secret", m.router_config_name(endpoint))
-        return secret if secret is not None and _ours(secret) else None
+        return (
+            secret if secret is not None and _carries(secret, {m.TARGET_LABEL: self.name}) else None
+        )
 
     def _router_config(self, endpoint: str) -> RouterConfig | None:
         secret = self._router_secret(endpoint)
@@ -764,6 +884,7 @@ class KubernetesTarget:
         through the API server's pod proxy: a rollout's analysis follows each pod's
         counters on their own. A TargetError when none answers (no router pod ready, the
         pod proxy forbidden)."""
+        self._check_owned(endpoint)
         texts: dict[str, str] = {}
         problems: list[str] = []
         for pod in self._list("Pod", **{m.ENDPOINT_LABEL: endpoint, m.ROLE_LABEL: m.ROLE_ROUTER}):
@@ -1014,6 +1135,9 @@ class KubernetesTarget:
         spec = replace(spec, scale_settings=do.scale_settings)
         image = self.images.deployment_image(spec, say)
         say(f"{spec.key}: {do.instance_count} instance(s) of {image.image}")
+        self._check_names_free(
+            m.deployment_manifests(self.context(), spec, replicas=do.instance_count, image=image)
+        )
         waiting = self._apply_deployment(
             spec, replicas=do.instance_count, image=image, service_first=False
         )
@@ -1208,6 +1332,7 @@ class KubernetesTarget:
     # --- operations beyond the plan ----------------------------------------------------
 
     def endpoint_credentials(self, endpoint: str) -> EndpointCredentials:
+        self._check_owned(endpoint)
         creds = self._credentials(endpoint)
         if creds is None:
             raise TargetError(f"endpoint {endpoint} has no keys on target {self.name}")
@@ -1229,7 +1354,9 @@ class KubernetesTarget:
     def _instance_pods(
         self, endpoint: str, deployment: str, instance: int | None
     ) -> list[dict[str, Any]]:
-        """The deployment's pods (only the `instance`-th when given); a TargetError when none."""
+        """The deployment's pods (only the `instance`-th when given); a TargetError when none
+        (and when the endpoint is another target's or repository's)."""
+        self._check_owned(endpoint)
         selector = m.managed_selector(self.context(), **self._instance_labels(endpoint, deployment))
         pods = self.client.list("Pod", selector)
         if instance is not None:
@@ -1270,7 +1397,9 @@ class KubernetesTarget:
         credentials: Mapping[str, EndpointCredentials] | None,
     ) -> list[dict[str, Any]]:
         """Manifests of a desired state with this target's namespace and images."""
-        return m.render_desired(self.context(), desired, credentials=credentials)
+        # No repository recorded: what is rendered is anyone's to apply.
+        ctx = replace(self.context(), repository=None)
+        return m.render_desired(ctx, desired, credentials=credentials)
 
 
 # --- helpers --------------------------------------------------------------------------
