@@ -58,7 +58,6 @@ from reconciler.model.specs import (
     Route,
     ScaleSettings,
     SourceLocation,
-    inline_model_name,
     pairs,
     spec_digest,
     weight_of,
@@ -406,8 +405,9 @@ def _model(
     if path is None:
         return None
     # An inline model with only a path is named after its file, as Azure ML names it.
+    stem = posixpath.splitext(posixpath.basename(path))[0] if path != "." else ""
     return ModelSpec(
-        name=str(model.get("name") or inline_model_name(path)),
+        name=str(model.get("name") or stem or "model"),
         version=str(model.get("version", "1")),
         path=path,
         type=model.get("type", "custom_model"),

@@ -44,7 +44,7 @@ from reconciler.model.plan import (
     UpdateDeployment,
     UpdateEndpoint,
 )
-from reconciler.model.specs import DeploymentSpec, JsonValue, Weights, model_label, weight_of
+from reconciler.model.specs import DeploymentSpec, JsonValue, Weights, weight_of
 from reconciler.model.state import DesiredState, LiveState
 
 
@@ -360,7 +360,7 @@ def _summary(spec: DeploymentSpec, count: int) -> tuple[FieldChange, ...]:
     values: dict[str, JsonValue] = {
         "instance_count": count,
         "instance_type": spec.instance_type,
-        "model": model_label(spec.model) if spec.model else None,
+        "model": f"{spec.model.name}:{spec.model.version}" if spec.model else None,
         "environment": f"{env.name}:{env.version}" if env.name else env.image,
         "code": spec.code.path if spec.code else None,
     }

@@ -37,13 +37,7 @@ from reconciler.model.instance_types import (
     resource_cores,
 )
 from reconciler.model.plan import Action, Plan
-from reconciler.model.specs import (
-    DeploymentSpec,
-    EnvironmentSpec,
-    ModelSpec,
-    model_label,
-    weight_of,
-)
+from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, ModelSpec, weight_of
 from reconciler.model.state import DesiredState
 from reconciler.policies import POLICY_FILE, MirrorHistory, MirrorSince
 from reconciler.presentation import (
@@ -239,7 +233,7 @@ def _review_one(
 
 
 def _model_name(model: ModelSpec | None) -> str | None:
-    return model_label(model) if model is not None else None
+    return f"{model.name}:{model.version}" if model is not None else None
 
 
 def _environment_name(env: EnvironmentSpec | None) -> str | None:

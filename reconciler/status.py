@@ -23,7 +23,6 @@ from reconciler.model.specs import (
     EndpointSpec,
     ScaleSettings,
     Weights,
-    model_label,
     to_json,
     weights,
 )
@@ -200,7 +199,7 @@ def running_assets(
         spec = declared
     if spec is None:
         return None, None
-    model = model_label(spec.model) if spec.model is not None else None
+    model = f"{spec.model.name}:{spec.model.version}" if spec.model is not None else None
     env = spec.environment
     environment = f"{env.name}:{env.version}" if env.name else env.image
     return model, environment

@@ -14,7 +14,6 @@ from typing import Protocol
 
 from reconciler.model.diagnostics import Diagnostic
 from reconciler.model.revision import PlanRevision
-from reconciler.model.specs import model_label
 from reconciler.model.state import DesiredState
 
 # Files named one by one in the warning about the rest of the working tree.
@@ -46,7 +45,7 @@ def declared_paths(states: Iterable[DesiredState | None]) -> dict[str, str]:
             if d.source is not None:
                 found.setdefault(d.source.file, f"the file of deployment {who}")
             if d.model is not None and d.model.path:
-                found.setdefault(d.model.path, f"model {model_label(d.model)} of {who}")
+                found.setdefault(d.model.path, f"model {d.model.name}:{d.model.version} of {who}")
             if d.code is not None and d.code.path:
                 found.setdefault(d.code.path, f"the code of {who}")
             env = d.environment

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -139,22 +138,6 @@ class ModelSpec:
     digest: str = ""  # content digest of the files under path
     registered: bool = False  # from a model file referenced as azureml:NAME:VERSION
     properties: Pairs = ()  # Azure's free-form asset properties, as text
-
-
-def inline_model_name(path: str) -> str:
-    """The name of an inline model given none: its file's or folder's, as Azure ML names
-    it (`model` for the repository's root)."""
-    stem = posixpath.splitext(posixpath.basename(path))[0] if path != "." else ""
-    return stem or "model"
-
-
-def model_label(model: ModelSpec) -> str:
-    """How plan, review and status show a model: `name:version`; an inline model given no
-    name by its repository path (with its version when one was given), what its file says
-    (its derived name, often `model:1`, said nothing a user wrote)."""
-    if not model.registered and model.name == inline_model_name(model.path):
-        return model.path if model.version == "1" else f"{model.path}:{model.version}"
-    return f"{model.name}:{model.version}"
 
 
 @dataclass(frozen=True, slots=True)

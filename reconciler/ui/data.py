@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, model_label, to_json
+from reconciler.model.specs import DeploymentSpec, EnvironmentSpec, to_json
 from reconciler.model.state import DesiredState
 from reconciler.ui.source import StatusRevision, StatusSnapshot
 
@@ -202,7 +202,7 @@ def _figures(value: Any) -> dict[str, Any]:
 def _deployment_spec(spec: DeploymentSpec) -> dict[str, Any]:
     scale = spec.scale_settings
     return {
-        "model": model_label(spec.model) if spec.model else None,
+        "model": f"{spec.model.name}:{spec.model.version}" if spec.model else None,
         "model_type": spec.model.type if spec.model else None,
         "model_digest": spec.model.digest if spec.model and spec.model.digest else None,
         "environment": _environment(spec.environment),

@@ -9,13 +9,11 @@ from specs_factory import ENV, deployment, endpoint
 
 from reconciler.diffing import assume_applied
 from reconciler.filetree import FileTree, MemoryTree
-from reconciler.loading import load_desired_state
 from reconciler.model.specs import CodeSpec, ModelSpec, Resources, SourceLocation
-from reconciler.model.state import DesiredState, LiveDeployment
+from reconciler.model.state import DesiredState
 from reconciler.planning import make_plan
 from reconciler.presentation import PackageChange, plan_markdown
 from reconciler.review import mirror_history, package_changes, quota_warnings, review_changes
-from reconciler.status import running_assets
 
 
 def kinds(changes: tuple[PackageChange, ...]) -> dict[str, tuple[str, str | None, str | None]]:
@@ -96,9 +94,7 @@ def test_a_changed_deployment_shows_model_code_packages_and_quota() -> None:
     )
     blue, green = review.deployments
     assert (blue.status, green.status) == ("changed", "new")
-    # The inline model at models/m is named after its folder, as one given no name is: its
-    # path shows.
-    assert (blue.model_before, blue.model_after) == ("models/m", "m:2")
+    assert (blue.model_before, blue.model_after) == ("m:1", "m:2")
     assert [(c.path, c.kind) for c in blue.code_files] == [
         ("new.py", "added"),
         ("old.py", "removed"),
@@ -121,7 +117,7 @@ def test_a_changed_deployment_shows_model_code_packages_and_quota() -> None:
         "- **instances** `Standard_DS3_v2` x 2 → `Standard_DS4_v2` x 3 (instances replaced); "
         "quota ceil(1.2 x 3) x 8 = **32 cores** (was 12)" in md
     )
-    assert "- **model** `models/m` → `m:2` · `sha256:m1` → `sha256:bbbbbbbbbbbb`" in md
+    assert "- **model** `m:1` → `m:2` · `sha256:m1` → `sha256:bbbbbbbbbbbb`" in md
     assert (
         "- **code** `src`: 3 files changed: `new.py` (added), `old.py` (removed), "
         "`score.py` (modified)" in md
@@ -223,39 +219,3 @@ def test_a_deployment_sized_by_resources_alone_counts_its_cpu_in_the_quota() -> 
     md = plan_markdown(plan, review=review)
     assert "quota ceil(1.2 x 2) x 2 = **6 cores**" in md
     assert "0 → **12** cores" in md
-
-
-def test_an_inline_model_given_no_name_shows_as_its_path_in_plan_review_and_status() -> None:
-    """Azure's samples give `model: {path: ../../model-1/model/}`: named after its folder,
-    it showed as `model:1`, which no file says; the path is what the file says."""
-    ep = b"name: shop\nauth_mode: key\n"
-
-    def blue(model: str) -> bytes:
-        return (
-            "name: blue\nendpoint_name: shop\n"
-            f"model: {model}\n"
-            "code_configuration: {code: ../../src, scoring_script: score.py}\n"
-            "environment: {image: python:3.11-slim}\n"
-            "instance_type: Standard_DS3_v2\ninstance_count: 1\n"
-        ).encode()
-
-    files = {"endpoints/shop/endpoint.yml": ep, "src/score.py": b"def run(d):\n    return d\n"}
-    shown = {}
-    for model, files_of_model in {
-        "{path: ../../model-1/model/}": {"model-1/model/w.pkl": b"w"},
-        "{path: ../../weights.pkl, version: 3}": {"weights.pkl": b"w"},
-        "{name: churn, version: 2, path: ../../model}": {"model/w.pkl": b"w"},
-    }.items():
-        tree = MemoryTree({**files, **files_of_model, "endpoints/shop/blue.yml": blue(model)})
-        head = load_desired_state(tree)
-        base = DesiredState((), ())
-        plan = make_plan(head, assume_applied(base), prune=False)
-        (create,) = [s for s in plan.steps if s.deployment == "blue"]
-        planned = {c.path: c.after for c in create.changes}["model"]
-        review = review_changes(plan, None, tree, base=base, head=head)
-        (spec,) = head.deployments
-        live = LiveDeployment(key=spec.key, digest=spec.digest, instance_count=1, spec=spec)
-        status, _ = running_assets(live)
-        assert planned == review.deployments[0].model_after == status, model
-        shown[model] = status
-    assert list(shown.values()) == ["model-1/model", "weights.pkl:3", "churn:2"]

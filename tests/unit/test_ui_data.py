@@ -211,12 +211,12 @@ def test_an_autoscaled_deployment_shows_its_range_last_decision_and_model_digest
     page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
     assert "<th>Scale</th><td>autoscale 1 to 3 instances at 70% utilisation</td>" in page
     assert "<th>Last autoscale decision</th><td>utilisation 12% below target 70%: 3 -&gt; 2" in page
-    assert "<th>Model</th><td>models/m (sha256:m1)</td>" in page
+    assert "<th>Model</th><td>m:1 (sha256:m1)</td>" in page
     long = replace(blue, model=replace(blue.model, digest="sha256:" + "ab" * 32))
     detail = data.endpoint_detail(snap, "shop", DesiredState((), (long,)))
     assert detail is not None
     page = render.endpoint_page(detail, {"entries": []}, fingerprint="f", where="w")
-    assert "<th>Model</th><td>models/m (sha256:abababababab…)</td>" in page
+    assert "<th>Model</th><td>m:1 (sha256:abababababab…)</td>" in page
     assert "request_timeout_ms 4000" in page
     assert "failure_threshold 7" in page
     assert "<th>Spec digest</th><td>sha256:1</td>" in page
