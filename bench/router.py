@@ -521,6 +521,24 @@ def main() -> int:
                 f"| {entry['first_event_ms_p90']} | {added:+.3f} | {entry['big_bodies_s']} "
                 f"| {entry['peak_rss_growth_mb']} |"
             )
+        figures = (
+            ("first_event_ms_p50", "first server-sent event, {}, p50", "ms",
+             "direct to the backend", "<= direct + 1 ms"),
+            ("peak_rss_growth_mb", "peak memory growth over 3 x (10 MB up, 10 MB down), {}",
+             "MB", "the backend's own growth (direct)", "a few buffers"),
+        )  # fmt: skip
+        for entry in streaming[1:]:
+            who = str(entry["target"])
+            for key, name, unit, reference, goal in figures:
+                emit(
+                    BENCH,
+                    name.format(who),
+                    float(entry[key]),  # type: ignore[arg-type]
+                    unit,
+                    reference=reference,
+                    reference_value=float(base[key]),  # type: ignore[arg-type]
+                    goal=goal if who == "ours" else "",
+                )
     return 0
 
 

@@ -202,16 +202,21 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _load(path: Path | None) -> dict[str, CodeType]:
+def _load_marshalled(path: Path | None) -> dict[Any, Any]:
+    """The dict a trusted cache file holds; empty when there is none, or it is damaged
+    (what it held is then compiled afresh, and written)."""
     data = None if path is None else read_trusted(path)
     if data is None:
         return {}
     try:
         loaded = marshal.loads(data)
-    except Exception:  # truncated or damaged: compiled afresh, then written
+    except Exception:  # truncated or damaged
         return {}
-    if not isinstance(loaded, dict):
-        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _load(path: Path | None) -> dict[str, CodeType]:
+    loaded = _load_marshalled(path)
     return {k: v for k, v in loaded.items() if type(k) is str and type(v) is CodeType}
 
 
@@ -244,15 +249,7 @@ def _patterns_file() -> Path | None:
 
 
 def _load_programs(path: Path | None) -> dict[_Key, _Program]:
-    data = None if path is None else read_trusted(path)
-    if data is None:
-        return {}
-    try:
-        loaded = marshal.loads(data)
-    except Exception:  # truncated or damaged: compiled afresh, then written
-        return {}
-    if not isinstance(loaded, dict):
-        return {}
+    loaded = _load_marshalled(path)
     return {k: v for k, v in loaded.items() if _well_formed(k, v)}
 
 

@@ -924,20 +924,30 @@ def test_a_deployment_is_not_deleted_while_a_router_pod_past_its_deadline_still_
     assert plan_rev(repo, target, prune=True).plan.steps == ()
 
 
-def test_a_lagging_router_pod_that_is_not_ready_does_not_hold_a_deletion(
+def _green_removed_while_a_router_pod_is_stalled(
     repo: RepoBuilder, fake: FakeKubernetes
-) -> None:
+) -> tuple[str, list[float], Any]:
+    """blue 90 / green 10 applied, then router pod 1's kubelet stalls (the pod keeps
+    serving that config), green is removed (blue 100) and one pass writes the new config:
+    (the stalled pod, the target's clock, the target)."""
     blue_green(repo)
     repo.commit("base")
     assert not failures(apply_rev(repo, make_target(fake)))
-    stuck = _router_pods(fake)[1]
-    fake.stall_kubelet(stuck)
+    stalled = _router_pods(fake)[1]
+    fake.stall_kubelet(stalled)
     now = [time.time()]
     target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
     repo.remove("endpoints/my-endpoint/green.yml")
     repo.endpoint(EP, traffic={"blue": 100})
     repo.commit("green gone")
     one_pass(repo, target, prune=True)
+    return stalled, now, target
+
+
+def test_a_lagging_router_pod_that_is_not_ready_does_not_hold_a_deletion(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    _stalled, now, target = _green_removed_while_a_router_pod_is_stalled(repo, fake)
     now[0] += 91
     assert _step(one_pass(repo, target, prune=True), "set_traffic").outcome == Outcome.FAILED
     # The pod stops being ready: its Service sends it nothing, so it holds nothing back.
@@ -1145,17 +1155,7 @@ def test_a_lagging_router_pod_ready_again_after_observe_settled_still_keeps_its_
     # write, and reports blue 100), ready again later, still on blue 90 / green 10. The
     # plan then deletes green: its route goes, but the deletion waits for every ready
     # router pod to serve that config, and fails past the deadline: green stays.
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    stuck = _router_pods(fake)[1]
-    fake.stall_kubelet(stuck)
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
-    repo.remove("endpoints/my-endpoint/green.yml")
-    repo.endpoint(EP, traffic={"blue": 100})
-    repo.commit("green gone")
-    one_pass(repo, target, prune=True)
+    stuck, now, target = _green_removed_while_a_router_pod_is_stalled(repo, fake)
     now[0] += 91
     router = m.router_name(EP)
     fake.hold(router)
@@ -1274,17 +1274,7 @@ def test_a_router_pod_that_hangs_on_its_config_digest_holds_nothing_and_blocks_n
     # Ready, but its /-/config-digest never answers (a wedged event loop): the API
     # server's proxy waits on it far longer than our read timeout. Observe asks it past
     # the deadline; one hung pod must not make the whole target unavailable.
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    hung = _router_pods(fake)[1]
-    fake.stall_kubelet(hung)
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0, poll_s=0.25)
-    repo.remove("endpoints/my-endpoint/green.yml")
-    repo.endpoint(EP, traffic={"blue": 100})
-    repo.commit("green gone")
-    one_pass(repo, target, prune=True)
+    hung, now, target = _green_removed_while_a_router_pod_is_stalled(repo, fake)
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
 
