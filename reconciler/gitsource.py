@@ -1218,15 +1218,29 @@ def normalise_url(url: str) -> str:
 
     https://user:token@GitHub.com/org/repo.git, git@github.com:org/repo and
     ssh://git@github.com/org/repo/ are all `github.com/org/repo`; a local path stays a path.
+    No part of a credential is kept (the text is written into labels and named in errors):
+    neither user nor password, also one holding a '/', nor a query or fragment.
     """
     text = url.strip()
     scheme, sep, rest = text.partition("://")
     if sep:
-        text = rest
-    elif re.match(r"^[^/]+@[^/:]+:", text) or re.match(r"^[A-Za-z0-9.-]+:(?!/)", text):
-        text = text.replace(":", "/", 1)  # scp-like: git@host:org/repo
-    text = text.rsplit("@", 1)[-1] if "@" in text.split("/", 1)[0] else text
-    text = text.rstrip("/").removesuffix(".git")
+        text = rest.split("#", 1)[0].split("?", 1)[0]
+        # user:password@ ends at the last '@' before the path; a password may hold a '/'
+        # (then what precedes it is no host[:port]).
+        head = text.split("/", 1)[0]
+        if "@" in head:
+            text = text[text.rindex("@", 0, len(head)) + 1 :]
+        elif "@" in text and not re.fullmatch(r"[^:@]*(:\d*)?", head):
+            text = text.rsplit("@", 1)[-1]
+    else:
+        head = text.split("/", 1)[0]
+        user = "@" in head
+        if user:  # [user[:password]@]host:path (scp form)
+            text = text[text.rindex("@", 0, len(head)) + 1 :]
+        if (user and re.match(r"^[^/:]+:", text)) or re.match(r"^[A-Za-z0-9.-]+:(?!/)", text):
+            host, _, path = text.partition(":")
+            text = f"{host.lower()}/{path}"  # scp form: git@host:org/repo
+    text = text.rstrip("/").removesuffix(".git").rstrip("/")
     if sep and scheme != "file":
         host, slash, path = text.partition("/")
         text = host.lower().split(":")[0] + slash + path

@@ -140,9 +140,6 @@ def test_a_repository_is_the_same_one_in_each_clone_and_by_each_way_of_naming_it
     assert GitSource(clone).identity() == GitSource(repo.root).identity() == str(bare)[:-4]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="credentials after a '/' or in a query, and in scp form, are kept"
-)
 @pytest.mark.parametrize(
     "url",
     [
@@ -163,7 +160,6 @@ def test_no_part_of_a_credential_in_a_remote_url_reaches_the_identity(
     assert identity == "github.com/org/models"
 
 
-@pytest.mark.xfail(strict=True, reason="an scp-form host keeps its case; a clone of a folder")
 def test_the_clones_of_one_repository_are_one_owner_however_their_remote_is_written(
     repo: RepoBuilder, tmp_path: Path
 ) -> None:
