@@ -221,6 +221,37 @@ def test_endpoints_made_before_repositories_were_recorded_stay_everyones(
     assert EP in [e.name for e in make_target(fake, repository=OTHER).observe().endpoints]
 
 
+def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_until_changed(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """The upgrade: an endpoint of an earlier version (no annotation) stays its repository's
+    (no refusal); a pass with nothing to change writes nothing, so nothing is recorded; the
+    owner's next change records its repository (server-side apply), and from then on
+    another repository of the target neither sees nor prunes it."""
+    _endpoint(repo, EP, "one's endpoint")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    ours = make_target(fake, repository=ONE)
+    assert ours.endpoint_credentials(EP) is not None
+    ours.logs(EP, "blue")
+    fake.requests.clear()
+    assert not failures(apply_rev(repo, ours))
+    assert [r for r in fake.requests if r.method not in ("GET",)] == []
+    assert EP in [e.name for e in make_target(fake, repository=OTHER).observe().endpoints]
+    repo.deployment(EP, "green")
+    repo.commit("green")
+    assert not failures(apply_rev(repo, ours))
+    green = fake.get("deployments", m.deployment_object_name(EP, "green"))
+    assert green is not None
+    assert green["metadata"]["annotations"][m.REPOSITORY_ANNOTATION] == ONE
+    theirs = make_target(fake, repository=OTHER)
+    assert EP not in [e.name for e in theirs.observe().endpoints]
+    their_repo = RepoBuilder(repo.root.parent / "theirs")
+    _endpoint(their_repo, "their-ep", "theirs")
+    assert not failures(apply_rev(their_repo, theirs, prune=True))
+    assert fake.get("deployments", m.router_name(EP)) is not None
+    assert EP in [e.name for e in ours.observe().endpoints]
+
+
 def test_the_command_line_of_a_second_repository_leaves_the_first_ones_endpoint_alone(
     repo: RepoBuilder, other: RepoBuilder, fake: FakeKubernetes, tmp_path: Path
 ) -> None:
