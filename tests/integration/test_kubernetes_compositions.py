@@ -24,6 +24,7 @@ from kube_fake import (
     failures,
     gateway_options,
     make_target,
+    one_pass,
     options,
     plan_rev,
     serve,
@@ -250,6 +251,44 @@ def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_until_cha
     assert not failures(apply_rev(their_repo, theirs, prune=True))
     assert fake.get("deployments", m.router_name(EP)) is not None
     assert EP in [e.name for e in ours.observe().endpoints]
+
+
+def _ownership_lists(fake: FakeKubernetes) -> dict[str, int]:
+    """The lists of an endpoint's objects across targets (whose is it?) by endpoint."""
+    found: dict[str, int] = {}
+    for r in fake.requests:
+        selector = r.query.get("labelSelector", "")
+        if r.method == "GET" and m.TARGET_LABEL not in selector and m.ENDPOINT_LABEL in selector:
+            name = selector.split(f"{m.ENDPOINT_LABEL}=")[1].split(",")[0]
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+@pytest.mark.xfail(strict=True, reason="each step and each read lists the endpoint's objects")
+def test_whose_an_endpoint_is_is_asked_once_a_pass_and_not_again_by_each_read(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """Three lists (ConfigMap, Secret, Deployment) tell whose an endpoint is: asked once a
+    pass for each endpoint it changes, whatever the number of its steps, and not again by
+    the reads that follow (credentials, logs, metrics) until the next pass observes."""
+    repo.basics()
+    for name in ("ep-a", "ep-b", "ep-c"):
+        repo.endpoint(name, traffic={"blue": 100})
+        repo.deployment(name, "blue")
+    repo.commit("three endpoints")
+    target = make_target(fake, repository=ONE)
+    fake.requests.clear()
+    result = one_pass(repo, target)  # its rollouts still in progress at its end
+    assert [s.endpoint for s in result.plan.steps].count("ep-a") == 3
+    assert _ownership_lists(fake) == {"ep-a": 3, "ep-b": 3, "ep-c": 3}
+    fake.requests.clear()
+    target.endpoint_credentials("ep-a")
+    target.logs("ep-a", "blue")
+    assert _ownership_lists(fake) == {}
+    # The next pass asks again (what another repository did meanwhile is seen).
+    target.observe()
+    target.endpoint_credentials("ep-a")
+    assert _ownership_lists(fake) == {"ep-a": 3}
 
 
 def test_the_command_line_of_a_second_repository_leaves_the_first_ones_endpoint_alone(
