@@ -248,3 +248,39 @@ def test_a_remote_added_to_the_checkout_keeps_its_endpoints_its_own(
     assert other.target.observe().endpoints == ()
     other.apply(prune=True)
     assert world.score("remote-ep").status == 200
+
+
+def test_an_endpoint_made_before_repositories_were_recorded_stays_its_own_and_anyones(
+    docker_worlds: WorldFactory,
+) -> None:
+    """The upgrade: containers and volume of an earlier version carry no repository label
+    (Docker cannot add one without recreating them). Its repository plans nothing for it
+    (nothing is recreated for the label), reads its keys and logs; another repository that
+    kept the target's name still sees and prunes it, as before (README)."""
+    from reconciler.targets.docker.target import DockerTarget
+
+    world = docker_worlds("earlier")
+    world.target = DockerTarget(world.options, repo_root=world.repo.root, repository=None)
+    world.serve("old-ep")
+
+    def made() -> dict[str, dict[str, str]]:
+        label = [f"reconciler.target={world.options.name}", "reconciler.endpoint=old-ep"]
+        found = world.client.containers.list(all=True, filters={"label": label})
+        return {c.id: c.labels for c in found}
+
+    before = made()
+    assert len(before) >= 3  # router, state holder, an instance
+    assert all("reconciler.repository" not in labels for labels in before.values())
+    world.target = world.new_target()
+    assert world.target.repository is not None
+    assert world.plan().steps == ()
+    world.apply()
+    assert made().keys() == before.keys()
+    assert world.key("old-ep")
+    assert "==>" in world.target.logs("old-ep", "blue")
+    other = docker_worlds("stranger", name=world.options.name, state_dir=world.options.state_dir)
+    other.basics()
+    other.repo.commit("nothing")
+    assert [e.name for e in other.target.observe().endpoints] == ["old-ep"]
+    other.apply(prune=True)
+    assert made() == {}
