@@ -253,6 +253,26 @@ def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_until_cha
     assert EP in [e.name for e in ours.observe().endpoints]
 
 
+def test_a_long_repository_identity_in_any_script_is_recorded_whole_in_an_annotation(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """The identity is recorded raw (not hashed), in an annotation alone: no label (63
+    characters of a narrow alphabet; the fake refuses others, as the API server does) nor
+    selector holds it, so a folder of 400 characters in any script is recorded whole and
+    still tells one repository from another."""
+    long = "path:/srv/" + "модели-ünïcödé-名前/" * 20 + "//deploy"
+    assert len(long) > 300
+    _endpoint(repo, EP, "one's endpoint")
+    assert not failures(apply_rev(repo, make_target(fake, repository=long)))
+    for plural, name in (("deployments", m.router_name(EP)), ("configmaps", m.record_name(EP))):
+        obj = fake.get(plural, name)
+        assert obj is not None
+        assert obj["metadata"]["annotations"][m.REPOSITORY_ANNOTATION] == long
+        assert long not in json.dumps(obj["metadata"].get("labels"), ensure_ascii=False)
+    assert EP in [e.name for e in make_target(fake, repository=long).observe().endpoints]
+    assert EP not in [e.name for e in make_target(fake, repository=long[:-1]).observe().endpoints]
+
+
 def _ownership_lists(fake: FakeKubernetes) -> dict[str, int]:
     """The lists of an endpoint's objects across targets (whose is it?) by endpoint."""
     found: dict[str, int] = {}
