@@ -319,7 +319,6 @@ def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_once_chan
     assert [e.name for e in world.new_target().observe().endpoints] == ["old-ep"]
 
 
-@pytest.mark.xfail(strict=True, reason="image retention compares identities as texts")
 def test_images_built_under_another_spelling_of_this_repository_are_its_own_to_collect(
     docker_engine: Any, tmp_path: Path
 ) -> None:

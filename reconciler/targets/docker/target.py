@@ -1748,6 +1748,7 @@ class DockerTarget:
                 self.client,
                 target=self.name,
                 repository=self.repository,
+                checkout=self._checkout,
                 keep=self.options.image_retention if keep is None else keep,
                 dry_run=dry_run,
                 protect=(self.options.base_image, *protect),
