@@ -205,6 +205,35 @@ def test_the_clones_of_one_repository_are_one_owner_however_their_remote_is_writ
     assert not same_repository(GitSource(other.root).identity(), first)
 
 
+_KEPT_AS_WRITTEN = pytest.mark.xfail(strict=True, reason="the daemon's --subdir is kept as written")
+
+
+@pytest.mark.parametrize(
+    "subdir",
+    [
+        "deploy",
+        "deploy/",
+        pytest.param("./deploy", marks=_KEPT_AS_WRITTEN),
+        pytest.param("deploy/x/..", marks=_KEPT_AS_WRITTEN),
+    ],
+)
+def test_the_daemons_clone_and_a_persons_are_one_repository_however_the_folder_is_written(
+    repo: RepoBuilder, tmp_path: Path, subdir: str
+) -> None:
+    """`reconcile watch --url URL --subdir ./deploy` and `reconcile --repo clone/deploy` are
+    one repository: were they two, each would call the other's endpoints another's."""
+    from reconciler.gitsource import RemoteCheckout
+
+    repo.write("deploy/x/a.txt", "a")
+    repo.commit("first")
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(bare)], check=True)
+    mine = tmp_path / "mine"
+    subprocess.run(["git", "clone", "-q", str(bare), str(mine)], check=True)
+    daemons = RemoteCheckout(str(bare), branch="main", cache_dir=tmp_path / "cache", subdir=subdir)
+    assert daemons.identity() == GitSource(mine / "deploy").identity()
+
+
 def test_status_history_reads_logs_with_paths_and_files_at_commits(repo: RepoBuilder) -> None:
     repo.write("a.txt", "a\n")
     repo.commit("first")
