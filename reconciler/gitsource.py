@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import hashlib
 import os
+import posixpath
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1083,8 +1084,11 @@ class RemoteCheckout(GitSource):
                     git_said=said,
                 ) from None
         super().__init__(folder)
-        # The sub-folder may not be checked out yet: it is a path inside the tree.
-        self.subdir = subdir.strip("/")
+        # The sub-folder may not be checked out yet: it is a path inside the tree, as a
+        # checkout's own sub-folder names it (`./deploy/` is `deploy`): the identity of the
+        # repository holds it, the same in a person's clone.
+        folder_in = posixpath.normpath(subdir.strip("/")) if subdir.strip("/") else ""
+        self.subdir = "" if folder_in == "." else folder_in
 
     def fetch(self) -> str:
         """Fetch the branch (and the status branch's remote tip); returns the branch's commit."""

@@ -205,16 +205,13 @@ def test_the_clones_of_one_repository_are_one_owner_however_their_remote_is_writ
     assert not same_repository(GitSource(other.root).identity(), first)
 
 
-_KEPT_AS_WRITTEN = pytest.mark.xfail(strict=True, reason="the daemon's --subdir is kept as written")
-
-
 @pytest.mark.parametrize(
     "subdir",
     [
         "deploy",
         "deploy/",
-        pytest.param("./deploy", marks=_KEPT_AS_WRITTEN),
-        pytest.param("deploy/x/..", marks=_KEPT_AS_WRITTEN),
+        "./deploy",
+        "deploy/x/..",
     ],
 )
 def test_the_daemons_clone_and_a_persons_are_one_repository_however_the_folder_is_written(
