@@ -18,6 +18,7 @@ def same_repository(one: str, other: str) -> bool:
         return True
     # The sub-folder after `//` is a folder of the repository: its case counts.
     (url, _, folder), (other_url, _, other_folder) = one.partition("//"), other.partition("//")
+    url, other_url = _plain(url), _plain(other_url)
     if folder != other_folder:
         return False
     local, other_local = _local(url), _local(other_url)
@@ -29,6 +30,15 @@ def same_repository(one: str, other: str) -> bool:
     return path == other_path or (
         host.casefold() in CASE_INSENSITIVE_HOSTS and path.casefold() == other_path.casefold()
     )
+
+
+def _plain(url: str) -> str:
+    """An identity's URL without what earlier versions kept of some remotes (a query or
+    fragment, and the `.git` before them): recorded so, it names the same repository. A
+    checkout's folder (`path:`) is a name as it is: `repo.git` and `repo` are two."""
+    if url.startswith("path:"):
+        return url
+    return url.split("#", 1)[0].split("?", 1)[0].rstrip("/").removesuffix(".git").rstrip("/")
 
 
 def _local(url: str) -> str | None:
