@@ -1247,7 +1247,7 @@ def normalise_url(url: str) -> str:
     text = text.rstrip("/").removesuffix(".git").rstrip("/")
     if sep and scheme != "file":
         host, slash, path = text.partition("/")
-        text = host.lower().split(":")[0] + slash + path
+        text = re.sub(r":\d*$", "", host.lower()) + slash + path  # no port; [IPv6] kept
     return text
 
 

@@ -25,11 +25,18 @@ def same_repository(one: str, other: str) -> bool:
     if local is not None or other_local is not None:
         return local == other_local
     (host, _, path), (other_host, _, other_path) = url.partition("/"), other_url.partition("/")
+    if _cut(host) or _cut(other_host):
+        # Recorded by an earlier version, which cut an IPv6 host at its first ':'.
+        host, other_host = host.split(":")[0], other_host.split(":")[0]
     if host.casefold() != other_host.casefold():
         return False
     return path == other_path or (
         host.casefold() in CASE_INSENSITIVE_HOSTS and path.casefold() == other_path.casefold()
     )
+
+
+def _cut(host: str) -> bool:
+    return host.startswith("[") and "]" not in host
 
 
 def _plain(url: str) -> str:

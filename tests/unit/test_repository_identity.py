@@ -24,9 +24,17 @@ def test_a_remote_url_is_known_by_its_host_and_path(url: str, identity: str) -> 
     assert normalise_url(url) == identity
 
 
-@pytest.mark.xfail(strict=True, reason="an IPv6 host is cut at its first ':'")
 def test_repositories_on_two_ipv6_hosts_are_two() -> None:
     one = normalise_url("https://[2001:db8::1]:8443/org/models")
     other = normalise_url("https://[2001:db8::2]/org/models")
     assert one == "[2001:db8::1]/org/models"
     assert other == "[2001:db8::2]/org/models"
+
+
+def test_an_ipv6_host_an_earlier_version_cut_short_is_still_that_repository() -> None:
+    from reconciler.targets.ownership import same_repository
+
+    now = normalise_url("https://[2001:db8::1]:8443/org/models")
+    assert same_repository("[2001/org/models", now) and same_repository(now, "[2001/org/models")
+    assert not same_repository("[2001/org/other", now)
+    assert not same_repository(now, normalise_url("https://[2001:db8::2]/org/models"))
