@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import hashlib
 import os
+import posixpath
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1083,8 +1084,11 @@ class RemoteCheckout(GitSource):
                     git_said=said,
                 ) from None
         super().__init__(folder)
-        # The sub-folder may not be checked out yet: it is a path inside the tree.
-        self.subdir = subdir.strip("/")
+        # The sub-folder may not be checked out yet: it is a path inside the tree, as a
+        # checkout's own sub-folder names it (`./deploy/` is `deploy`): the identity of the
+        # repository holds it, the same in a person's clone.
+        folder_in = posixpath.normpath(subdir.strip("/")) if subdir.strip("/") else ""
+        self.subdir = "" if folder_in == "." else folder_in
 
     def fetch(self) -> str:
         """Fetch the branch (and the status branch's remote tip); returns the branch's commit."""
@@ -1218,18 +1222,32 @@ def normalise_url(url: str) -> str:
 
     https://user:token@GitHub.com/org/repo.git, git@github.com:org/repo and
     ssh://git@github.com/org/repo/ are all `github.com/org/repo`; a local path stays a path.
+    No part of a credential is kept (the text is written into labels and named in errors):
+    neither user nor password, also one holding a '/', nor a query or fragment.
     """
     text = url.strip()
     scheme, sep, rest = text.partition("://")
     if sep:
-        text = rest
-    elif re.match(r"^[^/]+@[^/:]+:", text) or re.match(r"^[A-Za-z0-9.-]+:(?!/)", text):
-        text = text.replace(":", "/", 1)  # scp-like: git@host:org/repo
-    text = text.rsplit("@", 1)[-1] if "@" in text.split("/", 1)[0] else text
-    text = text.rstrip("/").removesuffix(".git")
+        text = rest.split("#", 1)[0].split("?", 1)[0]
+        # user:password@ ends at the last '@' before the path; a password may hold a '/'
+        # (then what precedes it is no host[:port]).
+        head = text.split("/", 1)[0]
+        if "@" in head:
+            text = text[text.rindex("@", 0, len(head)) + 1 :]
+        elif "@" in text and not re.fullmatch(r"[^:@]*(:\d*)?", head):
+            text = text.rsplit("@", 1)[-1]
+    else:
+        head = text.split("/", 1)[0]
+        user = "@" in head
+        if user:  # [user[:password]@]host:path (scp form)
+            text = text[text.rindex("@", 0, len(head)) + 1 :]
+        if (user and re.match(r"^[^/:]+:", text)) or re.match(r"^[A-Za-z0-9.-]+:(?!/)", text):
+            host, _, path = text.partition(":")
+            text = f"{host.lower()}/{path}"  # scp form: git@host:org/repo
+    text = text.rstrip("/").removesuffix(".git").rstrip("/")
     if sep and scheme != "file":
         host, slash, path = text.partition("/")
-        text = host.lower().split(":")[0] + slash + path
+        text = re.sub(r":\d*$", "", host.lower()) + slash + path  # no port; [IPv6] kept
     return text
 
 

@@ -248,3 +248,119 @@ def test_a_remote_added_to_the_checkout_keeps_its_endpoints_its_own(
     assert other.target.observe().endpoints == ()
     other.apply(prune=True)
     assert world.score("remote-ep").status == 200
+
+
+def test_an_endpoint_made_before_repositories_were_recorded_stays_its_own_and_anyones(
+    docker_worlds: WorldFactory,
+) -> None:
+    """The upgrade: containers and volume of an earlier version carry no repository label
+    (Docker cannot add one without recreating them). Its repository plans nothing for it
+    (nothing is recreated for the label), reads its keys and logs; another repository that
+    kept the target's name still sees and prunes it, as before (README)."""
+    from reconciler.targets.docker.target import DockerTarget
+
+    world = docker_worlds("earlier")
+    world.target = DockerTarget(world.options, repo_root=world.repo.root, repository=None)
+    world.serve("old-ep")
+
+    def made() -> dict[str, dict[str, str]]:
+        label = [f"reconciler.target={world.options.name}", "reconciler.endpoint=old-ep"]
+        found = world.client.containers.list(all=True, filters={"label": label})
+        return {c.id: c.labels for c in found}
+
+    before = made()
+    assert len(before) >= 3  # router, state holder, an instance
+    assert all("reconciler.repository" not in labels for labels in before.values())
+    world.target = world.new_target()
+    assert world.target.repository is not None
+    assert world.plan().steps == ()
+    world.apply()
+    assert made().keys() == before.keys()
+    assert world.key("old-ep")
+    assert "==>" in world.target.logs("old-ep", "blue")
+    other = docker_worlds("stranger", name=world.options.name, state_dir=world.options.state_dir)
+    other.basics()
+    other.repo.commit("nothing")
+    assert [e.name for e in other.target.observe().endpoints] == ["old-ep"]
+    other.apply(prune=True)
+    assert made() == {}
+
+
+def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_once_changed(
+    docker_worlds: WorldFactory,
+) -> None:
+    """Its state volume can never get the label; the instances its repository's next change
+    makes carry it, and from then on another repository that kept the target's name neither
+    sees nor prunes the endpoint (its volume alone said anyone's for ever)."""
+    from reconciler.targets.docker.target import DockerTarget
+
+    world = docker_worlds("earlier")
+    world.target = DockerTarget(world.options, repo_root=world.repo.root, repository=None)
+    world.serve("old-ep")
+    world.target = world.new_target()
+    world.code("src", "2")
+    world.repo.commit("v2, after the upgrade")
+    assert [str(s.action) for s in world.plan().steps] == [Action.UPDATE_DEPLOYMENT]
+    world.apply()
+    other = docker_worlds("stranger", name=world.options.name, state_dir=world.options.state_dir)
+    other.basics()
+    other.repo.commit("nothing")
+    live = other.target.observe()
+    assert live.endpoints == ()
+    assert any("old-ep" in w.message and "another repository" in w.message for w in live.warnings)
+    other.apply(prune=True)
+    assert world.score("old-ep").version == "2"
+    # Nor do the command line's fast paths (invoke's and credentials' engine reader) give
+    # its keys to the other repository.
+    shown = CliRunner().invoke(main, ["credentials", "old-ep", *_cli_target(other)])
+    assert shown.exit_code == 1 and "endpoint old-ep does not exist" in shown.output, shown.output
+    assert world.key("old-ep") not in shown.output
+    # Its own repository still sees and changes it.
+    assert [e.name for e in world.new_target().observe().endpoints] == ["old-ep"]
+
+
+def test_images_built_under_another_spelling_of_this_repository_are_its_own_to_collect(
+    docker_engine: Any, tmp_path: Path
+) -> None:
+    """Image retention tells whose a build is as ownership does (targets/ownership.py):
+    a clone URL in other case, and this checkout before it had a remote, built this
+    repository's images; another repository's are never considered."""
+    import io
+    import uuid
+
+    from reconciler.images import retention as r
+    from reconciler.targets.docker.imagegc import target_images
+
+    target = f"gc-{uuid.uuid4().hex[:10]}"
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    built: dict[str, str] = {}
+    try:
+        for owner in ("GitHub.com/Org/Models", f"path:{checkout}", "github.com/org/other"):
+            labels = {
+                r.MANAGED_BY: r.MANAGER,
+                r.TARGET_LABEL: target,
+                r.KIND_LABEL: "deployment",
+                r.BUILT_FOR_REPOSITORY: owner,
+            }
+            dockerfile = io.BytesIO(b"FROM scratch\nLABEL reconciler.test=owner\n")
+            image, _ = docker_engine.images.build(
+                fileobj=dockerfile, labels=labels, tag=f"reconciler-app:{target}-{len(built)}"
+            )
+            built[owner] = image.id
+        by_url = target_images(docker_engine, target=target, repository="github.com/org/models")
+        assert {i.id for i in by_url} == {built["GitHub.com/Org/Models"]}
+        found = target_images(
+            docker_engine, target=target, repository="github.com/org/models", checkout=checkout
+        )
+        assert {i.id for i in found} == {built["GitHub.com/Org/Models"], built[f"path:{checkout}"]}
+        elsewhere = target_images(
+            docker_engine,
+            target=target,
+            repository="github.com/org/models",
+            checkout=tmp_path / "elsewhere",
+        )
+        assert {i.id for i in elsewhere} == {built["GitHub.com/Org/Models"]}
+    finally:
+        for n in range(len(built)):
+            docker_engine.images.remove(f"reconciler-app:{target}-{n}", force=True)

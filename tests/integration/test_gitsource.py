@@ -140,6 +140,97 @@ def test_a_repository_is_the_same_one_in_each_clone_and_by_each_way_of_naming_it
     assert GitSource(clone).identity() == GitSource(repo.root).identity() == str(bare)[:-4]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "user:tok3nSECRET@github.com:org/models",  # scp form with a password
+        "https://user:tok/3nSECRET@github.com/org/models",  # a password holding a '/'
+        "https://github.com/org/models.git?private_token=tok3nSECRET",
+        "https://github.com/org/models#tok3nSECRET",
+    ],
+)
+def test_no_part_of_a_credential_in_a_remote_url_reaches_the_identity(
+    repo: RepoBuilder, url: str
+) -> None:
+    # The identity is written into Docker labels and Kubernetes annotations, and named in
+    # errors: no piece of a token may be in it.
+    repo.git("remote", "add", "origin", url)
+    identity = GitSource(repo.root).identity()
+    assert "tok3n" not in identity and "SECRET" not in identity
+    assert identity == "github.com/org/models"
+
+
+def test_the_clones_of_one_repository_are_one_owner_however_their_remote_is_written(
+    repo: RepoBuilder, tmp_path: Path
+) -> None:
+    from reconciler.targets.ownership import made_here, same_repository
+
+    repo.write("a.txt", "a")
+    repo.commit("first")
+    source = GitSource(repo.root)
+    # A remote renamed (origin -> upstream) is the same repository; with several and no
+    # origin, the first by name.
+    repo.git("remote", "add", "origin", "https://github.com/Org/Models")
+    named = source.identity()
+    repo.git("remote", "rename", "origin", "upstream")
+    assert source.identity() == named
+    repo.git("remote", "add", "zz-fork", "https://github.com/someone/fork")
+    assert source.identity() == named
+    # ssh and https, `.git` and a trailing '/', a host in capitals: one repository.
+    https = named
+    for url in ("git@GitHub.com:org/models.git", "ssh://git@GITHUB.COM/org/models.git/"):
+        repo.git("remote", "set-url", "upstream", url)
+        assert same_repository(source.identity(), https), url
+        assert same_repository(https, source.identity()), url
+    # A host that matches names with case still ignores the case of its own name (DNS).
+    assert same_repository("Git.Example.com/org/m", "git.example.com/org/m")
+    assert not same_repository("git.example.com/Org/m", "git.example.com/org/m")
+    # A checkout with no remote, cloned elsewhere: the clone's origin is that folder, so
+    # each takes the other's endpoints as its own.
+    repo.git("remote", "remove", "upstream")
+    repo.git("remote", "remove", "zz-fork")
+    first = GitSource(repo.root).identity()
+    clone = tmp_path / "elsewhere"
+    subprocess.run(["git", "clone", "-q", str(repo.root), str(clone)], check=True)
+    second = GitSource(clone).identity()
+    assert same_repository(first, second) and same_repository(second, first)
+    assert made_here(second, repository=first, checkout=repo.root.resolve())
+    # ... also once the first folder gained a remote (it knew itself as `path:` before).
+    repo.git("remote", "add", "origin", "https://github.com/org/models")
+    assert made_here(
+        second, repository=GitSource(repo.root).identity(), checkout=repo.root.resolve()
+    )
+    # Two folders with no remote that were never cloned from one another stay two.
+    other = RepoBuilder(tmp_path / "other")
+    assert not same_repository(GitSource(other.root).identity(), first)
+
+
+@pytest.mark.parametrize(
+    "subdir",
+    [
+        "deploy",
+        "deploy/",
+        "./deploy",
+        "deploy/x/..",
+    ],
+)
+def test_the_daemons_clone_and_a_persons_are_one_repository_however_the_folder_is_written(
+    repo: RepoBuilder, tmp_path: Path, subdir: str
+) -> None:
+    """`reconcile watch --url URL --subdir ./deploy` and `reconcile --repo clone/deploy` are
+    one repository: were they two, each would call the other's endpoints another's."""
+    from reconciler.gitsource import RemoteCheckout
+
+    repo.write("deploy/x/a.txt", "a")
+    repo.commit("first")
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(bare)], check=True)
+    mine = tmp_path / "mine"
+    subprocess.run(["git", "clone", "-q", str(bare), str(mine)], check=True)
+    daemons = RemoteCheckout(str(bare), branch="main", cache_dir=tmp_path / "cache", subdir=subdir)
+    assert daemons.identity() == GitSource(mine / "deploy").identity()
+
+
 def test_status_history_reads_logs_with_paths_and_files_at_commits(repo: RepoBuilder) -> None:
     repo.write("a.txt", "a\n")
     repo.commit("first")

@@ -24,6 +24,7 @@ from kube_fake import (
     failures,
     gateway_options,
     make_target,
+    one_pass,
     options,
     plan_rev,
     serve,
@@ -219,6 +220,96 @@ def test_endpoints_made_before_repositories_were_recorded_stay_everyones(
     assert EP in [e.name for e in ours.observe().endpoints]
     assert not failures(apply_rev(repo, ours, prune=True))
     assert EP in [e.name for e in make_target(fake, repository=OTHER).observe().endpoints]
+
+
+def test_an_endpoint_made_before_repositories_were_recorded_is_its_own_until_changed(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """The upgrade: an endpoint of an earlier version (no annotation) stays its repository's
+    (no refusal); a pass with nothing to change writes nothing, so nothing is recorded; the
+    owner's next change records its repository (server-side apply), and from then on
+    another repository of the target neither sees nor prunes it."""
+    _endpoint(repo, EP, "one's endpoint")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    ours = make_target(fake, repository=ONE)
+    assert ours.endpoint_credentials(EP) is not None
+    ours.logs(EP, "blue")
+    fake.requests.clear()
+    assert not failures(apply_rev(repo, ours))
+    assert [r for r in fake.requests if r.method not in ("GET",)] == []
+    assert EP in [e.name for e in make_target(fake, repository=OTHER).observe().endpoints]
+    repo.deployment(EP, "green")
+    repo.commit("green")
+    assert not failures(apply_rev(repo, ours))
+    green = fake.get("deployments", m.deployment_object_name(EP, "green"))
+    assert green is not None
+    assert green["metadata"]["annotations"][m.REPOSITORY_ANNOTATION] == ONE
+    theirs = make_target(fake, repository=OTHER)
+    assert EP not in [e.name for e in theirs.observe().endpoints]
+    their_repo = RepoBuilder(repo.root.parent / "theirs")
+    _endpoint(their_repo, "their-ep", "theirs")
+    assert not failures(apply_rev(their_repo, theirs, prune=True))
+    assert fake.get("deployments", m.router_name(EP)) is not None
+    assert EP in [e.name for e in ours.observe().endpoints]
+
+
+def test_a_long_repository_identity_in_any_script_is_recorded_whole_in_an_annotation(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """The identity is recorded raw (not hashed), in an annotation alone: no label (63
+    characters of a narrow alphabet; the fake refuses others, as the API server does) nor
+    selector holds it, so a folder of 400 characters in any script is recorded whole and
+    still tells one repository from another."""
+    long = "path:/srv/" + "модели-ünïcödé-名前/" * 20 + "//deploy"
+    assert len(long) > 300
+    _endpoint(repo, EP, "one's endpoint")
+    assert not failures(apply_rev(repo, make_target(fake, repository=long)))
+    for plural, name in (("deployments", m.router_name(EP)), ("configmaps", m.record_name(EP))):
+        obj = fake.get(plural, name)
+        assert obj is not None
+        assert obj["metadata"]["annotations"][m.REPOSITORY_ANNOTATION] == long
+        assert long not in json.dumps(obj["metadata"].get("labels"), ensure_ascii=False)
+    assert EP in [e.name for e in make_target(fake, repository=long).observe().endpoints]
+    assert EP not in [e.name for e in make_target(fake, repository=long[:-1]).observe().endpoints]
+
+
+def _ownership_lists(fake: FakeKubernetes) -> dict[str, int]:
+    """The lists of an endpoint's objects across targets (whose is it?) by endpoint."""
+    found: dict[str, int] = {}
+    for r in fake.requests:
+        selector = r.query.get("labelSelector", "")
+        if r.method == "GET" and m.TARGET_LABEL not in selector and m.ENDPOINT_LABEL in selector:
+            name = selector.split(f"{m.ENDPOINT_LABEL}=")[1].split(",")[0]
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def test_whose_an_endpoint_is_is_asked_once_a_pass_and_not_again_by_each_read(
+    repo: RepoBuilder, fake: FakeKubernetes
+) -> None:
+    """Three lists (ConfigMap, Secret, Deployment) tell whose an endpoint is: asked once a
+    pass for each endpoint it changes, whatever the number of its steps, and once in all by
+    the reads that follow (credentials, logs, metrics) until the next pass observes."""
+    repo.basics()
+    for name in ("ep-a", "ep-b", "ep-c"):
+        repo.endpoint(name, traffic={"blue": 100})
+        repo.deployment(name, "blue")
+    repo.commit("three endpoints")
+    target = make_target(fake, repository=ONE)
+    fake.requests.clear()
+    result = one_pass(repo, target)  # its rollouts still in progress at its end
+    assert [s.endpoint for s in result.plan.steps].count("ep-a") == 3
+    assert _ownership_lists(fake) == {"ep-a": 3, "ep-b": 3, "ep-c": 3}
+    # The pass ends with an observe (for status): the reads after it ask once in all.
+    fake.requests.clear()
+    for _ in range(3):
+        target.endpoint_credentials("ep-a")
+        target.logs("ep-a", "blue")
+    assert _ownership_lists(fake) == {"ep-a": 3}
+    # The next pass asks again (what another repository did meanwhile is seen).
+    target.observe()
+    target.endpoint_credentials("ep-a")
+    assert _ownership_lists(fake) == {"ep-a": 6}
 
 
 def test_the_command_line_of_a_second_repository_leaves_the_first_ones_endpoint_alone(

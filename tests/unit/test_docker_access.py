@@ -122,6 +122,22 @@ def test_links_in_the_archive_are_never_followed_nor_anything_written(tmp_path: 
 
 
 @pytest.mark.parametrize(
+    "recorded",
+    [
+        "github.com/org/models.git?private_token=abc",  # recorded by 0.4 from such a remote
+        "github.com/org/models#frag",
+        "github.com/org/models.git",
+    ],
+)
+def test_an_identity_an_earlier_version_recorded_from_another_spelling_stays_this_one(
+    recorded: str,
+) -> None:
+    assert same_repository(recorded, "github.com/org/models")
+    assert same_repository("github.com/org/models", recorded)
+    assert not same_repository(recorded, "github.com/org/other")
+
+
+@pytest.mark.parametrize(
     ("one", "other", "same"),
     [
         ("github.com/Org/Models", "github.com/org/models", True),
@@ -129,6 +145,10 @@ def test_links_in_the_archive_are_never_followed_nor_anything_written(tmp_path: 
         ("github.com/org/models//Deploy", "github.com/org/models//deploy", False),
         ("git.example.com/Org/Models", "git.example.com/org/models", False),
         ("path:/srv/Models", "path:/srv/models", False),
+        ("path:/srv/models.git", "path:/srv/models", False),
+        ("path:/srv/models", "/srv/models", True),  # a clone of that checkout
+        ("path:/srv/models//deploy", "/srv/models//deploy", True),
+        ("path:/srv/models//deploy", "/srv/models", False),
         ("github.com/org/models", "github.com/org/models2", False),
     ],
 )

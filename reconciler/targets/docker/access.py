@@ -185,6 +185,13 @@ def _access(
         return None  # another repository's: the target says it does not exist here
     port = int(labels[f"{L}port"])
     containers = engine.get_json(f"/containers/json?all=1&filters={_filters(**scope)}")
+    if repository is not None and owner is None:
+        # A volume of an earlier version (no label): its containers made since say whose.
+        makers = {
+            str(made) for c in containers if (made := (c.get("Labels") or {}).get(f"{L}repository"))
+        }
+        if makers and not any(same_repository(made, repository) for made in makers):
+            return None  # the target tells (another repository's, or this checkout's)
     by_role: dict[str, list[Mapping[str, Any]]] = {}
     for container in containers:
         by_role.setdefault((container.get("Labels") or {}).get(f"{L}role", ""), []).append(

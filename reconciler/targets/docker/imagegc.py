@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -38,6 +39,7 @@ from reconciler.images.retention import (
     choose,
 )
 from reconciler.logs import get_logger
+from reconciler.targets.ownership import made_here, same_repository
 
 log = get_logger(__name__)
 
@@ -59,9 +61,15 @@ def _image(attrs: Mapping[str, object], tags: Iterable[str]) -> BuiltImage:
 
 
 def target_images(
-    client: docker.DockerClient, *, target: str, repository: str | None
+    client: docker.DockerClient,
+    *,
+    target: str,
+    repository: str | None,
+    checkout: Path | None = None,
 ) -> list[BuiltImage]:
-    """The images this target built for this repository, and none that anyone else may own."""
+    """The images this target built for this repository, and none that anyone else may own.
+    This repository as ownership tells it (targets/ownership.py): a clone URL in other case,
+    and with `checkout`, that checkout as it was named before it had a remote."""
     listed = client.images.list(
         filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{TARGET_LABEL}={target}"]}
     )
@@ -72,10 +80,16 @@ def target_images(
             continue  # the router image, or anything else that is not a build of a deployment
         if not image.tags or any(t.split(":")[0] not in OUR_REPOSITORIES for t in image.tags):
             continue  # someone tagged it (or untagged it): theirs now
-        if image.repository and repository and image.repository != repository:
+        if image.repository and repository and not _same(image.repository, repository, checkout):
             continue  # another repository's deployment, on a target of the same name
         found.append(image)
     return found
+
+
+def _same(owner: str, repository: str, checkout: Path | None) -> bool:
+    if checkout is None:
+        return same_repository(owner, repository)
+    return made_here(owner, repository=repository, checkout=checkout)
 
 
 def thin_images_on_host(client: docker.DockerClient) -> dict[str, str]:
@@ -105,12 +119,13 @@ def collect(
     keep: int,
     dry_run: bool = False,
     protect: Iterable[str] = (),
+    checkout: Path | None = None,
 ) -> Collected:
     """Remove the images of this target out of retention (none with dry_run).
 
     protect: names or ids never removed whatever they are (the base image in use).
     """
-    images = target_images(client, target=target, repository=repository)
+    images = target_images(client, target=target, repository=repository, checkout=checkout)
     protected: set[str] = set()
     for name in protect:
         with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):

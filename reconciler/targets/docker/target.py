@@ -831,14 +831,16 @@ class DockerTarget:
     def _foreign(self, volumes: Mapping[str, Any], containers: Iterable[Any]) -> dict[str, str]:
         """Endpoints of this target that another repository made: name -> repository. The
         state volume says so; an endpoint whose volume is lost, its containers (a pass of
-        the other repository would otherwise see it as its own, broken, and prune it)."""
+        the other repository would otherwise see it as its own, broken, and prune it), and
+        so do they one whose volume an earlier version made with no label (Docker cannot
+        add one): the containers its repository's changes made since carry it."""
         if self.repository is None:
             return {}
         owners = {name: _owner(volume) for name, volume in volumes.items()}
         by_containers: dict[str, set[str]] = defaultdict(set)
         for c in containers:
             name = c.labels.get(f"{L}endpoint", "")
-            if name not in volumes and (owner := c.labels.get(f"{L}repository")):
+            if owners.get(name) is None and (owner := c.labels.get(f"{L}repository")):
                 by_containers[name].add(owner)
         for name, found in by_containers.items():
             if not any(self._ours(owner) for owner in found):
@@ -855,7 +857,8 @@ class DockerTarget:
         if self.repository is None:
             return
         volumes = {endpoint: volume} if volume is not None else self._state_volumes(endpoint)
-        containers = [] if endpoint in volumes else self._containers(endpoint=endpoint)
+        recorded = endpoint in volumes and _owner(volumes[endpoint]) is not None
+        containers = [] if recorded else self._containers(endpoint=endpoint)
         owner = self._foreign(volumes, containers).get(endpoint)
         if owner is not None:
             raise TargetError(
@@ -1363,10 +1366,10 @@ class DockerTarget:
         legacy = _legacy_files(legacy_router) if legacy_router is not None else {}
         image = self._router_image_tag(say)
         volume = self._state_volumes(endpoint).get(endpoint)
-        if volume is not None:
-            owner = _owner(volume)
-        else:  # lost, or never made: the containers left say who made them
-            owner = self._foreign({}, self._containers(endpoint=endpoint)).get(endpoint)
+        owner = _owner(volume) if volume is not None else None
+        if owner is None:  # lost, never made, or unlabelled: the containers say who made them
+            found = {endpoint: volume} if volume is not None else {}
+            owner = self._foreign(found, self._containers(endpoint=endpoint)).get(endpoint)
         if not self._ours(owner):
             raise TargetError(
                 f"endpoint {endpoint} on target {self.name} is managed by another repository "
@@ -1745,6 +1748,7 @@ class DockerTarget:
                 self.client,
                 target=self.name,
                 repository=self.repository,
+                checkout=self._checkout,
                 keep=self.options.image_retention if keep is None else keep,
                 dry_run=dry_run,
                 protect=(self.options.base_image, *protect),

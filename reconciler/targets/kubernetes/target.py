@@ -136,6 +136,10 @@ class KubernetesTarget:
         # The checkout's own folder: what it made before it had a remote (`path:FOLDER`)
         # stays its own once a remote is added.
         self._checkout = Path(repo_root).resolve()
+        # Endpoints found this repository's and this target's (_check_owned) since the last
+        # observe: the steps of a pass and the reads after it (credentials, logs, metrics)
+        # ask the three lists once. A refusal is never kept: it is asked again.
+        self._owned: set[str] = set()
         self._client = client
         self.images: ImageSource = images or RegistryImages(options, repo_root=repo_root)
         self.in_cluster = in_cluster
@@ -193,7 +197,10 @@ class KubernetesTarget:
         """TargetError when the endpoint's objects on the namespace are another's: another
         target's (object names are the endpoint's alone, so this target would write over
         them), or another repository's. Read by name, not by what observe lists: an
-        endpoint whose record and keys are gone is known by its router and instances."""
+        endpoint whose record and keys are gone is known by its router and instances.
+        Once found this one's, not asked again until the next observe."""
+        if endpoint in self._owned:
+            return
         selector = f"{m.MANAGED_BY}={m.MANAGER},{m.ENDPOINT_LABEL}={endpoint}"
         for kind in ("ConfigMap", "Secret", "Deployment"):
             for obj in self.client.list(kind, selector):
@@ -216,6 +223,7 @@ class KubernetesTarget:
                         "or namespace in reconciler.yaml",
                         code=ErrorCode.OWNED_ELSEWHERE,
                     )
+        self._owned.add(endpoint)
 
     def _list(self, kind: str, **labels: str) -> list[dict[str, Any]]:
         selector = m.managed_selector(self.context(), **labels)
@@ -233,6 +241,7 @@ class KubernetesTarget:
     # --- observe -----------------------------------------------------------------------
 
     def observe(self) -> LiveState:
+        self._owned.clear()  # a new pass: whose each endpoint is is asked again
         role = m.ROLE_LABEL
         records = {
             _label(o, m.ENDPOINT_LABEL): o
