@@ -9,9 +9,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported early: see below)
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# hypothesis's pytest plugin imports hypothesis at the end of a run if no test did, and
+# pytest's assertion rewriting then parses its modules while threads that tests left
+# (servers' handlers) may format a traceback, which in CPython 3.11 also parses Python:
+# the AST recursion counter both share gives a SystemError that fails the whole run
+# (python/cpython#106905). Imported here, hypothesis is parsed before any test starts.
 
 # The CLI's code caches (reconciler/codecache.py) of the commands tests run, in process and
 # in the processes they start, go to a folder of this run, not the user's ~/.cache: a test

@@ -1244,7 +1244,7 @@ def test_a_router_pod_answering_arrays_nested_past_the_recursion_limit_is_one_no
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     try:
         blue_green(repo)
         repo.commit("base")
