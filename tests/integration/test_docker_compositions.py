@@ -345,7 +345,11 @@ def test_images_built_under_another_spelling_of_this_repository_are_its_own_to_c
             }
             dockerfile = io.BytesIO(b"FROM scratch\nLABEL reconciler.test=owner\n")
             image, _ = docker_engine.images.build(
-                fileobj=dockerfile, labels=labels, tag=f"reconciler-app:{target}-{len(built)}"
+                fileobj=dockerfile,
+                labels=labels,
+                tag=f"reconciler-app:{target}-{len(built)}",
+                rm=True,  # the SDK keeps intermediate containers unless told
+                forcerm=True,
             )
             built[owner] = image.id
         by_url = target_images(docker_engine, target=target, repository="github.com/org/models")
