@@ -59,17 +59,18 @@ unit: setup
 integration: setup
 	$(BIN)/pytest -q tests/integration
 
-# The README's test command: lint, types, layers, then every test. The unit tests first, on
-# every core (up to 4; pytest-xdist), a file's tests on one worker (its module fixtures,
-# such as the MLflow inference server, start once): on a fresh machine the MLflow venv is
-# made there (under a lock, pip) while the other files run on the other cores, and the
-# integration tests find it. Then the integration tests, one at a time (they share the
-# Docker Engine, port blocks and timings). Both run even when the first fails; the target
-# fails when either did.
+# The README's test command: lint, types, layers, then every test. First every test not
+# marked `docker` (unit tests, and integration tests on git, sockets, the fake Kubernetes
+# API server, the browser) on every core (up to 4; pytest-xdist), a file's tests on one
+# worker (its module fixtures, such as the MLflow inference server, start once): on a fresh
+# machine the MLflow venv is made there (under a lock, pip) while the other files run on
+# the other cores, and the Docker tests find it. Then the tests marked `docker`, one at a
+# time (they share the Docker Engine, port blocks and timings). Both run even when the
+# first fails; the target fails when either did.
 test: lint
 	status=0; \
-	$(BIN)/pytest -q -p no:cacheprovider -n auto --maxprocesses=4 --dist loadfile --durations=10 tests/unit || status=$$?; \
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests/integration || status=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --maxprocesses=4 --dist loadfile --durations=10 -m "not docker" tests || status=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 -m docker tests || status=$$?; \
 	exit $$status
 
 # The README's main command: example-repo onto the local Docker Engine, then a request.
