@@ -605,6 +605,19 @@ def _blind(fake: FakeKubernetes, why: str) -> None:
         fake.old_router_image = True
 
 
+def _blind_after_blue_green(
+    repo: RepoBuilder, fake: FakeKubernetes, why: str
+) -> tuple[list[float], Any]:
+    """blue 90 / green 10 applied, then routers that cannot say what they serve (`why`):
+    (the target's clock, a target on it with a 90 s propagation period)."""
+    blue_green(repo)
+    repo.commit("base")
+    assert not failures(apply_rev(repo, make_target(fake)))
+    _blind(fake, why)
+    now = [time.time()]
+    return now, _at(fake, now, config_propagation_s=90.0)
+
+
 def _at(fake: FakeKubernetes, now: list[float], **opts: Any) -> Any:
     """A target whose clock is `now[0]`; its naps move that clock instead of sleeping,
     and are kept: a long wait would show as one."""
@@ -630,12 +643,7 @@ def _step(result: Any, action: str) -> Any:
 def test_routers_that_cannot_say_what_they_serve_leave_the_traffic_step_in_progress(
     repo: RepoBuilder, fake: FakeKubernetes, why: str
 ) -> None:
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    _blind(fake, why)
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0)
+    now, target = _blind_after_blue_green(repo, fake, why)
     repo.endpoint(EP, traffic={"blue": 40, "green": 60})
     repo.commit("split")
 
@@ -727,12 +735,7 @@ def test_a_deployment_traffic_moved_off_is_deleted_only_once_blind_routers_had_t
 ) -> None:
     from reconciler.model.plan import DeleteDeployment, Step
 
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    _blind(fake, "pods/proxy forbidden")
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0)
+    now, target = _blind_after_blue_green(repo, fake, "pods/proxy forbidden")
     repo.remove("endpoints/my-endpoint/green.yml")
     repo.endpoint(EP, traffic={"blue": 100})
     repo.commit("green gone")
@@ -1049,12 +1052,7 @@ def test_a_config_written_again_is_not_taken_as_served_for_an_earlier_write_of_i
 def test_past_the_deadline_observe_asks_the_router_pods_once_per_write(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    _blind(fake, "older router image")
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0)
+    now, target = _blind_after_blue_green(repo, fake, "older router image")
     repo.endpoint(EP, traffic={"blue": 40, "green": 60})
     repo.commit("split")
     one_pass(repo, target)
@@ -1081,12 +1079,7 @@ def test_past_the_deadline_observe_asks_the_router_pods_once_per_write(
 def test_a_revert_while_a_write_to_blind_routers_is_pending_is_written_at_once(
     repo: RepoBuilder, fake: FakeKubernetes
 ) -> None:
-    blue_green(repo)
-    repo.commit("base")
-    assert not failures(apply_rev(repo, make_target(fake)))
-    _blind(fake, "pods/proxy forbidden")
-    now = [time.time()]
-    target = _at(fake, now, config_propagation_s=90.0)
+    now, target = _blind_after_blue_green(repo, fake, "pods/proxy forbidden")
     repo.endpoint(EP, traffic={"blue": 40, "green": 60})
     repo.commit("split")
     one_pass(repo, target)
